@@ -1,0 +1,278 @@
+/* SPDX-License-Identifier: LGPL-2.1-or-later */
+/*
+ * libuffdsnap - live, point-in-time snapshots of a running program's memory,
+ * built on Linux userfaultfd write-protection.
+ *
+ * Conventions (liburing style):
+ *  - every int function returns 0 (or a non-negative id/count) on success and a
+ *    negative errno on failure; uffdsnap_strerror() explains the errno in terms of
+ *    this library and uffdsnap_last_error() gives the detail of the calling
+ *    thread's last failure ("region 'pool': 0x7f.. is a regular file on ext4 ...").
+ *  - structs passed in or out carry their own size in their first member, so
+ *    fields can be added without breaking the ABI: set .size = sizeof(struct)
+ *    (uffdsnap_opts_init() and friends do this for you).
+ *  - all handles are opaque.
+ */
+#ifndef UFFDSNAP_H
+#define UFFDSNAP_H
+
+#include <stddef.h>
+#include <stdint.h>
+#include <sys/types.h>
+
+#ifdef __cplusplus
+extern "C" {
+#endif
+
+#define UFFDSNAP_VERSION_MAJOR 0
+#define UFFDSNAP_VERSION_MINOR 1
+#define UFFDSNAP_VERSION_PATCH 0
+#define UFFDSNAP_VERSION_NUMBER \
+	(UFFDSNAP_VERSION_MAJOR * 10000 + UFFDSNAP_VERSION_MINOR * 100 + UFFDSNAP_VERSION_PATCH)
+
+/* Version of the library actually loaded (compare with UFFDSNAP_VERSION_NUMBER). */
+unsigned uffdsnap_version(void);
+
+typedef struct uffdsnap uffdsnap_t;           /* one context: one userfaultfd, one fault handler */
+typedef struct uffdsnap_snap uffdsnap_snap_t; /* one snapshot in progress */
+typedef struct uffdsnap_opts uffdsnap_opts_t; /* carries its own size; NULL means defaults */
+typedef struct uffdsnap_stats uffdsnap_stats_t;
+typedef struct uffdsnap_sink uffdsnap_sink_t; /* where a snapshot's bytes go */
+
+/* ---- context options ------------------------------------------------------ */
+
+/* uffdsnap_opts.flags */
+/*
+ * Allow falling back to a userfaultfd opened with UFFD_USER_MODE_ONLY when the
+ * caller may not handle kernel-mode faults (no root, no access to
+ * /dev/userfaultfd, vm.unprivileged_userfaultfd=0). In that mode a write the
+ * kernel makes on the program's behalf into protected memory (read(2) into a
+ * region, for example) fails with EFAULT instead of waiting for the snapshot.
+ */
+#define UFFDSNAP_OPT_ALLOW_USER_MODE_ONLY (1u << 0)
+/* fsync(2) the snapshot file (and its directory) before reporting success. */
+#define UFFDSNAP_OPT_FSYNC (1u << 1)
+
+struct uffdsnap_opts {
+	size_t size;            /* sizeof(uffdsnap_opts_t) */
+	uint32_t flags;         /* UFFDSNAP_OPT_* */
+	int zstd_level;         /* zstd level; negative = faster; default 1 */
+	int compress_threads;   /* compression workers; 0 = number of online CPUs */
+	size_t buffer_bytes;    /* bound on memory for copied-but-unwritten pages; default 64 MiB.
+	                         * Allocated (and pre-faulted) by uffdsnap_new, reused by every snapshot. */
+	size_t chunk_bytes;     /* bytes of pages per chunk (power of two, >= 16 KiB); default 256 KiB */
+};
+
+/* Fill *opts with the defaults (and opts->size). */
+void uffdsnap_opts_init(uffdsnap_opts_t *opts);
+
+/* ---- context ----------------------------------------------------------------- */
+
+/*
+ * Open a userfaultfd and negotiate the features a snapshot needs.
+ * Errors: -EPERM (not permitted to handle kernel-mode faults), -ENOSYS (no
+ * userfaultfd), -EOPNOTSUPP (kernel lacks write-protection of shmem: Linux 5.19+),
+ * -EINVAL (bad options), -ENOMEM.
+ */
+int uffdsnap_new(uffdsnap_t **ctx, const uffdsnap_opts_t *opts);
+
+/*
+ * Register [addr, addr+len) under a unique name (1..255 bytes, no NUL).
+ * The range must be page aligned, mapped MAP_SHARED from one shmem file (memfd,
+ * a file on tmpfs or /dev/shm, MAP_SHARED|MAP_ANONYMOUS) contiguously, and must
+ * not overlap another region. Returns the region id (>= 0, in registration
+ * order). Errors: -EINVAL (alignment, empty name), -EEXIST (name taken),
+ * -EBUSY (overlaps a region, or a snapshot is running), -EFAULT (not mapped),
+ * -EMEDIUMTYPE (memory that is not shared shmem), -ENAMETOOLONG.
+ */
+int uffdsnap_add_region(uffdsnap_t *ctx, const char *name, void *addr, size_t len);
+
+/* Number of regions registered so far. */
+int uffdsnap_region_count(const uffdsnap_t *ctx);
+
+/* Features the kernel offers (UFFD_FEATURE_* bits from UFFDIO_API). */
+uint64_t uffdsnap_kernel_features(const uffdsnap_t *ctx);
+
+/*
+ * Free the context. A snapshot still running is cancelled first (its writers
+ * are released, uffdsnap_wait() on it returns -ECANCELED); its handle stays
+ * valid until uffdsnap_snap_free(). Not thread-safe with other calls on ctx.
+ */
+void uffdsnap_free(uffdsnap_t *ctx);
+
+/* ---- sinks --------------------------------------------------------------------- */
+
+/*
+ * Sink callback: consume len bytes. Runs on the library's I/O thread, never on
+ * the fault handler; it must not write memory of a registered region while a
+ * snapshot runs (that write would wait for buffer space this callback frees).
+ * Return 0, or a negative errno to fail the snapshot.
+ */
+typedef int (*uffdsnap_write_fn)(void *user, const void *buf, size_t len);
+
+/*
+ * A file: written to a temporary name (O_EXCL, mode 0600 unless `mode` says
+ * otherwise) in the target's directory and renamed over `path` only when the
+ * snapshot is complete. mode 0 means 0600.
+ */
+int uffdsnap_sink_file(uffdsnap_sink_t **sink, const char *path, mode_t mode);
+/* A file descriptor (pipe, socket, file): the same stream; the fd is not closed. */
+int uffdsnap_sink_fd(uffdsnap_sink_t **sink, int fd);
+/* A callback. */
+int uffdsnap_sink_callback(uffdsnap_sink_t **sink, uffdsnap_write_fn fn, void *user);
+/* Free a sink that was not passed to uffdsnap_begin() (begin takes ownership). */
+void uffdsnap_sink_free(uffdsnap_sink_t *sink);
+
+/* ---- snapshots ------------------------------------------------------------------- */
+
+/*
+ * Take a snapshot. Returns once every region is write-protected: that instant is
+ * the snapshot. Writes that fault while begin is still protecting are held
+ * until every region is protected, so the snapshot is one instant across all
+ * regions. The sink is owned by the snapshot from here on, even on failure.
+ * Errors: -EBUSY (a snapshot is running), -ENOENT (no regions), -EFAULT (a
+ * region was unmapped since it was added), and sink errors (-EACCES, -ENOSPC...).
+ */
+int uffdsnap_begin(uffdsnap_t *ctx, uffdsnap_sink_t *sink, uffdsnap_snap_t **snap);
+/* uffdsnap_begin() with uffdsnap_sink_file(path, 0600). */
+int uffdsnap_begin_file(uffdsnap_t *ctx, const char *path, uffdsnap_snap_t **snap);
+
+/*
+ * Wait for the snapshot to finish. 0: complete and durable as the options ask;
+ * otherwise a negative errno (-ENOSPC, -EPIPE, -ECANCELED, -EIO ...) with the
+ * reason in uffdsnap_snap_error(). In every case no page is left protected and
+ * no writer is blocked when this returns. May be called more than once.
+ */
+int uffdsnap_wait(uffdsnap_snap_t *snap);
+
+/* Non-blocking: 1 if finished, 0 if running. */
+int uffdsnap_done(const uffdsnap_snap_t *snap);
+
+/* Cancel a running snapshot (from any thread); wait() then returns -ECANCELED. */
+void uffdsnap_cancel(uffdsnap_snap_t *snap);
+
+/* Human-readable reason a snapshot failed, or "" while fine. */
+const char *uffdsnap_snap_error(const uffdsnap_snap_t *snap);
+
+struct uffdsnap_stats {
+	size_t size;              /* in: sizeof(uffdsnap_stats_t) */
+	int state;                /* UFFDSNAP_STATE_* */
+	int error;                /* 0 or the negative errno wait() returns */
+	uint64_t begin_ns;        /* time begin() spent protecting: the pause */
+	uint64_t elapsed_ns;      /* begin to finish (or to now while running) */
+	uint64_t window_ns;       /* begin until no page was protected any more */
+	uint64_t pages_total;     /* pages in all regions */
+	/* every page is counted once: pages_fault + pages_sweep + pages_hole == pages_total */
+	uint64_t pages_fault;     /* copied by the fault handler for a writer */
+	uint64_t pages_sweep;     /* copied by the background sweep */
+	uint64_t pages_hole;      /* holes at the instant: recorded as zero without copying */
+	uint64_t faults;          /* fault messages handled */
+	uint64_t fault_wait_max_ns; /* longest a fault waited for buffer space */
+	uint64_t bytes_raw;       /* bytes of page data copied */
+	uint64_t bytes_out;       /* bytes written to the sink */
+	uint64_t buffer_peak;     /* peak bytes held copied but not yet written */
+	uint64_t buffer_bound;    /* the configured bound */
+	uint64_t pages_zero_found;/* copied pages found all-zero, stored without data */
+	uint64_t chunks;          /* chunk records written */
+};
+
+#define UFFDSNAP_STATE_RUNNING 0
+#define UFFDSNAP_STATE_DONE 1
+#define UFFDSNAP_STATE_FAILED 2
+
+/* Fill *out (set out->size first). Safe to call while the snapshot runs. */
+int uffdsnap_snap_stats(const uffdsnap_snap_t *snap, uffdsnap_stats_t *out);
+
+/* Free a snapshot handle; a running snapshot is cancelled and waited for. */
+void uffdsnap_snap_free(uffdsnap_snap_t *snap);
+
+/* ---- errors ------------------------------------------------------------------------ */
+
+/* What a negative errno from this library means and what to do about it. */
+const char *uffdsnap_strerror(int err);
+/* Detail of the calling thread's last failed call ("" if none). */
+const char *uffdsnap_last_error(void);
+
+/* ---- reading snapshot files ---------------------------------------------------------- */
+
+/*
+ * A reader checks everything it reads (lengths against the format's limits and
+ * the file size, every record's CRC-32C) before using it, so a corrupt or
+ * hostile file gives -EBADMSG, never a crash or silently wrong data.
+ * One reader must be used by one thread at a time (it caches a decompression
+ * context and buffers); separate readers are independent.
+ */
+typedef struct uffdsnap_reader uffdsnap_reader_t;
+
+typedef struct uffdsnap_info {
+	size_t size;             /* in: sizeof(uffdsnap_info_t) */
+	uint32_t version;        /* format version */
+	uint32_t page_size;
+	uint32_t nregions;
+	int complete;            /* 1 if the trailer says the snapshot completed */
+	int status;              /* 0, or the negative errno a failed snapshot recorded */
+	uint64_t created_ns;     /* CLOCK_REALTIME at the snapshot instant */
+	/* the four counters come from the trailer: 0 while it is not known */
+	uint64_t chunks;
+	uint64_t pages_data;     /* pages stored with data */
+	uint64_t pages_zero;     /* holes and zero pages */
+	uint64_t bytes_raw;      /* bytes of page data before compression */
+	uint64_t bytes_file;     /* size of the snapshot file (a stream: bytes read so far) */
+	const char *reason;      /* why complete is 0 ("" if complete); valid while the reader lives */
+} uffdsnap_info_t;
+
+typedef struct uffdsnap_region_info {
+	size_t size;             /* in: sizeof(uffdsnap_region_info_t) */
+	const char *name;        /* valid while the reader lives */
+	uint64_t length;         /* bytes */
+} uffdsnap_region_info_t;
+
+/*
+ * Open a snapshot file for reading: the header and the trailer (index) are read
+ * and checked. A file without a valid trailer (truncated, or the snapshot
+ * failed) opens with info.complete = 0 so it can be inspected; reading page data
+ * from it fails with -ENODATA. Errors: -ENOEXEC (not a snapshot), -EPROTONOSUPPORT
+ * (newer format), -EBADMSG (corrupt), -ENODATA (shorter than its header), plus
+ * open(2) and read(2) errors; uffdsnap_last_error() says what and where.
+ */
+int uffdsnap_reader_open(uffdsnap_reader_t **r, const char *path);
+/* The same from an fd (read with pread from offset 0 when it is a file). A
+ * non-seekable fd (pipe, socket) is read as a stream: only
+ * uffdsnap_reader_verify() may be used on it, once; read and extract fail with
+ * -ESPIPE. The header is read here, so this blocks until it arrives. The fd is
+ * not closed. */
+int uffdsnap_reader_open_fd(uffdsnap_reader_t **r, int fd);
+int uffdsnap_reader_info(const uffdsnap_reader_t *r, uffdsnap_info_t *out);
+/* Name and length of region `id` (0 .. nregions-1), or -ENOENT. */
+int uffdsnap_reader_region(const uffdsnap_reader_t *r, unsigned id, uffdsnap_region_info_t *out);
+/* Region id by name, or -ENOENT. */
+int uffdsnap_reader_find(const uffdsnap_reader_t *r, const char *name);
+/*
+ * Read every record, check every checksum, decompress every chunk and check that
+ * every page of every region is recorded exactly once and that the trailer
+ * agrees. 0 only for a complete, intact snapshot; else -EBADMSG (corrupt),
+ * -ENODATA (incomplete or failed), with the reason in uffdsnap_reader_error().
+ * On a stream this reads the stream to its end; afterwards info() reports the
+ * trailer's counters.
+ */
+int uffdsnap_reader_verify(uffdsnap_reader_t *r);
+/*
+ * Copy bytes [off, off+len) of region `id` into buf (holes read as zeros).
+ * 0, or -EINVAL (range not inside the region), -ENOENT (no such region),
+ * -ENODATA (incomplete snapshot), -EBADMSG (a chunk it needs is corrupt).
+ */
+int uffdsnap_reader_read(uffdsnap_reader_t *r, unsigned id, uint64_t off, void *buf, size_t len);
+/*
+ * Write region `id`, full length, to fd from offset 0. A regular file is
+ * truncated and holes stay holes; to a pipe or device the zeros are written.
+ * Errors as uffdsnap_reader_read(), plus write(2) errors.
+ */
+int uffdsnap_reader_extract_fd(uffdsnap_reader_t *r, unsigned id, int fd);
+/* Why the last verify/read/extract call on r failed ("" if it succeeded). */
+const char *uffdsnap_reader_error(const uffdsnap_reader_t *r);
+void uffdsnap_reader_free(uffdsnap_reader_t *r);
+
+#ifdef __cplusplus
+}
+#endif
+#endif /* UFFDSNAP_H */

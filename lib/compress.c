@@ -1,0 +1,274 @@
+/* SPDX-License-Identifier: LGPL-2.1-or-later */
+/*
+ * Compression workers: turn a chunk of copied pages into a finished CHNK
+ * record. All-zero pages are found here (off the fault path) and recorded as
+ * ZERO extents without data; the remaining pages are fed to zstd run by run
+ * (no gather copy), or stored raw when zstd does not make them smaller. The
+ * record's CRC-32C is computed here too, so the I/O thread only writes.
+ *
+ * Chunks copied for writers (fault chunks) are taken before sweep chunks:
+ * their buffers are the ones a blocked writer may be waiting to reuse.
+ */
+#include <errno.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include <zstd.h>
+
+#include "uffdsnap-private.h"
+
+static bool page_is_zero(const uint8_t *p, size_t n)
+{
+	const uint64_t *w = (const uint64_t *)p;
+	uint64_t acc = 0;
+
+	if (w[0])
+		return false; /* the common case for data pages: decide on one load */
+	for (size_t i = 0; i < n / 8; i += 8)
+		acc |= w[i] | w[i + 1] | w[i + 2] | w[i + 3] | w[i + 4] | w[i + 5] | w[i + 6] | w[i + 7];
+	return !acc;
+}
+
+struct run {
+	const uint8_t *p;
+	size_t len;
+};
+
+/*
+ * Rewrite the handler's extents into `out`, splitting DATA extents at zero
+ * pages. Returns the extent count; the data pages left are described by runs.
+ */
+static uint32_t split_zero(const uffdsnap_snap_t *s, struct usnap_job *j, struct usnap_extent *out,
+			   struct run *runs, size_t *nruns, uint64_t *zero_found)
+{
+	const size_t ps = s->page_size;
+	const uint8_t *raw = j->raw;
+	uint32_t n = 0;
+
+	*nruns = 0;
+	*zero_found = 0;
+	for (uint32_t e = 0; e < j->nextents; e++) {
+		const struct usnap_extent *x = &j->ext[e];
+
+		if (x->kind == USNAP_EXT_ZERO) {
+			out[n++] = *x;
+			continue;
+		}
+		for (uint32_t i = 0; i < x->npages; i++, raw += ps) {
+			uint32_t kind = page_is_zero(raw, ps) ? USNAP_EXT_ZERO : USNAP_EXT_DATA;
+			struct usnap_extent *last = n ? &out[n - 1] : NULL;
+
+			if (kind == USNAP_EXT_ZERO)
+				(*zero_found)++;
+			if (last && last->kind == kind && last->first_page + last->npages == x->first_page + i) {
+				last->npages++;
+			} else {
+				out[n++] = (struct usnap_extent){ .first_page = x->first_page + i, .npages = 1,
+								  .kind = kind };
+			}
+			if (kind == USNAP_EXT_DATA) {
+				if (*nruns && runs[*nruns - 1].p + runs[*nruns - 1].len == raw)
+					runs[*nruns - 1].len += ps;
+				else
+					runs[(*nruns)++] = (struct run){ raw, ps };
+			}
+		}
+	}
+	return n;
+}
+
+static int compress_runs(ZSTD_CCtx *cc, const struct run *runs, size_t nruns, size_t total, uint8_t *dst,
+			 size_t cap, size_t *outlen)
+{
+	ZSTD_outBuffer ob = { dst, cap, 0 };
+	size_t r;
+
+	ZSTD_CCtx_reset(cc, ZSTD_reset_session_only);
+	ZSTD_CCtx_setPledgedSrcSize(cc, total);
+	for (size_t i = 0; i < nruns; i++) {
+		ZSTD_inBuffer ib = { runs[i].p, runs[i].len, 0 };
+		while (ib.pos < ib.size) {
+			r = ZSTD_compressStream2(cc, &ob, &ib, ZSTD_e_continue);
+			if (ZSTD_isError(r))
+				return -EIO;
+		}
+	}
+	do {
+		ZSTD_inBuffer ib = { NULL, 0, 0 };
+		r = ZSTD_compressStream2(cc, &ob, &ib, ZSTD_e_end);
+		if (ZSTD_isError(r))
+			return -EIO;
+	} while (r);
+	*outlen = ob.pos;
+	return 0;
+}
+
+static int build_record(uffdsnap_snap_t *s, ZSTD_CCtx *cc, struct usnap_job *j, struct run *runs)
+{
+	struct usnap_rec_hdr *rh = (struct usnap_rec_hdr *)j->out;
+	struct usnap_chunk *ch = (struct usnap_chunk *)(rh + 1);
+	struct usnap_extent *ext = (struct usnap_extent *)(ch + 1);
+	size_t nruns, data_bytes = 0, stored = 0, payload_cap;
+	uint64_t zero_found, zero_pages = 0;
+	uint32_t flags = 0, n;
+	uint8_t *payload;
+	int r;
+
+	n = split_zero(s, j, ext, runs, &nruns, &zero_found);
+	for (size_t i = 0; i < nruns; i++)
+		data_bytes += runs[i].len;
+	payload = (uint8_t *)(ext + n);
+	payload_cap = s->pool->out_cap - (size_t)(payload - j->out);
+	if (data_bytes) {
+		r = compress_runs(cc, runs, nruns, data_bytes, payload, payload_cap, &stored);
+		if (r)
+			return r;
+		if (stored < data_bytes) {
+			flags = USNAP_CHNK_ZSTD;
+		} else {
+			stored = 0;
+			for (size_t i = 0; i < nruns; i++) {
+				memcpy(payload + stored, runs[i].p, runs[i].len);
+				stored += runs[i].len;
+			}
+		}
+	}
+	j->out_len = usnap_pad8((size_t)(payload - j->out) + stored);
+	memset(payload + stored, 0, j->out_len - (size_t)(payload - j->out) - stored);
+	*ch = (struct usnap_chunk){ .region = j->region, .nextents = n, .flags = flags,
+				    .raw_len = data_bytes, .stored_len = stored };
+	*rh = (struct usnap_rec_hdr){ .type = USNAP_REC_CHNK, .len = j->out_len };
+	rh->crc = usnap_rec_crc(j->out, j->out_len);
+
+	j->first_page = ext[0].first_page;
+	j->end_page = 0;
+	for (uint32_t i = 0; i < n; i++) {
+		if (ext[i].first_page + ext[i].npages > j->end_page)
+			j->end_page = ext[i].first_page + ext[i].npages;
+		if (ext[i].first_page < j->first_page)
+			j->first_page = ext[i].first_page;
+		if (ext[i].kind == USNAP_EXT_ZERO)
+			zero_pages += ext[i].npages;
+	}
+	j->nextents = n;
+	j->data_pages = (uint32_t)(data_bytes / s->page_size);
+	j->zero_pages = zero_pages;
+	atomic_fetch_add(&s->pages_zero_found, zero_found);
+	return 0;
+}
+
+static struct usnap_job *next_job(uffdsnap_snap_t *s)
+{
+	struct usnap_job *j = NULL;
+
+	pthread_mutex_lock(&s->cq_lock);
+	for (;;) {
+		if ((j = s->cq_fault)) {
+			if (!(s->cq_fault = j->next))
+				s->cq_fault_tail = NULL;
+			break;
+		}
+		if ((j = s->cq_sweep)) {
+			if (!(s->cq_sweep = j->next))
+				s->cq_sweep_tail = NULL;
+			break;
+		}
+		if (s->cq_closed)
+			break;
+		pthread_cond_wait(&s->cq_cv, &s->cq_lock);
+	}
+	pthread_mutex_unlock(&s->cq_lock);
+	if (j)
+		j->next = NULL;
+	return j;
+}
+
+static void *worker_main(void *arg)
+{
+	uffdsnap_snap_t *s = arg;
+	ZSTD_CCtx *cc = ZSTD_createCCtx();
+	struct run *runs = malloc(sizeof(*runs) * (s->pool->chunk_bytes / s->page_size));
+	struct usnap_job *j;
+	bool last;
+
+	if (!cc || !runs)
+		usnap_fail(s, -ENOMEM, "allocating a compression context");
+	else if (ZSTD_isError(ZSTD_CCtx_setParameter(cc, ZSTD_c_compressionLevel, s->zstd_level)) ||
+		 ZSTD_isError(ZSTD_CCtx_setParameter(cc, ZSTD_c_checksumFlag, 1)))
+		usnap_fail(s, -EINVAL, "zstd rejected compression level %d", s->zstd_level);
+
+	while ((j = next_job(s))) {
+		int r = atomic_load(&s->abort) ? -ECANCELED : build_record(s, cc, j, runs);
+		if (r) {
+			if (r != -ECANCELED)
+				usnap_fail(s, r, "zstd failed to compress a chunk of region %u", j->region);
+			usnap_job_put(s, j);
+			continue;
+		}
+		usnap_io_push(s, j);
+	}
+	ZSTD_freeCCtx(cc);
+	free(runs);
+	pthread_mutex_lock(&s->cq_lock);
+	last = --s->workers_left == 0;
+	pthread_mutex_unlock(&s->cq_lock);
+	if (last)
+		usnap_io_producers_done(s);
+	return NULL;
+}
+
+void usnap_compress_submit(uffdsnap_snap_t *s, struct usnap_job *j)
+{
+	struct usnap_job **head = j->fault ? &s->cq_fault : &s->cq_sweep;
+	struct usnap_job **tail = j->fault ? &s->cq_fault_tail : &s->cq_sweep_tail;
+
+	j->next = NULL;
+	pthread_mutex_lock(&s->cq_lock);
+	if (*tail)
+		(*tail)->next = j;
+	else
+		*head = j;
+	*tail = j;
+	pthread_cond_signal(&s->cq_cv);
+	pthread_mutex_unlock(&s->cq_lock);
+}
+
+/* No more chunks: workers finish the queue and exit. */
+void usnap_compress_close(uffdsnap_snap_t *s)
+{
+	pthread_mutex_lock(&s->cq_lock);
+	s->cq_closed = true;
+	pthread_cond_broadcast(&s->cq_cv);
+	pthread_mutex_unlock(&s->cq_lock);
+}
+
+int usnap_workers_start(uffdsnap_snap_t *s, unsigned n)
+{
+	int r = 0;
+
+	s->workers = calloc(n, sizeof(*s->workers));
+	if (!s->workers)
+		return usnap_err(-ENOMEM, "allocating worker threads");
+	s->nworkers = n;
+	s->workers_left = n;
+	for (unsigned i = 0; i < n && !r; i++) {
+		r = usnap_thread_start(&s->workers[i], worker_main, s);
+		if (!r)
+			s->workers_started++;
+	}
+	if (r) {
+		/* Workers never started still count as finished. */
+		pthread_mutex_lock(&s->cq_lock);
+		s->workers_left -= n - s->workers_started;
+		pthread_mutex_unlock(&s->cq_lock);
+		return usnap_err(r, "starting compression threads: %s", strerror(-r));
+	}
+	return 0;
+}
+
+void usnap_workers_join(uffdsnap_snap_t *s)
+{
+	for (unsigned i = 0; i < s->workers_started; i++)
+		pthread_join(s->workers[i], NULL);
+	s->workers_started = 0;
+}

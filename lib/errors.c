@@ -1,0 +1,100 @@
+/* SPDX-License-Identifier: LGPL-2.1-or-later */
+/*
+ * Error texts. uffdsnap_strerror() says what an errno means for this library
+ * and what to do; uffdsnap_last_error() keeps the detail of the calling
+ * thread's last failure (which region, which syscall), because an errno alone
+ * cannot say "region 'pool' is a regular file on ext4".
+ */
+#include <errno.h>
+#include <stdarg.h>
+#include <stdio.h>
+#include <string.h>
+
+#include "uffdsnap-private.h"
+
+static __thread char last_error[512];
+
+int usnap_err(int err, const char *fmt, ...)
+{
+	va_list ap;
+
+	va_start(ap, fmt);
+	vsnprintf(last_error, sizeof(last_error), fmt, ap);
+	va_end(ap);
+	return err;
+}
+
+void usnap_clear_err(void)
+{
+	last_error[0] = '\0';
+}
+
+USNAP_EXPORT const char *uffdsnap_last_error(void)
+{
+	return last_error;
+}
+
+USNAP_EXPORT unsigned uffdsnap_version(void)
+{
+	return UFFDSNAP_VERSION_NUMBER;
+}
+
+USNAP_EXPORT const char *uffdsnap_strerror(int err)
+{
+	switch (err < 0 ? -err : err) {
+	case 0:
+		return "success";
+	case EPERM:
+		return "userfaultfd is not permitted: run as root, grant access to /dev/userfaultfd, "
+		       "or set vm.unprivileged_userfaultfd=1 (or allow UFFDSNAP_OPT_ALLOW_USER_MODE_ONLY)";
+	case ENOSYS:
+		return "this kernel has no userfaultfd (CONFIG_USERFAULTFD is off)";
+	case EOPNOTSUPP:
+		return "the kernel lacks a userfaultfd feature libuffdsnap needs "
+		       "(write-protect of shmem needs Linux 5.19+ with CONFIG_PTE_MARKER_UFFD_WP)";
+	case EINVAL:
+		return "invalid argument: check page alignment, lengths, NULL pointers and the .size of option structs";
+	case EEXIST:
+		return "a region with this name is already registered";
+	case EBUSY:
+		return "busy: the range overlaps a registered region, or a snapshot is already running";
+	case EFAULT:
+		return "the address range is not (entirely) mapped";
+	case EMEDIUMTYPE:
+		return "unsupported memory: regions must be MAP_SHARED shmem (memfd, tmpfs, /dev/shm, "
+		       "MAP_SHARED|MAP_ANONYMOUS) mapped contiguously from one file";
+	case ENAMETOOLONG:
+		return "region name too long (at most 255 bytes)";
+	case ENOENT:
+		return "not found (no such region, or no regions registered)";
+	case ENOMEM:
+		return "out of memory";
+	case ENOSPC:
+		return "no space left on the snapshot's device";
+	case EDQUOT:
+		return "disk quota exceeded on the snapshot's device";
+	case EPIPE:
+		return "the sink's reader went away (broken pipe or closed socket)";
+	case EIO:
+		return "I/O error writing or reading the snapshot";
+	case ECANCELED:
+		return "the snapshot was cancelled (uffdsnap_cancel, or its context or handle was freed)";
+	case ESTALE:
+		return "memory changed behind the snapshot's back (a page was removed by hole punch, "
+		       "truncate or MADV_REMOVE before it was copied): the snapshot would not be exact";
+	case EBADMSG:
+		return "the snapshot file is corrupt (a checksum or a structure check failed)";
+	case ENODATA:
+		return "the snapshot is incomplete: truncated, or the snapshot failed while it was written";
+	case ENOEXEC:
+		return "not a libuffdsnap snapshot file";
+	case EPROTONOSUPPORT:
+		return "snapshot format version not supported by this library";
+	case EACCES:
+		return "permission denied opening the snapshot file or its directory";
+	case EAGAIN:
+		return "resource temporarily unavailable: try again";
+	default:
+		return "unknown error";
+	}
+}

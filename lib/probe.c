@@ -1,0 +1,199 @@
+/* SPDX-License-Identifier: LGPL-2.1-or-later */
+/*
+ * Opening the userfaultfd and negotiating features; the context's birth and
+ * death (uffdsnap_new/uffdsnap_free) and its options.
+ *
+ * Kernel-mode faults (read(2) into a protected page) are only delivered to a
+ * userfaultfd that was not opened with UFFD_USER_MODE_ONLY. Such a descriptor
+ * comes from /dev/userfaultfd (Linux 6.1+, access by file mode) or from
+ * userfaultfd(2) with CAP_SYS_PTRACE or vm.unprivileged_userfaultfd=1. Only if
+ * the caller allows it do we fall back to USER_MODE_ONLY, where those kernel
+ * writes fail with EFAULT instead of waiting.
+ */
+#include <errno.h>
+#include <fcntl.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/syscall.h>
+#include <unistd.h>
+
+#include <zstd.h>
+
+#include "compat.h"
+#include "uffdsnap-private.h"
+
+/* Features a snapshot cannot do without: write-protect and MISSING on shmem. */
+#define USNAP_REQUIRED (UFFD_FEATURE_WP_HUGETLBFS_SHMEM | UFFD_FEATURE_MISSING_SHMEM)
+
+USNAP_EXPORT void uffdsnap_opts_init(uffdsnap_opts_t *opts)
+{
+	memset(opts, 0, sizeof(*opts));
+	opts->size = sizeof(*opts);
+	opts->zstd_level = 1;
+	opts->compress_threads = 0;
+	opts->buffer_bytes = 64u << 20;
+	opts->chunk_bytes = 256u << 10;
+}
+
+static int open_raw(bool user_mode_only)
+{
+	int flags = O_CLOEXEC | O_NONBLOCK | (user_mode_only ? UFFD_USER_MODE_ONLY : 0);
+	int fd, dev;
+
+	if (!user_mode_only) {
+		dev = open("/dev/userfaultfd", O_RDWR | O_CLOEXEC);
+		if (dev >= 0) {
+			fd = ioctl(dev, USERFAULTFD_IOC_NEW, O_CLOEXEC | O_NONBLOCK);
+			close(dev);
+			if (fd >= 0)
+				return fd;
+		}
+	}
+	fd = (int)syscall(SYS_userfaultfd, flags);
+	return fd >= 0 ? fd : -errno;
+}
+
+static int api(int fd, uint64_t features, uint64_t *got)
+{
+	struct uffdio_api a = { .api = UFFD_API, .features = features };
+
+	if (ioctl(fd, UFFDIO_API, &a))
+		return -errno;
+	*got = a.features;
+	return 0;
+}
+
+int usnap_uffd_open(uffdsnap_t *ctx)
+{
+	bool umo = false;
+	uint64_t avail = 0, got;
+	int fd, probe, r;
+
+	fd = open_raw(false);
+	if (fd == -EPERM && (ctx->opts.flags & UFFDSNAP_OPT_ALLOW_USER_MODE_ONLY)) {
+		umo = true;
+		fd = open_raw(true);
+	}
+	if (fd == -EPERM || fd == -EACCES)
+		return usnap_err(-EPERM, "cannot open a userfaultfd that handles kernel-mode faults: "
+				 "/dev/userfaultfd is not accessible and userfaultfd(2) needs CAP_SYS_PTRACE "
+				 "or vm.unprivileged_userfaultfd=1");
+	if (fd == -ENOSYS)
+		return usnap_err(-ENOSYS, "userfaultfd(2) returned ENOSYS: kernel built without CONFIG_USERFAULTFD");
+	if (fd < 0)
+		return usnap_err(fd, "userfaultfd: %s", strerror(-fd));
+
+	/* UFFDIO_API can be called once per descriptor and rejects unknown
+	 * feature bits, so ask what exists on a throwaway descriptor first. */
+	probe = open_raw(umo);
+	if (probe < 0) {
+		close(fd);
+		return usnap_err(probe, "userfaultfd (probe): %s", strerror(-probe));
+	}
+	r = api(probe, 0, &avail);
+	close(probe);
+	if (r) {
+		close(fd);
+		return usnap_err(r, "UFFDIO_API: %s", strerror(-r));
+	}
+	if ((avail & USNAP_REQUIRED) != USNAP_REQUIRED) {
+		close(fd);
+		return usnap_err(-EOPNOTSUPP, "kernel userfaultfd features 0x%llx lack write-protect/missing "
+				 "on shmem (need UFFD_FEATURE_WP_HUGETLBFS_SHMEM, Linux 5.19+)",
+				 (unsigned long long)avail);
+	}
+	r = api(fd, USNAP_REQUIRED, &got);
+	if (r) {
+		close(fd);
+		return usnap_err(r, "UFFDIO_API(0x%llx): %s", (unsigned long long)USNAP_REQUIRED, strerror(-r));
+	}
+	ctx->uffd = fd;
+	ctx->features = avail;
+	ctx->user_mode_only = umo;
+	return 0;
+}
+
+static int normalize_opts(uffdsnap_opts_t *o, const uffdsnap_opts_t *in, size_t page_size)
+{
+	uffdsnap_opts_init(o);
+	if (!in)
+		return 0;
+	if (in->size < offsetof(uffdsnap_opts_t, flags) + sizeof(in->flags) || in->size > sizeof(*o))
+		return usnap_err(-EINVAL, "uffdsnap_opts.size is %zu: set it to sizeof(uffdsnap_opts_t) (%zu)",
+				 in->size, sizeof(*o));
+	memcpy(o, in, in->size);
+	o->size = sizeof(*o);
+	if (o->flags & ~(uint32_t)(UFFDSNAP_OPT_ALLOW_USER_MODE_ONLY | UFFDSNAP_OPT_FSYNC))
+		return usnap_err(-EINVAL, "unknown bits 0x%x in uffdsnap_opts.flags", o->flags);
+	if (o->zstd_level < ZSTD_minCLevel() || o->zstd_level > ZSTD_maxCLevel())
+		return usnap_err(-EINVAL, "zstd_level %d outside [%d, %d]", o->zstd_level,
+				 ZSTD_minCLevel(), ZSTD_maxCLevel());
+	if (o->compress_threads < 0 || o->compress_threads > 256)
+		return usnap_err(-EINVAL, "compress_threads %d outside [0, 256]", o->compress_threads);
+	if (o->chunk_bytes == 0)
+		o->chunk_bytes = 256u << 10;
+	if (o->chunk_bytes < 16384 || o->chunk_bytes > (16u << 20) || (o->chunk_bytes & (o->chunk_bytes - 1)) ||
+	    o->chunk_bytes < page_size)
+		return usnap_err(-EINVAL, "chunk_bytes %zu: must be a power of two in [16 KiB, 16 MiB]",
+				 o->chunk_bytes);
+	if (o->buffer_bytes == 0)
+		o->buffer_bytes = 64u << 20;
+	return 0;
+}
+
+USNAP_EXPORT int uffdsnap_new(uffdsnap_t **ctxp, const uffdsnap_opts_t *opts)
+{
+	uffdsnap_t *ctx;
+	int r;
+
+	usnap_clear_err();
+	if (!ctxp)
+		return usnap_err(-EINVAL, "ctx pointer is NULL");
+	*ctxp = NULL;
+	ctx = calloc(1, sizeof(*ctx));
+	if (!ctx)
+		return usnap_err(-ENOMEM, "allocating the context");
+	ctx->uffd = -1;
+	ctx->page_size = (size_t)sysconf(_SC_PAGESIZE);
+	r = normalize_opts(&ctx->opts, opts, ctx->page_size);
+	if (!r)
+		r = usnap_pool_init(ctx);
+	if (!r)
+		r = usnap_uffd_open(ctx);
+	if (r) {
+		usnap_pool_free(&ctx->pool);
+		free(ctx);
+		return r;
+	}
+	pthread_mutex_init(&ctx->lock, NULL);
+	*ctxp = ctx;
+	return 0;
+}
+
+USNAP_EXPORT uint64_t uffdsnap_kernel_features(const uffdsnap_t *ctx)
+{
+	return ctx ? ctx->features : 0;
+}
+
+USNAP_EXPORT void uffdsnap_free(uffdsnap_t *ctx)
+{
+	uffdsnap_snap_t *s;
+
+	if (!ctx)
+		return;
+	pthread_mutex_lock(&ctx->lock);
+	s = ctx->active;
+	pthread_mutex_unlock(&ctx->lock);
+	if (s) {
+		/* The handle stays the caller's; it just loses its context. */
+		uffdsnap_cancel(s);
+		uffdsnap_wait(s);
+	}
+	for (unsigned i = 0; i < ctx->nregs; i++)
+		usnap_reg_release(&ctx->regs[i]);
+	free(ctx->regs);
+	usnap_pool_free(&ctx->pool);
+	close(ctx->uffd);
+	pthread_mutex_destroy(&ctx->lock);
+	free(ctx);
+}

@@ -1,0 +1,391 @@
+/* SPDX-License-Identifier: LGPL-2.1-or-later */
+/*
+ * Regions: what memory may be snapshotted (add_region) and how a region is
+ * armed for one snapshot and disarmed after it.
+ *
+ * A region must be a MAP_SHARED window of one shmem file. The engine reads
+ * page contents with pread() on that file, never through the mapping: a read
+ * through the mapping could fault on a protected or missing page and the
+ * handler thread would then wait for itself.
+ *
+ * Arming (begin):
+ *   1. UFFDIO_REGISTER with MISSING|WP. From here a write or read that would
+ *      fill a hole raises a MISSING fault, which the handler does not read
+ *      until every region is armed, so the set of holes is frozen.
+ *   2. SEEK_DATA/SEEK_HOLE on the file lists the populated runs. Pages swapped
+ *      out count as data (shmem keeps them in the page cache's xarray).
+ *   3. UFFDIO_WRITEPROTECT each populated run. Holes need no protection: any
+ *      access to them is a MISSING fault. A sparse 64 GiB memfd therefore costs
+ *      what its data costs, and no page tables are allocated for the holes.
+ * Disarming is UFFDIO_UNREGISTER, which clears every uffd-wp bit and PTE
+ * marker in the range and wakes every thread waiting on it, whatever state the
+ * snapshot reached: it is the one exit for success and failure alike.
+ */
+#include <errno.h>
+#include <fcntl.h>
+#include <inttypes.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/stat.h>
+#include <sys/vfs.h>
+#include <sched.h>
+#include <unistd.h>
+
+#include "compat.h"
+#include "uffdsnap-private.h"
+
+#ifndef HUGETLBFS_MAGIC
+#define HUGETLBFS_MAGIC 0x958458f6
+#endif
+
+#define USNAP_REG_MODE (UFFDIO_REGISTER_MODE_MISSING | UFFDIO_REGISTER_MODE_WP)
+#define USNAP_REG_IOCTLS ((1ull << _UFFDIO_ZEROPAGE) | (1ull << _UFFDIO_WAKE))
+#define USNAP_ARM_IOCTLS (USNAP_REG_IOCTLS | (1ull << _UFFDIO_WRITEPROTECT))
+
+struct vma_line {
+	uintptr_t start, end;
+	char perms[8];
+	uint64_t off;
+	unsigned maj, min;
+	uint64_t ino;
+	char path[256];
+};
+
+/*
+ * Check that [addr, end) is covered, without gaps, by shared mappings of one
+ * file at linear offsets; return the first VMA's bounds and the file offset of
+ * addr. /proc/self/maps is the only place that says MAP_SHARED vs MAP_PRIVATE.
+ */
+static int scan_maps(const char *name, uintptr_t addr, uintptr_t end, struct vma_line *first, off_t *file_off)
+{
+	FILE *f = fopen("/proc/self/maps", "re");
+	char line[512];
+	uintptr_t covered = addr;
+	bool have_first = false;
+	int r = 0;
+
+	if (!f)
+		return usnap_err(-errno, "region '%s': cannot read /proc/self/maps: %s", name, strerror(errno));
+	while (covered < end && fgets(line, sizeof(line), f)) {
+		struct vma_line v = { 0 };
+		unsigned long s, e;
+		unsigned long long off, ino;
+		int n = 0;
+
+		if (sscanf(line, "%lx-%lx %7s %llx %x:%x %llu %n", &s, &e, v.perms, &off, &v.maj, &v.min, &ino, &n) < 7)
+			continue;
+		v.start = s, v.end = e, v.off = off, v.ino = ino;
+		if (n > 0) {
+			snprintf(v.path, sizeof(v.path), "%s", line + n);
+			v.path[strcspn(v.path, "\n")] = '\0';
+		}
+		if (v.end <= covered)
+			continue;
+		if (v.start > covered) {
+			r = usnap_err(-EFAULT, "region '%s': [0x%" PRIxPTR ", 0x%" PRIxPTR ") is not mapped",
+				      name, covered, v.start < end ? v.start : end);
+			break;
+		}
+		if (v.perms[3] != 's' || v.ino == 0) {
+			r = usnap_err(-EMEDIUMTYPE, "region '%s': 0x%" PRIxPTR " is a private mapping (%s %s); "
+				      "only MAP_SHARED shmem can be snapshotted", name, v.start, v.perms,
+				      v.path[0] ? v.path : "[anonymous]");
+			break;
+		}
+		if (v.perms[0] != 'r') {
+			r = usnap_err(-EMEDIUMTYPE, "region '%s': 0x%" PRIxPTR " is not readable (%s)", name,
+				      v.start, v.perms);
+			break;
+		}
+		if (!have_first) {
+			*first = v;
+			*file_off = (off_t)(v.off + (addr - v.start));
+			have_first = true;
+		} else if (v.ino != first->ino || v.maj != first->maj || v.min != first->min ||
+			   v.off != first->off + (v.start - first->start)) {
+			r = usnap_err(-EMEDIUMTYPE, "region '%s': spans mappings of different files or offsets at "
+				      "0x%" PRIxPTR "; register each mapping as its own region", name, v.start);
+			break;
+		}
+		covered = v.end;
+	}
+	fclose(f);
+	if (!r && covered < end)
+		r = usnap_err(-EFAULT, "region '%s': [0x%" PRIxPTR ", 0x%" PRIxPTR ") is not mapped", name, covered, end);
+	return r;
+}
+
+/* Open the file behind the mapping and check it is shmem that covers the region. */
+static int open_backing(const char *name, const struct vma_line *v, off_t file_off, size_t len, int *fdp)
+{
+	char p[64];
+	struct statfs sfs;
+	struct stat st;
+	int fd;
+
+	snprintf(p, sizeof(p), "/proc/self/map_files/%" PRIxPTR "-%" PRIxPTR, v->start, v->end);
+	fd = open(p, O_RDONLY | O_CLOEXEC);
+	if (fd < 0)
+		return usnap_err(errno == EPERM || errno == EACCES ? -EPERM : -errno,
+				 "region '%s': cannot open its backing file through %s: %s", name, p, strerror(errno));
+	if (fstatfs(fd, &sfs) || fstat(fd, &st)) {
+		int e = -errno;
+		close(fd);
+		return usnap_err(e, "region '%s': fstat of backing file: %s", name, strerror(-e));
+	}
+	if (sfs.f_type == HUGETLBFS_MAGIC) {
+		close(fd);
+		return usnap_err(-EMEDIUMTYPE, "region '%s': hugetlbfs memory is not supported yet", name);
+	}
+	if (sfs.f_type != TMPFS_MAGIC) {
+		close(fd);
+		return usnap_err(-EMEDIUMTYPE, "region '%s': backed by %s on a filesystem of type 0x%lx, not "
+				 "shmem; use memfd_create, a file on tmpfs or /dev/shm, or MAP_SHARED|MAP_ANONYMOUS",
+				 name, v->path[0] ? v->path : "a file", (unsigned long)sfs.f_type);
+	}
+	if (st.st_ino != v->ino || (off_t)st.st_size < file_off + (off_t)len) {
+		close(fd);
+		return usnap_err(-EINVAL, "region '%s': extends past the end of its file (size %lld)", name,
+				 (long long)st.st_size);
+	}
+	*fdp = fd;
+	return 0;
+}
+
+static int uffd_register(int uffd, uintptr_t addr, size_t len, uint64_t mode, uint64_t *ioctls)
+{
+	struct uffdio_register reg = { .range = { addr, len }, .mode = mode };
+
+	if (ioctl(uffd, UFFDIO_REGISTER, &reg))
+		return -errno;
+	*ioctls = reg.ioctls;
+	return 0;
+}
+
+static int uffd_unregister(int uffd, uintptr_t addr, size_t len)
+{
+	struct uffdio_range range = { addr, len };
+
+	return ioctl(uffd, UFFDIO_UNREGISTER, &range) ? -errno : 0;
+}
+
+USNAP_EXPORT int uffdsnap_add_region(uffdsnap_t *ctx, const char *name, void *addr, size_t len)
+{
+	uintptr_t a = (uintptr_t)addr, end;
+	struct usnap_reg *r;
+	struct vma_line v;
+	off_t file_off = 0;
+	uint64_t ioctls = 0;
+	size_t nlen;
+	int fd = -1, err, id;
+
+	usnap_clear_err();
+	if (!ctx)
+		return usnap_err(-EINVAL, "ctx is NULL");
+	if (!name || !(nlen = strlen(name)))
+		return usnap_err(-EINVAL, "region name is NULL or empty");
+	if (nlen > USNAP_MAX_NAME)
+		return usnap_err(-ENAMETOOLONG, "region name is %zu bytes; the limit is %d", nlen, USNAP_MAX_NAME);
+	if (!len || (a | len) & (ctx->page_size - 1) || __builtin_add_overflow(a, len, &end))
+		return usnap_err(-EINVAL, "region '%s': address %p and length %zu must be non-zero multiples "
+				 "of the page size (%zu)", name, addr, len, ctx->page_size);
+
+	pthread_mutex_lock(&ctx->lock);
+	err = 0;
+	if (ctx->active)
+		err = usnap_err(-EBUSY, "region '%s': cannot add regions while a snapshot runs", name);
+	for (unsigned i = 0; !err && i < ctx->nregs; i++) {
+		const struct usnap_reg *o = &ctx->regs[i];
+		if (!strcmp(o->name, name))
+			err = usnap_err(-EEXIST, "region name '%s' is already registered", name);
+		else if (a < o->addr + o->len && o->addr < end)
+			err = usnap_err(-EBUSY, "region '%s' overlaps region '%s'", name, o->name);
+	}
+	if (!err && ctx->nregs >= USNAP_MAX_REGIONS)
+		err = usnap_err(-ENOSPC, "too many regions (limit %d)", USNAP_MAX_REGIONS);
+	if (!err)
+		err = scan_maps(name, a, end, &v, &file_off);
+	if (!err)
+		err = open_backing(name, &v, file_off, len, &fd);
+	if (err)
+		goto out;
+
+	/*
+	 * Prove now, not at begin, that the kernel can track this memory. Only
+	 * MISSING mode: unregistering a WP registration leaves every present
+	 * shmem PTE read-only (uffd_wp_range() does not upgrade shared
+	 * mappings), which would cost the program one extra fault per page.
+	 * Write-protect on shmem is implied by UFFD_FEATURE_WP_HUGETLBFS_SHMEM
+	 * (checked by uffdsnap_new) for any VMA that accepts MISSING here.
+	 */
+	err = uffd_register(ctx->uffd, a, len, UFFDIO_REGISTER_MODE_MISSING, &ioctls);
+	if (err) {
+		close(fd);
+		err = usnap_err(err == -EINVAL ? -EMEDIUMTYPE : err, "region '%s': UFFDIO_REGISTER failed: %s",
+				name, strerror(-err));
+		goto out;
+	}
+	uffd_unregister(ctx->uffd, a, len);
+	if ((ioctls & USNAP_REG_IOCTLS) != USNAP_REG_IOCTLS) {
+		close(fd);
+		err = usnap_err(-EOPNOTSUPP, "region '%s': kernel offers ioctls 0x%llx, need zeropage and wake",
+				name, (unsigned long long)ioctls);
+		goto out;
+	}
+
+	if (ctx->nregs == ctx->cap) {
+		unsigned cap = ctx->cap ? ctx->cap * 2 : 8;
+		struct usnap_reg *n = realloc(ctx->regs, cap * sizeof(*n));
+		if (!n) {
+			close(fd);
+			err = usnap_err(-ENOMEM, "growing the region table");
+			goto out;
+		}
+		ctx->regs = n, ctx->cap = cap;
+	}
+	r = &ctx->regs[ctx->nregs];
+	*r = (struct usnap_reg){ .name = strdup(name), .addr = a, .len = len,
+				 .npages = len / ctx->page_size, .fd = fd, .file_off = file_off };
+	if (!r->name) {
+		close(fd);
+		err = usnap_err(-ENOMEM, "copying the region name");
+		goto out;
+	}
+	id = (int)ctx->nregs++;
+	pthread_mutex_unlock(&ctx->lock);
+	return id;
+out:
+	pthread_mutex_unlock(&ctx->lock);
+	return err;
+}
+
+USNAP_EXPORT int uffdsnap_region_count(const uffdsnap_t *ctx)
+{
+	return ctx ? (int)ctx->nregs : usnap_err(-EINVAL, "ctx is NULL");
+}
+
+void usnap_reg_release(struct usnap_reg *r)
+{
+	free(r->name);
+	if (r->fd >= 0)
+		close(r->fd);
+}
+
+static int add_run(struct usnap_sreg *sr, size_t *cap, uint64_t first, uint64_t n)
+{
+	if (sr->ndata == *cap) {
+		size_t c = *cap ? *cap * 2 : 16;
+		struct usnap_run *d = realloc(sr->data, c * sizeof(*d));
+		if (!d)
+			return -ENOMEM;
+		sr->data = d, *cap = c;
+	}
+	sr->data[sr->ndata++] = (struct usnap_run){ first, n };
+	return 0;
+}
+
+/* The populated runs of the region's file window, in pages. */
+static int find_data(uffdsnap_snap_t *s, struct usnap_sreg *sr)
+{
+	const struct usnap_reg *reg = sr->reg;
+	off_t pos = reg->file_off, end = reg->file_off + (off_t)reg->len;
+	off_t ps = (off_t)s->page_size;
+	size_t cap = 0;
+
+	while (pos < end) {
+		off_t d = lseek(reg->fd, pos, SEEK_DATA), h;
+		if (d < 0 && errno == ENXIO)
+			break;
+		if (d < 0)
+			return usnap_err(-errno, "region '%s': SEEK_DATA: %s", reg->name, strerror(errno));
+		if (d >= end)
+			break;
+		h = lseek(reg->fd, d, SEEK_HOLE);
+		if (h < 0)
+			return usnap_err(-errno, "region '%s': SEEK_HOLE: %s", reg->name, strerror(errno));
+		d &= ~(ps - 1);
+		h = (h + ps - 1) & ~(ps - 1);
+		if (h > end)
+			h = end;
+		if (add_run(sr, &cap, (uint64_t)(d - reg->file_off) / (uint64_t)ps, (uint64_t)(h - d) / (uint64_t)ps))
+			return usnap_err(-ENOMEM, "region '%s': listing populated pages", reg->name);
+		pos = h;
+	}
+	return 0;
+}
+
+static int protect(int uffd, uintptr_t addr, size_t len)
+{
+	struct uffdio_writeprotect wp = { .range = { addr, len }, .mode = UFFDIO_WRITEPROTECT_MODE_WP };
+
+	/* EAGAIN: the mm is changing under an event we have not read; none of
+	 * our registrations ask for events, but a retry is the documented answer. */
+	for (int tries = 0; ioctl(uffd, UFFDIO_WRITEPROTECT, &wp); tries++) {
+		if (errno != EAGAIN || tries > 1000)
+			return -errno;
+		sched_yield();
+	}
+	return 0;
+}
+
+int usnap_arm(uffdsnap_snap_t *s, struct usnap_sreg *sr)
+{
+	const struct usnap_reg *reg = sr->reg;
+	uint64_t ioctls = 0;
+	int r;
+
+	r = uffd_register(s->uffd, reg->addr, reg->len, USNAP_REG_MODE, &ioctls);
+	if (r)
+		return usnap_err(r == -EINVAL || r == -ENOMEM ? -EFAULT : r,
+				 "region '%s': UFFDIO_REGISTER failed (%s): was it unmapped or remapped since "
+				 "uffdsnap_add_region?", reg->name, strerror(-r));
+	sr->registered = true;
+	if ((ioctls & USNAP_ARM_IOCTLS) != USNAP_ARM_IOCTLS)
+		return usnap_err(-EOPNOTSUPP, "region '%s': kernel offers ioctls 0x%llx, need write-protect, "
+				 "zeropage and wake", reg->name, (unsigned long long)ioctls);
+	r = find_data(s, sr);
+	if (r)
+		return r;
+	for (size_t i = 0; i < sr->ndata; i++) {
+		r = protect(s->uffd, reg->addr + sr->data[i].first * s->page_size, sr->data[i].n * s->page_size);
+		if (r)
+			return usnap_err(r, "region '%s': UFFDIO_WRITEPROTECT: %s", reg->name, strerror(-r));
+	}
+	return 0;
+}
+
+void usnap_disarm(uffdsnap_snap_t *s, struct usnap_sreg *sr)
+{
+	if (!sr->registered)
+		return;
+	/* Failure here means the program unmapped the range itself: nothing of
+	 * ours is left on it then. */
+	uffd_unregister(s->uffd, sr->reg->addr, sr->reg->len);
+	/*
+	 * UNREGISTER wakes waiters before it changes the VMA, and a fault taken
+	 * under the per-VMA lock (Linux 6.7+) can enqueue itself in between and
+	 * sleep forever (seen here: a writer stuck in handle_userfault after the
+	 * range was unregistered). Once UNREGISTER returns, such a waiter is
+	 * queued, so one more wake releases it; it then faults normally.
+	 */
+	struct uffdio_range range = { sr->reg->addr, sr->reg->len };
+	ioctl(s->uffd, UFFDIO_WAKE, &range);
+	sr->registered = false;
+}
+
+bool usnap_in_data(const struct usnap_sreg *sr, uint64_t page)
+{
+	size_t lo = 0, hi = sr->ndata;
+
+	while (lo < hi) {
+		size_t mid = lo + (hi - lo) / 2;
+		if (page < sr->data[mid].first)
+			hi = mid;
+		else if (page >= sr->data[mid].first + sr->data[mid].n)
+			lo = mid + 1;
+		else
+			return true;
+	}
+	return false;
+}

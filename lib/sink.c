@@ -1,0 +1,592 @@
+/* SPDX-License-Identifier: LGPL-2.1-or-later */
+/*
+ * Sinks and the I/O stage. One libuv loop per snapshot, on its own thread,
+ * writes the stream: the file magic and HEAD first, then finished CHNK
+ * records in the order workers finish them (batched into one vectored write),
+ * then INDX and END. Only this thread writes, so offsets for the index need
+ * no locking; a chunk's buffer goes back to the pool once its bytes are out,
+ * which is what lets the fault handler go on (backpressure).
+ *
+ * File sinks write with asynchronous uv_fs_write to a temporary name created
+ * with O_EXCL next to the target and are renamed over it only on success: a
+ * failed snapshot never leaves a file behind that could pass for one. fd sinks
+ * write synchronously on this thread, where every signal is blocked, so a
+ * reader that went away is EPIPE, never a SIGPIPE that kills the program.
+ * Callback sinks run the user's function on this thread, never on the fault
+ * handler.
+ */
+#include <errno.h>
+#include <fcntl.h>
+#include <inttypes.h>
+#include <libgen.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/stat.h>
+#include <unistd.h>
+
+#include "uffdsnap-private.h"
+
+/* ---- sink objects ------------------------------------------------------------ */
+
+static struct uffdsnap_sink *sink_alloc(enum usnap_sink_kind kind)
+{
+	struct uffdsnap_sink *k = calloc(1, sizeof(*k));
+
+	if (k) {
+		k->kind = kind;
+		k->fd = -1;
+	}
+	return k;
+}
+
+USNAP_EXPORT int uffdsnap_sink_file(uffdsnap_sink_t **sinkp, const char *path, mode_t mode)
+{
+	struct uffdsnap_sink *k;
+
+	usnap_clear_err();
+	if (!sinkp || !path || !*path)
+		return usnap_err(-EINVAL, "uffdsnap_sink_file: sink and path must not be NULL or empty");
+	*sinkp = NULL;
+	if (mode & ~(mode_t)07777)
+		return usnap_err(-EINVAL, "uffdsnap_sink_file: mode 0%o is not a permission mode", (unsigned)mode);
+	k = sink_alloc(USNAP_SINK_FILE);
+	if (!k || !(k->path = strdup(path))) {
+		free(k);
+		return usnap_err(-ENOMEM, "allocating a file sink");
+	}
+	k->mode = mode ? mode : 0600;
+	*sinkp = k;
+	return 0;
+}
+
+USNAP_EXPORT int uffdsnap_sink_fd(uffdsnap_sink_t **sinkp, int fd)
+{
+	struct uffdsnap_sink *k;
+
+	usnap_clear_err();
+	if (!sinkp)
+		return usnap_err(-EINVAL, "uffdsnap_sink_fd: sink must not be NULL");
+	*sinkp = NULL;
+	if (fd < 0 || fcntl(fd, F_GETFL) < 0)
+		return usnap_err(-EBADF, "uffdsnap_sink_fd: %d is not an open file descriptor", fd);
+	if (!(k = sink_alloc(USNAP_SINK_FD)))
+		return usnap_err(-ENOMEM, "allocating an fd sink");
+	k->fd = fd;
+	*sinkp = k;
+	return 0;
+}
+
+USNAP_EXPORT int uffdsnap_sink_callback(uffdsnap_sink_t **sinkp, uffdsnap_write_fn fn, void *user)
+{
+	struct uffdsnap_sink *k;
+
+	usnap_clear_err();
+	if (!sinkp || !fn)
+		return usnap_err(-EINVAL, "uffdsnap_sink_callback: sink and fn must not be NULL");
+	*sinkp = NULL;
+	if (!(k = sink_alloc(USNAP_SINK_CALLBACK)))
+		return usnap_err(-ENOMEM, "allocating a callback sink");
+	k->fn = fn;
+	k->user = user;
+	*sinkp = k;
+	return 0;
+}
+
+int usnap_sink_open(struct uffdsnap_sink *k)
+{
+	size_t n;
+
+	if (k->kind != USNAP_SINK_FILE)
+		return 0;
+	n = strlen(k->path) + sizeof(".tmp.XXXXXX");
+	if (!(k->tmp_path = malloc(n)))
+		return usnap_err(-ENOMEM, "allocating a path");
+	snprintf(k->tmp_path, n, "%s.tmp.XXXXXX", k->path);
+	k->fd = mkostemp(k->tmp_path, O_CLOEXEC); /* O_EXCL, mode 0600 */
+	if (k->fd < 0) {
+		int e = -errno;
+		free(k->tmp_path);
+		k->tmp_path = NULL;
+		return usnap_err(e, "creating a temporary file next to %s: %s", k->path, strerror(-e));
+	}
+	if (k->mode != 0600 && fchmod(k->fd, k->mode)) {
+		int e = -errno;
+		usnap_sink_close(k, false);
+		return usnap_err(e, "fchmod 0%o on %s: %s", (unsigned)k->mode, k->tmp_path, strerror(-e));
+	}
+	return 0;
+}
+
+/* Close what the sink opened; without `keep` a temporary file is removed. */
+static void sink_release(struct uffdsnap_sink *k)
+{
+	if (k->kind == USNAP_SINK_FILE && k->fd >= 0) {
+		close(k->fd);
+		k->fd = -1;
+	}
+	if (k->tmp_path) {
+		unlink(k->tmp_path);
+		free(k->tmp_path);
+		k->tmp_path = NULL;
+	}
+}
+
+void usnap_sink_close(struct uffdsnap_sink *k, bool ok)
+{
+	(void)ok;
+	sink_release(k);
+	free(k->path);
+	free(k);
+}
+
+USNAP_EXPORT void uffdsnap_sink_free(uffdsnap_sink_t *k)
+{
+	if (k)
+		usnap_sink_close(k, false);
+}
+
+/* ---- records ------------------------------------------------------------------- */
+
+int usnap_build_head(uffdsnap_snap_t *s)
+{
+	struct usnap_io *io = &s->io;
+	size_t len = sizeof(struct usnap_rec_hdr) + sizeof(struct usnap_head);
+	struct usnap_rec_hdr *rh;
+	struct usnap_head *hd;
+	uint8_t *p;
+
+	for (unsigned i = 0; i < s->nregions; i++)
+		len += sizeof(struct usnap_region) + usnap_pad8(strlen(s->sregs[i].reg->name));
+	io->head_len = USNAP_MAGIC_LEN + len;
+	if (!(io->head_rec = calloc(1, io->head_len)))
+		return usnap_err(-ENOMEM, "allocating the snapshot header");
+	memcpy(io->head_rec, USNAP_MAGIC, USNAP_MAGIC_LEN);
+	rh = (struct usnap_rec_hdr *)(io->head_rec + USNAP_MAGIC_LEN);
+	hd = (struct usnap_head *)(rh + 1);
+	*hd = (struct usnap_head){ .version = USNAP_VERSION, .page_size = (uint32_t)s->page_size,
+				   .nregions = s->nregions, .created_ns = s->created_ns };
+	memcpy(hd->snap_id, s->snap_id, sizeof(hd->snap_id));
+	p = (uint8_t *)(hd + 1);
+	for (unsigned i = 0; i < s->nregions; i++) {
+		const struct usnap_reg *r = s->sregs[i].reg;
+		struct usnap_region e = { .length = r->len, .name_len = (uint32_t)strlen(r->name) };
+		memcpy(p, &e, sizeof(e));
+		memcpy(p + sizeof(e), r->name, e.name_len);
+		p += sizeof(e) + usnap_pad8(e.name_len);
+	}
+	*rh = (struct usnap_rec_hdr){ .type = USNAP_REC_HEAD, .len = len };
+	rh->crc = usnap_rec_crc(rh, len);
+	return 0;
+}
+
+static void fill_end(uffdsnap_snap_t *s, uint8_t *buf, int32_t status, uint64_t index_offset)
+{
+	struct usnap_io *io = &s->io;
+	struct usnap_rec_hdr *rh = (struct usnap_rec_hdr *)buf;
+	struct usnap_end *e = (struct usnap_end *)(rh + 1);
+
+	*e = (struct usnap_end){ .status = status, .index_offset = index_offset, .chunks = io->nindex,
+				 .pages_data = io->pages_data, .pages_zero = io->pages_zero,
+				 .bytes_raw = io->bytes_raw };
+	memcpy(e->snap_id, s->snap_id, sizeof(e->snap_id));
+	*rh = (struct usnap_rec_hdr){ .type = USNAP_REC_END, .len = USNAP_END_LEN };
+	rh->crc = usnap_rec_crc(rh, USNAP_END_LEN);
+}
+
+static int build_trailer(uffdsnap_snap_t *s)
+{
+	struct usnap_io *io = &s->io;
+	size_t ilen = sizeof(struct usnap_rec_hdr) + sizeof(struct usnap_index_hdr) +
+		      io->nindex * sizeof(struct usnap_index_ent);
+	struct usnap_rec_hdr *rh;
+	struct usnap_index_hdr *ih;
+
+	if (!(io->trailer = malloc(ilen + USNAP_END_LEN)))
+		return -ENOMEM;
+	rh = (struct usnap_rec_hdr *)io->trailer;
+	ih = (struct usnap_index_hdr *)(rh + 1);
+	ih->count = io->nindex;
+	if (io->nindex)
+		memcpy(ih + 1, io->index, io->nindex * sizeof(struct usnap_index_ent));
+	*rh = (struct usnap_rec_hdr){ .type = USNAP_REC_INDX, .len = ilen };
+	rh->crc = usnap_rec_crc(rh, ilen);
+	fill_end(s, io->trailer + ilen, 0, io->offset);
+	io->trailer_len = ilen + USNAP_END_LEN;
+	return 0;
+}
+
+static int index_add(struct usnap_io *io, const struct usnap_job *j)
+{
+	if (io->nindex == io->index_cap) {
+		size_t cap = io->index_cap ? io->index_cap * 2 : 1024;
+		struct usnap_index_ent *n = realloc(io->index, cap * sizeof(*n));
+		if (!n)
+			return -ENOMEM;
+		io->index = n, io->index_cap = cap;
+	}
+	io->index[io->nindex++] = (struct usnap_index_ent){ .offset = j->file_offset, .region = j->region,
+							    .nextents = j->nextents, .first_page = j->first_page,
+							    .end_page = j->end_page };
+	return 0;
+}
+
+/* ---- the I/O thread -------------------------------------------------------------- */
+
+static void io_step(uffdsnap_snap_t *s);
+
+static bool go_given(uffdsnap_snap_t *s)
+{
+	bool go;
+
+	pthread_mutex_lock(&s->lock);
+	go = s->go;
+	pthread_mutex_unlock(&s->lock);
+	return go;
+}
+
+static void add_buf(struct usnap_io *io, void *base, size_t len)
+{
+	io->bufs[io->nbufs++] = uv_buf_init(base, (unsigned)len);
+}
+
+/* A failed fd or callback stream still says why it ends, when the sink
+ * itself is not what failed. */
+static void write_failed_end(uffdsnap_snap_t *s)
+{
+	struct uffdsnap_sink *k = s->sink;
+	uint8_t end[USNAP_END_LEN];
+	size_t off = 0;
+
+	fill_end(s, end, atomic_load(&s->err), 0);
+	if (k->kind == USNAP_SINK_CALLBACK) {
+		k->fn(k->user, end, sizeof(end));
+		return;
+	}
+	while (off < sizeof(end)) {
+		ssize_t n = write(k->fd, end + off, sizeof(end) - off);
+		if (n < 0 && errno == EINTR)
+			continue;
+		if (n <= 0)
+			return;
+		off += (size_t)n;
+	}
+}
+
+static void io_finish(uffdsnap_snap_t *s, bool ok)
+{
+	struct usnap_io *io = &s->io;
+	struct uffdsnap_sink *k = s->sink;
+	int expect = 0;
+
+	io->finished = true;
+	if (ok && !atomic_compare_exchange_strong(&s->err, &expect, USNAP_COMMITTED))
+		ok = false;
+	if (ok && k->kind == USNAP_SINK_FILE) {
+		/* Committed: nobody else writes err or errmsg any more. */
+		if (rename(k->tmp_path, k->path)) {
+			snprintf(s->errmsg, sizeof(s->errmsg), "renaming %s to %s: %s", k->tmp_path, k->path,
+				 strerror(errno));
+			atomic_store(&s->err, -errno);
+			ok = false;
+		} else {
+			free(k->tmp_path);
+			k->tmp_path = NULL;
+			if (s->flags & UFFDSNAP_OPT_FSYNC) {
+				char *d = strdup(k->path);
+				int dfd = d ? open(dirname(d), O_RDONLY | O_DIRECTORY | O_CLOEXEC) : -1;
+				if (dfd >= 0) {
+					fsync(dfd);
+					close(dfd);
+				}
+				free(d);
+			}
+		}
+	}
+	if (!ok && k->kind != USNAP_SINK_FILE && io->head_written && !io->sink_failed)
+		write_failed_end(s);
+	sink_release(k);
+	atomic_store(&s->end_ns, usnap_now_ns());
+	pthread_mutex_lock(&io->lock);
+	io->wake_open = false;
+	pthread_mutex_unlock(&io->lock);
+	uv_close((uv_handle_t *)&io->wake, NULL);
+}
+
+/* Account n bytes written; when the batch is out, release its buffers. */
+static void io_complete(uffdsnap_snap_t *s, ssize_t n)
+{
+	struct usnap_io *io = &s->io;
+
+	io->inflight = false;
+	if (n <= 0) {
+		io->sink_failed = true;
+		usnap_fail(s, n < 0 ? (int)n : -EIO, "writing %s at offset %" PRIu64 ": %s",
+			   s->sink->path ? s->sink->path : "the snapshot", io->offset,
+			   n < 0 ? uv_strerror((int)n) : "the sink accepted no bytes");
+		return;
+	}
+	io->offset += (uint64_t)n;
+	atomic_fetch_add(&s->bytes_out, (uint64_t)n);
+	while (n > 0 && io->buf_first < io->nbufs) {
+		uv_buf_t *b = &io->bufs[io->buf_first];
+		if ((size_t)n >= b->len) {
+			n -= (ssize_t)b->len;
+			io->buf_first++;
+		} else {
+			b->base += n;
+			b->len -= (size_t)n;
+			n = 0;
+		}
+	}
+	if (io->buf_first < io->nbufs)
+		return; /* short write: the rest goes next */
+	for (unsigned i = 0; i < io->nbatch; i++) {
+		struct usnap_job *j = io->batch[i];
+		if (index_add(io, j)) {
+			usnap_fail(s, -ENOMEM, "growing the chunk index");
+			break;
+		}
+		io->pages_data += j->data_pages;
+		io->pages_zero += j->zero_pages;
+		io->bytes_raw += (uint64_t)j->data_pages * s->page_size;
+		atomic_fetch_add(&s->chunks, 1);
+	}
+	for (unsigned i = 0; i < io->nbatch; i++)
+		usnap_job_put(s, io->batch[i]);
+	io->nbatch = io->nbufs = io->buf_first = 0;
+}
+
+static void on_fs_done(uv_fs_t *req)
+{
+	uffdsnap_snap_t *s = req->data;
+	ssize_t r = req->result;
+	bool fsync_req = req->fs_type == UV_FS_FSYNC;
+
+	uv_fs_req_cleanup(req);
+	if (fsync_req) {
+		s->io.inflight = false;
+		if (r < 0) {
+			s->io.sink_failed = true;
+			usnap_fail(s, (int)r, "fsync of the snapshot file: %s", uv_strerror((int)r));
+		}
+	} else {
+		io_complete(s, r);
+	}
+	io_step(s);
+}
+
+static void io_submit(uffdsnap_snap_t *s)
+{
+	struct usnap_io *io = &s->io;
+	struct uffdsnap_sink *k = s->sink;
+	uv_buf_t *bufs = io->bufs + io->buf_first;
+	unsigned n = io->nbufs - io->buf_first;
+	ssize_t done = 0;
+	int r;
+
+	io->inflight = true;
+	switch (k->kind) {
+	case USNAP_SINK_CALLBACK:
+		for (unsigned i = 0; i < n && done >= 0; i++) {
+			r = k->fn(k->user, bufs[i].base, bufs[i].len);
+			done = r ? (r < 0 ? r : -EIO) : done + (ssize_t)bufs[i].len;
+		}
+		io_complete(s, done);
+		return;
+	case USNAP_SINK_FD:
+		done = uv_fs_write(&io->loop, &io->req, k->fd, bufs, n, -1, NULL);
+		uv_fs_req_cleanup(&io->req);
+		io_complete(s, done);
+		return;
+	case USNAP_SINK_FILE:
+		io->req.data = s;
+		r = uv_fs_write(&io->loop, &io->req, k->fd, bufs, n, (int64_t)io->offset, on_fs_done);
+		if (r < 0)
+			io_complete(s, r);
+		return;
+	}
+}
+
+static void start_fsync(uffdsnap_snap_t *s)
+{
+	struct usnap_io *io = &s->io;
+	int r;
+
+	io->synced = true;
+	io->inflight = true;
+	io->req.data = s;
+	if (s->sink->kind == USNAP_SINK_FILE) {
+		r = uv_fs_fsync(&io->loop, &io->req, s->sink->fd, on_fs_done);
+		if (r >= 0)
+			return;
+	} else {
+		r = uv_fs_fsync(&io->loop, &io->req, s->sink->fd, NULL);
+		uv_fs_req_cleanup(&io->req);
+		/* pipes and sockets cannot be synced: there is nothing to make durable */
+		if (r == UV_EINVAL || r == UV_EROFS || r == UV_ENOTSUP)
+			r = 0;
+	}
+	io->inflight = false;
+	if (r < 0) {
+		io->sink_failed = true;
+		usnap_fail(s, r, "fsync of the snapshot: %s", uv_strerror(r));
+	}
+}
+
+/* Make the next batch ready; false when there is nothing to write now. */
+static bool io_prepare(uffdsnap_snap_t *s)
+{
+	struct usnap_io *io = &s->io;
+	struct usnap_job *j;
+
+	if (atomic_load(&s->abort)) {
+		io_finish(s, false);
+		return false;
+	}
+	if (io->buf_first < io->nbufs)
+		return true; /* the rest of a short write */
+	if (!go_given(s))
+		return false;
+	if (!io->head_written) {
+		add_buf(io, io->head_rec, io->head_len);
+		io->head_written = true;
+	}
+	pthread_mutex_lock(&io->lock);
+	while (io->nbufs < 64 && (j = io->q_head)) {
+		if (!(io->q_head = j->next))
+			io->q_tail = NULL;
+		j->file_offset = io->offset;
+		for (unsigned i = 0; i < io->nbufs; i++)
+			j->file_offset += io->bufs[i].len;
+		io->batch[io->nbatch++] = j;
+		add_buf(io, j->out, j->out_len);
+	}
+	bool drained = io->producers_done && !io->q_head;
+	pthread_mutex_unlock(&io->lock);
+	if (io->nbufs)
+		return true;
+	if (!drained)
+		return false;
+	if (!io->trailer_written) {
+		if (build_trailer(s)) {
+			usnap_fail(s, -ENOMEM, "allocating the snapshot index");
+			return false;
+		}
+		add_buf(io, io->trailer, io->trailer_len);
+		io->trailer_written = true;
+		return true;
+	}
+	if ((s->flags & UFFDSNAP_OPT_FSYNC) && s->sink->kind != USNAP_SINK_CALLBACK && !io->synced) {
+		start_fsync(s);
+		if (io->inflight || atomic_load(&s->abort))
+			return false; /* finishes when the fsync (or the failure) comes back */
+	}
+	io_finish(s, true);
+	return false;
+}
+
+static void io_step(uffdsnap_snap_t *s)
+{
+	while (!s->io.inflight && !s->io.finished && io_prepare(s))
+		io_submit(s);
+}
+
+static void on_wake(uv_async_t *h)
+{
+	io_step(h->data);
+}
+
+static void *io_main(void *arg)
+{
+	uffdsnap_snap_t *s = arg;
+
+	uv_run(&s->io.loop, UV_RUN_DEFAULT);
+	return NULL;
+}
+
+int usnap_io_start(uffdsnap_snap_t *s)
+{
+	struct usnap_io *io = &s->io;
+	int r;
+
+	r = uv_loop_init(&io->loop);
+	if (r)
+		return usnap_err(r, "uv_loop_init: %s", uv_strerror(r));
+	r = uv_async_init(&io->loop, &io->wake, on_wake);
+	if (r) {
+		uv_loop_close(&io->loop);
+		return usnap_err(r, "uv_async_init: %s", uv_strerror(r));
+	}
+	io->wake.data = s;
+	io->wake_open = true;
+	io->loop_ready = true;
+	r = usnap_thread_start(&io->thread, io_main, s);
+	if (r)
+		return usnap_err(r, "starting the I/O thread: %s", strerror(-r));
+	io->thread_started = true;
+	return 0;
+}
+
+void usnap_io_kick(uffdsnap_snap_t *s)
+{
+	struct usnap_io *io = &s->io;
+
+	pthread_mutex_lock(&io->lock);
+	if (io->wake_open)
+		uv_async_send(&io->wake);
+	pthread_mutex_unlock(&io->lock);
+}
+
+void usnap_io_push(uffdsnap_snap_t *s, struct usnap_job *j)
+{
+	struct usnap_io *io = &s->io;
+
+	j->next = NULL;
+	pthread_mutex_lock(&io->lock);
+	if (io->q_tail)
+		io->q_tail->next = j;
+	else
+		io->q_head = j;
+	io->q_tail = j;
+	pthread_mutex_unlock(&io->lock);
+	usnap_io_kick(s);
+}
+
+void usnap_io_producers_done(uffdsnap_snap_t *s)
+{
+	pthread_mutex_lock(&s->io.lock);
+	s->io.producers_done = true;
+	pthread_mutex_unlock(&s->io.lock);
+	usnap_io_kick(s);
+}
+
+void usnap_io_join(uffdsnap_snap_t *s)
+{
+	struct usnap_io *io = &s->io;
+	struct usnap_job *j;
+
+	if (io->thread_started) {
+		pthread_join(io->thread, NULL);
+		io->thread_started = false;
+	} else if (io->loop_ready && io->wake_open) {
+		io->wake_open = false;
+		uv_close((uv_handle_t *)&io->wake, NULL);
+		uv_run(&io->loop, UV_RUN_NOWAIT);
+	}
+	if (io->loop_ready) {
+		uv_loop_close(&io->loop);
+		io->loop_ready = false;
+	}
+	/* Records finished after the I/O stage stopped (failure): back to the pool. */
+	while ((j = io->q_head)) {
+		io->q_head = j->next;
+		usnap_job_put(s, j);
+	}
+	io->q_tail = NULL;
+	for (unsigned i = 0; i < io->nbatch; i++)
+		usnap_job_put(s, io->batch[i]);
+	io->nbatch = 0;
+	if (!atomic_load(&s->end_ns))
+		atomic_store(&s->end_ns, usnap_now_ns());
+}

@@ -1,0 +1,477 @@
+/* SPDX-License-Identifier: LGPL-2.1-or-later */
+/*
+ * The snapshot lifecycle: begin (arm every region, then release the handler),
+ * wait, cancel, stats, failure, free; and the pool of chunk buffers whose fixed
+ * size is the memory bound (buffer_bytes).
+ *
+ * Threads of one snapshot: the fault handler (fault.c, which also sweeps),
+ * compress_threads workers (compress.c) and the I/O thread (sink.c). Failure
+ * from any of them, or cancel from the caller, goes through usnap_fail(): the
+ * first error wins, everyone is woken, and the handler's exit path unregisters
+ * every region, which drops all protection and wakes every blocked writer.
+ */
+#include <errno.h>
+#include <stdarg.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <signal.h>
+#include <sys/eventfd.h>
+#include <sys/mman.h>
+#include <sys/random.h>
+#include <time.h>
+#include <unistd.h>
+
+#include <zstd.h>
+
+#include "uffdsnap-private.h"
+
+/* ---- the buffer pool ------------------------------------------------------ */
+
+int usnap_pool_init(uffdsnap_t *ctx)
+{
+	struct usnap_pool *p = &ctx->pool;
+	size_t chunk = ctx->opts.chunk_bytes, pages = chunk / ctx->page_size;
+	size_t ext_cap = 2 * pages, foot, njobs;
+	uint8_t *m;
+
+	/* A worker may split every DATA extent at zero pages: at most one new
+	 * extent per page, so twice the pages is always enough. */
+	p->out_cap = usnap_pad8(sizeof(struct usnap_rec_hdr) + sizeof(struct usnap_chunk) +
+				ext_cap * sizeof(struct usnap_extent) + ZSTD_compressBound(chunk)) + 8;
+	foot = chunk + p->out_cap + ext_cap * sizeof(struct usnap_extent);
+	njobs = ctx->opts.buffer_bytes / foot;
+	if (njobs < 4)
+		return usnap_err(-EINVAL, "buffer_bytes %zu is too small for chunk_bytes %zu: it must hold at "
+				 "least 4 chunk buffers (%zu bytes)", ctx->opts.buffer_bytes, chunk, 4 * foot);
+	if (njobs > 65536)
+		njobs = 65536;
+	/* Pre-faulted once per context, in uffdsnap_new: a fresh page costs a
+	 * fault (~10 us in a guest) that would otherwise land on the fault path
+	 * of a writer, and populating 64 MiB takes ~150 ms that begin must not. */
+	m = mmap(NULL, njobs * foot, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS | MAP_POPULATE, -1, 0);
+	if (m == MAP_FAILED)
+		return usnap_err(-ENOMEM, "mapping %zu bytes of chunk buffers", njobs * foot);
+	p->jobs = calloc(njobs, sizeof(*p->jobs));
+	if (!p->jobs) {
+		munmap(m, njobs * foot);
+		return usnap_err(-ENOMEM, "allocating job table");
+	}
+	p->mem = m, p->mem_len = njobs * foot, p->njobs = (unsigned)njobs;
+	p->chunk_bytes = chunk, p->ext_cap = (uint32_t)ext_cap, p->footprint = foot;
+	for (size_t i = 0; i < njobs; i++, m += foot) {
+		p->jobs[i].raw = m;
+		p->jobs[i].out = m + chunk;
+		p->jobs[i].ext = (struct usnap_extent *)(m + chunk + p->out_cap);
+	}
+	return 0;
+}
+
+void usnap_pool_free(struct usnap_pool *p)
+{
+	if (p->mem)
+		munmap(p->mem, p->mem_len);
+	free(p->jobs);
+	memset(p, 0, sizeof(*p));
+}
+
+struct usnap_job *usnap_job_get(uffdsnap_snap_t *s, bool wait)
+{
+	struct usnap_job *j;
+
+	pthread_mutex_lock(&s->pool_lock);
+	while (!(j = s->free_jobs) && wait && !atomic_load(&s->abort))
+		pthread_cond_wait(&s->pool_cv, &s->pool_lock);
+	if (j && !atomic_load(&s->abort)) {
+		s->free_jobs = j->next;
+		if (++s->jobs_in_use > s->jobs_peak)
+			s->jobs_peak = s->jobs_in_use;
+	} else {
+		j = NULL;
+	}
+	pthread_mutex_unlock(&s->pool_lock);
+	if (j) {
+		j->next = NULL;
+		j->nextents = j->data_pages = 0;
+		j->zero_pages = 0;
+		j->out_len = 0;
+		j->fault = false;
+	}
+	return j;
+}
+
+void usnap_job_put(uffdsnap_snap_t *s, struct usnap_job *j)
+{
+	static const uint64_t one = 1;
+
+	pthread_mutex_lock(&s->pool_lock);
+	j->next = s->free_jobs;
+	s->free_jobs = j;
+	s->jobs_in_use--;
+	pthread_cond_signal(&s->pool_cv);
+	pthread_mutex_unlock(&s->pool_lock);
+	/* The handler may be in poll() with sweep work waiting for a buffer. */
+	if (write(s->ctl_efd, &one, sizeof(one)) < 0) {
+		/* EAGAIN: the counter is already non-zero, the handler will wake. */
+	}
+}
+
+/* ---- failure -------------------------------------------------------------- */
+
+void usnap_fail(uffdsnap_snap_t *s, int err, const char *fmt, ...)
+{
+	static const uint64_t one = 1;
+	int expect = 0;
+	va_list ap;
+
+	if (err >= 0)
+		err = -EIO;
+	if (atomic_compare_exchange_strong(&s->err, &expect, err)) {
+		va_start(ap, fmt);
+		vsnprintf(s->errmsg, sizeof(s->errmsg), fmt, ap);
+		va_end(ap);
+	} else if (expect == USNAP_COMMITTED) {
+		return; /* finished already: a late cancel changes nothing */
+	}
+	atomic_store(&s->abort, true);
+	if (write(s->ctl_efd, &one, sizeof(one)) < 0) {
+		/* counter already set */
+	}
+	pthread_mutex_lock(&s->pool_lock);
+	pthread_cond_broadcast(&s->pool_cv);
+	pthread_mutex_unlock(&s->pool_lock);
+	pthread_mutex_lock(&s->cq_lock);
+	pthread_cond_broadcast(&s->cq_cv);
+	pthread_mutex_unlock(&s->cq_lock);
+	pthread_mutex_lock(&s->lock);
+	s->go = true; /* a failed begin releases threads that never started work */
+	pthread_cond_broadcast(&s->cv);
+	pthread_mutex_unlock(&s->lock);
+	usnap_io_kick(s);
+}
+
+/* ---- begin ------------------------------------------------------------------- */
+
+/* Start threads with every signal blocked: a signal handler of the program
+ * running on the fault handler could write protected memory and wait for itself. */
+int usnap_thread_start(pthread_t *t, void *(*fn)(void *), void *arg)
+{
+	sigset_t all, old;
+	int r;
+
+	sigfillset(&all);
+	pthread_sigmask(SIG_SETMASK, &all, &old);
+	r = pthread_create(t, NULL, fn, arg);
+	pthread_sigmask(SIG_SETMASK, &old, NULL);
+	return -r;
+}
+
+static int cmp_by_addr(const void *a, const void *b)
+{
+	const struct usnap_sreg *x = *(struct usnap_sreg *const *)a, *y = *(struct usnap_sreg *const *)b;
+
+	return x->reg->addr < y->reg->addr ? -1 : x->reg->addr > y->reg->addr;
+}
+
+static void snap_destroy(uffdsnap_snap_t *s)
+{
+	for (unsigned i = 0; s->sregs && i < s->nregions; i++) {
+		free(s->sregs[i].copied);
+		free(s->sregs[i].data);
+	}
+	free(s->sregs);
+	free(s->by_addr);
+	free(s->workers);
+	free(s->io.head_rec);
+	free(s->io.trailer);
+	free(s->io.index);
+	if (s->sink)
+		usnap_sink_close(s->sink, false);
+	if (s->ctl_efd >= 0)
+		close(s->ctl_efd);
+	pthread_mutex_destroy(&s->lock);
+	pthread_cond_destroy(&s->cv);
+	pthread_mutex_destroy(&s->join_lock);
+	pthread_mutex_destroy(&s->pool_lock);
+	pthread_cond_destroy(&s->pool_cv);
+	pthread_mutex_destroy(&s->cq_lock);
+	pthread_cond_destroy(&s->cq_cv);
+	pthread_mutex_destroy(&s->io.lock);
+	free(s);
+}
+
+static uffdsnap_snap_t *snap_alloc(uffdsnap_t *ctx, struct uffdsnap_sink *sink)
+{
+	uffdsnap_snap_t *s = calloc(1, sizeof(*s));
+
+	if (!s)
+		return NULL;
+	s->ctx = ctx;
+	s->uffd = ctx->uffd;
+	s->page_size = ctx->page_size;
+	s->flags = ctx->opts.flags;
+	s->zstd_level = ctx->opts.zstd_level;
+	s->sink = sink;
+	s->ctl_efd = -1;
+	pthread_mutex_init(&s->lock, NULL);
+	pthread_cond_init(&s->cv, NULL);
+	pthread_mutex_init(&s->join_lock, NULL);
+	pthread_mutex_init(&s->pool_lock, NULL);
+	pthread_cond_init(&s->pool_cv, NULL);
+	pthread_mutex_init(&s->cq_lock, NULL);
+	pthread_cond_init(&s->cq_cv, NULL);
+	pthread_mutex_init(&s->io.lock, NULL);
+	return s;
+}
+
+static int snap_prepare(uffdsnap_snap_t *s)
+{
+	uffdsnap_t *ctx = s->ctx;
+	struct usnap_pool *p = &ctx->pool;
+
+	s->pool = p;
+	s->buffer_bound = ctx->opts.buffer_bytes;
+	for (unsigned i = 0; i < p->njobs; i++) {
+		p->jobs[i].next = s->free_jobs;
+		s->free_jobs = &p->jobs[i];
+	}
+	s->nregions = ctx->nregs;
+	s->sregs = calloc(s->nregions, sizeof(*s->sregs));
+	s->by_addr = calloc(s->nregions, sizeof(*s->by_addr));
+	if (!s->sregs || !s->by_addr)
+		return usnap_err(-ENOMEM, "allocating snapshot state");
+	for (unsigned i = 0; i < s->nregions; i++) {
+		struct usnap_sreg *sr = &s->sregs[i];
+		sr->reg = &ctx->regs[i];
+		sr->id = i;
+		sr->copied = calloc((sr->reg->npages + 63) / 64, sizeof(uint64_t));
+		if (!sr->copied)
+			return usnap_err(-ENOMEM, "allocating the page bitmap of region '%s'", sr->reg->name);
+		s->by_addr[i] = sr;
+		s->pages_total += sr->reg->npages;
+	}
+	qsort(s->by_addr, s->nregions, sizeof(*s->by_addr), cmp_by_addr);
+	s->ctl_efd = eventfd(0, EFD_CLOEXEC | EFD_NONBLOCK);
+	if (s->ctl_efd < 0)
+		return usnap_err(-errno, "eventfd: %s", strerror(errno));
+	if (getrandom(s->snap_id, sizeof(s->snap_id), 0) != sizeof(s->snap_id))
+		return usnap_err(-errno, "getrandom: %s", strerror(errno));
+	return 0;
+}
+
+static int snap_start_threads(uffdsnap_snap_t *s)
+{
+	int n = s->ctx->opts.compress_threads, r;
+
+	if (n == 0)
+		n = (int)sysconf(_SC_NPROCESSORS_ONLN);
+	if (n < 1)
+		n = 1;
+	r = usnap_workers_start(s, (unsigned)n);
+	if (!r)
+		r = usnap_io_start(s);
+	if (!r) {
+		r = usnap_thread_start(&s->handler, usnap_handler_main, s);
+		s->handler_started = !r;
+		if (r)
+			usnap_err(r, "starting the fault handler thread: %s", strerror(-r));
+	}
+	return r;
+}
+
+static void snap_join(uffdsnap_snap_t *s);
+
+USNAP_EXPORT int uffdsnap_begin(uffdsnap_t *ctx, uffdsnap_sink_t *sink, uffdsnap_snap_t **snapp)
+{
+	uffdsnap_snap_t *s;
+	struct timespec rt;
+	uint64_t t0;
+	int r;
+
+	usnap_clear_err();
+	if (snapp)
+		*snapp = NULL;
+	if (!ctx || !sink || !snapp) {
+		if (sink)
+			uffdsnap_sink_free(sink);
+		return usnap_err(-EINVAL, "uffdsnap_begin: ctx, sink and snap must not be NULL");
+	}
+	s = snap_alloc(ctx, sink);
+	if (!s) {
+		uffdsnap_sink_free(sink);
+		return usnap_err(-ENOMEM, "allocating the snapshot");
+	}
+	pthread_mutex_lock(&ctx->lock);
+	r = ctx->active ? usnap_err(-EBUSY, "a snapshot is already running on this context")
+	    : !ctx->nregs ? usnap_err(-ENOENT, "no regions registered: call uffdsnap_add_region first")
+	    : 0;
+	if (!r)
+		ctx->active = s;
+	pthread_mutex_unlock(&ctx->lock);
+	if (r) {
+		s->ctx = NULL;
+		snap_destroy(s);
+		return r;
+	}
+	r = snap_prepare(s);
+	if (!r)
+		r = usnap_sink_open(s->sink);
+	if (!r)
+		r = snap_start_threads(s);
+
+	/* The instant: every region armed while the handler is not yet reading
+	 * the userfaultfd, so any fault raised meanwhile is held. */
+	t0 = usnap_now_ns();
+	for (unsigned i = 0; !r && i < s->nregions; i++)
+		r = usnap_arm(s, &s->sregs[i]);
+	s->t0_ns = usnap_now_ns();
+	s->begin_ns = s->t0_ns - t0;
+	clock_gettime(CLOCK_REALTIME, &rt);
+	s->created_ns = (uint64_t)rt.tv_sec * 1000000000ull + (uint64_t)rt.tv_nsec;
+	if (!r)
+		r = usnap_build_head(s);
+	if (r) {
+		/* Keep the detail: usnap_fail must not overwrite the thread's message. */
+		usnap_fail(s, r, "%s", uffdsnap_last_error());
+		snap_join(s);
+		snap_destroy(s);
+		return r;
+	}
+	pthread_mutex_lock(&s->lock);
+	s->go = true;
+	pthread_cond_broadcast(&s->cv);
+	pthread_mutex_unlock(&s->lock);
+	usnap_io_kick(s);
+	*snapp = s;
+	return 0;
+}
+
+USNAP_EXPORT int uffdsnap_begin_file(uffdsnap_t *ctx, const char *path, uffdsnap_snap_t **snap)
+{
+	uffdsnap_sink_t *sink;
+	int r = uffdsnap_sink_file(&sink, path, 0600);
+
+	if (r) {
+		if (snap)
+			*snap = NULL;
+		return r;
+	}
+	return uffdsnap_begin(ctx, sink, snap);
+}
+
+/* ---- wait, cancel, free ---------------------------------------------------------- */
+
+/* Join every thread once; afterwards the snapshot no longer uses its context. */
+static void snap_join(uffdsnap_snap_t *s)
+{
+	uffdsnap_t *ctx;
+
+	pthread_mutex_lock(&s->join_lock);
+	if (s->joined) {
+		pthread_mutex_unlock(&s->join_lock);
+		return;
+	}
+	if (s->handler_started)
+		pthread_join(s->handler, NULL);
+	else
+		usnap_compress_close(s); /* the handler would have closed the queue */
+	usnap_workers_join(s);
+	usnap_io_join(s);
+	/* Regions the handler never got to (failed begin) are disarmed here. */
+	for (unsigned i = 0; i < s->nregions; i++)
+		usnap_disarm(s, &s->sregs[i]);
+	ctx = s->ctx;
+	if (ctx) {
+		pthread_mutex_lock(&ctx->lock);
+		if (ctx->active == s)
+			ctx->active = NULL;
+		pthread_mutex_unlock(&ctx->lock);
+		s->ctx = NULL;
+	}
+	atomic_store(&s->state, atomic_load(&s->err) == USNAP_COMMITTED ? UFFDSNAP_STATE_DONE
+									 : UFFDSNAP_STATE_FAILED);
+	s->joined = true;
+	pthread_mutex_unlock(&s->join_lock);
+}
+
+USNAP_EXPORT int uffdsnap_wait(uffdsnap_snap_t *s)
+{
+	int err;
+
+	if (!s)
+		return usnap_err(-EINVAL, "snap is NULL");
+	snap_join(s);
+	err = atomic_load(&s->err);
+	return err == USNAP_COMMITTED ? 0 : err;
+}
+
+USNAP_EXPORT int uffdsnap_done(const uffdsnap_snap_t *s)
+{
+	uffdsnap_snap_t *m = (uffdsnap_snap_t *)s;
+
+	/* Finished means written (or failed) and no page protected any more. */
+	return m && atomic_load(&m->end_ns) && atomic_load(&m->window_end_ns);
+}
+
+USNAP_EXPORT void uffdsnap_cancel(uffdsnap_snap_t *s)
+{
+	if (s)
+		usnap_fail(s, -ECANCELED, "cancelled");
+}
+
+USNAP_EXPORT const char *uffdsnap_snap_error(const uffdsnap_snap_t *s)
+{
+	if (!s)
+		return "snap is NULL";
+	return atomic_load(&((uffdsnap_snap_t *)s)->err) < 0 ? s->errmsg : "";
+}
+
+USNAP_EXPORT int uffdsnap_snap_stats(const uffdsnap_snap_t *cs, uffdsnap_stats_t *out)
+{
+	uffdsnap_snap_t *s = (uffdsnap_snap_t *)cs;
+	uffdsnap_stats_t st;
+	uint64_t end, wend, now = usnap_now_ns();
+	int err;
+
+	if (!s || !out)
+		return usnap_err(-EINVAL, "snap and out must not be NULL");
+	if (out->size < sizeof(out->size) + sizeof(int) || out->size > sizeof(st))
+		return usnap_err(-EINVAL, "uffdsnap_stats.size is %zu: set it to sizeof(uffdsnap_stats_t) (%zu)",
+				 out->size, sizeof(st));
+	memset(&st, 0, sizeof(st));
+	st.size = out->size;
+	err = atomic_load(&s->err);
+	end = atomic_load(&s->end_ns);
+	wend = atomic_load(&s->window_end_ns);
+	st.state = !end ? UFFDSNAP_STATE_RUNNING : err == USNAP_COMMITTED ? UFFDSNAP_STATE_DONE
+									  : UFFDSNAP_STATE_FAILED;
+	st.error = err < 0 ? err : 0;
+	st.begin_ns = s->begin_ns;
+	st.elapsed_ns = (end ? end : now) - s->t0_ns;
+	st.window_ns = (wend ? wend : now) - s->t0_ns;
+	st.pages_total = s->pages_total;
+	st.pages_fault = atomic_load(&s->pages_fault);
+	st.pages_sweep = atomic_load(&s->pages_sweep);
+	st.pages_hole = atomic_load(&s->pages_hole);
+	st.faults = atomic_load(&s->faults);
+	st.fault_wait_max_ns = atomic_load(&s->fault_wait_max_ns);
+	st.bytes_raw = atomic_load(&s->bytes_raw);
+	st.bytes_out = atomic_load(&s->bytes_out);
+	pthread_mutex_lock(&s->pool_lock);
+	st.buffer_peak = (uint64_t)s->jobs_peak * (s->pool ? s->pool->footprint : 0);
+	pthread_mutex_unlock(&s->pool_lock);
+	st.buffer_bound = s->buffer_bound;
+	st.pages_zero_found = atomic_load(&s->pages_zero_found);
+	st.chunks = atomic_load(&s->chunks);
+	memcpy(out, &st, out->size);
+	return 0;
+}
+
+USNAP_EXPORT void uffdsnap_snap_free(uffdsnap_snap_t *s)
+{
+	if (!s)
+		return;
+	uffdsnap_cancel(s);
+	snap_join(s);
+	snap_destroy(s);
+}

@@ -1,0 +1,250 @@
+/* SPDX-License-Identifier: LGPL-2.1-or-later */
+/*
+ * Internal structures shared by the engine's files. Who owns what:
+ *   probe.c     opening the userfaultfd, feature negotiation, uffdsnap_new/free
+ *   region.c    region validation (add_region) and arming/disarming regions
+ *               for one snapshot (register, find data extents, protect)
+ *   snapshot.c  the snapshot lifecycle: begin, wait, cancel, stats, failure,
+ *               and the chunk-buffer pool that bounds memory
+ *   fault.c     the fault-handler thread: fault path and sweep in one loop
+ *   compress.c  compression workers: zero pages, zstd, checksummed records
+ *   sink.c      sinks and the libuv I/O thread: header, chunks, index, trailer
+ *   reader.c    everything that reads snapshot bytes
+ *   errors.c    errno texts and the per-thread error detail
+ */
+#ifndef UFFDSNAP_PRIVATE_H
+#define UFFDSNAP_PRIVATE_H
+
+#include <pthread.h>
+#include <stdatomic.h>
+#include <stdbool.h>
+#include <stdint.h>
+#include <sys/types.h>
+#include <uv.h>
+
+#include "uffdsnap.h"
+#include "format.h"
+
+#define USNAP_EXPORT __attribute__((visibility("default")))
+
+/* errors.c: record a detail for uffdsnap_last_error() and return err. */
+int usnap_err(int err, const char *fmt, ...) __attribute__((format(printf, 2, 3)));
+void usnap_clear_err(void);
+
+static inline uint64_t usnap_now_ns(void)
+{
+	struct timespec ts;
+	clock_gettime(CLOCK_MONOTONIC, &ts);
+	return (uint64_t)ts.tv_sec * 1000000000ull + (uint64_t)ts.tv_nsec;
+}
+
+/* One registered region. */
+struct usnap_reg {
+	char *name;
+	uintptr_t addr;
+	size_t len;
+	uint64_t npages;
+	int fd;            /* the backing shmem file, read with pread() by the engine */
+	off_t file_off;    /* file offset of addr */
+};
+
+/* A run of pages [first, first + n) of one region. */
+struct usnap_run {
+	uint64_t first;
+	uint64_t n;
+};
+
+/* Per-snapshot state of one region, owned by the handler thread. */
+struct usnap_sreg {
+	const struct usnap_reg *reg;
+	unsigned id;
+	uint64_t *copied;          /* bitmap: page recorded (data or zero) */
+	struct usnap_run *data;    /* populated runs at the instant (SEEK_DATA), sorted */
+	size_t ndata;
+	bool registered;           /* UFFDIO_REGISTER in force */
+};
+
+/*
+ * One chunk buffer: raw page bytes copied by the handler, then the finished
+ * record built by a compression worker, held until the sink has written it.
+ */
+struct usnap_job {
+	struct usnap_job *next;
+	unsigned region;
+	uint32_t nextents;         /* extents filled by the handler */
+	uint32_t data_pages;       /* DATA pages in raw */
+	bool fault;                /* pages copied for writers: compress first */
+	struct usnap_extent *ext;  /* capacity: snap->job_ext_cap */
+	uint8_t *raw;              /* capacity: chunk_bytes */
+	uint8_t *out;              /* the record; capacity: snap->job_out_cap */
+	size_t out_len;
+	uint64_t zero_pages;       /* set by the worker: pages recorded as zero */
+	uint64_t first_page, end_page;  /* set by the worker, for the index */
+	uint64_t file_offset;      /* set by the I/O stage when batched */
+};
+
+/* Job pool and buffer memory: one mapping per context, reused by its snapshots. */
+struct usnap_pool {
+	void *mem;
+	size_t mem_len;
+	struct usnap_job *jobs;
+	unsigned njobs;
+	size_t chunk_bytes;
+	uint32_t ext_cap;
+	size_t out_cap;
+	size_t footprint;          /* bytes of one job: what buffer_bytes is divided by */
+};
+
+/* snap->err once the I/O stage has committed to success: later failures lose. */
+#define USNAP_COMMITTED 1
+
+struct uffdsnap {
+	int uffd;
+	uint64_t features;          /* what the kernel offers */
+	bool user_mode_only;
+	uffdsnap_opts_t opts;       /* normalized */
+	size_t page_size;
+	struct usnap_reg *regs;
+	unsigned nregs, cap;
+	struct usnap_pool pool;
+	pthread_mutex_t lock;       /* active */
+	struct uffdsnap_snap *active;
+};
+
+enum usnap_sink_kind { USNAP_SINK_FILE, USNAP_SINK_FD, USNAP_SINK_CALLBACK };
+
+struct uffdsnap_sink {
+	enum usnap_sink_kind kind;
+	int fd;                 /* FILE: the temp file; FD: the caller's fd */
+	char *path;             /* FILE: final name */
+	char *tmp_path;         /* FILE: temp name while writing */
+	mode_t mode;
+	uffdsnap_write_fn fn;
+	void *user;
+};
+
+/* The I/O stage (sink.c). */
+struct usnap_io {
+	uv_loop_t loop;
+	uv_async_t wake;
+	uv_fs_t req;
+	pthread_t thread;
+	bool loop_ready, thread_started;
+	bool wake_open;             /* under lock: uv_async_send is allowed */
+	/* queue of finished records, filled by workers; under lock */
+	pthread_mutex_t lock;
+	struct usnap_job *q_head, *q_tail;
+	bool producers_done;
+	/* owned by the I/O thread */
+	uint8_t *head_rec;          /* HEAD record, written first */
+	size_t head_len;
+	bool head_written, trailer_written, synced;
+	bool inflight, finished, sink_failed;
+	uint8_t *trailer;           /* INDX + END */
+	size_t trailer_len;
+	uint64_t offset;            /* bytes written so far */
+	struct usnap_index_ent *index;
+	size_t nindex, index_cap;
+	/* the write in flight: jobs and buffers */
+	struct usnap_job *batch[64];
+	unsigned nbatch;
+	uv_buf_t bufs[64];
+	unsigned nbufs, buf_first;
+	uint64_t batch_offset;
+	uint64_t pages_data, pages_zero, bytes_raw;
+};
+
+struct uffdsnap_snap {
+	uffdsnap_t *ctx;            /* NULL once detached (threads joined) */
+	int uffd;
+	size_t page_size;
+	uint32_t flags;             /* opts.flags */
+	struct uffdsnap_sink *sink;
+	struct usnap_sreg *sregs;   /* in region id order */
+	struct usnap_sreg **by_addr;/* sorted by address, for fault lookup */
+	unsigned nregions;
+	uint64_t pages_total;
+	uint8_t snap_id[16];
+	uint64_t created_ns;
+
+	/* failure: first error wins */
+	_Atomic int err;
+	char errmsg[512];
+	_Atomic bool abort;
+	int ctl_efd;                /* wakes the handler: abort, or a job was freed */
+
+	/* lifecycle */
+	pthread_mutex_t lock;
+	pthread_cond_t cv;          /* go, done */
+	bool go;
+	bool io_done;
+	_Atomic int state;          /* UFFDSNAP_STATE_* */
+	bool joined;
+	pthread_mutex_t join_lock;
+	pthread_t handler;
+	bool handler_started;
+
+	/* job pool: free list under pool_lock */
+	struct usnap_pool *pool;
+	pthread_mutex_t pool_lock;
+	pthread_cond_t pool_cv;
+	struct usnap_job *free_jobs;
+
+	/* compression queue */
+	pthread_mutex_t cq_lock;
+	pthread_cond_t cq_cv;
+	struct usnap_job *cq_fault, *cq_fault_tail, *cq_sweep, *cq_sweep_tail;
+	bool cq_closed;
+	unsigned nworkers, workers_left;
+	pthread_t *workers;
+	unsigned workers_started;
+	int zstd_level;
+
+	struct usnap_io io;
+
+	/* statistics (atomics: read by snap_stats from any thread) */
+	uint64_t begin_ns, t0_ns;
+	_Atomic uint64_t end_ns, window_end_ns;
+	_Atomic uint64_t pages_fault, pages_sweep, pages_hole, pages_zero_found, faults, chunks;
+	_Atomic uint64_t fault_wait_max_ns, bytes_raw, bytes_out;
+	unsigned jobs_in_use, jobs_peak;    /* under pool_lock */
+	uint64_t buffer_bound;
+};
+
+/* probe.c */
+int usnap_uffd_open(uffdsnap_t *ctx);
+
+/* region.c */
+int usnap_arm(uffdsnap_snap_t *s, struct usnap_sreg *sr);
+void usnap_disarm(uffdsnap_snap_t *s, struct usnap_sreg *sr);
+void usnap_reg_release(struct usnap_reg *r);
+bool usnap_in_data(const struct usnap_sreg *sr, uint64_t page);
+
+/* snapshot.c */
+int usnap_thread_start(pthread_t *t, void *(*fn)(void *), void *arg);
+void usnap_fail(uffdsnap_snap_t *s, int err, const char *fmt, ...) __attribute__((format(printf, 3, 4)));
+struct usnap_job *usnap_job_get(uffdsnap_snap_t *s, bool wait);
+void usnap_job_put(uffdsnap_snap_t *s, struct usnap_job *job);
+int usnap_pool_init(uffdsnap_t *ctx);
+void usnap_pool_free(struct usnap_pool *pool);
+
+/* fault.c */
+void *usnap_handler_main(void *arg);
+
+/* compress.c */
+int usnap_workers_start(uffdsnap_snap_t *s, unsigned n);
+void usnap_compress_submit(uffdsnap_snap_t *s, struct usnap_job *job);
+void usnap_compress_close(uffdsnap_snap_t *s);
+void usnap_workers_join(uffdsnap_snap_t *s);
+
+/* sink.c */
+int usnap_sink_open(struct uffdsnap_sink *sink);
+int usnap_io_start(uffdsnap_snap_t *s);
+void usnap_io_push(uffdsnap_snap_t *s, struct usnap_job *job);
+void usnap_io_producers_done(uffdsnap_snap_t *s);
+void usnap_io_kick(uffdsnap_snap_t *s);
+void usnap_io_join(uffdsnap_snap_t *s);
+void usnap_sink_close(struct uffdsnap_sink *sink, bool ok);
+int usnap_build_head(uffdsnap_snap_t *s);
+
+#endif
