@@ -27,7 +27,9 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <dirent.h>
 #include <sys/stat.h>
+#include <sys/sysmacros.h>
 #include <sys/vfs.h>
 #include <sched.h>
 #include <unistd.h>
@@ -116,6 +118,31 @@ static int scan_maps(const char *name, uintptr_t addr, uintptr_t end, struct vma
 	return r;
 }
 
+/*
+ * Without CAP_CHECKPOINT_RESTORE (unprivileged, user-mode-only contexts)
+ * /proc/self/map_files is closed to us; the program usually still holds the
+ * file open, so find a descriptor of ours that is the same inode.
+ */
+static int open_own_fd(const struct vma_line *v)
+{
+	DIR *d = opendir("/proc/self/fd");
+	struct dirent *e;
+	struct stat st;
+	int fd = -1;
+
+	if (!d)
+		return -1;
+	while (fd < 0 && (e = readdir(d))) {
+		int n = atoi(e->d_name);
+		if (e->d_name[0] == '.' || n == dirfd(d) || fstat(n, &st))
+			continue;
+		if (st.st_ino == v->ino && major(st.st_dev) == v->maj && minor(st.st_dev) == v->min)
+			fd = fcntl(n, F_DUPFD_CLOEXEC, 0);
+	}
+	closedir(d);
+	return fd;
+}
+
 /* Open the file behind the mapping and check it is shmem that covers the region. */
 static int open_backing(const char *name, const struct vma_line *v, off_t file_off, size_t len, int *fdp)
 {
@@ -126,9 +153,16 @@ static int open_backing(const char *name, const struct vma_line *v, off_t file_o
 
 	snprintf(p, sizeof(p), "/proc/self/map_files/%" PRIxPTR "-%" PRIxPTR, v->start, v->end);
 	fd = open(p, O_RDONLY | O_CLOEXEC);
-	if (fd < 0)
-		return usnap_err(errno == EPERM || errno == EACCES ? -EPERM : -errno,
-				 "region '%s': cannot open its backing file through %s: %s", name, p, strerror(errno));
+	if (fd < 0) {
+		int e = errno;
+		if (e == EPERM || e == EACCES)
+			fd = open_own_fd(v);
+		if (fd < 0)
+			return usnap_err(e == EPERM || e == EACCES ? -EPERM : -e,
+					 "region '%s': cannot open its backing file through %s (%s) and no open "
+					 "file descriptor of this process is that file: keep the memfd open, or "
+					 "grant CAP_CHECKPOINT_RESTORE", name, p, strerror(e));
+	}
 	if (fstatfs(fd, &sfs) || fstat(fd, &st)) {
 		int e = -errno;
 		close(fd);
