@@ -41,7 +41,8 @@ USNAP_EXPORT unsigned uffdsnap_version(void)
 
 USNAP_EXPORT const char *uffdsnap_strerror(int err)
 {
-	switch (err < 0 ? -err : err) {
+	/* unsigned: -INT_MIN would overflow */
+	switch (err < 0 ? 0u - (unsigned)err : (unsigned)err) {
 	case 0:
 		return "success";
 	case EPERM:
@@ -66,7 +67,7 @@ USNAP_EXPORT const char *uffdsnap_strerror(int err)
 	case ENAMETOOLONG:
 		return "region name too long (at most 255 bytes)";
 	case ENOENT:
-		return "not found (no such region, or no regions registered)";
+		return "not found: no such file or directory, no such region, or no regions registered";
 	case ENOMEM:
 		return "out of memory";
 	case ENOSPC:

@@ -230,6 +230,7 @@ static int snap_prepare(uffdsnap_snap_t *s)
 	struct usnap_pool *p = &ctx->pool;
 
 	s->pool = p;
+	s->job_footprint = p->footprint;
 	s->buffer_bound = ctx->opts.buffer_bytes;
 	for (unsigned i = 0; i < p->njobs; i++) {
 		p->jobs[i].next = s->free_jobs;
@@ -458,7 +459,7 @@ USNAP_EXPORT int uffdsnap_snap_stats(const uffdsnap_snap_t *cs, uffdsnap_stats_t
 	st.bytes_raw = atomic_load(&s->bytes_raw);
 	st.bytes_out = atomic_load(&s->bytes_out);
 	pthread_mutex_lock(&s->pool_lock);
-	st.buffer_peak = (uint64_t)s->jobs_peak * (s->pool ? s->pool->footprint : 0);
+	st.buffer_peak = (uint64_t)s->jobs_peak * s->job_footprint;
 	pthread_mutex_unlock(&s->pool_lock);
 	st.buffer_bound = s->buffer_bound;
 	st.pages_zero_found = atomic_load(&s->pages_zero_found);

@@ -184,8 +184,9 @@ struct uffdsnap_snap {
 	pthread_t handler;
 	bool handler_started;
 
-	/* job pool: free list under pool_lock */
+	/* job pool (the context's; not used once detached): free list under pool_lock */
 	struct usnap_pool *pool;
+	size_t job_footprint;       /* copied: stats outlive the context */
 	pthread_mutex_t pool_lock;
 	pthread_cond_t pool_cv;
 	struct usnap_job *free_jobs;

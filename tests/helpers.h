@@ -1,0 +1,246 @@
+/* SPDX-License-Identifier: LGPL-2.1-or-later */
+/*
+ * Test helpers shared by the tests/test-*.c programs.
+ *
+ * Conventions:
+ *  - every test program calls usnap_test_require_uffd() in main() before
+ *    starting the Check runner: without root/userfaultfd it prints why and
+ *    exits 77 (meson's "skipped").
+ *  - anything that can block on a fault runs under a Check timeout and, for
+ *    threads, under usnap_watchdog() (alarm(): a hang aborts the test child)
+ *    and usnap_join_timeout().
+ *  - helpers fail the current Check test (ck_assert) on setup errors.
+ */
+#ifndef USNAP_TEST_HELPERS_H
+#define USNAP_TEST_HELPERS_H
+
+#include <check.h>
+#include <limits.h>
+#include <pthread.h>
+#include <stdatomic.h>
+#include <stdbool.h>
+#include <stddef.h>
+#include <stdint.h>
+#include <stdio.h>
+#include <sys/types.h>
+
+#include "uffdsnap.h"
+
+#define USNAP_SKIP 77
+#define KiB (1024ul)
+#define MiB (1024ul * 1024ul)
+#define GiB (1024ul * 1024ul * 1024ul)
+
+extern size_t usnap_page; /* page size, set by usnap_test_require_uffd() / usnap_test_init() */
+
+/* ---- environment --------------------------------------------------------- */
+
+/* Set up page size and stdout buffering (called by usnap_test_require_uffd). */
+void usnap_test_init(void);
+/* Exit 77 with a printed reason unless a context can be created (root or
+ * /dev/userfaultfd access, kernel with shmem write-protect). */
+void usnap_test_require_uffd(void);
+/* Exit 77 with a reason unless running as root (mounts, setresuid). */
+void usnap_test_require_root(void);
+/* Run the suite (CK_FORK unless CK_FORK=no in env) and return the exit code. */
+int usnap_run_suite(Suite *s);
+
+/* A watchdog for the current (forked) test: after `seconds`, print `what`
+ * and abort(). 0 disarms. */
+void usnap_watchdog(unsigned seconds, const char *what);
+/* pthread_join with a timeout; 0 on success, ETIMEDOUT if the thread hangs. */
+int usnap_join_timeout(pthread_t t, unsigned seconds);
+uint64_t usnap_now_ns(void);
+double usnap_ms_since(uint64_t t0_ns);
+
+/* ---- memory regions -------------------------------------------------------- */
+
+enum usnap_mem_kind {
+	USNAP_MEM_MEMFD,        /* memfd_create + ftruncate + mmap MAP_SHARED */
+	USNAP_MEM_DEVSHM,       /* a file on /dev/shm */
+	USNAP_MEM_TMPFS,        /* a file on a freshly mounted tmpfs (root) */
+	USNAP_MEM_ANON_SHARED,  /* MAP_SHARED | MAP_ANONYMOUS */
+	USNAP_MEM_DISKFILE,     /* a regular file on /var/tmp (must be refused) */
+	USNAP_MEM_ANON_PRIVATE, /* MAP_PRIVATE | MAP_ANONYMOUS (must be refused) */
+};
+
+struct usnap_mem {
+	enum usnap_mem_kind kind;
+	uint8_t *addr;
+	size_t len;
+	int fd;                 /* backing file, -1 for anonymous */
+	char path[PATH_MAX];    /* file path for DEVSHM/TMPFS/DISKFILE ("" once unlinked) */
+	char mnt[PATH_MAX];     /* tmpfs mount point for TMPFS */
+};
+
+/* Map a region of `len` bytes of the given kind (contents: holes). */
+void usnap_mem_new(struct usnap_mem *m, enum usnap_mem_kind kind, size_t len);
+/* memfd shorthand; returns the address. */
+uint8_t *usnap_memfd(struct usnap_mem *m, size_t len);
+void usnap_mem_free(struct usnap_mem *m);
+const char *usnap_mem_kind_name(enum usnap_mem_kind kind);
+
+/* ---- patterns --------------------------------------------------------------- */
+
+uint64_t usnap_splitmix64(uint64_t *state);
+/* Deterministic pseudo-random contents of page `pageno` for `seed`. */
+void usnap_fill_page(void *page, uint64_t seed, uint64_t pageno);
+/* Fill [addr, addr+len) page by page with usnap_fill_page(seed, i). */
+void usnap_fill_random(void *addr, size_t len, uint64_t seed);
+/* Mixed contents: for page i, i % hole_every == 1 is left untouched (a hole
+ * if the region is fresh), i % zero_every == 2 is written with zeros, the rest
+ * random. 0 disables a kind. Returns the number of pages left as holes. */
+size_t usnap_fill_mixed(void *addr, size_t len, uint64_t seed, unsigned hole_every, unsigned zero_every);
+/* A private anonymous copy of [addr, addr+len) (free with usnap_buf_free). */
+uint8_t *usnap_copy(const void *addr, size_t len);
+/* The same for a region, read with pread(2) from its file when it has one:
+ * reading holes through a shmem mapping would populate them. */
+uint8_t *usnap_mem_copy(const struct usnap_mem *m);
+/* Number of pages of the file that are holes (SEEK_DATA/SEEK_HOLE); -1 if no fd. */
+long usnap_mem_holes(const struct usnap_mem *m);
+uint8_t *usnap_buf_alloc(size_t len);
+void usnap_buf_free(void *buf, size_t len);
+
+/* ---- pagemap ---------------------------------------------------------------- */
+
+/* Number of pages in [addr, addr+len) whose pagemap entry has bit 57
+ * (uffd-wp protected) set; -1 on error (fails the test). */
+long usnap_pagemap_protected(const void *addr, size_t len);
+/* Number of pages present in RAM (bit 63). */
+long usnap_pagemap_present(const void *addr, size_t len);
+/* Raw pagemap entry of one page. */
+uint64_t usnap_pagemap_entry(const void *addr);
+#define USNAP_PM_WP (1ull << 57)
+#define USNAP_PM_PRESENT (1ull << 63)
+
+/* ---- snapshots -------------------------------------------------------------- */
+
+/* uffdsnap_new with a context, failing the test with the detail on error. */
+uffdsnap_t *usnap_ctx_new(const uffdsnap_opts_t *opts);
+/* add_region, asserting success; returns the id. */
+int usnap_add(uffdsnap_t *ctx, const char *name, void *addr, size_t len);
+/* Fetch and print stats ("label: faults=.. fault=.. sweep=.. hole=.."). */
+void usnap_stats(uffdsnap_snap_t *s, uffdsnap_stats_t *st);
+void usnap_stats_print(const char *label, const uffdsnap_stats_t *st);
+/* Assert pages_fault + pages_sweep + pages_hole == pages_total. */
+void usnap_assert_exactly_once(const uffdsnap_stats_t *st);
+
+struct usnap_expect {
+	const char *name;      /* region name in the snapshot */
+	const void *data;      /* expected bytes (NULL: expect all zero) */
+	size_t len;
+};
+/* Open `path` with the public reader, require verify() == 0, complete == 1,
+ * nregions == n, and every region's bytes equal to expect[i]. Prints a line. */
+void usnap_check_file(const char *path, const struct usnap_expect *expect, unsigned n);
+/* Same for a snapshot stream held in memory (written to a temp file first). */
+void usnap_check_buffer(const void *buf, size_t len, const struct usnap_expect *expect, unsigned n);
+/* Read a whole region of a verified snapshot file into a new buffer
+ * (usnap_buf_free(buf, *len)). */
+uint8_t *usnap_read_region(const char *path, const char *name, size_t *len);
+/* 1 if `path` exists and passes uffdsnap_reader_verify(), else 0. */
+int usnap_file_verifies(const char *path);
+
+/* ---- files and directories ----------------------------------------------------- */
+
+/* mkdtemp under /var/tmp into buf (PATH_MAX); fails the test on error. */
+void usnap_tmpdir(char *buf);
+/* Remove a directory and the files in it (one level). */
+void usnap_rmdir(const char *dir);
+/* Number of entries (not . and ..) in dir. Prints them if `print`. */
+int usnap_dir_entries(const char *dir, bool print);
+/* Mount a tmpfs of `size` bytes on a new mkdtemp dir (root; fails test). */
+void usnap_tmpfs_mount(char *dir, size_t size);
+void usnap_tmpfs_umount(const char *dir);
+/* Read a whole file into memory (malloc); *len gets its size. */
+uint8_t *usnap_slurp(const char *path, size_t *len);
+
+/* ---- sinks ------------------------------------------------------------------- */
+
+/*
+ * A callback sink for tests: stores the stream to `fd` (if >= 0) and/or in
+ * memory; can sleep per call, fail at call N, or block on a gate until opened.
+ */
+struct usnap_cb {
+	int fd;                      /* write the stream here (-1: don't) */
+	bool keep;                   /* also keep the stream in memory */
+	uint8_t *mem;
+	size_t mem_len, mem_cap;
+	unsigned sleep_us;           /* per call (read atomically, may be changed live) */
+	_Atomic unsigned sleep_us_live;
+	unsigned fail_at;            /* 1-based call number that returns fail_err (0: never) */
+	int fail_err;
+	_Atomic unsigned long calls;
+	_Atomic unsigned long long bytes;
+	_Atomic bool blocked;        /* a call is waiting at the gate */
+	pthread_mutex_t lock;
+	pthread_cond_t cv;
+	bool gate_closed;            /* calls wait while closed */
+	unsigned gate_after;         /* the gate applies from this call number on (1-based; 0 = 1) */
+};
+
+void usnap_cb_init(struct usnap_cb *cb, int fd);
+void usnap_cb_destroy(struct usnap_cb *cb);
+/* The uffdsnap_write_fn to pass with &cb. */
+int usnap_cb_write(void *user, const void *buf, size_t len);
+/* A sink for cb (asserting success). */
+uffdsnap_sink_t *usnap_cb_sink(struct usnap_cb *cb);
+void usnap_cb_gate(struct usnap_cb *cb, bool closed);
+/* Wait (up to `seconds`) until a call is blocked at the gate; returns true if so. */
+bool usnap_cb_wait_blocked(struct usnap_cb *cb, unsigned seconds);
+
+/* ---- writer threads ----------------------------------------------------------- */
+
+struct usnap_writers;
+typedef void (*usnap_writer_fn)(struct usnap_writers *w, unsigned idx);
+struct usnap_writer_slot {
+	struct usnap_writers *w;
+	unsigned i;
+};
+
+struct usnap_writers {
+	unsigned n;
+	pthread_t tid[64];
+	usnap_writer_fn fn;
+	void *arg;                   /* shared test state */
+	_Atomic bool stop;
+	_Atomic unsigned long long progress[64]; /* per-writer counters the fn maintains */
+	_Atomic unsigned finished;
+	struct usnap_writer_slot slot[64];
+};
+
+/* Start n writers running fn(w, i). */
+void usnap_writers_start(struct usnap_writers *w, unsigned n, usnap_writer_fn fn, void *arg);
+/* Wait until every writer's progress[] reached at least `min` (up to `seconds`). */
+bool usnap_writers_wait_progress(struct usnap_writers *w, unsigned long long min, unsigned seconds);
+/* Set stop and join each writer with a timeout; fails the test if one hangs. */
+void usnap_writers_stop(struct usnap_writers *w, unsigned seconds);
+/* Join (without setting stop) each writer with a timeout; fails on hang. */
+void usnap_writers_join(struct usnap_writers *w, unsigned seconds);
+
+#endif
+
+/* ---- the prefix rule ----------------------------------------------------------
+ *
+ * Sequence writers: writer w does writes i = 1, 2, 3, ... in program order;
+ * write i stores the value i into slot S(i) of region (i-1)&1 (alternating
+ * between the two regions), slots being 8-byte words inside the writer's own
+ * `pages` pages of each region, spread so that consecutive writes to one
+ * region land on different pages. A snapshot that is one instant shows, for
+ * each writer, exactly the writes 1..k for one k: every slot holds the last
+ * write to it with seq <= k (or 0).
+ */
+struct usnap_seq {
+	uint8_t *base[2];          /* the two regions */
+	size_t pages;              /* pages per writer per region */
+	unsigned slots_per_page;   /* words used per page (<= page/8) */
+	unsigned nwriters;
+};
+/* Bytes each region needs. */
+size_t usnap_seq_region_bytes(const struct usnap_seq *q);
+/* usnap_writer_fn: w->arg is a struct usnap_seq *; progress[idx] = last seq written. */
+void usnap_seq_writer(struct usnap_writers *w, unsigned idx);
+/* Check writer `wr` in the image of the two regions (snap[0], snap[1]); the
+ * writer's last write was `last`. Returns k (writes visible) and fails the test
+ * (with the first violation) unless the visible writes are a prefix. */
+uint64_t usnap_seq_check(const struct usnap_seq *q, uint8_t *const snap[2], unsigned wr, uint64_t last);

@@ -1,0 +1,159 @@
+/* SPDX-License-Identifier: LGPL-2.1-or-later */
+/*
+ * Contract 6: memory for copied-but-unwritten pages stays under buffer_bytes
+ * whatever the write rate. A slow sink and writers at full speed over a
+ * 256 MiB region: the library's buffer_peak stays under the bound, and,
+ * measured independently, the process's anonymous RSS does not grow by
+ * anything like the data written; the snapshot is still byte-exact.
+ */
+#include <errno.h>
+#include <fcntl.h>
+#include <stdlib.h>
+#include <string.h>
+#include <unistd.h>
+
+#include "helpers.h"
+
+struct bb_state {
+	uint8_t *addr;
+	size_t len;
+};
+
+static void bb_writer(struct usnap_writers *w, unsigned idx)
+{
+	struct bb_state *b = w->arg;
+	uint64_t rng = 1234 + idx, np = b->len / usnap_page;
+
+	while (!atomic_load_explicit(&w->stop, memory_order_relaxed)) {
+		uint64_t r = usnap_splitmix64(&rng);
+		b->addr[(r % np) * usnap_page + (r >> 52)] = (uint8_t)r;
+		atomic_fetch_add_explicit(&w->progress[idx], 1, memory_order_relaxed);
+	}
+}
+
+static long rss_anon_kib(void)
+{
+	char line[256];
+	long v = -1;
+	FILE *f = fopen("/proc/self/status", "re");
+
+	ck_assert(f != NULL);
+	while (fgets(line, sizeof(line), f))
+		if (sscanf(line, "RssAnon: %ld kB", &v) == 1)
+			break;
+	fclose(f);
+	return v;
+}
+
+START_TEST(buffer_bound_slow_sink)
+{
+	const size_t len = 256 * MiB, bound = 4 * MiB;
+	struct usnap_mem m;
+	struct usnap_cb cb;
+	struct usnap_writers w;
+	struct bb_state b;
+	uffdsnap_opts_t o;
+	uffdsnap_t *ctx;
+	uffdsnap_snap_t *s;
+	uffdsnap_stats_t st;
+	char dir[PATH_MAX], path[PATH_MAX + 16];
+	uint8_t *ref;
+	long rss0, rss_max = 0;
+	unsigned long long writes = 0;
+	int r, fd, samples = 0;
+
+	usnap_watchdog(170, "buffer_bound_slow_sink");
+	usnap_memfd(&m, len);
+	usnap_fill_mixed(m.addr, len, 3, 0, 4); /* a quarter zero pages: compressible too */
+	ref = usnap_copy(m.addr, len);
+	uffdsnap_opts_init(&o);
+	o.buffer_bytes = bound;
+	o.compress_threads = 2;
+	ctx = usnap_ctx_new(&o);
+	usnap_add(ctx, "pool", m.addr, len);
+	usnap_tmpdir(dir);
+	snprintf(path, sizeof(path), "%s/snap", dir);
+	fd = open(path, O_WRONLY | O_CREAT | O_EXCL | O_CLOEXEC, 0600);
+	ck_assert(fd >= 0);
+	usnap_cb_init(&cb, fd);
+	cb.sleep_us = 2000; /* ~128 MiB/s at 256 KiB records: slower than the writers dirty pages */
+	b.addr = m.addr;
+	b.len = len;
+	rss0 = rss_anon_kib();
+
+	r = uffdsnap_begin(ctx, usnap_cb_sink(&cb), &s);
+	ck_assert_msg(r == 0, "begin: %d (%s)", r, uffdsnap_last_error());
+	usnap_writers_start(&w, 2, bb_writer, &b); /* started after the instant: the reference stays exact */
+	while (!uffdsnap_done(s)) {
+		long rss = rss_anon_kib();
+		if (rss > rss_max)
+			rss_max = rss;
+		usnap_stats(s, &st);
+		ck_assert_msg(st.buffer_peak <= bound, "buffer_peak %llu > bound %zu while running",
+			      (unsigned long long)st.buffer_peak, bound);
+		samples++;
+		usleep(20 * 1000);
+	}
+	r = uffdsnap_wait(s);
+	for (unsigned i = 0; i < 2; i++)
+		writes += atomic_load(&w.progress[i]);
+	usnap_writers_stop(&w, 20);
+	ck_assert_msg(r == 0, "wait: %d %s", r, uffdsnap_snap_error(s));
+	usnap_stats(s, &st);
+	usnap_stats_print("done", &st);
+	printf("buffer_bound_slow_sink: %llu writes during the snapshot; RssAnon before %ld KiB, max during %ld KiB "
+	       "(+%ld KiB) over %d samples; sink calls %lu\n", writes, rss0, rss_max, rss_max - rss0, samples,
+	       atomic_load(&cb.calls));
+	usnap_assert_exactly_once(&st);
+	ck_assert_uint_eq(st.buffer_bound, bound);
+	ck_assert_msg(st.buffer_peak > 0 && st.buffer_peak <= bound, "buffer_peak %llu, bound %zu",
+		      (unsigned long long)st.buffer_peak, bound);
+	ck_assert_msg(st.pages_fault > 1000, "only %llu pages copied for writers: the writers did not outrun the "
+		      "sink, the bound was not exercised", (unsigned long long)st.pages_fault);
+	ck_assert_msg(st.fault_wait_max_ns > 0, "no fault ever waited for buffer space");
+	ck_assert_msg(rss_max - rss0 < 48 * 1024, "anonymous memory grew by %ld KiB during the snapshot with a "
+		      "%zu KiB bound", rss_max - rss0, bound / 1024);
+	ck_assert_int_eq(usnap_pagemap_protected(m.addr, len), 0);
+	close(fd);
+	{
+		struct usnap_expect ex = { "pool", ref, len };
+		usnap_check_file(path, &ex, 1);
+	}
+	uffdsnap_snap_free(s);
+	uffdsnap_free(ctx);
+	usnap_cb_destroy(&cb);
+	usnap_rmdir(dir);
+	usnap_buf_free(ref, len);
+	usnap_mem_free(&m);
+}
+END_TEST
+
+/* A bound below what the engine can work with is refused up front. */
+START_TEST(buffer_bound_too_small)
+{
+	uffdsnap_opts_t o;
+	uffdsnap_t *ctx = NULL;
+	int r;
+
+	uffdsnap_opts_init(&o);
+	o.buffer_bytes = 4096;
+	r = uffdsnap_new(&ctx, &o);
+	printf("buffer_bound_too_small: buffer_bytes 4096 -> %d (%s)\n", r, uffdsnap_last_error());
+	ck_assert_int_eq(r, -EINVAL);
+	ck_assert_ptr_null(ctx);
+	ck_assert_str_ne(uffdsnap_last_error(), "");
+}
+END_TEST
+
+int main(void)
+{
+	Suite *s = suite_create("buffer-bound");
+	TCase *tc = tcase_create("buffer-bound");
+
+	usnap_test_require_uffd();
+	tcase_set_timeout(tc, 180);
+	tcase_add_test(tc, buffer_bound_slow_sink);
+	tcase_add_test(tc, buffer_bound_too_small);
+	suite_add_tcase(s, tc);
+	return usnap_run_suite(s);
+}

@@ -1,0 +1,368 @@
+/* SPDX-License-Identifier: LGPL-2.1-or-later */
+/*
+ * Contract 7: every failure (disk full, sink error, snap_free / free / cancel
+ * mid-snapshot) drops all protection, wakes every blocked writer, returns a
+ * negative errno from wait, and leaves no file that passes verify (nor a
+ * temporary file) behind.
+ */
+#include <errno.h>
+#include <fcntl.h>
+#include <signal.h>
+#include <string.h>
+#include <sys/mman.h>
+#include <sys/stat.h>
+#include <unistd.h>
+
+#include "helpers.h"
+
+struct rw_state {
+	uint8_t *addr;
+	size_t first_page, npages;
+};
+
+/* Writes random pages of [first_page, first_page + npages) until stopped. */
+static void rw_writer(struct usnap_writers *w, unsigned idx)
+{
+	struct rw_state *b = w->arg;
+	uint64_t rng = 777 + idx;
+
+	while (!atomic_load_explicit(&w->stop, memory_order_relaxed)) {
+		uint64_t r = usnap_splitmix64(&rng);
+		b->addr[(b->first_page + r % b->npages) * usnap_page + (r >> 52)] = (uint8_t)r;
+		atomic_fetch_add_explicit(&w->progress[idx], 1, memory_order_relaxed);
+	}
+}
+
+/* After a failed wait: nothing protected, every writer still makes progress
+ * and stops when told. */
+static void assert_released(struct usnap_mem *m, struct usnap_writers *w, const char *what)
+{
+	unsigned long long p0[64];
+	long prot = usnap_pagemap_protected(m->addr, m->len);
+
+	ck_assert_msg(prot == 0, "%s: %ld pages still protected after the failure", what, prot);
+	for (unsigned i = 0; i < w->n; i++)
+		p0[i] = atomic_load(&w->progress[i]);
+	usleep(50 * 1000);
+	for (unsigned i = 0; i < w->n; i++)
+		ck_assert_msg(atomic_load(&w->progress[i]) > p0[i], "%s: writer %u makes no progress after the "
+			      "failure (blocked on a fault)", what, i);
+	usnap_writers_stop(w, 10);
+	ck_assert_int_eq(usnap_pagemap_protected(m->addr, m->len), 0);
+}
+
+static void assert_failed(uffdsnap_snap_t *s, int r, int want, const char *what)
+{
+	uffdsnap_stats_t st;
+
+	usnap_stats(s, &st);
+	usnap_stats_print(what, &st);
+	printf("  %s: wait -> %d (%s): %s\n", what, r, uffdsnap_strerror(r), uffdsnap_snap_error(s));
+	ck_assert_msg(r == want, "%s: wait returned %d (%s), expected %d", what, r, uffdsnap_snap_error(s), want);
+	ck_assert_msg(uffdsnap_snap_error(s)[0], "%s: no uffdsnap_snap_error text", what);
+	ck_assert_int_eq(st.state, UFFDSNAP_STATE_FAILED);
+	ck_assert_int_eq(st.error, want);
+	ck_assert_int_eq(uffdsnap_done(s), 1);
+	ck_assert_int_eq(uffdsnap_wait(s), want); /* again: same answer */
+}
+
+/* (a) disk full: a 64 MiB random region into a 4 MiB tmpfs. */
+START_TEST(failure_enospc)
+{
+	const size_t len = 64 * MiB;
+	struct usnap_mem m;
+	struct usnap_writers w;
+	struct rw_state b;
+	uffdsnap_t *ctx;
+	uffdsnap_snap_t *s;
+	char mnt[PATH_MAX], path[PATH_MAX + 16];
+	int r;
+
+	usnap_watchdog(120, "failure_enospc");
+	usnap_memfd(&m, len);
+	usnap_fill_random(m.addr, len, 9);
+	usnap_tmpfs_mount(mnt, 4 * MiB);
+	snprintf(path, sizeof(path), "%s/snap", mnt);
+	ctx = usnap_ctx_new(NULL);
+	usnap_add(ctx, "r", m.addr, len);
+	b = (struct rw_state){ m.addr, 0, len / usnap_page };
+	usnap_writers_start(&w, 2, rw_writer, &b);
+	ck_assert(usnap_writers_wait_progress(&w, 1000, 10));
+	r = uffdsnap_begin_file(ctx, path, &s);
+	ck_assert_msg(r == 0, "begin: %d (%s)", r, uffdsnap_last_error());
+	r = uffdsnap_wait(s);
+	assert_failed(s, r, -ENOSPC, "ENOSPC");
+	assert_released(&m, &w, "ENOSPC");
+	ck_assert_msg(access(path, F_OK) != 0, "the target %s exists after a failed snapshot", path);
+	ck_assert_msg(usnap_dir_entries(mnt, true) == 0, "files left in %s after a failed snapshot", mnt);
+	uffdsnap_snap_free(s);
+	uffdsnap_free(ctx);
+	usnap_tmpfs_umount(mnt);
+	usnap_mem_free(&m);
+}
+END_TEST
+
+/* (b) an fd sink whose reader went away. */
+static void closed_pipe(bool ignore_sigpipe)
+{
+	const size_t len = 32 * MiB;
+	struct usnap_mem m;
+	struct usnap_writers w;
+	struct rw_state b;
+	uffdsnap_t *ctx;
+	uffdsnap_snap_t *s;
+	uffdsnap_sink_t *k;
+	int r, p[2];
+
+	usnap_watchdog(60, "failure closed pipe");
+	if (ignore_sigpipe)
+		signal(SIGPIPE, SIG_IGN);
+	usnap_memfd(&m, len);
+	usnap_fill_random(m.addr, len, 19);
+	ctx = usnap_ctx_new(NULL);
+	usnap_add(ctx, "r", m.addr, len);
+	ck_assert_int_eq(pipe(p), 0);
+	close(p[0]);
+	ck_assert_int_eq(uffdsnap_sink_fd(&k, p[1]), 0);
+	b = (struct rw_state){ m.addr, 0, len / usnap_page };
+	usnap_writers_start(&w, 2, rw_writer, &b);
+	r = uffdsnap_begin(ctx, k, &s);
+	ck_assert_msg(r == 0, "begin: %d (%s)", r, uffdsnap_last_error());
+	r = uffdsnap_wait(s);
+	assert_failed(s, r, -EPIPE, ignore_sigpipe ? "EPIPE (SIGPIPE ignored)" : "EPIPE (SIGPIPE default)");
+	assert_released(&m, &w, "EPIPE");
+	ck_assert_msg(fcntl(p[1], F_GETFD) >= 0, "the fd sink closed the caller's fd");
+	close(p[1]);
+	uffdsnap_snap_free(s);
+	uffdsnap_free(ctx);
+	usnap_mem_free(&m);
+}
+
+START_TEST(failure_epipe) { closed_pipe(true); }
+END_TEST
+/* The library must turn a vanished reader into EPIPE without a SIGPIPE that
+ * kills a program that did not ignore it. */
+START_TEST(failure_epipe_sigpipe_default) { closed_pipe(false); }
+END_TEST
+
+/* (c) a callback sink failing at call N. */
+START_TEST(failure_callback_eio)
+{
+	const size_t len = 32 * MiB;
+	struct usnap_mem m;
+	struct usnap_writers w;
+	struct rw_state b;
+	struct usnap_cb cb;
+	uffdsnap_t *ctx;
+	uffdsnap_snap_t *s;
+	int r;
+
+	usnap_watchdog(60, "failure_callback_eio");
+	usnap_memfd(&m, len);
+	usnap_fill_random(m.addr, len, 29);
+	ctx = usnap_ctx_new(NULL);
+	usnap_add(ctx, "r", m.addr, len);
+	usnap_cb_init(&cb, -1);
+	cb.keep = true;
+	cb.fail_at = 5;
+	cb.fail_err = -EIO;
+	b = (struct rw_state){ m.addr, 0, len / usnap_page };
+	usnap_writers_start(&w, 2, rw_writer, &b);
+	ck_assert_int_eq(uffdsnap_begin(ctx, usnap_cb_sink(&cb), &s), 0);
+	r = uffdsnap_wait(s);
+	assert_failed(s, r, -EIO, "callback -EIO at call 5");
+	assert_released(&m, &w, "callback -EIO");
+	printf("  callback calls: %lu, bytes kept %zu\n", atomic_load(&cb.calls), cb.mem_len);
+	ck_assert_uint_ge(atomic_load(&cb.calls), 5);
+	/* what did reach the sink must not pass for a snapshot */
+	{
+		char dir[PATH_MAX], path[PATH_MAX + 16];
+		FILE *f;
+		usnap_tmpdir(dir);
+		snprintf(path, sizeof(path), "%s/partial", dir);
+		f = fopen(path, "we");
+		ck_assert(f != NULL);
+		if (cb.mem_len)
+			ck_assert_uint_eq(fwrite(cb.mem, 1, cb.mem_len, f), cb.mem_len);
+		fclose(f);
+		ck_assert_msg(!usnap_file_verifies(path), "the stream of a failed snapshot passes verify");
+		usnap_rmdir(dir);
+	}
+	uffdsnap_snap_free(s);
+	uffdsnap_free(ctx);
+	usnap_cb_destroy(&cb);
+	usnap_mem_free(&m);
+}
+END_TEST
+
+/* (d)(e)(f): writers really blocked in faults (sink shut, buffer full), then
+ * the snapshot is ended by snap_free / ctx free / cancel. */
+enum how { BY_SNAP_FREE, BY_CTX_FREE, BY_CANCEL };
+
+struct killer {
+	enum how how;
+	uffdsnap_t *ctx;
+	uffdsnap_snap_t *s;
+};
+
+static void *kill_it(void *arg)
+{
+	struct killer *k = arg;
+
+	if (k->how == BY_SNAP_FREE)
+		uffdsnap_snap_free(k->s);
+	else if (k->how == BY_CTX_FREE)
+		uffdsnap_free(k->ctx);
+	else
+		uffdsnap_cancel(k->s);
+	return NULL;
+}
+
+static void blocked_writers(enum how how)
+{
+	static const char *names[] = { "snap_free mid-snapshot", "uffdsnap_free(ctx) mid-snapshot", "cancel" };
+	const size_t len = 64 * MiB;
+	struct usnap_mem m;
+	struct usnap_writers w;
+	struct rw_state b;
+	struct usnap_cb cb;
+	struct killer k;
+	uffdsnap_opts_t o;
+	uffdsnap_t *ctx;
+	uffdsnap_snap_t *s;
+	uffdsnap_stats_t st;
+	unsigned long long p1[4];
+	pthread_t t;
+	char dir[PATH_MAX], path[PATH_MAX + 16];
+	int fd, r;
+
+	usnap_watchdog(90, names[how]);
+	usnap_memfd(&m, len);
+	usnap_fill_random(m.addr, len, 39);
+	uffdsnap_opts_init(&o);
+	o.buffer_bytes = 4 * MiB;
+	ctx = usnap_ctx_new(&o);
+	usnap_add(ctx, "r", m.addr, len);
+	usnap_tmpdir(dir);
+	snprintf(path, sizeof(path), "%s/partial", dir);
+	fd = open(path, O_WRONLY | O_CREAT | O_EXCL | O_CLOEXEC, 0600);
+	ck_assert(fd >= 0);
+	usnap_cb_init(&cb, fd);
+	usnap_cb_gate(&cb, true);
+	ck_assert_int_eq(uffdsnap_begin(ctx, usnap_cb_sink(&cb), &s), 0);
+	ck_assert(usnap_cb_wait_blocked(&cb, 10));
+	b = (struct rw_state){ m.addr, len / usnap_page / 2, len / usnap_page / 2 }; /* far from the sweep */
+	usnap_writers_start(&w, 3, rw_writer, &b);
+	usleep(300 * 1000);
+	for (unsigned i = 0; i < 3; i++)
+		p1[i] = atomic_load(&w.progress[i]);
+	usleep(200 * 1000);
+	usnap_stats(s, &st);
+	usnap_stats_print(names[how], &st);
+	for (unsigned i = 0; i < 3; i++)
+		ck_assert_msg(atomic_load(&w.progress[i]) == p1[i], "writer %u is not blocked (%llu -> %llu writes)",
+			      i, p1[i], atomic_load(&w.progress[i]));
+	ck_assert_uint_ge(st.faults, 1);
+	ck_assert_int_gt(usnap_pagemap_protected(m.addr, len), 0);
+
+	k = (struct killer){ how, ctx, s };
+	ck_assert_int_eq(pthread_create(&t, NULL, kill_it, &k), 0);
+	/* the sink is still shut: the writers must be released anyway */
+	atomic_store(&w.stop, true);
+	for (unsigned i = 0; i < 3; i++) {
+		r = usnap_join_timeout(w.tid[i], 10);
+		ck_assert_msg(r == 0, "%s: writer %u still blocked 10 s later, while a sink call is in progress",
+			      names[how], i);
+	}
+	w.n = 0;
+	ck_assert_int_eq(usnap_pagemap_protected(m.addr, len), 0);
+	printf("%s: %d writers released with the sink still blocked\n", names[how], 3);
+	usnap_cb_gate(&cb, false);
+	ck_assert_msg(usnap_join_timeout(t, 20) == 0, "%s did not return after the sink was released", names[how]);
+	if (how != BY_SNAP_FREE) {
+		r = uffdsnap_wait(s);
+		assert_failed(s, r, -ECANCELED, names[how]);
+		uffdsnap_snap_free(s);
+	}
+	if (how != BY_CTX_FREE)
+		uffdsnap_free(ctx);
+	ck_assert_int_eq(usnap_pagemap_protected(m.addr, len), 0);
+	m.addr[len - 1]++; /* and it stays writable */
+	close(fd);
+	ck_assert_msg(!usnap_file_verifies(path), "%s: the partial stream passes verify", names[how]);
+	usnap_cb_destroy(&cb);
+	usnap_rmdir(dir);
+	usnap_mem_free(&m);
+}
+
+START_TEST(failure_snap_free_mid_snapshot) { blocked_writers(BY_SNAP_FREE); }
+END_TEST
+START_TEST(failure_ctx_free_mid_snapshot) { blocked_writers(BY_CTX_FREE); }
+END_TEST
+START_TEST(failure_cancel_blocked_writers) { blocked_writers(BY_CANCEL); }
+END_TEST
+
+/* (f') cancel of a file-sink snapshot: no target, no temporary file. */
+START_TEST(failure_cancel_file)
+{
+	const size_t len = 128 * MiB;
+	struct usnap_mem m;
+	struct usnap_writers w;
+	struct rw_state b;
+	uffdsnap_t *ctx;
+	uffdsnap_snap_t *s;
+	char dir[PATH_MAX], path[PATH_MAX + 16];
+	int r;
+
+	usnap_watchdog(60, "failure_cancel_file");
+	usnap_memfd(&m, len);
+	usnap_fill_random(m.addr, len, 49);
+	ctx = usnap_ctx_new(NULL);
+	usnap_add(ctx, "r", m.addr, len);
+	usnap_tmpdir(dir);
+	snprintf(path, sizeof(path), "%s/snap", dir);
+	b = (struct rw_state){ m.addr, 0, len / usnap_page };
+	usnap_writers_start(&w, 2, rw_writer, &b);
+	ck_assert_int_eq(uffdsnap_begin_file(ctx, path, &s), 0);
+	ck_assert_msg(usnap_dir_entries(dir, true) == 1, "no temporary file while the snapshot runs");
+	ck_assert_msg(access(path, F_OK) != 0, "the target exists before the snapshot finished");
+	uffdsnap_cancel(s);
+	uffdsnap_cancel(s); /* twice is harmless */
+	r = uffdsnap_wait(s);
+	assert_failed(s, r, -ECANCELED, "cancel (file sink)");
+	assert_released(&m, &w, "cancel (file sink)");
+	ck_assert_msg(access(path, F_OK) != 0, "the target exists after cancel");
+	ck_assert_msg(usnap_dir_entries(dir, true) == 0, "files left in %s after cancel", dir);
+	uffdsnap_cancel(s); /* after the end: no effect */
+	ck_assert_int_eq(uffdsnap_wait(s), -ECANCELED);
+	uffdsnap_snap_free(s);
+	/* the context is usable again */
+	ck_assert_int_eq(uffdsnap_begin_file(ctx, path, &s), 0);
+	ck_assert_int_eq(uffdsnap_wait(s), 0);
+	ck_assert(usnap_file_verifies(path));
+	uffdsnap_snap_free(s);
+	uffdsnap_free(ctx);
+	usnap_rmdir(dir);
+	usnap_mem_free(&m);
+}
+END_TEST
+
+int main(void)
+{
+	Suite *s = suite_create("failure");
+	TCase *tc = tcase_create("failure");
+
+	usnap_test_require_uffd();
+	usnap_test_require_root(); /* tmpfs mount for ENOSPC */
+	tcase_set_timeout(tc, 120);
+	tcase_add_test(tc, failure_enospc);
+	tcase_add_test(tc, failure_epipe);
+	tcase_add_test(tc, failure_epipe_sigpipe_default);
+	tcase_add_test(tc, failure_callback_eio);
+	tcase_add_test(tc, failure_snap_free_mid_snapshot);
+	tcase_add_test(tc, failure_ctx_free_mid_snapshot);
+	tcase_add_test(tc, failure_cancel_blocked_writers);
+	tcase_add_test(tc, failure_cancel_file);
+	suite_add_tcase(s, tc);
+	return usnap_run_suite(s);
+}

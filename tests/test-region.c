@@ -1,0 +1,235 @@
+/* SPDX-License-Identifier: LGPL-2.1-or-later */
+/*
+ * Contract 4: memfd, /dev/shm and tmpfs files, and MAP_SHARED|MAP_ANONYMOUS
+ * are accepted (and snapshot byte-exact); everything else is refused at
+ * uffdsnap_add_region with the documented errno and a detail message.
+ */
+#include <errno.h>
+#include <limits.h>
+#include <string.h>
+#include <sys/mman.h>
+#include <unistd.h>
+
+#include "helpers.h"
+
+static void snapshot_kind(enum usnap_mem_kind kind)
+{
+	const size_t len = 16 * MiB;
+	struct usnap_mem m;
+	uffdsnap_t *ctx;
+	uffdsnap_snap_t *s;
+	uffdsnap_stats_t st;
+	char dir[PATH_MAX], path[PATH_MAX + 16];
+	uint8_t *ref;
+	int r;
+
+	usnap_mem_new(&m, kind, len);
+	usnap_fill_mixed(m.addr, len, 31 + kind, 9, 5);
+	ref = usnap_mem_copy(&m);
+	ctx = usnap_ctx_new(NULL);
+	ck_assert_int_eq(usnap_add(ctx, "region", m.addr, len), 0);
+	usnap_tmpdir(dir);
+	snprintf(path, sizeof(path), "%s/snap", dir);
+	r = uffdsnap_begin_file(ctx, path, &s);
+	ck_assert_msg(r == 0, "%s: begin: %d (%s)", usnap_mem_kind_name(kind), r, uffdsnap_last_error());
+	for (size_t off = 0; off < len; off += 7 * usnap_page)
+		m.addr[off] ^= 0xff; /* writes during the snapshot */
+	r = uffdsnap_wait(s);
+	ck_assert_msg(r == 0, "%s: wait: %d %s", usnap_mem_kind_name(kind), r, uffdsnap_snap_error(s));
+	usnap_stats(s, &st);
+	printf("region kind %s accepted:\n", usnap_mem_kind_name(kind));
+	usnap_stats_print(usnap_mem_kind_name(kind), &st);
+	usnap_assert_exactly_once(&st);
+	ck_assert_int_eq(usnap_pagemap_protected(m.addr, len), 0);
+	{
+		struct usnap_expect ex = { "region", ref, len };
+		usnap_check_file(path, &ex, 1);
+	}
+	uffdsnap_snap_free(s);
+	uffdsnap_free(ctx);
+	usnap_rmdir(dir);
+	usnap_buf_free(ref, len);
+	usnap_mem_free(&m);
+}
+
+START_TEST(region_accepts_memfd) { snapshot_kind(USNAP_MEM_MEMFD); }
+END_TEST
+START_TEST(region_accepts_devshm) { snapshot_kind(USNAP_MEM_DEVSHM); }
+END_TEST
+START_TEST(region_accepts_tmpfs) { snapshot_kind(USNAP_MEM_TMPFS); }
+END_TEST
+START_TEST(region_accepts_anon_shared) { snapshot_kind(USNAP_MEM_ANON_SHARED); }
+END_TEST
+
+#define REFUSE(ctx, name, addr, len, err)                                                                  \
+	do {                                                                                               \
+		const char *n_ = (name);                                                                   \
+		int r_ = uffdsnap_add_region(ctx, n_, addr, len);                                        \
+		const char *d_ = uffdsnap_last_error();                                                    \
+		printf("  refused %-28s -> %d (%s): %s\n", #err, r_, r_ < 0 ? uffdsnap_strerror(r_) : "-", d_); \
+		ck_assert_msg(r_ == -(err), "add_region(%s, %p, %zu): %d, expected -%s", n_ ? n_ : "NULL", \
+			      (void *)(addr), (size_t)(len), r_, #err);                                    \
+		ck_assert_msg(d_ && d_[0], "no uffdsnap_last_error() detail for -%s", #err);              \
+	} while (0)
+
+START_TEST(region_refusals)
+{
+	struct usnap_mem ok, disk, priv, hole;
+	uffdsnap_t *ctx;
+	char longname[300];
+	int n0;
+
+	usnap_watchdog(60, "region_refusals");
+	usnap_memfd(&ok, 8 * MiB);
+	usnap_mem_new(&disk, USNAP_MEM_DISKFILE, 1 * MiB);
+	usnap_mem_new(&priv, USNAP_MEM_ANON_PRIVATE, 1 * MiB);
+	usnap_memfd(&hole, 3 * MiB);
+	ck_assert_int_eq(munmap(hole.addr + 1 * MiB, 1 * MiB), 0); /* a gap in the middle */
+	memset(disk.addr, 1, disk.len);
+	memset(priv.addr, 1, priv.len);
+	ctx = usnap_ctx_new(NULL);
+
+	printf("region_refusals:\n");
+	REFUSE(ctx, "disk", disk.addr, disk.len, EMEDIUMTYPE);
+	REFUSE(ctx, "private", priv.addr, priv.len, EMEDIUMTYPE);
+	REFUSE(ctx, "unaligned-addr", ok.addr + 8, 4 * usnap_page, EINVAL);
+	REFUSE(ctx, "unaligned-len", ok.addr, usnap_page + 100, EINVAL);
+	REFUSE(ctx, "zero-len", ok.addr, 0, EINVAL);
+	REFUSE(ctx, NULL, ok.addr, usnap_page, EINVAL);
+	REFUSE(ctx, "", ok.addr, usnap_page, EINVAL);
+	memset(longname, 'n', sizeof(longname));
+	longname[256] = '\0';
+	REFUSE(ctx, longname, ok.addr, usnap_page, ENAMETOOLONG);
+	REFUSE(ctx, "gap", hole.addr, 3 * MiB, EFAULT);
+	REFUSE(ctx, "unmapped", hole.addr + 1 * MiB, 1 * MiB, EFAULT);
+	REFUSE(ctx, "nowhere", (void *)(uintptr_t)(64 * KiB), usnap_page, EFAULT);
+	/* a range spanning the memfd and an unrelated mapping next to it is not one file */
+	ck_assert_int_eq(uffdsnap_region_count(ctx), 0);
+
+	/* 255 bytes is fine */
+	longname[255] = '\0';
+	ck_assert_int_eq(usnap_add(ctx, longname, ok.addr + 7 * MiB, 1 * MiB), 0);
+	ck_assert_int_eq(usnap_add(ctx, "pool", ok.addr, 2 * MiB), 1);
+	REFUSE(ctx, "pool", ok.addr + 4 * MiB, 1 * MiB, EEXIST);
+	REFUSE(ctx, "overlap-inside", ok.addr + 1 * MiB, usnap_page, EBUSY);
+	REFUSE(ctx, "overlap-tail", ok.addr + 2 * MiB - usnap_page, 2 * usnap_page, EBUSY);
+	REFUSE(ctx, "overlap-all", ok.addr, 8 * MiB, EBUSY);
+	REFUSE(ctx, "same", ok.addr, 2 * MiB, EBUSY);
+	/* adjacent is fine */
+	ck_assert_int_eq(usnap_add(ctx, "adjacent", ok.addr + 2 * MiB, 1 * MiB), 2);
+	n0 = uffdsnap_region_count(ctx);
+	ck_assert_int_eq(n0, 3);
+
+	/* add_region while a snapshot runs */
+	{
+		struct usnap_cb cb;
+		uffdsnap_snap_t *s;
+		usnap_cb_init(&cb, -1);
+		usnap_cb_gate(&cb, true);
+		ck_assert_int_eq(uffdsnap_begin(ctx, usnap_cb_sink(&cb), &s), 0);
+		REFUSE(ctx, "late", ok.addr + 5 * MiB, 1 * MiB, EBUSY);
+		usnap_cb_gate(&cb, false);
+		ck_assert_int_eq(uffdsnap_wait(s), 0);
+		uffdsnap_snap_free(s);
+		usnap_cb_destroy(&cb);
+		/* and after it, adding works again */
+		ck_assert_int_eq(usnap_add(ctx, "late", ok.addr + 5 * MiB, 1 * MiB), 3);
+	}
+	ck_assert_int_eq(uffdsnap_region_count(ctx), 4);
+	ck_assert_int_eq(uffdsnap_add_region(NULL, "x", ok.addr, usnap_page), -EINVAL);
+	ck_assert_int_lt(uffdsnap_region_count(NULL), 0);
+
+	uffdsnap_free(ctx);
+	usnap_mem_free(&ok);
+	usnap_mem_free(&disk);
+	usnap_mem_free(&priv);
+	munmap(hole.addr, 1 * MiB);
+	munmap(hole.addr + 2 * MiB, 1 * MiB);
+	hole.addr = NULL;
+	usnap_mem_free(&hole);
+}
+END_TEST
+
+/* A region that spans two different shmem files mapped back to back. */
+START_TEST(region_refuses_two_files)
+{
+	struct usnap_mem a, b;
+	uffdsnap_t *ctx;
+	uint8_t *base;
+	int r;
+
+	usnap_memfd(&a, 1 * MiB);
+	usnap_memfd(&b, 1 * MiB);
+	base = mmap(NULL, 2 * MiB, PROT_NONE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
+	ck_assert(base != MAP_FAILED);
+	ck_assert(mmap(base, 1 * MiB, PROT_READ | PROT_WRITE, MAP_SHARED | MAP_FIXED, a.fd, 0) == base);
+	ck_assert(mmap(base + 1 * MiB, 1 * MiB, PROT_READ | PROT_WRITE, MAP_SHARED | MAP_FIXED, b.fd, 0) ==
+		  base + 1 * MiB);
+	ctx = usnap_ctx_new(NULL);
+	r = uffdsnap_add_region(ctx, "two", base, 2 * MiB);
+	printf("region_refuses_two_files: %d (%s)\n", r, uffdsnap_last_error());
+	ck_assert_int_eq(r, -EMEDIUMTYPE);
+	ck_assert_str_ne(uffdsnap_last_error(), "");
+	/* each one alone is fine */
+	ck_assert_int_eq(usnap_add(ctx, "one", base, 1 * MiB), 0);
+	ck_assert_int_eq(usnap_add(ctx, "other", base + 1 * MiB, 1 * MiB), 1);
+	uffdsnap_free(ctx);
+	munmap(base, 2 * MiB);
+	usnap_mem_free(&a);
+	usnap_mem_free(&b);
+}
+END_TEST
+
+START_TEST(region_strerror)
+{
+	static const int errs[] = { EPERM, ENOSYS, EOPNOTSUPP, EINVAL, EEXIST, EBUSY, EFAULT, EMEDIUMTYPE,
+				    ENAMETOOLONG, ENOENT, ENOMEM, ENOSPC, EPIPE, EIO, ECANCELED, EBADMSG,
+				    ENODATA, ENOEXEC, EPROTONOSUPPORT, EACCES, ESTALE, EDQUOT, EAGAIN };
+	const char *unknown = uffdsnap_strerror(-99999);
+
+	ck_assert_ptr_nonnull(unknown);
+	ck_assert(unknown[0]);
+	for (size_t i = 0; i < sizeof(errs) / sizeof(errs[0]); i++) {
+		const char *m = uffdsnap_strerror(-errs[i]);
+		ck_assert_msg(m && strlen(m) >= 10, "strerror(-%d) is too short: %s", errs[i], m ? m : "NULL");
+		ck_assert_msg(strcmp(m, unknown), "strerror(-%d) = the unknown-error text", errs[i]);
+		ck_assert_str_eq(uffdsnap_strerror(errs[i]), m); /* positive values too */
+		printf("  strerror(-%s%d) = %s\n", "", errs[i], m);
+	}
+	/* what a user must be told about permissions */
+	ck_assert_ptr_nonnull(strstr(uffdsnap_strerror(-EPERM), "root"));
+	ck_assert_ptr_nonnull(strstr(uffdsnap_strerror(-EPERM), "unprivileged_userfaultfd"));
+	/* unknown values never crash or return NULL */
+	{
+		static const int odd[] = { 4095, -4095, 12345, -12345, INT_MAX, -INT_MAX, INT_MIN, 0, 1 };
+		for (size_t i = 0; i < sizeof(odd) / sizeof(odd[0]); i++) {
+			const char *m = uffdsnap_strerror(odd[i]);
+			ck_assert_msg(m && m[0], "strerror(%d) NULL or empty", odd[i]);
+		}
+	}
+	ck_assert_uint_eq(uffdsnap_version(), UFFDSNAP_VERSION_NUMBER);
+}
+END_TEST
+
+int main(void)
+{
+	Suite *s = suite_create("region");
+	TCase *tc = tcase_create("accept");
+
+	usnap_test_require_uffd();
+	tcase_set_timeout(tc, 120);
+	tcase_add_test(tc, region_accepts_memfd);
+	tcase_add_test(tc, region_accepts_devshm);
+	tcase_add_test(tc, region_accepts_tmpfs);
+	tcase_add_test(tc, region_accepts_anon_shared);
+	suite_add_tcase(s, tc);
+	/* no write faults in this case: it can run under valgrind (CK_RUN_CASE=refuse);
+	 * valgrind serializes threads, so a thread blocked in a uffd fault hangs it */
+	tc = tcase_create("refuse");
+	tcase_set_timeout(tc, 120);
+	tcase_add_test(tc, region_refusals);
+	tcase_add_test(tc, region_refuses_two_files);
+	tcase_add_test(tc, region_strerror);
+	suite_add_tcase(s, tc);
+	return usnap_run_suite(s);
+}

@@ -1,0 +1,226 @@
+/* SPDX-License-Identifier: LGPL-2.1-or-later */
+/*
+ * Contract 5: holes and zero pages are recorded without data. A 64 GiB memfd
+ * holding 64 MiB in scattered 1 MiB pieces snapshots quickly into a small
+ * file; holes read back as zeros; writes into holes during the snapshot are
+ * in memory but the snapshot has zeros there.
+ */
+#include <errno.h>
+#include <fcntl.h>
+#include <string.h>
+#include <sys/mman.h>
+#include <sys/stat.h>
+#include <unistd.h>
+
+#include "helpers.h"
+
+#define SPARSE_LEN (64 * GiB)
+#define PIECES 64
+#define PIECE (1 * MiB)
+
+static size_t piece_off(unsigned i)
+{
+	/* one piece in each GiB, at a varying page-aligned offset */
+	return (size_t)i * GiB + MiB + ((size_t)i * 7919 % 200) * PIECE + (i % 3) * usnap_page;
+}
+
+static double snap_time_ms(uffdsnap_t *ctx, const char *path, uffdsnap_stats_t *st)
+{
+	uffdsnap_snap_t *s;
+	uint64_t t0 = usnap_now_ns();
+	double ms;
+	int r = uffdsnap_begin_file(ctx, path, &s);
+
+	ck_assert_msg(r == 0, "begin: %d (%s)", r, uffdsnap_last_error());
+	r = uffdsnap_wait(s);
+	ms = usnap_ms_since(t0);
+	ck_assert_msg(r == 0, "wait: %d %s", r, uffdsnap_snap_error(s));
+	usnap_stats(s, st);
+	uffdsnap_snap_free(s);
+	return ms;
+}
+
+START_TEST(sparse_64g)
+{
+	struct usnap_mem sp, dense;
+	uffdsnap_t *ctx, *ctx2;
+	uffdsnap_stats_t st, dst;
+	uffdsnap_reader_t *rd;
+	uffdsnap_info_t info = { .size = sizeof(info) };
+	char dir[PATH_MAX], path[PATH_MAX + 16], dpath[PATH_MAX + 16];
+	uint8_t *buf, *want;
+	struct stat sb;
+	uint64_t data_pages = (uint64_t)PIECES * PIECE / usnap_page, total = SPARSE_LEN / usnap_page;
+	double ms, dms;
+	int r, id;
+
+	usnap_watchdog(150, "sparse_64g");
+	usnap_memfd(&sp, SPARSE_LEN);
+	for (unsigned i = 0; i < PIECES; i++)
+		usnap_fill_random(sp.addr + piece_off(i), PIECE, 1000 + i);
+	ck_assert_int_eq(usnap_mem_holes(&sp), (long)(total - data_pages));
+	usnap_memfd(&dense, PIECES * PIECE);
+	usnap_fill_random(dense.addr, dense.len, 77);
+
+	ctx = usnap_ctx_new(NULL);
+	usnap_add(ctx, "sparse", sp.addr, sp.len);
+	ctx2 = usnap_ctx_new(NULL);
+	usnap_add(ctx2, "dense", dense.addr, dense.len);
+	usnap_tmpdir(dir);
+	snprintf(path, sizeof(path), "%s/sparse", dir);
+	snprintf(dpath, sizeof(dpath), "%s/dense", dir);
+
+	ms = snap_time_ms(ctx, path, &st);
+	dms = snap_time_ms(ctx2, dpath, &dst);
+	usnap_stats_print("sparse 64 GiB", &st);
+	usnap_stats_print("dense 64 MiB", &dst);
+	printf("sparse_64g: 64 GiB memfd with 64 MiB of data: %.1f ms; dense 64 MiB memfd: %.1f ms; ratio %.2f\n",
+	       ms, dms, ms / dms);
+	usnap_assert_exactly_once(&st);
+	ck_assert_uint_eq(st.pages_total, total);
+	ck_assert_uint_eq(st.pages_hole, total - data_pages);
+	ck_assert_uint_eq(st.pages_sweep + st.pages_fault, data_pages);
+	ck_assert_uint_le(st.bytes_raw, (uint64_t)PIECES * PIECE);
+	ck_assert_int_eq(stat(path, &sb), 0);
+	printf("sparse_64g: snapshot file %lld bytes (dense: ", (long long)sb.st_size);
+	ck_assert_msg((uint64_t)sb.st_size < (uint64_t)PIECES * PIECE + 8 * MiB, "snapshot of 64 MiB of data in a "
+		      "64 GiB memfd is %lld bytes", (long long)sb.st_size);
+	ck_assert_int_eq(stat(dpath, &sb), 0);
+	printf("%lld bytes)\n", (long long)sb.st_size);
+
+	/* read back: every piece exact, holes zero */
+	ck_assert_int_eq(uffdsnap_reader_open(&rd, path), 0);
+	r = uffdsnap_reader_verify(rd);
+	ck_assert_msg(r == 0, "verify: %d (%s)", r, uffdsnap_reader_error(rd));
+	ck_assert_int_eq(uffdsnap_reader_info(rd, &info), 0);
+	ck_assert_int_eq(info.complete, 1);
+	ck_assert_uint_eq(info.pages_data + info.pages_zero, total);
+	ck_assert_uint_ge(info.pages_zero, total - data_pages);
+	id = uffdsnap_reader_find(rd, "sparse");
+	ck_assert_int_eq(id, 0);
+	buf = usnap_buf_alloc(PIECE + 2 * usnap_page);
+	want = usnap_buf_alloc(PIECE + 2 * usnap_page);
+	for (unsigned i = 0; i < PIECES; i++) {
+		size_t off = piece_off(i) - usnap_page; /* one hole page either side */
+		memset(want, 0, PIECE + 2 * usnap_page);
+		usnap_fill_random(want + usnap_page, PIECE, 1000 + i);
+		r = uffdsnap_reader_read(rd, (unsigned)id, off, buf, PIECE + 2 * usnap_page);
+		ck_assert_msg(r == 0, "read piece %u: %d (%s)", i, r, uffdsnap_reader_error(rd));
+		ck_assert_msg(!memcmp(buf, want, PIECE + 2 * usnap_page), "piece %u differs", i);
+		/* a hole page in the middle of the next GiB gap */
+		r = uffdsnap_reader_read(rd, (unsigned)id, (size_t)i * GiB + 900 * MiB, buf, 2 * usnap_page);
+		ck_assert_int_eq(r, 0);
+		for (size_t k = 0; k < 2 * usnap_page; k++)
+			ck_assert_msg(buf[k] == 0, "hole byte at %zu + %zu is %d", (size_t)i * GiB + 900 * MiB, k, buf[k]);
+	}
+	r = uffdsnap_reader_read(rd, (unsigned)id, SPARSE_LEN - usnap_page, buf, usnap_page);
+	ck_assert_int_eq(r, 0);
+	ck_assert_int_eq(buf[usnap_page - 1], 0);
+	/* reading past the end must fail, not crash */
+	ck_assert_int_lt(uffdsnap_reader_read(rd, (unsigned)id, SPARSE_LEN - usnap_page, buf, 2 * usnap_page), 0);
+	uffdsnap_reader_free(rd);
+	printf("sparse_64g: %u pieces byte-exact, holes read as zeros\n", PIECES);
+	{
+		struct usnap_expect ex = { "dense", dense.addr, dense.len };
+		usnap_check_file(dpath, &ex, 1);
+	}
+	for (unsigned i = 0; i < PIECES; i++)
+		ck_assert_int_eq(usnap_pagemap_protected(sp.addr + piece_off(i), PIECE), 0);
+
+	usnap_buf_free(buf, PIECE + 2 * usnap_page);
+	usnap_buf_free(want, PIECE + 2 * usnap_page);
+	uffdsnap_free(ctx);
+	uffdsnap_free(ctx2);
+	usnap_rmdir(dir);
+	usnap_mem_free(&sp);
+	usnap_mem_free(&dense);
+}
+END_TEST
+
+/* Writes into holes while the snapshot runs: memory gets the data, the
+ * snapshot keeps zeros (the instant), and the mixed zero-page pattern
+ * (written zeros) is stored without data too. */
+START_TEST(sparse_hole_writes)
+{
+	const size_t len = 1 * GiB;
+	struct usnap_mem m;
+	struct usnap_cb cb;
+	uffdsnap_opts_t o;
+	uffdsnap_t *ctx;
+	uffdsnap_snap_t *s;
+	uffdsnap_stats_t st;
+	char dir[PATH_MAX], path[PATH_MAX + 16];
+	uint8_t *ref;
+	size_t nwritten = 0;
+	long holes;
+	int r, fd;
+
+	usnap_watchdog(120, "sparse_hole_writes");
+	usnap_memfd(&m, len);
+	/* 32 MiB of data: every 32nd MiB, alternating random and zero-filled */
+	for (size_t i = 0; i < 32; i++) {
+		if (i & 1)
+			memset(m.addr + i * 32 * MiB, 0, MiB);
+		else
+			usnap_fill_random(m.addr + i * 32 * MiB, MiB, 500 + i);
+	}
+	holes = usnap_mem_holes(&m);
+	ref = usnap_mem_copy(&m);
+	uffdsnap_opts_init(&o);
+	o.buffer_bytes = 4 * MiB;
+	ctx = usnap_ctx_new(&o);
+	usnap_add(ctx, "sp", m.addr, len);
+	usnap_tmpdir(dir);
+	snprintf(path, sizeof(path), "%s/snap", dir);
+	fd = open(path, O_WRONLY | O_CREAT | O_EXCL | O_CLOEXEC, 0600);
+	ck_assert(fd >= 0);
+	usnap_cb_init(&cb, fd);
+	cb.sleep_us = 3000;
+	r = uffdsnap_begin(ctx, usnap_cb_sink(&cb), &s);
+	ck_assert_msg(r == 0, "begin: %d (%s)", r, uffdsnap_last_error());
+	for (size_t off = 16 * MiB + 8 * usnap_page; off < len; off += 32 * MiB + usnap_page) {
+		memset(m.addr + off, 0x5c, usnap_page);
+		nwritten++;
+	}
+	usnap_stats(s, &st);
+	usnap_stats_print("after hole writes", &st);
+	r = uffdsnap_wait(s);
+	ck_assert_msg(r == 0, "wait: %d %s", r, uffdsnap_snap_error(s));
+	usnap_stats(s, &st);
+	usnap_stats_print("done", &st);
+	printf("sparse_hole_writes: %zu writes into holes during the snapshot; %ld holes at the instant\n", nwritten,
+	       holes);
+	usnap_assert_exactly_once(&st);
+	ck_assert_uint_eq(st.pages_hole, (uint64_t)holes);
+	ck_assert_msg(st.pages_zero_found >= 16 * MiB / usnap_page, "zero-filled pages not detected: %llu",
+		      (unsigned long long)st.pages_zero_found);
+	ck_assert_msg(st.bytes_out < 20 * MiB, "16 MiB random + 16 MiB zeros wrote %llu bytes",
+		      (unsigned long long)st.bytes_out);
+	for (size_t off = 16 * MiB + 8 * usnap_page; off < len; off += 32 * MiB + usnap_page)
+		ck_assert_int_eq(m.addr[off + 17], 0x5c);
+	close(fd);
+	{
+		struct usnap_expect ex = { "sp", ref, len };
+		usnap_check_file(path, &ex, 1);
+	}
+	uffdsnap_snap_free(s);
+	uffdsnap_free(ctx);
+	usnap_cb_destroy(&cb);
+	usnap_rmdir(dir);
+	usnap_buf_free(ref, len);
+	usnap_mem_free(&m);
+}
+END_TEST
+
+int main(void)
+{
+	Suite *s = suite_create("sparse");
+	TCase *tc = tcase_create("sparse");
+
+	usnap_test_require_uffd();
+	tcase_set_timeout(tc, 180);
+	tcase_add_test(tc, sparse_64g);
+	tcase_add_test(tc, sparse_hole_writes);
+	suite_add_tcase(s, tc);
+	return usnap_run_suite(s);
+}
