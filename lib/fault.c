@@ -160,6 +160,20 @@ static int copy_pages(struct handler *h, struct usnap_sreg *sr, struct usnap_job
 		}
 		got += (size_t)r;
 	}
+	/*
+	 * A page populated at the instant that reads back as a hole was punched
+	 * (fallocate PUNCH_HOLE, MADV_REMOVE) before we got to it, and pread()
+	 * returned zeros that were never there. It stays a hole until its next
+	 * access, whose MISSING fault waits for this thread, so checking after
+	 * the read cannot miss it.
+	 */
+	off_t start = reg->file_off + (off_t)(p * h->ps), hole = lseek(reg->fd, start, SEEK_HOLE);
+	if (hole >= 0 && hole < start + (off_t)want) {
+		usnap_fail(h->s, -ESTALE, "region '%s': the page at offset 0x%" PRIx64 " was removed (hole "
+			   "punch, truncate or MADV_REMOVE) before it was copied", reg->name,
+			   (uint64_t)(hole - reg->file_off));
+		return -1;
+	}
 	add_extent(j, p, n, USNAP_EXT_DATA);
 	j->data_pages += (uint32_t)n;
 	atomic_fetch_add(&h->s->bytes_raw, want);

@@ -7,11 +7,12 @@
  * no locking; a chunk's buffer goes back to the pool once its bytes are out,
  * which is what lets the fault handler go on (backpressure).
  *
- * File sinks write with asynchronous uv_fs_write to a temporary name created
- * with O_EXCL next to the target and are renamed over it only on success: a
- * failed snapshot never leaves a file behind that could pass for one. fd sinks
- * write synchronously on this thread, where every signal is blocked, so a
- * reader that went away is EPIPE, never a SIGPIPE that kills the program.
+ * Writes are synchronous uv_fs_write calls on this thread (never libuv's
+ * process-wide thread pool), where every signal is blocked, so a reader that
+ * went away is EPIPE, never a SIGPIPE that kills the program. File sinks write
+ * to a temporary name created with O_EXCL next to the target and are renamed
+ * over it only on success: a failed snapshot never leaves a file behind that
+ * could pass for one.
  * Callback sinks run the user's function on this thread, never on the fault
  * handler.
  */
@@ -233,8 +234,6 @@ static int index_add(struct usnap_io *io, const struct usnap_job *j)
 
 /* ---- the I/O thread -------------------------------------------------------------- */
 
-static void io_step(uffdsnap_snap_t *s);
-
 static bool go_given(uffdsnap_snap_t *s)
 {
 	bool go;
@@ -318,7 +317,6 @@ static void io_complete(uffdsnap_snap_t *s, ssize_t n)
 {
 	struct usnap_io *io = &s->io;
 
-	io->inflight = false;
 	if (n <= 0) {
 		io->sink_failed = true;
 		usnap_fail(s, n < 0 ? (int)n : -EIO, "writing %s at offset %" PRIu64 ": %s",
@@ -357,25 +355,6 @@ static void io_complete(uffdsnap_snap_t *s, ssize_t n)
 	io->nbatch = io->nbufs = io->buf_first = 0;
 }
 
-static void on_fs_done(uv_fs_t *req)
-{
-	uffdsnap_snap_t *s = req->data;
-	ssize_t r = req->result;
-	bool fsync_req = req->fs_type == UV_FS_FSYNC;
-
-	uv_fs_req_cleanup(req);
-	if (fsync_req) {
-		s->io.inflight = false;
-		if (r < 0) {
-			s->io.sink_failed = true;
-			usnap_fail(s, (int)r, "fsync of the snapshot file: %s", uv_strerror((int)r));
-		}
-	} else {
-		io_complete(s, r);
-	}
-	io_step(s);
-}
-
 static void io_submit(uffdsnap_snap_t *s)
 {
 	struct usnap_io *io = &s->io;
@@ -385,49 +364,33 @@ static void io_submit(uffdsnap_snap_t *s)
 	ssize_t done = 0;
 	int r;
 
-	io->inflight = true;
-	switch (k->kind) {
-	case USNAP_SINK_CALLBACK:
+	if (k->kind == USNAP_SINK_CALLBACK) {
 		for (unsigned i = 0; i < n && done >= 0; i++) {
 			r = k->fn(k->user, bufs[i].base, bufs[i].len);
 			done = r ? (r < 0 ? r : -EIO) : done + (ssize_t)bufs[i].len;
 		}
-		io_complete(s, done);
-		return;
-	case USNAP_SINK_FD:
-		done = uv_fs_write(&io->loop, &io->req, k->fd, bufs, n, -1, NULL);
+	} else {
+		/* Synchronous on this thread, which has nothing else to do: libuv's
+		 * thread pool is shared with the whole process, and a program
+		 * whose own pool tasks wait on region faults would wait for us. */
+		done = uv_fs_write(&io->loop, &io->req, k->fd, bufs, n,
+				   k->kind == USNAP_SINK_FILE ? (int64_t)io->offset : -1, NULL);
 		uv_fs_req_cleanup(&io->req);
-		io_complete(s, done);
-		return;
-	case USNAP_SINK_FILE:
-		io->req.data = s;
-		r = uv_fs_write(&io->loop, &io->req, k->fd, bufs, n, (int64_t)io->offset, on_fs_done);
-		if (r < 0)
-			io_complete(s, r);
-		return;
 	}
+	io_complete(s, done);
 }
 
-static void start_fsync(uffdsnap_snap_t *s)
+static void sync_sink(uffdsnap_snap_t *s)
 {
 	struct usnap_io *io = &s->io;
 	int r;
 
 	io->synced = true;
-	io->inflight = true;
-	io->req.data = s;
-	if (s->sink->kind == USNAP_SINK_FILE) {
-		r = uv_fs_fsync(&io->loop, &io->req, s->sink->fd, on_fs_done);
-		if (r >= 0)
-			return;
-	} else {
-		r = uv_fs_fsync(&io->loop, &io->req, s->sink->fd, NULL);
-		uv_fs_req_cleanup(&io->req);
-		/* pipes and sockets cannot be synced: there is nothing to make durable */
-		if (r == UV_EINVAL || r == UV_EROFS || r == UV_ENOTSUP)
-			r = 0;
-	}
-	io->inflight = false;
+	r = uv_fs_fsync(&io->loop, &io->req, s->sink->fd, NULL);
+	uv_fs_req_cleanup(&io->req);
+	/* pipes and sockets cannot be synced: there is nothing to make durable */
+	if (s->sink->kind == USNAP_SINK_FD && (r == UV_EINVAL || r == UV_EROFS || r == UV_ENOTSUP))
+		r = 0;
 	if (r < 0) {
 		io->sink_failed = true;
 		usnap_fail(s, r, "fsync of the snapshot: %s", uv_strerror(r));
@@ -478,9 +441,9 @@ static bool io_prepare(uffdsnap_snap_t *s)
 		return true;
 	}
 	if ((s->flags & UFFDSNAP_OPT_FSYNC) && s->sink->kind != USNAP_SINK_CALLBACK && !io->synced) {
-		start_fsync(s);
-		if (io->inflight || atomic_load(&s->abort))
-			return false; /* finishes when the fsync (or the failure) comes back */
+		sync_sink(s);
+		if (atomic_load(&s->abort))
+			return false; /* the failure's wake-up finishes */
 	}
 	io_finish(s, true);
 	return false;
@@ -488,7 +451,7 @@ static bool io_prepare(uffdsnap_snap_t *s)
 
 static void io_step(uffdsnap_snap_t *s)
 {
-	while (!s->io.inflight && !s->io.finished && io_prepare(s))
+	while (!s->io.finished && io_prepare(s))
 		io_submit(s);
 }
 

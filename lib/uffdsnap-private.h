@@ -127,7 +127,7 @@ struct uffdsnap_sink {
 struct usnap_io {
 	uv_loop_t loop;
 	uv_async_t wake;
-	uv_fs_t req;
+	uv_fs_t req;                /* synchronous fs calls on the I/O thread */
 	pthread_t thread;
 	bool loop_ready, thread_started;
 	bool wake_open;             /* under lock: uv_async_send is allowed */
@@ -139,7 +139,7 @@ struct usnap_io {
 	uint8_t *head_rec;          /* HEAD record, written first */
 	size_t head_len;
 	bool head_written, trailer_written, synced;
-	bool inflight, finished, sink_failed;
+	bool finished, sink_failed;
 	uint8_t *trailer;           /* INDX + END */
 	size_t trailer_len;
 	uint64_t offset;            /* bytes written so far */
