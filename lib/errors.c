@@ -93,6 +93,9 @@ USNAP_EXPORT const char *uffdsnap_strerror(int err)
 		return "snapshot format version not supported by this library";
 	case EACCES:
 		return "permission denied opening the snapshot file or its directory";
+	case ESPIPE:
+		return "not possible on a stream (pipe or socket): only uffdsnap_reader_verify reads a stream; "
+		       "save it to a file for random access";
 	case EAGAIN:
 		return "resource temporarily unavailable: try again";
 	default:

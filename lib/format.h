@@ -34,7 +34,7 @@
 #define USNAP_REC_END USNAP_FOURCC('E', 'N', 'D', '!')
 
 /* Limits a reader enforces before trusting anything from a file. */
-#define USNAP_MAX_REGIONS 4096
+#define USNAP_MAX_REGIONS 2048             /* x (16 + 256) bytes fits USNAP_MAX_HEAD_LEN */
 #define USNAP_MAX_NAME 255
 #define USNAP_MAX_HEAD_LEN (1u << 20)
 #define USNAP_MAX_CHUNK_RAW (64u << 20)     /* page bytes in one chunk */
@@ -116,6 +116,8 @@ struct usnap_end {
 #define USNAP_END_LEN (sizeof(struct usnap_rec_hdr) + sizeof(struct usnap_end))
 
 _Static_assert(sizeof(struct usnap_rec_hdr) == 16, "rec_hdr layout");
+_Static_assert(USNAP_MAGIC_LEN + 16 + 40 + USNAP_MAX_REGIONS * (16 + 256) <= USNAP_MAX_HEAD_LEN,
+	       "the largest region table a writer may produce must pass the reader's bound");
 _Static_assert(sizeof(struct usnap_head) == 40, "head layout");
 _Static_assert(sizeof(struct usnap_region) == 16, "region layout");
 _Static_assert(sizeof(struct usnap_chunk) == 32, "chunk layout");

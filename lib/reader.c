@@ -189,8 +189,8 @@ static int rd_short(struct uffdsnap_reader *r, uint64_t off, uint32_t type, uint
 	if (r->seekable && r->have_end)
 		return bad(r, "%s at offset %" PRIu64 ": length %" PRIu64 " runs past the END record",
 			   rec_what(type), off, len);
-	return rd_err(r, -ENODATA, "truncated: %s at offset %" PRIu64 " needs %" PRIu64 " bytes, %s ends at offset %" PRIu64,
-		      rec_what(type), off, len, src_what(r), end);
+	return rd_err(r, -ENODATA, "truncated: %s at offset %" PRIu64 " needs %" PRIu64 " bytes, %s ends at "
+		      "offset %" PRIu64, rec_what(type), off, len, src_what(r), end);
 }
 
 /* Read the `want` first bytes of the record at off (at least its header) into r->rec. */
@@ -1174,9 +1174,12 @@ static int out_zeros(struct uffdsnap_reader *r, const struct out *o, uint64_t of
 static int out_open(struct uffdsnap_reader *r, int fd, uint64_t length, struct out *o)
 {
 	struct stat st;
+	int fl = fcntl(fd, F_GETFL);
 
-	if (fstat(fd, &st))
-		return rd_err(r, -errno, "fstat of the output: %s", strerror(errno));
+	if (fl < 0 || fstat(fd, &st))
+		return rd_err(r, -errno, "the output fd %d: %s", fd, strerror(errno));
+	if (S_ISREG(st.st_mode) && (fl & O_APPEND))
+		return rd_err(r, -EINVAL, "the output file is open for appending: the region must start at offset 0");
 	o->fd = fd;
 	o->holes = S_ISREG(st.st_mode);
 	o->positional = o->holes || lseek(fd, 0, SEEK_CUR) >= 0;
