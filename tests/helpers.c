@@ -641,9 +641,7 @@ int usnap_cb_write(void *user, const void *buf, size_t len)
 	pthread_mutex_unlock(&cb->lock);
 	if (cb->fail_at && call == cb->fail_at)
 		return cb->fail_err;
-	us = atomic_load(&cb->sleep_us_live);
-	if (!us)
-		us = cb->sleep_us;
+	us = atomic_load(&cb->sleep_us);
 	if (us)
 		usleep(us);
 	if (cb->fd >= 0) {

@@ -166,8 +166,7 @@ struct usnap_cb {
 	bool keep;                   /* also keep the stream in memory */
 	uint8_t *mem;
 	size_t mem_len, mem_cap;
-	unsigned sleep_us;           /* per call (read atomically, may be changed live) */
-	_Atomic unsigned sleep_us_live;
+	_Atomic unsigned sleep_us;   /* per call; may be changed while the snapshot runs */
 	unsigned fail_at;            /* 1-based call number that returns fail_err (0: never) */
 	int fail_err;
 	_Atomic unsigned long calls;

@@ -76,7 +76,7 @@ START_TEST(fault_path_oracle)
 	fd = open(path, O_WRONLY | O_CREAT | O_EXCL | O_CLOEXEC, 0600);
 	ck_assert(fd >= 0);
 	usnap_cb_init(&cb, fd);
-	cb.sleep_us = 2000; /* slow sink: the sweep stays in the first half for a while */
+	atomic_store(&cb.sleep_us, 2000); /* slow sink: the sweep stays in the first half for a while */
 
 	r = uffdsnap_begin(ctx, usnap_cb_sink(&cb), &s);
 	ck_assert_msg(r == 0, "begin: %d (%s)", r, uffdsnap_last_error());

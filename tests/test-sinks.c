@@ -27,7 +27,7 @@ static void sk_writer(struct usnap_writers *w, unsigned idx)
 
 	while (!atomic_load_explicit(&w->stop, memory_order_relaxed)) {
 		uint64_t r = usnap_splitmix64(&rng);
-		b->addr[(r % np) * usnap_page + (r >> 52)] = (uint8_t)r;
+		__atomic_store_n(&b->addr[(r % np) * usnap_page + (r >> 52)], (uint8_t)r, __ATOMIC_RELAXED);
 		atomic_fetch_add_explicit(&w->progress[idx], 1, memory_order_relaxed);
 	}
 }

@@ -175,7 +175,7 @@ START_TEST(sparse_hole_writes)
 	fd = open(path, O_WRONLY | O_CREAT | O_EXCL | O_CLOEXEC, 0600);
 	ck_assert(fd >= 0);
 	usnap_cb_init(&cb, fd);
-	cb.sleep_us = 3000;
+	atomic_store(&cb.sleep_us, 3000);
 	r = uffdsnap_begin(ctx, usnap_cb_sink(&cb), &s);
 	ck_assert_msg(r == 0, "begin: %d (%s)", r, uffdsnap_last_error());
 	for (size_t off = 16 * MiB + 8 * usnap_page; off < len; off += 32 * MiB + usnap_page) {

@@ -103,7 +103,7 @@ START_TEST(zap_keeps_tracking)
 		      "its copy (the zap dropped the protection)");
 	ck_assert_uint_ge(st.faults, 1);
 
-	atomic_store(&cb.sleep_us_live, 1000); /* slow: the sweep must not reach the last quarter first */
+	atomic_store(&cb.sleep_us, 1000); /* slow: the sweep must not reach the last quarter first */
 	usnap_cb_gate(&cb, false);
 	usnap_writers_join(&w, 30);
 	ck_assert_uint_eq(atomic_load(&w.progress[0]), nzap);
@@ -111,8 +111,7 @@ START_TEST(zap_keeps_tracking)
 	usnap_stats_print("writer done", &st);
 	ck_assert_msg(st.pages_fault >= nzap, "only %llu pages copied by faults for %zu writes to zapped pages",
 		      (unsigned long long)st.pages_fault, nzap);
-	atomic_store(&cb.sleep_us_live, 0);
-	cb.sleep_us = 0;
+	atomic_store(&cb.sleep_us, 0);
 	/* and the zapped range, written after the gate opened */
 	memset(m.addr + len - 8 * MiB, 0x77, 4 * MiB);
 
