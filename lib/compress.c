@@ -249,7 +249,6 @@ int usnap_workers_start(uffdsnap_snap_t *s, unsigned n)
 	s->workers = calloc(n, sizeof(*s->workers));
 	if (!s->workers)
 		return usnap_err(-ENOMEM, "allocating worker threads");
-	s->nworkers = n;
 	s->workers_left = n;
 	for (unsigned i = 0; i < n && !r; i++) {
 		r = usnap_thread_start(&s->workers[i], worker_main, s);

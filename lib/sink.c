@@ -113,13 +113,13 @@ int usnap_sink_open(struct uffdsnap_sink *k)
 	}
 	if (k->mode != 0600 && fchmod(k->fd, k->mode)) {
 		int e = -errno;
-		usnap_sink_close(k, false);
+		usnap_sink_close(k);
 		return usnap_err(e, "fchmod 0%o on %s: %s", (unsigned)k->mode, k->tmp_path, strerror(-e));
 	}
 	return 0;
 }
 
-/* Close what the sink opened; without `keep` a temporary file is removed. */
+/* Close what the sink opened; a temporary file still there is removed. */
 static void sink_release(struct uffdsnap_sink *k)
 {
 	if (k->kind == USNAP_SINK_FILE && k->fd >= 0) {
@@ -133,9 +133,8 @@ static void sink_release(struct uffdsnap_sink *k)
 	}
 }
 
-void usnap_sink_close(struct uffdsnap_sink *k, bool ok)
+void usnap_sink_close(struct uffdsnap_sink *k)
 {
-	(void)ok;
 	sink_release(k);
 	free(k->path);
 	free(k);
@@ -144,7 +143,7 @@ void usnap_sink_close(struct uffdsnap_sink *k, bool ok)
 USNAP_EXPORT void uffdsnap_sink_free(uffdsnap_sink_t *k)
 {
 	if (k)
-		usnap_sink_close(k, false);
+		usnap_sink_close(k);
 }
 
 /* ---- records ------------------------------------------------------------------- */

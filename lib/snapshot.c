@@ -186,7 +186,7 @@ static void snap_destroy(uffdsnap_snap_t *s)
 	free(s->io.trailer);
 	free(s->io.index);
 	if (s->sink)
-		usnap_sink_close(s->sink, false);
+		usnap_sink_close(s->sink);
 	if (s->ctl_efd >= 0)
 		close(s->ctl_efd);
 	pthread_mutex_destroy(&s->lock);

@@ -150,7 +150,6 @@ struct usnap_io {
 	unsigned nbatch;
 	uv_buf_t bufs[64];
 	unsigned nbufs, buf_first;
-	uint64_t batch_offset;
 	uint64_t pages_data, pages_zero, bytes_raw;
 };
 
@@ -175,9 +174,8 @@ struct uffdsnap_snap {
 
 	/* lifecycle */
 	pthread_mutex_t lock;
-	pthread_cond_t cv;          /* go, done */
+	pthread_cond_t cv;          /* go */
 	bool go;
-	bool io_done;
 	_Atomic int state;          /* UFFDSNAP_STATE_* */
 	bool joined;
 	pthread_mutex_t join_lock;
@@ -196,7 +194,7 @@ struct uffdsnap_snap {
 	pthread_cond_t cq_cv;
 	struct usnap_job *cq_fault, *cq_fault_tail, *cq_sweep, *cq_sweep_tail;
 	bool cq_closed;
-	unsigned nworkers, workers_left;
+	unsigned workers_left;
 	pthread_t *workers;
 	unsigned workers_started;
 	int zstd_level;
@@ -245,7 +243,7 @@ void usnap_io_push(uffdsnap_snap_t *s, struct usnap_job *job);
 void usnap_io_producers_done(uffdsnap_snap_t *s);
 void usnap_io_kick(uffdsnap_snap_t *s);
 void usnap_io_join(uffdsnap_snap_t *s);
-void usnap_sink_close(struct uffdsnap_sink *sink, bool ok);
+void usnap_sink_close(struct uffdsnap_sink *sink);
 int usnap_build_head(uffdsnap_snap_t *s);
 
 #endif
