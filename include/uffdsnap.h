@@ -78,12 +78,13 @@ int uffdsnap_new(uffdsnap_t **ctx, const uffdsnap_opts_t *opts);
 
 /*
  * Register [addr, addr+len) under a unique name (1..255 bytes, no NUL).
- * The range must be page aligned, mapped MAP_SHARED from one shmem file (memfd,
- * a file on tmpfs or /dev/shm, MAP_SHARED|MAP_ANONYMOUS) contiguously, and must
- * not overlap another region. Returns the region id (>= 0, in registration
+ * The range must be page aligned, readable, and either mapped MAP_SHARED from
+ * one shmem file (memfd, a file on tmpfs or /dev/shm, MAP_SHARED|MAP_ANONYMOUS)
+ * contiguously, or private memory (MAP_PRIVATE|MAP_ANONYMOUS, MAP_PRIVATE of a
+ * shmem file); it must not overlap another region. Returns the region id (>= 0, in registration
  * order). Errors: -EINVAL (alignment, empty name), -EEXIST (name taken),
  * -EBUSY (overlaps a region, or a snapshot is running), -EFAULT (not mapped),
- * -EMEDIUMTYPE (memory that is not shared shmem), -ENAMETOOLONG.
+ * -EMEDIUMTYPE (memory of another kind), -ENAMETOOLONG.
  */
 int uffdsnap_add_region(uffdsnap_t *ctx, const char *name, void *addr, size_t len);
 

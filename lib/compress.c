@@ -17,18 +17,6 @@
 
 #include "uffdsnap-private.h"
 
-static bool page_is_zero(const uint8_t *p, size_t n)
-{
-	const uint64_t *w = (const uint64_t *)p;
-	uint64_t acc = 0;
-
-	if (w[0])
-		return false; /* the common case for data pages: decide on one load */
-	for (size_t i = 0; i < n / 8; i += 8)
-		acc |= w[i] | w[i + 1] | w[i + 2] | w[i + 3] | w[i + 4] | w[i + 5] | w[i + 6] | w[i + 7];
-	return !acc;
-}
-
 struct run {
 	const uint8_t *p;
 	size_t len;
@@ -55,7 +43,7 @@ static uint32_t split_zero(const uffdsnap_snap_t *s, struct usnap_job *j, struct
 			continue;
 		}
 		for (uint32_t i = 0; i < x->npages; i++, raw += ps) {
-			uint32_t kind = page_is_zero(raw, ps) ? USNAP_EXT_ZERO : USNAP_EXT_DATA;
+			uint32_t kind = usnap_page_is_zero(raw, ps) ? USNAP_EXT_ZERO : USNAP_EXT_DATA;
 			struct usnap_extent *last = n ? &out[n - 1] : NULL;
 
 			if (kind == USNAP_EXT_ZERO)

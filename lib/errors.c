@@ -62,8 +62,9 @@ USNAP_EXPORT const char *uffdsnap_strerror(int err)
 	case EFAULT:
 		return "the address range is not (entirely) mapped";
 	case EMEDIUMTYPE:
-		return "unsupported memory: regions must be MAP_SHARED shmem (memfd, tmpfs, /dev/shm, "
-		       "MAP_SHARED|MAP_ANONYMOUS) mapped contiguously from one file";
+		return "unsupported memory: a region must be MAP_SHARED shmem (memfd, tmpfs, /dev/shm, "
+		       "MAP_SHARED|MAP_ANONYMOUS) mapped contiguously from one file, or private memory "
+		       "(MAP_PRIVATE|MAP_ANONYMOUS, MAP_PRIVATE of a shmem file)";
 	case ENAMETOOLONG:
 		return "region name too long (at most 255 bytes)";
 	case ENOENT:
@@ -82,7 +83,8 @@ USNAP_EXPORT const char *uffdsnap_strerror(int err)
 		return "the snapshot was cancelled (uffdsnap_cancel, or its context or handle was freed)";
 	case ESTALE:
 		return "memory changed behind the snapshot's back (a page was removed by hole punch, "
-		       "truncate or MADV_REMOVE before it was copied): the snapshot would not be exact";
+		       "truncate, MADV_REMOVE, or MADV_DONTNEED on private memory, before it was "
+		       "copied): the snapshot would not be exact";
 	case EBADMSG:
 		return "the snapshot file is corrupt (a checksum or a structure check failed)";
 	case ENODATA:

@@ -8,11 +8,14 @@
  * then copies one chunk of the sweep, then sleeps in poll() if there is
  * nothing to do.
  *
- * A write fault (WP) on a page not yet copied: pread() the page from the
- * backing file into the current fault chunk, mark it copied, then
- * UFFDIO_WRITEPROTECT(mode 0) the page, which also wakes the writer. On a page
- * already copied (the sweep got there while the message was queued) only the
- * un-protect is left to do.
+ * Before begin has armed every region the thread already reads the
+ * userfaultfd, but only to handle events; page faults are held until then.
+ *
+ * A write fault (WP) on a page not yet copied: read the page (pread() on the
+ * backing file for shmem, process_vm_readv() for private memory) into the
+ * current fault chunk, mark it copied, then UFFDIO_WRITEPROTECT(mode 0) the
+ * page, which also wakes the writer. On a page already copied (the sweep got
+ * there while the message was queued) only the un-protect is left to do.
  *
  * A MISSING fault is an access to a page that was a hole at the instant (the
  * set of holes is frozen by the MISSING registration before it was listed, see
@@ -20,6 +23,10 @@
  * MISSING fault on a page that was populated at the instant means the program
  * destroyed data without a write fault (hole punch, truncate, MADV_REMOVE):
  * the snapshot fails rather than record a hole that was never there.
+ *
+ * UFFD_EVENT_REMOVE (MADV_DONTNEED/MADV_REMOVE) on private memory that is
+ * not copied yet fails the snapshot: the kernel drops those pages and their
+ * protection, and nothing could tell the sweep that they ever held data.
  *
  * The sweep walks every region in address order: pages already copied are
  * skipped, holes are recorded as zero without reading, populated runs are
@@ -34,6 +41,7 @@
 #include <sched.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/uio.h>
 #include <unistd.h>
 
 #include "compat.h"
@@ -48,7 +56,11 @@ struct handler {
 	uint64_t cur_page;
 	size_t cur_run;
 	bool sweep_done;
+	struct uffd_msg *held;    /* page faults read but not resolved yet */
+	size_t nheld, held_cap;
 };
+
+static int read_messages(struct handler *h, bool resolve);
 
 /* ---- bitmap -------------------------------------------------------------------- */
 
@@ -82,14 +94,39 @@ static uint64_t find_bit(const uint64_t *b, uint64_t from, uint64_t to, bool val
 
 /* ---- uffd ioctls --------------------------------------------------------------------- */
 
-static int unprotect(int uffd, uintptr_t addr, size_t len)
+/*
+ * EAGAIN from a resolving ioctl: an event (MADV_DONTNEED, ...) is pending and
+ * its thread waits until we read it, so read it (holding any page faults that
+ * come with it) and let the caller retry. Bounded, in case the event never
+ * shows up.
+ */
+static int event_pending(struct handler *h, uint64_t *t0)
+{
+	int n;
+
+	if (!*t0)
+		*t0 = usnap_now_ns();
+	else if (usnap_now_ns() - *t0 > 5000000000ull)
+		return -EAGAIN;
+	n = read_messages(h, false);
+	if (n < 0)
+		return n;
+	if (!n)
+		sched_yield();
+	return 0;
+}
+
+static int unprotect(struct handler *h, uintptr_t addr, size_t len)
 {
 	struct uffdio_writeprotect wp = { .range = { addr, len }, .mode = 0 };
+	uint64_t t0 = 0;
+	int r;
 
-	for (int tries = 0; ioctl(uffd, UFFDIO_WRITEPROTECT, &wp); tries++) {
-		if (errno != EAGAIN || tries > 1000)
+	while (ioctl(h->s->uffd, UFFDIO_WRITEPROTECT, &wp)) {
+		if (errno != EAGAIN)
 			return -errno;
-		sched_yield();
+		if ((r = event_pending(h, &t0)))
+			return r;
 	}
 	return 0;
 }
@@ -101,19 +138,22 @@ static void wake(int uffd, uintptr_t addr, size_t len)
 	ioctl(uffd, UFFDIO_WAKE, &r);
 }
 
-static int zeropage(int uffd, uintptr_t addr, size_t len)
+static int zeropage(struct handler *h, uintptr_t addr, size_t len)
 {
 	struct uffdio_zeropage z = { .range = { addr, len }, .mode = 0 };
+	uint64_t t0 = 0;
+	int r;
 
-	for (int tries = 0; ioctl(uffd, UFFDIO_ZEROPAGE, &z); tries++) {
+	while (ioctl(h->s->uffd, UFFDIO_ZEROPAGE, &z)) {
 		if (errno == EEXIST) {
 			/* Filled meanwhile (another mapping of the file): just retry it. */
-			wake(uffd, addr, len);
+			wake(h->s->uffd, addr, len);
 			return 0;
 		}
-		if (errno != EAGAIN || tries > 1000)
+		if (errno != EAGAIN)
 			return -errno;
-		sched_yield();
+		if ((r = event_pending(h, &t0)))
+			return r;
 	}
 	return 0;
 }
@@ -137,43 +177,70 @@ static bool job_full(const struct handler *h, const struct usnap_job *j)
 	return j->data_pages >= h->chunk_pages || j->nextents >= h->chunk_pages;
 }
 
-/* Read pages [p, p+n) of a region into the job's raw buffer. */
-static int copy_pages(struct handler *h, struct usnap_sreg *sr, struct usnap_job *j, uint64_t p, uint64_t n)
+/*
+ * Private memory lives only in our page tables. process_vm_readv() on
+ * ourselves reads it like a load would, but a range the program unmapped
+ * meanwhile is EFAULT rather than a SIGSEGV in the program. A read never
+ * raises a write-protect fault, and private regions are not registered for
+ * MISSING faults, so it cannot wait on this thread.
+ */
+static int read_private(struct handler *h, const struct usnap_reg *reg, uint8_t *dst, uint64_t p, size_t want)
 {
-	const struct usnap_reg *reg = sr->reg;
-	uint8_t *dst = j->raw + (size_t)j->data_pages * h->ps;
-	size_t want = n * h->ps, got = 0;
+	struct iovec local = { dst, want }, remote = { (void *)(reg->addr + p * h->ps), want };
+	ssize_t r = process_vm_readv(getpid(), &local, 1, &remote, 1, 0);
+
+	if (r == (ssize_t)want)
+		return 0;
+	usnap_fail(h->s, r < 0 ? -errno : -EFAULT, "region '%s': reading page %" PRIu64 ": %s (was it unmapped?)",
+		   reg->name, p, r < 0 ? strerror(errno) : "short read");
+	return -1;
+}
+
+/*
+ * pread() of the backing file. A page populated at the instant that the
+ * program punched (fallocate PUNCH_HOLE, MADV_REMOVE) before we got to it
+ * reads as zeros that were never there, and keeps its uffd-wp marker, so
+ * only the file can tell: for each page that reads as all zeros, SEEK_DATA
+ * must land on the page itself. A punched page stays a hole until its next
+ * access, whose MISSING fault waits for this thread, so checking after the
+ * read cannot miss it. (SEEK_HOLE over the run would be one call, but it
+ * scans the file up to its first hole: to the end of a dense file, each time.)
+ */
+static int read_shmem(struct handler *h, const struct usnap_reg *reg, uint8_t *dst, uint64_t p, uint64_t n)
+{
+	size_t got = 0, want = n * h->ps;
 
 	while (got < want) {
 		ssize_t r = pread(reg->fd, dst + got, want - got, reg->file_off + (off_t)(p * h->ps + got));
 		if (r < 0 && errno == EINTR)
 			continue;
-		if (r < 0) {
-			usnap_fail(h->s, -errno, "region '%s': reading page %" PRIu64 ": %s", reg->name, p,
-				   strerror(errno));
-			return -1;
-		}
-		if (r == 0) {
-			usnap_fail(h->s, -ESTALE, "region '%s': its file was truncated during the snapshot "
-				   "(page %" PRIu64 " is past the end)", reg->name, p + got / h->ps);
+		if (r <= 0) {
+			usnap_fail(h->s, r ? -errno : -ESTALE, "region '%s': reading page %" PRIu64 ": %s", reg->name,
+				   p + got / h->ps, r ? strerror(errno) : "its file was truncated during the snapshot");
 			return -1;
 		}
 		got += (size_t)r;
 	}
-	/*
-	 * A page populated at the instant that reads back as a hole was punched
-	 * (fallocate PUNCH_HOLE, MADV_REMOVE) before we got to it, and pread()
-	 * returned zeros that were never there. It stays a hole until its next
-	 * access, whose MISSING fault waits for this thread, so checking after
-	 * the read cannot miss it.
-	 */
-	off_t start = reg->file_off + (off_t)(p * h->ps), hole = lseek(reg->fd, start, SEEK_HOLE);
-	if (hole >= 0 && hole < start + (off_t)want) {
-		usnap_fail(h->s, -ESTALE, "region '%s': the page at offset 0x%" PRIx64 " was removed (hole "
-			   "punch, truncate or MADV_REMOVE) before it was copied", reg->name,
-			   (uint64_t)(hole - reg->file_off));
-		return -1;
+	for (uint64_t i = 0; i < n; i++) {
+		off_t at = reg->file_off + (off_t)((p + i) * h->ps);
+		if (usnap_page_is_zero(dst + i * h->ps, h->ps) && lseek(reg->fd, at, SEEK_DATA) != at) {
+			usnap_fail(h->s, -ESTALE, "region '%s': the page at offset 0x%" PRIx64 " was removed (hole "
+				   "punch, truncate or MADV_REMOVE) before it was copied", reg->name, (p + i) * h->ps);
+			return -1;
+		}
 	}
+	return 0;
+}
+
+/* Read pages [p, p+n) of a region into the job's raw buffer. */
+static int copy_pages(struct handler *h, struct usnap_sreg *sr, struct usnap_job *j, uint64_t p, uint64_t n)
+{
+	const struct usnap_reg *reg = sr->reg;
+	uint8_t *dst = j->raw + (size_t)j->data_pages * h->ps;
+	size_t want = n * h->ps;
+
+	if (reg->kind == USNAP_PRIVATE ? read_private(h, reg, dst, p, want) : read_shmem(h, reg, dst, p, n))
+		return -1;
 	add_extent(j, p, n, USNAP_EXT_DATA);
 	j->data_pages += (uint32_t)n;
 	atomic_fetch_add(&h->s->bytes_raw, want);
@@ -264,7 +331,7 @@ static void handle_fault(struct handler *h, const struct uffd_msg *m)
 		}
 		set_bits(sr->copied, p, p + 1);
 	}
-	r = wp ? unprotect(s->uffd, addr, h->ps) : zeropage(s->uffd, addr, h->ps);
+	r = wp ? unprotect(h, addr, h->ps) : zeropage(h, addr, h->ps);
 	if (r)
 		usnap_fail(s, r, "region '%s': resolving a %s fault at 0x%" PRIxPTR ": %s", sr->reg->name,
 			   wp ? "write-protect" : "missing", addr, strerror(-r));
@@ -325,7 +392,7 @@ static void sweep_step(struct handler *h, struct usnap_job *j)
 	 * protection. This also wakes writers whose messages are still queued. */
 	if (hi > lo) {
 		sr = &s->sregs[j->region];
-		int r = unprotect(s->uffd, sr->reg->addr + lo * h->ps, (hi - lo) * h->ps);
+		int r = unprotect(h, sr->reg->addr + lo * h->ps, (hi - lo) * h->ps);
 		if (r) {
 			usnap_fail(s, r, "region '%s': un-protecting after the sweep: %s", sr->reg->name, strerror(-r));
 			return usnap_job_put(s, j);
@@ -343,17 +410,87 @@ static void sweep_step(struct handler *h, struct usnap_job *j)
 
 #define FAULT_BATCH 64
 
-/* Read and handle pending messages: >0 handled, 0 none pending, <0 error. */
-static int drain_faults(struct handler *h)
+/*
+ * MADV_DONTNEED (or MADV_REMOVE) on private memory discards the pages: the
+ * kernel keeps no marker for anonymous memory, so a page not yet copied would
+ * silently read as zeros. The event comes before the zap, but reading it lets
+ * the zap go on, so the pre-image cannot be saved: fail the snapshot. Shared
+ * memory keeps its pages in the page cache (DONTNEED) or is caught by the
+ * hole check (REMOVE), so its events need nothing.
+ */
+static void handle_remove(struct handler *h, const struct uffd_msg *m)
+{
+	uffdsnap_snap_t *s = h->s;
+	uintptr_t start = (uintptr_t)m->arg.remove.start, end = (uintptr_t)m->arg.remove.end;
+
+	for (unsigned i = 0; i < s->nregions; i++) {
+		struct usnap_sreg *sr = &s->sregs[i];
+		const struct usnap_reg *reg = sr->reg;
+		uintptr_t lo = start > reg->addr ? start : reg->addr;
+		uintptr_t hi = end < reg->addr + reg->len ? end : reg->addr + reg->len;
+		uint64_t p0, p1, q;
+
+		if (reg->kind != USNAP_PRIVATE || lo >= hi)
+			continue;
+		p0 = (lo - reg->addr) / h->ps;
+		p1 = (hi - reg->addr + h->ps - 1) / h->ps;
+		q = find_bit(sr->copied, p0, p1, false);
+		if (q < p1) {
+			usnap_fail(s, -ESTALE, "region '%s': MADV_DONTNEED/MADV_REMOVE discarded the page at offset "
+				   "0x%" PRIx64 " of private memory before it was copied", reg->name, q * h->ps);
+			return;
+		}
+	}
+}
+
+static int hold(struct handler *h, const struct uffd_msg *m)
+{
+	if (h->nheld == h->held_cap) {
+		size_t cap = h->held_cap ? h->held_cap * 2 : 64;
+		struct uffd_msg *n = realloc(h->held, cap * sizeof(*n));
+		if (!n)
+			return -ENOMEM;
+		h->held = n, h->held_cap = cap;
+	}
+	h->held[h->nheld++] = *m;
+	return 0;
+}
+
+/*
+ * Read pending messages: events are handled at once (the thread that caused
+ * one sleeps until it is read, and resolving ioctls fail with EAGAIN until
+ * then); page faults are resolved now if `resolve`, else held for later.
+ * Returns how many were read, 0 if none, or a negative errno.
+ */
+static int read_messages(struct handler *h, bool resolve)
 {
 	struct uffd_msg msgs[FAULT_BATCH];
 	ssize_t n = read(h->s->uffd, msgs, sizeof(msgs));
 
 	if (n < 0)
 		return errno == EAGAIN || errno == EINTR ? 0 : -errno;
-	for (ssize_t i = 0; i < n / (ssize_t)sizeof(msgs[0]) && !atomic_load(&h->s->abort); i++)
-		handle_fault(h, &msgs[i]);
-	return (int)(n / (ssize_t)sizeof(msgs[0]));
+	n /= (ssize_t)sizeof(msgs[0]);
+	for (ssize_t i = 0; i < n && !atomic_load(&h->s->abort); i++) {
+		if (msgs[i].event == UFFD_EVENT_REMOVE)
+			handle_remove(h, &msgs[i]);
+		else if (msgs[i].event != UFFD_EVENT_PAGEFAULT)
+			continue;
+		else if (resolve)
+			handle_fault(h, &msgs[i]);
+		else if (hold(h, &msgs[i]))
+			usnap_fail(h->s, -ENOMEM, "holding fault messages");
+	}
+	return (int)n;
+}
+
+/* Resolve held faults, including any held while resolving them. */
+static void resolve_held(struct handler *h)
+{
+	for (size_t i = 0; i < h->nheld && !atomic_load(&h->s->abort); i++) {
+		struct uffd_msg m = h->held[i]; /* hold() may move the array */
+		handle_fault(h, &m);
+	}
+	h->nheld = 0;
 }
 
 /* Messages of faults that the unregister resolved are stale: a MISSING one
@@ -386,13 +523,21 @@ void *usnap_handler_main(void *arg)
 	int n;
 
 	h.chunk_pages = (uint32_t)(s->pool->chunk_bytes / h.ps);
-	pthread_mutex_lock(&s->lock);
-	while (!s->go)
-		pthread_cond_wait(&s->cv, &s->lock);
-	pthread_mutex_unlock(&s->lock);
+
+	/* While begin arms the regions only events are handled: faults are
+	 * held, so no write lands in one region after the instant while another
+	 * is still being armed, and begin's ioctls never wait for an event. */
+	while (!atomic_load(&s->go) && !atomic_load(&s->abort)) {
+		n = read_messages(&h, false);
+		if (n < 0)
+			usnap_fail(s, n, "reading the userfaultfd: %s", strerror(-n));
+		else if (n == 0)
+			wait_for_work(&h);
+	}
 
 	while (!atomic_load(&s->abort)) {
-		n = drain_faults(&h);
+		resolve_held(&h);
+		n = read_messages(&h, true);
 		if (n < 0) {
 			usnap_fail(s, n, "reading the userfaultfd: %s", strerror(-n));
 			break;
@@ -403,10 +548,10 @@ void *usnap_handler_main(void *arg)
 				sweep_step(&h, j);
 				continue;
 			}
-		} else if (n == 0) {
+		} else if (n == 0 && !h.nheld) {
 			break; /* every page recorded */
 		}
-		if (n == 0)
+		if (n == 0 && !h.nheld)
 			wait_for_work(&h);
 	}
 
@@ -417,10 +562,12 @@ void *usnap_handler_main(void *arg)
 			usnap_compress_submit(s, h.fjob);
 	}
 	/* Success or failure, this is where protection ends: unregistering
-	 * clears every uffd-wp bit and marker and wakes every waiting thread. */
+	 * clears every uffd-wp bit and marker and wakes every waiting thread
+	 * (held faults included). */
 	for (unsigned i = 0; i < s->nregions; i++)
 		usnap_disarm(s, &s->sregs[i]);
 	discard_messages(s->uffd);
+	free(h.held);
 	atomic_store(&s->window_end_ns, usnap_now_ns());
 	usnap_compress_close(s);
 	return NULL;

@@ -22,8 +22,13 @@
 #include "compat.h"
 #include "uffdsnap-private.h"
 
-/* Features a snapshot cannot do without: write-protect and MISSING on shmem. */
-#define USNAP_REQUIRED (UFFD_FEATURE_WP_HUGETLBFS_SHMEM | UFFD_FEATURE_MISSING_SHMEM)
+/*
+ * Features a snapshot cannot do without: write-protect and MISSING on shmem,
+ * and REMOVE events, without which MADV_DONTNEED would silently discard
+ * private pages not yet copied. WP_UNPOPULATED (6.4+) is taken when offered:
+ * it protects never-touched private pages without pre-faulting them.
+ */
+#define USNAP_REQUIRED (UFFD_FEATURE_WP_HUGETLBFS_SHMEM | UFFD_FEATURE_MISSING_SHMEM | UFFD_FEATURE_EVENT_REMOVE)
 
 USNAP_EXPORT void uffdsnap_opts_init(uffdsnap_opts_t *opts)
 {
@@ -102,7 +107,7 @@ int usnap_uffd_open(uffdsnap_t *ctx)
 				 "on shmem (need UFFD_FEATURE_WP_HUGETLBFS_SHMEM, Linux 5.19+)",
 				 (unsigned long long)avail);
 	}
-	r = api(fd, USNAP_REQUIRED, &got);
+	r = api(fd, USNAP_REQUIRED | (avail & UFFD_FEATURE_WP_UNPOPULATED), &got);
 	if (r) {
 		close(fd);
 		return usnap_err(r, "UFFDIO_API(0x%llx): %s", (unsigned long long)USNAP_REQUIRED, strerror(-r));

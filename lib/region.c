@@ -3,14 +3,18 @@
  * Regions: what memory may be snapshotted (add_region) and how a region is
  * armed for one snapshot and disarmed after it.
  *
- * A region must be a MAP_SHARED window of one shmem file. The engine reads
- * page contents with pread() on that file, never through the mapping: a read
- * through the mapping could fault on a protected or missing page and the
- * handler thread would then wait for itself.
+ * A region is either a MAP_SHARED window of one shmem file, or private
+ * memory (MAP_PRIVATE anonymous memory, or a MAP_PRIVATE mapping of a shmem
+ * file). Shmem pages are read with pread() on the file, never through the
+ * mapping: a read through the mapping could raise a MISSING fault and the
+ * handler thread would then wait for itself. Private memory is registered
+ * WP-only (no MISSING faults), so the handler reads it through the page
+ * tables with process_vm_readv(); it is armed as one run covering the
+ * region, never-touched pages protected by WP_UNPOPULATED markers.
  *
- * Arming (begin):
+ * Arming shmem (begin):
  *   1. UFFDIO_REGISTER with MISSING|WP. From here a write or read that would
- *      fill a hole raises a MISSING fault, which the handler does not read
+ *      fill a hole raises a MISSING fault, which the handler holds unresolved
  *      until every region is armed, so the set of holes is frozen.
  *   2. SEEK_DATA/SEEK_HOLE on the file lists the populated runs. Pages swapped
  *      out count as data (shmem keeps them in the page cache's xarray).
@@ -28,6 +32,7 @@
 #include <stdlib.h>
 #include <string.h>
 #include <dirent.h>
+#include <sys/mman.h>
 #include <sys/stat.h>
 #include <sys/sysmacros.h>
 #include <sys/vfs.h>
@@ -41,9 +46,28 @@
 #define HUGETLBFS_MAGIC 0x958458f6
 #endif
 
-#define USNAP_REG_MODE (UFFDIO_REGISTER_MODE_MISSING | UFFDIO_REGISTER_MODE_WP)
-#define USNAP_REG_IOCTLS ((1ull << _UFFDIO_ZEROPAGE) | (1ull << _UFFDIO_WAKE))
-#define USNAP_ARM_IOCTLS (USNAP_REG_IOCTLS | (1ull << _UFFDIO_WRITEPROTECT))
+/*
+ * Registration modes: a snapshot registers shmem MISSING|WP and private memory
+ * WP; add_region's probe registers shmem MISSING only (see there). And the
+ * ioctls each registration must offer.
+ */
+static uint64_t reg_mode(enum usnap_kind kind, bool probe)
+{
+	if (kind == USNAP_PRIVATE)
+		return UFFDIO_REGISTER_MODE_WP;
+	return UFFDIO_REGISTER_MODE_MISSING | (probe ? 0 : UFFDIO_REGISTER_MODE_WP);
+}
+
+static uint64_t reg_ioctls(enum usnap_kind kind, bool probe)
+{
+	uint64_t need = 1ull << _UFFDIO_WAKE;
+
+	if (kind == USNAP_SHMEM)
+		need |= 1ull << _UFFDIO_ZEROPAGE;
+	if (kind == USNAP_PRIVATE || !probe)
+		need |= 1ull << _UFFDIO_WRITEPROTECT;
+	return need;
+}
 
 struct vma_line {
 	uintptr_t start, end;
@@ -55,11 +79,13 @@ struct vma_line {
 };
 
 /*
- * Check that [addr, end) is covered, without gaps, by shared mappings of one
- * file at linear offsets; return the first VMA's bounds and the file offset of
- * addr. /proc/self/maps is the only place that says MAP_SHARED vs MAP_PRIVATE.
+ * Check that [addr, end) is covered, without gaps, by readable mappings that
+ * are all private, or all shared from one file at linear offsets; return the
+ * kind, the first VMA and the file offset of addr. /proc/self/maps is the only
+ * place that says MAP_SHARED vs MAP_PRIVATE.
  */
-static int scan_maps(const char *name, uintptr_t addr, uintptr_t end, struct vma_line *first, off_t *file_off)
+static int scan_maps(const char *name, uintptr_t addr, uintptr_t end, struct vma_line *first, off_t *file_off,
+		     enum usnap_kind *kind)
 {
 	FILE *f = fopen("/proc/self/maps", "re");
 	char line[512];
@@ -89,10 +115,10 @@ static int scan_maps(const char *name, uintptr_t addr, uintptr_t end, struct vma
 				      name, covered, v.start < end ? v.start : end);
 			break;
 		}
-		if (v.perms[3] != 's' || v.ino == 0) {
-			r = usnap_err(-EMEDIUMTYPE, "region '%s': 0x%" PRIxPTR " is a private mapping (%s %s); "
-				      "only MAP_SHARED shmem can be snapshotted", name, v.start, v.perms,
-				      v.path[0] ? v.path : "[anonymous]");
+		enum usnap_kind k = v.perms[3] == 's' ? USNAP_SHMEM : USNAP_PRIVATE;
+		if (have_first && k != *kind) {
+			r = usnap_err(-EMEDIUMTYPE, "region '%s': mixes shared and private mappings at 0x%" PRIxPTR
+				      "; register each as its own region", name, v.start);
 			break;
 		}
 		if (v.perms[0] != 'r') {
@@ -103,9 +129,10 @@ static int scan_maps(const char *name, uintptr_t addr, uintptr_t end, struct vma
 		if (!have_first) {
 			*first = v;
 			*file_off = (off_t)(v.off + (addr - v.start));
+			*kind = k;
 			have_first = true;
-		} else if (v.ino != first->ino || v.maj != first->maj || v.min != first->min ||
-			   v.off != first->off + (v.start - first->start)) {
+		} else if (k == USNAP_SHMEM && (v.ino != first->ino || v.maj != first->maj || v.min != first->min ||
+			   v.off != first->off + (v.start - first->start))) {
 			r = usnap_err(-EMEDIUMTYPE, "region '%s': spans mappings of different files or offsets at "
 				      "0x%" PRIxPTR "; register each mapping as its own region", name, v.start);
 			break;
@@ -187,6 +214,28 @@ static int open_backing(const char *name, const struct vma_line *v, off_t file_o
 	return 0;
 }
 
+/*
+ * Private memory is read through the page tables, so its file (if any) does
+ * not matter, except hugetlbfs: its pages are protected and resolved in huge
+ * page units, which the 4 KiB fault path does not do yet.
+ */
+static int check_private(const char *name, const struct vma_line *v)
+{
+	char p[64];
+	struct statfs sfs;
+	int fd, huge = strstr(v->path, "anon_hugepage") != NULL;
+
+	if (!huge && v->ino) {
+		snprintf(p, sizeof(p), "/proc/self/map_files/%" PRIxPTR "-%" PRIxPTR, v->start, v->end);
+		fd = open(p, O_RDONLY | O_CLOEXEC);
+		if (fd >= 0) {
+			huge = !fstatfs(fd, &sfs) && sfs.f_type == HUGETLBFS_MAGIC;
+			close(fd);
+		}
+	}
+	return huge ? usnap_err(-EMEDIUMTYPE, "region '%s': hugetlbfs memory is not supported yet", name) : 0;
+}
+
 static int uffd_register(int uffd, uintptr_t addr, size_t len, uint64_t mode, uint64_t *ioctls)
 {
 	struct uffdio_register reg = { .range = { addr, len }, .mode = mode };
@@ -210,6 +259,7 @@ USNAP_EXPORT int uffdsnap_add_region(uffdsnap_t *ctx, const char *name, void *ad
 	struct usnap_reg *r;
 	struct vma_line v;
 	off_t file_off = 0;
+	enum usnap_kind kind = USNAP_SHMEM;
 	uint64_t ioctls = 0;
 	size_t nlen;
 	int fd = -1, err, id;
@@ -239,31 +289,35 @@ USNAP_EXPORT int uffdsnap_add_region(uffdsnap_t *ctx, const char *name, void *ad
 	if (!err && ctx->nregs >= USNAP_MAX_REGIONS)
 		err = usnap_err(-ENOSPC, "too many regions (limit %d)", USNAP_MAX_REGIONS);
 	if (!err)
-		err = scan_maps(name, a, end, &v, &file_off);
+		err = scan_maps(name, a, end, &v, &file_off, &kind);
 	if (!err)
-		err = open_backing(name, &v, file_off, len, &fd);
+		err = kind == USNAP_SHMEM ? open_backing(name, &v, file_off, len, &fd) : check_private(name, &v);
 	if (err)
 		goto out;
 
 	/*
-	 * Prove now, not at begin, that the kernel can track this memory. Only
-	 * MISSING mode: unregistering a WP registration leaves every present
-	 * shmem PTE read-only (uffd_wp_range() does not upgrade shared
+	 * Prove now, not at begin, that the kernel can track this memory. For
+	 * shmem only MISSING mode: unregistering a WP registration leaves every
+	 * present shmem PTE read-only (uffd_wp_range() does not upgrade shared
 	 * mappings), which would cost the program one extra fault per page.
 	 * Write-protect on shmem is implied by UFFD_FEATURE_WP_HUGETLBFS_SHMEM
 	 * (checked by uffdsnap_new) for any VMA that accepts MISSING here.
+	 * Private memory is registered WP-only, at begin too: it has no file to
+	 * read holes from, and never-touched pages carry WP_UNPOPULATED markers.
 	 */
-	err = uffd_register(ctx->uffd, a, len, UFFDIO_REGISTER_MODE_MISSING, &ioctls);
+	err = uffd_register(ctx->uffd, a, len, reg_mode(kind, true), &ioctls);
 	if (err) {
-		close(fd);
+		if (fd >= 0)
+			close(fd);
 		err = usnap_err(err == -EINVAL ? -EMEDIUMTYPE : err, "region '%s': UFFDIO_REGISTER failed: %s",
 				name, strerror(-err));
 		goto out;
 	}
 	uffd_unregister(ctx->uffd, a, len);
-	if ((ioctls & USNAP_REG_IOCTLS) != USNAP_REG_IOCTLS) {
-		close(fd);
-		err = usnap_err(-EOPNOTSUPP, "region '%s': kernel offers ioctls 0x%llx, need zeropage and wake",
+	if ((ioctls & reg_ioctls(kind, true)) != reg_ioctls(kind, true)) {
+		if (fd >= 0)
+			close(fd);
+		err = usnap_err(-EOPNOTSUPP, "region '%s': kernel offers ioctls 0x%llx for this memory",
 				name, (unsigned long long)ioctls);
 		goto out;
 	}
@@ -272,17 +326,19 @@ USNAP_EXPORT int uffdsnap_add_region(uffdsnap_t *ctx, const char *name, void *ad
 		unsigned cap = ctx->cap ? ctx->cap * 2 : 8;
 		struct usnap_reg *n = realloc(ctx->regs, cap * sizeof(*n));
 		if (!n) {
-			close(fd);
+			if (fd >= 0)
+				close(fd);
 			err = usnap_err(-ENOMEM, "growing the region table");
 			goto out;
 		}
 		ctx->regs = n, ctx->cap = cap;
 	}
 	r = &ctx->regs[ctx->nregs];
-	*r = (struct usnap_reg){ .name = strdup(name), .addr = a, .len = len,
+	*r = (struct usnap_reg){ .name = strdup(name), .kind = kind, .addr = a, .len = len,
 				 .npages = len / ctx->page_size, .fd = fd, .file_off = file_off };
 	if (!r->name) {
-		close(fd);
+		if (fd >= 0)
+			close(fd);
 		err = usnap_err(-ENOMEM, "copying the region name");
 		goto out;
 	}
@@ -349,14 +405,37 @@ static int find_data(uffdsnap_snap_t *s, struct usnap_sreg *sr)
 	return 0;
 }
 
+/*
+ * Private memory: the whole region is one run (its never-touched pages read
+ * as zeros and are stored as such). Without WP_UNPOPULATED (before Linux 6.4)
+ * a never-touched page has no PTE to protect, and a write to it would not
+ * fault: map the zero page there first.
+ */
+static int private_data(uffdsnap_snap_t *s, struct usnap_sreg *sr)
+{
+	const struct usnap_reg *reg = sr->reg;
+
+	if (!(s->ctx->features & UFFD_FEATURE_WP_UNPOPULATED) &&
+	    madvise((void *)reg->addr, reg->len, MADV_POPULATE_READ))
+		return usnap_err(-errno, "region '%s': MADV_POPULATE_READ (needed without "
+				 "UFFD_FEATURE_WP_UNPOPULATED): %s", reg->name, strerror(errno));
+	if (!(sr->data = malloc(sizeof(*sr->data))))
+		return usnap_err(-ENOMEM, "region '%s': allocating", reg->name);
+	sr->data[0] = (struct usnap_run){ 0, reg->npages };
+	sr->ndata = 1;
+	return 0;
+}
+
 static int protect(int uffd, uintptr_t addr, size_t len)
 {
 	struct uffdio_writeprotect wp = { .range = { addr, len }, .mode = UFFDIO_WRITEPROTECT_MODE_WP };
 
-	/* EAGAIN: the mm is changing under an event we have not read; none of
-	 * our registrations ask for events, but a retry is the documented answer. */
-	for (int tries = 0; ioctl(uffd, UFFDIO_WRITEPROTECT, &wp); tries++) {
-		if (errno != EAGAIN || tries > 1000)
+	uint64_t t0 = usnap_now_ns();
+
+	/* EAGAIN: an event (MADV_DONTNEED ...) is pending; the handler thread
+	 * reads events even while begin runs, so it clears soon. */
+	while (ioctl(uffd, UFFDIO_WRITEPROTECT, &wp)) {
+		if (errno != EAGAIN || usnap_now_ns() - t0 > 5000000000ull)
 			return -errno;
 		sched_yield();
 	}
@@ -369,16 +448,16 @@ int usnap_arm(uffdsnap_snap_t *s, struct usnap_sreg *sr)
 	uint64_t ioctls = 0;
 	int r;
 
-	r = uffd_register(s->uffd, reg->addr, reg->len, USNAP_REG_MODE, &ioctls);
+	r = uffd_register(s->uffd, reg->addr, reg->len, reg_mode(reg->kind, false), &ioctls);
 	if (r)
 		return usnap_err(r == -EINVAL || r == -ENOMEM ? -EFAULT : r,
 				 "region '%s': UFFDIO_REGISTER failed (%s): was it unmapped or remapped since "
 				 "uffdsnap_add_region?", reg->name, strerror(-r));
 	sr->registered = true;
-	if ((ioctls & USNAP_ARM_IOCTLS) != USNAP_ARM_IOCTLS)
-		return usnap_err(-EOPNOTSUPP, "region '%s': kernel offers ioctls 0x%llx, need write-protect, "
-				 "zeropage and wake", reg->name, (unsigned long long)ioctls);
-	r = find_data(s, sr);
+	if ((ioctls & reg_ioctls(reg->kind, false)) != reg_ioctls(reg->kind, false))
+		return usnap_err(-EOPNOTSUPP, "region '%s': kernel offers ioctls 0x%llx for this memory",
+				 reg->name, (unsigned long long)ioctls);
+	r = reg->kind == USNAP_SHMEM ? find_data(s, sr) : private_data(s, sr);
 	if (r)
 		return r;
 	for (size_t i = 0; i < sr->ndata; i++) {

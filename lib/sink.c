@@ -233,16 +233,6 @@ static int index_add(struct usnap_io *io, const struct usnap_job *j)
 
 /* ---- the I/O thread -------------------------------------------------------------- */
 
-static bool go_given(uffdsnap_snap_t *s)
-{
-	bool go;
-
-	pthread_mutex_lock(&s->lock);
-	go = s->go;
-	pthread_mutex_unlock(&s->lock);
-	return go;
-}
-
 static void add_buf(struct usnap_io *io, void *base, size_t len)
 {
 	io->bufs[io->nbufs++] = uv_buf_init(base, (unsigned)len);
@@ -408,7 +398,7 @@ static bool io_prepare(uffdsnap_snap_t *s)
 	}
 	if (io->buf_first < io->nbufs)
 		return true; /* the rest of a short write */
-	if (!go_given(s))
+	if (!atomic_load(&s->go))
 		return false;
 	if (!io->head_written) {
 		add_buf(io, io->head_rec, io->head_len);

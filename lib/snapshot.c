@@ -143,10 +143,7 @@ void usnap_fail(uffdsnap_snap_t *s, int err, const char *fmt, ...)
 	pthread_mutex_lock(&s->cq_lock);
 	pthread_cond_broadcast(&s->cq_cv);
 	pthread_mutex_unlock(&s->cq_lock);
-	pthread_mutex_lock(&s->lock);
-	s->go = true; /* a failed begin releases threads that never started work */
-	pthread_cond_broadcast(&s->cv);
-	pthread_mutex_unlock(&s->lock);
+	atomic_store(&s->go, true); /* a failed begin releases threads that never started work */
 	usnap_io_kick(s);
 }
 
@@ -189,8 +186,7 @@ static void snap_destroy(uffdsnap_snap_t *s)
 		usnap_sink_close(s->sink);
 	if (s->ctl_efd >= 0)
 		close(s->ctl_efd);
-	pthread_mutex_destroy(&s->lock);
-	pthread_cond_destroy(&s->cv);
+
 	pthread_mutex_destroy(&s->join_lock);
 	pthread_mutex_destroy(&s->pool_lock);
 	pthread_cond_destroy(&s->pool_cv);
@@ -213,8 +209,7 @@ static uffdsnap_snap_t *snap_alloc(uffdsnap_t *ctx, struct uffdsnap_sink *sink)
 	s->zstd_level = ctx->opts.zstd_level;
 	s->sink = sink;
 	s->ctl_efd = -1;
-	pthread_mutex_init(&s->lock, NULL);
-	pthread_cond_init(&s->cv, NULL);
+
 	pthread_mutex_init(&s->join_lock, NULL);
 	pthread_mutex_init(&s->pool_lock, NULL);
 	pthread_cond_init(&s->pool_cv, NULL);
@@ -255,6 +250,7 @@ static int snap_prepare(uffdsnap_snap_t *s)
 	s->ctl_efd = eventfd(0, EFD_CLOEXEC | EFD_NONBLOCK);
 	if (s->ctl_efd < 0)
 		return usnap_err(-errno, "eventfd: %s", strerror(errno));
+
 	if (getrandom(s->snap_id, sizeof(s->snap_id), 0) != sizeof(s->snap_id))
 		return usnap_err(-errno, "getrandom: %s", strerror(errno));
 	return 0;
@@ -338,10 +334,10 @@ USNAP_EXPORT int uffdsnap_begin(uffdsnap_t *ctx, uffdsnap_sink_t *sink, uffdsnap
 		snap_destroy(s);
 		return r;
 	}
-	pthread_mutex_lock(&s->lock);
-	s->go = true;
-	pthread_cond_broadcast(&s->cv);
-	pthread_mutex_unlock(&s->lock);
+	atomic_store(&s->go, true);
+	if (write(s->ctl_efd, &(uint64_t){ 1 }, sizeof(uint64_t)) < 0) {
+		/* counter already set: the handler wakes anyway */
+	}
 	usnap_io_kick(s);
 	*snapp = s;
 	return 0;

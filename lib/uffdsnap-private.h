@@ -38,13 +38,35 @@ static inline uint64_t usnap_now_ns(void)
 	return (uint64_t)ts.tv_sec * 1000000000ull + (uint64_t)ts.tv_nsec;
 }
 
+/*
+ * Kinds of memory. SHMEM pages are read with pread() on the backing file and
+ * holes are tracked with MISSING registration; PRIVATE pages (anonymous
+ * memory, or MAP_PRIVATE of a file) exist only in this process's page tables
+ * and are read with process_vm_readv(), with never-touched pages protected
+ * through UFFD_FEATURE_WP_UNPOPULATED markers.
+ */
+enum usnap_kind { USNAP_SHMEM, USNAP_PRIVATE };
+
+static inline bool usnap_page_is_zero(const uint8_t *p, size_t n)
+{
+	const uint64_t *w = (const uint64_t *)p;
+	uint64_t acc = 0;
+
+	if (w[0])
+		return false; /* the common case for data pages: decide on one load */
+	for (size_t i = 0; i < n / 8; i += 8)
+		acc |= w[i] | w[i + 1] | w[i + 2] | w[i + 3] | w[i + 4] | w[i + 5] | w[i + 6] | w[i + 7];
+	return !acc;
+}
+
 /* One registered region. */
 struct usnap_reg {
 	char *name;
+	enum usnap_kind kind;
 	uintptr_t addr;
 	size_t len;
 	uint64_t npages;
-	int fd;            /* the backing shmem file, read with pread() by the engine */
+	int fd;            /* SHMEM: the backing file, read with pread(); PRIVATE: -1 */
 	off_t file_off;    /* file offset of addr */
 };
 
@@ -173,9 +195,7 @@ struct uffdsnap_snap {
 	int ctl_efd;                /* wakes the handler: abort, or a job was freed */
 
 	/* lifecycle */
-	pthread_mutex_t lock;
-	pthread_cond_t cv;          /* go */
-	bool go;
+	_Atomic bool go;            /* every region armed: faults may be resolved */
 	_Atomic int state;          /* UFFDSNAP_STATE_* */
 	bool joined;
 	pthread_mutex_t join_lock;

@@ -74,7 +74,8 @@ END_TEST
 
 START_TEST(region_refusals)
 {
-	struct usnap_mem ok, disk, priv, hole;
+	struct usnap_mem ok, disk, hole;
+	uint8_t *privdisk, *noaccess;
 	uffdsnap_t *ctx;
 	char longname[300];
 	int n0;
@@ -82,16 +83,21 @@ START_TEST(region_refusals)
 	usnap_watchdog(60, "region_refusals");
 	usnap_memfd(&ok, 8 * MiB);
 	usnap_mem_new(&disk, USNAP_MEM_DISKFILE, 1 * MiB);
-	usnap_mem_new(&priv, USNAP_MEM_ANON_PRIVATE, 1 * MiB);
+	/* private memory is accepted (test-private), but not over a disk file
+	 * (no uffd-wp for regular files) nor without read access. Mapped before
+	 * the gap below is made, so that neither lands in it. */
+	privdisk = mmap(NULL, disk.len, PROT_READ | PROT_WRITE, MAP_PRIVATE, disk.fd, 0);
+	noaccess = mmap(NULL, 1 * MiB, PROT_NONE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
+	ck_assert(privdisk != MAP_FAILED && noaccess != MAP_FAILED);
 	usnap_memfd(&hole, 3 * MiB);
 	ck_assert_int_eq(munmap(hole.addr + 1 * MiB, 1 * MiB), 0); /* a gap in the middle */
 	memset(disk.addr, 1, disk.len);
-	memset(priv.addr, 1, priv.len);
 	ctx = usnap_ctx_new(NULL);
 
 	printf("region_refusals:\n");
 	REFUSE(ctx, "disk", disk.addr, disk.len, EMEDIUMTYPE);
-	REFUSE(ctx, "private", priv.addr, priv.len, EMEDIUMTYPE);
+	REFUSE(ctx, "private-disk", privdisk, disk.len, EMEDIUMTYPE);
+	REFUSE(ctx, "no-access", noaccess, 1 * MiB, EMEDIUMTYPE);
 	REFUSE(ctx, "unaligned-addr", ok.addr + 8, 4 * usnap_page, EINVAL);
 	REFUSE(ctx, "unaligned-len", ok.addr, usnap_page + 100, EINVAL);
 	REFUSE(ctx, "zero-len", ok.addr, 0, EINVAL);
@@ -142,7 +148,8 @@ START_TEST(region_refusals)
 	uffdsnap_free(ctx);
 	usnap_mem_free(&ok);
 	usnap_mem_free(&disk);
-	usnap_mem_free(&priv);
+	munmap(privdisk, disk.len);
+	munmap(noaccess, 1 * MiB);
 	munmap(hole.addr, 1 * MiB);
 	munmap(hole.addr + 2 * MiB, 1 * MiB);
 	hole.addr = NULL;

@@ -1,0 +1,235 @@
+/* SPDX-License-Identifier: LGPL-2.1-or-later */
+/*
+ * Private memory regions: MAP_PRIVATE|MAP_ANONYMOUS (what malloc gives large
+ * allocations, what Redis forks for) and MAP_PRIVATE mappings of a memfd
+ * (copy-on-write pages over a shmem file). The oracle is a copy taken with no
+ * writer running; after begin the test writes copied and not-yet-copied pages,
+ * never-touched pages (which only WP_UNPOPULATED markers protect), and makes
+ * the kernel write into the region with read(2). MADV_DONTNEED on private
+ * memory discards pages: on a page not copied yet the snapshot must fail with
+ * -ESTALE, on a copied one it must not care.
+ */
+#include <errno.h>
+#include <fcntl.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/mman.h>
+#include <unistd.h>
+
+#include "helpers.h"
+
+struct setup {
+	struct usnap_cb cb;
+	uffdsnap_t *ctx;
+	uffdsnap_snap_t *s;
+};
+
+/* Begin on region [addr, len) with the sink held shut until the sweep has
+ * stopped after a few buffers, then let it go on slowly (~12 MiB/s): pages in
+ * the second half stay protected, not copied, while the test writes them. A
+ * sink held shut for good would block those writes: that is the backpressure. */
+static void begin_held(struct setup *t, uint8_t *addr, size_t len)
+{
+	uffdsnap_opts_t o;
+	int r;
+
+	uffdsnap_opts_init(&o);
+	o.buffer_bytes = 4 * MiB;
+	t->ctx = usnap_ctx_new(&o);
+	usnap_add(t->ctx, "heap", addr, len);
+	usnap_cb_init(&t->cb, -1);
+	t->cb.keep = true;
+	usnap_cb_gate(&t->cb, true);
+	r = uffdsnap_begin(t->ctx, usnap_cb_sink(&t->cb), &t->s);
+	ck_assert_msg(r == 0, "begin: %d %s (%s)", r, uffdsnap_strerror(r), uffdsnap_last_error());
+	ck_assert(usnap_cb_wait_blocked(&t->cb, 10));
+	atomic_store(&t->cb.sleep_us, 20000);
+	usnap_cb_gate(&t->cb, false);
+}
+
+static void end(struct setup *t)
+{
+	uffdsnap_snap_free(t->s);
+	uffdsnap_free(t->ctx);
+	usnap_cb_destroy(&t->cb);
+}
+
+/* Writes after the instant, remembered in `now`: data pages, never-touched
+ * pages, and a kernel-mode write through read(2). */
+static unsigned write_after(uint8_t *addr, uint8_t *now, size_t len, const uint8_t *untouched)
+{
+	size_t np = len / usnap_page;
+	unsigned n = 0;
+	int pfd[2];
+
+	/* never-touched pages first: each must still be protected when written */
+	for (size_t p = np / 2; p < np; p++) {
+		if (untouched[p] && (p % 3 == 0)) {
+			ck_assert_msg(usnap_pagemap_entry(addr + p * usnap_page) & USNAP_PM_WP,
+				      "never-touched page %zu is not write-protected", p);
+			memset(addr + p * usnap_page, 0xa5, 32);
+			memset(now + p * usnap_page, 0xa5, 32);
+			n++;
+		}
+	}
+	for (size_t p = np / 2; p < np; p += 7, n++) {
+		addr[p * usnap_page + 11] ^= 0x3c;
+		now[p * usnap_page + 11] ^= 0x3c;
+	}
+	ck_assert_int_eq(pipe(pfd), 0);
+	ck_assert_int_eq(write(pfd[1], "kernel-mode write", 17), 17);
+	ck_assert_int_eq(read(pfd[0], addr + (np - 2) * usnap_page + 5, 17), 17);
+	memcpy(now + (np - 2) * usnap_page + 5, "kernel-mode write", 17);
+	close(pfd[0]);
+	close(pfd[1]);
+	return n + 1;
+}
+
+START_TEST(private_anon_exact)
+{
+	const size_t len = 64 * MiB, np = len / usnap_page;
+	uint8_t *addr, *ref, *now, *untouched = calloc(np, 1);
+	uffdsnap_stats_t st;
+	struct setup t;
+	unsigned n;
+	int r;
+
+	usnap_watchdog(90, "private_anon_exact");
+	addr = mmap(NULL, len, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
+	ck_assert(addr != MAP_FAILED && untouched);
+	for (size_t p = 0; p < np; p++) {
+		if (p % 5 == 3)
+			untouched[p] = 1; /* never touched: no page, no PTE */
+		else
+			usnap_fill_page(addr + p * usnap_page, 17, p);
+	}
+	ref = usnap_copy(addr, len); /* reading never-touched anon pages maps the zero page only */
+	now = usnap_copy(ref, len);
+	begin_held(&t, addr, len);
+	n = write_after(addr, now, len, untouched);
+	atomic_store(&t.cb.sleep_us, 0);
+	r = uffdsnap_wait(t.s);
+	usnap_stats(t.s, &st);
+	usnap_stats_print("private anon", &st);
+	printf("private_anon_exact: %u writes after the instant, %llu pages copied for writers\n", n,
+	       (unsigned long long)st.pages_fault);
+	ck_assert_msg(r == 0, "wait: %d %s", r, uffdsnap_snap_error(t.s));
+	usnap_assert_exactly_once(&st);
+	ck_assert_uint_gt(st.pages_fault, np / 2 / 7 / 2);
+	ck_assert_int_eq(usnap_pagemap_protected(addr, len), 0);
+	{
+		struct usnap_expect ex = { "heap", ref, len };
+		usnap_check_buffer(t.cb.mem, t.cb.mem_len, &ex, 1);
+	}
+	ck_assert_int_eq(memcmp(addr, now, len), 0);
+	end(&t);
+	usnap_buf_free(ref, len);
+	usnap_buf_free(now, len);
+	munmap(addr, len);
+	free(untouched);
+}
+END_TEST
+
+START_TEST(private_file_exact)
+{
+	const size_t len = 32 * MiB, np = len / usnap_page;
+	uint8_t *addr, *ref, *now, *untouched = calloc(np, 1);
+	uffdsnap_stats_t st;
+	struct usnap_mem m;
+	struct setup t;
+	int r;
+
+	usnap_watchdog(90, "private_file_exact");
+	usnap_memfd(&m, len);
+	usnap_fill_random(m.addr, len, 23);
+	addr = mmap(NULL, len, PROT_READ | PROT_WRITE, MAP_PRIVATE, m.fd, 0);
+	ck_assert(addr != MAP_FAILED && untouched);
+	/* some pages copied-on-write before the instant, the rest still the file's */
+	for (size_t p = 0; p < np; p += 2)
+		addr[p * usnap_page] ^= 0xff;
+	for (size_t p = 1; p < np; p += 2)
+		untouched[p] = 0; /* file pages are populated: no marker needed */
+	ref = usnap_copy(addr, len);
+	now = usnap_copy(ref, len);
+	begin_held(&t, addr, len);
+	write_after(addr, now, len, untouched);
+	atomic_store(&t.cb.sleep_us, 0);
+	r = uffdsnap_wait(t.s);
+	usnap_stats(t.s, &st);
+	usnap_stats_print("private file", &st);
+	ck_assert_msg(r == 0, "wait: %d %s", r, uffdsnap_snap_error(t.s));
+	usnap_assert_exactly_once(&st);
+	ck_assert_uint_gt(st.pages_fault, 0);
+	ck_assert_int_eq(usnap_pagemap_protected(addr, len), 0);
+	{
+		struct usnap_expect ex = { "heap", ref, len };
+		usnap_check_buffer(t.cb.mem, t.cb.mem_len, &ex, 1);
+	}
+	ck_assert_int_eq(memcmp(addr, now, len), 0);
+	end(&t);
+	usnap_buf_free(ref, len);
+	usnap_buf_free(now, len);
+	munmap(addr, len);
+	usnap_mem_free(&m);
+	free(untouched);
+}
+END_TEST
+
+START_TEST(private_dontneed)
+{
+	const size_t len = 64 * MiB, np = len / usnap_page;
+	uint8_t *addr, *ref;
+	struct setup t;
+	int r;
+
+	usnap_watchdog(90, "private_dontneed");
+	addr = mmap(NULL, len, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
+	ck_assert(addr != MAP_FAILED);
+	usnap_fill_random(addr, len, 29);
+	ref = usnap_copy(addr, len);
+
+	/* a copied page may be discarded: the snapshot already holds it */
+	begin_held(&t, addr, len);
+	addr[(np - 10) * usnap_page] ^= 1; /* the write fault copies the page first */
+	ck_assert_int_eq(madvise(addr + (np - 10) * usnap_page, usnap_page, MADV_DONTNEED), 0);
+	atomic_store(&t.cb.sleep_us, 0);
+	r = uffdsnap_wait(t.s);
+	printf("private_dontneed: after a copied page was discarded: wait %d\n", r);
+	ck_assert_msg(r == 0, "wait: %d %s", r, uffdsnap_snap_error(t.s));
+	{
+		struct usnap_expect ex = { "heap", ref, len };
+		usnap_check_buffer(t.cb.mem, t.cb.mem_len, &ex, 1);
+	}
+	end(&t);
+
+	/* a page not copied yet cannot be: the snapshot fails and says where */
+	begin_held(&t, addr, len);
+	ck_assert_int_eq(madvise(addr + (np - 3) * usnap_page, usnap_page, MADV_DONTNEED), 0);
+	atomic_store(&t.cb.sleep_us, 0);
+	r = uffdsnap_wait(t.s);
+	printf("private_dontneed: after an uncopied page was discarded: wait %d, \"%s\"\n", r,
+	       uffdsnap_snap_error(t.s));
+	ck_assert_int_eq(r, -ESTALE);
+	ck_assert_ptr_nonnull(strstr(uffdsnap_snap_error(t.s), "region 'heap'"));
+	ck_assert_ptr_nonnull(strstr(uffdsnap_snap_error(t.s), "0x3ffd000"));
+	ck_assert_int_eq(usnap_pagemap_protected(addr, len), 0);
+	addr[5] = 1; /* the program goes on */
+	end(&t);
+	usnap_buf_free(ref, len);
+	munmap(addr, len);
+}
+END_TEST
+
+int main(void)
+{
+	Suite *s = suite_create("private");
+	TCase *tc = tcase_create("private");
+
+	usnap_test_require_uffd();
+	tcase_set_timeout(tc, 120);
+	tcase_add_test(tc, private_anon_exact);
+	tcase_add_test(tc, private_file_exact);
+	tcase_add_test(tc, private_dontneed);
+	suite_add_tcase(s, tc);
+	return usnap_run_suite(s);
+}
