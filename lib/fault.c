@@ -526,8 +526,10 @@ void *usnap_handler_main(void *arg)
 
 	/* While begin arms the regions only events are handled: faults are
 	 * held, so no write lands in one region after the instant while another
-	 * is still being armed, and begin's ioctls never wait for an event. */
-	while (!atomic_load(&s->go) && !atomic_load(&s->abort)) {
+	 * is still being armed, and begin's ioctls never wait for an event. Not
+	 * even a failure ends this early: unregistering now could race with
+	 * begin registering the next region. */
+	while (!atomic_load(&s->go)) {
 		n = read_messages(&h, false);
 		if (n < 0)
 			usnap_fail(s, n, "reading the userfaultfd: %s", strerror(-n));

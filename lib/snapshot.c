@@ -143,7 +143,8 @@ void usnap_fail(uffdsnap_snap_t *s, int err, const char *fmt, ...)
 	pthread_mutex_lock(&s->cq_lock);
 	pthread_cond_broadcast(&s->cq_cv);
 	pthread_mutex_unlock(&s->cq_lock);
-	atomic_store(&s->go, true); /* a failed begin releases threads that never started work */
+	/* Not `go`: only begin gives it, once it stopped arming. A handler let
+	 * go by a worker's failure would unregister while begin still arms. */
 	usnap_io_kick(s);
 }
 
@@ -278,6 +279,16 @@ static int snap_start_threads(uffdsnap_snap_t *s)
 
 static void snap_join(uffdsnap_snap_t *s);
 
+/* Every region is armed (or begin gave up): faults may be resolved now. */
+static void give_go(uffdsnap_snap_t *s)
+{
+	atomic_store(&s->go, true);
+	if (write(s->ctl_efd, &(uint64_t){ 1 }, sizeof(uint64_t)) < 0) {
+		/* counter already set: the handler wakes anyway */
+	}
+	usnap_io_kick(s);
+}
+
 USNAP_EXPORT int uffdsnap_begin(uffdsnap_t *ctx, uffdsnap_sink_t *sink, uffdsnap_snap_t **snapp)
 {
 	uffdsnap_snap_t *s;
@@ -327,18 +338,19 @@ USNAP_EXPORT int uffdsnap_begin(uffdsnap_t *ctx, uffdsnap_sink_t *sink, uffdsnap
 	s->created_ns = (uint64_t)rt.tv_sec * 1000000000ull + (uint64_t)rt.tv_nsec;
 	if (!r)
 		r = usnap_build_head(s);
+	if (!r && atomic_load(&s->abort))
+		r = -EIO; /* a worker failed meanwhile: its error is the one returned */
 	if (r) {
 		/* Keep the detail: usnap_fail must not overwrite the thread's message. */
 		usnap_fail(s, r, "%s", uffdsnap_last_error());
+		give_go(s); /* the threads waiting for it see the failure and exit */
 		snap_join(s);
+		/* The first error, not a consequence of it; errmsg is final once joined. */
+		r = usnap_err(atomic_load(&s->err), "%s", s->errmsg);
 		snap_destroy(s);
 		return r;
 	}
-	atomic_store(&s->go, true);
-	if (write(s->ctl_efd, &(uint64_t){ 1 }, sizeof(uint64_t)) < 0) {
-		/* counter already set: the handler wakes anyway */
-	}
-	usnap_io_kick(s);
+	give_go(s);
 	*snapp = s;
 	return 0;
 }
@@ -375,7 +387,7 @@ static void snap_join(uffdsnap_snap_t *s)
 	usnap_workers_join(s);
 	usnap_io_join(s);
 	/* Regions the handler never got to (failed begin) are disarmed here. */
-	for (unsigned i = 0; i < s->nregions; i++)
+	for (unsigned i = 0; s->sregs && i < s->nregions; i++)
 		usnap_disarm(s, &s->sregs[i]);
 	ctx = s->ctx;
 	if (ctx) {
