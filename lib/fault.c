@@ -51,6 +51,7 @@ struct handler {
 	uffdsnap_snap_t *s;
 	size_t ps;
 	uint32_t chunk_pages;
+	uint32_t around;          /* fault-around window: FAULT_AROUND, or less in small chunks */
 	struct usnap_job *fjob;   /* fault chunk being filled */
 	unsigned cur_reg;         /* sweep cursor: region (address order), page, data run */
 	uint64_t cur_page;
@@ -172,9 +173,16 @@ static void add_extent(struct usnap_job *j, uint64_t first, uint64_t n, uint32_t
 	j->ext[j->nextents++] = (struct usnap_extent){ .first_page = first, .npages = (uint32_t)n, .kind = kind };
 }
 
-static bool job_full(const struct handler *h, const struct usnap_job *j)
+/* Has the job no room for `need` more pages (each possibly its own extent)? */
+static bool job_full(const struct handler *h, const struct usnap_job *j, uint32_t need)
 {
-	return j->data_pages >= h->chunk_pages || j->nextents >= h->chunk_pages;
+	return j->data_pages + need > h->chunk_pages || j->nextents + need > h->chunk_pages;
+}
+
+static void fail_removed(struct handler *h, const struct usnap_reg *reg, uint64_t page)
+{
+	usnap_fail(h->s, -ESTALE, "region '%s': the page at offset 0x%" PRIx64 " was removed (hole punch, "
+		   "truncate or MADV_REMOVE) before it was copied", reg->name, page * h->ps);
 }
 
 /*
@@ -224,8 +232,7 @@ static int read_shmem(struct handler *h, const struct usnap_reg *reg, uint8_t *d
 	for (uint64_t i = 0; i < n; i++) {
 		off_t at = reg->file_off + (off_t)((p + i) * h->ps);
 		if (usnap_page_is_zero(dst + i * h->ps, h->ps) && lseek(reg->fd, at, SEEK_DATA) != at) {
-			usnap_fail(h->s, -ESTALE, "region '%s': the page at offset 0x%" PRIx64 " was removed (hole "
-				   "punch, truncate or MADV_REMOVE) before it was copied", reg->name, (p + i) * h->ps);
+			fail_removed(h, reg, p + i);
 			return -1;
 		}
 	}
@@ -266,14 +273,22 @@ static struct usnap_sreg *lookup(const uffdsnap_snap_t *s, uintptr_t addr)
 	return NULL;
 }
 
-/* A fault chunk for region sr with room for one more page, or NULL on abort. */
+/*
+ * Fault-around: a write fault copies and un-protects the aligned 64 KiB around
+ * its page, not just the page. A sequential writer then faults once per 16
+ * pages, and the copy and the TLB-flushing un-protect are paid once for all of
+ * them; the sweep would have had to copy those pages anyway.
+ */
+#define FAULT_AROUND 16u
+
+/* A fault chunk for region sr with room for a fault-around window, or NULL on abort. */
 static struct usnap_job *fault_job(struct handler *h, struct usnap_sreg *sr)
 {
 	uffdsnap_snap_t *s = h->s;
 	struct usnap_job *j = h->fjob;
 	uint64_t t0, waited, max;
 
-	if (j && (j->region != sr->id || job_full(h, j))) {
+	if (j && (j->region != sr->id || job_full(h, j, h->around))) {
 		usnap_compress_submit(s, j);
 		h->fjob = j = NULL;
 	}
@@ -293,14 +308,35 @@ static struct usnap_job *fault_job(struct handler *h, struct usnap_sreg *sr)
 	return h->fjob = j;
 }
 
+/* Copy the pages of [lo, hi) not copied yet (for shmem, those populated at
+ * the instant: holes are left to their MISSING faults and the sweep). */
+static int copy_around(struct handler *h, struct usnap_sreg *sr, struct usnap_job *j, uint64_t lo, uint64_t hi)
+{
+	bool shmem = sr->reg->kind == USNAP_SHMEM;
+
+	for (uint64_t p = find_bit(sr->copied, lo, hi, false), q; p < hi; p = find_bit(sr->copied, q, hi, false)) {
+		if (shmem && !usnap_in_data(sr, p)) {
+			q = p + 1;
+			continue;
+		}
+		for (q = p + 1; q < hi && !test_bit(sr->copied, q) && (!shmem || usnap_in_data(sr, q)); q++)
+			;
+		if (copy_pages(h, sr, j, p, q - p))
+			return -1;
+		set_bits(sr->copied, p, q);
+		atomic_fetch_add(&h->s->pages_fault, q - p);
+	}
+	return 0;
+}
+
 static void handle_fault(struct handler *h, const struct uffd_msg *m)
 {
 	uffdsnap_snap_t *s = h->s;
 	uintptr_t addr = (uintptr_t)m->arg.pagefault.address & ~(uintptr_t)(h->ps - 1);
 	bool wp = m->arg.pagefault.flags & UFFD_PAGEFAULT_FLAG_WP;
+	uint64_t p, lo, hi;
 	struct usnap_sreg *sr;
 	struct usnap_job *j;
-	uint64_t p;
 	int r;
 
 	if (m->event != UFFD_EVENT_PAGEFAULT)
@@ -311,27 +347,27 @@ static void handle_fault(struct handler *h, const struct uffd_msg *m)
 		wake(s->uffd, addr, h->ps);
 		return;
 	}
-	p = (addr - sr->reg->addr) / h->ps;
+	p = lo = (addr - sr->reg->addr) / h->ps;
+	hi = p + 1;
 	if (!test_bit(sr->copied, p)) {
-		if (!wp && usnap_in_data(sr, p)) {
-			usnap_fail(s, -ESTALE, "region '%s': the page at offset 0x%" PRIx64 " was removed (hole "
-				   "punch, truncate or MADV_REMOVE) before it was copied", sr->reg->name, p * h->ps);
-			return;
-		}
+		if (!wp && usnap_in_data(sr, p))
+			return fail_removed(h, sr->reg, p);
 		j = fault_job(h, sr);
 		if (!j)
 			return;
 		if (wp) {
-			if (copy_pages(h, sr, j, p, 1))
+			lo = p & ~(uint64_t)(h->around - 1);
+			hi = lo + h->around < sr->reg->npages ? lo + h->around : sr->reg->npages;
+			if (copy_around(h, sr, j, lo, hi))
 				return;
-			atomic_fetch_add(&s->pages_fault, 1);
 		} else {
 			add_extent(j, p, 1, USNAP_EXT_ZERO);
 			atomic_fetch_add(&s->pages_hole, 1);
+			set_bits(sr->copied, p, p + 1);
 		}
-		set_bits(sr->copied, p, p + 1);
 	}
-	r = wp ? unprotect(h, addr, h->ps) : zeropage(h, addr, h->ps);
+	/* Every populated page of [lo, hi) is copied now: un-protect them all. */
+	r = wp ? unprotect(h, sr->reg->addr + lo * h->ps, (hi - lo) * h->ps) : zeropage(h, addr, h->ps);
 	if (r)
 		usnap_fail(s, r, "region '%s': resolving a %s fault at 0x%" PRIxPTR ": %s", sr->reg->name,
 			   wp ? "write-protect" : "missing", addr, strerror(-r));
@@ -346,7 +382,7 @@ static void sweep_step(struct handler *h, struct usnap_job *j)
 	uint64_t lo = UINT64_MAX, hi = 0;
 	struct usnap_sreg *sr = NULL;
 
-	while (h->cur_reg < s->nregions && !job_full(h, j)) {
+	while (h->cur_reg < s->nregions && !job_full(h, j, 1)) {
 		uint64_t p, q, limit;
 		bool in_data;
 
@@ -523,6 +559,7 @@ void *usnap_handler_main(void *arg)
 	int n;
 
 	h.chunk_pages = (uint32_t)(s->pool->chunk_bytes / h.ps);
+	h.around = FAULT_AROUND < h.chunk_pages ? FAULT_AROUND : h.chunk_pages; /* both powers of two */
 
 	/* While begin arms the regions only events are handled: faults are
 	 * held, so no write lands in one region after the instant while another
