@@ -273,6 +273,191 @@ int uffdsnap_reader_extract_fd(uffdsnap_reader_t *r, unsigned id, int fd);
 const char *uffdsnap_reader_error(const uffdsnap_reader_t *r);
 void uffdsnap_reader_free(uffdsnap_reader_t *r);
 
+/* ---- restoring snapshots ----------------------------------------------------------------- */
+
+/*
+ * Eager restore: the contents of a region of a complete snapshot, all at
+ * once, decompressed on several threads (each with its own reader clone and
+ * zstd context; chunks are handed out by index). Pages the snapshot records as
+ * zero (holes and all-zero pages) are never written: in a new memfd or file
+ * they stay holes and cost no memory. Every page is checked to be recorded
+ * exactly once, so a damaged file fails with -EBADMSG, never with a silently
+ * short image. The reader is used by the calling thread only and must not be
+ * used by another thread during the call. Details of a failure are in
+ * uffdsnap_last_error() ("region 'pool': chunk at offset ...: checksum mismatch").
+ */
+typedef struct uffdsnap_restore_opts {
+	size_t size;            /* sizeof(uffdsnap_restore_opts_t) */
+	int threads;            /* decompression threads incl. the caller's; 0 = online CPUs */
+} uffdsnap_restore_opts_t;
+
+typedef struct uffdsnap_restore_stats {
+	size_t size;            /* in: sizeof(uffdsnap_restore_stats_t) */
+	unsigned threads;       /* threads that ran */
+	uint64_t elapsed_ns;    /* the whole call */
+	uint64_t bytes_total;   /* region length; bytes_total / elapsed_ns = throughput in GB/s */
+	uint64_t bytes_data;    /* bytes of data pages written */
+	uint64_t pages_data;
+	uint64_t pages_zero;    /* left as holes (or zeroed, for existing memory) */
+	uint64_t chunks;
+} uffdsnap_restore_stats_t;
+
+/* Fill *opts with the defaults (and opts->size). */
+void uffdsnap_restore_opts_init(uffdsnap_restore_opts_t *opts);
+
+/*
+ * Restore region `id` into a new memfd (named after the region, sized to it,
+ * close-on-exec) and return it in *fd_out, ready to mmap(MAP_SHARED) or to pass
+ * to another process. opts and stats may be NULL.
+ * Errors: -ENOENT (no region id), -ENODATA (incomplete snapshot), -ESPIPE (a
+ * stream), -EBADMSG (corrupt), -ENOMEM/-ENOSPC (memfd), -EINVAL.
+ */
+int uffdsnap_restore_memfd(uffdsnap_reader_t *r, unsigned id, int *fd_out, const uffdsnap_restore_opts_t *opts,
+			   uffdsnap_restore_stats_t *stats);
+/*
+ * Restore region `id` into the file `path` (meant for tmpfs or /dev/shm): written
+ * to a temporary name in the same directory (mode 0600) and renamed over `path`
+ * only once complete, so a failed restore leaves nothing behind.
+ */
+int uffdsnap_restore_file(uffdsnap_reader_t *r, unsigned id, const char *path, const uffdsnap_restore_opts_t *opts,
+			  uffdsnap_restore_stats_t *stats);
+/*
+ * Restore region `id` into existing memory [addr, addr+len), which must be
+ * page aligned, writable and exactly the region's length (else -EINVAL, and
+ * uffdsnap_last_error() names the region and both lengths). Zero pages are made
+ * zero without writing where possible: punched (MADV_REMOVE) in shared shmem,
+ * left alone where they already read as zero.
+ */
+int uffdsnap_restore_into(uffdsnap_reader_t *r, unsigned id, void *addr, size_t len,
+			  const uffdsnap_restore_opts_t *opts, uffdsnap_restore_stats_t *stats);
+/*
+ * Restore every region registered with ctx from the snapshot's region of the
+ * same name, as uffdsnap_restore_into() does. All regions are matched (name
+ * present, same length) before any is written; a mismatch is -ENOENT or
+ * -EINVAL naming the region. Regions of the snapshot that ctx lacks are left
+ * alone. -EBUSY while a snapshot runs on ctx; no snapshot can begin during
+ * the restore. stats sums the regions.
+ */
+int uffdsnap_restore_ctx(uffdsnap_reader_t *r, uffdsnap_t *ctx, const uffdsnap_restore_opts_t *opts,
+			 uffdsnap_restore_stats_t *stats);
+
+/*
+ * Lazy (post-copy) restore: the program maps its regions, hands them over and
+ * runs at once. The regions are registered with a userfaultfd (MISSING mode);
+ * a handler thread serves each first touch from the snapshot, placing the
+ * whole chunk around the faulting page with UFFDIO_COPY, while a background
+ * thread places the remaining chunks in order. Once every data page is
+ * present the registration is dropped and the memory runs with no overhead;
+ * pages the snapshot records as zero that were never touched stay holes.
+ *
+ * The memory must be MAP_SHARED shmem (memfd, tmpfs, /dev/shm,
+ * MAP_SHARED|MAP_ANONYMOUS) or private anonymous memory, page aligned, the
+ * region's exact length, and empty (no page present). Until the restore is
+ * done, it must not be filled by other means (write(2) to the memfd, another
+ * mapping, a forked child touching it): a page placed that way wins over the
+ * snapshot's.
+ *
+ * If a page cannot be served (a chunk fails its checksum, the file is cut
+ * short, an ioctl fails) the restore fails: the reason is logged to stderr
+ * once, and every thread touching a page that was not restored gets SIGBUS
+ * (UFFDIO_POISON, Linux 6.6+; on older kernels the faulting thread is sent
+ * SIGBUS) instead of waiting forever.
+ */
+typedef struct uffdsnap_lazy uffdsnap_lazy_t;
+
+typedef struct uffdsnap_lazy_region {
+	const char *name;       /* the region in the snapshot */
+	void *addr;
+	size_t len;
+} uffdsnap_lazy_region_t;
+
+/* uffdsnap_lazy_opts.flags */
+/* No background pass until uffdsnap_lazy_wait() or uffdsnap_lazy_free():
+ * only faults are served (to measure or test the fault path alone). */
+#define UFFDSNAP_LAZY_NO_PREFETCH (1u << 0)
+/* Do not log a failure to stderr (uffdsnap_lazy_error() still has it). */
+#define UFFDSNAP_LAZY_QUIET (1u << 1)
+
+typedef struct uffdsnap_lazy_opts {
+	size_t size;            /* sizeof(uffdsnap_lazy_opts_t) */
+	uint32_t flags;         /* UFFDSNAP_LAZY_* */
+} uffdsnap_lazy_opts_t;
+
+#define UFFDSNAP_LAZY_RUNNING 0
+#define UFFDSNAP_LAZY_DONE 1
+#define UFFDSNAP_LAZY_FAILED 2
+
+typedef struct uffdsnap_lazy_stats {
+	size_t size;              /* in: sizeof(uffdsnap_lazy_stats_t) */
+	int state;                /* UFFDSNAP_LAZY_* */
+	int error;                /* 0 or the negative errno of the failure */
+	uint64_t start_ns;        /* time uffdsnap_lazy_start() took: until the program could run */
+	uint64_t resident_ns;     /* start until every page was present and the registration
+	                           * dropped; 0 while running */
+	uint64_t pages_total;     /* pages in the regions */
+	uint64_t pages_fault;     /* data pages placed for a fault (the chunk around it) */
+	uint64_t pages_prefetch;  /* data pages placed by the background pass */
+	uint64_t pages_zero_fault;/* zero pages filled because they were touched */
+	uint64_t faults;          /* fault messages served */
+	uint64_t chunks_fault;    /* chunks loaded for faults */
+	uint64_t chunks_prefetch; /* chunks loaded by the background pass */
+} uffdsnap_lazy_stats_t;
+
+void uffdsnap_lazy_opts_init(uffdsnap_lazy_opts_t *opts);
+/*
+ * Start restoring n regions of r's snapshot lazily; returns once the regions
+ * are registered and the threads run. r may be freed afterwards (the restore
+ * uses clones of it). Errors: -ENOENT (no region of that name), -EINVAL
+ * (length or alignment mismatch), -EEXIST (the memory is not empty), -EBUSY
+ * (already registered with a userfaultfd), -ENODATA/-ESPIPE (the snapshot
+ * cannot be read chunk by chunk), -EPERM/-ENOSYS (userfaultfd).
+ */
+int uffdsnap_lazy_start(uffdsnap_lazy_t **lz, uffdsnap_reader_t *r, const uffdsnap_lazy_region_t *regions,
+			unsigned n, const uffdsnap_lazy_opts_t *opts);
+/* Wait until the restore is done (0) or has failed (its negative errno).
+ * Starts the background pass if UFFDSNAP_LAZY_NO_PREFETCH held it back. */
+int uffdsnap_lazy_wait(uffdsnap_lazy_t *lz);
+/* Fill *out (set out->size first). Safe to call from any thread at any time. */
+int uffdsnap_lazy_stats(const uffdsnap_lazy_t *lz, uffdsnap_lazy_stats_t *out);
+/* Why the restore failed, or "". */
+const char *uffdsnap_lazy_error(const uffdsnap_lazy_t *lz);
+/* uffdsnap_lazy_wait(), then release everything. */
+void uffdsnap_lazy_free(uffdsnap_lazy_t *lz);
+
+/*
+ * Lazy restore for another process, over a Unix socket (the way VMMs and
+ * CRIU-like tools restore a process): the process to restore calls
+ * uffdsnap_lazy_connect(), which checks and registers its regions with a new
+ * userfaultfd and sends it (SCM_RIGHTS) with the region table to a page
+ * server; the server (`uffdsnap serve SNAPFILE --socket PATH`, or any program
+ * calling uffdsnap_serve_conn() on an accepted connection) matches the regions
+ * with its snapshot and serves the faults and the prefetch exactly as
+ * uffdsnap_lazy_start() does in-process. connect returns once the server has
+ * accepted the regions: the process may run.
+ *
+ * If the server dies before every page arrived, the client poisons the pages
+ * that did not: a thread touching one (or waiting for one) gets SIGBUS, and
+ * uffdsnap_lazy_client_wait() returns -EPIPE.
+ */
+typedef struct uffdsnap_lazy_client uffdsnap_lazy_client_t;
+
+/* Serve one client on the connected socket conn until its restore is done or
+ * failed (0 or its negative errno). r is only read (it is cloned): one
+ * reader may serve several connections at once from several threads. */
+int uffdsnap_serve_conn(uffdsnap_reader_t *r, int conn, const uffdsnap_lazy_opts_t *opts);
+/* Connect to the page server at socket_path and hand it the n regions (the
+ * rules of uffdsnap_lazy_start() apply). Errors: those of uffdsnap_lazy_start()
+ * as the server reports them, and connect(2) errors; detail in
+ * uffdsnap_last_error(). */
+int uffdsnap_lazy_connect(uffdsnap_lazy_client_t **c, const char *socket_path,
+			  const uffdsnap_lazy_region_t *regions, unsigned n);
+/* Wait until the server reports the restore done (0) or failed, or goes away (-EPIPE). */
+int uffdsnap_lazy_client_wait(uffdsnap_lazy_client_t *c);
+/* Why it failed, or "". */
+const char *uffdsnap_lazy_client_error(const uffdsnap_lazy_client_t *c);
+/* uffdsnap_lazy_client_wait(), then release everything. */
+void uffdsnap_lazy_client_free(uffdsnap_lazy_client_t *c);
+
 #ifdef __cplusplus
 }
 #endif

@@ -31,6 +31,7 @@
 
 #include <zstd.h>
 
+#include "reader-private.h"
 #include "uffdsnap-private.h"
 
 #define HDR_LEN sizeof(struct usnap_rec_hdr)
@@ -1033,11 +1034,16 @@ static int ent_load(struct uffdsnap_reader *r, unsigned id, const struct rd_ent 
 	return 0;
 }
 
-/* Copy what chunk c holds of [off, off + len); return how many of pages [p0, p1) it records. */
+/*
+ * Copy what chunk c holds of [off, off + len) and mark its pages of [p0, p1)
+ * in `seen`. Returns the first page found marked already (recorded twice),
+ * or UINT64_MAX. A count of pages would not do: a page recorded twice and
+ * one never recorded add up to the right number.
+ */
 static uint64_t chunk_copy(const struct uffdsnap_reader *r, const struct rd_chunk *c, uint64_t off, uint8_t *buf,
-			   uint64_t len, uint64_t p0, uint64_t p1)
+			   uint64_t len, uint64_t p0, uint64_t p1, uint64_t *seen)
 {
-	uint64_t covered = 0, data_off = 0;
+	uint64_t data_off = 0;
 
 	for (uint32_t i = 0; i < c->nextents; i++) {
 		const struct usnap_extent *e = &c->ext[i];
@@ -1045,7 +1051,11 @@ static uint64_t chunk_copy(const struct uffdsnap_reader *r, const struct rd_chun
 		uint64_t o0 = e->first_page > p0 ? e->first_page : p0, o1 = e1 < p1 ? e1 : p1;
 
 		if (o0 < o1) {
-			covered += o1 - o0;
+			for (uint64_t b = o0 - p0; b < o1 - p0; b++) {
+				if (seen[b / 64] >> (b % 64) & 1)
+					return p0 + b;
+				seen[b / 64] |= 1ull << (b % 64);
+			}
 			if (e->kind == USNAP_EXT_DATA) {
 				/* page * page_size <= region length <= 2^48: no overflow */
 				uint64_t b0 = o0 << r->page_shift, b1 = o1 << r->page_shift;
@@ -1058,15 +1068,15 @@ static uint64_t chunk_copy(const struct uffdsnap_reader *r, const struct rd_chun
 		if (e->kind == USNAP_EXT_DATA)
 			data_off += (uint64_t)e->npages << r->page_shift;
 	}
-	return covered;
+	return UINT64_MAX;
 }
 
 USNAP_EXPORT int uffdsnap_reader_read(uffdsnap_reader_t *r, unsigned id, uint64_t off, void *buf, size_t len)
 {
 	const struct rd_region *reg;
-	uint64_t p0, p1, covered = 0;
+	uint64_t p0, p1, twice = UINT64_MAX, missing = UINT64_MAX, *seen;
 	size_t lo, hi;
-	int rc;
+	int rc = 0;
 
 	if (!r || (!buf && len))
 		return -EINVAL;
@@ -1090,18 +1100,28 @@ USNAP_EXPORT int uffdsnap_reader_read(uffdsnap_reader_t *r, unsigned id, uint64_
 		else
 			hi = mid;
 	}
-	for (size_t i = lo; i < reg->ent_hi && r->ents[i].first < p1; i++) {
+	/* one bit per page asked for: sized by the caller's len, not by the file */
+	if (!(seen = calloc((p1 - p0 + 63) / 64, sizeof(*seen))))
+		return rd_err(r, -ENOMEM, "out of memory for a read of %zu bytes", len);
+	for (size_t i = lo; i < reg->ent_hi && r->ents[i].first < p1 && twice == UINT64_MAX; i++) {
 		struct rd_chunk c;
 
 		if (r->ents[i].end <= p0)
 			continue;
 		if ((rc = ent_load(r, id, &r->ents[i], true, &c)))
-			return rc;
-		covered += chunk_copy(r, &c, off, buf, len, p0, p1);
+			break;
+		twice = chunk_copy(r, &c, off, buf, len, p0, p1, seen);
 	}
-	if (covered != p1 - p0)
-		return bad(r, "region '%s': pages %" PRIu64 "..%" PRIu64 " are recorded %" PRIu64 " times in all, "
-			   "not once each", reg->name, p0, p1 - 1, covered);
+	for (uint64_t b = 0; !rc && twice == UINT64_MAX && b < p1 - p0 && missing == UINT64_MAX; b++)
+		if (!(seen[b / 64] >> (b % 64) & 1))
+			missing = p0 + b;
+	free(seen);
+	if (rc)
+		return rc;
+	if (twice != UINT64_MAX)
+		return bad(r, "region '%s': page %" PRIu64 " is recorded twice", reg->name, twice);
+	if (missing != UINT64_MAX)
+		return bad(r, "region '%s': page %" PRIu64 " is not recorded", reg->name, missing);
 	return 0;
 }
 
@@ -1217,4 +1237,73 @@ USNAP_EXPORT int uffdsnap_reader_extract_fd(uffdsnap_reader_t *r, unsigned id, i
 	}
 	free(x);
 	return rc;
+}
+
+/* ---- chunk access for restore (reader-private.h) --------------------------------------------- */
+
+int usnap_reader_clone(const uffdsnap_reader_t *r, uffdsnap_reader_t **out)
+{
+	struct uffdsnap_reader *c = calloc(1, sizeof(*c));
+	size_t names_len = 0;
+
+	*out = NULL;
+	for (uint32_t i = 0; i < r->nregions; i++)
+		names_len += strlen(r->regions[i].name) + 1;
+	if (!c)
+		return usnap_err(-ENOMEM, "out of memory");
+	*c = (struct uffdsnap_reader){ .fd = -1, .seekable = r->seekable, .size = r->size,
+				       .page_size = r->page_size, .page_shift = r->page_shift,
+				       .nregions = r->nregions, .created_ns = r->created_ns, .head_end = r->head_end,
+				       .have_end = r->have_end, .complete = r->complete, .end = r->end,
+				       .nents = r->nents };
+	memcpy(c->snap_id, r->snap_id, sizeof(c->snap_id));
+	memcpy(c->reason, r->reason, sizeof(c->reason));
+	c->regions = malloc(r->nregions * sizeof(*c->regions));
+	c->names = malloc(names_len);
+	c->ents = malloc((r->nents ? r->nents : 1) * sizeof(*c->ents));
+	/* pread() has no shared offset: a dup of the fd serves every clone */
+	c->fd = fcntl(r->fd, F_DUPFD_CLOEXEC, 0);
+	c->own_fd = c->fd >= 0;
+	if (!c->regions || !c->names || !c->ents || c->fd < 0) {
+		int err = c->fd < 0 ? -errno : -ENOMEM;
+		uffdsnap_reader_free(c);
+		return usnap_err(err, "cloning a snapshot reader: %s", strerror(-err));
+	}
+	memcpy(c->regions, r->regions, r->nregions * sizeof(*c->regions));
+	memcpy(c->names, r->names, names_len);
+	for (uint32_t i = 0; i < r->nregions; i++)
+		c->regions[i].name = c->names + (r->regions[i].name - r->names);
+	memcpy(c->ents, r->ents, r->nents * sizeof(*c->ents));
+	*out = c;
+	return 0;
+}
+
+int usnap_reader_ready(uffdsnap_reader_t *r, unsigned id)
+{
+	r->err[0] = '\0';
+	return need_index(r, id);
+}
+
+size_t usnap_reader_nchunks(const uffdsnap_reader_t *r, unsigned id)
+{
+	return r->regions[id].ent_hi - r->regions[id].ent_lo;
+}
+
+void usnap_reader_chunk_span(const uffdsnap_reader_t *r, unsigned id, size_t i, uint64_t *first, uint64_t *end)
+{
+	const struct rd_ent *e = &r->ents[r->regions[id].ent_lo + i];
+
+	*first = e->first;
+	*end = e->end;
+}
+
+int usnap_reader_chunk(uffdsnap_reader_t *r, unsigned id, size_t i, struct usnap_rchunk *out)
+{
+	struct rd_chunk c;
+	int rc = ent_load(r, id, &r->ents[r->regions[id].ent_lo + i], true, &c);
+
+	if (rc)
+		return rc;
+	*out = (struct usnap_rchunk){ .ext = c.ext, .nextents = c.nextents, .data = c.data, .raw_len = c.raw_len };
+	return 0;
 }

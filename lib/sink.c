@@ -27,6 +27,7 @@
 #include <unistd.h>
 
 #include "uffdsnap-private.h"
+#include "inject.h"
 
 /* ---- sink objects ------------------------------------------------------------ */
 
@@ -261,13 +262,30 @@ static void write_failed_end(uffdsnap_snap_t *s)
 	}
 }
 
+/* An fd of the directory of path (to fsync a rename), or -errno. */
+static int open_dir_of(const char *path)
+{
+	char *d = strdup(path);
+	int fd = d ? open(dirname(d), O_RDONLY | O_DIRECTORY | O_CLOEXEC) : -1;
+	int e = d ? -errno : -ENOMEM;
+
+	free(d);
+	return fd >= 0 ? fd : e;
+}
+
 static void io_finish(uffdsnap_snap_t *s, bool ok)
 {
 	struct usnap_io *io = &s->io;
 	struct uffdsnap_sink *k = s->sink;
-	int expect = 0;
+	int expect = 0, dfd = -1;
 
 	io->finished = true;
+	/* Opened before committing: failing to make the rename durable as asked
+	 * is a failed snapshot, not a silent success. */
+	if (ok && k->kind == USNAP_SINK_FILE && (s->flags & UFFDSNAP_OPT_FSYNC) && (dfd = open_dir_of(k->path)) < 0) {
+		usnap_fail(s, dfd, "opening the directory of %s to fsync it: %s", k->path, strerror(-dfd));
+		ok = false;
+	}
 	if (ok && !atomic_compare_exchange_strong(&s->err, &expect, USNAP_COMMITTED))
 		ok = false;
 	if (ok && k->kind == USNAP_SINK_FILE) {
@@ -280,17 +298,17 @@ static void io_finish(uffdsnap_snap_t *s, bool ok)
 		} else {
 			free(k->tmp_path);
 			k->tmp_path = NULL;
-			if (s->flags & UFFDSNAP_OPT_FSYNC) {
-				char *d = strdup(k->path);
-				int dfd = d ? open(dirname(d), O_RDONLY | O_DIRECTORY | O_CLOEXEC) : -1;
-				if (dfd >= 0) {
-					fsync(dfd);
-					close(dfd);
-				}
-				free(d);
+			if (dfd >= 0 && fsync(dfd)) {
+				int e = errno;
+				snprintf(s->errmsg, sizeof(s->errmsg), "fsync of the directory of %s: %s (the snapshot "
+					 "is in place but may not survive a crash)", k->path, strerror(e));
+				atomic_store(&s->err, -e);
+				ok = false;
 			}
 		}
 	}
+	if (dfd >= 0)
+		close(dfd);
 	if (!ok && k->kind != USNAP_SINK_FILE && io->head_written && !io->sink_failed)
 		write_failed_end(s);
 	sink_release(k);
@@ -353,6 +371,7 @@ static void io_submit(uffdsnap_snap_t *s)
 	ssize_t done = 0;
 	int r;
 
+	if (usnap_inject_write(&bufs, &n, &done)) return io_complete(s, done); /* tests only: inject.h */
 	if (k->kind == USNAP_SINK_CALLBACK) {
 		for (unsigned i = 0; i < n && done >= 0; i++) {
 			r = k->fn(k->user, bufs[i].base, bufs[i].len);
@@ -471,7 +490,9 @@ int usnap_io_start(uffdsnap_snap_t *s)
 		return usnap_err(r, "uv_async_init: %s", uv_strerror(r));
 	}
 	io->wake.data = s;
+	pthread_mutex_lock(&io->lock); /* a worker that failed already may be kicking */
 	io->wake_open = true;
+	pthread_mutex_unlock(&io->lock);
 	io->loop_ready = true;
 	r = usnap_thread_start(&io->thread, io_main, s);
 	if (r)

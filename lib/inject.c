@@ -1,0 +1,207 @@
+/* SPDX-License-Identifier: LGPL-2.1-or-later */
+/*
+ * Test-only fault injection: see inject.h. Compiled only into
+ * libuffdsnap-inject.a, never into the installed library. The real
+ * functions are called as (malloc)(n): a function-like macro is not expanded
+ * when its name is not followed by '('.
+ */
+#include <errno.h>
+#include <linux/userfaultfd.h>
+#include <stdarg.h>
+#include <stdatomic.h>
+#include <string.h>
+
+#include "inject.h"
+
+static struct {
+	_Atomic int armed;               /* point + 1, 0 when off */
+	_Atomic unsigned long target;    /* 1-based call that fails */
+	_Atomic int err;                 /* positive errno; 0 = the point's natural one */
+	_Atomic int mode;
+	_Atomic unsigned long calls[USNAP_INJ_NPOINTS];
+	_Atomic unsigned long fired;
+} inj;
+
+void usnap_inject_arm(enum usnap_inject_point point, unsigned long n, int err, int mode)
+{
+	atomic_store(&inj.armed, 0);
+	for (int i = 0; i < USNAP_INJ_NPOINTS; i++)
+		atomic_store(&inj.calls[i], 0);
+	atomic_store(&inj.fired, 0);
+	atomic_store(&inj.target, n);
+	atomic_store(&inj.err, err);
+	atomic_store(&inj.mode, mode);
+	atomic_store(&inj.armed, (int)point + 1);
+}
+
+void usnap_inject_count_only(void)
+{
+	usnap_inject_arm(USNAP_INJ_ALLOC, 0, 0, 0); /* target 0 never matches */
+}
+
+void usnap_inject_disarm(void)
+{
+	atomic_store(&inj.armed, 0);
+}
+
+unsigned long usnap_inject_calls(enum usnap_inject_point point)
+{
+	return atomic_load(&inj.calls[point]);
+}
+
+unsigned long usnap_inject_fired(void)
+{
+	return atomic_load(&inj.fired);
+}
+
+/* Count a call of `point`; the errno to fail it with, or 0. */
+static int hit(enum usnap_inject_point point, int natural)
+{
+	unsigned long c = atomic_fetch_add(&inj.calls[point], 1) + 1, t;
+	int err;
+
+	if (atomic_load(&inj.armed) != (int)point + 1)
+		return 0;
+	t = atomic_load(&inj.target);
+	if (!t || (c != t && !((atomic_load(&inj.mode) & USNAP_INJ_STICKY) && c > t)))
+		return 0;
+	atomic_fetch_add(&inj.fired, 1);
+	err = atomic_load(&inj.err);
+	return err ? err : natural;
+}
+
+/* ---- allocations ------------------------------------------------------------ */
+
+void *usnap_inj_malloc(size_t n)
+{
+	if (hit(USNAP_INJ_ALLOC, ENOMEM))
+		return errno = ENOMEM, NULL;
+	return (malloc)(n);
+}
+
+void *usnap_inj_calloc(size_t n, size_t m)
+{
+	if (hit(USNAP_INJ_ALLOC, ENOMEM))
+		return errno = ENOMEM, NULL;
+	return (calloc)(n, m);
+}
+
+void *usnap_inj_realloc(void *p, size_t n)
+{
+	if (hit(USNAP_INJ_ALLOC, ENOMEM))
+		return errno = ENOMEM, NULL;
+	return (realloc)(p, n);
+}
+
+char *usnap_inj_strdup(const char *s)
+{
+	if (hit(USNAP_INJ_ALLOC, ENOMEM))
+		return errno = ENOMEM, NULL;
+	return (strdup)(s);
+}
+
+void *usnap_inj_mmap(void *a, size_t len, int prot, int flags, int fd, off_t off)
+{
+	if (hit(USNAP_INJ_ALLOC, ENOMEM))
+		return errno = ENOMEM, MAP_FAILED;
+	return (mmap)(a, len, prot, flags, fd, off);
+}
+
+ZSTD_CCtx *usnap_inj_zstd_cctx(void)
+{
+	return hit(USNAP_INJ_ALLOC, ENOMEM) ? NULL : (ZSTD_createCCtx)();
+}
+
+ZSTD_DCtx *usnap_inj_zstd_dctx(void)
+{
+	return hit(USNAP_INJ_ALLOC, ENOMEM) ? NULL : (ZSTD_createDCtx)();
+}
+
+int usnap_inj_uv_loop_init(uv_loop_t *l)
+{
+	return hit(USNAP_INJ_ALLOC, ENOMEM) ? UV_ENOMEM : (uv_loop_init)(l);
+}
+
+int usnap_inj_uv_async_init(uv_loop_t *l, uv_async_t *a, uv_async_cb cb)
+{
+	return hit(USNAP_INJ_ALLOC, ENOMEM) ? UV_ENOMEM : (uv_async_init)(l, a, cb);
+}
+
+/* ---- threads and descriptors --------------------------------------------------- */
+
+int usnap_inj_pthread_create(pthread_t *t, const pthread_attr_t *a, void *(*fn)(void *), void *arg)
+{
+	int e = hit(USNAP_INJ_SYS, EAGAIN);
+
+	return e ? e : (pthread_create)(t, a, fn, arg);
+}
+
+int usnap_inj_eventfd(unsigned v, int flags)
+{
+	int e = hit(USNAP_INJ_SYS, EMFILE);
+
+	if (e)
+		return errno = e, -1;
+	return (eventfd)(v, flags);
+}
+
+int usnap_inj_mkostemp(char *tmpl, int flags)
+{
+	int e = hit(USNAP_INJ_SYS, EMFILE);
+
+	if (e)
+		return errno = e, -1;
+	return (mkostemp)(tmpl, flags);
+}
+
+/* ---- userfaultfd ioctls ---------------------------------------------------------- */
+
+int usnap_inj_ioctl(int fd, unsigned long req, ...)
+{
+	va_list ap;
+	void *arg;
+
+	va_start(ap, req); /* as glibc's ioctl(): one argument, read whether passed or not */
+	arg = va_arg(ap, void *);
+	va_end(ap);
+	/* UNREGISTER and WAKE are the exit path: they cannot fail on a range
+	 * that is still mapped, and nothing could recover if they did. */
+	if (req == UFFDIO_API || req == UFFDIO_REGISTER || req == UFFDIO_WRITEPROTECT || req == UFFDIO_ZEROPAGE) {
+		int e = hit(USNAP_INJ_IOCTL, ENOMEM);
+		if (e)
+			return errno = e, -1;
+	}
+	return (ioctl)(fd, req, arg);
+}
+
+/* ---- sink writes ------------------------------------------------------------------- */
+
+bool usnap_inject_write(uv_buf_t **bufs, unsigned *n, ssize_t *done)
+{
+	static _Thread_local uv_buf_t copy[64];
+	size_t total = 0, keep;
+	unsigned k = 0;
+	int e = hit(USNAP_INJ_WRITE, EIO);
+
+	if (!e)
+		return false;
+	if (!(atomic_load(&inj.mode) & USNAP_INJ_SHORT)) {
+		*done = -e;
+		return true;
+	}
+	for (unsigned i = 0; i < *n; i++)
+		total += (*bufs)[i].len;
+	if (total < 2 || *n > 64)
+		return false;
+	/* keep about half, ending inside a buffer where possible */
+	keep = (total + 1) / 2;
+	for (unsigned i = 0; i < *n && keep; i++, k++) {
+		copy[i] = (*bufs)[i];
+		if (copy[i].len > keep)
+			copy[i].len = keep;
+		keep -= copy[i].len;
+	}
+	*bufs = copy;
+	*n = k;
+	return false;
+}

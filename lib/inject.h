@@ -1,0 +1,117 @@
+/* SPDX-License-Identifier: LGPL-2.1-or-later */
+/*
+ * Test-only fault injection (tests/test-inject.c, docs/reliability.md).
+ *
+ * The installed library is built without USNAP_FAULT_INJECTION: this header
+ * then only defines usnap_inject_write() as a static inline no-op that the
+ * compiler removes, and lib/inject.c is not compiled.
+ *
+ * The test library libuffdsnap-inject.a (lib/meson.build, never installed) is
+ * the same sources built with -DUSNAP_FAULT_INJECTION and `-include inject.h`.
+ * Then:
+ *  - every allocation and resource the engine and the reader create goes
+ *    through the macros at the end of this file (malloc, calloc, realloc,
+ *    strdup, mmap, ZSTD_createCCtx/DCtx, uv_loop_init, uv_async_init,
+ *    pthread_create, eventfd, mkostemp), and so do the userfaultfd ioctls:
+ *    no line of lib/ changes for them;
+ *  - sink.c's one hook, usnap_inject_write(), can fail one sink write with a
+ *    chosen errno or make it short.
+ * A test arms one point with usnap_inject_arm(): the point's calls are
+ * counted from 1 across every thread, and call N fails (once, or every call
+ * from N on with USNAP_INJ_STICKY).
+ */
+#ifndef UFFDSNAP_INJECT_H
+#define UFFDSNAP_INJECT_H
+
+#include <stdbool.h>
+#include <stddef.h>
+#include <sys/types.h>
+#include <uv.h>
+
+enum usnap_inject_point {
+	USNAP_INJ_ALLOC,   /* malloc calloc realloc strdup mmap ZSTD_create*Ctx uv_loop_init uv_async_init: ENOMEM */
+	USNAP_INJ_SYS,     /* pthread_create (EAGAIN), eventfd and mkostemp (EMFILE) */
+	USNAP_INJ_IOCTL,   /* UFFDIO_API, REGISTER, WRITEPROTECT, ZEROPAGE (never UNREGISTER or WAKE) */
+	USNAP_INJ_WRITE,   /* one sink write: a vectored file/fd write or one batch of callback calls */
+	USNAP_INJ_NPOINTS
+};
+
+enum usnap_inject_mode {
+	USNAP_INJ_FAIL = 0,    /* call N fails with the chosen errno (its default if 0) */
+	USNAP_INJ_SHORT = 1,   /* WRITE only: call N writes about half its bytes */
+	USNAP_INJ_STICKY = 2,  /* with FAIL: every call from N on fails */
+};
+
+#ifdef USNAP_FAULT_INJECTION
+
+/* Arm `point`: reset every counter, then call n (1-based) of that point
+ * fails with -err (err > 0; 0 picks the point's natural errno). */
+void usnap_inject_arm(enum usnap_inject_point point, unsigned long n, int err, int mode);
+/* Stop injecting; counters stay readable. */
+void usnap_inject_disarm(void);
+/* Calls of `point` seen since the last arm (counted while armed or not). */
+unsigned long usnap_inject_calls(enum usnap_inject_point point);
+/* Faults injected since the last arm. */
+unsigned long usnap_inject_fired(void);
+/* Start counting without injecting (a dry run that measures a scenario). */
+void usnap_inject_count_only(void);
+
+/* The hook sink.c calls before each write: true if the write fails, with
+ * *done set to the negative errno; or *bufs, *n replaced by a shorter copy. */
+bool usnap_inject_write(uv_buf_t **bufs, unsigned *n, ssize_t *done);
+
+#else
+
+static inline bool usnap_inject_write(uv_buf_t **bufs, unsigned *n, ssize_t *done)
+{
+	(void)bufs, (void)n, (void)done;
+	return false;
+}
+
+#endif
+
+/*
+ * Redirection of the library's own calls (only in libuffdsnap-inject.a, which
+ * defines USNAP_INJECT_REDIRECT and includes this header before anything
+ * else). The system headers are included first so that their declarations
+ * are not rewritten; inject.c reaches the real functions as (malloc)(n).
+ */
+#if defined(USNAP_FAULT_INJECTION) && defined(USNAP_INJECT_REDIRECT)
+#include <pthread.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/eventfd.h>
+#include <sys/ioctl.h>
+#include <sys/mman.h>
+#include <zstd.h>
+
+void *usnap_inj_malloc(size_t n);
+void *usnap_inj_calloc(size_t n, size_t m);
+void *usnap_inj_realloc(void *p, size_t n);
+char *usnap_inj_strdup(const char *s);
+void *usnap_inj_mmap(void *a, size_t len, int prot, int flags, int fd, off_t off);
+ZSTD_CCtx *usnap_inj_zstd_cctx(void);
+ZSTD_DCtx *usnap_inj_zstd_dctx(void);
+int usnap_inj_uv_loop_init(uv_loop_t *l);
+int usnap_inj_uv_async_init(uv_loop_t *l, uv_async_t *a, uv_async_cb cb);
+int usnap_inj_pthread_create(pthread_t *t, const pthread_attr_t *a, void *(*fn)(void *), void *arg);
+int usnap_inj_eventfd(unsigned v, int flags);
+int usnap_inj_mkostemp(char *tmpl, int flags);
+int usnap_inj_ioctl(int fd, unsigned long req, ...);
+
+#define malloc(n) usnap_inj_malloc(n)
+#define calloc(n, m) usnap_inj_calloc(n, m)
+#define realloc(p, n) usnap_inj_realloc(p, n)
+#define strdup(s) usnap_inj_strdup(s)
+#define mmap(a, l, p, f, d, o) usnap_inj_mmap(a, l, p, f, d, o)
+#define ZSTD_createCCtx() usnap_inj_zstd_cctx()
+#define ZSTD_createDCtx() usnap_inj_zstd_dctx()
+#define uv_loop_init(l) usnap_inj_uv_loop_init(l)
+#define uv_async_init(l, a, cb) usnap_inj_uv_async_init(l, a, cb)
+#define pthread_create(t, a, fn, arg) usnap_inj_pthread_create(t, a, fn, arg)
+#define eventfd(v, f) usnap_inj_eventfd(v, f)
+#define mkostemp(t, f) usnap_inj_mkostemp(t, f)
+#define ioctl(fd, req, ...) usnap_inj_ioctl(fd, req, ##__VA_ARGS__)
+#endif
+
+#endif

@@ -1,0 +1,40 @@
+/* SPDX-License-Identifier: LGPL-2.1-or-later */
+/*
+ * Internal access to a reader's chunks, for restore (restore.c,
+ * restore-lazy.c): restoring needs one chunk at a time, by index entry, and
+ * several threads reading one snapshot at once. Each thread uses its own
+ * clone; loading still goes through the reader's one checked path
+ * (chunk_load() in reader.c).
+ */
+#ifndef UFFDSNAP_READER_PRIVATE_H
+#define UFFDSNAP_READER_PRIVATE_H
+
+#include <stddef.h>
+#include <stdint.h>
+
+#include "uffdsnap.h"
+#include "format.h"
+
+/* A chunk loaded and checked; points into the reader's buffers, valid until
+ * the next call on that reader. */
+struct usnap_rchunk {
+	const struct usnap_extent *ext;
+	uint32_t nextents;
+	const uint8_t *data;     /* the DATA pages, in extent-table order */
+	uint64_t raw_len;
+};
+
+/* A new reader of the same file (a dup of its fd) with its own buffers and
+ * decompression context, sharing nothing mutable with r: one per thread. */
+int usnap_reader_clone(const uffdsnap_reader_t *r, uffdsnap_reader_t **out);
+/* 0 if region id can be read chunk by chunk (a complete file, not a stream);
+ * else the errno of uffdsnap_reader_read(), with the reason in r's error. */
+int usnap_reader_ready(uffdsnap_reader_t *r, unsigned id);
+/* Chunks of region id, numbered 0..n-1 in order of their first page. */
+size_t usnap_reader_nchunks(const uffdsnap_reader_t *r, unsigned id);
+/* Pages [*first, *end) chunk i spans, from the index (no I/O). */
+void usnap_reader_chunk_span(const uffdsnap_reader_t *r, unsigned id, size_t i, uint64_t *first, uint64_t *end);
+/* Load chunk i of region id with its data, checked against its index entry. */
+int usnap_reader_chunk(uffdsnap_reader_t *r, unsigned id, size_t i, struct usnap_rchunk *out);
+
+#endif

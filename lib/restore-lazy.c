@@ -1,0 +1,877 @@
+/* SPDX-License-Identifier: LGPL-2.1-or-later */
+/*
+ * Lazy (post-copy) restore: uffdsnap_lazy_start/wait/stats/error/free.
+ *
+ * The program's regions are registered with a userfaultfd in MISSING mode and
+ * start() returns. Two threads, each with its own reader clone:
+ *  - the handler reads fault messages and serves each by loading the chunk
+ *    that records the faulting page and placing all of that chunk's data
+ *    pages (fault-around by chunk: neighbours are likely next);
+ *  - the prefetcher walks every chunk of every region in index order and
+ *    places what is not there yet.
+ * Pages are placed with UFFDIO_COPY. It never overwrites: a page already
+ * present fails with EEXIST and is skipped, so the two threads can race for
+ * the same chunk without locks and without ever undoing a store the program
+ * made after its page arrived. (pwrite into the memfd + UFFDIO_CONTINUE in
+ * MINOR mode measured the same speed here, docs/restore.md, but needs page
+ * ownership tracking to be safe against that race.)
+ *
+ * Pages the snapshot records as zero are not placed by the prefetcher: once
+ * the prefetcher is through, the registration is dropped and an untouched
+ * zero page stays a hole that reads as zero. A zero page touched before that
+ * is filled with UFFDIO_ZEROPAGE, with its zero neighbours in a 64 KiB window.
+ *
+ * Failure (a chunk that does not load, an ioctl error): the first error is
+ * logged once; the faulting thread gets SIGBUS through UFFDIO_POISON (or
+ * tgkill where the kernel lacks it) rather than a wait that never ends; when
+ * the prefetcher is through, every page neither placed nor known to be zero
+ * is poisoned and the registration dropped, so later touches get SIGBUS too.
+ */
+#include <dirent.h>
+#include <errno.h>
+#include <fcntl.h>
+#include <inttypes.h>
+#include <poll.h>
+#include <signal.h>
+#include <stdarg.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/eventfd.h>
+#include <sys/mman.h>
+#include <sys/stat.h>
+#include <sys/syscall.h>
+#include <unistd.h>
+
+#include "compat.h"
+#include "reader-private.h"
+#include "restore-private.h"
+#include "uffdsnap-private.h"
+
+#define LZ_MSGS 64                 /* fault messages read at once */
+#define LZ_ZERO_WINDOW 16          /* pages: a touched zero page fills its zero neighbours in this window */
+#define LZ_MINCORE_PAGES (1u << 18)
+
+struct lz_region {
+	const char *name;              /* in the handler's clone */
+	unsigned id;                   /* in the snapshot */
+	uintptr_t addr;
+	size_t len;
+	uint64_t npages;
+	size_t nchunks;
+	uint64_t *first, *end, *max_end; /* per chunk (index order); max_end: running maximum of end */
+	_Atomic uint64_t *present;     /* bitmap: placed by us (data, or zero after a touch) */
+	_Atomic uint64_t *zero;        /* bitmap: recorded as zero in a chunk already loaded */
+	bool registered;
+};
+
+struct uffdsnap_lazy {
+	int uffd, efd;
+	pid_t pid;                     /* the process whose memory this is (SIGBUS fallback) */
+	bool have_poison;
+	uint32_t flags;
+	uint32_t page_shift;
+	struct lz_region *regs;
+	unsigned nregs;
+	uffdsnap_reader_t *rh, *rp;    /* the handler's and the prefetcher's clones */
+
+	pthread_t handler, prefetcher;
+	bool prefetcher_started;
+	pthread_mutex_t lock;
+	pthread_cond_t cv;
+	bool go;                       /* the prefetcher may run */
+	_Atomic bool prefetch_done;
+	_Atomic bool closing;          /* free(): the handler must leave even if it keeps a registration */
+	_Atomic int state;             /* UFFDSNAP_LAZY_* */
+
+	_Atomic int err;               /* first error wins */
+	char msg[512];
+
+	uint64_t t0, start_ns;
+	_Atomic uint64_t resident_ns;
+	uint64_t pages_total;
+	_Atomic uint64_t pages_fault, pages_prefetch, pages_zero_fault, faults, chunks_fault, chunks_prefetch;
+};
+
+/* ---- errors ------------------------------------------------------------------- */
+
+void usnap_log_failure(const char *msg, int err)
+{
+	char line[768];
+	int n = snprintf(line, sizeof(line), "libuffdsnap: lazy restore failed: %s (%s); a thread touching a page "
+			 "that is not restored gets SIGBUS\n", msg, strerror(-err));
+	ssize_t w;
+
+	/* write(2), not stdio: a program thread may hold stderr's lock while it
+	 * waits for a page that only this thread can serve */
+	if (n > 0) {
+		w = write(STDERR_FILENO, line, (size_t)n < sizeof(line) ? (size_t)n : sizeof(line) - 1);
+		(void)w;
+	}
+}
+
+__attribute__((format(printf, 3, 4))) static void lz_fail(uffdsnap_lazy_t *lz, int err, const char *fmt, ...)
+{
+	int none = 0;
+	va_list ap;
+
+	if (!atomic_compare_exchange_strong(&lz->err, &none, err))
+		return;
+	pthread_mutex_lock(&lz->lock);
+	va_start(ap, fmt);
+	vsnprintf(lz->msg, sizeof(lz->msg), fmt, ap);
+	va_end(ap);
+	pthread_mutex_unlock(&lz->lock);
+	if (!(lz->flags & UFFDSNAP_LAZY_QUIET))
+		usnap_log_failure(lz->msg, err);
+}
+
+/* Wake the handler's poll(). An eventfd write fails only when its counter
+ * would overflow, which single increments never reach. */
+static void kick(uffdsnap_lazy_t *lz)
+{
+	uint64_t one = 1;
+	ssize_t n = write(lz->efd, &one, sizeof(one));
+
+	(void)n;
+}
+
+/* ---- bitmaps ------------------------------------------------------------------- */
+
+static void bits_set(_Atomic uint64_t *bits, uint64_t first, uint64_t n)
+{
+	for (uint64_t p = first, end = first + n; p < end;) {
+		unsigned b = (unsigned)(p % 64);
+		uint64_t k = end - p < 64 - b ? end - p : 64 - b;
+
+		atomic_fetch_or_explicit(&bits[p / 64], (k == 64 ? ~0ull : ((1ull << k) - 1)) << b,
+					 memory_order_relaxed);
+		p += k;
+	}
+}
+
+static bool bit(_Atomic uint64_t *bits, uint64_t p)
+{
+	return atomic_load_explicit(&bits[p / 64], memory_order_relaxed) >> (p % 64) & 1;
+}
+
+/* Is every page of [first, end) placed or known to be zero? */
+static bool all_done(const struct lz_region *g, uint64_t first, uint64_t end)
+{
+	for (uint64_t p = first; p < end;) {
+		unsigned b = (unsigned)(p % 64);
+		uint64_t k = end - p < 64 - b ? end - p : 64 - b;
+		uint64_t mask = (k == 64 ? ~0ull : ((1ull << k) - 1)) << b;
+		uint64_t have = atomic_load_explicit(&g->present[p / 64], memory_order_relaxed) |
+				atomic_load_explicit(&g->zero[p / 64], memory_order_relaxed);
+
+		if ((have & mask) != mask)
+			return false;
+		p += k;
+	}
+	return true;
+}
+
+/* ---- placing pages -------------------------------------------------------------- */
+
+/*
+ * Fill pages [page, page + n) of g with UFFDIO_COPY from src, or with
+ * UFFDIO_ZEROPAGE if src is NULL. Pages already present are skipped (EEXIST).
+ * Adds the pages this call placed to *placed.
+ */
+static int fill(uffdsnap_lazy_t *lz, struct lz_region *g, uint64_t page, uint64_t n, const uint8_t *src,
+		uint64_t *placed)
+{
+	const unsigned sh = lz->page_shift;
+
+	while (n) {
+		uintptr_t dst = g->addr + (page << sh);
+		int64_t done;
+		int rc;
+
+		if (src) {
+			struct uffdio_copy c = { .dst = dst, .src = (uintptr_t)src, .len = n << sh };
+			rc = ioctl(lz->uffd, UFFDIO_COPY, &c);
+			done = c.copy;
+		} else {
+			struct uffdio_zeropage z = { .range = { .start = dst, .len = n << sh } };
+			rc = ioctl(lz->uffd, UFFDIO_ZEROPAGE, &z);
+			done = z.zeropage;
+		}
+		if (!rc)
+			done = (int64_t)(n << sh);
+		else if (errno == EEXIST)
+			done = 0; /* this page is there already: skip it */
+		else if (errno != EAGAIN)
+			return -errno;
+		/* EAGAIN: a partial copy (done > 0), or the mm was changing (retry) */
+		if (done > 0) {
+			uint64_t k = (uint64_t)done >> sh;
+			*placed += k;
+			page += k, n -= k;
+			if (src)
+				src += k << sh;
+		} else if (rc && errno == EEXIST) {
+			page++, n--;
+			if (src)
+				src += (size_t)1 << sh;
+		}
+	}
+	return 0;
+}
+
+/* Place every data page of chunk c; remember its zero extents. */
+static int place_chunk(uffdsnap_lazy_t *lz, struct lz_region *g, const struct usnap_rchunk *c, uint64_t *placed)
+{
+	uint64_t data_off = 0;
+	int rc;
+
+	for (uint32_t i = 0; i < c->nextents; i++) {
+		const struct usnap_extent *e = &c->ext[i];
+
+		if (e->kind == USNAP_EXT_ZERO) {
+			bits_set(g->zero, e->first_page, e->npages);
+			continue;
+		}
+		if ((rc = fill(lz, g, e->first_page, e->npages, c->data + data_off, placed)))
+			return rc;
+		bits_set(g->present, e->first_page, e->npages);
+		data_off += (uint64_t)e->npages << lz->page_shift;
+	}
+	return 0;
+}
+
+/* ---- the fault handler ------------------------------------------------------------ */
+
+static struct lz_region *region_at(uffdsnap_lazy_t *lz, uintptr_t addr)
+{
+	for (unsigned i = 0; i < lz->nregs; i++)
+		if (addr - lz->regs[i].addr < lz->regs[i].len)
+			return &lz->regs[i];
+	return NULL;
+}
+
+/* Fill the touched zero page p and the pages around it, in its aligned
+ * window, that are known to be zero and not placed yet. */
+static int zero_fill(uffdsnap_lazy_t *lz, struct lz_region *g, uint64_t p)
+{
+	uint64_t w0 = p / LZ_ZERO_WINDOW * LZ_ZERO_WINDOW, w1 = w0 + LZ_ZERO_WINDOW, placed = 0;
+	int rc = 0;
+
+	w1 = w1 < g->npages ? w1 : g->npages;
+	for (uint64_t a = w0; a < w1 && !rc;) {
+		uint64_t b = a;
+
+		while (b < w1 && bit(g->zero, b) && !bit(g->present, b))
+			b++;
+		if (b == a) {
+			a++;
+			continue;
+		}
+		rc = fill(lz, g, a, b - a, NULL, &placed);
+		bits_set(g->present, a, b - a);
+		a = b;
+	}
+	atomic_fetch_add_explicit(&lz->pages_zero_fault, placed, memory_order_relaxed);
+	return rc;
+}
+
+/* Serve a fault on page p: a zero page is filled; a data page is placed
+ * first, so its thread runs on, then the rest of its chunk. */
+static int serve(uffdsnap_lazy_t *lz, struct lz_region *g, uint64_t p)
+{
+	size_t lo = 0, hi = g->nchunks;
+	int rc;
+
+	/* a chunk loaded already said p is zero */
+	if (bit(g->zero, p))
+		goto zero;
+	/* max_end only grows: skip the chunks that end at or before p */
+	while (lo < hi) {
+		size_t mid = lo + (hi - lo) / 2;
+		if (g->max_end[mid] <= p)
+			lo = mid + 1;
+		else
+			hi = mid;
+	}
+	for (size_t i = lo; i < g->nchunks && g->first[i] <= p; i++) {
+		const struct usnap_extent *hit = NULL;
+		struct usnap_rchunk c;
+		uint64_t data_off = 0, placed = 0;
+
+		if (g->end[i] <= p)
+			continue;
+		if ((rc = usnap_reader_chunk(lz->rh, g->id, i, &c))) {
+			lz_fail(lz, rc, "region '%s', page %" PRIu64 ": %s", g->name, p, uffdsnap_reader_error(lz->rh));
+			return rc;
+		}
+		atomic_fetch_add_explicit(&lz->chunks_fault, 1, memory_order_relaxed);
+		for (uint32_t k = 0; k < c.nextents && !hit; k++) {
+			if (p - c.ext[k].first_page < c.ext[k].npages)
+				hit = &c.ext[k];
+			else if (c.ext[k].kind == USNAP_EXT_DATA)
+				data_off += (uint64_t)c.ext[k].npages << lz->page_shift;
+		}
+		if (!hit)
+			continue; /* the span of a chunk of scattered pages */
+		if (hit->kind == USNAP_EXT_DATA)
+			rc = fill(lz, g, p, 1, c.data + data_off + ((p - hit->first_page) << lz->page_shift), &placed);
+		if (!rc)
+			rc = place_chunk(lz, g, &c, &placed);
+		atomic_fetch_add_explicit(&lz->pages_fault, placed, memory_order_relaxed);
+		if (rc)
+			goto fail;
+		if (hit->kind == USNAP_EXT_DATA)
+			return 0;
+		goto zero;
+	}
+	lz_fail(lz, -EBADMSG, "region '%s': page %" PRIu64 " is not recorded in any chunk", g->name, p);
+	return -EBADMSG;
+zero:
+	if (!(rc = zero_fill(lz, g, p)))
+		return 0;
+fail:
+	lz_fail(lz, rc, "region '%s', page %" PRIu64 ": placing it: %s", g->name, p, strerror(-rc));
+	return rc;
+}
+
+/* The faulting thread must not wait for a page that will never come. */
+static void poison(uffdsnap_lazy_t *lz, uintptr_t page_addr, pid_t tid)
+{
+	struct uffdio_poison pz = { .range = { .start = page_addr, .len = (uint64_t)1 << lz->page_shift } };
+	struct uffdio_range wake = pz.range;
+
+	if (lz->have_poison && (!ioctl(lz->uffd, UFFDIO_POISON, &pz) || errno == EEXIST)) {
+		/* EEXIST: the page arrived after all; wake the thread to find it */
+		ioctl(lz->uffd, UFFDIO_WAKE, &wake);
+		return;
+	}
+	if (tid > 0)
+		syscall(SYS_tgkill, lz->pid, tid, SIGBUS);
+}
+
+static void on_fault(uffdsnap_lazy_t *lz, const struct uffd_msg *m)
+{
+	uintptr_t addr = (uintptr_t)m->arg.pagefault.address & ~(((uintptr_t)1 << lz->page_shift) - 1);
+	struct lz_region *g = region_at(lz, addr);
+	struct uffdio_range wake = { .start = addr, .len = (uint64_t)1 << lz->page_shift };
+	uint64_t p;
+
+	atomic_fetch_add_explicit(&lz->faults, 1, memory_order_relaxed);
+	/* a range registered with this userfaultfd that is not one of the
+	 * regions (a page-server client's mistake): nobody can serve it */
+	if (!g) {
+		poison(lz, addr, (pid_t)m->arg.pagefault.feat.ptid);
+		return;
+	}
+	p = (addr - g->addr) >> lz->page_shift;
+	/* placed since the fault was raised: the copy woke it, or will */
+	if (bit(g->present, p) || !serve(lz, g, p)) {
+		ioctl(lz->uffd, UFFDIO_WAKE, &wake);
+		return;
+	}
+	poison(lz, addr, (pid_t)m->arg.pagefault.feat.ptid);
+}
+
+/* After a failure: poison every page neither placed nor known to be zero. */
+static void poison_rest(uffdsnap_lazy_t *lz)
+{
+	for (unsigned i = 0; i < lz->nregs; i++) {
+		struct lz_region *g = &lz->regs[i];
+
+		for (uint64_t p = 0; p < g->npages;) {
+			struct uffdio_poison pz;
+			uint64_t q = p;
+
+			while (q < g->npages && !bit(g->present, q) && !bit(g->zero, q))
+				q++;
+			if (q == p) {
+				p++;
+				continue;
+			}
+			pz = (struct uffdio_poison){ .range = { .start = g->addr + (p << lz->page_shift),
+								.len = (q - p) << lz->page_shift } };
+			if (!ioctl(lz->uffd, UFFDIO_POISON, &pz))
+				p = q;
+			else if (errno == ESRCH) /* the process is gone: nobody left to protect */
+				return;
+			else if (pz.updated > 0) /* stopped early: go on from there */
+				p += (uint64_t)pz.updated >> lz->page_shift;
+			else /* EEXIST: the page is present after all; else give the page up */
+				p++;
+		}
+	}
+}
+
+static void unregister_all(uffdsnap_lazy_t *lz)
+{
+	for (unsigned i = 0; i < lz->nregs; i++) {
+		struct lz_region *g = &lz->regs[i];
+		struct uffdio_range r = { .start = g->addr, .len = g->len };
+
+		/* wakes every thread still waiting in the range: it finds its page,
+		 * a hole that reads as zero, or a poisoned page. A fault that read
+		 * the VMA's flags under the per-VMA lock just before can queue itself
+		 * after that wake-up (docs/design.md, "Waking everyone at the end"):
+		 * once UNREGISTER has returned it is queued, and one more wake-up
+		 * reaches it. */
+		if (g->registered && !ioctl(lz->uffd, UFFDIO_UNREGISTER, &r)) {
+			g->registered = false;
+			ioctl(lz->uffd, UFFDIO_WAKE, &r);
+		}
+	}
+}
+
+static void finish(uffdsnap_lazy_t *lz)
+{
+	bool failed = atomic_load(&lz->err) != 0;
+
+	/* without UFFDIO_POISON a failed restore keeps its registration, so the
+	 * handler keeps signalling faults on lost pages, until free() */
+	if (failed && lz->have_poison)
+		poison_rest(lz);
+	if (!failed || lz->have_poison)
+		unregister_all(lz);
+	atomic_store(&lz->resident_ns, usnap_now_ns() - lz->t0);
+	pthread_mutex_lock(&lz->lock);
+	atomic_store(&lz->state, failed ? UFFDSNAP_LAZY_FAILED : UFFDSNAP_LAZY_DONE);
+	pthread_cond_broadcast(&lz->cv);
+	pthread_mutex_unlock(&lz->lock);
+}
+
+static void *handler_main(void *arg)
+{
+	uffdsnap_lazy_t *lz = arg;
+	struct pollfd pfd[2] = { { .fd = lz->uffd, .events = POLLIN }, { .fd = lz->efd, .events = POLLIN } };
+	struct uffd_msg msgs[LZ_MSGS];
+	bool finished = false;
+
+	for (;;) {
+		ssize_t n = read(lz->uffd, msgs, sizeof(msgs));
+		uint64_t v;
+
+		if (n > 0) {
+			for (size_t i = 0; i < (size_t)n / sizeof(msgs[0]); i++)
+				if (msgs[i].event == UFFD_EVENT_PAGEFAULT)
+					on_fault(lz, &msgs[i]);
+			continue;
+		}
+		if (n < 0 && errno != EAGAIN && errno != EINTR) {
+			lz_fail(lz, -errno, "reading the userfaultfd: %s", strerror(errno));
+			break;
+		}
+		/* all faults raised so far are served: the prefetcher being through
+		 * means every data page is present */
+		if (!finished && atomic_load(&lz->prefetch_done)) {
+			finish(lz);
+			finished = true;
+		}
+		/* done, or failed with every lost page poisoned: no fault can come */
+		if (atomic_load(&lz->closing) ||
+		    (finished && (atomic_load(&lz->state) == UFFDSNAP_LAZY_DONE || lz->have_poison)))
+			break;
+		if (poll(pfd, 2, -1) < 0 && errno != EINTR) {
+			lz_fail(lz, -errno, "poll: %s", strerror(errno));
+			break;
+		}
+		if (pfd[1].revents & POLLIN && read(lz->efd, &v, sizeof(v)) < 0 && errno != EAGAIN)
+			break;
+	}
+	if (!finished)
+		finish(lz);
+	return NULL;
+}
+
+/* ---- the prefetcher ------------------------------------------------------------------ */
+
+static void *prefetch_main(void *arg)
+{
+	uffdsnap_lazy_t *lz = arg;
+
+	pthread_mutex_lock(&lz->lock);
+	while (!lz->go)
+		pthread_cond_wait(&lz->cv, &lz->lock);
+	pthread_mutex_unlock(&lz->lock);
+	for (unsigned r = 0; r < lz->nregs && !atomic_load(&lz->closing); r++) {
+		struct lz_region *g = &lz->regs[r];
+
+		for (size_t i = 0; i < g->nchunks && !atomic_load(&lz->closing); i++) {
+			struct usnap_rchunk c;
+			uint64_t placed = 0;
+			int rc;
+
+			if (all_done(g, g->first[i], g->end[i]))
+				continue; /* served for a fault already */
+			if ((rc = usnap_reader_chunk(lz->rp, g->id, i, &c))) {
+				/* go on: every other chunk can still be restored */
+				lz_fail(lz, rc, "region '%s': %s", g->name, uffdsnap_reader_error(lz->rp));
+				continue;
+			}
+			atomic_fetch_add_explicit(&lz->chunks_prefetch, 1, memory_order_relaxed);
+			rc = place_chunk(lz, g, &c, &placed);
+			atomic_fetch_add_explicit(&lz->pages_prefetch, placed, memory_order_relaxed);
+			if (rc)
+				lz_fail(lz, rc, "region '%s': placing pages %" PRIu64 "..: %s", g->name, g->first[i],
+					strerror(-rc));
+			if (rc == -ESRCH)
+				goto out; /* the process exited (a page-server client): nothing to restore into */
+		}
+	}
+out:
+	atomic_store(&lz->prefetch_done, true);
+	kick(lz);
+	return NULL;
+}
+
+/* ---- setup ----------------------------------------------------------------------------- */
+
+/* A userfaultfd that handles kernel-mode faults too (a read(2) into a region
+ * must wait for its page, not fail with EFAULT): /dev/userfaultfd (6.1+),
+ * else userfaultfd(2), which needs privileges for that. */
+static int uffd_new(void)
+{
+	int fd = -1, dev = open("/dev/userfaultfd", O_RDWR | O_CLOEXEC);
+
+	if (dev >= 0) {
+		fd = ioctl(dev, USERFAULTFD_IOC_NEW, O_CLOEXEC | O_NONBLOCK);
+		close(dev);
+	}
+	if (fd < 0)
+		fd = (int)syscall(SYS_userfaultfd, O_CLOEXEC | O_NONBLOCK);
+	return fd < 0 ? -errno : fd;
+}
+
+int usnap_restore_uffd(uint64_t *features)
+{
+	const uint64_t want = UFFD_FEATURE_MISSING_SHMEM | UFFD_FEATURE_THREAD_ID | UFFD_FEATURE_POISON;
+	struct uffdio_api a = { .api = UFFD_API };
+	int fd = uffd_new(), err;
+
+	/* UFFDIO_API works once per descriptor and rejects unknown bits: ask a
+	 * throwaway descriptor what exists first */
+	if (fd >= 0) {
+		err = ioctl(fd, UFFDIO_API, &a) ? -errno : 0;
+		close(fd);
+		fd = err ? err : uffd_new();
+	}
+	if (fd < 0) {
+		err = fd == -EACCES ? -EPERM : fd;
+		return usnap_err(err, "opening a userfaultfd: %s (needs root, access to /dev/userfaultfd, or "
+				 "vm.unprivileged_userfaultfd=1)", strerror(-fd));
+	}
+	*features = a.features & want;
+	a = (struct uffdio_api){ .api = UFFD_API, .features = *features };
+	if (ioctl(fd, UFFDIO_API, &a)) {
+		err = usnap_err(-errno, "UFFDIO_API: %s", strerror(errno));
+		close(fd);
+		return err;
+	}
+	return fd;
+}
+
+/*
+ * Does the shmem file behind addr hold no data at all (a fresh memfd)? Then
+ * the range is empty without asking mincore(), which looks up the page cache
+ * page by page (9 ms per GiB here, most of lazy start's time). Found through
+ * /proc/self/map_files, which needs CAP_CHECKPOINT_RESTORE: false whenever
+ * it cannot tell, and the caller asks mincore().
+ */
+static bool backing_empty(const void *addr)
+{
+	DIR *d = opendir("/proc/self/map_files");
+	struct dirent *e;
+	bool empty = false;
+
+	if (!d)
+		return false;
+	while ((e = readdir(d))) {
+		uintptr_t start, end;
+		struct stat st;
+		char path[32 + sizeof(e->d_name)];
+		int fd;
+
+		if (sscanf(e->d_name, "%" SCNxPTR "-%" SCNxPTR, &start, &end) != 2 || (uintptr_t)addr - start >= end - start)
+			continue;
+		snprintf(path, sizeof(path), "/proc/self/map_files/%s", e->d_name);
+		if ((fd = open(path, O_RDONLY | O_CLOEXEC)) >= 0) {
+			empty = !fstat(fd, &st) && !st.st_blocks;
+			close(fd);
+		}
+		break;
+	}
+	closedir(d);
+	return empty;
+}
+
+int usnap_lazy_arm(int uffd, const char *name, void *addr, size_t len)
+{
+	const size_t page = (size_t)sysconf(_SC_PAGESIZE), npages = len / page;
+	struct uffdio_register reg = { .range = { .start = (uintptr_t)addr, .len = len },
+				       .mode = UFFDIO_REGISTER_MODE_MISSING };
+	unsigned char *vec;
+	int rc = 0;
+
+	if (!addr || !len || (uintptr_t)addr % page || len % page)
+		return usnap_err(-EINVAL, "region '%s': the memory %p+%zu is not page aligned", name, addr, len);
+	/* no page may be present: UFFDIO_COPY would keep it */
+	if (!(vec = malloc(LZ_MINCORE_PAGES)))
+		return usnap_err(-ENOMEM, "out of memory");
+	for (size_t p = backing_empty(addr) ? npages : 0; p < npages && !rc; p += LZ_MINCORE_PAGES) {
+		size_t n = npages - p < LZ_MINCORE_PAGES ? npages - p : LZ_MINCORE_PAGES;
+
+		if (mincore((uint8_t *)addr + p * page, n * page, vec)) {
+			rc = usnap_err(errno == ENOMEM ? -EFAULT : -errno, "region '%s': the memory at %p is not "
+				       "mapped: %s", name, (void *)((uint8_t *)addr + p * page), strerror(errno));
+			break;
+		}
+		for (size_t k = 0; k < n; k++)
+			if (vec[k] & 1) {
+				rc = usnap_err(-EEXIST, "region '%s': page %zu of the memory is present: lazy restore "
+					       "needs empty memory (a fresh memfd or mapping)", name, p + k);
+				break;
+			}
+	}
+	free(vec);
+	if (rc)
+		return rc;
+	if (ioctl(uffd, UFFDIO_REGISTER, &reg))
+		return usnap_err(-errno, "region '%s': registering %p+%zu with the userfaultfd: %s%s", name, addr, len,
+				 strerror(errno), errno == EBUSY ? " (already registered with another userfaultfd)"
+				 : errno == EINVAL ? " (not shmem or anonymous memory?)" : "");
+	if (!(reg.ioctls & (1ull << _UFFDIO_COPY))) {
+		ioctl(uffd, UFFDIO_UNREGISTER, &reg.range);
+		return usnap_err(-EOPNOTSUPP, "region '%s': UFFDIO_COPY is not available for this memory", name);
+	}
+	return 0;
+}
+
+/* Match region `in` with the snapshot's and set up its lookup arrays. */
+static int region_match(uffdsnap_lazy_t *lz, struct lz_region *g, const uffdsnap_lazy_region_t *in)
+{
+	const size_t page = (size_t)1 << lz->page_shift;
+	uffdsnap_region_info_t ri = { .size = sizeof(ri) };
+	int id, rc;
+
+	if (!in->name || (id = uffdsnap_reader_find(lz->rh, in->name)) < 0)
+		return usnap_err(-ENOENT, "lazy restore: the snapshot has no region '%s'", in->name ? in->name : "");
+	uffdsnap_reader_region(lz->rh, (unsigned)id, &ri);
+	g->name = ri.name;
+	g->id = (unsigned)id;
+	g->addr = (uintptr_t)in->addr;
+	g->len = in->len;
+	if (in->len != ri.length)
+		return usnap_err(-EINVAL, "region '%s' is %" PRIu64 " bytes in the snapshot, the memory given for it "
+				 "%zu bytes: the lengths must match", ri.name, ri.length, in->len);
+	if (!in->addr || g->addr % page)
+		return usnap_err(-EINVAL, "region '%s': the memory at %p is not page aligned", ri.name, in->addr);
+	if ((rc = usnap_reader_ready(lz->rh, g->id)))
+		return usnap_err(rc, "region '%s': %s", ri.name, uffdsnap_reader_error(lz->rh));
+	for (unsigned i = 0; i < lz->nregs; i++)
+		if (&lz->regs[i] != g && lz->regs[i].len && (lz->regs[i].id == g->id ||
+		    (g->addr < lz->regs[i].addr + lz->regs[i].len && lz->regs[i].addr < g->addr + g->len)))
+			return usnap_err(-EINVAL, "region '%s': given twice, or its memory overlaps region '%s'",
+					 ri.name, lz->regs[i].name);
+	g->npages = in->len / page;
+	g->nchunks = usnap_reader_nchunks(lz->rh, g->id);
+	g->first = malloc((g->nchunks + 1) * 3 * sizeof(uint64_t));
+	g->present = calloc((g->npages + 63) / 64, sizeof(uint64_t));
+	g->zero = calloc((g->npages + 63) / 64, sizeof(uint64_t));
+	if (!g->first || !g->present || !g->zero)
+		return usnap_err(-ENOMEM, "region '%s': out of memory", ri.name);
+	g->end = g->first + g->nchunks + 1;
+	g->max_end = g->end + g->nchunks + 1;
+	for (size_t i = 0; i < g->nchunks; i++) {
+		usnap_reader_chunk_span(lz->rh, g->id, i, &g->first[i], &g->end[i]);
+		g->max_end[i] = i && g->max_end[i - 1] > g->end[i] ? g->max_end[i - 1] : g->end[i];
+	}
+	return 0;
+}
+
+static void lz_destroy(uffdsnap_lazy_t *lz)
+{
+	for (unsigned i = 0; lz->regs && i < lz->nregs; i++) {
+		free(lz->regs[i].first);
+		free(lz->regs[i].present);
+		free(lz->regs[i].zero);
+	}
+	free(lz->regs);
+	uffdsnap_reader_free(lz->rh);
+	uffdsnap_reader_free(lz->rp);
+	if (lz->uffd >= 0)
+		close(lz->uffd); /* drops any registration left */
+	if (lz->efd >= 0)
+		close(lz->efd);
+	pthread_mutex_destroy(&lz->lock);
+	pthread_cond_destroy(&lz->cv);
+	free(lz);
+}
+
+/* Undo a restore that never ran: a fault can only be pending on our
+ * regions, and unregistering them wakes it. */
+void usnap_lazy_abandon(uffdsnap_lazy_t *lz)
+{
+	if (lz->prefetcher_started) {
+		atomic_store(&lz->closing, true);
+		pthread_mutex_lock(&lz->lock);
+		lz->go = true;
+		pthread_cond_broadcast(&lz->cv);
+		pthread_mutex_unlock(&lz->lock);
+		pthread_join(lz->prefetcher, NULL);
+	}
+	unregister_all(lz);
+	lz_destroy(lz);
+}
+
+int usnap_lazy_setup(uffdsnap_lazy_t **lzp, uffdsnap_reader_t *r, int uffd, uint64_t features, pid_t pid,
+		     const uffdsnap_lazy_region_t *regions, unsigned n, const uffdsnap_lazy_opts_t *opts)
+{
+	uffdsnap_info_t info = { .size = sizeof(info) };
+	uffdsnap_lazy_t *lz;
+	int rc;
+
+	*lzp = NULL;
+	if (!(lz = calloc(1, sizeof(*lz)))) {
+		close(uffd);
+		return usnap_err(-ENOMEM, "out of memory");
+	}
+	lz->uffd = uffd;
+	lz->efd = -1;
+	lz->t0 = usnap_now_ns();
+	lz->pid = pid;
+	lz->have_poison = features & UFFD_FEATURE_POISON;
+	lz->flags = opts ? opts->flags : 0;
+	pthread_mutex_init(&lz->lock, NULL);
+	pthread_cond_init(&lz->cv, NULL);
+	lz->go = !(lz->flags & UFFDSNAP_LAZY_NO_PREFETCH);
+	uffdsnap_reader_info(r, &info);
+	lz->page_shift = (uint32_t)__builtin_ctz(info.page_size);
+	if (info.page_size != (uint32_t)sysconf(_SC_PAGESIZE)) {
+		rc = usnap_err(-EINVAL, "the snapshot's page size %u is not this machine's %ld", info.page_size,
+			       sysconf(_SC_PAGESIZE));
+		goto fail;
+	}
+	if ((rc = usnap_reader_clone(r, &lz->rh)) || (rc = usnap_reader_clone(r, &lz->rp)))
+		goto fail;
+	if ((lz->efd = eventfd(0, EFD_CLOEXEC | EFD_NONBLOCK)) < 0) {
+		rc = usnap_err(-errno, "eventfd: %s", strerror(errno));
+		goto fail;
+	}
+	if (!(lz->regs = calloc(n, sizeof(*lz->regs)))) {
+		rc = usnap_err(-ENOMEM, "out of memory");
+		goto fail;
+	}
+	lz->nregs = n;
+	for (unsigned i = 0; i < n; i++) {
+		if ((rc = region_match(lz, &lz->regs[i], &regions[i])))
+			goto fail;
+		lz->pages_total += lz->regs[i].npages;
+	}
+	*lzp = lz;
+	return 0;
+fail:
+	lz_destroy(lz);
+	return rc;
+}
+
+int usnap_lazy_go(uffdsnap_lazy_t *lz)
+{
+	int rc;
+
+	for (unsigned i = 0; i < lz->nregs; i++)
+		lz->regs[i].registered = true;
+	if ((rc = usnap_thread_start(&lz->prefetcher, prefetch_main, lz)))
+		return usnap_err(rc, "starting the prefetch thread: %s", strerror(-rc));
+	lz->prefetcher_started = true;
+	if ((rc = usnap_thread_start(&lz->handler, handler_main, lz)))
+		return usnap_err(rc, "starting the fault handler thread: %s", strerror(-rc));
+	lz->start_ns = usnap_now_ns() - lz->t0;
+	return 0;
+}
+
+USNAP_EXPORT void uffdsnap_lazy_opts_init(uffdsnap_lazy_opts_t *opts)
+{
+	memset(opts, 0, sizeof(*opts));
+	opts->size = sizeof(*opts);
+}
+
+USNAP_EXPORT int uffdsnap_lazy_start(uffdsnap_lazy_t **lzp, uffdsnap_reader_t *r,
+				     const uffdsnap_lazy_region_t *regions, unsigned n,
+				     const uffdsnap_lazy_opts_t *opts)
+{
+	uint64_t t0 = usnap_now_ns(), features;
+	uffdsnap_lazy_t *lz;
+	int uffd, rc;
+
+	usnap_clear_err();
+	if (!lzp || !r || !regions || !n)
+		return usnap_err(-EINVAL, "uffdsnap_lazy_start: lz, r and at least one region are needed");
+	*lzp = NULL;
+	if (opts && opts->size < offsetof(uffdsnap_lazy_opts_t, flags) + sizeof(opts->flags))
+		return usnap_err(-EINVAL, "uffdsnap_lazy_start: opts->size is %zu", opts->size);
+	if ((uffd = usnap_restore_uffd(&features)) < 0)
+		return uffd;
+	if ((rc = usnap_lazy_setup(&lz, r, uffd, features, getpid(), regions, n, opts)))
+		return rc;
+	lz->t0 = t0;
+	for (unsigned i = 0; i < n; i++) {
+		if ((rc = usnap_lazy_arm(uffd, lz->regs[i].name, regions[i].addr, regions[i].len))) {
+			usnap_lazy_abandon(lz);
+			return rc;
+		}
+		lz->regs[i].registered = true;
+	}
+	if ((rc = usnap_lazy_go(lz))) {
+		usnap_lazy_abandon(lz);
+		return rc;
+	}
+	*lzp = lz;
+	return 0;
+}
+
+USNAP_EXPORT int uffdsnap_lazy_wait(uffdsnap_lazy_t *lz)
+{
+	if (!lz)
+		return -EINVAL;
+	pthread_mutex_lock(&lz->lock);
+	lz->go = true;
+	pthread_cond_broadcast(&lz->cv);
+	while (atomic_load(&lz->state) == UFFDSNAP_LAZY_RUNNING)
+		pthread_cond_wait(&lz->cv, &lz->lock);
+	pthread_mutex_unlock(&lz->lock);
+	return atomic_load(&lz->err);
+}
+
+USNAP_EXPORT int uffdsnap_lazy_stats(const uffdsnap_lazy_t *lz, uffdsnap_lazy_stats_t *out)
+{
+	uffdsnap_lazy_stats_t st;
+	uffdsnap_lazy_t *l = (uffdsnap_lazy_t *)lz; /* atomics are read, not changed */
+
+	if (!lz || !out || out->size < sizeof(out->size))
+		return -EINVAL;
+	st = (uffdsnap_lazy_stats_t){
+		.size = out->size, .state = atomic_load(&l->state), .error = atomic_load(&l->err),
+		.start_ns = l->start_ns, .resident_ns = atomic_load(&l->resident_ns), .pages_total = l->pages_total,
+		.pages_fault = atomic_load(&l->pages_fault), .pages_prefetch = atomic_load(&l->pages_prefetch),
+		.pages_zero_fault = atomic_load(&l->pages_zero_fault), .faults = atomic_load(&l->faults),
+		.chunks_fault = atomic_load(&l->chunks_fault), .chunks_prefetch = atomic_load(&l->chunks_prefetch),
+	};
+	memcpy(out, &st, out->size < sizeof(st) ? out->size : sizeof(st));
+	return 0;
+}
+
+USNAP_EXPORT const char *uffdsnap_lazy_error(const uffdsnap_lazy_t *lz)
+{
+	return lz && atomic_load(&((uffdsnap_lazy_t *)lz)->err) ? lz->msg : "";
+}
+
+USNAP_EXPORT void uffdsnap_lazy_free(uffdsnap_lazy_t *lz)
+{
+	if (!lz)
+		return;
+	uffdsnap_lazy_wait(lz);
+	atomic_store(&lz->closing, true);
+	kick(lz);
+	pthread_join(lz->handler, NULL);
+	pthread_join(lz->prefetcher, NULL);
+	lz_destroy(lz);
+}

@@ -1,0 +1,32 @@
+/* SPDX-License-Identifier: LGPL-2.1-or-later */
+/*
+ * The lazy-restore engine (restore-lazy.c) in pieces, so the page server
+ * (restore-serve.c) can run it on a userfaultfd another process sent: that
+ * process opens and arms its regions, the server matches and serves them.
+ */
+#ifndef UFFDSNAP_RESTORE_PRIVATE_H
+#define UFFDSNAP_RESTORE_PRIVATE_H
+
+#include <stdint.h>
+#include <sys/types.h>
+
+#include "uffdsnap.h"
+
+/* A userfaultfd for restoring (MISSING on shmem, thread ids, poison where the
+ * kernel has them: the features in *features). Negative errno, detail set. */
+int usnap_restore_uffd(uint64_t *features);
+/* Check that [addr, addr+len) is page aligned, mapped and empty, and register
+ * it with uffd in MISSING mode. */
+int usnap_lazy_arm(int uffd, const char *name, void *addr, size_t len);
+/* A lazy restore of regions (already registered with uffd, in process pid)
+ * from r's snapshot, not started yet. Takes uffd over, even on failure. */
+int usnap_lazy_setup(uffdsnap_lazy_t **lz, uffdsnap_reader_t *r, int uffd, uint64_t features, pid_t pid,
+		     const uffdsnap_lazy_region_t *regions, unsigned n, const uffdsnap_lazy_opts_t *opts);
+/* Start the handler and prefetch threads. */
+int usnap_lazy_go(uffdsnap_lazy_t *lz);
+/* Log a failed lazy restore to stderr (without stdio's lock), once per restore. */
+void usnap_log_failure(const char *msg, int err);
+/* Release a restore whose setup or go failed: unregister and free. */
+void usnap_lazy_abandon(uffdsnap_lazy_t *lz);
+
+#endif

@@ -1,0 +1,447 @@
+/* SPDX-License-Identifier: LGPL-2.1-or-later */
+/*
+ * Lazy restore for another process over a Unix socket: the page server
+ * (uffdsnap_serve_conn, behind `uffdsnap serve`) and its client
+ * (uffdsnap_lazy_connect/_client_wait/_client_error/_client_free).
+ *
+ * The client opens a userfaultfd, checks and registers its regions itself (in
+ * its own address space), and sends the descriptor with SCM_RIGHTS together
+ * with the region table. The server runs the lazy-restore engine of
+ * restore-lazy.c on that descriptor: userfaultfd ioctls act on the mm of the
+ * process that created the descriptor, so UFFDIO_COPY from the server's
+ * buffers lands in the client's memory. The client keeps its own copy of the
+ * descriptor on purpose: if the server dies, the client's watcher thread sees
+ * the socket close before the final status, poisons every page that did not
+ * arrive and wakes the waiting threads, which then get SIGBUS. Without that
+ * copy the kernel would release the registration and fill the missing pages
+ * with zeros: wrong data without an error.
+ *
+ * Protocol (native byte order, both ends on one machine), on a SOCK_STREAM:
+ *   client -> server: hello (with the fd), then nregions x (srv_region, name)
+ *   server -> client: status STARTED (0 or the error setting up failed with),
+ *                     then, if 0, status FINISHED once every page is resident
+ *                     or the restore failed.
+ */
+#include <errno.h>
+#include <fcntl.h>
+#include <inttypes.h>
+#include <signal.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/socket.h>
+#include <sys/un.h>
+#include <unistd.h>
+
+#include "compat.h"
+#include "restore-private.h"
+#include "uffdsnap-private.h"
+
+#define SRV_MAGIC "USNAPSRV"
+#define SRV_VERSION 1
+#define SRV_STARTED 1
+#define SRV_FINISHED 2
+
+struct srv_hello {
+	char magic[8];
+	uint32_t version;
+	uint32_t nregions;      /* 1..USNAP_MAX_REGIONS */
+	uint32_t reserved;      /* 0 */
+	uint32_t page_size;
+	uint64_t features;      /* UFFD_FEATURE_* negotiated on the descriptor */
+};
+
+struct srv_region {
+	uint64_t addr, len;
+	uint32_t name_len;      /* 1..USNAP_MAX_NAME bytes follow, no NUL */
+	uint32_t reserved;
+};
+
+struct srv_status {
+	uint32_t kind;          /* SRV_STARTED, SRV_FINISHED */
+	int32_t status;         /* 0 or a negative errno */
+	char msg[504];          /* NUL-terminated */
+};
+
+_Static_assert(sizeof(struct srv_hello) == 32 && sizeof(struct srv_region) == 24 &&
+	       sizeof(struct srv_status) == 512, "protocol layout");
+
+static int write_all(int fd, const void *buf, size_t len)
+{
+	const uint8_t *p = buf;
+
+	while (len) {
+		ssize_t n = send(fd, p, len, MSG_NOSIGNAL);
+		if (n < 0 && errno == EINTR)
+			continue;
+		if (n <= 0)
+			return n ? -errno : -EPIPE;
+		p += n, len -= (size_t)n;
+	}
+	return 0;
+}
+
+/* 0, -EPIPE at a clean end of the stream before len bytes, or -errno. */
+static int read_all(int fd, void *buf, size_t len)
+{
+	uint8_t *p = buf;
+
+	while (len) {
+		ssize_t n = recv(fd, p, len, 0);
+		if (n < 0 && errno == EINTR)
+			continue;
+		if (n <= 0)
+			return n ? -errno : -EPIPE;
+		p += n, len -= (size_t)n;
+	}
+	return 0;
+}
+
+static int send_status(int fd, uint32_t kind, int status, const char *msg)
+{
+	struct srv_status st = { .kind = kind, .status = status };
+
+	snprintf(st.msg, sizeof(st.msg), "%s", msg);
+	return write_all(fd, &st, sizeof(st));
+}
+
+/* ---- the server ----------------------------------------------------------------- */
+
+static bool is_uffd(int fd)
+{
+	char link[64], target[64];
+	ssize_t n;
+
+	snprintf(link, sizeof(link), "/proc/self/fd/%d", fd);
+	n = readlink(link, target, sizeof(target) - 1);
+	return n > 0 && (target[n] = '\0', !strcmp(target, "anon_inode:[userfaultfd]"));
+}
+
+/* The hello and its descriptor. */
+static int recv_hello(int conn, struct srv_hello *h, int *uffd)
+{
+	union {
+		struct cmsghdr hdr;
+		char buf[CMSG_SPACE(sizeof(int))];
+	} u;
+	struct iovec iov = { .iov_base = h, .iov_len = sizeof(*h) };
+	struct msghdr m = { .msg_iov = &iov, .msg_iovlen = 1, .msg_control = u.buf, .msg_controllen = sizeof(u.buf) };
+	struct cmsghdr *c;
+	ssize_t n;
+
+	*uffd = -1;
+	do
+		n = recvmsg(conn, &m, MSG_CMSG_CLOEXEC | MSG_WAITALL);
+	while (n < 0 && errno == EINTR);
+	if (n < 0)
+		return usnap_err(-errno, "page server: receiving the hello: %s", strerror(errno));
+	/* keep the first descriptor; any other one a client sent is closed, not leaked */
+	for (c = CMSG_FIRSTHDR(&m); c; c = CMSG_NXTHDR(&m, c)) {
+		if (c->cmsg_level != SOL_SOCKET || c->cmsg_type != SCM_RIGHTS)
+			continue;
+		for (size_t k = 0; k < (c->cmsg_len - CMSG_LEN(0)) / sizeof(int); k++) {
+			int fd;
+			memcpy(&fd, CMSG_DATA(c) + k * sizeof(int), sizeof(int));
+			if (*uffd < 0)
+				*uffd = fd;
+			else
+				close(fd);
+		}
+	}
+	if (*uffd >= 0 && !is_uffd(*uffd)) {
+		close(*uffd);
+		*uffd = -1;
+		return usnap_err(-EBADF, "page server: the client sent a descriptor that is not a userfaultfd");
+	}
+	if ((size_t)n != sizeof(*h) || memcmp(h->magic, SRV_MAGIC, sizeof(h->magic)) || h->version != SRV_VERSION)
+		return usnap_err(-EPROTO, "page server: the client did not send a version %d hello", SRV_VERSION);
+	if (*uffd < 0)
+		return usnap_err(-EBADF, "page server: the hello came without a userfaultfd");
+	if (!h->nregions || h->nregions > USNAP_MAX_REGIONS)
+		return usnap_err(-EPROTO, "page server: %u regions", h->nregions);
+	return 0;
+}
+
+/* The region table; names point into *names. */
+static int recv_regions(int conn, const struct srv_hello *h, uffdsnap_lazy_region_t *regs, char *names)
+{
+	for (uint32_t i = 0; i < h->nregions; i++) {
+		struct srv_region g;
+		int rc = read_all(conn, &g, sizeof(g));
+
+		if (rc)
+			return usnap_err(rc, "page server: reading the region table: %s", strerror(-rc));
+		if (!g.name_len || g.name_len > USNAP_MAX_NAME || g.addr > UINTPTR_MAX || g.len > SIZE_MAX)
+			return usnap_err(-EPROTO, "page server: region %u: name length %u", i, g.name_len);
+		if ((rc = read_all(conn, names, g.name_len)))
+			return usnap_err(rc, "page server: reading the region table: %s", strerror(-rc));
+		names[g.name_len] = '\0';
+		regs[i] = (uffdsnap_lazy_region_t){ .name = names, .addr = (void *)(uintptr_t)g.addr,
+						    .len = (size_t)g.len };
+		names += g.name_len + 1;
+	}
+	return 0;
+}
+
+USNAP_EXPORT int uffdsnap_serve_conn(uffdsnap_reader_t *r, int conn, const uffdsnap_lazy_opts_t *opts)
+{
+	uffdsnap_lazy_region_t *regs = NULL;
+	uffdsnap_lazy_t *lz = NULL;
+	struct ucred cred = { 0 };
+	struct srv_hello h;
+	char *names = NULL;
+	int uffd, rc;
+
+	usnap_clear_err();
+	if (!r || conn < 0)
+		return usnap_err(-EINVAL, "uffdsnap_serve_conn: a reader and a connection are needed");
+	rc = recv_hello(conn, &h, &uffd);
+	if (!rc && (!(regs = calloc(h.nregions, sizeof(*regs))) ||
+		    !(names = malloc((size_t)h.nregions * (USNAP_MAX_NAME + 1)))))
+		rc = usnap_err(-ENOMEM, "out of memory");
+	if (!rc)
+		rc = recv_regions(conn, &h, regs, names);
+	/* the kernel's word for who the client is, not the client's: the
+	 * SIGBUS fallback must not be aimed at another process */
+	if (!rc && getsockopt(conn, SOL_SOCKET, SO_PEERCRED, &cred, &(socklen_t){ sizeof(cred) }))
+		rc = usnap_err(-errno, "page server: SO_PEERCRED: %s", strerror(errno));
+	/* setup takes the descriptor over, even when it fails */
+	if (!rc)
+		rc = usnap_lazy_setup(&lz, r, uffd, h.features, cred.pid, regs, h.nregions, opts);
+	else if (uffd >= 0)
+		close(uffd);
+	if (!rc && (rc = usnap_lazy_go(lz)))
+		usnap_lazy_abandon(lz);
+	free(regs);
+	free(names);
+	/* the client waits for this answer before it runs */
+	send_status(conn, SRV_STARTED, rc, rc ? uffdsnap_last_error() : "");
+	if (rc)
+		return rc;
+	rc = uffdsnap_lazy_wait(lz);
+	send_status(conn, SRV_FINISHED, rc, uffdsnap_lazy_error(lz));
+	if (rc)
+		usnap_err(rc, "%s", uffdsnap_lazy_error(lz));
+	uffdsnap_lazy_free(lz);
+	return rc;
+}
+
+/* ---- the client --------------------------------------------------------------------- */
+
+struct uffdsnap_lazy_client {
+	int sock, uffd;
+	uint64_t features;
+	struct { uintptr_t addr; size_t len; } *regs;
+	unsigned nregs;
+	pthread_t watcher;
+	pthread_mutex_t lock;
+	pthread_cond_t cv;
+	int state;                  /* UFFDSNAP_LAZY_*, under lock */
+	int err;
+	char msg[512];
+};
+
+/* The server is gone before it finished: no page that has not arrived ever
+ * will. Poison them all (present pages fail with EEXIST and are stepped
+ * over), unregister, wake: every waiting thread gets SIGBUS. */
+static void client_abandon(uffdsnap_lazy_client_t *c)
+{
+	const size_t page = (size_t)sysconf(_SC_PAGESIZE);
+
+	for (unsigned i = 0; i < c->nregs; i++) {
+		struct uffdio_range r = { .start = c->regs[i].addr, .len = c->regs[i].len };
+
+		for (size_t off = 0; off < c->regs[i].len;) {
+			struct uffdio_poison pz = { .range = { .start = r.start + off, .len = r.len - off },
+						    .mode = UFFDIO_POISON_MODE_DONTWAKE };
+
+			if (!(c->features & UFFD_FEATURE_POISON))
+				break;
+			if (!ioctl(c->uffd, UFFDIO_POISON, &pz))
+				break;
+			off += pz.updated > 0 ? (size_t)pz.updated : page; /* EEXIST: a page that did arrive */
+		}
+		ioctl(c->uffd, UFFDIO_UNREGISTER, &r);
+		ioctl(c->uffd, UFFDIO_WAKE, &r); /* see unregister_all() in restore-lazy.c */
+	}
+}
+
+static void *watcher_main(void *arg)
+{
+	uffdsnap_lazy_client_t *c = arg;
+	struct srv_status st;
+	int rc = read_all(c->sock, &st, sizeof(st));
+
+	pthread_mutex_lock(&c->lock);
+	if (!rc && st.kind == SRV_FINISHED) {
+		c->err = st.status <= 0 && st.status >= -4095 ? st.status : -EPROTO;
+		st.msg[sizeof(st.msg) - 1] = '\0';
+		snprintf(c->msg, sizeof(c->msg), "%s", st.msg);
+	} else {
+		c->err = -EPIPE;
+		snprintf(c->msg, sizeof(c->msg), "the page server went away before the restore was complete%s%s",
+			 rc && rc != -EPIPE ? ": " : "", rc && rc != -EPIPE ? strerror(-rc) : "");
+		/* before the SIGBUS it explains, which may end the process */
+		usnap_log_failure(c->msg, c->err);
+		client_abandon(c);
+	}
+	c->state = c->err ? UFFDSNAP_LAZY_FAILED : UFFDSNAP_LAZY_DONE;
+	pthread_cond_broadcast(&c->cv);
+	pthread_mutex_unlock(&c->lock);
+	return NULL;
+}
+
+static int send_hello(uffdsnap_lazy_client_t *c, const uffdsnap_lazy_region_t *regions, unsigned n)
+{
+	struct srv_hello h = { .version = SRV_VERSION, .nregions = n,
+			       .page_size = (uint32_t)sysconf(_SC_PAGESIZE), .features = c->features };
+	union {
+		struct cmsghdr hdr;
+		char buf[CMSG_SPACE(sizeof(int))];
+	} u = { 0 };
+	struct iovec iov = { .iov_base = &h, .iov_len = sizeof(h) };
+	struct msghdr m = { .msg_iov = &iov, .msg_iovlen = 1, .msg_control = u.buf, .msg_controllen = sizeof(u.buf) };
+	struct cmsghdr *cm = CMSG_FIRSTHDR(&m);
+	ssize_t sent;
+	int rc = 0;
+
+	memcpy(h.magic, SRV_MAGIC, sizeof(h.magic));
+	cm->cmsg_level = SOL_SOCKET;
+	cm->cmsg_type = SCM_RIGHTS;
+	cm->cmsg_len = CMSG_LEN(sizeof(int));
+	memcpy(CMSG_DATA(cm), &c->uffd, sizeof(int));
+	do
+		sent = sendmsg(c->sock, &m, MSG_NOSIGNAL);
+	while (sent < 0 && errno == EINTR);
+	/* the fd goes with the first byte: send the rest of a short write plainly */
+	if (sent < 0 || (rc = write_all(c->sock, (uint8_t *)&h + sent, sizeof(h) - (size_t)sent)))
+		return usnap_err(sent < 0 ? -errno : rc, "sending to the page server: %s",
+				 strerror(sent < 0 ? errno : -rc));
+	for (unsigned i = 0; i < n && !rc; i++) {
+		struct srv_region g = { .addr = (uintptr_t)regions[i].addr, .len = regions[i].len,
+					.name_len = (uint32_t)strlen(regions[i].name) };
+		if (!(rc = write_all(c->sock, &g, sizeof(g))))
+			rc = write_all(c->sock, regions[i].name, g.name_len);
+	}
+	return rc ? usnap_err(rc, "sending to the page server: %s", strerror(-rc)) : 0;
+}
+
+static void client_destroy(uffdsnap_lazy_client_t *c)
+{
+	if (c->sock >= 0)
+		close(c->sock);
+	if (c->uffd >= 0)
+		close(c->uffd);
+	pthread_mutex_destroy(&c->lock);
+	pthread_cond_destroy(&c->cv);
+	free(c->regs);
+	free(c);
+}
+
+USNAP_EXPORT int uffdsnap_lazy_connect(uffdsnap_lazy_client_t **cp, const char *socket_path,
+				       const uffdsnap_lazy_region_t *regions, unsigned n)
+{
+	struct sockaddr_un sa = { .sun_family = AF_UNIX };
+	uffdsnap_lazy_client_t *c;
+	struct srv_status st;
+	int rc;
+
+	usnap_clear_err();
+	if (!cp || !socket_path || !regions || !n || n > USNAP_MAX_REGIONS)
+		return usnap_err(-EINVAL, "uffdsnap_lazy_connect: a socket path and 1..%d regions are needed",
+				 USNAP_MAX_REGIONS);
+	*cp = NULL;
+	if (strlen(socket_path) >= sizeof(sa.sun_path))
+		return usnap_err(-ENAMETOOLONG, "%s: too long for a Unix socket path", socket_path);
+	for (unsigned i = 0; i < n; i++)
+		if (!regions[i].name || !*regions[i].name || strlen(regions[i].name) > USNAP_MAX_NAME)
+			return usnap_err(-EINVAL, "uffdsnap_lazy_connect: region %u needs a name of 1..%d bytes", i,
+					 USNAP_MAX_NAME);
+	if (!(c = calloc(1, sizeof(*c))))
+		return usnap_err(-ENOMEM, "out of memory");
+	c->sock = c->uffd = -1;
+	pthread_mutex_init(&c->lock, NULL);
+	pthread_cond_init(&c->cv, NULL);
+	strcpy(sa.sun_path, socket_path);
+	if (!(c->regs = calloc(n, sizeof(*c->regs)))) {
+		rc = usnap_err(-ENOMEM, "out of memory");
+		goto fail;
+	}
+	if ((c->sock = socket(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0)) < 0 ||
+	    connect(c->sock, (struct sockaddr *)&sa, sizeof(sa))) {
+		rc = usnap_err(-errno, "connecting to the page server at %s: %s", socket_path, strerror(errno));
+		goto fail;
+	}
+	if ((c->uffd = usnap_restore_uffd(&c->features)) < 0) {
+		rc = c->uffd;
+		goto fail;
+	}
+	for (unsigned i = 0; i < n; i++) {
+		if ((rc = usnap_lazy_arm(c->uffd, regions[i].name, regions[i].addr, regions[i].len)))
+			goto fail;
+		c->regs[i].addr = (uintptr_t)regions[i].addr;
+		c->regs[i].len = regions[i].len;
+		c->nregs = i + 1;
+	}
+	if ((rc = send_hello(c, regions, n)))
+		goto fail;
+	if ((rc = read_all(c->sock, &st, sizeof(st)))) {
+		rc = usnap_err(rc == -EPIPE ? -ECONNRESET : rc, "the page server at %s hung up before it answered",
+			       socket_path);
+		goto fail;
+	}
+	if (st.kind != SRV_STARTED || st.status > 0 || st.status < -4095) {
+		rc = usnap_err(-EPROTO, "the page server at %s answered with nonsense", socket_path);
+		goto fail;
+	}
+	if (st.status) {
+		st.msg[sizeof(st.msg) - 1] = '\0';
+		rc = usnap_err(st.status, "page server: %s", st.msg);
+		goto fail;
+	}
+	/* from here the server serves faults: only the watcher may end it */
+	if ((rc = usnap_thread_start(&c->watcher, watcher_main, c))) {
+		usnap_err(rc, "starting the watcher thread: %s", strerror(-rc));
+		shutdown(c->sock, SHUT_RDWR);
+		watcher_main(c); /* reads EOF: poisons what did not arrive */
+		client_destroy(c);
+		return rc;
+	}
+	*cp = c;
+	return 0;
+fail:
+	for (unsigned i = 0; i < c->nregs; i++) {
+		struct uffdio_range r = { .start = c->regs[i].addr, .len = c->regs[i].len };
+		ioctl(c->uffd, UFFDIO_UNREGISTER, &r);
+	}
+	client_destroy(c);
+	return rc;
+}
+
+USNAP_EXPORT int uffdsnap_lazy_client_wait(uffdsnap_lazy_client_t *c)
+{
+	int err;
+
+	if (!c)
+		return -EINVAL;
+	pthread_mutex_lock(&c->lock);
+	while (c->state == UFFDSNAP_LAZY_RUNNING)
+		pthread_cond_wait(&c->cv, &c->lock);
+	err = c->err;
+	pthread_mutex_unlock(&c->lock);
+	return err;
+}
+
+USNAP_EXPORT const char *uffdsnap_lazy_client_error(const uffdsnap_lazy_client_t *c)
+{
+	return c ? c->msg : "";
+}
+
+USNAP_EXPORT void uffdsnap_lazy_client_free(uffdsnap_lazy_client_t *c)
+{
+	if (!c)
+		return;
+	uffdsnap_lazy_client_wait(c);
+	pthread_join(c->watcher, NULL);
+	client_destroy(c);
+}

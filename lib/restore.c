@@ -1,0 +1,439 @@
+/* SPDX-License-Identifier: LGPL-2.1-or-later */
+/*
+ * Eager restore: a region of a snapshot file into a new memfd, a file, or
+ * existing memory, all at once (uffdsnap_restore_memfd/_file/_into), and
+ * every region of a context from the snapshot's regions of the same names
+ * (uffdsnap_restore_ctx).
+ *
+ * The caller's thread and threads-1 helpers each take the next chunk index
+ * from one counter, load it with their own reader clone (reader-private.h:
+ * own buffers and zstd context) and place its DATA extents. Only DATA is ever
+ * written: into a fresh memfd or file a ZERO extent simply stays a hole.
+ *
+ * A per-page bitmap, claimed with atomic OR as extents are placed, checks that
+ * each page is recorded at most once; at the end the claimed count must equal
+ * the region's pages, so a file whose chunks overlap or miss pages fails with
+ * -EBADMSG instead of restoring two versions of a page or a silent hole.
+ */
+#include <errno.h>
+#include <fcntl.h>
+#include <inttypes.h>
+#include <limits.h>
+#include <stdarg.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/mman.h>
+#include <sys/stat.h>
+#include <unistd.h>
+
+#include "reader-private.h"
+#include "uffdsnap-private.h"
+
+#ifndef MADV_POPULATE_WRITE
+#define MADV_POPULATE_WRITE 23
+#endif
+
+#define RS_MAX_THREADS 64
+
+/* Where the pages go. */
+struct rs_target {
+	int fd;             /* >= 0: pwrite at page offsets into a fresh (all-hole) file */
+	uint8_t *addr;      /* else: existing memory */
+};
+
+struct rs_job {
+	unsigned id;
+	const struct rs_target *t;
+	uint32_t page_shift;
+	uint64_t npages;
+	size_t nchunks;
+	_Atomic size_t next;            /* the next chunk index to take */
+	_Atomic uint64_t *claimed;      /* bitmap: page placed */
+	_Atomic uint64_t pages_data, pages_zero;
+	_Atomic int err;                /* first error wins; the others stop */
+	pthread_mutex_t msg_lock;
+	char msg[512];
+};
+
+struct rs_worker {
+	struct rs_job *j;
+	uffdsnap_reader_t *r;           /* a clone, freed by the caller */
+	pthread_t t;
+	bool started;
+};
+
+__attribute__((format(printf, 3, 4))) static void rs_fail(struct rs_job *j, int err, const char *fmt, ...)
+{
+	int none = 0;
+	va_list ap;
+
+	if (!atomic_compare_exchange_strong(&j->err, &none, err))
+		return;
+	pthread_mutex_lock(&j->msg_lock);
+	va_start(ap, fmt);
+	vsnprintf(j->msg, sizeof(j->msg), fmt, ap);
+	va_end(ap);
+	pthread_mutex_unlock(&j->msg_lock);
+}
+
+/* Mark pages [first, first + n) placed; -EBADMSG with *dup if one already was. */
+static int claim_pages(_Atomic uint64_t *bits, uint64_t first, uint64_t n, uint64_t *dup)
+{
+	for (uint64_t p = first, end = first + n; p < end;) {
+		unsigned b = (unsigned)(p % 64);
+		uint64_t k = end - p < 64 - b ? end - p : 64 - b;
+		uint64_t mask = (k == 64 ? ~0ull : ((1ull << k) - 1)) << b;
+		uint64_t old = atomic_fetch_or(&bits[p / 64], mask);
+
+		if (old & mask) {
+			*dup = p / 64 * 64 + (uint64_t)__builtin_ctzll(old & mask);
+			return -EBADMSG;
+		}
+		p += k;
+	}
+	return 0;
+}
+
+/* Zero pages of existing memory: free them where that reads back as zero
+ * (shared shmem), else write only the pages that are not zero already
+ * (reading private anonymous memory maps the shared zero page: no allocation). */
+static void zero_mem(uint8_t *p, size_t len, size_t page)
+{
+	if (!madvise(p, len, MADV_REMOVE))
+		return;
+	for (size_t off = 0; off < len; off += page) {
+		const uint64_t *w = (const uint64_t *)(p + off);
+		size_t i = 0;
+
+		while (i < page / 8 && !w[i])
+			i++;
+		if (i < page / 8)
+			memset(p + off, 0, page);
+	}
+}
+
+static int write_at(struct rs_job *j, uint64_t at, const uint8_t *src, uint64_t len)
+{
+	while (len) {
+		ssize_t n = pwrite(j->t->fd, src, len, (off_t)at);
+
+		if (n < 0 && errno == EINTR)
+			continue;
+		if (n <= 0) {
+			int err = n ? -errno : -EIO;
+			rs_fail(j, err, "writing %" PRIu64 " bytes at offset %" PRIu64 ": %s", len, at, strerror(-err));
+			return err;
+		}
+		src += n, at += (uint64_t)n, len -= (uint64_t)n;
+	}
+	return 0;
+}
+
+/* Place the extents of chunk idx. */
+static int place(struct rs_job *j, size_t idx, const struct usnap_rchunk *c)
+{
+	uint64_t data_off = 0, dup;
+	int rc;
+
+	for (uint32_t i = 0; i < c->nextents; i++) {
+		const struct usnap_extent *e = &c->ext[i];
+		uint64_t at = e->first_page << j->page_shift, len = (uint64_t)e->npages << j->page_shift;
+
+		if (claim_pages(j->claimed, e->first_page, e->npages, &dup)) {
+			rs_fail(j, -EBADMSG, "page %" PRIu64 " is recorded twice (again in chunk %zu of the region)",
+				dup, idx);
+			return -EBADMSG;
+		}
+		if (e->kind == USNAP_EXT_ZERO) {
+			/* a fresh file is all holes already */
+			if (j->t->addr)
+				zero_mem(j->t->addr + at, len, (size_t)1 << j->page_shift);
+			atomic_fetch_add_explicit(&j->pages_zero, e->npages, memory_order_relaxed);
+			continue;
+		}
+		if (j->t->addr) {
+			/* one call allocates and maps the pages: a first-touch fault per
+			 * page from memcpy costs several times more (docs/restore.md) */
+			madvise(j->t->addr + at, len, MADV_POPULATE_WRITE);
+			memcpy(j->t->addr + at, c->data + data_off, len);
+		} else if ((rc = write_at(j, at, c->data + data_off, len))) {
+			return rc;
+		}
+		data_off += len;
+		atomic_fetch_add_explicit(&j->pages_data, e->npages, memory_order_relaxed);
+	}
+	return 0;
+}
+
+static void work(struct rs_job *j, uffdsnap_reader_t *r)
+{
+	struct usnap_rchunk c;
+	int rc;
+
+	while (!atomic_load_explicit(&j->err, memory_order_relaxed)) {
+		size_t i = atomic_fetch_add(&j->next, 1);
+
+		if (i >= j->nchunks)
+			return;
+		if ((rc = usnap_reader_chunk(r, j->id, i, &c))) {
+			rs_fail(j, rc, "%s", uffdsnap_reader_error(r));
+			return;
+		}
+		if (place(j, i, &c))
+			return;
+	}
+}
+
+static void *worker_main(void *arg)
+{
+	struct rs_worker *w = arg;
+
+	work(w->j, w->r);
+	return NULL;
+}
+
+static unsigned thread_count(const uffdsnap_restore_opts_t *o, size_t nchunks)
+{
+	long n = o && o->size >= offsetof(uffdsnap_restore_opts_t, threads) + sizeof(int) && o->threads > 0
+			 ? o->threads
+			 : sysconf(_SC_NPROCESSORS_ONLN);
+
+	if (n < 1)
+		n = 1;
+	if (n > RS_MAX_THREADS)
+		n = RS_MAX_THREADS;
+	if ((size_t)n > nchunks)
+		n = nchunks ? (long)nchunks : 1;
+	return (unsigned)n;
+}
+
+static void stats_out(uffdsnap_restore_stats_t *out, const uffdsnap_restore_stats_t *st)
+{
+	size_t n;
+
+	if (!out || out->size < sizeof(out->size))
+		return;
+	n = out->size < sizeof(*st) ? out->size : sizeof(*st);
+	memcpy((char *)out + sizeof(out->size), (const char *)st + sizeof(st->size), n - sizeof(st->size));
+}
+
+/* Check the arguments common to every restore: 0, or an error recorded. */
+static int check_region(uffdsnap_reader_t *r, unsigned id, uffdsnap_region_info_t *ri)
+{
+	int rc;
+
+	if (!r)
+		return usnap_err(-EINVAL, "restore: the reader must not be NULL");
+	ri->size = sizeof(*ri);
+	if (uffdsnap_reader_region(r, id, ri))
+		return usnap_err(-ENOENT, "restore: the snapshot has no region %u", id);
+	if ((rc = usnap_reader_ready(r, id)))
+		return usnap_err(rc, "region '%s': %s", ri->name, uffdsnap_reader_error(r));
+	return 0;
+}
+
+/* Restore region id of r into t. The region was checked by check_region(). */
+static int run(uffdsnap_reader_t *r, unsigned id, const char *name, uint64_t length, const struct rs_target *t,
+	       const uffdsnap_restore_opts_t *opts, uffdsnap_restore_stats_t *stats)
+{
+	uffdsnap_info_t info = { .size = sizeof(info) };
+	struct rs_worker w[RS_MAX_THREADS] = { 0 };
+	uffdsnap_restore_stats_t st = { .size = sizeof(st) };
+	struct rs_job *j = calloc(1, sizeof(*j));
+	uint64_t t0 = usnap_now_ns(), placed;
+	unsigned n;
+	int rc = 0;
+
+	if (!j)
+		return usnap_err(-ENOMEM, "out of memory");
+	uffdsnap_reader_info(r, &info);
+	j->id = id;
+	j->t = t;
+	j->page_shift = (uint32_t)__builtin_ctz(info.page_size);
+	j->npages = length / info.page_size;
+	j->nchunks = usnap_reader_nchunks(r, id);
+	pthread_mutex_init(&j->msg_lock, NULL);
+	j->claimed = calloc((j->npages + 63) / 64, sizeof(*j->claimed));
+	n = thread_count(opts, j->nchunks);
+	if (!j->claimed) {
+		rc = usnap_err(-ENOMEM, "region '%s': out of memory for a bitmap of %" PRIu64 " pages", name,
+			       j->npages);
+		goto out;
+	}
+	/* the caller's thread is worker 0 and uses r itself; a clone or a
+	 * thread that cannot be had is not fatal: fewer threads do the work */
+	for (unsigned i = 1; i < n; i++) {
+		w[i].j = j;
+		if (usnap_reader_clone(r, &w[i].r) || usnap_thread_start(&w[i].t, worker_main, &w[i]))
+			break;
+		w[i].started = true;
+	}
+	usnap_clear_err();
+	work(j, r);
+	for (unsigned i = 1; i < n; i++) {
+		if (w[i].started) {
+			pthread_join(w[i].t, NULL);
+			st.threads++;
+		}
+		uffdsnap_reader_free(w[i].r);
+	}
+	st.threads++;
+	placed = j->pages_data + j->pages_zero;
+	if ((rc = j->err))
+		usnap_err(rc, "region '%s': %s", name, j->msg);
+	else if (placed != j->npages)
+		rc = usnap_err(-EBADMSG, "region '%s': %" PRIu64 " of its %" PRIu64 " pages are not recorded in the "
+			       "snapshot", name, j->npages - placed, j->npages);
+	st.elapsed_ns = usnap_now_ns() - t0;
+	st.bytes_total = length;
+	st.pages_data = j->pages_data;
+	st.pages_zero = j->pages_zero;
+	st.bytes_data = j->pages_data << j->page_shift;
+	st.chunks = j->nchunks;
+	stats_out(stats, &st);
+out:
+	pthread_mutex_destroy(&j->msg_lock);
+	free(j->claimed);
+	free(j);
+	return rc;
+}
+
+USNAP_EXPORT void uffdsnap_restore_opts_init(uffdsnap_restore_opts_t *opts)
+{
+	memset(opts, 0, sizeof(*opts));
+	opts->size = sizeof(*opts);
+}
+
+/* Restore into fd, which is empty; ftruncate()s it to the region first. */
+static int run_fd(uffdsnap_reader_t *r, unsigned id, const uffdsnap_region_info_t *ri, int fd,
+		  const uffdsnap_restore_opts_t *opts, uffdsnap_restore_stats_t *stats)
+{
+	struct rs_target t = { .fd = fd };
+
+	if (ftruncate(fd, (off_t)ri->length))
+		return usnap_err(-errno, "region '%s': sizing the output to %" PRIu64 " bytes: %s", ri->name,
+				 ri->length, strerror(errno));
+	return run(r, id, ri->name, ri->length, &t, opts, stats);
+}
+
+USNAP_EXPORT int uffdsnap_restore_memfd(uffdsnap_reader_t *r, unsigned id, int *fd_out,
+					const uffdsnap_restore_opts_t *opts, uffdsnap_restore_stats_t *stats)
+{
+	uffdsnap_region_info_t ri;
+	char name[250];
+	int fd, rc;
+
+	usnap_clear_err();
+	if (!fd_out)
+		return usnap_err(-EINVAL, "uffdsnap_restore_memfd: fd_out must not be NULL");
+	*fd_out = -1;
+	if ((rc = check_region(r, id, &ri)))
+		return rc;
+	/* memfd names are at most 249 bytes; the name is only a label in /proc */
+	snprintf(name, sizeof(name), "%s", ri.name);
+	if ((fd = memfd_create(name, MFD_CLOEXEC)) < 0)
+		return usnap_err(-errno, "region '%s': memfd_create: %s", ri.name, strerror(errno));
+	if ((rc = run_fd(r, id, &ri, fd, opts, stats))) {
+		close(fd);
+		return rc;
+	}
+	*fd_out = fd;
+	return 0;
+}
+
+USNAP_EXPORT int uffdsnap_restore_file(uffdsnap_reader_t *r, unsigned id, const char *path,
+				       const uffdsnap_restore_opts_t *opts, uffdsnap_restore_stats_t *stats)
+{
+	uffdsnap_region_info_t ri;
+	char tmp[PATH_MAX];
+	int fd, rc;
+
+	usnap_clear_err();
+	if (!path)
+		return usnap_err(-EINVAL, "uffdsnap_restore_file: path must not be NULL");
+	if ((rc = check_region(r, id, &ri)))
+		return rc;
+	if ((size_t)snprintf(tmp, sizeof(tmp), "%s.restore-XXXXXX", path) >= sizeof(tmp))
+		return usnap_err(-ENAMETOOLONG, "%s: path too long", path);
+	if ((fd = mkostemp(tmp, O_CLOEXEC)) < 0)
+		return usnap_err(-errno, "region '%s': creating %s: %s", ri.name, tmp, strerror(errno));
+	rc = run_fd(r, id, &ri, fd, opts, stats);
+	if (!rc && rename(tmp, path))
+		rc = usnap_err(-errno, "region '%s': renaming %s to %s: %s", ri.name, tmp, path, strerror(errno));
+	if (close(fd) && !rc)
+		rc = usnap_err(-errno, "region '%s': closing %s: %s", ri.name, path, strerror(errno));
+	if (rc)
+		unlink(tmp);
+	return rc;
+}
+
+USNAP_EXPORT int uffdsnap_restore_into(uffdsnap_reader_t *r, unsigned id, void *addr, size_t len,
+				       const uffdsnap_restore_opts_t *opts, uffdsnap_restore_stats_t *stats)
+{
+	uffdsnap_info_t info = { .size = sizeof(info) };
+	uffdsnap_region_info_t ri;
+	struct rs_target t = { .fd = -1, .addr = addr };
+	int rc;
+
+	usnap_clear_err();
+	if ((rc = check_region(r, id, &ri)))
+		return rc;
+	uffdsnap_reader_info(r, &info);
+	if (len != ri.length)
+		return usnap_err(-EINVAL, "region '%s' is %" PRIu64 " bytes in the snapshot, the memory given for it "
+				 "%zu bytes: the lengths must match", ri.name, ri.length, len);
+	if (!addr || (uintptr_t)addr % info.page_size)
+		return usnap_err(-EINVAL, "region '%s': the memory at %p is not aligned to the snapshot's page size "
+				 "%u", ri.name, addr, info.page_size);
+	return run(r, id, ri.name, ri.length, &t, opts, stats);
+}
+
+USNAP_EXPORT int uffdsnap_restore_ctx(uffdsnap_reader_t *r, uffdsnap_t *ctx, const uffdsnap_restore_opts_t *opts,
+				      uffdsnap_restore_stats_t *stats)
+{
+	uffdsnap_restore_stats_t sum = { .size = sizeof(sum) };
+	uffdsnap_region_info_t ri = { .size = sizeof(ri) };
+	int rc = 0, id;
+
+	usnap_clear_err();
+	if (!r || !ctx)
+		return usnap_err(-EINVAL, "uffdsnap_restore_ctx: reader and context must not be NULL");
+	/* held throughout: a snapshot must not start on half-restored memory */
+	pthread_mutex_lock(&ctx->lock);
+	if (ctx->active)
+		rc = usnap_err(-EBUSY, "a snapshot is running on this context");
+	else if (!ctx->nregs)
+		rc = usnap_err(-ENOENT, "the context has no regions");
+	/* match every region before writing any */
+	for (unsigned i = 0; i < ctx->nregs && !rc; i++) {
+		const struct usnap_reg *g = &ctx->regs[i];
+
+		if ((id = uffdsnap_reader_find(r, g->name)) < 0)
+			rc = usnap_err(-ENOENT, "region '%s' is registered with the context but not in the snapshot",
+				       g->name);
+		else if (!(rc = check_region(r, (unsigned)id, &ri)) && ri.length != g->len)
+			rc = usnap_err(-EINVAL, "region '%s' is %" PRIu64 " bytes in the snapshot and %zu bytes in the "
+				       "context: the lengths must match", g->name, ri.length, g->len);
+	}
+	for (unsigned i = 0; i < ctx->nregs && !rc; i++) {
+		const struct usnap_reg *g = &ctx->regs[i];
+		uffdsnap_restore_stats_t st = { .size = sizeof(st) };
+		struct rs_target t = { .fd = -1, .addr = (uint8_t *)g->addr };
+
+		id = uffdsnap_reader_find(r, g->name);
+		if (!(rc = run(r, (unsigned)id, g->name, g->len, &t, opts, &st))) {
+			sum.threads = st.threads > sum.threads ? st.threads : sum.threads;
+			sum.elapsed_ns += st.elapsed_ns;
+			sum.bytes_total += st.bytes_total;
+			sum.bytes_data += st.bytes_data;
+			sum.pages_data += st.pages_data;
+			sum.pages_zero += st.pages_zero;
+			sum.chunks += st.chunks;
+		}
+	}
+	pthread_mutex_unlock(&ctx->lock);
+	if (!rc)
+		stats_out(stats, &sum);
+	return rc;
+}

@@ -1,0 +1,429 @@
+/* SPDX-License-Identifier: LGPL-2.1-or-later */
+/*
+ * restore-bench: what restoring a snapshot costs a program, with the
+ * physical baselines measured in the same run (issue #5).
+ *
+ *   memcpy      GB/s between two pre-faulted buffers (one thread, best of 3)
+ *   raw read    read(2) of an uncompressed raw image (in the page cache) into
+ *               fresh memory: the "physical" way to load a memory image
+ *   decode      uffdsnap_reader_read() of the whole region into a pre-faulted
+ *               buffer, one thread: pread + CRC-32C + zstd + memcpy, no page
+ *               allocation (what eager restore costs before the kernel's part)
+ *   eager       uffdsnap_restore_memfd() on all CPUs, and uffdsnap_restore_into()
+ *               into fresh private memory: time until the program can run, GB/s
+ *   lazy        uffdsnap_lazy_start() into a fresh memfd: time until the
+ *               program can run; then one thread touches random pages while the
+ *               prefetcher runs (first-touch latency p50/p99) and the time until
+ *               every page is resident; the same with faults only (no prefetch)
+ *   mechanism   placing 256 KiB chunks into a registered memfd mapping with
+ *               UFFDIO_COPY against pwrite(2) into the memfd + UFFDIO_CONTINUE
+ *
+ * Data: per 64 KiB group, 2/16 zero pages, 4/16 random, 10/16 text-like
+ * (words and numbers; zstd -1 compresses the whole ~2.5:1).
+ * Not a test: needs root (or /dev/userfaultfd) and an idle machine.
+ *
+ *   restore-bench [--size MiB] [--out DIR] [--touches N] [--threads N] [--json]
+ */
+#include <errno.h>
+#include <fcntl.h>
+#include <getopt.h>
+#include <inttypes.h>
+#include <linux/userfaultfd.h>
+#include <stdbool.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/ioctl.h>
+#include <sys/mman.h>
+#include <sys/syscall.h>
+#include <sys/utsname.h>
+#include <time.h>
+#include <unistd.h>
+
+#include <uffdsnap.h>
+
+#define MiB (1024ull * 1024)
+#define PAGE 4096ull
+
+static uint64_t now_ns(void)
+{
+	struct timespec ts;
+
+	clock_gettime(CLOCK_MONOTONIC, &ts);
+	return (uint64_t)ts.tv_sec * 1000000000ull + (uint64_t)ts.tv_nsec;
+}
+
+static void die(const char *what, int err, const char *detail)
+{
+	fprintf(stderr, "restore-bench: %s: %s%s%s\n", what, strerror(err < 0 ? -err : err), detail ? ": " : "",
+		detail ? detail : "");
+	exit(1);
+}
+
+static uint64_t rnd(uint64_t *s)
+{
+	uint64_t z = (*s += 0x9E3779B97F4A7C15ull);
+
+	z = (z ^ (z >> 30)) * 0xBF58476D1CE4E5B9ull;
+	z = (z ^ (z >> 27)) * 0x94D049BB133111EBull;
+	return z ^ (z >> 31);
+}
+
+static void fill(uint8_t *p, size_t len)
+{
+	static const char *const words[] = { "alpha ", "beta ", "gamma ", "delta ", "lorem ", "ipsum ",
+					     "restore ", "snapshot ", "page ", "memory ", "\n", "42 ", "1337 " };
+	uint64_t s = 12345;
+
+	for (size_t pg = 0; pg < len / PAGE; pg++) {
+		uint8_t *q = p + pg * PAGE;
+		unsigned k = pg % 16;
+
+		if (k < 2)
+			continue; /* zero (the memfd is fresh: a hole) */
+		if (k < 6) {
+			for (size_t i = 0; i < PAGE; i += 8) {
+				uint64_t v = rnd(&s);
+				memcpy(q + i, &v, 8);
+			}
+			continue;
+		}
+		for (size_t i = 0; i < PAGE;) {
+			const char *w = words[rnd(&s) % 13];
+			size_t n = strlen(w);
+			if (n > PAGE - i)
+				n = PAGE - i;
+			memcpy(q + i, w, n);
+			i += n;
+		}
+	}
+}
+
+static int memfd_of(size_t len, uint8_t **addr)
+{
+	int fd = memfd_create("restore-bench", MFD_CLOEXEC);
+
+	if (fd < 0 || ftruncate(fd, (off_t)len))
+		die("memfd", errno, NULL);
+	*addr = mmap(NULL, len, PROT_READ | PROT_WRITE, MAP_SHARED, fd, 0);
+	if (*addr == MAP_FAILED)
+		die("mmap", errno, NULL);
+	return fd;
+}
+
+static double gbs(uint64_t bytes, uint64_t ns)
+{
+	return ns ? (double)bytes / (double)ns : 0;
+}
+
+static int cmp_u64(const void *a, const void *b)
+{
+	uint64_t x = *(const uint64_t *)a, y = *(const uint64_t *)b;
+
+	return x < y ? -1 : x > y;
+}
+
+static double memcpy_gbs(void)
+{
+	size_t len = 256 * MiB;
+	uint8_t *a = mmap(NULL, len, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS | MAP_POPULATE, -1, 0);
+	uint8_t *b = mmap(NULL, len, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS | MAP_POPULATE, -1, 0);
+	double best = 0;
+
+	memset(a, 1, len);
+	memset(b, 2, len);
+	for (int i = 0; i < 3; i++) {
+		uint64_t t0 = now_ns();
+		memcpy(b, a, len);
+		double g = gbs(len, now_ns() - t0);
+		best = g > best ? g : best;
+	}
+	munmap(a, len);
+	munmap(b, len);
+	return best;
+}
+
+static void write_file(const char *path, const uint8_t *p, size_t len)
+{
+	int fd = open(path, O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0600);
+
+	if (fd < 0)
+		die(path, errno, NULL);
+	for (size_t off = 0; off < len;) {
+		ssize_t n = write(fd, p + off, len - off > (1u << 30) ? (1u << 30) : len - off);
+		if (n <= 0)
+			die(path, errno, NULL);
+		off += (size_t)n;
+	}
+	close(fd);
+}
+
+/* read(2) of the raw image into fresh memory, as one would load a dump */
+static uint64_t raw_read_ns(const char *path, size_t len)
+{
+	int fd = open(path, O_RDONLY | O_CLOEXEC);
+	uint8_t *buf;
+	uint64_t t0;
+
+	if (fd < 0)
+		die(path, errno, NULL);
+	t0 = now_ns();
+	buf = mmap(NULL, len, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
+	for (size_t off = 0; off < len;) {
+		ssize_t n = read(fd, buf + off, len - off > (1u << 30) ? (1u << 30) : len - off);
+		if (n <= 0)
+			die("read", errno, NULL);
+		off += (size_t)n;
+	}
+	t0 = now_ns() - t0;
+	munmap(buf, len);
+	close(fd);
+	return t0;
+}
+
+struct lazy_result {
+	double start_ms, resident_ms, p50_us, p99_us, max_us;
+	uffdsnap_lazy_stats_t st;
+};
+
+/* Lazy restore into a fresh memfd; one thread touches `touches` random pages
+ * (each timed once, on its first touch) right after start. */
+static void lazy_run(const char *snap, size_t len, unsigned touches, uint32_t flags, struct lazy_result *res)
+{
+	uffdsnap_lazy_opts_t o;
+	uffdsnap_lazy_region_t reg = { .name = "heap", .len = len };
+	uffdsnap_reader_t *r;
+	uffdsnap_lazy_t *lz;
+	uint64_t *lat = calloc(touches, sizeof(*lat)), s = 99, t0;
+	uint8_t *seen = calloc(len / PAGE, 1);
+	uint8_t *addr;
+	int fd, rc;
+
+	if ((rc = uffdsnap_reader_open(&r, snap)))
+		die(snap, rc, uffdsnap_last_error());
+	fd = memfd_of(len, &addr);
+	reg.addr = addr;
+	uffdsnap_lazy_opts_init(&o);
+	o.flags = flags;
+	t0 = now_ns();
+	if ((rc = uffdsnap_lazy_start(&lz, r, &reg, 1, &o)))
+		die("uffdsnap_lazy_start", rc, uffdsnap_last_error());
+	res->start_ms = (now_ns() - t0) / 1e6;
+	for (unsigned i = 0; i < touches;) {
+		size_t p = rnd(&s) % (len / PAGE);
+		uint64_t a;
+
+		if (seen[p])
+			continue;
+		seen[p] = 1;
+		a = now_ns();
+		(void)*(volatile uint8_t *)(addr + p * PAGE + 64);
+		lat[i++] = now_ns() - a;
+	}
+	if ((rc = uffdsnap_lazy_wait(lz)))
+		die("uffdsnap_lazy_wait", rc, uffdsnap_lazy_error(lz));
+	res->st.size = sizeof(res->st);
+	uffdsnap_lazy_stats(lz, &res->st);
+	res->resident_ms = res->st.resident_ns / 1e6;
+	qsort(lat, touches, sizeof(*lat), cmp_u64);
+	res->p50_us = lat[touches / 2] / 1e3;
+	res->p99_us = lat[touches * 99 / 100] / 1e3;
+	res->max_us = lat[touches - 1] / 1e3;
+	uffdsnap_lazy_free(lz);
+	uffdsnap_reader_free(r);
+	munmap(addr, len);
+	close(fd);
+	free(lat);
+	free(seen);
+}
+
+/* uffdsnap_reader_read() of the whole region into warm memory, in 64 MiB pieces */
+static uint64_t decode_ns(uffdsnap_reader_t *r, size_t len)
+{
+	const size_t piece = 64 * MiB < len ? 64 * MiB : len;
+	uint8_t *buf = mmap(NULL, piece, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS | MAP_POPULATE, -1, 0);
+	uint64_t t0 = now_ns();
+	int rc;
+
+	for (size_t off = 0; off < len; off += piece)
+		if ((rc = uffdsnap_reader_read(r, 0, off, buf, len - off < piece ? len - off : piece)))
+			die("uffdsnap_reader_read", rc, uffdsnap_reader_error(r));
+	t0 = now_ns() - t0;
+	munmap(buf, piece);
+	return t0;
+}
+
+static int uffd_open(void)
+{
+	struct uffdio_api a = { .api = UFFD_API, .features = UFFD_FEATURE_MISSING_SHMEM | UFFD_FEATURE_MINOR_SHMEM };
+	int dev = open("/dev/userfaultfd", O_RDWR | O_CLOEXEC), fd;
+
+	fd = dev >= 0 ? ioctl(dev, _IO(0xAA, 0x00), O_CLOEXEC) : (int)syscall(SYS_userfaultfd, O_CLOEXEC);
+	if (dev >= 0)
+		close(dev);
+	if (fd < 0 || ioctl(fd, UFFDIO_API, &a))
+		die("userfaultfd", errno, NULL);
+	return fd;
+}
+
+/* GB/s placing 256 KiB chunks into a 256 MiB registered memfd mapping: UFFDIO_COPY
+ * (MISSING mode) or pwrite into the memfd + UFFDIO_CONTINUE (MINOR mode). */
+static double mechanism_gbs(bool cont)
+{
+	const size_t len = 256 * MiB, chunk = 256 * 1024;
+	uint8_t *src = malloc(chunk), *a;
+	int fd = memfd_of(len, &a), u = uffd_open();
+	struct uffdio_register reg = { .range = { (uintptr_t)a, len },
+				       .mode = UFFDIO_REGISTER_MODE_MISSING | (cont ? UFFDIO_REGISTER_MODE_MINOR : 0) };
+	uint64_t t0;
+
+	memset(src, 7, chunk);
+	if (ioctl(u, UFFDIO_REGISTER, &reg))
+		die("UFFDIO_REGISTER", errno, NULL);
+	t0 = now_ns();
+	for (size_t off = 0; off < len; off += chunk) {
+		if (cont) {
+			struct uffdio_continue c = { .range = { (uintptr_t)a + off, chunk } };
+			if (pwrite(fd, src, chunk, (off_t)off) != (ssize_t)chunk || ioctl(u, UFFDIO_CONTINUE, &c))
+				die("pwrite + UFFDIO_CONTINUE", errno, NULL);
+		} else {
+			struct uffdio_copy c = { .dst = (uintptr_t)a + off, .src = (uintptr_t)src, .len = chunk };
+			if (ioctl(u, UFFDIO_COPY, &c))
+				die("UFFDIO_COPY", errno, NULL);
+		}
+	}
+	t0 = now_ns() - t0;
+	munmap(a, len);
+	close(fd);
+	close(u);
+	free(src);
+	return gbs(len, t0);
+}
+
+int main(int argc, char **argv)
+{
+	static const struct option longopts[] = {
+		{ "size", required_argument, NULL, 's' },  { "out", required_argument, NULL, 'o' },
+		{ "touches", required_argument, NULL, 't' }, { "threads", required_argument, NULL, 'j' },
+		{ "json", no_argument, NULL, 'J' },        { 0 },
+	};
+	const char *out = "/var/tmp";
+	size_t size = 1024 * MiB;
+	unsigned touches = 2000;
+	int threads = 0, c, rc, fd;
+	bool json = false;
+	char snap[4096], raw[4096];
+	uffdsnap_restore_opts_t ro;
+	uffdsnap_restore_stats_t est = { .size = sizeof(est) }, ist = { .size = sizeof(ist) };
+	struct lazy_result lp = { 0 }, lf = { 0 };
+	uffdsnap_reader_t *r;
+	uffdsnap_snap_t *sn;
+	uffdsnap_t *ctx;
+	struct utsname u;
+	uint8_t *addr, *anon;
+	uint64_t t0, raw_ns, dec_ns, eager_ns, into_ns, file_bytes;
+	double mc, copy_gbs, cont_gbs;
+
+	while ((c = getopt_long(argc, argv, "s:o:t:j:J", longopts, NULL)) != -1) {
+		switch (c) {
+		case 's': size = strtoull(optarg, NULL, 0) * MiB; break;
+		case 'o': out = optarg; break;
+		case 't': touches = (unsigned)strtoul(optarg, NULL, 0); break;
+		case 'j': threads = atoi(optarg); break;
+		case 'J': json = true; break;
+		default:
+			fprintf(stderr, "usage: restore-bench [--size MiB] [--out DIR] [--touches N] [--threads N] "
+				"[--json]\n");
+			return 2;
+		}
+	}
+	if (!size || touches > size / PAGE / 2 || !touches)
+		die("arguments", EINVAL, "--size must be > 0 and --touches at most half its pages");
+	snprintf(snap, sizeof(snap), "%s/restore-bench-%d.snap", out, getpid());
+	snprintf(raw, sizeof(raw), "%s/restore-bench-%d.raw", out, getpid());
+
+	/* the image: a snapshot, and the same bytes raw */
+	fd = memfd_of(size, &addr);
+	fill(addr, size);
+	write_file(raw, addr, size);
+	if ((rc = uffdsnap_new(&ctx, NULL)))
+		die("uffdsnap_new", rc, uffdsnap_last_error());
+	if ((rc = uffdsnap_add_region(ctx, "heap", addr, size)) < 0)
+		die("uffdsnap_add_region", rc, uffdsnap_last_error());
+	if ((rc = uffdsnap_begin_file(ctx, snap, &sn)) || (rc = uffdsnap_wait(sn)))
+		die("snapshot", rc, uffdsnap_last_error());
+	uffdsnap_snap_free(sn);
+	uffdsnap_free(ctx);
+	munmap(addr, size);
+	close(fd);
+
+	mc = memcpy_gbs();
+	raw_ns = raw_read_ns(raw, size);
+
+	if ((rc = uffdsnap_reader_open(&r, snap)))
+		die(snap, rc, uffdsnap_last_error());
+	{
+		uffdsnap_info_t info = { .size = sizeof(info) };
+		uffdsnap_reader_info(r, &info);
+		file_bytes = info.bytes_file;
+	}
+	dec_ns = decode_ns(r, size);
+	uffdsnap_restore_opts_init(&ro);
+	ro.threads = threads;
+	t0 = now_ns();
+	if ((rc = uffdsnap_restore_memfd(r, 0, &fd, &ro, &est)))
+		die("uffdsnap_restore_memfd", rc, uffdsnap_last_error());
+	addr = mmap(NULL, size, PROT_READ | PROT_WRITE, MAP_SHARED, fd, 0);
+	eager_ns = now_ns() - t0;
+	munmap(addr, size);
+	close(fd);
+	anon = mmap(NULL, size, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
+	t0 = now_ns();
+	if ((rc = uffdsnap_restore_into(r, 0, anon, size, &ro, &ist)))
+		die("uffdsnap_restore_into", rc, uffdsnap_last_error());
+	into_ns = now_ns() - t0;
+	munmap(anon, size);
+	uffdsnap_reader_free(r);
+
+	lazy_run(snap, size, touches, 0, &lp);
+	lazy_run(snap, size, touches, UFFDSNAP_LAZY_NO_PREFETCH, &lf);
+	copy_gbs = mechanism_gbs(false);
+	cont_gbs = mechanism_gbs(true);
+	unlink(snap);
+	unlink(raw);
+
+	uname(&u);
+	if (json) {
+		printf("{\"size_mib\":%zu,\"cores\":%ld,\"kernel\":\"%s\",\"snapshot_bytes\":%" PRIu64 ",\"memcpy_gb_s\":%.2f,"
+		       "\"raw_read_ms\":%.1f,\"raw_read_gb_s\":%.2f,\"decode_1thread_gb_s\":%.2f,\"eager_memfd_ms\":%.1f,\"eager_memfd_gb_s\":%.2f,"
+		       "\"eager_threads\":%u,\"eager_into_ms\":%.1f,\"eager_into_gb_s\":%.2f,"
+		       "\"lazy_start_ms\":%.3f,\"lazy_resident_ms\":%.1f,\"lazy_touch_p50_us\":%.1f,"
+		       "\"lazy_touch_p99_us\":%.1f,\"lazy_pages_fault\":%" PRIu64 ",\"lazy_pages_prefetch\":%" PRIu64 ","
+		       "\"faultonly_touch_p50_us\":%.1f,\"faultonly_touch_p99_us\":%.1f,\"faultonly_resident_ms\":%.1f,"
+		       "\"uffdio_copy_gb_s\":%.2f,\"pwrite_continue_gb_s\":%.2f}\n",
+		       (size_t)(size / MiB), sysconf(_SC_NPROCESSORS_ONLN), u.release, file_bytes, mc, raw_ns / 1e6,
+		       gbs(size, raw_ns), gbs(size, dec_ns), eager_ns / 1e6, gbs(size, eager_ns), est.threads, into_ns / 1e6,
+		       gbs(size, into_ns), lp.start_ms, lp.resident_ms, lp.p50_us, lp.p99_us, lp.st.pages_fault,
+		       lp.st.pages_prefetch, lf.p50_us, lf.p99_us, lf.resident_ms, copy_gbs, cont_gbs);
+		return 0;
+	}
+	printf("restore-bench: %zu MiB, %ld CPUs, Linux %s; snapshot %.1f MiB (%.2f:1)\n", (size_t)(size / MiB),
+	       sysconf(_SC_NPROCESSORS_ONLN), u.release, file_bytes / (double)MiB, (double)size / (double)file_bytes);
+	printf("  memcpy (1 thread, pre-faulted)        %6.2f GB/s\n", mc);
+	printf("  raw read(2) into fresh memory          %8.1f ms   %6.2f GB/s   (program runs after)\n",
+	       raw_ns / 1e6, gbs(size, raw_ns));
+	printf("  decode only (reader_read, 1 thread, warm buffer)      %6.2f GB/s\n", gbs(size, dec_ns));
+	printf("  eager restore_memfd, %u threads         %8.1f ms   %6.2f GB/s   %.0f%% of memcpy\n", est.threads,
+	       eager_ns / 1e6, gbs(size, eager_ns), 100 * gbs(size, eager_ns) / mc);
+	printf("  eager restore_into fresh anon memory   %8.1f ms   %6.2f GB/s\n", into_ns / 1e6,
+	       gbs(size, into_ns));
+	printf("  lazy start (program runs after)        %8.3f ms\n", lp.start_ms);
+	printf("  lazy + prefetch: %u first touches p50 %.1f us p99 %.1f us max %.1f us; resident after %.1f ms;"
+	       " data pages by fault %" PRIu64 ", by prefetch %" PRIu64 "\n", touches, lp.p50_us, lp.p99_us,
+	       lp.max_us, lp.resident_ms, lp.st.pages_fault, lp.st.pages_prefetch);
+	printf("  lazy, faults only: %u first touches p50 %.1f us p99 %.1f us max %.1f us (then prefetch: resident "
+	       "after %.1f ms)\n", touches, lf.p50_us, lf.p99_us, lf.max_us, lf.resident_ms);
+	printf("  placing 256 KiB chunks: UFFDIO_COPY %.2f GB/s, pwrite + UFFDIO_CONTINUE %.2f GB/s\n", copy_gbs,
+	       cont_gbs);
+	return 0;
+}

@@ -1,0 +1,188 @@
+/* SPDX-License-Identifier: LGPL-2.1-or-later */
+/*
+ * The tool's restore, diff and cat subcommands, run as a user would run them
+ * (the uffdsnap binary next to this test in the build tree): exit codes,
+ * the pages and ranges diff reports, bytes restored and printed.
+ */
+#include <errno.h>
+#include <fcntl.h>
+#include <libgen.h>
+#include <stdarg.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/stat.h>
+#include <sys/wait.h>
+#include <unistd.h>
+
+#include "helpers.h"
+
+#define LEN (4 * MiB)
+
+static char tool[PATH_MAX];
+static char dir[PATH_MAX];
+static char snap_a[PATH_MAX + 8], snap_b[PATH_MAX + 8];
+static struct usnap_mem mem;
+static uint8_t *want_b;
+
+/* Run a shell command; returns its exit status and its stdout in out (cap bytes). */
+static int run(char *out, size_t cap, const char *fmt, ...) __attribute__((format(printf, 3, 4)));
+static int run(char *out, size_t cap, const char *fmt, ...)
+{
+	char cmd[4 * PATH_MAX];
+	size_t n = 0;
+	va_list ap;
+	FILE *p;
+	int st;
+
+	va_start(ap, fmt);
+	vsnprintf(cmd, sizeof(cmd), fmt, ap);
+	va_end(ap);
+	p = popen(cmd, "r");
+	ck_assert_msg(p, "popen %s: %s", cmd, strerror(errno));
+	while (n + 1 < cap && !feof(p)) {
+		size_t k = fread(out + n, 1, cap - 1 - n, p);
+		if (!k)
+			break;
+		n += k;
+	}
+	out[n] = '\0';
+	st = pclose(p);
+	ck_assert_msg(WIFEXITED(st), "%s: did not exit (status 0x%x)", cmd, st);
+	printf("  $ %s -> exit %d\n%s", cmd, WEXITSTATUS(st), out);
+	return WEXITSTATUS(st);
+}
+
+static void snap(uffdsnap_t *ctx, const char *path)
+{
+	uffdsnap_snap_t *s;
+	int r = uffdsnap_begin_file(ctx, path, &s);
+
+	ck_assert_msg(r == 0, "begin: %d %s", r, uffdsnap_last_error());
+	r = uffdsnap_wait(s);
+	ck_assert_msg(r == 0, "wait: %d %s", r, uffdsnap_snap_error(s));
+	uffdsnap_snap_free(s);
+}
+
+/* A: mixed contents; B: pages 3, 10..12 and 700 changed, and one hole filled. */
+static void setup(void)
+{
+	uffdsnap_t *ctx;
+
+	usnap_memfd(&mem, LEN);
+	usnap_fill_mixed(mem.addr, LEN, 5, 9, 4);
+	ctx = usnap_ctx_new(NULL);
+	usnap_add(ctx, "pool", mem.addr, LEN);
+	usnap_tmpdir(dir);
+	snprintf(snap_a, sizeof(snap_a), "%s/a", dir);
+	snprintf(snap_b, sizeof(snap_b), "%s/b", dir);
+	snap(ctx, snap_a);
+	mem.addr[3 * usnap_page + 17] ^= 1;
+	memset(mem.addr + 10 * usnap_page, 0x5a, 3 * usnap_page);
+	mem.addr[700 * usnap_page] ^= 0xff;
+	mem.addr[1 * usnap_page] = 1; /* page 1 was a hole */
+	snap(ctx, snap_b);
+	want_b = usnap_mem_copy(&mem);
+	uffdsnap_free(ctx);
+}
+
+static void cleanup(void)
+{
+	usnap_buf_free(want_b, LEN);
+	usnap_mem_free(&mem);
+	usnap_rmdir(dir);
+}
+
+START_TEST(diff_reports_pages)
+{
+	char out[8192];
+
+	usnap_watchdog(60, "diff_reports_pages");
+	setup();
+	ck_assert_int_eq(run(out, sizeof(out), "%s diff %s %s", tool, snap_a, snap_a), 0);
+	ck_assert(strstr(out, "region 'pool': identical (1024 pages)"));
+	ck_assert_int_eq(run(out, sizeof(out), "%s diff %s %s", tool, snap_a, snap_b), 1);
+	ck_assert(strstr(out, "region 'pool': 1, 3, 10-12, 700\n"));
+	ck_assert(strstr(out, "6 of 1024 pages differ, in 4 ranges"));
+	ck_assert_int_eq(run(out, sizeof(out), "%s diff %s /nonexistent 2>&1", tool, snap_a), 2);
+	cleanup();
+}
+END_TEST
+
+START_TEST(restore_to_file)
+{
+	char out[4096], path[PATH_MAX + 16];
+	uint8_t *got = usnap_buf_alloc(LEN);
+	struct stat sb;
+	int fd;
+
+	usnap_watchdog(60, "restore_to_file");
+	setup();
+	snprintf(path, sizeof(path), "/dev/shm/usnap-tool-%d", getpid());
+	ck_assert_int_eq(run(out, sizeof(out), "%s restore %s --region pool --to %s --threads 2", tool, snap_b, path),
+			 0);
+	ck_assert(strstr(out, "restored") && strstr(out, "GB/s"));
+	fd = open(path, O_RDONLY | O_CLOEXEC);
+	ck_assert(fd >= 0);
+	ck_assert_int_eq(fstat(fd, &sb), 0);
+	ck_assert_int_eq(pread(fd, got, LEN, 0), (ssize_t)LEN);
+	ck_assert(!memcmp(got, want_b, LEN));
+	/* fill_mixed left pages 1, 10, 19, ... as holes; B wrote 1 and 10 only */
+	ck_assert_int_ne(lseek(fd, 19 * usnap_page, SEEK_DATA), 19 * (off_t)usnap_page);
+	ck_assert_int_lt((long long)sb.st_blocks * 512, LEN);
+	close(fd);
+	unlink(path);
+	ck_assert_int_eq(run(out, sizeof(out), "%s restore %s --region nope --to %s 2>&1", tool, snap_b, path), 1);
+	ck_assert_int_eq(run(out, sizeof(out), "%s restore %s --to %s 2>/dev/null", tool, snap_b, path), 2);
+	ck_assert_int_eq(access(path, F_OK), -1);
+	usnap_buf_free(got, LEN);
+	cleanup();
+}
+END_TEST
+
+START_TEST(cat_bytes_and_hex)
+{
+	char out[8192], want[128];
+	size_t off = 10 * usnap_page - 8;
+
+	usnap_watchdog(60, "cat_bytes_and_hex");
+	setup();
+	ck_assert_int_eq(run(out, sizeof(out), "%s cat %s pool %zu 16 | od -An -tx1 -v | tr -d ' \\n'; echo", tool,
+			     snap_b, off), 0);
+	for (int i = 0; i < 16; i++)
+		snprintf(want + 2 * i, 3, "%02x", want_b[off + (size_t)i]);
+	ck_assert_msg(!strncmp(out, want, 32), "cat printed %s, the region holds %s", out, want);
+	ck_assert_int_eq(run(out, sizeof(out), "%s cat -x %s pool 0x%zx 24", tool, snap_b, off), 0);
+	ck_assert(!strncmp(out, "00009ff8 ", 9));
+	ck_assert(strstr(out, "5a 5a 5a 5a 5a 5a 5a 5a") && strstr(out, "|ZZZZZZZZ"));
+	ck_assert(strstr(out, "\n0000a010\n"));
+	ck_assert_int_eq(run(out, sizeof(out), "%s cat %s pool %zu 2 2>&1", tool, snap_b, (size_t)LEN - 1), 1);
+	cleanup();
+}
+END_TEST
+
+int main(void)
+{
+	char self[PATH_MAX];
+	ssize_t n;
+	Suite *s;
+	TCase *tc;
+
+	usnap_test_require_uffd();
+	n = readlink("/proc/self/exe", self, sizeof(self) - 1);
+	if (n <= 0)
+		return USNAP_SKIP;
+	self[n] = '\0';
+	snprintf(tool, sizeof(tool), "%s/../util/uffdsnap", dirname(self));
+	if (access(tool, X_OK)) {
+		printf("SKIP: the uffdsnap tool is not at %s\n", tool);
+		return USNAP_SKIP;
+	}
+	s = suite_create("restore-tool");
+	tc = tcase_create("tool");
+	tcase_set_timeout(tc, 60);
+	tcase_add_test(tc, diff_reports_pages);
+	tcase_add_test(tc, restore_to_file);
+	tcase_add_test(tc, cat_bytes_and_hex);
+	suite_add_tcase(s, tc);
+	return usnap_run_suite(s);
+}
