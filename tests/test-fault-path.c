@@ -143,7 +143,9 @@ START_TEST(fault_path_oracle)
 	close(sfd);
 	usnap_stats(s, &st);
 	usnap_stats_print("after the writes", &st);
-	ck_assert_int_eq(st.state, UFFDSNAP_STATE_RUNNING);
+	/* Not vacuous: writes went through the fault path. (Not "still running":
+	 * under a sanitizer on a loaded machine the writes can outlast the sweep.) */
+	ck_assert_uint_gt(st.pages_fault, 0);
 	atomic_store(&cb.sleep_us, 0);
 
 	r = uffdsnap_wait(s);
