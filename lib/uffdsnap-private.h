@@ -9,7 +9,9 @@
  *   fault.c     the fault-handler thread: fault path and sweep in one loop
  *   compress.c  compression workers: zero pages, zstd, checksummed records
  *   sink.c      sinks and the libuv I/O thread: header, chunks, index, trailer
- *   reader.c    everything that reads snapshot bytes
+ *   reader.c    everything that reads snapshot bytes (reader-private.h: for restore)
+ *   restore*.c  eager and lazy restore, and the page server (restore-private.h)
+ *   inject.c    test-only fault injection (never in the installed library)
  *   errors.c    errno texts and the per-thread error detail
  */
 #ifndef UFFDSNAP_PRIVATE_H
