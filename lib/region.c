@@ -334,7 +334,7 @@ USNAP_EXPORT int uffdsnap_add_region(uffdsnap_t *ctx, const char *name, void *ad
 		ctx->regs = n, ctx->cap = cap;
 	}
 	r = &ctx->regs[ctx->nregs];
-	*r = (struct usnap_reg){ .name = strdup(name), .kind = kind, .addr = a, .len = len,
+	*r = (struct usnap_reg){ .name = strdup(name), .kind = kind, .ino = v.ino, .addr = a, .len = len,
 				 .npages = len / ctx->page_size, .fd = fd, .file_off = file_off };
 	if (!r->name) {
 		if (fd >= 0)
@@ -448,6 +448,21 @@ int usnap_arm(uffdsnap_snap_t *s, struct usnap_sreg *sr)
 	uint64_t ioctls = 0;
 	int r;
 
+	/* Still the memory add_region checked? Something else may have been
+	 * mapped where the program unmapped a region, and would register fine. */
+	{
+		struct vma_line v;
+		enum usnap_kind kind;
+		off_t off;
+
+		r = scan_maps(reg->name, reg->addr, reg->addr + reg->len, &v, &off, &kind);
+		if (r)
+			return r;
+		if (kind != reg->kind || v.ino != reg->ino || (kind == USNAP_SHMEM && off != reg->file_off))
+			return usnap_err(-EFAULT, "region '%s': the memory at 0x%" PRIxPTR " is not what "
+					 "uffdsnap_add_region registered (unmapped and mapped again?)", reg->name,
+					 reg->addr);
+	}
 	r = uffd_register(s->uffd, reg->addr, reg->len, reg_mode(reg->kind, false), &ioctls);
 	if (r)
 		return usnap_err(r == -EINVAL || r == -ENOMEM ? -EFAULT : r,

@@ -70,6 +70,7 @@ struct usnap_reg {
 	uint64_t npages;
 	int fd;            /* SHMEM: the backing file, read with pread(); PRIVATE: -1 */
 	off_t file_off;    /* file offset of addr */
+	uint64_t ino;      /* the mapping's inode (0: anonymous), to notice a remap */
 };
 
 /* A run of pages [first, first + n) of one region. */
