@@ -95,6 +95,14 @@ int uffdsnap_region_count(const uffdsnap_t *ctx);
 uint64_t uffdsnap_kernel_features(const uffdsnap_t *ctx);
 
 /*
+ * Features this context uses (a subset of the above). Without
+ * UFFD_FEATURE_EVENT_FORK (the kernel grants it only with CAP_SYS_PTRACE) a
+ * process forked during a snapshot is not tracked: its writes to shared
+ * memory are not seen (docs/consistency.md).
+ */
+uint64_t uffdsnap_features(const uffdsnap_t *ctx);
+
+/*
  * Free the context. A snapshot still running is cancelled first (its writers
  * are released, uffdsnap_wait() on it returns -ECANCELED); its handle stays
  * valid until uffdsnap_snap_free(). Not thread-safe with other calls on ctx.
@@ -175,6 +183,10 @@ struct uffdsnap_stats {
 	uint64_t buffer_bound;    /* the configured bound */
 	uint64_t pages_zero_found;/* copied pages found all-zero, stored without data */
 	uint64_t chunks;          /* chunk records written */
+	/* events followed (docs/consistency.md): */
+	uint64_t forks;           /* processes forked while tracked (their faults were handled too) */
+	uint64_t remaps;          /* mremap()s of registered memory followed to the new address */
+	uint64_t unmaps;          /* munmap()s of registered memory */
 };
 
 #define UFFDSNAP_STATE_RUNNING 0

@@ -24,9 +24,10 @@
  * destroyed data without a write fault (hole punch, truncate, MADV_REMOVE):
  * the snapshot fails rather than record a hole that was never there.
  *
- * UFFD_EVENT_REMOVE (MADV_DONTNEED/MADV_REMOVE) on private memory that is
- * not copied yet fails the snapshot: the kernel drops those pages and their
- * protection, and nothing could tell the sweep that they ever held data.
+ * Messages come from every address space the snapshot tracks (space.c: ours
+ * and forked children's), and a region is looked up there by address, but
+ * resolved by region page: events (mremap, munmap, fork, MADV_DONTNEED) are
+ * handled by space.c as soon as they are read.
  *
  * The sweep walks every region in address order: pages already copied are
  * skipped, holes are recorded as zero without reading, populated runs are
@@ -57,11 +58,17 @@ struct handler {
 	uint64_t cur_page;
 	size_t cur_run;
 	bool sweep_done;
-	struct uffd_msg *held;    /* page faults read but not resolved yet */
+	struct held *held;        /* messages read but not handled yet */
 	size_t nheld, held_cap;
 };
 
+struct held {
+	unsigned space;
+	struct uffd_msg m;
+};
+
 static int read_messages(struct handler *h, bool resolve);
+static void wait_for_work(struct handler *h);
 
 /* ---- bitmap -------------------------------------------------------------------- */
 
@@ -117,17 +124,31 @@ static int event_pending(struct handler *h, uint64_t *t0)
 	return 0;
 }
 
-static int unprotect(struct handler *h, uintptr_t addr, size_t len)
+/*
+ * Un-protect pages [lo, hi) of region sr where space sp maps them. The pages
+ * are looked up again after every EAGAIN: the event read meanwhile may have
+ * moved or cut them. A child that has exited (ESRCH: no mm) has nothing left
+ * to un-protect.
+ */
+static int unprotect(struct handler *h, struct usnap_space *sp, const struct usnap_sreg *sr, uint64_t lo, uint64_t hi)
 {
-	struct uffdio_writeprotect wp = { .range = { addr, len }, .mode = 0 };
-	uint64_t t0 = 0;
+	uint64_t t0 = 0, at = lo, n;
+	uintptr_t addr;
 	int r;
 
-	while (ioctl(h->s->uffd, UFFDIO_WRITEPROTECT, &wp)) {
+	while (usnap_space_next(sp, sr, h->ps, &lo, hi, &addr, &n)) {
+		struct uffdio_writeprotect wp = { .range = { addr, n * h->ps }, .mode = 0 };
+		if (!ioctl(sp->uffd, UFFDIO_WRITEPROTECT, &wp)) {
+			at = lo;
+			continue;
+		}
+		if (errno == ESRCH && sp->child)
+			return 0;
 		if (errno != EAGAIN)
 			return -errno;
 		if ((r = event_pending(h, &t0)))
 			return r;
+		lo = at;
 	}
 	return 0;
 }
@@ -139,22 +160,29 @@ static void wake(int uffd, uintptr_t addr, size_t len)
 	ioctl(uffd, UFFDIO_WAKE, &r);
 }
 
-static int zeropage(struct handler *h, uintptr_t addr, size_t len)
+/* Fill page p of sr (a hole) where sp maps it, and wake its waiters. */
+static int zeropage(struct handler *h, struct usnap_space *sp, const struct usnap_sreg *sr, uint64_t p)
 {
-	struct uffdio_zeropage z = { .range = { addr, len }, .mode = 0 };
-	uint64_t t0 = 0;
+	uint64_t t0 = 0, lo = p, n;
+	uintptr_t addr;
 	int r;
 
-	while (ioctl(h->s->uffd, UFFDIO_ZEROPAGE, &z)) {
+	while (usnap_space_next(sp, sr, h->ps, &lo, p + 1, &addr, &n)) {
+		struct uffdio_zeropage z = { .range = { addr, h->ps }, .mode = 0 };
+		if (!ioctl(sp->uffd, UFFDIO_ZEROPAGE, &z))
+			return 0;
 		if (errno == EEXIST) {
 			/* Filled meanwhile (another mapping of the file): just retry it. */
-			wake(h->s->uffd, addr, len);
+			wake(sp->uffd, addr, h->ps);
 			return 0;
 		}
+		if (errno == ESRCH && sp->child)
+			return 0;
 		if (errno != EAGAIN)
 			return -errno;
 		if ((r = event_pending(h, &t0)))
 			return r;
+		lo = p;
 	}
 	return 0;
 }
@@ -192,15 +220,25 @@ static void fail_removed(struct handler *h, const struct usnap_reg *reg, uint64_
  * raises a write-protect fault, and private regions are not registered for
  * MISSING faults, so it cannot wait on this thread.
  */
-static int read_private(struct handler *h, const struct usnap_reg *reg, uint8_t *dst, uint64_t p, size_t want)
+static int read_private(struct handler *h, const struct usnap_sreg *sr, uint8_t *dst, uint64_t p, uint64_t n)
 {
-	struct iovec local = { dst, want }, remote = { (void *)(reg->addr + p * h->ps), want };
-	ssize_t r = process_vm_readv(getpid(), &local, 1, &remote, 1, 0);
+	uint64_t lo = p, got = 0, k;
+	uintptr_t addr;
 
-	if (r == (ssize_t)want)
+	/* Where the pages are now: mremap may have moved them. */
+	while (usnap_space_next(&h->s->spaces[0], sr, h->ps, &lo, p + n, &addr, &k) && got == lo - k - p) {
+		struct iovec local = { dst + got * h->ps, k * h->ps }, remote = { (void *)addr, k * h->ps };
+		ssize_t r = process_vm_readv(getpid(), &local, 1, &remote, 1, 0);
+		if (r != (ssize_t)(k * h->ps)) {
+			usnap_fail(h->s, r < 0 ? -errno : -EFAULT, "region '%s': reading page %" PRIu64 ": %s "
+				   "(was it unmapped?)", sr->reg->name, p + got, r < 0 ? strerror(errno) : "short read");
+			return -1;
+		}
+		got += k;
+	}
+	if (got == n)
 		return 0;
-	usnap_fail(h->s, r < 0 ? -errno : -EFAULT, "region '%s': reading page %" PRIu64 ": %s (was it unmapped?)",
-		   reg->name, p, r < 0 ? strerror(errno) : "short read");
+	usnap_fail(h->s, -EFAULT, "region '%s': page %" PRIu64 " is no longer mapped", sr->reg->name, p + got);
 	return -1;
 }
 
@@ -246,7 +284,7 @@ static int copy_pages(struct handler *h, struct usnap_sreg *sr, struct usnap_job
 	uint8_t *dst = j->raw + (size_t)j->data_pages * h->ps;
 	size_t want = n * h->ps;
 
-	if (reg->kind == USNAP_PRIVATE ? read_private(h, reg, dst, p, want) : read_shmem(h, reg, dst, p, n))
+	if (reg->kind == USNAP_PRIVATE ? read_private(h, sr, dst, p, n) : read_shmem(h, reg, dst, p, n))
 		return -1;
 	add_extent(j, p, n, USNAP_EXT_DATA);
 	j->data_pages += (uint32_t)n;
@@ -255,23 +293,6 @@ static int copy_pages(struct handler *h, struct usnap_sreg *sr, struct usnap_job
 }
 
 /* ---- the fault path ------------------------------------------------------------------------ */
-
-static struct usnap_sreg *lookup(const uffdsnap_snap_t *s, uintptr_t addr)
-{
-	size_t lo = 0, hi = s->nregions;
-
-	while (lo < hi) {
-		size_t mid = lo + (hi - lo) / 2;
-		const struct usnap_reg *r = s->by_addr[mid]->reg;
-		if (addr < r->addr)
-			hi = mid;
-		else if (addr >= r->addr + r->len)
-			lo = mid + 1;
-		else
-			return s->by_addr[mid];
-	}
-	return NULL;
-}
 
 /*
  * Fault-around: a write fault copies and un-protects the aligned 64 KiB around
@@ -294,9 +315,19 @@ static struct usnap_job *fault_job(struct handler *h, struct usnap_sreg *sr)
 	}
 	if (j)
 		return j;
-	/* Backpressure: the writer waits until the sink frees a buffer. */
+	/* Backpressure: the writer waits until the sink frees a buffer. Events
+	 * are still read meanwhile: a thread forking or unmapping would
+	 * otherwise wait for the sink too, and it may be the one that drains it. */
 	t0 = usnap_now_ns();
-	j = usnap_job_get(s, true);
+	while (!(j = usnap_job_get(s)) && !atomic_load(&s->abort)) {
+		int n = read_messages(h, false);
+		if (n < 0) {
+			usnap_fail(s, n, "reading the userfaultfd: %s", strerror(-n));
+			break;
+		}
+		if (n == 0)
+			wait_for_work(h);
+	}
 	waited = usnap_now_ns() - t0;
 	max = atomic_load(&s->fault_wait_max_ns);
 	while (waited > max && !atomic_compare_exchange_weak(&s->fault_wait_max_ns, &max, waited))
@@ -329,35 +360,56 @@ static int copy_around(struct handler *h, struct usnap_sreg *sr, struct usnap_jo
 	return 0;
 }
 
-static void handle_fault(struct handler *h, const struct uffd_msg *m)
+/*
+ * A fault on registered memory that is no region's any more (a region grown
+ * in place by mremap, say): resolve it as if nothing tracked it, or the
+ * writer would fault again for as long as the snapshot runs.
+ */
+static int untracked(struct usnap_space *sp, uintptr_t addr, size_t ps, bool wp)
+{
+	struct uffdio_writeprotect w = { .range = { addr, ps }, .mode = 0 };
+	struct uffdio_zeropage z = { .range = { addr, ps }, .mode = 0 };
+
+	if (!ioctl(sp->uffd, wp ? UFFDIO_WRITEPROTECT : UFFDIO_ZEROPAGE, wp ? (void *)&w : (void *)&z))
+		return 0;
+	/* Gone or filled meanwhile (EAGAIN: an event; the writer retries and
+	 * faults again if need be): a wake is all it takes. */
+	wake(sp->uffd, addr, ps);
+	return 0;
+}
+
+static void handle_fault(struct handler *h, struct usnap_space *sp, const struct uffd_msg *m)
 {
 	uffdsnap_snap_t *s = h->s;
 	uintptr_t addr = (uintptr_t)m->arg.pagefault.address & ~(uintptr_t)(h->ps - 1);
 	bool wp = m->arg.pagefault.flags & UFFD_PAGEFAULT_FLAG_WP;
+	const struct usnap_map *map;
 	uint64_t p, lo, hi;
 	struct usnap_sreg *sr;
 	struct usnap_job *j;
 	int r;
 
-	if (m->event != UFFD_EVENT_PAGEFAULT)
-		return;
 	atomic_fetch_add(&s->faults, 1);
-	sr = lookup(s, addr);
-	if (!sr) {
-		wake(s->uffd, addr, h->ps);
+	map = usnap_space_find(sp, addr, h->ps);
+	if (!map) {
+		untracked(sp, addr, h->ps, wp);
 		return;
 	}
-	p = lo = (addr - sr->reg->addr) / h->ps;
+	sr = map->sr;
+	p = lo = map->first + (addr - map->addr) / h->ps;
 	hi = p + 1;
-	if (!test_bit(sr->copied, p)) {
+	if (wp) {
+		lo = p & ~(uint64_t)(h->around - 1);
+		hi = lo + h->around < sr->reg->npages ? lo + h->around : sr->reg->npages;
+	}
+	/* A child's private pages are its own copies, never the snapshot's. */
+	if (!test_bit(sr->copied, p) && !(sp->child && sr->reg->kind == USNAP_PRIVATE)) {
 		if (!wp && usnap_in_data(sr, p))
 			return fail_removed(h, sr->reg, p);
 		j = fault_job(h, sr);
 		if (!j)
 			return;
 		if (wp) {
-			lo = p & ~(uint64_t)(h->around - 1);
-			hi = lo + h->around < sr->reg->npages ? lo + h->around : sr->reg->npages;
 			if (copy_around(h, sr, j, lo, hi))
 				return;
 		} else {
@@ -367,10 +419,16 @@ static void handle_fault(struct handler *h, const struct uffd_msg *m)
 		}
 	}
 	/* Every populated page of [lo, hi) is copied now: un-protect them all. */
-	r = wp ? unprotect(h, sr->reg->addr + lo * h->ps, (hi - lo) * h->ps) : zeropage(h, addr, h->ps);
-	if (r)
+	r = wp ? unprotect(h, sp, sr, lo, hi) : zeropage(h, sp, sr, p);
+	if (r) {
 		usnap_fail(s, r, "region '%s': resolving a %s fault at 0x%" PRIxPTR ": %s", sr->reg->name,
 			   wp ? "write-protect" : "missing", addr, strerror(-r));
+		return;
+	}
+	/* Resolved where the page is now; its writer may sleep where it was. */
+	map = usnap_space_find(sp, addr, h->ps);
+	if (!map || map->sr != sr || map->first + (addr - map->addr) / h->ps != p)
+		wake(sp->uffd, addr, h->ps);
 }
 
 /* ---- the sweep ----------------------------------------------------------------------------- */
@@ -428,7 +486,7 @@ static void sweep_step(struct handler *h, struct usnap_job *j)
 	 * protection. This also wakes writers whose messages are still queued. */
 	if (hi > lo) {
 		sr = &s->sregs[j->region];
-		int r = unprotect(h, sr->reg->addr + lo * h->ps, (hi - lo) * h->ps);
+		int r = unprotect(h, &s->spaces[0], sr, lo, hi);
 		if (r) {
 			usnap_fail(s, r, "region '%s': un-protecting after the sweep: %s", sr->reg->name, strerror(-r));
 			return usnap_job_put(s, j);
@@ -446,106 +504,89 @@ static void sweep_step(struct handler *h, struct usnap_job *j)
 
 #define FAULT_BATCH 64
 
-/*
- * MADV_DONTNEED (or MADV_REMOVE) on private memory discards the pages: the
- * kernel keeps no marker for anonymous memory, so a page not yet copied would
- * silently read as zeros. The event comes before the zap, but reading it lets
- * the zap go on, so the pre-image cannot be saved: fail the snapshot. Shared
- * memory keeps its pages in the page cache (DONTNEED) or is caught by the
- * hole check (REMOVE), so its events need nothing.
- */
-static void handle_remove(struct handler *h, const struct uffd_msg *m)
-{
-	uffdsnap_snap_t *s = h->s;
-	uintptr_t start = (uintptr_t)m->arg.remove.start, end = (uintptr_t)m->arg.remove.end;
-
-	for (unsigned i = 0; i < s->nregions; i++) {
-		struct usnap_sreg *sr = &s->sregs[i];
-		const struct usnap_reg *reg = sr->reg;
-		uintptr_t lo = start > reg->addr ? start : reg->addr;
-		uintptr_t hi = end < reg->addr + reg->len ? end : reg->addr + reg->len;
-		uint64_t p0, p1, q;
-
-		if (reg->kind != USNAP_PRIVATE || lo >= hi)
-			continue;
-		p0 = (lo - reg->addr) / h->ps;
-		p1 = (hi - reg->addr + h->ps - 1) / h->ps;
-		q = find_bit(sr->copied, p0, p1, false);
-		if (q < p1) {
-			usnap_fail(s, -ESTALE, "region '%s': MADV_DONTNEED/MADV_REMOVE discarded the page at offset "
-				   "0x%" PRIx64 " of private memory before it was copied", reg->name, q * h->ps);
-			return;
-		}
-	}
-}
-
-static int hold(struct handler *h, const struct uffd_msg *m)
+static int hold(struct handler *h, unsigned space, const struct uffd_msg *m)
 {
 	if (h->nheld == h->held_cap) {
 		size_t cap = h->held_cap ? h->held_cap * 2 : 64;
-		struct uffd_msg *n = realloc(h->held, cap * sizeof(*n));
+		struct held *n = realloc(h->held, cap * sizeof(*n));
 		if (!n)
 			return -ENOMEM;
 		h->held = n, h->held_cap = cap;
 	}
-	h->held[h->nheld++] = *m;
+	h->held[h->nheld++] = (struct held){ space, *m };
 	return 0;
 }
 
 /*
- * Read pending messages: events are handled at once (the thread that caused
- * one sleeps until it is read, and resolving ioctls fail with EAGAIN until
- * then); page faults are resolved now if `resolve`, else held for later.
- * Returns how many were read, 0 if none, or a negative errno.
+ * Read the pending messages of every space. Events are handled at once (the
+ * thread that caused one sleeps until it is read, and resolving ioctls fail
+ * with EAGAIN until then); page faults are resolved now if `resolve`, else
+ * held for later. Returns how many were read, 0 if none, or a negative errno.
  */
 static int read_messages(struct handler *h, bool resolve)
 {
+	uffdsnap_snap_t *s = h->s;
 	struct uffd_msg msgs[FAULT_BATCH];
-	ssize_t n = read(h->s->uffd, msgs, sizeof(msgs));
+	int total = 0;
 
-	if (n < 0)
-		return errno == EAGAIN || errno == EINTR ? 0 : -errno;
-	n /= (ssize_t)sizeof(msgs[0]);
-	for (ssize_t i = 0; i < n && !atomic_load(&h->s->abort); i++) {
-		if (msgs[i].event == UFFD_EVENT_REMOVE)
-			handle_remove(h, &msgs[i]);
-		else if (msgs[i].event != UFFD_EVENT_PAGEFAULT)
-			continue;
-		else if (resolve)
-			handle_fault(h, &msgs[i]);
-		else if (hold(h, &msgs[i]))
-			usnap_fail(h->s, -ENOMEM, "holding fault messages");
+	for (unsigned si = 0; si < s->nspaces; si++) { /* a FORK adds spaces: read them too */
+		ssize_t n = read(s->spaces[si].uffd, msgs, sizeof(msgs));
+		if (n < 0 && errno != EAGAIN && errno != EINTR)
+			return -errno;
+		n = n < 0 ? 0 : n / (ssize_t)sizeof(msgs[0]);
+		for (ssize_t i = 0; i < n; i++) {
+			if (msgs[i].event != UFFD_EVENT_PAGEFAULT)
+				usnap_space_event(s, &s->spaces[si], &msgs[i]);
+			else if (atomic_load(&s->abort))
+				continue; /* unregistering wakes it */
+			else if (resolve)
+				handle_fault(h, &s->spaces[si], &msgs[i]);
+			else if (hold(h, si, &msgs[i]))
+				usnap_fail(s, -ENOMEM, "holding fault messages");
+		}
+		total += (int)n;
 	}
-	return (int)n;
+	return total;
 }
 
 /* Resolve held faults, including any held while resolving them. */
 static void resolve_held(struct handler *h)
 {
 	for (size_t i = 0; i < h->nheld && !atomic_load(&h->s->abort); i++) {
-		struct uffd_msg m = h->held[i]; /* hold() may move the array */
-		handle_fault(h, &m);
+		struct held m = h->held[i]; /* hold() may move the array */
+		handle_fault(h, &h->s->spaces[m.space], &m.m);
 	}
 	h->nheld = 0;
 }
 
 /* Messages of faults that the unregister resolved are stale: a MISSING one
- * read by the next snapshot would record a populated page as a hole. */
+ * read by the next snapshot would record a populated page as a hole. A FORK
+ * one carries a descriptor. */
 static void discard_messages(int uffd)
 {
 	struct uffd_msg msgs[FAULT_BATCH];
+	ssize_t n;
 
-	while (read(uffd, msgs, sizeof(msgs)) > 0)
-		;
+	while ((n = read(uffd, msgs, sizeof(msgs))) > 0)
+		for (ssize_t i = 0; i < n / (ssize_t)sizeof(msgs[0]); i++)
+			usnap_msg_drop(&msgs[i]);
 }
 
 static void wait_for_work(struct handler *h)
 {
-	struct pollfd pfd[2] = { { .fd = h->s->uffd, .events = POLLIN }, { .fd = h->s->ctl_efd, .events = POLLIN } };
+	uffdsnap_snap_t *s = h->s;
+	struct pollfd pfd[USNAP_MAX_SPACES + 1];
 	uint64_t v;
 
-	if (poll(pfd, 2, -1) > 0 && (pfd[1].revents & POLLIN)) {
-		if (read(h->s->ctl_efd, &v, sizeof(v)) < 0) {
+	/* The wake-up of a failure may have been consumed by an earlier wait
+	 * (waiting for a buffer): it was set before that wake-up was sent. */
+	if (atomic_load(&s->abort) && atomic_load(&s->go))
+		return;
+	pfd[0] = (struct pollfd){ .fd = s->ctl_efd, .events = POLLIN };
+	for (unsigned i = 0; i < s->nspaces; i++)
+		pfd[i + 1] = (struct pollfd){ .fd = s->spaces[i].uffd, .events = POLLIN };
+	if (poll(pfd, s->nspaces + 1, -1) > 0 && (pfd[0].revents & POLLIN)) {
+		if (read(s->ctl_efd, &v, sizeof(v)) < 0) {
 			/* EAGAIN: consumed by an earlier wake-up */
 		}
 	}
@@ -582,7 +623,7 @@ void *usnap_handler_main(void *arg)
 			break;
 		}
 		if (!h.sweep_done) {
-			j = usnap_job_get(s, false);
+			j = usnap_job_get(s);
 			if (j) {
 				sweep_step(&h, j);
 				continue;
@@ -603,8 +644,9 @@ void *usnap_handler_main(void *arg)
 	/* Success or failure, this is where protection ends: unregistering
 	 * clears every uffd-wp bit and marker and wakes every waiting thread
 	 * (held faults included). */
-	for (unsigned i = 0; i < s->nregions; i++)
-		usnap_disarm(s, &s->sregs[i]);
+	usnap_disarm_all(s);
+	for (unsigned i = 1; i < s->nspaces; i++)
+		usnap_space_end(s, &s->spaces[i]);
 	discard_messages(s->uffd);
 	free(h.held);
 	atomic_store(&s->window_end_ns, usnap_now_ns());

@@ -29,6 +29,15 @@
  * it protects never-touched private pages without pre-faulting them.
  */
 #define USNAP_REQUIRED (UFFD_FEATURE_WP_HUGETLBFS_SHMEM | UFFD_FEATURE_MISSING_SHMEM | UFFD_FEATURE_EVENT_REMOVE)
+/*
+ * Taken when offered. mremap and munmap events let a snapshot follow a region
+ * that moves or goes away. FORK events keep a child's mappings tracked (its
+ * writes to shared memory are writes into the snapshot's memory too); the
+ * kernel grants them only with CAP_SYS_PTRACE, and without them a child's
+ * mappings are simply not registered (docs/consistency.md).
+ */
+#define USNAP_WANTED (UFFD_FEATURE_WP_UNPOPULATED | UFFD_FEATURE_EVENT_REMAP | UFFD_FEATURE_EVENT_UNMAP | \
+		      UFFD_FEATURE_EVENT_FORK)
 
 USNAP_EXPORT void uffdsnap_opts_init(uffdsnap_opts_t *opts)
 {
@@ -68,11 +77,23 @@ static int api(int fd, uint64_t features, uint64_t *got)
 	return 0;
 }
 
+/* UFFDIO_API with `features` on a descriptor of its own. */
+static int api_probe(bool user_mode_only, uint64_t features, uint64_t *got)
+{
+	int fd = open_raw(user_mode_only), r;
+
+	if (fd < 0)
+		return fd;
+	r = api(fd, features, got);
+	close(fd);
+	return r;
+}
+
 int usnap_uffd_open(uffdsnap_t *ctx)
 {
 	bool umo = false;
-	uint64_t avail = 0, got;
-	int fd, probe, r;
+	uint64_t avail = 0, got, want;
+	int fd, r;
 
 	fd = open_raw(false);
 	if (fd == -EPERM && (ctx->opts.flags & UFFDSNAP_OPT_ALLOW_USER_MODE_ONLY)) {
@@ -90,16 +111,10 @@ int usnap_uffd_open(uffdsnap_t *ctx)
 
 	/* UFFDIO_API can be called once per descriptor and rejects unknown
 	 * feature bits, so ask what exists on a throwaway descriptor first. */
-	probe = open_raw(umo);
-	if (probe < 0) {
-		close(fd);
-		return usnap_err(probe, "userfaultfd (probe): %s", strerror(-probe));
-	}
-	r = api(probe, 0, &avail);
-	close(probe);
+	r = api_probe(umo, 0, &avail);
 	if (r) {
 		close(fd);
-		return usnap_err(r, "UFFDIO_API: %s", strerror(-r));
+		return usnap_err(r, "UFFDIO_API (probe): %s", strerror(-r));
 	}
 	if ((avail & USNAP_REQUIRED) != USNAP_REQUIRED) {
 		close(fd);
@@ -107,13 +122,24 @@ int usnap_uffd_open(uffdsnap_t *ctx)
 				 "on shmem (need UFFD_FEATURE_WP_HUGETLBFS_SHMEM, Linux 5.19+)",
 				 (unsigned long long)avail);
 	}
-	r = api(fd, USNAP_REQUIRED | (avail & UFFD_FEATURE_WP_UNPOPULATED), &got);
+	want = USNAP_REQUIRED | (avail & USNAP_WANTED);
+	if (want & UFFD_FEATURE_EVENT_FORK) {
+		r = api_probe(umo, UFFD_FEATURE_EVENT_FORK, &got);
+		if (r == -EPERM)
+			want &= ~(uint64_t)UFFD_FEATURE_EVENT_FORK;
+		else if (r) {
+			close(fd);
+			return usnap_err(r, "UFFDIO_API (probe): %s", strerror(-r));
+		}
+	}
+	r = api(fd, want, &got);
 	if (r) {
 		close(fd);
 		return usnap_err(r, "UFFDIO_API(0x%llx): %s", (unsigned long long)USNAP_REQUIRED, strerror(-r));
 	}
 	ctx->uffd = fd;
 	ctx->features = avail;
+	ctx->enabled = want;
 	ctx->user_mode_only = umo;
 	return 0;
 }
@@ -178,6 +204,11 @@ USNAP_EXPORT int uffdsnap_new(uffdsnap_t **ctxp, const uffdsnap_opts_t *opts)
 USNAP_EXPORT uint64_t uffdsnap_kernel_features(const uffdsnap_t *ctx)
 {
 	return ctx ? ctx->features : 0;
+}
+
+USNAP_EXPORT uint64_t uffdsnap_features(const uffdsnap_t *ctx)
+{
+	return ctx ? ctx->enabled : 0;
 }
 
 USNAP_EXPORT void uffdsnap_free(uffdsnap_t *ctx)

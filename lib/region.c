@@ -483,23 +483,75 @@ int usnap_arm(uffdsnap_snap_t *s, struct usnap_sreg *sr)
 	return 0;
 }
 
-void usnap_disarm(uffdsnap_snap_t *s, struct usnap_sreg *sr)
+/* The next mapping listed in /proc/self/maps; false at the end. */
+static bool next_vma(FILE *f, uintptr_t *start, uintptr_t *end)
 {
-	if (!sr->registered)
-		return;
-	/* Failure here means the program unmapped the range itself: nothing of
-	 * ours is left on it then. */
-	uffd_unregister(s->uffd, sr->reg->addr, sr->reg->len);
-	/*
-	 * UNREGISTER wakes waiters before it changes the VMA, and a fault taken
-	 * under the per-VMA lock (Linux 6.7+) can enqueue itself in between and
-	 * sleep forever (seen here: a writer stuck in handle_userfault after the
-	 * range was unregistered). Once UNREGISTER returns, such a waiter is
-	 * queued, so one more wake releases it; it then faults normally.
-	 */
-	struct uffdio_range range = { sr->reg->addr, sr->reg->len };
-	ioctl(s->uffd, UFFDIO_WAKE, &range);
-	sr->registered = false;
+	char line[512];
+
+	while (fgets(line, sizeof(line), f)) {
+		unsigned long a, b;
+		bool whole = strchr(line, '\n') != NULL;
+		int c;
+
+		while (!whole && (c = fgetc(f)) != EOF && c != '\n') /* a long path: skip the rest */
+			;
+		if (sscanf(line, "%lx-%lx", &a, &b) == 2) {
+			*start = a, *end = b;
+			return true;
+		}
+	}
+	return false;
+}
+
+/*
+ * End of tracking for every region: unregister where the regions are now
+ * (mremap may have moved them, munmap cut them: nothing of ours is left
+ * where they were), each range widened to whole VMAs. A region that mremap
+ * grew in place took its registration into the new tail, and no event says
+ * so; left registered, a hole there would raise a MISSING fault that nobody
+ * reads once the snapshot is over. Widening is safe: this descriptor has no
+ * registration outside snapshots, so every VMA it touches is ours to clear.
+ * The pieces and /proc/self/maps are both in address order: one pass.
+ */
+void usnap_disarm_all(uffdsnap_snap_t *s)
+{
+	const struct usnap_space *sp = &s->spaces[0];
+	FILE *f = fopen("/proc/self/maps", "re");
+	uintptr_t vs = 0, ve = 0;
+	bool more = f != NULL;
+	size_t ps = s->page_size;
+
+	for (size_t i = 0; i < sp->nmaps; i++) {
+		const struct usnap_map *m = &sp->maps[i];
+		uintptr_t a = m->addr, b = m->addr + m->npages * ps;
+
+		if (!m->sr->registered)
+			continue;
+		while (more && ve <= a)
+			more = next_vma(f, &vs, &ve);
+		if (more && vs < a)
+			a = vs;
+		while (more && ve < b)
+			more = next_vma(f, &vs, &ve);
+		if (more && vs < b && ve > b)
+			b = ve;
+		struct uffdio_range range = { a, b - a };
+		/* Failure: the program unmapped the range itself; nothing is left. */
+		uffd_unregister(s->uffd, a, b - a);
+		/*
+		 * UNREGISTER wakes waiters before it changes the VMA, and a fault
+		 * taken under the per-VMA lock (Linux 6.7+) can enqueue itself in
+		 * between and sleep forever (seen here: a writer stuck in
+		 * handle_userfault after the range was unregistered). Once
+		 * UNREGISTER returns, such a waiter is queued, so one more wake
+		 * releases it; it then faults normally.
+		 */
+		ioctl(s->uffd, UFFDIO_WAKE, &range);
+	}
+	if (f)
+		fclose(f);
+	for (unsigned i = 0; i < s->nregions; i++)
+		s->sregs[i].registered = false;
 }
 
 bool usnap_in_data(const struct usnap_sreg *sr, uint64_t page)

@@ -75,13 +75,12 @@ void usnap_pool_free(struct usnap_pool *p)
 	memset(p, 0, sizeof(*p));
 }
 
-struct usnap_job *usnap_job_get(uffdsnap_snap_t *s, bool wait)
+struct usnap_job *usnap_job_get(uffdsnap_snap_t *s)
 {
 	struct usnap_job *j;
 
 	pthread_mutex_lock(&s->pool_lock);
-	while (!(j = s->free_jobs) && wait && !atomic_load(&s->abort))
-		pthread_cond_wait(&s->pool_cv, &s->pool_lock);
+	j = s->free_jobs;
 	if (j && !atomic_load(&s->abort)) {
 		s->free_jobs = j->next;
 		if (++s->jobs_in_use > s->jobs_peak)
@@ -108,9 +107,8 @@ void usnap_job_put(uffdsnap_snap_t *s, struct usnap_job *j)
 	j->next = s->free_jobs;
 	s->free_jobs = j;
 	s->jobs_in_use--;
-	pthread_cond_signal(&s->pool_cv);
 	pthread_mutex_unlock(&s->pool_lock);
-	/* The handler may be in poll() with sweep work waiting for a buffer. */
+	/* The handler may be in poll() with work waiting for a buffer. */
 	if (write(s->ctl_efd, &one, sizeof(one)) < 0) {
 		/* EAGAIN: the counter is already non-zero, the handler will wake. */
 	}
@@ -137,9 +135,6 @@ void usnap_fail(uffdsnap_snap_t *s, int err, const char *fmt, ...)
 	if (write(s->ctl_efd, &one, sizeof(one)) < 0) {
 		/* counter already set */
 	}
-	pthread_mutex_lock(&s->pool_lock);
-	pthread_cond_broadcast(&s->pool_cv);
-	pthread_mutex_unlock(&s->pool_lock);
 	pthread_mutex_lock(&s->cq_lock);
 	pthread_cond_broadcast(&s->cq_cv);
 	pthread_mutex_unlock(&s->cq_lock);
@@ -177,6 +172,7 @@ static void snap_destroy(uffdsnap_snap_t *s)
 		free(s->sregs[i].copied);
 		free(s->sregs[i].data);
 	}
+	usnap_spaces_free(s);
 	free(s->sregs);
 	free(s->by_addr);
 	free(s->workers);
@@ -190,7 +186,6 @@ static void snap_destroy(uffdsnap_snap_t *s)
 
 	pthread_mutex_destroy(&s->join_lock);
 	pthread_mutex_destroy(&s->pool_lock);
-	pthread_cond_destroy(&s->pool_cv);
 	pthread_mutex_destroy(&s->cq_lock);
 	pthread_cond_destroy(&s->cq_cv);
 	pthread_mutex_destroy(&s->io.lock);
@@ -213,7 +208,6 @@ static uffdsnap_snap_t *snap_alloc(uffdsnap_t *ctx, struct uffdsnap_sink *sink)
 
 	pthread_mutex_init(&s->join_lock, NULL);
 	pthread_mutex_init(&s->pool_lock, NULL);
-	pthread_cond_init(&s->pool_cv, NULL);
 	pthread_mutex_init(&s->cq_lock, NULL);
 	pthread_cond_init(&s->cq_cv, NULL);
 	pthread_mutex_init(&s->io.lock, NULL);
@@ -248,6 +242,8 @@ static int snap_prepare(uffdsnap_snap_t *s)
 		s->pages_total += sr->reg->npages;
 	}
 	qsort(s->by_addr, s->nregions, sizeof(*s->by_addr), cmp_by_addr);
+	if (usnap_space_init(s))
+		return -ENOMEM;
 	s->ctl_efd = eventfd(0, EFD_CLOEXEC | EFD_NONBLOCK);
 	if (s->ctl_efd < 0)
 		return usnap_err(-errno, "eventfd: %s", strerror(errno));
@@ -278,6 +274,20 @@ static int snap_start_threads(uffdsnap_snap_t *s)
 }
 
 static void snap_join(uffdsnap_snap_t *s);
+
+/*
+ * A region that mremap moved whole during the snapshot is registered at its
+ * new address from now on. One that was cut, or moved in parts, keeps its old
+ * address, and the next begin reports it gone. Under ctx->lock.
+ */
+static void follow_moves(uffdsnap_snap_t *s)
+{
+	for (unsigned i = 0; s->nspaces && i < s->nregions; i++) {
+		uintptr_t a = s->spaces[0].whole[i];
+		if (a)
+			s->ctx->regs[i].addr = a;
+	}
+}
 
 /* Every region is armed (or begin gave up): faults may be resolved now. */
 static void give_go(uffdsnap_snap_t *s)
@@ -387,11 +397,12 @@ static void snap_join(uffdsnap_snap_t *s)
 	usnap_workers_join(s);
 	usnap_io_join(s);
 	/* Regions the handler never got to (failed begin) are disarmed here. */
-	for (unsigned i = 0; s->sregs && i < s->nregions; i++)
-		usnap_disarm(s, &s->sregs[i]);
+	if (s->sregs)
+		usnap_disarm_all(s);
 	ctx = s->ctx;
 	if (ctx) {
 		pthread_mutex_lock(&ctx->lock);
+		follow_moves(s);
 		if (ctx->active == s)
 			ctx->active = NULL;
 		pthread_mutex_unlock(&ctx->lock);
@@ -472,6 +483,9 @@ USNAP_EXPORT int uffdsnap_snap_stats(const uffdsnap_snap_t *cs, uffdsnap_stats_t
 	st.buffer_bound = s->buffer_bound;
 	st.pages_zero_found = atomic_load(&s->pages_zero_found);
 	st.chunks = atomic_load(&s->chunks);
+	st.forks = atomic_load(&s->forks);
+	st.remaps = atomic_load(&s->remaps);
+	st.unmaps = atomic_load(&s->unmaps);
 	memcpy(out, &st, out->size);
 	return 0;
 }

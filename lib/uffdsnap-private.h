@@ -7,6 +7,8 @@
  *   snapshot.c  the snapshot lifecycle: begin, wait, cancel, stats, failure,
  *               and the chunk-buffer pool that bounds memory
  *   fault.c     the fault-handler thread: fault path and sweep in one loop
+ *   space.c     where region pages are mapped (this process, forked children)
+ *               and the events that move them: fork, mremap, munmap, remove
  *   compress.c  compression workers: zero pages, zstd, checksummed records
  *   sink.c      sinks and the libuv I/O thread: header, chunks, index, trailer
  *   reader.c    everything that reads snapshot bytes (reader-private.h: for restore)
@@ -108,6 +110,31 @@ struct usnap_job {
 	uint64_t file_offset;      /* set by the I/O stage when batched */
 };
 
+/*
+ * One piece of a region mapped in an address space: pages [first, first +
+ * npages) of sr at addr. A region starts as one piece; mremap and munmap
+ * during a snapshot move and cut pieces (space.c).
+ */
+struct usnap_map {
+	uintptr_t addr;
+	uint64_t npages;
+	struct usnap_sreg *sr;
+	uint64_t first;
+};
+
+/* An address space tracked by a snapshot: ours (spaces[0]) or a forked child's. */
+struct usnap_space {
+	int uffd;                  /* ours: the context's; a child's: from its FORK event (owned) */
+	bool child;
+	struct usnap_map *maps;    /* sorted by addr */
+	size_t nmaps, cap;
+	uintptr_t *whole;          /* per region: address of page 0 if mapped whole, in one piece; else 0 */
+	uint32_t *pieces;          /* per region: pieces mapped */
+};
+
+/* Processes a snapshot follows: this one and up to 63 forked while it runs. */
+#define USNAP_MAX_SPACES 64
+
 /* Job pool and buffer memory: one mapping per context, reused by its snapshots. */
 struct usnap_pool {
 	void *mem;
@@ -126,6 +153,7 @@ struct usnap_pool {
 struct uffdsnap {
 	int uffd;
 	uint64_t features;          /* what the kernel offers */
+	uint64_t enabled;           /* what this descriptor asked for */
 	bool user_mode_only;
 	uffdsnap_opts_t opts;       /* normalized */
 	size_t page_size;
@@ -185,7 +213,9 @@ struct uffdsnap_snap {
 	uint32_t flags;             /* opts.flags */
 	struct uffdsnap_sink *sink;
 	struct usnap_sreg *sregs;   /* in region id order */
-	struct usnap_sreg **by_addr;/* sorted by address, for fault lookup */
+	struct usnap_sreg **by_addr;/* sorted by address at begin: the sweep's order */
+	struct usnap_space spaces[USNAP_MAX_SPACES]; /* owned by the handler once `go` */
+	unsigned nspaces;
 	unsigned nregions;
 	uint64_t pages_total;
 	uint8_t snap_id[16];
@@ -209,7 +239,6 @@ struct uffdsnap_snap {
 	struct usnap_pool *pool;
 	size_t job_footprint;       /* copied: stats outlive the context */
 	pthread_mutex_t pool_lock;
-	pthread_cond_t pool_cv;
 	struct usnap_job *free_jobs;
 
 	/* compression queue */
@@ -229,6 +258,7 @@ struct uffdsnap_snap {
 	_Atomic uint64_t end_ns, window_end_ns;
 	_Atomic uint64_t pages_fault, pages_sweep, pages_hole, pages_zero_found, faults, chunks;
 	_Atomic uint64_t fault_wait_max_ns, bytes_raw, bytes_out;
+	_Atomic uint64_t forks, remaps, unmaps;
 	unsigned jobs_in_use, jobs_peak;    /* under pool_lock */
 	uint64_t buffer_bound;
 };
@@ -238,17 +268,30 @@ int usnap_uffd_open(uffdsnap_t *ctx);
 
 /* region.c */
 int usnap_arm(uffdsnap_snap_t *s, struct usnap_sreg *sr);
-void usnap_disarm(uffdsnap_snap_t *s, struct usnap_sreg *sr);
+void usnap_disarm_all(uffdsnap_snap_t *s);
 void usnap_reg_release(struct usnap_reg *r);
 bool usnap_in_data(const struct usnap_sreg *sr, uint64_t page);
 
 /* snapshot.c */
 int usnap_thread_start(pthread_t *t, void *(*fn)(void *), void *arg);
 void usnap_fail(uffdsnap_snap_t *s, int err, const char *fmt, ...) __attribute__((format(printf, 3, 4)));
-struct usnap_job *usnap_job_get(uffdsnap_snap_t *s, bool wait);
+struct usnap_job *usnap_job_get(uffdsnap_snap_t *s);
 void usnap_job_put(uffdsnap_snap_t *s, struct usnap_job *job);
 int usnap_pool_init(uffdsnap_t *ctx);
 void usnap_pool_free(struct usnap_pool *pool);
+
+/* space.c */
+int usnap_space_init(uffdsnap_snap_t *s);
+void usnap_spaces_free(uffdsnap_snap_t *s);
+const struct usnap_map *usnap_space_find(const struct usnap_space *sp, uintptr_t addr, size_t ps);
+/* The next run of pages [*lo, hi) of sr mapped in sp, from the lowest page:
+ * its address and length; advances *lo past it. False when none is left. */
+bool usnap_space_next(const struct usnap_space *sp, const struct usnap_sreg *sr, size_t ps, uint64_t *lo,
+		      uint64_t hi, uintptr_t *addr, uint64_t *n);
+struct uffd_msg;
+void usnap_space_event(uffdsnap_snap_t *s, struct usnap_space *sp, const struct uffd_msg *m);
+void usnap_msg_drop(const struct uffd_msg *m);
+void usnap_space_end(uffdsnap_snap_t *s, struct usnap_space *sp);
 
 /* fault.c */
 void *usnap_handler_main(void *arg);

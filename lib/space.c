@@ -1,0 +1,328 @@
+/* SPDX-License-Identifier: LGPL-2.1-or-later */
+/*
+ * Address spaces: where each region's pages are mapped while a snapshot runs,
+ * and the non-cooperative events that change it.
+ *
+ * Space 0 is this process. The others are processes forked during the
+ * snapshot: with UFFD_FEATURE_EVENT_FORK the kernel copies the registration
+ * and every uffd-wp bit into the child and hands us a userfaultfd for it, so a
+ * child's write to shared memory faults on that descriptor like ours do. A
+ * child's private pages are its own copies, not the snapshot's: its faults
+ * there are only un-protected.
+ *
+ * A space maps a region as one or more pieces (struct usnap_map). mremap()
+ * moves pieces (UFFD_EVENT_REMAP: the page tables, uffd-wp bits and markers
+ * move with the VMA, so protection follows by itself; only our table must),
+ * munmap() cuts them (UFFD_EVENT_UNMAP). What munmap took from shmem is still
+ * in the file, read with pread() like the rest; what it took from private
+ * memory is gone, and if it was not copied yet the snapshot fails.
+ *
+ * Event messages are read after the fact (the thread that caused the event
+ * sleeps until we read it, and every resolving ioctl fails with EAGAIN
+ * meanwhile), so a fault message can name an address that has moved since:
+ * callers resolve by region page, not by address, and wake the old address.
+ *
+ * Everything here runs on the handler thread once begin has given `go`;
+ * before that, the spaces are only built (snapshot.c) and read by begin.
+ */
+#include <errno.h>
+#include <inttypes.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/ioctl.h>
+#include <unistd.h>
+
+#include "compat.h"
+#include "uffdsnap-private.h"
+
+static int cmp_map(const void *a, const void *b)
+{
+	const struct usnap_map *x = a, *y = b;
+
+	return x->addr < y->addr ? -1 : x->addr > y->addr;
+}
+
+/* whole[id]: the address of page 0 when region id is mapped in one piece,
+ * in order, all of it (the fast path of usnap_space_next); 0 otherwise. */
+static void index_whole(uffdsnap_snap_t *s, struct usnap_space *sp)
+{
+	memset(sp->whole, 0, s->nregions * sizeof(*sp->whole));
+	memset(sp->pieces, 0, s->nregions * sizeof(*sp->pieces));
+	for (size_t i = 0; i < sp->nmaps; i++)
+		sp->pieces[sp->maps[i].sr->id]++;
+	for (size_t i = 0; i < sp->nmaps; i++) {
+		const struct usnap_map *m = &sp->maps[i];
+		if (sp->pieces[m->sr->id] == 1 && m->first == 0 && m->npages == m->sr->reg->npages)
+			sp->whole[m->sr->id] = m->addr;
+	}
+}
+
+static void space_release(struct usnap_space *sp)
+{
+	free(sp->maps);
+	free(sp->whole);
+	free(sp->pieces);
+	sp->maps = NULL, sp->whole = NULL, sp->pieces = NULL;
+	sp->nmaps = 0;
+}
+
+static int space_alloc(uffdsnap_snap_t *s, struct usnap_space *sp, size_t nmaps)
+{
+	sp->cap = nmaps + 2;
+	sp->maps = calloc(sp->cap, sizeof(*sp->maps));
+	sp->whole = calloc(s->nregions, sizeof(*sp->whole));
+	sp->pieces = calloc(s->nregions, sizeof(*sp->pieces));
+	return sp->maps && sp->whole && sp->pieces ? 0 : -ENOMEM;
+}
+
+int usnap_space_init(uffdsnap_snap_t *s)
+{
+	struct usnap_space *sp = &s->spaces[0];
+
+	sp->uffd = s->uffd;
+	s->nspaces = 1; /* freed by usnap_spaces_free even if half allocated */
+	if (space_alloc(s, sp, s->nregions)) {
+		space_release(sp);
+		s->nspaces = 0;
+		return usnap_err(-ENOMEM, "allocating the region map");
+	}
+	for (unsigned i = 0; i < s->nregions; i++) {
+		const struct usnap_reg *reg = s->sregs[i].reg;
+		sp->maps[i] = (struct usnap_map){ .addr = reg->addr, .npages = reg->npages, .sr = &s->sregs[i] };
+	}
+	sp->nmaps = s->nregions;
+	qsort(sp->maps, sp->nmaps, sizeof(*sp->maps), cmp_map);
+	index_whole(s, sp);
+	return 0;
+}
+
+void usnap_spaces_free(uffdsnap_snap_t *s)
+{
+	for (unsigned i = 0; i < s->nspaces; i++)
+		space_release(&s->spaces[i]);
+	s->nspaces = 0;
+}
+
+const struct usnap_map *usnap_space_find(const struct usnap_space *sp, uintptr_t addr, size_t ps)
+{
+	size_t lo = 0, hi = sp->nmaps;
+
+	while (lo < hi) {
+		size_t mid = lo + (hi - lo) / 2;
+		const struct usnap_map *m = &sp->maps[mid];
+		if (addr < m->addr)
+			hi = mid;
+		else if (addr >= m->addr + m->npages * ps)
+			lo = mid + 1;
+		else
+			return m;
+	}
+	return NULL;
+}
+
+bool usnap_space_next(const struct usnap_space *sp, const struct usnap_sreg *sr, size_t ps, uint64_t *lo,
+		      uint64_t hi, uintptr_t *addr, uint64_t *n)
+{
+	const struct usnap_map *best = NULL;
+
+	if (*lo >= hi)
+		return false;
+	if (sp->whole[sr->id]) {
+		*addr = sp->whole[sr->id] + *lo * ps;
+		*n = hi - *lo;
+		*lo = hi;
+		return true;
+	}
+	/* Moved or cut: the piece holding the lowest page of [*lo, hi). */
+	for (size_t i = 0; i < sp->nmaps; i++) {
+		const struct usnap_map *m = &sp->maps[i];
+		if (m->sr == sr && m->first + m->npages > *lo && m->first < hi && (!best || m->first < best->first))
+			best = m;
+	}
+	if (!best)
+		return false;
+	uint64_t from = best->first > *lo ? best->first : *lo;
+	uint64_t to = best->first + best->npages < hi ? best->first + best->npages : hi;
+	*addr = best->addr + (from - best->first) * ps;
+	*n = to - from;
+	*lo = to;
+	return true;
+}
+
+/*
+ * Apply an event to the pieces of sp over [start, end): moved by `delta`
+ * (mremap) or dropped (munmap). A piece straddling an edge is split, so at
+ * most two pieces are added.
+ */
+static int reshape(uffdsnap_snap_t *s, struct usnap_space *sp, uintptr_t start, uintptr_t end, intptr_t delta,
+		   bool drop)
+{
+	size_t ps = s->page_size, n = 0;
+	struct usnap_map *out;
+
+	if (sp->nmaps + 2 > sp->cap) {
+		size_t cap = sp->cap * 2 + 2;
+		struct usnap_map *m = realloc(sp->maps, cap * sizeof(*m));
+		if (!m)
+			return -ENOMEM;
+		sp->maps = m, sp->cap = cap;
+	}
+	out = malloc(sp->cap * sizeof(*out));
+	if (!out)
+		return -ENOMEM;
+	for (size_t i = 0; i < sp->nmaps; i++) {
+		struct usnap_map m = sp->maps[i];
+		uintptr_t mend = m.addr + m.npages * ps;
+		uintptr_t a = m.addr > start ? m.addr : start, b = mend < end ? mend : end;
+
+		if (a >= b) {
+			out[n++] = m;
+			continue;
+		}
+		if (m.addr < a)
+			out[n++] = (struct usnap_map){ m.addr, (a - m.addr) / ps, m.sr, m.first };
+		if (!drop)
+			out[n++] = (struct usnap_map){ a + (uintptr_t)delta, (b - a) / ps, m.sr,
+						       m.first + (a - m.addr) / ps };
+		if (b < mend)
+			out[n++] = (struct usnap_map){ b, (mend - b) / ps, m.sr, m.first + (b - m.addr) / ps };
+	}
+	free(sp->maps);
+	sp->maps = out;
+	sp->nmaps = n;
+	qsort(sp->maps, sp->nmaps, sizeof(*sp->maps), cmp_map);
+	index_whole(s, sp);
+	return 0;
+}
+
+/*
+ * munmap of our own private memory destroyed pages: if any was not copied
+ * yet, the snapshot cannot hold the instant. (DONTNEED and REMOVE, also
+ * reported here, zap the same way.) Shared memory keeps its pages in the file.
+ */
+static void check_discard(uffdsnap_snap_t *s, const struct usnap_space *sp, uintptr_t start, uintptr_t end,
+			  const char *how)
+{
+	size_t ps = s->page_size;
+
+	for (size_t i = 0; i < sp->nmaps && !atomic_load(&s->abort); i++) {
+		const struct usnap_map *m = &sp->maps[i];
+		uintptr_t a = m->addr > start ? m->addr : start, b = m->addr + m->npages * ps;
+
+		if (b > end)
+			b = end;
+		if (m->sr->reg->kind != USNAP_PRIVATE || a >= b)
+			continue;
+		uint64_t p0 = m->first + (a - m->addr) / ps, p1 = m->first + (b - m->addr + ps - 1) / ps;
+		for (uint64_t p = p0; p < p1; p++) {
+			if (!(m->sr->copied[p / 64] >> (p % 64) & 1)) {
+				usnap_fail(s, -ESTALE, "region '%s': %s discarded the page at offset 0x%" PRIx64
+					   " of private memory before it was copied", m->sr->reg->name, how, p * ps);
+				return;
+			}
+		}
+	}
+}
+
+static void wake_range(int uffd, uintptr_t addr, size_t len)
+{
+	struct uffdio_range r = { addr, len };
+
+	ioctl(uffd, UFFDIO_WAKE, &r);
+}
+
+/* A child's userfaultfd: copy the parent space's table, or give the child up. */
+static void on_fork(uffdsnap_snap_t *s, const struct usnap_space *parent, int fd)
+{
+	struct usnap_space *sp;
+
+	if (atomic_load(&s->abort)) {
+		close(fd); /* releasing it unregisters the child and wakes it */
+		return;
+	}
+	if (s->nspaces == USNAP_MAX_SPACES) {
+		close(fd);
+		usnap_fail(s, -EMFILE, "more than %d processes forked during the snapshot: the writes of the "
+			   "next one to shared memory could not be tracked", USNAP_MAX_SPACES - 1);
+		return;
+	}
+	sp = &s->spaces[s->nspaces];
+	*sp = (struct usnap_space){ .uffd = fd, .child = true };
+	if (space_alloc(s, sp, parent->nmaps)) {
+		space_release(sp);
+		close(fd);
+		usnap_fail(s, -ENOMEM, "tracking a forked child");
+		return;
+	}
+	memcpy(sp->maps, parent->maps, parent->nmaps * sizeof(*sp->maps));
+	sp->nmaps = parent->nmaps;
+	index_whole(s, sp);
+	s->nspaces++;
+	atomic_fetch_add(&s->forks, 1);
+}
+
+void usnap_space_event(uffdsnap_snap_t *s, struct usnap_space *sp, const struct uffd_msg *m)
+{
+	uintptr_t start, end;
+	int r = 0;
+
+	switch (m->event) {
+	case UFFD_EVENT_FORK:
+		on_fork(s, sp, (int)m->arg.fork.ufd);
+		return;
+	case UFFD_EVENT_REMAP:
+		start = (uintptr_t)m->arg.remap.from, end = start + (uintptr_t)m->arg.remap.len;
+		r = reshape(s, sp, start, end, (intptr_t)(m->arg.remap.to - m->arg.remap.from), false);
+		/* A writer that faulted on the old address before the move still
+		 * sleeps on it, and resolving by the new address will not wake it. */
+		wake_range(sp->uffd, start, end - start);
+		atomic_fetch_add(&s->remaps, 1);
+		break;
+	case UFFD_EVENT_UNMAP:
+		start = (uintptr_t)m->arg.remove.start, end = (uintptr_t)m->arg.remove.end;
+		if (!sp->child)
+			check_discard(s, sp, start, end, "munmap");
+		r = reshape(s, sp, start, end, 0, true);
+		wake_range(sp->uffd, start, end - start);
+		atomic_fetch_add(&s->unmaps, 1);
+		break;
+	case UFFD_EVENT_REMOVE:
+		if (!sp->child)
+			check_discard(s, sp, (uintptr_t)m->arg.remove.start, (uintptr_t)m->arg.remove.end,
+				      "MADV_DONTNEED/MADV_REMOVE");
+		return;
+	default:
+		return;
+	}
+	if (r)
+		usnap_fail(s, r, "following a %s of registered memory: %s",
+			   m->event == UFFD_EVENT_REMAP ? "mremap" : "munmap", strerror(-r));
+}
+
+/* A message that will not be handled: a FORK one still holds a descriptor. */
+void usnap_msg_drop(const struct uffd_msg *m)
+{
+	if (m->event == UFFD_EVENT_FORK)
+		close((int)m->arg.fork.ufd);
+}
+
+/*
+ * End of tracking in one space. For ours, see usnap_disarm_all (region.c); a
+ * child's descriptor is unregistered piece by piece (the same lost-wakeup
+ * race applies, hence the wake) and closed. A child that has exited has no mm
+ * left: the ioctls fail with ESRCH and closing is all there is.
+ */
+void usnap_space_end(uffdsnap_snap_t *s, struct usnap_space *sp)
+{
+	size_t ps = s->page_size;
+
+	for (size_t i = 0; sp->child && i < sp->nmaps; i++) {
+		struct uffdio_range r = { sp->maps[i].addr, sp->maps[i].npages * ps };
+		ioctl(sp->uffd, UFFDIO_UNREGISTER, &r);
+		ioctl(sp->uffd, UFFDIO_WAKE, &r);
+	}
+	if (sp->child) {
+		close(sp->uffd);
+		sp->uffd = -1;
+	}
+}
