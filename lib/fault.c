@@ -309,7 +309,7 @@ static struct usnap_job *fault_job(struct handler *h, struct usnap_sreg *sr)
 	struct usnap_job *j = h->fjob;
 	uint64_t t0, waited, max;
 
-	if (j && (j->region != sr->id || job_full(h, j, h->around))) {
+	if (j && (j->region != sr->id || job_full(h, j, sr->reg->unit > 1 ? 1 : h->around))) {
 		usnap_compress_submit(s, j);
 		h->fjob = j = NULL;
 	}
@@ -339,9 +339,12 @@ static struct usnap_job *fault_job(struct handler *h, struct usnap_sreg *sr)
 	return h->fjob = j;
 }
 
-/* Copy the pages of [lo, hi) not copied yet (for shmem, those populated at
- * the instant: holes are left to their MISSING faults and the sweep). */
-static int copy_around(struct handler *h, struct usnap_sreg *sr, struct usnap_job *j, uint64_t lo, uint64_t hi)
+/*
+ * Copy the pages of [lo, hi) not copied yet (for shmem, those populated at
+ * the instant: holes are left to their MISSING faults and the sweep), into as
+ * many fault chunks as it takes: a huge page does not fit in one.
+ */
+static int copy_around(struct handler *h, struct usnap_sreg *sr, uint64_t lo, uint64_t hi)
 {
 	bool shmem = sr->reg->kind == USNAP_SHMEM;
 
@@ -352,10 +355,16 @@ static int copy_around(struct handler *h, struct usnap_sreg *sr, struct usnap_jo
 		}
 		for (q = p + 1; q < hi && !test_bit(sr->copied, q) && (!shmem || usnap_in_data(sr, q)); q++)
 			;
-		if (copy_pages(h, sr, j, p, q - p))
-			return -1;
-		set_bits(sr->copied, p, q);
-		atomic_fetch_add(&h->s->pages_fault, q - p);
+		for (uint64_t a = p, n; a < q; a += n) {
+			struct usnap_job *j = fault_job(h, sr);
+			if (!j)
+				return -1;
+			n = h->chunk_pages - j->data_pages < q - a ? h->chunk_pages - j->data_pages : q - a;
+			if (copy_pages(h, sr, j, a, n))
+				return -1;
+			set_bits(sr->copied, a, a + n);
+			atomic_fetch_add(&h->s->pages_fault, n);
+		}
 	}
 	return 0;
 }
@@ -399,20 +408,22 @@ static void handle_fault(struct handler *h, struct usnap_space *sp, const struct
 	p = lo = map->first + (addr - map->addr) / h->ps;
 	hi = p + 1;
 	if (wp) {
-		lo = p & ~(uint64_t)(h->around - 1);
-		hi = lo + h->around < sr->reg->npages ? lo + h->around : sr->reg->npages;
+		/* a huge page is protected, copied and un-protected as a whole */
+		uint64_t win = sr->reg->unit > h->around ? sr->reg->unit : h->around;
+		lo = p & ~(win - 1);
+		hi = lo + win < sr->reg->npages ? lo + win : sr->reg->npages;
 	}
 	/* A child's private pages are its own copies, never the snapshot's. */
 	if (!test_bit(sr->copied, p) && !(sp->child && sr->reg->kind == USNAP_PRIVATE)) {
 		if (!wp && usnap_in_data(sr, p))
 			return fail_removed(h, sr->reg, p);
-		j = fault_job(h, sr);
-		if (!j)
-			return;
 		if (wp) {
-			if (copy_around(h, sr, j, lo, hi))
+			if (copy_around(h, sr, lo, hi))
 				return;
 		} else {
+			j = fault_job(h, sr);
+			if (!j)
+				return;
 			add_extent(j, p, 1, USNAP_EXT_ZERO);
 			atomic_fetch_add(&s->pages_hole, 1);
 			set_bits(sr->copied, p, p + 1);
@@ -483,9 +494,16 @@ static void sweep_step(struct handler *h, struct usnap_job *j)
 	}
 	/* Copied first, un-protected now: [lo, hi) holds only pages recorded by
 	 * now (copied here or by earlier faults) and holes, which carry no
-	 * protection. This also wakes writers whose messages are still queued. */
+	 * protection. This also wakes writers whose messages are still queued.
+	 * Huge pages: only whole ones. The sweep copies in address order, so the
+	 * start of the first is copied already; the rest of the last is left to
+	 * the next step (or to a fault, which copies and un-protects it whole). */
+	sr = hi > lo ? &s->sregs[j->region] : NULL;
+	if (sr && sr->reg->unit > 1) {
+		lo &= ~(uint64_t)(sr->reg->unit - 1);
+		hi &= ~(uint64_t)(sr->reg->unit - 1);
+	}
 	if (hi > lo) {
-		sr = &s->sregs[j->region];
 		int r = unprotect(h, &s->spaces[0], sr, lo, hi);
 		if (r) {
 			usnap_fail(s, r, "region '%s': un-protecting after the sweep: %s", sr->reg->name, strerror(-r));

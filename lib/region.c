@@ -53,7 +53,7 @@
  */
 static uint64_t reg_mode(enum usnap_kind kind, bool probe)
 {
-	if (kind == USNAP_PRIVATE)
+	if (kind != USNAP_SHMEM)
 		return UFFDIO_REGISTER_MODE_WP;
 	return UFFDIO_REGISTER_MODE_MISSING | (probe ? 0 : UFFDIO_REGISTER_MODE_WP);
 }
@@ -64,7 +64,7 @@ static uint64_t reg_ioctls(enum usnap_kind kind, bool probe)
 
 	if (kind == USNAP_SHMEM)
 		need |= 1ull << _UFFDIO_ZEROPAGE;
-	if (kind == USNAP_PRIVATE || !probe)
+	if (kind != USNAP_SHMEM || !probe)
 		need |= 1ull << _UFFDIO_WRITEPROTECT;
 	return need;
 }
@@ -170,8 +170,10 @@ static int open_own_fd(const struct vma_line *v)
 	return fd;
 }
 
-/* Open the file behind the mapping and check it is shmem that covers the region. */
-static int open_backing(const char *name, const struct vma_line *v, off_t file_off, size_t len, int *fdp)
+/* Open the file behind the mapping and check it is shmem (or hugetlbfs: *unit
+ * gets its huge page size) that covers the region. */
+static int open_backing(const char *name, const struct vma_line *v, uintptr_t addr, off_t file_off, size_t len,
+			int *fdp, enum usnap_kind *kind, size_t *unit)
 {
 	char p[64];
 	struct statfs sfs;
@@ -196,10 +198,15 @@ static int open_backing(const char *name, const struct vma_line *v, off_t file_o
 		return usnap_err(e, "region '%s': fstat of backing file: %s", name, strerror(-e));
 	}
 	if (sfs.f_type == HUGETLBFS_MAGIC) {
-		close(fd);
-		return usnap_err(-EMEDIUMTYPE, "region '%s': hugetlbfs memory is not supported yet", name);
-	}
-	if (sfs.f_type != TMPFS_MAGIC) {
+		*kind = USNAP_HUGETLB;
+		*unit = (size_t)sfs.f_bsize;
+		if ((addr | len | (size_t)file_off) & (*unit - 1)) {
+			close(fd);
+			return usnap_err(-EINVAL, "region '%s': hugetlbfs memory is protected in huge pages of %zu "
+					 "KiB: its address, length and file offset must be multiples of that",
+					 name, *unit >> 10);
+		}
+	} else if (sfs.f_type != TMPFS_MAGIC) {
 		close(fd);
 		return usnap_err(-EMEDIUMTYPE, "region '%s': backed by %s on a filesystem of type 0x%lx, not "
 				 "shmem; use memfd_create, a file on tmpfs or /dev/shm, or MAP_SHARED|MAP_ANONYMOUS",
@@ -216,8 +223,8 @@ static int open_backing(const char *name, const struct vma_line *v, off_t file_o
 
 /*
  * Private memory is read through the page tables, so its file (if any) does
- * not matter, except hugetlbfs: its pages are protected and resolved in huge
- * page units, which the 4 KiB fault path does not do yet.
+ * not matter, except hugetlbfs: MAP_PRIVATE huge pages would have to be read
+ * through the page tables in huge units, which is not done.
  */
 static int check_private(const char *name, const struct vma_line *v)
 {
@@ -233,7 +240,8 @@ static int check_private(const char *name, const struct vma_line *v)
 			close(fd);
 		}
 	}
-	return huge ? usnap_err(-EMEDIUMTYPE, "region '%s': hugetlbfs memory is not supported yet", name) : 0;
+	return huge ? usnap_err(-EMEDIUMTYPE, "region '%s': MAP_PRIVATE hugetlbfs memory is not supported; "
+				"map it MAP_SHARED", name) : 0;
 }
 
 static int uffd_register(int uffd, uintptr_t addr, size_t len, uint64_t mode, uint64_t *ioctls)
@@ -261,7 +269,7 @@ USNAP_EXPORT int uffdsnap_add_region(uffdsnap_t *ctx, const char *name, void *ad
 	off_t file_off = 0;
 	enum usnap_kind kind = USNAP_SHMEM;
 	uint64_t ioctls = 0;
-	size_t nlen;
+	size_t nlen, unit = 0;
 	int fd = -1, err, id;
 
 	usnap_clear_err();
@@ -291,7 +299,8 @@ USNAP_EXPORT int uffdsnap_add_region(uffdsnap_t *ctx, const char *name, void *ad
 	if (!err)
 		err = scan_maps(name, a, end, &v, &file_off, &kind);
 	if (!err)
-		err = kind == USNAP_SHMEM ? open_backing(name, &v, file_off, len, &fd) : check_private(name, &v);
+		err = kind == USNAP_SHMEM ? open_backing(name, &v, a, file_off, len, &fd, &kind, &unit)
+					  : check_private(name, &v);
 	if (err)
 		goto out;
 
@@ -335,7 +344,8 @@ USNAP_EXPORT int uffdsnap_add_region(uffdsnap_t *ctx, const char *name, void *ad
 	}
 	r = &ctx->regs[ctx->nregs];
 	*r = (struct usnap_reg){ .name = strdup(name), .kind = kind, .ino = v.ino, .addr = a, .len = len,
-				 .npages = len / ctx->page_size, .fd = fd, .file_off = file_off };
+				 .npages = len / ctx->page_size, .fd = fd, .file_off = file_off,
+				 .unit = unit ? (uint32_t)(unit / ctx->page_size) : 1 };
 	if (!r->name) {
 		if (fd >= 0)
 			close(fd);
@@ -406,16 +416,17 @@ static int find_data(uffdsnap_snap_t *s, struct usnap_sreg *sr)
 }
 
 /*
- * Private memory: the whole region is one run (its never-touched pages read
- * as zeros and are stored as such). Without WP_UNPOPULATED (before Linux 6.4)
- * a never-touched page has no PTE to protect, and a write to it would not
- * fault: map the zero page there first.
+ * Private and hugetlb memory: the whole region is one run (never-touched
+ * pages read as zeros and are stored as such). Without WP_UNPOPULATED (before
+ * Linux 6.4) a never-touched private page has no PTE to protect, and a write
+ * to it would not fault: map the zero page there first. hugetlbfs is file
+ * memory: never-touched huge pages get markers like shmem's.
  */
-static int private_data(uffdsnap_snap_t *s, struct usnap_sreg *sr)
+static int whole_data(uffdsnap_snap_t *s, struct usnap_sreg *sr)
 {
 	const struct usnap_reg *reg = sr->reg;
 
-	if (!(s->ctx->features & UFFD_FEATURE_WP_UNPOPULATED) &&
+	if (reg->kind == USNAP_PRIVATE && !(s->ctx->features & UFFD_FEATURE_WP_UNPOPULATED) &&
 	    madvise((void *)reg->addr, reg->len, MADV_POPULATE_READ))
 		return usnap_err(-errno, "region '%s': MADV_POPULATE_READ (needed without "
 				 "UFFD_FEATURE_WP_UNPOPULATED): %s", reg->name, strerror(errno));
@@ -458,7 +469,8 @@ int usnap_arm(uffdsnap_snap_t *s, struct usnap_sreg *sr)
 		r = scan_maps(reg->name, reg->addr, reg->addr + reg->len, &v, &off, &kind);
 		if (r)
 			return r;
-		if (kind != reg->kind || v.ino != reg->ino || (kind == USNAP_SHMEM && off != reg->file_off))
+		if ((kind == USNAP_PRIVATE) != (reg->kind == USNAP_PRIVATE) || v.ino != reg->ino ||
+		    (kind == USNAP_SHMEM && off != reg->file_off))
 			return usnap_err(-EFAULT, "region '%s': the memory at 0x%" PRIxPTR " is not what "
 					 "uffdsnap_add_region registered (unmapped and mapped again?)", reg->name,
 					 reg->addr);
@@ -472,7 +484,7 @@ int usnap_arm(uffdsnap_snap_t *s, struct usnap_sreg *sr)
 	if ((ioctls & reg_ioctls(reg->kind, false)) != reg_ioctls(reg->kind, false))
 		return usnap_err(-EOPNOTSUPP, "region '%s': kernel offers ioctls 0x%llx for this memory",
 				 reg->name, (unsigned long long)ioctls);
-	r = reg->kind == USNAP_SHMEM ? find_data(s, sr) : private_data(s, sr);
+	r = reg->kind == USNAP_SHMEM ? find_data(s, sr) : whole_data(s, sr);
 	if (r)
 		return r;
 	for (size_t i = 0; i < sr->ndata; i++) {

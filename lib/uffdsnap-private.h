@@ -47,9 +47,13 @@ static inline uint64_t usnap_now_ns(void)
  * holes are tracked with MISSING registration; PRIVATE pages (anonymous
  * memory, or MAP_PRIVATE of a file) exist only in this process's page tables
  * and are read with process_vm_readv(), with never-touched pages protected
- * through UFFD_FEATURE_WP_UNPOPULATED markers.
+ * through UFFD_FEATURE_WP_UNPOPULATED markers. HUGETLB pages (MAP_SHARED of
+ * hugetlbfs) are read with pread() too, but hugetlbfs has neither MISSING
+ * faults we could resolve (no UFFDIO_ZEROPAGE) nor SEEK_DATA: the whole region
+ * is protected (markers on never-touched huge pages) and every protection
+ * change covers whole huge pages.
  */
-enum usnap_kind { USNAP_SHMEM, USNAP_PRIVATE };
+enum usnap_kind { USNAP_SHMEM, USNAP_PRIVATE, USNAP_HUGETLB };
 
 static inline bool usnap_page_is_zero(const uint8_t *p, size_t n)
 {
@@ -73,6 +77,7 @@ struct usnap_reg {
 	int fd;            /* SHMEM: the backing file, read with pread(); PRIVATE: -1 */
 	off_t file_off;    /* file offset of addr */
 	uint64_t ino;      /* the mapping's inode (0: anonymous), to notice a remap */
+	uint32_t unit;     /* pages per unit of protection: 1, or those of a huge page */
 };
 
 /* A run of pages [first, first + n) of one region. */
