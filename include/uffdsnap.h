@@ -52,6 +52,13 @@ typedef struct uffdsnap_sink uffdsnap_sink_t; /* where a snapshot's bytes go */
 #define UFFDSNAP_OPT_ALLOW_USER_MODE_ONLY (1u << 0)
 /* fsync(2) the snapshot file (and its directory) before reporting success. */
 #define UFFDSNAP_OPT_FSYNC (1u << 1)
+/*
+ * Refuse memory whose writes the library could not see (docs/consistency.md):
+ * begin fails with -EBUSY if another process maps a region's file (its writes
+ * would not fault on this context's userfaultfd). Processes whose
+ * /proc/PID/maps this process may not read are not checked.
+ */
+#define UFFDSNAP_OPT_STRICT (1u << 2)
 
 struct uffdsnap_opts {
 	size_t size;            /* sizeof(uffdsnap_opts_t) */

@@ -566,6 +566,61 @@ void usnap_disarm_all(uffdsnap_snap_t *s)
 		s->sregs[i].registered = false;
 }
 
+/* ---- other processes mapping a region ------------------------------------------- */
+
+/* Does process `pid` map the file (dev, ino)? */
+static bool maps_file(const char *pid, dev_t dev, ino_t ino)
+{
+	char path[300], line[512];
+	bool found = false;
+	FILE *f;
+
+	snprintf(path, sizeof(path), "/proc/%s/maps", pid);
+	if (!(f = fopen(path, "re")))
+		return false; /* gone, or not ours to read (documented) */
+	while (!found && fgets(line, sizeof(line), f)) {
+		unsigned maj, min;
+		unsigned long long i;
+		bool whole = strchr(line, '\n') != NULL;
+		int c;
+
+		if (sscanf(line, "%*x-%*x %*s %*x %x:%x %llu", &maj, &min, &i) == 3)
+			found = i == (unsigned long long)ino && maj == major(dev) && min == minor(dev);
+		while (!whole && (c = fgetc(f)) != EOF && c != '\n')
+			;
+	}
+	fclose(f);
+	return found;
+}
+
+/* UFFDSNAP_OPT_STRICT: at the instant, no other process may map a region's
+ * file: its writes would not fault on our userfaultfd. */
+int usnap_strict_begin(uffdsnap_snap_t *s)
+{
+	char self[16];
+	struct dirent *e;
+	DIR *d;
+
+	if (!(d = opendir("/proc")))
+		return usnap_err(-errno, "strict: cannot list /proc: %s", strerror(errno));
+	snprintf(self, sizeof(self), "%d", (int)getpid());
+	while ((e = readdir(d))) {
+		if (e->d_name[0] < '1' || e->d_name[0] > '9' || !strcmp(e->d_name, self))
+			continue;
+		for (unsigned i = 0; i < s->nregions; i++) {
+			const struct usnap_reg *reg = s->sregs[i].reg;
+			struct stat st;
+			if (reg->fd < 0 || fstat(reg->fd, &st) || !maps_file(e->d_name, st.st_dev, st.st_ino))
+				continue;
+			closedir(d);
+			return usnap_err(-EBUSY, "region '%s': process %s maps its file too; its writes would not be "
+					 "tracked (UFFDSNAP_OPT_STRICT)", reg->name, e->d_name);
+		}
+	}
+	closedir(d);
+	return 0;
+}
+
 bool usnap_in_data(const struct usnap_sreg *sr, uint64_t page)
 {
 	size_t lo = 0, hi = sr->ndata;

@@ -342,6 +342,8 @@ USNAP_EXPORT int uffdsnap_begin(uffdsnap_t *ctx, uffdsnap_sink_t *sink, uffdsnap
 	t0 = usnap_now_ns();
 	for (unsigned i = 0; !r && i < s->nregions; i++)
 		r = usnap_arm(s, &s->sregs[i]);
+	if (!r && (s->flags & UFFDSNAP_OPT_STRICT))
+		r = usnap_strict_begin(s);
 	s->t0_ns = usnap_now_ns();
 	s->begin_ns = s->t0_ns - t0;
 	clock_gettime(CLOCK_REALTIME, &rt);

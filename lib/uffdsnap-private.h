@@ -274,6 +274,7 @@ int usnap_uffd_open(uffdsnap_t *ctx);
 /* region.c */
 int usnap_arm(uffdsnap_snap_t *s, struct usnap_sreg *sr);
 void usnap_disarm_all(uffdsnap_snap_t *s);
+int usnap_strict_begin(uffdsnap_snap_t *s);
 void usnap_reg_release(struct usnap_reg *r);
 bool usnap_in_data(const struct usnap_sreg *sr, uint64_t page);
 

@@ -444,6 +444,58 @@ START_TEST(munmap_private)
 }
 END_TEST
 
+/*
+ * Another process maps the region's file (forked before the snapshot, so not
+ * registered: its writes cannot be seen). UFFDSNAP_OPT_STRICT refuses that at
+ * begin; without it the snapshot runs (the blind spot is documented).
+ */
+START_TEST(strict_other_process)
+{
+	const size_t len = 4 * MiB;
+	struct usnap_mem m;
+	struct usnap_cb cb;
+	uffdsnap_opts_t o;
+	uffdsnap_snap_t *s;
+	uffdsnap_t *ctx;
+	int go[2], r;
+	char c;
+	pid_t pid;
+
+	usnap_watchdog(60, "strict_other_process");
+	usnap_memfd(&m, len);
+	usnap_fill_random(m.addr, len, 39);
+	ck_assert_int_eq(pipe(go), 0);
+	pid = fork();
+	ck_assert(pid >= 0);
+	if (pid == 0) {
+		alarm(30);
+		_exit(read(go[0], &c, 1) == 1 ? 0 : 1); /* holds the mapping until told */
+	}
+	uffdsnap_opts_init(&o);
+	o.flags = UFFDSNAP_OPT_STRICT;
+	ctx = usnap_ctx_new(&o);
+	usnap_add(ctx, "r", m.addr, len);
+	usnap_cb_init(&cb, -1);
+	r = uffdsnap_begin(ctx, usnap_cb_sink(&cb), &s);
+	printf("strict_other_process: begin with pid %d mapping the memfd: %d (%s)\n", (int)pid, r,
+	       uffdsnap_last_error());
+	ck_assert_int_eq(r, -EBUSY);
+	ck_assert_ptr_null(s);
+	ck_assert_int_eq(usnap_pagemap_protected(m.addr, len), 0);
+	ck_assert_int_eq(write(go[1], "g", 1), 1);
+	wait_child(pid, "strict_other_process");
+	r = uffdsnap_begin(ctx, usnap_cb_sink(&cb), &s); /* nobody else now */
+	ck_assert_msg(r == 0, "strict begin once the other process is gone: %d (%s)", r, uffdsnap_last_error());
+	ck_assert_int_eq(uffdsnap_wait(s), 0);
+	uffdsnap_snap_free(s);
+	uffdsnap_free(ctx);
+	usnap_cb_destroy(&cb);
+	close(go[0]);
+	close(go[1]);
+	usnap_mem_free(&m);
+}
+END_TEST
+
 int main(void)
 {
 	Suite *s = suite_create("events");
@@ -460,6 +512,7 @@ int main(void)
 	tcase_add_test(tc, mremap_grow);
 	tcase_add_test(tc, munmap_shared);
 	tcase_add_test(tc, munmap_private);
+	tcase_add_test(tc, strict_other_process);
 	suite_add_tcase(s, tc);
 	return usnap_run_suite(s);
 }
