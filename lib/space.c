@@ -289,7 +289,7 @@ void usnap_space_event(uffdsnap_snap_t *s, struct usnap_space *sp, const struct 
 	case UFFD_EVENT_REMOVE:
 		if (!sp->child)
 			check_discard(s, sp, (uintptr_t)m->arg.remove.start, (uintptr_t)m->arg.remove.end,
-				      "MADV_DONTNEED/MADV_REMOVE");
+				      "MADV_DONTNEED, MADV_FREE or MADV_REMOVE");
 		return;
 	default:
 		return;
