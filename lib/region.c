@@ -610,11 +610,13 @@ int usnap_strict_begin(uffdsnap_snap_t *s)
 		for (unsigned i = 0; i < s->nregions; i++) {
 			const struct usnap_reg *reg = s->sregs[i].reg;
 			struct stat st;
+			int r;
 			if (reg->fd < 0 || fstat(reg->fd, &st) || !maps_file(e->d_name, st.st_dev, st.st_ino))
 				continue;
-			closedir(d);
-			return usnap_err(-EBUSY, "region '%s': process %s maps its file too; its writes would not be "
-					 "tracked (UFFDSNAP_OPT_STRICT)", reg->name, e->d_name);
+			r = usnap_err(-EBUSY, "region '%s': process %s maps its file too; its writes would not be "
+				      "tracked (UFFDSNAP_OPT_STRICT)", reg->name, e->d_name);
+			closedir(d); /* e lives in d */
+			return r;
 		}
 	}
 	closedir(d);

@@ -328,7 +328,11 @@ START_TEST(mremap_part)
 	uffdsnap_free(t.ctx);
 	usnap_cb_destroy(&t.cb);
 	usnap_buf_free(ref, len);
+	/* not the whole old range: something else may live in its hole now */
 	munmap(piece, q);
+	munmap(a, 2 * q);
+	munmap(a + 3 * q, q);
+	m.addr = NULL;
 	usnap_mem_free(&m);
 }
 END_TEST
