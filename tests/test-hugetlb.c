@@ -8,6 +8,7 @@
  * snapshot must equal the instant and no page may stay protected.
  */
 #include <errno.h>
+#include <stdio.h>
 #include <inttypes.h>
 #include <stdlib.h>
 #include <string.h>
@@ -130,6 +131,22 @@ START_TEST(hugetlb_exact)
 		usnap_check_buffer(cb.mem, cb.mem_len, &ex, 1);
 	}
 	ck_assert_int_eq(memcmp(a, now, len), 0);
+
+	/* and back: restore the snapshot into the same huge pages */
+	{
+		uffdsnap_restore_stats_t rst = { .size = sizeof(rst) };
+		uffdsnap_reader_t *rd;
+		FILE *f = tmpfile();
+		ck_assert(f && fwrite(cb.mem, 1, cb.mem_len, f) == cb.mem_len && fflush(f) == 0);
+		ck_assert_int_eq(uffdsnap_reader_open_fd(&rd, fileno(f)), 0);
+		r = uffdsnap_restore_ctx(rd, ctx, NULL, &rst);
+		ck_assert_msg(r == 0, "restore_ctx into hugetlb: %d (%s)", r, uffdsnap_last_error());
+		ck_assert_msg(memcmp(a, ref, len) == 0, "the restored huge pages differ from the instant");
+		printf("hugetlb_exact: restored into the huge pages: %" PRIu64 " data + %" PRIu64 " zero pages\n",
+		       rst.pages_data, rst.pages_zero);
+		uffdsnap_reader_free(rd);
+		fclose(f);
+	}
 	uffdsnap_snap_free(s);
 	uffdsnap_free(ctx);
 	usnap_cb_destroy(&cb);
