@@ -253,9 +253,14 @@ static void storm(bool restart, const char *label)
 	/* the writers go on under the storm, then stop */
 	for (unsigned i = 0; i < w.n; i++)
 		before[i] = atomic_load(&w.progress[i]);
-	usleep(50 * 1000);
-	for (unsigned i = 0; i < w.n; i++)
+	/* (a generous deadline: on a loaded 2-CPU machine a writer can wait
+	 * tens of ms for a CPU; a writer stuck in a fault never moves) */
+	for (unsigned i = 0; i < w.n; i++) {
+		uint64_t t0 = usnap_now_ns();
+		while (atomic_load(&w.progress[i]) == before[i] && usnap_now_ns() - t0 < 10000000000ull)
+			usleep(1000);
 		ck_assert_msg(atomic_load(&w.progress[i]) > before[i], "%s: writer %u stuck after the snapshot", label, i);
+	}
 	usnap_writers_stop(&w, 10);
 	ck_assert(setitimer(ITIMER_REAL, &off, NULL) == 0);
 	printf("%s: %lu SIGALRMs, %lu of them during the snapshot (each storing into the region); faults %llu for "
