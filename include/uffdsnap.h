@@ -224,7 +224,7 @@ typedef struct uffdsnap_info {
 
 typedef struct uffdsnap_region_info {
 	size_t size;             /* in: sizeof(uffdsnap_region_info_t) */
-	const char *name;        /* valid while the reader lives */
+	const char *name;        /* valid while the reader lives; any bytes but NUL (escape to print) */
 	uint64_t length;         /* bytes */
 } uffdsnap_region_info_t;
 
