@@ -52,6 +52,16 @@ void usnap_watchdog(unsigned seconds, const char *what);
 int usnap_join_timeout(pthread_t t, unsigned seconds);
 uint64_t usnap_now_ns(void);
 double usnap_ms_since(uint64_t t0_ns);
+/* The uffdsnap tool of this build tree into tool (PATH_MAX); exit 77 if it is
+ * not there. Call from main(). */
+void usnap_find_tool(char *tool);
+/* Wait for the child pid; after `seconds` kill it and fail the test, saying
+ * `what` hung. Returns its wait status. */
+int usnap_wait_child(pid_t pid, unsigned seconds, const char *what);
+/* In a forked child that is meant to die of SIGBUS: no core file, SIGBUS's
+ * default action (a sanitizer's handler would turn it into an exit), and an
+ * alarm() so that it cannot outlive the test. */
+void usnap_sigbus_child(void);
 
 /* ---- memory regions -------------------------------------------------------- */
 
@@ -115,8 +125,15 @@ uint64_t usnap_pagemap_entry(const void *addr);
 
 /* ---- snapshots -------------------------------------------------------------- */
 
+/* uffdsnap_reader_open, failing the test with the detail on error. */
+uffdsnap_reader_t *usnap_reader(const char *path);
 /* uffdsnap_new with a context, failing the test with the detail on error. */
 uffdsnap_t *usnap_ctx_new(const uffdsnap_opts_t *opts);
+/* The default options with these bounds (0 keeps the default). */
+uffdsnap_opts_t usnap_opts(size_t buffer_bytes, size_t chunk_bytes);
+/* Snapshot ctx into the file path and wait, failing the test unless both
+ * succeed; the snapshot's stats into *st unless st is NULL. */
+void usnap_snap_file(uffdsnap_t *ctx, const char *path, uffdsnap_stats_t *st);
 /* add_region, asserting success; returns the id. */
 int usnap_add(uffdsnap_t *ctx, const char *name, void *addr, size_t len);
 /* Fetch and print stats ("label: faults=.. fault=.. sweep=.. hole=.."). */
@@ -154,6 +171,8 @@ void usnap_tmpfs_mount(char *dir, size_t size);
 void usnap_tmpfs_umount(const char *dir);
 /* Read a whole file into memory (malloc); *len gets its size. */
 uint8_t *usnap_slurp(const char *path, size_t *len);
+/* Write len bytes as the whole of the file path (created 0600, or truncated). */
+void usnap_write_file(const char *path, const void *data, size_t len);
 
 /* ---- sinks ------------------------------------------------------------------- */
 
@@ -217,7 +236,57 @@ void usnap_writers_stop(struct usnap_writers *w, unsigned seconds);
 /* Join (without setting stop) each writer with a timeout; fails on hang. */
 void usnap_writers_join(struct usnap_writers *w, unsigned seconds);
 
-#endif
+/* ---- fixtures --------------------------------------------------------------- */
+
+/*
+ * The setup and teardown most snapshot tests share: a memfd region that a
+ * context holds alone, the region's contents at the instant, and a callback
+ * sink that writes the stream to a file in a fresh directory or keeps it in
+ * memory. In a test's order:
+ *   usnap_fix_mem(&f, len)          the memfd (holes); the test fills it and sets f.ref
+ *   usnap_fix_ctx(&f, name, opts)   the context (opts NULL: defaults) with the region
+ *   usnap_fix_cb(&f, file)          f.cb writes to f.path = f.dir/file, or keeps the
+ *                                   stream in memory if file is NULL
+ *   ... begin with usnap_cb_sink(&f.cb) into f.s ...
+ *   usnap_fix_check(&f)             the stream holds the one region, byte-exact with f.ref
+ *   usnap_fix_free(&f)              frees what is set: f.s, f.ctx, the sink, the
+ *                                   directory, f.ref, the memory
+ * A test that frees the snapshot or the context itself sets the pointer to NULL.
+ */
+struct usnap_fix {
+	struct usnap_mem m;
+	const char *name;
+	uint8_t *ref;                /* the region at the instant (len bytes) */
+	uffdsnap_t *ctx;
+	uffdsnap_snap_t *s;
+	struct usnap_cb cb;          /* cb.fd: the stream's file, -1 when kept in memory */
+	bool have_cb;
+	char dir[PATH_MAX];          /* "" when the stream is kept in memory */
+	char path[PATH_MAX + 16];
+};
+
+uint8_t *usnap_fix_mem(struct usnap_fix *f, size_t len);
+void usnap_fix_ctx(struct usnap_fix *f, const char *name, const uffdsnap_opts_t *opts);
+void usnap_fix_cb(struct usnap_fix *f, const char *file);
+void usnap_fix_check(struct usnap_fix *f);
+void usnap_fix_free(struct usnap_fix *f);
+
+/*
+ * A finished snapshot file for the restore tests: one memfd region `name` of
+ * `len` bytes filled by usnap_fill_mixed(seed, hole_every, zero_every),
+ * snapshotted to path = dir/snap in a fresh directory; the memory is gone,
+ * want holds what the snapshot must give back.
+ */
+struct usnap_snapfile {
+	char dir[PATH_MAX];
+	char path[PATH_MAX + 16];
+	uint8_t *want;
+	size_t len;
+};
+
+void usnap_snapfile_new(struct usnap_snapfile *f, const char *name, size_t len, uint64_t seed, unsigned hole_every,
+			unsigned zero_every);
+void usnap_snapfile_free(struct usnap_snapfile *f);
 
 /* ---- the prefix rule ----------------------------------------------------------
  *
@@ -243,3 +312,5 @@ void usnap_seq_writer(struct usnap_writers *w, unsigned idx);
  * writer's last write was `last`. Returns k (writes visible) and fails the test
  * (with the first violation) unless the visible writes are a prefix. */
 uint64_t usnap_seq_check(const struct usnap_seq *q, uint8_t *const snap[2], unsigned wr, uint64_t last);
+
+#endif

@@ -7,7 +7,6 @@
  */
 #include <errno.h>
 #include <fcntl.h>
-#include <libgen.h>
 #include <stdarg.h>
 #include <stdlib.h>
 #include <string.h>
@@ -53,17 +52,6 @@ static int run(char *out, size_t cap, const char *fmt, ...)
 	return WEXITSTATUS(st);
 }
 
-static void snap(uffdsnap_t *ctx, const char *path)
-{
-	uffdsnap_snap_t *s;
-	int r = uffdsnap_begin_file(ctx, path, &s);
-
-	ck_assert_msg(r == 0, "begin: %d %s", r, uffdsnap_last_error());
-	r = uffdsnap_wait(s);
-	ck_assert_msg(r == 0, "wait: %d %s", r, uffdsnap_snap_error(s));
-	uffdsnap_snap_free(s);
-}
-
 /* A: mixed contents; B: pages 3, 10..12 and 700 changed, and one hole filled. */
 static void setup(void)
 {
@@ -76,12 +64,12 @@ static void setup(void)
 	usnap_tmpdir(dir);
 	snprintf(snap_a, sizeof(snap_a), "%s/a", dir);
 	snprintf(snap_b, sizeof(snap_b), "%s/b", dir);
-	snap(ctx, snap_a);
+	usnap_snap_file(ctx, snap_a, NULL);
 	mem.addr[3 * usnap_page + 17] ^= 1;
 	memset(mem.addr + 10 * usnap_page, 0x5a, 3 * usnap_page);
 	mem.addr[700 * usnap_page] ^= 0xff;
 	mem.addr[1 * usnap_page] = 1; /* page 1 was a hole */
-	snap(ctx, snap_b);
+	usnap_snap_file(ctx, snap_b, NULL);
 	want_b = usnap_mem_copy(&mem);
 	uffdsnap_free(ctx);
 }
@@ -178,7 +166,7 @@ START_TEST(hostile_name_escaped)
 	ctx = usnap_ctx_new(NULL);
 	usnap_add(ctx, name, m2.addr, m2.len);
 	snprintf(evil, sizeof(evil), "%s/evil", dir);
-	snap(ctx, evil);
+	usnap_snap_file(ctx, evil, NULL);
 	uffdsnap_free(ctx);
 
 	ck_assert_int_eq(run(out, sizeof(out), "%s info %s 2>&1", tool, evil), 0);
@@ -202,21 +190,11 @@ END_TEST
 
 int main(void)
 {
-	char self[PATH_MAX];
-	ssize_t n;
 	Suite *s;
 	TCase *tc;
 
 	usnap_test_require_uffd();
-	n = readlink("/proc/self/exe", self, sizeof(self) - 1);
-	if (n <= 0)
-		return USNAP_SKIP;
-	self[n] = '\0';
-	snprintf(tool, sizeof(tool), "%s/../util/uffdsnap", dirname(self));
-	if (access(tool, X_OK)) {
-		printf("SKIP: the uffdsnap tool is not at %s\n", tool);
-		return USNAP_SKIP;
-	}
+	usnap_find_tool(tool);
 	s = suite_create("restore-tool");
 	tc = tcase_create("tool");
 	tcase_set_timeout(tc, 60);
