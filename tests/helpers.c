@@ -960,7 +960,7 @@ uint64_t usnap_seq_check(const struct usnap_seq *q, uint8_t *const snap[2], unsi
 			uint64_t v = *(const uint64_t *)(snap[r] + seq_offset(q, wr, j));
 			if (!v)
 				continue;
-			ck_assert_msg(v <= last && ((v - 1) & 1) == r && ((v - 1) >> 1) % n == j,
+			usnap_assert_msg(v <= last && ((v - 1) & 1) == r && ((v - 1) >> 1) % n == j,
 				      "writer %u region %u slot %llu holds %llu: never written there (last write %llu)",
 				      wr, r, (unsigned long long)j, (unsigned long long)v, (unsigned long long)last);
 			if (v > k)

@@ -94,7 +94,7 @@ START_TEST(lazy_sequential)
 	lz = start(fx.path, &dst, 0, &ms);
 	t0 = usnap_now_ns();
 	for (size_t p = 0; p < LEN; p += usnap_page)
-		ck_assert_msg(!memcmp(dst.addr + p, fx.want + p, usnap_page), "page %zu differs", p / usnap_page);
+		usnap_assert_msg(!memcmp(dst.addr + p, fx.want + p, usnap_page), "page %zu differs", p / usnap_page);
 	run_ms = usnap_ms_since(t0);
 	rc = uffdsnap_lazy_wait(lz);
 	ck_assert_msg(rc == 0, "lazy_wait: %d %s", rc, uffdsnap_lazy_error(lz));
@@ -208,7 +208,7 @@ START_TEST(lazy_random)
 		for (size_t p = 0; p < LEN; p += usnap_page) {
 			if (got[p] == 0xA5)
 				got[p] = fx.want[p]; /* a marker: the page was touched */
-			ck_assert_msg(!memcmp(got + p, fx.want + p, usnap_page), "page %zu differs", p / usnap_page);
+			usnap_assert_msg(!memcmp(got + p, fx.want + p, usnap_page), "page %zu differs", p / usnap_page);
 		}
 		usnap_buf_free(got, LEN);
 		uffdsnap_lazy_free(lz);
@@ -238,7 +238,7 @@ START_TEST(lazy_anon_private)
 	ck_assert_msg(rc == 0, "lazy_start: %d %s", rc, uffdsnap_last_error());
 	uffdsnap_reader_free(r);
 	for (size_t p = LEN; p > 0; p -= usnap_page) /* backwards: against the prefetcher */
-		ck_assert_msg(!memcmp(dst + p - usnap_page, fx.want + p - usnap_page, usnap_page), "page %zu differs",
+		usnap_assert_msg(!memcmp(dst + p - usnap_page, fx.want + p - usnap_page, usnap_page), "page %zu differs",
 			      p / usnap_page - 1);
 	rc = uffdsnap_lazy_wait(lz);
 	ck_assert_msg(rc == 0, "lazy_wait: %d %s", rc, uffdsnap_lazy_error(lz));

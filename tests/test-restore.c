@@ -86,7 +86,7 @@ static void check_fd(int fd, const uint8_t *want, size_t len, const uffdsnap_res
 	ck_assert_msg((size_t)sb.st_size == len, "%s: size %lld, region %zu", what, (long long)sb.st_size, len);
 	ck_assert_int_eq(pread(fd, got, len, 0), (ssize_t)len);
 	for (size_t p = 0; p < len; p += usnap_page)
-		ck_assert_msg(!memcmp(got + p, want + p, usnap_page), "%s: page %zu differs", what, p / usnap_page);
+		usnap_assert_msg(!memcmp(got + p, want + p, usnap_page), "%s: page %zu differs", what, p / usnap_page);
 	dp = data_pages(fd, len);
 	ck_assert_uint_eq(st->pages_data + st->pages_zero, len / usnap_page);
 	ck_assert_msg(dp == st->pages_data, "%s: %zu data pages in the file, %llu restored: zero pages were "

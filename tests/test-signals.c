@@ -443,7 +443,7 @@ static void self_write(bool other_thread)
 	ck_assert_int_eq(usnap_pagemap_protected(mem, len), 0);
 	for (size_t off = 0; off < len; off += usnap_page) {
 		uint8_t want = f.ref[off + 1] ^ 0xffu;
-		ck_assert_msg(mem[off + 1] == want, "%s: a store was lost at 0x%zx", label, off);
+		usnap_assert_msg(mem[off + 1] == want, "%s: a store was lost at 0x%zx", label, off);
 	}
 	usnap_fix_check(&f);
 	usnap_fix_free(&f);

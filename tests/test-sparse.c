@@ -102,7 +102,7 @@ START_TEST(sparse_64g)
 		r = uffdsnap_reader_read(rd, (unsigned)id, (size_t)i * GiB + 900 * MiB, buf, 2 * usnap_page);
 		ck_assert_int_eq(r, 0);
 		for (size_t k = 0; k < 2 * usnap_page; k++)
-			ck_assert_msg(buf[k] == 0, "hole byte at %zu + %zu is %d", (size_t)i * GiB + 900 * MiB, k, buf[k]);
+			usnap_assert_msg(buf[k] == 0, "hole byte at %zu + %zu is %d", (size_t)i * GiB + 900 * MiB, k, buf[k]);
 	}
 	r = uffdsnap_reader_read(rd, (unsigned)id, SPARSE_LEN - usnap_page, buf, usnap_page);
 	ck_assert_int_eq(r, 0);
