@@ -4,10 +4,12 @@
  * (the uffdsnap tool's `serve`, or a forked child calling
  * uffdsnap_serve_conn()) restores this process's memory through the
  * userfaultfd it received over a Unix socket. Byte-exact round trip; region
- * mismatches reported by the server; and a server that dies mid-restore: the
- * client thread waiting for a page gets SIGBUS (in a child, under a deadline),
- * never a hang and never silent zeros.
+ * mismatches reported by the server; a client beyond the server's limit
+ * refused with the reason; and a server that dies mid-restore: the client
+ * thread waiting for a page gets SIGBUS (in a child, under a deadline), never
+ * a hang and never silent zeros.
  */
+#include <dirent.h>
 #include <errno.h>
 #include <fcntl.h>
 #include <signal.h>
@@ -36,14 +38,21 @@ static void fixture(void)
 	snprintf(sock_path, sizeof(sock_path), "%s/sock", fx.dir);
 }
 
-/* `uffdsnap serve` in a child process; returns its pid once the socket exists. */
-static pid_t tool_server(const char *extra)
+/* `uffdsnap serve` in a child process, its output into the file log unless
+ * that is NULL; returns its pid once the socket exists. */
+static pid_t tool_server(const char *extra, const char *log)
 {
 	struct stat st;
 	pid_t pid = fork();
 
 	ck_assert(pid >= 0);
 	if (pid == 0) {
+		int fd = log ? open(log, O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0600) : -1;
+
+		if (fd >= 0) {
+			dup2(fd, STDOUT_FILENO);
+			dup2(fd, STDERR_FILENO);
+		}
 		alarm(60);
 		execl(tool, tool, "serve", fx.path, "--socket", sock_path, extra, (char *)NULL);
 		_exit(127);
@@ -65,7 +74,7 @@ START_TEST(serve_roundtrip)
 
 	usnap_watchdog(90, "serve_roundtrip");
 	fixture();
-	server = tool_server("--once");
+	server = tool_server("--once", NULL);
 	usnap_memfd(&dst, LEN);
 	reg = (uffdsnap_lazy_region_t){ .name = "pool", .addr = dst.addr, .len = LEN };
 	t0 = usnap_now_ns();
@@ -99,7 +108,7 @@ START_TEST(serve_mismatch)
 
 	usnap_watchdog(60, "serve_mismatch");
 	fixture();
-	server = tool_server("--once");
+	server = tool_server("--once", NULL);
 	usnap_memfd(&dst, 2 * LEN);
 	reg = (uffdsnap_lazy_region_t){ .name = "pool", .addr = dst.addr, .len = 2 * LEN };
 	rc = uffdsnap_lazy_connect(&c, sock_path, &reg, 1);
@@ -113,6 +122,99 @@ START_TEST(serve_mismatch)
 	ck_assert(WIFEXITED(status));
 	ck_assert_int_eq(uffdsnap_lazy_connect(&c, sock_path, &reg, 1), -ENOENT); /* nobody listens now */
 	usnap_mem_free(&dst);
+	usnap_snapfile_free(&fx);
+}
+END_TEST
+
+/* A thread of process pid is blocked in system call nr. */
+static bool in_syscall(pid_t pid, long nr)
+{
+	char dir[64], path[PATH_MAX], buf[64];
+	struct dirent *e;
+	bool found = false;
+	DIR *d;
+
+	snprintf(dir, sizeof(dir), "/proc/%d/task", (int)pid);
+	if (!(d = opendir(dir)))
+		return false;
+	while (!found && (e = readdir(d))) {
+		FILE *f;
+
+		snprintf(path, sizeof(path), "%s/%s/syscall", dir, e->d_name);
+		if (e->d_name[0] == '.' || !(f = fopen(path, "re")))
+			continue;
+		found = fgets(buf, sizeof(buf), f) && strtol(buf, NULL, 10) == nr && buf[0] != 'r';
+		fclose(f);
+	}
+	closedir(d);
+	return found;
+}
+
+/*
+ * --max-clients 1. The first connection sends nothing: its server thread
+ * waits for the hello, and the connection holds the one place. A client then
+ * is refused at once, with -EAGAIN and the reason, its memory unregistered,
+ * and the server logs it; once the first hangs up, the next client is served.
+ */
+START_TEST(serve_client_limit)
+{
+	struct sockaddr_un sa = { .sun_family = AF_UNIX };
+	uffdsnap_lazy_region_t reg;
+	uffdsnap_lazy_client_t *c;
+	struct usnap_mem dst, dst2;
+	char log[PATH_MAX + 16];
+	uint64_t t0;
+	size_t len;
+	char *out;
+	pid_t server;
+	int rc, hold, status;
+
+	usnap_watchdog(60, "serve_client_limit");
+	fixture();
+	snprintf(log, sizeof(log), "%s/log", fx.dir);
+	server = tool_server("--max-clients=1", log);
+	strcpy(sa.sun_path, sock_path);
+	hold = socket(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0);
+	ck_assert(hold >= 0 && !connect(hold, (struct sockaddr *)&sa, sizeof(sa)));
+	t0 = usnap_now_ns();
+	while (!in_syscall(server, SYS_recvmsg)) {
+		ck_assert_msg(usnap_ms_since(t0) < 10000, "the server never waited for the first client's hello");
+		usleep(1000);
+	}
+
+	usnap_memfd(&dst, LEN);
+	reg = (uffdsnap_lazy_region_t){ .name = "pool", .addr = dst.addr, .len = LEN };
+	rc = uffdsnap_lazy_connect(&c, sock_path, &reg, 1);
+	printf("  a second client while one is served: %d %s\n", rc, uffdsnap_last_error());
+	ck_assert_int_eq(rc, -EAGAIN);
+	ck_assert(!strcmp(uffdsnap_last_error(), "page server: refused: the server is serving its limit of 1 client: "
+			  "try again later"));
+	dst.addr[0] = 7; /* unregistered: the program's again */
+	ck_assert_int_eq(dst.addr[0], 7);
+
+	close(hold);
+	usnap_memfd(&dst2, LEN);
+	reg.addr = dst2.addr;
+	t0 = usnap_now_ns();
+	/* the server frees the place when it has seen the hang-up */
+	while ((rc = uffdsnap_lazy_connect(&c, sock_path, &reg, 1)) == -EAGAIN && usnap_ms_since(t0) < 10000)
+		usleep(10000);
+	ck_assert_msg(rc == 0, "lazy_connect after the first client left: %d %s", rc, uffdsnap_last_error());
+	ck_assert_int_eq(uffdsnap_lazy_client_wait(c), 0);
+	ck_assert(!memcmp(dst2.addr, fx.want, LEN));
+	uffdsnap_lazy_client_free(c);
+
+	kill(server, SIGTERM);
+	status = usnap_wait_child(server, 20, "the page server");
+	ck_assert(WIFSIGNALED(status));
+	out = (char *)usnap_slurp(log, &len);
+	out[len] = '\0';
+	printf("  the server's log:\n%s", out);
+	ck_assert_msg(strstr(out, "uffdsnap: client 2: Resource temporarily unavailable: refused: the server is serving "
+			      "its limit of 1 client: try again later\n"), "the server did not log the refusal");
+	free(out);
+	usnap_mem_free(&dst);
+	usnap_mem_free(&dst2);
 	usnap_snapfile_free(&fx);
 }
 END_TEST
@@ -156,7 +258,7 @@ START_TEST(client_dies)
 
 	usnap_watchdog(60, "client_dies");
 	fixture();
-	server = tool_server("--once");
+	server = tool_server("--once", NULL);
 	client = fork();
 	ck_assert(client >= 0);
 	if (client == 0) {
@@ -241,6 +343,7 @@ int main(void)
 	tcase_set_timeout(tc, 90);
 	tcase_add_test(tc, serve_roundtrip);
 	tcase_add_test(tc, serve_mismatch);
+	tcase_add_test(tc, serve_client_limit);
 	tcase_add_test(tc, client_dies);
 	tcase_add_test(tc, server_dies);
 	suite_add_tcase(s, tc);

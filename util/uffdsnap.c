@@ -32,7 +32,7 @@ static const char usage_text[] =
 	"       uffdsnap restore FILE --region REGION --to PATH [--threads N]\n"
 	"       uffdsnap diff A B\n"
 	"       uffdsnap cat [-x] FILE REGION OFFSET LEN\n"
-	"       uffdsnap serve FILE --socket PATH [--once] [--no-prefetch]\n"
+	"       uffdsnap serve FILE --socket PATH [--once] [--no-prefetch] [--max-clients N]\n"
 	"       uffdsnap --help | --version\n";
 
 static const char help_text[] =
@@ -61,7 +61,9 @@ static const char help_text[] =
 	"                     page server: restore processes that connect to PATH with\n"
 	"                     uffdsnap_lazy_connect() lazily from FILE (each client in\n"
 	"                     its own thread); --once: exit after the first client;\n"
-	"                     --no-prefetch: serve faults only until the client is done.\n"
+	"                     --no-prefetch: serve faults only until the client is done;\n"
+	"                     --max-clients N: serve at most N clients at once (default\n"
+	"                     64) and refuse more, with an error to the client.\n"
 	"\n"
 	"Exit status: 0 success, 1 failure (corrupt, incomplete, I/O), 2 usage error.\n";
 
@@ -585,6 +587,7 @@ static int cmd_serve(int argc, char **argv)
 		{ "socket", required_argument, NULL, 's' },
 		{ "once", no_argument, NULL, '1' },
 		{ "no-prefetch", no_argument, NULL, 'n' },
+		{ "max-clients", required_argument, NULL, 'm' },
 		{ 0 },
 	};
 	struct sockaddr_un sa = { .sun_family = AF_UNIX };
@@ -593,6 +596,7 @@ static int cmd_serve(int argc, char **argv)
 	uffdsnap_reader_t *r;
 	bool once = false;
 	struct stat st;
+	uint64_t max;
 	int c, ls, rc;
 
 	uffdsnap_lazy_opts_init(&lo);
@@ -607,6 +611,11 @@ static int cmd_serve(int argc, char **argv)
 			break;
 		case 'n':
 			lo.flags |= UFFDSNAP_LAZY_NO_PREFETCH;
+			break;
+		case 'm':
+			if (!parse_u64(optarg, &max) || !max || max > UINT32_MAX)
+				return usage_error("serve: --max-clients wants a positive number, not '%s'", optarg);
+			lo.max_clients = (uint32_t)max;
 			break;
 		default:
 			return usage_error("serve: unknown option");
