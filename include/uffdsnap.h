@@ -243,7 +243,7 @@ typedef struct uffdsnap_info {
 
 typedef struct uffdsnap_region_info {
 	size_t size;             /* in: sizeof(uffdsnap_region_info_t) */
-	const char *name;        /* valid while the reader lives */
+	const char *name;        /* valid while the reader lives; any bytes but NUL (escape to print) */
 	uint64_t length;         /* bytes */
 } uffdsnap_region_info_t;
 
@@ -397,9 +397,15 @@ typedef struct uffdsnap_lazy_region {
 /* Do not log a failure to stderr (uffdsnap_lazy_error() still has it). */
 #define UFFDSNAP_LAZY_QUIET (1u << 1)
 
+/* uffdsnap_lazy_opts.max_clients when it is 0 */
+#define UFFDSNAP_SERVE_MAX_CLIENTS 64
+
 typedef struct uffdsnap_lazy_opts {
 	size_t size;            /* sizeof(uffdsnap_lazy_opts_t) */
 	uint32_t flags;         /* UFFDSNAP_LAZY_* */
+	uint32_t max_clients;   /* uffdsnap_serve_conn() only: connections served at once from one
+	                         * reader; more are refused with -EAGAIN. 0 = UFFDSNAP_SERVE_MAX_CLIENTS.
+	                         * (Added in 0.1's padding: sizeof is unchanged on 64-bit.) */
 } uffdsnap_lazy_opts_t;
 
 #define UFFDSNAP_LAZY_RUNNING 0
@@ -462,12 +468,15 @@ typedef struct uffdsnap_lazy_client uffdsnap_lazy_client_t;
 
 /* Serve one client on the connected socket conn until its restore is done or
  * failed (0 or its negative errno). r is only read (it is cloned): one
- * reader may serve several connections at once from several threads. */
+ * reader may serve several connections at once from several threads, up to
+ * opts->max_clients; a connection beyond that is answered -EAGAIN ("try again
+ * later") at once, without reading its request, and the call returns -EAGAIN
+ * with the reason in uffdsnap_last_error(). */
 int uffdsnap_serve_conn(uffdsnap_reader_t *r, int conn, const uffdsnap_lazy_opts_t *opts);
 /* Connect to the page server at socket_path and hand it the n regions (the
  * rules of uffdsnap_lazy_start() apply). Errors: those of uffdsnap_lazy_start()
- * as the server reports them, and connect(2) errors; detail in
- * uffdsnap_last_error(). */
+ * as the server reports them, -EAGAIN if the server serves as many clients as
+ * it takes, and connect(2) errors; detail in uffdsnap_last_error(). */
 int uffdsnap_lazy_connect(uffdsnap_lazy_client_t **c, const char *socket_path,
 			  const uffdsnap_lazy_region_t *regions, unsigned n);
 /* Wait until the server reports the restore done (0) or failed, or goes away (-EPIPE). */

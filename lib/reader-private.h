@@ -9,6 +9,7 @@
 #ifndef UFFDSNAP_READER_PRIVATE_H
 #define UFFDSNAP_READER_PRIVATE_H
 
+#include <stdatomic.h>
 #include <stddef.h>
 #include <stdint.h>
 
@@ -27,6 +28,8 @@ struct usnap_rchunk {
 /* A new reader of the same file (a dup of its fd) with its own buffers and
  * decompression context, sharing nothing mutable with r: one per thread. */
 int usnap_reader_clone(const uffdsnap_reader_t *r, uffdsnap_reader_t **out);
+/* The count of page-server connections served from r (restore-serve.c). */
+_Atomic unsigned *usnap_reader_clients(uffdsnap_reader_t *r);
 /* 0 if region id can be read chunk by chunk (a complete file, not a stream);
  * else the errno of uffdsnap_reader_read(), with the reason in r's error. */
 int usnap_reader_ready(uffdsnap_reader_t *r, unsigned id);

@@ -22,6 +22,7 @@
 #include <fcntl.h>
 #include <inttypes.h>
 #include <stdarg.h>
+#include <stdatomic.h>
 #include <stdbool.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -110,6 +111,10 @@ struct uffdsnap_reader {
 	bool cur_valid, cur_data;
 
 	char err[512];
+
+	/* uffdsnap_serve_conn() calls running on this reader (from any thread):
+	 * the one field several threads change, hence atomic */
+	_Atomic unsigned clients;
 };
 
 /* ---- errors and I/O ------------------------------------------------------------ */
@@ -1240,6 +1245,11 @@ USNAP_EXPORT int uffdsnap_reader_extract_fd(uffdsnap_reader_t *r, unsigned id, i
 }
 
 /* ---- chunk access for restore (reader-private.h) --------------------------------------------- */
+
+_Atomic unsigned *usnap_reader_clients(uffdsnap_reader_t *r)
+{
+	return &r->clients;
+}
 
 int usnap_reader_clone(const uffdsnap_reader_t *r, uffdsnap_reader_t **out)
 {

@@ -739,7 +739,7 @@ int usnap_lazy_setup(uffdsnap_lazy_t **lzp, uffdsnap_reader_t *r, int uffd, uint
 	lz->t0 = usnap_now_ns();
 	lz->pid = pid;
 	lz->have_poison = features & UFFD_FEATURE_POISON;
-	lz->flags = opts ? opts->flags : 0;
+	lz->flags = opts->flags;
 	pthread_mutex_init(&lz->lock, NULL);
 	pthread_cond_init(&lz->cv, NULL);
 	lz->go = !(lz->flags & UFFDSNAP_LAZY_NO_PREFETCH);
@@ -788,10 +788,29 @@ int usnap_lazy_go(uffdsnap_lazy_t *lz)
 	return 0;
 }
 
+/* max_clients went into 0.1's padding: a program built against 0.1 calls
+ * uffdsnap_lazy_opts_init() on a struct of this size */
+_Static_assert(sizeof(void *) != 8 || sizeof(uffdsnap_lazy_opts_t) == 16, "uffdsnap_lazy_opts_t grew");
+
 USNAP_EXPORT void uffdsnap_lazy_opts_init(uffdsnap_lazy_opts_t *opts)
 {
 	memset(opts, 0, sizeof(*opts));
 	opts->size = sizeof(*opts);
+}
+
+int usnap_lazy_opts_get(const uffdsnap_lazy_opts_t *in, uffdsnap_lazy_opts_t *out, const char *fn)
+{
+	uffdsnap_lazy_opts_init(out);
+	if (!in)
+		return 0;
+	if (in->size < offsetof(uffdsnap_lazy_opts_t, flags) + sizeof(in->flags) || in->size > sizeof(*out))
+		return usnap_err(-EINVAL, "%s: opts->size is %zu: set it to sizeof(uffdsnap_lazy_opts_t) (%zu)", fn,
+				 in->size, sizeof(*out));
+	memcpy(out, in, in->size);
+	out->size = sizeof(*out);
+	if (!out->max_clients)
+		out->max_clients = UFFDSNAP_SERVE_MAX_CLIENTS;
+	return 0;
 }
 
 USNAP_EXPORT int uffdsnap_lazy_start(uffdsnap_lazy_t **lzp, uffdsnap_reader_t *r,
@@ -799,6 +818,7 @@ USNAP_EXPORT int uffdsnap_lazy_start(uffdsnap_lazy_t **lzp, uffdsnap_reader_t *r
 				     const uffdsnap_lazy_opts_t *opts)
 {
 	uint64_t t0 = usnap_now_ns(), features;
+	uffdsnap_lazy_opts_t o;
 	uffdsnap_lazy_t *lz;
 	int uffd, rc;
 
@@ -806,11 +826,11 @@ USNAP_EXPORT int uffdsnap_lazy_start(uffdsnap_lazy_t **lzp, uffdsnap_reader_t *r
 	if (!lzp || !r || !regions || !n)
 		return usnap_err(-EINVAL, "uffdsnap_lazy_start: lz, r and at least one region are needed");
 	*lzp = NULL;
-	if (opts && opts->size < offsetof(uffdsnap_lazy_opts_t, flags) + sizeof(opts->flags))
-		return usnap_err(-EINVAL, "uffdsnap_lazy_start: opts->size is %zu", opts->size);
+	if ((rc = usnap_lazy_opts_get(opts, &o, "uffdsnap_lazy_start")))
+		return rc;
 	if ((uffd = usnap_restore_uffd(&features)) < 0)
 		return uffd;
-	if ((rc = usnap_lazy_setup(&lz, r, uffd, features, getpid(), regions, n, opts)))
+	if ((rc = usnap_lazy_setup(&lz, r, uffd, features, getpid(), regions, n, &o)))
 		return rc;
 	lz->t0 = t0;
 	for (unsigned i = 0; i < n; i++) {

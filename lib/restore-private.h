@@ -12,6 +12,10 @@
 
 #include "uffdsnap.h"
 
+/* The caller's options (NULL: the defaults) in *out, every field this library
+ * knows set: those past in->size get their defaults. -EINVAL naming fn if
+ * in->size is not one this library knows. */
+int usnap_lazy_opts_get(const uffdsnap_lazy_opts_t *in, uffdsnap_lazy_opts_t *out, const char *fn);
 /* A userfaultfd for restoring (MISSING on shmem, thread ids, poison where the
  * kernel has them: the features in *features). Negative errno, detail set. */
 int usnap_restore_uffd(uint64_t *features);
@@ -19,7 +23,8 @@ int usnap_restore_uffd(uint64_t *features);
  * it with uffd in MISSING mode. */
 int usnap_lazy_arm(int uffd, const char *name, void *addr, size_t len);
 /* A lazy restore of regions (already registered with uffd, in process pid)
- * from r's snapshot, not started yet. Takes uffd over, even on failure. */
+ * from r's snapshot, not started yet, with opts from usnap_lazy_opts_get().
+ * Takes uffd over, even on failure. */
 int usnap_lazy_setup(uffdsnap_lazy_t **lz, uffdsnap_reader_t *r, int uffd, uint64_t features, pid_t pid,
 		     const uffdsnap_lazy_region_t *regions, unsigned n, const uffdsnap_lazy_opts_t *opts);
 /* Start the handler and prefetch threads. */

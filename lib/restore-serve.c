@@ -21,6 +21,10 @@
  *   server -> client: status STARTED (0 or the error setting up failed with),
  *                     then, if 0, status FINISHED once every page is resident
  *                     or the restore failed.
+ * A server that already serves max_clients connections from its reader
+ * answers STARTED -EAGAIN at once, before it reads anything, and hangs up:
+ * a refusal costs it no wait on a client that is slow to send, and the
+ * client, whose sending may then fail, still finds the answer to read.
  */
 #include <errno.h>
 #include <fcntl.h>
@@ -34,6 +38,7 @@
 #include <unistd.h>
 
 #include "compat.h"
+#include "reader-private.h"
 #include "restore-private.h"
 #include "uffdsnap-private.h"
 
@@ -183,7 +188,8 @@ static int recv_regions(int conn, const struct srv_hello *h, uffdsnap_lazy_regio
 	return 0;
 }
 
-USNAP_EXPORT int uffdsnap_serve_conn(uffdsnap_reader_t *r, int conn, const uffdsnap_lazy_opts_t *opts)
+/* Serve one connection of r, counted in r's clients by the caller. */
+static int serve(uffdsnap_reader_t *r, int conn, const uffdsnap_lazy_opts_t *opts)
 {
 	uffdsnap_lazy_region_t *regs = NULL;
 	uffdsnap_lazy_t *lz = NULL;
@@ -192,9 +198,6 @@ USNAP_EXPORT int uffdsnap_serve_conn(uffdsnap_reader_t *r, int conn, const uffds
 	char *names = NULL;
 	int uffd, rc;
 
-	usnap_clear_err();
-	if (!r || conn < 0)
-		return usnap_err(-EINVAL, "uffdsnap_serve_conn: a reader and a connection are needed");
 	rc = recv_hello(conn, &h, &uffd);
 	if (!rc && (!(regs = calloc(h.nregions, sizeof(*regs))) ||
 		    !(names = malloc((size_t)h.nregions * (USNAP_MAX_NAME + 1)))))
@@ -223,6 +226,32 @@ USNAP_EXPORT int uffdsnap_serve_conn(uffdsnap_reader_t *r, int conn, const uffds
 	if (rc)
 		usnap_err(rc, "%s", uffdsnap_lazy_error(lz));
 	uffdsnap_lazy_free(lz);
+	return rc;
+}
+
+USNAP_EXPORT int uffdsnap_serve_conn(uffdsnap_reader_t *r, int conn, const uffdsnap_lazy_opts_t *opts)
+{
+	_Atomic unsigned *clients;
+	uffdsnap_lazy_opts_t o;
+	int rc;
+
+	usnap_clear_err();
+	if (!r || conn < 0)
+		return usnap_err(-EINVAL, "uffdsnap_serve_conn: a reader and a connection are needed");
+	if ((rc = usnap_lazy_opts_get(opts, &o, "uffdsnap_serve_conn")))
+		return rc;
+	/* each client costs two threads, two reader clones and its descriptors
+	 * for as long as its restore runs: a bound keeps a crowd from taking
+	 * the server down */
+	clients = usnap_reader_clients(r);
+	if (atomic_fetch_add(clients, 1) < o.max_clients) {
+		rc = serve(r, conn, &o);
+	} else {
+		rc = usnap_err(-EAGAIN, "refused: the server is serving its limit of %u client%s: try again later",
+			       o.max_clients, o.max_clients == 1 ? "" : "s");
+		send_status(conn, SRV_STARTED, rc, uffdsnap_last_error());
+	}
+	atomic_fetch_sub(clients, 1);
 	return rc;
 }
 
@@ -344,7 +373,7 @@ USNAP_EXPORT int uffdsnap_lazy_connect(uffdsnap_lazy_client_t **cp, const char *
 	struct sockaddr_un sa = { .sun_family = AF_UNIX };
 	uffdsnap_lazy_client_t *c;
 	struct srv_status st;
-	int rc;
+	int rc, sent;
 
 	usnap_clear_err();
 	if (!cp || !socket_path || !regions || !n || n > USNAP_MAX_REGIONS)
@@ -383,11 +412,19 @@ USNAP_EXPORT int uffdsnap_lazy_connect(uffdsnap_lazy_client_t **cp, const char *
 		c->regs[i].len = regions[i].len;
 		c->nregs = i + 1;
 	}
-	if ((rc = send_hello(c, regions, n)))
+	/* a server that refuses us answers without reading and hangs up: when
+	 * the sending failed for that, its answer is still there to read (and
+	 * it cannot be a 0: that comes only after the whole request was read) */
+	sent = send_hello(c, regions, n);
+	if (sent && sent != -EPIPE && sent != -ECONNRESET) {
+		rc = sent;
 		goto fail;
+	}
 	if ((rc = read_all(c->sock, &st, sizeof(st)))) {
-		rc = usnap_err(rc == -EPIPE ? -ECONNRESET : rc, "the page server at %s hung up before it answered",
-			       socket_path);
+		/* no answer: the failed send says what went wrong, if one did */
+		rc = sent ? sent
+			  : usnap_err(rc == -EPIPE ? -ECONNRESET : rc, "the page server at %s hung up before it "
+				      "answered", socket_path);
 		goto fail;
 	}
 	if (st.kind != SRV_STARTED || st.status > 0 || st.status < -4095) {

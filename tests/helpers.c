@@ -3,12 +3,15 @@
 #include <dirent.h>
 #include <errno.h>
 #include <fcntl.h>
+#include <libgen.h>
 #include <signal.h>
 #include <stdlib.h>
 #include <string.h>
 #include <sys/mman.h>
 #include <sys/mount.h>
+#include <sys/resource.h>
 #include <sys/stat.h>
+#include <sys/wait.h>
 #include <time.h>
 #include <unistd.h>
 
@@ -117,6 +120,46 @@ uint64_t usnap_now_ns(void)
 double usnap_ms_since(uint64_t t0)
 {
 	return (double)(usnap_now_ns() - t0) / 1e6;
+}
+
+void usnap_find_tool(char *tool)
+{
+	char self[PATH_MAX];
+	ssize_t n = readlink("/proc/self/exe", self, sizeof(self) - 1);
+
+	if (n <= 0)
+		exit(USNAP_SKIP);
+	self[n] = '\0';
+	snprintf(tool, PATH_MAX, "%s/../util/uffdsnap", dirname(self));
+	if (access(tool, X_OK)) {
+		printf("SKIP: the uffdsnap tool is not at %s\n", tool);
+		exit(USNAP_SKIP);
+	}
+}
+
+int usnap_wait_child(pid_t pid, unsigned seconds, const char *what)
+{
+	uint64_t t0 = usnap_now_ns();
+	int status;
+
+	while (waitpid(pid, &status, WNOHANG) != pid) {
+		if (usnap_ms_since(t0) > seconds * 1000.0) {
+			kill(pid, SIGKILL);
+			waitpid(pid, &status, 0);
+			ck_abort_msg("%s: process %d did not finish within %u s", what, (int)pid, seconds);
+		}
+		usleep(2000);
+	}
+	return status;
+}
+
+void usnap_sigbus_child(void)
+{
+	struct rlimit no_core = { 0, 0 };
+
+	setrlimit(RLIMIT_CORE, &no_core);
+	signal(SIGBUS, SIG_DFL);
+	alarm(30);
 }
 
 /* ---- memory regions -------------------------------------------------------- */
@@ -357,6 +400,15 @@ uint64_t usnap_pagemap_entry(const void *addr)
 
 /* ---- snapshots -------------------------------------------------------------- */
 
+uffdsnap_reader_t *usnap_reader(const char *path)
+{
+	uffdsnap_reader_t *r;
+	int rc = uffdsnap_reader_open(&r, path);
+
+	ck_assert_msg(rc == 0, "reader_open %s: %d %s", path, rc, uffdsnap_last_error());
+	return r;
+}
+
 uffdsnap_t *usnap_ctx_new(const uffdsnap_opts_t *opts)
 {
 	uffdsnap_t *ctx = NULL;
@@ -365,6 +417,31 @@ uffdsnap_t *usnap_ctx_new(const uffdsnap_opts_t *opts)
 	ck_assert_msg(r == 0, "uffdsnap_new: %d %s (%s)", r, uffdsnap_strerror(r), uffdsnap_last_error());
 	ck_assert(ctx != NULL);
 	return ctx;
+}
+
+uffdsnap_opts_t usnap_opts(size_t buffer_bytes, size_t chunk_bytes)
+{
+	uffdsnap_opts_t o;
+
+	uffdsnap_opts_init(&o);
+	if (buffer_bytes)
+		o.buffer_bytes = buffer_bytes;
+	if (chunk_bytes)
+		o.chunk_bytes = chunk_bytes;
+	return o;
+}
+
+void usnap_snap_file(uffdsnap_t *ctx, const char *path, uffdsnap_stats_t *st)
+{
+	uffdsnap_snap_t *s;
+	int r = uffdsnap_begin_file(ctx, path, &s);
+
+	ck_assert_msg(r == 0, "begin: %d %s", r, uffdsnap_last_error());
+	r = uffdsnap_wait(s);
+	ck_assert_msg(r == 0, "wait: %d %s", r, uffdsnap_snap_error(s));
+	if (st)
+		usnap_stats(s, st);
+	uffdsnap_snap_free(s);
 }
 
 int usnap_add(uffdsnap_t *ctx, const char *name, void *addr, size_t len)
@@ -418,14 +495,12 @@ static bool all_zero(const uint8_t *p, size_t n)
 
 void usnap_check_file(const char *path, const struct usnap_expect *expect, unsigned n)
 {
-	uffdsnap_reader_t *r = NULL;
+	uffdsnap_reader_t *r = usnap_reader(path);
 	uffdsnap_info_t info = { .size = sizeof(info) };
 	const size_t piece = 4 * MiB;
 	uint8_t *buf;
 	int e;
 
-	e = uffdsnap_reader_open(&r, path);
-	ck_assert_msg(e == 0, "reader_open %s: %d %s", path, e, uffdsnap_strerror(e));
 	e = uffdsnap_reader_verify(r);
 	ck_assert_msg(e == 0, "reader_verify %s: %d %s (%s)", path, e, uffdsnap_strerror(e), uffdsnap_reader_error(r));
 	e = uffdsnap_reader_info(r, &info);
@@ -473,31 +548,21 @@ void usnap_check_file(const char *path, const struct usnap_expect *expect, unsig
 void usnap_check_buffer(const void *data, size_t len, const struct usnap_expect *expect, unsigned n)
 {
 	char dir[PATH_MAX], path[PATH_MAX + 16];
-	int fd;
 
 	usnap_tmpdir(dir);
 	snprintf(path, sizeof(path), "%s/stream", dir);
-	fd = open(path, O_WRONLY | O_CREAT | O_EXCL | O_CLOEXEC, 0600);
-	ck_assert_msg(fd >= 0, "open %s: %s", path, strerror(errno));
-	for (size_t off = 0; off < len;) {
-		ssize_t w = write(fd, (const uint8_t *)data + off, len - off);
-		ck_assert_msg(w > 0, "write %s: %s", path, strerror(errno));
-		off += (size_t)w;
-	}
-	close(fd);
+	usnap_write_file(path, data, len);
 	usnap_check_file(path, expect, n);
 	usnap_rmdir(dir);
 }
 
 uint8_t *usnap_read_region(const char *path, const char *name, size_t *len)
 {
-	uffdsnap_reader_t *r = NULL;
+	uffdsnap_reader_t *r = usnap_reader(path);
 	uffdsnap_region_info_t ri = { .size = sizeof(ri) };
 	uint8_t *buf;
 	int e, id;
 
-	e = uffdsnap_reader_open(&r, path);
-	ck_assert_msg(e == 0, "reader_open %s: %d %s", path, e, uffdsnap_strerror(e));
 	e = uffdsnap_reader_verify(r);
 	ck_assert_msg(e == 0, "reader_verify %s: %d (%s)", path, e, uffdsnap_reader_error(r));
 	id = uffdsnap_reader_find(r, name);
@@ -605,6 +670,19 @@ uint8_t *usnap_slurp(const char *path, size_t *len)
 	close(fd);
 	*len = (size_t)st.st_size;
 	return p;
+}
+
+void usnap_write_file(const char *path, const void *data, size_t len)
+{
+	int fd = open(path, O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0600);
+
+	ck_assert_msg(fd >= 0, "open %s: %s", path, strerror(errno));
+	for (size_t off = 0; off < len;) {
+		ssize_t w = write(fd, (const uint8_t *)data + off, len - off);
+		ck_assert_msg(w > 0, "write %s: %s", path, strerror(errno));
+		off += (size_t)w;
+	}
+	close(fd);
 }
 
 /* ---- sinks ------------------------------------------------------------------- */
@@ -754,6 +832,91 @@ void usnap_writers_stop(struct usnap_writers *w, unsigned seconds)
 	usnap_writers_join(w, seconds);
 }
 
+/* ---- fixtures ---------------------------------------------------------------- */
+
+uint8_t *usnap_fix_mem(struct usnap_fix *f, size_t len)
+{
+	memset(f, 0, sizeof(*f));
+	return usnap_memfd(&f->m, len);
+}
+
+void usnap_fix_ctx(struct usnap_fix *f, const char *name, const uffdsnap_opts_t *opts)
+{
+	f->name = name;
+	f->ctx = usnap_ctx_new(opts);
+	usnap_add(f->ctx, name, f->m.addr, f->m.len);
+}
+
+void usnap_fix_cb(struct usnap_fix *f, const char *file)
+{
+	int fd = -1;
+
+	if (file) {
+		usnap_tmpdir(f->dir);
+		snprintf(f->path, sizeof(f->path), "%s/%s", f->dir, file);
+		fd = open(f->path, O_WRONLY | O_CREAT | O_EXCL | O_CLOEXEC, 0600);
+		ck_assert_msg(fd >= 0, "open %s: %s", f->path, strerror(errno));
+	}
+	usnap_cb_init(&f->cb, fd);
+	f->cb.keep = !file;
+	f->have_cb = true;
+}
+
+void usnap_fix_check(struct usnap_fix *f)
+{
+	struct usnap_expect ex = { f->name, f->ref, f->m.len };
+
+	ck_assert_msg(f->have_cb, "usnap_fix_check: no usnap_fix_cb");
+	if (f->cb.fd < 0) {
+		usnap_check_buffer(f->cb.mem, f->cb.mem_len, &ex, 1);
+		return;
+	}
+	close(f->cb.fd);
+	f->cb.fd = -1;
+	usnap_check_file(f->path, &ex, 1);
+}
+
+void usnap_fix_free(struct usnap_fix *f)
+{
+	uffdsnap_snap_free(f->s);
+	uffdsnap_free(f->ctx);
+	if (f->have_cb) {
+		if (f->cb.fd >= 0)
+			close(f->cb.fd);
+		usnap_cb_destroy(&f->cb);
+	}
+	if (f->dir[0])
+		usnap_rmdir(f->dir);
+	if (f->ref)
+		usnap_buf_free(f->ref, f->m.len);
+	usnap_mem_free(&f->m);
+}
+
+void usnap_snapfile_new(struct usnap_snapfile *f, const char *name, size_t len, uint64_t seed, unsigned hole_every,
+			unsigned zero_every)
+{
+	struct usnap_mem m;
+	uffdsnap_t *ctx;
+
+	usnap_memfd(&m, len);
+	usnap_fill_mixed(m.addr, len, seed, hole_every, zero_every);
+	f->want = usnap_mem_copy(&m);
+	f->len = len;
+	ctx = usnap_ctx_new(NULL);
+	usnap_add(ctx, name, m.addr, len);
+	usnap_tmpdir(f->dir);
+	snprintf(f->path, sizeof(f->path), "%s/snap", f->dir);
+	usnap_snap_file(ctx, f->path, NULL);
+	uffdsnap_free(ctx);
+	usnap_mem_free(&m);
+}
+
+void usnap_snapfile_free(struct usnap_snapfile *f)
+{
+	usnap_buf_free(f->want, f->len);
+	usnap_rmdir(f->dir);
+}
+
 /* ---- the prefix rule ---------------------------------------------------------- */
 
 static inline uint64_t seq_nslots(const struct usnap_seq *q)
@@ -797,7 +960,7 @@ uint64_t usnap_seq_check(const struct usnap_seq *q, uint8_t *const snap[2], unsi
 			uint64_t v = *(const uint64_t *)(snap[r] + seq_offset(q, wr, j));
 			if (!v)
 				continue;
-			ck_assert_msg(v <= last && ((v - 1) & 1) == r && ((v - 1) >> 1) % n == j,
+			usnap_assert_msg(v <= last && ((v - 1) & 1) == r && ((v - 1) >> 1) % n == j,
 				      "writer %u region %u slot %llu holds %llu: never written there (last write %llu)",
 				      wr, r, (unsigned long long)j, (unsigned long long)v, (unsigned long long)last);
 			if (v > k)

@@ -27,11 +27,36 @@
 #include "uffdsnap.h"
 
 #define USNAP_SKIP 77
+
+/* 1 when built with AddressSanitizer or ThreadSanitizer (gcc says so with
+ * __SANITIZE_*__, clang with __has_feature): several times slower per byte
+ * touched, so a few tests use smaller regions or fewer runs that take the
+ * same paths. */
+#if defined(__SANITIZE_ADDRESS__) || defined(__SANITIZE_THREAD__)
+#define USNAP_SANITIZED 1
+#elif defined(__has_feature)
+#if __has_feature(address_sanitizer) || __has_feature(thread_sanitizer)
+#define USNAP_SANITIZED 1
+#endif
+#endif
+#ifndef USNAP_SANITIZED
+#define USNAP_SANITIZED 0
+#endif
 #define KiB (1024ul)
 #define MiB (1024ul * 1024ul)
 #define GiB (1024ul * 1024ul * 1024ul)
 
 extern size_t usnap_page; /* page size, set by usnap_test_require_uffd() / usnap_test_init() */
+
+/*
+ * ck_assert_msg for loops over pages, slots or bytes. Check's ck_assert_msg
+ * records a checkpoint on every pass (a message written to its result file
+ * and read back by the parent), which over a million passes costs seconds,
+ * and tens of seconds under ThreadSanitizer. This one does nothing unless it
+ * fails, and then fails exactly as ck_assert_msg does.
+ */
+#define usnap_assert_msg(expr, ...) \
+	((expr) ? (void)0 : _ck_assert_failed(__FILE__, __LINE__, "Assertion '" #expr "' failed", ##__VA_ARGS__))
 
 /* ---- environment --------------------------------------------------------- */
 
@@ -52,6 +77,16 @@ void usnap_watchdog(unsigned seconds, const char *what);
 int usnap_join_timeout(pthread_t t, unsigned seconds);
 uint64_t usnap_now_ns(void);
 double usnap_ms_since(uint64_t t0_ns);
+/* The uffdsnap tool of this build tree into tool (PATH_MAX); exit 77 if it is
+ * not there. Call from main(). */
+void usnap_find_tool(char *tool);
+/* Wait for the child pid; after `seconds` kill it and fail the test, saying
+ * `what` hung. Returns its wait status. */
+int usnap_wait_child(pid_t pid, unsigned seconds, const char *what);
+/* In a forked child that is meant to die of SIGBUS: no core file, SIGBUS's
+ * default action (a sanitizer's handler would turn it into an exit), and an
+ * alarm() so that it cannot outlive the test. */
+void usnap_sigbus_child(void);
 
 /* ---- memory regions -------------------------------------------------------- */
 
@@ -115,8 +150,15 @@ uint64_t usnap_pagemap_entry(const void *addr);
 
 /* ---- snapshots -------------------------------------------------------------- */
 
+/* uffdsnap_reader_open, failing the test with the detail on error. */
+uffdsnap_reader_t *usnap_reader(const char *path);
 /* uffdsnap_new with a context, failing the test with the detail on error. */
 uffdsnap_t *usnap_ctx_new(const uffdsnap_opts_t *opts);
+/* The default options with these bounds (0 keeps the default). */
+uffdsnap_opts_t usnap_opts(size_t buffer_bytes, size_t chunk_bytes);
+/* Snapshot ctx into the file path and wait, failing the test unless both
+ * succeed; the snapshot's stats into *st unless st is NULL. */
+void usnap_snap_file(uffdsnap_t *ctx, const char *path, uffdsnap_stats_t *st);
 /* add_region, asserting success; returns the id. */
 int usnap_add(uffdsnap_t *ctx, const char *name, void *addr, size_t len);
 /* Fetch and print stats ("label: faults=.. fault=.. sweep=.. hole=.."). */
@@ -154,6 +196,8 @@ void usnap_tmpfs_mount(char *dir, size_t size);
 void usnap_tmpfs_umount(const char *dir);
 /* Read a whole file into memory (malloc); *len gets its size. */
 uint8_t *usnap_slurp(const char *path, size_t *len);
+/* Write len bytes as the whole of the file path (created 0600, or truncated). */
+void usnap_write_file(const char *path, const void *data, size_t len);
 
 /* ---- sinks ------------------------------------------------------------------- */
 
@@ -217,7 +261,57 @@ void usnap_writers_stop(struct usnap_writers *w, unsigned seconds);
 /* Join (without setting stop) each writer with a timeout; fails on hang. */
 void usnap_writers_join(struct usnap_writers *w, unsigned seconds);
 
-#endif
+/* ---- fixtures --------------------------------------------------------------- */
+
+/*
+ * The setup and teardown most snapshot tests share: a memfd region that a
+ * context holds alone, the region's contents at the instant, and a callback
+ * sink that writes the stream to a file in a fresh directory or keeps it in
+ * memory. In a test's order:
+ *   usnap_fix_mem(&f, len)          the memfd (holes); the test fills it and sets f.ref
+ *   usnap_fix_ctx(&f, name, opts)   the context (opts NULL: defaults) with the region
+ *   usnap_fix_cb(&f, file)          f.cb writes to f.path = f.dir/file, or keeps the
+ *                                   stream in memory if file is NULL
+ *   ... begin with usnap_cb_sink(&f.cb) into f.s ...
+ *   usnap_fix_check(&f)             the stream holds the one region, byte-exact with f.ref
+ *   usnap_fix_free(&f)              frees what is set: f.s, f.ctx, the sink, the
+ *                                   directory, f.ref, the memory
+ * A test that frees the snapshot or the context itself sets the pointer to NULL.
+ */
+struct usnap_fix {
+	struct usnap_mem m;
+	const char *name;
+	uint8_t *ref;                /* the region at the instant (len bytes) */
+	uffdsnap_t *ctx;
+	uffdsnap_snap_t *s;
+	struct usnap_cb cb;          /* cb.fd: the stream's file, -1 when kept in memory */
+	bool have_cb;
+	char dir[PATH_MAX];          /* "" when the stream is kept in memory */
+	char path[PATH_MAX + 16];
+};
+
+uint8_t *usnap_fix_mem(struct usnap_fix *f, size_t len);
+void usnap_fix_ctx(struct usnap_fix *f, const char *name, const uffdsnap_opts_t *opts);
+void usnap_fix_cb(struct usnap_fix *f, const char *file);
+void usnap_fix_check(struct usnap_fix *f);
+void usnap_fix_free(struct usnap_fix *f);
+
+/*
+ * A finished snapshot file for the restore tests: one memfd region `name` of
+ * `len` bytes filled by usnap_fill_mixed(seed, hole_every, zero_every),
+ * snapshotted to path = dir/snap in a fresh directory; the memory is gone,
+ * want holds what the snapshot must give back.
+ */
+struct usnap_snapfile {
+	char dir[PATH_MAX];
+	char path[PATH_MAX + 16];
+	uint8_t *want;
+	size_t len;
+};
+
+void usnap_snapfile_new(struct usnap_snapfile *f, const char *name, size_t len, uint64_t seed, unsigned hole_every,
+			unsigned zero_every);
+void usnap_snapfile_free(struct usnap_snapfile *f);
 
 /* ---- the prefix rule ----------------------------------------------------------
  *
@@ -243,3 +337,5 @@ void usnap_seq_writer(struct usnap_writers *w, unsigned idx);
  * writer's last write was `last`. Returns k (writes visible) and fails the test
  * (with the first violation) unless the visible writes are a prefix. */
 uint64_t usnap_seq_check(const struct usnap_seq *q, uint8_t *const snap[2], unsigned wr, uint64_t last);
+
+#endif

@@ -111,7 +111,7 @@ START_TEST(buffer_bound_slow_sink)
 	ck_assert_msg(st.pages_fault > 1000, "only %llu pages copied for writers: the writers did not outrun the "
 		      "sink, the bound was not exercised", (unsigned long long)st.pages_fault);
 	ck_assert_msg(st.fault_wait_max_ns > 0, "no fault ever waited for buffer space");
-#if defined(__SANITIZE_THREAD__) || defined(__SANITIZE_ADDRESS__)
+#if USNAP_SANITIZED
 	printf("RssAnon check skipped: the sanitizer's own shadow memory grows with the run\n");
 #else
 	ck_assert_msg(rss_max - rss0 < 48 * 1024, "anonymous memory grew by %ld KiB during the snapshot with a "

@@ -56,6 +56,17 @@ static void assert_released(struct usnap_mem *m, struct usnap_writers *w, const 
 	ck_assert_int_eq(usnap_pagemap_protected(m->addr, m->len), 0);
 }
 
+/* A memfd of len random bytes (seed) that f's context holds as "r", and two
+ * writers storing to all of it through b. */
+static void setup(struct usnap_fix *f, size_t len, uint64_t seed, struct usnap_writers *w, struct rw_state *b)
+{
+	usnap_fix_mem(f, len);
+	usnap_fill_random(f->m.addr, len, seed);
+	usnap_fix_ctx(f, "r", NULL);
+	*b = (struct rw_state){ f->m.addr, 0, len / usnap_page };
+	usnap_writers_start(w, 2, rw_writer, b);
+}
+
 static void assert_failed(uffdsnap_snap_t *s, int r, int want, const char *what)
 {
 	uffdsnap_stats_t st;
@@ -74,73 +85,53 @@ static void assert_failed(uffdsnap_snap_t *s, int r, int want, const char *what)
 /* (a) disk full: a 64 MiB random region into a 4 MiB tmpfs. */
 START_TEST(failure_enospc)
 {
-	const size_t len = 64 * MiB;
-	struct usnap_mem m;
+	struct usnap_fix f;
 	struct usnap_writers w;
 	struct rw_state b;
-	uffdsnap_t *ctx;
-	uffdsnap_snap_t *s;
 	char mnt[PATH_MAX], path[PATH_MAX + 16];
 	int r;
 
 	usnap_watchdog(120, "failure_enospc");
-	usnap_memfd(&m, len);
-	usnap_fill_random(m.addr, len, 9);
 	usnap_tmpfs_mount(mnt, 4 * MiB);
 	snprintf(path, sizeof(path), "%s/snap", mnt);
-	ctx = usnap_ctx_new(NULL);
-	usnap_add(ctx, "r", m.addr, len);
-	b = (struct rw_state){ m.addr, 0, len / usnap_page };
-	usnap_writers_start(&w, 2, rw_writer, &b);
+	setup(&f, 64 * MiB, 9, &w, &b);
 	ck_assert(usnap_writers_wait_progress(&w, 1000, 10));
-	r = uffdsnap_begin_file(ctx, path, &s);
+	r = uffdsnap_begin_file(f.ctx, path, &f.s);
 	ck_assert_msg(r == 0, "begin: %d (%s)", r, uffdsnap_last_error());
-	r = uffdsnap_wait(s);
-	assert_failed(s, r, -ENOSPC, "ENOSPC");
-	assert_released(&m, &w, "ENOSPC");
+	r = uffdsnap_wait(f.s);
+	assert_failed(f.s, r, -ENOSPC, "ENOSPC");
+	assert_released(&f.m, &w, "ENOSPC");
 	ck_assert_msg(access(path, F_OK) != 0, "the target %s exists after a failed snapshot", path);
 	ck_assert_msg(usnap_dir_entries(mnt, true) == 0, "files left in %s after a failed snapshot", mnt);
-	uffdsnap_snap_free(s);
-	uffdsnap_free(ctx);
+	usnap_fix_free(&f);
 	usnap_tmpfs_umount(mnt);
-	usnap_mem_free(&m);
 }
 END_TEST
 
 /* (b) an fd sink whose reader went away. */
 static void closed_pipe(bool ignore_sigpipe)
 {
-	const size_t len = 32 * MiB;
-	struct usnap_mem m;
+	struct usnap_fix f;
 	struct usnap_writers w;
 	struct rw_state b;
-	uffdsnap_t *ctx;
-	uffdsnap_snap_t *s;
 	uffdsnap_sink_t *k;
 	int r, p[2];
 
 	usnap_watchdog(60, "failure closed pipe");
 	if (ignore_sigpipe)
 		signal(SIGPIPE, SIG_IGN);
-	usnap_memfd(&m, len);
-	usnap_fill_random(m.addr, len, 19);
-	ctx = usnap_ctx_new(NULL);
-	usnap_add(ctx, "r", m.addr, len);
 	ck_assert_int_eq(pipe(p), 0);
 	close(p[0]);
 	ck_assert_int_eq(uffdsnap_sink_fd(&k, p[1]), 0);
-	b = (struct rw_state){ m.addr, 0, len / usnap_page };
-	usnap_writers_start(&w, 2, rw_writer, &b);
-	r = uffdsnap_begin(ctx, k, &s);
+	setup(&f, 32 * MiB, 19, &w, &b);
+	r = uffdsnap_begin(f.ctx, k, &f.s);
 	ck_assert_msg(r == 0, "begin: %d (%s)", r, uffdsnap_last_error());
-	r = uffdsnap_wait(s);
-	assert_failed(s, r, -EPIPE, ignore_sigpipe ? "EPIPE (SIGPIPE ignored)" : "EPIPE (SIGPIPE default)");
-	assert_released(&m, &w, "EPIPE");
+	r = uffdsnap_wait(f.s);
+	assert_failed(f.s, r, -EPIPE, ignore_sigpipe ? "EPIPE (SIGPIPE ignored)" : "EPIPE (SIGPIPE default)");
+	assert_released(&f.m, &w, "EPIPE");
 	ck_assert_msg(fcntl(p[1], F_GETFD) >= 0, "the fd sink closed the caller's fd");
 	close(p[1]);
-	uffdsnap_snap_free(s);
-	uffdsnap_free(ctx);
-	usnap_mem_free(&m);
+	usnap_fix_free(&f);
 }
 
 START_TEST(failure_epipe) { closed_pipe(true); }
@@ -153,50 +144,30 @@ END_TEST
 /* (c) a callback sink failing at call N. */
 START_TEST(failure_callback_eio)
 {
-	const size_t len = 32 * MiB;
-	struct usnap_mem m;
+	struct usnap_fix f;
 	struct usnap_writers w;
 	struct rw_state b;
-	struct usnap_cb cb;
-	uffdsnap_t *ctx;
-	uffdsnap_snap_t *s;
+	char dir[PATH_MAX], path[PATH_MAX + 16];
 	int r;
 
 	usnap_watchdog(60, "failure_callback_eio");
-	usnap_memfd(&m, len);
-	usnap_fill_random(m.addr, len, 29);
-	ctx = usnap_ctx_new(NULL);
-	usnap_add(ctx, "r", m.addr, len);
-	usnap_cb_init(&cb, -1);
-	cb.keep = true;
-	cb.fail_at = 5;
-	cb.fail_err = -EIO;
-	b = (struct rw_state){ m.addr, 0, len / usnap_page };
-	usnap_writers_start(&w, 2, rw_writer, &b);
-	ck_assert_int_eq(uffdsnap_begin(ctx, usnap_cb_sink(&cb), &s), 0);
-	r = uffdsnap_wait(s);
-	assert_failed(s, r, -EIO, "callback -EIO at call 5");
-	assert_released(&m, &w, "callback -EIO");
-	printf("  callback calls: %lu, bytes kept %zu\n", atomic_load(&cb.calls), cb.mem_len);
-	ck_assert_uint_ge(atomic_load(&cb.calls), 5);
+	setup(&f, 32 * MiB, 29, &w, &b);
+	usnap_fix_cb(&f, NULL);
+	f.cb.fail_at = 5;
+	f.cb.fail_err = -EIO;
+	ck_assert_int_eq(uffdsnap_begin(f.ctx, usnap_cb_sink(&f.cb), &f.s), 0);
+	r = uffdsnap_wait(f.s);
+	assert_failed(f.s, r, -EIO, "callback -EIO at call 5");
+	assert_released(&f.m, &w, "callback -EIO");
+	printf("  callback calls: %lu, bytes kept %zu\n", atomic_load(&f.cb.calls), f.cb.mem_len);
+	ck_assert_uint_ge(atomic_load(&f.cb.calls), 5);
 	/* what did reach the sink must not pass for a snapshot */
-	{
-		char dir[PATH_MAX], path[PATH_MAX + 16];
-		FILE *f;
-		usnap_tmpdir(dir);
-		snprintf(path, sizeof(path), "%s/partial", dir);
-		f = fopen(path, "we");
-		ck_assert(f != NULL);
-		if (cb.mem_len)
-			ck_assert_uint_eq(fwrite(cb.mem, 1, cb.mem_len, f), cb.mem_len);
-		fclose(f);
-		ck_assert_msg(!usnap_file_verifies(path), "the stream of a failed snapshot passes verify");
-		usnap_rmdir(dir);
-	}
-	uffdsnap_snap_free(s);
-	uffdsnap_free(ctx);
-	usnap_cb_destroy(&cb);
-	usnap_mem_free(&m);
+	usnap_tmpdir(dir);
+	snprintf(path, sizeof(path), "%s/partial", dir);
+	usnap_write_file(path, f.cb.mem, f.cb.mem_len);
+	ck_assert_msg(!usnap_file_verifies(path), "the stream of a failed snapshot passes verify");
+	usnap_rmdir(dir);
+	usnap_fix_free(&f);
 }
 END_TEST
 
@@ -227,50 +198,40 @@ static void blocked_writers(enum how how)
 {
 	static const char *names[] = { "snap_free mid-snapshot", "uffdsnap_free(ctx) mid-snapshot", "cancel" };
 	const size_t len = 64 * MiB;
-	struct usnap_mem m;
+	const uffdsnap_opts_t o = usnap_opts(4 * MiB, 0);
+	struct usnap_fix f;
 	struct usnap_writers w;
 	struct rw_state b;
-	struct usnap_cb cb;
 	struct killer k;
-	uffdsnap_opts_t o;
-	uffdsnap_t *ctx;
-	uffdsnap_snap_t *s;
 	uffdsnap_stats_t st;
 	unsigned long long p1[4];
 	pthread_t t;
-	char dir[PATH_MAX], path[PATH_MAX + 16];
-	int fd, r;
+	uint8_t *mem;
+	int r;
 
 	usnap_watchdog(90, names[how]);
-	usnap_memfd(&m, len);
-	usnap_fill_random(m.addr, len, 39);
-	uffdsnap_opts_init(&o);
-	o.buffer_bytes = 4 * MiB;
-	ctx = usnap_ctx_new(&o);
-	usnap_add(ctx, "r", m.addr, len);
-	usnap_tmpdir(dir);
-	snprintf(path, sizeof(path), "%s/partial", dir);
-	fd = open(path, O_WRONLY | O_CREAT | O_EXCL | O_CLOEXEC, 0600);
-	ck_assert(fd >= 0);
-	usnap_cb_init(&cb, fd);
-	usnap_cb_gate(&cb, true);
-	ck_assert_int_eq(uffdsnap_begin(ctx, usnap_cb_sink(&cb), &s), 0);
-	ck_assert(usnap_cb_wait_blocked(&cb, 10));
-	b = (struct rw_state){ m.addr, len / usnap_page / 2, len / usnap_page / 2 }; /* far from the sweep */
+	mem = usnap_fix_mem(&f, len);
+	usnap_fill_random(mem, len, 39);
+	usnap_fix_ctx(&f, "r", &o);
+	usnap_fix_cb(&f, "partial");
+	usnap_cb_gate(&f.cb, true);
+	ck_assert_int_eq(uffdsnap_begin(f.ctx, usnap_cb_sink(&f.cb), &f.s), 0);
+	ck_assert(usnap_cb_wait_blocked(&f.cb, 10));
+	b = (struct rw_state){ mem, len / usnap_page / 2, len / usnap_page / 2 }; /* far from the sweep */
 	usnap_writers_start(&w, 3, rw_writer, &b);
 	usleep(300 * 1000);
 	for (unsigned i = 0; i < 3; i++)
 		p1[i] = atomic_load(&w.progress[i]);
 	usleep(200 * 1000);
-	usnap_stats(s, &st);
+	usnap_stats(f.s, &st);
 	usnap_stats_print(names[how], &st);
 	for (unsigned i = 0; i < 3; i++)
 		ck_assert_msg(atomic_load(&w.progress[i]) == p1[i], "writer %u is not blocked (%llu -> %llu writes)",
 			      i, p1[i], atomic_load(&w.progress[i]));
 	ck_assert_uint_ge(st.faults, 1);
-	ck_assert_int_gt(usnap_pagemap_protected(m.addr, len), 0);
+	ck_assert_int_gt(usnap_pagemap_protected(mem, len), 0);
 
-	k = (struct killer){ how, ctx, s };
+	k = (struct killer){ how, f.ctx, f.s };
 	ck_assert_int_eq(pthread_create(&t, NULL, kill_it, &k), 0);
 	/* the sink is still shut: the writers must be released anyway */
 	atomic_store(&w.stop, true);
@@ -280,24 +241,23 @@ static void blocked_writers(enum how how)
 			      names[how], i);
 	}
 	w.n = 0;
-	ck_assert_int_eq(usnap_pagemap_protected(m.addr, len), 0);
+	ck_assert_int_eq(usnap_pagemap_protected(mem, len), 0);
 	printf("%s: %d writers released with the sink still blocked\n", names[how], 3);
-	usnap_cb_gate(&cb, false);
+	usnap_cb_gate(&f.cb, false);
 	ck_assert_msg(usnap_join_timeout(t, 20) == 0, "%s did not return after the sink was released", names[how]);
 	if (how != BY_SNAP_FREE) {
-		r = uffdsnap_wait(s);
-		assert_failed(s, r, -ECANCELED, names[how]);
-		uffdsnap_snap_free(s);
+		r = uffdsnap_wait(f.s);
+		assert_failed(f.s, r, -ECANCELED, names[how]);
+		uffdsnap_snap_free(f.s);
 	}
 	if (how != BY_CTX_FREE)
-		uffdsnap_free(ctx);
-	ck_assert_int_eq(usnap_pagemap_protected(m.addr, len), 0);
-	m.addr[len - 1]++; /* and it stays writable */
-	close(fd);
-	ck_assert_msg(!usnap_file_verifies(path), "%s: the partial stream passes verify", names[how]);
-	usnap_cb_destroy(&cb);
-	usnap_rmdir(dir);
-	usnap_mem_free(&m);
+		uffdsnap_free(f.ctx);
+	f.s = NULL;
+	f.ctx = NULL;
+	ck_assert_int_eq(usnap_pagemap_protected(mem, len), 0);
+	mem[len - 1]++; /* and it stays writable */
+	ck_assert_msg(!usnap_file_verifies(f.path), "%s: the partial stream passes verify", names[how]);
+	usnap_fix_free(&f);
 }
 
 START_TEST(failure_snap_free_mid_snapshot) { blocked_writers(BY_SNAP_FREE); }
@@ -310,45 +270,35 @@ END_TEST
 /* (f') cancel of a file-sink snapshot: no target, no temporary file. */
 START_TEST(failure_cancel_file)
 {
-	const size_t len = 128 * MiB;
-	struct usnap_mem m;
+	struct usnap_fix f;
 	struct usnap_writers w;
 	struct rw_state b;
-	uffdsnap_t *ctx;
-	uffdsnap_snap_t *s;
 	char dir[PATH_MAX], path[PATH_MAX + 16];
 	int r;
 
 	usnap_watchdog(60, "failure_cancel_file");
-	usnap_memfd(&m, len);
-	usnap_fill_random(m.addr, len, 49);
-	ctx = usnap_ctx_new(NULL);
-	usnap_add(ctx, "r", m.addr, len);
 	usnap_tmpdir(dir);
 	snprintf(path, sizeof(path), "%s/snap", dir);
-	b = (struct rw_state){ m.addr, 0, len / usnap_page };
-	usnap_writers_start(&w, 2, rw_writer, &b);
-	ck_assert_int_eq(uffdsnap_begin_file(ctx, path, &s), 0);
+	setup(&f, 128 * MiB, 49, &w, &b);
+	ck_assert_int_eq(uffdsnap_begin_file(f.ctx, path, &f.s), 0);
 	ck_assert_msg(usnap_dir_entries(dir, true) == 1, "no temporary file while the snapshot runs");
 	ck_assert_msg(access(path, F_OK) != 0, "the target exists before the snapshot finished");
-	uffdsnap_cancel(s);
-	uffdsnap_cancel(s); /* twice is harmless */
-	r = uffdsnap_wait(s);
-	assert_failed(s, r, -ECANCELED, "cancel (file sink)");
-	assert_released(&m, &w, "cancel (file sink)");
+	uffdsnap_cancel(f.s);
+	uffdsnap_cancel(f.s); /* twice is harmless */
+	r = uffdsnap_wait(f.s);
+	assert_failed(f.s, r, -ECANCELED, "cancel (file sink)");
+	assert_released(&f.m, &w, "cancel (file sink)");
 	ck_assert_msg(access(path, F_OK) != 0, "the target exists after cancel");
 	ck_assert_msg(usnap_dir_entries(dir, true) == 0, "files left in %s after cancel", dir);
-	uffdsnap_cancel(s); /* after the end: no effect */
-	ck_assert_int_eq(uffdsnap_wait(s), -ECANCELED);
-	uffdsnap_snap_free(s);
+	uffdsnap_cancel(f.s); /* after the end: no effect */
+	ck_assert_int_eq(uffdsnap_wait(f.s), -ECANCELED);
+	uffdsnap_snap_free(f.s);
+	f.s = NULL;
 	/* the context is usable again */
-	ck_assert_int_eq(uffdsnap_begin_file(ctx, path, &s), 0);
-	ck_assert_int_eq(uffdsnap_wait(s), 0);
+	usnap_snap_file(f.ctx, path, NULL);
 	ck_assert(usnap_file_verifies(path));
-	uffdsnap_snap_free(s);
-	uffdsnap_free(ctx);
+	usnap_fix_free(&f);
 	usnap_rmdir(dir);
-	usnap_mem_free(&m);
 }
 END_TEST
 

@@ -36,16 +36,11 @@
 #include "helpers.h"
 #include "inject.h"
 
-#if defined(__SANITIZE_ADDRESS__) || defined(__SANITIZE_THREAD__)
-#define SANITIZED 1
-#else
-#define SANITIZED 0
-#endif
 /* every N in the plain build; under the sanitizers every 3rd (ASan) or 5th
  * (TSan, several times slower) keeps the suite within CI's time */
 #if defined(__SANITIZE_THREAD__)
 #define STEP 5
-#elif SANITIZED
+#elif USNAP_SANITIZED
 #define STEP 3
 #else
 #define STEP 1
@@ -300,7 +295,8 @@ static void sweep(enum usnap_inject_point point, int err, int mode, enum sink_ki
 	unsigned long n = 0, runs = 0, failed = 0, succeeded = 0, injected = 0, step = STEP;
 	/* USNAP_INJECT_PASSES=k repeats each sweep k times (default 2, 1 under
 	 * the sanitizers, where LeakSanitizer checks every byte) */
-	unsigned passes = getenv("USNAP_INJECT_PASSES") ? (unsigned)atoi(getenv("USNAP_INJECT_PASSES")) : SANITIZED ? 1 : 2;
+	unsigned passes = getenv("USNAP_INJECT_PASSES") ? (unsigned)atoi(getenv("USNAP_INJECT_PASSES"))
+			  : USNAP_SANITIZED ? 1 : 2;
 	int fds0, thr0;
 	size_t heap0 = 0, heap_end[64] = { 0 };
 	uint64_t t0 = usnap_now_ns();
@@ -346,7 +342,7 @@ static void sweep(enum usnap_inject_point point, int err, int mode, enum sink_ki
 	}
 	if (passes < 1 || passes > 64)
 		ck_abort_msg("USNAP_INJECT_PASSES must be 1..64");
-	if (!SANITIZED && passes > 1) {
+	if (!USNAP_SANITIZED && passes > 1) {
 		/* the same sweep again: whatever a run leaks, the next pass leaks again */
 		ck_assert_msg(heap_end[passes - 1] <= heap_end[0] + 1 * KiB, "%s: the heap grew from %zu to %zu bytes "
 			      "over %u more passes of the same sweep", label, heap_end[0], heap_end[passes - 1],
@@ -627,7 +623,7 @@ START_TEST(inject_reader_alloc)
 		if (n && !usnap_inject_fired())
 			break;
 	}
-	if (!SANITIZED)
+	if (!USNAP_SANITIZED)
 		ck_assert_msg(heap_used() <= heap0 + 4 * KiB, "reader: heap grew from %zu to %zu", heap0, heap_used());
 	printf("reader alloc sweep: %lu allocations, each failing once: %lu runs failed with -ENOMEM, the rest read "
 	       "exactly; fds %d; heap %zu -> %zu\n", n - 1, failed, fds0, heap0, heap_used());
@@ -767,7 +763,7 @@ static void kill_round(enum kill_how how, bool gate, unsigned delay_us, unsigned
 
 static void kill_sweep(enum kill_how how)
 {
-	unsigned long rounds = SANITIZED ? 8 : 24, blocked = 0, cancelled = 0;
+	unsigned long rounds = USNAP_SANITIZED ? 8 : 24, blocked = 0, cancelled = 0;
 	uint64_t rng = 99 + how, t0 = usnap_now_ns();
 	int fds0, thr0;
 	size_t heap0 = 0;
@@ -784,7 +780,7 @@ static void kill_sweep(enum kill_how how)
 		if (i == 2)
 			heap0 = heap_used();
 	}
-	if (!SANITIZED)
+	if (!USNAP_SANITIZED)
 		ck_assert_msg(heap_used() <= heap0 + 4 * KiB, "%s: heap grew from %zu to %zu", kill_name[how], heap0,
 			      heap_used());
 	printf("%s from another thread: %lu rounds, %lu while writers waited in faults, %lu cancelled; fds %d "
@@ -820,7 +816,7 @@ int main(int argc, char **argv)
 	TCase *tc = tcase_create("inject");
 
 	(void)argc;
-	if (!SANITIZED && !getenv("USNAP_INJECT_EXECED")) {
+	if (!USNAP_SANITIZED && !getenv("USNAP_INJECT_EXECED")) {
 		/* glibc's tcache keeps freed chunks counted as in use by mallinfo2():
 		 * without it the heap checks are exact */
 		setenv("GLIBC_TUNABLES", "glibc.malloc.tcache_count=0", 1);

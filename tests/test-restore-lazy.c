@@ -9,13 +9,11 @@
  * hang: they run in a forked child under a deadline.
  */
 #include <errno.h>
-#include <fcntl.h>
 #include <signal.h>
 #include <stdatomic.h>
 #include <stdlib.h>
 #include <string.h>
 #include <sys/mman.h>
-#include <sys/resource.h>
 #include <sys/wait.h>
 #include <unistd.h>
 
@@ -23,45 +21,20 @@
 
 #define LEN (32 * MiB)
 
-static char dir[PATH_MAX];
-static char snap_path[PATH_MAX + 16];
-static uint8_t *want;            /* the region at the instant */
+static struct usnap_snapfile fx; /* fx.want: the region at the instant */
 static uint64_t want_zero_pages; /* pages recorded as zero */
 
 /* A snapshot of one 32 MiB memfd "pool": random, zero and hole pages. */
 static void fixture(void)
 {
 	uffdsnap_info_t info = { .size = sizeof(info) };
-	struct usnap_mem m;
 	uffdsnap_reader_t *r;
-	uffdsnap_snap_t *s;
-	uffdsnap_t *ctx;
-	int rc;
 
-	usnap_memfd(&m, LEN);
-	usnap_fill_mixed(m.addr, LEN, 17, 5, 7);
-	want = usnap_mem_copy(&m);
-	ctx = usnap_ctx_new(NULL);
-	usnap_add(ctx, "pool", m.addr, LEN);
-	usnap_tmpdir(dir);
-	snprintf(snap_path, sizeof(snap_path), "%s/snap", dir);
-	rc = uffdsnap_begin_file(ctx, snap_path, &s);
-	ck_assert_msg(rc == 0, "begin: %d %s", rc, uffdsnap_last_error());
-	rc = uffdsnap_wait(s);
-	ck_assert_msg(rc == 0, "wait: %d %s", rc, uffdsnap_snap_error(s));
-	uffdsnap_snap_free(s);
-	uffdsnap_free(ctx);
-	usnap_mem_free(&m);
-	ck_assert_int_eq(uffdsnap_reader_open(&r, snap_path), 0);
+	usnap_snapfile_new(&fx, "pool", LEN, 17, 5, 7);
+	r = usnap_reader(fx.path);
 	uffdsnap_reader_info(r, &info);
 	want_zero_pages = info.pages_zero;
 	uffdsnap_reader_free(r);
-}
-
-static void fixture_free(void)
-{
-	usnap_buf_free(want, LEN);
-	usnap_rmdir(dir);
 }
 
 /* Start a lazy restore of "pool" from `path` into dst. */
@@ -76,8 +49,7 @@ static uffdsnap_lazy_t *start(const char *path, struct usnap_mem *dst, uint32_t 
 
 	uffdsnap_lazy_opts_init(&o);
 	o.flags = flags;
-	rc = uffdsnap_reader_open(&r, path);
-	ck_assert_msg(rc == 0, "reader_open: %d %s", rc, uffdsnap_last_error());
+	r = usnap_reader(path);
 	t0 = usnap_now_ns();
 	rc = uffdsnap_lazy_start(&lz, r, &reg, 1, &o);
 	if (ms)
@@ -119,10 +91,10 @@ START_TEST(lazy_sequential)
 	usnap_watchdog(60, "lazy_sequential");
 	fixture();
 	usnap_memfd(&dst, LEN);
-	lz = start(snap_path, &dst, 0, &ms);
+	lz = start(fx.path, &dst, 0, &ms);
 	t0 = usnap_now_ns();
 	for (size_t p = 0; p < LEN; p += usnap_page)
-		ck_assert_msg(!memcmp(dst.addr + p, want + p, usnap_page), "page %zu differs", p / usnap_page);
+		usnap_assert_msg(!memcmp(dst.addr + p, fx.want + p, usnap_page), "page %zu differs", p / usnap_page);
 	run_ms = usnap_ms_since(t0);
 	rc = uffdsnap_lazy_wait(lz);
 	ck_assert_msg(rc == 0, "lazy_wait: %d %s", rc, uffdsnap_lazy_error(lz));
@@ -132,10 +104,10 @@ START_TEST(lazy_sequential)
 	ck_assert_int_eq(st.state, UFFDSNAP_LAZY_DONE);
 	ck_assert_uint_eq(st.pages_fault + st.pages_prefetch + want_zero_pages, LEN / usnap_page);
 	ck_assert_msg(ms < 50, "lazy_start took %.1f ms", ms);
-	ck_assert(!memcmp(dst.addr, want, LEN));
+	ck_assert(!memcmp(dst.addr, fx.want, LEN));
 	uffdsnap_lazy_free(lz);
 	usnap_mem_free(&dst);
-	fixture_free();
+	usnap_snapfile_free(&fx);
 }
 END_TEST
 
@@ -164,7 +136,7 @@ static void *toucher_main(void *arg)
 
 		t->lat_ns[i] = usnap_now_ns() - t0;
 		(void)first;
-		if (page[0] != 0xA5 && memcmp(page, want + p * usnap_page, usnap_page))
+		if (page[0] != 0xA5 && memcmp(page, fx.want + p * usnap_page, usnap_page))
 			t->bad++;
 		page[0] = 0xA5;
 	}
@@ -213,7 +185,7 @@ START_TEST(lazy_random)
 		const char *what = prefetch ? "random, with prefetch" : "random, faults only";
 
 		usnap_memfd(&dst, LEN);
-		lz = start(snap_path, &dst, prefetch ? 0 : UFFDSNAP_LAZY_NO_PREFETCH, NULL);
+		lz = start(fx.path, &dst, prefetch ? 0 : UFFDSNAP_LAZY_NO_PREFETCH, NULL);
 		touch_random(lz, &dst, 2, 400, what);
 		rc = uffdsnap_lazy_wait(lz);
 		ck_assert_msg(rc == 0, "lazy_wait: %d %s", rc, uffdsnap_lazy_error(lz));
@@ -235,14 +207,14 @@ START_TEST(lazy_random)
 		got = usnap_mem_copy(&dst);
 		for (size_t p = 0; p < LEN; p += usnap_page) {
 			if (got[p] == 0xA5)
-				got[p] = want[p]; /* a marker: the page was touched */
-			ck_assert_msg(!memcmp(got + p, want + p, usnap_page), "page %zu differs", p / usnap_page);
+				got[p] = fx.want[p]; /* a marker: the page was touched */
+			usnap_assert_msg(!memcmp(got + p, fx.want + p, usnap_page), "page %zu differs", p / usnap_page);
 		}
 		usnap_buf_free(got, LEN);
 		uffdsnap_lazy_free(lz);
 		usnap_mem_free(&dst);
 	}
-	fixture_free();
+	usnap_snapfile_free(&fx);
 }
 END_TEST
 
@@ -261,20 +233,20 @@ START_TEST(lazy_anon_private)
 	fixture();
 	dst = usnap_buf_alloc(LEN);
 	reg.addr = dst;
-	ck_assert_int_eq(uffdsnap_reader_open(&r, snap_path), 0);
+	r = usnap_reader(fx.path);
 	rc = uffdsnap_lazy_start(&lz, r, &reg, 1, NULL);
 	ck_assert_msg(rc == 0, "lazy_start: %d %s", rc, uffdsnap_last_error());
 	uffdsnap_reader_free(r);
 	for (size_t p = LEN; p > 0; p -= usnap_page) /* backwards: against the prefetcher */
-		ck_assert_msg(!memcmp(dst + p - usnap_page, want + p - usnap_page, usnap_page), "page %zu differs",
+		usnap_assert_msg(!memcmp(dst + p - usnap_page, fx.want + p - usnap_page, usnap_page), "page %zu differs",
 			      p / usnap_page - 1);
 	rc = uffdsnap_lazy_wait(lz);
 	ck_assert_msg(rc == 0, "lazy_wait: %d %s", rc, uffdsnap_lazy_error(lz));
 	print_lazy("private anonymous, backwards", lz, &st);
-	ck_assert(!memcmp(dst, want, LEN));
+	ck_assert(!memcmp(dst, fx.want, LEN));
 	uffdsnap_lazy_free(lz);
 	usnap_buf_free(dst, LEN);
-	fixture_free();
+	usnap_snapfile_free(&fx);
 }
 END_TEST
 
@@ -307,55 +279,40 @@ static void *scribble_main(void *arg)
  */
 START_TEST(restore_fault_chunks)
 {
+	const uffdsnap_opts_t o = usnap_opts(0, 64 * KiB);
 	uffdsnap_lazy_region_t reg = { .name = "pool", .len = LEN };
 	uffdsnap_stats_t sst;
 	uffdsnap_lazy_stats_t st;
 	struct scribbler w = { 0 };
-	struct usnap_mem src, dst;
-	uffdsnap_opts_t o;
+	struct usnap_fix f;
+	struct usnap_mem dst;
 	uffdsnap_reader_t *r;
 	uffdsnap_lazy_t *lz;
-	uffdsnap_snap_t *s;
-	uffdsnap_t *ctx;
-	struct usnap_cb cb;
-	char path[PATH_MAX + 16];
 	uint8_t *ref, *got;
 	int fd, rc;
 
 	usnap_watchdog(90, "restore_fault_chunks");
-	usnap_tmpdir(dir);
-	snprintf(path, sizeof(path), "%s/faulted", dir);
-	usnap_memfd(&src, LEN);
-	usnap_fill_mixed(src.addr, LEN, 3, 11, 13);
-	uffdsnap_opts_init(&o);
-	o.chunk_bytes = 64 * KiB;
-	ctx = usnap_ctx_new(&o);
-	usnap_add(ctx, "pool", src.addr, LEN);
-	fd = open(path, O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0600);
-	ck_assert(fd >= 0);
-	usnap_cb_init(&cb, fd);
-	cb.sleep_us = 300; /* a slow sink keeps the sweep behind the writer */
-	w.base = src.addr;
+	usnap_fix_mem(&f, LEN);
+	usnap_fill_mixed(f.m.addr, LEN, 3, 11, 13);
+	usnap_fix_ctx(&f, "pool", &o);
+	usnap_fix_cb(&f, "faulted");
+	f.cb.sleep_us = 300; /* a slow sink keeps the sweep behind the writer */
+	w.base = f.m.addr;
 	ck_assert_int_eq(pthread_create(&w.t, NULL, scribble_main, &w), 0);
 	while (w.writes < 1000)
 		usleep(100);
-	rc = uffdsnap_begin(ctx, usnap_cb_sink(&cb), &s);
+	rc = uffdsnap_begin(f.ctx, usnap_cb_sink(&f.cb), &f.s);
 	ck_assert_msg(rc == 0, "begin: %d %s", rc, uffdsnap_last_error());
-	rc = uffdsnap_wait(s);
-	ck_assert_msg(rc == 0, "wait: %d %s", rc, uffdsnap_snap_error(s));
+	rc = uffdsnap_wait(f.s);
+	ck_assert_msg(rc == 0, "wait: %d %s", rc, uffdsnap_snap_error(f.s));
 	atomic_store(&w.stop, true);
 	ck_assert_int_eq(usnap_join_timeout(w.t, 10), 0);
-	usnap_stats(s, &sst);
+	usnap_stats(f.s, &sst);
 	usnap_stats_print("snapshot under a writer", &sst);
 	ck_assert_uint_gt(sst.pages_fault, 0);
-	uffdsnap_snap_free(s);
-	uffdsnap_free(ctx);
-	close(fd);
-	usnap_cb_destroy(&cb);
-	usnap_mem_free(&src);
 
 	ref = usnap_buf_alloc(LEN);
-	ck_assert_int_eq(uffdsnap_reader_open(&r, path), 0);
+	r = usnap_reader(f.path);
 	ck_assert_int_eq(uffdsnap_reader_verify(r), 0);
 	ck_assert_int_eq(uffdsnap_reader_read(r, 0, 0, ref, LEN), 0);
 
@@ -387,7 +344,7 @@ START_TEST(restore_fault_chunks)
 	uffdsnap_reader_free(r);
 	usnap_mem_free(&dst);
 	usnap_buf_free(ref, LEN);
-	usnap_rmdir(dir);
+	usnap_fix_free(&f);
 }
 END_TEST
 
@@ -402,9 +359,8 @@ START_TEST(lazy_two_regions)
 	uffdsnap_lazy_stats_t st;
 	uffdsnap_reader_t *r;
 	uffdsnap_lazy_t *lz;
-	uffdsnap_snap_t *s;
 	uffdsnap_t *ctx;
-	char path[PATH_MAX + 16];
+	char dir[PATH_MAX], path[PATH_MAX + 16];
 	int rc;
 
 	usnap_watchdog(60, "lazy_two_regions");
@@ -417,16 +373,14 @@ START_TEST(lazy_two_regions)
 		ref[i] = usnap_mem_copy(&src[i]);
 		usnap_add(ctx, names[i], src[i].addr, lens[i]);
 	}
-	rc = uffdsnap_begin_file(ctx, path, &s);
-	ck_assert_msg(rc == 0 && uffdsnap_wait(s) == 0, "snapshot: %d %s", rc, uffdsnap_last_error());
-	uffdsnap_snap_free(s);
+	usnap_snap_file(ctx, path, NULL);
 	uffdsnap_free(ctx);
 	for (int i = 0; i < 2; i++) {
 		usnap_mem_free(&src[i]);
 		usnap_memfd(&dst[i], lens[i]);
 		regs[1 - i] = (uffdsnap_lazy_region_t){ .name = names[i], .addr = dst[i].addr, .len = lens[i] };
 	}
-	ck_assert_int_eq(uffdsnap_reader_open(&r, path), 0);
+	r = usnap_reader(path);
 	rc = uffdsnap_lazy_start(&lz, r, regs, 2, &(uffdsnap_lazy_opts_t){ .size = sizeof(uffdsnap_lazy_opts_t),
 									  .flags = UFFDSNAP_LAZY_NO_PREFETCH });
 	ck_assert_msg(rc == 0, "lazy_start: %d %s", rc, uffdsnap_last_error());
@@ -458,7 +412,7 @@ START_TEST(lazy_mismatch)
 
 	usnap_watchdog(60, "lazy_mismatch");
 	fixture();
-	ck_assert_int_eq(uffdsnap_reader_open(&r, snap_path), 0);
+	r = usnap_reader(fx.path);
 	usnap_memfd(&dst, LEN);
 	reg.addr = dst.addr;
 	reg.len = LEN - usnap_page;
@@ -477,7 +431,7 @@ START_TEST(lazy_mismatch)
 	ck_assert_int_eq(dst.addr[6 * usnap_page], 2);
 	uffdsnap_reader_free(r);
 	usnap_mem_free(&dst);
-	fixture_free();
+	usnap_snapfile_free(&fx);
 }
 END_TEST
 
@@ -490,7 +444,7 @@ static size_t first_bad_page(const char *path)
 	uint8_t *buf = usnap_buf_alloc(usnap_page);
 	size_t p;
 
-	ck_assert_int_eq(uffdsnap_reader_open(&r, path), 0);
+	r = usnap_reader(path);
 	for (p = 0; p < LEN / usnap_page; p++)
 		if (uffdsnap_reader_read(r, 0, p * usnap_page, buf, usnap_page))
 			break;
@@ -502,7 +456,8 @@ static size_t first_bad_page(const char *path)
 
 enum child_exit { CHILD_WRONG_DATA = 10, CHILD_NO_ERROR, CHILD_TOUCHED };
 
-/* Run fn in a child; it must be killed by SIGBUS within 20 s. */
+/* Run fn in a child; it must be killed by SIGBUS within 20 s, not hang on a
+ * page that cannot be restored. */
 static void expect_sigbus(void (*fn)(const char *, size_t), const char *path, size_t page, const char *what)
 {
 	uint64_t t0 = usnap_now_ns();
@@ -511,24 +466,11 @@ static void expect_sigbus(void (*fn)(const char *, size_t), const char *path, si
 
 	ck_assert(pid >= 0);
 	if (pid == 0) {
-		struct rlimit no_core = { 0, 0 };
-		setrlimit(RLIMIT_CORE, &no_core);
-		signal(SIGBUS, SIG_DFL); /* a sanitizer's handler would turn it into an exit */
-		alarm(30);
+		usnap_sigbus_child();
 		fn(path, page);
 		_exit(CHILD_TOUCHED);
 	}
-	for (;;) {
-		pid_t w = waitpid(pid, &status, WNOHANG);
-		if (w == pid)
-			break;
-		if (usnap_ms_since(t0) > 20000) {
-			kill(pid, SIGKILL);
-			waitpid(pid, &status, 0);
-			ck_abort_msg("%s: the child hung on a page that cannot be restored", what);
-		}
-		usleep(2000);
-	}
+	status = usnap_wait_child(pid, 20, what);
 	printf("  %s: child %s %d after %.1f ms\n", what, WIFSIGNALED(status) ? "killed by signal" : "exited",
 	       WIFSIGNALED(status) ? WTERMSIG(status) : WEXITSTATUS(status), usnap_ms_since(t0));
 	ck_assert_msg(WIFSIGNALED(status) && WTERMSIG(status) == SIGBUS, "%s: the child %s %d, not SIGBUS", what,
@@ -545,7 +487,7 @@ static void child_touch_bad(const char *path, size_t bad)
 
 	usnap_memfd(&dst, LEN);
 	lz = start(path, &dst, UFFDSNAP_LAZY_NO_PREFETCH, NULL);
-	if (memcmp(dst.addr + good * usnap_page, want + good * usnap_page, usnap_page))
+	if (memcmp(dst.addr + good * usnap_page, fx.want + good * usnap_page, usnap_page))
 		_exit(CHILD_WRONG_DATA);
 	(void)*(volatile uint8_t *)(dst.addr + bad * usnap_page + 8);
 	(void)lz;
@@ -564,7 +506,7 @@ static void child_wait_then_touch(const char *path, size_t bad)
 		_exit(CHILD_NO_ERROR);
 	fprintf(stderr, "  wait(): %s\n", uffdsnap_lazy_error(lz));
 	for (size_t p = 0; p < LEN / usnap_page; p += 97)
-		if (p / 64 != bad / 64 && memcmp(dst.addr + p * usnap_page, want + p * usnap_page, usnap_page))
+		if (p / 64 != bad / 64 && memcmp(dst.addr + p * usnap_page, fx.want + p * usnap_page, usnap_page))
 			_exit(CHILD_WRONG_DATA);
 	(void)*(volatile uint8_t *)(dst.addr + bad * usnap_page + 8);
 }
@@ -574,22 +516,19 @@ START_TEST(lazy_corrupt_chunk)
 	char bad_path[PATH_MAX + 16];
 	uint8_t *bytes;
 	size_t len, bad;
-	int fd;
 
 	usnap_watchdog(90, "lazy_corrupt_chunk");
 	fixture();
-	bytes = usnap_slurp(snap_path, &len);
+	bytes = usnap_slurp(fx.path, &len);
 	bytes[len / 2] ^= 0x40;
-	snprintf(bad_path, sizeof(bad_path), "%s/flipped", dir);
-	fd = open(bad_path, O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0600);
-	ck_assert_int_eq(write(fd, bytes, len), (ssize_t)len);
-	close(fd);
+	snprintf(bad_path, sizeof(bad_path), "%s/flipped", fx.dir);
+	usnap_write_file(bad_path, bytes, len);
 	free(bytes);
 	bad = first_bad_page(bad_path);
 	printf("  flipped a byte at offset %zu: page %zu is lost\n", len / 2, bad);
 	expect_sigbus(child_touch_bad, bad_path, bad, "corrupt chunk, faults only");
 	expect_sigbus(child_wait_then_touch, bad_path, bad, "corrupt chunk, after wait()");
-	fixture_free();
+	usnap_snapfile_free(&fx);
 }
 END_TEST
 
@@ -602,7 +541,7 @@ static void child_truncate(const char *path, size_t unused)
 	(void)unused;
 	usnap_memfd(&dst, LEN);
 	lz = start(path, &dst, UFFDSNAP_LAZY_NO_PREFETCH, NULL);
-	if (memcmp(dst.addr, want, usnap_page))
+	if (memcmp(dst.addr, fx.want, usnap_page))
 		_exit(CHILD_WRONG_DATA);
 	/* an unlinked file stays readable through the open descriptors; a
 	 * truncated one does not */
@@ -617,18 +556,15 @@ START_TEST(lazy_file_truncated)
 	char copy[PATH_MAX + 16];
 	uint8_t *bytes;
 	size_t len;
-	int fd;
 
 	usnap_watchdog(60, "lazy_file_truncated");
 	fixture();
-	bytes = usnap_slurp(snap_path, &len);
-	snprintf(copy, sizeof(copy), "%s/copy", dir);
-	fd = open(copy, O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0600);
-	ck_assert_int_eq(write(fd, bytes, len), (ssize_t)len);
-	close(fd);
+	bytes = usnap_slurp(fx.path, &len);
+	snprintf(copy, sizeof(copy), "%s/copy", fx.dir);
+	usnap_write_file(copy, bytes, len);
 	free(bytes);
 	expect_sigbus(child_truncate, copy, 0, "file truncated and unlinked");
-	fixture_free();
+	usnap_snapfile_free(&fx);
 }
 END_TEST
 

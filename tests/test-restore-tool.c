@@ -1,12 +1,12 @@
 /* SPDX-License-Identifier: LGPL-2.1-or-later */
 /*
- * The tool's restore, diff and cat subcommands, run as a user would run them
- * (the uffdsnap binary next to this test in the build tree): exit codes,
- * the pages and ranges diff reports, bytes restored and printed.
+ * The tool's restore, diff, cat and info subcommands, run as a user would run
+ * them (the uffdsnap binary next to this test in the build tree): exit codes,
+ * the pages and ranges diff reports, bytes restored and printed, and names
+ * from a hostile file escaped.
  */
 #include <errno.h>
 #include <fcntl.h>
-#include <libgen.h>
 #include <stdarg.h>
 #include <stdlib.h>
 #include <string.h>
@@ -52,17 +52,6 @@ static int run(char *out, size_t cap, const char *fmt, ...)
 	return WEXITSTATUS(st);
 }
 
-static void snap(uffdsnap_t *ctx, const char *path)
-{
-	uffdsnap_snap_t *s;
-	int r = uffdsnap_begin_file(ctx, path, &s);
-
-	ck_assert_msg(r == 0, "begin: %d %s", r, uffdsnap_last_error());
-	r = uffdsnap_wait(s);
-	ck_assert_msg(r == 0, "wait: %d %s", r, uffdsnap_snap_error(s));
-	uffdsnap_snap_free(s);
-}
-
 /* A: mixed contents; B: pages 3, 10..12 and 700 changed, and one hole filled. */
 static void setup(void)
 {
@@ -75,12 +64,12 @@ static void setup(void)
 	usnap_tmpdir(dir);
 	snprintf(snap_a, sizeof(snap_a), "%s/a", dir);
 	snprintf(snap_b, sizeof(snap_b), "%s/b", dir);
-	snap(ctx, snap_a);
+	usnap_snap_file(ctx, snap_a, NULL);
 	mem.addr[3 * usnap_page + 17] ^= 1;
 	memset(mem.addr + 10 * usnap_page, 0x5a, 3 * usnap_page);
 	mem.addr[700 * usnap_page] ^= 0xff;
 	mem.addr[1 * usnap_page] = 1; /* page 1 was a hole */
-	snap(ctx, snap_b);
+	usnap_snap_file(ctx, snap_b, NULL);
 	want_b = usnap_mem_copy(&mem);
 	uffdsnap_free(ctx);
 }
@@ -160,29 +149,59 @@ START_TEST(cat_bytes_and_hex)
 }
 END_TEST
 
+/* A region name may hold any byte but NUL: one that clears the screen, a
+ * backslash and a C1 control (CSI as UTF-8) must reach the terminal escaped,
+ * from every subcommand that prints a name from the file. */
+START_TEST(hostile_name_escaped)
+{
+	static const char name[] = "evil\x1b[2J\\\xc2\x9b" "end";
+	static const char shown[] = "evil\\x1b[2J\\\\\\xc2\\x9bend";
+	char out[8192], evil[PATH_MAX + 8];
+	struct usnap_mem m2;
+	uffdsnap_t *ctx;
+
+	usnap_watchdog(60, "hostile_name_escaped");
+	setup();
+	usnap_memfd(&m2, 16 * usnap_page);
+	ctx = usnap_ctx_new(NULL);
+	usnap_add(ctx, name, m2.addr, m2.len);
+	snprintf(evil, sizeof(evil), "%s/evil", dir);
+	usnap_snap_file(ctx, evil, NULL);
+	uffdsnap_free(ctx);
+
+	ck_assert_int_eq(run(out, sizeof(out), "%s info %s 2>&1", tool, evil), 0);
+	ck_assert_msg(strstr(out, shown) && !strchr(out, 0x1b), "info printed the name unescaped");
+	ck_assert_int_eq(run(out, sizeof(out), "%s diff %s %s 2>&1", tool, evil, snap_a), 1);
+	ck_assert(strstr(out, "region '") && strstr(out, shown) && !strchr(out, 0x1b));
+	ck_assert(strstr(out, "region 'pool': only in"));
+	/* a name given on the command line is quoted back the same way */
+	ck_assert_int_eq(run(out, sizeof(out), "%s cat %s \"$(printf 'x\\033[2J')\" 0 1 2>&1", tool, snap_a), 1);
+	ck_assert(strstr(out, "no region 'x\\x1b[2J'") && !strchr(out, 0x1b));
+	/* the name still works as an argument, raw; the library's messages
+	 * quote it and are escaped too */
+	ck_assert_int_eq(run(out, sizeof(out), "%s cat -x %s \"$(printf 'evil\\033[2J\\\\\\302\\233end')\" 0 16 "
+			     "2>&1", tool, evil), 0);
+	ck_assert_int_eq(run(out, sizeof(out), "%s cat %s 0 0 999999 2>&1", tool, evil), 1);
+	ck_assert(strstr(out, "not inside region '") && strstr(out, shown) && !strchr(out, 0x1b));
+	usnap_mem_free(&m2);
+	cleanup();
+}
+END_TEST
+
 int main(void)
 {
-	char self[PATH_MAX];
-	ssize_t n;
 	Suite *s;
 	TCase *tc;
 
 	usnap_test_require_uffd();
-	n = readlink("/proc/self/exe", self, sizeof(self) - 1);
-	if (n <= 0)
-		return USNAP_SKIP;
-	self[n] = '\0';
-	snprintf(tool, sizeof(tool), "%s/../util/uffdsnap", dirname(self));
-	if (access(tool, X_OK)) {
-		printf("SKIP: the uffdsnap tool is not at %s\n", tool);
-		return USNAP_SKIP;
-	}
+	usnap_find_tool(tool);
 	s = suite_create("restore-tool");
 	tc = tcase_create("tool");
 	tcase_set_timeout(tc, 60);
 	tcase_add_test(tc, diff_reports_pages);
 	tcase_add_test(tc, restore_to_file);
 	tcase_add_test(tc, cat_bytes_and_hex);
+	tcase_add_test(tc, hostile_name_escaped);
 	suite_add_tcase(s, tc);
 	return usnap_run_suite(s);
 }

@@ -31,10 +31,8 @@ struct fixture {
 
 static void fixture_new(struct fixture *f, enum usnap_mem_kind kind, size_t chunk_bytes)
 {
-	uffdsnap_opts_t o;
+	const uffdsnap_opts_t o = usnap_opts(0, chunk_bytes);
 	uffdsnap_t *ctx;
-	uffdsnap_snap_t *s;
-	int r;
 
 	memset(f, 0, sizeof(*f));
 	usnap_mem_new(&f->pool, kind, POOL_LEN);
@@ -44,18 +42,12 @@ static void fixture_new(struct fixture *f, enum usnap_mem_kind kind, size_t chun
 	f->len[0] = POOL_LEN, f->len[1] = META_LEN;
 	f->want[0] = usnap_mem_copy(&f->pool);
 	f->want[1] = usnap_mem_copy(&f->meta);
-	uffdsnap_opts_init(&o);
-	o.chunk_bytes = chunk_bytes;
 	ctx = usnap_ctx_new(&o);
 	usnap_add(ctx, "pool", f->pool.addr, POOL_LEN);
 	usnap_add(ctx, "meta", f->meta.addr, META_LEN);
 	usnap_tmpdir(f->dir);
 	snprintf(f->path, sizeof(f->path), "%s/snap", f->dir);
-	r = uffdsnap_begin_file(ctx, f->path, &s);
-	ck_assert_msg(r == 0, "begin: %d %s", r, uffdsnap_last_error());
-	r = uffdsnap_wait(s);
-	ck_assert_msg(r == 0, "wait: %d %s", r, uffdsnap_snap_error(s));
-	uffdsnap_snap_free(s);
+	usnap_snap_file(ctx, f->path, NULL);
 	uffdsnap_free(ctx);
 }
 
@@ -66,15 +58,6 @@ static void fixture_free(struct fixture *f)
 	usnap_mem_free(&f->pool);
 	usnap_mem_free(&f->meta);
 	usnap_rmdir(f->dir);
-}
-
-static uffdsnap_reader_t *open_reader(const char *path)
-{
-	uffdsnap_reader_t *r;
-	int rc = uffdsnap_reader_open(&r, path);
-
-	ck_assert_msg(rc == 0, "reader_open %s: %d %s", path, rc, uffdsnap_last_error());
-	return r;
 }
 
 /* Pages of fd's first len bytes that are data (not holes), by SEEK_DATA/SEEK_HOLE. */
@@ -103,7 +86,7 @@ static void check_fd(int fd, const uint8_t *want, size_t len, const uffdsnap_res
 	ck_assert_msg((size_t)sb.st_size == len, "%s: size %lld, region %zu", what, (long long)sb.st_size, len);
 	ck_assert_int_eq(pread(fd, got, len, 0), (ssize_t)len);
 	for (size_t p = 0; p < len; p += usnap_page)
-		ck_assert_msg(!memcmp(got + p, want + p, usnap_page), "%s: page %zu differs", what, p / usnap_page);
+		usnap_assert_msg(!memcmp(got + p, want + p, usnap_page), "%s: page %zu differs", what, p / usnap_page);
 	dp = data_pages(fd, len);
 	ck_assert_uint_eq(st->pages_data + st->pages_zero, len / usnap_page);
 	ck_assert_msg(dp == st->pages_data, "%s: %zu data pages in the file, %llu restored: zero pages were "
@@ -138,7 +121,7 @@ START_TEST(memfd_roundtrip)
 		return;
 	}
 	fixture_new(&f, kind, 64 * KiB);
-	r = open_reader(f.path);
+	r = usnap_reader(f.path);
 	for (unsigned threads = 1; threads <= 4; threads += 3) {
 		uffdsnap_restore_opts_t o;
 		uffdsnap_restore_stats_t st = { .size = sizeof(st) };
@@ -187,7 +170,7 @@ START_TEST(file_roundtrip)
 	ck_assert_int_eq(ftruncate(fd, 2 * POOL_LEN), 0);
 	ck_assert_int_eq(pwrite(fd, "old", 3, POOL_LEN - usnap_page), 3); /* inside the final hole run */
 	close(fd);
-	r = open_reader(f.path);
+	r = usnap_reader(f.path);
 	rc = uffdsnap_restore_file(r, 0, path, NULL, &st);
 	ck_assert_msg(rc == 0, "restore_file: %d %s", rc, uffdsnap_last_error());
 	fd = open(path, O_RDONLY | O_CLOEXEC);
@@ -215,7 +198,7 @@ START_TEST(into_roundtrip)
 
 	usnap_watchdog(60, "into_roundtrip");
 	fixture_new(&f, USNAP_MEM_MEMFD, 64 * KiB);
-	r = open_reader(f.path);
+	r = usnap_reader(f.path);
 	usnap_memfd(&dst, POOL_LEN);
 	memset(dst.addr, 0xee, POOL_LEN);
 	rc = uffdsnap_restore_into(r, 0, dst.addr, POOL_LEN, NULL, &st);
@@ -251,7 +234,7 @@ START_TEST(ctx_roundtrip)
 
 	usnap_watchdog(60, "ctx_roundtrip");
 	fixture_new(&f, USNAP_MEM_MEMFD, 64 * KiB);
-	r = open_reader(f.path);
+	r = usnap_reader(f.path);
 	usnap_memfd(&dpool, POOL_LEN);
 	usnap_mem_new(&dmeta, USNAP_MEM_ANON_SHARED, META_LEN);
 	memset(dpool.addr, 0xee, POOL_LEN);
@@ -301,7 +284,7 @@ START_TEST(mismatch_errors)
 
 	usnap_watchdog(60, "mismatch_errors");
 	fixture_new(&f, USNAP_MEM_MEMFD, 64 * KiB);
-	r = open_reader(f.path);
+	r = usnap_reader(f.path);
 	buf = usnap_buf_alloc(POOL_LEN + usnap_page);
 	rc = uffdsnap_restore_into(r, 0, buf, POOL_LEN - usnap_page, NULL, NULL);
 	ck_assert_int_eq(rc, -EINVAL);
@@ -335,10 +318,8 @@ START_TEST(damaged_snapshot)
 	/* chunks of "pool" fill the middle of the file */
 	bytes[len / 2] ^= 0x10;
 	snprintf(bad, sizeof(bad), "%s/flipped", f.dir);
-	fd = open(bad, O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0600);
-	ck_assert_int_eq(write(fd, bytes, len), (ssize_t)len);
-	close(fd);
-	r = open_reader(bad);
+	usnap_write_file(bad, bytes, len);
+	r = usnap_reader(bad);
 	for (int threads = 1; threads <= 2; threads++) {
 		uffdsnap_restore_opts_t o = { .size = sizeof(o), .threads = threads };
 		rc = uffdsnap_restore_memfd(r, 0, &fd, &o, NULL);
@@ -354,11 +335,9 @@ START_TEST(damaged_snapshot)
 	uffdsnap_reader_free(r);
 
 	/* truncated: opens for inspection, restores nothing */
-	fd = open(bad, O_WRONLY | O_TRUNC | O_CLOEXEC);
 	bytes[len / 2] ^= 0x10;
-	ck_assert_int_eq(write(fd, bytes, len - 100), (ssize_t)(len - 100));
-	close(fd);
-	r = open_reader(bad);
+	usnap_write_file(bad, bytes, len - 100);
+	r = usnap_reader(bad);
 	rc = uffdsnap_restore_memfd(r, 0, &fd, NULL, NULL);
 	printf("  truncated: %d %s\n", rc, uffdsnap_last_error());
 	ck_assert_int_eq(rc, -ENODATA);

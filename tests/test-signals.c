@@ -201,28 +201,24 @@ static void block_sigalrm(void)
 static void storm(bool restart, const char *label)
 {
 	const size_t len = 32 * MiB;
-	struct usnap_mem m;
+	const uffdsnap_opts_t o = usnap_opts(2 * MiB, 64 * KiB);
+	struct usnap_fix f;
 	struct usnap_writers w;
 	struct sig_state st = { 0 };
-	struct usnap_cb cb;
 	struct tdog dog;
 	struct sigaction sa = { 0 };
 	struct itimerval it = { { 0, 100 }, { 0, 100 } }, off = { 0 };
-	uffdsnap_opts_t o;
 	uffdsnap_stats_t stats;
-	uffdsnap_t *ctx;
-	uffdsnap_snap_t *s;
-	struct usnap_expect e;
-	uint8_t *ref;
 	unsigned long long before[64];
+	uint8_t *mem;
 	int r;
 
 	tdog_start(&dog, 150, label);
 	block_sigalrm(); /* main and the library's threads never take it */
-	usnap_memfd(&m, len);
-	usnap_fill_mixed(m.addr, len, 11, 9, 13);
-	ref = usnap_mem_copy(&m);
-	st = (struct sig_state){ .addr = m.addr, .npages = len / usnap_page };
+	mem = usnap_fix_mem(&f, len);
+	usnap_fill_mixed(mem, len, 11, 9, 13);
+	f.ref = usnap_mem_copy(&f.m);
+	st = (struct sig_state){ .addr = mem, .npages = len / usnap_page };
 	g_state = &st;
 	sa.sa_handler = on_alarm;
 	sa.sa_flags = restart ? SA_RESTART : 0;
@@ -231,25 +227,20 @@ static void storm(bool restart, const char *label)
 	usnap_writers_start(&w, 4, mixed_writer, &st);
 	ck_assert(setitimer(ITIMER_REAL, &it, NULL) == 0);
 
-	uffdsnap_opts_init(&o);
-	o.buffer_bytes = 2 * MiB;
-	o.chunk_bytes = 64 * KiB;
-	ctx = usnap_ctx_new(&o);
-	usnap_add(ctx, "storm", m.addr, len);
-	usnap_cb_init(&cb, -1);
-	cb.keep = true;
-	atomic_store(&cb.sleep_us, 300); /* a slow sink: writers wait in faults for buffers */
-	r = uffdsnap_begin(ctx, usnap_cb_sink(&cb), &s);
+	usnap_fix_ctx(&f, "storm", &o);
+	usnap_fix_cb(&f, NULL);
+	atomic_store(&f.cb.sleep_us, 300); /* a slow sink: writers wait in faults for buffers */
+	r = uffdsnap_begin(f.ctx, usnap_cb_sink(&f.cb), &f.s);
 	ck_assert_msg(r == 0, "begin: %d (%s)", r, uffdsnap_last_error());
 	atomic_store(&st.handler_writes, true);
 	atomic_store(&st.go, true);
-	r = uffdsnap_wait(s);
+	r = uffdsnap_wait(f.s);
 	atomic_store(&st.handler_writes, false);
-	ck_assert_msg(r == 0, "%s: wait: %d (%s)", label, r, uffdsnap_snap_error(s));
-	usnap_stats(s, &stats);
+	ck_assert_msg(r == 0, "%s: wait: %d (%s)", label, r, uffdsnap_snap_error(f.s));
+	usnap_stats(f.s, &stats);
 	usnap_stats_print(label, &stats);
 	usnap_assert_exactly_once(&stats);
-	ck_assert_int_eq(usnap_pagemap_protected(m.addr, len), 0);
+	ck_assert_int_eq(usnap_pagemap_protected(mem, len), 0);
 	/* the writers go on under the storm, then stop */
 	for (unsigned i = 0; i < w.n; i++)
 		before[i] = atomic_load(&w.progress[i]);
@@ -274,14 +265,9 @@ static void storm(bool restart, const char *label)
 		      "under the storm (it must wait for the copy)", label, atomic_load(&k_efault));
 	ck_assert_uint_gt(atomic_load(&k_reads), 0);
 	ck_assert_uint_gt(stats.pages_fault, 0);
-	e = (struct usnap_expect){ "storm", ref, len };
-	usnap_check_buffer(cb.mem, cb.mem_len, &e, 1);
+	usnap_fix_check(&f);
 	g_state = NULL;
-	uffdsnap_snap_free(s);
-	uffdsnap_free(ctx);
-	usnap_cb_destroy(&cb);
-	usnap_buf_free(ref, len);
-	usnap_mem_free(&m);
+	usnap_fix_free(&f);
 	tdog_stop(&dog);
 }
 
@@ -334,18 +320,14 @@ static char *child_fds(void)
 static void fork_exec(bool gated)
 {
 	const size_t len = 32 * MiB;
-	struct usnap_mem m;
+	const uffdsnap_opts_t o = usnap_opts(2 * MiB, 64 * KiB);
+	struct usnap_fix f;
 	struct usnap_writers w;
 	struct sig_state st;
-	struct usnap_cb cb;
-	uffdsnap_opts_t o;
-	uffdsnap_t *ctx;
-	uffdsnap_snap_t *s;
 	uffdsnap_stats_t stats;
-	char dir[PATH_MAX], path[PATH_MAX + 16];
 	const char *bad[] = { "userfaultfd", "eventfd", "eventpoll", "memfd:", ".tmp.", "map_files" };
 	char *fds;
-	uint8_t *ref, *got;
+	uint8_t *mem, *got;
 	size_t glen;
 	int r, status, running;
 	bool tracked;
@@ -353,28 +335,24 @@ static void fork_exec(bool gated)
 	pid_t pid;
 
 	usnap_watchdog(120, "fork_exec");
-	usnap_memfd(&m, len);
-	usnap_fill_random(m.addr, len, 5);
-	ref = usnap_mem_copy(&m);
-	usnap_tmpdir(dir);
-	snprintf(path, sizeof(path), "%s/snap", dir);
-	uffdsnap_opts_init(&o);
-	o.buffer_bytes = 2 * MiB;
-	o.chunk_bytes = 64 * KiB;
-	ctx = usnap_ctx_new(&o);
-	usnap_add(ctx, "r", m.addr, len);
-	usnap_cb_init(&cb, -1);
-	cb.keep = true;
-	usnap_cb_gate(&cb, true);
-	st = (struct sig_state){ .addr = m.addr, .npages = len / usnap_page };
+	mem = usnap_fix_mem(&f, len);
+	usnap_fill_random(mem, len, 5);
+	f.ref = usnap_mem_copy(&f.m);
+	/* the file sink's target, or where the callback's stream is put to be read */
+	usnap_tmpdir(f.dir);
+	snprintf(f.path, sizeof(f.path), "%s/snap", f.dir);
+	usnap_fix_ctx(&f, "r", &o);
+	usnap_fix_cb(&f, NULL);
+	usnap_cb_gate(&f.cb, true);
+	st = (struct sig_state){ .addr = mem, .npages = len / usnap_page };
 	usnap_writers_start(&w, 2, storm_writer, &st);
-	r = gated ? uffdsnap_begin(ctx, usnap_cb_sink(&cb), &s) : uffdsnap_begin_file(ctx, path, &s);
+	r = gated ? uffdsnap_begin(f.ctx, usnap_cb_sink(&f.cb), &f.s) : uffdsnap_begin_file(f.ctx, f.path, &f.s);
 	ck_assert_msg(r == 0, "begin: %d (%s)", r, uffdsnap_last_error());
 	atomic_store(&st.go, true); /* writers start after the instant: ref is the instant */
 
 	/* exec while the snapshot runs: nothing of the library crosses exec */
 	fds = child_fds();
-	running = !uffdsnap_done(s);
+	running = !uffdsnap_done(f.s);
 	printf("fork_exec (%s sink): the exec'd child's descriptors, snapshot %s:\n%s", gated ? "stuck callback" : "file",
 	       running ? "still running" : "already finished", fds);
 	for (size_t i = 0; i < sizeof(bad) / sizeof(bad[0]); i++)
@@ -389,45 +367,37 @@ static void fork_exec(bool gated)
 	 * stays tracked, so its store waits for the snapshot like ours and the
 	 * snapshot keeps the page's pre-image; without it the child's store
 	 * is invisible (a documented blind spot), so page 0 is not compared. */
-	tracked = uffdsnap_features(ctx) & UFFD_FEATURE_EVENT_FORK;
+	tracked = uffdsnap_features(f.ctx) & UFFD_FEATURE_EVENT_FORK;
 	pid = fork();
 	ck_assert(pid >= 0);
 	if (pid == 0) {
 		alarm(30);
-		m.addr[0] = 0xee;
+		mem[0] = 0xee;
 		_exit(0);
 	}
-	usnap_cb_gate(&cb, false); /* a stuck sink would hold the child's store too */
+	usnap_cb_gate(&f.cb, false); /* a stuck sink would hold the child's store too */
 	ck_assert(waitpid(pid, &status, 0) == pid);
 	ck_assert_msg(WIFEXITED(status) && WEXITSTATUS(status) == 0, "the forked child did not exit cleanly "
 		      "(status 0x%x): its store to shared memory hung or crashed", status);
 
-	r = uffdsnap_wait(s);
-	ck_assert_msg(r == 0, "wait: %d (%s)", r, uffdsnap_snap_error(s));
-	usnap_stats(s, &stats);
+	r = uffdsnap_wait(f.s);
+	ck_assert_msg(r == 0, "wait: %d (%s)", r, uffdsnap_snap_error(f.s));
+	usnap_stats(f.s, &stats);
 	usnap_stats_print("fork+exec", &stats);
 	usnap_writers_stop(&w, 10);
 	if (tracked)
 		ck_assert_msg(stats.forks >= 2, "%" PRIu64 " forks followed; expected the exec'd and the writing child",
 			      stats.forks);
 	printf("  forked children followed: %" PRIu64 " (fork events %s)\n", stats.forks, tracked ? "on" : "off");
-	if (gated) {
-		int fd = open(path, O_WRONLY | O_CREAT | O_EXCL | O_CLOEXEC, 0600);
-		ck_assert(fd >= 0 && write(fd, cb.mem, cb.mem_len) == (ssize_t)cb.mem_len);
-		close(fd);
-	}
-	got = usnap_read_region(path, "r", &glen);
+	if (gated)
+		usnap_write_file(f.path, f.cb.mem, f.cb.mem_len);
+	got = usnap_read_region(f.path, "r", &glen);
 	ck_assert_uint_eq(glen, len);
 	skip = tracked ? 0 : usnap_page;
-	ck_assert_msg(!memcmp(got + skip, ref + skip, len - skip), "the snapshot differs from the instant%s",
+	ck_assert_msg(!memcmp(got + skip, f.ref + skip, len - skip), "the snapshot differs from the instant%s",
 		      tracked ? "" : " (outside page 0)");
 	usnap_buf_free(got, glen);
-	uffdsnap_snap_free(s);
-	uffdsnap_free(ctx);
-	usnap_cb_destroy(&cb);
-	usnap_rmdir(dir);
-	usnap_buf_free(ref, len);
-	usnap_mem_free(&m);
+	usnap_fix_free(&f);
 }
 
 START_TEST(sig_fork_exec) { fork_exec(true); }
@@ -438,9 +408,7 @@ END_TEST
 /* ---- the thread that calls begin writes right after ------------------------------------ */
 
 struct self_arg {
-	struct usnap_mem *m;
-	uffdsnap_t *ctx;
-	struct usnap_cb *cb;
+	struct usnap_fix *f;
 	uffdsnap_stats_t stats;
 	int r;
 };
@@ -448,14 +416,15 @@ struct self_arg {
 static void *begin_and_write(void *arg)
 {
 	struct self_arg *a = arg;
+	struct usnap_mem *m = &a->f->m;
 	uffdsnap_snap_t *s;
 
-	a->r = uffdsnap_begin(a->ctx, usnap_cb_sink(a->cb), &s);
+	a->r = uffdsnap_begin(a->f->ctx, usnap_cb_sink(&a->f->cb), &s);
 	if (a->r)
 		return NULL;
 	/* every page, right away: each store waits for its page to be copied */
-	for (size_t off = 0; off < a->m->len; off += usnap_page)
-		a->m->addr[off + 1] ^= 0xff;
+	for (size_t off = 0; off < m->len; off += usnap_page)
+		m->addr[off + 1] ^= 0xff;
 	a->r = uffdsnap_wait(s);
 	a->stats.size = sizeof(a->stats);
 	uffdsnap_snap_stats(s, &a->stats);
@@ -467,25 +436,18 @@ static void self_write(bool other_thread)
 {
 	const size_t len = 16 * MiB;
 	const char *label = other_thread ? "begin + write on another thread" : "begin + write on the main thread";
-	struct usnap_mem m;
-	struct usnap_cb cb;
-	struct self_arg a;
-	struct usnap_expect e;
-	uffdsnap_opts_t o;
-	uint8_t *ref;
+	const uffdsnap_opts_t o = usnap_opts(1 * MiB, 64 * KiB); /* few buffers: the writer also waits for the sink */
+	struct usnap_fix f;
+	struct self_arg a = { .f = &f };
+	uint8_t *mem;
 	pthread_t t;
 
 	usnap_watchdog(120, label);
-	usnap_memfd(&m, len);
-	usnap_fill_random(m.addr, len, 17);
-	ref = usnap_mem_copy(&m);
-	uffdsnap_opts_init(&o);
-	o.buffer_bytes = 1 * MiB; /* few buffers: the writer also waits for the sink */
-	o.chunk_bytes = 64 * KiB;
-	usnap_cb_init(&cb, -1);
-	cb.keep = true;
-	a = (struct self_arg){ .m = &m, .ctx = usnap_ctx_new(&o), .cb = &cb };
-	usnap_add(a.ctx, "r", m.addr, len);
+	mem = usnap_fix_mem(&f, len);
+	usnap_fill_random(mem, len, 17);
+	f.ref = usnap_mem_copy(&f.m);
+	usnap_fix_cb(&f, NULL);
+	usnap_fix_ctx(&f, "r", &o);
 	if (other_thread) {
 		ck_assert(pthread_create(&t, NULL, begin_and_write, &a) == 0);
 		ck_assert_msg(usnap_join_timeout(t, 60) == 0, "%s: the thread hangs", label);
@@ -496,17 +458,13 @@ static void self_write(bool other_thread)
 	usnap_stats_print(label, &a.stats);
 	usnap_assert_exactly_once(&a.stats);
 	ck_assert_uint_gt(a.stats.pages_fault, 0);
-	ck_assert_int_eq(usnap_pagemap_protected(m.addr, len), 0);
+	ck_assert_int_eq(usnap_pagemap_protected(mem, len), 0);
 	for (size_t off = 0; off < len; off += usnap_page) {
-		uint8_t want = ref[off + 1] ^ 0xffu;
-		ck_assert_msg(m.addr[off + 1] == want, "%s: a store was lost at 0x%zx", label, off);
+		uint8_t want = f.ref[off + 1] ^ 0xffu;
+		usnap_assert_msg(mem[off + 1] == want, "%s: a store was lost at 0x%zx", label, off);
 	}
-	e = (struct usnap_expect){ "r", ref, len };
-	usnap_check_buffer(cb.mem, cb.mem_len, &e, 1);
-	uffdsnap_free(a.ctx);
-	usnap_cb_destroy(&cb);
-	usnap_buf_free(ref, len);
-	usnap_mem_free(&m);
+	usnap_fix_check(&f);
+	usnap_fix_free(&f);
 }
 
 START_TEST(sig_begin_then_write_main) { self_write(false); }
@@ -517,47 +475,36 @@ END_TEST
 START_TEST(sec_symlink_target)
 {
 	const size_t len = 4 * MiB;
-	struct usnap_mem m;
-	uffdsnap_t *ctx;
-	uffdsnap_snap_t *s;
-	struct usnap_expect e;
+	struct usnap_fix f;
 	struct stat st;
-	char dir[PATH_MAX], victim[PATH_MAX + 16], target[PATH_MAX + 16];
-	uint8_t *ref, *got;
+	char victim[PATH_MAX + 16];
+	uint8_t *got;
 	size_t glen;
-	int fd, r;
+	int fd;
 
 	usnap_watchdog(60, "sec_symlink_target");
-	usnap_tmpdir(dir);
-	snprintf(victim, sizeof(victim), "%s/victim", dir);
-	snprintf(target, sizeof(target), "%s/snap", dir);
+	usnap_fix_mem(&f, len);
+	usnap_tmpdir(f.dir);
+	snprintf(victim, sizeof(victim), "%s/victim", f.dir);
+	snprintf(f.path, sizeof(f.path), "%s/snap", f.dir);
 	fd = open(victim, O_WRONLY | O_CREAT | O_EXCL | O_CLOEXEC, 0644);
 	ck_assert(fd >= 0 && write(fd, "precious", 8) == 8);
 	close(fd);
-	ck_assert(symlink(victim, target) == 0);
-	usnap_memfd(&m, len);
-	usnap_fill_random(m.addr, len, 23);
-	ref = usnap_mem_copy(&m);
-	ctx = usnap_ctx_new(NULL);
-	usnap_add(ctx, "r", m.addr, len);
-	r = uffdsnap_begin_file(ctx, target, &s);
-	ck_assert_msg(r == 0, "begin: %d (%s)", r, uffdsnap_last_error());
-	ck_assert_int_eq(uffdsnap_wait(s), 0);
-	uffdsnap_snap_free(s);
-	uffdsnap_free(ctx);
+	ck_assert(symlink(victim, f.path) == 0);
+	usnap_fill_random(f.m.addr, len, 23);
+	f.ref = usnap_mem_copy(&f.m);
+	usnap_fix_ctx(&f, "r", NULL);
+	usnap_snap_file(f.ctx, f.path, NULL);
 	got = usnap_slurp(victim, &glen);
 	ck_assert_msg(glen == 8 && !memcmp(got, "precious", 8), "the file behind the planted symlink was written");
 	free(got);
-	ck_assert(lstat(target, &st) == 0);
+	ck_assert(lstat(f.path, &st) == 0);
 	ck_assert_msg(S_ISREG(st.st_mode), "the target is still a symlink: the snapshot went through it");
 	ck_assert_uint_eq(st.st_mode & 07777, 0600);
-	ck_assert_int_eq(usnap_dir_entries(dir, true), 2);
-	e = (struct usnap_expect){ "r", ref, len };
-	usnap_check_file(target, &e, 1);
+	ck_assert_int_eq(usnap_dir_entries(f.dir, true), 2);
+	usnap_check_file(f.path, &(struct usnap_expect){ "r", f.ref, len }, 1);
 	printf("sec_symlink_target: the link was replaced by a 0600 snapshot file; the file it pointed to is intact\n");
-	usnap_rmdir(dir);
-	usnap_buf_free(ref, len);
-	usnap_mem_free(&m);
+	usnap_fix_free(&f);
 }
 END_TEST
 

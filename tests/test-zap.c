@@ -7,7 +7,6 @@
  * is bounded by buffer_bytes) cannot reach the zapped pages at the end.
  */
 #include <errno.h>
-#include <fcntl.h>
 #include <string.h>
 #include <sys/mman.h>
 #include <unistd.h>
@@ -34,44 +33,32 @@ static void write_zapped(struct usnap_writers *w, unsigned idx)
 START_TEST(zap_keeps_tracking)
 {
 	const size_t len = 256 * MiB, np = len / usnap_page, nzap = 192;
-	struct usnap_mem m;
-	struct usnap_cb cb;
+	const uffdsnap_opts_t o = usnap_opts(4 * MiB, 0);
+	struct usnap_fix f;
 	struct usnap_writers w;
 	struct zap_writer z;
-	uffdsnap_opts_t o;
-	uffdsnap_t *ctx;
-	uffdsnap_snap_t *s;
 	uffdsnap_stats_t st;
 	size_t pages[192];
-	char dir[PATH_MAX], path[PATH_MAX + 16];
-	uint8_t *ref;
 	long range_wp;
-	int r, fd;
+	int r;
 
 	usnap_watchdog(150, "zap_keeps_tracking");
-	usnap_memfd(&m, len);
-	usnap_fill_random(m.addr, len, 21);
-	ref = usnap_copy(m.addr, len);
-	uffdsnap_opts_init(&o);
-	o.buffer_bytes = 4 * MiB;
-	ctx = usnap_ctx_new(&o);
-	usnap_add(ctx, "big", m.addr, len);
-	usnap_tmpdir(dir);
-	snprintf(path, sizeof(path), "%s/snap", dir);
-	fd = open(path, O_WRONLY | O_CREAT | O_EXCL | O_CLOEXEC, 0600);
-	ck_assert(fd >= 0);
-	usnap_cb_init(&cb, fd);
-	usnap_cb_gate(&cb, true);
+	usnap_fix_mem(&f, len);
+	usnap_fill_random(f.m.addr, len, 21);
+	f.ref = usnap_copy(f.m.addr, len);
+	usnap_fix_ctx(&f, "big", &o);
+	usnap_fix_cb(&f, "snap");
+	usnap_cb_gate(&f.cb, true);
 
-	r = uffdsnap_begin(ctx, usnap_cb_sink(&cb), &s);
+	r = uffdsnap_begin(f.ctx, usnap_cb_sink(&f.cb), &f.s);
 	ck_assert_msg(r == 0, "begin: %d (%s)", r, uffdsnap_last_error());
-	ck_assert(usnap_cb_wait_blocked(&cb, 10));
+	ck_assert(usnap_cb_wait_blocked(&f.cb, 10));
 	usleep(100 * 1000);
 
 	/* single pages scattered over the last quarter */
 	for (size_t i = 0; i < nzap; i++) {
 		pages[i] = np * 3 / 4 + i * 311 % (np / 4 - 4096); /* clear of the range below */
-		uint8_t *p = m.addr + pages[i] * usnap_page;
+		uint8_t *p = f.m.addr + pages[i] * usnap_page;
 		ck_assert_msg(usnap_pagemap_entry(p) & USNAP_PM_WP, "page %zu not protected before the zap", pages[i]);
 		ck_assert_int_eq(madvise(p, usnap_page, MADV_DONTNEED), 0);
 		uint64_t e = usnap_pagemap_entry(p);
@@ -80,60 +67,51 @@ START_TEST(zap_keeps_tracking)
 			      pages[i], (unsigned long long)e);
 	}
 	/* a 4 MiB range near the end, zapped in one call */
-	ck_assert_int_eq(madvise(m.addr + len - 8 * MiB, 4 * MiB, MADV_DONTNEED), 0);
-	range_wp = usnap_pagemap_protected(m.addr + len - 8 * MiB, 4 * MiB);
-	ck_assert_int_eq(usnap_pagemap_present(m.addr + len - 8 * MiB, 4 * MiB), 0);
+	ck_assert_int_eq(madvise(f.m.addr + len - 8 * MiB, 4 * MiB, MADV_DONTNEED), 0);
+	range_wp = usnap_pagemap_protected(f.m.addr + len - 8 * MiB, 4 * MiB);
+	ck_assert_int_eq(usnap_pagemap_present(f.m.addr + len - 8 * MiB, 4 * MiB), 0);
 	printf("zap_keeps_tracking: %zu single pages and a 4 MiB range zapped; range still protected: %ld of %lu\n",
 	       nzap, range_wp, 4 * MiB / usnap_page);
 	ck_assert_int_eq(range_wp, (long)(4 * MiB / usnap_page));
 	/* reading a zapped page maps it back, still protected */
-	ck_assert_int_eq(memcmp(m.addr + pages[0] * usnap_page, ref + pages[0] * usnap_page, usnap_page), 0);
-	ck_assert(usnap_pagemap_entry(m.addr + pages[0] * usnap_page) & USNAP_PM_WP);
+	ck_assert_int_eq(memcmp(f.m.addr + pages[0] * usnap_page, f.ref + pages[0] * usnap_page, usnap_page), 0);
+	ck_assert(usnap_pagemap_entry(f.m.addr + pages[0] * usnap_page) & USNAP_PM_WP);
 
 	/* a write to a zapped page must wait for the copy: with the sink shut and
 	 * the buffer full it cannot complete */
-	z.addr = m.addr;
+	z.addr = f.m.addr;
 	z.pages = pages;
 	z.n = nzap;
 	usnap_writers_start(&w, 1, write_zapped, &z);
 	usleep(300 * 1000);
-	usnap_stats(s, &st);
+	usnap_stats(f.s, &st);
 	usnap_stats_print("writer on zapped pages, sink shut", &st);
 	ck_assert_msg(atomic_load(&w.progress[0]) == 0, "a write to a zapped page completed without waiting for "
 		      "its copy (the zap dropped the protection)");
 	ck_assert_uint_ge(st.faults, 1);
 
-	atomic_store(&cb.sleep_us, 1000); /* slow: the sweep must not reach the last quarter first */
-	usnap_cb_gate(&cb, false);
+	atomic_store(&f.cb.sleep_us, 1000); /* slow: the sweep must not reach the last quarter first */
+	usnap_cb_gate(&f.cb, false);
 	usnap_writers_join(&w, 30);
 	ck_assert_uint_eq(atomic_load(&w.progress[0]), nzap);
-	usnap_stats(s, &st);
+	usnap_stats(f.s, &st);
 	usnap_stats_print("writer done", &st);
 	ck_assert_msg(st.pages_fault >= nzap, "only %llu pages copied by faults for %zu writes to zapped pages",
 		      (unsigned long long)st.pages_fault, nzap);
-	atomic_store(&cb.sleep_us, 0);
+	atomic_store(&f.cb.sleep_us, 0);
 	/* and the zapped range, written after the gate opened */
-	memset(m.addr + len - 8 * MiB, 0x77, 4 * MiB);
+	memset(f.m.addr + len - 8 * MiB, 0x77, 4 * MiB);
 
-	r = uffdsnap_wait(s);
-	ck_assert_msg(r == 0, "wait: %d %s", r, uffdsnap_snap_error(s));
-	usnap_stats(s, &st);
+	r = uffdsnap_wait(f.s);
+	ck_assert_msg(r == 0, "wait: %d %s", r, uffdsnap_snap_error(f.s));
+	usnap_stats(f.s, &st);
 	usnap_stats_print("done", &st);
 	usnap_assert_exactly_once(&st);
-	ck_assert_int_eq(usnap_pagemap_protected(m.addr, len), 0);
-	close(fd);
-	{
-		struct usnap_expect ex = { "big", ref, len };
-		usnap_check_file(path, &ex, 1);
-	}
+	ck_assert_int_eq(usnap_pagemap_protected(f.m.addr, len), 0);
+	usnap_fix_check(&f);
 	for (size_t i = 0; i < nzap; i++)
-		ck_assert_int_eq(m.addr[pages[i] * usnap_page + 5], 0xc3);
-	uffdsnap_snap_free(s);
-	uffdsnap_free(ctx);
-	usnap_cb_destroy(&cb);
-	usnap_rmdir(dir);
-	usnap_buf_free(ref, len);
-	usnap_mem_free(&m);
+		ck_assert_int_eq(f.m.addr[pages[i] * usnap_page + 5], 0xc3);
+	usnap_fix_free(&f);
 }
 END_TEST
 

@@ -32,7 +32,7 @@ static const char usage_text[] =
 	"       uffdsnap restore FILE --region REGION --to PATH [--threads N]\n"
 	"       uffdsnap diff A B\n"
 	"       uffdsnap cat [-x] FILE REGION OFFSET LEN\n"
-	"       uffdsnap serve FILE --socket PATH [--once] [--no-prefetch]\n"
+	"       uffdsnap serve FILE --socket PATH [--once] [--no-prefetch] [--max-clients N]\n"
 	"       uffdsnap --help | --version\n";
 
 static const char help_text[] =
@@ -61,7 +61,9 @@ static const char help_text[] =
 	"                     page server: restore processes that connect to PATH with\n"
 	"                     uffdsnap_lazy_connect() lazily from FILE (each client in\n"
 	"                     its own thread); --once: exit after the first client;\n"
-	"                     --no-prefetch: serve faults only until the client is done.\n"
+	"                     --no-prefetch: serve faults only until the client is done;\n"
+	"                     --max-clients N: serve at most N clients at once (default\n"
+	"                     64) and refuse more, with an error to the client.\n"
 	"\n"
 	"Exit status: 0 success, 1 failure (corrupt, incomplete, I/O), 2 usage error.\n";
 
@@ -77,11 +79,49 @@ __attribute__((format(printf, 1, 2))) static int usage_error(const char *fmt, ..
 	return EXIT_USAGE;
 }
 
-/* "what: what the errno means: the detail" for a failed call. The library's
+/*
+ * Text from a snapshot file - region names, and the library's messages that
+ * quote them - may hold any byte but NUL, so a hostile file could send
+ * terminal control sequences through us. Every such string is printed through
+ * esc(): bytes outside printable ASCII become \xNN and a backslash becomes \\,
+ * which keeps the text unambiguous. ESC_LEN fits the escaped form of the
+ * longest name (255 bytes) and of the library's messages (under 512 bytes);
+ * anything longer is cut at a whole escape.
+ */
+#define ESC_LEN (4 * 512 + 1)
+
+static const char *esc(const char *s, char out[ESC_LEN])
+{
+	static const char hex[] = "0123456789abcdef";
+	size_t n = 0;
+
+	/* room for the longest escape (4 bytes) and the NUL */
+	for (; *s && n + 4 < ESC_LEN; s++) {
+		unsigned char c = (unsigned char)*s;
+
+		if (c == '\\') {
+			out[n++] = '\\';
+			out[n++] = '\\';
+		} else if (c < 0x20 || c > 0x7e) {
+			out[n++] = '\\';
+			out[n++] = 'x';
+			out[n++] = hex[c >> 4];
+			out[n++] = hex[c & 15];
+		} else {
+			out[n++] = (char)c;
+		}
+	}
+	out[n] = '\0';
+	return out;
+}
+
+/* "what: what the errno means: the detail" for a failed call. The detail is
+ * the library's message, which may quote the file: it is escaped. The library's
  * texts explain its own errnos; an errno from a system call (ENOENT from
  * open(2)) is best explained by the C library. */
 static int fail(const char *what, int err, const char *detail)
 {
+	char edetail[ESC_LEN];
 	const char *text;
 
 	switch (-err) {
@@ -95,7 +135,7 @@ static int fail(const char *what, int err, const char *detail)
 		text = strerror(-err);
 	}
 	if (detail && *detail)
-		fprintf(stderr, "uffdsnap: %s: %s: %s\n", what, text, detail);
+		fprintf(stderr, "uffdsnap: %s: %s: %s\n", what, text, esc(detail, edetail));
 	else
 		fprintf(stderr, "uffdsnap: %s: %s\n", what, text);
 	return EXIT_FAILURE;
@@ -136,6 +176,7 @@ static void print_time(uint64_t ns)
 static int cmd_info(const char *path)
 {
 	uffdsnap_info_t info = { .size = sizeof(info) };
+	char e[ESC_LEN];
 	uffdsnap_reader_t *r;
 	int rc = open_snapshot(path, &r);
 
@@ -149,12 +190,12 @@ static int cmd_info(const char *path)
 	if (info.complete)
 		printf("%-13s complete\n", "state:");
 	else
-		printf("%-13s %s: %s\n", "state:", info.status ? "FAILED" : "INCOMPLETE", info.reason);
+		printf("%-13s %s: %s\n", "state:", info.status ? "FAILED" : "INCOMPLETE", esc(info.reason, e));
 	printf("%-13s %u\n", "regions:", info.nregions);
 	for (unsigned i = 0; i < info.nregions; i++) {
 		uffdsnap_region_info_t reg = { .size = sizeof(reg) };
 		uffdsnap_reader_region(r, i, &reg);
-		printf("  %4u  %-32s %" PRIu64 " bytes\n", i, reg.name, reg.length);
+		printf("  %4u  %-32s %" PRIu64 " bytes\n", i, esc(reg.name, e), reg.length);
 	}
 	if (info.complete || info.status) {
 		printf("%-13s %" PRIu64 "\n", "chunks:", info.chunks);
@@ -173,6 +214,7 @@ static int cmd_info(const char *path)
 static int cmd_verify(const char *path)
 {
 	uffdsnap_info_t info = { .size = sizeof(info) };
+	char e[ESC_LEN];
 	uffdsnap_reader_t *r;
 	const char *detail;
 	int rc = open_snapshot(path, &r);
@@ -183,9 +225,9 @@ static int cmd_verify(const char *path)
 		detail = uffdsnap_reader_error(r);
 	}
 	if (rc == -EBADMSG)
-		fprintf(stderr, "CORRUPT: %s\n", detail);
+		fprintf(stderr, "CORRUPT: %s\n", esc(detail, e));
 	else if (rc == -ENODATA)
-		fprintf(stderr, "INCOMPLETE: %s\n", detail);
+		fprintf(stderr, "INCOMPLETE: %s\n", esc(detail, e));
 	else if (rc)
 		fail(path, rc, detail);
 	else {
@@ -197,10 +239,12 @@ static int cmd_verify(const char *path)
 	return rc ? EXIT_FAILURE : EXIT_SUCCESS;
 }
 
-/* REGION is a name first; a number is an id only when no region has that name. */
-static int find_region(uffdsnap_reader_t *r, const char *arg)
+/* REGION is a name first; a number is an id only when no region has that name.
+ * Says so when there is no such region. */
+static int find_region(uffdsnap_reader_t *r, const char *path, const char *arg)
 {
 	uffdsnap_info_t info = { .size = sizeof(info) };
+	char earg[ESC_LEN];
 	unsigned long id;
 	char *end;
 	int rc = uffdsnap_reader_find(r, arg);
@@ -212,6 +256,7 @@ static int find_region(uffdsnap_reader_t *r, const char *arg)
 	id = strtoul(arg, &end, 10);
 	if (*arg >= '0' && *arg <= '9' && !*end && !errno && id < info.nregions)
 		return (int)id;
+	fprintf(stderr, "uffdsnap: %s: no region '%s' (see 'uffdsnap info %s')\n", path, esc(arg, earg), path);
 	return -ENOENT;
 }
 
@@ -223,8 +268,7 @@ static int cmd_extract(const char *path, const char *region, const char *outpath
 
 	if (rc)
 		return fail(path, rc, uffdsnap_last_error());
-	if ((id = find_region(r, region)) < 0) {
-		fprintf(stderr, "uffdsnap: %s: no region '%s' (see 'uffdsnap info %s')\n", path, region, path);
+	if ((id = find_region(r, path, region)) < 0) {
 		uffdsnap_reader_free(r);
 		return EXIT_FAILURE;
 	}
@@ -286,9 +330,7 @@ static int cmd_restore(int argc, char **argv)
 		return usage_error("restore needs FILE, --region REGION and --to PATH");
 	if ((rc = uffdsnap_reader_open(&r, argv[optind])))
 		return fail(argv[optind], rc, uffdsnap_last_error());
-	if ((id = find_region(r, region)) < 0) {
-		fprintf(stderr, "uffdsnap: %s: no region '%s' (see 'uffdsnap info %s')\n", argv[optind], region,
-			argv[optind]);
+	if ((id = find_region(r, argv[optind], region)) < 0) {
 		uffdsnap_reader_free(r);
 		return EXIT_FAILURE;
 	}
@@ -343,9 +385,10 @@ static int diff_region(uffdsnap_reader_t *a, unsigned ia, uffdsnap_reader_t *b, 
 		       uint64_t length, uint32_t page, uint8_t *ba, uint8_t *bb)
 {
 	struct ranges g = { 0 };
+	char e[ESC_LEN];
 	int rc;
 
-	printf("region '%s':", name);
+	printf("region '%s':", esc(name, e));
 	fflush(stdout);
 	for (uint64_t off = 0; off < length; off += DIFF_PIECE) {
 		size_t n = length - off < DIFF_PIECE ? (size_t)(length - off) : DIFF_PIECE;
@@ -356,7 +399,7 @@ static int diff_region(uffdsnap_reader_t *a, unsigned ia, uffdsnap_reader_t *b, 
 		if (bad) {
 			printf(" ?\n");
 			fflush(stdout);
-			fail(name, rc, uffdsnap_reader_error(bad));
+			fail(e, rc, uffdsnap_reader_error(bad));
 			return -1;
 		}
 		for (size_t p = 0; p < n; p += page)
@@ -398,17 +441,18 @@ static int cmd_diff(const char *pa, const char *pb)
 	}
 	for (unsigned i = 0; i < ia.nregions && !trouble; i++) {
 		uffdsnap_region_info_t ra = { .size = sizeof(ra) }, rb = { .size = sizeof(rb) };
+		char e[ESC_LEN];
 		int j;
 
 		uffdsnap_reader_region(a, i, &ra);
 		if ((j = uffdsnap_reader_find(b, ra.name)) < 0) {
-			printf("region '%s': only in %s\n", ra.name, pa);
+			printf("region '%s': only in %s\n", esc(ra.name, e), pa);
 			differ = 1;
 			continue;
 		}
 		uffdsnap_reader_region(b, (unsigned)j, &rb);
 		if (ra.length != rb.length) {
-			printf("region '%s': %" PRIu64 " bytes in %s, %" PRIu64 " in %s\n", ra.name, ra.length, pa,
+			printf("region '%s': %" PRIu64 " bytes in %s, %" PRIu64 " in %s\n", esc(ra.name, e), ra.length, pa,
 			       rb.length, pb);
 			differ = 1;
 			continue;
@@ -421,10 +465,11 @@ static int cmd_diff(const char *pa, const char *pb)
 	}
 	for (unsigned j = 0; j < ib.nregions && !trouble; j++) {
 		uffdsnap_region_info_t rb = { .size = sizeof(rb) };
+		char e[ESC_LEN];
 
 		uffdsnap_reader_region(b, j, &rb);
 		if (uffdsnap_reader_find(a, rb.name) < 0) {
-			printf("region '%s': only in %s\n", rb.name, pb);
+			printf("region '%s': only in %s\n", esc(rb.name, e), pb);
 			differ = 1;
 		}
 	}
@@ -490,8 +535,7 @@ static int cmd_cat(int argc, char **argv)
 		return usage_error("cat: OFFSET and LEN must be numbers (LEN at most 1 GiB)");
 	if ((rc = uffdsnap_reader_open(&r, argv[0])))
 		return fail(argv[0], rc, uffdsnap_last_error());
-	if ((id = find_region(r, argv[1])) < 0) {
-		fprintf(stderr, "uffdsnap: %s: no region '%s' (see 'uffdsnap info %s')\n", argv[0], argv[1], argv[0]);
+	if ((id = find_region(r, argv[0], argv[1])) < 0) {
 		uffdsnap_reader_free(r);
 		return EXIT_FAILURE;
 	}
@@ -543,6 +587,7 @@ static int cmd_serve(int argc, char **argv)
 		{ "socket", required_argument, NULL, 's' },
 		{ "once", no_argument, NULL, '1' },
 		{ "no-prefetch", no_argument, NULL, 'n' },
+		{ "max-clients", required_argument, NULL, 'm' },
 		{ 0 },
 	};
 	struct sockaddr_un sa = { .sun_family = AF_UNIX };
@@ -551,6 +596,7 @@ static int cmd_serve(int argc, char **argv)
 	uffdsnap_reader_t *r;
 	bool once = false;
 	struct stat st;
+	uint64_t max;
 	int c, ls, rc;
 
 	uffdsnap_lazy_opts_init(&lo);
@@ -565,6 +611,11 @@ static int cmd_serve(int argc, char **argv)
 			break;
 		case 'n':
 			lo.flags |= UFFDSNAP_LAZY_NO_PREFETCH;
+			break;
+		case 'm':
+			if (!parse_u64(optarg, &max) || !max || max > UINT32_MAX)
+				return usage_error("serve: --max-clients wants a positive number, not '%s'", optarg);
+			lo.max_clients = (uint32_t)max;
 			break;
 		default:
 			return usage_error("serve: unknown option");
