@@ -396,6 +396,7 @@ static void handle_fault(struct handler *h, struct usnap_space *sp, const struct
 	uint64_t p, lo, hi;
 	struct usnap_sreg *sr;
 	struct usnap_job *j;
+	bool theirs;
 	int r;
 
 	atomic_fetch_add(&s->faults, 1);
@@ -407,27 +408,30 @@ static void handle_fault(struct handler *h, struct usnap_space *sp, const struct
 	sr = map->sr;
 	p = lo = map->first + (addr - map->addr) / h->ps;
 	hi = p + 1;
-	if (wp) {
-		/* a huge page is protected, copied and un-protected as a whole */
+	/* A child's private pages are its own copies, never the snapshot's:
+	 * nothing to copy there. Anywhere else the window is widened only when
+	 * this fault copies it (pages around an already copied one may not be
+	 * copied), except a huge page, which is only ever un-protected whole. */
+	theirs = sp->child && sr->reg->kind == USNAP_PRIVATE;
+	if (wp && (theirs || sr->reg->unit > 1 || !test_bit(sr->copied, p))) {
 		uint64_t win = sr->reg->unit > h->around ? sr->reg->unit : h->around;
 		lo = p & ~(win - 1);
 		hi = lo + win < sr->reg->npages ? lo + win : sr->reg->npages;
 	}
-	/* A child's private pages are its own copies, never the snapshot's. */
-	if (!test_bit(sr->copied, p) && !(sp->child && sr->reg->kind == USNAP_PRIVATE)) {
-		if (!wp && usnap_in_data(sr, p))
+	if (theirs) {
+		/* un-protect only */
+	} else if (wp) {
+		if (copy_around(h, sr, lo, hi))
+			return;
+	} else if (!test_bit(sr->copied, p)) {
+		if (usnap_in_data(sr, p))
 			return fail_removed(h, sr->reg, p);
-		if (wp) {
-			if (copy_around(h, sr, lo, hi))
-				return;
-		} else {
-			j = fault_job(h, sr);
-			if (!j)
-				return;
-			add_extent(j, p, 1, USNAP_EXT_ZERO);
-			atomic_fetch_add(&s->pages_hole, 1);
-			set_bits(sr->copied, p, p + 1);
-		}
+		j = fault_job(h, sr);
+		if (!j)
+			return;
+		add_extent(j, p, 1, USNAP_EXT_ZERO);
+		atomic_fetch_add(&s->pages_hole, 1);
+		set_bits(sr->copied, p, p + 1);
 	}
 	/* Every populated page of [lo, hi) is copied now: un-protect them all. */
 	r = wp ? unprotect(h, sp, sr, lo, hi) : zeropage(h, sp, sr, p);
