@@ -103,6 +103,7 @@ struct options {
 	const char *trace;
 	const char *label;     /* copied into every output line (engine version, run id) */
 	unsigned warmup_ms, settle_max_ms, slice_us, slow_us, timeout_s;
+	unsigned timeline_ms;  /* JSON: the writers' rate in steps of this many ms; 0 = none */
 	unsigned zthreads;     /* compression threads for every method; 0 = online CPUs */
 	unsigned chunk_kib, buffer_mib; /* uffdsnap tuning; 0 = the library's defaults */
 	uint64_t seed;
@@ -978,6 +979,15 @@ static void e_bool(struct emit *e, const char *k, bool v)
 	printf(v ? "true" : "false");
 }
 
+static void e_u32_array(struct emit *e, const char *k, const uint32_t *v, size_t n)
+{
+	e_key(e, k);
+	printf("[");
+	for (size_t i = 0; i < n; i++)
+		printf(i ? ",%" PRIu32 : "%" PRIu32, v[i]);
+	printf("]");
+}
+
 static void e_end(struct emit *e)
 {
 	printf(e->json ? "}\n" : "\n");
@@ -997,6 +1007,11 @@ struct result {
 	bool settled;
 	char verify[96];
 	uffdsnap_stats_t st;
+	/* The writers' rate (stores per ms, all writers) from 500 ms before the
+	 * instant to the end of settle, in steps of --timeline-ms: for plots. */
+	uint32_t *tl;
+	size_t tl_n;
+	double tl_t0_ms, tl_step_ms;
 };
 
 static pid_t g_child = -1;
@@ -1282,6 +1297,24 @@ static void run_method(struct bench *b, int method, struct result *res)
 				((double)k * slice_ms) - (double)(t0 - b->origin_ns) / 1e6, stores_between(b, k, k + 1));
 	}
 
+	if (o->timeline_ms) {
+		size_t per = o->timeline_ms * 1000u / o->slice_us, pre = 500000 / o->slice_us;
+		size_t from = s0 > pre ? s0 - pre : 0;
+
+		if (!per)
+			per = 1;
+		res->tl_n = (ss - from + per - 1) / per;
+		res->tl = malloc(res->tl_n * sizeof(*res->tl));
+		if (!res->tl)
+			die("out of memory");
+		res->tl_t0_ms = (double)from * slice_ms - (double)(t0 - b->origin_ns) / 1e6;
+		res->tl_step_ms = (double)per * slice_ms;
+		for (size_t j = 0; j < res->tl_n; j++) {
+			size_t a = from + j * per, z = a + per < ss ? a + per : ss;
+			res->tl[j] = (uint32_t)llround((double)stores_between(b, a, z) / ((double)(z - a) * slice_ms));
+		}
+	}
+
 	snprintf(res->verify, sizeof(res->verify), "%s", ref ? "" : "not requested");
 	if (method == M_UFFDSNAP) {
 		if (ref && o->sink == SINK_FILE && res->ok)
@@ -1324,6 +1357,8 @@ static void usage(int code)
 		"  --slice-us N            rate slice (default 1000)\n"
 		"  --slow-us N             a store slower than this counts as a fault (default 1)\n"
 		"  --trace FILE            append per-slice store counts as CSV (method,t_ms,stores)\n"
+		"  --timeline-ms N         JSON: the writers' rate from t0-500 ms to the end of settle in\n"
+		"                          steps of N ms (timeline_* fields; default 10, 0 = none)\n"
 		"  --timeout S             abort the whole run after S seconds (default 600)\n"
 		"  --compress-threads N    zstd threads for every method (default: online CPUs, the library's default)\n"
 		"  --chunk-kib N, --buffer-mib N   uffdsnap: chunk_bytes / buffer_bytes (default: the library's)\n"
@@ -1374,6 +1409,7 @@ static void parse(int argc, char **argv, struct options *o)
 		{ "trace", 1, 0, 't' },     { "timeout", 1, 0, 'T' },   { "seed", 1, 0, 'e' },
 		{ "compress-threads", 1, 0, 'c' }, { "label", 1, 0, 'B' },
 		{ "chunk-kib", 1, 0, 'C' }, { "buffer-mib", 1, 0, 'M' }, { "help", 0, 0, 'h' },
+		{ "timeline-ms", 1, 0, 'R' },
 		{ 0, 0, 0, 0 },
 	};
 	int c;
@@ -1381,6 +1417,7 @@ static void parse(int argc, char **argv, struct options *o)
 	*o = (struct options){ .size = 256u << 20, .writers = 1, .pattern = PAT_RANDOM, .methods = 7,
 			       .sink = SINK_FILE, .level = 1, .out_dir = "/var/tmp", .warmup_ms = 1000,
 			       .settle_max_ms = 15000, .slice_us = 1000, .slow_us = 1, .timeout_s = 600,
+			       .timeline_ms = 10,
 			       .seed = 0x75ffd5 };
 	while ((c = getopt_long(argc, argv, "h", lo, NULL)) != -1) {
 		switch (c) {
@@ -1414,6 +1451,7 @@ static void parse(int argc, char **argv, struct options *o)
 		case 'C': o->chunk_kib = (unsigned)num(optarg); break;
 		case 'M': o->buffer_mib = (unsigned)num(optarg); break;
 		case 'c': o->zthreads = (unsigned)num(optarg); break;
+		case 'R': o->timeline_ms = (unsigned)num(optarg); break;
 		case 'h': usage(0); break;
 		default: usage(1);
 		}
@@ -1539,7 +1577,14 @@ int main(int argc, char **argv)
 			e_num(&e, "fault_wait_max_ms", (double)r->st.fault_wait_max_ns / 1e6);
 			e_str(&e, "verify", r->verify);
 		}
+		if (r->tl && e.json) {
+			e_num(&e, "timeline_t0_ms", r->tl_t0_ms);
+			e_num(&e, "timeline_step_ms", r->tl_step_ms);
+			e_u32_array(&e, "timeline_stores_per_ms", r->tl, r->tl_n);
+		}
 		e_end(&e);
+		free(r->tl);
+		r->tl = NULL;
 	}
 
 	getloadavg(load1, 3);
