@@ -1120,7 +1120,11 @@ static void run_method(struct bench *b, int method, struct result *res)
 		if (b->base == MAP_FAILED)
 			die("mmap memfd: %s", strerror(errno));
 	} else {
-		b->base = map_anon(len, false);
+		/* sparse: no commit charge for the holes (64 GiB > RAM is refused otherwise) */
+		b->base = mmap(NULL, len, PROT_READ | PROT_WRITE,
+			       MAP_PRIVATE | MAP_ANONYMOUS | (len > o->size ? MAP_NORESERVE : 0), -1, 0);
+		if (b->base == MAP_FAILED)
+			die("mmap %zu bytes: %s", len, strerror(errno));
 	}
 	fill_data(b->base, o->size, b->stride, o->seed, b->ncpu);
 	b->npages = o->size / PAGE;
