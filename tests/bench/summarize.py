@@ -75,7 +75,7 @@ def med(xs, nd=2, rng=True):
     if not xs:
         return "-"
     m = fmt(float(statistics.median(xs)), nd)
-    if rng and len(xs) > 1:
+    if rng and min(xs) != max(xs):
         return f"{m} ({fmt(float(min(xs)), nd)}–{fmt(float(max(xs)), nd)})"
     return m
 
@@ -103,9 +103,9 @@ def doc(paths):
                     ("zstd_mb_s_1core", "zstd -1 MB/s, one thread"), ("zstd_mb_s", "zstd -1 MB/s, all cores"),
                     ("zstd_ratio", "zstd -1 ratio on the data"), ("sink_mb_s", "file sink MB/s (file-sink runs)"),
                     ("wp_async_fault_p50_us", "WP_ASYNC fault p50 µs"), ("ro_refault_p50_us", "read-only re-fault after un-protect p50 µs"),
-                    ("wp_protect_ns_per_page", "UFFDIO_WRITEPROTECT ns/page (32 MiB, idle)"),
+                    ("wp_protect_ns_per_page", "UFFDIO_WRITEPROTECT ns/page (32 MiB, no writers)"),
                     ("loadavg_start", "load average at start")]:
-        print(f"| {name} | {med([m.get(k) for m in ms])} |")
+        print(f"| {name} | {med([m.get(k) for m in ms], 0 if k == 'cores' else 2)} |")
 
     print("\nPer method, median over the runs (range in the ratio table):\n")
     print("| size | pattern | sink | runs | method | begin ms | max stall ms | lost work ms | window ms | total ms "
