@@ -162,7 +162,8 @@ def main():
     groups = {}
     for r in runs(a.files):
         u = r.get("uffdsnap")
-        if not u or u["sink"] != a.sink or u["writers"] != a.writers or u.get("region_mib", u["size_mib"]) != u["size_mib"]:
+        if (not u or "timeline_stores_per_ms" not in u or u["sink"] != a.sink or u["writers"] != a.writers
+                or u.get("region_mib", u["size_mib"]) != u["size_mib"]):
             continue
         groups.setdefault((u["size_mib"], u["pattern"]), []).append(r)
     if not groups:
