@@ -2,8 +2,12 @@
 """Turn uffdsnap-bench JSON lines into markdown tables (ratios vs the issue #4 targets).
 
 usage: tests/bench/summarize.py results/2026-11-25-baseline.jsonl [...]
+       tests/bench/summarize.py --doc results/2026-11-26-*.jsonl
+         (docs/performance.md: machine facts, per-method medians side by side,
+          per-configuration ratios, and the targets met or not)
 """
 import json
+import statistics
 import sys
 from collections import OrderedDict
 
@@ -52,5 +56,111 @@ def main(paths):
         ]) + " |")
 
 
+def invocations(paths):
+    """One dict per bench invocation (a machine line starts one): kind/method -> line."""
+    out = []
+    for path in paths:
+        for line in open(path):
+            if line.startswith("{"):
+                o = json.loads(line)
+                if o.get("kind") == "machine":
+                    out.append({"machine": o})
+                elif out:
+                    out[-1][o.get("method") or o.get("kind")] = o
+    return [r for r in out if "uffdsnap" in r]
+
+
+def med(xs, nd=2, rng=True):
+    xs = [x for x in xs if x is not None]
+    if not xs:
+        return "-"
+    m = fmt(float(statistics.median(xs)), nd)
+    if rng and min(xs) != max(xs):
+        return f"{m} ({fmt(float(min(xs)), nd)}–{fmt(float(max(xs)), nd)})"
+    return m
+
+
+def size_name(mib, region=None):
+    s = f"{mib // 1024} GiB" if mib >= 1024 else f"{mib} MiB"
+    if region and region != mib:
+        s += f" in {region // 1024} GiB" if region >= 1024 else f" in {region} MiB"
+    return s
+
+
+def doc(paths):
+    inv = invocations(paths)
+    groups = OrderedDict()
+    for r in inv:
+        u = r["uffdsnap"]
+        key = (u["size_mib"], u.get("region_mib", u["size_mib"]), u["pattern"], u["sink"], u["writers"])
+        groups.setdefault(key, []).append(r)
+    keys = sorted(groups, key=lambda k: (k[3] != "null", k[1] != k[0], k[0], k[2], k[4]))
+
+    ms = [r["machine"] for r in inv]
+    print(f"Machine, measured in each of the {len(ms)} runs (median, range):\n")
+    print("| fact | value |\n|---|---|")
+    for k, name in [("cores", "online CPUs"), ("memcpy_gb_s", "memcpy GB/s (one thread)"),
+                    ("zstd_mb_s_1core", "zstd -1 MB/s, one thread"), ("zstd_mb_s", "zstd -1 MB/s, all cores"),
+                    ("zstd_ratio", "zstd -1 ratio on the data"), ("sink_mb_s", "file sink MB/s (file-sink runs)"),
+                    ("wp_async_fault_p50_us", "WP_ASYNC fault p50 µs"), ("ro_refault_p50_us", "read-only re-fault after un-protect p50 µs"),
+                    ("wp_protect_ns_per_page", "UFFDIO_WRITEPROTECT ns/page (32 MiB, no writers)"),
+                    ("loadavg_start", "load average at start")]:
+        print(f"| {name} | {med([m.get(k) for m in ms], 0 if k == 'cores' else 2)} |")
+
+    print("\nPer method, median over the runs (range in the ratio table):\n")
+    print("| size | pattern | sink | runs | method | begin ms | max stall ms | lost work ms | window ms | total ms "
+          "| faults | fault p50 / p99 µs | extra RSS peak MiB | MB/s |")
+    print("|---|---|---|---|---|---|---|---|---|---|---|---|---|---|")
+    for key in keys:
+        size, region, pat, sink, w = key
+        rs = groups[key]
+        for m in ("uffdsnap", "fork", "stw"):
+            xs = [r[m] for r in rs if m in r]
+            if not xs:
+                continue
+            g = lambda f: med([x.get(f) for x in xs], rng=False)
+            print(f"| {size_name(size, region)} | {pat} | {sink} | {len(xs)} | {m} | {g('begin_ms')} | {g('max_stall_ms')} "
+                  f"| {g('lost_work_ms')} | {g('window_ms')} | {g('total_ms')} | {med([x['faults'] for x in xs], 0, False)} "
+                  f"| {g('fault_p50_us')} / {g('fault_p99_us')} | {g('extra_rss_peak_mib')} | {g('mb_s')} |")
+
+    print("\nRatios, each computed within one run, median (min–max) over the runs:\n")
+    print("| size | pattern | sink | begin u/fork | lost work u/fork | lost work u/stw | max stall u/fork | total u/fork "
+          "| total u / slowest stage | extra RSS u MiB / bound | fault p50 / WP_ASYNC | uffd round trip p50 / WP_ASYNC |")
+    print("|---|---|---|---|---|---|---|---|---|---|---|---|")
+    for key in keys:
+        size, region, pat, sink, w = key
+        rs = [r for r in groups[key] if "ratios" in r]
+        g = lambda f: med([r["ratios"].get(f) for r in rs])
+        print(f"| {size_name(size, region)} | {pat} | {sink} | {g('begin_ms_vs_fork')} | {g('lost_work_ms_vs_fork')} "
+              f"| {g('lost_work_ms_vs_stw')} | {g('max_stall_ms_vs_fork')} | {g('total_ms_vs_fork')} "
+              f"| {med([r['uffdsnap']['total_over_bound'] for r in rs])} | {med([r['uffdsnap']['extra_rss_peak_mib'] for r in rs], 1)} / "
+              f"{fmt(rs[0]['ratios'].get('buffer_bound_mib'), 0) if rs else '-'} | {g('fault_p50_vs_wp_async')} "
+              f"| {g('uffd_fault_p50_vs_wp_async')} |")
+
+    print("\nTargets of issue #4, dense regions, null sink, by size: median (min–max) and runs meeting it:\n")
+    targets = [
+        ("begin_ms ≤ 0.5 × fork", lambda r: r["ratios"].get("begin_ms_vs_fork"), 0.5),
+        ("lost_work_ms ≤ 0.5 × fork", lambda r: r["ratios"].get("lost_work_ms_vs_fork"), 0.5),
+        ("lost_work_ms ≤ 0.1 × stw", lambda r: r["ratios"].get("lost_work_ms_vs_stw"), 0.1),
+        ("extra_rss_peak ≤ bound (ratio)", lambda r: r["ratios"].get("extra_rss_peak_vs_bound"), 1.0),
+        ("total_ms ≤ 1.3 × slowest stage", lambda r: r["uffdsnap"].get("total_over_bound"), 1.3),
+        ("fault p50 (every slow store) ≤ 2 × WP_ASYNC", lambda r: r["ratios"].get("fault_p50_vs_wp_async"), 2.0),
+        ("uffd round trip p50 ≤ 2 × WP_ASYNC", lambda r: r["ratios"].get("uffd_fault_p50_vs_wp_async"), 2.0),
+    ]
+    sizes = sorted({k[0] for k in keys if k[3] == "null" and k[0] == k[1]})
+    print("| target | " + " | ".join(size_name(s) for s in sizes) + " |")
+    print("|---|" + "---|" * len(sizes))
+    for name, f, lim in targets:
+        cells = []
+        for s in sizes:
+            rs = [r for k in keys if k[0] == s and k[1] == s and k[3] == "null" for r in groups[k] if "ratios" in r]
+            vs = [f(r) for r in rs if f(r) is not None]
+            cells.append(f"{med(vs)}; {sum(v <= lim for v in vs)}/{len(vs)}")
+        print(f"| {name} | " + " | ".join(cells) + " |")
+
+
 if __name__ == "__main__":
-    main(sys.argv[1:])
+    if sys.argv[1:2] == ["--doc"]:
+        doc(sys.argv[2:])
+    else:
+        main(sys.argv[1:])

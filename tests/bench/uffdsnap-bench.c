@@ -79,6 +79,8 @@
 #define PAGE 4096u
 #define GROUP_BYTES (64u * 1024u)  /* data class granularity: 64 KiB "allocations" */
 #define IO_BLOCK (1u << 20)        /* compressor input/output and sink write size */
+#define EXTENT_SHIFT 20            /* --region-mib: the data lies in 1 MiB extents, evenly spread */
+#define EXTENT_PAGES ((1u << EXTENT_SHIFT) / PAGE)
 
 enum { M_UFFDSNAP, M_FORK, M_STW, NMETHODS };
 static const char *const method_name[NMETHODS] = { "uffdsnap", "fork", "stw" };
@@ -92,7 +94,8 @@ enum { CTL_RUN, CTL_PAUSE, CTL_STOP };
 #define HIST_BINS (HIST_LIN + 40)
 
 struct options {
-	size_t size;           /* bytes */
+	size_t size;           /* bytes of data */
+	size_t region;         /* bytes of region (--region-mib; = size unless sparse) */
 	unsigned writers;
 	int pattern;
 	unsigned methods;      /* bit per method */
@@ -103,6 +106,7 @@ struct options {
 	const char *trace;
 	const char *label;     /* copied into every output line (engine version, run id) */
 	unsigned warmup_ms, settle_max_ms, slice_us, slow_us, timeout_s;
+	unsigned timeline_ms;  /* JSON: the writers' rate in steps of this many ms; 0 = none */
 	unsigned zthreads;     /* compression threads for every method; 0 = online CPUs */
 	unsigned chunk_kib, buffer_mib; /* uffdsnap tuning; 0 = the library's defaults */
 	uint64_t seed;
@@ -281,8 +285,19 @@ static void fill_group(uint8_t *p, uint64_t seed, uint64_t group)
 	}
 }
 
+/*
+ * Where data page pg lives: the data is in 1 MiB extents, `stride` bytes
+ * apart (stride = 1 MiB: one dense block; --region-mib: spread over the
+ * region with holes between them). A shift, a multiply and a mask.
+ */
+static inline uint8_t *data_page(uint8_t *base, size_t stride, uint64_t pg)
+{
+	return base + (pg >> (EXTENT_SHIFT - 12)) * stride + (pg & (EXTENT_PAGES - 1)) * PAGE;
+}
+
 struct fill_arg {
 	uint8_t *base;
+	size_t stride;
 	size_t from, to;  /* groups */
 	uint64_t seed;
 };
@@ -290,26 +305,34 @@ struct fill_arg {
 static void *fill_thread(void *arg)
 {
 	struct fill_arg *a = arg;
+	bool sparse = a->stride != (1u << EXTENT_SHIFT);
 
-	for (size_t g = a->from; g < a->to; g++)
-		fill_group(a->base + g * GROUP_BYTES, a->seed, g);
+	for (size_t g = a->from; g < a->to; g++) {
+		uint8_t *p = data_page(a->base, a->stride, g * (GROUP_BYTES / PAGE));
+		if (sparse)
+			(void)madvise(p, GROUP_BYTES, MADV_POPULATE_WRITE);
+		fill_group(p, a->seed, g);
+	}
 	return NULL;
 }
 
 /* Populate (one madvise instead of a trap per page: ~11 µs each in this guest)
- * and fill on every core. */
-static void fill_data(uint8_t *base, size_t len, uint64_t seed, unsigned ncpu)
+ * and fill on every core. `len` bytes of data, in extents `stride` apart; the
+ * bytes are a function of the data offset only, so sparse and dense regions
+ * hold the same data. */
+static void fill_data(uint8_t *base, size_t len, size_t stride, uint64_t seed, unsigned ncpu)
 {
 	size_t groups = len / GROUP_BYTES;
 	pthread_t th[64];
 	struct fill_arg a[64];
 
 	/* On an old kernel this fails and the fill below faults the pages in. */
-	(void)madvise(base, len, MADV_POPULATE_WRITE);
+	if (stride == (1u << EXTENT_SHIFT))
+		(void)madvise(base, len, MADV_POPULATE_WRITE);
 	if (ncpu > 64)
 		ncpu = 64;
 	for (unsigned i = 0; i < ncpu; i++) {
-		a[i] = (struct fill_arg){ base, groups * i / ncpu, groups * (i + 1) / ncpu, seed };
+		a[i] = (struct fill_arg){ base, stride, groups * i / ncpu, groups * (i + 1) / ncpu, seed };
 		pthread_create(&th[i], NULL, fill_thread, &a[i]);
 	}
 	for (unsigned i = 0; i < ncpu; i++)
@@ -379,8 +402,7 @@ struct writer {
 	_Atomic uint32_t *cnt;
 	_Atomic uint32_t *gap_us;
 	_Atomic uint64_t hist[HIST_BINS];  /* slow stores by latency */
-	uint8_t *part;                     /* sequential: own slice of the region */
-	size_t part_len;
+	uint64_t part_pg, part_npg;        /* sequential: own slice of the data pages */
 } __attribute__((aligned(64)));
 
 struct bench {
@@ -388,7 +410,8 @@ struct bench {
 	unsigned ncpu, zthreads;
 	size_t nslices;
 	uint8_t *base;           /* the region of the method being run */
-	size_t npages;
+	size_t npages;           /* data pages */
+	size_t stride;           /* bytes from one 1 MiB data extent to the next */
 	uint64_t origin_tick;    /* slice 0 starts here ... */
 	uint64_t origin_ns;      /* ... which is this CLOCK_MONOTONIC time */
 	uint64_t slice_ticks, slow_ticks;
@@ -488,6 +511,7 @@ static void *writer_main(void *arg)
 	if (b->o.pattern == PAT_RANDOM) {
 		uint8_t *base = b->base;
 		uint64_t np = b->npages;
+		size_t stride = b->stride;
 
 		for (;;) {
 			if (__builtin_expect(atomic_load_explicit(&b->ctl, memory_order_relaxed) != CTL_RUN, 0) &&
@@ -496,24 +520,23 @@ static void *writer_main(void *arg)
 			uint64_t x = xorshift(&s);
 			/* page by multiply-shift (no division), word within the page */
 			uint64_t pg = ((x >> 32) * np) >> 32;
-			volatile uint64_t *p = (volatile uint64_t *)(base + pg * PAGE + (x & 511) * 8);
+			volatile uint64_t *p = (volatile uint64_t *)(data_page(base, stride, pg) + (x & 511) * 8);
 			*p = *p; /* a real store; the contents stay the generated mix */
 			tick(b, w, &l, 1);
 		}
 	} else {
-		size_t off = 0;
+		uint64_t i = 0;
 
 		for (;;) {
 			if (__builtin_expect(atomic_load_explicit(&b->ctl, memory_order_relaxed) != CTL_RUN, 0) &&
 			    writer_ctl(b, w, &l))
 				break;
-			volatile uint64_t *p = (volatile uint64_t *)(w->part + off);
-			for (unsigned i = 0; i < PAGE / 8; i++)
-				p[i] = p[i];
+			volatile uint64_t *p = (volatile uint64_t *)data_page(b->base, b->stride, w->part_pg + i);
+			for (unsigned k = 0; k < PAGE / 8; k++)
+				p[k] = p[k];
 			tick(b, w, &l, PAGE / 8);
-			off += PAGE;
-			if (off >= w->part_len)
-				off = 0;
+			if (++i >= w->part_npg)
+				i = 0;
 		}
 	}
 	slice_flush(b, w, &l, ticks());
@@ -522,7 +545,7 @@ static void *writer_main(void *arg)
 
 static void writers_start(struct bench *b)
 {
-	size_t part = (b->o.size / b->o.writers) & ~(size_t)(PAGE - 1);
+	uint64_t part = b->npages / b->o.writers;
 
 	atomic_store(&b->ctl, CTL_RUN);
 	b->origin_ns = mono_ns();
@@ -534,8 +557,8 @@ static void writers_start(struct bench *b)
 			atomic_store_explicit(&w->cnt[k], 0, memory_order_relaxed);
 			atomic_store_explicit(&w->gap_us[k], 0, memory_order_relaxed);
 		}
-		w->part = b->base + part * i;
-		w->part_len = part;
+		w->part_pg = part * i;
+		w->part_npg = part;
 		if (pthread_create(&w->th, NULL, writer_main, w))
 			die("pthread_create: %s", strerror(errno));
 	}
@@ -874,7 +897,7 @@ static void measure_machine(struct bench *b, struct machine *m)
 	double best = 1e30;
 
 	m->cores = b->ncpu;
-	fill_data(src, len, b->o.seed, b->ncpu);
+	fill_data(src, len, 1u << EXTENT_SHIFT, b->o.seed, b->ncpu);
 	for (int i = 0; i < 3; i++) {
 		uint64_t t0 = mono_ns();
 		memcpy(dst, src, len);
@@ -978,6 +1001,15 @@ static void e_bool(struct emit *e, const char *k, bool v)
 	printf(v ? "true" : "false");
 }
 
+static void e_u32_array(struct emit *e, const char *k, const uint32_t *v, size_t n)
+{
+	e_key(e, k);
+	printf("[");
+	for (size_t i = 0; i < n; i++)
+		printf(i ? ",%" PRIu32 : "%" PRIu32, v[i]);
+	printf("]");
+}
+
 static void e_end(struct emit *e)
 {
 	printf(e->json ? "}\n" : "\n");
@@ -997,6 +1029,11 @@ struct result {
 	bool settled;
 	char verify[96];
 	uffdsnap_stats_t st;
+	/* The writers' rate (stores per ms, all writers) from 500 ms before the
+	 * instant to the end of settle, in steps of --timeline-ms: for plots. */
+	uint32_t *tl;
+	size_t tl_n;
+	double tl_t0_ms, tl_step_ms;
 };
 
 static pid_t g_child = -1;
@@ -1060,7 +1097,7 @@ out:
 static void run_method(struct bench *b, int method, struct result *res)
 {
 	const struct options *o = &b->o;
-	const size_t len = o->size;
+	const size_t len = o->region; /* = o->size unless --region-mib */
 	struct sampler sm = { 0 };
 	uint64_t h_base0[HIST_BINS], h_base1[HIST_BINS], h0[HIST_BINS], h1[HIST_BINS], h2[HIST_BINS];
 	uint64_t t0, t1, t_done, t_win_end, t_settle, base_kib;
@@ -1083,10 +1120,14 @@ static void run_method(struct bench *b, int method, struct result *res)
 		if (b->base == MAP_FAILED)
 			die("mmap memfd: %s", strerror(errno));
 	} else {
-		b->base = map_anon(len, false);
+		/* sparse: no commit charge for the holes (64 GiB > RAM is refused otherwise) */
+		b->base = mmap(NULL, len, PROT_READ | PROT_WRITE,
+			       MAP_PRIVATE | MAP_ANONYMOUS | (len > o->size ? MAP_NORESERVE : 0), -1, 0);
+		if (b->base == MAP_FAILED)
+			die("mmap %zu bytes: %s", len, strerror(errno));
 	}
-	fill_data(b->base, len, o->seed, b->ncpu);
-	b->npages = len / PAGE;
+	fill_data(b->base, o->size, b->stride, o->seed, b->ncpu);
+	b->npages = o->size / PAGE;
 	if (o->verify && method == M_UFFDSNAP)
 		ref = map_anon(len, true);
 
@@ -1282,6 +1323,24 @@ static void run_method(struct bench *b, int method, struct result *res)
 				((double)k * slice_ms) - (double)(t0 - b->origin_ns) / 1e6, stores_between(b, k, k + 1));
 	}
 
+	if (o->timeline_ms) {
+		size_t per = o->timeline_ms * 1000u / o->slice_us, pre = 500000 / o->slice_us;
+		size_t from = s0 > pre ? s0 - pre : 0;
+
+		if (!per)
+			per = 1;
+		res->tl_n = (ss - from + per - 1) / per;
+		res->tl = malloc(res->tl_n * sizeof(*res->tl));
+		if (!res->tl)
+			die("out of memory");
+		res->tl_t0_ms = (double)from * slice_ms - (double)(t0 - b->origin_ns) / 1e6;
+		res->tl_step_ms = (double)per * slice_ms;
+		for (size_t j = 0; j < res->tl_n; j++) {
+			size_t a = from + j * per, z = a + per < ss ? a + per : ss;
+			res->tl[j] = (uint32_t)llround((double)stores_between(b, a, z) / ((double)(z - a) * slice_ms));
+		}
+	}
+
 	snprintf(res->verify, sizeof(res->verify), "%s", ref ? "" : "not requested");
 	if (method == M_UFFDSNAP) {
 		if (ref && o->sink == SINK_FILE && res->ok)
@@ -1307,7 +1366,10 @@ static void usage(int code)
 {
 	fprintf(code ? stderr : stdout,
 		"usage: uffdsnap-bench [options]\n"
-		"  --size MiB              region size (default 256)\n"
+		"  --size MiB              region size (default 256); with --region-mib: the data in it\n"
+		"  --region-mib N          sparse: an N MiB region holding --size MiB of data in 1 MiB extents\n"
+		"                          spread evenly, holes between; writers touch only the data\n"
+		"                          (uffdsnap and fork; stw would need an N MiB copy and is skipped)\n"
 		"  --writers N             writer threads (default 1)\n"
 		"  --pattern random|sequential\n"
 		"  --method uffdsnap|fork|stw|all   (comma-separated list allowed; default all)\n"
@@ -1324,6 +1386,8 @@ static void usage(int code)
 		"  --slice-us N            rate slice (default 1000)\n"
 		"  --slow-us N             a store slower than this counts as a fault (default 1)\n"
 		"  --trace FILE            append per-slice store counts as CSV (method,t_ms,stores)\n"
+		"  --timeline-ms N         JSON: the writers' rate from t0-500 ms to the end of settle in\n"
+		"                          steps of N ms (timeline_* fields; default 10, 0 = none)\n"
 		"  --timeout S             abort the whole run after S seconds (default 600)\n"
 		"  --compress-threads N    zstd threads for every method (default: online CPUs, the library's default)\n"
 		"  --chunk-kib N, --buffer-mib N   uffdsnap: chunk_bytes / buffer_bytes (default: the library's)\n"
@@ -1374,6 +1438,7 @@ static void parse(int argc, char **argv, struct options *o)
 		{ "trace", 1, 0, 't' },     { "timeout", 1, 0, 'T' },   { "seed", 1, 0, 'e' },
 		{ "compress-threads", 1, 0, 'c' }, { "label", 1, 0, 'B' },
 		{ "chunk-kib", 1, 0, 'C' }, { "buffer-mib", 1, 0, 'M' }, { "help", 0, 0, 'h' },
+		{ "timeline-ms", 1, 0, 'R' }, { "region-mib", 1, 0, 'g' },
 		{ 0, 0, 0, 0 },
 	};
 	int c;
@@ -1381,10 +1446,12 @@ static void parse(int argc, char **argv, struct options *o)
 	*o = (struct options){ .size = 256u << 20, .writers = 1, .pattern = PAT_RANDOM, .methods = 7,
 			       .sink = SINK_FILE, .level = 1, .out_dir = "/var/tmp", .warmup_ms = 1000,
 			       .settle_max_ms = 15000, .slice_us = 1000, .slow_us = 1, .timeout_s = 600,
+			       .timeline_ms = 10,
 			       .seed = 0x75ffd5 };
 	while ((c = getopt_long(argc, argv, "h", lo, NULL)) != -1) {
 		switch (c) {
 		case 's': o->size = (size_t)num(optarg) << 20; break;
+		case 'g': o->region = (size_t)num(optarg) << 20; break;
 		case 'w': o->writers = (unsigned)num(optarg); break;
 		case 'p':
 			if (!strcmp(optarg, "random")) o->pattern = PAT_RANDOM;
@@ -1414,12 +1481,24 @@ static void parse(int argc, char **argv, struct options *o)
 		case 'C': o->chunk_kib = (unsigned)num(optarg); break;
 		case 'M': o->buffer_mib = (unsigned)num(optarg); break;
 		case 'c': o->zthreads = (unsigned)num(optarg); break;
+		case 'R': o->timeline_ms = (unsigned)num(optarg); break;
 		case 'h': usage(0); break;
 		default: usage(1);
 		}
 	}
 	if (!o->size || o->size % (GROUP_BYTES) || !o->writers || o->writers > 64 || !o->slice_us || o->warmup_ms < 100)
 		die("bad options: --size must be a positive number of MiB, --writers 1..64, --warmup-ms >= 100");
+	if (!o->region)
+		o->region = o->size;
+	if (o->region < o->size)
+		die("bad options: --region-mib must be at least --size");
+	if (o->region > o->size) {
+		if (o->verify)
+			die("--verify needs a dense region (no --region-mib)");
+		if (o->methods & (1u << M_STW))
+			fprintf(stderr, "uffdsnap-bench: --region-mib: skipping stw (it would copy the whole region)\n");
+		o->methods &= ~(1u << M_STW);
+	}
 }
 
 static double ratio(double a, double b) { return b > 0 ? a / b : NAN; }
@@ -1437,6 +1516,7 @@ int main(int argc, char **argv)
 	e.json = b.o.json;
 	g_label = b.o.label;
 	b.ncpu = (unsigned)sysconf(_SC_NPROCESSORS_ONLN);
+	b.stride = (b.o.region / (b.o.size >> EXTENT_SHIFT)) & ~(size_t)(PAGE - 1);
 	b.zthreads = b.o.zthreads ? b.o.zthreads : b.ncpu;
 	signal(SIGALRM, on_alarm);
 	alarm(b.o.timeout_s);
@@ -1500,6 +1580,7 @@ int main(int argc, char **argv)
 		e_begin(&e, method_name[k]);
 		e_str(&e, "method", method_name[k]);
 		e_int(&e, "size_mib", b.o.size >> 20);
+		e_int(&e, "region_mib", b.o.region >> 20);
 		e_int(&e, "writers", b.o.writers);
 		e_str(&e, "pattern", b.o.pattern == PAT_RANDOM ? "random" : "sequential");
 		e_str(&e, "sink", b.o.sink == SINK_FILE ? "file" : "null");
@@ -1539,7 +1620,14 @@ int main(int argc, char **argv)
 			e_num(&e, "fault_wait_max_ms", (double)r->st.fault_wait_max_ns / 1e6);
 			e_str(&e, "verify", r->verify);
 		}
+		if (r->tl && e.json) {
+			e_num(&e, "timeline_t0_ms", r->tl_t0_ms);
+			e_num(&e, "timeline_step_ms", r->tl_step_ms);
+			e_u32_array(&e, "timeline_stores_per_ms", r->tl, r->tl_n);
+		}
 		e_end(&e);
+		free(r->tl);
+		r->tl = NULL;
 	}
 
 	getloadavg(load1, 3);
@@ -1548,6 +1636,7 @@ int main(int argc, char **argv)
 		e_begin(&e, "ratios");
 		e_str(&e, "kind", "ratios");
 		e_int(&e, "size_mib", b.o.size >> 20);
+		e_int(&e, "region_mib", b.o.region >> 20);
 		e_int(&e, "writers", b.o.writers);
 		e_str(&e, "pattern", b.o.pattern == PAT_RANDOM ? "random" : "sequential");
 		e_str(&e, "sink", b.o.sink == SINK_FILE ? "file" : "null");
