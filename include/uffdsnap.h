@@ -10,7 +10,9 @@
  *    thread's last failure ("region 'pool': 0x7f.. is a regular file on ext4 ...").
  *  - structs passed in or out carry their own size in their first member, so
  *    fields can be added without breaking the ABI: set .size = sizeof(struct)
- *    (uffdsnap_opts_init() and friends do this for you).
+ *    (uffdsnap_opts_init() and friends do this for you: they are macros over
+ *    *_init_size() with the caller's sizeof, so a newer library never writes
+ *    past a struct compiled against an older header).
  *  - all handles are opaque.
  */
 #ifndef UFFDSNAP_H
@@ -70,8 +72,9 @@ struct uffdsnap_opts {
 	size_t chunk_bytes;     /* bytes of pages per chunk (power of two, >= 16 KiB); default 256 KiB */
 };
 
-/* Fill *opts with the defaults (and opts->size). */
-void uffdsnap_opts_init(uffdsnap_opts_t *opts);
+/* Fill *opts with the defaults (and opts->size): only `size` bytes. */
+void uffdsnap_opts_init_size(uffdsnap_opts_t *opts, size_t size);
+#define uffdsnap_opts_init(opts) uffdsnap_opts_init_size((opts), sizeof(*(opts)))
 
 /* ---- context ----------------------------------------------------------------- */
 
@@ -321,8 +324,9 @@ typedef struct uffdsnap_restore_stats {
 	uint64_t chunks;
 } uffdsnap_restore_stats_t;
 
-/* Fill *opts with the defaults (and opts->size). */
-void uffdsnap_restore_opts_init(uffdsnap_restore_opts_t *opts);
+/* Fill *opts with the defaults (and opts->size): only `size` bytes. */
+void uffdsnap_restore_opts_init_size(uffdsnap_restore_opts_t *opts, size_t size);
+#define uffdsnap_restore_opts_init(opts) uffdsnap_restore_opts_init_size((opts), sizeof(*(opts)))
 
 /*
  * Restore region `id` into a new memfd (named after the region, sized to it,
@@ -428,7 +432,9 @@ typedef struct uffdsnap_lazy_stats {
 	uint64_t chunks_prefetch; /* chunks loaded by the background pass */
 } uffdsnap_lazy_stats_t;
 
-void uffdsnap_lazy_opts_init(uffdsnap_lazy_opts_t *opts);
+/* Fill *opts with the defaults (and opts->size): only `size` bytes. */
+void uffdsnap_lazy_opts_init_size(uffdsnap_lazy_opts_t *opts, size_t size);
+#define uffdsnap_lazy_opts_init(opts) uffdsnap_lazy_opts_init_size((opts), sizeof(*(opts)))
 /*
  * Start restoring n regions of r's snapshot lazily; returns once the regions
  * are registered and the threads run. r may be freed afterwards (the restore

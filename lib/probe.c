@@ -39,7 +39,7 @@
 #define USNAP_WANTED (UFFD_FEATURE_WP_UNPOPULATED | UFFD_FEATURE_EVENT_REMAP | UFFD_FEATURE_EVENT_UNMAP | \
 		      UFFD_FEATURE_EVENT_FORK)
 
-USNAP_EXPORT void uffdsnap_opts_init(uffdsnap_opts_t *opts)
+static void opts_defaults(uffdsnap_opts_t *opts)
 {
 	memset(opts, 0, sizeof(*opts));
 	opts->size = sizeof(*opts);
@@ -47,6 +47,14 @@ USNAP_EXPORT void uffdsnap_opts_init(uffdsnap_opts_t *opts)
 	opts->compress_threads = 0;
 	opts->buffer_bytes = 64u << 20;
 	opts->chunk_bytes = 256u << 10;
+}
+
+USNAP_EXPORT void uffdsnap_opts_init_size(uffdsnap_opts_t *opts, size_t size)
+{
+	uffdsnap_opts_t d;
+
+	opts_defaults(&d);
+	usnap_opts_fill(opts, size, &d, sizeof(d));
 }
 
 static int open_raw(bool user_mode_only)
@@ -146,7 +154,7 @@ int usnap_uffd_open(uffdsnap_t *ctx)
 
 static int normalize_opts(uffdsnap_opts_t *o, const uffdsnap_opts_t *in, size_t page_size)
 {
-	uffdsnap_opts_init(o);
+	opts_defaults(o);
 	if (!in)
 		return 0;
 	if (in->size < offsetof(uffdsnap_opts_t, flags) + sizeof(in->flags) || in->size > sizeof(*o))

@@ -788,19 +788,16 @@ int usnap_lazy_go(uffdsnap_lazy_t *lz)
 	return 0;
 }
 
-/* max_clients went into 0.1's padding: a program built against 0.1 calls
- * uffdsnap_lazy_opts_init() on a struct of this size */
-_Static_assert(sizeof(void *) != 8 || sizeof(uffdsnap_lazy_opts_t) == 16, "uffdsnap_lazy_opts_t grew");
-
-USNAP_EXPORT void uffdsnap_lazy_opts_init(uffdsnap_lazy_opts_t *opts)
+USNAP_EXPORT void uffdsnap_lazy_opts_init_size(uffdsnap_lazy_opts_t *opts, size_t size)
 {
-	memset(opts, 0, sizeof(*opts));
-	opts->size = sizeof(*opts);
+	uffdsnap_lazy_opts_t d = { .size = sizeof(d) };
+
+	usnap_opts_fill(opts, size, &d, sizeof(d));
 }
 
 int usnap_lazy_opts_get(const uffdsnap_lazy_opts_t *in, uffdsnap_lazy_opts_t *out, const char *fn)
 {
-	uffdsnap_lazy_opts_init(out);
+	*out = (uffdsnap_lazy_opts_t){ .size = sizeof(*out) };
 	if (!in)
 		return 0;
 	if (in->size < offsetof(uffdsnap_lazy_opts_t, flags) + sizeof(in->flags) || in->size > sizeof(*out))

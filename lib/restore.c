@@ -299,10 +299,11 @@ out:
 	return rc;
 }
 
-USNAP_EXPORT void uffdsnap_restore_opts_init(uffdsnap_restore_opts_t *opts)
+USNAP_EXPORT void uffdsnap_restore_opts_init_size(uffdsnap_restore_opts_t *opts, size_t size)
 {
-	memset(opts, 0, sizeof(*opts));
-	opts->size = sizeof(*opts);
+	uffdsnap_restore_opts_t d = { .size = sizeof(d) };
+
+	usnap_opts_fill(opts, size, &d, sizeof(d));
 }
 
 /* Restore into fd, which is empty; ftruncate()s it to the region first. */

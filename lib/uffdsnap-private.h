@@ -23,6 +23,7 @@
 #include <stdatomic.h>
 #include <stdbool.h>
 #include <stdint.h>
+#include <string.h>
 #include <sys/types.h>
 #include <uv.h>
 
@@ -30,6 +31,21 @@
 #include "format.h"
 
 #define USNAP_EXPORT __attribute__((visibility("default")))
+
+/*
+ * Fill a caller's options struct of `size` bytes (its sizeof as the caller
+ * compiled it) from the library's `defaults` of `dsize` bytes: never past the
+ * caller's struct, zeros past the library's, and .size (the first member) =
+ * size, which is what the caller must pass back.
+ */
+static inline void usnap_opts_fill(void *opts, size_t size, const void *defaults, size_t dsize)
+{
+	if (!opts || size < sizeof(size_t))
+		return;
+	memset(opts, 0, size);
+	memcpy(opts, defaults, size < dsize ? size : dsize);
+	memcpy(opts, &size, sizeof(size));
+}
 
 /* errors.c: record a detail for uffdsnap_last_error() and return err. */
 int usnap_err(int err, const char *fmt, ...) __attribute__((format(printf, 2, 3)));

@@ -5,6 +5,7 @@
  * uffdsnap_add_region with the documented errno and a detail message.
  */
 #include <errno.h>
+#include <stddef.h>
 #include <limits.h>
 #include <string.h>
 #include <sys/mman.h>
@@ -218,6 +219,46 @@ START_TEST(region_strerror)
 }
 END_TEST
 
+/*
+ * A program compiled against an older header has smaller option structs:
+ * the *_init macros pass its sizeof, and the library must write no byte past
+ * it (and its defaults must be accepted as they are).
+ */
+START_TEST(opts_init_older_struct)
+{
+	const size_t old = offsetof(uffdsnap_opts_t, zstd_level) + sizeof(int);
+	unsigned char buf[sizeof(uffdsnap_opts_t) + 32];
+	uffdsnap_opts_t *o = (uffdsnap_opts_t *)buf;
+	uffdsnap_t *ctx;
+
+	memset(buf, 0xaa, sizeof(buf));
+	uffdsnap_opts_init_size(o, old);
+	ck_assert_uint_eq(o->size, old);
+	ck_assert_int_eq(o->zstd_level, 1);
+	for (size_t i = old; i < sizeof(buf); i++)
+		ck_assert_msg(buf[i] == 0xaa, "uffdsnap_opts_init_size(%zu) wrote byte %zu", old, i);
+	ck_assert_int_eq(uffdsnap_new(&ctx, o), 0);
+	uffdsnap_free(ctx);
+
+	/* a newer program's larger struct: the tail is zeroed, and new() says
+	 * the size is not one it knows */
+	memset(buf, 0xaa, sizeof(buf));
+	uffdsnap_opts_init_size(o, sizeof(buf));
+	ck_assert_uint_eq(o->size, sizeof(buf));
+	ck_assert_int_eq(buf[sizeof(buf) - 1], 0);
+	ck_assert_int_eq(uffdsnap_new(&ctx, o), -EINVAL);
+	printf("  options of another size: %s\n", uffdsnap_last_error());
+	{
+		uffdsnap_restore_opts_t ro;
+		uffdsnap_lazy_opts_t lo;
+		uffdsnap_restore_opts_init(&ro);
+		uffdsnap_lazy_opts_init(&lo);
+		ck_assert_uint_eq(ro.size, sizeof(ro));
+		ck_assert_uint_eq(lo.size, sizeof(lo));
+	}
+}
+END_TEST
+
 int main(void)
 {
 	Suite *s = suite_create("region");
@@ -237,6 +278,7 @@ int main(void)
 	tcase_add_test(tc, region_refusals);
 	tcase_add_test(tc, region_refuses_two_files);
 	tcase_add_test(tc, region_strerror);
+	tcase_add_test(tc, opts_init_older_struct);
 	suite_add_tcase(s, tc);
 	return usnap_run_suite(s);
 }
