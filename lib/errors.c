@@ -14,12 +14,46 @@
 
 static __thread char last_error[512];
 
+/*
+ * Messages quote region names and other bytes from snapshot files, which may
+ * hold anything but NUL: a hostile file must not reach a terminal through a
+ * program that prints our messages. Bytes outside printable ASCII become
+ * \xNN (the text is cut at a whole escape).
+ */
+void usnap_vformat(char *dst, size_t cap, const char *fmt, va_list ap)
+{
+	static const char hex[] = "0123456789abcdef";
+	char raw[1024];
+	size_t n = 0;
+
+	vsnprintf(raw, sizeof(raw), fmt, ap);
+	for (const char *s = raw; *s && n + 5 <= cap; s++) {
+		unsigned char c = (unsigned char)*s;
+		if (c >= 0x20 && c <= 0x7e) {
+			dst[n++] = (char)c;
+		} else {
+			dst[n++] = '\\', dst[n++] = 'x', dst[n++] = hex[c >> 4], dst[n++] = hex[c & 15];
+		}
+	}
+	if (cap)
+		dst[n] = '\0';
+}
+
+void usnap_format(char *dst, size_t cap, const char *fmt, ...)
+{
+	va_list ap;
+
+	va_start(ap, fmt);
+	usnap_vformat(dst, cap, fmt, ap);
+	va_end(ap);
+}
+
 int usnap_err(int err, const char *fmt, ...)
 {
 	va_list ap;
 
 	va_start(ap, fmt);
-	vsnprintf(last_error, sizeof(last_error), fmt, ap);
+	usnap_vformat(last_error, sizeof(last_error), fmt, ap);
 	va_end(ap);
 	return err;
 }

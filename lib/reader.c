@@ -124,7 +124,7 @@ __attribute__((format(printf, 3, 4))) static int rd_err(struct uffdsnap_reader *
 	va_list ap;
 
 	va_start(ap, fmt);
-	vsnprintf(r->err, sizeof(r->err), fmt, ap);
+	usnap_vformat(r->err, sizeof(r->err), fmt, ap);
 	va_end(ap);
 	return err;
 }

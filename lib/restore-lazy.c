@@ -119,7 +119,7 @@ __attribute__((format(printf, 3, 4))) static void lz_fail(uffdsnap_lazy_t *lz, i
 		return;
 	pthread_mutex_lock(&lz->lock);
 	va_start(ap, fmt);
-	vsnprintf(lz->msg, sizeof(lz->msg), fmt, ap);
+	usnap_vformat(lz->msg, sizeof(lz->msg), fmt, ap);
 	va_end(ap);
 	pthread_mutex_unlock(&lz->lock);
 	if (!(lz->flags & UFFDSNAP_LAZY_QUIET))

@@ -305,7 +305,7 @@ static void *watcher_main(void *arg)
 	if (!rc && st.kind == SRV_FINISHED) {
 		c->err = st.status <= 0 && st.status >= -4095 ? st.status : -EPROTO;
 		st.msg[sizeof(st.msg) - 1] = '\0';
-		snprintf(c->msg, sizeof(c->msg), "%s", st.msg);
+		usnap_format(c->msg, sizeof(c->msg), "%s", st.msg); /* the server's words: escaped */
 	} else {
 		c->err = -EPIPE;
 		snprintf(c->msg, sizeof(c->msg), "the page server went away before the restore was complete%s%s",

@@ -72,7 +72,7 @@ __attribute__((format(printf, 3, 4))) static void rs_fail(struct rs_job *j, int 
 		return;
 	pthread_mutex_lock(&j->msg_lock);
 	va_start(ap, fmt);
-	vsnprintf(j->msg, sizeof(j->msg), fmt, ap);
+	usnap_vformat(j->msg, sizeof(j->msg), fmt, ap);
 	va_end(ap);
 	pthread_mutex_unlock(&j->msg_lock);
 }

@@ -126,7 +126,7 @@ void usnap_fail(uffdsnap_snap_t *s, int err, const char *fmt, ...)
 		err = -EIO;
 	if (atomic_compare_exchange_strong(&s->err, &expect, err)) {
 		va_start(ap, fmt);
-		vsnprintf(s->errmsg, sizeof(s->errmsg), fmt, ap);
+		usnap_vformat(s->errmsg, sizeof(s->errmsg), fmt, ap);
 		va_end(ap);
 	} else if (expect == USNAP_COMMITTED) {
 		return; /* finished already: a late cancel changes nothing */

@@ -20,6 +20,7 @@
 #define UFFDSNAP_PRIVATE_H
 
 #include <pthread.h>
+#include <stdarg.h>
 #include <stdatomic.h>
 #include <stdbool.h>
 #include <stdint.h>
@@ -47,6 +48,9 @@ static inline void usnap_opts_fill(void *opts, size_t size, const void *defaults
 	memcpy(opts, &size, sizeof(size));
 }
 
+/* errors.c: format a message with every byte outside printable ASCII as \xNN. */
+void usnap_vformat(char *dst, size_t cap, const char *fmt, va_list ap);
+void usnap_format(char *dst, size_t cap, const char *fmt, ...) __attribute__((format(printf, 3, 4)));
 /* errors.c: record a detail for uffdsnap_last_error() and return err. */
 int usnap_err(int err, const char *fmt, ...) __attribute__((format(printf, 2, 3)));
 void usnap_clear_err(void);

@@ -80,13 +80,13 @@ __attribute__((format(printf, 1, 2))) static int usage_error(const char *fmt, ..
 }
 
 /*
- * Text from a snapshot file - region names, and the library's messages that
- * quote them - may hold any byte but NUL, so a hostile file could send
- * terminal control sequences through us. Every such string is printed through
- * esc(): bytes outside printable ASCII become \xNN and a backslash becomes \\,
- * which keeps the text unambiguous. ESC_LEN fits the escaped form of the
- * longest name (255 bytes) and of the library's messages (under 512 bytes);
- * anything longer is cut at a whole escape.
+ * Text from a snapshot file - region names - may hold any byte but NUL, so a
+ * hostile file could send terminal control sequences through us. Every such
+ * string is printed through esc(): bytes outside printable ASCII become \xNN
+ * and a backslash becomes \\, which keeps the text unambiguous. (The library's
+ * own messages arrive escaped already: printable ASCII only.) ESC_LEN fits the
+ * escaped form of the longest name (255 bytes) and of the library's messages
+ * (under 512 bytes); anything longer is cut at a whole escape.
  */
 #define ESC_LEN (4 * 512 + 1)
 
@@ -116,12 +116,11 @@ static const char *esc(const char *s, char out[ESC_LEN])
 }
 
 /* "what: what the errno means: the detail" for a failed call. The detail is
- * the library's message, which may quote the file: it is escaped. The library's
+ * the library's message (escaped by the library: printable ASCII). The library's
  * texts explain its own errnos; an errno from a system call (ENOENT from
  * open(2)) is best explained by the C library. */
 static int fail(const char *what, int err, const char *detail)
 {
-	char edetail[ESC_LEN];
 	const char *text;
 
 	switch (-err) {
@@ -135,7 +134,7 @@ static int fail(const char *what, int err, const char *detail)
 		text = strerror(-err);
 	}
 	if (detail && *detail)
-		fprintf(stderr, "uffdsnap: %s: %s: %s\n", what, text, esc(detail, edetail));
+		fprintf(stderr, "uffdsnap: %s: %s: %s\n", what, text, detail);
 	else
 		fprintf(stderr, "uffdsnap: %s: %s\n", what, text);
 	return EXIT_FAILURE;
@@ -214,7 +213,6 @@ static int cmd_info(const char *path)
 static int cmd_verify(const char *path)
 {
 	uffdsnap_info_t info = { .size = sizeof(info) };
-	char e[ESC_LEN];
 	uffdsnap_reader_t *r;
 	const char *detail;
 	int rc = open_snapshot(path, &r);
@@ -225,9 +223,9 @@ static int cmd_verify(const char *path)
 		detail = uffdsnap_reader_error(r);
 	}
 	if (rc == -EBADMSG)
-		fprintf(stderr, "CORRUPT: %s\n", esc(detail, e));
+		fprintf(stderr, "CORRUPT: %s\n", detail);
 	else if (rc == -ENODATA)
-		fprintf(stderr, "INCOMPLETE: %s\n", esc(detail, e));
+		fprintf(stderr, "INCOMPLETE: %s\n", detail);
 	else if (rc)
 		fail(path, rc, detail);
 	else {
