@@ -530,7 +530,7 @@ static int hold(struct handler *h, unsigned space, const struct uffd_msg *m)
 {
 	if (h->nheld == h->held_cap) {
 		size_t cap = h->held_cap ? h->held_cap * 2 : 64;
-		struct held *n = realloc(h->held, cap * sizeof(*n));
+		struct held *n = usnap_sys_realloc(h->held, cap * sizeof(*n));
 		if (!n)
 			return -ENOMEM;
 		h->held = n, h->held_cap = cap;
@@ -581,17 +581,36 @@ static void resolve_held(struct handler *h)
 	h->nheld = 0;
 }
 
-/* Messages of faults that the unregister resolved are stale: a MISSING one
- * read by the next snapshot would record a populated page as a hole. A FORK
- * one carries a descriptor. */
-static void discard_messages(int uffd)
+/*
+ * After the last UNREGISTER: read every message left, and make sure none is
+ * still coming. Page faults the unregister resolved are stale (a MISSING one
+ * read by the next snapshot would record a populated page as a hole), and a
+ * FORK one carries a descriptor. An event can still be on its way: a fork
+ * (or mremap, munmap, madvise) that saw the ranges registered queues its
+ * event only after dropping mmap_lock, and its thread then sleeps until
+ * someone reads it -- with nobody reading, until the next snapshot. Every
+ * such operation raises the context's mmap_changing under mmap_lock, before
+ * our UNREGISTER could take it, and resolving ioctls fail with EAGAIN while
+ * it is raised: so a UFFDIO_WRITEPROTECT on any range answers EAGAIN until
+ * the last event is read, and ENOENT (nothing registered) after.
+ */
+static void drain_messages(uffdsnap_snap_t *s)
 {
 	struct uffd_msg msgs[FAULT_BATCH];
+	struct uffdio_writeprotect wp = { .range = { s->sregs[0].reg->addr, s->page_size }, .mode = 0 };
+	struct pollfd pfd = { .fd = s->uffd, .events = POLLIN };
+	uint64_t t0 = usnap_now_ns();
 	ssize_t n;
 
-	while ((n = read(uffd, msgs, sizeof(msgs))) > 0)
-		for (ssize_t i = 0; i < n / (ssize_t)sizeof(msgs[0]); i++)
-			usnap_msg_drop(&msgs[i]);
+	for (;;) {
+		while ((n = read(s->uffd, msgs, sizeof(msgs))) > 0)
+			for (ssize_t i = 0; i < n / (ssize_t)sizeof(msgs[0]); i++)
+				usnap_msg_drop(&msgs[i]);
+		if (!ioctl(s->uffd, UFFDIO_WRITEPROTECT, &wp) || errno != EAGAIN ||
+		    usnap_now_ns() - t0 > 5000000000ull)
+			return;
+		poll(&pfd, 1, 10); /* the event is being queued */
+	}
 }
 
 static void wait_for_work(struct handler *h)
@@ -669,8 +688,8 @@ void *usnap_handler_main(void *arg)
 	usnap_disarm_all(s);
 	for (unsigned i = 1; i < s->nspaces; i++)
 		usnap_space_end(s, &s->spaces[i]);
-	discard_messages(s->uffd);
-	free(h.held);
+	drain_messages(s);
+	usnap_sys_free(h.held);
 	atomic_store(&s->window_end_ns, usnap_now_ns());
 	usnap_compress_close(s);
 	return NULL;

@@ -495,24 +495,60 @@ int usnap_arm(uffdsnap_snap_t *s, struct usnap_sreg *sr)
 	return 0;
 }
 
-/* The next mapping listed in /proc/self/maps; false at the end. */
-static bool next_vma(FILE *f, uintptr_t *start, uintptr_t *end)
+/*
+ * /proc/self/maps read with plain system calls: the handler thread may not
+ * use stdio or malloc (see usnap_sys_alloc), and this runs on it.
+ */
+struct maps_reader {
+	int fd;
+	bool skip;               /* in the rest of a line longer than buf */
+	size_t len, pos;
+	char buf[4096];
+};
+
+static bool parse_vma(char *line, uintptr_t *start, uintptr_t *end)
 {
-	char line[512];
+	char *dash;
 
-	while (fgets(line, sizeof(line), f)) {
-		unsigned long a, b;
-		bool whole = strchr(line, '\n') != NULL;
-		int c;
+	*start = (uintptr_t)strtoull(line, &dash, 16);
+	if (*dash != '-')
+		return false;
+	*end = (uintptr_t)strtoull(dash + 1, NULL, 16);
+	return true;
+}
 
-		while (!whole && (c = fgetc(f)) != EOF && c != '\n') /* a long path: skip the rest */
-			;
-		if (sscanf(line, "%lx-%lx", &a, &b) == 2) {
-			*start = a, *end = b;
-			return true;
+/* The next mapping listed; false at the end. */
+static bool next_vma(struct maps_reader *m, uintptr_t *start, uintptr_t *end)
+{
+	for (;;) {
+		char *nl = memchr(m->buf + m->pos, '\n', m->len - m->pos);
+		if (nl) {
+			char *line = m->buf + m->pos;
+			bool skipped = m->skip;
+			*nl = '\0';
+			m->pos = (size_t)(nl - m->buf) + 1;
+			m->skip = false;
+			if (!skipped && parse_vma(line, start, end))
+				return true;
+			continue;
 		}
+		if (m->pos == 0 && m->len == sizeof(m->buf)) {
+			/* a line longer than the buffer (a long path): its addresses
+			 * are at its start; the rest is skipped */
+			bool skipped = m->skip;
+			m->buf[sizeof(m->buf) - 1] = '\0';
+			m->len = 0, m->skip = true;
+			if (!skipped && parse_vma(m->buf, start, end))
+				return true;
+			continue;
+		}
+		memmove(m->buf, m->buf + m->pos, m->len - m->pos);
+		m->len -= m->pos, m->pos = 0;
+		ssize_t n = read(m->fd, m->buf + m->len, sizeof(m->buf) - m->len);
+		if (n <= 0)
+			return false;
+		m->len += (size_t)n;
 	}
-	return false;
 }
 
 /*
@@ -528,9 +564,9 @@ static bool next_vma(FILE *f, uintptr_t *start, uintptr_t *end)
 void usnap_disarm_all(uffdsnap_snap_t *s)
 {
 	const struct usnap_space *sp = &s->spaces[0];
-	FILE *f = fopen("/proc/self/maps", "re");
+	struct maps_reader mr = { .fd = open("/proc/self/maps", O_RDONLY | O_CLOEXEC) };
 	uintptr_t vs = 0, ve = 0;
-	bool more = f != NULL;
+	bool more = mr.fd >= 0;
 	size_t ps = s->page_size;
 
 	for (size_t i = 0; i < sp->nmaps; i++) {
@@ -540,11 +576,11 @@ void usnap_disarm_all(uffdsnap_snap_t *s)
 		if (!m->sr->registered)
 			continue;
 		while (more && ve <= a)
-			more = next_vma(f, &vs, &ve);
+			more = next_vma(&mr, &vs, &ve);
 		if (more && vs < a)
 			a = vs;
 		while (more && ve < b)
-			more = next_vma(f, &vs, &ve);
+			more = next_vma(&mr, &vs, &ve);
 		if (more && vs < b && ve > b)
 			b = ve;
 		struct uffdio_range range = { a, b - a };
@@ -560,8 +596,8 @@ void usnap_disarm_all(uffdsnap_snap_t *s)
 		 */
 		ioctl(s->uffd, UFFDIO_WAKE, &range);
 	}
-	if (f)
-		fclose(f);
+	if (mr.fd >= 0)
+		close(mr.fd);
 	for (unsigned i = 0; i < s->nregions; i++)
 		s->sregs[i].registered = false;
 }

@@ -30,6 +30,7 @@
 #include <stdlib.h>
 #include <string.h>
 #include <sys/ioctl.h>
+#include <sys/mman.h>
 #include <unistd.h>
 
 #include "compat.h"
@@ -57,11 +58,51 @@ static void index_whole(uffdsnap_snap_t *s, struct usnap_space *sp)
 	}
 }
 
+#define SYS_HDR 16 /* keeps the size; keeps 16-byte alignment */
+
+void *usnap_sys_alloc(size_t n)
+{
+	size_t len = (n + SYS_HDR + 4095) & ~(size_t)4095;
+	char *p = mmap(NULL, len, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
+
+	if (p == MAP_FAILED)
+		return NULL;
+	memcpy(p, &len, sizeof(len));
+	return p + SYS_HDR;
+}
+
+void usnap_sys_free(void *p)
+{
+	size_t len;
+
+	if (!p)
+		return;
+	memcpy(&len, (char *)p - SYS_HDR, sizeof(len));
+	munmap((char *)p - SYS_HDR, len);
+}
+
+void *usnap_sys_realloc(void *p, size_t n)
+{
+	size_t len;
+	void *q;
+
+	if (!p)
+		return usnap_sys_alloc(n);
+	memcpy(&len, (char *)p - SYS_HDR, sizeof(len));
+	if (n <= len - SYS_HDR)
+		return p;
+	if (!(q = usnap_sys_alloc(n)))
+		return NULL;
+	memcpy(q, p, len - SYS_HDR);
+	usnap_sys_free(p);
+	return q;
+}
+
 static void space_release(struct usnap_space *sp)
 {
-	free(sp->maps);
-	free(sp->whole);
-	free(sp->pieces);
+	usnap_sys_free(sp->maps);
+	usnap_sys_free(sp->whole);
+	usnap_sys_free(sp->pieces);
 	sp->maps = NULL, sp->whole = NULL, sp->pieces = NULL;
 	sp->nmaps = 0;
 }
@@ -69,9 +110,9 @@ static void space_release(struct usnap_space *sp)
 static int space_alloc(uffdsnap_snap_t *s, struct usnap_space *sp, size_t nmaps)
 {
 	sp->cap = nmaps + 2;
-	sp->maps = calloc(sp->cap, sizeof(*sp->maps));
-	sp->whole = calloc(s->nregions, sizeof(*sp->whole));
-	sp->pieces = calloc(s->nregions, sizeof(*sp->pieces));
+	sp->maps = usnap_sys_alloc(sp->cap * sizeof(*sp->maps));
+	sp->whole = usnap_sys_alloc(s->nregions * sizeof(*sp->whole));
+	sp->pieces = usnap_sys_alloc(s->nregions * sizeof(*sp->pieces));
 	return sp->maps && sp->whole && sp->pieces ? 0 : -ENOMEM;
 }
 
@@ -162,12 +203,12 @@ static int reshape(uffdsnap_snap_t *s, struct usnap_space *sp, uintptr_t start, 
 
 	if (sp->nmaps + 2 > sp->cap) {
 		size_t cap = sp->cap * 2 + 2;
-		struct usnap_map *m = realloc(sp->maps, cap * sizeof(*m));
+		struct usnap_map *m = usnap_sys_realloc(sp->maps, cap * sizeof(*m));
 		if (!m)
 			return -ENOMEM;
 		sp->maps = m, sp->cap = cap;
 	}
-	out = malloc(sp->cap * sizeof(*out));
+	out = usnap_sys_alloc(sp->cap * sizeof(*out));
 	if (!out)
 		return -ENOMEM;
 	for (size_t i = 0; i < sp->nmaps; i++) {
@@ -187,7 +228,7 @@ static int reshape(uffdsnap_snap_t *s, struct usnap_space *sp, uintptr_t start, 
 		if (b < mend)
 			out[n++] = (struct usnap_map){ b, (mend - b) / ps, m.sr, m.first + (b - m.addr) / ps };
 	}
-	free(sp->maps);
+	usnap_sys_free(sp->maps);
 	sp->maps = out;
 	sp->nmaps = n;
 	qsort(sp->maps, sp->nmaps, sizeof(*sp->maps), cmp_map);

@@ -319,6 +319,16 @@ void usnap_space_event(uffdsnap_snap_t *s, struct usnap_space *sp, const struct 
 void usnap_msg_drop(const struct uffd_msg *m);
 void usnap_space_end(uffdsnap_snap_t *s, struct usnap_space *sp);
 
+/*
+ * space.c: memory for the handler thread's own tables. Not malloc(): a thread
+ * inside fork() holds glibc's malloc (and stdio) locks while the kernel waits
+ * for the handler to read its FORK event, so the handler must never wait for
+ * those locks. Zeroed; mmap-backed.
+ */
+void *usnap_sys_alloc(size_t n);
+void *usnap_sys_realloc(void *p, size_t n);
+void usnap_sys_free(void *p);
+
 /* fault.c */
 void *usnap_handler_main(void *arg);
 

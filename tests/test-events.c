@@ -11,6 +11,7 @@
 #include <errno.h>
 #include <inttypes.h>
 #include <linux/userfaultfd.h>
+#include <pthread.h>
 #include <signal.h>
 #include <stdlib.h>
 #include <string.h>
@@ -449,6 +450,78 @@ START_TEST(munmap_private)
 END_TEST
 
 /*
+ * A thread forks in a loop while snapshots start and end: a fork that saw
+ * the region registered queues its event after the snapshot may have read
+ * its last message; left unread, that fork would wait for the next snapshot.
+ * After every snapshot the forker must get on within seconds.
+ */
+static _Atomic unsigned long forks_done;
+static _Atomic bool forker_stop;
+
+static void *forker(void *arg)
+{
+	(void)arg;
+	while (!atomic_load(&forker_stop)) {
+		pid_t pid = fork();
+		if (pid == 0)
+			_exit(0);
+		if (pid > 0)
+			waitpid(pid, NULL, 0);
+		atomic_fetch_add(&forks_done, 1);
+	}
+	return NULL;
+}
+
+START_TEST(fork_at_the_end)
+{
+	const size_t len = 2 * MiB;
+	const unsigned rounds = USNAP_SANITIZED ? 40 : 150;
+	struct usnap_mem m;
+	uffdsnap_t *ctx;
+	pthread_t t;
+	unsigned long followed = 0;
+
+	usnap_watchdog(120, "fork_at_the_end");
+	usnap_memfd(&m, len);
+	usnap_fill_random(m.addr, len, 41);
+	ctx = usnap_ctx_new(NULL);
+	usnap_add(ctx, "r", m.addr, len);
+	atomic_store(&forker_stop, false);
+	ck_assert(pthread_create(&t, NULL, forker, NULL) == 0);
+	for (unsigned i = 0; i < rounds; i++) {
+		struct usnap_cb cb;
+		uffdsnap_snap_t *s;
+		uffdsnap_stats_t st;
+		unsigned long before;
+		uint64_t t0;
+		int r;
+
+		usnap_cb_init(&cb, -1);
+		r = uffdsnap_begin(ctx, usnap_cb_sink(&cb), &s);
+		ck_assert_msg(r == 0, "begin %u: %d (%s)", i, r, uffdsnap_last_error());
+		r = uffdsnap_wait(s);
+		ck_assert_msg(r == 0, "snapshot %u: %d (%s)", i, r, uffdsnap_snap_error(s));
+		usnap_stats(s, &st);
+		followed += st.forks;
+		uffdsnap_snap_free(s);
+		usnap_cb_destroy(&cb);
+		/* no snapshot runs now: every fork must complete */
+		before = atomic_load(&forks_done);
+		t0 = usnap_now_ns();
+		while (atomic_load(&forks_done) < before + 2 && usnap_now_ns() - t0 < 10000000000ull)
+			usleep(200);
+		ck_assert_msg(atomic_load(&forks_done) >= before + 2, "after snapshot %u the forker is stuck in fork()", i);
+	}
+	atomic_store(&forker_stop, true);
+	ck_assert_int_eq(usnap_join_timeout(t, 10), 0);
+	printf("fork_at_the_end: %u snapshots, %lu forks, %lu of them during a snapshot (followed)\n", rounds,
+	       atomic_load(&forks_done), followed);
+	uffdsnap_free(ctx);
+	usnap_mem_free(&m);
+}
+END_TEST
+
+/*
  * Another process maps the region's file (forked before the snapshot, so not
  * registered: its writes cannot be seen). UFFDSNAP_OPT_STRICT refuses that at
  * begin; without it the snapshot runs (the blind spot is documented).
@@ -517,6 +590,7 @@ int main(void)
 	tcase_add_test(tc, munmap_shared);
 	tcase_add_test(tc, munmap_private);
 	tcase_add_test(tc, strict_other_process);
+	tcase_add_test(tc, fork_at_the_end);
 	suite_add_tcase(s, tc);
 	return usnap_run_suite(s);
 }

@@ -385,7 +385,7 @@ static void fork_exec(bool gated)
 	usnap_stats(f.s, &stats);
 	usnap_stats_print("fork+exec", &stats);
 	usnap_writers_stop(&w, 10);
-	if (tracked)
+	if (tracked && gated) /* (a file snapshot may end before either fork) */
 		ck_assert_msg(stats.forks >= 2, "%" PRIu64 " forks followed; expected the exec'd and the writing child",
 			      stats.forks);
 	printf("  forked children followed: %" PRIu64 " (fork events %s)\n", stats.forks, tracked ? "on" : "off");
