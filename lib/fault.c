@@ -130,6 +130,22 @@ static int event_pending(struct handler *h, uint64_t *t0)
  * moved or cut them. A child that has exited (ESRCH: no mm) has nothing left
  * to un-protect.
  */
+/*
+ * Is an event (fork, mremap, munmap, madvise) under way whose message may
+ * not be readable yet? Each raises the context's mmap_changing before it
+ * changes anything, and resolving ioctls answer EAGAIN while it is raised: an
+ * un-protect of a page of our own chunk buffers (never registered: ENOENT
+ * otherwise, and nothing changes) asks.
+ */
+static bool event_in_flight(uffdsnap_snap_t *s)
+{
+	struct uffdio_writeprotect wp = { .range = { (uintptr_t)s->pool->mem, s->page_size }, .mode = 0 };
+
+	/* (ioctl): a question that changes nothing, so not a fault-injection
+	 * point (inject.h wraps the ioctl() calls that act) */
+	return (ioctl)(s->uffd, UFFDIO_WRITEPROTECT, &wp) && errno == EAGAIN;
+}
+
 static int unprotect(struct handler *h, struct usnap_space *sp, const struct usnap_sreg *sr, uint64_t lo, uint64_t hi)
 {
 	uint64_t t0 = 0, at = lo, n;
@@ -222,23 +238,29 @@ static void fail_removed(struct handler *h, const struct usnap_reg *reg, uint64_
  */
 static int read_private(struct handler *h, const struct usnap_sreg *sr, uint8_t *dst, uint64_t p, uint64_t n)
 {
-	uint64_t lo = p, got = 0, k;
+	uint64_t lo, got, k, t0 = 0;
 	uintptr_t addr;
+	ssize_t r = 0;
+	int e = 0;
 
+again:
 	/* Where the pages are now: mremap may have moved them. */
-	while (usnap_space_next(&h->s->spaces[0], sr, h->ps, &lo, p + n, &addr, &k) && got == lo - k - p) {
+	for (lo = p, got = 0; usnap_space_next(&h->s->spaces[0], sr, h->ps, &lo, p + n, &addr, &k) &&
+			      got == lo - k - p; got += k) {
 		struct iovec local = { dst + got * h->ps, k * h->ps }, remote = { (void *)addr, k * h->ps };
-		ssize_t r = process_vm_readv(getpid(), &local, 1, &remote, 1, 0);
-		if (r != (ssize_t)(k * h->ps)) {
-			usnap_fail(h->s, r < 0 ? -errno : -EFAULT, "region '%s': reading page %" PRIu64 ": %s "
-				   "(was it unmapped?)", sr->reg->name, p + got, r < 0 ? strerror(errno) : "short read");
-			return -1;
-		}
-		got += k;
+		r = process_vm_readv(getpid(), &local, 1, &remote, 1, 0);
+		e = r < 0 ? errno : 0;
+		if (r != (ssize_t)(k * h->ps))
+			break;
 	}
 	if (got == n)
 		return 0;
-	usnap_fail(h->s, -EFAULT, "region '%s': page %" PRIu64 " is no longer mapped", sr->reg->name, p + got);
+	/* mremap and munmap change the mapping first and only then queue their
+	 * event: read it, and look again */
+	if (event_in_flight(h->s) && !event_pending(h, &t0) && !atomic_load(&h->s->abort))
+		goto again;
+	usnap_fail(h->s, e ? -e : -EFAULT, "region '%s': reading page %" PRIu64 ": %s", sr->reg->name, p + got,
+		   e ? strerror(e) : "it is no longer mapped");
 	return -1;
 }
 
@@ -590,24 +612,29 @@ static void resolve_held(struct handler *h)
  * event only after dropping mmap_lock, and its thread then sleeps until
  * someone reads it -- with nobody reading, until the next snapshot. Every
  * such operation raises the context's mmap_changing under mmap_lock, before
- * our UNREGISTER could take it, and resolving ioctls fail with EAGAIN while
- * it is raised: so a UFFDIO_WRITEPROTECT on any range answers EAGAIN until
- * the last event is read, and ENOENT (nothing registered) after.
+ * our UNREGISTER could take it: event_in_flight() says when the last is read.
  */
 static void drain_messages(uffdsnap_snap_t *s)
 {
 	struct uffd_msg msgs[FAULT_BATCH];
-	struct uffdio_writeprotect wp = { .range = { s->sregs[0].reg->addr, s->page_size }, .mode = 0 };
 	struct pollfd pfd = { .fd = s->uffd, .events = POLLIN };
 	uint64_t t0 = usnap_now_ns();
 	ssize_t n;
 
 	for (;;) {
-		while ((n = read(s->uffd, msgs, sizeof(msgs))) > 0)
-			for (ssize_t i = 0; i < n / (ssize_t)sizeof(msgs[0]); i++)
+		while ((n = read(s->uffd, msgs, sizeof(msgs))) > 0) {
+			for (ssize_t i = 0; i < n / (ssize_t)sizeof(msgs[0]); i++) {
+				/* a move that raced with the unregister took its
+				 * registration along: clear it where it went */
+				if (msgs[i].event == UFFD_EVENT_REMAP) {
+					struct uffdio_range r = { msgs[i].arg.remap.to, msgs[i].arg.remap.len };
+					ioctl(s->uffd, UFFDIO_UNREGISTER, &r);
+					ioctl(s->uffd, UFFDIO_WAKE, &r);
+				}
 				usnap_msg_drop(&msgs[i]);
-		if (!ioctl(s->uffd, UFFDIO_WRITEPROTECT, &wp) || errno != EAGAIN ||
-		    usnap_now_ns() - t0 > 5000000000ull)
+			}
+		}
+		if (!event_in_flight(s) || usnap_now_ns() - t0 > 5000000000ull)
 			return;
 		poll(&pfd, 1, 10); /* the event is being queued */
 	}
@@ -684,7 +711,15 @@ void *usnap_handler_main(void *arg)
 	}
 	/* Success or failure, this is where protection ends: unregistering
 	 * clears every uffd-wp bit and marker and wakes every waiting thread
-	 * (held faults included). */
+	 * (held faults included). First every event under way is read, so the
+	 * regions are unregistered where they are now. */
+	for (uint64_t t0 = usnap_now_ns(); usnap_now_ns() - t0 < 5000000000ull;) {
+		if (read_messages(&h, false) > 0)
+			continue;
+		if (!event_in_flight(s))
+			break;
+		poll(NULL, 0, 1);
+	}
 	usnap_disarm_all(s);
 	for (unsigned i = 1; i < s->nspaces; i++)
 		usnap_space_end(s, &s->spaces[i]);
