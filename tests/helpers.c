@@ -776,6 +776,22 @@ bool usnap_cb_wait_blocked(struct usnap_cb *cb, unsigned seconds)
 	return true;
 }
 
+uffdsnap_snap_t *usnap_begin_stalled(uffdsnap_t *ctx, struct usnap_cb *cb, unsigned sleep_us)
+{
+	uffdsnap_snap_t *s;
+	int r;
+
+	usnap_cb_init(cb, -1);
+	cb->keep = true;
+	usnap_cb_gate(cb, true);
+	r = uffdsnap_begin(ctx, usnap_cb_sink(cb), &s);
+	ck_assert_msg(r == 0, "begin: %d %s (%s)", r, uffdsnap_strerror(r), uffdsnap_last_error());
+	ck_assert(usnap_cb_wait_blocked(cb, 10));
+	atomic_store(&cb->sleep_us, sleep_us);
+	usnap_cb_gate(cb, false);
+	return s;
+}
+
 /* ---- writer threads ----------------------------------------------------------- */
 
 static void *writer_main(void *arg)

@@ -231,6 +231,11 @@ uffdsnap_sink_t *usnap_cb_sink(struct usnap_cb *cb);
 void usnap_cb_gate(struct usnap_cb *cb, bool closed);
 /* Wait (up to `seconds`) until a call is blocked at the gate; returns true if so. */
 bool usnap_cb_wait_blocked(struct usnap_cb *cb, unsigned seconds);
+/* Begin on ctx into cb (kept in memory) with the sink held shut until the
+ * sweep has stalled on the buffer bound, then slowed to one call per
+ * `sleep_us`: most pages stay protected and not copied while the test acts.
+ * A sink held shut for good would block every write (backpressure). */
+uffdsnap_snap_t *usnap_begin_stalled(uffdsnap_t *ctx, struct usnap_cb *cb, unsigned sleep_us);
 
 /* ---- writer threads ----------------------------------------------------------- */
 

@@ -31,20 +31,12 @@ struct setup {
 static void begin_held(struct setup *t, uint8_t *addr, size_t len)
 {
 	uffdsnap_opts_t o;
-	int r;
 
 	uffdsnap_opts_init(&o);
 	o.buffer_bytes = 4 * MiB;
 	t->ctx = usnap_ctx_new(&o);
 	usnap_add(t->ctx, "heap", addr, len);
-	usnap_cb_init(&t->cb, -1);
-	t->cb.keep = true;
-	usnap_cb_gate(&t->cb, true);
-	r = uffdsnap_begin(t->ctx, usnap_cb_sink(&t->cb), &t->s);
-	ck_assert_msg(r == 0, "begin: %d %s (%s)", r, uffdsnap_strerror(r), uffdsnap_last_error());
-	ck_assert(usnap_cb_wait_blocked(&t->cb, 10));
-	atomic_store(&t->cb.sleep_us, 20000);
-	usnap_cb_gate(&t->cb, false);
+	t->s = usnap_begin_stalled(t->ctx, &t->cb, 20000);
 }
 
 static void end(struct setup *t)
