@@ -65,20 +65,6 @@ static uint8_t *huge_memfd(int *fd, size_t len)
 	return a;
 }
 
-static uffdsnap_snap_t *begin_gated(uffdsnap_t *ctx, struct usnap_cb *cb)
-{
-	uffdsnap_snap_t *s;
-	int r;
-
-	usnap_cb_init(cb, -1);
-	cb->keep = true;
-	usnap_cb_gate(cb, true);
-	r = uffdsnap_begin(ctx, usnap_cb_sink(cb), &s);
-	ck_assert_msg(r == 0, "begin: %d (%s)", r, uffdsnap_last_error());
-	ck_assert(usnap_cb_wait_blocked(cb, 10));
-	return s;
-}
-
 START_TEST(hugetlb_exact)
 {
 	const size_t len = 64 * MiB, nh = len / HPAGE, pph = HPAGE / usnap_page;
@@ -104,10 +90,8 @@ START_TEST(hugetlb_exact)
 	o.buffer_bytes = 4 * MiB; /* two huge pages: a fault must span several chunks */
 	ctx = usnap_ctx_new(&o);
 	usnap_add(ctx, "huge", a, len);
-	s = begin_gated(ctx, &cb);
-	ck_assert_int_eq(usnap_pagemap_protected(a, HPAGE), (long)pph);
-	atomic_store(&cb.sleep_us, 20000);
-	usnap_cb_gate(&cb, false);
+	s = usnap_begin_stalled(ctx, &cb, 20000);
+	ck_assert_int_eq(usnap_pagemap_protected(a + len - HPAGE, HPAGE), (long)pph); /* not copied yet */
 	/* the second half: not copied yet; holes and data */
 	for (size_t h = nh / 2; h < nh; h++, writes++) {
 		size_t off = h * HPAGE + (h * 7919 % pph) * usnap_page + 13;
