@@ -197,6 +197,7 @@ struct uffdsnap_stats {
 	uint64_t forks;           /* processes forked while tracked (their faults were handled too) */
 	uint64_t remaps;          /* mremap()s of registered memory followed to the new address */
 	uint64_t unmaps;          /* munmap()s of registered memory */
+	uint64_t protect_threads; /* threads that write-protected in begin (its caller's included) */
 };
 
 #define UFFDSNAP_STATE_RUNNING 0

@@ -46,6 +46,18 @@ struct uffdio_poison {
 #define UFFDIO_POISON _IOWR(UFFDIO, _UFFDIO_POISON, struct uffdio_poison)
 #endif
 
+#ifndef __NR_cachestat
+/* Linux 6.5: page-cache residency of a file range, by descriptor. The number
+ * is the same on every architecture (it postdates the syscall table merge). */
+#define __NR_cachestat 451
+#endif
+struct usnap_cachestat_range {
+	__u64 off, len;
+};
+struct usnap_cachestat {
+	__u64 nr_cache, nr_dirty, nr_writeback, nr_evicted, nr_recently_evicted;
+};
+
 #ifndef TMPFS_MAGIC
 #define TMPFS_MAGIC 0x01021994
 #endif

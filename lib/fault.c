@@ -289,9 +289,13 @@ static int read_shmem(struct handler *h, const struct usnap_reg *reg, uint8_t *d
 		}
 		got += (size_t)r;
 	}
+	/* A page of the instant that reads as zeros and is a hole now was
+	 * punched since (or never written, only reserved by fallocate: it is in
+	 * the page cache then, see region.c find_data). */
 	for (uint64_t i = 0; i < n; i++) {
 		off_t at = reg->file_off + (off_t)((p + i) * h->ps);
-		if (usnap_page_is_zero(dst + i * h->ps, h->ps) && lseek(reg->fd, at, SEEK_DATA) != at) {
+		if (usnap_page_is_zero(dst + i * h->ps, h->ps) && lseek(reg->fd, at, SEEK_DATA) != at &&
+		    usnap_cached(reg->fd, at, h->ps) <= 0) {
 			fail_removed(h, reg, p + i);
 			return -1;
 		}

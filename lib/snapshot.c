@@ -342,6 +342,8 @@ USNAP_EXPORT int uffdsnap_begin(uffdsnap_t *ctx, uffdsnap_sink_t *sink, uffdsnap
 	t0 = usnap_now_ns();
 	for (unsigned i = 0; !r && i < s->nregions; i++)
 		r = usnap_arm(s, &s->sregs[i]);
+	if (!r)
+		r = usnap_protect_all(s);
 	if (!r && (s->flags & UFFDSNAP_OPT_STRICT))
 		r = usnap_strict_begin(s);
 	s->t0_ns = usnap_now_ns();
@@ -488,6 +490,7 @@ USNAP_EXPORT int uffdsnap_snap_stats(const uffdsnap_snap_t *cs, uffdsnap_stats_t
 	st.forks = atomic_load(&s->forks);
 	st.remaps = atomic_load(&s->remaps);
 	st.unmaps = atomic_load(&s->unmaps);
+	st.protect_threads = s->protect_threads;
 	memcpy(out, &st, out->size);
 	return 0;
 }

@@ -280,6 +280,7 @@ struct uffdsnap_snap {
 
 	/* statistics (atomics: read by snap_stats from any thread) */
 	uint64_t begin_ns, t0_ns;
+	unsigned protect_threads;  /* set in begin, before its caller has the handle */
 	_Atomic uint64_t end_ns, window_end_ns;
 	_Atomic uint64_t pages_fault, pages_sweep, pages_hole, pages_zero_found, faults, chunks;
 	_Atomic uint64_t fault_wait_max_ns, bytes_raw, bytes_out;
@@ -293,10 +294,12 @@ int usnap_uffd_open(uffdsnap_t *ctx);
 
 /* region.c */
 int usnap_arm(uffdsnap_snap_t *s, struct usnap_sreg *sr);
+int usnap_protect_all(uffdsnap_snap_t *s);
 void usnap_disarm_all(uffdsnap_snap_t *s);
 int usnap_strict_begin(uffdsnap_snap_t *s);
 void usnap_reg_release(struct usnap_reg *r);
 bool usnap_in_data(const struct usnap_sreg *sr, uint64_t page);
+int usnap_cached(int fd, off_t off, size_t len);
 
 /* snapshot.c */
 int usnap_thread_start(pthread_t *t, void *(*fn)(void *), void *arg);

@@ -109,21 +109,27 @@ END_TEST
  * never paused. Every write completed before begin started must be in the
  * snapshot, none after begin returned, and the visible set is a prefix of each
  * writer's program order across both regions.
+ *
+ * `pad` bytes of zeros around the writers' pages make the regions large enough
+ * for begin to protect them with several threads; the writers' pages are then
+ * at the start of one region and the end of the other, in spans protected first
+ * and last.
  */
-static void prefix_round(unsigned rounds, unsigned nwriters)
+static void prefix_round(unsigned rounds, unsigned nwriters, size_t pad, unsigned min_protect_threads)
 {
 	struct usnap_seq q = { .pages = 1024, .slots_per_page = 64, .nwriters = nwriters };
 	struct usnap_mem m[2];
 	struct usnap_writers w;
 	uffdsnap_t *ctx;
 	char dir[PATH_MAX], path[PATH_MAX + 16];
-	size_t len = usnap_seq_region_bytes(&q);
+	size_t seq = usnap_seq_region_bytes(&q), len = seq + pad;
 
 	for (int i = 0; i < 2; i++) {
 		usnap_memfd(&m[i], len);
 		memset(m[i].addr, 0, len);
-		q.base[i] = m[i].addr;
 	}
+	q.base[0] = m[0].addr;
+	q.base[1] = m[1].addr + pad;
 	ctx = usnap_ctx_new(NULL);
 	usnap_add(ctx, "even", m[0].addr, len);
 	usnap_add(ctx, "odd", m[1].addr, len);
@@ -154,10 +160,16 @@ static void prefix_round(unsigned rounds, unsigned nwriters)
 		img[0] = usnap_read_region(path, "even", &l0);
 		img[1] = usnap_read_region(path, "odd", &l1);
 		ck_assert(l0 == len && l1 == len);
-		printf("prefix round %u:", round);
+		{
+			uint8_t *seqimg[2] = { img[0], img[1] + pad };
+			for (unsigned i = 0; i < nwriters; i++)
+				k[i] = usnap_seq_check(&q, seqimg, i, atomic_load(&w.progress[i]) + 1);
+		}
+		printf("prefix round %u (%u protect threads):", round, (unsigned)st.protect_threads);
+		ck_assert_msg(st.protect_threads >= min_protect_threads, "begin protected with %u thread(s), "
+			      "expected at least %u", (unsigned)st.protect_threads, min_protect_threads);
 		for (unsigned i = 0; i < nwriters; i++) {
 			unsigned long long last = atomic_load(&w.progress[i]) + 1; /* a store may precede its count */
-			k[i] = usnap_seq_check(&q, img, i, last);
 			printf(" w%u: visible 1..%llu (begin from %llu to %llu, now %llu)", i, k[i], pre[i], post[i],
 			       last - 1);
 			ck_assert_msg(k[i] >= pre[i], "writer %u: write %llu completed before begin but is not in the "
@@ -188,7 +200,17 @@ static void prefix_round(unsigned rounds, unsigned nwriters)
 START_TEST(begin_one_instant_prefix)
 {
 	usnap_watchdog(150, "begin_one_instant_prefix");
-	prefix_round(3, 4);
+	prefix_round(3, 4, 0, 1);
+}
+END_TEST
+
+/* The same across a begin that protects with a thread per CPU (2 x 96 MiB). */
+START_TEST(begin_one_instant_parallel)
+{
+	long cpus = sysconf(_SC_NPROCESSORS_ONLN);
+
+	usnap_watchdog(150, "begin_one_instant_parallel");
+	prefix_round(2, 4, 96 * MiB, cpus > 1 ? 2 : 1);
 }
 END_TEST
 
@@ -266,6 +288,7 @@ int main(void)
 	tcase_set_timeout(tc, 180);
 	tcase_add_test(tc, begin_protects_every_page);
 	tcase_add_test(tc, begin_one_instant_prefix);
+	tcase_add_test(tc, begin_one_instant_parallel);
 	tcase_add_test(tc, begin_errors);
 	suite_add_tcase(s, tc);
 	return usnap_run_suite(s);

@@ -6,6 +6,7 @@
  * in memory but the snapshot has zeros there.
  */
 #include <errno.h>
+#include <fcntl.h>
 #include <string.h>
 #include <sys/mman.h>
 #include <sys/stat.h>
@@ -182,6 +183,53 @@ START_TEST(sparse_hole_writes)
 }
 END_TEST
 
+/*
+ * A memfd whose every page fallocate() reserved: st_blocks says "no hole", so
+ * begin takes it whole without walking it (region.c find_data), though half
+ * its pages were never written and SEEK_DATA calls those holes. Writes to
+ * them during the snapshot must still fault and leave zeros in the snapshot.
+ */
+START_TEST(sparse_fallocated)
+{
+	const size_t len = 64 * MiB;
+	const uffdsnap_opts_t o = usnap_opts(4 * MiB, 0);
+	struct usnap_fix f;
+	uffdsnap_stats_t st;
+	uint8_t *mem;
+	struct stat sb;
+	int r;
+
+	usnap_watchdog(60, "sparse_fallocated");
+	mem = usnap_fix_mem(&f, len);
+	ck_assert_int_eq(fallocate(f.m.fd, 0, 0, (off_t)len), 0);
+	for (size_t off = 0; off < len; off += 2 * MiB)
+		usnap_fill_random(mem + off, MiB, 900 + off / MiB);
+	ck_assert_int_eq(fstat(f.m.fd, &sb), 0);
+	ck_assert_msg((uint64_t)sb.st_blocks * 512 >= len, "fallocate left %lld of %zu bytes unallocated",
+		      (long long)(len - (uint64_t)sb.st_blocks * 512), len);
+	f.ref = usnap_mem_copy(&f.m);
+	usnap_fix_ctx(&f, "fa", &o);
+	usnap_fix_cb(&f, "snap");
+	atomic_store(&f.cb.sleep_us, 3000);
+	r = uffdsnap_begin(f.ctx, usnap_cb_sink(&f.cb), &f.s);
+	ck_assert_msg(r == 0, "begin: %d (%s)", r, uffdsnap_last_error());
+	/* one page of every reserved-but-unwritten MiB, and one of every written one */
+	for (size_t off = MiB + 5 * usnap_page; off < len; off += MiB)
+		memset(mem + off, 0x5c, usnap_page);
+	r = uffdsnap_wait(f.s);
+	ck_assert_msg(r == 0, "wait: %d %s", r, uffdsnap_snap_error(f.s));
+	usnap_stats(f.s, &st);
+	usnap_stats_print("fallocated", &st);
+	usnap_assert_exactly_once(&st);
+	ck_assert_msg(st.pages_hole == 0, "%llu pages taken as holes: begin walked the file",
+		      (unsigned long long)st.pages_hole);
+	for (size_t off = MiB + 5 * usnap_page; off < len; off += MiB)
+		ck_assert_int_eq(mem[off + 17], 0x5c);
+	usnap_fix_check(&f);
+	usnap_fix_free(&f);
+}
+END_TEST
+
 int main(void)
 {
 	Suite *s = suite_create("sparse");
@@ -191,6 +239,7 @@ int main(void)
 	tcase_set_timeout(tc, 180);
 	tcase_add_test(tc, sparse_64g);
 	tcase_add_test(tc, sparse_hole_writes);
+	tcase_add_test(tc, sparse_fallocated);
 	suite_add_tcase(s, tc);
 	return usnap_run_suite(s);
 }

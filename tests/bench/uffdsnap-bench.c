@@ -1610,6 +1610,7 @@ int main(int argc, char **argv)
 			e_num(&e, "child_smaps_peak_mib", r->child_smaps_peak_mib);
 		if (k == M_UFFDSNAP) {
 			e_num(&e, "begin_protect_ms", r->begin_protect_ms);
+			e_int(&e, "protect_threads", r->st.protect_threads);
 			e_int(&e, "uffd_faults", r->st.faults);
 			e_num(&e, "uffd_fault_p50_us", r->uffd_p50_us);
 			e_num(&e, "uffd_fault_p99_us", r->uffd_p99_us);
