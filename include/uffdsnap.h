@@ -61,6 +61,14 @@ typedef struct uffdsnap_sink uffdsnap_sink_t; /* where a snapshot's bytes go */
  * /proc/PID/maps this process may not read are not checked.
  */
 #define UFFDSNAP_OPT_STRICT (1u << 2)
+/*
+ * Favour the program over the file size: while a write fault waits for buffer
+ * space, the chunks compressed next are stored uncompressed, so the buffers
+ * the writer waits for free at memcpy speed instead of zstd's. A program that
+ * does not write during the snapshot gets the file compressed as usual.
+ * stats.chunks_uncompressed counts what it cost.
+ */
+#define UFFDSNAP_OPT_ADAPT (1u << 3)
 
 struct uffdsnap_opts {
 	size_t size;            /* sizeof(uffdsnap_opts_t) */
@@ -198,6 +206,7 @@ struct uffdsnap_stats {
 	uint64_t remaps;          /* mremap()s of registered memory followed to the new address */
 	uint64_t unmaps;          /* munmap()s of registered memory */
 	uint64_t protect_threads; /* threads that write-protected in begin (its caller's included) */
+	uint64_t chunks_uncompressed; /* chunks stored raw: zstd did not shrink them, or UFFDSNAP_OPT_ADAPT */
 };
 
 #define UFFDSNAP_STATE_RUNNING 0

@@ -3,8 +3,10 @@
  * Compression workers: turn a chunk of copied pages into a finished CHNK
  * record. All-zero pages are found here (off the fault path) and recorded as
  * ZERO extents without data; the remaining pages are fed to zstd run by run
- * (no gather copy), or stored raw when zstd does not make them smaller. The
- * record's CRC-32C is computed here too, so the I/O thread only writes.
+ * (no gather copy), or stored raw when zstd does not make them smaller, or,
+ * with UFFDSNAP_OPT_ADAPT, while a write fault waits for a buffer: the writer
+ * then waits for a memcpy instead of zstd. The record's CRC-32C is computed
+ * here too, so the I/O thread only writes.
  *
  * Chunks copied for writers (fault chunks) are taken before sweep chunks:
  * their buffers are the ones a blocked writer may be waiting to reuse.
@@ -107,19 +109,20 @@ static int build_record(uffdsnap_snap_t *s, ZSTD_CCtx *cc, struct usnap_job *j, 
 		data_bytes += runs[i].len;
 	payload = (uint8_t *)(ext + n);
 	payload_cap = s->pool->out_cap - (size_t)(payload - j->out);
-	if (data_bytes) {
+	if (data_bytes && !((s->flags & UFFDSNAP_OPT_ADAPT) && atomic_load(&s->fault_starved))) {
 		r = compress_runs(cc, runs, nruns, data_bytes, payload, payload_cap, &stored);
 		if (r)
 			return r;
-		if (stored < data_bytes) {
+		if (stored < data_bytes)
 			flags = USNAP_CHNK_ZSTD;
-		} else {
-			stored = 0;
-			for (size_t i = 0; i < nruns; i++) {
-				memcpy(payload + stored, runs[i].p, runs[i].len);
-				stored += runs[i].len;
-			}
+	}
+	if (data_bytes && !flags) {
+		stored = 0;
+		for (size_t i = 0; i < nruns; i++) {
+			memcpy(payload + stored, runs[i].p, runs[i].len);
+			stored += runs[i].len;
 		}
+		atomic_fetch_add(&s->chunks_uncompressed, 1);
 	}
 	j->out_len = usnap_pad8((size_t)(payload - j->out) + stored);
 	memset(payload + stored, 0, j->out_len - (size_t)(payload - j->out) - stored);

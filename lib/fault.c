@@ -346,6 +346,7 @@ static struct usnap_job *fault_job(struct handler *h, struct usnap_sreg *sr)
 	 * otherwise wait for the sink too, and it may be the one that drains it. */
 	t0 = usnap_now_ns();
 	while (!(j = usnap_job_get(s)) && !atomic_load(&s->abort)) {
+		atomic_store(&s->fault_starved, true);
 		int n = read_messages(h, false);
 		if (n < 0) {
 			usnap_fail(s, n, "reading the userfaultfd: %s", strerror(-n));
@@ -354,6 +355,7 @@ static struct usnap_job *fault_job(struct handler *h, struct usnap_sreg *sr)
 		if (n == 0)
 			wait_for_work(h);
 	}
+	atomic_store(&s->fault_starved, false);
 	waited = usnap_now_ns() - t0;
 	max = atomic_load(&s->fault_wait_max_ns);
 	while (waited > max && !atomic_compare_exchange_weak(&s->fault_wait_max_ns, &max, waited))

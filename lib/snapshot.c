@@ -491,6 +491,7 @@ USNAP_EXPORT int uffdsnap_snap_stats(const uffdsnap_snap_t *cs, uffdsnap_stats_t
 	st.remaps = atomic_load(&s->remaps);
 	st.unmaps = atomic_load(&s->unmaps);
 	st.protect_threads = s->protect_threads;
+	st.chunks_uncompressed = atomic_load(&s->chunks_uncompressed);
 	memcpy(out, &st, out->size);
 	return 0;
 }

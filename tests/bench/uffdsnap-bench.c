@@ -101,7 +101,7 @@ struct options {
 	unsigned methods;      /* bit per method */
 	int sink;
 	int level;
-	bool json, verify, fsync, keep;
+	bool json, verify, fsync, keep, adapt;
 	const char *out_dir;
 	const char *trace;
 	const char *label;     /* copied into every output line (engine version, run id) */
@@ -1168,6 +1168,8 @@ static void run_method(struct bench *b, int method, struct result *res)
 			uo.buffer_bytes = (size_t)o->buffer_mib << 20;
 		if (o->fsync)
 			uo.flags |= UFFDSNAP_OPT_FSYNC;
+		if (o->adapt)
+			uo.flags |= UFFDSNAP_OPT_ADAPT;
 		if ((r = uffdsnap_new(&ctx, &uo)) < 0)
 			die("uffdsnap_new: %s (%s)", uffdsnap_strerror(r), uffdsnap_last_error());
 		if ((r = uffdsnap_add_region(ctx, "bench", b->base, len)) < 0)
@@ -1380,6 +1382,7 @@ static void usage(int code)
 		"  --verify                uffdsnap: check the file byte for byte against the memory at the instant\n"
 		"                          (the writers are paused for the reference copy: timings then differ)\n"
 		"  --fsync                 all methods fsync their output (uffdsnap: UFFDSNAP_OPT_FSYNC)\n"
+		"  --adapt                 uffdsnap: UFFDSNAP_OPT_ADAPT (store chunks raw while a writer waits)\n"
 		"  --keep                  keep snapshot files\n"
 		"  --warmup-ms N           undisturbed-rate measurement per method (default 1000)\n"
 		"  --settle-max-ms N       longest wait for the rate to recover after a snapshot (default 15000)\n"
@@ -1438,7 +1441,7 @@ static void parse(int argc, char **argv, struct options *o)
 		{ "trace", 1, 0, 't' },     { "timeout", 1, 0, 'T' },   { "seed", 1, 0, 'e' },
 		{ "compress-threads", 1, 0, 'c' }, { "label", 1, 0, 'B' },
 		{ "chunk-kib", 1, 0, 'C' }, { "buffer-mib", 1, 0, 'M' }, { "help", 0, 0, 'h' },
-		{ "timeline-ms", 1, 0, 'R' }, { "region-mib", 1, 0, 'g' },
+		{ "timeline-ms", 1, 0, 'R' }, { "region-mib", 1, 0, 'g' }, { "adapt", 0, 0, 'A' },
 		{ 0, 0, 0, 0 },
 	};
 	int c;
@@ -1469,6 +1472,7 @@ static void parse(int argc, char **argv, struct options *o)
 		case 'j': o->json = true; break;
 		case 'v': o->verify = true; break;
 		case 'f': o->fsync = true; break;
+		case 'A': o->adapt = true; break;
 		case 'K': o->keep = true; break;
 		case 'W': o->warmup_ms = (unsigned)num(optarg); break;
 		case 'S': o->settle_max_ms = (unsigned)num(optarg); break;
@@ -1555,6 +1559,7 @@ int main(int argc, char **argv)
 	e_num(&e, "zstd_ratio", m.zstd_ratio);
 	e_int(&e, "zstd_level", (uint64_t)b.o.level);
 	e_int(&e, "compress_threads", b.zthreads);
+	e_bool(&e, "adapt", b.o.adapt);
 	e_num(&e, "sink_mb_s", m.sink_mb_s);
 	e_bool(&e, "wp_async", m.wp_async_ok);
 	e_num(&e, "wp_async_fault_p50_us", m.async_p50_us);
@@ -1611,6 +1616,8 @@ int main(int argc, char **argv)
 		if (k == M_UFFDSNAP) {
 			e_num(&e, "begin_protect_ms", r->begin_protect_ms);
 			e_int(&e, "protect_threads", r->st.protect_threads);
+			e_int(&e, "chunks", r->st.chunks);
+			e_int(&e, "chunks_uncompressed", r->st.chunks_uncompressed);
 			e_int(&e, "uffd_faults", r->st.faults);
 			e_num(&e, "uffd_fault_p50_us", r->uffd_p50_us);
 			e_num(&e, "uffd_fault_p99_us", r->uffd_p99_us);

@@ -1,0 +1,106 @@
+/* SPDX-License-Identifier: LGPL-2.1-or-later */
+/*
+ * UFFDSNAP_OPT_ADAPT: chunks are stored uncompressed exactly while a write
+ * fault waits for buffer space, and the snapshot stays byte-exact. Slow zstd
+ * (level 9) and a 1 MiB pool make a writer that touches every page wait; the
+ * same run without the flag stores every (compressible) chunk compressed, and
+ * with the flag but no writer nothing waits, so nothing is stored raw.
+ */
+#include <string.h>
+
+#include "helpers.h"
+
+#define LEN (16 * MiB)
+
+struct adapt_state {
+	uint8_t *addr;
+};
+
+/* One pass over every page after begin: each store faults, none is in the snapshot. */
+static void adapt_writer(struct usnap_writers *w, unsigned idx)
+{
+	struct adapt_state *a = w->arg;
+
+	for (size_t off = 0; off < LEN; off += usnap_page) {
+		__atomic_store_n(&a->addr[off + 100], (uint8_t)0xa5, __ATOMIC_RELAXED);
+		atomic_fetch_add_explicit(&w->progress[idx], 1, memory_order_relaxed);
+	}
+}
+
+/* Compressible pages (a byte pattern and a quarter of noise), the same for every run. */
+static void fill(uint8_t *p)
+{
+	uint64_t rng = 42;
+
+	for (size_t off = 0; off < LEN; off += usnap_page) {
+		memset(p + off, (int)(off / usnap_page * 7), usnap_page);
+		for (size_t i = 0; i < usnap_page / 4; i += 8) {
+			uint64_t v = usnap_splitmix64(&rng);
+			memcpy(p + off + i * 4, &v, sizeof(v));
+		}
+	}
+}
+
+static void run(bool adapt, bool writer, uffdsnap_stats_t *st)
+{
+	uffdsnap_opts_t o = usnap_opts(1 * MiB, 64 * 1024);
+	struct usnap_fix f;
+	struct usnap_writers w;
+	struct adapt_state a;
+	int r;
+
+	o.zstd_level = 9;
+	if (adapt)
+		o.flags |= UFFDSNAP_OPT_ADAPT;
+	a.addr = usnap_fix_mem(&f, LEN);
+	fill(a.addr);
+	f.ref = usnap_mem_copy(&f.m);
+	usnap_fix_ctx(&f, "adapt", &o);
+	usnap_fix_cb(&f, "snap");
+	r = uffdsnap_begin(f.ctx, usnap_cb_sink(&f.cb), &f.s);
+	ck_assert_msg(r == 0, "begin: %d (%s)", r, uffdsnap_last_error());
+	if (writer) {
+		usnap_writers_start(&w, 1, adapt_writer, &a);
+		usnap_writers_join(&w, 60);
+	}
+	r = uffdsnap_wait(f.s);
+	ck_assert_msg(r == 0, "wait: %d %s", r, uffdsnap_snap_error(f.s));
+	usnap_stats(f.s, st);
+	printf("adapt=%d writer=%d: %llu of %llu chunks stored uncompressed, %llu bytes out, longest wait of a "
+	       "fault for a buffer %.2f ms\n", adapt, writer, (unsigned long long)st->chunks_uncompressed,
+	       (unsigned long long)st->chunks, (unsigned long long)st->bytes_out, st->fault_wait_max_ns / 1e6);
+	usnap_assert_exactly_once(st);
+	usnap_fix_check(&f);
+	usnap_fix_free(&f);
+}
+
+START_TEST(adapt_when_a_writer_waits)
+{
+	uffdsnap_stats_t on, off, idle;
+
+	usnap_watchdog(150, "adapt_when_a_writer_waits");
+	run(true, true, &on);
+	run(false, true, &off);
+	run(true, false, &idle);
+	ck_assert_msg(on.fault_wait_max_ns > 0, "the writer never waited for a buffer: the test proves nothing");
+	ck_assert_msg(on.chunks_uncompressed > 0, "a writer waited and no chunk was stored uncompressed");
+	ck_assert_msg(on.chunks_uncompressed < on.chunks, "every chunk uncompressed, though nothing waits at first");
+	ck_assert_msg(off.chunks_uncompressed == 0, "%llu chunks uncompressed without UFFDSNAP_OPT_ADAPT",
+		      (unsigned long long)off.chunks_uncompressed);
+	ck_assert_msg(idle.chunks_uncompressed == 0, "%llu chunks uncompressed with no writer waiting",
+		      (unsigned long long)idle.chunks_uncompressed);
+	ck_assert_msg(on.bytes_out > off.bytes_out, "uncompressed chunks and no bigger stream");
+}
+END_TEST
+
+int main(void)
+{
+	Suite *s = suite_create("adapt");
+	TCase *tc = tcase_create("adapt");
+
+	usnap_test_require_uffd();
+	tcase_set_timeout(tc, 160);
+	tcase_add_test(tc, adapt_when_a_writer_waits);
+	suite_add_tcase(s, tc);
+	return usnap_run_suite(s);
+}
