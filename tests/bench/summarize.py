@@ -80,11 +80,17 @@ def med(xs, nd=2, rng=True):
     return m
 
 
-def size_name(mib, region=None):
+def size_name(mib, region=None, variant=""):
     s = f"{mib // 1024} GiB" if mib >= 1024 else f"{mib} MiB"
     if region and region != mib:
         s += f" in {region // 1024} GiB" if region >= 1024 else f" in {region} MiB"
-    return s
+    return s + (f" ({variant})" if variant else "")
+
+
+def variant(u):
+    """uffdsnap's configuration when not the default: its memory kind, --adapt."""
+    v = [u["memory"]] if u.get("memory", "memfd") != "memfd" else []
+    return ", ".join(v + (["adapt"] if u.get("adapt") else []))
 
 
 def doc(paths):
@@ -92,9 +98,9 @@ def doc(paths):
     groups = OrderedDict()
     for r in inv:
         u = r["uffdsnap"]
-        key = (u["size_mib"], u.get("region_mib", u["size_mib"]), u["pattern"], u["sink"], u["writers"])
+        key = (u["size_mib"], u.get("region_mib", u["size_mib"]), u["pattern"], u["sink"], u["writers"], variant(u))
         groups.setdefault(key, []).append(r)
-    keys = sorted(groups, key=lambda k: (k[3] != "null", k[1] != k[0], k[0], k[2], k[4]))
+    keys = sorted(groups, key=lambda k: (k[3] != "null", k[1] != k[0], k[5], k[0], k[2], k[4]))
 
     ms = [r["machine"] for r in inv]
     print(f"Machine, measured in each of the {len(ms)} runs (median, range):\n")
@@ -112,14 +118,14 @@ def doc(paths):
           "| faults | fault p50 / p99 µs | extra RSS peak MiB | MB/s |")
     print("|---|---|---|---|---|---|---|---|---|---|---|---|---|---|")
     for key in keys:
-        size, region, pat, sink, w = key
+        size, region, pat, sink, w, var = key
         rs = groups[key]
         for m in ("uffdsnap", "fork", "stw"):
             xs = [r[m] for r in rs if m in r]
             if not xs:
                 continue
             g = lambda f: med([x.get(f) for x in xs], rng=False)
-            print(f"| {size_name(size, region)} | {pat} | {sink} | {len(xs)} | {m} | {g('begin_ms')} | {g('max_stall_ms')} "
+            print(f"| {size_name(size, region, var)} | {pat} | {sink} | {len(xs)} | {m} | {g('begin_ms')} | {g('max_stall_ms')} "
                   f"| {g('lost_work_ms')} | {g('window_ms')} | {g('total_ms')} | {med([x['faults'] for x in xs], 0, False)} "
                   f"| {g('fault_p50_us')} / {g('fault_p99_us')} | {g('extra_rss_peak_mib')} | {g('mb_s')} |")
 
@@ -128,10 +134,10 @@ def doc(paths):
           "| total u / slowest stage | extra RSS u MiB / bound | fault p50 / WP_ASYNC | uffd round trip p50 / WP_ASYNC |")
     print("|---|---|---|---|---|---|---|---|---|---|---|---|")
     for key in keys:
-        size, region, pat, sink, w = key
+        size, region, pat, sink, w, var = key
         rs = [r for r in groups[key] if "ratios" in r]
         g = lambda f: med([r["ratios"].get(f) for r in rs])
-        print(f"| {size_name(size, region)} | {pat} | {sink} | {g('begin_ms_vs_fork')} | {g('lost_work_ms_vs_fork')} "
+        print(f"| {size_name(size, region, var)} | {pat} | {sink} | {g('begin_ms_vs_fork')} | {g('lost_work_ms_vs_fork')} "
               f"| {g('lost_work_ms_vs_stw')} | {g('max_stall_ms_vs_fork')} | {g('total_ms_vs_fork')} "
               f"| {med([r['uffdsnap']['total_over_bound'] for r in rs])} | {med([r['uffdsnap']['extra_rss_peak_mib'] for r in rs], 1)} / "
               f"{fmt(rs[0]['ratios'].get('buffer_bound_mib'), 0) if rs else '-'} | {g('fault_p50_vs_wp_async')} "
@@ -147,13 +153,14 @@ def doc(paths):
         ("fault p50 (every slow store) ≤ 2 × WP_ASYNC", lambda r: r["ratios"].get("fault_p50_vs_wp_async"), 2.0),
         ("uffd round trip p50 ≤ 2 × WP_ASYNC", lambda r: r["ratios"].get("uffd_fault_p50_vs_wp_async"), 2.0),
     ]
-    sizes = sorted({k[0] for k in keys if k[3] == "null" and k[0] == k[1]})
-    print("| target | " + " | ".join(size_name(s) for s in sizes) + " |")
+    sizes = sorted({(k[5], k[0]) for k in keys if k[3] == "null" and k[0] == k[1]})
+    print("| target | " + " | ".join(size_name(s, None, v) for v, s in sizes) + " |")
     print("|---|" + "---|" * len(sizes))
     for name, f, lim in targets:
         cells = []
-        for s in sizes:
-            rs = [r for k in keys if k[0] == s and k[1] == s and k[3] == "null" for r in groups[k] if "ratios" in r]
+        for v, s in sizes:
+            rs = [r for k in keys if k[0] == s and k[1] == s and k[3] == "null" and k[5] == v
+                  for r in groups[k] if "ratios" in r]
             vs = [f(r) for r in rs if f(r) is not None]
             cells.append(f"{med(vs)}; {sum(v <= lim for v in vs)}/{len(vs)}")
         print(f"| {name} | " + " | ".join(cells) + " |")

@@ -85,6 +85,12 @@
 enum { M_UFFDSNAP, M_FORK, M_STW, NMETHODS };
 static const char *const method_name[NMETHODS] = { "uffdsnap", "fork", "stw" };
 
+/* --memory: what the uffdsnap method snapshots. fork and stw always run on
+ * private anonymous memory (fork could not snapshot shared memory), with
+ * transparent huge pages for anon-thp so all three use the same page size. */
+enum { MEM_MEMFD, MEM_ANON, MEM_ANON_THP, MEM_HUGETLB, NMEMORY };
+static const char *const memory_name[NMEMORY] = { "memfd", "anon", "anon-thp", "hugetlb" };
+
 enum { PAT_RANDOM, PAT_SEQUENTIAL };
 enum { SINK_FILE, SINK_NULL };
 enum { CTL_RUN, CTL_PAUSE, CTL_STOP };
@@ -102,6 +108,7 @@ struct options {
 	int sink;
 	int level;
 	bool json, verify, fsync, keep, adapt;
+	int memory;            /* MEM_*: the uffdsnap method's region */
 	const char *out_dir;
 	const char *trace;
 	const char *label;     /* copied into every output line (engine version, run id) */
@@ -1110,21 +1117,28 @@ static void run_method(struct bench *b, int method, struct result *res)
 	res->ran = true;
 	snprintf(path, sizeof(path), "%s/uffdsnap-bench-%d-%s.snap", o->out_dir, (int)getpid(), method_name[method]);
 
-	/* The region: shmem for the library, private anonymous memory (what a
-	 * program such as Redis has) for fork and stw. Same bytes in all. */
-	if (method == M_UFFDSNAP) {
-		mfd = memfd_create("bench", MFD_CLOEXEC);
+	/* The region: shmem (or --memory) for the library, private anonymous
+	 * memory (what a program such as Redis has) for fork and stw. Same bytes
+	 * in all. */
+	if (method == M_UFFDSNAP && (o->memory == MEM_MEMFD || o->memory == MEM_HUGETLB)) {
+		bool huge = o->memory == MEM_HUGETLB;
+
+		mfd = memfd_create("bench", MFD_CLOEXEC | (huge ? MFD_HUGETLB : 0));
 		if (mfd < 0 || ftruncate(mfd, (off_t)len))
-			die("memfd: %s", strerror(errno));
-		b->base = mmap(NULL, len, PROT_READ | PROT_WRITE, MAP_SHARED, mfd, 0);
+			die("memfd%s: %s%s", huge ? " (MFD_HUGETLB)" : "", strerror(errno),
+			    huge ? ": reserve huge pages first (echo N > /proc/sys/vm/nr_hugepages)" : "");
+		b->base = mmap(NULL, len, PROT_READ | PROT_WRITE, MAP_SHARED | (huge ? MAP_POPULATE : 0), mfd, 0);
 		if (b->base == MAP_FAILED)
-			die("mmap memfd: %s", strerror(errno));
+			die("mmap memfd: %s%s", strerror(errno),
+			    huge ? ": reserve huge pages first (echo N > /proc/sys/vm/nr_hugepages)" : "");
 	} else {
 		/* sparse: no commit charge for the holes (64 GiB > RAM is refused otherwise) */
 		b->base = mmap(NULL, len, PROT_READ | PROT_WRITE,
 			       MAP_PRIVATE | MAP_ANONYMOUS | (len > o->size ? MAP_NORESERVE : 0), -1, 0);
 		if (b->base == MAP_FAILED)
 			die("mmap %zu bytes: %s", len, strerror(errno));
+		if (o->memory == MEM_ANON_THP && madvise(b->base, len, MADV_HUGEPAGE))
+			die("MADV_HUGEPAGE: %s", strerror(errno));
 	}
 	fill_data(b->base, o->size, b->stride, o->seed, b->ncpu);
 	b->npages = o->size / PAGE;
@@ -1383,6 +1397,8 @@ static void usage(int code)
 		"                          (the writers are paused for the reference copy: timings then differ)\n"
 		"  --fsync                 all methods fsync their output (uffdsnap: UFFDSNAP_OPT_FSYNC)\n"
 		"  --adapt                 uffdsnap: UFFDSNAP_OPT_ADAPT (store chunks raw while a writer waits)\n"
+		"  --memory KIND           uffdsnap's region: memfd (default), anon, anon-thp (fork and stw on THP\n"
+		"                          too), hugetlb (MFD_HUGETLB: reserve nr_hugepages first)\n"
 		"  --keep                  keep snapshot files\n"
 		"  --warmup-ms N           undisturbed-rate measurement per method (default 1000)\n"
 		"  --settle-max-ms N       longest wait for the rate to recover after a snapshot (default 15000)\n"
@@ -1442,6 +1458,7 @@ static void parse(int argc, char **argv, struct options *o)
 		{ "compress-threads", 1, 0, 'c' }, { "label", 1, 0, 'B' },
 		{ "chunk-kib", 1, 0, 'C' }, { "buffer-mib", 1, 0, 'M' }, { "help", 0, 0, 'h' },
 		{ "timeline-ms", 1, 0, 'R' }, { "region-mib", 1, 0, 'g' }, { "adapt", 0, 0, 'A' },
+		{ "memory", 1, 0, 'y' },
 		{ 0, 0, 0, 0 },
 	};
 	int c;
@@ -1473,6 +1490,12 @@ static void parse(int argc, char **argv, struct options *o)
 		case 'v': o->verify = true; break;
 		case 'f': o->fsync = true; break;
 		case 'A': o->adapt = true; break;
+		case 'y':
+			for (o->memory = 0; o->memory < NMEMORY && strcmp(optarg, memory_name[o->memory]); o->memory++)
+				;
+			if (o->memory == NMEMORY)
+				die("--memory: memfd, anon, anon-thp or hugetlb, not '%s'", optarg);
+			break;
 		case 'K': o->keep = true; break;
 		case 'W': o->warmup_ms = (unsigned)num(optarg); break;
 		case 'S': o->settle_max_ms = (unsigned)num(optarg); break;
@@ -1560,6 +1583,7 @@ int main(int argc, char **argv)
 	e_int(&e, "zstd_level", (uint64_t)b.o.level);
 	e_int(&e, "compress_threads", b.zthreads);
 	e_bool(&e, "adapt", b.o.adapt);
+	e_str(&e, "memory", memory_name[b.o.memory]);
 	e_num(&e, "sink_mb_s", m.sink_mb_s);
 	e_bool(&e, "wp_async", m.wp_async_ok);
 	e_num(&e, "wp_async_fault_p50_us", m.async_p50_us);
@@ -1589,6 +1613,10 @@ int main(int argc, char **argv)
 		e_int(&e, "writers", b.o.writers);
 		e_str(&e, "pattern", b.o.pattern == PAT_RANDOM ? "random" : "sequential");
 		e_str(&e, "sink", b.o.sink == SINK_FILE ? "file" : "null");
+		e_str(&e, "memory", k == M_UFFDSNAP ? memory_name[b.o.memory]
+				    : memory_name[b.o.memory == MEM_ANON_THP ? MEM_ANON_THP : MEM_ANON]);
+		if (k == M_UFFDSNAP)
+			e_bool(&e, "adapt", b.o.adapt);
 		e_bool(&e, "ok", r->ok);
 		e_num(&e, "begin_ms", r->begin_ms);
 		e_num(&e, "max_stall_ms", r->max_stall_ms);
