@@ -156,6 +156,7 @@ def main():
     ap.add_argument("-o", "--out", default="performance-rate.png")
     ap.add_argument("--sink", default="null")
     ap.add_argument("--writers", type=int, default=1)
+    ap.add_argument("--adapt", action="store_true", help="the runs with uffdsnap --adapt (default: without)")
     ap.add_argument("files", nargs="+")
     a = ap.parse_args()
 
@@ -163,7 +164,8 @@ def main():
     for r in runs(a.files):
         u = r.get("uffdsnap")
         if (not u or "timeline_stores_per_ms" not in u or u["sink"] != a.sink or u["writers"] != a.writers
-                or u.get("region_mib", u["size_mib"]) != u["size_mib"]):
+                or u.get("region_mib", u["size_mib"]) != u["size_mib"] or bool(u.get("adapt")) != a.adapt
+                or u.get("memory", "memfd") != "memfd"):
             continue
         groups.setdefault((u["size_mib"], u["pattern"]), []).append(r)
     if not groups:
@@ -172,7 +174,8 @@ def main():
     pats = sorted({p for _, p in groups})
     pw, ph, ml, mt, gap_x, gap_y, head = 560, 190, 70, 30, 40, 62, 70
     img = Image(ml + len(pats) * (pw + gap_x + ml) - ml, head + len(sizes) * (ph + gap_y) + 20)
-    img.text(ml, 12, f"Writer rate, % of undisturbed, vs time (s) from the instant. {a.writers} writer, {a.sink} sink")
+    img.text(ml, 12, f"Writer rate, % of undisturbed, vs time (s) from the instant. {a.writers} writer, {a.sink} sink"
+             + (", uffdsnap with UFFDSNAP_OPT_ADAPT" if a.adapt else ""))
     lx = ml
     for name, c, mc in METHODS:
         img.rect(lx, 40, lx + 24, 44, c)
