@@ -39,5 +39,12 @@ size_t usnap_reader_nchunks(const uffdsnap_reader_t *r, unsigned id);
 void usnap_reader_chunk_span(const uffdsnap_reader_t *r, unsigned id, size_t i, uint64_t *first, uint64_t *end);
 /* Load chunk i of region id with its data, checked against its index entry. */
 int usnap_reader_chunk(uffdsnap_reader_t *r, unsigned id, size_t i, struct usnap_rchunk *out);
+/* The same without decompressing its pages (out->data is NULL): the record
+ * stays loaded for usnap_reader_chunk_scatter(). */
+int usnap_reader_chunk_meta(uffdsnap_reader_t *r, unsigned id, size_t i, struct usnap_rchunk *out);
+/* The pages of the chunk usnap_reader_chunk_meta() loaded, each DATA extent written
+ * at base + (first_page << page shift): decompressed in place, no bounce
+ * buffer. A frame found corrupt may have written some of its pages. */
+int usnap_reader_chunk_scatter(uffdsnap_reader_t *r, uint8_t *base);
 
 #endif

@@ -385,11 +385,10 @@ static int head_load(struct uffdsnap_reader *r)
 
 /* ---- chunks ------------------------------------------------------------------------ */
 
-static int chunk_inflate(struct uffdsnap_reader *r, uint64_t off, const uint8_t *src, uint64_t stored,
-			 uint64_t raw_len)
+/* The payload is one zstd frame of raw_len bytes; r has a context to decode it. */
+static int frame_ok(struct uffdsnap_reader *r, uint64_t off, const uint8_t *src, uint64_t stored, uint64_t raw_len)
 {
 	unsigned long long fcs = ZSTD_getFrameContentSize(src, stored);
-	size_t n;
 
 	if (fcs == ZSTD_CONTENTSIZE_ERROR || ZSTD_findFrameCompressedSize(src, stored) != stored)
 		return bad(r, "chunk at offset %" PRIu64 ": the payload is not exactly one zstd frame", off);
@@ -398,6 +397,17 @@ static int chunk_inflate(struct uffdsnap_reader *r, uint64_t off, const uint8_t 
 			   off, fcs, raw_len);
 	if (!r->dctx && !(r->dctx = ZSTD_createDCtx()))
 		return rd_err(r, -ENOMEM, "out of memory for a zstd context");
+	return 0;
+}
+
+static int chunk_inflate(struct uffdsnap_reader *r, uint64_t off, const uint8_t *src, uint64_t stored,
+			 uint64_t raw_len)
+{
+	size_t n;
+	int rc;
+
+	if ((rc = frame_ok(r, off, src, stored, raw_len)))
+		return rc;
 	if (grow(&r->raw, &r->raw_cap, raw_len))
 		return rd_err(r, -ENOMEM, "out of memory for %" PRIu64 " bytes of pages", raw_len);
 	n = ZSTD_decompressDCtx(r->dctx, r->raw, raw_len, src, stored);
@@ -1307,13 +1317,87 @@ void usnap_reader_chunk_span(const uffdsnap_reader_t *r, unsigned id, size_t i, 
 	*end = e->end;
 }
 
-int usnap_reader_chunk(uffdsnap_reader_t *r, unsigned id, size_t i, struct usnap_rchunk *out)
+static int chunk_by_index(uffdsnap_reader_t *r, unsigned id, size_t i, bool want_data, struct usnap_rchunk *out)
 {
 	struct rd_chunk c;
-	int rc = ent_load(r, id, &r->ents[r->regions[id].ent_lo + i], true, &c);
+	int rc = ent_load(r, id, &r->ents[r->regions[id].ent_lo + i], want_data, &c);
 
 	if (rc)
 		return rc;
 	*out = (struct usnap_rchunk){ .ext = c.ext, .nextents = c.nextents, .data = c.data, .raw_len = c.raw_len };
+	return 0;
+}
+
+int usnap_reader_chunk(uffdsnap_reader_t *r, unsigned id, size_t i, struct usnap_rchunk *out)
+{
+	return chunk_by_index(r, id, i, true, out);
+}
+
+int usnap_reader_chunk_meta(uffdsnap_reader_t *r, unsigned id, size_t i, struct usnap_rchunk *out)
+{
+	return chunk_by_index(r, id, i, false, out);
+}
+
+/*
+ * zstd streams into each DATA extent's place in turn. Its output still goes
+ * through the context's window buffer when an extent is shorter than a zstd
+ * block, but the bulk of the pages is written once, where they belong.
+ */
+int usnap_reader_chunk_scatter(uffdsnap_reader_t *r, uint8_t *base)
+{
+	const struct rd_chunk *c = &r->cur;
+	struct usnap_chunk ch;
+	const uint8_t *payload;
+	ZSTD_inBuffer in;
+	size_t left = 1;
+	int rc;
+
+	if (!r->cur_valid)
+		return rd_err(r, -EINVAL, "no chunk loaded");
+	memcpy(&ch, r->rec + HDR_LEN, sizeof(ch));
+	payload = r->rec + CHNK_FIXED + (size_t)c->nextents * sizeof(struct usnap_extent);
+	if (!(ch.flags & USNAP_CHNK_ZSTD)) {
+		for (uint32_t i = 0; i < c->nextents; i++) {
+			const struct usnap_extent *e = &c->ext[i];
+			size_t len = (size_t)e->npages << r->page_shift;
+
+			if (e->kind == USNAP_EXT_DATA) {
+				memcpy(base + (e->first_page << r->page_shift), payload, len);
+				payload += len;
+			}
+		}
+		return 0;
+	}
+	if ((rc = frame_ok(r, c->offset, payload, ch.stored_len, c->raw_len)))
+		return rc;
+	ZSTD_DCtx_reset(r->dctx, ZSTD_reset_session_only);
+	in = (ZSTD_inBuffer){ payload, ch.stored_len, 0 };
+	for (uint32_t i = 0; i < c->nextents; i++) {
+		const struct usnap_extent *e = &c->ext[i];
+		ZSTD_outBuffer out = { base + (e->first_page << r->page_shift), (size_t)e->npages << r->page_shift, 0 };
+
+		while (e->kind == USNAP_EXT_DATA && out.pos < out.size) {
+			size_t pos = out.pos, ipos = in.pos;
+
+			left = ZSTD_decompressStream(r->dctx, &out, &in);
+			if (ZSTD_isError(left))
+				return bad(r, "chunk at offset %" PRIu64 ": zstd: %s", c->offset, ZSTD_getErrorName(left));
+			if (out.pos == pos && in.pos == ipos)
+				return bad(r, "chunk at offset %" PRIu64 ": the zstd frame ends before its %" PRIu64
+					   " bytes of pages", c->offset, c->raw_len);
+		}
+	}
+	/* Every page is placed; the frame's end (and its checksum) must follow. */
+	while (left) {
+		ZSTD_outBuffer none = { NULL, 0, 0 };
+		size_t ipos = in.pos;
+
+		left = ZSTD_decompressStream(r->dctx, &none, &in);
+		if (ZSTD_isError(left))
+			return bad(r, "chunk at offset %" PRIu64 ": zstd: %s", c->offset, ZSTD_getErrorName(left));
+		if (left && in.pos == ipos)
+			return bad(r, "chunk at offset %" PRIu64 ": the zstd frame holds more than its %" PRIu64
+				   " bytes of pages", c->offset, c->raw_len);
+	}
 	return 0;
 }

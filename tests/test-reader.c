@@ -208,7 +208,7 @@ static const char *check_damaged(const char *path, const char *what)
 
 		if (uffdsnap_reader_region(r, id, &ri) || ri.length != lens[id])
 			continue;
-		buf = malloc(ri.length);
+		buf = aligned_alloc(PS, ri.length);
 		rc = uffdsnap_reader_read(r, id, 0, buf, ri.length);
 		if (rc == 0)
 			ck_assert_msg(!memcmp(buf, expect[id], ri.length), "%s: read() of region %u returned wrong "
@@ -216,6 +216,14 @@ static const char *check_damaged(const char *path, const char *what)
 		else
 			ck_assert_msg(rc == -EBADMSG || rc == -ENODATA, "%s: read: %d %s", what, rc,
 				      uffdsnap_reader_error(r));
+		/* eager restore decompresses in place (reader.c usnap_reader_chunk_scatter) */
+		rc = uffdsnap_restore_into(r, id, buf, ri.length, NULL, NULL);
+		if (rc == 0)
+			ck_assert_msg(!memcmp(buf, expect[id], ri.length), "%s: restore_into() of region %u wrote "
+				      "wrong data without an error", what, id);
+		else
+			ck_assert_msg(rc == -EBADMSG || rc == -ENODATA, "%s: restore_into: %d %s", what, rc,
+				      uffdsnap_last_error());
 		free(buf);
 	}
 	uffdsnap_reader_free(r);
@@ -568,6 +576,48 @@ static void hostile(uint32_t type, size_t field, uint64_t v, size_t size, bool r
 
 #define HDR sizeof(struct usnap_rec_hdr)
 #define F(type, member) (HDR + offsetof(type, member))
+
+/*
+ * A compressed chunk whose zstd payload is damaged but whose record checksum
+ * was recomputed: only zstd can tell (a corrupt block, or its own frame
+ * checksum), and every reader, including eager restore decompressing in
+ * place, must say so rather than return or place wrong pages.
+ */
+START_TEST(zstd_payload_resealed)
+{
+	const struct rec *x = NULL;
+	struct usnap_chunk ch;
+	size_t payload;
+
+	for (unsigned i = 0; i < nrecs && !x; i++) {
+		if (recs[i].type != USNAP_REC_CHNK)
+			continue;
+		memcpy(&ch, file + recs[i].off + HDR, sizeof(ch));
+		if (ch.flags & USNAP_CHNK_ZSTD)
+			x = &recs[i];
+	}
+	ck_assert_msg(x != NULL, "no compressed chunk in the test snapshot");
+	payload = x->off + HDR + sizeof(ch) + ch.nextents * sizeof(struct usnap_extent);
+	/* the frame header, a block in the middle, the frame's own checksum */
+	const size_t where[] = { 6, ch.stored_len / 2, ch.stored_len - 2 };
+	for (unsigned k = 0; k < 3; k++) {
+		size_t at = payload + where[k];
+		uint8_t *copy = malloc(file_len);
+		struct usnap_rec_hdr *h = (struct usnap_rec_hdr *)(copy + x->off);
+		char what[96];
+		const char *msg;
+
+		memcpy(copy, file, file_len);
+		copy[at] ^= 0x5a;
+		h->crc = usnap_rec_crc(h, x->len);
+		snprintf(what, sizeof(what), "zstd payload byte +%zu of %llu flipped, re-sealed", at - payload,
+			 (unsigned long long)ch.stored_len);
+		msg = check_damaged(put_file("zstd", copy, file_len), what);
+		printf("  %-48s -> %s\n", what, msg);
+		free(copy);
+	}
+}
+END_TEST
 
 START_TEST(hostile_fields)
 {
@@ -1015,6 +1065,7 @@ int main(int argc, char **argv)
 		tcase_add_test(ts, corruption_sweep);
 		tcase_add_test(ts, truncation);
 		tcase_add_test(ts, hostile_fields);
+		tcase_add_test(ts, zstd_payload_resealed);
 		tcase_add_test(ts, failed_snapshot_says_why);
 		tcase_add_test(ts, garbage_files);
 		tcase_add_test(ts, stream_verify);
