@@ -182,6 +182,7 @@ static void *worker_main(void *arg)
 	struct usnap_job *j;
 	bool last;
 
+	usnap_thread_name("usnap-zstd");
 	if (!cc || !runs)
 		usnap_fail(s, -ENOMEM, "allocating a compression context");
 	else if (ZSTD_isError(ZSTD_CCtx_setParameter(cc, ZSTD_c_compressionLevel, s->zstd_level)) ||

@@ -472,6 +472,7 @@ static void *io_main(void *arg)
 {
 	uffdsnap_snap_t *s = arg;
 
+	usnap_thread_name("usnap-io");
 	uv_run(&s->io.loop, UV_RUN_DEFAULT);
 	return NULL;
 }

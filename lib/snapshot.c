@@ -18,6 +18,7 @@
 #include <signal.h>
 #include <sys/eventfd.h>
 #include <sys/mman.h>
+#include <sys/prctl.h>
 #include <sys/random.h>
 #include <time.h>
 #include <unistd.h>
@@ -157,6 +158,13 @@ int usnap_thread_start(pthread_t *t, void *(*fn)(void *), void *arg)
 	r = pthread_create(t, NULL, fn, arg);
 	pthread_sigmask(SIG_SETMASK, &old, NULL);
 	return -r;
+}
+
+/* Named for top -H, perf and gdb; prctl, not pthread_setname_np, since the
+ * handler may not allocate (see usnap_sys_alloc). */
+void usnap_thread_name(const char *name)
+{
+	prctl(PR_SET_NAME, name, 0, 0, 0);
 }
 
 static int cmp_by_addr(const void *a, const void *b)
