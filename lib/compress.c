@@ -98,17 +98,20 @@ static int build_record(uffdsnap_snap_t *s, ZSTD_CCtx *cc, struct usnap_job *j, 
 	struct usnap_rec_hdr *rh = (struct usnap_rec_hdr *)j->out;
 	struct usnap_chunk *ch = (struct usnap_chunk *)(rh + 1);
 	struct usnap_extent *ext = (struct usnap_extent *)(ch + 1);
-	size_t nruns, data_bytes = 0, stored = 0, payload_cap;
+	static const uint8_t zero_pad[8];
+	size_t nruns, data_bytes = 0, stored = 0, payload_cap, head;
 	uint64_t zero_found, zero_pages = 0;
 	uint32_t flags = 0, n;
 	uint8_t *payload;
+	bool in_place = false;
 	int r;
 
 	n = split_zero(s, j, ext, runs, &nruns, &zero_found);
 	for (size_t i = 0; i < nruns; i++)
 		data_bytes += runs[i].len;
 	payload = (uint8_t *)(ext + n);
-	payload_cap = s->pool->out_cap - (size_t)(payload - j->out);
+	head = (size_t)(payload - j->out);
+	payload_cap = s->pool->out_cap - head;
 	if (data_bytes && !((s->flags & UFFDSNAP_OPT_ADAPT) && atomic_load(&s->fault_starved))) {
 		r = compress_runs(cc, runs, nruns, data_bytes, payload, payload_cap, &stored);
 		if (r)
@@ -117,19 +120,41 @@ static int build_record(uffdsnap_snap_t *s, ZSTD_CCtx *cc, struct usnap_job *j, 
 			flags = USNAP_CHNK_ZSTD;
 	}
 	if (data_bytes && !flags) {
-		stored = 0;
-		for (size_t i = 0; i < nruns; i++) {
-			memcpy(payload + stored, runs[i].p, runs[i].len);
-			stored += runs[i].len;
-		}
+		/* Stored as copied. The pages are written from the raw buffer
+		 * itself, after the head: copying them behind it would be one
+		 * more pass over every byte, and uncompressed chunks are what
+		 * UFFDSNAP_OPT_ADAPT makes to be fast. Only a chunk cut into more
+		 * runs (by zero pages) than a job has parts is gathered. */
+		stored = data_bytes;
+		in_place = nruns + 2 <= USNAP_JOB_PARTS;
+		for (size_t i = 0, at = 0; !in_place && i < nruns; at += runs[i++].len)
+			memcpy(payload + at, runs[i].p, runs[i].len);
 		atomic_fetch_add(&s->chunks_uncompressed, 1);
 	}
-	j->out_len = usnap_pad8((size_t)(payload - j->out) + stored);
-	memset(payload + stored, 0, j->out_len - (size_t)(payload - j->out) - stored);
+	j->out_len = usnap_pad8(head + stored);
 	*ch = (struct usnap_chunk){ .region = j->region, .nextents = n, .flags = flags,
 				    .raw_len = data_bytes, .stored_len = stored };
 	*rh = (struct usnap_rec_hdr){ .type = USNAP_REC_CHNK, .len = j->out_len };
-	rh->crc = usnap_rec_crc(j->out, j->out_len);
+	if (in_place) {
+		uint32_t crc = usnap_rec_crc(j->out, head);
+
+		j->nparts = 0;
+		j->part[j->nparts++] = (struct usnap_part){ j->out, head };
+		for (size_t i = 0; i < nruns; i++) {
+			crc = usnap_crc32c(crc, runs[i].p, runs[i].len);
+			j->part[j->nparts++] = (struct usnap_part){ runs[i].p, runs[i].len };
+		}
+		if (j->out_len > head + stored) {
+			crc = usnap_crc32c(crc, zero_pad, j->out_len - head - stored);
+			j->part[j->nparts++] = (struct usnap_part){ zero_pad, j->out_len - head - stored };
+		}
+		rh->crc = crc;
+	} else {
+		memset(payload + stored, 0, j->out_len - head - stored);
+		rh->crc = usnap_rec_crc(j->out, j->out_len);
+		j->part[0] = (struct usnap_part){ j->out, j->out_len };
+		j->nparts = 1;
+	}
 
 	j->first_page = ext[0].first_page;
 	j->end_page = 0;

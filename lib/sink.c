@@ -424,14 +424,15 @@ static bool io_prepare(uffdsnap_snap_t *s)
 		io->head_written = true;
 	}
 	pthread_mutex_lock(&io->lock);
-	while (io->nbufs < 64 && (j = io->q_head)) {
+	while ((j = io->q_head) && io->nbufs + j->nparts <= sizeof(io->bufs) / sizeof(io->bufs[0])) {
 		if (!(io->q_head = j->next))
 			io->q_tail = NULL;
 		j->file_offset = io->offset;
 		for (unsigned i = 0; i < io->nbufs; i++)
 			j->file_offset += io->bufs[i].len;
 		io->batch[io->nbatch++] = j;
-		add_buf(io, j->out, j->out_len);
+		for (unsigned i = 0; i < j->nparts; i++)
+			add_buf(io, (void *)j->part[i].p, j->part[i].len);
 	}
 	bool drained = io->producers_done && !io->q_head;
 	pthread_mutex_unlock(&io->lock);

@@ -116,6 +116,13 @@ struct usnap_sreg {
 	bool registered;           /* UFFDIO_REGISTER in force */
 };
 
+/* The pieces a record is written from, in order (see compress.c build_record). */
+#define USNAP_JOB_PARTS 16
+struct usnap_part {
+	const uint8_t *p;
+	size_t len;
+};
+
 /*
  * One chunk buffer: raw page bytes copied by the handler, then the finished
  * record built by a compression worker, held until the sink has written it.
@@ -128,8 +135,10 @@ struct usnap_job {
 	bool fault;                /* pages copied for writers: compress first */
 	struct usnap_extent *ext;  /* capacity: snap->job_ext_cap */
 	uint8_t *raw;              /* capacity: chunk_bytes */
-	uint8_t *out;              /* the record; capacity: snap->job_out_cap */
-	size_t out_len;
+	uint8_t *out;              /* the record, or its head; capacity: snap->job_out_cap */
+	size_t out_len;            /* the whole record's length */
+	struct usnap_part part[USNAP_JOB_PARTS]; /* what to write: out, or out's head + runs of raw */
+	unsigned nparts;
 	uint64_t zero_pages;       /* set by the worker: pages recorded as zero */
 	uint64_t first_page, end_page;  /* set by the worker, for the index */
 	uint64_t file_offset;      /* set by the I/O stage when batched */

@@ -348,6 +348,51 @@ START_TEST(sink_options_threads_fsync)
 }
 END_TEST
 
+/*
+ * Chunks zstd cannot shrink are written from the copied pages themselves,
+ * in as many pieces as zero pages cut them into, or gathered when they are
+ * cut into more pieces than a job holds (compress.c build_record). Random
+ * pages with a zero page every `every` pages, to a file and to a callback
+ * that sees each piece: both byte-exact, every chunk stored uncompressed.
+ */
+static void uncompressed_case(unsigned every)
+{
+	const size_t len = 8 * MiB;
+	struct usnap_fix f;
+	uffdsnap_stats_t st;
+	const uffdsnap_opts_t o = usnap_opts(4 * MiB, 256 * 1024);
+	uint8_t *mem = usnap_fix_mem(&f, len);
+	int r;
+
+	usnap_fill_random(mem, len, 4242 + every);
+	for (size_t p = 0; every && p < len / usnap_page; p += every)
+		memset(mem + p * usnap_page, 0, usnap_page);
+	f.ref = usnap_mem_copy(&f.m);
+	usnap_fix_ctx(&f, "u", &o);
+	usnap_fix_cb(&f, every & 1 ? NULL : "snap");
+	r = uffdsnap_begin(f.ctx, usnap_cb_sink(&f.cb), &f.s);
+	ck_assert_msg(r == 0, "begin: %d (%s)", r, uffdsnap_last_error());
+	r = uffdsnap_wait(f.s);
+	ck_assert_msg(r == 0, "wait: %d %s", r, uffdsnap_snap_error(f.s));
+	usnap_stats(f.s, &st);
+	printf("  zero page every %u: %llu of %llu chunks uncompressed, %llu bytes\n", every,
+	       (unsigned long long)st.chunks_uncompressed, (unsigned long long)st.chunks,
+	       (unsigned long long)st.bytes_out);
+	ck_assert_uint_eq(st.chunks_uncompressed, st.chunks);
+	usnap_fix_check(&f);
+	usnap_fix_free(&f);
+}
+
+START_TEST(sink_uncompressed_pieces)
+{
+	usnap_watchdog(60, "sink_uncompressed_pieces");
+	uncompressed_case(0);   /* one piece of pages a chunk */
+	uncompressed_case(8);   /* 8 pieces */
+	uncompressed_case(3);   /* 22 pieces: gathered; kept in memory, not in a file */
+	uncompressed_case(2);   /* 32 pieces: gathered */
+}
+END_TEST
+
 START_TEST(sink_options_struct)
 {
 	struct {
@@ -442,6 +487,7 @@ int main(void)
 	tcase_add_test(tc, sink_callback);
 	tcase_add_test(tc, sink_options_levels);
 	tcase_add_test(tc, sink_options_threads_fsync);
+	tcase_add_test(tc, sink_uncompressed_pieces);
 	suite_add_tcase(s, tc);
 	/* no write faults: valgrind-friendly (CK_RUN_CASE=opts) */
 	tc = tcase_create("opts");
