@@ -396,7 +396,9 @@ typedef struct uffdsnap_lazy_region {
 
 /* uffdsnap_lazy_opts.flags */
 /* No background pass until uffdsnap_lazy_wait() or uffdsnap_lazy_free():
- * only faults are served (to measure or test the fault path alone). */
+ * only faults are served (to measure or test the fault path alone). For
+ * uffdsnap_serve_conn(): until the client calls uffdsnap_lazy_client_wait()
+ * or uffdsnap_lazy_client_free(), or hangs up. */
 #define UFFDSNAP_LAZY_NO_PREFETCH (1u << 0)
 /* Do not log a failure to stderr (uffdsnap_lazy_error() still has it). */
 #define UFFDSNAP_LAZY_QUIET (1u << 1)
@@ -489,6 +491,10 @@ int uffdsnap_lazy_connect(uffdsnap_lazy_client_t **c, const char *socket_path,
 int uffdsnap_lazy_client_wait(uffdsnap_lazy_client_t *c);
 /* Why it failed, or "". */
 const char *uffdsnap_lazy_client_error(const uffdsnap_lazy_client_t *c);
+/* Fill *out (set out->size first) with the server's figures for this restore,
+ * as it sent them with its final status: until then (and from a server that
+ * does not send them) only state and error are set, the counts are 0. */
+int uffdsnap_lazy_client_stats(const uffdsnap_lazy_client_t *c, uffdsnap_lazy_stats_t *out);
 /* uffdsnap_lazy_client_wait(), then release everything. */
 void uffdsnap_lazy_client_free(uffdsnap_lazy_client_t *c);
 

@@ -17,10 +17,17 @@
  * with zeros: wrong data without an error.
  *
  * Protocol (native byte order, both ends on one machine), on a SOCK_STREAM:
- *   client -> server: hello (with the fd), then nregions x (srv_region, name)
+ *   client -> server: hello (with the fd), then nregions x (srv_region, name);
+ *                     later, with SRV_HELLO_WAIT, one srv_wait when the
+ *                     program first waits for the end of the restore
  *   server -> client: status STARTED (0 or the error setting up failed with),
- *                     then, if 0, status FINISHED once every page is resident
- *                     or the restore failed.
+ *                     then, if 0, with SRV_HELLO_STATS a status STATS (the
+ *                     server's figures), and status FINISHED once every page
+ *                     is resident or the restore failed.
+ * The hello's flags are what the client understands beyond version 1's first
+ * form: a server ignores flags it does not know, and never sends a client a
+ * message the client did not ask for (an older client would take anything
+ * but FINISHED for the server going away).
  * A server that already serves max_clients connections from its reader
  * answers STARTED -EAGAIN at once, before it reads anything, and hangs up:
  * a refusal costs it no wait on a client that is slow to send, and the
@@ -46,12 +53,18 @@
 #define SRV_VERSION 1
 #define SRV_STARTED 1
 #define SRV_FINISHED 2
+#define SRV_STATS 3
+#define SRV_WAIT 4
+
+/* srv_hello.flags */
+#define SRV_HELLO_WAIT (1u << 0)  /* the client sends srv_wait: a no-prefetch server waits for it */
+#define SRV_HELLO_STATS (1u << 1) /* the client reads a STATS status before FINISHED */
 
 struct srv_hello {
 	char magic[8];
 	uint32_t version;
 	uint32_t nregions;      /* 1..USNAP_MAX_REGIONS */
-	uint32_t reserved;      /* 0 */
+	uint32_t flags;         /* SRV_HELLO_*; 0 from the first clients */
 	uint32_t page_size;
 	uint64_t features;      /* UFFD_FEATURE_* negotiated on the descriptor */
 };
@@ -62,14 +75,30 @@ struct srv_region {
 	uint32_t reserved;
 };
 
+/* The server's uffdsnap_lazy_stats_t, as far as the protocol carries it. */
+struct srv_stats {
+	int32_t state;
+	uint32_t reserved;
+	uint64_t start_ns, resident_ns, pages_total, pages_fault, pages_prefetch, pages_zero_fault, faults,
+		 chunks_fault, chunks_prefetch;
+};
+
 struct srv_status {
-	uint32_t kind;          /* SRV_STARTED, SRV_FINISHED */
+	uint32_t kind;          /* SRV_STARTED, SRV_STATS, SRV_FINISHED */
 	int32_t status;         /* 0 or a negative errno */
-	char msg[504];          /* NUL-terminated */
+	union {
+		char msg[504];  /* STARTED, FINISHED: NUL-terminated */
+		struct srv_stats stats;
+	};
+};
+
+struct srv_wait {
+	uint32_t kind;          /* SRV_WAIT */
+	uint32_t reserved;
 };
 
 _Static_assert(sizeof(struct srv_hello) == 32 && sizeof(struct srv_region) == 24 &&
-	       sizeof(struct srv_status) == 512, "protocol layout");
+	       sizeof(struct srv_status) == 512 && sizeof(struct srv_wait) == 8, "protocol layout");
 
 static int write_all(int fd, const void *buf, size_t len)
 {
@@ -111,6 +140,22 @@ static int send_status(int fd, uint32_t kind, int status, const char *msg)
 }
 
 /* ---- the server ----------------------------------------------------------------- */
+
+static void send_stats(int fd, const uffdsnap_lazy_t *lz)
+{
+	uffdsnap_lazy_stats_t st = { .size = sizeof(st) };
+	struct srv_status m = { .kind = SRV_STATS };
+
+	uffdsnap_lazy_stats(lz, &st);
+	m.status = st.error;
+	m.stats = (struct srv_stats){
+		.state = st.state, .start_ns = st.start_ns, .resident_ns = st.resident_ns,
+		.pages_total = st.pages_total, .pages_fault = st.pages_fault, .pages_prefetch = st.pages_prefetch,
+		.pages_zero_fault = st.pages_zero_fault, .faults = st.faults, .chunks_fault = st.chunks_fault,
+		.chunks_prefetch = st.chunks_prefetch,
+	};
+	(void)write_all(fd, &m, sizeof(m));
+}
 
 static bool is_uffd(int fd)
 {
@@ -221,7 +266,16 @@ static int serve(uffdsnap_reader_t *r, int conn, const uffdsnap_lazy_opts_t *opt
 	send_status(conn, SRV_STARTED, rc, rc ? uffdsnap_last_error() : "");
 	if (rc)
 		return rc;
+	/* as uffdsnap_lazy_wait() in-process: only faults are served until the
+	 * client waits for the end, or hangs up (then nobody faults any more,
+	 * and the prefetcher finds the process gone or everything placed) */
+	if (opts->flags & UFFDSNAP_LAZY_NO_PREFETCH && h.flags & SRV_HELLO_WAIT) {
+		struct srv_wait w;
+		(void)read_all(conn, &w, sizeof(w));
+	}
 	rc = uffdsnap_lazy_wait(lz);
+	if (h.flags & SRV_HELLO_STATS)
+		send_stats(conn, lz);
 	send_status(conn, SRV_FINISHED, rc, uffdsnap_lazy_error(lz));
 	if (rc)
 		usnap_err(rc, "%s", uffdsnap_lazy_error(lz));
@@ -268,6 +322,8 @@ struct uffdsnap_lazy_client {
 	int state;                  /* UFFDSNAP_LAZY_*, under lock */
 	int err;
 	char msg[512];
+	uffdsnap_lazy_stats_t stats; /* the server's, once it sent them; under lock */
+	_Atomic bool said_wait;
 };
 
 /* The server is gone before it finished: no page that has not arrived ever
@@ -299,8 +355,20 @@ static void *watcher_main(void *arg)
 {
 	uffdsnap_lazy_client_t *c = arg;
 	struct srv_status st;
-	int rc = read_all(c->sock, &st, sizeof(st));
+	int rc;
 
+	while (!(rc = read_all(c->sock, &st, sizeof(st))) && st.kind == SRV_STATS) {
+		pthread_mutex_lock(&c->lock);
+		c->stats = (uffdsnap_lazy_stats_t){
+			.size = sizeof(c->stats), .state = st.stats.state, .error = st.status,
+			.start_ns = st.stats.start_ns, .resident_ns = st.stats.resident_ns,
+			.pages_total = st.stats.pages_total, .pages_fault = st.stats.pages_fault,
+			.pages_prefetch = st.stats.pages_prefetch, .pages_zero_fault = st.stats.pages_zero_fault,
+			.faults = st.stats.faults, .chunks_fault = st.stats.chunks_fault,
+			.chunks_prefetch = st.stats.chunks_prefetch,
+		};
+		pthread_mutex_unlock(&c->lock);
+	}
 	pthread_mutex_lock(&c->lock);
 	if (!rc && st.kind == SRV_FINISHED) {
 		c->err = st.status <= 0 && st.status >= -4095 ? st.status : -EPROTO;
@@ -322,7 +390,7 @@ static void *watcher_main(void *arg)
 
 static int send_hello(uffdsnap_lazy_client_t *c, const uffdsnap_lazy_region_t *regions, unsigned n)
 {
-	struct srv_hello h = { .version = SRV_VERSION, .nregions = n,
+	struct srv_hello h = { .version = SRV_VERSION, .nregions = n, .flags = SRV_HELLO_WAIT | SRV_HELLO_STATS,
 			       .page_size = (uint32_t)sysconf(_SC_PAGESIZE), .features = c->features };
 	union {
 		struct cmsghdr hdr;
@@ -457,10 +525,15 @@ fail:
 
 USNAP_EXPORT int uffdsnap_lazy_client_wait(uffdsnap_lazy_client_t *c)
 {
+	struct srv_wait w = { .kind = SRV_WAIT };
 	int err;
 
 	if (!c)
 		return -EINVAL;
+	/* a no-prefetch server starts its prefetcher now, as uffdsnap_lazy_wait()
+	 * does in-process; if the server is gone, the watcher sees that anyway */
+	if (!atomic_exchange(&c->said_wait, true))
+		(void)write_all(c->sock, &w, sizeof(w));
 	pthread_mutex_lock(&c->lock);
 	while (c->state == UFFDSNAP_LAZY_RUNNING)
 		pthread_cond_wait(&c->cv, &c->lock);
@@ -472,6 +545,23 @@ USNAP_EXPORT int uffdsnap_lazy_client_wait(uffdsnap_lazy_client_t *c)
 USNAP_EXPORT const char *uffdsnap_lazy_client_error(const uffdsnap_lazy_client_t *c)
 {
 	return c ? c->msg : "";
+}
+
+USNAP_EXPORT int uffdsnap_lazy_client_stats(const uffdsnap_lazy_client_t *c, uffdsnap_lazy_stats_t *out)
+{
+	uffdsnap_lazy_client_t *cc = (uffdsnap_lazy_client_t *)c; /* the lock is taken, nothing changed */
+	uffdsnap_lazy_stats_t st;
+
+	if (!c || !out || out->size < sizeof(out->size))
+		return -EINVAL;
+	pthread_mutex_lock(&cc->lock);
+	st = c->stats;
+	st.state = c->state;
+	st.error = c->err;
+	pthread_mutex_unlock(&cc->lock);
+	st.size = out->size;
+	memcpy(out, &st, out->size < sizeof(st) ? out->size : sizeof(st));
+	return 0;
 }
 
 USNAP_EXPORT void uffdsnap_lazy_client_free(uffdsnap_lazy_client_t *c)

@@ -30,12 +30,49 @@
 static char tool[PATH_MAX];
 static struct usnap_snapfile fx;
 static char sock_path[PATH_MAX + 16];
+static uint64_t zero_pages; /* pages the snapshot records as zero */
 
 /* A snapshot of one 16 MiB memfd "pool", and the server's socket next to it. */
 static void fixture(void)
 {
+	uffdsnap_info_t info = { .size = sizeof(info) };
+	uffdsnap_reader_t *r;
+
 	usnap_snapfile_new(&fx, "pool", LEN, 23, 6, 9);
 	snprintf(sock_path, sizeof(sock_path), "%s/sock", fx.dir);
+	r = usnap_reader(fx.path);
+	uffdsnap_reader_info(r, &info);
+	zero_pages = info.pages_zero;
+	uffdsnap_reader_free(r);
+}
+
+/* A fresh memfd for "pool" in dst, handed to the server at sock_path. */
+static uffdsnap_lazy_client_t *connect_pool(struct usnap_mem *dst)
+{
+	uffdsnap_lazy_region_t reg;
+	uffdsnap_lazy_client_t *c;
+	int rc;
+
+	usnap_memfd(dst, LEN);
+	reg = (uffdsnap_lazy_region_t){ .name = "pool", .addr = dst->addr, .len = LEN };
+	rc = uffdsnap_lazy_connect(&c, sock_path, &reg, 1);
+	ck_assert_msg(rc == 0, "lazy_connect: %d %s", rc, uffdsnap_last_error());
+	return c;
+}
+
+/* The server's figures, as the client got them with the final status. */
+static void print_served(const char *what, uffdsnap_lazy_client_t *c, uffdsnap_lazy_stats_t *st)
+{
+	st->size = sizeof(*st);
+	ck_assert_int_eq(uffdsnap_lazy_client_stats(c, st), 0);
+	printf("  %s: resident after %.1f ms; %llu faults; data pages by fault %llu, by prefetch %llu; zero pages "
+	       "filled on touch %llu; chunks loaded for faults %llu, by prefetch %llu\n", what, st->resident_ns / 1e6,
+	       (unsigned long long)st->faults, (unsigned long long)st->pages_fault,
+	       (unsigned long long)st->pages_prefetch, (unsigned long long)st->pages_zero_fault,
+	       (unsigned long long)st->chunks_fault, (unsigned long long)st->chunks_prefetch);
+	ck_assert_int_eq(st->state, UFFDSNAP_LAZY_DONE);
+	ck_assert_uint_eq(st->pages_total, LEN / usnap_page);
+	ck_assert_uint_eq(st->pages_fault + st->pages_prefetch + zero_pages, LEN / usnap_page);
 }
 
 /* `uffdsnap serve` in a child process, its output into the file log unless
@@ -65,9 +102,9 @@ static pid_t tool_server(const char *extra, const char *log)
 
 START_TEST(serve_roundtrip)
 {
+	uffdsnap_lazy_stats_t st;
 	uffdsnap_lazy_client_t *c;
 	struct usnap_mem dst;
-	uffdsnap_lazy_region_t reg;
 	uint64_t s = 5, t0;
 	pid_t server;
 	int rc, status;
@@ -75,11 +112,8 @@ START_TEST(serve_roundtrip)
 	usnap_watchdog(90, "serve_roundtrip");
 	fixture();
 	server = tool_server("--once", NULL);
-	usnap_memfd(&dst, LEN);
-	reg = (uffdsnap_lazy_region_t){ .name = "pool", .addr = dst.addr, .len = LEN };
 	t0 = usnap_now_ns();
-	rc = uffdsnap_lazy_connect(&c, sock_path, &reg, 1);
-	ck_assert_msg(rc == 0, "lazy_connect: %d %s", rc, uffdsnap_last_error());
+	c = connect_pool(&dst);
 	printf("  connected to the page server (pid %d) in %.2f ms\n", (int)server, usnap_ms_since(t0));
 	/* random touches, then everything, while the server prefetches */
 	for (int i = 0; i < 300; i++) {
@@ -90,9 +124,48 @@ START_TEST(serve_roundtrip)
 	ck_assert_msg(rc == 0, "client_wait: %d %s", rc, uffdsnap_lazy_client_error(c));
 	printf("  restored across processes in %.1f ms\n", usnap_ms_since(t0));
 	ck_assert(!memcmp(dst.addr, fx.want, LEN));
+	print_served("served, with prefetch", c, &st);
 	uffdsnap_lazy_client_free(c);
 	status = usnap_wait_child(server, 20, "the page server");
 	ck_assert_msg(WIFEXITED(status) && WEXITSTATUS(status) == 0, "server status 0x%x", status);
+	usnap_mem_free(&dst);
+	usnap_snapfile_free(&fx);
+}
+END_TEST
+
+/*
+ * `serve --no-prefetch`: every page arrives for a fault. The client touches
+ * all of them, scattered (page i * 1237 mod n: every page once, as 1237 is
+ * odd and n a power of two), before it waits: the server's prefetcher, which
+ * would start only then, finds nothing left to place.
+ */
+START_TEST(serve_no_prefetch)
+{
+	const size_t npages = LEN / usnap_page;
+	uffdsnap_lazy_stats_t st;
+	uffdsnap_lazy_client_t *c;
+	struct usnap_mem dst;
+	pid_t server;
+	int rc, status;
+
+	usnap_watchdog(90, "serve_no_prefetch");
+	fixture();
+	server = tool_server("--no-prefetch", NULL);
+	c = connect_pool(&dst);
+	for (size_t i = 0; i < npages; i++) {
+		size_t p = i * 1237 % npages;
+		usnap_assert_msg(!memcmp(dst.addr + p * usnap_page, fx.want + p * usnap_page, usnap_page), "page %zu", p);
+	}
+	rc = uffdsnap_lazy_client_wait(c);
+	ck_assert_msg(rc == 0, "client_wait: %d %s", rc, uffdsnap_lazy_client_error(c));
+	print_served("served, --no-prefetch", c, &st);
+	ck_assert_uint_eq(st.pages_prefetch, 0);
+	ck_assert_uint_eq(st.chunks_prefetch, 0);
+	ck_assert_uint_eq(st.pages_zero_fault, zero_pages);
+	uffdsnap_lazy_client_free(c);
+	kill(server, SIGTERM);
+	status = usnap_wait_child(server, 20, "the page server");
+	ck_assert(WIFSIGNALED(status));
 	usnap_mem_free(&dst);
 	usnap_snapfile_free(&fx);
 }
@@ -126,8 +199,9 @@ START_TEST(serve_mismatch)
 }
 END_TEST
 
-/* A thread of process pid is blocked in system call nr. */
-static bool in_syscall(pid_t pid, long nr)
+/* Some thread of process pid has a /proc/PID/task/TID/file (syscall, wchan)
+ * that begins with prefix: it is blocked in that system call, or there. */
+static bool task_shows(pid_t pid, const char *file, const char *prefix)
 {
 	char dir[64], path[PATH_MAX], buf[64];
 	struct dirent *e;
@@ -140,14 +214,25 @@ static bool in_syscall(pid_t pid, long nr)
 	while (!found && (e = readdir(d))) {
 		FILE *f;
 
-		snprintf(path, sizeof(path), "%s/%s/syscall", dir, e->d_name);
+		snprintf(path, sizeof(path), "%s/%s/%s", dir, e->d_name, file);
 		if (e->d_name[0] == '.' || !(f = fopen(path, "re")))
 			continue;
-		found = fgets(buf, sizeof(buf), f) && strtol(buf, NULL, 10) == nr && buf[0] != 'r';
+		found = fgets(buf, sizeof(buf), f) && !strncmp(buf, prefix, strlen(prefix));
 		fclose(f);
 	}
 	closedir(d);
 	return found;
+}
+
+/* Wait (up to 10 s) until task_shows(pid, file, prefix). */
+static void await_task(pid_t pid, const char *file, const char *prefix, const char *what)
+{
+	uint64_t t0 = usnap_now_ns();
+
+	while (!task_shows(pid, file, prefix)) {
+		ck_assert_msg(usnap_ms_since(t0) < 10000, "%s never happened", what);
+		usleep(1000);
+	}
 }
 
 /*
@@ -162,7 +247,7 @@ START_TEST(serve_client_limit)
 	uffdsnap_lazy_region_t reg;
 	uffdsnap_lazy_client_t *c;
 	struct usnap_mem dst, dst2;
-	char log[PATH_MAX + 16];
+	char log[PATH_MAX + 16], in_recvmsg[16];
 	uint64_t t0;
 	size_t len;
 	char *out;
@@ -176,11 +261,8 @@ START_TEST(serve_client_limit)
 	strcpy(sa.sun_path, sock_path);
 	hold = socket(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0);
 	ck_assert(hold >= 0 && !connect(hold, (struct sockaddr *)&sa, sizeof(sa)));
-	t0 = usnap_now_ns();
-	while (!in_syscall(server, SYS_recvmsg)) {
-		ck_assert_msg(usnap_ms_since(t0) < 10000, "the server never waited for the first client's hello");
-		usleep(1000);
-	}
+	snprintf(in_recvmsg, sizeof(in_recvmsg), "%d ", SYS_recvmsg);
+	await_task(server, "syscall", in_recvmsg, "the server waiting for the first client's hello");
 
 	usnap_memfd(&dst, LEN);
 	reg = (uffdsnap_lazy_region_t){ .name = "pool", .addr = dst.addr, .len = LEN };
@@ -317,9 +399,8 @@ START_TEST(server_dies)
 	ck_assert_int_eq(waitpid(server, &status, WUNTRACED), server);
 	ck_assert(WIFSTOPPED(status));
 	ck_assert_int_eq(write(go[1], "g", 1), 1);
-	usleep(200 * 1000);
-	/* still waiting for its page */
-	ck_assert_msg(waitpid(client, &status, WNOHANG) == 0, "the client ended early (status 0x%x)", status);
+	/* nothing else can place that page (the server does not prefetch) */
+	await_task(client, "wchan", "handle_userfault", "the client waiting for its page");
 	kill(server, SIGKILL);
 	waitpid(server, NULL, 0);
 	status = usnap_wait_child(client, 20, "the client");
@@ -342,6 +423,7 @@ int main(void)
 	tc = tcase_create("serve");
 	tcase_set_timeout(tc, 90);
 	tcase_add_test(tc, serve_roundtrip);
+	tcase_add_test(tc, serve_no_prefetch);
 	tcase_add_test(tc, serve_mismatch);
 	tcase_add_test(tc, serve_client_limit);
 	tcase_add_test(tc, client_dies);
