@@ -798,12 +798,11 @@ USNAP_EXPORT void uffdsnap_lazy_opts_init_size(uffdsnap_lazy_opts_t *opts, size_
 int usnap_lazy_opts_get(const uffdsnap_lazy_opts_t *in, uffdsnap_lazy_opts_t *out, const char *fn)
 {
 	*out = (uffdsnap_lazy_opts_t){ .size = sizeof(*out) };
-	if (!in)
-		return 0;
-	if (in->size < offsetof(uffdsnap_lazy_opts_t, flags) + sizeof(in->flags) || in->size > sizeof(*out))
+	if (in && (in->size < offsetof(uffdsnap_lazy_opts_t, flags) + sizeof(in->flags) || in->size > sizeof(*out)))
 		return usnap_err(-EINVAL, "%s: opts->size is %zu: set it to sizeof(uffdsnap_lazy_opts_t) (%zu)", fn,
 				 in->size, sizeof(*out));
-	memcpy(out, in, in->size);
+	if (in)
+		memcpy(out, in, in->size);
 	out->size = sizeof(*out);
 	if (!out->max_clients)
 		out->max_clients = UFFDSNAP_SERVE_MAX_CLIENTS;
