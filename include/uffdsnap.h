@@ -405,6 +405,8 @@ typedef struct uffdsnap_lazy_region {
 
 /* uffdsnap_lazy_opts.max_clients when it is 0 */
 #define UFFDSNAP_SERVE_MAX_CLIENTS 64
+/* uffdsnap_lazy_opts.request_ms when it is 0 */
+#define UFFDSNAP_SERVE_REQUEST_MS 5000
 
 typedef struct uffdsnap_lazy_opts {
 	size_t size;            /* sizeof(uffdsnap_lazy_opts_t) */
@@ -412,6 +414,9 @@ typedef struct uffdsnap_lazy_opts {
 	uint32_t max_clients;   /* uffdsnap_serve_conn() only: connections served at once from one
 	                         * reader; more are refused with -EAGAIN. 0 = UFFDSNAP_SERVE_MAX_CLIENTS.
 	                         * (Added in 0.1's padding: sizeof is unchanged on 64-bit.) */
+	uint32_t request_ms;    /* uffdsnap_serve_conn() only: time a connection has to send its whole
+	                         * request (hello and region table) before the server hangs up on it
+	                         * with -ETIMEDOUT. 0 = UFFDSNAP_SERVE_REQUEST_MS. */
 } uffdsnap_lazy_opts_t;
 
 #define UFFDSNAP_LAZY_RUNNING 0

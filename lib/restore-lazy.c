@@ -806,6 +806,8 @@ int usnap_lazy_opts_get(const uffdsnap_lazy_opts_t *in, uffdsnap_lazy_opts_t *ou
 	out->size = sizeof(*out);
 	if (!out->max_clients)
 		out->max_clients = UFFDSNAP_SERVE_MAX_CLIENTS;
+	if (!out->request_ms)
+		out->request_ms = UFFDSNAP_SERVE_REQUEST_MS;
 	return 0;
 }
 

@@ -28,6 +28,8 @@
  * form: a server ignores flags it does not know, and never sends a client a
  * message the client did not ask for (an older client would take anything
  * but FINISHED for the server going away).
+ * The request (hello and region table) must be in within opts->request_ms
+ * of the call, or the server answers STARTED -ETIMEDOUT and hangs up.
  * A server that already serves max_clients connections from its reader
  * answers STARTED -EAGAIN at once, before it reads anything, and hangs up:
  * a refusal costs it no wait on a client that is slow to send, and the
@@ -41,6 +43,7 @@
 #include <stdlib.h>
 #include <string.h>
 #include <sys/socket.h>
+#include <sys/time.h>
 #include <sys/un.h>
 #include <unistd.h>
 
@@ -167,8 +170,40 @@ static bool is_uffd(int fd)
 	return n > 0 && (target[n] = '\0', !strcmp(target, "anon_inode:[userfaultfd]"));
 }
 
+/* A client's request (hello and region table) must be in by a deadline: a
+ * connection that sends nothing would otherwise hold its thread and its
+ * place among max_clients for as long as it stays open. */
+struct srv_deadline {
+	uint64_t at_ns;
+	uint32_t ms;
+};
+
+static int request_late(const struct srv_deadline *d)
+{
+	return usnap_err(-ETIMEDOUT, "page server: the client did not send its request within %u ms: hung up on it",
+			 d->ms);
+}
+
+/* Let the next receive on conn wait until the deadline at the latest; with
+ * d NULL, for ever. */
+static int rcv_budget(int conn, const struct srv_deadline *d)
+{
+	struct timeval tv = { 0 };
+	uint64_t now = usnap_now_ns(), left_us;
+
+	if (d && now >= d->at_ns)
+		return request_late(d);
+	if (d) {
+		left_us = (d->at_ns - now) / 1000 + 1; /* never 0, which means for ever */
+		tv = (struct timeval){ .tv_sec = (time_t)(left_us / 1000000), .tv_usec = (suseconds_t)(left_us % 1000000) };
+	}
+	if (setsockopt(conn, SOL_SOCKET, SO_RCVTIMEO, &tv, sizeof(tv)))
+		return usnap_err(-errno, "page server: SO_RCVTIMEO: %s", strerror(errno));
+	return 0;
+}
+
 /* The hello and its descriptor. */
-static int recv_hello(int conn, struct srv_hello *h, int *uffd)
+static int recv_hello(int conn, struct srv_hello *h, int *uffd, const struct srv_deadline *d)
 {
 	union {
 		struct cmsghdr hdr;
@@ -178,11 +213,16 @@ static int recv_hello(int conn, struct srv_hello *h, int *uffd)
 	struct msghdr m = { .msg_iov = &iov, .msg_iovlen = 1, .msg_control = u.buf, .msg_controllen = sizeof(u.buf) };
 	struct cmsghdr *c;
 	ssize_t n;
+	int rc;
 
 	*uffd = -1;
+	if ((rc = rcv_budget(conn, d)))
+		return rc;
 	do
 		n = recvmsg(conn, &m, MSG_CMSG_CLOEXEC | MSG_WAITALL);
 	while (n < 0 && errno == EINTR);
+	if (n < 0 && errno == EAGAIN)
+		return request_late(d);
 	if (n < 0)
 		return usnap_err(-errno, "page server: receiving the hello: %s", strerror(errno));
 	/* keep the first descriptor; any other one a client sent is closed, not leaked */
@@ -203,6 +243,8 @@ static int recv_hello(int conn, struct srv_hello *h, int *uffd)
 		*uffd = -1;
 		return usnap_err(-EBADF, "page server: the client sent a descriptor that is not a userfaultfd");
 	}
+	if ((size_t)n < sizeof(*h) && usnap_now_ns() >= d->at_ns) /* part of it, then the timeout */
+		return request_late(d);
 	if ((size_t)n != sizeof(*h) || memcmp(h->magic, SRV_MAGIC, sizeof(h->magic)) || h->version != SRV_VERSION)
 		return usnap_err(-EPROTO, "page server: the client did not send a version %d hello", SRV_VERSION);
 	if (*uffd < 0)
@@ -212,19 +254,31 @@ static int recv_hello(int conn, struct srv_hello *h, int *uffd)
 	return 0;
 }
 
+/* len bytes of the region table. */
+static int recv_table(int conn, void *buf, size_t len, const struct srv_deadline *d)
+{
+	int rc = rcv_budget(conn, d);
+
+	if (!rc && (rc = read_all(conn, buf, len)))
+		rc = rc == -EAGAIN ? request_late(d)
+				   : usnap_err(rc, "page server: reading the region table: %s", strerror(-rc));
+	return rc;
+}
+
 /* The region table; names point into *names. */
-static int recv_regions(int conn, const struct srv_hello *h, uffdsnap_lazy_region_t *regs, char *names)
+static int recv_regions(int conn, const struct srv_hello *h, uffdsnap_lazy_region_t *regs, char *names,
+			const struct srv_deadline *d)
 {
 	for (uint32_t i = 0; i < h->nregions; i++) {
 		struct srv_region g;
-		int rc = read_all(conn, &g, sizeof(g));
+		int rc = recv_table(conn, &g, sizeof(g), d);
 
 		if (rc)
-			return usnap_err(rc, "page server: reading the region table: %s", strerror(-rc));
+			return rc;
 		if (!g.name_len || g.name_len > USNAP_MAX_NAME || g.addr > UINTPTR_MAX || g.len > SIZE_MAX)
 			return usnap_err(-EPROTO, "page server: region %u: name length %u", i, g.name_len);
-		if ((rc = read_all(conn, names, g.name_len)))
-			return usnap_err(rc, "page server: reading the region table: %s", strerror(-rc));
+		if ((rc = recv_table(conn, names, g.name_len, d)))
+			return rc;
 		names[g.name_len] = '\0';
 		regs[i] = (uffdsnap_lazy_region_t){ .name = names, .addr = (void *)(uintptr_t)g.addr,
 						    .len = (size_t)g.len };
@@ -239,16 +293,22 @@ static int serve(uffdsnap_reader_t *r, int conn, const uffdsnap_lazy_opts_t *opt
 	uffdsnap_lazy_region_t *regs = NULL;
 	uffdsnap_lazy_t *lz = NULL;
 	struct ucred cred = { 0 };
+	struct srv_deadline d = { .at_ns = usnap_now_ns() + opts->request_ms * UINT64_C(1000000),
+				  .ms = opts->request_ms };
 	struct srv_hello h;
 	char *names = NULL;
 	int uffd, rc;
 
-	rc = recv_hello(conn, &h, &uffd);
+	rc = recv_hello(conn, &h, &uffd, &d);
 	if (!rc && (!(regs = calloc(h.nregions, sizeof(*regs))) ||
 		    !(names = malloc((size_t)h.nregions * (USNAP_MAX_NAME + 1)))))
 		rc = usnap_err(-ENOMEM, "out of memory");
 	if (!rc)
-		rc = recv_regions(conn, &h, regs, names);
+		rc = recv_regions(conn, &h, regs, names, &d);
+	/* from here the client takes its time: it says when it waits for the
+	 * end whenever its program gets there */
+	if (!rc)
+		rc = rcv_budget(conn, NULL);
 	/* the kernel's word for who the client is, not the client's: the
 	 * SIGBUS fallback must not be aimed at another process */
 	if (!rc && getsockopt(conn, SOL_SOCKET, SO_PEERCRED, &cred, &(socklen_t){ sizeof(cred) }))
@@ -464,11 +524,6 @@ USNAP_EXPORT int uffdsnap_lazy_connect(uffdsnap_lazy_client_t **cp, const char *
 		rc = usnap_err(-ENOMEM, "out of memory");
 		goto fail;
 	}
-	if ((c->sock = socket(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0)) < 0 ||
-	    connect(c->sock, (struct sockaddr *)&sa, sizeof(sa))) {
-		rc = usnap_err(-errno, "connecting to the page server at %s: %s", socket_path, strerror(errno));
-		goto fail;
-	}
 	if ((c->uffd = usnap_restore_uffd(&c->features)) < 0) {
 		rc = c->uffd;
 		goto fail;
@@ -479,6 +534,13 @@ USNAP_EXPORT int uffdsnap_lazy_connect(uffdsnap_lazy_client_t **cp, const char *
 		c->regs[i].addr = (uintptr_t)regions[i].addr;
 		c->regs[i].len = regions[i].len;
 		c->nregs = i + 1;
+	}
+	/* connected only now: the server gives the request a deadline, and the
+	 * emptiness checks above may take a while for large regions */
+	if ((c->sock = socket(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0)) < 0 ||
+	    connect(c->sock, (struct sockaddr *)&sa, sizeof(sa))) {
+		rc = usnap_err(-errno, "connecting to the page server at %s: %s", socket_path, strerror(errno));
+		goto fail;
 	}
 	/* a server that refuses us answers without reading and hangs up: when
 	 * the sending failed for that, its answer is still there to read (and

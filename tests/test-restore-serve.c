@@ -13,6 +13,7 @@
 #include <errno.h>
 #include <fcntl.h>
 #include <signal.h>
+#include <stdarg.h>
 #include <stdlib.h>
 #include <string.h>
 #include <sys/mman.h>
@@ -75,13 +76,22 @@ static void print_served(const char *what, uffdsnap_lazy_client_t *c, uffdsnap_l
 	ck_assert_uint_eq(st->pages_fault + st->pages_prefetch + zero_pages, LEN / usnap_page);
 }
 
-/* `uffdsnap serve` in a child process, its output into the file log unless
- * that is NULL; returns its pid once the socket exists. */
-static pid_t tool_server(const char *extra, const char *log)
+/* `uffdsnap serve` in a child process with the options that follow log (up
+ * to a NULL), its output into the file log unless that is NULL; returns its
+ * pid once the socket exists. */
+static pid_t tool_server(const char *log, ...)
 {
+	const char *argv[16] = { tool, "serve", fx.path, "--socket", sock_path };
 	struct stat st;
-	pid_t pid = fork();
+	va_list ap;
+	pid_t pid;
+	int n = 5;
 
+	va_start(ap, log);
+	while ((argv[n] = va_arg(ap, const char *)))
+		ck_assert(++n < 16);
+	va_end(ap);
+	pid = fork();
 	ck_assert(pid >= 0);
 	if (pid == 0) {
 		int fd = log ? open(log, O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0600) : -1;
@@ -91,7 +101,7 @@ static pid_t tool_server(const char *extra, const char *log)
 			dup2(fd, STDERR_FILENO);
 		}
 		alarm(60);
-		execl(tool, tool, "serve", fx.path, "--socket", sock_path, extra, (char *)NULL);
+		execv(tool, (char *const *)argv);
 		_exit(127);
 	}
 	for (int i = 0; i < 500 && stat(sock_path, &st); i++)
@@ -135,7 +145,7 @@ START_TEST(serve_roundtrip)
 
 	usnap_watchdog(90, "serve_roundtrip");
 	fixture();
-	server = tool_server("--once", NULL);
+	server = tool_server(NULL, "--once", NULL);
 	t0 = usnap_now_ns();
 	c = connect_pool(&dst);
 	printf("  connected to the page server (pid %d) in %.2f ms\n", (int)server, usnap_ms_since(t0));
@@ -174,7 +184,7 @@ START_TEST(serve_no_prefetch)
 
 	usnap_watchdog(90, "serve_no_prefetch");
 	fixture();
-	server = tool_server("--no-prefetch", NULL);
+	server = tool_server(NULL, "--no-prefetch", NULL);
 	c = connect_pool(&dst);
 	for (size_t i = 0; i < npages; i++) {
 		size_t p = i * 1237 % npages;
@@ -212,12 +222,12 @@ START_TEST(serve_mismatch)
 	printf("  wrong length: %d %s\n", rc, uffdsnap_last_error());
 	ck_assert_int_eq(rc, -EINVAL);
 	ck_assert(strstr(uffdsnap_last_error(), "page server: region 'pool'"));
-	/* the memory is the program's again, unregistered */
-	dst.addr[0] = 7;
-	ck_assert_int_eq(dst.addr[0], 7);
 	status = usnap_wait_child(server, 20, "the page server");
 	ck_assert(WIFEXITED(status));
 	ck_assert_int_eq(uffdsnap_lazy_connect(&c, sock_path, &reg, 1), -ECONNREFUSED); /* nobody listens now */
+	/* the memory is the program's again, unregistered */
+	dst.addr[0] = 7;
+	ck_assert_int_eq(dst.addr[0], 7);
 	usnap_mem_free(&dst);
 	usnap_snapfile_free(&fx);
 }
@@ -259,6 +269,23 @@ static void await_task(pid_t pid, const char *file, const char *prefix, const ch
 	}
 }
 
+/* A `serve --max-clients 1` (and timeout_opt) server, its log into log, and
+ * in *silent a connection to it that sends nothing: returns once the server
+ * waits for that connection's hello, which holds its one place. */
+static pid_t held_server(const char *log, const char *timeout_opt, int *silent)
+{
+	struct sockaddr_un sa = { .sun_family = AF_UNIX };
+	char in_recvmsg[16];
+	pid_t server = tool_server(log, "--max-clients=1", timeout_opt, NULL);
+
+	strcpy(sa.sun_path, sock_path);
+	*silent = socket(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0);
+	ck_assert(*silent >= 0 && !connect(*silent, (struct sockaddr *)&sa, sizeof(sa)));
+	snprintf(in_recvmsg, sizeof(in_recvmsg), "%d ", SYS_recvmsg);
+	await_task(server, "syscall", in_recvmsg, "the server waiting for the silent connection's hello");
+	return server;
+}
+
 /*
  * --max-clients 1. The first connection sends nothing: its server thread
  * waits for the hello, and the connection holds the one place. A client then
@@ -267,11 +294,10 @@ static void await_task(pid_t pid, const char *file, const char *prefix, const ch
  */
 START_TEST(serve_client_limit)
 {
-	struct sockaddr_un sa = { .sun_family = AF_UNIX };
 	uffdsnap_lazy_region_t reg;
 	uffdsnap_lazy_client_t *c;
 	struct usnap_mem dst, dst2;
-	char log[PATH_MAX + 16], in_recvmsg[16];
+	char log[PATH_MAX + 16];
 	uint64_t t0;
 	size_t len;
 	char *out;
@@ -281,12 +307,8 @@ START_TEST(serve_client_limit)
 	usnap_watchdog(60, "serve_client_limit");
 	fixture();
 	snprintf(log, sizeof(log), "%s/log", fx.dir);
-	server = tool_server("--max-clients=1", log);
-	strcpy(sa.sun_path, sock_path);
-	hold = socket(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0);
-	ck_assert(hold >= 0 && !connect(hold, (struct sockaddr *)&sa, sizeof(sa)));
-	snprintf(in_recvmsg, sizeof(in_recvmsg), "%d ", SYS_recvmsg);
-	await_task(server, "syscall", in_recvmsg, "the server waiting for the first client's hello");
+	/* the request timeout far beyond the test: the place stays held */
+	server = held_server(log, "--request-timeout=60000", &hold);
 
 	usnap_memfd(&dst, LEN);
 	reg = (uffdsnap_lazy_region_t){ .name = "pool", .addr = dst.addr, .len = LEN };
@@ -325,6 +347,72 @@ START_TEST(serve_client_limit)
 }
 END_TEST
 
+/*
+ * A connection that sends nothing holds the one place of a --max-clients 1
+ * server only until the request timeout (1 s here): a real client is
+ * refused while it holds it, then the server logs the timeout and hangs up
+ * on it, and the next try of the real client is served.
+ */
+START_TEST(serve_silent_client)
+{
+	static const char timed_out[] = "uffdsnap: client 1: Connection timed out: page server: the client did not "
+					"send its request within 1000 ms: hung up on it\n";
+	uffdsnap_lazy_region_t reg;
+	uffdsnap_lazy_client_t *c;
+	struct usnap_mem dst;
+	char log[PATH_MAX + 16], buf[1024];
+	size_t len, answer = 0;
+	ssize_t n;
+	uint64_t t0;
+	double served_ms;
+	int silent, rc, tries = 1;
+	char *out, *line;
+	pid_t server;
+
+	usnap_watchdog(60, "serve_silent_client");
+	fixture();
+	snprintf(log, sizeof(log), "%s/log", fx.dir);
+	t0 = usnap_now_ns();
+	server = held_server(log, "--request-timeout=1000", &silent);
+
+	usnap_memfd(&dst, LEN);
+	reg = (uffdsnap_lazy_region_t){ .name = "pool", .addr = dst.addr, .len = LEN };
+	rc = uffdsnap_lazy_connect(&c, sock_path, &reg, 1);
+	ck_assert_msg(rc == -EAGAIN, "a client while the silent one holds the place: %d %s", rc,
+		      uffdsnap_last_error());
+	/* refused: the memory is unregistered and empty again, ready for the next try */
+	while ((rc = uffdsnap_lazy_connect(&c, sock_path, &reg, 1)) == -EAGAIN && usnap_ms_since(t0) < 10000) {
+		tries++;
+		usleep(20000);
+	}
+	served_ms = usnap_ms_since(t0);
+	ck_assert_msg(rc == 0, "lazy_connect after the silent client's timeout: %d %s", rc, uffdsnap_last_error());
+	printf("  a silent connection held the one place: the real client was served %.0f ms after it connected, "
+	       "at its try %d\n", served_ms, tries);
+	ck_assert_msg(served_ms >= 1000, "served after %.0f ms, before the silent client's timeout", served_ms);
+	ck_assert_int_eq(uffdsnap_lazy_client_wait(c), 0);
+	ck_assert(!memcmp(dst.addr, fx.want, LEN));
+	uffdsnap_lazy_client_free(c);
+	/* the silent connection got the server's answer, then the hang-up */
+	while ((n = recv(silent, buf, sizeof(buf), 0)) > 0)
+		answer += (size_t)n;
+	ck_assert_msg(n == 0 && answer > 0, "the silent connection: %zd after %zu bytes", n, answer);
+	close(silent);
+
+	kill(server, SIGTERM);
+	usnap_wait_child(server, 20, "the page server");
+	out = (char *)usnap_slurp(log, &len);
+	out[len] = '\0';
+	line = strstr(out, "uffdsnap: client 1:");
+	ck_assert_msg(line, "the server logged nothing for the silent client:\n%s", out);
+	printf("  the server's log: %.*s", (int)(strchrnul(line, '\n') - line + 1), line);
+	ck_assert_msg(!strncmp(line, timed_out, strlen(timed_out)), "the server did not log the timeout");
+	free(out);
+	usnap_mem_free(&dst);
+	usnap_snapfile_free(&fx);
+}
+END_TEST
+
 /* The client exits mid-restore: the server notices (ESRCH), ends that
  * restore with an error and does not hang. */
 START_TEST(client_dies)
@@ -337,7 +425,7 @@ START_TEST(client_dies)
 
 	usnap_watchdog(60, "client_dies");
 	fixture();
-	server = tool_server("--once", NULL);
+	server = tool_server(NULL, "--once", NULL);
 	client = fork();
 	ck_assert(client >= 0);
 	if (client == 0) {
@@ -424,6 +512,7 @@ int main(void)
 	tcase_add_test(tc, serve_no_prefetch);
 	tcase_add_test(tc, serve_mismatch);
 	tcase_add_test(tc, serve_client_limit);
+	tcase_add_test(tc, serve_silent_client);
 	tcase_add_test(tc, client_dies);
 	tcase_add_test(tc, server_dies);
 	suite_add_tcase(s, tc);
