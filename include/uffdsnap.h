@@ -433,7 +433,8 @@ typedef struct uffdsnap_lazy_stats {
 	uint64_t pages_total;     /* pages in the regions */
 	uint64_t pages_fault;     /* data pages placed for a fault (the chunk around it) */
 	uint64_t pages_prefetch;  /* data pages placed by the background pass */
-	uint64_t pages_zero_fault;/* zero pages filled because they were touched */
+	uint64_t pages_zero_fault;/* zero pages filled because they were touched (hugetlbfs: the zero
+	                           * pages of every huge page placed for a fault) */
 	uint64_t faults;          /* fault messages served */
 	uint64_t chunks_fault;    /* chunks loaded for faults */
 	uint64_t chunks_prefetch; /* chunks loaded by the background pass */

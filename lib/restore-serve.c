@@ -75,7 +75,7 @@ struct srv_hello {
 struct srv_region {
 	uint64_t addr, len;
 	uint32_t name_len;      /* 1..USNAP_MAX_NAME bytes follow, no NUL */
-	uint32_t reserved;
+	uint32_t unit_shift;    /* hugetlbfs: log2 of its huge page size; 0: pages (and from the first clients) */
 };
 
 /* The server's uffdsnap_lazy_stats_t, as far as the protocol carries it. */
@@ -265,9 +265,9 @@ static int recv_table(int conn, void *buf, size_t len, const struct srv_deadline
 	return rc;
 }
 
-/* The region table; names point into *names. */
+/* The region table; names point into *names, units (0: pages) into units. */
 static int recv_regions(int conn, const struct srv_hello *h, uffdsnap_lazy_region_t *regs, char *names,
-			const struct srv_deadline *d)
+			size_t *units, const struct srv_deadline *d)
 {
 	for (uint32_t i = 0; i < h->nregions; i++) {
 		struct srv_region g;
@@ -275,8 +275,11 @@ static int recv_regions(int conn, const struct srv_hello *h, uffdsnap_lazy_regio
 
 		if (rc)
 			return rc;
-		if (!g.name_len || g.name_len > USNAP_MAX_NAME || g.addr > UINTPTR_MAX || g.len > SIZE_MAX)
-			return usnap_err(-EPROTO, "page server: region %u: name length %u", i, g.name_len);
+		if (!g.name_len || g.name_len > USNAP_MAX_NAME || g.addr > UINTPTR_MAX || g.len > SIZE_MAX ||
+		    (size_t)1 << (g.unit_shift & 63) > USNAP_LAZY_MAX_UNIT)
+			return usnap_err(-EPROTO, "page server: region %u: name length %u, huge page shift %u", i,
+					 g.name_len, g.unit_shift);
+		units[i] = g.unit_shift ? (size_t)1 << g.unit_shift : 0;
 		if ((rc = recv_table(conn, names, g.name_len, d)))
 			return rc;
 		names[g.name_len] = '\0';
@@ -291,6 +294,7 @@ static int recv_regions(int conn, const struct srv_hello *h, uffdsnap_lazy_regio
 static int serve(uffdsnap_reader_t *r, int conn, const uffdsnap_lazy_opts_t *opts)
 {
 	uffdsnap_lazy_region_t *regs = NULL;
+	size_t *units = NULL;
 	uffdsnap_lazy_t *lz = NULL;
 	struct ucred cred = { 0 };
 	struct srv_deadline d = { .at_ns = usnap_now_ns() + opts->request_ms * UINT64_C(1000000),
@@ -300,11 +304,11 @@ static int serve(uffdsnap_reader_t *r, int conn, const uffdsnap_lazy_opts_t *opt
 	int uffd, rc;
 
 	rc = recv_hello(conn, &h, &uffd, &d);
-	if (!rc && (!(regs = calloc(h.nregions, sizeof(*regs))) ||
+	if (!rc && (!(regs = calloc(h.nregions, sizeof(*regs))) || !(units = calloc(h.nregions, sizeof(*units))) ||
 		    !(names = malloc((size_t)h.nregions * (USNAP_MAX_NAME + 1)))))
 		rc = usnap_err(-ENOMEM, "out of memory");
 	if (!rc)
-		rc = recv_regions(conn, &h, regs, names, &d);
+		rc = recv_regions(conn, &h, regs, names, units, &d);
 	/* from here the client takes its time: it says when it waits for the
 	 * end whenever its program gets there */
 	if (!rc)
@@ -318,9 +322,13 @@ static int serve(uffdsnap_reader_t *r, int conn, const uffdsnap_lazy_opts_t *opt
 		rc = usnap_lazy_setup(&lz, r, uffd, h.features, cred.pid, regs, h.nregions, opts);
 	else if (uffd >= 0)
 		close(uffd);
+	for (uint32_t i = 0; !rc && i < h.nregions; i++)
+		if (units[i] && (rc = usnap_lazy_unit(lz, i, units[i])))
+			usnap_lazy_abandon(lz);
 	if (!rc && (rc = usnap_lazy_go(lz)))
 		usnap_lazy_abandon(lz);
 	free(regs);
+	free(units);
 	free(names);
 	/* the client waits for this answer before it runs */
 	send_status(conn, SRV_STARTED, rc, rc ? uffdsnap_last_error() : "");
@@ -374,7 +382,7 @@ USNAP_EXPORT int uffdsnap_serve_conn(uffdsnap_reader_t *r, int conn, const uffds
 struct uffdsnap_lazy_client {
 	int sock, uffd;
 	uint64_t features;
-	struct { uintptr_t addr; size_t len; } *regs;
+	struct { uintptr_t addr; size_t len, unit; } *regs;
 	unsigned nregs;
 	pthread_t watcher;
 	pthread_mutex_t lock;
@@ -391,8 +399,6 @@ struct uffdsnap_lazy_client {
  * over), unregister, wake: every waiting thread gets SIGBUS. */
 static void client_abandon(uffdsnap_lazy_client_t *c)
 {
-	const size_t page = (size_t)sysconf(_SC_PAGESIZE);
-
 	for (unsigned i = 0; i < c->nregs; i++) {
 		struct uffdio_range r = { .start = c->regs[i].addr, .len = c->regs[i].len };
 
@@ -404,7 +410,7 @@ static void client_abandon(uffdsnap_lazy_client_t *c)
 				break;
 			if (!ioctl(c->uffd, UFFDIO_POISON, &pz))
 				break;
-			off += pz.updated > 0 ? (size_t)pz.updated : page; /* EEXIST: a page that did arrive */
+			off += pz.updated > 0 ? (size_t)pz.updated : c->regs[i].unit; /* EEXIST: a page that did arrive */
 		}
 		ioctl(c->uffd, UFFDIO_UNREGISTER, &r);
 		ioctl(c->uffd, UFFDIO_WAKE, &r); /* see unregister_all() in restore-lazy.c */
@@ -476,7 +482,8 @@ static int send_hello(uffdsnap_lazy_client_t *c, const uffdsnap_lazy_region_t *r
 				 strerror(sent < 0 ? errno : -rc));
 	for (unsigned i = 0; i < n && !rc; i++) {
 		struct srv_region g = { .addr = (uintptr_t)regions[i].addr, .len = regions[i].len,
-					.name_len = (uint32_t)strlen(regions[i].name) };
+					.name_len = (uint32_t)strlen(regions[i].name),
+					.unit_shift = c->regs[i].unit > h.page_size ? (uint32_t)__builtin_ctzl(c->regs[i].unit) : 0 };
 		if (!(rc = write_all(c->sock, &g, sizeof(g))))
 			rc = write_all(c->sock, regions[i].name, g.name_len);
 	}
@@ -529,7 +536,7 @@ USNAP_EXPORT int uffdsnap_lazy_connect(uffdsnap_lazy_client_t **cp, const char *
 		goto fail;
 	}
 	for (unsigned i = 0; i < n; i++) {
-		if ((rc = usnap_lazy_arm(c->uffd, regions[i].name, regions[i].addr, regions[i].len)))
+		if ((rc = usnap_lazy_arm(c->uffd, regions[i].name, regions[i].addr, regions[i].len, &c->regs[i].unit)))
 			goto fail;
 		c->regs[i].addr = (uintptr_t)regions[i].addr;
 		c->regs[i].len = regions[i].len;
