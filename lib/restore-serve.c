@@ -14,7 +14,9 @@
  * the socket close before the final status, poisons every page that did not
  * arrive and wakes the waiting threads, which then get SIGBUS. Without that
  * copy the kernel would release the registration and fill the missing pages
- * with zeros: wrong data without an error.
+ * with zeros: wrong data without an error. (A kernel without UFFDIO_POISON
+ * cannot poison: there the watcher keeps the registration and answers every
+ * fault with SIGBUS itself, until uffdsnap_lazy_client_free().)
  *
  * Protocol (native byte order, both ends on one machine), on a SOCK_STREAM:
  *   client -> server: hello (with the fd), then nregions x (srv_region, name);
@@ -42,7 +44,10 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <poll.h>
+#include <sys/eventfd.h>
 #include <sys/socket.h>
+#include <sys/syscall.h>
 #include <sys/time.h>
 #include <sys/un.h>
 #include <unistd.h>
@@ -380,7 +385,7 @@ USNAP_EXPORT int uffdsnap_serve_conn(uffdsnap_reader_t *r, int conn, const uffds
 /* ---- the client --------------------------------------------------------------------- */
 
 struct uffdsnap_lazy_client {
-	int sock, uffd;
+	int sock, uffd, efd;        /* efd: free() stops the watcher */
 	uint64_t features;
 	struct { uintptr_t addr; size_t len, unit; } *regs;
 	unsigned nregs;
@@ -396,31 +401,53 @@ struct uffdsnap_lazy_client {
 
 /* The server is gone before it finished: no page that has not arrived ever
  * will. Poison them all (present pages fail with EEXIST and are stepped
- * over), unregister, wake: every waiting thread gets SIGBUS. */
+ * over), unregister, wake: every waiting thread gets SIGBUS. Without
+ * UFFDIO_POISON the registration stays and only the wake is done: a fault
+ * the dead server had read is raised again, for answer_faults(). */
 static void client_abandon(uffdsnap_lazy_client_t *c)
 {
+	const bool poison = c->features & UFFD_FEATURE_POISON;
+
 	for (unsigned i = 0; i < c->nregs; i++) {
 		struct uffdio_range r = { .start = c->regs[i].addr, .len = c->regs[i].len };
 
-		for (size_t off = 0; off < c->regs[i].len;) {
+		for (size_t off = 0; poison && off < c->regs[i].len;) {
 			struct uffdio_poison pz = { .range = { .start = r.start + off, .len = r.len - off },
 						    .mode = UFFDIO_POISON_MODE_DONTWAKE };
 
-			if (!(c->features & UFFD_FEATURE_POISON))
-				break;
 			if (!ioctl(c->uffd, UFFDIO_POISON, &pz))
 				break;
 			off += pz.updated > 0 ? (size_t)pz.updated : c->regs[i].unit; /* EEXIST: a page that did arrive */
 		}
-		ioctl(c->uffd, UFFDIO_UNREGISTER, &r);
+		if (poison)
+			ioctl(c->uffd, UFFDIO_UNREGISTER, &r);
 		ioctl(c->uffd, UFFDIO_WAKE, &r); /* see unregister_all() in restore-lazy.c */
 	}
 }
 
-static void *watcher_main(void *arg)
+/* After client_abandon() without UFFDIO_POISON: a thread touching a page that
+ * did not arrive gets SIGBUS from here, until free() says stop. */
+static void answer_faults(uffdsnap_lazy_client_t *c)
 {
-	uffdsnap_lazy_client_t *c = arg;
+	struct pollfd pfd[2] = { { .fd = c->uffd, .events = POLLIN }, { .fd = c->efd, .events = POLLIN } };
+	struct uffd_msg msgs[16];
+
+	while (!(pfd[1].revents & POLLIN)) {
+		ssize_t n = read(c->uffd, msgs, sizeof(msgs));
+
+		for (ssize_t i = 0; i < n / (ssize_t)sizeof(msgs[0]); i++)
+			if (msgs[i].event == UFFD_EVENT_PAGEFAULT)
+				syscall(SYS_tgkill, getpid(), (pid_t)msgs[i].arg.pagefault.feat.ptid, SIGBUS);
+		if (n <= 0 && poll(pfd, 2, -1) < 0 && errno != EINTR)
+			break;
+	}
+}
+
+/* Until the final status; false if the server went away before it. */
+static bool watch(uffdsnap_lazy_client_t *c)
+{
 	struct srv_status st;
+	bool finished;
 	int rc;
 
 	while (!(rc = read_all(c->sock, &st, sizeof(st))) && st.kind == SRV_STATS) {
@@ -436,7 +463,8 @@ static void *watcher_main(void *arg)
 		pthread_mutex_unlock(&c->lock);
 	}
 	pthread_mutex_lock(&c->lock);
-	if (!rc && st.kind == SRV_FINISHED) {
+	finished = !rc && st.kind == SRV_FINISHED;
+	if (finished) {
 		c->err = st.status <= 0 && st.status >= -4095 ? st.status : -EPROTO;
 		st.msg[sizeof(st.msg) - 1] = '\0';
 		usnap_format(c->msg, sizeof(c->msg), "%s", st.msg); /* the server's words: escaped */
@@ -451,6 +479,15 @@ static void *watcher_main(void *arg)
 	c->state = c->err ? UFFDSNAP_LAZY_FAILED : UFFDSNAP_LAZY_DONE;
 	pthread_cond_broadcast(&c->cv);
 	pthread_mutex_unlock(&c->lock);
+	return finished;
+}
+
+static void *watcher_main(void *arg)
+{
+	uffdsnap_lazy_client_t *c = arg;
+
+	if (!watch(c) && !(c->features & UFFD_FEATURE_POISON))
+		answer_faults(c);
 	return NULL;
 }
 
@@ -496,6 +533,8 @@ static void client_destroy(uffdsnap_lazy_client_t *c)
 		close(c->sock);
 	if (c->uffd >= 0)
 		close(c->uffd);
+	if (c->efd >= 0)
+		close(c->efd);
 	pthread_mutex_destroy(&c->lock);
 	pthread_cond_destroy(&c->cv);
 	free(c->regs);
@@ -523,12 +562,16 @@ USNAP_EXPORT int uffdsnap_lazy_connect(uffdsnap_lazy_client_t **cp, const char *
 					 USNAP_MAX_NAME);
 	if (!(c = calloc(1, sizeof(*c))))
 		return usnap_err(-ENOMEM, "out of memory");
-	c->sock = c->uffd = -1;
+	c->sock = c->uffd = c->efd = -1;
 	pthread_mutex_init(&c->lock, NULL);
 	pthread_cond_init(&c->cv, NULL);
 	strcpy(sa.sun_path, socket_path);
 	if (!(c->regs = calloc(n, sizeof(*c->regs)))) {
 		rc = usnap_err(-ENOMEM, "out of memory");
+		goto fail;
+	}
+	if ((c->efd = eventfd(0, EFD_CLOEXEC)) < 0) {
+		rc = usnap_err(-errno, "eventfd: %s", strerror(errno));
 		goto fail;
 	}
 	if ((c->uffd = usnap_restore_uffd(&c->features)) < 0) {
@@ -577,7 +620,7 @@ USNAP_EXPORT int uffdsnap_lazy_connect(uffdsnap_lazy_client_t **cp, const char *
 	if ((rc = usnap_thread_start(&c->watcher, watcher_main, c))) {
 		usnap_err(rc, "starting the watcher thread: %s", strerror(-rc));
 		shutdown(c->sock, SHUT_RDWR);
-		watcher_main(c); /* reads EOF: poisons what did not arrive */
+		watch(c); /* reads EOF: poisons what did not arrive */
 		client_destroy(c);
 		return rc;
 	}
@@ -638,6 +681,7 @@ USNAP_EXPORT void uffdsnap_lazy_client_free(uffdsnap_lazy_client_t *c)
 	if (!c)
 		return;
 	uffdsnap_lazy_client_wait(c);
+	(void)eventfd_write(c->efd, 1); /* cannot fail: one increment */
 	pthread_join(c->watcher, NULL);
 	client_destroy(c);
 }

@@ -457,23 +457,6 @@ END_TEST
 
 /* ---- failures: in a child, which must die of SIGBUS, not hang --------------------- */
 
-/* The first page whose chunk does not read back from path. */
-static size_t first_bad_page(const char *path)
-{
-	uffdsnap_reader_t *r;
-	uint8_t *buf = usnap_buf_alloc(usnap_page);
-	size_t p;
-
-	r = usnap_reader(path);
-	for (p = 0; p < LEN / usnap_page; p++)
-		if (uffdsnap_reader_read(r, 0, p * usnap_page, buf, usnap_page))
-			break;
-	uffdsnap_reader_free(r);
-	usnap_buf_free(buf, usnap_page);
-	ck_assert_msg(p < LEN / usnap_page, "no page of the damaged file fails to read");
-	return p;
-}
-
 enum child_exit { CHILD_WRONG_DATA = 10, CHILD_NO_ERROR, CHILD_TOUCHED };
 
 static int sigbus_pipe = -1; /* the child's end */
@@ -562,18 +545,11 @@ static void child_wait_then_touch(const char *path, size_t bad)
 START_TEST(lazy_corrupt_chunk)
 {
 	char bad_path[PATH_MAX + 16];
-	uint8_t *bytes;
-	size_t len, bad;
+	size_t bad;
 
 	usnap_watchdog(90, "lazy_corrupt_chunk");
 	fixture();
-	bytes = usnap_slurp(fx.path, &len);
-	bytes[len / 2] ^= 0x40;
-	snprintf(bad_path, sizeof(bad_path), "%s/flipped", fx.dir);
-	usnap_write_file(bad_path, bytes, len);
-	free(bytes);
-	bad = first_bad_page(bad_path);
-	printf("  flipped a byte at offset %zu: page %zu is lost\n", len / 2, bad);
+	bad = usnap_snapfile_flipped(&fx, "flipped", bad_path);
 	expect_sigbus(child_touch_bad, bad_path, bad, "corrupt chunk, faults only");
 	expect_sigbus(child_wait_then_touch, bad_path, bad, "corrupt chunk, after wait()");
 	usnap_snapfile_free(&fx);

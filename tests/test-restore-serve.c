@@ -5,9 +5,14 @@
  * uffdsnap_serve_conn()) restores this process's memory through the
  * userfaultfd it received over a Unix socket. Byte-exact round trip; region
  * mismatches reported by the server; a client beyond the server's limit
- * refused with the reason; and a server that dies mid-restore: the client
- * thread waiting for a page gets SIGBUS (in a child, under a deadline), never
- * a hang and never silent zeros.
+ * refused with the reason; and failures (a server that dies mid-restore, a
+ * corrupt chunk): the client thread waiting for a page gets SIGBUS (in a
+ * child, under a deadline), never a hang and never silent zeros.
+ *
+ * Built a second time as test-restore-serve-nopoison against the fault
+ * injection library with USNAP_TEST_NO_POISON (as test-restore-lazy-nopoison):
+ * UFFDIO_API denies UFFD_FEATURE_POISON, and the `failure` case runs through
+ * the paths for kernels before 6.6.
  */
 #include <dirent.h>
 #include <errno.h>
@@ -25,6 +30,10 @@
 #include <unistd.h>
 
 #include "helpers.h"
+#ifdef USNAP_TEST_NO_POISON
+#include "compat.h" /* UFFD_FEATURE_POISON, newer than the system's headers */
+#include "inject.h"
+#endif
 
 #define LEN (16 * MiB)
 
@@ -110,8 +119,9 @@ static pid_t tool_server(const char *log, ...)
 	return pid;
 }
 
-/* A server in a child: accept one client, serve it with opts (may be NULL). */
-static pid_t child_server(const uffdsnap_lazy_opts_t *opts)
+/* A server in a child: accept one client, serve it from the snapshot at path
+ * with opts (may be NULL). */
+static pid_t child_server(const char *path, const uffdsnap_lazy_opts_t *opts)
 {
 	struct sockaddr_un sa = { .sun_family = AF_UNIX };
 	int ls = socket(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0);
@@ -126,7 +136,7 @@ static pid_t child_server(const uffdsnap_lazy_opts_t *opts)
 		int conn;
 
 		alarm(60);
-		if (uffdsnap_reader_open(&r, fx.path) || (conn = accept(ls, NULL, NULL)) < 0)
+		if (uffdsnap_reader_open(&r, path) || (conn = accept(ls, NULL, NULL)) < 0)
 			_exit(1);
 		_exit(uffdsnap_serve_conn(r, conn, opts) ? 2 : 0);
 	}
@@ -215,7 +225,7 @@ START_TEST(serve_mismatch)
 
 	usnap_watchdog(60, "serve_mismatch");
 	fixture();
-	server = child_server(NULL); /* the defaults: it must answer, not refuse */
+	server = child_server(fx.path, NULL); /* the defaults: it must answer, not refuse */
 	usnap_memfd(&dst, 2 * LEN);
 	reg = (uffdsnap_lazy_region_t){ .name = "pool", .addr = dst.addr, .len = 2 * LEN };
 	rc = uffdsnap_lazy_connect(&c, sock_path, &reg, 1);
@@ -448,20 +458,21 @@ START_TEST(client_dies)
 }
 END_TEST
 
-START_TEST(server_dies)
-{
-	int ready[2], go[2], status = 0;
-	pid_t server, client;
-	char b;
+static const uffdsnap_lazy_opts_t faults_only = { .size = sizeof(uffdsnap_lazy_opts_t),
+						 .flags = UFFDSNAP_LAZY_NO_PREFETCH };
+static int step[2][2]; /* client -> test: ready; test -> client: go on */
+static size_t bad_page; /* serve_corrupt_chunk's lost page */
 
-	usnap_watchdog(60, "server_dies");
-	fixture();
-	server = child_server(&(uffdsnap_lazy_opts_t){ .size = sizeof(uffdsnap_lazy_opts_t),
-						       .flags = UFFDSNAP_LAZY_NO_PREFETCH });
-	ck_assert(!pipe(ready) && !pipe(go));
-	client = fork();
-	ck_assert(client >= 0);
-	if (client == 0) {
+/* A client process (SIGBUS kills it): "pool" in a fresh memfd handed to the
+ * server at sock_path, then it exits with act's code (10: connect failed). */
+static pid_t client_child(int (*act)(uint8_t *mem, uffdsnap_lazy_client_t *c))
+{
+	pid_t pid;
+
+	ck_assert(!pipe(step[0]) && !pipe(step[1]));
+	pid = fork();
+	ck_assert(pid >= 0);
+	if (pid == 0) {
 		uffdsnap_lazy_region_t reg;
 		uffdsnap_lazy_client_t *c;
 		struct usnap_mem dst;
@@ -469,31 +480,142 @@ START_TEST(server_dies)
 		usnap_sigbus_child();
 		usnap_memfd(&dst, LEN);
 		reg = (uffdsnap_lazy_region_t){ .name = "pool", .addr = dst.addr, .len = LEN };
-		if (uffdsnap_lazy_connect(&c, sock_path, &reg, 1))
-			_exit(10);
-		if (memcmp(dst.addr, fx.want, usnap_page))
-			_exit(11);
-		if (write(ready[1], "r", 1) != 1 || read(go[0], &b, 1) != 1)
-			_exit(12);
-		/* the server is stopped: this waits, then the server dies */
-		(void)*(volatile uint8_t *)(dst.addr + LEN - usnap_page);
-		_exit(13);
+		_exit(uffdsnap_lazy_connect(&c, sock_path, &reg, 1) ? 10 : act(dst.addr, c));
 	}
-	ck_assert_int_eq(read(ready[0], &b, 1), 1);
+	return pid;
+}
+
+/* In the client: say it is ready and wait until the test says go on. */
+static bool client_step(void)
+{
+	char b;
+
+	return write(step[0][1], "r", 1) == 1 && read(step[1][0], &b, 1) == 1;
+}
+
+/* The client's wait status, once it ended, printed after what. */
+static int client_end(pid_t pid, const char *what)
+{
+	int status = usnap_wait_child(pid, 20, "the client");
+
+	printf("  %s: client %s %d\n", what, WIFSIGNALED(status) ? "killed by signal" : "exited",
+	       WIFSIGNALED(status) ? WTERMSIG(status) : WEXITSTATUS(status));
+	return status;
+}
+
+static int touch_after_stop(uint8_t *mem, uffdsnap_lazy_client_t *c)
+{
+	(void)c;
+	if (memcmp(mem, fx.want, usnap_page))
+		return 11;
+	if (!client_step())
+		return 12;
+	/* the server is stopped: this waits, then the server dies */
+	(void)*(volatile uint8_t *)(mem + LEN - usnap_page);
+	return 13;
+}
+
+START_TEST(server_dies)
+{
+	pid_t server, client;
+	int status = 0;
+	char b;
+
+	usnap_watchdog(60, "server_dies");
+	fixture();
+	server = child_server(fx.path, &faults_only);
+	client = client_child(touch_after_stop);
+	ck_assert_int_eq(read(step[0][0], &b, 1), 1);
 	kill(server, SIGSTOP);
 	/* stopped for sure: SIGSTOP takes effect asynchronously */
 	ck_assert_int_eq(waitpid(server, &status, WUNTRACED), server);
 	ck_assert(WIFSTOPPED(status));
-	ck_assert_int_eq(write(go[1], "g", 1), 1);
+	ck_assert_int_eq(write(step[1][1], "g", 1), 1);
 	/* nothing else can place that page (the server does not prefetch) */
 	await_task(client, "wchan", "handle_userfault", "the client waiting for its page");
 	kill(server, SIGKILL);
 	waitpid(server, NULL, 0);
-	status = usnap_wait_child(client, 20, "the client");
-	printf("  server killed while the client waited for a page: client %s %d\n",
-	       WIFSIGNALED(status) ? "killed by signal" : "exited", WIFSIGNALED(status) ? WTERMSIG(status)
-										 : WEXITSTATUS(status));
+	status = client_end(client, "server killed while the client waited for a page");
 	ck_assert_msg(WIFSIGNALED(status) && WTERMSIG(status) == SIGBUS, "the client did not get SIGBUS");
+	usnap_snapfile_free(&fx);
+}
+END_TEST
+
+static int wait_free_touch(uint8_t *mem, uffdsnap_lazy_client_t *c)
+{
+	if (!client_step())
+		return 12;
+	if (uffdsnap_lazy_client_wait(c) != -EPIPE)
+		return 14;
+	uffdsnap_lazy_client_free(c);
+#ifdef USNAP_TEST_NO_POISON
+	(void)mem;
+	return 0; /* the registration went with the client: nothing guards the pages now */
+#else
+	(void)*(volatile uint8_t *)(mem + LEN - usnap_page);
+	return 13;
+#endif
+}
+
+/*
+ * The server dies while the client touches nothing: the client's wait says
+ * so (-EPIPE) and its free returns (without UFFDIO_POISON its watcher is
+ * answering faults with SIGBUS then, and must stop). With UFFDIO_POISON a
+ * page that never arrived still gets SIGBUS after the free.
+ */
+START_TEST(server_dies_then_free)
+{
+	pid_t server, client;
+	int status;
+	char b;
+
+	usnap_watchdog(60, "server_dies_then_free");
+	fixture();
+	server = child_server(fx.path, &faults_only);
+	client = client_child(wait_free_touch);
+	ck_assert_int_eq(read(step[0][0], &b, 1), 1);
+	kill(server, SIGKILL);
+	waitpid(server, NULL, 0);
+	ck_assert_int_eq(write(step[1][1], "g", 1), 1);
+	status = client_end(client, "server killed, then the client waited and freed");
+#ifdef USNAP_TEST_NO_POISON
+	ck_assert_msg(WIFEXITED(status) && WEXITSTATUS(status) == 0, "client status 0x%x", status);
+#else
+	ck_assert_msg(WIFSIGNALED(status) && WTERMSIG(status) == SIGBUS, "client status 0x%x", status);
+#endif
+	usnap_snapfile_free(&fx);
+}
+END_TEST
+
+static int touch_bad(uint8_t *mem, uffdsnap_lazy_client_t *c)
+{
+	size_t good = bad_page > 200 ? 0 : LEN / usnap_page - 1;
+
+	(void)c;
+	if (memcmp(mem + good * usnap_page, fx.want + good * usnap_page, usnap_page))
+		return 11;
+	(void)*(volatile uint8_t *)(mem + bad_page * usnap_page + 8);
+	return 13;
+}
+
+/* A chunk that fails its checksum, served faults only: the client thread that
+ * touches a page of it gets SIGBUS (the server poisons the page in the
+ * client's memory, or without UFFDIO_POISON sends the thread SIGBUS). */
+START_TEST(serve_corrupt_chunk)
+{
+	char bad_path[PATH_MAX + 16];
+	pid_t server, client;
+	int status;
+
+	usnap_watchdog(60, "serve_corrupt_chunk");
+	fixture();
+	bad_page = usnap_snapfile_flipped(&fx, "flipped", bad_path);
+	server = child_server(bad_path, &faults_only);
+	client = client_child(touch_bad);
+	status = client_end(client, "served a corrupt chunk");
+	ck_assert_msg(WIFSIGNALED(status) && WTERMSIG(status) == SIGBUS, "the client did not get SIGBUS");
+	status = usnap_wait_child(server, 20, "the page server");
+	ck_assert_msg(WIFEXITED(status) && WEXITSTATUS(status) == 2, "server status 0x%x", status);
 	usnap_snapfile_free(&fx);
 }
 END_TEST
@@ -504,6 +626,9 @@ int main(void)
 	TCase *tc;
 
 	usnap_test_require_uffd();
+#ifdef USNAP_TEST_NO_POISON
+	usnap_inject_hide_features(UFFD_FEATURE_POISON);
+#endif
 	usnap_find_tool(tool);
 	s = suite_create("restore-serve");
 	tc = tcase_create("serve");
@@ -514,7 +639,13 @@ int main(void)
 	tcase_add_test(tc, serve_client_limit);
 	tcase_add_test(tc, serve_silent_client);
 	tcase_add_test(tc, client_dies);
+	suite_add_tcase(s, tc);
+	/* the one case test-restore-serve-nopoison runs (CK_RUN_CASE=failure) */
+	tc = tcase_create("failure");
+	tcase_set_timeout(tc, 90);
 	tcase_add_test(tc, server_dies);
+	tcase_add_test(tc, server_dies_then_free);
+	tcase_add_test(tc, serve_corrupt_chunk);
 	suite_add_tcase(s, tc);
 	return usnap_run_suite(s);
 }
