@@ -10,6 +10,7 @@
  * another process, gives the snapshot back byte-exact.
  */
 #include <errno.h>
+#include <signal.h>
 #include <stdio.h>
 #include <inttypes.h>
 #include <stdlib.h>
@@ -220,12 +221,37 @@ static void touch_random(const uint8_t *a, const uint8_t *ref, size_t len, unsig
 	}
 }
 
+/* In a child: lazily restore path's "huge" (len bytes) into fresh huge pages
+ * and touch page bad, whose chunk does not load: SIGBUS must end it, for
+ * the fault itself (faults only) or, after wait() returned the failure, for
+ * the huge page left poisoned. */
+static void huge_touch_lost(const char *path, size_t len, size_t bad, bool after_wait)
+{
+	uffdsnap_lazy_region_t reg = { .name = "huge", .len = len };
+	uffdsnap_lazy_opts_t o;
+	uffdsnap_reader_t *r;
+	uffdsnap_lazy_t *lz;
+	int fd;
+
+	usnap_sigbus_child();
+	uffdsnap_lazy_opts_init(&o);
+	o.flags = after_wait ? 0 : UFFDSNAP_LAZY_NO_PREFETCH;
+	reg.addr = huge_memfd(&fd, len);
+	if (uffdsnap_reader_open(&r, path) || uffdsnap_lazy_start(&lz, r, &reg, 1, &o))
+		_exit(10);
+	if (after_wait && !uffdsnap_lazy_wait(lz))
+		_exit(11);
+	(void)*(volatile uint8_t *)((uint8_t *)reg.addr + bad * usnap_page + 8);
+	_exit(13);
+}
+
 /*
  * Lazy restore into hugetlbfs: every huge page arrives whole (UFFDIO_COPY
  * takes nothing less there), gathered from the several chunks that record
  * it. Huge pages of data, of data and zero pages, and never touched (zero
  * in the snapshot); faults only, then with the prefetcher, then through a
- * page server in a child process.
+ * page server in a child process. Then a corrupt chunk: a thread touching
+ * its huge page gets SIGBUS (the whole huge page is poisoned).
  */
 START_TEST(hugetlb_lazy)
 {
@@ -314,6 +340,28 @@ START_TEST(hugetlb_lazy)
 	munmap(a, len);
 	close(fd);
 	uffdsnap_reader_free(r);
+
+	{
+		struct usnap_snapfile f = { .want = ref, .len = len };
+		char bad_path[PATH_MAX + 16];
+		size_t bad;
+
+		strcpy(f.dir, dir);
+		strcpy(f.path, path);
+		bad = usnap_snapfile_flipped(&f, "flipped", bad_path);
+		for (int after_wait = 0; after_wait <= 1; after_wait++) {
+			pid_t child = fork();
+
+			ck_assert(child >= 0);
+			if (child == 0)
+				huge_touch_lost(bad_path, len, bad, after_wait);
+			status = usnap_wait_child(child, 20, "the child touching a lost huge page");
+			printf("hugetlb_lazy: corrupt chunk, %s: child %s %d\n", after_wait ? "after wait()" : "faults only",
+			       WIFSIGNALED(status) ? "killed by signal" : "exited",
+			       WIFSIGNALED(status) ? WTERMSIG(status) : WEXITSTATUS(status));
+			ck_assert_msg(WIFSIGNALED(status) && WTERMSIG(status) == SIGBUS, "no SIGBUS for a lost huge page");
+		}
+	}
 	usnap_buf_free(ref, len);
 	usnap_rmdir(dir);
 }
