@@ -485,7 +485,9 @@ typedef struct uffdsnap_lazy_client uffdsnap_lazy_client_t;
  * reader may serve several connections at once from several threads, up to
  * opts->max_clients; a connection beyond that is answered -EAGAIN ("try again
  * later") at once, without reading its request, and the call returns -EAGAIN
- * with the reason in uffdsnap_last_error(). */
+ * with the reason in uffdsnap_last_error(). A connection that has not sent
+ * its whole request within opts->request_ms is answered and the call returns
+ * -ETIMEDOUT. */
 int uffdsnap_serve_conn(uffdsnap_reader_t *r, int conn, const uffdsnap_lazy_opts_t *opts);
 /* Connect to the page server at socket_path and hand it the n regions (the
  * rules of uffdsnap_lazy_start() apply). Errors: those of uffdsnap_lazy_start()
