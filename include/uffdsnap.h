@@ -406,13 +406,17 @@ typedef struct uffdsnap_lazy_region {
 
 /* uffdsnap_lazy_opts.flags */
 /* No background pass until uffdsnap_lazy_wait() or uffdsnap_lazy_free():
- * only faults are served (to measure or test the fault path alone). */
+ * only faults are served (to measure or test the fault path alone). For
+ * uffdsnap_serve_conn(): until the client calls uffdsnap_lazy_client_wait()
+ * or uffdsnap_lazy_client_free(), or hangs up. */
 #define UFFDSNAP_LAZY_NO_PREFETCH (1u << 0)
 /* Do not log a failure to stderr (uffdsnap_lazy_error() still has it). */
 #define UFFDSNAP_LAZY_QUIET (1u << 1)
 
 /* uffdsnap_lazy_opts.max_clients when it is 0 */
 #define UFFDSNAP_SERVE_MAX_CLIENTS 64
+/* uffdsnap_lazy_opts.request_ms when it is 0 */
+#define UFFDSNAP_SERVE_REQUEST_MS 5000
 
 typedef struct uffdsnap_lazy_opts {
 	size_t size;            /* sizeof(uffdsnap_lazy_opts_t) */
@@ -420,6 +424,9 @@ typedef struct uffdsnap_lazy_opts {
 	uint32_t max_clients;   /* uffdsnap_serve_conn() only: connections served at once from one
 	                         * reader; more are refused with -EAGAIN. 0 = UFFDSNAP_SERVE_MAX_CLIENTS.
 	                         * (Added in 0.1's padding: sizeof is unchanged on 64-bit.) */
+	uint32_t request_ms;    /* uffdsnap_serve_conn() only: time a connection has to send its whole
+	                         * request (hello and region table) before the server hangs up on it
+	                         * with -ETIMEDOUT. 0 = UFFDSNAP_SERVE_REQUEST_MS. */
 } uffdsnap_lazy_opts_t;
 
 #define UFFDSNAP_LAZY_RUNNING 0
@@ -436,7 +443,8 @@ typedef struct uffdsnap_lazy_stats {
 	uint64_t pages_total;     /* pages in the regions */
 	uint64_t pages_fault;     /* data pages placed for a fault (the chunk around it) */
 	uint64_t pages_prefetch;  /* data pages placed by the background pass */
-	uint64_t pages_zero_fault;/* zero pages filled because they were touched */
+	uint64_t pages_zero_fault;/* zero pages filled because they were touched (hugetlbfs: the zero
+	                           * pages of every huge page placed for a fault) */
 	uint64_t faults;          /* fault messages served */
 	uint64_t chunks_fault;    /* chunks loaded for faults */
 	uint64_t chunks_prefetch; /* chunks loaded by the background pass */
@@ -487,7 +495,9 @@ typedef struct uffdsnap_lazy_client uffdsnap_lazy_client_t;
  * reader may serve several connections at once from several threads, up to
  * opts->max_clients; a connection beyond that is answered -EAGAIN ("try again
  * later") at once, without reading its request, and the call returns -EAGAIN
- * with the reason in uffdsnap_last_error(). */
+ * with the reason in uffdsnap_last_error(). A connection that has not sent
+ * its whole request within opts->request_ms is answered and the call returns
+ * -ETIMEDOUT. */
 int uffdsnap_serve_conn(uffdsnap_reader_t *r, int conn, const uffdsnap_lazy_opts_t *opts);
 /* Connect to the page server at socket_path and hand it the n regions (the
  * rules of uffdsnap_lazy_start() apply). Errors: those of uffdsnap_lazy_start()
@@ -499,6 +509,10 @@ int uffdsnap_lazy_connect(uffdsnap_lazy_client_t **c, const char *socket_path,
 int uffdsnap_lazy_client_wait(uffdsnap_lazy_client_t *c);
 /* Why it failed, or "". */
 const char *uffdsnap_lazy_client_error(const uffdsnap_lazy_client_t *c);
+/* Fill *out (set out->size first) with the server's figures for this restore,
+ * as it sent them with its final status: until then (and from a server that
+ * does not send them) only state and error are set, the counts are 0. */
+int uffdsnap_lazy_client_stats(const uffdsnap_lazy_client_t *c, uffdsnap_lazy_stats_t *out);
 /* uffdsnap_lazy_client_wait(), then release everything. */
 void uffdsnap_lazy_client_free(uffdsnap_lazy_client_t *c);
 

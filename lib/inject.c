@@ -20,7 +20,13 @@ static struct {
 	_Atomic int mode;
 	_Atomic unsigned long calls[USNAP_INJ_NPOINTS];
 	_Atomic unsigned long fired;
+	_Atomic uint64_t hidden;         /* UFFD_FEATURE_* bits UFFDIO_API does not admit to */
 } inj;
+
+void usnap_inject_hide_features(uint64_t mask)
+{
+	atomic_store(&inj.hidden, mask);
+}
 
 void usnap_inject_arm(enum usnap_inject_point point, unsigned long n, int err, int mode)
 {
@@ -158,8 +164,10 @@ int usnap_inj_mkostemp(char *tmpl, int flags)
 
 int usnap_inj_ioctl(int fd, unsigned long req, ...)
 {
+	uint64_t hidden = atomic_load(&inj.hidden);
 	va_list ap;
 	void *arg;
+	int rc;
 
 	va_start(ap, req); /* as glibc's ioctl(): one argument, read whether passed or not */
 	arg = va_arg(ap, void *);
@@ -171,7 +179,13 @@ int usnap_inj_ioctl(int fd, unsigned long req, ...)
 		if (e)
 			return errno = e, -1;
 	}
-	return (ioctl)(fd, req, arg);
+	if (req != UFFDIO_API || !hidden)
+		return (ioctl)(fd, req, arg);
+	if (((struct uffdio_api *)arg)->features & hidden)
+		return errno = EINVAL, -1;
+	if (!(rc = (ioctl)(fd, req, arg)))
+		((struct uffdio_api *)arg)->features &= ~hidden;
+	return rc;
 }
 
 /* ---- sink writes ------------------------------------------------------------------- */

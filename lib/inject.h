@@ -19,12 +19,18 @@
  * A test arms one point with usnap_inject_arm(): the point's calls are
  * counted from 1 across every thread, and call N fails (once, or every call
  * from N on with USNAP_INJ_STICKY).
+ *
+ * usnap_inject_hide_features() makes UFFDIO_API answer as an older kernel
+ * would, without some UFFD_FEATURE_* bits: the kernel is still asked, and
+ * everything the library does with the smaller answer runs for real (the
+ * paths for kernels without UFFDIO_POISON, say).
  */
 #ifndef UFFDSNAP_INJECT_H
 #define UFFDSNAP_INJECT_H
 
 #include <stdbool.h>
 #include <stddef.h>
+#include <stdint.h>
 #include <sys/types.h>
 #include <uv.h>
 
@@ -55,6 +61,10 @@ unsigned long usnap_inject_calls(enum usnap_inject_point point);
 unsigned long usnap_inject_fired(void);
 /* Start counting without injecting (a dry run that measures a scenario). */
 void usnap_inject_count_only(void);
+/* From now on UFFDIO_API reports none of the UFFD_FEATURE_* bits in mask as
+ * available, and fails with EINVAL, as an older kernel does, when asked for
+ * one of them (0: the kernel's own answer again). Not reset by arm/disarm. */
+void usnap_inject_hide_features(uint64_t mask);
 
 /* The hook sink.c calls before each write: true if the write fails, with
  * *done set to the negative errno; or *bufs, *n replaced by a shorter copy. */

@@ -21,6 +21,12 @@
  * zero page stays a hole that reads as zero. A zero page touched before that
  * is filled with UFFDIO_ZEROPAGE, with its zero neighbours in a 64 KiB window.
  *
+ * hugetlbfs regions take UFFDIO_COPY in whole huge pages only (and have no
+ * UFFDIO_ZEROPAGE): there a fault or the prefetcher gathers a whole huge
+ * page from every chunk that records part of it, zeros where the snapshot
+ * has zero pages, and places it at once. A huge page of zero pages only is
+ * placed when touched, as a zero page is elsewhere.
+ *
  * Failure (a chunk that does not load, an ioctl error): the first error is
  * logged once; the faulting thread gets SIGBUS through UFFDIO_POISON (or
  * tgkill where the kernel lacks it) rather than a wait that never ends; when
@@ -62,6 +68,7 @@ struct lz_region {
 	uint64_t *first, *end, *max_end; /* per chunk (index order); max_end: running maximum of end */
 	_Atomic uint64_t *present;     /* bitmap: placed by us (data, or zero after a touch) */
 	_Atomic uint64_t *zero;        /* bitmap: recorded as zero in a chunk already loaded */
+	uint64_t upages;               /* pages placed at once: 1, or those of a huge page (hugetlbfs) */
 	bool registered;
 };
 
@@ -74,6 +81,8 @@ struct uffdsnap_lazy {
 	struct lz_region *regs;
 	unsigned nregs;
 	uffdsnap_reader_t *rh, *rp;    /* the handler's and the prefetcher's clones */
+	uint8_t *hbuf_h, *hbuf_p;      /* the handler's and the prefetcher's huge page, gathered */
+	size_t hbuf_len;               /* the largest huge page of any region; 0 if none */
 
 	pthread_t handler, prefetcher;
 	bool prefetcher_started;
@@ -176,8 +185,9 @@ static bool all_done(const struct lz_region *g, uint64_t first, uint64_t end)
 
 /*
  * Fill pages [page, page + n) of g with UFFDIO_COPY from src, or with
- * UFFDIO_ZEROPAGE if src is NULL. Pages already present are skipped (EEXIST).
- * Adds the pages this call placed to *placed.
+ * UFFDIO_ZEROPAGE if src is NULL. Pages already present are skipped (EEXIST;
+ * in a hugetlbfs region, a whole huge page at a time). Adds the pages this
+ * call placed to *placed.
  */
 static int fill(uffdsnap_lazy_t *lz, struct lz_region *g, uint64_t page, uint64_t n, const uint8_t *src,
 		uint64_t *placed)
@@ -212,9 +222,9 @@ static int fill(uffdsnap_lazy_t *lz, struct lz_region *g, uint64_t page, uint64_
 			if (src)
 				src += k << sh;
 		} else if (rc && errno == EEXIST) {
-			page++, n--;
+			page += g->upages, n -= g->upages;
 			if (src)
-				src += (size_t)1 << sh;
+				src += (size_t)g->upages << sh;
 		}
 	}
 	return 0;
@@ -238,6 +248,89 @@ static int place_chunk(uffdsnap_lazy_t *lz, struct lz_region *g, const struct us
 		bits_set(g->present, e->first_page, e->npages);
 		data_off += (uint64_t)e->npages << lz->page_shift;
 	}
+	return 0;
+}
+
+/* The first chunk that may record page p: max_end only grows, so skip the
+ * chunks that end at or before p. */
+static size_t first_chunk(const struct lz_region *g, uint64_t p)
+{
+	size_t lo = 0, hi = g->nchunks;
+
+	while (lo < hi) {
+		size_t mid = lo + (hi - lo) / 2;
+		if (g->max_end[mid] <= p)
+			lo = mid + 1;
+		else
+			hi = mid;
+	}
+	return lo;
+}
+
+/*
+ * hugetlbfs: place the huge page that begins at page h of g, gathered in buf
+ * from every chunk that records one of its pages (loaded through rd). One
+ * of zero pages only is placed only if touch is set (a fault), else left a
+ * hole. Adds the data and zero pages this call placed to *data and *zero
+ * (unless NULL; nothing if the other thread placed it first), the chunks
+ * loaded to *chunks. A failure is the restore's (lz_fail).
+ */
+static int place_huge(uffdsnap_lazy_t *lz, struct lz_region *g, uffdsnap_reader_t *rd, uint64_t h, uint8_t *buf,
+		      bool touch, _Atomic uint64_t *data, _Atomic uint64_t *zero, _Atomic uint64_t *chunks)
+{
+	const unsigned sh = lz->page_shift;
+	const uint64_t hend = h + g->upages;
+	uint64_t found = 0, ndata = 0, placed = 0;
+	int rc;
+
+	memset(buf, 0, g->upages << sh);
+	for (size_t i = first_chunk(g, h); i < g->nchunks && g->first[i] < hend; i++) {
+		struct usnap_rchunk c;
+		uint64_t data_off = 0;
+
+		if (g->end[i] <= h)
+			continue;
+		if ((rc = usnap_reader_chunk(rd, g->id, i, &c))) {
+			lz_fail(lz, rc, "region '%s', huge page at page %" PRIu64 ": %s", g->name, h,
+				uffdsnap_reader_error(rd));
+			return rc;
+		}
+		atomic_fetch_add_explicit(chunks, 1, memory_order_relaxed);
+		for (uint32_t k = 0; k < c.nextents; k++) {
+			const struct usnap_extent *e = &c.ext[k];
+			uint64_t a = e->first_page > h ? e->first_page : h;
+			uint64_t b = e->first_page + e->npages < hend ? e->first_page + e->npages : hend;
+
+			if (a < b) {
+				found += b - a;
+				if (e->kind == USNAP_EXT_DATA) {
+					memcpy(buf + ((a - h) << sh), c.data + data_off + ((a - e->first_page) << sh),
+					       (b - a) << sh);
+					ndata += b - a;
+				} else {
+					bits_set(g->zero, a, b - a);
+				}
+			}
+			if (e->kind == USNAP_EXT_DATA)
+				data_off += (uint64_t)e->npages << sh;
+		}
+	}
+	if (found != g->upages) {
+		lz_fail(lz, -EBADMSG, "region '%s', huge page at page %" PRIu64 ": %" PRIu64 " of its %" PRIu64
+			" pages are recorded", g->name, h, found, g->upages);
+		return -EBADMSG;
+	}
+	if (!ndata && !touch)
+		return 0;
+	if ((rc = fill(lz, g, h, g->upages, buf, &placed))) {
+		lz_fail(lz, rc, "region '%s', huge page at page %" PRIu64 ": placing it: %s", g->name, h, strerror(-rc));
+		return rc;
+	}
+	bits_set(g->present, h, g->upages);
+	if (placed)
+		atomic_fetch_add_explicit(data, ndata, memory_order_relaxed);
+	if (placed && zero)
+		atomic_fetch_add_explicit(zero, g->upages - ndata, memory_order_relaxed);
 	return 0;
 }
 
@@ -280,21 +373,15 @@ static int zero_fill(uffdsnap_lazy_t *lz, struct lz_region *g, uint64_t p)
  * first, so its thread runs on, then the rest of its chunk. */
 static int serve(uffdsnap_lazy_t *lz, struct lz_region *g, uint64_t p)
 {
-	size_t lo = 0, hi = g->nchunks;
 	int rc;
 
+	if (g->upages > 1)
+		return place_huge(lz, g, lz->rh, p - p % g->upages, lz->hbuf_h, true, &lz->pages_fault,
+				  &lz->pages_zero_fault, &lz->chunks_fault);
 	/* a chunk loaded already said p is zero */
 	if (bit(g->zero, p))
 		goto zero;
-	/* max_end only grows: skip the chunks that end at or before p */
-	while (lo < hi) {
-		size_t mid = lo + (hi - lo) / 2;
-		if (g->max_end[mid] <= p)
-			lo = mid + 1;
-		else
-			hi = mid;
-	}
-	for (size_t i = lo; i < g->nchunks && g->first[i] <= p; i++) {
+	for (size_t i = first_chunk(g, p); i < g->nchunks && g->first[i] <= p; i++) {
 		const struct usnap_extent *hit = NULL;
 		struct usnap_rchunk c;
 		uint64_t data_off = 0, placed = 0;
@@ -335,11 +422,12 @@ fail:
 	return rc;
 }
 
-/* The faulting thread must not wait for a page that will never come. */
-static void poison(uffdsnap_lazy_t *lz, uintptr_t page_addr, pid_t tid)
+/* The faulting thread must not wait for a page that will never come. range:
+ * its page, or the whole huge page in a hugetlbfs region. */
+static void poison(uffdsnap_lazy_t *lz, struct uffdio_range range, pid_t tid)
 {
-	struct uffdio_poison pz = { .range = { .start = page_addr, .len = (uint64_t)1 << lz->page_shift } };
-	struct uffdio_range wake = pz.range;
+	struct uffdio_poison pz = { .range = range };
+	struct uffdio_range wake = range;
 
 	if (lz->have_poison && (!ioctl(lz->uffd, UFFDIO_POISON, &pz) || errno == EEXIST)) {
 		/* EEXIST: the page arrived after all; wake the thread to find it */
@@ -354,26 +442,29 @@ static void on_fault(uffdsnap_lazy_t *lz, const struct uffd_msg *m)
 {
 	uintptr_t addr = (uintptr_t)m->arg.pagefault.address & ~(((uintptr_t)1 << lz->page_shift) - 1);
 	struct lz_region *g = region_at(lz, addr);
-	struct uffdio_range wake = { .start = addr, .len = (uint64_t)1 << lz->page_shift };
+	struct uffdio_range unit = { .start = addr, .len = (uint64_t)1 << lz->page_shift };
 	uint64_t p;
 
 	atomic_fetch_add_explicit(&lz->faults, 1, memory_order_relaxed);
 	/* a range registered with this userfaultfd that is not one of the
 	 * regions (a page-server client's mistake): nobody can serve it */
 	if (!g) {
-		poison(lz, addr, (pid_t)m->arg.pagefault.feat.ptid);
+		poison(lz, unit, (pid_t)m->arg.pagefault.feat.ptid);
 		return;
 	}
 	p = (addr - g->addr) >> lz->page_shift;
+	unit.start = g->addr + ((p - p % g->upages) << lz->page_shift);
+	unit.len = g->upages << lz->page_shift;
 	/* placed since the fault was raised: the copy woke it, or will */
 	if (bit(g->present, p) || !serve(lz, g, p)) {
-		ioctl(lz->uffd, UFFDIO_WAKE, &wake);
+		ioctl(lz->uffd, UFFDIO_WAKE, &unit);
 		return;
 	}
-	poison(lz, addr, (pid_t)m->arg.pagefault.feat.ptid);
+	poison(lz, unit, (pid_t)m->arg.pagefault.feat.ptid);
 }
 
-/* After a failure: poison every page neither placed nor known to be zero. */
+/* After a failure: poison every page neither placed nor known to be zero (in
+ * a hugetlbfs region, every huge page with such a page). */
 static void poison_rest(uffdsnap_lazy_t *lz)
 {
 	for (unsigned i = 0; i < lz->nregs; i++) {
@@ -383,10 +474,10 @@ static void poison_rest(uffdsnap_lazy_t *lz)
 			struct uffdio_poison pz;
 			uint64_t q = p;
 
-			while (q < g->npages && !bit(g->present, q) && !bit(g->zero, q))
-				q++;
+			while (q < g->npages && !all_done(g, q, q + g->upages))
+				q += g->upages;
 			if (q == p) {
-				p++;
+				p += g->upages;
 				continue;
 			}
 			pz = (struct uffdio_poison){ .range = { .start = g->addr + (p << lz->page_shift),
@@ -398,7 +489,7 @@ static void poison_rest(uffdsnap_lazy_t *lz)
 			else if (pz.updated > 0) /* stopped early: go on from there */
 				p += (uint64_t)pz.updated >> lz->page_shift;
 			else /* EEXIST: the page is present after all; else give the page up */
-				p++;
+				p += g->upages;
 		}
 	}
 }
@@ -495,7 +586,11 @@ static void *prefetch_main(void *arg)
 	for (unsigned r = 0; r < lz->nregs && !atomic_load(&lz->closing); r++) {
 		struct lz_region *g = &lz->regs[r];
 
-		for (size_t i = 0; i < g->nchunks && !atomic_load(&lz->closing); i++) {
+		for (uint64_t h = 0; g->upages > 1 && h < g->npages && !atomic_load(&lz->closing); h += g->upages)
+			if (!bit(g->present, h) && place_huge(lz, g, lz->rp, h, lz->hbuf_p, false, &lz->pages_prefetch,
+							       NULL, &lz->chunks_prefetch) == -ESRCH)
+				goto out; /* the process exited */
+		for (size_t i = 0; g->upages == 1 && i < g->nchunks && !atomic_load(&lz->closing); i++) {
 			struct usnap_rchunk c;
 			uint64_t placed = 0;
 			int rc;
@@ -543,7 +638,8 @@ static int uffd_new(void)
 
 int usnap_restore_uffd(uint64_t *features)
 {
-	const uint64_t want = UFFD_FEATURE_MISSING_SHMEM | UFFD_FEATURE_THREAD_ID | UFFD_FEATURE_POISON;
+	const uint64_t want = UFFD_FEATURE_MISSING_SHMEM | UFFD_FEATURE_MISSING_HUGETLBFS | UFFD_FEATURE_THREAD_ID |
+			      UFFD_FEATURE_POISON;
 	struct uffdio_api a = { .api = UFFD_API };
 	int fd = uffd_new(), err;
 
@@ -603,7 +699,32 @@ static bool backing_empty(const void *addr)
 	return empty;
 }
 
-int usnap_lazy_arm(int uffd, const char *name, void *addr, size_t len)
+/*
+ * The page size of the hugetlbfs mapping at addr (its KernelPageSize in
+ * /proc/self/smaps), 0 if unknown. smaps walks the page tables of every
+ * mapping it passes: only asked for memory known to be hugetlbfs.
+ */
+static size_t huge_page_size(const void *addr)
+{
+	FILE *f = fopen("/proc/self/smaps", "re");
+	char line[512];
+	size_t kb = 0;
+	bool in = false;
+
+	while (f && !kb && fgets(line, sizeof(line), f)) {
+		uintptr_t start, end;
+
+		if (sscanf(line, "%" SCNxPTR "-%" SCNxPTR " ", &start, &end) == 2)
+			in = (uintptr_t)addr - start < end - start;
+		else if (in && sscanf(line, "KernelPageSize: %zu kB", &kb) != 1)
+			kb = 0;
+	}
+	if (f)
+		fclose(f);
+	return kb << 10;
+}
+
+int usnap_lazy_arm(int uffd, const char *name, void *addr, size_t len, size_t *unit)
 {
 	const size_t page = (size_t)sysconf(_SC_PAGESIZE), npages = len / page;
 	struct uffdio_register reg = { .range = { .start = (uintptr_t)addr, .len = len },
@@ -637,11 +758,33 @@ int usnap_lazy_arm(int uffd, const char *name, void *addr, size_t len)
 	if (ioctl(uffd, UFFDIO_REGISTER, &reg))
 		return usnap_err(-errno, "region '%s': registering %p+%zu with the userfaultfd: %s%s", name, addr, len,
 				 strerror(errno), errno == EBUSY ? " (already registered with another userfaultfd)"
-				 : errno == EINVAL ? " (not shmem or anonymous memory?)" : "");
+				 : errno == EINVAL ? " (not shmem or anonymous memory, or hugetlbfs memory not aligned "
+				 "to its huge pages?)" : "");
+	*unit = page;
 	if (!(reg.ioctls & (1ull << _UFFDIO_COPY))) {
-		ioctl(uffd, UFFDIO_UNREGISTER, &reg.range);
-		return usnap_err(-EOPNOTSUPP, "region '%s': UFFDIO_COPY is not available for this memory", name);
+		rc = usnap_err(-EOPNOTSUPP, "region '%s': UFFDIO_COPY is not available for this memory", name);
+	} else if (!(reg.ioctls & (1ull << _UFFDIO_ZEROPAGE))) {
+		/* the kernel offers every kind of memory UFFDIO_ZEROPAGE but hugetlbfs */
+		*unit = huge_page_size(addr);
+		if (*unit <= page || *unit & (*unit - 1))
+			rc = usnap_err(-EOPNOTSUPP, "region '%s': hugetlbfs memory of unknown huge page size", name);
 	}
+	if (rc)
+		ioctl(uffd, UFFDIO_UNREGISTER, &reg.range);
+	return rc;
+}
+
+int usnap_lazy_unit(uffdsnap_lazy_t *lz, unsigned i, size_t unit)
+{
+	struct lz_region *g = &lz->regs[i];
+
+	if (unit < ((size_t)1 << lz->page_shift) || unit > USNAP_LAZY_MAX_UNIT || unit & (unit - 1) ||
+	    (g->addr | g->len) & (unit - 1))
+		return usnap_err(-EINVAL, "region '%s': huge pages of %zu bytes for memory at %#" PRIxPTR "+%zu",
+				 g->name, unit, g->addr, g->len);
+	g->upages = unit >> lz->page_shift;
+	if (unit > lz->hbuf_len && g->upages > 1)
+		lz->hbuf_len = unit;
 	return 0;
 }
 
@@ -672,6 +815,7 @@ static int region_match(uffdsnap_lazy_t *lz, struct lz_region *g, const uffdsnap
 			return usnap_err(-EINVAL, "region '%s': given twice, or its memory overlaps region '%s'",
 					 ri.name, lz->regs[i].name);
 	g->npages = in->len / page;
+	g->upages = 1;
 	g->nchunks = usnap_reader_nchunks(lz->rh, g->id);
 	g->first = malloc((g->nchunks + 1) * 3 * sizeof(uint64_t));
 	g->present = calloc((g->npages + 63) / 64, sizeof(uint64_t));
@@ -695,6 +839,10 @@ static void lz_destroy(uffdsnap_lazy_t *lz)
 		free(lz->regs[i].zero);
 	}
 	free(lz->regs);
+	if (lz->hbuf_h)
+		munmap(lz->hbuf_h, lz->hbuf_len);
+	if (lz->hbuf_p)
+		munmap(lz->hbuf_p, lz->hbuf_len);
 	uffdsnap_reader_free(lz->rh);
 	uffdsnap_reader_free(lz->rp);
 	if (lz->uffd >= 0)
@@ -777,6 +925,17 @@ int usnap_lazy_go(uffdsnap_lazy_t *lz)
 {
 	int rc;
 
+	if (lz->hbuf_len) {
+		lz->hbuf_h = mmap(NULL, lz->hbuf_len, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
+		lz->hbuf_p = mmap(NULL, lz->hbuf_len, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
+		if (lz->hbuf_h == MAP_FAILED)
+			lz->hbuf_h = NULL;
+		if (lz->hbuf_p == MAP_FAILED)
+			lz->hbuf_p = NULL;
+		if (!lz->hbuf_h || !lz->hbuf_p)
+			return usnap_err(-ENOMEM, "out of memory for two huge pages of %zu bytes", lz->hbuf_len);
+	}
+
 	for (unsigned i = 0; i < lz->nregs; i++)
 		lz->regs[i].registered = true;
 	if ((rc = usnap_thread_start(&lz->prefetcher, prefetch_main, lz)))
@@ -798,15 +957,16 @@ USNAP_EXPORT void uffdsnap_lazy_opts_init_size(uffdsnap_lazy_opts_t *opts, size_
 int usnap_lazy_opts_get(const uffdsnap_lazy_opts_t *in, uffdsnap_lazy_opts_t *out, const char *fn)
 {
 	*out = (uffdsnap_lazy_opts_t){ .size = sizeof(*out) };
-	if (!in)
-		return 0;
-	if (in->size < offsetof(uffdsnap_lazy_opts_t, flags) + sizeof(in->flags) || in->size > sizeof(*out))
+	if (in && (in->size < offsetof(uffdsnap_lazy_opts_t, flags) + sizeof(in->flags) || in->size > sizeof(*out)))
 		return usnap_err(-EINVAL, "%s: opts->size is %zu: set it to sizeof(uffdsnap_lazy_opts_t) (%zu)", fn,
 				 in->size, sizeof(*out));
-	memcpy(out, in, in->size);
+	if (in)
+		memcpy(out, in, in->size);
 	out->size = sizeof(*out);
 	if (!out->max_clients)
 		out->max_clients = UFFDSNAP_SERVE_MAX_CLIENTS;
+	if (!out->request_ms)
+		out->request_ms = UFFDSNAP_SERVE_REQUEST_MS;
 	return 0;
 }
 
@@ -831,11 +991,17 @@ USNAP_EXPORT int uffdsnap_lazy_start(uffdsnap_lazy_t **lzp, uffdsnap_reader_t *r
 		return rc;
 	lz->t0 = t0;
 	for (unsigned i = 0; i < n; i++) {
-		if ((rc = usnap_lazy_arm(uffd, lz->regs[i].name, regions[i].addr, regions[i].len))) {
+		size_t unit;
+
+		if ((rc = usnap_lazy_arm(uffd, lz->regs[i].name, regions[i].addr, regions[i].len, &unit))) {
 			usnap_lazy_abandon(lz);
 			return rc;
 		}
 		lz->regs[i].registered = true;
+		if ((rc = usnap_lazy_unit(lz, i, unit))) {
+			usnap_lazy_abandon(lz);
+			return rc;
+		}
 	}
 	if ((rc = usnap_lazy_go(lz))) {
 		usnap_lazy_abandon(lz);

@@ -20,13 +20,21 @@ int usnap_lazy_opts_get(const uffdsnap_lazy_opts_t *in, uffdsnap_lazy_opts_t *ou
  * kernel has them: the features in *features). Negative errno, detail set. */
 int usnap_restore_uffd(uint64_t *features);
 /* Check that [addr, addr+len) is page aligned, mapped and empty, and register
- * it with uffd in MISSING mode. */
-int usnap_lazy_arm(int uffd, const char *name, void *addr, size_t len);
+ * it with uffd in MISSING mode. *unit: the bytes UFFDIO_COPY must place at
+ * once there (the page size, or hugetlbfs's huge page size). */
+int usnap_lazy_arm(int uffd, const char *name, void *addr, size_t len, size_t *unit);
 /* A lazy restore of regions (already registered with uffd, in process pid)
  * from r's snapshot, not started yet, with opts from usnap_lazy_opts_get().
  * Takes uffd over, even on failure. */
 int usnap_lazy_setup(uffdsnap_lazy_t **lz, uffdsnap_reader_t *r, int uffd, uint64_t features, pid_t pid,
 		     const uffdsnap_lazy_region_t *regions, unsigned n, const uffdsnap_lazy_opts_t *opts);
+/* The largest huge page a lazy restore places (UFFDIO_COPY needs all of it
+ * in one buffer, one per thread). */
+#define USNAP_LAZY_MAX_UNIT ((size_t)1 << 30)
+/* Region i of lz is placed in units of unit bytes (usnap_lazy_arm()'s):
+ * -EINVAL if that is no power of two in [page, USNAP_LAZY_MAX_UNIT] or the
+ * region is not aligned to it. Before usnap_lazy_go(). */
+int usnap_lazy_unit(uffdsnap_lazy_t *lz, unsigned i, size_t unit);
 /* Start the handler and prefetch threads. */
 int usnap_lazy_go(uffdsnap_lazy_t *lz);
 /* Log a failed lazy restore to stderr (without stdio's lock), once per restore. */

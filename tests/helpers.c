@@ -933,6 +933,28 @@ void usnap_snapfile_free(struct usnap_snapfile *f)
 	usnap_rmdir(f->dir);
 }
 
+size_t usnap_snapfile_flipped(const struct usnap_snapfile *f, const char *name, char *path)
+{
+	uint8_t *bytes, *buf = usnap_buf_alloc(usnap_page);
+	uffdsnap_reader_t *r;
+	size_t len, p;
+
+	snprintf(path, PATH_MAX + 16, "%s/%s", f->dir, name);
+	bytes = usnap_slurp(f->path, &len);
+	bytes[len / 2] ^= 0x40;
+	usnap_write_file(path, bytes, len);
+	free(bytes);
+	r = usnap_reader(path);
+	for (p = 0; p < f->len / usnap_page; p++)
+		if (uffdsnap_reader_read(r, 0, p * usnap_page, buf, usnap_page))
+			break;
+	uffdsnap_reader_free(r);
+	usnap_buf_free(buf, usnap_page);
+	ck_assert_msg(p < f->len / usnap_page, "no page of %s fails to read", path);
+	printf("  %s: flipped the byte at offset %zu: page %zu is lost\n", name, len / 2, p);
+	return p;
+}
+
 /* ---- the prefix rule ---------------------------------------------------------- */
 
 static inline uint64_t seq_nslots(const struct usnap_seq *q)

@@ -317,6 +317,10 @@ struct usnap_snapfile {
 void usnap_snapfile_new(struct usnap_snapfile *f, const char *name, size_t len, uint64_t seed, unsigned hole_every,
 			unsigned zero_every);
 void usnap_snapfile_free(struct usnap_snapfile *f);
+/* A copy of f's snapshot in f->dir/name with the byte in its middle flipped
+ * (in a chunk's data); returns the first page of the region that no longer
+ * reads back, failing the test if there is none. */
+size_t usnap_snapfile_flipped(const struct usnap_snapfile *f, const char *name, char *path);
 
 /* ---- the prefix rule ----------------------------------------------------------
  *

@@ -5,14 +5,20 @@
  * through /proc/sys/vm/nr_hugepages and gives them back at exit; without root
  * or free memory for them it skips. Writers hit copied and not-yet-copied
  * huge pages and never-touched ones (which only markers protect); the
- * snapshot must equal the instant and no page may stay protected.
+ * snapshot must equal the instant and no page may stay protected. Lazy
+ * restore into fresh huge pages, in-process and through a page server in
+ * another process, gives the snapshot back byte-exact.
  */
 #include <errno.h>
+#include <signal.h>
 #include <stdio.h>
 #include <inttypes.h>
 #include <stdlib.h>
 #include <string.h>
 #include <sys/mman.h>
+#include <sys/socket.h>
+#include <sys/un.h>
+#include <sys/wait.h>
 #include <unistd.h>
 
 #include "helpers.h"
@@ -197,6 +203,170 @@ START_TEST(hugetlb_refused)
 }
 END_TEST
 
+static void print_lazy(const char *what, const uffdsnap_lazy_stats_t *st)
+{
+	printf("hugetlb_lazy: %s: resident after %.1f ms; %" PRIu64 " faults; data pages by fault %" PRIu64
+	       ", by prefetch %" PRIu64 "; zero pages placed for faults %" PRIu64 "; chunks loaded for faults %" PRIu64
+	       ", by prefetch %" PRIu64 "\n", what, st->resident_ns / 1e6, st->faults, st->pages_fault,
+	       st->pages_prefetch, st->pages_zero_fault, st->chunks_fault, st->chunks_prefetch);
+}
+
+/* Touch n random pages of a (each page checked against ref), then wait for
+ * the rest: wait is a lazy or a client wait. */
+static void touch_random(const uint8_t *a, const uint8_t *ref, size_t len, unsigned n, uint64_t seed)
+{
+	for (unsigned i = 0; i < n; i++) {
+		size_t p = usnap_splitmix64(&seed) % (len / usnap_page);
+		usnap_assert_msg(!memcmp(a + p * usnap_page, ref + p * usnap_page, usnap_page), "page %zu differs", p);
+	}
+}
+
+/* In a child: lazily restore path's "huge" (len bytes) into fresh huge pages
+ * and touch page bad, whose chunk does not load: SIGBUS must end it, for
+ * the fault itself (faults only) or, after wait() returned the failure, for
+ * the huge page left poisoned. */
+static void huge_touch_lost(const char *path, size_t len, size_t bad, bool after_wait)
+{
+	uffdsnap_lazy_region_t reg = { .name = "huge", .len = len };
+	uffdsnap_lazy_opts_t o;
+	uffdsnap_reader_t *r;
+	uffdsnap_lazy_t *lz;
+	int fd;
+
+	usnap_sigbus_child();
+	uffdsnap_lazy_opts_init(&o);
+	o.flags = after_wait ? 0 : UFFDSNAP_LAZY_NO_PREFETCH;
+	reg.addr = huge_memfd(&fd, len);
+	if (uffdsnap_reader_open(&r, path) || uffdsnap_lazy_start(&lz, r, &reg, 1, &o))
+		_exit(10);
+	if (after_wait && !uffdsnap_lazy_wait(lz))
+		_exit(11);
+	(void)*(volatile uint8_t *)((uint8_t *)reg.addr + bad * usnap_page + 8);
+	_exit(13);
+}
+
+/*
+ * Lazy restore into hugetlbfs: every huge page arrives whole (UFFDIO_COPY
+ * takes nothing less there), gathered from the several chunks that record
+ * it. Huge pages of data, of data and zero pages, and never touched (zero
+ * in the snapshot); faults only, then with the prefetcher, then through a
+ * page server in a child process. Then a corrupt chunk: a thread touching
+ * its huge page gets SIGBUS (the whole huge page is poisoned).
+ */
+START_TEST(hugetlb_lazy)
+{
+	const size_t len = 32 * MiB, nh = len / HPAGE;
+	uffdsnap_info_t info = { .size = sizeof(info) };
+	struct sockaddr_un sa = { .sun_family = AF_UNIX };
+	uffdsnap_lazy_region_t reg = { .name = "huge", .len = len };
+	uffdsnap_lazy_stats_t st = { .size = sizeof(st) };
+	uffdsnap_lazy_opts_t o;
+	uffdsnap_lazy_client_t *c;
+	uffdsnap_reader_t *r;
+	uffdsnap_lazy_t *lz;
+	uffdsnap_t *ctx;
+	char dir[PATH_MAX], path[PATH_MAX + 16];
+	uint64_t data_pages;
+	uint8_t *a, *ref;
+	int fd, rc, ls, status;
+	pid_t server;
+
+	usnap_watchdog(60, "hugetlb_lazy");
+	a = huge_memfd(&fd, len);
+	for (size_t h = 0; h < nh; h++)
+		if (h % 4) /* 0: a hole; 2: data, then zero pages */
+			usnap_fill_random(a + h * HPAGE, h % 4 == 2 ? HPAGE / 3 : HPAGE, 60 + h);
+	ref = usnap_buf_alloc(len);
+	ck_assert(pread(fd, ref, len, 0) == (ssize_t)len);
+	usnap_tmpdir(dir);
+	snprintf(path, sizeof(path), "%s/snap", dir);
+	ctx = usnap_ctx_new(NULL);
+	usnap_add(ctx, "huge", a, len);
+	usnap_snap_file(ctx, path, NULL);
+	uffdsnap_free(ctx);
+	munmap(a, len);
+	close(fd);
+	r = usnap_reader(path);
+	uffdsnap_reader_info(r, &info);
+	data_pages = len / usnap_page - info.pages_zero;
+
+	for (int prefetch = 0; prefetch <= 1; prefetch++) {
+		a = huge_memfd(&fd, len);
+		reg.addr = a;
+		uffdsnap_lazy_opts_init(&o);
+		o.flags = prefetch ? 0 : UFFDSNAP_LAZY_NO_PREFETCH;
+		rc = uffdsnap_lazy_start(&lz, r, &reg, 1, &o);
+		ck_assert_msg(rc == 0, "lazy_start into hugetlb: %d %s", rc, uffdsnap_last_error());
+		touch_random(a, ref, len, 200, 7 + (uint64_t)prefetch);
+		rc = uffdsnap_lazy_wait(lz);
+		ck_assert_msg(rc == 0, "lazy_wait: %d %s", rc, uffdsnap_lazy_error(lz));
+		ck_assert_int_eq(uffdsnap_lazy_stats(lz, &st), 0);
+		print_lazy(prefetch ? "in-process, with prefetch" : "in-process, faults only", &st);
+		ck_assert_uint_eq(st.pages_fault + st.pages_prefetch, data_pages);
+		ck_assert_msg(!memcmp(a, ref, len), "the lazily restored huge pages differ from the snapshot");
+		uffdsnap_lazy_free(lz);
+		munmap(a, len);
+		close(fd);
+	}
+
+	/* across processes: the huge page size travels with the region table */
+	ck_assert(strlen(dir) + sizeof("/sock") <= sizeof(sa.sun_path));
+	strcat(strcpy(sa.sun_path, dir), "/sock");
+	ls = socket(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0);
+	ck_assert(ls >= 0 && !bind(ls, (struct sockaddr *)&sa, sizeof(sa)) && !listen(ls, 1));
+	server = fork();
+	ck_assert(server >= 0);
+	if (server == 0) {
+		int conn = accept(ls, NULL, NULL);
+
+		alarm(30);
+		_exit(conn < 0 || uffdsnap_serve_conn(r, conn, NULL) ? 1 : 0);
+	}
+	close(ls);
+	a = huge_memfd(&fd, len);
+	reg.addr = a;
+	rc = uffdsnap_lazy_connect(&c, sa.sun_path, &reg, 1);
+	ck_assert_msg(rc == 0, "lazy_connect into hugetlb: %d %s", rc, uffdsnap_last_error());
+	touch_random(a, ref, len, 200, 9);
+	rc = uffdsnap_lazy_client_wait(c);
+	ck_assert_msg(rc == 0, "client_wait: %d %s", rc, uffdsnap_lazy_client_error(c));
+	ck_assert_int_eq(uffdsnap_lazy_client_stats(c, &st), 0);
+	print_lazy("page server", &st);
+	ck_assert_uint_eq(st.pages_fault + st.pages_prefetch, data_pages);
+	ck_assert_msg(!memcmp(a, ref, len), "the huge pages restored by the page server differ from the snapshot");
+	uffdsnap_lazy_client_free(c);
+	status = usnap_wait_child(server, 20, "the page server");
+	ck_assert_msg(WIFEXITED(status) && WEXITSTATUS(status) == 0, "server status 0x%x", status);
+	munmap(a, len);
+	close(fd);
+	uffdsnap_reader_free(r);
+
+	{
+		struct usnap_snapfile f = { .want = ref, .len = len };
+		char bad_path[PATH_MAX + 16];
+		size_t bad;
+
+		strcpy(f.dir, dir);
+		strcpy(f.path, path);
+		bad = usnap_snapfile_flipped(&f, "flipped", bad_path);
+		for (int after_wait = 0; after_wait <= 1; after_wait++) {
+			pid_t child = fork();
+
+			ck_assert(child >= 0);
+			if (child == 0)
+				huge_touch_lost(bad_path, len, bad, after_wait);
+			status = usnap_wait_child(child, 20, "the child touching a lost huge page");
+			printf("hugetlb_lazy: corrupt chunk, %s: child %s %d\n", after_wait ? "after wait()" : "faults only",
+			       WIFSIGNALED(status) ? "killed by signal" : "exited",
+			       WIFSIGNALED(status) ? WTERMSIG(status) : WEXITSTATUS(status));
+			ck_assert_msg(WIFSIGNALED(status) && WTERMSIG(status) == SIGBUS, "no SIGBUS for a lost huge page");
+		}
+	}
+	usnap_buf_free(ref, len);
+	usnap_rmdir(dir);
+}
+END_TEST
+
 int main(void)
 {
 	Suite *s = suite_create("hugetlb");
@@ -226,6 +396,7 @@ int main(void)
 	tcase_add_test(tc, hugetlb_exact);
 	tcase_add_test(tc, hugetlb_begin_1g);
 	tcase_add_test(tc, hugetlb_refused);
+	tcase_add_test(tc, hugetlb_lazy);
 	suite_add_tcase(s, tc);
 	return usnap_run_suite(s);
 }

@@ -33,6 +33,7 @@ static const char usage_text[] =
 	"       uffdsnap diff A B\n"
 	"       uffdsnap cat [-x] FILE REGION OFFSET LEN\n"
 	"       uffdsnap serve FILE --socket PATH [--once] [--no-prefetch] [--max-clients N]\n"
+	"                      [--request-timeout MS]\n"
 	"       uffdsnap --help | --version\n";
 
 static const char help_text[] =
@@ -61,9 +62,12 @@ static const char help_text[] =
 	"                     page server: restore processes that connect to PATH with\n"
 	"                     uffdsnap_lazy_connect() lazily from FILE (each client in\n"
 	"                     its own thread); --once: exit after the first client;\n"
-	"                     --no-prefetch: serve faults only until the client is done;\n"
+	"                     --no-prefetch: serve faults only until the client waits\n"
+	"                     for the end (uffdsnap_lazy_client_wait) or hangs up;\n"
 	"                     --max-clients N: serve at most N clients at once (default\n"
-	"                     64) and refuse more, with an error to the client.\n"
+	"                     64) and refuse more, with an error to the client;\n"
+	"                     --request-timeout MS: hang up on a client that has not sent\n"
+	"                     its request MS milliseconds after it connected (default 5000).\n"
 	"\n"
 	"Exit status: 0 success, 1 failure (corrupt, incomplete, I/O), 2 usage error.\n";
 
@@ -586,6 +590,7 @@ static int cmd_serve(int argc, char **argv)
 		{ "once", no_argument, NULL, '1' },
 		{ "no-prefetch", no_argument, NULL, 'n' },
 		{ "max-clients", required_argument, NULL, 'm' },
+		{ "request-timeout", required_argument, NULL, 't' },
 		{ 0 },
 	};
 	struct sockaddr_un sa = { .sun_family = AF_UNIX };
@@ -594,7 +599,7 @@ static int cmd_serve(int argc, char **argv)
 	uffdsnap_reader_t *r;
 	bool once = false;
 	struct stat st;
-	uint64_t max;
+	uint64_t num;
 	int c, ls, rc;
 
 	uffdsnap_lazy_opts_init(&lo);
@@ -611,9 +616,11 @@ static int cmd_serve(int argc, char **argv)
 			lo.flags |= UFFDSNAP_LAZY_NO_PREFETCH;
 			break;
 		case 'm':
-			if (!parse_u64(optarg, &max) || !max || max > UINT32_MAX)
-				return usage_error("serve: --max-clients wants a positive number, not '%s'", optarg);
-			lo.max_clients = (uint32_t)max;
+		case 't':
+			if (!parse_u64(optarg, &num) || !num || num > UINT32_MAX)
+				return usage_error("serve: --%s wants a positive number, not '%s'",
+						   c == 'm' ? "max-clients" : "request-timeout", optarg);
+			*(c == 'm' ? &lo.max_clients : &lo.request_ms) = (uint32_t)num;
 			break;
 		default:
 			return usage_error("serve: unknown option");
