@@ -123,10 +123,12 @@ static int build_record(uffdsnap_snap_t *s, ZSTD_CCtx *cc, struct usnap_job *j, 
 		/* Stored as copied. The pages are written from the raw buffer
 		 * itself, after the head: copying them behind it would be one
 		 * more pass over every byte, and uncompressed chunks are what
-		 * UFFDSNAP_OPT_ADAPT makes to be fast. Only a chunk cut into more
-		 * runs (by zero pages) than a job has parts is gathered. */
+		 * UFFDSNAP_OPT_ADAPT makes to be fast. A chunk cut into more runs
+		 * (by zero pages) than a job has parts is gathered, and so is every
+		 * chunk for a callback: it gets a record a call, not a call per
+		 * run (a sink that sends each call as a packet pays for each). */
 		stored = data_bytes;
-		in_place = nruns + 2 <= USNAP_JOB_PARTS;
+		in_place = nruns + 2 <= USNAP_JOB_PARTS && s->sink->kind != USNAP_SINK_CALLBACK;
 		for (size_t i = 0, at = 0; !in_place && i < nruns; at += runs[i++].len)
 			memcpy(payload + at, runs[i].p, runs[i].len);
 		atomic_fetch_add(&s->chunks_uncompressed, 1);

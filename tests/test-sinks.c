@@ -351,9 +351,10 @@ END_TEST
 /*
  * Chunks zstd cannot shrink are written from the copied pages themselves,
  * in as many pieces as zero pages cut them into, or gathered when they are
- * cut into more pieces than a job holds (compress.c build_record). Random
- * pages with a zero page every `every` pages, to a file and to a callback
- * that sees each piece: both byte-exact, every chunk stored uncompressed.
+ * cut into more pieces than a job holds or go to a callback (compress.c
+ * build_record). Random pages with a zero page every `every` pages, through
+ * an fd sink (writev of the pieces) or, for odd `every`, a callback: every
+ * chunk stored uncompressed, the stream byte-exact.
  */
 static void uncompressed_case(unsigned every)
 {
@@ -370,7 +371,13 @@ static void uncompressed_case(unsigned every)
 	f.ref = usnap_mem_copy(&f.m);
 	usnap_fix_ctx(&f, "u", &o);
 	usnap_fix_cb(&f, every & 1 ? NULL : "snap");
-	r = uffdsnap_begin(f.ctx, usnap_cb_sink(&f.cb), &f.s);
+	if (every & 1) {
+		r = uffdsnap_begin(f.ctx, usnap_cb_sink(&f.cb), &f.s);
+	} else {
+		uffdsnap_sink_t *k;
+		ck_assert_int_eq(uffdsnap_sink_fd(&k, f.cb.fd), 0);
+		r = uffdsnap_begin(f.ctx, k, &f.s);
+	}
 	ck_assert_msg(r == 0, "begin: %d (%s)", r, uffdsnap_last_error());
 	r = uffdsnap_wait(f.s);
 	ck_assert_msg(r == 0, "wait: %d %s", r, uffdsnap_snap_error(f.s));
@@ -386,10 +393,10 @@ static void uncompressed_case(unsigned every)
 START_TEST(sink_uncompressed_pieces)
 {
 	usnap_watchdog(60, "sink_uncompressed_pieces");
-	uncompressed_case(0);   /* one piece of pages a chunk */
-	uncompressed_case(8);   /* 8 pieces */
-	uncompressed_case(3);   /* 22 pieces: gathered; kept in memory, not in a file */
-	uncompressed_case(2);   /* 32 pieces: gathered */
+	uncompressed_case(0);   /* fd: one piece of pages a chunk */
+	uncompressed_case(8);   /* fd: 8 pieces */
+	uncompressed_case(2);   /* fd: 32 pieces, gathered */
+	uncompressed_case(3);   /* callback: gathered */
 }
 END_TEST
 
