@@ -112,7 +112,7 @@ static int build_record(uffdsnap_snap_t *s, ZSTD_CCtx *cc, struct usnap_job *j, 
 	payload = (uint8_t *)(ext + n);
 	head = (size_t)(payload - j->out);
 	payload_cap = s->pool->out_cap - head;
-	if (data_bytes && !((s->flags & UFFDSNAP_OPT_ADAPT) && atomic_load(&s->fault_starved))) {
+	if (data_bytes && !((s->flags & UFFDSNAP_OPT_ADAPT) && usnap_now_ns() < atomic_load(&s->starved_until_ns))) {
 		r = compress_runs(cc, runs, nruns, data_bytes, payload, payload_cap, &stored);
 		if (r)
 			return r;
