@@ -62,9 +62,9 @@ typedef struct uffdsnap_sink uffdsnap_sink_t; /* where a snapshot's bytes go */
  */
 #define UFFDSNAP_OPT_STRICT (1u << 2)
 /*
- * Favour the program over the file size: while a write fault waits for buffer
- * space, the chunks compressed next are stored uncompressed, so the buffers
- * the writer waits for free at memcpy speed instead of zstd's. A program that
+ * Favour the program over the file size: while write faults wait for buffer
+ * space (and for 20 ms after the last did), chunks are stored uncompressed, so
+ * the buffers writers wait for free at memcpy speed instead of zstd's. A program that
  * does not write during the snapshot gets the file compressed as usual.
  * stats.chunks_uncompressed counts what it cost.
  */
