@@ -75,7 +75,7 @@ struct uffdsnap_opts {
 	uint32_t flags;         /* UFFDSNAP_OPT_* */
 	int zstd_level;         /* zstd level; negative = faster; default 1 */
 	int compress_threads;   /* compression workers; 0 = number of online CPUs */
-	size_t buffer_bytes;    /* bound on memory for copied-but-unwritten pages; default 64 MiB.
+	size_t buffer_bytes;    /* bound on the memory a snapshot adds (docs/api.md); default 64 MiB.
 	                         * Allocated (and pre-faulted) by uffdsnap_new, reused by every snapshot. */
 	size_t chunk_bytes;     /* bytes of pages per chunk (power of two, >= 16 KiB); default 256 KiB */
 };

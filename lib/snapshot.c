@@ -29,22 +29,70 @@
 
 /* ---- the buffer pool ------------------------------------------------------ */
 
+/*
+ * Memory a compression worker's zstd context takes once it has compressed a
+ * full chunk at the context's level: measured on a throwaway context, since
+ * zstd's own estimates are outside its stable API.
+ */
+static int cctx_bytes(const uffdsnap_t *ctx, size_t *n)
+{
+	size_t chunk = ctx->opts.chunk_bytes;
+	ZSTD_CCtx *cc = ZSTD_createCCtx();
+	void *src = calloc(1, chunk), *dst = malloc(ZSTD_compressBound(chunk));
+	int r = -ENOMEM;
+
+	if (cc && src && dst) {
+		r = -EINVAL;
+		if (!ZSTD_isError(ZSTD_CCtx_setParameter(cc, ZSTD_c_compressionLevel, ctx->opts.zstd_level)) &&
+		    !ZSTD_isError(ZSTD_CCtx_setPledgedSrcSize(cc, chunk)) &&
+		    !ZSTD_isError(ZSTD_compress2(cc, dst, ZSTD_compressBound(chunk), src, chunk)))
+			*n = ZSTD_sizeof_CCtx(cc), r = 0;
+	}
+	ZSTD_freeCCtx(cc);
+	free(src);
+	free(dst);
+	if (r)
+		usnap_err(r, "zstd level %d: %s", ctx->opts.zstd_level,
+			  r == -ENOMEM ? "out of memory for a trial compression" : "rejected");
+	return r;
+}
+
+#define POOL_OTHER_BYTES (1u << 20)
+
+static unsigned worker_count(const uffdsnap_t *ctx)
+{
+	long n = ctx->opts.compress_threads ? ctx->opts.compress_threads : sysconf(_SC_NPROCESSORS_ONLN);
+
+	return n < 1 ? 1 : (unsigned)n;
+}
+
 int usnap_pool_init(uffdsnap_t *ctx)
 {
 	struct usnap_pool *p = &ctx->pool;
 	size_t chunk = ctx->opts.chunk_bytes, pages = chunk / ctx->page_size;
-	size_t ext_cap = 2 * pages, foot, njobs;
+	size_t ext_cap = 2 * pages, foot, njobs, zstd;
 	uint8_t *m;
+	int r = cctx_bytes(ctx, &zstd);
+
+	if (r)
+		return r;
+	/* and ~0.3-0.4 MiB measured beside them: thread stacks, the threads'
+	 * heap arenas, the I/O loop and the snapshot's tables */
+	zstd = zstd * worker_count(ctx) + POOL_OTHER_BYTES;
 
 	/* A worker may split every DATA extent at zero pages: at most one new
 	 * extent per page, so twice the pages is always enough. */
 	p->out_cap = usnap_pad8(sizeof(struct usnap_rec_hdr) + sizeof(struct usnap_chunk) +
 				ext_cap * sizeof(struct usnap_extent) + ZSTD_compressBound(chunk)) + 8;
 	foot = chunk + p->out_cap + ext_cap * sizeof(struct usnap_extent);
-	njobs = ctx->opts.buffer_bytes / foot;
-	if (njobs < 4)
+	if (ctx->opts.buffer_bytes / foot < 4)
 		return usnap_err(-EINVAL, "buffer_bytes %zu is too small for chunk_bytes %zu: it must hold at "
 				 "least 4 chunk buffers (%zu bytes)", ctx->opts.buffer_bytes, chunk, 4 * foot);
+	/* The bound covers the workers' zstd state and the rest of a snapshot's
+	 * memory too: what a snapshot adds to the process is all that, not the
+	 * buffers alone. Only a bound too small for both gets the 4 buffers it
+	 * always got. */
+	njobs = ctx->opts.buffer_bytes > zstd + 4 * foot ? (ctx->opts.buffer_bytes - zstd) / foot : 4;
 	if (njobs > 65536)
 		njobs = 65536;
 	/* Pre-faulted once per context, in uffdsnap_new: a fresh page costs a
@@ -263,13 +311,8 @@ static int snap_prepare(uffdsnap_snap_t *s)
 
 static int snap_start_threads(uffdsnap_snap_t *s)
 {
-	int n = s->ctx->opts.compress_threads, r;
+	int r = usnap_workers_start(s, worker_count(s->ctx));
 
-	if (n == 0)
-		n = (int)sysconf(_SC_NPROCESSORS_ONLN);
-	if (n < 1)
-		n = 1;
-	r = usnap_workers_start(s, (unsigned)n);
 	if (!r)
 		r = usnap_io_start(s);
 	if (!r) {
