@@ -23,12 +23,11 @@
 
 /*
  * The region of most cases. Their time is the slowed sink writing what the
- * scribbles fault in (half the region, ~12 MiB/s); under a sanitizer, where
- * everything else takes longer too, half of it: the sweep still stalls at
- * 4 MiB, far below the pages the scribbles and the address-space changes
- * hit (the second half, the third quarter).
+ * scribbles fault in (half the region, ~12 MiB/s), so no larger than it
+ * needs to be: the sweep stalls at 4 MiB, far below the pages the scribbles
+ * and the address-space changes hit (the second half, the third quarter).
  */
-#define LEN (USNAP_SANITIZED ? 16 * MiB : 32 * MiB)
+#define LEN (16 * MiB)
 
 struct run {
 	struct usnap_cb cb;
