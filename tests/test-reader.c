@@ -30,6 +30,21 @@
 #include "format.h"
 
 #define SKIP 77
+
+/* Under TSan the corruption sweep flips every 3rd offset of its list: the
+ * reader runs in one thread, so what the other offsets add (the reader's
+ * answer to each damaged byte, its memory errors) the plain and ASan builds
+ * check in full. */
+#if defined(__SANITIZE_THREAD__)
+#define SWEEP_STEP 3
+#elif defined(__has_feature)
+#if __has_feature(thread_sanitizer)
+#define SWEEP_STEP 3
+#endif
+#endif
+#ifndef SWEEP_STEP
+#define SWEEP_STEP 1
+#endif
 #define PS 4096u
 #define POOL_PAGES 192u
 #define META_PAGES 5u
@@ -465,8 +480,9 @@ START_TEST(corruption_sweep)
 	char what[64];
 
 	ck_assert(fd >= 0);
-	printf("corruption_sweep: %zu offsets in a %zu-byte file of %u records\n", n, file_len, nrecs);
-	for (size_t i = 0; i < n; i++) {
+	printf("corruption_sweep: %zu offsets in a %zu-byte file of %u records%s\n", n, file_len, nrecs,
+	       SWEEP_STEP > 1 ? " (TSan: every 3rd)" : "");
+	for (size_t i = 0; i < n; i += SWEEP_STEP) {
 		uint8_t b = file[offs[i]] ^ (uint8_t)(1u << (i % 8));
 
 		ck_assert_int_eq(pwrite(fd, &b, 1, (off_t)offs[i]), 1);

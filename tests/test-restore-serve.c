@@ -56,6 +56,22 @@ static void fixture(void)
 	uffdsnap_reader_free(r);
 }
 
+/* A socket bound to path is listening (__SO_ACCEPTCON in /proc/net/unix). */
+static bool unix_listening(const char *path)
+{
+	char line[PATH_MAX + 128], p[PATH_MAX];
+	unsigned long flags;
+	bool yes = false;
+	FILE *f = fopen("/proc/net/unix", "re");
+
+	while (f && !yes && fgets(line, sizeof(line), f))
+		yes = sscanf(line, "%*s %*s %*s %lx %*s %*s %*s %4095s", &flags, p) == 2 && (flags & 0x10000) &&
+		      !strcmp(p, path);
+	if (f)
+		fclose(f);
+	return yes;
+}
+
 /* A fresh memfd for "pool" in dst, handed to the server at sock_path. */
 static uffdsnap_lazy_client_t *connect_pool(struct usnap_mem *dst)
 {
@@ -87,7 +103,8 @@ static void print_served(const char *what, uffdsnap_lazy_client_t *c, uffdsnap_l
 
 /* `uffdsnap serve` in a child process with the options that follow log (up
  * to a NULL), its output into the file log unless that is NULL; returns its
- * pid once the socket exists. */
+ * pid once the socket listens (the socket file appears at bind(), before
+ * listen(): a connect in between is refused). */
 static pid_t tool_server(const char *log, ...)
 {
 	const char *argv[16] = { tool, "serve", fx.path, "--socket", sock_path };
@@ -113,9 +130,10 @@ static pid_t tool_server(const char *log, ...)
 		execv(tool, (char *const *)argv);
 		_exit(127);
 	}
-	for (int i = 0; i < 500 && stat(sock_path, &st); i++)
+	for (int i = 0; i < 500 && (stat(sock_path, &st) || !unix_listening(sock_path)); i++)
 		usleep(10000);
 	ck_assert_msg(!stat(sock_path, &st), "the server did not create %s", sock_path);
+	ck_assert_msg(unix_listening(sock_path), "the server does not listen on %s", sock_path);
 	return pid;
 }
 
