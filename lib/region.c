@@ -263,6 +263,41 @@ static int uffd_unregister(int uffd, uintptr_t addr, size_t len)
 	return ioctl(uffd, UFFDIO_UNREGISTER, &range) ? -errno : 0;
 }
 
+/*
+ * Private memory that may be backed by transparent huge pages is copied and
+ * un-protected a huge page at a time, like hugetlbfs: un-protecting part of a
+ * PMD-mapped huge page splits it, and the 64 KiB fault windows and 256 KiB
+ * sweep steps used to split every huge page of the region (test-private
+ * private_thp_stays_huge: 64 MiB of AnonHugePages before a snapshot, none
+ * after). The unit counts from the region's start, so it is only used when
+ * that is aligned to the huge page size. Returns the unit in bytes, or 0.
+ */
+static size_t thp_unit(uintptr_t a)
+{
+	char line[256];
+	unsigned long lo, hi, pmd = 0;
+	int eligible = 0;
+	bool in = false;
+	FILE *f = fopen("/sys/kernel/mm/transparent_hugepage/hpage_pmd_size", "re");
+
+	if (f) {
+		if (fscanf(f, "%lu", &pmd) != 1)
+			pmd = 0;
+		fclose(f);
+	}
+	if (!pmd || (a & (pmd - 1)) || !(f = fopen("/proc/self/smaps", "re")))
+		return 0;
+	while (fgets(line, sizeof(line), f)) {
+		char *dash = strchr(line, '-'), *sp = strchr(line, ' ');
+		if (dash && sp && dash < sp && sscanf(line, "%lx-%lx ", &lo, &hi) == 2)
+			in = a >= lo && a < hi;
+		else if (in && sscanf(line, "THPeligible: %d", &eligible) == 1)
+			break;
+	}
+	fclose(f);
+	return eligible == 1 ? pmd : 0;
+}
+
 USNAP_EXPORT int uffdsnap_add_region(uffdsnap_t *ctx, const char *name, void *addr, size_t len)
 {
 	uintptr_t a = (uintptr_t)addr, end;
@@ -303,6 +338,8 @@ USNAP_EXPORT int uffdsnap_add_region(uffdsnap_t *ctx, const char *name, void *ad
 	if (!err)
 		err = kind == USNAP_SHMEM ? open_backing(name, &v, a, file_off, len, &fd, &kind, &unit)
 					  : check_private(name, &v);
+	if (!err && kind == USNAP_PRIVATE)
+		unit = thp_unit(a);
 	if (err)
 		goto out;
 

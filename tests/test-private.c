@@ -93,6 +93,9 @@ START_TEST(private_anon_exact)
 	usnap_watchdog(90, "private_anon_exact");
 	addr = mmap(NULL, len, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
 	ck_assert(addr != MAP_FAILED && untouched);
+	/* 4 KiB pages whatever the THP setting: the writes below count on 64 KiB
+	 * fault windows (huge pages are private_thp_stays_huge's) */
+	ck_assert_int_eq(madvise(addr, len, MADV_NOHUGEPAGE), 0);
 	for (size_t p = 0; p < np; p++) {
 		if (p % 5 == 3)
 			untouched[p] = 1; /* never touched: no page, no PTE */
@@ -123,6 +126,91 @@ START_TEST(private_anon_exact)
 	usnap_buf_free(now, len);
 	munmap(addr, len);
 	free(untouched);
+}
+END_TEST
+
+/* kB of AnonHugePages in the mapping that holds addr (smaps). */
+static long anon_huge_kib(const void *addr)
+{
+	char line[512];
+	uintptr_t a = (uintptr_t)addr, lo, hi;
+	long kib = -1;
+	bool in = false;
+	FILE *f = fopen("/proc/self/smaps", "re");
+
+	ck_assert(f != NULL);
+	while (fgets(line, sizeof(line), f)) {
+		if (sscanf(line, "%lx-%lx ", &lo, &hi) == 2 && strchr(line, '-') < strchr(line, ' '))
+			in = a >= lo && a < hi;
+		else if (in && sscanf(line, "AnonHugePages: %ld kB", &kib) == 1)
+			break;
+	}
+	fclose(f);
+	return kib;
+}
+
+/*
+ * Transparent huge pages (what a VMM's guest memory usually is): copied and
+ * un-protected a huge page at a time, so a write fault does not split the
+ * huge page it lands in (an un-protect of 64 KiB inside it would), and the
+ * program keeps its huge pages after the snapshot.
+ */
+START_TEST(private_thp_stays_huge)
+{
+	const size_t len = 64 * MiB, huge = 2 * MiB, np = len / usnap_page;
+	uint8_t *raw, *addr, *ref, *now;
+	uffdsnap_stats_t st;
+	struct setup t;
+	long before, after;
+	int r;
+
+	usnap_watchdog(90, "private_thp_stays_huge");
+	raw = mmap(NULL, len + huge, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
+	ck_assert(raw != MAP_FAILED);
+	addr = (uint8_t *)(((uintptr_t)raw + huge - 1) & ~(uintptr_t)(huge - 1));
+	if (madvise(addr, len, MADV_HUGEPAGE)) {
+		printf("private_thp_stays_huge: SKIP: MADV_HUGEPAGE: %s\n", strerror(errno));
+		munmap(raw, len + huge);
+		return;
+	}
+	for (size_t p = 0; p < np; p++)
+		usnap_fill_page(addr + p * usnap_page, 29, p);
+	before = anon_huge_kib(addr);
+	if (before < (long)(len / 2 / 1024)) {
+		/* THP off, or no huge page to be had: nothing to prove */
+		printf("private_thp_stays_huge: SKIP: only %ld kB of huge pages (THP disabled or memory fragmented)\n",
+		       before);
+		munmap(raw, len + huge);
+		return;
+	}
+	ref = usnap_copy(addr, len);
+	now = usnap_copy(ref, len);
+	begin_held(&t, addr, len);
+	for (size_t p = np / 2 + 3; p < np; p += 97) {
+		addr[p * usnap_page + 9] ^= 0x5a;
+		now[p * usnap_page + 9] ^= 0x5a;
+	}
+	atomic_store(&t.cb.sleep_us, 0);
+	r = uffdsnap_wait(t.s);
+	usnap_stats(t.s, &st);
+	usnap_stats_print("private thp", &st);
+	after = anon_huge_kib(addr);
+	printf("private_thp_stays_huge: AnonHugePages %ld kB before, %ld kB after; %llu faults, %llu pages copied "
+	       "for writers\n", before, after, (unsigned long long)st.faults, (unsigned long long)st.pages_fault);
+	ck_assert_msg(r == 0, "wait: %d %s", r, uffdsnap_snap_error(t.s));
+	usnap_assert_exactly_once(&st);
+	ck_assert_uint_gt(st.pages_fault, 0);
+	{
+		struct usnap_expect ex = { "heap", ref, len };
+		usnap_check_buffer(t.cb.mem, t.cb.mem_len, &ex, 1);
+	}
+	ck_assert_int_eq(memcmp(addr, now, len), 0);
+	ck_assert_msg(after >= before * 9 / 10, "huge pages split by the snapshot: %ld kB before, %ld kB after",
+		      before, after);
+	end(&t);
+	usnap_buf_free(ref, len);
+	usnap_buf_free(now, len);
+	munmap(raw, len + huge);
 }
 END_TEST
 
@@ -224,6 +312,7 @@ int main(void)
 	usnap_test_require_uffd();
 	tcase_set_timeout(tc, 120);
 	tcase_add_test(tc, private_anon_exact);
+	tcase_add_test(tc, private_thp_stays_huge);
 	tcase_add_test(tc, private_file_exact);
 	tcase_add_test(tc, private_dontneed);
 	suite_add_tcase(s, tc);
