@@ -209,7 +209,6 @@ static void *worker_main(void *arg)
 	struct usnap_job *j;
 	bool last;
 
-	usnap_thread_name("usnap-zstd");
 	if (!cc || !runs)
 		usnap_fail(s, -ENOMEM, "allocating a compression context");
 	else if (ZSTD_isError(ZSTD_CCtx_setParameter(cc, ZSTD_c_compressionLevel, s->zstd_level)) ||
@@ -270,7 +269,7 @@ int usnap_workers_start(uffdsnap_snap_t *s, unsigned n)
 		return usnap_err(-ENOMEM, "allocating worker threads");
 	s->workers_left = n;
 	for (unsigned i = 0; i < n && !r; i++) {
-		r = usnap_thread_start(&s->workers[i], worker_main, s);
+		r = usnap_thread_start(&s->workers[i], worker_main, s, "usnap-zstd");
 		if (!r)
 			s->workers_started++;
 	}

@@ -681,7 +681,6 @@ void *usnap_handler_main(void *arg)
 	struct usnap_job *j;
 	int n;
 
-	usnap_thread_name("usnap-handler");
 	h.chunk_pages = (uint32_t)(s->pool->chunk_bytes / h.ps);
 	h.around = FAULT_AROUND < h.chunk_pages ? FAULT_AROUND : h.chunk_pages; /* both powers of two */
 

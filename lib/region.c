@@ -585,12 +585,6 @@ static void *protect_main(void *arg)
 	return NULL;
 }
 
-static void *protect_thread(void *arg)
-{
-	usnap_thread_name("usnap-protect");
-	return protect_main(arg);
-}
-
 static size_t cut_spans(uffdsnap_snap_t *s, struct protect_span *out)
 {
 	size_t n = 0;
@@ -641,7 +635,7 @@ int usnap_protect_all(uffdsnap_snap_t *s)
 	if (want > PROTECT_MAX_THREADS)
 		want = PROTECT_MAX_THREADS;
 	/* A thread that cannot start leaves its share to the others. */
-	while (nt + 1 < want && !usnap_thread_start(&t[nt], protect_thread, &w))
+	while (nt + 1 < want && !usnap_thread_start(&t[nt], protect_main, &w, "usnap-protect"))
 		nt++;
 	s->protect_threads = nt + 1;
 	protect_main(&w);

@@ -938,10 +938,10 @@ int usnap_lazy_go(uffdsnap_lazy_t *lz)
 
 	for (unsigned i = 0; i < lz->nregs; i++)
 		lz->regs[i].registered = true;
-	if ((rc = usnap_thread_start(&lz->prefetcher, prefetch_main, lz)))
+	if ((rc = usnap_thread_start(&lz->prefetcher, prefetch_main, lz, "usnap-prefetch")))
 		return usnap_err(rc, "starting the prefetch thread: %s", strerror(-rc));
 	lz->prefetcher_started = true;
-	if ((rc = usnap_thread_start(&lz->handler, handler_main, lz)))
+	if ((rc = usnap_thread_start(&lz->handler, handler_main, lz, "usnap-lazy")))
 		return usnap_err(rc, "starting the fault handler thread: %s", strerror(-rc));
 	lz->start_ns = usnap_now_ns() - lz->t0;
 	return 0;

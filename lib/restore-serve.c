@@ -617,7 +617,7 @@ USNAP_EXPORT int uffdsnap_lazy_connect(uffdsnap_lazy_client_t **cp, const char *
 		goto fail;
 	}
 	/* from here the server serves faults: only the watcher may end it */
-	if ((rc = usnap_thread_start(&c->watcher, watcher_main, c))) {
+	if ((rc = usnap_thread_start(&c->watcher, watcher_main, c, "usnap-watcher"))) {
 		usnap_err(rc, "starting the watcher thread: %s", strerror(-rc));
 		shutdown(c->sock, SHUT_RDWR);
 		watch(c); /* reads EOF: poisons what did not arrive */

@@ -269,7 +269,7 @@ static int run(uffdsnap_reader_t *r, unsigned id, const char *name, uint64_t len
 	 * thread that cannot be had is not fatal: fewer threads do the work */
 	for (unsigned i = 1; i < n; i++) {
 		w[i].j = j;
-		if (usnap_reader_clone(r, &w[i].r) || usnap_thread_start(&w[i].t, worker_main, &w[i]))
+		if (usnap_reader_clone(r, &w[i].r) || usnap_thread_start(&w[i].t, worker_main, &w[i], "usnap-restore"))
 			break;
 		w[i].started = true;
 	}

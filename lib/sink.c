@@ -473,7 +473,6 @@ static void *io_main(void *arg)
 {
 	uffdsnap_snap_t *s = arg;
 
-	usnap_thread_name("usnap-io");
 	uv_run(&s->io.loop, UV_RUN_DEFAULT);
 	return NULL;
 }
@@ -496,7 +495,7 @@ int usnap_io_start(uffdsnap_snap_t *s)
 	io->wake_open = true;
 	pthread_mutex_unlock(&io->lock);
 	io->loop_ready = true;
-	r = usnap_thread_start(&io->thread, io_main, s);
+	r = usnap_thread_start(&io->thread, io_main, s, "usnap-io");
 	if (r)
 		return usnap_err(r, "starting the I/O thread: %s", strerror(-r));
 	io->thread_started = true;

@@ -18,7 +18,6 @@
 #include <signal.h>
 #include <sys/eventfd.h>
 #include <sys/mman.h>
-#include <sys/prctl.h>
 #include <sys/random.h>
 #include <time.h>
 #include <unistd.h>
@@ -194,9 +193,16 @@ void usnap_fail(uffdsnap_snap_t *s, int err, const char *fmt, ...)
 
 /* ---- begin ------------------------------------------------------------------- */
 
-/* Start threads with every signal blocked: a signal handler of the program
- * running on the fault handler could write protected memory and wait for itself. */
-int usnap_thread_start(pthread_t *t, void *(*fn)(void *), void *arg)
+/*
+ * Start threads with every signal blocked: a signal handler of the program
+ * running on the fault handler could write protected memory and wait for
+ * itself. Named (top -H, perf, gdb) by their creator, not by themselves: a
+ * handler that named itself late, once begin had armed the regions, could
+ * meet a fork() holding the locks that naming takes under ThreadSanitizer
+ * while that fork waits for the handler to read its event (test-events
+ * fork_at_the_end hung in 2 of 4 TSan runs).
+ */
+int usnap_thread_start(pthread_t *t, void *(*fn)(void *), void *arg, const char *name)
 {
 	sigset_t all, old;
 	int r;
@@ -205,14 +211,9 @@ int usnap_thread_start(pthread_t *t, void *(*fn)(void *), void *arg)
 	pthread_sigmask(SIG_SETMASK, &all, &old);
 	r = pthread_create(t, NULL, fn, arg);
 	pthread_sigmask(SIG_SETMASK, &old, NULL);
+	if (!r)
+		pthread_setname_np(*t, name);
 	return -r;
-}
-
-/* Named for top -H, perf and gdb; prctl, not pthread_setname_np, since the
- * handler may not allocate (see usnap_sys_alloc). */
-void usnap_thread_name(const char *name)
-{
-	prctl(PR_SET_NAME, name, 0, 0, 0);
 }
 
 static int cmp_by_addr(const void *a, const void *b)
@@ -316,7 +317,7 @@ static int snap_start_threads(uffdsnap_snap_t *s)
 	if (!r)
 		r = usnap_io_start(s);
 	if (!r) {
-		r = usnap_thread_start(&s->handler, usnap_handler_main, s);
+		r = usnap_thread_start(&s->handler, usnap_handler_main, s, "usnap-handler");
 		s->handler_started = !r;
 		if (r)
 			usnap_err(r, "starting the fault handler thread: %s", strerror(-r));

@@ -312,8 +312,7 @@ bool usnap_in_data(const struct usnap_sreg *sr, uint64_t page);
 int usnap_cached(int fd, off_t off, size_t len);
 
 /* snapshot.c */
-int usnap_thread_start(pthread_t *t, void *(*fn)(void *), void *arg);
-void usnap_thread_name(const char *name);
+int usnap_thread_start(pthread_t *t, void *(*fn)(void *), void *arg, const char *name);
 void usnap_fail(uffdsnap_snap_t *s, int err, const char *fmt, ...) __attribute__((format(printf, 3, 4)));
 struct usnap_job *usnap_job_get(uffdsnap_snap_t *s);
 void usnap_job_put(uffdsnap_snap_t *s, struct usnap_job *job);
