@@ -355,8 +355,11 @@ static struct usnap_job *fault_job(struct handler *h, struct usnap_sreg *sr)
 	 * otherwise wait for the sink too, and it may be the one that drains it. */
 	t0 = usnap_now_ns();
 	while (!(j = usnap_job_get(s)) && !atomic_load(&s->abort)) {
-		atomic_store(&s->starved_until_ns, usnap_now_ns() + ADAPT_HOLD_NS);
-		int n = read_messages(h, false);
+		int n;
+
+		if (s->flags & UFFDSNAP_OPT_ADAPT)
+			atomic_store(&s->starved_until_ns, usnap_now_ns() + ADAPT_HOLD_NS);
+		n = read_messages(h, false);
 		if (n < 0) {
 			usnap_fail(s, n, "reading the userfaultfd: %s", strerror(-n));
 			break;

@@ -149,6 +149,8 @@ int usnap_uffd_open(uffdsnap_t *ctx)
 	ctx->features = avail;
 	ctx->enabled = want;
 	ctx->user_mode_only = umo;
+	/* asked of no file: EBADF where the call exists, ENOSYS where not */
+	ctx->cachestat = usnap_cached(-1, 0, 1) != -ENOSYS;
 	return 0;
 }
 

@@ -263,6 +263,18 @@ static int uffd_unregister(int uffd, uintptr_t addr, size_t len)
 	return ioctl(uffd, UFFDIO_UNREGISTER, &range) ? -errno : 0;
 }
 
+/* "start-end ..." of a maps or smaps line; false for any other line. */
+static bool parse_vma(char *line, uintptr_t *start, uintptr_t *end)
+{
+	char *dash;
+
+	*start = (uintptr_t)strtoull(line, &dash, 16);
+	if (*dash != '-')
+		return false;
+	*end = (uintptr_t)strtoull(dash + 1, NULL, 16);
+	return true;
+}
+
 /*
  * Private memory that may be backed by transparent huge pages is copied and
  * un-protected a huge page at a time, like hugetlbfs: un-protecting part of a
@@ -275,7 +287,8 @@ static int uffd_unregister(int uffd, uintptr_t addr, size_t len)
 static size_t thp_unit(uintptr_t a)
 {
 	char line[256];
-	unsigned long lo, hi, pmd = 0;
+	uintptr_t lo, hi;
+	unsigned long pmd = 0;
 	int eligible = 0;
 	bool in = false;
 	FILE *f = fopen("/sys/kernel/mm/transparent_hugepage/hpage_pmd_size", "re");
@@ -288,8 +301,7 @@ static size_t thp_unit(uintptr_t a)
 	if (!pmd || (a & (pmd - 1)) || !(f = fopen("/proc/self/smaps", "re")))
 		return 0;
 	while (fgets(line, sizeof(line), f)) {
-		char *dash = strchr(line, '-'), *sp = strchr(line, ' ');
-		if (dash && sp && dash < sp && sscanf(line, "%lx-%lx ", &lo, &hi) == 2)
+		if (parse_vma(line, &lo, &hi))
 			in = a >= lo && a < hi;
 		else if (in && sscanf(line, "THPeligible: %d", &eligible) == 1)
 			break;
@@ -443,7 +455,7 @@ static int find_data(uffdsnap_snap_t *s, struct usnap_sreg *sr)
 	size_t cap = 0;
 	struct stat st;
 
-	if ((s->ctx->features & UFFD_FEATURE_WP_UNPOPULATED) && usnap_cached(reg->fd, 0, 1) >= 0 &&
+	if ((s->ctx->features & UFFD_FEATURE_WP_UNPOPULATED) && s->ctx->cachestat &&
 	    !fstat(reg->fd, &st) && st.st_size >= end && (uint64_t)st.st_blocks * 512 >= (uint64_t)st.st_size) {
 		if (add_run(sr, &cap, 0, reg->npages))
 			return usnap_err(-ENOMEM, "region '%s': listing populated pages", reg->name);
@@ -661,17 +673,6 @@ struct maps_reader {
 	size_t len, pos;
 	char buf[4096];
 };
-
-static bool parse_vma(char *line, uintptr_t *start, uintptr_t *end)
-{
-	char *dash;
-
-	*start = (uintptr_t)strtoull(line, &dash, 16);
-	if (*dash != '-')
-		return false;
-	*end = (uintptr_t)strtoull(dash + 1, NULL, 16);
-	return true;
-}
 
 /* The next mapping listed; false at the end. */
 static bool next_vma(struct maps_reader *m, uintptr_t *start, uintptr_t *end)

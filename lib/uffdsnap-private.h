@@ -189,6 +189,7 @@ struct uffdsnap {
 	uint64_t features;          /* what the kernel offers */
 	uint64_t enabled;           /* what this descriptor asked for */
 	bool user_mode_only;
+	bool cachestat;             /* cachestat(2) exists (Linux 6.5): region.c find_data */
 	uffdsnap_opts_t opts;       /* normalized */
 	size_t page_size;
 	struct usnap_reg *regs;
