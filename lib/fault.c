@@ -125,46 +125,55 @@ static int event_pending(struct handler *h, uint64_t *t0)
 }
 
 /*
- * Un-protect pages [lo, hi) of region sr where space sp maps them. The pages
- * are looked up again after every EAGAIN: the event read meanwhile may have
- * moved or cut them. A child that has exited (ESRCH: no mm) has nothing left
- * to un-protect.
+ * Is an event (fork, mremap, munmap, madvise) under way on descriptor uffd
+ * whose message may not be readable yet? Each raises the descriptor's
+ * mmap_changing before it changes anything, and resolving ioctls answer
+ * EAGAIN while it is raised: an un-protect of a page of our own chunk buffers
+ * (never registered: ENOENT otherwise, and nothing changes) asks.
  */
-/*
- * Is an event (fork, mremap, munmap, madvise) under way whose message may
- * not be readable yet? Each raises the context's mmap_changing before it
- * changes anything, and resolving ioctls answer EAGAIN while it is raised: an
- * un-protect of a page of our own chunk buffers (never registered: ENOENT
- * otherwise, and nothing changes) asks.
- */
-static bool event_in_flight(uffdsnap_snap_t *s)
+static bool event_in_flight(uffdsnap_snap_t *s, int uffd)
 {
 	struct uffdio_writeprotect wp = { .range = { (uintptr_t)s->pool->mem, s->page_size }, .mode = 0 };
 
 	/* (ioctl): a question that changes nothing, so not a fault-injection
 	 * point (inject.h wraps the ioctl() calls that act) */
-	return (ioctl)(s->uffd, UFFDIO_WRITEPROTECT, &wp) && errno == EAGAIN;
+	return (ioctl)(uffd, UFFDIO_WRITEPROTECT, &wp) && errno == EAGAIN;
 }
 
+/* ... on any of our own descriptors. */
+static bool own_event_in_flight(uffdsnap_snap_t *s)
+{
+	for (unsigned k = 0; k < USNAP_OWN_SPACES; k++)
+		if (event_in_flight(s, s->spaces[k].uffd))
+			return true;
+	return false;
+}
+
+/*
+ * Un-protect pages [lo, hi) of region sr wherever space sp maps them (an
+ * alias too). After an EAGAIN the pages are looked up again from the start:
+ * the event read meanwhile may have moved or cut them, and un-protecting a
+ * range twice does no harm. A child that has exited (ESRCH: no mm) has
+ * nothing left to un-protect.
+ */
 static int unprotect(struct handler *h, struct usnap_space *sp, const struct usnap_sreg *sr, uint64_t lo, uint64_t hi)
 {
-	uint64_t t0 = 0, at = lo, n;
+	uint64_t t0 = 0, n;
 	uintptr_t addr;
+	size_t cur = 0;
 	int r;
 
-	while (usnap_space_next(sp, sr, h->ps, &lo, hi, &addr, &n)) {
+	while (usnap_space_each(sp, sr, h->ps, lo, hi, &cur, &addr, &n)) {
 		struct uffdio_writeprotect wp = { .range = { addr, n * h->ps }, .mode = 0 };
-		if (!ioctl(sp->uffd, UFFDIO_WRITEPROTECT, &wp)) {
-			at = lo;
+		if (!ioctl(sp->uffd, UFFDIO_WRITEPROTECT, &wp))
 			continue;
-		}
 		if (errno == ESRCH && sp->child)
 			return 0;
 		if (errno != EAGAIN)
 			return -errno;
 		if ((r = event_pending(h, &t0)))
 			return r;
-		lo = at;
+		cur = 0;
 	}
 	return 0;
 }
@@ -176,22 +185,22 @@ static void wake(int uffd, uintptr_t addr, size_t len)
 	ioctl(uffd, UFFDIO_WAKE, &r);
 }
 
-/* Fill page p of sr (a hole) where sp maps it, and wake its waiters. */
+/*
+ * Fill page p of sr (a hole) where sp maps it, and wake its waiters there
+ * and at its aliases: one page of the file serves them all, and a writer
+ * faulting through an alias sleeps on that address.
+ */
 static int zeropage(struct handler *h, struct usnap_space *sp, const struct usnap_sreg *sr, uint64_t p)
 {
 	uint64_t t0 = 0, lo = p, n;
 	uintptr_t addr;
+	size_t cur = 0;
 	int r;
 
 	while (usnap_space_next(sp, sr, h->ps, &lo, p + 1, &addr, &n)) {
 		struct uffdio_zeropage z = { .range = { addr, h->ps }, .mode = 0 };
-		if (!ioctl(sp->uffd, UFFDIO_ZEROPAGE, &z))
-			return 0;
-		if (errno == EEXIST) {
-			/* Filled meanwhile (another mapping of the file): just retry it. */
-			wake(sp->uffd, addr, h->ps);
-			return 0;
-		}
+		if (!ioctl(sp->uffd, UFFDIO_ZEROPAGE, &z) || errno == EEXIST)
+			break; /* EEXIST: filled meanwhile through another mapping */
 		if (errno == ESRCH && sp->child)
 			return 0;
 		if (errno != EAGAIN)
@@ -200,6 +209,8 @@ static int zeropage(struct handler *h, struct usnap_space *sp, const struct usna
 			return r;
 		lo = p;
 	}
+	while (usnap_space_each(sp, sr, h->ps, p, p + 1, &cur, &addr, &n))
+		wake(sp->uffd, addr, h->ps);
 	return 0;
 }
 
@@ -245,7 +256,7 @@ static int read_private(struct handler *h, const struct usnap_sreg *sr, uint8_t 
 
 again:
 	/* Where the pages are now: mremap may have moved them. */
-	for (lo = p, got = 0; usnap_space_next(&h->s->spaces[0], sr, h->ps, &lo, p + n, &addr, &k) &&
+	for (lo = p, got = 0; usnap_space_next(usnap_home(h->s, sr), sr, h->ps, &lo, p + n, &addr, &k) &&
 			      got == lo - k - p; got += k) {
 		struct iovec local = { dst + got * h->ps, k * h->ps }, remote = { (void *)addr, k * h->ps };
 		r = process_vm_readv(getpid(), &local, 1, &remote, 1, 0);
@@ -257,7 +268,8 @@ again:
 		return 0;
 	/* mremap and munmap change the mapping first and only then queue their
 	 * event: read it, and look again */
-	if (event_in_flight(h->s) && !event_pending(h, &t0) && !atomic_load(&h->s->abort))
+	if (event_in_flight(h->s, usnap_home(h->s, sr)->uffd) && !event_pending(h, &t0) &&
+	    !atomic_load(&h->s->abort))
 		goto again;
 	usnap_fail(h->s, e ? -e : -EFAULT, "region '%s': reading page %" PRIu64 ": %s", sr->reg->name, p + got,
 		   e ? strerror(e) : "it is no longer mapped");
@@ -547,7 +559,7 @@ static void sweep_step(struct handler *h, struct usnap_job *j)
 		hi &= ~(uint64_t)(sr->reg->unit - 1);
 	}
 	if (hi > lo) {
-		int r = unprotect(h, &s->spaces[0], sr, lo, hi);
+		int r = unprotect(h, usnap_home(s, sr), sr, lo, hi);
 		if (r) {
 			usnap_fail(s, r, "region '%s': un-protecting after the sweep: %s", sr->reg->name, strerror(-r));
 			return usnap_job_put(s, j);
@@ -634,26 +646,32 @@ static void resolve_held(struct handler *h)
 static void drain_messages(uffdsnap_snap_t *s)
 {
 	struct uffd_msg msgs[FAULT_BATCH];
-	struct pollfd pfd = { .fd = s->uffd, .events = POLLIN };
+	struct pollfd pfd[USNAP_OWN_SPACES];
 	uint64_t t0 = usnap_now_ns();
 	ssize_t n;
 
+	for (unsigned k = 0; k < USNAP_OWN_SPACES; k++)
+		pfd[k] = (struct pollfd){ .fd = s->spaces[k].uffd, .events = POLLIN };
 	for (;;) {
-		while ((n = read(s->uffd, msgs, sizeof(msgs))) > 0) {
-			for (ssize_t i = 0; i < n / (ssize_t)sizeof(msgs[0]); i++) {
-				/* a move that raced with the unregister took its
-				 * registration along: clear it where it went */
-				if (msgs[i].event == UFFD_EVENT_REMAP) {
-					struct uffdio_range r = { msgs[i].arg.remap.to, msgs[i].arg.remap.len };
-					ioctl(s->uffd, UFFDIO_UNREGISTER, &r);
-					ioctl(s->uffd, UFFDIO_WAKE, &r);
+		for (unsigned k = 0; k < USNAP_OWN_SPACES; k++) {
+			int uffd = s->spaces[k].uffd;
+
+			while ((n = read(uffd, msgs, sizeof(msgs))) > 0) {
+				for (ssize_t i = 0; i < n / (ssize_t)sizeof(msgs[0]); i++) {
+					/* a move that raced with the unregister took
+					 * its registration along: clear it where it went */
+					if (msgs[i].event == UFFD_EVENT_REMAP) {
+						struct uffdio_range r = { msgs[i].arg.remap.to, msgs[i].arg.remap.len };
+						ioctl(uffd, UFFDIO_UNREGISTER, &r);
+						ioctl(uffd, UFFDIO_WAKE, &r);
+					}
+					usnap_msg_drop(&msgs[i]);
 				}
-				usnap_msg_drop(&msgs[i]);
 			}
 		}
-		if (!event_in_flight(s) || usnap_now_ns() - t0 > 5000000000ull)
+		if (!own_event_in_flight(s) || usnap_now_ns() - t0 > 5000000000ull)
 			return;
-		poll(&pfd, 1, 10); /* the event is being queued */
+		poll(pfd, USNAP_OWN_SPACES, 10); /* the event is being queued */
 	}
 }
 
@@ -720,6 +738,10 @@ void *usnap_handler_main(void *arg)
 			wait_for_work(&h);
 	}
 
+	/* Every page is recorded: was the file written through a mapping made
+	 * meanwhile? */
+	if (h.sweep_done && !atomic_load(&s->abort))
+		usnap_check_mappings(s);
 	if (h.fjob) {
 		if (atomic_load(&s->abort))
 			usnap_job_put(s, h.fjob);
@@ -733,12 +755,12 @@ void *usnap_handler_main(void *arg)
 	for (uint64_t t0 = usnap_now_ns(); usnap_now_ns() - t0 < 5000000000ull;) {
 		if (read_messages(&h, false) > 0)
 			continue;
-		if (!event_in_flight(s))
+		if (!own_event_in_flight(s))
 			break;
 		poll(NULL, 0, 1);
 	}
 	usnap_disarm_all(s);
-	for (unsigned i = 1; i < s->nspaces; i++)
+	for (unsigned i = USNAP_OWN_SPACES; i < s->nspaces; i++)
 		usnap_space_end(s, &s->spaces[i]);
 	drain_messages(s);
 	usnap_sys_free(h.held);

@@ -27,6 +27,15 @@
  * and REMOVE events, without which MADV_DONTNEED would silently discard
  * private pages not yet copied. WP_UNPOPULATED (6.4+) is taken when offered:
  * it protects never-touched private pages without pre-faulting them.
+ *
+ * Remove events are asked for on the private memory's descriptor only. While
+ * an event is unread the kernel refuses every write-protect change on its
+ * descriptor (mmap_changing: EAGAIN), and a program zapping in a loop keeps
+ * one unread nearly all the time: two threads calling MADV_DONTNEED without
+ * pause failed every snapshot when shared memory asked for them too. Shared
+ * memory loses nothing to a zap (the page stays in the file, its uffd-wp
+ * marker in the page table), so its descriptor does without
+ * (tests/test-zapstorm.c).
  */
 #define USNAP_REQUIRED (UFFD_FEATURE_WP_HUGETLBFS_SHMEM | UFFD_FEATURE_MISSING_SHMEM | UFFD_FEATURE_EVENT_REMOVE)
 /*
@@ -97,6 +106,19 @@ static int api_probe(bool user_mode_only, uint64_t features, uint64_t *got)
 	return r;
 }
 
+/* UFFDIO_API asking for `want` on one of the context's descriptors: fd, or
+ * -errno with fd closed. */
+static int api_or_close(int fd, uint64_t want)
+{
+	uint64_t got;
+	int r = api(fd, want, &got);
+
+	if (!r)
+		return fd;
+	close(fd);
+	return usnap_err(r, "UFFDIO_API(0x%llx): %s", (unsigned long long)want, strerror(-r));
+}
+
 int usnap_uffd_open(uffdsnap_t *ctx)
 {
 	bool umo = false;
@@ -140,15 +162,23 @@ int usnap_uffd_open(uffdsnap_t *ctx)
 			return usnap_err(r, "UFFDIO_API (probe): %s", strerror(-r));
 		}
 	}
-	r = api(fd, want, &got);
-	if (r) {
+	fd = api_or_close(fd, want & ~(uint64_t)UFFD_FEATURE_EVENT_REMOVE);
+	if (fd < 0)
+		return fd;
+	r = open_raw(umo);
+	if (r >= 0)
+		r = api_or_close(r, want);
+	else
+		usnap_err(r, "userfaultfd: %s", strerror(-r));
+	if (r < 0) {
 		close(fd);
-		return usnap_err(r, "UFFDIO_API(0x%llx): %s", (unsigned long long)USNAP_REQUIRED, strerror(-r));
+		return r;
 	}
-	ctx->uffd = fd;
+	ctx->uffd[USNAP_UFFD_SHARED] = fd;
+	ctx->uffd[USNAP_UFFD_PRIVATE] = r;
+	ctx->user_mode_only = umo;
 	ctx->features = avail;
 	ctx->enabled = want;
-	ctx->user_mode_only = umo;
 	/* asked of no file: EBADF where the call exists, ENOSYS where not */
 	ctx->cachestat = usnap_cached(-1, 0, 1) != -ENOSYS;
 	return 0;
@@ -195,7 +225,7 @@ USNAP_EXPORT int uffdsnap_new(uffdsnap_t **ctxp, const uffdsnap_opts_t *opts)
 	ctx = calloc(1, sizeof(*ctx));
 	if (!ctx)
 		return usnap_err(-ENOMEM, "allocating the context");
-	ctx->uffd = -1;
+	ctx->uffd[0] = ctx->uffd[1] = -1;
 	ctx->page_size = (size_t)sysconf(_SC_PAGESIZE);
 	r = normalize_opts(&ctx->opts, opts, ctx->page_size);
 	if (!r)
@@ -240,7 +270,8 @@ USNAP_EXPORT void uffdsnap_free(uffdsnap_t *ctx)
 		usnap_reg_release(&ctx->regs[i]);
 	free(ctx->regs);
 	usnap_pool_free(&ctx->pool);
-	close(ctx->uffd);
+	close(ctx->uffd[USNAP_UFFD_SHARED]);
+	close(ctx->uffd[USNAP_UFFD_PRIVATE]);
 	pthread_mutex_destroy(&ctx->lock);
 	free(ctx);
 }

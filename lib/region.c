@@ -42,6 +42,7 @@
 #include <unistd.h>
 
 #include "compat.h"
+#include "maps.h"
 #include "uffdsnap-private.h"
 
 #ifndef HUGETLBFS_MAGIC
@@ -71,45 +72,24 @@ static uint64_t reg_ioctls(enum usnap_kind kind, bool probe)
 	return need;
 }
 
-struct vma_line {
-	uintptr_t start, end;
-	char perms[8];
-	uint64_t off;
-	unsigned maj, min;
-	uint64_t ino;
-	char path[256];
-};
-
 /*
  * Check that [addr, end) is covered, without gaps, by readable mappings that
  * are all private, or all shared from one file at linear offsets; return the
  * kind, the first VMA and the file offset of addr. /proc/self/maps is the only
  * place that says MAP_SHARED vs MAP_PRIVATE.
  */
-static int scan_maps(const char *name, uintptr_t addr, uintptr_t end, struct vma_line *first, off_t *file_off,
+static int scan_maps(const char *name, uintptr_t addr, uintptr_t end, struct usnap_vma *first, off_t *file_off,
 		     enum usnap_kind *kind)
 {
-	FILE *f = fopen("/proc/self/maps", "re");
-	char line[512];
+	struct usnap_maps mr;
+	struct usnap_vma v;
 	uintptr_t covered = addr;
 	bool have_first = false;
 	int r = 0;
 
-	if (!f)
+	if (usnap_maps_open(&mr))
 		return usnap_err(-errno, "region '%s': cannot read /proc/self/maps: %s", name, strerror(errno));
-	while (covered < end && fgets(line, sizeof(line), f)) {
-		struct vma_line v = { 0 };
-		unsigned long s, e;
-		unsigned long long off, ino;
-		int n = 0;
-
-		if (sscanf(line, "%lx-%lx %7s %llx %x:%x %llu %n", &s, &e, v.perms, &off, &v.maj, &v.min, &ino, &n) < 7)
-			continue;
-		v.start = s, v.end = e, v.off = off, v.ino = ino;
-		if (n > 0) {
-			snprintf(v.path, sizeof(v.path), "%s", line + n);
-			v.path[strcspn(v.path, "\n")] = '\0';
-		}
+	while (covered < end && usnap_maps_next(&mr, &v)) {
 		if (v.end <= covered)
 			continue;
 		if (v.start > covered) {
@@ -133,7 +113,7 @@ static int scan_maps(const char *name, uintptr_t addr, uintptr_t end, struct vma
 			*file_off = (off_t)(v.off + (addr - v.start));
 			*kind = k;
 			have_first = true;
-		} else if (k == USNAP_SHMEM && (v.ino != first->ino || v.maj != first->maj || v.min != first->min ||
+		} else if (k == USNAP_SHMEM && (v.ino != first->ino || v.dev != first->dev ||
 			   v.off != first->off + (v.start - first->start))) {
 			r = usnap_err(-EMEDIUMTYPE, "region '%s': spans mappings of different files or offsets at "
 				      "0x%" PRIxPTR "; register each mapping as its own region", name, v.start);
@@ -141,7 +121,7 @@ static int scan_maps(const char *name, uintptr_t addr, uintptr_t end, struct vma
 		}
 		covered = v.end;
 	}
-	fclose(f);
+	usnap_maps_close(&mr);
 	if (!r && covered < end)
 		r = usnap_err(-EFAULT, "region '%s': [0x%" PRIxPTR ", 0x%" PRIxPTR ") is not mapped", name, covered, end);
 	return r;
@@ -152,7 +132,7 @@ static int scan_maps(const char *name, uintptr_t addr, uintptr_t end, struct vma
  * /proc/self/map_files is closed to us; the program usually still holds the
  * file open, so find a descriptor of ours that is the same inode.
  */
-static int open_own_fd(const struct vma_line *v)
+static int open_own_fd(const struct usnap_vma *v)
 {
 	DIR *d = opendir("/proc/self/fd");
 	struct dirent *e;
@@ -165,7 +145,7 @@ static int open_own_fd(const struct vma_line *v)
 		int n = atoi(e->d_name);
 		if (e->d_name[0] == '.' || n == dirfd(d) || fstat(n, &st))
 			continue;
-		if (st.st_ino == v->ino && major(st.st_dev) == v->maj && minor(st.st_dev) == v->min)
+		if (st.st_ino == v->ino && st.st_dev == v->dev)
 			fd = fcntl(n, F_DUPFD_CLOEXEC, 0);
 	}
 	closedir(d);
@@ -174,7 +154,7 @@ static int open_own_fd(const struct vma_line *v)
 
 /* Open the file behind the mapping and check it is shmem (or hugetlbfs: *unit
  * gets its huge page size) that covers the region. */
-static int open_backing(const char *name, const struct vma_line *v, uintptr_t addr, off_t file_off, size_t len,
+static int open_backing(const char *name, const struct usnap_vma *v, uintptr_t addr, off_t file_off, size_t len,
 			int *fdp, enum usnap_kind *kind, size_t *unit)
 {
 	char p[64];
@@ -228,7 +208,7 @@ static int open_backing(const char *name, const struct vma_line *v, uintptr_t ad
  * not matter, except hugetlbfs: MAP_PRIVATE huge pages would have to be read
  * through the page tables in huge units, which is not done.
  */
-static int check_private(const char *name, const struct vma_line *v)
+static int check_private(const char *name, const struct usnap_vma *v)
 {
 	char p[64];
 	struct statfs sfs;
@@ -263,18 +243,6 @@ static int uffd_unregister(int uffd, uintptr_t addr, size_t len)
 	return ioctl(uffd, UFFDIO_UNREGISTER, &range) ? -errno : 0;
 }
 
-/* "start-end ..." of a maps or smaps line; false for any other line. */
-static bool parse_vma(char *line, uintptr_t *start, uintptr_t *end)
-{
-	char *dash;
-
-	*start = (uintptr_t)strtoull(line, &dash, 16);
-	if (*dash != '-')
-		return false;
-	*end = (uintptr_t)strtoull(dash + 1, NULL, 16);
-	return true;
-}
-
 /*
  * Private memory that may be backed by transparent huge pages is copied and
  * un-protected a huge page at a time, like hugetlbfs: un-protecting part of a
@@ -301,7 +269,7 @@ static size_t thp_unit(uintptr_t a)
 	if (!pmd || (a & (pmd - 1)) || !(f = fopen("/proc/self/smaps", "re")))
 		return 0;
 	while (fgets(line, sizeof(line), f)) {
-		if (parse_vma(line, &lo, &hi))
+		if (usnap_parse_range(line, &lo, &hi))
 			in = a >= lo && a < hi;
 		else if (in && sscanf(line, "THPeligible: %d", &eligible) == 1)
 			break;
@@ -310,11 +278,30 @@ static size_t thp_unit(uintptr_t a)
 	return eligible == 1 ? pmd : 0;
 }
 
+/*
+ * Two regions over the same file pages would each copy the page when its own
+ * mapping is written, and the other would then read the new contents from
+ * the file: refused. Another mapping of a region's pages is an alias, which
+ * begin protects with the region (usnap_arm_aliases).
+ */
+static int shares_pages(const uffdsnap_t *ctx, const char *name, const struct usnap_vma *v, off_t off, size_t len)
+{
+	for (unsigned i = 0; i < ctx->nregs; i++) {
+		const struct usnap_reg *o = &ctx->regs[i];
+		if (o->kind != USNAP_PRIVATE && o->ino == v->ino && o->dev == v->dev &&
+		    off < o->file_off + (off_t)o->len && o->file_off < off + (off_t)len)
+			return usnap_err(-EBUSY, "region '%s' maps file pages that region '%s' maps too; register "
+					 "one of the mappings (a snapshot protects every mapping of a region's "
+					 "pages in this process)", name, o->name);
+	}
+	return 0;
+}
+
 USNAP_EXPORT int uffdsnap_add_region(uffdsnap_t *ctx, const char *name, void *addr, size_t len)
 {
 	uintptr_t a = (uintptr_t)addr, end;
 	struct usnap_reg *r;
-	struct vma_line v;
+	struct usnap_vma v;
 	off_t file_off = 0;
 	enum usnap_kind kind = USNAP_SHMEM;
 	uint64_t ioctls = 0;
@@ -347,6 +334,8 @@ USNAP_EXPORT int uffdsnap_add_region(uffdsnap_t *ctx, const char *name, void *ad
 		err = usnap_err(-ENOSPC, "too many regions (limit %d)", USNAP_MAX_REGIONS);
 	if (!err)
 		err = scan_maps(name, a, end, &v, &file_off, &kind);
+	if (!err && kind == USNAP_SHMEM)
+		err = shares_pages(ctx, name, &v, file_off, len);
 	if (!err)
 		err = kind == USNAP_SHMEM ? open_backing(name, &v, a, file_off, len, &fd, &kind, &unit)
 					  : check_private(name, &v);
@@ -365,7 +354,7 @@ USNAP_EXPORT int uffdsnap_add_region(uffdsnap_t *ctx, const char *name, void *ad
 	 * Private memory is registered WP-only, at begin too: it has no file to
 	 * read holes from, and never-touched pages carry WP_UNPOPULATED markers.
 	 */
-	err = uffd_register(ctx->uffd, a, len, reg_mode(kind, true), &ioctls);
+	err = uffd_register(ctx->uffd[usnap_kind_uffd(kind)], a, len, reg_mode(kind, true), &ioctls);
 	if (err) {
 		if (fd >= 0)
 			close(fd);
@@ -373,7 +362,7 @@ USNAP_EXPORT int uffdsnap_add_region(uffdsnap_t *ctx, const char *name, void *ad
 				name, strerror(-err));
 		goto out;
 	}
-	uffd_unregister(ctx->uffd, a, len);
+	uffd_unregister(ctx->uffd[usnap_kind_uffd(kind)], a, len);
 	if ((ioctls & reg_ioctls(kind, true)) != reg_ioctls(kind, true)) {
 		if (fd >= 0)
 			close(fd);
@@ -394,7 +383,7 @@ USNAP_EXPORT int uffdsnap_add_region(uffdsnap_t *ctx, const char *name, void *ad
 		ctx->regs = n, ctx->cap = cap;
 	}
 	r = &ctx->regs[ctx->nregs];
-	*r = (struct usnap_reg){ .name = strdup(name), .kind = kind, .ino = v.ino, .addr = a, .len = len,
+	*r = (struct usnap_reg){ .name = strdup(name), .kind = kind, .ino = v.ino, .dev = v.dev, .addr = a, .len = len,
 				 .npages = len / ctx->page_size, .fd = fd, .file_off = file_off,
 				 .unit = unit ? (uint32_t)(unit / ctx->page_size) : 1 };
 	if (!r->name) {
@@ -530,7 +519,7 @@ int usnap_arm(uffdsnap_snap_t *s, struct usnap_sreg *sr)
 	/* Still the memory add_region checked? Something else may have been
 	 * mapped where the program unmapped a region, and would register fine. */
 	{
-		struct vma_line v;
+		struct usnap_vma v;
 		enum usnap_kind kind;
 		off_t off;
 
@@ -543,7 +532,10 @@ int usnap_arm(uffdsnap_snap_t *s, struct usnap_sreg *sr)
 					 "uffdsnap_add_region registered (unmapped and mapped again?)", reg->name,
 					 reg->addr);
 	}
-	r = uffd_register(s->uffd, reg->addr, reg->len, reg_mode(reg->kind, false), &ioctls);
+	r = uffd_register(usnap_home(s, sr)->uffd, reg->addr, reg->len, reg_mode(reg->kind, false), &ioctls);
+	if (r == -EBUSY)
+		return usnap_err(r, "region '%s': another userfaultfd (another context, or another library) "
+				 "holds this memory", reg->name);
 	if (r)
 		return usnap_err(r == -EINVAL || r == -ENOMEM ? -EFAULT : r,
 				 "region '%s': UFFDIO_REGISTER failed (%s): was it unmapped or remapped since "
@@ -572,10 +564,10 @@ struct protect_span {
 	uintptr_t addr;
 	size_t len;
 	const struct usnap_reg *reg;
+	int uffd;
 };
 
 struct protect_work {
-	int uffd;
 	struct protect_span *span;
 	size_t nspans;
 	atomic_size_t next;
@@ -589,7 +581,7 @@ static void *protect_main(void *arg)
 	size_t i;
 
 	while (!atomic_load(&w->err) && (i = atomic_fetch_add(&w->next, 1)) < w->nspans) {
-		int r = protect(w->uffd, w->span[i].addr, w->span[i].len), none = 0;
+		int r = protect(w->span[i].uffd, w->span[i].addr, w->span[i].len), none = 0;
 
 		if (r && atomic_compare_exchange_strong(&w->err, &none, r))
 			atomic_store(&w->failed, i);
@@ -597,26 +589,35 @@ static void *protect_main(void *arg)
 	return NULL;
 }
 
+/* The populated runs of every piece (regions and their aliases), cut into spans. */
 static size_t cut_spans(uffdsnap_snap_t *s, struct protect_span *out)
 {
-	size_t n = 0;
+	size_t n = 0, ps = s->page_size;
 
-	for (unsigned i = 0; i < s->nregions; i++) {
-		const struct usnap_sreg *sr = &s->sregs[i];
-		size_t unit = sr->reg->unit * s->page_size;
-		uintptr_t step = unit > PROTECT_SPAN ? unit : PROTECT_SPAN;
+	for (unsigned k = 0; k < USNAP_OWN_SPACES; k++) {
+		const struct usnap_space *sp = &s->spaces[k];
 
-		for (size_t k = 0; k < sr->ndata; k++) {
-			uintptr_t a = sr->reg->addr + sr->data[k].first * s->page_size;
-			uintptr_t end = a + sr->data[k].n * s->page_size;
+		for (size_t i = 0; i < sp->nmaps; i++) {
+			const struct usnap_map *m = &sp->maps[i];
+			const struct usnap_sreg *sr = m->sr;
+			size_t unit = sr->reg->unit * ps;
+			uintptr_t step = unit > PROTECT_SPAN ? unit : PROTECT_SPAN;
 
-			for (uintptr_t b; a < end; a = b) {
-				b = (a & ~(step - 1)) + step;
-				if (b > end)
-					b = end;
-				if (out)
-					out[n] = (struct protect_span){ a, b - a, sr->reg };
-				n++;
+			for (size_t d = 0; d < sr->ndata; d++) {
+				uint64_t lo = sr->data[d].first > m->first ? sr->data[d].first : m->first;
+				uint64_t hi = sr->data[d].first + sr->data[d].n;
+				if (hi > m->first + m->npages)
+					hi = m->first + m->npages;
+				uintptr_t a = m->addr + (lo - m->first) * ps, end = m->addr + (hi - m->first) * ps;
+
+				for (uintptr_t b; a < end; a = b) {
+					b = (a & ~(step - 1)) + step;
+					if (b > end)
+						b = end;
+					if (out)
+						out[n] = (struct protect_span){ a, b - a, sr->reg, sp->uffd };
+					n++;
+				}
 			}
 		}
 	}
@@ -626,7 +627,7 @@ static size_t cut_spans(uffdsnap_snap_t *s, struct protect_span *out)
 /* Protect what usnap_arm listed in every region: the instant. */
 int usnap_protect_all(uffdsnap_snap_t *s)
 {
-	struct protect_work w = { .uffd = s->uffd };
+	struct protect_work w = { 0 };
 	pthread_t t[PROTECT_MAX_THREADS - 1];
 	size_t nt = 0, want, entries = 0;
 	long cpus = sysconf(_SC_NPROCESSORS_ONLN);
@@ -664,85 +665,41 @@ int usnap_protect_all(uffdsnap_snap_t *s)
 }
 
 /*
- * /proc/self/maps read with plain system calls: the handler thread may not
- * use stdio or malloc (see usnap_sys_alloc), and this runs on it.
- */
-struct maps_reader {
-	int fd;
-	bool skip;               /* in the rest of a line longer than buf */
-	size_t len, pos;
-	char buf[4096];
-};
-
-/* The next mapping listed; false at the end. */
-static bool next_vma(struct maps_reader *m, uintptr_t *start, uintptr_t *end)
-{
-	for (;;) {
-		char *nl = memchr(m->buf + m->pos, '\n', m->len - m->pos);
-		if (nl) {
-			char *line = m->buf + m->pos;
-			bool skipped = m->skip;
-			*nl = '\0';
-			m->pos = (size_t)(nl - m->buf) + 1;
-			m->skip = false;
-			if (!skipped && parse_vma(line, start, end))
-				return true;
-			continue;
-		}
-		if (m->pos == 0 && m->len == sizeof(m->buf)) {
-			/* a line longer than the buffer (a long path): its addresses
-			 * are at its start; the rest is skipped */
-			bool skipped = m->skip;
-			m->buf[sizeof(m->buf) - 1] = '\0';
-			m->len = 0, m->skip = true;
-			if (!skipped && parse_vma(m->buf, start, end))
-				return true;
-			continue;
-		}
-		memmove(m->buf, m->buf + m->pos, m->len - m->pos);
-		m->len -= m->pos, m->pos = 0;
-		ssize_t n = read(m->fd, m->buf + m->len, sizeof(m->buf) - m->len);
-		if (n <= 0)
-			return false;
-		m->len += (size_t)n;
-	}
-}
-
-/*
  * End of tracking for every region: unregister where the regions are now
  * (mremap may have moved them, munmap cut them: nothing of ours is left
  * where they were), each range widened to whole VMAs. A region that mremap
  * grew in place took its registration into the new tail, and no event says
  * so; left registered, a hole there would raise a MISSING fault that nobody
- * reads once the snapshot is over. Widening is safe: this descriptor has no
- * registration outside snapshots, so every VMA it touches is ours to clear.
- * The pieces and /proc/self/maps are both in address order: one pass.
+ * reads once the snapshot is over. Widening is safe: these descriptors have
+ * no registration outside snapshots, so every VMA they touch is ours to
+ * clear. The pieces and /proc/self/maps are both in address order: one pass
+ * for each of our two descriptors.
  */
-void usnap_disarm_all(uffdsnap_snap_t *s)
+static void disarm_space(uffdsnap_snap_t *s, const struct usnap_space *sp)
 {
-	const struct usnap_space *sp = &s->spaces[0];
-	struct maps_reader mr = { .fd = open("/proc/self/maps", O_RDONLY | O_CLOEXEC) };
-	uintptr_t vs = 0, ve = 0;
-	bool more = mr.fd >= 0;
+	struct usnap_maps mr;
+	struct usnap_vma v = { 0 };
+	bool more = !usnap_maps_open(&mr);
 	size_t ps = s->page_size;
 
 	for (size_t i = 0; i < sp->nmaps; i++) {
 		const struct usnap_map *m = &sp->maps[i];
 		uintptr_t a = m->addr, b = m->addr + m->npages * ps;
 
-		if (!m->sr->registered)
+		/* an alias is in the table only once registered */
+		if (!m->sr->registered && !m->alias)
 			continue;
-		while (more && ve <= a)
-			more = next_vma(&mr, &vs, &ve);
-		if (more && vs < a)
-			a = vs;
-		while (more && ve < b)
-			more = next_vma(&mr, &vs, &ve);
-		if (more && vs < b && ve > b)
-			b = ve;
+		while (more && v.end <= a)
+			more = usnap_maps_next(&mr, &v);
+		if (more && v.start < a)
+			a = v.start;
+		while (more && v.end < b)
+			more = usnap_maps_next(&mr, &v);
+		if (more && v.start < b && v.end > b)
+			b = v.end;
 		struct uffdio_range range = { a, b - a };
 		/* Failure: the program unmapped the range itself; nothing is left. */
-		uffd_unregister(s->uffd, a, b - a);
+		uffd_unregister(sp->uffd, a, b - a);
 		/*
 		 * UNREGISTER wakes waiters before it changes the VMA, and a fault
 		 * taken under the per-VMA lock (Linux 6.7+) can enqueue itself in
@@ -751,12 +708,166 @@ void usnap_disarm_all(uffdsnap_snap_t *s)
 		 * UNREGISTER returns, such a waiter is queued, so one more wake
 		 * releases it; it then faults normally.
 		 */
-		ioctl(s->uffd, UFFDIO_WAKE, &range);
+		ioctl(sp->uffd, UFFDIO_WAKE, &range);
 	}
-	if (mr.fd >= 0)
-		close(mr.fd);
+	usnap_maps_close(&mr);
+}
+
+void usnap_disarm_all(uffdsnap_snap_t *s)
+{
+	for (unsigned k = 0; k < USNAP_OWN_SPACES && k < s->nspaces; k++)
+		disarm_space(s, &s->spaces[k]);
 	for (unsigned i = 0; i < s->nregions; i++)
 		s->sregs[i].registered = false;
+}
+
+/* ---- other mappings of a region's file in this process ---------------------------- */
+
+/*
+ * The part of mapping v that maps pages of region reg's file window: the
+ * region pages [*first, *first + *n) at *addr. False if none.
+ */
+static bool file_overlap(const struct usnap_reg *reg, const struct usnap_vma *v, size_t ps, uintptr_t *addr,
+			 uint64_t *first, uint64_t *n)
+{
+	uint64_t lo = (uint64_t)reg->file_off, hi = lo + reg->len, vlo = v->off, vhi = vlo + (v->end - v->start);
+
+	if (reg->kind == USNAP_PRIVATE || v->perms[3] != 's' || v->ino != reg->ino || v->dev != reg->dev)
+		return false;
+	if (vlo > lo)
+		lo = vlo;
+	if (vhi < hi)
+		hi = vhi;
+	if (lo >= hi)
+		return false;
+	*addr = v->start + (uintptr_t)(lo - vlo);
+	*first = (lo - (uint64_t)reg->file_off) / ps;
+	*n = (hi - lo) / ps;
+	return true;
+}
+
+/*
+ * A program may map a region's pages more than once (a VMM maps guest RAM
+ * for its devices too): a write through another MAP_SHARED mapping would
+ * change pages of the instant without a fault of ours. Begin therefore
+ * registers every such alias with the region's descriptor before any region
+ * lists its holes (a hole filled through an unregistered alias after the
+ * listing would be recorded as zeros), and usnap_protect_all protects it with
+ * the region. An alias that cannot be registered because it can never be
+ * written (a read-only descriptor: no VM_MAYWRITE, EPERM) needs nothing.
+ * MAP_PRIVATE mappings of the file never write it.
+ */
+static int remember_readonly(uffdsnap_snap_t *s, const struct usnap_vma *v)
+{
+	struct usnap_range *n = realloc(s->readonly, (s->nreadonly + 1) * sizeof(*n));
+
+	if (!n)
+		return usnap_err(-ENOMEM, "allocating the list of read-only mappings");
+	n[s->nreadonly++] = (struct usnap_range){ v->start, v->end };
+	s->readonly = n;
+	return 0;
+}
+
+/* A mapping found read-only at begin that still cannot write. */
+static bool known_readonly(const uffdsnap_snap_t *s, const struct usnap_vma *v)
+{
+	for (size_t i = 0; v->perms[1] != 'w' && i < s->nreadonly; i++)
+		if (v->start >= s->readonly[i].start && v->end <= s->readonly[i].end)
+			return true;
+	return false;
+}
+
+int usnap_arm_aliases(uffdsnap_snap_t *s)
+{
+	struct usnap_maps mr;
+	struct usnap_vma v;
+	size_t ps = s->page_size;
+	int r = 0;
+
+	if (usnap_maps_open(&mr))
+		return usnap_err(-errno, "cannot read /proc/self/maps: %s", strerror(errno));
+	while (!r && usnap_maps_next(&mr, &v)) {
+		for (unsigned i = 0; !r && i < s->nregions; i++) {
+			struct usnap_sreg *sr = &s->sregs[i];
+			const struct usnap_reg *reg = sr->reg;
+			uintptr_t a;
+			uint64_t first, n, ioctls;
+
+			if (!file_overlap(reg, &v, ps, &a, &first, &n) || a == reg->addr + first * ps)
+				continue; /* not this file's pages, or the region itself */
+			r = uffd_register(usnap_home(s, sr)->uffd, a, n * ps, reg_mode(reg->kind, false), &ioctls);
+			if (r == -EPERM && v.perms[1] != 'w') {
+				r = remember_readonly(s, &v);
+				continue;
+			}
+			if (r)
+				r = usnap_err(r, "region '%s': its pages are mapped again at 0x%" PRIxPTR " and that "
+					      "mapping cannot be protected (UFFDIO_REGISTER: %s%s)", reg->name, a,
+					      strerror(-r), r == -EBUSY ? ": another userfaultfd holds it" : "");
+			else
+				r = usnap_space_add_alias(s, sr, a, first, n);
+		}
+	}
+	usnap_maps_close(&mr);
+	return r;
+}
+
+/*
+ * At the end of the sweep: is any region's file mapped in this process
+ * where no piece of ours is? Such a mapping was made during the snapshot (the
+ * ones made before are aliases, and region pieces follow mremap and munmap):
+ * mmap of the file again, MAP_FIXED over a region, munmap then mmap. Writes
+ * through it took no fault, so the pages they changed may be in the snapshot
+ * with their new contents: fail rather than say it is exact. A mapping made
+ * and removed again between two checks is as invisible as write(2) to the
+ * file (docs/consistency.md, blind spots). Runs on the handler thread.
+ */
+int usnap_check_mappings(uffdsnap_snap_t *s)
+{
+	const struct usnap_space *sp = &s->spaces[USNAP_UFFD_SHARED];
+	struct usnap_maps mr;
+	struct usnap_vma v;
+	size_t ps = s->page_size;
+	unsigned shared = 0;
+	int r = 0;
+
+	for (unsigned i = 0; i < s->nregions; i++)
+		shared += s->sregs[i].reg->kind != USNAP_PRIVATE;
+	if (!shared)
+		return 0;
+	if (usnap_maps_open(&mr)) {
+		r = -errno;
+		usnap_fail(s, r, "cannot read /proc/self/maps to check that no new mapping wrote a region's "
+			   "file: %s", strerror(-r));
+		return r;
+	}
+	while (!r && usnap_maps_next(&mr, &v)) {
+		for (unsigned i = 0; !r && i < s->nregions; i++) {
+			const struct usnap_sreg *sr = &s->sregs[i];
+			uintptr_t a, end;
+			uint64_t first, n;
+
+			if (!file_overlap(sr->reg, &v, ps, &a, &first, &n) || known_readonly(s, &v))
+				continue;
+			for (end = a + n * ps; a < end;) {
+				const struct usnap_map *m = usnap_space_find(sp, a, ps);
+				uintptr_t next;
+				if (!m || m->sr != sr || m->first + (a - m->addr) / ps != first)
+					break;
+				next = m->addr + m->npages * ps < end ? m->addr + m->npages * ps : end;
+				first += (next - a) / ps;
+				a = next;
+			}
+			if (a < end) {
+				usnap_fail(s, -EBUSY, "region '%s': its pages were mapped at 0x%" PRIxPTR " during the "
+					   "snapshot; writes through that mapping are not tracked, so the snapshot "
+					   "cannot be exact", sr->reg->name, a);
+				r = -EBUSY;
+			}
+		}
+	}
+	usnap_maps_close(&mr);
+	return r;
 }
 
 /* ---- other processes mapping a region ------------------------------------------- */

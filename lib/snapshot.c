@@ -230,6 +230,7 @@ static void snap_destroy(uffdsnap_snap_t *s)
 		free(s->sregs[i].data);
 	}
 	usnap_spaces_free(s);
+	free(s->readonly);
 	free(s->sregs);
 	free(s->by_addr);
 	free(s->workers);
@@ -256,7 +257,6 @@ static uffdsnap_snap_t *snap_alloc(uffdsnap_t *ctx, struct uffdsnap_sink *sink)
 	if (!s)
 		return NULL;
 	s->ctx = ctx;
-	s->uffd = ctx->uffd;
 	s->page_size = ctx->page_size;
 	s->flags = ctx->opts.flags;
 	s->zstd_level = ctx->opts.zstd_level;
@@ -335,7 +335,7 @@ static void snap_join(uffdsnap_snap_t *s);
 static void follow_moves(uffdsnap_snap_t *s)
 {
 	for (unsigned i = 0; s->nspaces && i < s->nregions; i++) {
-		uintptr_t a = s->spaces[0].whole[i];
+		uintptr_t a = usnap_space_home_addr(usnap_home(s, &s->sregs[i]), &s->sregs[i]);
 		if (a)
 			s->ctx->regs[i].addr = a;
 	}
@@ -394,6 +394,8 @@ USNAP_EXPORT int uffdsnap_begin(uffdsnap_t *ctx, uffdsnap_sink_t *sink, uffdsnap
 	t0 = usnap_now_ns();
 	for (unsigned i = 0; !r && i < s->nregions; i++)
 		r = usnap_arm(s, &s->sregs[i]);
+	if (!r)
+		r = usnap_arm_aliases(s);
 	if (!r)
 		r = usnap_protect_all(s);
 	if (!r && (s->flags & UFFDSNAP_OPT_STRICT))

@@ -3,12 +3,15 @@
  * Address spaces: where each region's pages are mapped while a snapshot runs,
  * and the non-cooperative events that change it.
  *
- * Space 0 is this process. The others are processes forked during the
- * snapshot: with UFFD_FEATURE_EVENT_FORK the kernel copies the registration
- * and every uffd-wp bit into the child and hands us a userfaultfd for it, so a
- * child's write to shared memory faults on that descriptor like ours do. A
- * child's private pages are its own copies, not the snapshot's: its faults
- * there are only un-protected.
+ * A space is one userfaultfd and the regions registered with it. This
+ * process has two (the context's descriptors, probe.c): shared regions in
+ * spaces[USNAP_UFFD_SHARED], private ones in spaces[USNAP_UFFD_PRIVATE]. The
+ * others are processes forked during the snapshot: with
+ * UFFD_FEATURE_EVENT_FORK the kernel copies the registration and every
+ * uffd-wp bit into the child and hands us a userfaultfd for it (one for each
+ * of ours that registered something), so a child's write to shared memory
+ * faults on that descriptor like ours do. A child's private pages are its own
+ * copies, not the snapshot's: its faults there are only un-protected.
  *
  * A space maps a region as one or more pieces (struct usnap_map). mremap()
  * moves pieces (UFFD_EVENT_REMAP: the page tables, uffd-wp bits and markers
@@ -118,23 +121,63 @@ static int space_alloc(uffdsnap_snap_t *s, struct usnap_space *sp, size_t nmaps)
 
 int usnap_space_init(uffdsnap_snap_t *s)
 {
-	struct usnap_space *sp = &s->spaces[0];
+	s->nspaces = USNAP_OWN_SPACES; /* freed by usnap_spaces_free even if half allocated */
+	for (unsigned k = 0; k < USNAP_OWN_SPACES; k++) {
+		struct usnap_space *sp = &s->spaces[k];
 
-	sp->uffd = s->uffd;
-	s->nspaces = 1; /* freed by usnap_spaces_free even if half allocated */
-	if (space_alloc(s, sp, s->nregions)) {
-		space_release(sp);
-		s->nspaces = 0;
-		return usnap_err(-ENOMEM, "allocating the region map");
+		sp->uffd = s->ctx->uffd[k];
+		sp->root = k;
+		if (space_alloc(s, sp, s->nregions))
+			return usnap_err(-ENOMEM, "allocating the region map");
+		for (unsigned i = 0; i < s->nregions; i++) {
+			const struct usnap_reg *reg = s->sregs[i].reg;
+			if (usnap_kind_uffd(reg->kind) == k)
+				sp->maps[sp->nmaps++] = (struct usnap_map){ .addr = reg->addr, .npages = reg->npages,
+									    .sr = &s->sregs[i] };
+		}
+		qsort(sp->maps, sp->nmaps, sizeof(*sp->maps), cmp_map);
+		index_whole(s, sp);
 	}
-	for (unsigned i = 0; i < s->nregions; i++) {
-		const struct usnap_reg *reg = s->sregs[i].reg;
-		sp->maps[i] = (struct usnap_map){ .addr = reg->addr, .npages = reg->npages, .sr = &s->sregs[i] };
+	return 0;
+}
+
+/*
+ * Another mapping of sr's file pages [first, first + n) at addr, in this
+ * process (found and registered by region.c at begin, before `go`). It sorts
+ * among the region pieces by address like any piece, and the region loses
+ * its one-piece fast path.
+ */
+int usnap_space_add_alias(uffdsnap_snap_t *s, struct usnap_sreg *sr, uintptr_t addr, uint64_t first, uint64_t n)
+{
+	struct usnap_space *sp = usnap_home(s, sr);
+
+	if (sp->nmaps == sp->cap) {
+		size_t cap = sp->cap * 2 + 2;
+		struct usnap_map *m = usnap_sys_realloc(sp->maps, cap * sizeof(*m));
+		if (!m)
+			return usnap_err(-ENOMEM, "tracking another mapping of region '%s'", sr->reg->name);
+		sp->maps = m, sp->cap = cap;
 	}
-	sp->nmaps = s->nregions;
+	sp->maps[sp->nmaps++] = (struct usnap_map){ .addr = addr, .npages = n, .sr = sr, .first = first, .alias = true };
 	qsort(sp->maps, sp->nmaps, sizeof(*sp->maps), cmp_map);
 	index_whole(s, sp);
 	return 0;
+}
+
+uintptr_t usnap_space_home_addr(const struct usnap_space *sp, const struct usnap_sreg *sr)
+{
+	uintptr_t at = 0;
+	unsigned n = 0;
+
+	for (size_t i = 0; i < sp->nmaps; i++) {
+		const struct usnap_map *m = &sp->maps[i];
+		if (m->sr != sr || m->alias)
+			continue;
+		n++;
+		if (m->first == 0 && m->npages == sr->reg->npages)
+			at = m->addr;
+	}
+	return n == 1 ? at : 0;
 }
 
 void usnap_spaces_free(uffdsnap_snap_t *s)
@@ -190,6 +233,33 @@ bool usnap_space_next(const struct usnap_space *sp, const struct usnap_sreg *sr,
 	return true;
 }
 
+bool usnap_space_each(const struct usnap_space *sp, const struct usnap_sreg *sr, size_t ps, uint64_t lo,
+		      uint64_t hi, size_t *cur, uintptr_t *addr, uint64_t *n)
+{
+	if (lo >= hi)
+		return false;
+	if (sp->whole[sr->id]) {
+		if (*cur)
+			return false;
+		*cur = 1;
+		*addr = sp->whole[sr->id] + lo * ps;
+		*n = hi - lo;
+		return true;
+	}
+	for (; *cur < sp->nmaps; ++*cur) {
+		const struct usnap_map *m = &sp->maps[*cur];
+		uint64_t from = m->first > lo ? m->first : lo;
+		uint64_t to = m->first + m->npages < hi ? m->first + m->npages : hi;
+		if (m->sr != sr || from >= to)
+			continue;
+		*addr = m->addr + (from - m->first) * ps;
+		*n = to - from;
+		++*cur;
+		return true;
+	}
+	return false;
+}
+
 /*
  * Apply an event to the pieces of sp over [start, end): moved by `delta`
  * (mremap) or dropped (munmap). A piece straddling an edge is split, so at
@@ -221,12 +291,13 @@ static int reshape(uffdsnap_snap_t *s, struct usnap_space *sp, uintptr_t start, 
 			continue;
 		}
 		if (m.addr < a)
-			out[n++] = (struct usnap_map){ m.addr, (a - m.addr) / ps, m.sr, m.first };
+			out[n++] = (struct usnap_map){ m.addr, (a - m.addr) / ps, m.sr, m.first, m.alias };
 		if (!drop)
 			out[n++] = (struct usnap_map){ a + (uintptr_t)delta, (b - a) / ps, m.sr,
-						       m.first + (a - m.addr) / ps };
+						       m.first + (a - m.addr) / ps, m.alias };
 		if (b < mend)
-			out[n++] = (struct usnap_map){ b, (mend - b) / ps, m.sr, m.first + (b - m.addr) / ps };
+			out[n++] = (struct usnap_map){ b, (mend - b) / ps, m.sr, m.first + (b - m.addr) / ps,
+						       m.alias };
 	}
 	usnap_sys_free(sp->maps);
 	sp->maps = out;
@@ -281,14 +352,14 @@ static void on_fork(uffdsnap_snap_t *s, const struct usnap_space *parent, int fd
 		close(fd); /* releasing it unregisters the child and wakes it */
 		return;
 	}
-	if (s->nspaces == USNAP_MAX_SPACES) {
+	if (s->children[parent->root] == USNAP_MAX_CHILDREN) {
 		close(fd);
 		usnap_fail(s, -EMFILE, "more than %d processes forked during the snapshot: the writes of the "
-			   "next one to shared memory could not be tracked", USNAP_MAX_SPACES - 1);
+			   "next one could not be tracked", USNAP_MAX_CHILDREN);
 		return;
 	}
 	sp = &s->spaces[s->nspaces];
-	*sp = (struct usnap_space){ .uffd = fd, .child = true };
+	*sp = (struct usnap_space){ .uffd = fd, .child = true, .root = parent->root };
 	if (space_alloc(s, sp, parent->nmaps)) {
 		space_release(sp);
 		close(fd);
@@ -299,7 +370,10 @@ static void on_fork(uffdsnap_snap_t *s, const struct usnap_space *parent, int fd
 	sp->nmaps = parent->nmaps;
 	index_whole(s, sp);
 	s->nspaces++;
-	atomic_fetch_add(&s->forks, 1);
+	/* A fork is reported once through each of our descriptors that has
+	 * something registered: count processes, not descriptors. */
+	if (++s->children[parent->root] > atomic_load(&s->forks))
+		atomic_store(&s->forks, s->children[parent->root]);
 }
 
 void usnap_space_event(uffdsnap_snap_t *s, struct usnap_space *sp, const struct uffd_msg *m)

@@ -97,7 +97,13 @@ struct usnap_reg {
 	int fd;            /* SHMEM: the backing file, read with pread(); PRIVATE: -1 */
 	off_t file_off;    /* file offset of addr */
 	uint64_t ino;      /* the mapping's inode (0: anonymous), to notice a remap */
+	dev_t dev;         /* and its device: (dev, ino) names the file in /proc/self/maps */
 	uint32_t unit;     /* pages per unit of protection: 1, or those of a huge page */
+};
+
+/* Addresses [start, end). */
+struct usnap_range {
+	uintptr_t start, end;
 };
 
 /* A run of pages [first, first + n) of one region. */
@@ -147,27 +153,47 @@ struct usnap_job {
 /*
  * One piece of a region mapped in an address space: pages [first, first +
  * npages) of sr at addr. A region starts as one piece; mremap and munmap
- * during a snapshot move and cut pieces (space.c).
+ * during a snapshot move and cut pieces (space.c). An alias is another
+ * MAP_SHARED mapping of the region's file pages in this process, found at
+ * begin and protected with the region (region.c usnap_arm_aliases).
  */
 struct usnap_map {
 	uintptr_t addr;
 	uint64_t npages;
 	struct usnap_sreg *sr;
 	uint64_t first;
+	bool alias;
 };
 
-/* An address space tracked by a snapshot: ours (spaces[0]) or a forked child's. */
+/* An address space tracked by a snapshot through one userfaultfd: ours
+ * (spaces[USNAP_UFFD_SHARED] and spaces[USNAP_UFFD_PRIVATE]) or a forked child's. */
 struct usnap_space {
 	int uffd;                  /* ours: the context's; a child's: from its FORK event (owned) */
 	bool child;
+	unsigned root;             /* which of our two descriptors it descends from */
 	struct usnap_map *maps;    /* sorted by addr */
 	size_t nmaps, cap;
 	uintptr_t *whole;          /* per region: address of page 0 if mapped whole, in one piece; else 0 */
 	uint32_t *pieces;          /* per region: pieces mapped */
 };
 
-/* Processes a snapshot follows: this one and up to 63 forked while it runs. */
-#define USNAP_MAX_SPACES 64
+/*
+ * A context has two userfaultfds, one for each kind of region (probe.c): the
+ * one for shared memory asks for no remove events, so that MADV_DONTNEED
+ * storms on shared memory never make the kernel refuse our write-protect
+ * changes (it refuses them, EAGAIN, while any event is unread).
+ */
+enum { USNAP_UFFD_SHARED = 0, USNAP_UFFD_PRIVATE = 1, USNAP_OWN_SPACES = 2 };
+
+static inline unsigned usnap_kind_uffd(enum usnap_kind kind)
+{
+	return kind == USNAP_PRIVATE ? USNAP_UFFD_PRIVATE : USNAP_UFFD_SHARED;
+}
+
+/* Processes a snapshot follows: this one and up to 63 forked while it runs,
+ * each through both descriptors. */
+#define USNAP_MAX_CHILDREN 63
+#define USNAP_MAX_SPACES (USNAP_OWN_SPACES * (1 + USNAP_MAX_CHILDREN))
 
 /* Job pool and buffer memory: one mapping per context, reused by its snapshots. */
 struct usnap_pool {
@@ -185,9 +211,9 @@ struct usnap_pool {
 #define USNAP_COMMITTED 1
 
 struct uffdsnap {
-	int uffd;
+	int uffd[USNAP_OWN_SPACES]; /* by usnap_kind_uffd() */
 	uint64_t features;          /* what the kernel offers */
-	uint64_t enabled;           /* what this descriptor asked for */
+	uint64_t enabled;           /* what the descriptors asked for, together */
 	bool user_mode_only;
 	bool cachestat;             /* cachestat(2) exists (Linux 6.5): region.c find_data */
 	uffdsnap_opts_t opts;       /* normalized */
@@ -243,7 +269,6 @@ struct usnap_io {
 
 struct uffdsnap_snap {
 	uffdsnap_t *ctx;            /* NULL once detached (threads joined) */
-	int uffd;
 	size_t page_size;
 	uint32_t flags;             /* opts.flags */
 	struct uffdsnap_sink *sink;
@@ -251,6 +276,10 @@ struct uffdsnap_snap {
 	struct usnap_sreg **by_addr;/* sorted by address at begin: the sweep's order */
 	struct usnap_space spaces[USNAP_MAX_SPACES]; /* owned by the handler once `go` */
 	unsigned nspaces;
+	unsigned children[USNAP_OWN_SPACES];          /* forked children seen through each of ours */
+	struct usnap_range *readonly; /* mappings of region pages that can never write (found by
+				       * begin, region.c usnap_arm_aliases) */
+	size_t nreadonly;
 	unsigned nregions;
 	uint64_t pages_total;
 	uint8_t snap_id[16];
@@ -305,7 +334,9 @@ int usnap_uffd_open(uffdsnap_t *ctx);
 
 /* region.c */
 int usnap_arm(uffdsnap_snap_t *s, struct usnap_sreg *sr);
+int usnap_arm_aliases(uffdsnap_snap_t *s);
 int usnap_protect_all(uffdsnap_snap_t *s);
+int usnap_check_mappings(uffdsnap_snap_t *s);
 void usnap_disarm_all(uffdsnap_snap_t *s);
 int usnap_strict_begin(uffdsnap_snap_t *s);
 void usnap_reg_release(struct usnap_reg *r);
@@ -322,12 +353,24 @@ void usnap_pool_free(struct usnap_pool *pool);
 
 /* space.c */
 int usnap_space_init(uffdsnap_snap_t *s);
+/* Our space that tracks region sr (by its kind). */
+static inline struct usnap_space *usnap_home(uffdsnap_snap_t *s, const struct usnap_sreg *sr)
+{
+	return &s->spaces[usnap_kind_uffd(sr->reg->kind)];
+}
+int usnap_space_add_alias(uffdsnap_snap_t *s, struct usnap_sreg *sr, uintptr_t addr, uint64_t first, uint64_t n);
+/* Where region sr is mapped whole, in one piece of its own (aliases aside), or 0. */
+uintptr_t usnap_space_home_addr(const struct usnap_space *sp, const struct usnap_sreg *sr);
 void usnap_spaces_free(uffdsnap_snap_t *s);
 const struct usnap_map *usnap_space_find(const struct usnap_space *sp, uintptr_t addr, size_t ps);
 /* The next run of pages [*lo, hi) of sr mapped in sp, from the lowest page:
  * its address and length; advances *lo past it. False when none is left. */
 bool usnap_space_next(const struct usnap_space *sp, const struct usnap_sreg *sr, size_t ps, uint64_t *lo,
 		      uint64_t hi, uintptr_t *addr, uint64_t *n);
+/* Every mapping of pages [lo, hi) of sr in sp, aliases included: call with
+ * *cur = 0, then again while it returns true (*addr, *n: one part). */
+bool usnap_space_each(const struct usnap_space *sp, const struct usnap_sreg *sr, size_t ps, uint64_t lo,
+		      uint64_t hi, size_t *cur, uintptr_t *addr, uint64_t *n);
 struct uffd_msg;
 void usnap_space_event(uffdsnap_snap_t *s, struct usnap_space *sp, const struct uffd_msg *m);
 void usnap_msg_drop(const struct uffd_msg *m);
