@@ -45,7 +45,7 @@
 #include <sys/uio.h>
 #include <unistd.h>
 
-#include "compat.h"
+#include "uffd.h"
 #include "uffdsnap-private.h"
 
 struct handler {
@@ -124,20 +124,11 @@ static int event_pending(struct handler *h, uint64_t *t0)
 	return 0;
 }
 
-/*
- * Is an event (fork, mremap, munmap, madvise) under way on descriptor uffd
- * whose message may not be readable yet? Each raises the descriptor's
- * mmap_changing before it changes anything, and resolving ioctls answer
- * EAGAIN while it is raised: an un-protect of a page of our own chunk buffers
- * (never registered: ENOENT otherwise, and nothing changes) asks.
- */
+/* An event under way on uffd whose message may not be readable yet (asked
+ * with a page of our chunk buffers, never registered). */
 static bool event_in_flight(uffdsnap_snap_t *s, int uffd)
 {
-	struct uffdio_writeprotect wp = { .range = { (uintptr_t)s->pool->mem, s->page_size }, .mode = 0 };
-
-	/* (ioctl): a question that changes nothing, so not a fault-injection
-	 * point (inject.h wraps the ioctl() calls that act) */
-	return (ioctl)(uffd, UFFDIO_WRITEPROTECT, &wp) && errno == EAGAIN;
+	return usnap_uffd_changing(uffd, s->pool->mem, s->page_size);
 }
 
 /* ... on any of our own descriptors. */
@@ -164,25 +155,14 @@ static int unprotect(struct handler *h, struct usnap_space *sp, const struct usn
 	int r;
 
 	while (usnap_space_each(sp, sr, h->ps, lo, hi, &cur, &addr, &n)) {
-		struct uffdio_writeprotect wp = { .range = { addr, n * h->ps }, .mode = 0 };
-		if (!ioctl(sp->uffd, UFFDIO_WRITEPROTECT, &wp))
+		r = usnap_uffd_protect(sp->uffd, addr, n * h->ps, false);
+		if (!r || (r == -ESRCH && sp->child))
 			continue;
-		if (errno == ESRCH && sp->child)
-			return 0;
-		if (errno != EAGAIN)
-			return -errno;
-		if ((r = event_pending(h, &t0)))
+		if (r != -EAGAIN || (r = event_pending(h, &t0)))
 			return r;
 		cur = 0;
 	}
 	return 0;
-}
-
-static void wake(int uffd, uintptr_t addr, size_t len)
-{
-	struct uffdio_range r = { addr, len };
-
-	ioctl(uffd, UFFDIO_WAKE, &r);
 }
 
 /*
@@ -198,19 +178,17 @@ static int zeropage(struct handler *h, struct usnap_space *sp, const struct usna
 	int r;
 
 	while (usnap_space_next(sp, sr, h->ps, &lo, p + 1, &addr, &n)) {
-		struct uffdio_zeropage z = { .range = { addr, h->ps }, .mode = 0 };
-		if (!ioctl(sp->uffd, UFFDIO_ZEROPAGE, &z) || errno == EEXIST)
+		r = usnap_uffd_zeropage(sp->uffd, addr, h->ps);
+		if (!r || r == -EEXIST)
 			break; /* EEXIST: filled meanwhile through another mapping */
-		if (errno == ESRCH && sp->child)
+		if (r == -ESRCH && sp->child)
 			return 0;
-		if (errno != EAGAIN)
-			return -errno;
-		if ((r = event_pending(h, &t0)))
+		if (r != -EAGAIN || (r = event_pending(h, &t0)))
 			return r;
 		lo = p;
 	}
 	while (usnap_space_each(sp, sr, h->ps, p, p + 1, &cur, &addr, &n))
-		wake(sp->uffd, addr, h->ps);
+		usnap_uffd_wake(sp->uffd, addr, h->ps);
 	return 0;
 }
 
@@ -425,17 +403,13 @@ static int copy_around(struct handler *h, struct usnap_sreg *sr, uint64_t lo, ui
  * in place by mremap, say): resolve it as if nothing tracked it, or the
  * writer would fault again for as long as the snapshot runs.
  */
-static int untracked(struct usnap_space *sp, uintptr_t addr, size_t ps, bool wp)
+static void untracked(struct usnap_space *sp, uintptr_t addr, size_t ps, bool wp)
 {
-	struct uffdio_writeprotect w = { .range = { addr, ps }, .mode = 0 };
-	struct uffdio_zeropage z = { .range = { addr, ps }, .mode = 0 };
-
-	if (!ioctl(sp->uffd, wp ? UFFDIO_WRITEPROTECT : UFFDIO_ZEROPAGE, wp ? (void *)&w : (void *)&z))
-		return 0;
+	if (!(wp ? usnap_uffd_protect(sp->uffd, addr, ps, false) : usnap_uffd_zeropage(sp->uffd, addr, ps)))
+		return;
 	/* Gone or filled meanwhile (EAGAIN: an event; the writer retries and
 	 * faults again if need be): a wake is all it takes. */
-	wake(sp->uffd, addr, ps);
-	return 0;
+	usnap_uffd_wake(sp->uffd, addr, ps);
 }
 
 static void handle_fault(struct handler *h, struct usnap_space *sp, const struct uffd_msg *m)
@@ -494,7 +468,7 @@ static void handle_fault(struct handler *h, struct usnap_space *sp, const struct
 	/* Resolved where the page is now; its writer may sleep where it was. */
 	map = usnap_space_find(sp, addr, h->ps);
 	if (!map || map->sr != sr || map->first + (addr - map->addr) / h->ps != p)
-		wake(sp->uffd, addr, h->ps);
+		usnap_uffd_wake(sp->uffd, addr, h->ps);
 }
 
 /* ---- the sweep ----------------------------------------------------------------------------- */
@@ -660,11 +634,8 @@ static void drain_messages(uffdsnap_snap_t *s)
 				for (ssize_t i = 0; i < n / (ssize_t)sizeof(msgs[0]); i++) {
 					/* a move that raced with the unregister took
 					 * its registration along: clear it where it went */
-					if (msgs[i].event == UFFD_EVENT_REMAP) {
-						struct uffdio_range r = { msgs[i].arg.remap.to, msgs[i].arg.remap.len };
-						ioctl(uffd, UFFDIO_UNREGISTER, &r);
-						ioctl(uffd, UFFDIO_WAKE, &r);
-					}
+					if (msgs[i].event == UFFD_EVENT_REMAP)
+						usnap_uffd_unregister(uffd, msgs[i].arg.remap.to, msgs[i].arg.remap.len);
 					usnap_msg_drop(&msgs[i]);
 				}
 			}

@@ -19,7 +19,7 @@
 
 #include <zstd.h>
 
-#include "compat.h"
+#include "uffd.h"
 #include "uffdsnap-private.h"
 
 /*
@@ -66,42 +66,14 @@ USNAP_EXPORT void uffdsnap_opts_init_size(uffdsnap_opts_t *opts, size_t size)
 	usnap_opts_fill(opts, size, &d, sizeof(d));
 }
 
-static int open_raw(bool user_mode_only)
-{
-	int flags = O_CLOEXEC | O_NONBLOCK | (user_mode_only ? UFFD_USER_MODE_ONLY : 0);
-	int fd, dev;
-
-	if (!user_mode_only) {
-		dev = open("/dev/userfaultfd", O_RDWR | O_CLOEXEC);
-		if (dev >= 0) {
-			fd = ioctl(dev, USERFAULTFD_IOC_NEW, O_CLOEXEC | O_NONBLOCK);
-			close(dev);
-			if (fd >= 0)
-				return fd;
-		}
-	}
-	fd = (int)syscall(SYS_userfaultfd, flags);
-	return fd >= 0 ? fd : -errno;
-}
-
-static int api(int fd, uint64_t features, uint64_t *got)
-{
-	struct uffdio_api a = { .api = UFFD_API, .features = features };
-
-	if (ioctl(fd, UFFDIO_API, &a))
-		return -errno;
-	*got = a.features;
-	return 0;
-}
-
 /* UFFDIO_API with `features` on a descriptor of its own. */
 static int api_probe(bool user_mode_only, uint64_t features, uint64_t *got)
 {
-	int fd = open_raw(user_mode_only), r;
+	int fd = usnap_uffd_new(user_mode_only), r;
 
 	if (fd < 0)
 		return fd;
-	r = api(fd, features, got);
+	r = usnap_uffd_api(fd, features, got);
 	close(fd);
 	return r;
 }
@@ -111,7 +83,7 @@ static int api_probe(bool user_mode_only, uint64_t features, uint64_t *got)
 static int api_or_close(int fd, uint64_t want)
 {
 	uint64_t got;
-	int r = api(fd, want, &got);
+	int r = usnap_uffd_api(fd, want, &got);
 
 	if (!r)
 		return fd;
@@ -125,10 +97,10 @@ int usnap_uffd_open(uffdsnap_t *ctx)
 	uint64_t avail = 0, got, want;
 	int fd, r;
 
-	fd = open_raw(false);
+	fd = usnap_uffd_new(false);
 	if (fd == -EPERM && (ctx->opts.flags & UFFDSNAP_OPT_ALLOW_USER_MODE_ONLY)) {
 		umo = true;
-		fd = open_raw(true);
+		fd = usnap_uffd_new(true);
 	}
 	if (fd == -EPERM || fd == -EACCES)
 		return usnap_err(-EPERM, "cannot open a userfaultfd that handles kernel-mode faults: "
@@ -165,7 +137,7 @@ int usnap_uffd_open(uffdsnap_t *ctx)
 	fd = api_or_close(fd, want & ~(uint64_t)UFFD_FEATURE_EVENT_REMOVE);
 	if (fd < 0)
 		return fd;
-	r = open_raw(umo);
+	r = usnap_uffd_new(umo);
 	if (r >= 0)
 		r = api_or_close(r, want);
 	else

@@ -41,8 +41,8 @@
 #include <sched.h>
 #include <unistd.h>
 
-#include "compat.h"
 #include "maps.h"
+#include "uffd.h"
 #include "uffdsnap-private.h"
 
 #ifndef HUGETLBFS_MAGIC
@@ -226,23 +226,6 @@ static int check_private(const char *name, const struct usnap_vma *v)
 				"map it MAP_SHARED", name) : 0;
 }
 
-static int uffd_register(int uffd, uintptr_t addr, size_t len, uint64_t mode, uint64_t *ioctls)
-{
-	struct uffdio_register reg = { .range = { addr, len }, .mode = mode };
-
-	if (ioctl(uffd, UFFDIO_REGISTER, &reg))
-		return -errno;
-	*ioctls = reg.ioctls;
-	return 0;
-}
-
-static int uffd_unregister(int uffd, uintptr_t addr, size_t len)
-{
-	struct uffdio_range range = { addr, len };
-
-	return ioctl(uffd, UFFDIO_UNREGISTER, &range) ? -errno : 0;
-}
-
 /*
  * Private memory that may be backed by transparent huge pages is copied and
  * un-protected a huge page at a time, like hugetlbfs: un-protecting part of a
@@ -354,7 +337,7 @@ USNAP_EXPORT int uffdsnap_add_region(uffdsnap_t *ctx, const char *name, void *ad
 	 * Private memory is registered WP-only, at begin too: it has no file to
 	 * read holes from, and never-touched pages carry WP_UNPOPULATED markers.
 	 */
-	err = uffd_register(ctx->uffd[usnap_kind_uffd(kind)], a, len, reg_mode(kind, true), &ioctls);
+	err = usnap_uffd_register(ctx->uffd[usnap_kind_uffd(kind)], a, len, reg_mode(kind, true), &ioctls);
 	if (err) {
 		if (fd >= 0)
 			close(fd);
@@ -362,7 +345,7 @@ USNAP_EXPORT int uffdsnap_add_region(uffdsnap_t *ctx, const char *name, void *ad
 				name, strerror(-err));
 		goto out;
 	}
-	uffd_unregister(ctx->uffd[usnap_kind_uffd(kind)], a, len);
+	usnap_uffd_unregister(ctx->uffd[usnap_kind_uffd(kind)], a, len);
 	if ((ioctls & reg_ioctls(kind, true)) != reg_ioctls(kind, true)) {
 		if (fd >= 0)
 			close(fd);
@@ -496,18 +479,14 @@ static int whole_data(uffdsnap_snap_t *s, struct usnap_sreg *sr)
 
 static int protect(int uffd, uintptr_t addr, size_t len)
 {
-	struct uffdio_writeprotect wp = { .range = { addr, len }, .mode = UFFDIO_WRITEPROTECT_MODE_WP };
-
 	uint64_t t0 = usnap_now_ns();
+	int r;
 
 	/* EAGAIN: an event (MADV_DONTNEED ...) is pending; the handler thread
 	 * reads events even while begin runs, so it clears soon. */
-	while (ioctl(uffd, UFFDIO_WRITEPROTECT, &wp)) {
-		if (errno != EAGAIN || usnap_now_ns() - t0 > 5000000000ull)
-			return -errno;
+	while ((r = usnap_uffd_protect(uffd, addr, len, true)) == -EAGAIN && usnap_now_ns() - t0 < 5000000000ull)
 		sched_yield();
-	}
-	return 0;
+	return r;
 }
 
 int usnap_arm(uffdsnap_snap_t *s, struct usnap_sreg *sr)
@@ -532,7 +511,7 @@ int usnap_arm(uffdsnap_snap_t *s, struct usnap_sreg *sr)
 					 "uffdsnap_add_region registered (unmapped and mapped again?)", reg->name,
 					 reg->addr);
 	}
-	r = uffd_register(usnap_home(s, sr)->uffd, reg->addr, reg->len, reg_mode(reg->kind, false), &ioctls);
+	r = usnap_uffd_register(usnap_home(s, sr)->uffd, reg->addr, reg->len, reg_mode(reg->kind, false), &ioctls);
 	if (r == -EBUSY)
 		return usnap_err(r, "region '%s': another userfaultfd (another context, or another library) "
 				 "holds this memory", reg->name);
@@ -697,18 +676,8 @@ static void disarm_space(uffdsnap_snap_t *s, const struct usnap_space *sp)
 			more = usnap_maps_next(&mr, &v);
 		if (more && v.start < b && v.end > b)
 			b = v.end;
-		struct uffdio_range range = { a, b - a };
 		/* Failure: the program unmapped the range itself; nothing is left. */
-		uffd_unregister(sp->uffd, a, b - a);
-		/*
-		 * UNREGISTER wakes waiters before it changes the VMA, and a fault
-		 * taken under the per-VMA lock (Linux 6.7+) can enqueue itself in
-		 * between and sleep forever (seen here: a writer stuck in
-		 * handle_userfault after the range was unregistered). Once
-		 * UNREGISTER returns, such a waiter is queued, so one more wake
-		 * releases it; it then faults normally.
-		 */
-		ioctl(sp->uffd, UFFDIO_WAKE, &range);
+		usnap_uffd_unregister(sp->uffd, a, b - a);
 	}
 	usnap_maps_close(&mr);
 }
@@ -795,7 +764,7 @@ int usnap_arm_aliases(uffdsnap_snap_t *s)
 
 			if (!file_overlap(reg, &v, ps, &a, &first, &n) || a == reg->addr + first * ps)
 				continue; /* not this file's pages, or the region itself */
-			r = uffd_register(usnap_home(s, sr)->uffd, a, n * ps, reg_mode(reg->kind, false), &ioctls);
+			r = usnap_uffd_register(usnap_home(s, sr)->uffd, a, n * ps, reg_mode(reg->kind, false), &ioctls);
 			if (r == -EPERM && v.perms[1] != 'w') {
 				r = remember_readonly(s, &v);
 				continue;

@@ -36,7 +36,7 @@
 #include <sys/mman.h>
 #include <unistd.h>
 
-#include "compat.h"
+#include "uffd.h"
 #include "uffdsnap-private.h"
 
 static int cmp_map(const void *a, const void *b)
@@ -336,13 +336,6 @@ static void check_discard(uffdsnap_snap_t *s, const struct usnap_space *sp, uint
 	}
 }
 
-static void wake_range(int uffd, uintptr_t addr, size_t len)
-{
-	struct uffdio_range r = { addr, len };
-
-	ioctl(uffd, UFFDIO_WAKE, &r);
-}
-
 /* A child's userfaultfd: copy the parent space's table, or give the child up. */
 static void on_fork(uffdsnap_snap_t *s, const struct usnap_space *parent, int fd)
 {
@@ -390,7 +383,7 @@ void usnap_space_event(uffdsnap_snap_t *s, struct usnap_space *sp, const struct 
 		r = reshape(s, sp, start, end, (intptr_t)(m->arg.remap.to - m->arg.remap.from), false);
 		/* A writer that faulted on the old address before the move still
 		 * sleeps on it, and resolving by the new address will not wake it. */
-		wake_range(sp->uffd, start, end - start);
+		usnap_uffd_wake(sp->uffd, start, end - start);
 		atomic_fetch_add(&s->remaps, 1);
 		break;
 	case UFFD_EVENT_UNMAP:
@@ -398,7 +391,7 @@ void usnap_space_event(uffdsnap_snap_t *s, struct usnap_space *sp, const struct 
 		if (!sp->child)
 			check_discard(s, sp, start, end, "munmap");
 		r = reshape(s, sp, start, end, 0, true);
-		wake_range(sp->uffd, start, end - start);
+		usnap_uffd_wake(sp->uffd, start, end - start);
 		atomic_fetch_add(&s->unmaps, 1);
 		break;
 	case UFFD_EVENT_REMOVE:
@@ -431,11 +424,8 @@ void usnap_space_end(uffdsnap_snap_t *s, struct usnap_space *sp)
 {
 	size_t ps = s->page_size;
 
-	for (size_t i = 0; sp->child && i < sp->nmaps; i++) {
-		struct uffdio_range r = { sp->maps[i].addr, sp->maps[i].npages * ps };
-		ioctl(sp->uffd, UFFDIO_UNREGISTER, &r);
-		ioctl(sp->uffd, UFFDIO_WAKE, &r);
-	}
+	for (size_t i = 0; sp->child && i < sp->nmaps; i++)
+		usnap_uffd_unregister(sp->uffd, sp->maps[i].addr, sp->maps[i].npages * ps);
 	if (sp->child) {
 		close(sp->uffd);
 		sp->uffd = -1;

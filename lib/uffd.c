@@ -1,0 +1,87 @@
+/* SPDX-License-Identifier: LGPL-2.1-or-later */
+/*
+ * The kernel seam: every userfaultfd request of the snapshot engine goes
+ * through here (uffd.h says what each one means). In the test-only
+ * libuffdsnap-inject.a these are the calls that inject.h can make fail.
+ */
+#include <errno.h>
+#include <fcntl.h>
+#include <sys/syscall.h>
+#include <unistd.h>
+
+#include "uffd.h"
+
+int usnap_uffd_new(bool user_mode_only)
+{
+	int fd, dev;
+
+	if (!user_mode_only) {
+		dev = open("/dev/userfaultfd", O_RDWR | O_CLOEXEC);
+		if (dev >= 0) {
+			fd = ioctl(dev, USERFAULTFD_IOC_NEW, O_CLOEXEC | O_NONBLOCK);
+			close(dev);
+			if (fd >= 0)
+				return fd;
+		}
+	}
+	fd = (int)syscall(SYS_userfaultfd, O_CLOEXEC | O_NONBLOCK | (user_mode_only ? UFFD_USER_MODE_ONLY : 0));
+	return fd >= 0 ? fd : -errno;
+}
+
+int usnap_uffd_api(int uffd, uint64_t features, uint64_t *got)
+{
+	struct uffdio_api a = { .api = UFFD_API, .features = features };
+
+	if (ioctl(uffd, UFFDIO_API, &a))
+		return -errno;
+	*got = a.features;
+	return 0;
+}
+
+int usnap_uffd_register(int uffd, uintptr_t addr, size_t len, uint64_t mode, uint64_t *ioctls)
+{
+	struct uffdio_register reg = { .range = { addr, len }, .mode = mode };
+
+	if (ioctl(uffd, UFFDIO_REGISTER, &reg))
+		return -errno;
+	*ioctls = reg.ioctls;
+	return 0;
+}
+
+int usnap_uffd_unregister(int uffd, uintptr_t addr, size_t len)
+{
+	struct uffdio_range r = { addr, len };
+	int rc = ioctl(uffd, UFFDIO_UNREGISTER, &r) ? -errno : 0;
+
+	ioctl(uffd, UFFDIO_WAKE, &r);
+	return rc;
+}
+
+void usnap_uffd_wake(int uffd, uintptr_t addr, size_t len)
+{
+	struct uffdio_range r = { addr, len };
+
+	ioctl(uffd, UFFDIO_WAKE, &r);
+}
+
+int usnap_uffd_protect(int uffd, uintptr_t addr, size_t len, bool wp)
+{
+	struct uffdio_writeprotect w = { .range = { addr, len }, .mode = wp ? UFFDIO_WRITEPROTECT_MODE_WP : 0 };
+
+	return ioctl(uffd, UFFDIO_WRITEPROTECT, &w) ? -errno : 0;
+}
+
+int usnap_uffd_zeropage(int uffd, uintptr_t addr, size_t len)
+{
+	struct uffdio_zeropage z = { .range = { addr, len }, .mode = 0 };
+
+	return ioctl(uffd, UFFDIO_ZEROPAGE, &z) ? -errno : 0;
+}
+
+bool usnap_uffd_changing(int uffd, const void *page, size_t page_size)
+{
+	struct uffdio_writeprotect w = { .range = { (uintptr_t)page, page_size }, .mode = 0 };
+
+	/* (ioctl): inject.h redirects the calls that act, not this one */
+	return (ioctl)(uffd, UFFDIO_WRITEPROTECT, &w) && errno == EAGAIN;
+}

@@ -1,0 +1,51 @@
+/* SPDX-License-Identifier: LGPL-2.1-or-later */
+/*
+ * What the library asks of the kernel's userfaultfd, one small function per
+ * request (uffd.c). Every function returns 0 (or a descriptor) on success and
+ * -errno on failure; none prints or records an error detail: the caller knows
+ * what the request was for and says so.
+ */
+#ifndef UFFDSNAP_UFFD_H
+#define UFFDSNAP_UFFD_H
+
+#include <stdbool.h>
+#include <stddef.h>
+#include <stdint.h>
+
+#include "compat.h"
+
+/* A new userfaultfd (O_CLOEXEC | O_NONBLOCK): from /dev/userfaultfd (Linux
+ * 6.1+, access by file mode) or userfaultfd(2); with user_mode_only, one
+ * that ignores kernel-mode faults (all an unprivileged caller may get). */
+int usnap_uffd_new(bool user_mode_only);
+/* UFFDIO_API asking for `features`; *got: what the kernel offers. Once per
+ * descriptor, and unknown bits fail with EINVAL: probe with 0 first. */
+int usnap_uffd_api(int uffd, uint64_t features, uint64_t *got);
+/* UFFDIO_REGISTER of [addr, addr + len) in `mode`; *ioctls: what the range offers. */
+int usnap_uffd_register(int uffd, uintptr_t addr, size_t len, uint64_t mode, uint64_t *ioctls);
+/*
+ * UFFDIO_UNREGISTER, which drops every protection and marker in the range and
+ * wakes its waiters, and then one more UFFDIO_WAKE: UNREGISTER wakes before
+ * it changes the VMA, and a fault taken under the per-VMA lock (Linux 6.7+)
+ * can queue itself in between and sleep forever (seen here: a writer stuck in
+ * handle_userfault after the range was unregistered). Once UNREGISTER has
+ * returned such a waiter is queued, so the second wake releases it; it then
+ * faults normally. Failure: nothing registered is left there.
+ */
+int usnap_uffd_unregister(int uffd, uintptr_t addr, size_t len);
+void usnap_uffd_wake(int uffd, uintptr_t addr, size_t len);
+/* UFFDIO_WRITEPROTECT: protect, or un-protect and wake. EAGAIN while an
+ * event of this descriptor is unread (the kernel's mmap_changing). */
+int usnap_uffd_protect(int uffd, uintptr_t addr, size_t len, bool wp);
+/* UFFDIO_ZEROPAGE and wake; EEXIST if the page is there already. */
+int usnap_uffd_zeropage(int uffd, uintptr_t addr, size_t len);
+/*
+ * Is an event (fork, mremap, munmap, madvise) under way on uffd whose message
+ * may not be readable yet? Each raises the descriptor's mmap_changing before
+ * it changes anything: an un-protect of `page`, memory of ours never
+ * registered (ENOENT otherwise, and nothing changes), answers EAGAIN then.
+ * A question, not a request: never a fault-injection point.
+ */
+bool usnap_uffd_changing(int uffd, const void *page, size_t page_size);
+
+#endif
