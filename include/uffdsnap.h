@@ -127,6 +127,60 @@ uint64_t uffdsnap_features(const uffdsnap_t *ctx);
  */
 void uffdsnap_free(uffdsnap_t *ctx);
 
+/* ---- other processes ------------------------------------------------------------ */
+
+/*
+ * Processes that map a region's file take part in the context's snapshots:
+ * a participant hands the coordinator (the context) a userfaultfd for its own
+ * address space, and from then on every snapshot protects the participant's
+ * mappings at the same instant as the coordinator's own and resolves their
+ * write faults by copying through the region's file. See
+ * docs/consistency.md, "Other processes".
+ */
+typedef struct uffdsnap_participant uffdsnap_participant_t;
+
+/*
+ * Accept participants on the unix socket socket_path (created 0600; a stale
+ * socket there is replaced, a live one or any other file is refused with
+ * -EADDRINUSE / -EEXIST), on a thread of the library, until uffdsnap_free().
+ * Only processes of the same uid, or root, may join; each mapping a process
+ * joins with must map the named region's file at the stated offset. A process
+ * that joins while a snapshot runs makes that snapshot fail (-EBUSY): its
+ * stores before joining were not tracked. Errors: -EALREADY (listening
+ * already), -ENAMETOOLONG, and those of socket(2) and bind(2).
+ */
+int uffdsnap_listen(uffdsnap_t *ctx, const char *socket_path);
+
+/* Number of processes that have joined and not left. */
+int uffdsnap_participant_count(const uffdsnap_t *ctx);
+
+typedef struct uffdsnap_join_region {
+	const char *name;   /* the coordinator's region */
+	void *addr;         /* this process's MAP_SHARED mapping of that region's file */
+	size_t len;
+	uint64_t offset;    /* where addr lies in the region */
+} uffdsnap_join_region_t;
+
+/*
+ * Join the coordinator listening on socket_path with n (1 to 64) mappings.
+ * The process needs a userfaultfd that handles kernel-mode faults (root,
+ * access to /dev/userfaultfd, or vm.unprivileged_userfaultfd=1): -EPERM
+ * otherwise, rather than turning its read(2) into EFAULT. Stores the process
+ * makes through a joined mapping during a snapshot wait for their page's
+ * copy, like the coordinator's. If the coordinator dies, every protection is
+ * dropped at once. Errors: -EINVAL, -EPERM, -ECONNREFUSED / -ENOENT (no
+ * coordinator), -ETIMEDOUT (no answer), and the coordinator's refusal
+ * (-ENOENT no such region, -EINVAL a mapping that is not the region's file,
+ * -EACCES another uid, -EUSERS too many participants) with its reason in
+ * uffdsnap_last_error().
+ */
+int uffdsnap_join(uffdsnap_participant_t **p, const char *socket_path, const uffdsnap_join_region_t *regions,
+		  unsigned n);
+
+/* Leave: the coordinator no longer tracks this process (after a snapshot
+ * that is running now). Frees p. */
+void uffdsnap_leave(uffdsnap_participant_t *p);
+
 /* ---- sinks --------------------------------------------------------------------- */
 
 /*

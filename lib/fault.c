@@ -156,7 +156,7 @@ static int unprotect(struct handler *h, struct usnap_space *sp, const struct usn
 
 	while (usnap_space_each(sp, sr, h->ps, lo, hi, &cur, &addr, &n)) {
 		r = usnap_uffd_protect(sp->uffd, addr, n * h->ps, false);
-		if (!r || (r == -ESRCH && sp->child))
+		if (!r || (r == -ESRCH && sp->foreign))
 			continue;
 		if (r != -EAGAIN || (r = event_pending(h, &t0)))
 			return r;
@@ -181,7 +181,7 @@ static int zeropage(struct handler *h, struct usnap_space *sp, const struct usna
 		r = usnap_uffd_zeropage(sp->uffd, addr, h->ps);
 		if (!r || r == -EEXIST)
 			break; /* EEXIST: filled meanwhile through another mapping */
-		if (r == -ESRCH && sp->child)
+		if (r == -ESRCH && sp->foreign)
 			return 0;
 		if (r != -EAGAIN || (r = event_pending(h, &t0)))
 			return r;
@@ -617,6 +617,17 @@ static void resolve_held(struct handler *h)
  * such operation raises the context's mmap_changing under mmap_lock, before
  * our UNREGISTER could take it: event_in_flight() says when the last is read.
  */
+/* An event under way on a descriptor that drain_messages reads (every range
+ * of each is unregistered by now, so the probe page cannot be registered in a
+ * participant's address space either). */
+static bool any_event_in_flight(uffdsnap_snap_t *s)
+{
+	for (unsigned k = 0; k < s->nspaces; k++)
+		if (!s->spaces[k].child && event_in_flight(s, s->spaces[k].uffd))
+			return true;
+	return false;
+}
+
 static void drain_messages(uffdsnap_snap_t *s)
 {
 	struct uffd_msg msgs[FAULT_BATCH];
@@ -627,8 +638,11 @@ static void drain_messages(uffdsnap_snap_t *s)
 	for (unsigned k = 0; k < USNAP_OWN_SPACES; k++)
 		pfd[k] = (struct pollfd){ .fd = s->spaces[k].uffd, .events = POLLIN };
 	for (;;) {
-		for (unsigned k = 0; k < USNAP_OWN_SPACES; k++) {
+		for (unsigned k = 0; k < s->nspaces; k++) {
 			int uffd = s->spaces[k].uffd;
+
+			if (s->spaces[k].child)
+				continue; /* closed: the kernel released it */
 
 			while ((n = read(uffd, msgs, sizeof(msgs))) > 0) {
 				for (ssize_t i = 0; i < n / (ssize_t)sizeof(msgs[0]); i++) {
@@ -640,7 +654,7 @@ static void drain_messages(uffdsnap_snap_t *s)
 				}
 			}
 		}
-		if (!own_event_in_flight(s) || usnap_now_ns() - t0 > 5000000000ull)
+		if (!any_event_in_flight(s) || usnap_now_ns() - t0 > 5000000000ull)
 			return;
 		poll(pfd, USNAP_OWN_SPACES, 10); /* the event is being queued */
 	}

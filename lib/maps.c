@@ -7,6 +7,7 @@
  * their locks while the kernel waits for the handler, see usnap_sys_alloc).
  */
 #include <fcntl.h>
+#include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 #include <sys/sysmacros.h>
@@ -14,10 +15,14 @@
 
 #include "maps.h"
 
-int usnap_maps_open(struct usnap_maps *m)
+int usnap_maps_open(struct usnap_maps *m, pid_t pid)
 {
+	char path[32] = "/proc/self/maps";
+
 	memset(m, 0, offsetof(struct usnap_maps, buf));
-	m->fd = open("/proc/self/maps", O_RDONLY | O_CLOEXEC);
+	if (pid)
+		snprintf(path, sizeof(path), "/proc/%d/maps", (int)pid);
+	m->fd = open(path, O_RDONLY | O_CLOEXEC);
 	return m->fd < 0 ? -1 : 0;
 }
 

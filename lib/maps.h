@@ -24,8 +24,8 @@ struct usnap_maps {
 	char buf[4096];
 };
 
-/* 0, or -1 with errno set. */
-int usnap_maps_open(struct usnap_maps *m);
+/* Process pid's maps (0: ours); 0, or -1 with errno set. */
+int usnap_maps_open(struct usnap_maps *m, pid_t pid);
 /* The next mapping, in address order; false at the end. */
 bool usnap_maps_next(struct usnap_maps *m, struct usnap_vma *v);
 void usnap_maps_close(struct usnap_maps *m);

@@ -91,10 +91,40 @@ static int api_or_close(int fd, uint64_t want)
 	return usnap_err(r, "UFFDIO_API(0x%llx): %s", (unsigned long long)want, strerror(-r));
 }
 
+int usnap_uffd_features(bool umo, uint64_t *avail, uint64_t *want)
+{
+	uint64_t got;
+	int r;
+
+	/* UFFDIO_API can be called once per descriptor and rejects unknown
+	 * feature bits, so ask what exists on a throwaway descriptor first. */
+	r = api_probe(umo, 0, avail);
+	if (r)
+		return usnap_err(r, "UFFDIO_API (probe): %s", strerror(-r));
+	if ((*avail & USNAP_REQUIRED) != USNAP_REQUIRED)
+		return usnap_err(-EOPNOTSUPP, "kernel userfaultfd features 0x%llx lack write-protect/missing "
+				 "on shmem (need UFFD_FEATURE_WP_HUGETLBFS_SHMEM, Linux 5.19+)",
+				 (unsigned long long)*avail);
+	*want = USNAP_REQUIRED | (*avail & USNAP_WANTED);
+	if (*want & UFFD_FEATURE_EVENT_FORK) {
+		r = api_probe(umo, UFFD_FEATURE_EVENT_FORK, &got);
+		if (r == -EPERM)
+			*want &= ~(uint64_t)UFFD_FEATURE_EVENT_FORK;
+		else if (r)
+			return usnap_err(r, "UFFDIO_API (probe): %s", strerror(-r));
+	}
+	return 0;
+}
+
+int usnap_uffd_api_shared(int fd, uint64_t want)
+{
+	return api_or_close(fd, want & ~(uint64_t)UFFD_FEATURE_EVENT_REMOVE);
+}
+
 int usnap_uffd_open(uffdsnap_t *ctx)
 {
 	bool umo = false;
-	uint64_t avail = 0, got, want;
+	uint64_t avail = 0, want;
 	int fd, r;
 
 	fd = usnap_uffd_new(false);
@@ -111,30 +141,12 @@ int usnap_uffd_open(uffdsnap_t *ctx)
 	if (fd < 0)
 		return usnap_err(fd, "userfaultfd: %s", strerror(-fd));
 
-	/* UFFDIO_API can be called once per descriptor and rejects unknown
-	 * feature bits, so ask what exists on a throwaway descriptor first. */
-	r = api_probe(umo, 0, &avail);
+	r = usnap_uffd_features(umo, &avail, &want);
 	if (r) {
 		close(fd);
-		return usnap_err(r, "UFFDIO_API (probe): %s", strerror(-r));
+		return r;
 	}
-	if ((avail & USNAP_REQUIRED) != USNAP_REQUIRED) {
-		close(fd);
-		return usnap_err(-EOPNOTSUPP, "kernel userfaultfd features 0x%llx lack write-protect/missing "
-				 "on shmem (need UFFD_FEATURE_WP_HUGETLBFS_SHMEM, Linux 5.19+)",
-				 (unsigned long long)avail);
-	}
-	want = USNAP_REQUIRED | (avail & USNAP_WANTED);
-	if (want & UFFD_FEATURE_EVENT_FORK) {
-		r = api_probe(umo, UFFD_FEATURE_EVENT_FORK, &got);
-		if (r == -EPERM)
-			want &= ~(uint64_t)UFFD_FEATURE_EVENT_FORK;
-		else if (r) {
-			close(fd);
-			return usnap_err(r, "UFFDIO_API (probe): %s", strerror(-r));
-		}
-	}
-	fd = api_or_close(fd, want & ~(uint64_t)UFFD_FEATURE_EVENT_REMOVE);
+	fd = usnap_uffd_api_shared(fd, want);
 	if (fd < 0)
 		return fd;
 	r = usnap_uffd_new(umo);
@@ -238,6 +250,7 @@ USNAP_EXPORT void uffdsnap_free(uffdsnap_t *ctx)
 		uffdsnap_cancel(s);
 		uffdsnap_wait(s);
 	}
+	usnap_listener_stop(ctx);
 	for (unsigned i = 0; i < ctx->nregs; i++)
 		usnap_reg_release(&ctx->regs[i]);
 	free(ctx->regs);

@@ -87,7 +87,7 @@ static int scan_maps(const char *name, uintptr_t addr, uintptr_t end, struct usn
 	bool have_first = false;
 	int r = 0;
 
-	if (usnap_maps_open(&mr))
+	if (usnap_maps_open(&mr, 0))
 		return usnap_err(-errno, "region '%s': cannot read /proc/self/maps: %s", name, strerror(errno));
 	while (covered < end && usnap_maps_next(&mr, &v)) {
 		if (v.end <= covered)
@@ -543,7 +543,7 @@ struct protect_span {
 	uintptr_t addr;
 	size_t len;
 	const struct usnap_reg *reg;
-	int uffd;
+	const struct usnap_space *sp;
 };
 
 struct protect_work {
@@ -560,7 +560,10 @@ static void *protect_main(void *arg)
 	size_t i;
 
 	while (!atomic_load(&w->err) && (i = atomic_fetch_add(&w->next, 1)) < w->nspans) {
-		int r = protect(w->span[i].uffd, w->span[i].addr, w->span[i].len), none = 0;
+		int r = protect(w->span[i].sp->uffd, w->span[i].addr, w->span[i].len), none = 0;
+
+		if (r == -ESRCH && w->span[i].sp->foreign)
+			r = 0; /* a participant that has exited: nothing of it to protect */
 
 		if (r && atomic_compare_exchange_strong(&w->err, &none, r))
 			atomic_store(&w->failed, i);
@@ -568,12 +571,13 @@ static void *protect_main(void *arg)
 	return NULL;
 }
 
-/* The populated runs of every piece (regions and their aliases), cut into spans. */
+/* The populated runs of every piece (regions, their aliases, participants'
+ * mappings), cut into spans. */
 static size_t cut_spans(uffdsnap_snap_t *s, struct protect_span *out)
 {
 	size_t n = 0, ps = s->page_size;
 
-	for (unsigned k = 0; k < USNAP_OWN_SPACES; k++) {
+	for (unsigned k = 0; k < s->nspaces; k++) {
 		const struct usnap_space *sp = &s->spaces[k];
 
 		for (size_t i = 0; i < sp->nmaps; i++) {
@@ -594,7 +598,7 @@ static size_t cut_spans(uffdsnap_snap_t *s, struct protect_span *out)
 					if (b > end)
 						b = end;
 					if (out)
-						out[n] = (struct protect_span){ a, b - a, sr->reg, sp->uffd };
+						out[n] = (struct protect_span){ a, b - a, sr->reg, sp };
 					n++;
 				}
 			}
@@ -658,7 +662,7 @@ static void disarm_space(uffdsnap_snap_t *s, const struct usnap_space *sp)
 {
 	struct usnap_maps mr;
 	struct usnap_vma v = { 0 };
-	bool more = !usnap_maps_open(&mr);
+	bool more = !usnap_maps_open(&mr, 0);
 	size_t ps = s->page_size;
 
 	for (size_t i = 0; i < sp->nmaps; i++) {
@@ -753,7 +757,7 @@ int usnap_arm_aliases(uffdsnap_snap_t *s)
 	size_t ps = s->page_size;
 	int r = 0;
 
-	if (usnap_maps_open(&mr))
+	if (usnap_maps_open(&mr, 0))
 		return usnap_err(-errno, "cannot read /proc/self/maps: %s", strerror(errno));
 	while (!r && usnap_maps_next(&mr, &v)) {
 		for (unsigned i = 0; !r && i < s->nregions; i++) {
@@ -782,32 +786,30 @@ int usnap_arm_aliases(uffdsnap_snap_t *s)
 }
 
 /*
- * At the end of the sweep: is any region's file mapped in this process
- * where no piece of ours is? Such a mapping was made during the snapshot (the
- * ones made before are aliases, and region pieces follow mremap and munmap):
- * mmap of the file again, MAP_FIXED over a region, munmap then mmap. Writes
- * through it took no fault, so the pages they changed may be in the snapshot
- * with their new contents: fail rather than say it is exact. A mapping made
- * and removed again between two checks is as invisible as write(2) to the
- * file (docs/consistency.md, blind spots). Runs on the handler thread.
+ * At the end of the sweep: is any region's file mapped in a process we track
+ * (ours, or a participant) where no piece of ours is? Such a mapping was made
+ * during the snapshot (the ones made before are aliases or joined mappings,
+ * and pieces follow mremap and munmap): mmap of the file again, MAP_FIXED
+ * over a region, munmap then mmap. Writes through it took no fault, so the
+ * pages they changed may be in the snapshot with their new contents: fail
+ * rather than say it is exact. A mapping made and removed again between two
+ * checks is as invisible as write(2) to the file (docs/consistency.md, blind
+ * spots). A participant's mapping that cannot write now is not asked about
+ * (its VM_MAYWRITE does not show in maps). Runs on the handler thread.
  */
-int usnap_check_mappings(uffdsnap_snap_t *s)
+static int check_space(uffdsnap_snap_t *s, const struct usnap_space *sp)
 {
-	const struct usnap_space *sp = &s->spaces[USNAP_UFFD_SHARED];
 	struct usnap_maps mr;
 	struct usnap_vma v;
 	size_t ps = s->page_size;
-	unsigned shared = 0;
 	int r = 0;
 
-	for (unsigned i = 0; i < s->nregions; i++)
-		shared += s->sregs[i].reg->kind != USNAP_PRIVATE;
-	if (!shared)
-		return 0;
-	if (usnap_maps_open(&mr)) {
+	if (usnap_maps_open(&mr, sp->pid)) {
+		if (sp->pid && errno == ENOENT)
+			return 0; /* a participant that has exited writes nothing more */
 		r = -errno;
-		usnap_fail(s, r, "cannot read /proc/self/maps to check that no new mapping wrote a region's "
-			   "file: %s", strerror(-r));
+		usnap_fail(s, r, "cannot read the maps of %s to check that no new mapping wrote a region's file: "
+			   "%s", sp->pid ? "a participant" : "this process", strerror(-r));
 		return r;
 	}
 	while (!r && usnap_maps_next(&mr, &v)) {
@@ -816,7 +818,8 @@ int usnap_check_mappings(uffdsnap_snap_t *s)
 			uintptr_t a, end;
 			uint64_t first, n;
 
-			if (!file_overlap(sr->reg, &v, ps, &a, &first, &n) || known_readonly(s, &v))
+			if (!file_overlap(sr->reg, &v, ps, &a, &first, &n) ||
+			    (sp->pid ? v.perms[1] != 'w' : known_readonly(s, &v)))
 				continue;
 			for (end = a + n * ps; a < end;) {
 				const struct usnap_map *m = usnap_space_find(sp, a, ps);
@@ -827,47 +830,90 @@ int usnap_check_mappings(uffdsnap_snap_t *s)
 				first += (next - a) / ps;
 				a = next;
 			}
-			if (a < end) {
+			if (a < end && sp->pid)
+				usnap_fail(s, -EBUSY, "region '%s': participant %d maps its pages at 0x%" PRIxPTR " without "
+					   "having joined that mapping (or mapped them during the snapshot); writes "
+					   "through it are not tracked, so the snapshot cannot be exact", sr->reg->name,
+					   (int)sp->pid, a);
+			else if (a < end)
 				usnap_fail(s, -EBUSY, "region '%s': its pages were mapped at 0x%" PRIxPTR " during the "
 					   "snapshot; writes through that mapping are not tracked, so the snapshot "
 					   "cannot be exact", sr->reg->name, a);
+			if (a < end)
 				r = -EBUSY;
-			}
 		}
 	}
 	usnap_maps_close(&mr);
 	return r;
 }
 
+int usnap_check_mappings(uffdsnap_snap_t *s)
+{
+	unsigned shared = 0;
+	int r = 0;
+
+	for (unsigned i = 0; i < s->nregions; i++)
+		shared += s->sregs[i].reg->kind != USNAP_PRIVATE;
+	for (unsigned k = 0; shared && !r && k < s->nspaces; k++)
+		if (k == USNAP_UFFD_SHARED || (s->spaces[k].pid && !s->spaces[k].child))
+			r = check_space(s, &s->spaces[k]);
+	return r;
+}
+
+/*
+ * A participant's joined mappings are registered on its userfaultfd (which
+ * acts on its address space) with the same modes as ours, before any region
+ * lists its holes, like aliases. One that has exited (ESRCH) is left out.
+ */
+int usnap_arm_participants(uffdsnap_snap_t *s)
+{
+	size_t ps = s->page_size;
+
+	for (unsigned k = USNAP_OWN_SPACES; k < s->nspaces; k++) {
+		const struct usnap_space *sp = &s->spaces[k];
+
+		for (size_t i = 0; i < sp->nmaps; i++) {
+			const struct usnap_map *m = &sp->maps[i];
+			uint64_t ioctls;
+			int r = usnap_uffd_register(sp->uffd, m->addr, m->npages * ps, reg_mode(m->sr->reg->kind, false),
+						    &ioctls);
+			if (r == -ESRCH)
+				break;
+			if (r)
+				return usnap_err(r, "participant %d: registering its mapping of region '%s' at 0x%" PRIxPTR
+						 ": %s", (int)sp->pid, m->sr->reg->name, m->addr, strerror(-r));
+		}
+	}
+	return 0;
+}
+
 /* ---- other processes mapping a region ------------------------------------------- */
 
 /* Does process `pid` map the file (dev, ino)? */
-static bool maps_file(const char *pid, dev_t dev, ino_t ino)
+static bool maps_file(pid_t pid, dev_t dev, ino_t ino)
 {
-	char path[300], line[512];
+	struct usnap_maps mr;
+	struct usnap_vma v;
 	bool found = false;
-	FILE *f;
 
-	snprintf(path, sizeof(path), "/proc/%s/maps", pid);
-	if (!(f = fopen(path, "re")))
+	if (usnap_maps_open(&mr, pid))
 		return false; /* gone, or not ours to read (documented) */
-	while (!found && fgets(line, sizeof(line), f)) {
-		unsigned maj, min;
-		unsigned long long i;
-		bool whole = strchr(line, '\n') != NULL;
-		int c;
-
-		if (sscanf(line, "%*x-%*x %*s %*x %x:%x %llu", &maj, &min, &i) == 3)
-			found = i == (unsigned long long)ino && maj == major(dev) && min == minor(dev);
-		while (!whole && (c = fgetc(f)) != EOF && c != '\n')
-			;
-	}
-	fclose(f);
+	while (!found && usnap_maps_next(&mr, &v))
+		found = v.ino == (uint64_t)ino && v.dev == dev;
+	usnap_maps_close(&mr);
 	return found;
 }
 
+static bool joined(const uffdsnap_snap_t *s, pid_t pid)
+{
+	for (unsigned i = USNAP_OWN_SPACES; i < s->nspaces; i++)
+		if (s->spaces[i].pid == pid)
+			return true;
+	return false;
+}
+
 /* UFFDSNAP_OPT_STRICT: at the instant, no other process may map a region's
- * file: its writes would not fault on our userfaultfd. */
+ * file unless it joined: its writes would not fault on a userfaultfd of ours. */
 int usnap_strict_begin(uffdsnap_snap_t *s)
 {
 	char self[16];
@@ -878,13 +924,14 @@ int usnap_strict_begin(uffdsnap_snap_t *s)
 		return usnap_err(-errno, "strict: cannot list /proc: %s", strerror(errno));
 	snprintf(self, sizeof(self), "%d", (int)getpid());
 	while ((e = readdir(d))) {
-		if (e->d_name[0] < '1' || e->d_name[0] > '9' || !strcmp(e->d_name, self))
+		if (e->d_name[0] < '1' || e->d_name[0] > '9' || !strcmp(e->d_name, self) ||
+		    joined(s, (pid_t)atoi(e->d_name)))
 			continue;
 		for (unsigned i = 0; i < s->nregions; i++) {
 			const struct usnap_reg *reg = s->sregs[i].reg;
 			struct stat st;
 			int r;
-			if (reg->fd < 0 || fstat(reg->fd, &st) || !maps_file(e->d_name, st.st_dev, st.st_ino))
+			if (reg->fd < 0 || fstat(reg->fd, &st) || !maps_file((pid_t)atoi(e->d_name), st.st_dev, st.st_ino))
 				continue;
 			r = usnap_err(-EBUSY, "region '%s': process %s maps its file too; its writes would not be "
 				      "tracked (UFFDSNAP_OPT_STRICT)", reg->name, e->d_name);

@@ -275,6 +275,7 @@ static int snap_prepare(uffdsnap_snap_t *s)
 {
 	uffdsnap_t *ctx = s->ctx;
 	struct usnap_pool *p = &ctx->pool;
+	int r;
 
 	s->pool = p;
 	s->job_footprint = p->footprint;
@@ -301,6 +302,11 @@ static int snap_prepare(uffdsnap_snap_t *s)
 	qsort(s->by_addr, s->nregions, sizeof(*s->by_addr), cmp_by_addr);
 	if (usnap_space_init(s))
 		return -ENOMEM;
+	pthread_mutex_lock(&ctx->lock);
+	r = usnap_space_participants(s);
+	pthread_mutex_unlock(&ctx->lock);
+	if (r)
+		return r;
 	s->ctl_efd = eventfd(0, EFD_CLOEXEC | EFD_NONBLOCK);
 	if (s->ctl_efd < 0)
 		return usnap_err(-errno, "eventfd: %s", strerror(errno));
@@ -390,12 +396,17 @@ USNAP_EXPORT int uffdsnap_begin(uffdsnap_t *ctx, uffdsnap_sink_t *sink, uffdsnap
 		r = snap_start_threads(s);
 
 	/* The instant: every region armed while the handler is not yet reading
-	 * the userfaultfd, so any fault raised meanwhile is held. */
+	 * the userfaultfd, so any fault raised meanwhile is held. The other
+	 * mappings of the regions' pages (aliases, participants') are registered
+	 * first: each region lists its holes once registered, and a hole filled
+	 * through a mapping not registered yet would be recorded as zeros. */
 	t0 = usnap_now_ns();
-	for (unsigned i = 0; !r && i < s->nregions; i++)
-		r = usnap_arm(s, &s->sregs[i]);
 	if (!r)
 		r = usnap_arm_aliases(s);
+	if (!r)
+		r = usnap_arm_participants(s);
+	for (unsigned i = 0; !r && i < s->nregions; i++)
+		r = usnap_arm(s, &s->sregs[i]);
 	if (!r)
 		r = usnap_protect_all(s);
 	if (!r && (s->flags & UFFDSNAP_OPT_STRICT))

@@ -34,6 +34,7 @@
 #include <string.h>
 #include <sys/ioctl.h>
 #include <sys/mman.h>
+#include <fcntl.h>
 #include <unistd.h>
 
 #include "uffd.h"
@@ -103,6 +104,9 @@ void *usnap_sys_realloc(void *p, size_t n)
 
 static void space_release(struct usnap_space *sp)
 {
+	if (sp->foreign && sp->uffd >= 0)
+		close(sp->uffd);
+	sp->uffd = -1;
 	usnap_sys_free(sp->maps);
 	usnap_sys_free(sp->whole);
 	usnap_sys_free(sp->pieces);
@@ -134,6 +138,32 @@ int usnap_space_init(uffdsnap_snap_t *s)
 			if (usnap_kind_uffd(reg->kind) == k)
 				sp->maps[sp->nmaps++] = (struct usnap_map){ .addr = reg->addr, .npages = reg->npages,
 									    .sr = &s->sregs[i] };
+		}
+		qsort(sp->maps, sp->nmaps, sizeof(*sp->maps), cmp_map);
+		index_whole(s, sp);
+	}
+	return 0;
+}
+
+/*
+ * A participant is a space of its own, built from the mappings it joined
+ * with; the uffd is a dup, so the participant may leave (and the listener
+ * close its descriptor) while the snapshot still resolves its faults.
+ * Its children count against the same limit as ours.
+ */
+int usnap_space_participants(uffdsnap_snap_t *s)
+{
+	for (const struct usnap_participant *p = s->ctx->parts; p; p = p->next) {
+		struct usnap_space *sp = &s->spaces[s->nspaces];
+
+		*sp = (struct usnap_space){ .uffd = -1, .foreign = true, .pid = p->pid, .root = s->nspaces };
+		s->nspaces++; /* freed by usnap_spaces_free even if half built */
+		if (space_alloc(s, sp, p->nmaps) || (sp->uffd = fcntl(p->uffd, F_DUPFD_CLOEXEC, 0)) < 0)
+			return usnap_err(-ENOMEM, "tracking participant %d", (int)p->pid);
+		for (unsigned i = 0; i < p->nmaps; i++) {
+			const struct usnap_joined *j = &p->maps[i];
+			sp->maps[sp->nmaps++] = (struct usnap_map){ .addr = j->addr, .npages = j->n,
+								    .sr = &s->sregs[j->region], .first = j->first };
 		}
 		qsort(sp->maps, sp->nmaps, sizeof(*sp->maps), cmp_map);
 		index_whole(s, sp);
@@ -345,14 +375,14 @@ static void on_fork(uffdsnap_snap_t *s, const struct usnap_space *parent, int fd
 		close(fd); /* releasing it unregisters the child and wakes it */
 		return;
 	}
-	if (s->children[parent->root] == USNAP_MAX_CHILDREN) {
+	if (s->spaces[parent->root].children == USNAP_MAX_CHILDREN || s->nspaces == USNAP_MAX_SPACES) {
 		close(fd);
 		usnap_fail(s, -EMFILE, "more than %d processes forked during the snapshot: the writes of the "
 			   "next one could not be tracked", USNAP_MAX_CHILDREN);
 		return;
 	}
 	sp = &s->spaces[s->nspaces];
-	*sp = (struct usnap_space){ .uffd = fd, .child = true, .root = parent->root };
+	*sp = (struct usnap_space){ .uffd = fd, .child = true, .foreign = true, .root = parent->root };
 	if (space_alloc(s, sp, parent->nmaps)) {
 		space_release(sp);
 		close(fd);
@@ -365,8 +395,8 @@ static void on_fork(uffdsnap_snap_t *s, const struct usnap_space *parent, int fd
 	s->nspaces++;
 	/* A fork is reported once through each of our descriptors that has
 	 * something registered: count processes, not descriptors. */
-	if (++s->children[parent->root] > atomic_load(&s->forks))
-		atomic_store(&s->forks, s->children[parent->root]);
+	if (++s->spaces[parent->root].children > atomic_load(&s->forks))
+		atomic_store(&s->forks, s->spaces[parent->root].children);
 }
 
 void usnap_space_event(uffdsnap_snap_t *s, struct usnap_space *sp, const struct uffd_msg *m)
@@ -416,15 +446,18 @@ void usnap_msg_drop(const struct uffd_msg *m)
 
 /*
  * End of tracking in one space. For ours, see usnap_disarm_all (region.c); a
- * child's descriptor is unregistered piece by piece (the same lost-wakeup
- * race applies, hence the wake) and closed. A child that has exited has no mm
+ * child's or a participant's descriptor is unregistered piece by piece, and a
+ * child's closed (its last reference: the kernel wakes whatever still waits).
+ * A participant's stays open until its events are drained (fault.c): the
+ * listener holds the descriptor too, so an event left unread would keep the
+ * participant's thread asleep. A child that has exited has no mm
  * left: the ioctls fail with ESRCH and closing is all there is.
  */
 void usnap_space_end(uffdsnap_snap_t *s, struct usnap_space *sp)
 {
 	size_t ps = s->page_size;
 
-	for (size_t i = 0; sp->child && i < sp->nmaps; i++)
+	for (size_t i = 0; sp->foreign && i < sp->nmaps; i++)
 		usnap_uffd_unregister(sp->uffd, sp->maps[i].addr, sp->maps[i].npages * ps);
 	if (sp->child) {
 		close(sp->uffd);

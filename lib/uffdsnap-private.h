@@ -168,9 +168,13 @@ struct usnap_map {
 /* An address space tracked by a snapshot through one userfaultfd: ours
  * (spaces[USNAP_UFFD_SHARED] and spaces[USNAP_UFFD_PRIVATE]) or a forked child's. */
 struct usnap_space {
-	int uffd;                  /* ours: the context's; a child's: from its FORK event (owned) */
+	int uffd;                  /* ours: the context's; a child's: from its FORK event; a
+				    * participant's: a dup of the one it joined with (owned) */
 	bool child;
-	unsigned root;             /* which of our two descriptors it descends from */
+	bool foreign;              /* another process: a child or a participant (ESRCH once it exits) */
+	pid_t pid;                 /* a participant's */
+	unsigned root;             /* the space of ours or of a participant it descends from */
+	unsigned children;         /* a root's: children forked during the snapshot */
 	struct usnap_map *maps;    /* sorted by addr */
 	size_t nmaps, cap;
 	uintptr_t *whole;          /* per region: address of page 0 if mapped whole, in one piece; else 0 */
@@ -191,9 +195,29 @@ static inline unsigned usnap_kind_uffd(enum usnap_kind kind)
 }
 
 /* Processes a snapshot follows: this one and up to 63 forked while it runs,
- * each through both descriptors. */
+ * each through both descriptors, and participants (participant.c) with
+ * children of their own while room is left. */
 #define USNAP_MAX_CHILDREN 63
-#define USNAP_MAX_SPACES (USNAP_OWN_SPACES * (1 + USNAP_MAX_CHILDREN))
+#define USNAP_MAX_PARTICIPANTS 32
+#define USNAP_MAX_SPACES (USNAP_OWN_SPACES * (1 + USNAP_MAX_CHILDREN) + 2 * USNAP_MAX_PARTICIPANTS)
+
+/* One mapping a participant joined with: pages [first, first + n) of region
+ * `region` at addr in the participant's address space. */
+struct usnap_joined {
+	unsigned region;
+	uintptr_t addr;
+	uint64_t first, n;
+};
+
+/* A process that joined the context (participant.c); under ctx->lock. */
+struct usnap_participant {
+	struct usnap_participant *next;
+	pid_t pid;
+	int uffd;                  /* its userfaultfd: acts on its address space */
+	int conn;                  /* its connection: closed when it leaves or dies */
+	struct usnap_joined *maps;
+	unsigned nmaps;
+};
 
 /* Job pool and buffer memory: one mapping per context, reused by its snapshots. */
 struct usnap_pool {
@@ -221,8 +245,11 @@ struct uffdsnap {
 	struct usnap_reg *regs;
 	unsigned nregs, cap;
 	struct usnap_pool pool;
-	pthread_mutex_t lock;       /* active */
+	pthread_mutex_t lock;       /* active, participants */
 	struct uffdsnap_snap *active;
+	struct usnap_participant *parts;
+	unsigned nparts;
+	struct usnap_listener *listener; /* participant.c, once uffdsnap_listen() was called */
 };
 
 enum usnap_sink_kind { USNAP_SINK_FILE, USNAP_SINK_FD, USNAP_SINK_CALLBACK };
@@ -276,7 +303,6 @@ struct uffdsnap_snap {
 	struct usnap_sreg **by_addr;/* sorted by address at begin: the sweep's order */
 	struct usnap_space spaces[USNAP_MAX_SPACES]; /* owned by the handler once `go` */
 	unsigned nspaces;
-	unsigned children[USNAP_OWN_SPACES];          /* forked children seen through each of ours */
 	struct usnap_range *readonly; /* mappings of region pages that can never write (found by
 				       * begin, region.c usnap_arm_aliases) */
 	size_t nreadonly;
@@ -331,11 +357,17 @@ struct uffdsnap_snap {
 
 /* probe.c */
 int usnap_uffd_open(uffdsnap_t *ctx);
+/* What the kernel offers (*avail) and what tracking memory asks of it (*want). */
+int usnap_uffd_features(bool user_mode_only, uint64_t *avail, uint64_t *want);
+/* UFFDIO_API on fd for shared memory: `want` without remove events. fd, or
+ * -errno with fd closed. */
+int usnap_uffd_api_shared(int fd, uint64_t want);
 
 /* region.c */
 int usnap_arm(uffdsnap_snap_t *s, struct usnap_sreg *sr);
 int usnap_arm_aliases(uffdsnap_snap_t *s);
 int usnap_protect_all(uffdsnap_snap_t *s);
+int usnap_arm_participants(uffdsnap_snap_t *s);
 int usnap_check_mappings(uffdsnap_snap_t *s);
 void usnap_disarm_all(uffdsnap_snap_t *s);
 int usnap_strict_begin(uffdsnap_snap_t *s);
@@ -351,8 +383,14 @@ void usnap_job_put(uffdsnap_snap_t *s, struct usnap_job *job);
 int usnap_pool_init(uffdsnap_t *ctx);
 void usnap_pool_free(struct usnap_pool *pool);
 
+/* participant.c */
+/* Stop accepting, and end every membership (uffdsnap_free). */
+void usnap_listener_stop(uffdsnap_t *ctx);
+
 /* space.c */
 int usnap_space_init(uffdsnap_snap_t *s);
+/* Spaces for the context's participants (under ctx->lock, at begin). */
+int usnap_space_participants(uffdsnap_snap_t *s);
 /* Our space that tracks region sr (by its kind). */
 static inline struct usnap_space *usnap_home(uffdsnap_snap_t *s, const struct usnap_sreg *sr)
 {
