@@ -27,6 +27,7 @@
 #include <sys/stat.h>
 #include <unistd.h>
 
+#include "outfile.h"
 #include "reader-private.h"
 #include "uffdsnap-private.h"
 
@@ -351,25 +352,24 @@ USNAP_EXPORT int uffdsnap_restore_file(uffdsnap_reader_t *r, unsigned id, const 
 				       const uffdsnap_restore_opts_t *opts, uffdsnap_restore_stats_t *stats)
 {
 	uffdsnap_region_info_t ri;
-	char tmp[PATH_MAX];
+	char msg[512], *tmp;
 	int fd, rc;
 
 	usnap_clear_err();
-	if (!path)
-		return usnap_err(-EINVAL, "uffdsnap_restore_file: path must not be NULL");
+	if (!path || !*path)
+		return usnap_err(-EINVAL, "uffdsnap_restore_file: path must not be NULL or empty");
+	/* an incomplete snapshot or a stream is refused before any file is made */
 	if ((rc = check_region(r, id, &ri)))
 		return rc;
-	if ((size_t)snprintf(tmp, sizeof(tmp), "%s.restore-XXXXXX", path) >= sizeof(tmp))
-		return usnap_err(-ENAMETOOLONG, "%s: path too long", path);
-	if ((fd = mkostemp(tmp, O_CLOEXEC)) < 0)
-		return usnap_err(-errno, "region '%s': creating %s: %s", ri.name, tmp, strerror(errno));
-	rc = run_fd(r, id, &ri, fd, opts, stats);
-	if (!rc && rename(tmp, path))
-		rc = usnap_err(-errno, "region '%s': renaming %s to %s: %s", ri.name, tmp, path, strerror(errno));
-	if (close(fd) && !rc)
-		rc = usnap_err(-errno, "region '%s': closing %s: %s", ri.name, path, strerror(errno));
-	if (rc)
+	if ((fd = usnap_out_create(path, 0600, &tmp)) < 0)
+		return usnap_err(fd, "region '%s': %s", ri.name, uffdsnap_last_error());
+	if ((rc = run_fd(r, id, &ri, fd, opts, stats))) {
+		close(fd);
 		unlink(tmp);
+	} else if ((rc = usnap_out_commit(fd, tmp, path, false, msg, sizeof(msg)))) {
+		usnap_err(rc, "region '%s': %s", ri.name, msg);
+	}
+	free(tmp);
 	return rc;
 }
 
