@@ -152,7 +152,8 @@ static int walk_temps(const char *path, bool remove, uffdsnap_temp_fn fn, void *
 		stale = tmp_stale(dirfd(d), e->d_name, pid, remove);
 		found += stale;
 		if (fn) {
-			snprintf(full, sizeof(full), "%s/%s", dir, e->d_name);
+			/* named as the caller named path: "x.tmp..." for "x", not "./x.tmp..." */
+			snprintf(full, sizeof(full), "%s%s%s", base == buf ? "" : dir, base == buf ? "" : "/", e->d_name);
 			fn(user, full, pid, stale);
 		}
 	}
