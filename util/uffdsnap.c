@@ -267,6 +267,19 @@ static void progress_add(uint64_t n)
 	atomic_fetch_add(&prog.done, n);
 }
 
+/* Print text on stdout, clearing the progress line first (both may be one terminal). */
+static void progress_print(const char *text)
+{
+	pthread_mutex_lock(&prog.lock);
+	if (prog.drawn) {
+		fprintf(stderr, "\r%*s\r", 79, "");
+		prog.drawn = false;
+	}
+	fputs(text, stdout);
+	fflush(stdout);
+	pthread_mutex_unlock(&prog.lock);
+}
+
 /* Stop and clear the line, so that what follows starts clean. */
 static void progress_end(void)
 {
@@ -580,7 +593,7 @@ struct ranges {
 	bool open;
 };
 
-static void range_add(struct ranges *g, uint64_t page)
+static void range_add(FILE *out, struct ranges *g, uint64_t page)
 {
 	g->pages++;
 	if (g->open && page == g->last + 1) {
@@ -588,20 +601,20 @@ static void range_add(struct ranges *g, uint64_t page)
 		return;
 	}
 	if (g->open && g->nranges <= DIFF_SHOW)
-		printf(g->first == g->last ? "%s%" PRIu64 : "%s%" PRIu64 "-%" PRIu64, g->nranges > 1 ? ", " : " ",
-		       g->first, g->last);
+		fprintf(out, g->first == g->last ? "%s%" PRIu64 : "%s%" PRIu64 "-%" PRIu64, g->nranges > 1 ? ", " : " ",
+			g->first, g->last);
 	g->nranges++;
 	g->first = g->last = page;
 	g->open = true;
 }
 
-static void range_end(struct ranges *g)
+static void range_end(FILE *out, struct ranges *g)
 {
 	if (g->open && g->nranges <= DIFF_SHOW)
-		printf(g->first == g->last ? "%s%" PRIu64 : "%s%" PRIu64 "-%" PRIu64, g->nranges > 1 ? ", " : " ",
-		       g->first, g->last);
+		fprintf(out, g->first == g->last ? "%s%" PRIu64 : "%s%" PRIu64 "-%" PRIu64, g->nranges > 1 ? ", " : " ",
+			g->first, g->last);
 	if (g->nranges > DIFF_SHOW)
-		printf(" ... (%" PRIu64 " ranges)", g->nranges);
+		fprintf(out, " ... (%" PRIu64 " ranges)", g->nranges);
 }
 
 /* Compare region ia of a with region ib of b (same length). 1 if they differ, 0 if not, -1 on error. */
@@ -613,43 +626,51 @@ struct side {
 };
 
 static int diff_region(struct side *a, unsigned ia, struct side *b, unsigned ib, const char *name, uint64_t length)
-
 {
 	struct ranges g = { 0 };
 	uint32_t page = a->info.page_size;
-	char e[ESC_LEN];
-	int rc;
+	char e[ESC_LEN], *text = NULL;
+	size_t tlen = 0;
+	int rc = 0;
+	/* the region's line is written whole once compared, never into the progress line */
+	FILE *out = open_memstream(&text, &tlen);
 
-	printf("region '%s':", esc(name, e));
-	fflush(stdout);
-	for (uint64_t off = 0; off < length; off += DIFF_PIECE) {
+	if (!out) {
+		failure("out of memory");
+		return -1;
+	}
+	fprintf(out, "region '%s':", esc(name, e));
+	for (uint64_t off = 0; off < length && !rc; off += DIFF_PIECE) {
 		size_t n = length - off < DIFF_PIECE ? (size_t)(length - off) : DIFF_PIECE;
-
 		struct side *bad = (rc = uffdsnap_reader_read(a->r, ia, off, a->buf, n)) ? a
 				   : (rc = uffdsnap_reader_read(b->r, ib, off, b->buf, n)) ? b : NULL;
 
 		if (bad) {
-			printf(" ?\n");
-			fflush(stdout);
-			/* the file that is bad, then the region */
+			fprintf(out, " ?\n");
+			fclose(out);
+			progress_print(text);
+			free(text);
+			/* the file that is bad, then (in the library's detail) the region */
 			fail(bad->path, rc, uffdsnap_reader_error(bad->r));
 			return -1;
 		}
 		for (size_t p = 0; p < n; p += page)
 			if (memcmp(a->buf + p, b->buf + p, page))
-				range_add(&g, (off + p) / page);
+				range_add(out, &g, (off + p) / page);
 		progress_add(n);
 	}
 	if (!g.pages) {
-		printf(" identical (%" PRIu64 " pages)\n", length / page);
-		return 0;
+		fprintf(out, " identical (%" PRIu64 " pages)\n", length / page);
+	} else {
+		range_end(out, &g);
+		fprintf(out, "\n  %" PRIu64 " of %" PRIu64 " pages differ, in %" PRIu64 " ranges\n", g.pages,
+			length / page, g.nranges);
 	}
-	range_end(&g);
-	printf("\n  %" PRIu64 " of %" PRIu64 " pages differ, in %" PRIu64 " ranges\n", g.pages, length / page,
-	       g.nranges);
-	return 1;
+	fclose(out);
+	progress_print(text);
+	free(text);
+	return g.pages != 0;
 }
-
 
 /* Open one side of a diff: 0, or an exit status. */
 static int diff_open(struct side *s)
