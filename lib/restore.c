@@ -1,7 +1,8 @@
 /* SPDX-License-Identifier: LGPL-2.1-or-later */
 /*
- * Eager restore: a region of a snapshot file into a new memfd, a file, or
- * existing memory, all at once (uffdsnap_restore_memfd/_file/_into), and
+ * Eager restore: a region of a snapshot file into a new memfd, a file (on
+ * hugetlbfs through a mapping), or existing memory, all at once
+ * (uffdsnap_restore_memfd/_file/_into), and
  * every region of a context from the snapshot's regions of the same names
  * (uffdsnap_restore_ctx).
  *
@@ -25,6 +26,7 @@
 #include <string.h>
 #include <sys/mman.h>
 #include <sys/stat.h>
+#include <sys/vfs.h>
 #include <unistd.h>
 
 #include "outfile.h"
@@ -37,10 +39,15 @@
 
 #define RS_MAX_THREADS 64
 
+#ifndef HUGETLBFS_MAGIC
+#define HUGETLBFS_MAGIC 0x958458f6
+#endif
+
 /* Where the pages go. */
 struct rs_target {
 	int fd;             /* >= 0: pwrite at page offsets into a fresh (all-hole) file */
-	uint8_t *addr;      /* else: existing memory */
+	uint8_t *addr;      /* else: memory */
+	bool fresh;         /* the memory is a fresh mapping of holes: zero pages need nothing */
 };
 
 struct rs_job {
@@ -158,7 +165,7 @@ static int place(struct rs_job *j, uffdsnap_reader_t *r, size_t idx)
 		}
 		if (e->kind == USNAP_EXT_ZERO) {
 			/* a fresh file is all holes already */
-			if (j->t->addr)
+			if (j->t->addr && !j->t->fresh)
 				zero_mem(j->t->addr + at, len, (size_t)1 << j->page_shift);
 			atomic_fetch_add_explicit(&j->pages_zero, e->npages, memory_order_relaxed);
 			continue;
@@ -311,12 +318,45 @@ USNAP_EXPORT void uffdsnap_restore_opts_init_size(uffdsnap_restore_opts_t *opts,
 	usnap_opts_fill(opts, size, &d, sizeof(d));
 }
 
+/*
+ * hugetlbfs has no write(2) (pwrite fails with EINVAL): the file is sized,
+ * mapped and filled as uffdsnap_restore_into() fills memory. A shared
+ * hugetlbfs mapping reserves its huge pages at mmap, so running out of them
+ * is an -ENOMEM here, never a SIGBUS while the pages are written. The file
+ * holds whole huge pages only.
+ */
+static int run_hugetlbfs(uffdsnap_reader_t *r, unsigned id, const uffdsnap_region_info_t *ri, int fd, size_t huge,
+			 const uffdsnap_restore_opts_t *opts, uffdsnap_restore_stats_t *stats)
+{
+	struct rs_target t = { .fd = -1, .fresh = true };
+	int rc;
+
+	if (!ri->length || ri->length % huge)
+		return usnap_err(-EINVAL, "region '%s' is %" PRIu64 " bytes: a file on hugetlbfs holds whole huge "
+				 "pages of %zu KiB; restore it to tmpfs or /dev/shm instead", ri->name, ri->length,
+				 huge >> 10);
+	if (ftruncate(fd, (off_t)ri->length))
+		return usnap_err(-errno, "region '%s': sizing the hugetlbfs file to %" PRIu64 " bytes: %s", ri->name,
+				 ri->length, strerror(errno));
+	t.addr = mmap(NULL, ri->length, PROT_READ | PROT_WRITE, MAP_SHARED, fd, 0);
+	if (t.addr == MAP_FAILED)
+		return usnap_err(-errno, "region '%s': mapping %" PRIu64 " bytes of hugetlbfs: %s%s", ri->name,
+				 ri->length, strerror(errno),
+				 errno == ENOMEM ? " (not enough free huge pages: see vm.nr_hugepages)" : "");
+	rc = run(r, id, ri->name, ri->length, &t, opts, stats);
+	munmap(t.addr, ri->length);
+	return rc;
+}
+
 /* Restore into fd, which is empty; ftruncate()s it to the region first. */
 static int run_fd(uffdsnap_reader_t *r, unsigned id, const uffdsnap_region_info_t *ri, int fd,
 		  const uffdsnap_restore_opts_t *opts, uffdsnap_restore_stats_t *stats)
 {
 	struct rs_target t = { .fd = fd };
+	struct statfs sfs;
 
+	if (!fstatfs(fd, &sfs) && sfs.f_type == HUGETLBFS_MAGIC)
+		return run_hugetlbfs(r, id, ri, fd, (size_t)sfs.f_bsize, opts, stats);
 	if (ftruncate(fd, (off_t)ri->length))
 		return usnap_err(-errno, "region '%s': sizing the output to %" PRIu64 " bytes: %s", ri->name,
 				 ri->length, strerror(errno));

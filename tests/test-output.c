@@ -12,6 +12,8 @@
  *    previous file survives.
  *  - out_stale_temps: temporaries of dead writers are listed and removed,
  *    those of a live pid or a locked file are kept, others never looked at.
+ *  - out_restore_hugetlbfs: restore_file into a file on hugetlbfs (no
+ *    write(2) there) is byte-exact; a region of no whole huge pages is refused.
  *  - errors_documented: every errno the API documents has a real
  *    uffdsnap_strerror() text.
  */
@@ -22,6 +24,7 @@
 #include <stdlib.h>
 #include <string.h>
 #include <sys/file.h>
+#include <sys/mount.h>
 #include <sys/socket.h>
 #include <sys/stat.h>
 #include <sys/sysmacros.h>
@@ -239,6 +242,87 @@ START_TEST(out_close_fails)
 END_TEST
 #endif
 
+static long read_long(const char *path)
+{
+	FILE *f = fopen(path, "r");
+	long v = -1;
+
+	if (f && fscanf(f, "%ld", &v) != 1)
+		v = -1;
+	if (f)
+		fclose(f);
+	return v;
+}
+
+static bool write_long(const char *path, long v)
+{
+	FILE *f = fopen(path, "w");
+	bool ok = f && fprintf(f, "%ld\n", v) > 0;
+
+	return f && !fclose(f) && ok;
+}
+
+/* hugetlbfs has no write(2): restore_file maps the file instead. Reserves 4
+ * huge pages and mounts a hugetlbfs of its own; both are undone before any
+ * assertion can end the test. */
+START_TEST(out_restore_hugetlbfs)
+{
+	static const char nr_path[] = "/proc/sys/vm/nr_hugepages";
+	struct usnap_snapfile f, small;
+	char mnt[] = "/var/tmp/usnap-hugetlbfs.XXXXXX", p[PATH_MAX + 64];
+	int rc_big = 1, rc_small = 1, same = 0;
+	long old = read_long(nr_path);
+	uffdsnap_reader_t *r;
+	uint8_t *got = NULL;
+	size_t n = 0;
+	bool mounted;
+
+	if (geteuid() || old < 0) {
+		printf("out_restore_hugetlbfs: not root: huge pages cannot be reserved: skipped\n");
+		return;
+	}
+	usnap_watchdog(60, "out_restore_hugetlbfs");
+	usnap_snapfile_new(&f, "r", 4 * MiB, 6, 5, 7);
+	usnap_snapfile_new(&small, "s", LEN, 7, 0, 0);
+	if (!write_long(nr_path, old + 4) || read_long(nr_path) < old + 4) {
+		write_long(nr_path, old);
+		printf("out_restore_hugetlbfs: could not reserve 4 huge pages: skipped\n");
+		goto out;
+	}
+	ck_assert(mkdtemp(mnt));
+	mounted = !mount("none", mnt, "hugetlbfs", 0, NULL);
+	if (mounted) {
+		snprintf(p, sizeof(p), "%s/big", mnt);
+		ck_assert_int_eq(uffdsnap_reader_open(&r, f.path), 0);
+		if (!(rc_big = uffdsnap_restore_file(r, 0, p, NULL, NULL)))
+			got = usnap_slurp(p, &n);
+		else
+			printf("  restore to hugetlbfs: %s\n", uffdsnap_last_error());
+		uffdsnap_reader_free(r);
+		same = got && n == 4 * MiB && !memcmp(got, f.want, n);
+		free(got);
+		snprintf(p, sizeof(p), "%s/small", mnt);
+		ck_assert_int_eq(uffdsnap_reader_open(&r, small.path), 0);
+		rc_small = uffdsnap_restore_file(r, 0, p, NULL, NULL);
+		printf("  a region of %lu KiB: %s\n", LEN / KiB, uffdsnap_last_error());
+		uffdsnap_reader_free(r);
+		umount2(mnt, MNT_DETACH);
+	}
+	rmdir(mnt);
+	/* given back by difference: another program may have changed the pool meanwhile */
+	old = read_long(nr_path) - 4;
+	write_long(nr_path, old > 0 ? old : 0);
+	ck_assert_msg(mounted, "mounting hugetlbfs on %s: %s", mnt, strerror(errno));
+	ck_assert_int_eq(rc_big, 0);
+	ck_assert_msg(same, "the file on hugetlbfs does not hold the region");
+	ck_assert_int_eq(rc_small, -EINVAL);
+	printf("out_restore_hugetlbfs: 4 MiB restored into a file on hugetlbfs, byte-exact\n");
+out:
+	usnap_snapfile_free(&f);
+	usnap_snapfile_free(&small);
+}
+END_TEST
+
 struct seen {
 	int n, stale;
 	char names[8][PATH_MAX + 64];
@@ -387,6 +471,7 @@ int main(void)
 	tcase_add_test(tc, out_close_fails);
 #endif
 	tcase_add_test(tc, out_stale_temps);
+	tcase_add_test(tc, out_restore_hugetlbfs);
 	tcase_add_test(tc, errors_documented);
 	suite_add_tcase(s, tc);
 	return usnap_run_suite(s);
