@@ -207,9 +207,7 @@ static void *worker_main(void *arg)
 
 static unsigned thread_count(const uffdsnap_restore_opts_t *o, size_t nchunks)
 {
-	long n = o && o->size >= offsetof(uffdsnap_restore_opts_t, threads) + sizeof(int) && o->threads > 0
-			 ? o->threads
-			 : sysconf(_SC_NPROCESSORS_ONLN);
+	long n = o && o->threads > 0 ? o->threads : sysconf(_SC_NPROCESSORS_ONLN); /* size: check_structs() */
 
 	if (n < 1)
 		n = 1;
@@ -224,17 +222,40 @@ static void stats_out(uffdsnap_restore_stats_t *out, const uffdsnap_restore_stat
 {
 	size_t n;
 
-	if (!out || out->size < sizeof(out->size))
+	if (!out)
 		return;
 	n = out->size < sizeof(*st) ? out->size : sizeof(*st);
 	memcpy((char *)out + sizeof(out->size), (const char *)st + sizeof(st->size), n - sizeof(st->size));
 }
 
+/*
+ * The size-versioned structs, as uffdsnap_new() checks its options: a .size
+ * of 0 (the struct not initialised) or larger than this library knows is an
+ * error that says so, never silently ignored options or untouched stats.
+ */
+static int check_structs(const uffdsnap_restore_opts_t *opts, const uffdsnap_restore_stats_t *stats)
+{
+	if (opts && (opts->size < offsetof(uffdsnap_restore_opts_t, threads) + sizeof(opts->threads) ||
+		     opts->size > sizeof(*opts)))
+		return usnap_err(-EINVAL, "uffdsnap_restore_opts_t.size is %zu: set it with uffdsnap_restore_opts_init() "
+				 "(sizeof is %zu)", opts->size, sizeof(*opts));
+	if (opts && opts->threads < 0)
+		return usnap_err(-EINVAL, "uffdsnap_restore_opts_t.threads is %d: 0 (one per CPU) or more", opts->threads);
+	if (stats && (stats->size < offsetof(uffdsnap_restore_stats_t, threads) + sizeof(stats->threads) ||
+		      stats->size > sizeof(*stats)))
+		return usnap_err(-EINVAL, "uffdsnap_restore_stats_t.size is %zu: set it to "
+				 "sizeof(uffdsnap_restore_stats_t) (%zu)", stats->size, sizeof(*stats));
+	return 0;
+}
+
 /* Check the arguments common to every restore: 0, or an error recorded. */
-static int check_region(uffdsnap_reader_t *r, unsigned id, uffdsnap_region_info_t *ri)
+static int check_region(uffdsnap_reader_t *r, unsigned id, uffdsnap_region_info_t *ri,
+			const uffdsnap_restore_opts_t *opts, const uffdsnap_restore_stats_t *stats)
 {
 	int rc;
 
+	if ((rc = check_structs(opts, stats)))
+		return rc;
 	if (!r)
 		return usnap_err(-EINVAL, "restore: the reader must not be NULL");
 	ri->size = sizeof(*ri);
@@ -374,7 +395,7 @@ USNAP_EXPORT int uffdsnap_restore_memfd(uffdsnap_reader_t *r, unsigned id, int *
 	if (!fd_out)
 		return usnap_err(-EINVAL, "uffdsnap_restore_memfd: fd_out must not be NULL");
 	*fd_out = -1;
-	if ((rc = check_region(r, id, &ri)))
+	if ((rc = check_region(r, id, &ri, opts, stats)))
 		return rc;
 	/* memfd names are at most 249 bytes; the name is only a label in /proc */
 	snprintf(name, sizeof(name), "%s", ri.name);
@@ -399,7 +420,7 @@ USNAP_EXPORT int uffdsnap_restore_file(uffdsnap_reader_t *r, unsigned id, const 
 	if (!path || !*path)
 		return usnap_err(-EINVAL, "uffdsnap_restore_file: path must not be NULL or empty");
 	/* an incomplete snapshot or a stream is refused before any file is made */
-	if ((rc = check_region(r, id, &ri)))
+	if ((rc = check_region(r, id, &ri, opts, stats)))
 		return rc;
 	if ((fd = usnap_out_create(path, 0600, &tmp)) < 0)
 		return usnap_err(fd, "region '%s': %s", ri.name, uffdsnap_last_error());
@@ -422,7 +443,7 @@ USNAP_EXPORT int uffdsnap_restore_into(uffdsnap_reader_t *r, unsigned id, void *
 	int rc;
 
 	usnap_clear_err();
-	if ((rc = check_region(r, id, &ri)))
+	if ((rc = check_region(r, id, &ri, opts, stats)))
 		return rc;
 	uffdsnap_reader_info(r, &info);
 	if (len != ri.length)
@@ -444,6 +465,8 @@ USNAP_EXPORT int uffdsnap_restore_ctx(uffdsnap_reader_t *r, uffdsnap_t *ctx, con
 	usnap_clear_err();
 	if (!r || !ctx)
 		return usnap_err(-EINVAL, "uffdsnap_restore_ctx: reader and context must not be NULL");
+	if ((rc = check_structs(opts, stats)))
+		return rc;
 	/* held throughout: a snapshot must not start on half-restored memory */
 	pthread_mutex_lock(&ctx->lock);
 	if (ctx->active)
@@ -457,7 +480,7 @@ USNAP_EXPORT int uffdsnap_restore_ctx(uffdsnap_reader_t *r, uffdsnap_t *ctx, con
 		if ((id = uffdsnap_reader_find(r, g->name)) < 0)
 			rc = usnap_err(-ENOENT, "region '%s' is registered with the context but not in the snapshot",
 				       g->name);
-		else if (!(rc = check_region(r, (unsigned)id, &ri)) && ri.length != g->len)
+		else if (!(rc = check_region(r, (unsigned)id, &ri, NULL, NULL)) && ri.length != g->len)
 			rc = usnap_err(-EINVAL, "region '%s' is %" PRIu64 " bytes in the snapshot and %zu bytes in the "
 				       "context: the lengths must match", g->name, ri.length, g->len);
 	}

@@ -14,6 +14,8 @@
  *    those of a live pid or a locked file are kept, others never looked at.
  *  - out_restore_hugetlbfs: restore_file into a file on hugetlbfs (no
  *    write(2) there) is byte-exact; a region of no whole huge pages is refused.
+ *  - restore_sizes_checked: a restore's opts or stats with .size 0 is -EINVAL
+ *    with a sentence, not ignored.
  *  - errors_documented: every errno the API documents has a real
  *    uffdsnap_strerror() text.
  */
@@ -323,6 +325,38 @@ out:
 }
 END_TEST
 
+/* Size-versioned structs of the restore calls: a .size of 0 is refused with
+ * a sentence, as uffdsnap_new() refuses its options. */
+START_TEST(restore_sizes_checked)
+{
+	uffdsnap_restore_stats_t st = { .size = 0 };
+	uffdsnap_restore_opts_t o = { .size = 0, .threads = 1 };
+	struct usnap_snapfile f;
+	uffdsnap_reader_t *r;
+	int fd = -1;
+
+	usnap_watchdog(60, "restore_sizes_checked");
+	usnap_snapfile_new(&f, "r", LEN, 8, 0, 0);
+	ck_assert_int_eq(uffdsnap_reader_open(&r, f.path), 0);
+	ck_assert_int_eq(uffdsnap_restore_memfd(r, 0, &fd, NULL, &st), -EINVAL);
+	ck_assert_msg(strstr(uffdsnap_last_error(), "uffdsnap_restore_stats_t.size is 0"), "%s", uffdsnap_last_error());
+	ck_assert_int_eq(fd, -1);
+	ck_assert_int_eq(uffdsnap_restore_memfd(r, 0, &fd, &o, NULL), -EINVAL);
+	ck_assert_msg(strstr(uffdsnap_last_error(), "uffdsnap_restore_opts_t.size is 0"), "%s", uffdsnap_last_error());
+	uffdsnap_restore_opts_init(&o);
+	o.threads = -1;
+	ck_assert_int_eq(uffdsnap_restore_memfd(r, 0, &fd, &o, NULL), -EINVAL);
+	o.threads = 1;
+	st.size = sizeof(st);
+	ck_assert_int_eq(uffdsnap_restore_memfd(r, 0, &fd, &o, &st), 0);
+	ck_assert_uint_eq(st.threads, 1);
+	ck_assert_uint_eq(st.bytes_total, LEN);
+	close(fd);
+	uffdsnap_reader_free(r);
+	usnap_snapfile_free(&f);
+}
+END_TEST
+
 struct seen {
 	int n, stale;
 	char names[8][PATH_MAX + 64];
@@ -472,6 +506,7 @@ int main(void)
 #endif
 	tcase_add_test(tc, out_stale_temps);
 	tcase_add_test(tc, out_restore_hugetlbfs);
+	tcase_add_test(tc, restore_sizes_checked);
 	tcase_add_test(tc, errors_documented);
 	suite_add_tcase(s, tc);
 	return usnap_run_suite(s);
