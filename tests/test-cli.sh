@@ -94,6 +94,8 @@ expect 2 '^Usage: uffdsnap extract ' "$tool" extract a.snap demo
 expect 2 "unknown option '--frob'" "$tool" cat --frob a.snap demo 0 1
 expect 2 '--region REGION is required' "$tool" restore a.snap --to x
 expect 2 'needs a value' "$tool" restore a.snap --region
+expect 2 'argument 3 is empty' "$tool" extract a.snap demo ""
+expect 2 "option '--to' has an empty value" "$tool" restore a.snap --region demo --to ""
 expect 2 "unknown command 'frob'" "$tool" frob
 expect 2 'no command' "$tool"
 out=$("$tool" info 2>&1)

@@ -1123,7 +1123,7 @@ static int run_cmd(const struct cmd *c, int argc, char **argv)
 {
 	struct option lo[12] = { { "help", no_argument, NULL, 'h' }, { "quiet", no_argument, NULL, 'q' } };
 	char shortopts[16];
-	int ch, n = 2, rc;
+	int ch, n = 2, rc, idx;
 
 	for (const struct option *o = c->longopts; o && o->name; o++)
 		lo[n++] = *o;
@@ -1131,7 +1131,7 @@ static int run_cmd(const struct cmd *c, int argc, char **argv)
 	snprintf(shortopts, sizeof(shortopts), ":hq%s", c->shortopts ? c->shortopts : "");
 	cur = c;
 	optind = 0; /* 0, not 1: glibc re-reads the ordering mode, main's '+' must not stick */
-	while ((ch = getopt_long(argc, argv, shortopts, lo, NULL)) != -1) {
+	while ((idx = -1, ch = getopt_long(argc, argv, shortopts, lo, &idx)) != -1) {
 		if (ch == 'h') {
 			print_usage(stdout, c);
 			printf("\n%s\nExit status: 0 success, 1 failure, 2 usage error%s. See uffdsnap(1).\n", c->help,
@@ -1145,6 +1145,9 @@ static int run_cmd(const struct cmd *c, int argc, char **argv)
 				      : usage_error("unknown option '%s'", argv[optind - 1]);
 		else if (ch == ':')
 			return usage_error("option '%s' needs a value", argv[optind - 1]);
+		else if (optarg && !*optarg)
+			return idx >= 0 ? usage_error("option '--%s' has an empty value", lo[idx].name)
+					: usage_error("option '-%c' has an empty value", ch);
 		else if ((rc = c->opt(ch, optarg)))
 			return rc;
 	}
@@ -1153,6 +1156,9 @@ static int run_cmd(const struct cmd *c, int argc, char **argv)
 		return usage_error(n ? "missing arguments" : "missing argument");
 	if (n > c->max)
 		return usage_error("unexpected argument '%s'", argv[optind + c->max]);
+	for (int i = optind; i < argc; i++)
+		if (!*argv[i])
+			return usage_error("argument %d is empty", i - optind + 1);
 	return c->run(argv + optind);
 }
 
