@@ -372,8 +372,11 @@ int uffdsnap_restore_memfd(uffdsnap_reader_t *r, unsigned id, int *fd_out, const
 			   uffdsnap_restore_stats_t *stats);
 /*
  * Restore region `id` into the file `path` (meant for tmpfs or /dev/shm): written
- * to a temporary name in the same directory (mode 0600) and renamed over `path`
- * only once complete, so a failed restore leaves nothing behind.
+ * to a temporary name in the same directory (mode 0600), closed and renamed
+ * over `path` only once complete, so a failed restore leaves nothing behind.
+ * `path` follows the rules of uffdsnap_sink_file() (-EISDIR, -ELOOP, -EINVAL
+ * for what is not a regular file). On hugetlbfs the file is mapped and filled
+ * (no write(2) there); the region must then be whole huge pages.
  */
 int uffdsnap_restore_file(uffdsnap_reader_t *r, unsigned id, const char *path, const uffdsnap_restore_opts_t *opts,
 			  uffdsnap_restore_stats_t *stats);
