@@ -185,6 +185,10 @@ expect 0 '' "$tool" extract a.snap demo out
 assert "the next output to the path removed the stale temporary" test ! -e "out.tmp.uffdsnap-$dead-abcdef"
 rm -f "out.tmp.uffdsnap-$$-ghijkl"
 expect 0 'no temporary files of out' "$tool" clean out
+# a killed writer's temporary is a partial snapshot: info says so and fails
+cp cut.snap "out.tmp.uffdsnap-$dead-zzzzzz"
+expect 1 'state: +INCOMPLETE' "$tool" info "out.tmp.uffdsnap-$dead-zzzzzz"
+expect 0 "removed +out.tmp.uffdsnap-$dead-zzzzzz" "$tool" -q clean out
 
 # ---- serve: live sockets are not stolen ---------------------------------------------
 expect 1 'cut.snap: the snapshot is incomplete' "$tool" serve cut.snap --socket s
