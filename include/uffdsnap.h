@@ -192,9 +192,12 @@ void uffdsnap_leave(uffdsnap_participant_t *p);
 typedef int (*uffdsnap_write_fn)(void *user, const void *buf, size_t len);
 
 /*
- * A file: written to a temporary name (O_EXCL, mode 0600 unless `mode` says
- * otherwise) in the target's directory and renamed over `path` only when the
- * snapshot is complete. mode 0 means 0600.
+ * A file: written to a temporary name "path.tmp.uffdsnap-PID-XXXXXX" (O_EXCL,
+ * mode 0600 unless `mode` says otherwise) in the target's directory, closed
+ * and renamed over `path` only when the snapshot is complete. mode 0 means
+ * 0600. `path` must be a regular file or not exist: uffdsnap_begin() refuses a
+ * directory (-EISDIR), a symbolic link (-ELOOP: never followed) and a device,
+ * FIFO or socket (-EINVAL). See uffdsnap_clean_temps() for leftovers.
  */
 int uffdsnap_sink_file(uffdsnap_sink_t **sink, const char *path, mode_t mode);
 /* A file descriptor (pipe, socket, file): the same stream; the fd is not closed. */
@@ -280,6 +283,17 @@ const char *uffdsnap_strerror(int err);
 /* Detail of the calling thread's last failed call ("" if none). */
 const char *uffdsnap_last_error(void);
 
+/*
+ * Temporary files that writers of `path` (snapshots, restores, extracts) left
+ * behind when they were killed: "path.tmp.uffdsnap-PID-XXXXXX". A temporary is
+ * stale when no process PID runs and no writer holds its lock. fn (may be
+ * NULL) is called for each temporary with stale 1 or 0 (still being written);
+ * with remove != 0 stale ones are unlinked first. Every new output to `path`
+ * removes them too. Returns the number of stale temporaries, or -errno.
+ */
+typedef void (*uffdsnap_temp_fn)(void *user, const char *tmp_path, long pid, int stale);
+int uffdsnap_clean_temps(const char *path, int remove, uffdsnap_temp_fn fn, void *user);
+
 /* ---- reading snapshot files ---------------------------------------------------------- */
 
 /*
@@ -355,6 +369,15 @@ int uffdsnap_reader_read(uffdsnap_reader_t *r, unsigned id, uint64_t off, void *
  * Errors as uffdsnap_reader_read(), plus write(2) errors.
  */
 int uffdsnap_reader_extract_fd(uffdsnap_reader_t *r, unsigned id, int fd);
+/*
+ * Write region `id` to the file `path` as uffdsnap_sink_file() writes a
+ * snapshot: the same rules for `path` (a regular file or nothing: -EISDIR,
+ * -ELOOP, -EINVAL otherwise), under a temporary name renamed over `path` only
+ * once complete and closed without error, with `mode` (0 means 0600). An
+ * incomplete snapshot (-ENODATA) or a stream (-ESPIPE) is refused before any
+ * file is created. Holes stay holes. The detail is in uffdsnap_last_error().
+ */
+int uffdsnap_reader_extract_file(uffdsnap_reader_t *r, unsigned id, const char *path, mode_t mode);
 /* Why the last verify/read/extract call on r failed ("" if it succeeded). */
 const char *uffdsnap_reader_error(const uffdsnap_reader_t *r);
 void uffdsnap_reader_free(uffdsnap_reader_t *r);
@@ -403,8 +426,11 @@ int uffdsnap_restore_memfd(uffdsnap_reader_t *r, unsigned id, int *fd_out, const
 			   uffdsnap_restore_stats_t *stats);
 /*
  * Restore region `id` into the file `path` (meant for tmpfs or /dev/shm): written
- * to a temporary name in the same directory (mode 0600) and renamed over `path`
- * only once complete, so a failed restore leaves nothing behind.
+ * to a temporary name in the same directory (mode 0600), closed and renamed
+ * over `path` only once complete, so a failed restore leaves nothing behind.
+ * `path` follows the rules of uffdsnap_sink_file() (-EISDIR, -ELOOP, -EINVAL
+ * for what is not a regular file). On hugetlbfs the file is mapped and filled
+ * (no write(2) there); the region must then be whole huge pages.
  */
 int uffdsnap_restore_file(uffdsnap_reader_t *r, unsigned id, const char *path, const uffdsnap_restore_opts_t *opts,
 			  uffdsnap_restore_stats_t *stats);

@@ -88,7 +88,8 @@ USNAP_EXPORT const char *uffdsnap_strerror(int err)
 		return "the kernel lacks a userfaultfd feature libuffdsnap needs "
 		       "(write-protect of shmem needs Linux 5.19+ with CONFIG_PTE_MARKER_UFFD_WP)";
 	case EINVAL:
-		return "invalid argument: check page alignment, lengths, NULL pointers and the .size of option structs";
+		return "invalid argument: check page alignment, lengths, NULL pointers and the .size of option structs "
+		       "(for an output path: it is a device, FIFO or socket, not a regular file)";
 	case EEXIST:
 		return "a region with this name is already registered";
 	case EBUSY:
@@ -130,10 +131,35 @@ USNAP_EXPORT const char *uffdsnap_strerror(int err)
 	case EACCES:
 		return "permission denied opening the snapshot file or its directory";
 	case ESPIPE:
-		return "not possible on a stream (pipe or socket): only uffdsnap_reader_verify reads a stream; "
-		       "save it to a file for random access";
+		return "not possible on a stream (pipe or socket): a stream can only be verified; save it to a file "
+		       "for random access";
 	case EAGAIN:
 		return "resource temporarily unavailable: try again";
+	case EBADF:
+		return "not an open file descriptor (or not open for the access needed)";
+	case EISDIR:
+		return "the output path is a directory: name a file";
+	case ELOOP:
+		return "the output path is a symbolic link: it is neither followed nor replaced, name the file it "
+		       "points to";
+	case ENOTDIR:
+		return "a component of the path is not a directory";
+	case EROFS:
+		return "the file system is read-only";
+	case EMFILE:
+		return "too many open files in this process (RLIMIT_NOFILE)";
+	case ENFILE:
+		return "too many open files in the system";
+	case ETIMEDOUT:
+		return "timed out: the peer did not answer in time";
+	case ECONNREFUSED:
+		return "connection refused: no server is listening on the socket";
+	case ECONNRESET:
+		return "the peer closed the connection";
+	case EPROTO:
+		return "protocol error: the peer sent something this library does not understand";
+	case EFBIG:
+		return "the file would exceed the file size limit";
 	default:
 		return "unknown error";
 	}

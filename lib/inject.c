@@ -219,3 +219,10 @@ bool usnap_inject_write(uv_buf_t **bufs, unsigned *n, ssize_t *done)
 	*n = k;
 	return false;
 }
+
+/* ---- output files ------------------------------------------------------------------- */
+
+int usnap_inject_close(void)
+{
+	return hit(USNAP_INJ_CLOSE, EIO);
+}

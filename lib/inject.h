@@ -15,7 +15,10 @@
  *    pthread_create, eventfd, mkostemp), and so do the userfaultfd ioctls:
  *    no line of lib/ changes for them;
  *  - sink.c's one hook, usnap_inject_write(), can fail one sink write with a
- *    chosen errno or make it short.
+ *    chosen errno or make it short;
+ *  - outfile.c's one hook, usnap_inject_close(), makes the close of an output
+ *    file (snapshot, restore, extract) report an error after it closed, as a
+ *    delayed write error on NFS or a quota does.
  * A test arms one point with usnap_inject_arm(): the point's calls are
  * counted from 1 across every thread, and call N fails (once, or every call
  * from N on with USNAP_INJ_STICKY).
@@ -39,6 +42,7 @@ enum usnap_inject_point {
 	USNAP_INJ_SYS,     /* pthread_create (EAGAIN), eventfd and mkostemp (EMFILE) */
 	USNAP_INJ_IOCTL,   /* UFFDIO_API, REGISTER, WRITEPROTECT, ZEROPAGE (never UNREGISTER or WAKE) */
 	USNAP_INJ_WRITE,   /* one sink write: a vectored file/fd write or one batch of callback calls */
+	USNAP_INJ_CLOSE,   /* the close of an output file before its rename (outfile.c): EIO */
 	USNAP_INJ_NPOINTS
 };
 
@@ -69,6 +73,9 @@ void usnap_inject_hide_features(uint64_t mask);
 /* The hook sink.c calls before each write: true if the write fails, with
  * *done set to the negative errno; or *bufs, *n replaced by a shorter copy. */
 bool usnap_inject_write(uv_buf_t **bufs, unsigned *n, ssize_t *done);
+/* The hook outfile.c calls after a successful close(2) of an output file:
+ * the errno that close reports instead, or 0. */
+int usnap_inject_close(void);
 
 #else
 
@@ -76,6 +83,11 @@ static inline bool usnap_inject_write(uv_buf_t **bufs, unsigned *n, ssize_t *don
 {
 	(void)bufs, (void)n, (void)done;
 	return false;
+}
+
+static inline int usnap_inject_close(void)
+{
+	return 0;
 }
 
 #endif

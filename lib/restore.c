@@ -1,7 +1,8 @@
 /* SPDX-License-Identifier: LGPL-2.1-or-later */
 /*
- * Eager restore: a region of a snapshot file into a new memfd, a file, or
- * existing memory, all at once (uffdsnap_restore_memfd/_file/_into), and
+ * Eager restore: a region of a snapshot file into a new memfd, a file (on
+ * hugetlbfs through a mapping), or existing memory, all at once
+ * (uffdsnap_restore_memfd/_file/_into), and
  * every region of a context from the snapshot's regions of the same names
  * (uffdsnap_restore_ctx).
  *
@@ -25,8 +26,10 @@
 #include <string.h>
 #include <sys/mman.h>
 #include <sys/stat.h>
+#include <sys/vfs.h>
 #include <unistd.h>
 
+#include "outfile.h"
 #include "reader-private.h"
 #include "uffdsnap-private.h"
 
@@ -36,10 +39,15 @@
 
 #define RS_MAX_THREADS 64
 
+#ifndef HUGETLBFS_MAGIC
+#define HUGETLBFS_MAGIC 0x958458f6
+#endif
+
 /* Where the pages go. */
 struct rs_target {
 	int fd;             /* >= 0: pwrite at page offsets into a fresh (all-hole) file */
-	uint8_t *addr;      /* else: existing memory */
+	uint8_t *addr;      /* else: memory */
+	bool fresh;         /* the memory is a fresh mapping of holes: zero pages need nothing */
 };
 
 struct rs_job {
@@ -157,7 +165,7 @@ static int place(struct rs_job *j, uffdsnap_reader_t *r, size_t idx)
 		}
 		if (e->kind == USNAP_EXT_ZERO) {
 			/* a fresh file is all holes already */
-			if (j->t->addr)
+			if (j->t->addr && !j->t->fresh)
 				zero_mem(j->t->addr + at, len, (size_t)1 << j->page_shift);
 			atomic_fetch_add_explicit(&j->pages_zero, e->npages, memory_order_relaxed);
 			continue;
@@ -199,9 +207,7 @@ static void *worker_main(void *arg)
 
 static unsigned thread_count(const uffdsnap_restore_opts_t *o, size_t nchunks)
 {
-	long n = o && o->size >= offsetof(uffdsnap_restore_opts_t, threads) + sizeof(int) && o->threads > 0
-			 ? o->threads
-			 : sysconf(_SC_NPROCESSORS_ONLN);
+	long n = o && o->threads > 0 ? o->threads : sysconf(_SC_NPROCESSORS_ONLN); /* size: check_structs() */
 
 	if (n < 1)
 		n = 1;
@@ -216,17 +222,40 @@ static void stats_out(uffdsnap_restore_stats_t *out, const uffdsnap_restore_stat
 {
 	size_t n;
 
-	if (!out || out->size < sizeof(out->size))
+	if (!out)
 		return;
 	n = out->size < sizeof(*st) ? out->size : sizeof(*st);
 	memcpy((char *)out + sizeof(out->size), (const char *)st + sizeof(st->size), n - sizeof(st->size));
 }
 
+/*
+ * The size-versioned structs, as uffdsnap_new() checks its options: a .size
+ * of 0 (the struct not initialised) or larger than this library knows is an
+ * error that says so, never silently ignored options or untouched stats.
+ */
+static int check_structs(const uffdsnap_restore_opts_t *opts, const uffdsnap_restore_stats_t *stats)
+{
+	if (opts && (opts->size < offsetof(uffdsnap_restore_opts_t, threads) + sizeof(opts->threads) ||
+		     opts->size > sizeof(*opts)))
+		return usnap_err(-EINVAL, "uffdsnap_restore_opts_t.size is %zu: set it with uffdsnap_restore_opts_init() "
+				 "(sizeof is %zu)", opts->size, sizeof(*opts));
+	if (opts && opts->threads < 0)
+		return usnap_err(-EINVAL, "uffdsnap_restore_opts_t.threads is %d: 0 (one per CPU) or more", opts->threads);
+	if (stats && (stats->size < offsetof(uffdsnap_restore_stats_t, threads) + sizeof(stats->threads) ||
+		      stats->size > sizeof(*stats)))
+		return usnap_err(-EINVAL, "uffdsnap_restore_stats_t.size is %zu: set it to "
+				 "sizeof(uffdsnap_restore_stats_t) (%zu)", stats->size, sizeof(*stats));
+	return 0;
+}
+
 /* Check the arguments common to every restore: 0, or an error recorded. */
-static int check_region(uffdsnap_reader_t *r, unsigned id, uffdsnap_region_info_t *ri)
+static int check_region(uffdsnap_reader_t *r, unsigned id, uffdsnap_region_info_t *ri,
+			const uffdsnap_restore_opts_t *opts, const uffdsnap_restore_stats_t *stats)
 {
 	int rc;
 
+	if ((rc = check_structs(opts, stats)))
+		return rc;
 	if (!r)
 		return usnap_err(-EINVAL, "restore: the reader must not be NULL");
 	ri->size = sizeof(*ri);
@@ -310,12 +339,45 @@ USNAP_EXPORT void uffdsnap_restore_opts_init_size(uffdsnap_restore_opts_t *opts,
 	usnap_opts_fill(opts, size, &d, sizeof(d));
 }
 
+/*
+ * hugetlbfs has no write(2) (pwrite fails with EINVAL): the file is sized,
+ * mapped and filled as uffdsnap_restore_into() fills memory. A shared
+ * hugetlbfs mapping reserves its huge pages at mmap, so running out of them
+ * is an -ENOMEM here, never a SIGBUS while the pages are written. The file
+ * holds whole huge pages only.
+ */
+static int run_hugetlbfs(uffdsnap_reader_t *r, unsigned id, const uffdsnap_region_info_t *ri, int fd, size_t huge,
+			 const uffdsnap_restore_opts_t *opts, uffdsnap_restore_stats_t *stats)
+{
+	struct rs_target t = { .fd = -1, .fresh = true };
+	int rc;
+
+	if (!ri->length || ri->length % huge)
+		return usnap_err(-EINVAL, "region '%s' is %" PRIu64 " bytes: a file on hugetlbfs holds whole huge "
+				 "pages of %zu KiB; restore it to tmpfs or /dev/shm instead", ri->name, ri->length,
+				 huge >> 10);
+	if (ftruncate(fd, (off_t)ri->length))
+		return usnap_err(-errno, "region '%s': sizing the hugetlbfs file to %" PRIu64 " bytes: %s", ri->name,
+				 ri->length, strerror(errno));
+	t.addr = mmap(NULL, ri->length, PROT_READ | PROT_WRITE, MAP_SHARED, fd, 0);
+	if (t.addr == MAP_FAILED)
+		return usnap_err(-errno, "region '%s': mapping %" PRIu64 " bytes of hugetlbfs: %s%s", ri->name,
+				 ri->length, strerror(errno),
+				 errno == ENOMEM ? " (not enough free huge pages: see vm.nr_hugepages)" : "");
+	rc = run(r, id, ri->name, ri->length, &t, opts, stats);
+	munmap(t.addr, ri->length);
+	return rc;
+}
+
 /* Restore into fd, which is empty; ftruncate()s it to the region first. */
 static int run_fd(uffdsnap_reader_t *r, unsigned id, const uffdsnap_region_info_t *ri, int fd,
 		  const uffdsnap_restore_opts_t *opts, uffdsnap_restore_stats_t *stats)
 {
 	struct rs_target t = { .fd = fd };
+	struct statfs sfs;
 
+	if (!fstatfs(fd, &sfs) && sfs.f_type == HUGETLBFS_MAGIC)
+		return run_hugetlbfs(r, id, ri, fd, (size_t)sfs.f_bsize, opts, stats);
 	if (ftruncate(fd, (off_t)ri->length))
 		return usnap_err(-errno, "region '%s': sizing the output to %" PRIu64 " bytes: %s", ri->name,
 				 ri->length, strerror(errno));
@@ -333,7 +395,7 @@ USNAP_EXPORT int uffdsnap_restore_memfd(uffdsnap_reader_t *r, unsigned id, int *
 	if (!fd_out)
 		return usnap_err(-EINVAL, "uffdsnap_restore_memfd: fd_out must not be NULL");
 	*fd_out = -1;
-	if ((rc = check_region(r, id, &ri)))
+	if ((rc = check_region(r, id, &ri, opts, stats)))
 		return rc;
 	/* memfd names are at most 249 bytes; the name is only a label in /proc */
 	snprintf(name, sizeof(name), "%s", ri.name);
@@ -351,25 +413,24 @@ USNAP_EXPORT int uffdsnap_restore_file(uffdsnap_reader_t *r, unsigned id, const 
 				       const uffdsnap_restore_opts_t *opts, uffdsnap_restore_stats_t *stats)
 {
 	uffdsnap_region_info_t ri;
-	char tmp[PATH_MAX];
+	char msg[512], *tmp;
 	int fd, rc;
 
 	usnap_clear_err();
-	if (!path)
-		return usnap_err(-EINVAL, "uffdsnap_restore_file: path must not be NULL");
-	if ((rc = check_region(r, id, &ri)))
+	if (!path || !*path)
+		return usnap_err(-EINVAL, "uffdsnap_restore_file: path must not be NULL or empty");
+	/* an incomplete snapshot or a stream is refused before any file is made */
+	if ((rc = check_region(r, id, &ri, opts, stats)))
 		return rc;
-	if ((size_t)snprintf(tmp, sizeof(tmp), "%s.restore-XXXXXX", path) >= sizeof(tmp))
-		return usnap_err(-ENAMETOOLONG, "%s: path too long", path);
-	if ((fd = mkostemp(tmp, O_CLOEXEC)) < 0)
-		return usnap_err(-errno, "region '%s': creating %s: %s", ri.name, tmp, strerror(errno));
-	rc = run_fd(r, id, &ri, fd, opts, stats);
-	if (!rc && rename(tmp, path))
-		rc = usnap_err(-errno, "region '%s': renaming %s to %s: %s", ri.name, tmp, path, strerror(errno));
-	if (close(fd) && !rc)
-		rc = usnap_err(-errno, "region '%s': closing %s: %s", ri.name, path, strerror(errno));
-	if (rc)
+	if ((fd = usnap_out_create(path, 0600, &tmp)) < 0)
+		return usnap_err(fd, "region '%s': %s", ri.name, uffdsnap_last_error());
+	if ((rc = run_fd(r, id, &ri, fd, opts, stats))) {
+		close(fd);
 		unlink(tmp);
+	} else if ((rc = usnap_out_commit(fd, tmp, path, false, msg, sizeof(msg)))) {
+		usnap_err(rc, "region '%s': %s", ri.name, msg);
+	}
+	free(tmp);
 	return rc;
 }
 
@@ -382,7 +443,7 @@ USNAP_EXPORT int uffdsnap_restore_into(uffdsnap_reader_t *r, unsigned id, void *
 	int rc;
 
 	usnap_clear_err();
-	if ((rc = check_region(r, id, &ri)))
+	if ((rc = check_region(r, id, &ri, opts, stats)))
 		return rc;
 	uffdsnap_reader_info(r, &info);
 	if (len != ri.length)
@@ -404,6 +465,8 @@ USNAP_EXPORT int uffdsnap_restore_ctx(uffdsnap_reader_t *r, uffdsnap_t *ctx, con
 	usnap_clear_err();
 	if (!r || !ctx)
 		return usnap_err(-EINVAL, "uffdsnap_restore_ctx: reader and context must not be NULL");
+	if ((rc = check_structs(opts, stats)))
+		return rc;
 	/* held throughout: a snapshot must not start on half-restored memory */
 	pthread_mutex_lock(&ctx->lock);
 	if (ctx->active)
@@ -417,7 +480,7 @@ USNAP_EXPORT int uffdsnap_restore_ctx(uffdsnap_reader_t *r, uffdsnap_t *ctx, con
 		if ((id = uffdsnap_reader_find(r, g->name)) < 0)
 			rc = usnap_err(-ENOENT, "region '%s' is registered with the context but not in the snapshot",
 				       g->name);
-		else if (!(rc = check_region(r, (unsigned)id, &ri)) && ri.length != g->len)
+		else if (!(rc = check_region(r, (unsigned)id, &ri, NULL, NULL)) && ri.length != g->len)
 			rc = usnap_err(-EINVAL, "region '%s' is %" PRIu64 " bytes in the snapshot and %zu bytes in the "
 				       "context: the lengths must match", g->name, ri.length, g->len);
 	}

@@ -10,16 +10,15 @@
  * Writes are synchronous uv_fs_write calls on this thread (never libuv's
  * process-wide thread pool), where every signal is blocked, so a reader that
  * went away is EPIPE, never a SIGPIPE that kills the program. File sinks write
- * to a temporary name created with O_EXCL next to the target and are renamed
- * over it only on success: a failed snapshot never leaves a file behind that
- * could pass for one.
+ * to a temporary name next to the target and are closed, checked and renamed
+ * over it only on success (outfile.c: the rules for files written by name): a
+ * failed snapshot never leaves a file behind that could pass for one.
  * Callback sinks run the user's function on this thread, never on the fault
  * handler.
  */
 #include <errno.h>
 #include <fcntl.h>
 #include <inttypes.h>
-#include <libgen.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -28,6 +27,7 @@
 
 #include "uffdsnap-private.h"
 #include "inject.h"
+#include "outfile.h"
 
 /* ---- sink objects ------------------------------------------------------------ */
 
@@ -97,27 +97,10 @@ USNAP_EXPORT int uffdsnap_sink_callback(uffdsnap_sink_t **sinkp, uffdsnap_write_
 
 int usnap_sink_open(struct uffdsnap_sink *k)
 {
-	size_t n;
-
 	if (k->kind != USNAP_SINK_FILE)
 		return 0;
-	n = strlen(k->path) + sizeof(".tmp.XXXXXX");
-	if (!(k->tmp_path = malloc(n)))
-		return usnap_err(-ENOMEM, "allocating a path");
-	snprintf(k->tmp_path, n, "%s.tmp.XXXXXX", k->path);
-	k->fd = mkostemp(k->tmp_path, O_CLOEXEC); /* O_EXCL, mode 0600 */
-	if (k->fd < 0) {
-		int e = -errno;
-		free(k->tmp_path);
-		k->tmp_path = NULL;
-		return usnap_err(e, "creating a temporary file next to %s: %s", k->path, strerror(-e));
-	}
-	if (k->mode != 0600 && fchmod(k->fd, k->mode)) {
-		int e = -errno;
-		usnap_sink_close(k);
-		return usnap_err(e, "fchmod 0%o on %s: %s", (unsigned)k->mode, k->tmp_path, strerror(-e));
-	}
-	return 0;
+	k->fd = usnap_out_create(k->path, k->mode, &k->tmp_path);
+	return k->fd < 0 ? k->fd : 0;
 }
 
 /* Close what the sink opened; a temporary file still there is removed. */
@@ -262,53 +245,32 @@ static void write_failed_end(uffdsnap_snap_t *s)
 	}
 }
 
-/* An fd of the directory of path (to fsync a rename), or -errno. */
-static int open_dir_of(const char *path)
-{
-	char *d = strdup(path);
-	int fd = d ? open(dirname(d), O_RDONLY | O_DIRECTORY | O_CLOEXEC) : -1;
-	int e = d ? -errno : -ENOMEM;
-
-	free(d);
-	return fd >= 0 ? fd : e;
-}
-
 static void io_finish(uffdsnap_snap_t *s, bool ok)
 {
 	struct usnap_io *io = &s->io;
 	struct uffdsnap_sink *k = s->sink;
-	int expect = 0, dfd = -1;
+	int expect = 0;
 
 	io->finished = true;
-	/* Opened before committing: failing to make the rename durable as asked
-	 * is a failed snapshot, not a silent success. */
-	if (ok && k->kind == USNAP_SINK_FILE && (s->flags & UFFDSNAP_OPT_FSYNC) && (dfd = open_dir_of(k->path)) < 0) {
-		usnap_fail(s, dfd, "opening the directory of %s to fsync it: %s", k->path, strerror(-dfd));
-		ok = false;
-	}
 	if (ok && !atomic_compare_exchange_strong(&s->err, &expect, USNAP_COMMITTED))
 		ok = false;
 	if (ok && k->kind == USNAP_SINK_FILE) {
-		/* Committed: nobody else writes err or errmsg any more. */
-		if (rename(k->tmp_path, k->path)) {
-			snprintf(s->errmsg, sizeof(s->errmsg), "renaming %s to %s: %s", k->tmp_path, k->path,
-				 strerror(errno));
-			atomic_store(&s->err, -errno);
+		/* Committed: nobody else writes err or errmsg any more. The
+		 * commit closes the file (checked) before the rename and unlinks
+		 * it if anything fails: uffdsnap_wait() returns that error. */
+		char msg[sizeof(s->errmsg)];
+		int rc = usnap_out_commit(k->fd, k->tmp_path, k->path, s->flags & UFFDSNAP_OPT_FSYNC, msg,
+					  sizeof(msg));
+
+		k->fd = -1;
+		free(k->tmp_path);
+		k->tmp_path = NULL;
+		if (rc) {
+			memcpy(s->errmsg, msg, sizeof(msg));
+			atomic_store(&s->err, rc);
 			ok = false;
-		} else {
-			free(k->tmp_path);
-			k->tmp_path = NULL;
-			if (dfd >= 0 && fsync(dfd)) {
-				int e = errno;
-				snprintf(s->errmsg, sizeof(s->errmsg), "fsync of the directory of %s: %s (the snapshot "
-					 "is in place but may not survive a crash)", k->path, strerror(e));
-				atomic_store(&s->err, -e);
-				ok = false;
-			}
 		}
 	}
-	if (dfd >= 0)
-		close(dfd);
 	if (!ok && k->kind != USNAP_SINK_FILE && io->head_written && !io->sink_failed)
 		write_failed_end(s);
 	sink_release(k);

@@ -366,7 +366,7 @@ START_TEST(serve_client_limit)
 	out = (char *)usnap_slurp(log, &len);
 	out[len] = '\0';
 	printf("  the server's log:\n%s", out);
-	ck_assert_msg(strstr(out, "uffdsnap: client 2: Resource temporarily unavailable: refused: the server is serving "
+	ck_assert_msg(strstr(out, "uffdsnap serve: client 2: Resource temporarily unavailable: refused: the server is serving "
 			      "its limit of 1 client: try again later\n"), "the server did not log the refusal");
 	free(out);
 	usnap_mem_free(&dst);
@@ -383,7 +383,7 @@ END_TEST
  */
 START_TEST(serve_silent_client)
 {
-	static const char timed_out[] = "uffdsnap: client 1: Connection timed out: page server: the client did not "
+	static const char timed_out[] = "uffdsnap serve: client 1: Connection timed out: page server: the client did not "
 					"send its request within 1000 ms: hung up on it\n";
 	uffdsnap_lazy_region_t reg;
 	uffdsnap_lazy_client_t *c;
@@ -431,7 +431,7 @@ START_TEST(serve_silent_client)
 	usnap_wait_child(server, 20, "the page server");
 	out = (char *)usnap_slurp(log, &len);
 	out[len] = '\0';
-	line = strstr(out, "uffdsnap: client 1:");
+	line = strstr(out, "uffdsnap serve: client 1:");
 	ck_assert_msg(line, "the server logged nothing for the silent client:\n%s", out);
 	printf("  the server's log: %.*s", (int)(strchrnul(line, '\n') - line + 1), line);
 	ck_assert_msg(!strncmp(line, timed_out, strlen(timed_out)), "the server did not log the timeout");
