@@ -160,6 +160,12 @@ USNAP_EXPORT const char *uffdsnap_strerror(int err)
 		return "protocol error: the peer sent something this library does not understand";
 	case EFBIG:
 		return "the file would exceed the file size limit";
+	case EADDRINUSE:
+		return "another process listens on that socket";
+	case EALREADY:
+		return "already done: this context listens already";
+	case EUSERS:
+		return "too many processes have joined this context";
 	default:
 		return "unknown error";
 	}
