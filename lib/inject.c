@@ -123,16 +123,6 @@ ZSTD_DCtx *usnap_inj_zstd_dctx(void)
 	return hit(USNAP_INJ_ALLOC, ENOMEM) ? NULL : (ZSTD_createDCtx)();
 }
 
-int usnap_inj_uv_loop_init(uv_loop_t *l)
-{
-	return hit(USNAP_INJ_ALLOC, ENOMEM) ? UV_ENOMEM : (uv_loop_init)(l);
-}
-
-int usnap_inj_uv_async_init(uv_loop_t *l, uv_async_t *a, uv_async_cb cb)
-{
-	return hit(USNAP_INJ_ALLOC, ENOMEM) ? UV_ENOMEM : (uv_async_init)(l, a, cb);
-}
-
 /* ---- threads and descriptors --------------------------------------------------- */
 
 int usnap_inj_pthread_create(pthread_t *t, const pthread_attr_t *a, void *(*fn)(void *), void *arg)
@@ -190,9 +180,9 @@ int usnap_inj_ioctl(int fd, unsigned long req, ...)
 
 /* ---- sink writes ------------------------------------------------------------------- */
 
-bool usnap_inject_write(uv_buf_t **bufs, unsigned *n, ssize_t *done)
+bool usnap_inject_write(struct iovec **bufs, unsigned *n, ssize_t *done)
 {
-	static _Thread_local uv_buf_t copy[64];
+	static _Thread_local struct iovec copy[64];
 	size_t total = 0, keep;
 	unsigned k = 0;
 	int e = hit(USNAP_INJ_WRITE, EIO);
@@ -204,16 +194,16 @@ bool usnap_inject_write(uv_buf_t **bufs, unsigned *n, ssize_t *done)
 		return true;
 	}
 	for (unsigned i = 0; i < *n; i++)
-		total += (*bufs)[i].len;
+		total += (*bufs)[i].iov_len;
 	if (total < 2 || *n > 64)
 		return false;
 	/* keep about half, ending inside a buffer where possible */
 	keep = (total + 1) / 2;
 	for (unsigned i = 0; i < *n && keep; i++, k++) {
 		copy[i] = (*bufs)[i];
-		if (copy[i].len > keep)
-			copy[i].len = keep;
-		keep -= copy[i].len;
+		if (copy[i].iov_len > keep)
+			copy[i].iov_len = keep;
+		keep -= copy[i].iov_len;
 	}
 	*bufs = copy;
 	*n = k;

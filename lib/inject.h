@@ -11,7 +11,7 @@
  * Then:
  *  - every allocation and resource the engine and the reader create goes
  *    through the macros at the end of this file (malloc, calloc, realloc,
- *    strdup, mmap, ZSTD_createCCtx/DCtx, uv_loop_init, uv_async_init,
+ *    strdup, mmap, ZSTD_createCCtx/DCtx,
  *    pthread_create, eventfd, mkostemp), and so do the userfaultfd ioctls:
  *    no line of lib/ changes for them;
  *  - sink.c's one hook, usnap_inject_write(), can fail one sink write with a
@@ -35,10 +35,10 @@
 #include <stddef.h>
 #include <stdint.h>
 #include <sys/types.h>
-#include <uv.h>
+#include <sys/uio.h>
 
 enum usnap_inject_point {
-	USNAP_INJ_ALLOC,   /* malloc calloc realloc strdup mmap ZSTD_create*Ctx uv_loop_init uv_async_init: ENOMEM */
+	USNAP_INJ_ALLOC,   /* malloc calloc realloc strdup mmap ZSTD_create*Ctx: ENOMEM */
 	USNAP_INJ_SYS,     /* pthread_create (EAGAIN), eventfd and mkostemp (EMFILE) */
 	USNAP_INJ_IOCTL,   /* UFFDIO_API, REGISTER, WRITEPROTECT, ZEROPAGE (never UNREGISTER or WAKE) */
 	USNAP_INJ_WRITE,   /* one sink write: a vectored file/fd write or one batch of callback calls */
@@ -72,14 +72,14 @@ void usnap_inject_hide_features(uint64_t mask);
 
 /* The hook sink.c calls before each write: true if the write fails, with
  * *done set to the negative errno; or *bufs, *n replaced by a shorter copy. */
-bool usnap_inject_write(uv_buf_t **bufs, unsigned *n, ssize_t *done);
+bool usnap_inject_write(struct iovec **bufs, unsigned *n, ssize_t *done);
 /* The hook outfile.c calls after a successful close(2) of an output file:
  * the errno that close reports instead, or 0. */
 int usnap_inject_close(void);
 
 #else
 
-static inline bool usnap_inject_write(uv_buf_t **bufs, unsigned *n, ssize_t *done)
+static inline bool usnap_inject_write(struct iovec **bufs, unsigned *n, ssize_t *done)
 {
 	(void)bufs, (void)n, (void)done;
 	return false;
@@ -114,8 +114,6 @@ char *usnap_inj_strdup(const char *s);
 void *usnap_inj_mmap(void *a, size_t len, int prot, int flags, int fd, off_t off);
 ZSTD_CCtx *usnap_inj_zstd_cctx(void);
 ZSTD_DCtx *usnap_inj_zstd_dctx(void);
-int usnap_inj_uv_loop_init(uv_loop_t *l);
-int usnap_inj_uv_async_init(uv_loop_t *l, uv_async_t *a, uv_async_cb cb);
 int usnap_inj_pthread_create(pthread_t *t, const pthread_attr_t *a, void *(*fn)(void *), void *arg);
 int usnap_inj_eventfd(unsigned v, int flags);
 int usnap_inj_mkostemp(char *tmpl, int flags);
@@ -128,8 +126,6 @@ int usnap_inj_ioctl(int fd, unsigned long req, ...);
 #define mmap(a, l, p, f, d, o) usnap_inj_mmap(a, l, p, f, d, o)
 #define ZSTD_createCCtx() usnap_inj_zstd_cctx()
 #define ZSTD_createDCtx() usnap_inj_zstd_dctx()
-#define uv_loop_init(l) usnap_inj_uv_loop_init(l)
-#define uv_async_init(l, a, cb) usnap_inj_uv_async_init(l, a, cb)
 #define pthread_create(t, a, fn, arg) usnap_inj_pthread_create(t, a, fn, arg)
 #define eventfd(v, f) usnap_inj_eventfd(v, f)
 #define mkostemp(t, f) usnap_inj_mkostemp(t, f)

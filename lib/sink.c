@@ -1,15 +1,19 @@
 /* SPDX-License-Identifier: LGPL-2.1-or-later */
 /*
- * Sinks and the I/O stage. One libuv loop per snapshot, on its own thread,
- * writes the stream: the file magic and HEAD first, then finished CHNK
- * records in the order workers finish them (batched into one vectored write),
- * then INDX and END. Only this thread writes, so offsets for the index need
- * no locking; a chunk's buffer goes back to the pool once its bytes are out,
- * which is what lets the fault handler go on (backpressure).
+ * Sinks and the I/O stage. One thread per snapshot writes the stream: the
+ * file magic and HEAD first, then finished CHNK records in the order workers
+ * finish them (batched into one vectored write), then INDX and END. Only this
+ * thread writes, so offsets for the index need no locking; a chunk's buffer
+ * goes back to the pool once its bytes are out, which is what lets the fault
+ * handler go on (backpressure).
  *
- * Writes are synchronous uv_fs_write calls on this thread (never libuv's
- * process-wide thread pool), where every signal is blocked, so a reader that
- * went away is EPIPE, never a SIGPIPE that kills the program. File sinks write
+ * Writes are plain synchronous pwritev/writev calls on this thread, where
+ * every signal is blocked, so a reader that went away is EPIPE, never a
+ * SIGPIPE that kills the program. No event loop: the thread waits for one
+ * thing (news from the workers), and libuv's loop creation aborts the whole
+ * process when its first-use initialisation finds no free descriptor
+ * (tests/test-limits.c nofile_edge hit it), where a snapshot must fail with
+ * -EMFILE instead. File sinks write
  * to a temporary name next to the target and are closed, checked and renamed
  * over it only on success (outfile.c: the rules for files written by name): a
  * failed snapshot never leaves a file behind that could pass for one.
@@ -219,7 +223,7 @@ static int index_add(struct usnap_io *io, const struct usnap_job *j)
 
 static void add_buf(struct usnap_io *io, void *base, size_t len)
 {
-	io->bufs[io->nbufs++] = uv_buf_init(base, (unsigned)len);
+	io->bufs[io->nbufs++] = (struct iovec){ base, len };
 }
 
 /* A failed fd or callback stream still says why it ends, when the sink
@@ -275,10 +279,6 @@ static void io_finish(uffdsnap_snap_t *s, bool ok)
 		write_failed_end(s);
 	sink_release(k);
 	atomic_store(&s->end_ns, usnap_now_ns());
-	pthread_mutex_lock(&io->lock);
-	io->wake_open = false;
-	pthread_mutex_unlock(&io->lock);
-	uv_close((uv_handle_t *)&io->wake, NULL);
 }
 
 /* Account n bytes written; when the batch is out, release its buffers. */
@@ -290,19 +290,19 @@ static void io_complete(uffdsnap_snap_t *s, ssize_t n)
 		io->sink_failed = true;
 		usnap_fail(s, n < 0 ? (int)n : -EIO, "writing %s at offset %" PRIu64 ": %s",
 			   s->sink->path ? s->sink->path : "the snapshot", io->offset,
-			   n < 0 ? uv_strerror((int)n) : "the sink accepted no bytes");
+			   n < 0 ? strerror((int)-n) : "the sink accepted no bytes");
 		return;
 	}
 	io->offset += (uint64_t)n;
 	atomic_fetch_add(&s->bytes_out, (uint64_t)n);
 	while (n > 0 && io->buf_first < io->nbufs) {
-		uv_buf_t *b = &io->bufs[io->buf_first];
-		if ((size_t)n >= b->len) {
-			n -= (ssize_t)b->len;
+		struct iovec *b = &io->bufs[io->buf_first];
+		if ((size_t)n >= b->iov_len) {
+			n -= (ssize_t)b->iov_len;
 			io->buf_first++;
 		} else {
-			b->base += n;
-			b->len -= (size_t)n;
+			b->iov_base = (uint8_t *)b->iov_base + n;
+			b->iov_len -= (size_t)n;
 			n = 0;
 		}
 	}
@@ -328,7 +328,7 @@ static void io_submit(uffdsnap_snap_t *s)
 {
 	struct usnap_io *io = &s->io;
 	struct uffdsnap_sink *k = s->sink;
-	uv_buf_t *bufs = io->bufs + io->buf_first;
+	struct iovec *bufs = io->bufs + io->buf_first;
 	unsigned n = io->nbufs - io->buf_first;
 	ssize_t done = 0;
 	int r;
@@ -336,16 +336,18 @@ static void io_submit(uffdsnap_snap_t *s)
 	if (usnap_inject_write(&bufs, &n, &done)) return io_complete(s, done); /* tests only: inject.h */
 	if (k->kind == USNAP_SINK_CALLBACK) {
 		for (unsigned i = 0; i < n && done >= 0; i++) {
-			r = k->fn(k->user, bufs[i].base, bufs[i].len);
-			done = r ? (r < 0 ? r : -EIO) : done + (ssize_t)bufs[i].len;
+			r = k->fn(k->user, bufs[i].iov_base, bufs[i].iov_len);
+			done = r ? (r < 0 ? r : -EIO) : done + (ssize_t)bufs[i].iov_len;
 		}
 	} else {
-		/* Synchronous on this thread, which has nothing else to do: libuv's
-		 * thread pool is shared with the whole process, and a program
-		 * whose own pool tasks wait on region faults would wait for us. */
-		done = uv_fs_write(&io->loop, &io->req, k->fd, bufs, n,
-				   k->kind == USNAP_SINK_FILE ? (int64_t)io->offset : -1, NULL);
-		uv_fs_req_cleanup(&io->req);
+		/* EINTR: a signal the program sent this thread (all are blocked
+		 * here, but a stop/continue still interrupts); write again. */
+		do
+			done = k->kind == USNAP_SINK_FILE ? pwritev(k->fd, bufs, (int)n, (off_t)io->offset)
+			     : n == 1 ? write(k->fd, bufs[0].iov_base, bufs[0].iov_len) : writev(k->fd, bufs, (int)n);
+		while (done < 0 && errno == EINTR);
+		if (done < 0)
+			done = -errno;
 	}
 	io_complete(s, done);
 }
@@ -356,14 +358,13 @@ static void sync_sink(uffdsnap_snap_t *s)
 	int r;
 
 	io->synced = true;
-	r = uv_fs_fsync(&io->loop, &io->req, s->sink->fd, NULL);
-	uv_fs_req_cleanup(&io->req);
+	r = fsync(s->sink->fd) ? -errno : 0;
 	/* pipes and sockets cannot be synced: there is nothing to make durable */
-	if (s->sink->kind == USNAP_SINK_FD && (r == UV_EINVAL || r == UV_EROFS || r == UV_ENOTSUP))
+	if (s->sink->kind == USNAP_SINK_FD && (r == -EINVAL || r == -EROFS || r == -ENOTSUP))
 		r = 0;
 	if (r < 0) {
 		io->sink_failed = true;
-		usnap_fail(s, r, "fsync of the snapshot: %s", uv_strerror(r));
+		usnap_fail(s, r, "fsync of the snapshot: %s", strerror(-r));
 	}
 }
 
@@ -391,7 +392,7 @@ static bool io_prepare(uffdsnap_snap_t *s)
 			io->q_tail = NULL;
 		j->file_offset = io->offset;
 		for (unsigned i = 0; i < io->nbufs; i++)
-			j->file_offset += io->bufs[i].len;
+			j->file_offset += io->bufs[i].iov_len;
 		io->batch[io->nbatch++] = j;
 		for (unsigned i = 0; i < j->nparts; i++)
 			add_buf(io, (void *)j->part[i].p, j->part[i].len);
@@ -426,51 +427,41 @@ static void io_step(uffdsnap_snap_t *s)
 		io_submit(s);
 }
 
-static void on_wake(uv_async_t *h)
-{
-	io_step(h->data);
-}
-
 static void *io_main(void *arg)
 {
 	uffdsnap_snap_t *s = arg;
+	struct usnap_io *io = &s->io;
 
-	uv_run(&s->io.loop, UV_RUN_DEFAULT);
+	while (!io->finished) {
+		pthread_mutex_lock(&io->lock);
+		while (!io->kicked)
+			pthread_cond_wait(&io->cv, &io->lock);
+		io->kicked = false;
+		pthread_mutex_unlock(&io->lock);
+		io_step(s);
+	}
 	return NULL;
 }
 
 int usnap_io_start(uffdsnap_snap_t *s)
 {
 	struct usnap_io *io = &s->io;
-	int r;
+	int r = usnap_thread_start(&io->thread, io_main, s, "usnap-io");
 
-	r = uv_loop_init(&io->loop);
-	if (r)
-		return usnap_err(r, "uv_loop_init: %s", uv_strerror(r));
-	r = uv_async_init(&io->loop, &io->wake, on_wake);
-	if (r) {
-		uv_loop_close(&io->loop);
-		return usnap_err(r, "uv_async_init: %s", uv_strerror(r));
-	}
-	io->wake.data = s;
-	pthread_mutex_lock(&io->lock); /* a worker that failed already may be kicking */
-	io->wake_open = true;
-	pthread_mutex_unlock(&io->lock);
-	io->loop_ready = true;
-	r = usnap_thread_start(&io->thread, io_main, s, "usnap-io");
 	if (r)
 		return usnap_err(r, "starting the I/O thread: %s", strerror(-r));
 	io->thread_started = true;
 	return 0;
 }
 
+/* News for the I/O thread: a record, the end of the producers, go, a failure. */
 void usnap_io_kick(uffdsnap_snap_t *s)
 {
 	struct usnap_io *io = &s->io;
 
 	pthread_mutex_lock(&io->lock);
-	if (io->wake_open)
-		uv_async_send(&io->wake);
+	io->kicked = true;
+	pthread_cond_signal(&io->cv);
 	pthread_mutex_unlock(&io->lock);
 }
 
@@ -505,14 +496,6 @@ void usnap_io_join(uffdsnap_snap_t *s)
 	if (io->thread_started) {
 		pthread_join(io->thread, NULL);
 		io->thread_started = false;
-	} else if (io->loop_ready && io->wake_open) {
-		io->wake_open = false;
-		uv_close((uv_handle_t *)&io->wake, NULL);
-		uv_run(&io->loop, UV_RUN_NOWAIT);
-	}
-	if (io->loop_ready) {
-		uv_loop_close(&io->loop);
-		io->loop_ready = false;
 	}
 	/* Records finished after the I/O stage stopped (failure): back to the pool. */
 	while ((j = io->q_head)) {

@@ -247,6 +247,7 @@ static void snap_destroy(uffdsnap_snap_t *s)
 	pthread_mutex_destroy(&s->cq_lock);
 	pthread_cond_destroy(&s->cq_cv);
 	pthread_mutex_destroy(&s->io.lock);
+	pthread_cond_destroy(&s->io.cv);
 	free(s);
 }
 
@@ -268,6 +269,7 @@ static uffdsnap_snap_t *snap_alloc(uffdsnap_t *ctx, struct uffdsnap_sink *sink)
 	pthread_mutex_init(&s->cq_lock, NULL);
 	pthread_cond_init(&s->cq_cv, NULL);
 	pthread_mutex_init(&s->io.lock, NULL);
+	pthread_cond_init(&s->io.cv, NULL);
 	return s;
 }
 

@@ -7,10 +7,13 @@
  *   snapshot.c  the snapshot lifecycle: begin, wait, cancel, stats, failure,
  *               and the chunk-buffer pool that bounds memory
  *   fault.c     the fault-handler thread: fault path and sweep in one loop
+ *   uffd.c      every userfaultfd request of the engine (uffd.h)
+ *   maps.c      reading /proc/PID/maps without stdio or malloc (maps.h)
+ *   participant.c  other processes that join a context: the listener, join and leave
  *   space.c     where region pages are mapped (this process, forked children)
  *               and the events that move them: fork, mremap, munmap, remove
  *   compress.c  compression workers: zero pages, zstd, checksummed records
- *   sink.c      sinks and the libuv I/O thread: header, chunks, index, trailer
+ *   sink.c      sinks and the I/O thread: header, chunks, index, trailer
  *   reader.c    everything that reads snapshot bytes (reader-private.h: for restore)
  *   restore*.c  eager and lazy restore, and the page server (restore-private.h)
  *   inject.c    test-only fault injection (never in the installed library)
@@ -26,7 +29,7 @@
 #include <stdint.h>
 #include <string.h>
 #include <sys/types.h>
-#include <uv.h>
+#include <sys/uio.h>
 
 #include "uffdsnap.h"
 #include "format.h"
@@ -266,14 +269,13 @@ struct uffdsnap_sink {
 
 /* The I/O stage (sink.c). */
 struct usnap_io {
-	uv_loop_t loop;
-	uv_async_t wake;
-	uv_fs_t req;                /* synchronous fs calls on the I/O thread */
 	pthread_t thread;
-	bool loop_ready, thread_started;
-	bool wake_open;             /* under lock: uv_async_send is allowed */
-	/* queue of finished records, filled by workers; under lock */
+	bool thread_started;
+	/* under lock: the queue of finished records, filled by workers, and
+	 * kicked, set by whoever has news for the I/O thread (cv) */
 	pthread_mutex_t lock;
+	pthread_cond_t cv;
+	bool kicked;
 	struct usnap_job *q_head, *q_tail;
 	bool producers_done;
 	/* owned by the I/O thread */
@@ -289,7 +291,7 @@ struct usnap_io {
 	/* the write in flight: jobs and buffers */
 	struct usnap_job *batch[64];
 	unsigned nbatch;
-	uv_buf_t bufs[64];
+	struct iovec bufs[64];
 	unsigned nbufs, buf_first;
 	uint64_t pages_data, pages_zero, bytes_raw;
 };
