@@ -84,45 +84,6 @@ static void check(struct usnap_mem *m, const char *dir, int r, const char *why, 
 	unlink(path);
 }
 
-START_TEST(nofile_edge)
-{
-	struct rlimit old, lim;
-	struct outcome o = { 0 };
-	struct usnap_mem m;
-	char dir[PATH_MAX], what[64], why[600];
-	int r;
-
-	usnap_watchdog(150, "nofile_edge");
-	usnap_memfd(&m, LEN);
-	usnap_fill_random(m.addr, LEN, 5);
-	usnap_tmpdir(dir);
-	ck_assert(!getrlimit(RLIMIT_NOFILE, &old));
-	for (int extra = 0; extra <= 16; extra++) {
-		int top = open_fds(), fill[1024], nfill = 0, fd;
-
-		/* every free number below the limit taken but `extra` */
-		while ((fd = open("/dev/null", O_RDONLY | O_CLOEXEC)) >= 0 && fd < top && nfill < 1024)
-			fill[nfill++] = fd;
-		if (fd >= 0)
-			close(fd);
-		lim = old;
-		lim.rlim_cur = (rlim_t)(top + 1 + extra);
-		ck_assert(!setrlimit(RLIMIT_NOFILE, &lim));
-		snprintf(what, sizeof(what), "%d descriptors free", extra);
-		r = attempt(&m, dir, why, sizeof(why));
-		ck_assert(!setrlimit(RLIMIT_NOFILE, &old));
-		while (nfill)
-			close(fill[--nfill]);
-		check(&m, dir, r, why, &o, what);
-	}
-	printf("nofile_edge: %d attempts failed cleanly, %d succeeded\n", o.fail, o.ok);
-	ck_assert_msg(o.fail > 0 && o.ok > 0, "the sweep did not cross the edge (%d failed, %d succeeded)", o.fail,
-		      o.ok);
-	usnap_rmdir(dir);
-	usnap_mem_free(&m);
-}
-END_TEST
-
 static size_t vm_size(void)
 {
 	FILE *f = fopen("/proc/self/statm", "re");
@@ -133,34 +94,55 @@ static size_t vm_size(void)
 	return pages * usnap_page;
 }
 
-START_TEST(address_space_edge)
+/*
+ * Steps 0..nsteps of `resource`: RLIMIT_NOFILE with every free descriptor
+ * number below the limit taken but `step` of them, RLIMIT_AS `step` x 16 MiB
+ * above the process's size.
+ */
+static void edge(int resource, int nsteps, const char *label)
 {
 	struct rlimit old, lim;
 	struct outcome o = { 0 };
 	struct usnap_mem m;
 	char dir[PATH_MAX], what[64], why[600];
-	int r;
 
-	usnap_watchdog(150, "address_space_edge");
 	usnap_memfd(&m, LEN);
-	usnap_fill_random(m.addr, LEN, 6);
+	usnap_fill_random(m.addr, LEN, 5);
 	usnap_tmpdir(dir);
-	ck_assert(!getrlimit(RLIMIT_AS, &old));
-	for (size_t extra = 0; extra <= 160 * MiB; extra += 16 * MiB) {
+	ck_assert(!getrlimit(resource, &old));
+	for (int step = 0; step <= nsteps; step++) {
+		int top = open_fds(), fill[1024], nfill = 0, fd, r;
+
 		lim = old;
-		lim.rlim_cur = (rlim_t)(vm_size() + extra);
-		ck_assert(!setrlimit(RLIMIT_AS, &lim));
-		snprintf(what, sizeof(what), "%zu MiB of address space free", extra / MiB);
+		if (resource == RLIMIT_NOFILE) {
+			while ((fd = open("/dev/null", O_RDONLY | O_CLOEXEC)) >= 0 && fd < top && nfill < 1024)
+				fill[nfill++] = fd;
+			if (fd >= 0)
+				close(fd);
+			lim.rlim_cur = (rlim_t)(top + 1 + step);
+			snprintf(what, sizeof(what), "%d descriptors free", step);
+		} else {
+			lim.rlim_cur = (rlim_t)(vm_size() + (size_t)step * 16 * MiB);
+			snprintf(what, sizeof(what), "%d MiB of address space free", step * 16);
+		}
+		ck_assert(!setrlimit(resource, &lim));
 		r = attempt(&m, dir, why, sizeof(why));
-		ck_assert(!setrlimit(RLIMIT_AS, &old));
+		ck_assert(!setrlimit(resource, &old));
 		check(&m, dir, r, why, &o, what);
+		while (nfill)
+			close(fill[--nfill]);
 	}
-	printf("address_space_edge: %d attempts failed cleanly, %d succeeded\n", o.fail, o.ok);
+	printf("%s: %d attempts failed cleanly, %d succeeded\n", label, o.fail, o.ok);
 	ck_assert_msg(o.fail > 0 && o.ok > 0, "the sweep did not cross the edge (%d failed, %d succeeded)", o.fail,
 		      o.ok);
 	usnap_rmdir(dir);
 	usnap_mem_free(&m);
 }
+
+START_TEST(nofile_edge) { usnap_watchdog(150, "nofile_edge"); edge(RLIMIT_NOFILE, 16, "nofile_edge"); }
+END_TEST
+
+START_TEST(address_space_edge) { usnap_watchdog(150, "address_space_edge"); edge(RLIMIT_AS, 10, "address_space_edge"); }
 END_TEST
 
 int main(void)
