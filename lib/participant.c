@@ -19,7 +19,11 @@
  *                               its userfaultfd as SCM_RIGHTS
  *   coordinator -> participant: struct join_reply
  * then the connection stays open and silent; when either end closes it, the
- * membership ends. The coordinator trusts nothing in a join: the peer's uid
+ * membership ends. Or, from the agent (agent.c), which must learn which files
+ * are worth joining before the program maps them:
+ *   agent -> coordinator: struct join_hdr with magic QUERY_MAGIC, nmaps 0
+ *   coordinator -> agent: struct query_reply, n x struct usnap_query_region
+ * and the connection is closed. The coordinator trusts nothing in a join: the peer's uid
  * (SO_PEERCRED), that the descriptor is a userfaultfd, and that each mapping
  * really maps the named region's file at the stated offset in the peer's
  * /proc/PID/maps are checked before anything is registered.
@@ -45,6 +49,7 @@
 #include "uffdsnap-private.h"
 
 #define JOIN_MAGIC 0x4e4a5355u /* "USJN" */
+#define QUERY_MAGIC 0x52515355u /* "USQR" */
 #define JOIN_VERSION 1
 #define JOIN_MAX_MAPS 64
 #define JOIN_TIMEOUT_MS 5000
@@ -61,6 +66,11 @@ struct join_map {
 struct join_reply {
 	int32_t err;
 	char msg[256];
+};
+
+struct query_reply {
+	int32_t err;
+	uint32_t n;
 };
 
 struct uffdsnap_participant {
@@ -170,6 +180,66 @@ static void participant_free(struct usnap_participant *p)
 	free(p);
 }
 
+/* The shared regions' files, for an agent; the connection is closed after. */
+static void on_query(uffdsnap_t *ctx, int conn)
+{
+	struct usnap_query_region *q = calloc(USNAP_QUERY_MAX, sizeof(*q));
+	struct query_reply h = { .err = q ? 0 : -ENOMEM };
+	struct iovec iov[2] = { { &h, sizeof(h) }, { q, 0 } };
+	struct msghdr mh = { .msg_iov = iov, .msg_iovlen = 2 };
+
+	pthread_mutex_lock(&ctx->lock);
+	for (unsigned i = 0; q && i < ctx->nregs && h.n < USNAP_QUERY_MAX; i++) {
+		const struct usnap_reg *r = &ctx->regs[i];
+		if (r->kind == USNAP_PRIVATE)
+			continue;
+		q[h.n] = (struct usnap_query_region){ .dev = r->dev, .ino = r->ino, .file_off = (uint64_t)r->file_off,
+						      .len = r->len };
+		snprintf(q[h.n].name, sizeof(q[h.n].name), "%s", r->name);
+		h.n++;
+	}
+	pthread_mutex_unlock(&ctx->lock);
+	iov[1].iov_len = h.n * sizeof(*q);
+	if (sendmsg(conn, &mh, MSG_NOSIGNAL | MSG_DONTWAIT) < 0) {
+		/* the agent went away: nothing to tell it */
+	}
+	free(q);
+	close(conn);
+}
+
+int usnap_query_regions(const char *path, struct usnap_query_region *out, unsigned cap)
+{
+	struct sockaddr_un sa = { .sun_family = AF_UNIX };
+	struct join_hdr req = { .magic = QUERY_MAGIC, .version = JOIN_VERSION };
+	struct query_reply h;
+	struct iovec iov[2] = { { &h, sizeof(h) }, { out, cap * sizeof(*out) } };
+	struct msghdr mh = { .msg_iov = iov, .msg_iovlen = 2 };
+	struct pollfd pfd;
+	ssize_t n = -1;
+	int fd, r;
+
+	if (strlen(path) >= sizeof(sa.sun_path))
+		return -ENAMETOOLONG;
+	memcpy(sa.sun_path, path, strlen(path));
+	if ((fd = socket(AF_UNIX, SOCK_SEQPACKET | SOCK_CLOEXEC, 0)) < 0)
+		return -errno;
+	pfd = (struct pollfd){ .fd = fd, .events = POLLIN };
+	if (connect(fd, (struct sockaddr *)&sa, sizeof(sa)) || send(fd, &req, sizeof(req), MSG_NOSIGNAL) < 0)
+		r = -errno;
+	else if (poll(&pfd, 1, 2 * JOIN_TIMEOUT_MS) != 1 || (n = recvmsg(fd, &mh, 0)) < (ssize_t)sizeof(h))
+		r = -ETIMEDOUT;
+	else if (h.err)
+		r = h.err < 0 ? h.err : -EPROTO;
+	else if (h.n > cap || (size_t)n != sizeof(h) + h.n * sizeof(*out))
+		r = -EPROTO;
+	else
+		r = (int)h.n;
+	close(fd);
+	for (int i = 0; i < r; i++)
+		out[i].name[sizeof(out[i].name) - 1] = '\0';
+	return r;
+}
+
 /* Read one join from a new connection; a member, or NULL with the reply sent. */
 static void on_connect(struct usnap_listener *l, int conn)
 {
@@ -210,6 +280,11 @@ static void on_connect(struct usnap_listener *l, int conn)
 	/* a peer that connects and says nothing costs this thread a few seconds at most */
 	if (poll(&pfd, 1, JOIN_TIMEOUT_MS) == 1)
 		n = recvmsg(conn, &mh, MSG_CMSG_CLOEXEC | MSG_DONTWAIT);
+	if (n == (ssize_t)sizeof(struct join_hdr) && ((struct join_hdr *)buf)->magic == QUERY_MAGIC) {
+		free(buf);
+		free(p);
+		return on_query(ctx, conn);
+	}
 	for (c = n >= 0 ? CMSG_FIRSTHDR(&mh) : NULL; c; c = CMSG_NXTHDR(&mh, c)) {
 		if (c->cmsg_level == SOL_SOCKET && c->cmsg_type == SCM_RIGHTS && p->uffd < 0 &&
 		    c->cmsg_len == CMSG_LEN(sizeof(int)))

@@ -388,6 +388,14 @@ void usnap_pool_free(struct usnap_pool *pool);
 /* participant.c */
 /* Stop accepting, and end every membership (uffdsnap_free). */
 void usnap_listener_stop(uffdsnap_t *ctx);
+/* A coordinator's shared regions, as its listener tells an agent. */
+struct usnap_query_region {
+	char name[USNAP_MAX_NAME + 1];
+	uint64_t dev, ino, file_off, len;
+};
+#define USNAP_QUERY_MAX 256
+/* Ask the coordinator at path: how many regions went into out, or -errno. */
+int usnap_query_regions(const char *path, struct usnap_query_region *out, unsigned cap);
 
 /* space.c */
 int usnap_space_init(uffdsnap_snap_t *s);
