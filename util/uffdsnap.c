@@ -21,8 +21,11 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <limits.h>
+#include <sys/mman.h>
 #include <sys/socket.h>
 #include <sys/stat.h>
+#include <sys/time.h>
 #include <sys/un.h>
 #include <time.h>
 #include <unistd.h>
@@ -1022,6 +1025,166 @@ static int cmd_clean(char **args)
 	return EXIT_SUCCESS;
 }
 
+/* ---- coordinator and snap ------------------------------------------------------------------ */
+
+/*
+ * A coordinator for operators: it maps the regions' files, accepts
+ * participants on --socket (uffdsnap_listen(3); unmodified programs join
+ * through libuffdsnap-agent.so) and takes a snapshot whenever 'uffdsnap snap'
+ * asks on the control socket next to it, SOCKET.ctl: one line "snap PATH",
+ * answered by one line "ok ..." or "error ...".
+ */
+#define MAX_COORD_REGIONS 64
+
+static struct {
+	const char *name[MAX_COORD_REGIONS], *file[MAX_COORD_REGIONS];
+	unsigned n;
+} co;
+
+static int coord_opt(int c, const char *arg)
+{
+	const char *eq = strchr(arg, '=');
+
+	if (c == 's') {
+		so.socket = arg;
+		return 0;
+	}
+	if (!eq || eq == arg || !eq[1])
+		return usage_error("--region wants NAME=FILE, not '%s'", arg);
+	if (co.n == MAX_COORD_REGIONS)
+		return usage_error("at most %d regions", MAX_COORD_REGIONS);
+	co.name[co.n] = strndup(arg, (size_t)(eq - arg));
+	co.file[co.n++] = eq + 1;
+	return 0;
+}
+
+static int ctl_address(const char *sock, struct sockaddr_un *sa)
+{
+	*sa = (struct sockaddr_un){ .sun_family = AF_UNIX };
+	if (snprintf(sa->sun_path, sizeof(sa->sun_path), "%s.ctl", sock) >= (int)sizeof(sa->sun_path))
+		return usage_error("--socket path is too long (at most %zu bytes)", sizeof(sa->sun_path) - 5);
+	return 0;
+}
+
+/* One request of the control socket: read "snap PATH", take it, answer. */
+static void coord_request(uffdsnap_t *ctx, int fd)
+{
+	char line[PATH_MAX + 16], reply[1024], e[ESC_LEN];
+	uffdsnap_snap_t *snap = NULL;
+	uffdsnap_stats_t st = { .size = sizeof(st) };
+	struct timeval tv = { 5, 0 };
+	ssize_t n;
+	int rc;
+
+	setsockopt(fd, SOL_SOCKET, SO_RCVTIMEO, &tv, sizeof(tv));
+	n = read(fd, line, sizeof(line) - 1);
+	line[n > 0 ? n : 0] = '\0';
+	line[strcspn(line, "\n")] = '\0';
+	if (strncmp(line, "snap /", 6)) {
+		snprintf(reply, sizeof(reply), "error: the request is not 'snap ABSOLUTE-PATH'\n");
+	} else if ((rc = uffdsnap_begin_file(ctx, line + 5, &snap)) || (rc = uffdsnap_wait(snap))) {
+		snprintf(reply, sizeof(reply), "error %s: %s\n", esc(line + 5, e),
+			 snap ? uffdsnap_snap_error(snap) : uffdsnap_last_error());
+	} else {
+		uffdsnap_snap_stats(snap, &st);
+		snprintf(reply, sizeof(reply), "ok %s: participants %d, pages %llu (%llu copied for writers), "
+			 "pause %.3f ms, %.1f ms\n", esc(line + 5, e), uffdsnap_participant_count(ctx),
+			 (unsigned long long)st.pages_total, (unsigned long long)st.pages_fault, st.begin_ns / 1e6,
+			 st.elapsed_ns / 1e6);
+	}
+	uffdsnap_snap_free(snap);
+	fputs(reply, stdout);
+	fflush(stdout);
+	if (write(fd, reply, strlen(reply)) < 0) {
+		/* the asker is gone: it was told on stdout */
+	}
+	close(fd);
+}
+
+static int cmd_coordinator(char **args)
+{
+	struct sockaddr_un sa;
+	uffdsnap_t *ctx;
+	int ls = -1, rc;
+
+	(void)args;
+	if (!so.socket || !co.n)
+		return usage_error("--socket PATH and at least one --region NAME=FILE are required");
+	if ((rc = ctl_address(so.socket, &sa)))
+		return rc;
+	if ((rc = uffdsnap_new(&ctx, NULL)))
+		return fail("uffdsnap_new", rc, uffdsnap_last_error());
+	for (unsigned i = 0; i < co.n && !rc; i++) {
+		int fd = open(co.file[i], O_RDWR | O_CLOEXEC);
+		struct stat st;
+		void *a = MAP_FAILED;
+
+		if (fd >= 0 && !fstat(fd, &st) && st.st_size > 0)
+			a = mmap(NULL, (size_t)st.st_size, PROT_READ | PROT_WRITE, MAP_SHARED, fd, 0);
+		if (a == MAP_FAILED)
+			rc = failure("%s: %s", co.file[i], fd < 0 || errno ? strerror(errno) : "an empty file");
+		else if ((rc = uffdsnap_add_region(ctx, co.name[i], a, (size_t)st.st_size)) < 0)
+			rc = fail(co.file[i], rc, uffdsnap_last_error());
+		else
+			rc = 0;
+		if (fd >= 0)
+			close(fd);
+	}
+	if (!rc && (rc = uffdsnap_listen(ctx, so.socket)))
+		rc = fail(so.socket, rc, uffdsnap_last_error());
+	if (!rc && !(rc = claim_socket(sa.sun_path, &sa)) &&
+	    ((ls = socket(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0)) < 0 ||
+	     bind(ls, (struct sockaddr *)&sa, sizeof(sa)) || chmod(sa.sun_path, 0600) || listen(ls, 4)))
+		rc = failure("%s: %s", sa.sun_path, strerror(errno));
+	if (!rc) {
+		printf("coordinating %u region(s): participants join at %s, 'uffdsnap snap --socket %s OUT' "
+		       "takes a snapshot\n", co.n, so.socket, so.socket);
+		fflush(stdout);
+		for (;;) {
+			int fd = accept4(ls, NULL, NULL, SOCK_CLOEXEC);
+			if (fd >= 0)
+				coord_request(ctx, fd);
+			else if (errno != EINTR)
+				break;
+		}
+		rc = failure("accept: %s", strerror(errno));
+	}
+	if (ls >= 0) {
+		close(ls);
+		unlink(sa.sun_path);
+	}
+	uffdsnap_free(ctx);
+	return rc;
+}
+
+static int cmd_snap(char **args)
+{
+	char path[PATH_MAX + 8], cwd[PATH_MAX], reply[1024] = "";
+	struct sockaddr_un sa;
+	ssize_t n;
+	int fd, rc;
+
+	if (!so.socket)
+		return usage_error("--socket PATH is required");
+	if ((rc = ctl_address(so.socket, &sa)))
+		return rc;
+	if (args[0][0] != '/' && !getcwd(cwd, sizeof(cwd)))
+		return failure("getcwd: %s", strerror(errno));
+	if (snprintf(path, sizeof(path), "snap %s%s%s\n", args[0][0] == '/' ? "" : cwd, args[0][0] == '/' ? "" : "/",
+		     args[0]) >= (int)sizeof(path))
+		return usage_error("the output path is too long");
+	if ((fd = socket(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0)) < 0 || connect(fd, (struct sockaddr *)&sa, sizeof(sa)))
+		return failure("%s: no coordinator answers there: %s", sa.sun_path, strerror(errno));
+	if (write(fd, path, strlen(path)) != (ssize_t)strlen(path) || (n = read(fd, reply, sizeof(reply) - 1)) <= 0) {
+		close(fd);
+		return failure("%s: the coordinator did not answer", sa.sun_path);
+	}
+	close(fd);
+	reply[n] = '\0';
+	fputs(reply, strncmp(reply, "ok ", 3) ? stderr : stdout);
+	return strncmp(reply, "ok ", 3) ? EXIT_FAILURE : EXIT_SUCCESS;
+}
+
 /* ---- the command table and main ---------------------------------------------------------- */
 
 static const struct option restore_longopts[] = {
@@ -1042,6 +1205,17 @@ static const struct option serve_longopts[] = {
 
 static const struct option clean_longopts[] = {
 	{ "dry-run", no_argument, NULL, 'n' },
+	{ 0 },
+};
+
+static const struct option coord_longopts[] = {
+	{ "socket", required_argument, NULL, 's' },
+	{ "region", required_argument, NULL, 'r' },
+	{ 0 },
+};
+
+static const struct option snap_longopts[] = {
+	{ "socket", required_argument, NULL, 's' },
 	{ 0 },
 };
 
@@ -1108,6 +1282,20 @@ static const struct cmd cmds[] = {
 	  "whose writer is gone; -n (--dry-run) only lists them. Files still being\n"
 	  "written are never touched. A new snapshot to PATH removes stale ones too.\n",
 	  1, 1, "n", clean_longopts, clean_opt, cmd_clean },
+	{ "coordinator", "snapshot the shared memory of other processes",
+	  "coordinator --socket PATH --region NAME=FILE [--region NAME=FILE]...",
+	  "Map each FILE (on tmpfs, /dev/shm or hugetlbfs) as region NAME, accept\n"
+	  "participants on PATH and take a snapshot each time 'uffdsnap snap' asks, on\n"
+	  "PATH.ctl. Processes join with uffdsnap_join(3), or unmodified ones by\n"
+	  "running with LD_PRELOAD=libuffdsnap-agent.so UFFDSNAP_COORDINATOR=PATH.\n"
+	  "Runs until killed; prints one line for each snapshot.\n",
+	  0, 0, "s:r:", coord_longopts, coord_opt, cmd_coordinator },
+	{ "snap", "ask a coordinator for a snapshot",
+	  "snap --socket PATH OUT",
+	  "Ask the coordinator listening on PATH to write a snapshot of its regions, and\n"
+	  "of every participant's writes to them, to OUT; print its answer. Exit 0 when\n"
+	  "the snapshot is complete.\n",
+	  1, 1, "s:", snap_longopts, coord_opt, cmd_snap },
 };
 
 #define NCMDS (sizeof(cmds) / sizeof(cmds[0]))
