@@ -6,11 +6,11 @@
  * the loop with uffdsnap_uv_begin(), instead of Redis's fork().
  *
  *   kvstore --port PORT --dir DIR [--arena-mib N] [--huge none|thp|hugetlb]
- *           [--restore lazy|eager] [--check] [--bind ADDR]
+ *           [--restore lazy|eager|lazy-touch] [--check] [--bind ADDR]
  *
  * Enough RESP2 for redis-cli and redis-benchmark: PING SET GET DEL EXISTS
  * INCR MSET MGET DBSIZE FLUSHALL INFO CONFIG GET SAVE BGSAVE LASTSAVE
- * SHUTDOWN and DEBUG DIGEST, pipelined, inline or multibulk.
+ * SHUTDOWN ECHO and DEBUG DIGEST, pipelined, inline or multibulk.
  *
  * Everything in the arena is an offset from its start, never a pointer: a
  * restored arena is mapped at another address. The arena is consistent
@@ -91,6 +91,7 @@ static struct {
 	size_t arena_len;
 	enum { HUGE_NONE, HUGE_THP, HUGE_TLB } huge;
 	bool lazy, check;
+	uint32_t lazy_flags;             /* --restore lazy-touch: UFFDSNAP_LAZY_NO_PREFETCH */
 
 	int memfd;
 	uint8_t *base;
@@ -743,6 +744,8 @@ static bool dispatch(struct conn *c, struct arg *a, int argc)
 			out_bulk(c, k->p, k->n);
 		else
 			out_raw(c, "+PONG\r\n", 7);
+	} else if (is(&a[0], "echo") && argc == 2) { /* redis-cli --pipe ends with one */
+		out_bulk(c, k->p, k->n);
 	} else if ((is(&a[0], "del") || is(&a[0], "exists")) && argc >= 2) {
 		long long n = 0;
 		bool d = is(&a[0], "del");
@@ -1180,8 +1183,11 @@ static bool restore(void)
 	S.lazy_start_ns = now_ns();
 	if (S.lazy) {
 		uffdsnap_lazy_region_t reg = { "arena", S.base, S.arena_len };
+		uffdsnap_lazy_opts_t lo;
 
-		if ((err = uffdsnap_lazy_start(&S.lz, r, &reg, 1, NULL)))
+		uffdsnap_lazy_opts_init(&lo);
+		lo.flags |= S.lazy_flags;
+		if ((err = uffdsnap_lazy_start(&S.lz, r, &reg, 1, &lo)))
 			die("lazy restore", uffdsnap_last_error());
 	} else {
 		if ((err = uffdsnap_restore_into(r, (unsigned)id, S.base, S.arena_len, NULL, NULL)))
@@ -1203,9 +1209,11 @@ static void usage(int code)
 {
 	fprintf(code ? stderr : stdout,
 		"usage: kvstore [--port PORT] [--bind ADDR] [--dir DIR] [--arena-mib N]\n"
-		"               [--huge none|thp|hugetlb] [--restore lazy|eager] [--check]\n"
+		"               [--huge none|thp|hugetlb] [--restore lazy|eager|lazy-touch] [--check]\n"
 		"  --port 0 picks a free port and prints it. Defaults: 6379, 127.0.0.1, ., 4096 MiB,\n"
-		"  none, lazy. The arena is a sparse memfd: memory is used as data arrives.\n");
+		"  none, lazy. The arena is a sparse memfd: memory is used as data arrives.\n"
+		"  lazy-touch restores only pages that are touched, so the restore stays in\n"
+		"  progress (tests: BGSAVE is refused meanwhile). --check walks the restored arena.\n");
 	exit(code);
 }
 
@@ -1237,6 +1245,10 @@ int main(int argc, char **argv)
 			break;
 		case 'r':
 			S.lazy = strcmp(optarg, "eager") != 0;
+			if (!strcmp(optarg, "lazy-touch"))
+				S.lazy_flags = UFFDSNAP_LAZY_NO_PREFETCH;
+			else if (S.lazy && strcmp(optarg, "lazy"))
+				usage(2);
 			break;
 		case 'c': S.check = true; break;
 		case 'h': usage(0); break;
