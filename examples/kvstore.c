@@ -116,6 +116,7 @@ static struct {
 	uint64_t lazy_start_ns;
 	double lazy_ms;
 	time_t start_time;
+	uint64_t commands, connections;
 } S = { .dir = ".", .bind = "127.0.0.1", .port = 6379, .arena_len = 4ull << 30, .lazy = true,
 	.last_bg_ok = 1, .last_bg_time_sec = -1 };
 
@@ -652,7 +653,7 @@ static bool parse_ll(const char *p, size_t n, long long *v)
 
 static void cmd_info(struct conn *c, const struct arg *a, int argc)
 {
-	char buf[2048];
+	char buf[4096]; /* the sections below take about 1 KiB */
 	int n = 0;
 	bool all = argc < 2 || is(&a[1], "all") || is(&a[1], "everything") || is(&a[1], "default");
 	uffdsnap_lazy_stats_t ls = { .size = sizeof(ls) };
@@ -665,6 +666,9 @@ static void cmd_info(struct conn *c, const struct arg *a, int argc)
 	if (all || is(&a[1], "memory"))
 		n += snprintf(buf + n, sizeof(buf) - n, "# Memory\r\nused_memory:%" PRIu64 "\r\narena_bytes:%zu\r\n"
 			      "arena_brk:%" PRIu64 "\r\n\r\n", S.h->used, S.arena_len, S.h->brk);
+	if (all || is(&a[1], "stats"))
+		n += snprintf(buf + n, sizeof(buf) - n, "# Stats\r\ntotal_connections_received:%" PRIu64 "\r\n"
+			      "total_commands_processed:%" PRIu64 "\r\n\r\n", S.connections, S.commands);
 	if (all || is(&a[1], "persistence")) {
 		if (S.lz)
 			uffdsnap_lazy_stats(S.lz, &ls);
@@ -1012,6 +1016,7 @@ static void process(struct conn *c)
 		if (used <= 0)
 			break;
 		pos += (size_t)used;
+		S.commands += argc > 0;
 		if (argc > 0 && !dispatch(c, argv_buf, argc)) {
 			c->closing = true;
 			break;
@@ -1076,6 +1081,7 @@ static void on_connection(uv_stream_t *server, int status)
 		conn_close(c);
 		return;
 	}
+	S.connections++;
 	uv_tcp_nodelay(&c->tcp, 1);
 	uv_read_start((uv_stream_t *)&c->tcp, on_alloc, on_read);
 }
