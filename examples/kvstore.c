@@ -491,15 +491,18 @@ static void out_fmt(struct conn *c, const char *fmt, ...)
 	c->out_len += (size_t)n;
 }
 
+/* a string literal, its length counted by the compiler */
+#define OUT_LIT(c, s) out_raw((c), "" s, sizeof(s) - 1)
+#define OUT_OK(c) OUT_LIT((c), "+OK\r\n")
+#define OUT_NIL(c) OUT_LIT((c), "$-1\r\n")
+
 static void out_bulk(struct conn *c, const char *p, size_t n)
 {
 	out_fmt(c, "$%zu\r\n", n);
 	out_raw(c, p, n);
-	out_raw(c, "\r\n", 2);
+	OUT_LIT(c, "\r\n");
 }
 
-#define OUT_OK(c) out_raw((c), "+OK\r\n", 5)
-#define OUT_NIL(c) out_raw((c), "$-1\r\n", 5)
 
 /* ---- persistence ---------------------------------------------------------------- */
 
@@ -588,7 +591,7 @@ static void cmd_bgsave(struct conn *c)
 		out_fmt(c, "-ERR BGSAVE: %s\r\n", uffdsnap_last_error());
 		return;
 	}
-	out_raw(c, "+Background saving started\r\n", 29);
+	OUT_LIT(c, "+Background saving started\r\n");
 }
 
 /* SAVE blocks the server, as Redis's does. */
@@ -635,7 +638,7 @@ static bool is(const struct arg *a, const char *name)
 
 static void oom(struct conn *c)
 {
-	out_raw(c, "-OOM the arena is full (--arena-mib)\r\n", 38);
+	OUT_LIT(c, "-OOM the arena is full (--arena-mib)\r\n");
 }
 
 static bool parse_ll(const char *p, size_t n, long long *v)
@@ -706,7 +709,7 @@ static void cmd_config(struct conn *c, const struct arg *a, int argc)
 	int n = 0;
 
 	if (argc != 3 || !is(&a[1], "get")) {
-		out_raw(c, "-ERR only CONFIG GET parameter is supported\r\n", 45);
+		OUT_LIT(c, "-ERR only CONFIG GET parameter is supported\r\n");
 		return;
 	}
 	snprintf(pat, sizeof(pat), "%.*s", (int)(a[2].n < 255 ? a[2].n : 255), a[2].p);
@@ -736,18 +739,18 @@ static bool dispatch(struct conn *c, struct arg *a, int argc)
 			OUT_NIL(c);
 	} else if (is(&a[0], "set") && argc == 3) {
 		if (a[2].n > UINT32_MAX - 64)
-			out_raw(c, "-ERR value too large\r\n", 22);
+			OUT_LIT(c, "-ERR value too large\r\n");
 		else if (set(k->p, k->n, a[2].p, a[2].n))
 			OUT_OK(c);
 		else
 			oom(c);
 	} else if (is(&a[0], "set")) {
-		out_raw(c, "-ERR syntax error (SET key value only)\r\n", 40);
+		OUT_LIT(c, "-ERR syntax error (SET key value only)\r\n");
 	} else if (is(&a[0], "ping") && argc <= 2) {
 		if (argc == 2)
 			out_bulk(c, k->p, k->n);
 		else
-			out_raw(c, "+PONG\r\n", 7);
+			OUT_LIT(c, "+PONG\r\n");
 	} else if (is(&a[0], "echo") && argc == 2) { /* redis-cli --pipe ends with one */
 		out_bulk(c, k->p, k->n);
 	} else if ((is(&a[0], "del") || is(&a[0], "exists")) && argc >= 2) {
@@ -764,11 +767,11 @@ static bool dispatch(struct conn *c, struct arg *a, int argc)
 
 		e = get(k->p, k->n);
 		if (e && !parse_ll(e->data + e->klen, e->vlen, &v)) {
-			out_raw(c, "-ERR value is not an integer or out of range\r\n", 46);
+			OUT_LIT(c, "-ERR value is not an integer or out of range\r\n");
 			return true;
 		}
 		if (v == LLONG_MAX) {
-			out_raw(c, "-ERR increment or decrement would overflow\r\n", 44);
+			OUT_LIT(c, "-ERR increment or decrement would overflow\r\n");
 			return true;
 		}
 		n = snprintf(buf, sizeof(buf), "%lld", ++v);
@@ -816,7 +819,7 @@ static bool dispatch(struct conn *c, struct arg *a, int argc)
 		shutdown_server();
 		return false;
 	} else if (is(&a[0], "command")) {
-		out_raw(c, "*0\r\n", 4); /* redis-cli asks for docs; it copes without */
+		OUT_LIT(c, "*0\r\n"); /* redis-cli asks for docs; it copes without */
 	} else {
 		out_fmt(c, "-ERR unknown command or wrong number of arguments for '%.*s'\r\n",
 			(int)(a[0].n > 64 ? 64 : a[0].n), a[0].p);
@@ -897,6 +900,7 @@ static void proto_error(struct conn *c, const char *why)
 {
 	uv_shutdown_t *req = malloc(sizeof(*req));
 
+	fprintf(stderr, "kvstore: protocol error from a client: %s\n", why);
 	out_fmt(c, "-ERR Protocol error: %s\r\n", why);
 	flush(c);
 	c->closing = true;

@@ -103,6 +103,11 @@ cli --raw get bin | head -c 5000 | cmp - "$D/bin" || fail "binary value differs"
 for i in $(seq 1000); do printf 'SET p%d %d\r\n' "$i" "$i"; done | cli --pipe > "$D/pipe" 2>&1
 grep -q "errors: 0, replies: 1000" "$D/pipe" || fail "pipe: $(cat "$D/pipe")"
 expect 1000 get p1000
+# the exact bytes of pipelined inline commands' replies (redis-cli forgives a stray byte)
+raw_send 'PING\r\nSET r 5\r\nINCR r\r\nGET r\r\nGET none\r\nBGSAVE\r\nEXISTS r none\r\nDBSIZE\r\n' > "$D/raw"
+printf '+PONG\r\n+OK\r\n:6\r\n$1\r\n6\r\n$-1\r\n+Background saving started\r\n:1\r\n:1006\r\n' |
+	cmp - "$D/raw" || fail "replies differ: $(od -c "$D/raw" | head)"
+wait_bgsave
 # bad input: an error reply and a closed connection, never a crash
 raw_send '*abc\r\n' | grep -q "Protocol error" || fail "garbage multibulk length not refused"
 raw_send '*1\r\n$99999999999\r\n' | grep -q "invalid bulk length" || fail "huge bulk length not refused"
@@ -110,7 +115,7 @@ raw_send '*2\r\n$3\r\nGET\r\n#xx\r\n' | grep -q "Protocol error" || fail "garbag
 raw_send '*3\r\n$3\r\nSET\r\n$2\r\nmc\r\n$100\r\nonly part' > /dev/null # gone mid-command
 expect PONG ping
 expect "" get mc
-expect 1005 dbsize
+expect 1006 dbsize
 expect OK flushall
 expect 0 dbsize
 echo "commands: ok"
