@@ -7,6 +7,7 @@
  *
  *   kvstore --port PORT --dir DIR [--arena-mib N] [--huge none|thp|hugetlb]
  *           [--restore lazy|eager|lazy-touch] [--check] [--bind ADDR]
+ *           [--snap-threads N] [--zstd-level N] [--snap-nice N]
  *
  * Enough RESP2 for redis-cli and redis-benchmark: PING SET GET DEL EXISTS
  * INCR MSET MGET DBSIZE FLUSHALL INFO CONFIG GET SAVE BGSAVE LASTSAVE
@@ -40,6 +41,7 @@
 #include <stdlib.h>
 #include <string.h>
 #include <sys/mman.h>
+#include <sys/resource.h>
 #include <sys/stat.h>
 #include <time.h>
 #include <unistd.h>
@@ -91,6 +93,8 @@ static struct {
 	size_t arena_len;
 	enum { HUGE_NONE, HUGE_THP, HUGE_TLB } huge;
 	bool lazy, check;
+	int snap_threads, zstd_level;
+	int snap_nice;                   /* nice of the snapshot's threads (--snap-nice) */
 	uint32_t lazy_flags;             /* --restore lazy-touch: UFFDSNAP_LAZY_NO_PREFETCH */
 
 	int memfd;
@@ -118,7 +122,7 @@ static struct {
 	time_t start_time;
 	uint64_t commands, connections;
 } S = { .dir = ".", .bind = "127.0.0.1", .port = 6379, .arena_len = 4ull << 30, .lazy = true,
-	.last_bg_ok = 1, .last_bg_time_sec = -1 };
+	.snap_threads = 1, .zstd_level = 1, .last_bg_ok = 1, .last_bg_time_sec = -1 };
 
 static uint64_t now_ns(void)
 {
@@ -512,6 +516,10 @@ static void snap_opts(uffdsnap_opts_t *o)
 	/* the server first, the file's size second: uncompressed chunks while a
 	 * write waits for buffer space */
 	o->flags |= UFFDSNAP_OPT_ADAPT | UFFDSNAP_OPT_FSYNC;
+	/* one worker by default, as Redis's BGSAVE child compresses on one
+	 * core: the server keeps the other */
+	o->compress_threads = S.snap_threads;
+	o->zstd_level = S.zstd_level;
 }
 
 static int ctx_open(void)
@@ -584,8 +592,20 @@ static void cmd_bgsave(struct conn *c)
 	r = uffdsnap_sink_file(&sink, S.dump, 0600);
 	S.bg_t0_ns = now_ns();
 	S.dirty_at_bg = S.dirty;
-	if (!r)
+	if (!r) {
+		/* Threads inherit their creator's nice value, and begin creates the
+		 * snapshot's threads: lower this thread's priority around begin, so
+		 * that on a busy machine the snapshot's work yields to the server.
+		 * Raising it back needs CAP_SYS_NICE (kvstore runs as root anyway). */
+		pid_t tid = gettid();
+		int old = getpriority(PRIO_PROCESS, (id_t)tid);
+
+		if (S.snap_nice)
+			setpriority(PRIO_PROCESS, (id_t)tid, S.snap_nice);
 		r = uffdsnap_uv_begin(S.loop, S.ctx, sink, bg_done, NULL, NULL, &S.bg);
+		if (S.snap_nice && setpriority(PRIO_PROCESS, (id_t)tid, old))
+			fprintf(stderr, "kvstore: restoring the loop's priority: %s\n", strerror(errno));
+	}
 	if (r) {
 		S.last_bg_ok = 0;
 		out_fmt(c, "-ERR BGSAVE: %s\r\n", uffdsnap_last_error());
@@ -682,12 +702,12 @@ static void cmd_info(struct conn *c, const struct arg *a, int argc)
 			      "rdb_last_bgsave_time_sec:%lld\r\nrdb_current_bgsave_time_sec:%lld\r\n"
 			      "usnap_last_begin_ms:%.3f\r\nusnap_last_pages_fault:%" PRIu64 "\r\n"
 			      "usnap_last_faults:%" PRIu64 "\r\nusnap_last_bytes_out:%" PRIu64 "\r\n"
-			      "usnap_last_buffer_peak:%" PRIu64 "\r\n\r\n",
+			      "usnap_last_buffer_peak:%" PRIu64 "\r\nusnap_last_fault_wait_max_ms:%.3f\r\n\r\n",
 			      S.lz != NULL, S.lazy_ms, S.dirty, S.bg != NULL, (long long)S.lastsave,
 			      S.last_bg_ok ? "ok" : "err", S.last_bg_time_sec,
 			      S.bg ? (long long)((now_ns() - S.bg_t0_ns) / 1000000000ull) : -1ll,
 			      S.last_stats.begin_ns / 1e6, S.last_stats.pages_fault, S.last_stats.faults,
-			      S.last_stats.bytes_out, S.last_stats.buffer_peak);
+			      S.last_stats.bytes_out, S.last_stats.buffer_peak, S.last_stats.fault_wait_max_ns / 1e6);
 	}
 	if (all || is(&a[1], "keyspace")) {
 		n += snprintf(buf + n, sizeof(buf) - n, "# Keyspace\r\n");
@@ -1220,8 +1240,10 @@ static void usage(int code)
 	fprintf(code ? stderr : stdout,
 		"usage: kvstore [--port PORT] [--bind ADDR] [--dir DIR] [--arena-mib N]\n"
 		"               [--huge none|thp|hugetlb] [--restore lazy|eager|lazy-touch] [--check]\n"
+		"               [--snap-threads N] [--zstd-level N] [--snap-nice N]\n"
 		"  --port 0 picks a free port and prints it. Defaults: 6379, 127.0.0.1, ., 4096 MiB,\n"
-		"  none, lazy. The arena is a sparse memfd: memory is used as data arrives.\n"
+		"  none, lazy, 1 compression thread, zstd level 1. The arena is a sparse memfd:\n"
+		"  memory is used as data arrives.\n"
 		"  lazy-touch restores only pages that are touched, so the restore stays in\n"
 		"  progress (tests: BGSAVE is refused meanwhile). --check walks the restored arena.\n");
 	exit(code);
@@ -1231,7 +1253,8 @@ int main(int argc, char **argv)
 {
 	static const struct option lo[] = {
 		{ "port", 1, 0, 'p' }, { "bind", 1, 0, 'b' }, { "dir", 1, 0, 'd' }, { "arena-mib", 1, 0, 'a' },
-		{ "huge", 1, 0, 'H' }, { "restore", 1, 0, 'r' }, { "check", 0, 0, 'c' }, { "help", 0, 0, 'h' },
+		{ "huge", 1, 0, 'H' }, { "snap-threads", 1, 0, 't' }, { "zstd-level", 1, 0, 'z' },
+		{ "snap-nice", 1, 0, 'n' }, { "restore", 1, 0, 'r' }, { "check", 0, 0, 'c' }, { "help", 0, 0, 'h' },
 		{ 0, 0, 0, 0 },
 	};
 	struct sockaddr_storage addr;
@@ -1260,6 +1283,9 @@ int main(int argc, char **argv)
 			else if (S.lazy && strcmp(optarg, "lazy"))
 				usage(2);
 			break;
+		case 't': S.snap_threads = atoi(optarg); break;
+		case 'z': S.zstd_level = atoi(optarg); break;
+		case 'n': S.snap_nice = atoi(optarg); break;
 		case 'c': S.check = true; break;
 		case 'h': usage(0); break;
 		default: usage(2);
