@@ -28,6 +28,7 @@ import math
 import multiprocessing as mp
 import os
 import random
+import shutil
 import signal
 import socket
 import statistics
@@ -408,6 +409,12 @@ def main():
     ap.add_argument("--doc")
     ap.add_argument("--png")
     args = ap.parse_args()
+    need = ["redis-cli", "redis-benchmark"] + (["redis-server"] if "redis" in args.configs.split(",") else [])
+    missing = [p for p in need if not shutil.which(p)]
+    if missing or os.geteuid() != 0:
+        print("SKIP: %s" % ("needs " + ", ".join(missing) + " (apt-get install redis-server redis-tools)"
+                            if missing else "needs root (kvstore's userfaultfd, huge pages)"))
+        sys.exit(77)
     if not args.arena_mib:
         # entries of 32 B + key + value in 25 %-spaced size classes, a table of 8 B a key, twice
         per = args.value + 48
