@@ -389,8 +389,9 @@ static bool del(const char *k, size_t kl)
 static void flushall(void)
 {
 	/* Punching the memfd returns the memory, but a snapshot that has not
-	 * copied those pages yet would fail with -ESTALE: only without one. */
-	if (!S.bg && fallocate(S.memfd, FALLOC_FL_PUNCH_HOLE | FALLOC_FL_KEEP_SIZE, 0, (off_t)S.arena_len) == 0) {
+	 * copied those pages yet would fail with -ESTALE, and a lazy restore
+	 * must not see its placed pages vanish: only without either. */
+	if (!S.bg && !S.lz && fallocate(S.memfd, FALLOC_FL_PUNCH_HOLE | FALLOC_FL_KEEP_SIZE, 0, (off_t)S.arena_len) == 0) {
 		/* the header page is gone too: arena_init writes it again */
 	}
 	S.dirty += S.h->nkeys ? S.h->nkeys : 1;

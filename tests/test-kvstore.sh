@@ -117,6 +117,12 @@ raw_send '*abc\r\n' | grep -q "Protocol error" || fail "garbage multibulk length
 raw_send '*1\r\n$99999999999\r\n' | grep -q "invalid bulk length" || fail "huge bulk length not refused"
 raw_send '*2\r\n$3\r\nGET\r\n#xx\r\n' | grep -q "Protocol error" || fail "garbage argument not refused"
 raw_send '*3\r\n$3\r\nSET\r\n$2\r\nmc\r\n$100\r\nonly part' > /dev/null # gone mid-command
+before=$(cli debug digest)
+for i in 1 2 3 4 5; do # random bytes, with and without a multibulk header in front
+	{ [ $((i % 2)) = 0 ] && printf '*2\r\n$3\r\nGET\r\n'; head -c 65536 /dev/urandom; } > "$D/garbage"
+	timeout 5 bash -c "exec 3<>/dev/tcp/127.0.0.1/$PORT; cat '$D/garbage' >&3; timeout 1 cat <&3 > /dev/null" 2>/dev/null
+done
+expect "$before" debug digest
 expect PONG ping
 expect "" get mc
 expect 1006 dbsize
