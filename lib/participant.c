@@ -306,10 +306,10 @@ static void on_connect(struct usnap_listener *l, int conn)
 		p->next = ctx->parts;
 		ctx->parts = p;
 		ctx->nparts++;
-		/* Stores it made before joining were not tracked. */
-		if (ctx->active)
-			usnap_fail(ctx->active, -EBUSY, "process %d joined while the snapshot ran: the stores it made "
-				   "before joining were not tracked", (int)cred.pid);
+		/* A snapshot running now did not track its stores before it
+		 * joined: the handler sees the count move and fails it. */
+		atomic_fetch_add(&ctx->joins, 1);
+		ctx->last_join_pid = cred.pid;
 	}
 	pthread_mutex_unlock(&ctx->lock);
 reply:

@@ -852,6 +852,13 @@ int usnap_check_mappings(uffdsnap_snap_t *s)
 	unsigned shared = 0;
 	int r = 0;
 
+	/* The context outlives the handler: it is freed only after it. */
+	if (atomic_load(&s->ctx->joins) != s->joins) {
+		usnap_fail(s, -EBUSY, "process %d joined while the snapshot ran: the stores it made before joining "
+			   "were not tracked", (int)atomic_load(&s->ctx->last_join_pid));
+		return -EBUSY;
+	}
+
 	for (unsigned i = 0; i < s->nregions; i++)
 		shared += s->sregs[i].reg->kind != USNAP_PRIVATE;
 	for (unsigned k = 0; shared && !r && k < s->nspaces; k++)

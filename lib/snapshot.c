@@ -306,6 +306,7 @@ static int snap_prepare(uffdsnap_snap_t *s)
 		return -ENOMEM;
 	pthread_mutex_lock(&ctx->lock);
 	r = usnap_space_participants(s);
+	s->joins = atomic_load(&ctx->joins);
 	pthread_mutex_unlock(&ctx->lock);
 	if (r)
 		return r;

@@ -252,6 +252,8 @@ struct uffdsnap {
 	struct uffdsnap_snap *active;
 	struct usnap_participant *parts;
 	unsigned nparts;
+	_Atomic uint64_t joins;     /* joins so far: a snapshot notices one made while it ran */
+	_Atomic pid_t last_join_pid;
 	struct usnap_listener *listener; /* participant.c, once uffdsnap_listen() was called */
 };
 
@@ -308,6 +310,7 @@ struct uffdsnap_snap {
 	struct usnap_range *readonly; /* mappings of region pages that can never write (found by
 				       * begin, region.c usnap_arm_aliases) */
 	size_t nreadonly;
+	uint64_t joins;             /* ctx->joins when the participants were copied */
 	unsigned nregions;
 	uint64_t pages_total;
 	uint8_t snap_id[16];
