@@ -45,6 +45,7 @@
 #include <sys/uio.h>
 #include <unistd.h>
 
+#include "bitmap.h"
 #include "uffd.h"
 #include "uffdsnap-private.h"
 
@@ -69,36 +70,6 @@ struct held {
 
 static int read_messages(struct handler *h, bool resolve);
 static void wait_for_work(struct handler *h);
-
-/* ---- bitmap -------------------------------------------------------------------- */
-
-static bool test_bit(const uint64_t *b, uint64_t i)
-{
-	return b[i / 64] >> (i % 64) & 1;
-}
-
-static void set_bits(uint64_t *b, uint64_t from, uint64_t to)
-{
-	for (uint64_t i = from; i < to; i++)
-		b[i / 64] |= 1ull << (i % 64);
-}
-
-/* First index in [from, to) whose bit equals `val`, or `to`. */
-static uint64_t find_bit(const uint64_t *b, uint64_t from, uint64_t to, bool val)
-{
-	uint64_t i = from;
-
-	while (i < to) {
-		uint64_t w = val ? b[i / 64] : ~b[i / 64];
-		w &= ~0ull << (i % 64);
-		if (w) {
-			i = (i & ~63ull) + (uint64_t)__builtin_ctzll(w);
-			return i < to ? i : to;
-		}
-		i = (i & ~63ull) + 64;
-	}
-	return to;
-}
 
 /* ---- uffd ioctls --------------------------------------------------------------------- */
 
@@ -377,12 +348,12 @@ static int copy_around(struct handler *h, struct usnap_sreg *sr, uint64_t lo, ui
 {
 	bool shmem = sr->reg->kind == USNAP_SHMEM;
 
-	for (uint64_t p = find_bit(sr->copied, lo, hi, false), q; p < hi; p = find_bit(sr->copied, q, hi, false)) {
+	for (uint64_t p = usnap_bits_find(sr->copied, lo, hi, false), q; p < hi; p = usnap_bits_find(sr->copied, q, hi, false)) {
 		if (shmem && !usnap_in_data(sr, p)) {
 			q = p + 1;
 			continue;
 		}
-		for (q = p + 1; q < hi && !test_bit(sr->copied, q) && (!shmem || usnap_in_data(sr, q)); q++)
+		for (q = p + 1; q < hi && !usnap_bit(sr->copied, q) && (!shmem || usnap_in_data(sr, q)); q++)
 			;
 		for (uint64_t a = p, n; a < q; a += n) {
 			struct usnap_job *j = fault_job(h, sr);
@@ -391,7 +362,7 @@ static int copy_around(struct handler *h, struct usnap_sreg *sr, uint64_t lo, ui
 			n = h->chunk_pages - j->data_pages < q - a ? h->chunk_pages - j->data_pages : q - a;
 			if (copy_pages(h, sr, j, a, n))
 				return -1;
-			set_bits(sr->copied, a, a + n);
+			usnap_bits_set(sr->copied, a, a + n);
 			atomic_fetch_add(&h->s->pages_fault, n);
 		}
 	}
@@ -438,7 +409,7 @@ static void handle_fault(struct handler *h, struct usnap_space *sp, const struct
 	 * this fault copies it (pages around an already copied one may not be
 	 * copied), except a huge page, which is only ever un-protected whole. */
 	theirs = sp->child && sr->reg->kind == USNAP_PRIVATE;
-	if (wp && (theirs || sr->reg->unit > 1 || !test_bit(sr->copied, p))) {
+	if (wp && (theirs || sr->reg->unit > 1 || !usnap_bit(sr->copied, p))) {
 		uint64_t win = sr->reg->unit > h->around ? sr->reg->unit : h->around;
 		lo = p & ~(win - 1);
 		hi = lo + win < sr->reg->npages ? lo + win : sr->reg->npages;
@@ -448,7 +419,7 @@ static void handle_fault(struct handler *h, struct usnap_space *sp, const struct
 	} else if (wp) {
 		if (copy_around(h, sr, lo, hi))
 			return;
-	} else if (!test_bit(sr->copied, p)) {
+	} else if (!usnap_bit(sr->copied, p)) {
 		if (usnap_in_data(sr, p))
 			return fail_removed(h, sr->reg, p);
 		j = fault_job(h, sr);
@@ -456,7 +427,7 @@ static void handle_fault(struct handler *h, struct usnap_space *sp, const struct
 			return;
 		add_extent(j, p, 1, USNAP_EXT_ZERO);
 		atomic_fetch_add(&s->pages_hole, 1);
-		set_bits(sr->copied, p, p + 1);
+		usnap_bits_set(sr->copied, p, p + 1);
 	}
 	/* Every populated page of [lo, hi) is copied now: un-protect them all. */
 	r = wp ? unprotect(h, sp, sr, lo, hi) : zeropage(h, sp, sr, p);
@@ -492,7 +463,7 @@ static void sweep_step(struct handler *h, struct usnap_job *j)
 			continue;
 		}
 		j->region = sr->id;
-		p = find_bit(sr->copied, h->cur_page, sr->reg->npages, false);
+		p = usnap_bits_find(sr->copied, h->cur_page, sr->reg->npages, false);
 		if (p >= sr->reg->npages) {
 			h->cur_page = p;
 			continue;
@@ -502,7 +473,7 @@ static void sweep_step(struct handler *h, struct usnap_job *j)
 		in_data = h->cur_run < sr->ndata && sr->data[h->cur_run].first <= p;
 		limit = in_data ? sr->data[h->cur_run].first + sr->data[h->cur_run].n
 		      : h->cur_run < sr->ndata ? sr->data[h->cur_run].first : sr->reg->npages;
-		q = find_bit(sr->copied, p, limit, true);
+		q = usnap_bits_find(sr->copied, p, limit, true);
 		if (q - p > (1u << 30))
 			q = p + (1u << 30);
 		if (in_data) {
@@ -518,7 +489,7 @@ static void sweep_step(struct handler *h, struct usnap_job *j)
 			add_extent(j, p, q - p, USNAP_EXT_ZERO);
 			atomic_fetch_add(&s->pages_hole, q - p);
 		}
-		set_bits(sr->copied, p, q);
+		usnap_bits_set(sr->copied, p, q);
 		h->cur_page = q;
 	}
 	/* Copied first, un-protected now: [lo, hi) holds only pages recorded by

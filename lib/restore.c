@@ -29,6 +29,7 @@
 #include <sys/vfs.h>
 #include <unistd.h>
 
+#include "bitmap.h"
 #include "outfile.h"
 #include "reader-private.h"
 #include "uffdsnap-private.h"
@@ -88,19 +89,8 @@ __attribute__((format(printf, 3, 4))) static void rs_fail(struct rs_job *j, int 
 /* Mark pages [first, first + n) placed; -EBADMSG with *dup if one already was. */
 static int claim_pages(_Atomic uint64_t *bits, uint64_t first, uint64_t n, uint64_t *dup)
 {
-	for (uint64_t p = first, end = first + n; p < end;) {
-		unsigned b = (unsigned)(p % 64);
-		uint64_t k = end - p < 64 - b ? end - p : 64 - b;
-		uint64_t mask = (k == 64 ? ~0ull : ((1ull << k) - 1)) << b;
-		uint64_t old = atomic_fetch_or(&bits[p / 64], mask);
-
-		if (old & mask) {
-			*dup = p / 64 * 64 + (uint64_t)__builtin_ctzll(old & mask);
-			return -EBADMSG;
-		}
-		p += k;
-	}
-	return 0;
+	*dup = usnap_abits_set(bits, first, first + n);
+	return *dup < first + n ? -EBADMSG : 0;
 }
 
 /* Zero pages of existing memory: free them where that reads back as zero

@@ -37,6 +37,7 @@
 #include <fcntl.h>
 #include <unistd.h>
 
+#include "bitmap.h"
 #include "uffd.h"
 #include "uffdsnap-private.h"
 
@@ -357,7 +358,7 @@ static void check_discard(uffdsnap_snap_t *s, const struct usnap_space *sp, uint
 			continue;
 		uint64_t p0 = m->first + (a - m->addr) / ps, p1 = m->first + (b - m->addr + ps - 1) / ps;
 		for (uint64_t p = p0; p < p1; p++) {
-			if (!(m->sr->copied[p / 64] >> (p % 64) & 1)) {
+			if (!usnap_bit(m->sr->copied, p)) {
 				usnap_fail(s, -ESTALE, "region '%s': %s discarded the page at offset 0x%" PRIx64
 					   " of private memory before it was copied", m->sr->reg->name, how, p * ps);
 				return;

@@ -1,0 +1,67 @@
+/* SPDX-License-Identifier: LGPL-2.1-or-later */
+/*
+ * Page bitmaps, one bit a page in 64-bit words: plain ones for a map one
+ * thread owns (the handler's `copied`), atomic ones for maps that several
+ * threads fill (restore's placed pages). Ranges are walked a word at a time.
+ */
+#ifndef UFFDSNAP_BITMAP_H
+#define UFFDSNAP_BITMAP_H
+
+#include <stdatomic.h>
+#include <stdbool.h>
+#include <stdint.h>
+
+/* The bits of word i / 64 that [p, end) covers, and how many they are. */
+static inline uint64_t usnap_bits_mask(uint64_t p, uint64_t end, uint64_t *k)
+{
+	unsigned b = (unsigned)(p % 64);
+
+	*k = end - p < 64 - b ? end - p : 64 - b;
+	return (*k == 64 ? ~0ull : ((1ull << *k) - 1)) << b;
+}
+
+static inline bool usnap_bit(const uint64_t *b, uint64_t i)
+{
+	return b[i / 64] >> (i % 64) & 1;
+}
+
+static inline void usnap_bits_set(uint64_t *b, uint64_t from, uint64_t to)
+{
+	for (uint64_t p = from, k; p < to; p += k)
+		b[p / 64] |= usnap_bits_mask(p, to, &k);
+}
+
+/* First index in [from, to) whose bit equals `val`, or `to`. */
+static inline uint64_t usnap_bits_find(const uint64_t *b, uint64_t from, uint64_t to, bool val)
+{
+	uint64_t i = from;
+
+	while (i < to) {
+		uint64_t w = val ? b[i / 64] : ~b[i / 64];
+		w &= ~0ull << (i % 64);
+		if (w) {
+			i = (i & ~63ull) + (uint64_t)__builtin_ctzll(w);
+			return i < to ? i : to;
+		}
+		i = (i & ~63ull) + 64;
+	}
+	return to;
+}
+
+static inline bool usnap_abit(_Atomic uint64_t *b, uint64_t i)
+{
+	return atomic_load_explicit(&b[i / 64], memory_order_relaxed) >> (i % 64) & 1;
+}
+
+/* Set [from, to); the first index that was set already, or `to`. */
+static inline uint64_t usnap_abits_set(_Atomic uint64_t *b, uint64_t from, uint64_t to)
+{
+	for (uint64_t p = from, k; p < to; p += k) {
+		uint64_t mask = usnap_bits_mask(p, to, &k), old = atomic_fetch_or(&b[p / 64], mask);
+		if (old & mask)
+			return p / 64 * 64 + (uint64_t)__builtin_ctzll(old & mask);
+	}
+	return to;
+}
+
+#endif
