@@ -34,6 +34,10 @@
  *
  *   restore-bench [--size MiB] [--out DIR] [--touches N] [--threads N] [--json]
  *   restore-bench --snap FILE [--touches N] [--budget S] [--out DIR]
+ *   restore-bench --make FILE [--size MiB] [--writes none|random|sequential]
+ *
+ * --make writes the bench's data to a snapshot file, idle or while one thread
+ * stores to random pages or to one page after another, for --snap.
  */
 #include <errno.h>
 #include <fcntl.h>
@@ -46,6 +50,7 @@
 #include <string.h>
 #include <sys/ioctl.h>
 #include <pthread.h>
+#include <stdatomic.h>
 #include <sys/mman.h>
 #include <sys/socket.h>
 #include <sys/syscall.h>
@@ -277,6 +282,67 @@ static uint64_t decode_ns(uffdsnap_reader_t *r, size_t len)
 	return t0;
 }
 
+/* ---- making a snapshot, idle or under writes ------------------------------------------ */
+
+enum writes { NONE, RANDOM, SEQUENTIAL };
+
+struct writer {
+	uint8_t *addr;
+	size_t len;
+	enum writes how;
+	_Atomic bool stop;
+	_Atomic uint64_t stores;
+};
+
+/* 8-byte stores at full speed, to random pages or to one page after another
+ * (wrapping around), until told to stop. */
+static void *writer_main(void *arg)
+{
+	struct writer *w = arg;
+	uint64_t s = 4242, n = 0;
+
+	while (!atomic_load_explicit(&w->stop, memory_order_relaxed)) {
+		size_t p = w->how == RANDOM ? rnd(&s) % (w->len / PAGE) : n % (w->len / PAGE);
+
+		*(volatile uint64_t *)(w->addr + p * PAGE + (n % 512) * 8) = n;
+		atomic_store_explicit(&w->stores, ++n, memory_order_relaxed);
+	}
+	return NULL;
+}
+
+/* Snapshot the region at addr into path, with a writer storing meanwhile
+ * unless `how` is NONE. */
+static void take_snapshot(const char *path, uint8_t *addr, size_t len, enum writes how)
+{
+	struct writer w = { .addr = addr, .len = len, .how = how };
+	uffdsnap_stats_t st = { .size = sizeof(st) };
+	uffdsnap_snap_t *sn;
+	uffdsnap_t *ctx;
+	pthread_t t;
+	int rc;
+
+	if ((rc = uffdsnap_new(&ctx, NULL)))
+		die("uffdsnap_new", rc, uffdsnap_last_error());
+	if ((rc = uffdsnap_add_region(ctx, "heap", addr, len)) < 0)
+		die("uffdsnap_add_region", rc, uffdsnap_last_error());
+	if (how != NONE) {
+		pthread_create(&t, NULL, writer_main, &w);
+		while (atomic_load(&w.stores) < 100000)
+			usleep(100);
+	}
+	if ((rc = uffdsnap_begin_file(ctx, path, &sn)) || (rc = uffdsnap_wait(sn)))
+		die("snapshot", rc, uffdsnap_last_error());
+	if (how != NONE) {
+		atomic_store(&w.stop, true);
+		pthread_join(t, NULL);
+	}
+	uffdsnap_snap_stats(sn, &st);
+	fprintf(stderr, "restore-bench: %s: %" PRIu64 " of %" PRIu64 " pages copied by the fault path\n", path,
+		st.pages_fault, st.pages_total);
+	uffdsnap_snap_free(sn);
+	uffdsnap_free(ctx);
+}
+
 /* ---- reading back a given snapshot (--snap) ---------------------------------------- */
 
 /* uffdsnap_reader_read() of region id in pieces of `piece` bytes with a fresh
@@ -409,6 +475,7 @@ static int readback(const char *snap, const char *dir, unsigned touches, double 
 		       "\"extract_gb_s\":%.3f", snap, ri.length / (double)MiB, info.chunks, restore_gbs, extract_gbs);
 		for (unsigned i = 0; i < 4; i++)
 			printf(",\"read_%zuk_gb_s\":%.3f", pieces[i] >> 10, piece_gbs[i]);
+		printf(",\"lazy_start_ms\":%.3f", lf.start_ms);
 		printf(",\"lazy_faultonly_p50_us\":%.1f,\"lazy_faultonly_p99_us\":%.1f,\"lazy_faultonly_max_us\":%.1f,"
 		       "\"lazy_faultonly_chunks\":%" PRIu64 ",\"lazy_p50_us\":%.1f,\"lazy_p99_us\":%.1f,\"lazy_max_us\":%.1f,"
 		       "\"lazy_chunks\":%" PRIu64 ",\"serve_p50_us\":%.1f,\"serve_p99_us\":%.1f,\"serve_max_us\":%.1f,"
@@ -426,9 +493,10 @@ static int readback(const char *snap, const char *dir, unsigned touches, double 
 	for (unsigned i = 0; i < 4; i++)
 		printf("  reader_read in %5zu KiB pieces         %6.3f GB/s   time %.2f x restore%s\n", pieces[i] >> 10,
 		       piece_gbs[i], restore_gbs / piece_gbs[i], piece_done[i] < ri.length ? " (measured on a prefix)" : "");
-	printf("  lazy, faults only: %u first touches p50 %.1f us p99 %.1f us max %.1f us; %" PRIu64 " faults, "
-	       "%" PRIu64 " chunk loads for faults + %" PRIu64 " by prefetch (file: %" PRIu64 " chunks)\n", touches,
-	       lf.p50_us, lf.p99_us, lf.max_us, lf.st.faults, lf.st.chunks_fault, lf.st.chunks_prefetch, info.chunks);
+	printf("  lazy, faults only: start %.2f ms; %u first touches p50 %.1f us p99 %.1f us max %.1f us; %" PRIu64
+	       " faults, %" PRIu64 " chunk loads for faults + %" PRIu64 " by prefetch (file: %" PRIu64 " chunks)\n",
+	       lf.start_ms, touches, lf.p50_us, lf.p99_us, lf.max_us, lf.st.faults, lf.st.chunks_fault,
+	       lf.st.chunks_prefetch, info.chunks);
 	printf("  lazy + prefetch:   %u first touches p50 %.1f us p99 %.1f us max %.1f us; %" PRIu64 " + %" PRIu64
 	       " chunk loads\n", touches, lp.p50_us, lp.p99_us, lp.max_us, lp.st.chunks_fault, lp.st.chunks_prefetch);
 	printf("  page server, faults only: p50 %.1f us p99 %.1f us max %.1f us; %" PRIu64 " + %" PRIu64
@@ -489,22 +557,22 @@ int main(int argc, char **argv)
 		{ "size", required_argument, NULL, 's' },  { "out", required_argument, NULL, 'o' },
 		{ "touches", required_argument, NULL, 't' }, { "threads", required_argument, NULL, 'j' },
 		{ "json", no_argument, NULL, 'J' },        { "snap", required_argument, NULL, 'S' },
-		{ "budget", required_argument, NULL, 'b' }, { 0 },
+		{ "budget", required_argument, NULL, 'b' }, { "make", required_argument, NULL, 'M' },
+		{ "writes", required_argument, NULL, 'w' }, { 0 },
 	};
 	const char *out = "/var/tmp";
 	size_t size = 1024 * MiB;
 	unsigned touches = 2000;
 	int threads = 0, c, rc, fd;
 	bool json = false;
-	const char *given = NULL;
+	const char *given = NULL, *make = NULL;
+	enum writes writes = NONE;
 	double budget = 30;
 	char snap[4096], raw[4096];
 	uffdsnap_restore_opts_t ro;
 	uffdsnap_restore_stats_t est = { .size = sizeof(est) }, ist = { .size = sizeof(ist) };
 	struct lazy_result lp = { 0 }, lf = { 0 };
 	uffdsnap_reader_t *r;
-	uffdsnap_snap_t *sn;
-	uffdsnap_t *ctx;
 	struct utsname u;
 	uint8_t *addr, *anon;
 	uint64_t t0, raw_ns, dec_ns, eager_ns, into_ns, warm_ns, file_bytes;
@@ -514,6 +582,8 @@ int main(int argc, char **argv)
 		switch (c) {
 		case 'S': given = optarg; break;
 		case 'b': budget = strtod(optarg, NULL); break;
+		case 'M': make = optarg; break;
+		case 'w': writes = !strcmp(optarg, "random") ? RANDOM : !strcmp(optarg, "sequential") ? SEQUENTIAL : NONE; break;
 		case 's': size = strtoull(optarg, NULL, 0) * MiB; break;
 		case 'o': out = optarg; break;
 		case 't': touches = (unsigned)strtoul(optarg, NULL, 0); break;
@@ -522,7 +592,7 @@ int main(int argc, char **argv)
 		default:
 			fprintf(stderr, "usage: restore-bench [--size MiB] [--out DIR] [--touches N] [--threads N] "
 				"[--json]\n       restore-bench --snap FILE [--touches N] [--budget S] [--out DIR] "
-				"[--json]\n");
+				"[--json]\n       restore-bench --make FILE [--size MiB] [--writes none|random|sequential]\n");
 			return 2;
 		}
 	}
@@ -536,15 +606,12 @@ int main(int argc, char **argv)
 	/* the image: a snapshot, and the same bytes raw */
 	fd = memfd_of(size, &addr);
 	fill(addr, size);
+	if (make) {
+		take_snapshot(make, addr, size, writes);
+		return 0;
+	}
 	write_file(raw, addr, size);
-	if ((rc = uffdsnap_new(&ctx, NULL)))
-		die("uffdsnap_new", rc, uffdsnap_last_error());
-	if ((rc = uffdsnap_add_region(ctx, "heap", addr, size)) < 0)
-		die("uffdsnap_add_region", rc, uffdsnap_last_error());
-	if ((rc = uffdsnap_begin_file(ctx, snap, &sn)) || (rc = uffdsnap_wait(sn)))
-		die("snapshot", rc, uffdsnap_last_error());
-	uffdsnap_snap_free(sn);
-	uffdsnap_free(ctx);
+	take_snapshot(snap, addr, size, NONE);
 	munmap(addr, size);
 	close(fd);
 
