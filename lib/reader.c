@@ -1131,16 +1131,21 @@ static int map_blame(struct uffdsnap_reader *r, unsigned id, uint64_t page, bool
 		   twice ? "recorded twice" : "not recorded");
 }
 
-/* The extents of chunk i of region id, from its extent table (unchecked), into x. */
-static int map_hints(struct uffdsnap_reader *r, unsigned id, size_t i, struct usnap_extent *tab,
+/*
+ * The extents of chunk i of region id, from its extent table (unchecked),
+ * into x. A chunk whose span no other chunk's span overlaps holds every page
+ * of it (or the file is damaged, which loading it shows): then, and for a
+ * chunk of one extent, the index says it all and nothing is read. Chunks
+ * of the sweep alone, as in a snapshot nobody wrote during, need no read.
+ */
+static int map_hints(struct uffdsnap_reader *r, unsigned id, size_t i, bool alone, struct usnap_extent *tab,
 		     struct map_ext *x, size_t *nx)
 {
 	const struct rd_ent *e = &r->ents[r->regions[id].ent_lo + i];
 	size_t len = (size_t)e->nextents * sizeof(*tab);
 	ssize_t n;
 
-	if (e->nextents == 1) {
-		/* the index says where its only extent is */
+	if (e->nextents == 1 || alone) {
 		x[(*nx)++] = (struct map_ext){ e->first, e->end, (uint32_t)i };
 		return 0;
 	}
@@ -1166,7 +1171,7 @@ static int map_build(struct uffdsnap_reader *r, unsigned id)
 	uint32_t most = 1;
 	struct usnap_extent *tab;
 	struct map_ext *x;
-	uint64_t next = 0;
+	uint64_t next = 0, reach = 0;
 	int rc = 0;
 
 	if (nch > UINT32_MAX)
@@ -1183,8 +1188,15 @@ static int map_build(struct uffdsnap_reader *r, unsigned id)
 		free(tab);
 		return rd_err(r, -ENOMEM, "out of memory for the map of %zu extents", cap);
 	}
-	for (size_t i = 0; i < nch && !rc; i++)
-		rc = map_hints(r, id, i, tab, x, &nx);
+	/* ents are sorted by first page: a span is alone if it starts at or after
+	 * the end of every span before it and ends by the start of the next */
+	for (size_t i = 0; i < nch && !rc; i++) {
+		const struct rd_ent *e = &r->ents[reg->ent_lo + i];
+		bool alone = e->first >= reach && (i + 1 == nch || e[1].first >= e->end);
+
+		reach = e->end > reach ? e->end : reach;
+		rc = map_hints(r, id, i, alone, tab, x, &nx);
+	}
 	free(tab);
 	if (rc > 0) {
 		free(x);
