@@ -294,7 +294,8 @@ int uffdsnap_reader_verify(uffdsnap_reader_t *r);
 /*
  * Copy bytes [off, off+len) of region `id` into buf (holes read as zeros).
  * 0, or -EINVAL (range not inside the region), -ENOENT (no such region),
- * -ENODATA (incomplete snapshot), -EBADMSG (a chunk it needs is corrupt).
+ * -ENODATA (incomplete snapshot), -EBADMSG (a chunk it needs is corrupt, or
+ * the extent tables of the region's chunks do not account for every page once).
  * The first read or extract of a region maps which chunk holds each page
  * (12 bytes per run of pages that one chunk holds); each read decompresses
  * every chunk it needs once, and keeps recent ones (uffdsnap_reader_cache()).
