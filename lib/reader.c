@@ -1380,6 +1380,15 @@ static struct rd_park *park_new(struct uffdsnap_reader *r, uint32_t id, uint64_t
 	return &r->parks[i];
 }
 
+/* Out of memory while keeping runs: a run filled in part would read as zeros
+ * where its pages are, so drop every run this read began. */
+static void park_abandon(struct uffdsnap_reader *r)
+{
+	for (size_t j = r->nparks; j-- > 0;)
+		if (r->parks[j].filled == r->reads)
+			park_free(r, j);
+}
+
 /* Keep the runs of chunk c (index ci of region id) that reach beyond page
  * p1: every extent of c in such a run is copied in (zero pages stay zero). */
 static void park_chunk(struct uffdsnap_reader *r, uint32_t id, uint32_t ci, const struct rd_chunk *c, uint64_t p1)
@@ -1401,16 +1410,18 @@ static void park_chunk(struct uffdsnap_reader *r, uint32_t id, uint32_t ci, cons
 		if (kend <= p1 || m->chunk[k] != ci || e->first_page + e->npages > kend ||
 		    (kend - m->first[k]) << r->page_shift > PARK_RUN_MAX)
 			continue;
-		if (!(q = park_find(r, id, k)) && !(q = park_new(r, id, k)))
-			continue;
+		if (!(q = park_find(r, id, k)) && !(q = park_new(r, id, k))) {
+			park_abandon(r);
+			return;
+		}
 		if (q->filled != r->reads || e->kind != USNAP_EXT_DATA)
 			continue; /* kept whole by an earlier read; zeros are there */
 		if (!q->data) {
 			size_t run_len = (size_t)(kend - m->first[k]) << r->page_shift;
 
 			if (!(q->data = calloc(1, run_len))) {
-				park_free(r, (size_t)(q - r->parks));
-				continue;
+				park_abandon(r);
+				return;
 			}
 			q->len = run_len;
 			r->park_bytes += run_len;
