@@ -460,7 +460,8 @@ typedef struct uffdsnap_lazy_stats {
 	                           * pages of every huge page placed for a fault) */
 	uint64_t faults;          /* fault messages served */
 	uint64_t chunks_fault;    /* chunks loaded for faults */
-	uint64_t chunks_prefetch; /* chunks loaded by the background pass */
+	uint64_t chunks_prefetch; /* chunks loaded by the background pass; outside hugetlbfs each chunk is
+	                           * loaded once: chunks_fault + chunks_prefetch <= the snapshot's chunks */
 } uffdsnap_lazy_stats_t;
 
 /* Fill *opts with the defaults (and opts->size): only `size` bytes. */
