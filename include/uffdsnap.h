@@ -320,6 +320,8 @@ typedef struct uffdsnap_info {
 	uint64_t bytes_raw;      /* bytes of page data before compression */
 	uint64_t bytes_file;     /* size of the snapshot file (a stream: bytes read so far) */
 	const char *reason;      /* why complete is 0 ("" if complete); valid while the reader lives */
+	uint64_t chunks_loaded;  /* chunks this reader has loaded with their pages (decompressed) so far;
+	                          * a chunk served from its cache is not counted again */
 } uffdsnap_info_t;
 
 typedef struct uffdsnap_region_info {
@@ -360,9 +362,20 @@ int uffdsnap_reader_verify(uffdsnap_reader_t *r);
 /*
  * Copy bytes [off, off+len) of region `id` into buf (holes read as zeros).
  * 0, or -EINVAL (range not inside the region), -ENOENT (no such region),
- * -ENODATA (incomplete snapshot), -EBADMSG (a chunk it needs is corrupt).
+ * -ENODATA (incomplete snapshot), -EBADMSG (a chunk it needs is corrupt, or
+ * the extent tables of the region's chunks do not account for every page once).
+ * The first read or extract of a region maps which chunk holds each page
+ * (12 bytes per run of pages that one chunk holds); each read decompresses
+ * every chunk it needs once, and keeps recent ones (uffdsnap_reader_cache()).
  */
 int uffdsnap_reader_read(uffdsnap_reader_t *r, unsigned id, uint64_t off, void *buf, size_t len);
+/*
+ * Keep at most `bytes` of decompressed chunks (and their records) for later
+ * reads; 0 keeps only the last chunk. Default UFFDSNAP_READER_CACHE. Drops
+ * what is kept. 0, or -EINVAL.
+ */
+#define UFFDSNAP_READER_CACHE (8u << 20)
+int uffdsnap_reader_cache(uffdsnap_reader_t *r, size_t bytes);
 /*
  * Write region `id`, full length, to fd from offset 0. A regular file is
  * truncated and holes stay holes; to a pipe or device the zeros are written.
@@ -527,7 +540,8 @@ typedef struct uffdsnap_lazy_stats {
 	                           * pages of every huge page placed for a fault) */
 	uint64_t faults;          /* fault messages served */
 	uint64_t chunks_fault;    /* chunks loaded for faults */
-	uint64_t chunks_prefetch; /* chunks loaded by the background pass */
+	uint64_t chunks_prefetch; /* chunks loaded by the background pass; outside hugetlbfs each chunk is
+	                           * loaded once: chunks_fault + chunks_prefetch <= the snapshot's chunks */
 } uffdsnap_lazy_stats_t;
 
 /* Fill *opts with the defaults (and opts->size): only `size` bytes. */

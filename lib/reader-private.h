@@ -30,13 +30,17 @@ struct usnap_rchunk {
 int usnap_reader_clone(const uffdsnap_reader_t *r, uffdsnap_reader_t **out);
 /* The count of page-server connections served from r (restore-serve.c). */
 _Atomic unsigned *usnap_reader_clients(uffdsnap_reader_t *r);
-/* 0 if region id can be read chunk by chunk (a complete file, not a stream);
- * else the errno of uffdsnap_reader_read(), with the reason in r's error. */
+/* 0 if region id can be read chunk by chunk (a complete file, not a stream)
+ * and its page map is built; else the errno of uffdsnap_reader_read(), with
+ * the reason in r's error. */
 int usnap_reader_ready(uffdsnap_reader_t *r, unsigned id);
 /* Chunks of region id, numbered 0..n-1 in order of their first page. */
 size_t usnap_reader_nchunks(const uffdsnap_reader_t *r, unsigned id);
-/* Pages [*first, *end) chunk i spans, from the index (no I/O). */
-void usnap_reader_chunk_span(const uffdsnap_reader_t *r, unsigned id, size_t i, uint64_t *first, uint64_t *end);
+/* The chunk that holds page p of region id, and the end of the run of pages
+ * from p that it holds, from the page map (no I/O). The region must be ready
+ * (usnap_reader_ready()). It reads only the map, which never changes once
+ * built: any thread may ask while another uses r. */
+size_t usnap_reader_locate(const uffdsnap_reader_t *r, unsigned id, uint64_t p, uint64_t *run_end);
 /* Load chunk i of region id with its data, checked against its index entry. */
 int usnap_reader_chunk(uffdsnap_reader_t *r, unsigned id, size_t i, struct usnap_rchunk *out);
 /* The same without decompressing its pages (out->data is NULL): the record

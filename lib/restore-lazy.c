@@ -4,11 +4,17 @@
  *
  * The program's regions are registered with a userfaultfd in MISSING mode and
  * start() returns. Two threads, each with its own reader clone:
- *  - the handler reads fault messages and serves each by loading the chunk
- *    that records the faulting page and placing all of that chunk's data
- *    pages (fault-around by chunk: neighbours are likely next);
+ *  - the handler reads fault messages and serves each by loading the one
+ *    chunk that records the faulting page (found in the reader's page map)
+ *    and placing every page of that chunk that is not there yet: pages a
+ *    writer's fault copied sit scattered in fault chunks, and a chunk placed
+ *    whole is never needed again;
  *  - the prefetcher walks every chunk of every region in index order and
- *    places what is not there yet.
+ *    places the chunks nobody has taken yet.
+ * Each chunk of a region of small pages is taken by one thread (a state per
+ * chunk, claimed with compare-and-swap), so it is decompressed at most once
+ * per restore; a fault on a page whose chunk the prefetcher is placing waits
+ * for it, which costs at most that one chunk.
  * Pages are placed with UFFDIO_COPY. It never overwrites: a page already
  * present fails with EEXIST and is skipped, so the two threads can race for
  * the same chunk without locks and without ever undoing a store the program
@@ -58,6 +64,11 @@
 #define LZ_ZERO_WINDOW 16          /* pages: a touched zero page fills its zero neighbours in this window */
 #define LZ_MINCORE_PAGES (1u << 18)
 
+/* The state of a chunk of a region of small pages: every page of a chunk
+ * DONE is present or known to be zero; FAILED, it could not be loaded or
+ * placed (the restore has failed). */
+enum { LZ_CHUNK_FREE, LZ_CHUNK_BUSY, LZ_CHUNK_DONE, LZ_CHUNK_FAILED };
+
 struct lz_region {
 	const char *name;              /* in the handler's clone */
 	unsigned id;                   /* in the snapshot */
@@ -65,7 +76,7 @@ struct lz_region {
 	size_t len;
 	uint64_t npages;
 	size_t nchunks;
-	uint64_t *first, *end, *max_end; /* per chunk (index order); max_end: running maximum of end */
+	_Atomic uint8_t *cstate;       /* per chunk: LZ_CHUNK_* */
 	_Atomic uint64_t *present;     /* bitmap: placed by us (data, or zero after a touch) */
 	_Atomic uint64_t *zero;        /* bitmap: recorded as zero in a chunk already loaded */
 	uint64_t upages;               /* pages placed at once: 1, or those of a huge page (hugetlbfs) */
@@ -88,6 +99,7 @@ struct uffdsnap_lazy {
 	bool prefetcher_started;
 	pthread_mutex_t lock;
 	pthread_cond_t cv;
+	pthread_cond_t chunk_cv;       /* a chunk left LZ_CHUNK_BUSY */
 	bool go;                       /* the prefetcher may run */
 	_Atomic bool prefetch_done;
 	_Atomic bool closing;          /* free(): the handler must leave even if it keeps a registration */
@@ -251,69 +263,67 @@ static int place_chunk(uffdsnap_lazy_t *lz, struct lz_region *g, const struct us
 	return 0;
 }
 
-/* The first chunk that may record page p: max_end only grows, so skip the
- * chunks that end at or before p. */
-static size_t first_chunk(const struct lz_region *g, uint64_t p)
+/* Copy what chunk c holds of pages [a, b) into buf (which holds page h on):
+ * data pages copied, zero pages marked. Adds the pages found to *found and
+ * the data pages to *ndata. */
+static void gather(uffdsnap_lazy_t *lz, struct lz_region *g, const struct usnap_rchunk *c, uint64_t a, uint64_t b,
+		   uint64_t h, uint8_t *buf, uint64_t *found, uint64_t *ndata)
 {
-	size_t lo = 0, hi = g->nchunks;
+	const unsigned sh = lz->page_shift;
+	uint64_t data_off = 0;
 
-	while (lo < hi) {
-		size_t mid = lo + (hi - lo) / 2;
-		if (g->max_end[mid] <= p)
-			lo = mid + 1;
-		else
-			hi = mid;
+	for (uint32_t k = 0; k < c->nextents; k++) {
+		const struct usnap_extent *e = &c->ext[k];
+		uint64_t x = e->first_page > a ? e->first_page : a;
+		uint64_t y = e->first_page + e->npages < b ? e->first_page + e->npages : b;
+
+		if (x < y) {
+			*found += y - x;
+			if (e->kind == USNAP_EXT_DATA) {
+				memcpy(buf + ((x - h) << sh), c->data + data_off + ((x - e->first_page) << sh),
+				       (y - x) << sh);
+				*ndata += y - x;
+			} else {
+				bits_set(g->zero, x, y - x);
+			}
+		}
+		if (e->kind == USNAP_EXT_DATA)
+			data_off += (uint64_t)e->npages << sh;
 	}
-	return lo;
 }
 
 /*
  * hugetlbfs: place the huge page that begins at page h of g, gathered in buf
- * from every chunk that records one of its pages (loaded through rd). One
- * of zero pages only is placed only if touch is set (a fault), else left a
- * hole. Adds the data and zero pages this call placed to *data and *zero
- * (unless NULL; nothing if the other thread placed it first), the chunks
- * loaded to *chunks. A failure is the restore's (lz_fail).
+ * from the chunks that hold its pages (found in the handler's page map,
+ * loaded through rd). One of zero pages only is placed only if touch is set
+ * (a fault), else left a hole. Adds the data and zero pages this call placed
+ * to *data and *zero (unless NULL; nothing if the other thread placed it
+ * first), the chunks loaded to *chunks. A failure is the restore's (lz_fail).
  */
 static int place_huge(uffdsnap_lazy_t *lz, struct lz_region *g, uffdsnap_reader_t *rd, uint64_t h, uint8_t *buf,
 		      bool touch, _Atomic uint64_t *data, _Atomic uint64_t *zero, _Atomic uint64_t *chunks)
 {
-	const unsigned sh = lz->page_shift;
 	const uint64_t hend = h + g->upages;
-	uint64_t found = 0, ndata = 0, placed = 0;
+	uint64_t found = 0, ndata = 0, placed = 0, run_end;
+	size_t last = SIZE_MAX;
 	int rc;
 
-	memset(buf, 0, g->upages << sh);
-	for (size_t i = first_chunk(g, h); i < g->nchunks && g->first[i] < hend; i++) {
+	memset(buf, 0, g->upages << lz->page_shift);
+	for (uint64_t p = h; p < hend; p = run_end) {
+		size_t i = usnap_reader_locate(lz->rh, g->id, p, &run_end);
 		struct usnap_rchunk c;
-		uint64_t data_off = 0;
 
-		if (g->end[i] <= h)
-			continue;
+		/* the last chunk stays loaded in rd: a chunk with several runs
+		 * here is loaded once if nothing comes between them */
 		if ((rc = usnap_reader_chunk(rd, g->id, i, &c))) {
 			lz_fail(lz, rc, "region '%s', huge page at page %" PRIu64 ": %s", g->name, h,
 				uffdsnap_reader_error(rd));
 			return rc;
 		}
-		atomic_fetch_add_explicit(chunks, 1, memory_order_relaxed);
-		for (uint32_t k = 0; k < c.nextents; k++) {
-			const struct usnap_extent *e = &c.ext[k];
-			uint64_t a = e->first_page > h ? e->first_page : h;
-			uint64_t b = e->first_page + e->npages < hend ? e->first_page + e->npages : hend;
-
-			if (a < b) {
-				found += b - a;
-				if (e->kind == USNAP_EXT_DATA) {
-					memcpy(buf + ((a - h) << sh), c.data + data_off + ((a - e->first_page) << sh),
-					       (b - a) << sh);
-					ndata += b - a;
-				} else {
-					bits_set(g->zero, a, b - a);
-				}
-			}
-			if (e->kind == USNAP_EXT_DATA)
-				data_off += (uint64_t)e->npages << sh;
-		}
+		if (i != last)
+			atomic_fetch_add_explicit(chunks, 1, memory_order_relaxed);
+		last = i;
+		gather(lz, g, &c, p, run_end < hend ? run_end : hend, h, buf, &found, &ndata);
 	}
 	if (found != g->upages) {
 		lz_fail(lz, -EBADMSG, "region '%s', huge page at page %" PRIu64 ": %" PRIu64 " of its %" PRIu64
@@ -332,6 +342,55 @@ static int place_huge(uffdsnap_lazy_t *lz, struct lz_region *g, uffdsnap_reader_
 	if (placed && zero)
 		atomic_fetch_add_explicit(zero, g->upages - ndata, memory_order_relaxed);
 	return 0;
+}
+
+/* Chunk i of g leaves BUSY for `state`: wake a fault waiting for it. */
+static void chunk_end(uffdsnap_lazy_t *lz, struct lz_region *g, size_t i, uint8_t state)
+{
+	pthread_mutex_lock(&lz->lock);
+	atomic_store(&g->cstate[i], state);
+	pthread_cond_broadcast(&lz->chunk_cv);
+	pthread_mutex_unlock(&lz->lock);
+}
+
+/*
+ * Take chunk i of g (the caller claimed it: BUSY), load it through rd and
+ * place every page of it that is not there yet, page `first` first (if it
+ * is a data page of the chunk: the page a thread waits for). Adds the pages
+ * placed to *pages and the load to *chunks; leaves the chunk DONE or FAILED.
+ */
+static int take_chunk(uffdsnap_lazy_t *lz, struct lz_region *g, uffdsnap_reader_t *rd, size_t i, uint64_t first,
+		      _Atomic uint64_t *pages, _Atomic uint64_t *chunks)
+{
+	struct usnap_rchunk c;
+	uint64_t data_off = 0, placed = 0;
+	int rc = usnap_reader_chunk(rd, g->id, i, &c);
+
+	if (rc) {
+		lz_fail(lz, rc, "region '%s': %s", g->name, uffdsnap_reader_error(rd));
+		chunk_end(lz, g, i, LZ_CHUNK_FAILED);
+		return rc;
+	}
+	atomic_fetch_add_explicit(chunks, 1, memory_order_relaxed);
+	for (uint32_t k = 0; k < c.nextents; k++) {
+		const struct usnap_extent *e = &c.ext[k];
+
+		if (e->kind != USNAP_EXT_DATA)
+			continue;
+		if (first - e->first_page < e->npages) {
+			rc = fill(lz, g, first, 1, c.data + data_off + ((first - e->first_page) << lz->page_shift),
+				  &placed);
+			break;
+		}
+		data_off += (uint64_t)e->npages << lz->page_shift;
+	}
+	if (!rc)
+		rc = place_chunk(lz, g, &c, &placed);
+	atomic_fetch_add_explicit(pages, placed, memory_order_relaxed);
+	if (rc)
+		lz_fail(lz, rc, "region '%s': placing the pages of chunk %zu: %s", g->name, i, strerror(-rc));
+	chunk_end(lz, g, i, rc ? LZ_CHUNK_FAILED : LZ_CHUNK_DONE);
+	return rc;
 }
 
 /* ---- the fault handler ------------------------------------------------------------ */
@@ -373,51 +432,44 @@ static int zero_fill(uffdsnap_lazy_t *lz, struct lz_region *g, uint64_t p)
  * first, so its thread runs on, then the rest of its chunk. */
 static int serve(uffdsnap_lazy_t *lz, struct lz_region *g, uint64_t p)
 {
+	uint64_t run_end;
+	size_t i;
 	int rc;
 
 	if (g->upages > 1)
 		return place_huge(lz, g, lz->rh, p - p % g->upages, lz->hbuf_h, true, &lz->pages_fault,
 				  &lz->pages_zero_fault, &lz->chunks_fault);
-	/* a chunk loaded already said p is zero */
-	if (bit(g->zero, p))
-		goto zero;
-	for (size_t i = first_chunk(g, p); i < g->nchunks && g->first[i] <= p; i++) {
-		const struct usnap_extent *hit = NULL;
-		struct usnap_rchunk c;
-		uint64_t data_off = 0, placed = 0;
+	i = usnap_reader_locate(lz->rh, g->id, p, &run_end);
+	for (;;) {
+		uint8_t st = LZ_CHUNK_FREE;
 
-		if (g->end[i] <= p)
+		/* a chunk loaded already said p is zero */
+		if (bit(g->zero, p))
+			break;
+		if (atomic_compare_exchange_strong(&g->cstate[i], &st, LZ_CHUNK_BUSY)) {
+			if ((rc = take_chunk(lz, g, lz->rh, i, p, &lz->pages_fault, &lz->chunks_fault)))
+				return rc;
 			continue;
-		if ((rc = usnap_reader_chunk(lz->rh, g->id, i, &c))) {
-			lz_fail(lz, rc, "region '%s', page %" PRIu64 ": %s", g->name, p, uffdsnap_reader_error(lz->rh));
-			return rc;
 		}
-		atomic_fetch_add_explicit(&lz->chunks_fault, 1, memory_order_relaxed);
-		for (uint32_t k = 0; k < c.nextents && !hit; k++) {
-			if (p - c.ext[k].first_page < c.ext[k].npages)
-				hit = &c.ext[k];
-			else if (c.ext[k].kind == USNAP_EXT_DATA)
-				data_off += (uint64_t)c.ext[k].npages << lz->page_shift;
+		if (st == LZ_CHUNK_BUSY) {
+			/* the prefetcher is placing it: one chunk's time */
+			pthread_mutex_lock(&lz->lock);
+			while (atomic_load(&g->cstate[i]) == LZ_CHUNK_BUSY)
+				pthread_cond_wait(&lz->chunk_cv, &lz->lock);
+			pthread_mutex_unlock(&lz->lock);
+			continue;
 		}
-		if (!hit)
-			continue; /* the span of a chunk of scattered pages */
-		if (hit->kind == USNAP_EXT_DATA)
-			rc = fill(lz, g, p, 1, c.data + data_off + ((p - hit->first_page) << lz->page_shift), &placed);
-		if (!rc)
-			rc = place_chunk(lz, g, &c, &placed);
-		atomic_fetch_add_explicit(&lz->pages_fault, placed, memory_order_relaxed);
-		if (rc)
-			goto fail;
-		if (hit->kind == USNAP_EXT_DATA)
+		if (bit(g->present, p))
 			return 0;
-		goto zero;
+		if (st == LZ_CHUNK_FAILED)
+			return atomic_load(&lz->err);
+		/* DONE without p: the chunk the map named does not record it */
+		lz_fail(lz, -EBADMSG, "region '%s': page %" PRIu64 " is not in chunk %zu, which the page map names",
+			g->name, p, i);
+		return -EBADMSG;
 	}
-	lz_fail(lz, -EBADMSG, "region '%s': page %" PRIu64 " is not recorded in any chunk", g->name, p);
-	return -EBADMSG;
-zero:
 	if (!(rc = zero_fill(lz, g, p)))
 		return 0;
-fail:
 	lz_fail(lz, rc, "region '%s', page %" PRIu64 ": placing it: %s", g->name, p, strerror(-rc));
 	return rc;
 }
@@ -591,24 +643,12 @@ static void *prefetch_main(void *arg)
 							       NULL, &lz->chunks_prefetch) == -ESRCH)
 				goto out; /* the process exited */
 		for (size_t i = 0; g->upages == 1 && i < g->nchunks && !atomic_load(&lz->closing); i++) {
-			struct usnap_rchunk c;
-			uint64_t placed = 0;
-			int rc;
+			uint8_t st = LZ_CHUNK_FREE;
 
-			if (all_done(g, g->first[i], g->end[i]))
-				continue; /* served for a fault already */
-			if ((rc = usnap_reader_chunk(lz->rp, g->id, i, &c))) {
-				/* go on: every other chunk can still be restored */
-				lz_fail(lz, rc, "region '%s': %s", g->name, uffdsnap_reader_error(lz->rp));
-				continue;
-			}
-			atomic_fetch_add_explicit(&lz->chunks_prefetch, 1, memory_order_relaxed);
-			rc = place_chunk(lz, g, &c, &placed);
-			atomic_fetch_add_explicit(&lz->pages_prefetch, placed, memory_order_relaxed);
-			if (rc)
-				lz_fail(lz, rc, "region '%s': placing pages %" PRIu64 "..: %s", g->name, g->first[i],
-					strerror(-rc));
-			if (rc == -ESRCH)
+			/* taken for a fault already; a failure goes on with the next
+			 * chunk: every other one can still be restored */
+			if (atomic_compare_exchange_strong(&g->cstate[i], &st, LZ_CHUNK_BUSY) &&
+			    take_chunk(lz, g, lz->rp, i, UINT64_MAX, &lz->pages_prefetch, &lz->chunks_prefetch) == -ESRCH)
 				goto out; /* the process exited (a page-server client): nothing to restore into */
 		}
 	}
@@ -817,24 +857,18 @@ static int region_match(uffdsnap_lazy_t *lz, struct lz_region *g, const uffdsnap
 	g->npages = in->len / page;
 	g->upages = 1;
 	g->nchunks = usnap_reader_nchunks(lz->rh, g->id);
-	g->first = malloc((g->nchunks + 1) * 3 * sizeof(uint64_t));
+	g->cstate = calloc(g->nchunks + 1, sizeof(*g->cstate));
 	g->present = calloc((g->npages + 63) / 64, sizeof(uint64_t));
 	g->zero = calloc((g->npages + 63) / 64, sizeof(uint64_t));
-	if (!g->first || !g->present || !g->zero)
+	if (!g->cstate || !g->present || !g->zero)
 		return usnap_err(-ENOMEM, "region '%s': out of memory", ri.name);
-	g->end = g->first + g->nchunks + 1;
-	g->max_end = g->end + g->nchunks + 1;
-	for (size_t i = 0; i < g->nchunks; i++) {
-		usnap_reader_chunk_span(lz->rh, g->id, i, &g->first[i], &g->end[i]);
-		g->max_end[i] = i && g->max_end[i - 1] > g->end[i] ? g->max_end[i - 1] : g->end[i];
-	}
 	return 0;
 }
 
 static void lz_destroy(uffdsnap_lazy_t *lz)
 {
 	for (unsigned i = 0; lz->regs && i < lz->nregs; i++) {
-		free(lz->regs[i].first);
+		free((void *)lz->regs[i].cstate);
 		free(lz->regs[i].present);
 		free(lz->regs[i].zero);
 	}
@@ -851,6 +885,7 @@ static void lz_destroy(uffdsnap_lazy_t *lz)
 		close(lz->efd);
 	pthread_mutex_destroy(&lz->lock);
 	pthread_cond_destroy(&lz->cv);
+	pthread_cond_destroy(&lz->chunk_cv);
 	free(lz);
 }
 
@@ -890,6 +925,7 @@ int usnap_lazy_setup(uffdsnap_lazy_t **lzp, uffdsnap_reader_t *r, int uffd, uint
 	lz->flags = opts->flags;
 	pthread_mutex_init(&lz->lock, NULL);
 	pthread_cond_init(&lz->cv, NULL);
+	pthread_cond_init(&lz->chunk_cv, NULL);
 	lz->go = !(lz->flags & UFFDSNAP_LAZY_NO_PREFETCH);
 	uffdsnap_reader_info(r, &info);
 	lz->page_shift = (uint32_t)__builtin_ctz(info.page_size);

@@ -19,11 +19,25 @@
  *   mechanism   placing 256 KiB chunks into a registered memfd mapping with
  *               UFFDIO_COPY against pwrite(2) into the memfd + UFFDIO_CONTINUE
  *
+ * With --snap FILE it measures reading back a snapshot someone else took
+ * (e.g. examples/live-snapshot, whose writers store while the snapshot runs,
+ * so fault-path pages sit scattered in fault chunks), each against eager
+ * restore of the same file in the same run (issue #15): eager restore into a
+ * memfd; uffdsnap_reader_read() of the whole region in pieces of 4 KiB to
+ * 32 MiB; extract to a file; lazy restore and the page server, faults only,
+ * touching random pages (first-touch latency, chunk loads against the
+ * file's chunks).
+ *
  * Data: per 64 KiB group, 2/16 zero pages, 4/16 random, 10/16 text-like
  * (words and numbers; zstd -1 compresses the whole ~2.5:1).
  * Not a test: needs root (or /dev/userfaultfd) and an idle machine.
  *
  *   restore-bench [--size MiB] [--out DIR] [--touches N] [--threads N] [--json]
+ *   restore-bench --snap FILE [--touches N] [--budget S] [--out DIR]
+ *   restore-bench --make FILE [--size MiB] [--writes none|random|sequential]
+ *
+ * --make writes the bench's data to a snapshot file, idle or while one thread
+ * stores to random pages or to one page after another, for --snap.
  */
 #include <errno.h>
 #include <fcntl.h>
@@ -35,8 +49,12 @@
 #include <stdlib.h>
 #include <string.h>
 #include <sys/ioctl.h>
+#include <pthread.h>
+#include <stdatomic.h>
 #include <sys/mman.h>
+#include <sys/socket.h>
 #include <sys/syscall.h>
+#include <sys/un.h>
 #include <sys/utsname.h>
 #include <time.h>
 #include <unistd.h>
@@ -187,16 +205,42 @@ struct lazy_result {
 	uffdsnap_lazy_stats_t st;
 };
 
+/* One thread touches `touches` random pages of addr, each once, timing each
+ * first touch: p50, p99 and the worst into res. */
+static void touch_random(uint8_t *addr, size_t len, unsigned touches, uint64_t s, struct lazy_result *res)
+{
+	uint64_t *lat = calloc(touches, sizeof(*lat));
+	uint8_t *seen = calloc(len / PAGE, 1);
+
+	for (unsigned i = 0; i < touches;) {
+		size_t p = rnd(&s) % (len / PAGE);
+		uint64_t a;
+
+		if (seen[p])
+			continue;
+		seen[p] = 1;
+		a = now_ns();
+		(void)*(volatile uint8_t *)(addr + p * PAGE + 64);
+		lat[i++] = now_ns() - a;
+	}
+	qsort(lat, touches, sizeof(*lat), cmp_u64);
+	res->p50_us = lat[touches / 2] / 1e3;
+	res->p99_us = lat[touches * 99 / 100] / 1e3;
+	res->max_us = lat[touches - 1] / 1e3;
+	free(lat);
+	free(seen);
+}
+
 /* Lazy restore into a fresh memfd; one thread touches `touches` random pages
  * (each timed once, on its first touch) right after start. */
-static void lazy_run(const char *snap, size_t len, unsigned touches, uint32_t flags, struct lazy_result *res)
+static void lazy_run(const char *snap, const char *name, size_t len, unsigned touches, uint32_t flags,
+		     struct lazy_result *res)
 {
 	uffdsnap_lazy_opts_t o;
-	uffdsnap_lazy_region_t reg = { .name = "heap", .len = len };
+	uffdsnap_lazy_region_t reg = { .name = name, .len = len };
 	uffdsnap_reader_t *r;
 	uffdsnap_lazy_t *lz;
-	uint64_t *lat = calloc(touches, sizeof(*lat)), s = 99, t0;
-	uint8_t *seen = calloc(len / PAGE, 1);
+	uint64_t seed = 99, t0;
 	uint8_t *addr;
 	int fd, rc;
 
@@ -210,32 +254,16 @@ static void lazy_run(const char *snap, size_t len, unsigned touches, uint32_t fl
 	if ((rc = uffdsnap_lazy_start(&lz, r, &reg, 1, &o)))
 		die("uffdsnap_lazy_start", rc, uffdsnap_last_error());
 	res->start_ms = (now_ns() - t0) / 1e6;
-	for (unsigned i = 0; i < touches;) {
-		size_t p = rnd(&s) % (len / PAGE);
-		uint64_t a;
-
-		if (seen[p])
-			continue;
-		seen[p] = 1;
-		a = now_ns();
-		(void)*(volatile uint8_t *)(addr + p * PAGE + 64);
-		lat[i++] = now_ns() - a;
-	}
+	touch_random(addr, len, touches, seed, res);
 	if ((rc = uffdsnap_lazy_wait(lz)))
 		die("uffdsnap_lazy_wait", rc, uffdsnap_lazy_error(lz));
 	res->st.size = sizeof(res->st);
 	uffdsnap_lazy_stats(lz, &res->st);
 	res->resident_ms = res->st.resident_ns / 1e6;
-	qsort(lat, touches, sizeof(*lat), cmp_u64);
-	res->p50_us = lat[touches / 2] / 1e3;
-	res->p99_us = lat[touches * 99 / 100] / 1e3;
-	res->max_us = lat[touches - 1] / 1e3;
 	uffdsnap_lazy_free(lz);
 	uffdsnap_reader_free(r);
 	munmap(addr, len);
 	close(fd);
-	free(lat);
-	free(seen);
 }
 
 /* uffdsnap_reader_read() of the whole region into warm memory, in 64 MiB pieces */
@@ -252,6 +280,228 @@ static uint64_t decode_ns(uffdsnap_reader_t *r, size_t len)
 	t0 = now_ns() - t0;
 	munmap(buf, piece);
 	return t0;
+}
+
+/* ---- making a snapshot, idle or under writes ------------------------------------------ */
+
+enum writes { NONE, RANDOM, SEQUENTIAL };
+
+struct writer {
+	uint8_t *addr;
+	size_t len;
+	enum writes how;
+	_Atomic bool stop;
+	_Atomic uint64_t stores;
+};
+
+/* 8-byte stores at full speed, to random pages or to one page after another
+ * (wrapping around), until told to stop. */
+static void *writer_main(void *arg)
+{
+	struct writer *w = arg;
+	uint64_t s = 4242, n = 0;
+
+	while (!atomic_load_explicit(&w->stop, memory_order_relaxed)) {
+		size_t p = w->how == RANDOM ? rnd(&s) % (w->len / PAGE) : n % (w->len / PAGE);
+
+		*(volatile uint64_t *)(w->addr + p * PAGE + (n % 512) * 8) = n;
+		atomic_store_explicit(&w->stores, ++n, memory_order_relaxed);
+	}
+	return NULL;
+}
+
+/* Snapshot the region at addr into path, with a writer storing meanwhile
+ * unless `how` is NONE. */
+static void take_snapshot(const char *path, uint8_t *addr, size_t len, enum writes how)
+{
+	struct writer w = { .addr = addr, .len = len, .how = how };
+	uffdsnap_stats_t st = { .size = sizeof(st) };
+	uffdsnap_snap_t *sn;
+	uffdsnap_t *ctx;
+	pthread_t t;
+	int rc;
+
+	if ((rc = uffdsnap_new(&ctx, NULL)))
+		die("uffdsnap_new", rc, uffdsnap_last_error());
+	if ((rc = uffdsnap_add_region(ctx, "heap", addr, len)) < 0)
+		die("uffdsnap_add_region", rc, uffdsnap_last_error());
+	if (how != NONE) {
+		pthread_create(&t, NULL, writer_main, &w);
+		while (atomic_load(&w.stores) < 100000)
+			usleep(100);
+	}
+	if ((rc = uffdsnap_begin_file(ctx, path, &sn)) || (rc = uffdsnap_wait(sn)))
+		die("snapshot", rc, uffdsnap_last_error());
+	if (how != NONE) {
+		atomic_store(&w.stop, true);
+		pthread_join(t, NULL);
+	}
+	uffdsnap_snap_stats(sn, &st);
+	fprintf(stderr, "restore-bench: %s: %" PRIu64 " of %" PRIu64 " pages copied by the fault path\n", path,
+		st.pages_fault, st.pages_total);
+	uffdsnap_snap_free(sn);
+	uffdsnap_free(ctx);
+}
+
+/* ---- reading back a given snapshot (--snap) ---------------------------------------- */
+
+/* uffdsnap_reader_read() of region id in pieces of `piece` bytes with a fresh
+ * reader, for at most budget_ns: bytes/ns over what was read (a slow reader
+ * is measured on a prefix of the region). */
+static double read_gbs(const char *snap, unsigned id, size_t len, size_t piece, uint64_t budget_ns, size_t *done)
+{
+	uint8_t *buf = mmap(NULL, piece, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS | MAP_POPULATE, -1, 0);
+	uffdsnap_reader_t *r;
+	uint64_t t0, t;
+	size_t off = 0;
+	int rc;
+
+	if ((rc = uffdsnap_reader_open(&r, snap)))
+		die(snap, rc, uffdsnap_last_error());
+	t0 = now_ns();
+	for (t = t0; off < len && t - t0 < budget_ns; off += piece, t = now_ns())
+		if ((rc = uffdsnap_reader_read(r, id, off, buf, len - off < piece ? len - off : piece)))
+			die("uffdsnap_reader_read", rc, uffdsnap_reader_error(r));
+	uffdsnap_reader_free(r);
+	munmap(buf, piece);
+	*done = off < len ? off : len;
+	return gbs(*done, t - t0);
+}
+
+struct server {
+	int lfd;
+	uffdsnap_reader_t *r;
+	int rc;
+};
+
+static void *server_main(void *arg)
+{
+	struct server *sv = arg;
+	uffdsnap_lazy_opts_t o;
+	int conn = accept(sv->lfd, NULL, NULL);
+
+	uffdsnap_lazy_opts_init(&o);
+	o.flags = UFFDSNAP_LAZY_NO_PREFETCH | UFFDSNAP_LAZY_QUIET;
+	sv->rc = conn < 0 ? -errno : uffdsnap_serve_conn(sv->r, conn, &o);
+	if (conn >= 0)
+		close(conn);
+	return NULL;
+}
+
+/* The page server of this process to itself, faults only: `touches` random
+ * first touches, then the server's figures. */
+static void serve_run(const char *snap, const char *dir, const char *name, size_t len, unsigned touches,
+		      struct lazy_result *res)
+{
+	struct sockaddr_un sa = { .sun_family = AF_UNIX };
+	uffdsnap_lazy_region_t reg = { .name = name, .len = len };
+	struct server sv = { 0 };
+	uffdsnap_lazy_client_t *c;
+	uint64_t seed = 7;
+	uint8_t *addr;
+	pthread_t t;
+	int fd, rc;
+
+	snprintf(sa.sun_path, sizeof(sa.sun_path), "%s/restore-bench-%d.sock", dir, getpid());
+	unlink(sa.sun_path);
+	if ((rc = uffdsnap_reader_open(&sv.r, snap)))
+		die(snap, rc, uffdsnap_last_error());
+	if ((sv.lfd = socket(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0)) < 0 ||
+	    bind(sv.lfd, (struct sockaddr *)&sa, sizeof(sa)) || listen(sv.lfd, 1))
+		die("page server socket", errno, sa.sun_path);
+	pthread_create(&t, NULL, server_main, &sv);
+	fd = memfd_of(len, &addr);
+	reg.addr = addr;
+	if ((rc = uffdsnap_lazy_connect(&c, sa.sun_path, &reg, 1)))
+		die("uffdsnap_lazy_connect", rc, uffdsnap_last_error());
+	touch_random(addr, len, touches, seed, res);
+	if ((rc = uffdsnap_lazy_client_wait(c)))
+		die("uffdsnap_lazy_client_wait", rc, uffdsnap_lazy_client_error(c));
+	res->st.size = sizeof(res->st);
+	uffdsnap_lazy_client_stats(c, &res->st);
+	uffdsnap_lazy_client_free(c);
+	pthread_join(t, NULL);
+	if (sv.rc)
+		die("uffdsnap_serve_conn", sv.rc, NULL);
+	close(sv.lfd);
+	unlink(sa.sun_path);
+	uffdsnap_reader_free(sv.r);
+	munmap(addr, len);
+	close(fd);
+}
+
+/* Everything against eager restore of the same file, in one run. */
+static int readback(const char *snap, const char *dir, unsigned touches, double budget_s, bool json)
+{
+	static const size_t pieces[] = { 4096, 65536, 1 << 20, 32 << 20 };
+	uffdsnap_info_t info = { .size = sizeof(info) };
+	uffdsnap_region_info_t ri = { .size = sizeof(ri) };
+	uffdsnap_restore_stats_t est = { .size = sizeof(est) };
+	struct lazy_result lf = { 0 }, lp = { 0 }, sf = { 0 };
+	uffdsnap_reader_t *r;
+	double restore_gbs, extract_gbs, piece_gbs[4];
+	size_t piece_done[4];
+	char out[4096], name[256];
+	uint64_t t0;
+	int rc, fd;
+
+	if ((rc = uffdsnap_reader_open(&r, snap)) || (rc = uffdsnap_reader_info(r, &info)) ||
+	    (rc = uffdsnap_reader_region(r, 0, &ri)))
+		die(snap, rc, uffdsnap_last_error());
+	snprintf(name, sizeof(name), "%s", ri.name); /* ri.name lives as long as r */
+	/* eager restore, all CPUs: the yardstick */
+	t0 = now_ns();
+	if ((rc = uffdsnap_restore_memfd(r, 0, &fd, NULL, &est)))
+		die("uffdsnap_restore_memfd", rc, uffdsnap_last_error());
+	restore_gbs = gbs(ri.length, now_ns() - t0);
+	close(fd);
+	snprintf(out, sizeof(out), "%s/restore-bench-%d.region", dir, getpid());
+	if ((fd = open(out, O_RDWR | O_CREAT | O_TRUNC | O_CLOEXEC, 0600)) < 0)
+		die(out, errno, NULL);
+	t0 = now_ns();
+	if ((rc = uffdsnap_reader_extract_fd(r, 0, fd)))
+		die("uffdsnap_reader_extract_fd", rc, uffdsnap_reader_error(r));
+	extract_gbs = gbs(ri.length, now_ns() - t0);
+	close(fd);
+	unlink(out);
+	uffdsnap_reader_free(r);
+	for (unsigned i = 0; i < 4; i++)
+		piece_gbs[i] = read_gbs(snap, 0, ri.length, pieces[i], (uint64_t)(budget_s * 1e9), &piece_done[i]);
+	lazy_run(snap, name, ri.length, touches, UFFDSNAP_LAZY_NO_PREFETCH | UFFDSNAP_LAZY_QUIET, &lf);
+	lazy_run(snap, name, ri.length, touches, UFFDSNAP_LAZY_QUIET, &lp);
+	serve_run(snap, dir, name, ri.length, touches, &sf);
+	if (json) {
+		printf("{\"snap\":\"%s\",\"region_mib\":%.0f,\"chunks\":%" PRIu64 ",\"restore_gb_s\":%.3f,"
+		       "\"extract_gb_s\":%.3f", snap, ri.length / (double)MiB, info.chunks, restore_gbs, extract_gbs);
+		for (unsigned i = 0; i < 4; i++)
+			printf(",\"read_%zuk_gb_s\":%.3f", pieces[i] >> 10, piece_gbs[i]);
+		printf(",\"lazy_start_ms\":%.3f", lf.start_ms);
+		printf(",\"lazy_faultonly_p50_us\":%.1f,\"lazy_faultonly_p99_us\":%.1f,\"lazy_faultonly_max_us\":%.1f,"
+		       "\"lazy_faultonly_chunks\":%" PRIu64 ",\"lazy_p50_us\":%.1f,\"lazy_p99_us\":%.1f,\"lazy_max_us\":%.1f,"
+		       "\"lazy_chunks\":%" PRIu64 ",\"serve_p50_us\":%.1f,\"serve_p99_us\":%.1f,\"serve_max_us\":%.1f,"
+		       "\"serve_chunks\":%" PRIu64 "}\n", lf.p50_us, lf.p99_us, lf.max_us,
+		       lf.st.chunks_fault + lf.st.chunks_prefetch, lp.p50_us, lp.p99_us, lp.max_us,
+		       lp.st.chunks_fault + lp.st.chunks_prefetch, sf.p50_us, sf.p99_us, sf.max_us,
+		       sf.st.chunks_fault + sf.st.chunks_prefetch);
+		return 0;
+	}
+	printf("restore-bench --snap %s: region '%s' %.0f MiB, %" PRIu64 " chunks, %.1f MiB file\n", snap, name,
+	       ri.length / (double)MiB, info.chunks, info.bytes_file / (double)MiB);
+	printf("  eager restore_memfd, %u threads       %6.3f GB/s   (1.00)\n", est.threads, restore_gbs);
+	printf("  extract_fd to a file on %s     %6.3f GB/s   time %.2f x restore\n", dir, extract_gbs,
+	       restore_gbs / extract_gbs);
+	for (unsigned i = 0; i < 4; i++)
+		printf("  reader_read in %5zu KiB pieces         %6.3f GB/s   time %.2f x restore%s\n", pieces[i] >> 10,
+		       piece_gbs[i], restore_gbs / piece_gbs[i], piece_done[i] < ri.length ? " (measured on a prefix)" : "");
+	printf("  lazy, faults only: start %.2f ms; %u first touches p50 %.1f us p99 %.1f us max %.1f us; %" PRIu64
+	       " faults, %" PRIu64 " chunk loads for faults + %" PRIu64 " by prefetch (file: %" PRIu64 " chunks)\n",
+	       lf.start_ms, touches, lf.p50_us, lf.p99_us, lf.max_us, lf.st.faults, lf.st.chunks_fault,
+	       lf.st.chunks_prefetch, info.chunks);
+	printf("  lazy + prefetch:   %u first touches p50 %.1f us p99 %.1f us max %.1f us; %" PRIu64 " + %" PRIu64
+	       " chunk loads\n", touches, lp.p50_us, lp.p99_us, lp.max_us, lp.st.chunks_fault, lp.st.chunks_prefetch);
+	printf("  page server, faults only: p50 %.1f us p99 %.1f us max %.1f us; %" PRIu64 " + %" PRIu64
+	       " chunk loads\n", sf.p50_us, sf.p99_us, sf.max_us, sf.st.chunks_fault, sf.st.chunks_prefetch);
+	return 0;
 }
 
 static int uffd_open(void)
@@ -306,27 +556,34 @@ int main(int argc, char **argv)
 	static const struct option longopts[] = {
 		{ "size", required_argument, NULL, 's' },  { "out", required_argument, NULL, 'o' },
 		{ "touches", required_argument, NULL, 't' }, { "threads", required_argument, NULL, 'j' },
-		{ "json", no_argument, NULL, 'J' },        { 0 },
+		{ "json", no_argument, NULL, 'J' },        { "snap", required_argument, NULL, 'S' },
+		{ "budget", required_argument, NULL, 'b' }, { "make", required_argument, NULL, 'M' },
+		{ "writes", required_argument, NULL, 'w' }, { 0 },
 	};
 	const char *out = "/var/tmp";
 	size_t size = 1024 * MiB;
 	unsigned touches = 2000;
 	int threads = 0, c, rc, fd;
 	bool json = false;
+	const char *given = NULL, *make = NULL;
+	enum writes writes = NONE;
+	double budget = 30;
 	char snap[4096], raw[4096];
 	uffdsnap_restore_opts_t ro;
 	uffdsnap_restore_stats_t est = { .size = sizeof(est) }, ist = { .size = sizeof(ist) };
 	struct lazy_result lp = { 0 }, lf = { 0 };
 	uffdsnap_reader_t *r;
-	uffdsnap_snap_t *sn;
-	uffdsnap_t *ctx;
 	struct utsname u;
 	uint8_t *addr, *anon;
 	uint64_t t0, raw_ns, dec_ns, eager_ns, into_ns, warm_ns, file_bytes;
 	double mc, copy_gbs, cont_gbs;
 
-	while ((c = getopt_long(argc, argv, "s:o:t:j:J", longopts, NULL)) != -1) {
+	while ((c = getopt_long(argc, argv, "s:o:t:j:JS:b:", longopts, NULL)) != -1) {
 		switch (c) {
+		case 'S': given = optarg; break;
+		case 'b': budget = strtod(optarg, NULL); break;
+		case 'M': make = optarg; break;
+		case 'w': writes = !strcmp(optarg, "random") ? RANDOM : !strcmp(optarg, "sequential") ? SEQUENTIAL : NONE; break;
 		case 's': size = strtoull(optarg, NULL, 0) * MiB; break;
 		case 'o': out = optarg; break;
 		case 't': touches = (unsigned)strtoul(optarg, NULL, 0); break;
@@ -334,10 +591,13 @@ int main(int argc, char **argv)
 		case 'J': json = true; break;
 		default:
 			fprintf(stderr, "usage: restore-bench [--size MiB] [--out DIR] [--touches N] [--threads N] "
-				"[--json]\n");
+				"[--json]\n       restore-bench --snap FILE [--touches N] [--budget S] [--out DIR] "
+				"[--json]\n       restore-bench --make FILE [--size MiB] [--writes none|random|sequential]\n");
 			return 2;
 		}
 	}
+	if (given)
+		return readback(given, out, touches, budget, json);
 	if (!size || touches > size / PAGE / 2 || !touches)
 		die("arguments", EINVAL, "--size must be > 0 and --touches at most half its pages");
 	snprintf(snap, sizeof(snap), "%s/restore-bench-%d.snap", out, getpid());
@@ -346,15 +606,12 @@ int main(int argc, char **argv)
 	/* the image: a snapshot, and the same bytes raw */
 	fd = memfd_of(size, &addr);
 	fill(addr, size);
+	if (make) {
+		take_snapshot(make, addr, size, writes);
+		return 0;
+	}
 	write_file(raw, addr, size);
-	if ((rc = uffdsnap_new(&ctx, NULL)))
-		die("uffdsnap_new", rc, uffdsnap_last_error());
-	if ((rc = uffdsnap_add_region(ctx, "heap", addr, size)) < 0)
-		die("uffdsnap_add_region", rc, uffdsnap_last_error());
-	if ((rc = uffdsnap_begin_file(ctx, snap, &sn)) || (rc = uffdsnap_wait(sn)))
-		die("snapshot", rc, uffdsnap_last_error());
-	uffdsnap_snap_free(sn);
-	uffdsnap_free(ctx);
+	take_snapshot(snap, addr, size, NONE);
 	munmap(addr, size);
 	close(fd);
 
@@ -392,8 +649,8 @@ int main(int argc, char **argv)
 	munmap(anon, size);
 	uffdsnap_reader_free(r);
 
-	lazy_run(snap, size, touches, 0, &lp);
-	lazy_run(snap, size, touches, UFFDSNAP_LAZY_NO_PREFETCH, &lf);
+	lazy_run(snap, "heap", size, touches, 0, &lp);
+	lazy_run(snap, "heap", size, touches, UFFDSNAP_LAZY_NO_PREFETCH, &lf);
 	copy_gbs = mechanism_gbs(false);
 	cont_gbs = mechanism_gbs(true);
 	unlink(snap);

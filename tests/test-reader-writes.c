@@ -1,0 +1,444 @@
+/* SPDX-License-Identifier: LGPL-2.1-or-later */
+/*
+ * Reading back snapshots taken under writes (issue 15). The snapshot is taken
+ * with the sweep held back (usnap_begin_stalled), and the test itself stores
+ * into pages the sweep has not reached, at random or in order: every first
+ * store faults, and the fault path copies its page (with a window around it)
+ * into fault chunks, which hold a few runs scattered over the region. The
+ * region at the instant is known (copied before begin), so every reader is
+ * checked against the truth, not against another reader:
+ *  - uffdsnap_reader_read() of the whole region in pieces of 4 KiB to the
+ *    whole region, and at random offsets, byte-exact; with room to keep the
+ *    runs of loaded chunks that lie ahead, a read in page order loads every
+ *    chunk at most once (uffdsnap_info_t.chunks_loaded); with no room, some
+ *    chunk is loaded again (the file does scatter pages);
+ *  - extract to a file (chunk by chunk: each chunk once) and to a pipe;
+ *  - lazy restore faults only and with the prefetcher, and the page server:
+ *    byte-exact, and no chunk loaded twice (the chunk loads in the stats are
+ *    at most the file's chunks);
+ *  - a damaged extent table of a fault chunk (read for the page map) fails
+ *    reads of the region and lazy start with that chunk's error.
+ * Structure only: the time these take is for tests/bench/restore-bench --snap.
+ */
+#include <errno.h>
+#include <fcntl.h>
+#include <inttypes.h>
+#include <pthread.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/socket.h>
+#include <sys/un.h>
+#include <unistd.h>
+
+#include "helpers.h"
+
+/* 4 MiB under a sanitizer: the time goes to reading it again and again */
+#define LEN (USNAP_SANITIZED ? 4 * MiB : 8 * MiB)
+
+enum writes { RANDOM, SEQUENTIAL, NWRITES };
+static const char *const writes_name[NWRITES] = { "random", "sequential" };
+
+struct snap {
+	char dir[PATH_MAX];
+	char path[PATH_MAX + 16];
+	uint8_t *ref;       /* the region at the instant */
+	uint64_t chunks;    /* in the file */
+};
+
+/*
+ * A snapshot of one LEN memfd "pool" (random, zero and hole pages) taken while
+ * this thread stores into the second half, which the held-back sweep has not
+ * reached: at random pages, or every fifth page in order (wrapping around).
+ */
+static void snap_new(struct snap *sn, enum writes how)
+{
+	const uffdsnap_opts_t o = usnap_opts(3 * MiB, 0); /* a small buffer: the sweep stalls on it */
+	const size_t npages = LEN / usnap_page;
+	uffdsnap_info_t info = { .size = sizeof(info) };
+	uffdsnap_stats_t st;
+	struct usnap_mem m;
+	struct usnap_cb cb;
+	uffdsnap_snap_t *s;
+	uffdsnap_reader_t *r;
+	uffdsnap_t *ctx;
+	uint64_t seed = 5;
+	long data_pages = 0;
+	int rc;
+
+	usnap_mem_new(&m, USNAP_MEM_MEMFD, LEN);
+	usnap_fill_mixed(m.addr, LEN, 21, 9, 7);
+	sn->ref = usnap_mem_copy(&m);
+	ctx = usnap_ctx_new(&o);
+	usnap_add(ctx, "pool", m.addr, LEN);
+	s = usnap_begin_stalled(ctx, &cb, 20000);
+	/* the second half not copied yet: every page but the holes still protected */
+	for (size_t p = npages / 2; p < npages; p++)
+		data_pages += p % 9 != 1;
+	ck_assert_int_eq(usnap_pagemap_protected(m.addr + LEN / 2, LEN / 2), data_pages);
+	for (size_t k = 0; k < 200; k++) {
+		size_t p = npages / 2 + (how == RANDOM ? usnap_splitmix64(&seed) : k * 5) % (npages / 2);
+
+		m.addr[p * usnap_page + 100] ^= 0x5a;
+	}
+	atomic_store(&cb.sleep_us, 0);
+	rc = uffdsnap_wait(s);
+	ck_assert_msg(rc == 0, "wait: %d %s", rc, uffdsnap_snap_error(s));
+	usnap_stats(s, &st);
+	usnap_stats_print(writes_name[how], &st);
+	usnap_assert_exactly_once(&st);
+	/* the stores faulted: the file has fault chunks */
+	ck_assert_uint_ge(st.pages_fault, 200);
+	usnap_tmpdir(sn->dir);
+	snprintf(sn->path, sizeof(sn->path), "%s/snap", sn->dir);
+	usnap_write_file(sn->path, cb.mem, cb.mem_len);
+	r = usnap_reader(sn->path);
+	ck_assert_int_eq(uffdsnap_reader_verify(r), 0);
+	uffdsnap_reader_info(r, &info);
+	sn->chunks = info.chunks;
+	uffdsnap_reader_free(r);
+	uffdsnap_snap_free(s);
+	uffdsnap_free(ctx);
+	usnap_cb_destroy(&cb);
+	usnap_mem_free(&m);
+}
+
+static void snap_free(struct snap *sn)
+{
+	usnap_buf_free(sn->ref, LEN);
+	usnap_rmdir(sn->dir);
+}
+
+static uint64_t chunks_loaded(const uffdsnap_reader_t *r)
+{
+	uffdsnap_info_t info = { .size = sizeof(info) };
+
+	ck_assert_int_eq(uffdsnap_reader_info(r, &info), 0);
+	return info.chunks_loaded;
+}
+
+/* The whole region in pieces of `piece` bytes (the last one shorter), in
+ * page order, with `cache` bytes for runs kept ahead; the chunks loaded. */
+static uint64_t read_in_pieces(const struct snap *sn, size_t piece, size_t cache, uint8_t *buf)
+{
+	uffdsnap_reader_t *r = usnap_reader(sn->path);
+	uint64_t n;
+	int rc;
+
+	ck_assert_int_eq(uffdsnap_reader_cache(r, cache), 0);
+	memset(buf, 0xee, LEN);
+	for (size_t off = 0; off < LEN; off += piece) {
+		rc = uffdsnap_reader_read(r, 0, off, buf + off, LEN - off < piece ? LEN - off : piece);
+		ck_assert_msg(rc == 0, "read at %zu: %d %s", off, rc, uffdsnap_reader_error(r));
+	}
+	ck_assert_msg(!memcmp(buf, sn->ref, LEN), "read in %zu-byte pieces differs from the region at the instant",
+		      piece);
+	n = chunks_loaded(r);
+	uffdsnap_reader_free(r);
+	return n;
+}
+
+START_TEST(read_pieces)
+{
+	static const size_t pieces[] = { 4096, 12288, 65536, 1 << 20, 3 << 20, 8 * MiB };
+	uint8_t *buf = usnap_buf_alloc(LEN);
+	struct snap sn;
+
+	usnap_watchdog(120, "read_pieces");
+	snap_new(&sn, (enum writes)_i);
+	for (size_t i = 0; i < sizeof(pieces) / sizeof(pieces[0]); i += USNAP_SANITIZED ? 2 : 1) {
+		uint64_t room = read_in_pieces(&sn, pieces[i], LEN, buf);
+		uint64_t tight = read_in_pieces(&sn, pieces[i], 512 * KiB, buf); /* runs evicted: still exact */
+
+		printf("%s writes, %zu-byte pieces: %" PRIu64 " chunk loads with room for the region, %" PRIu64
+		       " with 512 KiB; the file has %" PRIu64 " chunks\n", writes_name[_i], pieces[i], room, tight,
+		       sn.chunks);
+		ck_assert_uint_le(room, sn.chunks);
+	}
+	/* without runs kept, pages scattered in fault chunks load a chunk again */
+	ck_assert_uint_gt(read_in_pieces(&sn, 4096, 0, buf), sn.chunks);
+	usnap_buf_free(buf, LEN);
+	snap_free(&sn);
+}
+END_TEST
+
+/* Single pages and odd ranges at random offsets, in random order. */
+START_TEST(read_random)
+{
+	uint8_t *buf = usnap_buf_alloc(LEN);
+	uffdsnap_reader_t *r;
+	uint64_t seed = 11;
+	struct snap sn;
+
+	usnap_watchdog(120, "read_random");
+	snap_new(&sn, RANDOM);
+	r = usnap_reader(sn.path);
+	for (unsigned k = 0; k < 2000; k++) {
+		size_t off = usnap_splitmix64(&seed) % LEN, len = 1 + usnap_splitmix64(&seed) % (k % 2 ? 300000 : 5000);
+		int rc;
+
+		len = len < LEN - off ? len : LEN - off;
+		rc = uffdsnap_reader_read(r, 0, off, buf, len);
+		ck_assert_msg(rc == 0, "read %zu+%zu: %d %s", off, len, rc, uffdsnap_reader_error(r));
+		ck_assert_msg(!memcmp(buf, sn.ref + off, len), "read %zu+%zu differs from the region at the instant",
+			      off, len);
+	}
+	uffdsnap_reader_free(r);
+	usnap_buf_free(buf, LEN);
+	snap_free(&sn);
+}
+END_TEST
+
+struct pipe_extract {
+	uffdsnap_reader_t *r;
+	int fd, rc;
+};
+
+static void *extract_main(void *arg)
+{
+	struct pipe_extract *pe = arg;
+
+	pe->rc = uffdsnap_reader_extract_fd(pe->r, 0, pe->fd);
+	close(pe->fd);
+	return NULL;
+}
+
+START_TEST(extract)
+{
+	struct pipe_extract pe;
+	char out[PATH_MAX + 16];
+	pthread_t t;
+	uffdsnap_reader_t *r;
+	struct snap sn;
+	uint8_t *got;
+	size_t len;
+	int fd, p[2];
+
+	usnap_watchdog(120, "extract");
+	snap_new(&sn, RANDOM);
+	snprintf(out, sizeof(out), "%s/region", sn.dir);
+	r = usnap_reader(sn.path);
+	ck_assert((fd = open(out, O_RDWR | O_CREAT | O_TRUNC | O_CLOEXEC, 0600)) >= 0);
+	ck_assert_int_eq(uffdsnap_reader_extract_fd(r, 0, fd), 0);
+	close(fd);
+	printf("extract to a file: %" PRIu64 " chunk loads, %" PRIu64 " chunks\n", chunks_loaded(r), sn.chunks);
+	/* chunk by chunk */
+	ck_assert_uint_eq(chunks_loaded(r), sn.chunks);
+	uffdsnap_reader_free(r);
+	got = usnap_slurp(out, &len);
+	ck_assert_uint_eq(len, LEN);
+	ck_assert_msg(!memcmp(got, sn.ref, LEN), "extract to a file differs from the region at the instant");
+	free(got);
+
+	/* to a pipe: in page order, from another thread */
+	ck_assert_int_eq(pipe(p), 0);
+	pe = (struct pipe_extract){ .r = usnap_reader(sn.path), .fd = p[1] };
+	ck_assert_int_eq(pthread_create(&t, NULL, extract_main, &pe), 0);
+	got = usnap_buf_alloc(LEN);
+	for (size_t off = 0; off < LEN;) {
+		ssize_t n = read(p[0], got + off, LEN - off);
+		ck_assert_msg(n > 0, "the pipe ended at %zu", off);
+		off += (size_t)n;
+	}
+	close(p[0]);
+	ck_assert_int_eq(usnap_join_timeout(t, 30), 0);
+	ck_assert_msg(pe.rc == 0, "extract to a pipe: %d %s", pe.rc, uffdsnap_reader_error(pe.r));
+	ck_assert_msg(!memcmp(got, sn.ref, LEN), "extract to a pipe differs from the region at the instant");
+	usnap_buf_free(got, LEN);
+	uffdsnap_reader_free(pe.r);
+	snap_free(&sn);
+}
+END_TEST
+
+/* Touch 300 random pages of the restored memory, each against the instant. */
+static void touch_check(const struct snap *sn, const uint8_t *addr)
+{
+	uint64_t seed = 3;
+
+	for (unsigned k = 0; k < 300; k++) {
+		size_t p = usnap_splitmix64(&seed) % (LEN / usnap_page);
+		ck_assert_msg(!memcmp(addr + p * usnap_page, sn->ref + p * usnap_page, usnap_page),
+			      "page %zu differs from the region at the instant", p);
+	}
+}
+
+static void lazy_stats_check(const struct snap *sn, const char *what, const uffdsnap_lazy_stats_t *st,
+			     const uint8_t *addr)
+{
+	printf("%s: %" PRIu64 " faults, chunks loaded %" PRIu64 " for faults + %" PRIu64 " by the prefetcher; the "
+	       "file has %" PRIu64 "\n", what, st->faults, st->chunks_fault, st->chunks_prefetch, sn->chunks);
+	ck_assert_uint_gt(st->faults, 0);
+	ck_assert_uint_le(st->chunks_fault + st->chunks_prefetch, sn->chunks);
+	ck_assert_msg(!memcmp(addr, sn->ref, LEN), "%s: the restored region differs from the instant", what);
+}
+
+START_TEST(lazy)
+{
+	uffdsnap_lazy_region_t reg = { .name = "pool", .len = LEN };
+	uffdsnap_lazy_stats_t st = { .size = sizeof(st) };
+	struct usnap_mem dst;
+	uffdsnap_reader_t *r;
+	uffdsnap_lazy_t *lz;
+	struct snap sn;
+	int rc;
+
+	usnap_watchdog(120, "lazy");
+	snap_new(&sn, (enum writes)(_i / 2));
+	r = usnap_reader(sn.path);
+	usnap_memfd(&dst, LEN);
+	reg.addr = dst.addr;
+	uffdsnap_lazy_opts_t lo = { .size = sizeof(lo), .flags = _i % 2 ? UFFDSNAP_LAZY_NO_PREFETCH : 0 };
+	rc = uffdsnap_lazy_start(&lz, r, &reg, 1, &lo);
+	ck_assert_msg(rc == 0, "lazy_start: %d %s", rc, uffdsnap_last_error());
+	touch_check(&sn, dst.addr);
+	rc = uffdsnap_lazy_wait(lz);
+	ck_assert_msg(rc == 0, "lazy_wait: %d %s", rc, uffdsnap_lazy_error(lz));
+	uffdsnap_lazy_stats(lz, &st);
+	lazy_stats_check(&sn, _i % 2 ? "lazy, faults only" : "lazy", &st, dst.addr);
+	uffdsnap_lazy_free(lz);
+	uffdsnap_reader_free(r);
+	usnap_mem_free(&dst);
+	snap_free(&sn);
+}
+END_TEST
+
+struct server {
+	int ls;
+	uffdsnap_reader_t *r;
+	int rc;
+};
+
+static void *server_main(void *arg)
+{
+	struct server *sv = arg;
+	uffdsnap_lazy_opts_t o = { .size = sizeof(o), .flags = UFFDSNAP_LAZY_NO_PREFETCH };
+	int conn = accept(sv->ls, NULL, NULL);
+
+	sv->rc = conn < 0 ? -errno : uffdsnap_serve_conn(sv->r, conn, &o);
+	if (conn >= 0)
+		close(conn);
+	return NULL;
+}
+
+/* The page server, faults only, in a thread of this process. */
+START_TEST(serve)
+{
+	struct sockaddr_un sa = { .sun_family = AF_UNIX };
+	uffdsnap_lazy_region_t reg = { .name = "pool", .len = LEN };
+	uffdsnap_lazy_stats_t st = { .size = sizeof(st) };
+	struct server sv = { 0 };
+	uffdsnap_lazy_client_t *c;
+	struct usnap_mem dst;
+	struct snap sn;
+	pthread_t t;
+	int rc;
+
+	usnap_watchdog(120, "serve");
+	snap_new(&sn, RANDOM);
+	snprintf(sa.sun_path, sizeof(sa.sun_path), "%.100s/sock", sn.dir);
+	sv.r = usnap_reader(sn.path);
+	ck_assert((sv.ls = socket(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0)) >= 0);
+	ck_assert(!bind(sv.ls, (struct sockaddr *)&sa, sizeof(sa)) && !listen(sv.ls, 1));
+	ck_assert_int_eq(pthread_create(&t, NULL, server_main, &sv), 0);
+	usnap_memfd(&dst, LEN);
+	reg.addr = dst.addr;
+	rc = uffdsnap_lazy_connect(&c, sa.sun_path, &reg, 1);
+	ck_assert_msg(rc == 0, "lazy_connect: %d %s", rc, uffdsnap_last_error());
+	touch_check(&sn, dst.addr);
+	rc = uffdsnap_lazy_client_wait(c);
+	ck_assert_msg(rc == 0, "client_wait: %d %s", rc, uffdsnap_lazy_client_error(c));
+	ck_assert_int_eq(uffdsnap_lazy_client_stats(c, &st), 0);
+	lazy_stats_check(&sn, "page server, faults only", &st, dst.addr);
+	uffdsnap_lazy_client_free(c);
+	ck_assert_int_eq(usnap_join_timeout(t, 30), 0);
+	ck_assert_int_eq(sv.rc, 0);
+	close(sv.ls);
+	uffdsnap_reader_free(sv.r);
+	usnap_mem_free(&dst);
+	snap_free(&sn);
+}
+END_TEST
+
+/*
+ * Flip a bit of the first extent of the widest chunk of several extents (a
+ * fault chunk, whose table the page map reads), without re-sealing its
+ * checksum. The format is read here by hand (docs/format.md): END's
+ * index_offset, INDX's entries {offset, region, nextents, first, end}.
+ */
+START_TEST(damaged_table)
+{
+	uffdsnap_lazy_region_t reg = { .name = "pool", .len = LEN };
+	uint64_t ioff, count, best = 0, best_span = 0;
+	char bad[PATH_MAX + 16];
+	uint8_t page[4096];
+	struct usnap_mem dst;
+	uffdsnap_reader_t *r;
+	uffdsnap_lazy_t *lz;
+	struct snap sn;
+	uint8_t *f;
+	size_t len;
+	int rc;
+
+	usnap_watchdog(120, "damaged_table");
+	snap_new(&sn, RANDOM);
+	f = usnap_slurp(sn.path, &len);
+	memcpy(&ioff, f + len - 80 + 24, 8);
+	memcpy(&count, f + ioff + 16, 8);
+	for (uint64_t i = 0; i < count; i++) {
+		const uint8_t *e = f + ioff + 24 + 32 * i;
+		uint64_t off, first, end;
+		uint32_t nextents;
+
+		memcpy(&off, e, 8);
+		memcpy(&nextents, e + 12, 4);
+		memcpy(&first, e + 16, 8);
+		memcpy(&end, e + 24, 8);
+		if (nextents > 1 && end - first > best_span) {
+			best = off;
+			best_span = end - first;
+		}
+	}
+	ck_assert_uint_gt(best_span, 64); /* wider than a chunk: a fault chunk */
+	f[best + 48 + 2] ^= 0x10; /* first_page of extent 0, + 1 << 20 */
+	snprintf(bad, sizeof(bad), "%s/damaged", sn.dir);
+	usnap_write_file(bad, f, len);
+	free(f);
+
+	r = usnap_reader(bad);
+	rc = uffdsnap_reader_read(r, 0, 0, page, sizeof(page));
+	printf("damaged table: read: %d %s\n", rc, uffdsnap_reader_error(r));
+	ck_assert_int_eq(rc, -EBADMSG);
+	ck_assert_msg(strstr(uffdsnap_reader_error(r), "checksum mismatch"), "%s", uffdsnap_reader_error(r));
+	usnap_memfd(&dst, LEN);
+	reg.addr = dst.addr;
+	rc = uffdsnap_lazy_start(&lz, r, &reg, 1, NULL);
+	printf("damaged table: lazy_start: %d %s\n", rc, uffdsnap_last_error());
+	ck_assert_int_eq(rc, -EBADMSG);
+	ck_assert_msg(strstr(uffdsnap_last_error(), "checksum mismatch"), "%s", uffdsnap_last_error());
+	ck_assert_int_eq(uffdsnap_reader_verify(r), -EBADMSG);
+	uffdsnap_reader_free(r);
+	usnap_mem_free(&dst);
+	snap_free(&sn);
+}
+END_TEST
+
+int main(void)
+{
+	Suite *s;
+	TCase *tc;
+
+	usnap_test_require_uffd();
+	s = suite_create("reader-writes");
+	tc = tcase_create("reader");
+	tcase_set_timeout(tc, 120);
+	tcase_add_loop_test(tc, read_pieces, 0, NWRITES);
+	tcase_add_test(tc, read_random);
+	tcase_add_test(tc, extract);
+	suite_add_tcase(s, tc);
+	tc = tcase_create("lazy");
+	tcase_set_timeout(tc, 120);
+	tcase_add_loop_test(tc, lazy, 0, 2 * NWRITES);
+	tcase_add_test(tc, serve);
+	tcase_add_test(tc, damaged_table);
+	suite_add_tcase(s, tc);
+	return usnap_run_suite(s);
+}
