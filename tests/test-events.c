@@ -265,18 +265,23 @@ START_TEST(fork_limit)
 	usnap_memfd(&m, len);
 	usnap_fill_random(m.addr, len, 43);
 	ref = usnap_mem_copy(&m);
-	r = snapshot_forking(&t, &m, DOC_MAX_FORKS);
-	printf("fork_limit: %u children forked during one snapshot: wait %d, %" PRIu64 " forks followed\n",
-	       DOC_MAX_FORKS, r, t.st.forks);
-	expect_exact(&t, "shm", ref, len, r);
-	ck_assert_uint_eq(t.st.forks, DOC_MAX_FORKS);
-	ck_assert_int_eq(usnap_pagemap_protected(m.addr, len), 0);
-	end(&t);
+	/* under a sanitizer the failing run alone: it takes the same path 63
+	 * times before the one that fails (a sanitized fork is slow) */
+	if (!USNAP_SANITIZED) {
+		r = snapshot_forking(&t, &m, DOC_MAX_FORKS);
+		printf("fork_limit: %u children forked during one snapshot: wait %d, %" PRIu64 " forks followed\n",
+		       DOC_MAX_FORKS, r, t.st.forks);
+		expect_exact(&t, "shm", ref, len, r);
+		ck_assert_uint_eq(t.st.forks, DOC_MAX_FORKS);
+		ck_assert_int_eq(usnap_pagemap_protected(m.addr, len), 0);
+		end(&t);
+	}
 
 	r = snapshot_forking(&t, &m, DOC_MAX_FORKS + 1);
 	printf("fork_limit: %u children forked during one snapshot: wait %d (%s) \"%s\"\n", DOC_MAX_FORKS + 1, r,
 	       uffdsnap_strerror(r), uffdsnap_snap_error(t.s));
 	ck_assert_msg(r == -EMFILE, "the child past the limit: wait %d, expected -EMFILE", r);
+	ck_assert_uint_eq(t.st.forks, DOC_MAX_FORKS);
 	ck_assert_msg(strstr(uffdsnap_snap_error(t.s), "forked"), "message \"%s\" does not say why",
 		      uffdsnap_snap_error(t.s));
 	ck_assert_int_eq(usnap_pagemap_protected(m.addr, len), 0);
