@@ -135,11 +135,13 @@ run() { # suite
 	passed=$((passed + $(count "$log" Ok) + $(count "$log" 'Expected Fail')))
 	skipped=$((skipped + $(count "$log" Skipped)))
 	failed=$((failed + bad))
-	# " 3/36 matrix-migrate   SKIP   4.69s   exit status 77": the names
+	# " 3/36 matrix-migrate   SKIP   4.69s   exit status 77": the names (a
+	# failure's line comes again in meson's summary of failures)
 	while read -r name; do skipped_names+="  $dir: $name"$'\n'; done \
-		< <(awk '$1 ~ /^[0-9]+\/[0-9]+$/ && $3 == "SKIP" { print $2 }' "$log")
+		< <(awk '$1 ~ /^[0-9]+\/[0-9]+$/ && $3 == "SKIP" && !seen[$2]++ { print $2 }' "$log")
 	while read -r name; do failed_names+="  $dir: $name"$'\n'; done \
-		< <(awk '$1 ~ /^[0-9]+\/[0-9]+$/ && ($3 == "FAIL" || $3 == "TIMEOUT" || $3 == "UNEXPECTEDPASS") { print $2 }' "$log")
+		< <(awk '$1 ~ /^[0-9]+\/[0-9]+$/ && ($3 == "FAIL" || $3 == "TIMEOUT" || $3 == "UNEXPECTEDPASS") &&
+			!seen[$2]++ { print $2 }' "$log")
 	rm -f "$log"
 	if [ "$rc" != 0 ] && [ "$bad" = 0 ]; then
 		fail "$dir: meson test exited $rc without a failed test"
