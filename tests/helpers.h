@@ -67,8 +67,15 @@ void usnap_test_init(void);
 void usnap_test_require_uffd(void);
 /* Exit 77 with a reason unless running as root (mounts, setresuid). */
 void usnap_test_require_root(void);
-/* Run the suite (CK_FORK unless CK_FORK=no in env) and return the exit code. */
+/* Run the suite (CK_FORK unless CK_FORK=no in env) and return the exit code:
+ * 1 if a case failed, else 77 (meson's SKIP) if a case called usnap_skip(),
+ * else 0. */
 int usnap_run_suite(Suite *s);
+/* From inside a case that cannot run here (no swap, no fork events, ...):
+ * print "name: SKIP: reason" and count the case as skipped; the case then
+ * returns. Cases that may skip get a Check tag of their own and a meson test
+ * of their own (tests/meson.build), so a skip never hides the cases that ran. */
+void usnap_skip(const char *name, const char *fmt, ...) __attribute__((format(printf, 2, 3)));
 
 /* A watchdog for the current (forked) test: after `seconds`, print `what`
  * and abort(). 0 disarms. */

@@ -2,10 +2,11 @@
 /*
  * Contract 6: memory for copied-but-unwritten pages stays under buffer_bytes
  * whatever the write rate. A slow sink and writers at full speed over a
- * 256 MiB region (64 MiB under a sanitizer): the library's buffer_peak stays
- * under the bound, and, measured independently, the process's anonymous RSS
- * does not grow by anything like the data written; the snapshot is still
- * byte-exact.
+ * 256 MiB region (64 MiB under a sanitizer): the writers outrun the sink
+ * and wait for buffers, and, measured independently, the process's anonymous
+ * RSS from before the context to the snapshot's peak grows by no more than
+ * docs/api.md allows (the bound, plus 1 bit a page and 64 bytes a chunk); the
+ * snapshot is still byte-exact.
  */
 #include <errno.h>
 #include <fcntl.h>
@@ -61,7 +62,7 @@ START_TEST(buffer_bound_slow_sink)
 	uffdsnap_stats_t st;
 	char dir[PATH_MAX], path[PATH_MAX + 16];
 	uint8_t *ref;
-	long rss0, rss_max = 0;
+	long rss0, rss_ctx, rss_max = 0;
 	unsigned long long writes = 0;
 	int r, fd, samples = 0;
 
@@ -72,6 +73,7 @@ START_TEST(buffer_bound_slow_sink)
 	uffdsnap_opts_init(&o);
 	o.buffer_bytes = bound;
 	o.compress_threads = 2;
+	rss0 = rss_anon_kib(); /* before the context: its buffers are allocated and pre-faulted by uffdsnap_new() */
 	ctx = usnap_ctx_new(&o);
 	usnap_add(ctx, "pool", m.addr, len);
 	usnap_tmpdir(dir);
@@ -82,7 +84,7 @@ START_TEST(buffer_bound_slow_sink)
 	atomic_store(&cb.sleep_us, 2000); /* ~128 MiB/s at 256 KiB records: slower than the writers dirty pages */
 	b.addr = m.addr;
 	b.len = len;
-	rss0 = rss_anon_kib();
+	rss_ctx = rss_anon_kib();
 
 	r = uffdsnap_begin(ctx, usnap_cb_sink(&cb), &s);
 	ck_assert_msg(r == 0, "begin: %d (%s)", r, uffdsnap_last_error());
@@ -91,9 +93,6 @@ START_TEST(buffer_bound_slow_sink)
 		long rss = rss_anon_kib();
 		if (rss > rss_max)
 			rss_max = rss;
-		usnap_stats(s, &st);
-		ck_assert_msg(st.buffer_peak <= bound, "buffer_peak %llu > bound %zu while running",
-			      (unsigned long long)st.buffer_peak, bound);
 		samples++;
 		usleep(20 * 1000);
 	}
@@ -104,21 +103,31 @@ START_TEST(buffer_bound_slow_sink)
 	ck_assert_msg(r == 0, "wait: %d %s", r, uffdsnap_snap_error(s));
 	usnap_stats(s, &st);
 	usnap_stats_print("done", &st);
-	printf("buffer_bound_slow_sink: %llu writes during the snapshot; RssAnon before %ld KiB, max during %ld KiB "
-	       "(+%ld KiB) over %d samples; sink calls %lu\n", writes, rss0, rss_max, rss_max - rss0, samples,
-	       atomic_load(&cb.calls));
+	printf("buffer_bound_slow_sink: %llu writes during the snapshot; RssAnon before the context %ld KiB, with "
+	       "it %ld KiB, max during the snapshot %ld KiB (+%ld KiB) over %d samples; buffer_peak %llu KiB; sink "
+	       "calls %lu\n", writes, rss0, rss_ctx, rss_max, rss_max - rss0, samples,
+	       (unsigned long long)st.buffer_peak / 1024, atomic_load(&cb.calls));
 	usnap_assert_exactly_once(&st);
+	/* buffer_peak counts buffers of a pool sized by the bound: under it by
+	 * construction. What proves the bound is the process's memory below. */
 	ck_assert_uint_eq(st.buffer_bound, bound);
-	ck_assert_msg(st.buffer_peak > 0 && st.buffer_peak <= bound, "buffer_peak %llu, bound %zu",
-		      (unsigned long long)st.buffer_peak, bound);
+	ck_assert_uint_gt(st.buffer_peak, 0);
 	ck_assert_msg(st.pages_fault > 1000, "only %llu pages copied for writers: the writers did not outrun the "
 		      "sink, the bound was not exercised", (unsigned long long)st.pages_fault);
 	ck_assert_msg(st.fault_wait_max_ns > 0, "no fault ever waited for buffer space");
 #if USNAP_SANITIZED
 	printf("RssAnon check skipped: the sanitizer's own shadow memory grows with the run\n");
 #else
-	ck_assert_msg(rss_max - rss0 < 48 * 1024, "anonymous memory grew by %ld KiB during the snapshot with a "
-		      "%zu KiB bound", rss_max - rss0, bound / 1024);
+	/* docs/api.md: the bound covers the buffers, the zstd state and 1 MiB
+	 * of stacks, arenas and tables; on top, growing with the region, 1 bit
+	 * a page and 64 bytes of index a chunk written (no holes, no run list
+	 * to speak of); and 256 KiB for this test's own threads and stdio */
+	{
+		long allowed = (long)((bound + len / usnap_page / 8 + st.chunks * 64) / 1024) + 256;
+		ck_assert_msg(rss_max - rss0 <= allowed, "anonymous memory grew by %ld KiB from before the context to "
+			      "the peak of the snapshot, more than the %zu KiB bound allows (%ld KiB)", rss_max - rss0,
+			      bound / 1024, allowed);
+	}
 #endif
 	ck_assert_int_eq(usnap_pagemap_protected(m.addr, len), 0);
 	close(fd);

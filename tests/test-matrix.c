@@ -30,8 +30,14 @@
  *             target pages moved); with USNAP_MATRIX_OFFLINE=1, if fewer than
  *             1/8 moved, offline and online again the (up to 3) memory blocks
  *             holding most target pages (not by default: it changes the
- *             machine); PFNs compared through /proc/self/pagemap.
- *   thp       MADV_COLLAPSE of the last 2 MiB and mprotect of half a huge page.
+ *             machine); PFNs compared through /proc/self/pagemap. Every page
+ *             with a new PFN must still be protected, pgmigrate_success must
+ *             have risen as much; if no target page moved, the case reports
+ *             itself skipped (compaction never moves a 2 MiB folio: the huge
+ *             page kinds are the meson test matrix-migrate-huge).
+ *   thp       MADV_COLLAPSE before begin (must collapse), during the snapshot
+ *             (refused: see disturb_thp), after it (must collapse), and
+ *             mprotect of half a huge page.
  *   mprotect  PROT_READ / PROT_READ|PROT_WRITE toggles, whole and partial.
  *   readers   two threads reading the whole region while the writer writes.
  *   populate  MADV_POPULATE_WRITE (must fault through the handler), then
@@ -48,7 +54,7 @@
  * fork, mremap and munmap are not here (they need engine changes).
  *
  * A single case runs with CK_RUN_CASE=<kind>_<column>, e.g. memfd_pageout.
- * Under a sanitizer, 21 of the 49 cases run (sanitizer_case() below).
+ * Under a sanitizer, 20 of the 48 cases run (sanitizer_case() below).
  */
 #include <errno.h>
 #include <fcntl.h>
@@ -105,13 +111,13 @@ static bool is_private(enum kind k)
 	return k == K_PRIVFD || is_anon(k);
 }
 
-/* Which cases exist: punch needs a file (shared kinds; memfd only points to
+/* Which cases exist: punch needs a file (shared kinds; memfd's is
  * test-punch.c), MADV_FREE works on anonymous memory only, and the pinned
  * punch matters where a page sits in a huge folio (memfd is the control). */
 static bool case_exists(enum kind k, enum col c)
 {
 	switch (c) {
-	case C_PUNCH: return !is_private(k);
+	case C_PUNCH: return !is_private(k) && k != K_MEMFD;
 	case C_FREE: return is_anon(k);
 	case C_PINPUNCH: return k == K_MEMFD || k == K_THP;
 	default: return true;
@@ -378,8 +384,8 @@ static uint8_t *region_copy(const struct region *r)
  * gets MADV_HUGEPAGE before it is filled; small_tail: except its last 2 MiB,
  * which gets small pages and stays MADV_NOHUGEPAGE (or khugepaged collapses it
  * at once) until the thp disturbance makes it eligible.
- * dense_tail: no holes in the last 2 MiB (MADV_COLLAPSE refuses ranges with
- * holes in them). */
+ * dense_tail: no holes in the last 4 MiB (the two huge pages the thp column
+ * collapses: MADV_COLLAPSE of shmem refuses ranges with holes in them). */
 static void region_new(struct region *r, enum kind k, bool small_tail, bool dense_tail)
 {
 	const uint64_t seed = 0x3a7c + (uint64_t)k;
@@ -434,7 +440,7 @@ static void region_new(struct region *r, enum kind k, bool small_tail, bool dens
 	 * which fill whole huge pages), the rest pseudo-random */
 	want = usnap_buf_alloc(r->len);
 	for (size_t p = 0; p < r->np; p++) {
-		if (k != K_THP && k != K_ANONTHP && p % 16 == 9 && !(dense_tail && p >= r->np - HUGE / usnap_page))
+		if (k != K_THP && k != K_ANONTHP && p % 16 == 9 && !(dense_tail && p >= r->np - 2 * HUGE / usnap_page))
 			r->hole[p] = 1;
 		else
 			usnap_fill_page(want + p * usnap_page, seed, p);
@@ -561,6 +567,8 @@ struct run {
 	uint64_t fail_off;      /* at this offset (UINT64_MAX: any) */
 	int pin[2];             /* pinpunch: the pipe holding the pinned page */
 	char what[1024];        /* what the disturbance did and what the kernel showed */
+	char before[256];       /* what was done before begin (thp: a collapse) */
+	bool collapse_skip;     /* thp: no huge page to be had, the collapses prove nothing */
 	/* populate */
 	int pop_rc[3], pop_errno[3];
 	uint64_t pop_faults;
@@ -820,13 +828,27 @@ static void offline_cycle(struct run *t, const uint64_t *pm, char *desc, size_t 
 	}
 }
 
+/* Compaction moves pages from the bottom of a zone into free pages its
+ * second scan finds from the top, until the two scans meet: pages near the
+ * top stay where they are, and the pages it moved are near the top. So
+ * compact once before the region is allocated: its pages then come from
+ * what that compaction freed near the bottom, where the next one takes
+ * pages from. */
+static void compact(void)
+{
+	int e = write_str("/proc/sys/vm/compact_memory", "1");
+
+	ck_assert_msg(e == 0, "compact_memory: %s", strerror(-e));
+}
+
 static void disturb_migrate(struct run *t)
 {
 	struct region *r = t->r;
 	uint64_t *before = calloc(r->np, 8), *now = calloc(r->np, 8);
 	size_t touched = touch_pages(t, t->first, t->n);
 	long mig0 = vmstat("pgmigrate_success"), prot0 = count_protected(r, t->first, t->n), prot1;
-	size_t present = 0, moved = 0, moved_region, compactions = 0;
+	size_t present = 0, moved = 0, moved_region, moved_prot = 0, compactions = 0;
+	long mig;
 	char off_desc[512] = "";
 
 	ck_assert(before && now);
@@ -836,8 +858,7 @@ static void disturb_migrate(struct run *t)
 	/* compaction moves what lies below its free scanner: often many pages
 	 * of the region, sometimes none */
 	while (compactions < 3 && moved < present / 2) {
-		int e = write_str("/proc/sys/vm/compact_memory", "1");
-		ck_assert_msg(e == 0, "compact_memory: %s", strerror(-e));
+		compact();
 		compactions++;
 		moved = pfns_moved(r, before, t->first, t->n, now);
 	}
@@ -846,17 +867,80 @@ static void disturb_migrate(struct run *t)
 		moved = pfns_moved(r, before, t->first, t->n, now);
 	}
 	moved_region = pfns_moved(r, before, 0, r->np, now);
+	mig = vmstat("pgmigrate_success") - mig0;
 	prot1 = count_protected(r, t->first, t->n);
+	for (size_t p = t->first; p < t->first + t->n; p++)
+		if ((before[p] & USNAP_PM_PRESENT) && (now[p] & USNAP_PM_PRESENT) &&
+		    (before[p] & PM_PFN) != (now[p] & PM_PFN))
+			moved_prot += (before[p] & USNAP_PM_WP) && (now[p] & USNAP_PM_WP);
 	snprintf(t->what, sizeof(t->what), "%zu target pages read (mapped), compact_memory x%zu%s: %zu of %zu present "
-		 "target pages migrated (%zu in the region), pgmigrate_success +%ld; write-protected target pages %ld "
-		 "before, %ld after%s", touched, compactions, off_desc, moved, present, moved_region,
-		 vmstat("pgmigrate_success") - mig0, prot0, prot1, moved ? "" : " -- 0 pages migrated");
+		 "target pages migrated (new PFN; %zu in the region), %zu of them write-protected before and after, "
+		 "pgmigrate_success +%ld; write-protected target pages %ld before, %ld after", touched, compactions,
+		 off_desc, moved, present, moved_region, moved_prot, mig, prot0, prot1);
 	ck_assert_msg(prot1 == prot0, "migration dropped the write protection of %ld target pages", prot0 - prot1);
+	ck_assert_msg(moved_prot == moved, "%zu migrated target pages lost their write protection", moved - moved_prot);
+	ck_assert_msg(mig >= (long)moved, "%zu pages got a new PFN but pgmigrate_success rose by %ld", moved, mig);
+	if (!moved) {
+		/* compaction moves the movable pages below the point where its
+		 * two scanners meet, and never a pageblock-sized folio */
+		usnap_skip(case_name, "compaction migrated none of the %zu target pages (pgmigrate_success +%ld)%s; "
+			   "USNAP_MATRIX_OFFLINE=1 also tries to offline their memory blocks", present, mig,
+			   r->kind == K_THP || r->kind == K_ANONTHP ? ": it does not move 2 MiB huge pages" : "");
+	}
 	free(before);
 	free(now);
 }
 
-/* -- thp -- */
+/* -- thp --
+ * MADV_COLLAPSE three times: before the instant (of the last huge page but
+ * one: the snapshot then starts on a huge page made a moment before, and the
+ * disturbance splits it), during the snapshot (of the last one), and after
+ * the snapshot (the last one again). The kernel refuses to collapse over
+ * write-protected memory: mm/khugepaged.c gives up with SCAN_PTE_UFFD_WP on
+ * an anonymous PTE or swap entry with the uffd-wp bit and on a file VMA
+ * registered for write-protect (userfaultfd_wp(vma)), and MADV_COLLAPSE turns
+ * that into EINVAL. So the collapse during the snapshot must be refused (or,
+ * should a kernel allow it, leave the pages protected); the ones before and
+ * after must happen, which the pages' folios show (kpageflags). */
+
+/* MADV_COLLAPSE of the huge page at `a`; rc, errno and how many of its 512
+ * pages are then in a huge folio (read first: shmem collapses the file, and
+ * its pages may not be mapped) into the outputs. */
+static int collapse(struct run *t, uint8_t *a, int *err, long *folio)
+{
+	struct region *r = t->r;
+	size_t first = (size_t)(a - r->addr) / usnap_page;
+	int rc;
+
+	if (is_anon(r->kind))
+		ck_assert_int_eq(madvise(a, HUGE, MADV_HUGEPAGE), 0); /* small_tail's NOHUGEPAGE: eligible now */
+	rc = advise(a, HUGE, MADV_COLLAPSE, err);
+	touch_pages(t, first, HUGE / usnap_page);
+	*folio = thp_pages(r, first, HUGE / usnap_page);
+	return rc;
+}
+
+/* The collapse before begin, where nothing is registered. A MAP_PRIVATE file
+ * mapping with pages copied-on-write cannot be collapsed at all (the file's
+ * huge folio cannot replace the anonymous copies): there it only runs. */
+static void collapse_before(struct run *t, char *desc, size_t desclen)
+{
+	struct region *r = t->r;
+	long folio;
+	int e, rc = collapse(t, r->addr + r->len - 2 * HUGE, &e, &folio);
+
+	snprintf(desc, desclen, "MADV_COLLAPSE before begin: %s%s (%ld of 512 pages in a huge folio)",
+		 rc ? "failed, " : "0", rc ? strerror(e) : "", folio);
+	if (r->kind == K_PRIVFD)
+		return;
+	if (rc && (e == EAGAIN || e == ENOMEM)) {
+		usnap_skip(case_name, "MADV_COLLAPSE before begin: %s (no huge page to be had)", strerror(e));
+		t->collapse_skip = true;
+		return;
+	}
+	ck_assert_msg(rc == 0 && folio == 512, "%s", desc);
+}
+
 static void disturb_thp(struct run *t)
 {
 	struct region *r = t->r;
@@ -866,27 +950,47 @@ static void disturb_thp(struct run *t)
 	int rc, e;
 
 	thp_info(r, &i0);
-	if (is_anon(r->kind))
-		ck_assert_int_eq(madvise(last, HUGE, MADV_HUGEPAGE), 0); /* small pages, eligible now */
-	rc = advise(last, HUGE, MADV_COLLAPSE, &e);
+	rc = collapse(t, last, &e, &folio);
 	thp_info(r, &i1);
-	/* did the page cache get a huge folio (shmem collapses the file first,
-	 * then maps it)? Read the pages back to see their folio. */
-	touch_pages(t, r->np - HUGE / usnap_page, HUGE / usnap_page);
-	folio = thp_pages(r, r->np - HUGE / usnap_page, HUGE / usnap_page);
 	/* split the huge page (or page table) below: half of it read-only, then back */
 	ck_assert_int_eq(mprotect(split, HUGE / 2, PROT_READ), 0);
 	thp_info(r, &i2);
 	ck_assert_int_eq(mprotect(split, HUGE / 2, PROT_READ | PROT_WRITE), 0);
 	prot1 = count_protected(r, t->first, t->n);
-	snprintf(t->what, sizeof(t->what), "MADV_COLLAPSE of the last 2 MiB: %s%s (its pages read back: %ld of 512 "
+	snprintf(t->what, sizeof(t->what), "%s; MADV_COLLAPSE of the last 2 MiB during the snapshot: %s%s (its pages "
+		 "read back: %ld of 512 "
 		 "in a huge folio); mapped huge-folio pages %ld -> %ld, PmdMapped %ld -> %ld kB, AnonHugePages %ld -> "
 		 "%ld kB; mprotect of half a huge page: %d VMAs, AnonHugePages %ld kB, PmdMapped %ld kB; "
-		 "write-protected target pages %ld before, %ld after", rc ? "failed, " : "0 (collapsed)",
+		 "write-protected target pages %ld before, %ld after", t->before, rc ? "failed, " : "0 (collapsed)",
 		 rc ? strerror(e) : "", folio, i0.thp_pages, i1.thp_pages, i0.pmd_kb, i1.pmd_kb, i0.anon_kb, i1.anon_kb,
 		 i2.vmas, i2.anon_kb, i2.pmd_kb, prot0, prot1);
-	/* a collapse may move data into a new huge page, never unprotect it */
+	/* refused over protected pages (see above); a kernel that collapsed
+	 * anyway may move the data to a new huge page, never unprotect it */
+	ck_assert_msg(rc ? e == EINVAL : folio == 512, "MADV_COLLAPSE during the snapshot: %s, %ld of 512 pages in "
+		      "a huge folio", rc ? strerror(e) : "0", folio);
 	ck_assert_msg(prot1 == prot0, "MADV_COLLAPSE/mprotect left %ld target pages unprotected", prot0 - prot1);
+}
+
+/* The collapse after the snapshot, where nothing is registered any more: it
+ * must happen (a snapshot leaves nothing behind that stops it), and keep
+ * what the program wrote. */
+static void collapse_after(struct run *t)
+{
+	struct region *r = t->r;
+	long folio;
+	int e, rc = collapse(t, r->addr + r->len - HUGE, &e, &folio);
+
+	printf("%s: MADV_COLLAPSE of the last 2 MiB after the snapshot: %s%s (%ld of 512 pages in a huge folio)\n",
+	       case_name, rc ? "failed, " : "0", rc ? strerror(e) : "", folio);
+	if (r->kind == K_PRIVFD || t->collapse_skip)
+		return;
+	if (rc && (e == EAGAIN || e == ENOMEM)) {
+		usnap_skip(case_name, "MADV_COLLAPSE after the snapshot: %s (no huge page to be had)", strerror(e));
+		return;
+	}
+	ck_assert_msg(rc == 0 && folio == 512, "MADV_COLLAPSE after the snapshot: %s, %ld of 512 pages in a huge "
+		      "folio", rc ? strerror(e) : "0", folio);
+	ck_assert_msg(memcmp(r->addr, r->now, r->len) == 0, "the collapse changed the region");
 }
 
 /* -- mprotect -- */
@@ -1053,24 +1157,30 @@ static void matrix_run(enum kind k, enum col c)
 
 	snprintf(case_name, sizeof(case_name), "%s_%s", kname[k], cname[c]);
 	if (c == C_PAGEOUT && !g_swap.ok) {
-		printf("%s: SKIP: no swap for MADV_PAGEOUT: %s\n", case_name, g_swap.why);
-		return;
-	}
-	if (c == C_PUNCH && k == K_MEMFD) {
-		printf("%s: covered by tests/test-punch.c (punch_untouched_fails, remove_then_write_fails): not "
-		       "repeated here\n", case_name);
+		usnap_skip(case_name, "no swap for MADV_PAGEOUT: %s", g_swap.why);
 		return;
 	}
 	usnap_watchdog(45, case_name);
 	tcase0 = usnap_now_ns();
-	region_new(&r, k, c == C_THP, c == C_THP);
 	memset(&t, 0, sizeof(t));
+	if (c == C_MIGRATE)
+		compact();
+	region_new(&r, k, c == C_THP, c == C_THP);
 	t.pin[0] = t.pin[1] = -1;
 	t.r = &r;
 	t.col = c;
-	t.n = c == C_THP ? 2 * HUGE / usnap_page : HUGE / usnap_page;
+	/* migrate: the last 10 MiB (the sweep stalls at 4), so that compaction,
+	 * which moves only some pages, finds some of them (see compact()) */
+	t.n = (c == C_THP ? 2 : c == C_MIGRATE ? 5 : 1) * HUGE / usnap_page;
 	t.first = r.np - t.n;
 	t.skip = SIZE_MAX;
+	if (c == C_THP) {
+		collapse_before(&t, t.before, sizeof(t.before));
+		usnap_buf_free(r.ref, r.len); /* the same bytes, unless a hole became a zero page */
+		usnap_buf_free(r.now, r.len);
+		r.ref = region_copy(&r);
+		r.now = usnap_copy(r.ref, r.len);
+	}
 	thp_info(&r, &thp0);
 
 	uffdsnap_opts_init(&o);
@@ -1207,6 +1317,8 @@ static void matrix_run(enum kind k, enum col c)
 		}
 		usnap_check_buffer(cb.mem, cb.mem_len, &ex, 1);
 	}
+	if (c == C_THP)
+		collapse_after(&t);
 	uffdsnap_snap_free(t.s);
 	uffdsnap_free(ctx);
 	usnap_cb_destroy(&cb);
@@ -1231,7 +1343,7 @@ START_TEST(hugetlb_kinds)
 			       -1, 0);
 		int id;
 		if (a == MAP_FAILED) {
-			printf("hugetlb_kinds: SKIP: mmap MAP_HUGETLB: %s\n", strerror(errno));
+			usnap_skip("hugetlb_kinds", "mmap MAP_HUGETLB: %s", strerror(errno));
 			return;
 		}
 		ctx = usnap_ctx_new(NULL);
@@ -1270,8 +1382,16 @@ int main(void)
 			snprintf(names[i], sizeof(names[i]), "%s_%s", kname[k], cname[c]);
 			tc = tcase_create(names[i]);
 			tcase_set_timeout(tc, 60);
-			if (c == C_PAGEOUT)
+			/* the columns that skip when the machine cannot give the
+			 * event: meson tests of their own (tests/meson.build) */
+			if (c == C_PAGEOUT) {
+				tcase_set_tags(tc, "swap");
 				tcase_add_unchecked_fixture(tc, swap_up, swap_down);
+			}
+			if (c == C_MIGRATE) /* compaction moves no 2 MiB folio */
+				tcase_set_tags(tc, k == K_THP || k == K_ANONTHP ? "migrate-huge" : "migrate");
+			if (c == C_THP)
+				tcase_set_tags(tc, "thp");
 			tcase_add_loop_test(tc, matrix_case, i, i + 1);
 			suite_add_tcase(s, tc);
 		}
@@ -1280,6 +1400,7 @@ int main(void)
 		printf("matrix: sanitizer build: %u of %u cases, one shared and one private kind per column (the plain "
 		       "build runs all of them; USNAP_MATRIX_ALL=1 runs all here)\n", nrun, ncases);
 	tc = tcase_create("hugetlb_kinds");
+	tcase_set_tags(tc, "hugetlb");
 	tcase_set_timeout(tc, 30);
 	tcase_add_test(tc, hugetlb_kinds);
 	suite_add_tcase(s, tc);

@@ -63,9 +63,20 @@ static void destroy_uncopied_page(enum how how)
 	ck_assert_ptr_nonnull(strstr(uffdsnap_snap_error(s), "region 'pool'"));
 	ck_assert_ptr_nonnull(strstr(uffdsnap_snap_error(s), "0x3ffd000"));
 	ck_assert_int_eq(usnap_pagemap_protected(m.addr, len), 0);
-	/* the program goes on: the page is writable and holds what it wrote */
+	/* the program goes on: its stores to the page land in the file (read
+	 * back with pread(2), not through the mapping that stored them), on a
+	 * page that is zero but for them: the destroyed data did not come back */
 	victim[200] = 0x77;
-	ck_assert_int_eq(victim[200], 0x77);
+	{
+		uint8_t page[4096];
+		ck_assert(usnap_page <= sizeof(page));
+		ck_assert_int_eq(pread(m.fd, page, usnap_page, (off_t)(len - 3 * usnap_page)), (ssize_t)usnap_page);
+		ck_assert_int_eq(page[200], 0x77);
+		ck_assert_int_eq(page[100], how == REMOVE_THEN_WRITE ? 0x5a : 0);
+		page[100] = page[200] = 0;
+		for (size_t i = 0; i < usnap_page; i++)
+			usnap_assert_msg(!page[i], "byte %zu of the destroyed page is %#x", i, page[i]);
+	}
 	uffdsnap_snap_free(s);
 	uffdsnap_free(ctx);
 	usnap_cb_destroy(&cb);

@@ -125,7 +125,6 @@ START_TEST(lazy_sequential)
 	       run_ms);
 	ck_assert_int_eq(st.state, UFFDSNAP_LAZY_DONE);
 	ck_assert_uint_eq(st.pages_fault + st.pages_prefetch + want_zero_pages, LEN / usnap_page);
-	ck_assert_msg(ms < 50, "lazy_start took %.1f ms", ms);
 	ck_assert(!memcmp(dst.addr, fx.want, LEN));
 	uffdsnap_lazy_free(lz);
 	usnap_mem_free(&dst);
@@ -208,6 +207,13 @@ START_TEST(lazy_random)
 
 		usnap_memfd(&dst, LEN);
 		lz = start(fx.path, &dst, prefetch ? 0 : UFFDSNAP_LAZY_NO_PREFETCH, NULL);
+		if (!prefetch) {
+			/* lazy: start returns before any page is placed (the time
+			 * it takes is a benchmark's business, not a test's) */
+			print_lazy("random, faults only, after start", lz, &st);
+			ck_assert_uint_eq(st.pages_fault + st.pages_prefetch + st.pages_zero_fault, 0);
+			ck_assert_int_eq(usnap_mem_holes(&dst), (long)(LEN / usnap_page));
+		}
 		touch_random(lz, &dst, 2, 400, what);
 		rc = uffdsnap_lazy_wait(lz);
 		ck_assert_msg(rc == 0, "lazy_wait: %d %s", rc, uffdsnap_lazy_error(lz));

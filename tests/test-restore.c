@@ -117,7 +117,7 @@ START_TEST(memfd_roundtrip)
 
 	usnap_watchdog(60, "memfd_roundtrip");
 	if (kind == USNAP_MEM_TMPFS && geteuid()) {
-		printf("  tmpfs: skipped, mounting needs root\n");
+		usnap_skip("memfd_roundtrip", "tmpfs: mounting needs root");
 		return;
 	}
 	fixture_new(&f, kind, 64 * KiB);
