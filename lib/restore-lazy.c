@@ -55,9 +55,9 @@
 #include <sys/syscall.h>
 #include <unistd.h>
 
-#include "compat.h"
 #include "reader-private.h"
 #include "restore-private.h"
+#include "uffd.h"
 #include "uffdsnap-private.h"
 
 #define LZ_MSGS 64                 /* fault messages read at once */
@@ -211,21 +211,11 @@ static int fill(uffdsnap_lazy_t *lz, struct lz_region *g, uint64_t page, uint64_
 		int64_t done;
 		int rc;
 
-		if (src) {
-			struct uffdio_copy c = { .dst = dst, .src = (uintptr_t)src, .len = n << sh };
-			rc = ioctl(lz->uffd, UFFDIO_COPY, &c);
-			done = c.copy;
-		} else {
-			struct uffdio_zeropage z = { .range = { .start = dst, .len = n << sh } };
-			rc = ioctl(lz->uffd, UFFDIO_ZEROPAGE, &z);
-			done = z.zeropage;
-		}
-		if (!rc)
-			done = (int64_t)(n << sh);
-		else if (errno == EEXIST)
+		rc = usnap_uffd_fill(lz->uffd, dst, src, n << sh, &done);
+		if (rc == -EEXIST)
 			done = 0; /* this page is there already: skip it */
-		else if (errno != EAGAIN)
-			return -errno;
+		else if (rc && rc != -EAGAIN)
+			return rc;
 		/* EAGAIN: a partial copy (done > 0), or the mm was changing (retry) */
 		if (done > 0) {
 			uint64_t k = (uint64_t)done >> sh;
@@ -478,12 +468,11 @@ static int serve(uffdsnap_lazy_t *lz, struct lz_region *g, uint64_t p)
  * its page, or the whole huge page in a hugetlbfs region. */
 static void poison(uffdsnap_lazy_t *lz, struct uffdio_range range, pid_t tid)
 {
-	struct uffdio_poison pz = { .range = range };
-	struct uffdio_range wake = range;
+	int rc = lz->have_poison ? usnap_uffd_poison(lz->uffd, range.start, range.len, true, NULL) : -ENOSYS;
 
-	if (lz->have_poison && (!ioctl(lz->uffd, UFFDIO_POISON, &pz) || errno == EEXIST)) {
+	if (!rc || rc == -EEXIST) {
 		/* EEXIST: the page arrived after all; wake the thread to find it */
-		ioctl(lz->uffd, UFFDIO_WAKE, &wake);
+		usnap_uffd_wake(lz->uffd, range.start, range.len);
 		return;
 	}
 	if (tid > 0)
@@ -509,7 +498,7 @@ static void on_fault(uffdsnap_lazy_t *lz, const struct uffd_msg *m)
 	unit.len = g->upages << lz->page_shift;
 	/* placed since the fault was raised: the copy woke it, or will */
 	if (bit(g->present, p) || !serve(lz, g, p)) {
-		ioctl(lz->uffd, UFFDIO_WAKE, &unit);
+		usnap_uffd_wake(lz->uffd, unit.start, unit.len);
 		return;
 	}
 	poison(lz, unit, (pid_t)m->arg.pagefault.feat.ptid);
@@ -523,8 +512,9 @@ static void poison_rest(uffdsnap_lazy_t *lz)
 		struct lz_region *g = &lz->regs[i];
 
 		for (uint64_t p = 0; p < g->npages;) {
-			struct uffdio_poison pz;
+			int64_t updated;
 			uint64_t q = p;
+			int rc;
 
 			while (q < g->npages && !all_done(g, q, q + g->upages))
 				q += g->upages;
@@ -532,14 +522,14 @@ static void poison_rest(uffdsnap_lazy_t *lz)
 				p += g->upages;
 				continue;
 			}
-			pz = (struct uffdio_poison){ .range = { .start = g->addr + (p << lz->page_shift),
-								.len = (q - p) << lz->page_shift } };
-			if (!ioctl(lz->uffd, UFFDIO_POISON, &pz))
+			rc = usnap_uffd_poison(lz->uffd, g->addr + (p << lz->page_shift), (q - p) << lz->page_shift, true,
+					       &updated);
+			if (!rc)
 				p = q;
-			else if (errno == ESRCH) /* the process is gone: nobody left to protect */
+			else if (rc == -ESRCH) /* the process is gone: nobody left to protect */
 				return;
-			else if (pz.updated > 0) /* stopped early: go on from there */
-				p += (uint64_t)pz.updated >> lz->page_shift;
+			else if (updated > 0) /* stopped early: go on from there */
+				p += (uint64_t)updated >> lz->page_shift;
 			else /* EEXIST: the page is present after all; else give the page up */
 				p += g->upages;
 		}
@@ -550,18 +540,12 @@ static void unregister_all(uffdsnap_lazy_t *lz)
 {
 	for (unsigned i = 0; i < lz->nregs; i++) {
 		struct lz_region *g = &lz->regs[i];
-		struct uffdio_range r = { .start = g->addr, .len = g->len };
 
 		/* wakes every thread still waiting in the range: it finds its page,
-		 * a hole that reads as zero, or a poisoned page. A fault that read
-		 * the VMA's flags under the per-VMA lock just before can queue itself
-		 * after that wake-up (docs/design.md, "Waking everyone at the end"):
-		 * once UNREGISTER has returned it is queued, and one more wake-up
-		 * reaches it. */
-		if (g->registered && !ioctl(lz->uffd, UFFDIO_UNREGISTER, &r)) {
+		 * a hole that reads as zero, or a poisoned page (and the one more
+		 * wake-up after it, uffd.h) */
+		if (g->registered && !usnap_uffd_unregister(lz->uffd, g->addr, g->len))
 			g->registered = false;
-			ioctl(lz->uffd, UFFDIO_WAKE, &r);
-		}
 	}
 }
 
@@ -660,47 +644,31 @@ out:
 
 /* ---- setup ----------------------------------------------------------------------------- */
 
-/* A userfaultfd that handles kernel-mode faults too (a read(2) into a region
- * must wait for its page, not fail with EFAULT): /dev/userfaultfd (6.1+),
- * else userfaultfd(2), which needs privileges for that. */
-static int uffd_new(void)
-{
-	int fd = -1, dev = open("/dev/userfaultfd", O_RDWR | O_CLOEXEC);
-
-	if (dev >= 0) {
-		fd = ioctl(dev, USERFAULTFD_IOC_NEW, O_CLOEXEC | O_NONBLOCK);
-		close(dev);
-	}
-	if (fd < 0)
-		fd = (int)syscall(SYS_userfaultfd, O_CLOEXEC | O_NONBLOCK);
-	return fd < 0 ? -errno : fd;
-}
-
+/* A userfaultfd that handles kernel-mode faults too: a read(2) into a region
+ * must wait for its page, not fail with EFAULT. */
 int usnap_restore_uffd(uint64_t *features)
 {
 	const uint64_t want = UFFD_FEATURE_MISSING_SHMEM | UFFD_FEATURE_MISSING_HUGETLBFS | UFFD_FEATURE_THREAD_ID |
 			      UFFD_FEATURE_POISON;
-	struct uffdio_api a = { .api = UFFD_API };
-	int fd = uffd_new(), err;
+	uint64_t avail = 0, got;
+	int fd = usnap_uffd_new(false), err;
 
 	/* UFFDIO_API works once per descriptor and rejects unknown bits: ask a
 	 * throwaway descriptor what exists first */
 	if (fd >= 0) {
-		err = ioctl(fd, UFFDIO_API, &a) ? -errno : 0;
+		err = usnap_uffd_api(fd, 0, &avail);
 		close(fd);
-		fd = err ? err : uffd_new();
+		fd = err ? err : usnap_uffd_new(false);
 	}
 	if (fd < 0) {
 		err = fd == -EACCES ? -EPERM : fd;
 		return usnap_err(err, "opening a userfaultfd: %s (needs root, access to /dev/userfaultfd, or "
 				 "vm.unprivileged_userfaultfd=1)", strerror(-fd));
 	}
-	*features = a.features & want;
-	a = (struct uffdio_api){ .api = UFFD_API, .features = *features };
-	if (ioctl(fd, UFFDIO_API, &a)) {
-		err = usnap_err(-errno, "UFFDIO_API: %s", strerror(errno));
+	*features = avail & want;
+	if ((err = usnap_uffd_api(fd, *features, &got))) {
 		close(fd);
-		return err;
+		return usnap_err(err, "UFFDIO_API: %s", strerror(-err));
 	}
 	return fd;
 }
@@ -767,8 +735,7 @@ static size_t huge_page_size(const void *addr)
 int usnap_lazy_arm(int uffd, const char *name, void *addr, size_t len, size_t *unit)
 {
 	const size_t page = (size_t)sysconf(_SC_PAGESIZE), npages = len / page;
-	struct uffdio_register reg = { .range = { .start = (uintptr_t)addr, .len = len },
-				       .mode = UFFDIO_REGISTER_MODE_MISSING };
+	uint64_t ioctls;
 	unsigned char *vec;
 	int rc = 0;
 
@@ -795,22 +762,22 @@ int usnap_lazy_arm(int uffd, const char *name, void *addr, size_t len, size_t *u
 	free(vec);
 	if (rc)
 		return rc;
-	if (ioctl(uffd, UFFDIO_REGISTER, &reg))
-		return usnap_err(-errno, "region '%s': registering %p+%zu with the userfaultfd: %s%s", name, addr, len,
-				 strerror(errno), errno == EBUSY ? " (already registered with another userfaultfd)"
-				 : errno == EINVAL ? " (not shmem or anonymous memory, or hugetlbfs memory not aligned "
+	if ((rc = usnap_uffd_register(uffd, (uintptr_t)addr, len, UFFDIO_REGISTER_MODE_MISSING, &ioctls)))
+		return usnap_err(rc, "region '%s': registering %p+%zu with the userfaultfd: %s%s", name, addr, len,
+				 strerror(-rc), rc == -EBUSY ? " (already registered with another userfaultfd)"
+				 : rc == -EINVAL ? " (not shmem or anonymous memory, or hugetlbfs memory not aligned "
 				 "to its huge pages?)" : "");
 	*unit = page;
-	if (!(reg.ioctls & (1ull << _UFFDIO_COPY))) {
+	if (!(ioctls & (1ull << _UFFDIO_COPY))) {
 		rc = usnap_err(-EOPNOTSUPP, "region '%s': UFFDIO_COPY is not available for this memory", name);
-	} else if (!(reg.ioctls & (1ull << _UFFDIO_ZEROPAGE))) {
+	} else if (!(ioctls & (1ull << _UFFDIO_ZEROPAGE))) {
 		/* the kernel offers every kind of memory UFFDIO_ZEROPAGE but hugetlbfs */
 		*unit = huge_page_size(addr);
 		if (*unit <= page || *unit & (*unit - 1))
 			rc = usnap_err(-EOPNOTSUPP, "region '%s': hugetlbfs memory of unknown huge page size", name);
 	}
 	if (rc)
-		ioctl(uffd, UFFDIO_UNREGISTER, &reg.range);
+		usnap_uffd_unregister(uffd, (uintptr_t)addr, len);
 	return rc;
 }
 

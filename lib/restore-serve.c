@@ -52,9 +52,9 @@
 #include <sys/un.h>
 #include <unistd.h>
 
-#include "compat.h"
 #include "reader-private.h"
 #include "restore-private.h"
+#include "uffd.h"
 #include "uffdsnap-private.h"
 
 #define SRV_MAGIC "USNAPSRV"
@@ -409,19 +409,20 @@ static void client_abandon(uffdsnap_lazy_client_t *c)
 	const bool poison = c->features & UFFD_FEATURE_POISON;
 
 	for (unsigned i = 0; i < c->nregs; i++) {
-		struct uffdio_range r = { .start = c->regs[i].addr, .len = c->regs[i].len };
+		uintptr_t a = c->regs[i].addr;
+		size_t len = c->regs[i].len;
 
-		for (size_t off = 0; poison && off < c->regs[i].len;) {
-			struct uffdio_poison pz = { .range = { .start = r.start + off, .len = r.len - off },
-						    .mode = UFFDIO_POISON_MODE_DONTWAKE };
+		for (size_t off = 0; poison && off < len;) {
+			int64_t updated;
 
-			if (!ioctl(c->uffd, UFFDIO_POISON, &pz))
+			if (!usnap_uffd_poison(c->uffd, a + off, len - off, false, &updated))
 				break;
-			off += pz.updated > 0 ? (size_t)pz.updated : c->regs[i].unit; /* EEXIST: a page that did arrive */
+			off += updated > 0 ? (size_t)updated : c->regs[i].unit; /* EEXIST: a page that did arrive */
 		}
 		if (poison)
-			ioctl(c->uffd, UFFDIO_UNREGISTER, &r);
-		ioctl(c->uffd, UFFDIO_WAKE, &r); /* see unregister_all() in restore-lazy.c */
+			usnap_uffd_unregister(c->uffd, a, len); /* wakes too */
+		else
+			usnap_uffd_wake(c->uffd, a, len);
 	}
 }
 
@@ -627,10 +628,8 @@ USNAP_EXPORT int uffdsnap_lazy_connect(uffdsnap_lazy_client_t **cp, const char *
 	*cp = c;
 	return 0;
 fail:
-	for (unsigned i = 0; i < c->nregs; i++) {
-		struct uffdio_range r = { .start = c->regs[i].addr, .len = c->regs[i].len };
-		ioctl(c->uffd, UFFDIO_UNREGISTER, &r);
-	}
+	for (unsigned i = 0; i < c->nregs; i++)
+		usnap_uffd_unregister(c->uffd, c->regs[i].addr, c->regs[i].len);
 	client_destroy(c);
 	return rc;
 }

@@ -1,7 +1,8 @@
 /* SPDX-License-Identifier: LGPL-2.1-or-later */
 /*
- * The kernel seam: every userfaultfd request of the snapshot engine goes
- * through here (uffd.h says what each one means). In the test-only
+ * The kernel seam: every userfaultfd request of the library goes through
+ * here (uffd.h says what each one means), the snapshot engine's and lazy
+ * restore's alike. In the test-only
  * libuffdsnap-inject.a these are the calls that inject.h can make fail.
  */
 #include <errno.h>
@@ -76,6 +77,32 @@ int usnap_uffd_zeropage(int uffd, uintptr_t addr, size_t len)
 	struct uffdio_zeropage z = { .range = { addr, len }, .mode = 0 };
 
 	return ioctl(uffd, UFFDIO_ZEROPAGE, &z) ? -errno : 0;
+}
+
+int usnap_uffd_fill(int uffd, uintptr_t dst, const void *src, size_t len, int64_t *done)
+{
+	int rc;
+
+	if (src) {
+		struct uffdio_copy c = { .dst = dst, .src = (uintptr_t)src, .len = len };
+		rc = ioctl(uffd, UFFDIO_COPY, &c) ? -errno : 0;
+		*done = rc ? c.copy : (int64_t)len;
+	} else {
+		struct uffdio_zeropage z = { .range = { dst, len } };
+		rc = ioctl(uffd, UFFDIO_ZEROPAGE, &z) ? -errno : 0;
+		*done = rc ? z.zeropage : (int64_t)len;
+	}
+	return rc;
+}
+
+int usnap_uffd_poison(int uffd, uintptr_t addr, size_t len, bool wake, int64_t *updated)
+{
+	struct uffdio_poison p = { .range = { addr, len }, .mode = wake ? 0 : UFFDIO_POISON_MODE_DONTWAKE };
+	int rc = ioctl(uffd, UFFDIO_POISON, &p) ? -errno : 0;
+
+	if (updated)
+		*updated = rc ? p.updated : (int64_t)len;
+	return rc;
 }
 
 bool usnap_uffd_changing(int uffd, const void *page, size_t page_size)

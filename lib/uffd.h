@@ -39,6 +39,13 @@ void usnap_uffd_wake(int uffd, uintptr_t addr, size_t len);
 int usnap_uffd_protect(int uffd, uintptr_t addr, size_t len, bool wp);
 /* UFFDIO_ZEROPAGE and wake; EEXIST if the page is there already. */
 int usnap_uffd_zeropage(int uffd, uintptr_t addr, size_t len);
+/* UFFDIO_COPY of len bytes from src to dst, or UFFDIO_ZEROPAGE if src is
+ * NULL, and wake. *done: the bytes placed, also when it stopped early
+ * (EAGAIN with a partial count, EEXIST at a page that is there). */
+int usnap_uffd_fill(int uffd, uintptr_t dst, const void *src, size_t len, int64_t *done);
+/* UFFDIO_POISON (Linux 6.6+): an access raises SIGBUS instead of waiting;
+ * wakes the range unless !wake. *updated: the bytes poisoned (may be NULL). */
+int usnap_uffd_poison(int uffd, uintptr_t addr, size_t len, bool wake, int64_t *updated);
 /*
  * Is an event (fork, mremap, munmap, madvise) under way on uffd whose message
  * may not be readable yet? Each raises the descriptor's mmap_changing before

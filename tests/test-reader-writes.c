@@ -261,12 +261,15 @@ static void touch_check(const struct snap *sn, const uint8_t *addr)
 	}
 }
 
+/* faults: the touches must have faulted (no prefetcher); with one, it may
+ * have placed every page before the first touch on a loaded machine. */
 static void lazy_stats_check(const struct snap *sn, const char *what, const uffdsnap_lazy_stats_t *st,
-			     const uint8_t *addr)
+			     const uint8_t *addr, bool faults)
 {
 	printf("%s: %" PRIu64 " faults, chunks loaded %" PRIu64 " for faults + %" PRIu64 " by the prefetcher; the "
 	       "file has %" PRIu64 "\n", what, st->faults, st->chunks_fault, st->chunks_prefetch, sn->chunks);
-	ck_assert_uint_gt(st->faults, 0);
+	if (faults)
+		ck_assert_uint_gt(st->faults, 0);
 	ck_assert_uint_le(st->chunks_fault + st->chunks_prefetch, sn->chunks);
 	ck_assert_msg(!memcmp(addr, sn->ref, LEN), "%s: the restored region differs from the instant", what);
 }
@@ -293,7 +296,7 @@ START_TEST(lazy)
 	rc = uffdsnap_lazy_wait(lz);
 	ck_assert_msg(rc == 0, "lazy_wait: %d %s", rc, uffdsnap_lazy_error(lz));
 	uffdsnap_lazy_stats(lz, &st);
-	lazy_stats_check(&sn, _i % 2 ? "lazy, faults only" : "lazy", &st, dst.addr);
+	lazy_stats_check(&sn, _i % 2 ? "lazy, faults only" : "lazy", &st, dst.addr, _i % 2);
 	uffdsnap_lazy_free(lz);
 	uffdsnap_reader_free(r);
 	usnap_mem_free(&dst);
@@ -347,7 +350,7 @@ START_TEST(serve)
 	rc = uffdsnap_lazy_client_wait(c);
 	ck_assert_msg(rc == 0, "client_wait: %d %s", rc, uffdsnap_lazy_client_error(c));
 	ck_assert_int_eq(uffdsnap_lazy_client_stats(c, &st), 0);
-	lazy_stats_check(&sn, "page server, faults only", &st, dst.addr);
+	lazy_stats_check(&sn, "page server, faults only", &st, dst.addr, true);
 	uffdsnap_lazy_client_free(c);
 	ck_assert_int_eq(usnap_join_timeout(t, 30), 0);
 	ck_assert_int_eq(sv.rc, 0);
