@@ -43,6 +43,7 @@
 
 #include <zstd.h>
 
+#include "bitmap.h"
 #include "reader-private.h"
 #include "uffdsnap-private.h"
 
@@ -1276,9 +1277,9 @@ static uint64_t chunk_copy(const struct uffdsnap_reader *r, const struct rd_chun
 
 		if (o0 < o1) {
 			for (uint64_t b = o0 - p0; b < o1 - p0; b++) {
-				if (seen[b / 64] >> (b % 64) & 1)
+				if (usnap_bit(seen, b))
 					return p0 + b;
-				seen[b / 64] |= 1ull << (b % 64);
+				usnap_bits_set(seen, b, b + 1);
 			}
 			/* page * page_size <= region length <= 2^48: no overflow */
 			uint64_t b0 = o0 << r->page_shift, b1 = o1 << r->page_shift;
@@ -1491,9 +1492,9 @@ static uint64_t park_copy(struct uffdsnap_reader *r, unsigned id, size_t k0, siz
 		if (!q || bsearch(&m->chunk[k], need, nneed, sizeof(*need), cmp_u32))
 			continue;
 		for (uint64_t bit = a - p0; bit < b - p0; bit++) {
-			if (seen[bit / 64] >> (bit % 64) & 1)
+			if (usnap_bit(seen, bit))
 				return p0 + bit;
-			seen[bit / 64] |= 1ull << (bit % 64);
+			usnap_bits_set(seen, bit, bit + 1);
 		}
 		b0 = a << r->page_shift, b1 = b << r->page_shift;
 		b0 = b0 > off ? b0 : off;
@@ -1569,7 +1570,7 @@ USNAP_EXPORT int uffdsnap_reader_read(uffdsnap_reader_t *r, unsigned id, uint64_
 		}
 	}
 	for (uint64_t b = 0; !rc && twice == UINT64_MAX && b < p1 - p0 && missing == UINT64_MAX; b++)
-		if (!(seen[b / 64] >> (b % 64) & 1))
+		if (!usnap_bit(seen, b))
 			missing = p0 + b;
 	free(seen);
 	free(chunks);

@@ -56,6 +56,7 @@
 #include <unistd.h>
 
 #include "reader-private.h"
+#include "bitmap.h"
 #include "restore-private.h"
 #include "uffd.h"
 #include "uffdsnap-private.h"
@@ -159,30 +160,11 @@ static void kick(uffdsnap_lazy_t *lz)
 
 /* ---- bitmaps ------------------------------------------------------------------- */
 
-static void bits_set(_Atomic uint64_t *bits, uint64_t first, uint64_t n)
-{
-	for (uint64_t p = first, end = first + n; p < end;) {
-		unsigned b = (unsigned)(p % 64);
-		uint64_t k = end - p < 64 - b ? end - p : 64 - b;
-
-		atomic_fetch_or_explicit(&bits[p / 64], (k == 64 ? ~0ull : ((1ull << k) - 1)) << b,
-					 memory_order_relaxed);
-		p += k;
-	}
-}
-
-static bool bit(_Atomic uint64_t *bits, uint64_t p)
-{
-	return atomic_load_explicit(&bits[p / 64], memory_order_relaxed) >> (p % 64) & 1;
-}
-
 /* Is every page of [first, end) placed or known to be zero? */
 static bool all_done(const struct lz_region *g, uint64_t first, uint64_t end)
 {
-	for (uint64_t p = first; p < end;) {
-		unsigned b = (unsigned)(p % 64);
-		uint64_t k = end - p < 64 - b ? end - p : 64 - b;
-		uint64_t mask = (k == 64 ? ~0ull : ((1ull << k) - 1)) << b;
+	for (uint64_t p = first, k; p < end;) {
+		uint64_t mask = usnap_bits_mask(p, end, &k);
 		uint64_t have = atomic_load_explicit(&g->present[p / 64], memory_order_relaxed) |
 				atomic_load_explicit(&g->zero[p / 64], memory_order_relaxed);
 
@@ -242,12 +224,12 @@ static int place_chunk(uffdsnap_lazy_t *lz, struct lz_region *g, const struct us
 		const struct usnap_extent *e = &c->ext[i];
 
 		if (e->kind == USNAP_EXT_ZERO) {
-			bits_set(g->zero, e->first_page, e->npages);
+			usnap_abits_or(g->zero, e->first_page, e->first_page + e->npages);
 			continue;
 		}
 		if ((rc = fill(lz, g, e->first_page, e->npages, c->data + data_off, placed)))
 			return rc;
-		bits_set(g->present, e->first_page, e->npages);
+		usnap_abits_or(g->present, e->first_page, e->first_page + e->npages);
 		data_off += (uint64_t)e->npages << lz->page_shift;
 	}
 	return 0;
@@ -274,7 +256,7 @@ static void gather(uffdsnap_lazy_t *lz, struct lz_region *g, const struct usnap_
 				       (y - x) << sh);
 				*ndata += y - x;
 			} else {
-				bits_set(g->zero, x, y - x);
+				usnap_abits_or(g->zero, x, y);
 			}
 		}
 		if (e->kind == USNAP_EXT_DATA)
@@ -326,7 +308,7 @@ static int place_huge(uffdsnap_lazy_t *lz, struct lz_region *g, uffdsnap_reader_
 		lz_fail(lz, rc, "region '%s', huge page at page %" PRIu64 ": placing it: %s", g->name, h, strerror(-rc));
 		return rc;
 	}
-	bits_set(g->present, h, g->upages);
+	usnap_abits_or(g->present, h, h + g->upages);
 	if (placed)
 		atomic_fetch_add_explicit(data, ndata, memory_order_relaxed);
 	if (placed && zero)
@@ -404,14 +386,14 @@ static int zero_fill(uffdsnap_lazy_t *lz, struct lz_region *g, uint64_t p)
 	for (uint64_t a = w0; a < w1 && !rc;) {
 		uint64_t b = a;
 
-		while (b < w1 && bit(g->zero, b) && !bit(g->present, b))
+		while (b < w1 && usnap_abit(g->zero, b) && !usnap_abit(g->present, b))
 			b++;
 		if (b == a) {
 			a++;
 			continue;
 		}
 		rc = fill(lz, g, a, b - a, NULL, &placed);
-		bits_set(g->present, a, b - a);
+		usnap_abits_or(g->present, a, b);
 		a = b;
 	}
 	atomic_fetch_add_explicit(&lz->pages_zero_fault, placed, memory_order_relaxed);
@@ -434,7 +416,7 @@ static int serve(uffdsnap_lazy_t *lz, struct lz_region *g, uint64_t p)
 		uint8_t st = LZ_CHUNK_FREE;
 
 		/* a chunk loaded already said p is zero */
-		if (bit(g->zero, p))
+		if (usnap_abit(g->zero, p))
 			break;
 		if (atomic_compare_exchange_strong(&g->cstate[i], &st, LZ_CHUNK_BUSY)) {
 			if ((rc = take_chunk(lz, g, lz->rh, i, p, &lz->pages_fault, &lz->chunks_fault)))
@@ -449,7 +431,7 @@ static int serve(uffdsnap_lazy_t *lz, struct lz_region *g, uint64_t p)
 			pthread_mutex_unlock(&lz->lock);
 			continue;
 		}
-		if (bit(g->present, p))
+		if (usnap_abit(g->present, p))
 			return 0;
 		if (st == LZ_CHUNK_FAILED)
 			return atomic_load(&lz->err);
@@ -497,7 +479,7 @@ static void on_fault(uffdsnap_lazy_t *lz, const struct uffd_msg *m)
 	unit.start = g->addr + ((p - p % g->upages) << lz->page_shift);
 	unit.len = g->upages << lz->page_shift;
 	/* placed since the fault was raised: the copy woke it, or will */
-	if (bit(g->present, p) || !serve(lz, g, p)) {
+	if (usnap_abit(g->present, p) || !serve(lz, g, p)) {
 		usnap_uffd_wake(lz->uffd, unit.start, unit.len);
 		return;
 	}
@@ -623,7 +605,7 @@ static void *prefetch_main(void *arg)
 		struct lz_region *g = &lz->regs[r];
 
 		for (uint64_t h = 0; g->upages > 1 && h < g->npages && !atomic_load(&lz->closing); h += g->upages)
-			if (!bit(g->present, h) && place_huge(lz, g, lz->rp, h, lz->hbuf_p, false, &lz->pages_prefetch,
+			if (!usnap_abit(g->present, h) && place_huge(lz, g, lz->rp, h, lz->hbuf_p, false, &lz->pages_prefetch,
 							       NULL, &lz->chunks_prefetch) == -ESRCH)
 				goto out; /* the process exited */
 		for (size_t i = 0; g->upages == 1 && i < g->nchunks && !atomic_load(&lz->closing); i++) {
