@@ -170,3 +170,12 @@ USNAP_EXPORT const char *uffdsnap_strerror(int err)
 		return "unknown error";
 	}
 }
+
+int usnap_check_size(const char *fn, const char *type, size_t size, size_t min, size_t ours)
+{
+	if (size >= min && size <= ours)
+		return 0;
+	return usnap_err(-EINVAL, "%s: %s.size is %zu: set it to sizeof(%s) (%zu here)%s", fn, type, size, type, ours,
+			 size > ours ? ", or use the library your program was built against" : "");
+}
+

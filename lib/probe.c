@@ -173,9 +173,9 @@ static int normalize_opts(uffdsnap_opts_t *o, const uffdsnap_opts_t *in, size_t 
 	opts_defaults(o);
 	if (!in)
 		return 0;
-	if (in->size < offsetof(uffdsnap_opts_t, flags) + sizeof(in->flags) || in->size > sizeof(*o))
-		return usnap_err(-EINVAL, "uffdsnap_opts.size is %zu: set it to sizeof(uffdsnap_opts_t) (%zu)",
-				 in->size, sizeof(*o));
+	if (usnap_check_size("uffdsnap_new", "uffdsnap_opts_t", in->size, USNAP_SIZE_UPTO(uffdsnap_opts_t, flags),
+			     sizeof(*o)))
+		return -EINVAL;
 	memcpy(o, in, in->size);
 	o->size = sizeof(*o);
 	if (o->flags & ~(uint32_t)(UFFDSNAP_OPT_ALLOW_USER_MODE_ONLY | UFFDSNAP_OPT_FSYNC | UFFDSNAP_OPT_STRICT |

@@ -820,7 +820,11 @@ USNAP_EXPORT int uffdsnap_reader_info(const uffdsnap_reader_t *r, uffdsnap_info_
 {
 	uffdsnap_info_t i;
 
-	if (!r || !out || out->size < sizeof(out->size))
+	usnap_clear_err();
+	if (!r || !out)
+		return usnap_err(-EINVAL, "uffdsnap_reader_info: reader and out must not be NULL");
+	if (usnap_check_size("uffdsnap_reader_info", "uffdsnap_info_t", out->size,
+			     USNAP_SIZE_UPTO(uffdsnap_info_t, reason), sizeof(i)))
 		return -EINVAL;
 	i = (uffdsnap_info_t){
 		.size = out->size, .version = USNAP_VERSION, .page_size = r->page_size, .nregions = r->nregions,
@@ -829,7 +833,7 @@ USNAP_EXPORT int uffdsnap_reader_info(const uffdsnap_reader_t *r, uffdsnap_info_
 		.bytes_raw = r->end.bytes_raw, .bytes_file = r->size, .reason = r->complete ? "" : r->reason,
 		.chunks_loaded = r->decoded,
 	};
-	memcpy(out, &i, out->size < sizeof(i) ? out->size : sizeof(i));
+	memcpy(out, &i, out->size);
 	return 0;
 }
 
@@ -837,13 +841,18 @@ USNAP_EXPORT int uffdsnap_reader_region(const uffdsnap_reader_t *r, unsigned id,
 {
 	uffdsnap_region_info_t i;
 
-	if (!r || !out || out->size < sizeof(out->size))
+	usnap_clear_err();
+	if (!r || !out)
+		return usnap_err(-EINVAL, "uffdsnap_reader_region: reader and out must not be NULL");
+	if (usnap_check_size("uffdsnap_reader_region", "uffdsnap_region_info_t", out->size,
+			     USNAP_SIZE_UPTO(uffdsnap_region_info_t, length), sizeof(i)))
 		return -EINVAL;
 	if (id >= r->nregions)
-		return -ENOENT;
+		return usnap_err(-ENOENT, "uffdsnap_reader_region: no region %u (the snapshot has %u)", id,
+				 r->nregions);
 	i = (uffdsnap_region_info_t){ .size = out->size, .name = r->regions[id].name,
 				      .length = r->regions[id].length };
-	memcpy(out, &i, out->size < sizeof(i) ? out->size : sizeof(i));
+	memcpy(out, &i, out->size);
 	return 0;
 }
 

@@ -942,9 +942,9 @@ USNAP_EXPORT void uffdsnap_lazy_opts_init_size(uffdsnap_lazy_opts_t *opts, size_
 int usnap_lazy_opts_get(const uffdsnap_lazy_opts_t *in, uffdsnap_lazy_opts_t *out, const char *fn)
 {
 	*out = (uffdsnap_lazy_opts_t){ .size = sizeof(*out) };
-	if (in && (in->size < offsetof(uffdsnap_lazy_opts_t, flags) + sizeof(in->flags) || in->size > sizeof(*out)))
-		return usnap_err(-EINVAL, "%s: opts->size is %zu: set it to sizeof(uffdsnap_lazy_opts_t) (%zu)", fn,
-				 in->size, sizeof(*out));
+	if (in && usnap_check_size(fn, "uffdsnap_lazy_opts_t", in->size, USNAP_SIZE_UPTO(uffdsnap_lazy_opts_t, flags),
+				   sizeof(*out)))
+		return -EINVAL;
 	if (in)
 		memcpy(out, in, in->size);
 	out->size = sizeof(*out);
@@ -1014,7 +1014,11 @@ USNAP_EXPORT int uffdsnap_lazy_stats(const uffdsnap_lazy_t *lz, uffdsnap_lazy_st
 	uffdsnap_lazy_stats_t st;
 	uffdsnap_lazy_t *l = (uffdsnap_lazy_t *)lz; /* atomics are read, not changed */
 
-	if (!lz || !out || out->size < sizeof(out->size))
+	usnap_clear_err();
+	if (!lz || !out)
+		return usnap_err(-EINVAL, "uffdsnap_lazy_stats: lz and out must not be NULL");
+	if (usnap_check_size("uffdsnap_lazy_stats", "uffdsnap_lazy_stats_t", out->size,
+			     USNAP_SIZE_UPTO(uffdsnap_lazy_stats_t, error), sizeof(st)))
 		return -EINVAL;
 	st = (uffdsnap_lazy_stats_t){
 		.size = out->size, .state = atomic_load(&l->state), .error = atomic_load(&l->err),
@@ -1023,7 +1027,7 @@ USNAP_EXPORT int uffdsnap_lazy_stats(const uffdsnap_lazy_t *lz, uffdsnap_lazy_st
 		.pages_zero_fault = atomic_load(&l->pages_zero_fault), .faults = atomic_load(&l->faults),
 		.chunks_fault = atomic_load(&l->chunks_fault), .chunks_prefetch = atomic_load(&l->chunks_prefetch),
 	};
-	memcpy(out, &st, out->size < sizeof(st) ? out->size : sizeof(st));
+	memcpy(out, &st, out->size);
 	return 0;
 }
 

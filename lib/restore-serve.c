@@ -663,7 +663,11 @@ USNAP_EXPORT int uffdsnap_lazy_client_stats(const uffdsnap_lazy_client_t *c, uff
 	uffdsnap_lazy_client_t *cc = (uffdsnap_lazy_client_t *)c; /* the lock is taken, nothing changed */
 	uffdsnap_lazy_stats_t st;
 
-	if (!c || !out || out->size < sizeof(out->size))
+	usnap_clear_err();
+	if (!c || !out)
+		return usnap_err(-EINVAL, "uffdsnap_lazy_client_stats: client and out must not be NULL");
+	if (usnap_check_size("uffdsnap_lazy_client_stats", "uffdsnap_lazy_stats_t", out->size,
+			     USNAP_SIZE_UPTO(uffdsnap_lazy_stats_t, error), sizeof(st)))
 		return -EINVAL;
 	pthread_mutex_lock(&cc->lock);
 	st = c->stats;
@@ -671,7 +675,7 @@ USNAP_EXPORT int uffdsnap_lazy_client_stats(const uffdsnap_lazy_client_t *c, uff
 	st.error = c->err;
 	pthread_mutex_unlock(&cc->lock);
 	st.size = out->size;
-	memcpy(out, &st, out->size < sizeof(st) ? out->size : sizeof(st));
+	memcpy(out, &st, out->size);
 	return 0;
 }
 

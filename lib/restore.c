@@ -218,23 +218,17 @@ static void stats_out(uffdsnap_restore_stats_t *out, const uffdsnap_restore_stat
 	memcpy((char *)out + sizeof(out->size), (const char *)st + sizeof(st->size), n - sizeof(st->size));
 }
 
-/*
- * The size-versioned structs, as uffdsnap_new() checks its options: a .size
- * of 0 (the struct not initialised) or larger than this library knows is an
- * error that says so, never silently ignored options or untouched stats.
- */
+/* The size-versioned structs, by the one rule (usnap_check_size). */
 static int check_structs(const uffdsnap_restore_opts_t *opts, const uffdsnap_restore_stats_t *stats)
 {
-	if (opts && (opts->size < offsetof(uffdsnap_restore_opts_t, threads) + sizeof(opts->threads) ||
-		     opts->size > sizeof(*opts)))
-		return usnap_err(-EINVAL, "uffdsnap_restore_opts_t.size is %zu: set it with uffdsnap_restore_opts_init() "
-				 "(sizeof is %zu)", opts->size, sizeof(*opts));
+	if (opts && usnap_check_size("uffdsnap_restore", "uffdsnap_restore_opts_t", opts->size,
+				     USNAP_SIZE_UPTO(uffdsnap_restore_opts_t, threads), sizeof(*opts)))
+		return -EINVAL;
 	if (opts && opts->threads < 0)
 		return usnap_err(-EINVAL, "uffdsnap_restore_opts_t.threads is %d: 0 (one per CPU) or more", opts->threads);
-	if (stats && (stats->size < offsetof(uffdsnap_restore_stats_t, threads) + sizeof(stats->threads) ||
-		      stats->size > sizeof(*stats)))
-		return usnap_err(-EINVAL, "uffdsnap_restore_stats_t.size is %zu: set it to "
-				 "sizeof(uffdsnap_restore_stats_t) (%zu)", stats->size, sizeof(*stats));
+	if (stats && usnap_check_size("uffdsnap_restore", "uffdsnap_restore_stats_t", stats->size,
+				      USNAP_SIZE_UPTO(uffdsnap_restore_stats_t, threads), sizeof(*stats)))
+		return -EINVAL;
 	return 0;
 }
 

@@ -527,9 +527,9 @@ USNAP_EXPORT int uffdsnap_snap_stats(const uffdsnap_snap_t *cs, uffdsnap_stats_t
 
 	if (!s || !out)
 		return usnap_err(-EINVAL, "snap and out must not be NULL");
-	if (out->size < sizeof(out->size) + sizeof(int) || out->size > sizeof(st))
-		return usnap_err(-EINVAL, "uffdsnap_stats.size is %zu: set it to sizeof(uffdsnap_stats_t) (%zu)",
-				 out->size, sizeof(st));
+	if (usnap_check_size("uffdsnap_snap_stats", "uffdsnap_stats_t", out->size,
+			     USNAP_SIZE_UPTO(uffdsnap_stats_t, state), sizeof(st)))
+		return -EINVAL;
 	memset(&st, 0, sizeof(st));
 	st.size = out->size;
 	err = atomic_load(&s->err);

@@ -51,6 +51,18 @@ static inline void usnap_opts_fill(void *opts, size_t size, const void *defaults
 	memcpy(opts, &size, sizeof(size));
 }
 
+/*
+ * The one rule for every struct that carries its own size (docs/api.md,
+ * "Structs that carry their size"), options the caller fills and stats the
+ * library fills alike: .size must be at least `min` (the first version's
+ * size: a struct never initialised has 0 there) and at most this library's
+ * sizeof (a larger one comes from a newer header: options this library
+ * would ignore, or fields it would leave unset). 0, or -EINVAL with a
+ * sentence naming fn and the type (errors.c).
+ */
+int usnap_check_size(const char *fn, const char *type, size_t size, size_t min, size_t ours);
+#define USNAP_SIZE_UPTO(type, field) (offsetof(type, field) + sizeof(((type *)0)->field))
+
 /* errors.c: format a message with every byte outside printable ASCII as \xNN. */
 void usnap_vformat(char *dst, size_t cap, const char *fmt, va_list ap);
 void usnap_format(char *dst, size_t cap, const char *fmt, ...) __attribute__((format(printf, 3, 4)));

@@ -357,6 +357,62 @@ START_TEST(restore_sizes_checked)
 }
 END_TEST
 
+/*
+ * The one rule for structs that carry their size (docs/api.md), on the
+ * reader's and lazy restore's out-structs too: 0 and larger than this
+ * library's are refused with a sentence naming the type; a first-version
+ * size is filled up to its .size and nothing past it.
+ */
+START_TEST(struct_sizes_one_rule)
+{
+	struct {
+		uffdsnap_info_t i;
+		uint64_t guard;
+	} big;
+	uffdsnap_region_info_t ri;
+	uffdsnap_lazy_stats_t ls = { .size = 0 };
+	uffdsnap_lazy_region_t lreg = { .name = "r", .len = LEN };
+	struct usnap_snapfile f;
+	struct usnap_mem m;
+	uffdsnap_reader_t *r;
+	uffdsnap_lazy_t *lz;
+
+	usnap_watchdog(60, "struct_sizes_one_rule");
+	usnap_snapfile_new(&f, "r", LEN, 9, 0, 0);
+	ck_assert_int_eq(uffdsnap_reader_open(&r, f.path), 0);
+	big.i.size = 0;
+	ck_assert_int_eq(uffdsnap_reader_info(r, &big.i), -EINVAL);
+	ck_assert_msg(strstr(uffdsnap_last_error(), "uffdsnap_info_t.size is 0"), "%s", uffdsnap_last_error());
+	big.i.size = sizeof(big);
+	ck_assert_int_eq(uffdsnap_reader_info(r, &big.i), -EINVAL);
+	ck_assert_msg(strstr(uffdsnap_last_error(), "uffdsnap_info_t.size is"), "%s", uffdsnap_last_error());
+	memset(&big, 0xff, sizeof(big));
+	big.i.size = offsetof(uffdsnap_info_t, chunks_loaded); /* the first version */
+	ck_assert_int_eq(uffdsnap_reader_info(r, &big.i), 0);
+	ck_assert_int_eq(big.i.complete, 1);
+	ck_assert_uint_eq(big.i.chunks_loaded, UINT64_MAX); /* past .size: untouched */
+	ri.size = 0;
+	ck_assert_int_eq(uffdsnap_reader_region(r, 0, &ri), -EINVAL);
+	ck_assert_msg(strstr(uffdsnap_last_error(), "uffdsnap_region_info_t.size is 0"), "%s", uffdsnap_last_error());
+	ri.size = sizeof(ri);
+	ck_assert_int_eq(uffdsnap_reader_region(r, 7, &ri), -ENOENT);
+	ck_assert_str_ne(uffdsnap_last_error(), "");
+	usnap_memfd(&m, LEN);
+	lreg.addr = m.addr;
+	ck_assert_int_eq(uffdsnap_lazy_start(&lz, r, &lreg, 1, NULL), 0);
+	ck_assert_int_eq(uffdsnap_lazy_wait(lz), 0);
+	ck_assert_int_eq(uffdsnap_lazy_stats(lz, &ls), -EINVAL);
+	ck_assert_msg(strstr(uffdsnap_last_error(), "uffdsnap_lazy_stats_t.size is 0"), "%s", uffdsnap_last_error());
+	ls.size = sizeof(ls);
+	ck_assert_int_eq(uffdsnap_lazy_stats(lz, &ls), 0);
+	ck_assert_uint_eq(ls.pages_total, LEN / usnap_page);
+	uffdsnap_lazy_free(lz);
+	usnap_mem_free(&m);
+	uffdsnap_reader_free(r);
+	usnap_snapfile_free(&f);
+}
+END_TEST
+
 struct seen {
 	int n, stale;
 	char names[8][PATH_MAX + 64];
@@ -507,6 +563,7 @@ int main(void)
 	tcase_add_test(tc, out_stale_temps);
 	tcase_add_test(tc, out_restore_hugetlbfs);
 	tcase_add_test(tc, restore_sizes_checked);
+	tcase_add_test(tc, struct_sizes_one_rule);
 	tcase_add_test(tc, errors_documented);
 	suite_add_tcase(s, tc);
 	return usnap_run_suite(s);
