@@ -341,8 +341,9 @@ USNAP_EXPORT int uffdsnap_add_region(uffdsnap_t *ctx, const char *name, void *ad
 	if (err) {
 		if (fd >= 0)
 			close(fd);
-		err = usnap_err(err == -EINVAL ? -EMEDIUMTYPE : err, "region '%s': UFFDIO_REGISTER failed: %s",
-				name, strerror(-err));
+		err = usnap_err(err == -EINVAL ? -EMEDIUMTYPE : err, "region '%s': UFFDIO_REGISTER failed: %s%s",
+				name, strerror(-err), err == -EBUSY ? " (another userfaultfd holds this memory: "
+				"another context snapshotting it, or another library)" : "");
 		goto out;
 	}
 	usnap_uffd_unregister(ctx->uffd[usnap_kind_uffd(kind)], a, len);

@@ -284,6 +284,35 @@ START_TEST(regions_share_file_pages)
 }
 END_TEST
 
+/* A second context on memory a first one is snapshotting: -EBUSY that says
+ * another userfaultfd holds it, at add_region and at begin. */
+START_TEST(two_contexts)
+{
+	uffdsnap_t *ctx2;
+	uffdsnap_snap_t *s2 = NULL;
+	struct usnap_cb cb2;
+	struct run t;
+	int r;
+
+	usnap_watchdog(120, "two_contexts");
+	setup(&t, 167);
+	ctx2 = usnap_ctx_new(NULL);
+	usnap_add(ctx2, "ram", t.m.addr, LEN); /* before the first snapshot: free */
+	begin_slow(&t);
+	r = uffdsnap_add_region(ctx2, "again", t.m.addr, LEN);
+	ck_assert_int_eq(r, -EBUSY);
+	usnap_cb_init(&cb2, -1);
+	r = uffdsnap_begin(ctx2, usnap_cb_sink(&cb2), &s2);
+	printf("two_contexts: %d %s\n", r, uffdsnap_last_error());
+	ck_assert_int_eq(r, -EBUSY);
+	ck_assert_msg(strstr(uffdsnap_last_error(), "another userfaultfd"), "%s", uffdsnap_last_error());
+	ck_assert_int_eq(finish(&t, "the first context"), 0);
+	uffdsnap_free(ctx2);
+	usnap_cb_destroy(&cb2);
+	end(&t);
+}
+END_TEST
+
 int main(void)
 {
 	Suite *s = suite_create("alias");
@@ -299,6 +328,7 @@ int main(void)
 	tcase_add_test(tc, mremap_onto_region);
 	tcase_add_test(tc, map_fixed_other_file);
 	tcase_add_test(tc, regions_share_file_pages);
+	tcase_add_test(tc, two_contexts);
 	suite_add_tcase(s, tc);
 	return usnap_run_suite(s);
 }
