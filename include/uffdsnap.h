@@ -411,7 +411,13 @@ void uffdsnap_reader_free(uffdsnap_reader_t *r);
 typedef struct uffdsnap_restore_opts {
 	size_t size;            /* sizeof(uffdsnap_restore_opts_t) */
 	int threads;            /* decompression threads incl. the caller's; 0 = online CPUs */
+	uint32_t flags;         /* UFFDSNAP_RESTORE_* */
 } uffdsnap_restore_opts_t;
+
+/* uffdsnap_restore_memfd(): a memfd of huge pages (MFD_HUGETLB, the default
+ * huge page size): the region's length must be a multiple of it, and the
+ * pages must be there (vm.nr_hugepages). */
+#define UFFDSNAP_RESTORE_HUGETLB (1u << 0)
 
 typedef struct uffdsnap_restore_stats {
 	size_t size;            /* in: sizeof(uffdsnap_restore_stats_t) */
@@ -431,9 +437,11 @@ void uffdsnap_restore_opts_init_size(uffdsnap_restore_opts_t *opts, size_t size)
 /*
  * Restore region `id` into a new memfd (named after the region, sized to it,
  * close-on-exec) and return it in *fd_out, ready to mmap(MAP_SHARED) or to pass
- * to another process. opts and stats may be NULL.
+ * to another process; of huge pages with UFFDSNAP_RESTORE_HUGETLB in opts->flags.
+ * opts and stats may be NULL.
  * Errors: -ENOENT (no region id), -ENODATA (incomplete snapshot), -ESPIPE (a
- * stream), -EBADMSG (corrupt), -ENOMEM/-ENOSPC (memfd), -EINVAL.
+ * stream), -EBADMSG (corrupt), -ENOMEM/-ENOSPC (memfd, huge pages), -EINVAL
+ * (also: a region that is not whole huge pages).
  */
 int uffdsnap_restore_memfd(uffdsnap_reader_t *r, unsigned id, int *fd_out, const uffdsnap_restore_opts_t *opts,
 			   uffdsnap_restore_stats_t *stats);

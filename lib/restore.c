@@ -226,6 +226,8 @@ static int check_structs(const uffdsnap_restore_opts_t *opts, const uffdsnap_res
 		return -EINVAL;
 	if (opts && opts->threads < 0)
 		return usnap_err(-EINVAL, "uffdsnap_restore_opts_t.threads is %d: 0 (one per CPU) or more", opts->threads);
+	if (opts && opts->size >= USNAP_SIZE_UPTO(uffdsnap_restore_opts_t, flags) && (opts->flags & ~UFFDSNAP_RESTORE_HUGETLB))
+		return usnap_err(-EINVAL, "uffdsnap_restore_opts_t.flags has unknown bits 0x%x", opts->flags);
 	if (stats && usnap_check_size("uffdsnap_restore", "uffdsnap_restore_stats_t", stats->size,
 				      USNAP_SIZE_UPTO(uffdsnap_restore_stats_t, threads), sizeof(*stats)))
 		return -EINVAL;
@@ -373,6 +375,7 @@ USNAP_EXPORT int uffdsnap_restore_memfd(uffdsnap_reader_t *r, unsigned id, int *
 {
 	uffdsnap_region_info_t ri;
 	char name[250];
+	bool huge;
 	int fd, rc;
 
 	usnap_clear_err();
@@ -383,8 +386,11 @@ USNAP_EXPORT int uffdsnap_restore_memfd(uffdsnap_reader_t *r, unsigned id, int *
 		return rc;
 	/* memfd names are at most 249 bytes; the name is only a label in /proc */
 	snprintf(name, sizeof(name), "%s", ri.name);
-	if ((fd = memfd_create(name, MFD_CLOEXEC)) < 0)
-		return usnap_err(-errno, "region '%s': memfd_create: %s", ri.name, strerror(errno));
+	huge = opts && opts->size >= USNAP_SIZE_UPTO(uffdsnap_restore_opts_t, flags) &&
+	       (opts->flags & UFFDSNAP_RESTORE_HUGETLB);
+	if ((fd = memfd_create(name, MFD_CLOEXEC | (huge ? MFD_HUGETLB : 0))) < 0)
+		return usnap_err(-errno, "region '%s': memfd_create%s: %s", ri.name, huge ? " (MFD_HUGETLB)" : "",
+				 strerror(errno));
 	if ((rc = run_fd(r, id, &ri, fd, opts, stats))) {
 		close(fd);
 		return rc;

@@ -28,7 +28,9 @@
 #include <sys/file.h>
 #include <sys/mount.h>
 #include <sys/socket.h>
+#include <sys/mman.h>
 #include <sys/stat.h>
+#include <sys/vfs.h>
 #include <sys/sysmacros.h>
 #include <sys/un.h>
 #include <sys/wait.h>
@@ -272,23 +274,21 @@ START_TEST(out_restore_hugetlbfs)
 	static const char nr_path[] = "/proc/sys/vm/nr_hugepages";
 	struct usnap_snapfile f, small;
 	char mnt[] = "/var/tmp/usnap-hugetlbfs.XXXXXX", p[PATH_MAX + 64];
-	int rc_big = 1, rc_small = 1, same = 0;
+	int rc_big = 1, rc_small = 1, rc_memfd = 1, same = 0, same_memfd = 0, huge_memfd = 0;
 	long old = read_long(nr_path);
 	uffdsnap_reader_t *r;
 	uint8_t *got = NULL;
 	size_t n = 0;
 	bool mounted;
 
-	if (geteuid() || old < 0) {
-		printf("out_restore_hugetlbfs: not root: huge pages cannot be reserved: skipped\n");
-		return;
-	}
+	if (geteuid() || old < 0)
+		return usnap_skip("out_restore_hugetlbfs", "not root: huge pages cannot be reserved");
 	usnap_watchdog(60, "out_restore_hugetlbfs");
 	usnap_snapfile_new(&f, "r", 4 * MiB, 6, 5, 7);
 	usnap_snapfile_new(&small, "s", LEN, 7, 0, 0);
 	if (!write_long(nr_path, old + 4) || read_long(nr_path) < old + 4) {
 		write_long(nr_path, old);
-		printf("out_restore_hugetlbfs: could not reserve 4 huge pages: skipped\n");
+		usnap_skip("out_restore_hugetlbfs", "could not reserve 4 huge pages");
 		goto out;
 	}
 	ck_assert(mkdtemp(mnt));
@@ -310,6 +310,29 @@ START_TEST(out_restore_hugetlbfs)
 		uffdsnap_reader_free(r);
 		umount2(mnt, MNT_DETACH);
 	}
+	/* and into a memfd of huge pages */
+	{
+		uffdsnap_restore_opts_t o;
+		struct statfs sfs;
+		void *a;
+		int fd = -1;
+
+		uffdsnap_restore_opts_init(&o);
+		o.flags = UFFDSNAP_RESTORE_HUGETLB;
+		ck_assert_int_eq(uffdsnap_reader_open(&r, f.path), 0);
+		rc_memfd = uffdsnap_restore_memfd(r, 0, &fd, &o, NULL);
+		if (rc_memfd)
+			printf("  restore_memfd(HUGETLB): %s\n", uffdsnap_last_error());
+		uffdsnap_reader_free(r);
+		if (fd >= 0) {
+			huge_memfd = !fstatfs(fd, &sfs) && sfs.f_type == 0x958458f6; /* HUGETLBFS_MAGIC */
+			a = mmap(NULL, 4 * MiB, PROT_READ, MAP_SHARED, fd, 0);
+			same_memfd = a != MAP_FAILED && !memcmp(a, f.want, 4 * MiB);
+			if (a != MAP_FAILED)
+				munmap(a, 4 * MiB);
+			close(fd);
+		}
+	}
 	rmdir(mnt);
 	/* given back by difference: another program may have changed the pool meanwhile */
 	old = read_long(nr_path) - 4;
@@ -318,7 +341,11 @@ START_TEST(out_restore_hugetlbfs)
 	ck_assert_int_eq(rc_big, 0);
 	ck_assert_msg(same, "the file on hugetlbfs does not hold the region");
 	ck_assert_int_eq(rc_small, -EINVAL);
-	printf("out_restore_hugetlbfs: 4 MiB restored into a file on hugetlbfs, byte-exact\n");
+	ck_assert_int_eq(rc_memfd, 0);
+	ck_assert_msg(huge_memfd && same_memfd, "restore_memfd(HUGETLB): on hugetlbfs %d, byte-exact %d", huge_memfd,
+		      same_memfd);
+	printf("out_restore_hugetlbfs: 4 MiB restored into a file on hugetlbfs and into a memfd of huge pages, "
+	       "byte-exact\n");
 out:
 	usnap_snapfile_free(&f);
 	usnap_snapfile_free(&small);
@@ -550,7 +577,7 @@ END_TEST
 int main(void)
 {
 	Suite *s = suite_create("output");
-	TCase *tc = tcase_create("output");
+	TCase *tc = tcase_create("output"), *huge = tcase_create("huge");
 
 	usnap_test_require_uffd();
 	tcase_set_timeout(tc, 120);
@@ -561,10 +588,13 @@ int main(void)
 	tcase_add_test(tc, out_close_fails);
 #endif
 	tcase_add_test(tc, out_stale_temps);
-	tcase_add_test(tc, out_restore_hugetlbfs);
 	tcase_add_test(tc, restore_sizes_checked);
 	tcase_add_test(tc, struct_sizes_one_rule);
 	tcase_add_test(tc, errors_documented);
+	tcase_set_timeout(huge, 120);
+	tcase_set_tags(huge, "huge");
+	tcase_add_test(huge, out_restore_hugetlbfs);
 	suite_add_tcase(s, tc);
+	suite_add_tcase(s, huge);
 	return usnap_run_suite(s);
 }
