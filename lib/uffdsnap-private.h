@@ -16,6 +16,7 @@
  *   sink.c      sinks and the I/O thread: header, chunks, index, trailer
  *   reader.c    everything that reads snapshot bytes (reader-private.h: for restore)
  *   restore*.c  eager and lazy restore, and the page server (restore-private.h)
+ *   migrate.c   live migration: sender rounds, receiver (migrate.h: the wire protocol)
  *   inject.c    test-only fault injection (never in the installed library)
  *   errors.c    errno texts and the per-thread error detail
  */
@@ -248,8 +249,12 @@ struct uffdsnap {
 	struct usnap_reg *regs;
 	unsigned nregs, cap;
 	struct usnap_pool pool;
-	pthread_mutex_t lock;       /* active, participants */
+	pthread_mutex_t lock;       /* active, migration, participants */
 	struct uffdsnap_snap *active;
+	/* A migration running (migrate.c): the regions are registered with its
+	 * WP_ASYNC userfaultfd, and a VMA takes one userfaultfd at a time, so
+	 * begin and add_region refuse (-EBUSY) until it ended. */
+	struct uffdsnap_migrate *migration;
 	struct usnap_participant *parts;
 	unsigned nparts;
 	struct usnap_listener *listener; /* participant.c, once uffdsnap_listen() was called */
