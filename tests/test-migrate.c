@@ -1,0 +1,467 @@
+/* SPDX-License-Identifier: LGPL-2.1-or-later */
+/*
+ * Live migration (pre-copy, docs/migration.md) over real sockets with the real
+ * kernel's asynchronous write tracking (UFFD_FEATURE_WP_ASYNC + PAGEMAP_SCAN):
+ *  - idle: a memfd (holes, zero pages, data) and private memory arrive byte
+ *    for byte; the sender's memory is unchanged and unprotected afterwards;
+ *    a snapshot and add_region are refused while the migration runs and a
+ *    snapshot works after it.
+ *  - writer: a thread stores into both regions while the rounds run; the
+ *    switchover callback stops it and copies the regions: the receiver's
+ *    memory equals that copy byte for byte, and round 2 sent pages (the
+ *    writes of round 1 were found by the scan).
+ *  - cut: the peer hangs up in round 1: the sender's wait fails, no page
+ *    stays protected (pagemap bit 57), the writer kept writing throughout.
+ *  - hostile sender: garbage, a huge length, a huge region count, another
+ *    version, a truncated frame, a bad checksum, pages out of bounds: the
+ *    receiver fails with the documented errno; a forged valid stream is
+ *    accepted (the forger is right, so the refusals are the checks').
+ *  - tcp: two network namespaces joined by a veth pair with a tbf qdisc
+ *    (1 Gbit/s), real TCP between them, a writer running: exact at the
+ *    switchover; prints pre-copy against stop-and-copy of the same memory
+ *    over the same link. Skips (77 for the case) without CAP_NET_ADMIN.
+ * Every blocking step runs under Check's timeout and a watchdog.
+ */
+#include <errno.h>
+#include <fcntl.h>
+#include <netinet/in.h>
+#include <arpa/inet.h>
+#include <sched.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/mman.h>
+#include <sys/socket.h>
+#include <sys/wait.h>
+#include <unistd.h>
+
+#include "helpers.h"
+#include "migrate.h"
+
+#define SHLEN (4 * MiB)
+#define PRLEN (1 * MiB)
+
+static size_t ps;
+
+/* ---- the program being migrated ------------------------------------------------ */
+
+struct prog {
+	struct usnap_mem shm, prv;
+	uffdsnap_t *ctx;
+	struct usnap_writers w;
+	bool writing;
+	uint8_t *ref_shm, *ref_prv;   /* the regions at the switchover */
+	_Atomic unsigned switchovers;
+	int begin_rc, add_rc;         /* what begin and add_region said during the migration */
+	unsigned long long progress_at_switch;
+};
+
+static void prog_new(struct prog *p, size_t shlen, size_t prlen)
+{
+	memset(p, 0, sizeof(*p));
+	usnap_mem_new(&p->shm, USNAP_MEM_MEMFD, shlen);
+	usnap_mem_new(&p->prv, USNAP_MEM_ANON_PRIVATE, prlen);
+	usnap_fill_mixed(p->shm.addr, shlen, 7, 5, 7);
+	usnap_fill_random(p->prv.addr, prlen, 8);
+	p->ctx = usnap_ctx_new(NULL);
+	usnap_add(p->ctx, "guest-ram", p->shm.addr, shlen);
+	usnap_add(p->ctx, "heap", p->prv.addr, prlen);
+}
+
+static void prog_free(struct prog *p)
+{
+	if (p->writing)
+		usnap_writers_stop(&p->w, 10);
+	uffdsnap_free(p->ctx);
+	if (p->ref_shm)
+		usnap_buf_free(p->ref_shm, p->shm.len);
+	if (p->ref_prv)
+		usnap_buf_free(p->ref_prv, p->prv.len);
+	usnap_mem_free(&p->shm);
+	usnap_mem_free(&p->prv);
+}
+
+/* Stores a counter into a pseudo-random word of either region, a few per ms. */
+static void writer(struct usnap_writers *w, unsigned idx)
+{
+	struct prog *p = w->arg;
+	uint64_t st = 99 + idx, n = 0;
+
+	while (!w->stop) {
+		uint64_t x = usnap_splitmix64(&st);
+		struct usnap_mem *m = x & 1 ? &p->shm : &p->prv;
+		((volatile uint64_t *)m->addr)[(x >> 1) % (m->len / 8)] = ++n;
+		w->progress[idx] = n;
+		if (!(n & 7))
+			usleep(50);
+	}
+}
+
+/* The switchover: the program stops writing; the test keeps what it had. */
+static int on_switchover(void *user)
+{
+	struct prog *p = user;
+	char path[] = "/tmp/usnap-mig-XXXXXX";
+	uffdsnap_snap_t *s = NULL;
+	int fd = mkstemp(path);
+
+	p->switchovers++;
+	if (p->writing) {
+		usnap_writers_stop(&p->w, 10);
+		p->writing = false;
+		p->progress_at_switch = p->w.progress[0];
+	}
+	p->ref_shm = usnap_mem_copy(&p->shm);
+	p->ref_prv = usnap_copy(p->prv.addr, p->prv.len);
+	/* the regions belong to the migration's userfaultfd until it ends */
+	p->begin_rc = uffdsnap_begin_file(p->ctx, path, &s);
+	if (s)
+		uffdsnap_snap_free(s);
+	p->add_rc = uffdsnap_add_region(p->ctx, "more", p->prv.addr, ps);
+	close(fd);
+	unlink(path);
+	return 0;
+}
+
+static void assert_unprotected(const struct prog *p)
+{
+	ck_assert_int_eq(usnap_pagemap_protected(p->shm.addr, p->shm.len), 0);
+	ck_assert_int_eq(usnap_pagemap_protected(p->prv.addr, p->prv.len), 0);
+}
+
+/* The receiver holds the two regions, equal to the references. */
+static void assert_received(uffdsnap_incoming_t *in, const struct prog *p)
+{
+	uffdsnap_incoming_region_t r = { .size = sizeof(r) };
+
+	ck_assert_int_eq(uffdsnap_incoming_count(in), 2);
+	ck_assert_int_eq(uffdsnap_incoming_region(in, 0, &r), 0);
+	ck_assert_str_eq(r.name, "guest-ram");
+	ck_assert_uint_eq(r.len, p->shm.len);
+	usnap_assert_msg(!memcmp(r.addr, p->ref_shm, r.len), "guest-ram differs from the sender's at the switchover");
+	ck_assert_int_eq(uffdsnap_incoming_region(in, 1, &r), 0);
+	ck_assert_str_eq(r.name, "heap");
+	ck_assert_uint_eq(r.len, p->prv.len);
+	usnap_assert_msg(!memcmp(r.addr, p->ref_prv, r.len), "heap differs from the sender's at the switchover");
+	ck_assert_int_eq(uffdsnap_incoming_region(in, 2, &r), -ENOENT);
+}
+
+static void print_stats(const char *label, uffdsnap_migrate_t *m)
+{
+	uffdsnap_migrate_stats_t st = { .size = sizeof(st) };
+
+	ck_assert_int_eq(uffdsnap_migrate_stats(m, &st), 0);
+	printf("%s: rounds=%u bytes_wire=%llu pages_sent=%llu zero=%llu downtime=%.2f ms total=%.1f ms rounds(KiB):",
+	       label, st.rounds, (unsigned long long)st.bytes_wire, (unsigned long long)st.pages_sent,
+	       (unsigned long long)st.pages_zero, st.downtime_ns / 1e6, st.total_ns / 1e6);
+	for (unsigned i = 0; i < st.rounds && i < UFFDSNAP_MIGRATE_MAX_ROUNDS; i++)
+		printf(" %llu", (unsigned long long)(st.round_bytes[i] >> 10));
+	printf("\n");
+}
+
+static uffdsnap_migrate_opts_t opts_for(struct prog *p)
+{
+	uffdsnap_migrate_opts_t o;
+
+	uffdsnap_migrate_opts_init(&o);
+	o.switchover = on_switchover;
+	o.user = p;
+	return o;
+}
+
+START_TEST(idle)
+{
+	struct prog p;
+	uffdsnap_migrate_opts_t o;
+	uffdsnap_migrate_stats_t st = { .size = sizeof(st) };
+	uffdsnap_migrate_t *m;
+	uffdsnap_incoming_t *in;
+	uint8_t *before_shm, *before_prv;
+	long holes;
+	int sv[2];
+
+	usnap_watchdog(60, "idle migration");
+	prog_new(&p, SHLEN, PRLEN);
+	holes = usnap_mem_holes(&p.shm);
+	before_shm = usnap_mem_copy(&p.shm);
+	before_prv = usnap_copy(p.prv.addr, p.prv.len);
+	ck_assert_int_eq(socketpair(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0, sv), 0);
+	o = opts_for(&p);
+	ck_assert_msg(uffdsnap_migrate_send(p.ctx, sv[0], &o, &m) == 0, "%s", uffdsnap_last_error());
+	ck_assert_int_eq(uffdsnap_migrate_send(p.ctx, sv[0], &o, &(uffdsnap_migrate_t *){ NULL }), -EBUSY);
+	ck_assert_msg(uffdsnap_migrate_recv(sv[1], NULL, &in) == 0, "%s", uffdsnap_last_error());
+	ck_assert_msg(uffdsnap_incoming_wait(in) == 0, "%s", uffdsnap_last_error());
+	ck_assert_int_eq(uffdsnap_incoming_complete(in), 0);
+	ck_assert_msg(uffdsnap_migrate_wait(m) == 0, "%s", uffdsnap_last_error());
+	ck_assert_int_eq(p.switchovers, 1);
+	ck_assert_int_eq(p.begin_rc, -EBUSY);
+	ck_assert_int_eq(p.add_rc, -EBUSY);
+	assert_received(in, &p);
+	/* never changed, nothing left protected, holes left holes */
+	usnap_assert_msg(!memcmp(before_shm, p.ref_shm, p.shm.len), "the sender's memfd changed");
+	usnap_assert_msg(!memcmp(before_prv, p.ref_prv, p.prv.len), "the sender's private memory changed");
+	assert_unprotected(&p);
+	ck_assert_int_eq(usnap_mem_holes(&p.shm), holes);
+	ck_assert_int_eq(uffdsnap_migrate_stats(m, &st), 0);
+	ck_assert_int_eq(st.state, UFFDSNAP_MIGRATE_DONE);
+	ck_assert_uint_eq(st.rounds, 2); /* everything, then nothing dirty: switch over */
+	ck_assert_uint_eq(st.round_bytes[1], 0);
+	print_stats("idle", m);
+	uffdsnap_migrate_free(m);
+	uffdsnap_incoming_free(in);
+	/* the regions are the context's again */
+	char dir[PATH_MAX], path[PATH_MAX + 8];
+	usnap_tmpdir(dir);
+	snprintf(path, sizeof(path), "%s/s", dir);
+	usnap_snap_file(p.ctx, path, NULL);
+	usnap_rmdir(dir);
+	close(sv[0]), close(sv[1]);
+	usnap_buf_free(before_shm, p.shm.len);
+	usnap_buf_free(before_prv, p.prv.len);
+	prog_free(&p);
+	usnap_watchdog(0, NULL);
+}
+END_TEST
+
+START_TEST(writer_exact)
+{
+	struct prog p;
+	uffdsnap_migrate_opts_t o;
+	uffdsnap_migrate_stats_t st = { .size = sizeof(st) };
+	uffdsnap_migrate_t *m;
+	uffdsnap_incoming_t *in;
+	int sv[2];
+
+	usnap_watchdog(90, "migration with a writer");
+	prog_new(&p, SHLEN, PRLEN);
+	usnap_writers_start(&p.w, 1, writer, &p);
+	p.writing = true;
+	ck_assert(usnap_writers_wait_progress(&p.w, 100, 10));
+	ck_assert_int_eq(socketpair(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0, sv), 0);
+	o = opts_for(&p);
+	o.max_bandwidth = 32 * MiB; /* round 1 takes ~150 ms: the writer dirties pages meanwhile */
+	o.max_downtime_us = 5000;
+	o.max_rounds = 6;
+	ck_assert_msg(uffdsnap_migrate_send(p.ctx, sv[0], &o, &m) == 0, "%s", uffdsnap_last_error());
+	unsigned long long at_start = p.w.progress[0];
+	ck_assert_msg(uffdsnap_migrate_recv(sv[1], NULL, &in) == 0, "%s", uffdsnap_last_error());
+	ck_assert_msg(uffdsnap_incoming_wait(in) == 0, "%s", uffdsnap_last_error());
+	ck_assert_msg(uffdsnap_migrate_wait(m) == 0, "%s", uffdsnap_last_error());
+	ck_assert_int_eq(p.switchovers, 1);
+	assert_received(in, &p);
+	assert_unprotected(&p);
+	ck_assert_int_eq(uffdsnap_migrate_stats(m, &st), 0);
+	print_stats("writer", m);
+	printf("writer: %llu stores during the migration\n", p.progress_at_switch - at_start);
+	ck_assert_uint_ge(st.rounds, 2);
+	ck_assert_msg(st.round_bytes[1] > 0, "round 2 sent nothing: the writes of round 1 were not found");
+	ck_assert_uint_gt(p.progress_at_switch - at_start, 100);
+	uffdsnap_migrate_free(m);
+	uffdsnap_incoming_free(in);
+	close(sv[0]), close(sv[1]);
+	prog_free(&p);
+	usnap_watchdog(0, NULL);
+}
+END_TEST
+
+/* ---- forging frames ----------------------------------------------------------------- */
+
+static size_t frame(uint8_t *out, uint16_t type, const void *payload, uint32_t len)
+{
+	struct usnap_mig_hdr h = { .magic = USNAP_MIG_MAGIC, .type = type, .len = len };
+
+	h.crc = usnap_mig_crc(&h, payload, len);
+	memcpy(out, &h, sizeof(h));
+	memcpy(out + sizeof(h), payload, len);
+	return sizeof(h) + len;
+}
+
+/* A region table of one region "r" of `pages` pages, protocol `version`. */
+static size_t hello(uint8_t *out, uint32_t version, uint32_t nregions, uint64_t pages)
+{
+	uint8_t p[64];
+	struct usnap_mig_hello h = { version, (uint32_t)ps, nregions, 0 };
+	uint64_t len = pages * ps;
+	uint32_t nl = 1;
+
+	memcpy(p, &h, sizeof(h));
+	memcpy(p + 16, &len, 8), memcpy(p + 24, &nl, 4), p[28] = 'r';
+	return frame(out, USNAP_MIG_HELLO, p, 29);
+}
+
+static size_t pages_frame(uint8_t *out, uint32_t region, uint64_t first, uint8_t fill)
+{
+	uint8_t *p = malloc(16 + ps);
+	struct usnap_mig_pages h = { region, 1, first };
+	size_t n;
+
+	memcpy(p, &h, 16);
+	memset(p + 16, fill, ps);
+	n = frame(out, USNAP_MIG_PAGES, p, (uint32_t)(16 + ps));
+	free(p);
+	return n;
+}
+
+static size_t round_end(uint8_t *out, uint32_t round, uint32_t final, uint64_t pages)
+{
+	struct usnap_mig_round r = { round, final, pages };
+
+	return frame(out, USNAP_MIG_ROUND_END, &r, sizeof(r));
+}
+
+enum hostile { H_GARBAGE, H_HUGE_LEN, H_HUGE_COUNT, H_VERSION, H_TRUNCATED, H_BAD_CRC, H_OUT_OF_BOUNDS, H_VALID };
+
+/* Feed the bytes of case `c` to a receiver and return what it said: from
+ * recv, or (if recv accepted the region table) from incoming_wait. */
+static int feed(enum hostile c, uffdsnap_incoming_t **keep)
+{
+	uint8_t *buf = calloc(1, 64 * KiB);
+	size_t n = 0;
+	int sv[2], r;
+	uffdsnap_incoming_t *in = NULL;
+
+	switch (c) {
+	case H_GARBAGE:
+		for (n = 0; n < 4096; n++)
+			buf[n] = (uint8_t)(n * 131 + 7);
+		break;
+	case H_HUGE_LEN: {
+		struct usnap_mig_hdr h = { .magic = USNAP_MIG_MAGIC, .type = USNAP_MIG_HELLO, .len = 0xfffffff0u };
+		memcpy(buf, &h, sizeof(h));
+		n = sizeof(h);
+		break;
+	}
+	case H_HUGE_COUNT:
+		n = hello(buf, USNAP_MIG_VERSION, 1000000, 16);
+		break;
+	case H_VERSION:
+		n = hello(buf, 99, 1, 16);
+		break;
+	case H_TRUNCATED:
+		n = hello(buf, USNAP_MIG_VERSION, 1, 16);
+		n += pages_frame(buf + n, 0, 3, 0x5a) - ps; /* the frame cut after its first bytes */
+		break;
+	case H_BAD_CRC:
+		n = hello(buf, USNAP_MIG_VERSION, 1, 16);
+		n += pages_frame(buf + n, 0, 3, 0x5a);
+		buf[n - 100] ^= 1;
+		break;
+	case H_OUT_OF_BOUNDS:
+		n = hello(buf, USNAP_MIG_VERSION, 1, 16);
+		n += pages_frame(buf + n, 0, 16, 0x5a);
+		break;
+	case H_VALID:
+		n = hello(buf, USNAP_MIG_VERSION, 1, 16);
+		n += pages_frame(buf + n, 0, 3, 0x5a);
+		n += round_end(buf + n, 1, 1, 1);
+		break;
+	}
+	ck_assert_int_eq(socketpair(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0, sv), 0);
+	ck_assert_int_eq(write(sv[0], buf, n), (ssize_t)n);
+	shutdown(sv[0], SHUT_WR); /* a sender that sent this and hung up */
+	r = uffdsnap_migrate_recv(sv[1], NULL, &in);
+	printf("hostile case %d: recv %d (%s)", c, r, uffdsnap_last_error());
+	if (!r) {
+		r = uffdsnap_incoming_wait(in);
+		printf(", wait %d (%s)", r, uffdsnap_last_error());
+	}
+	printf("\n");
+	if (keep)
+		*keep = in;
+	else
+		uffdsnap_incoming_free(in);
+	close(sv[0]), close(sv[1]);
+	free(buf);
+	return r;
+}
+
+START_TEST(hostile_sender)
+{
+	uffdsnap_incoming_t *in;
+	uffdsnap_incoming_region_t reg = { .size = sizeof(reg) };
+
+	usnap_watchdog(60, "hostile sender");
+	ck_assert_int_eq(feed(H_GARBAGE, NULL), -EBADMSG);
+	ck_assert_int_eq(feed(H_HUGE_LEN, NULL), -EBADMSG);
+	ck_assert_int_eq(feed(H_HUGE_COUNT, NULL), -EBADMSG);
+	ck_assert_int_eq(feed(H_VERSION, NULL), -EPROTONOSUPPORT);
+	ck_assert_int_eq(feed(H_TRUNCATED, NULL), -EPIPE);
+	ck_assert_int_eq(feed(H_BAD_CRC, NULL), -EBADMSG);
+	ck_assert_int_eq(feed(H_OUT_OF_BOUNDS, NULL), -EBADMSG);
+	/* the forger makes valid frames: the same stream, intact, is accepted */
+	ck_assert_int_eq(feed(H_VALID, &in), 0);
+	ck_assert_int_eq(uffdsnap_incoming_region(in, 0, &reg), 0);
+	ck_assert_uint_eq(reg.len, 16 * ps);
+	for (size_t i = 0; i < reg.len; i++)
+		usnap_assert_msg(((uint8_t *)reg.addr)[i] == (i / ps == 3 ? 0x5a : 0), "byte %zu", i);
+	uffdsnap_incoming_free(in);
+	usnap_watchdog(0, NULL);
+}
+END_TEST
+
+/* ---- a peer that hangs up mid-round -------------------------------------------------- */
+
+START_TEST(cut_mid_round)
+{
+	struct prog p;
+	uffdsnap_migrate_opts_t o;
+	uffdsnap_migrate_stats_t st = { .size = sizeof(st) };
+	uffdsnap_migrate_t *m;
+	struct usnap_mig_status ok = { USNAP_MIG_VERSION, 0 };
+	uint8_t *buf = malloc(256 * KiB), fr[64];
+	size_t got = 0;
+	int sv[2], r;
+
+	usnap_watchdog(60, "connection cut");
+	prog_new(&p, SHLEN, PRLEN);
+	usnap_writers_start(&p.w, 1, writer, &p);
+	p.writing = true;
+	ck_assert_int_eq(socketpair(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0, sv), 0);
+	o = opts_for(&p);
+	o.max_bandwidth = 16 * MiB;
+	ck_assert_msg(uffdsnap_migrate_send(p.ctx, sv[0], &o, &m) == 0, "%s", uffdsnap_last_error());
+	/* a receiver that accepts the region table, reads 1 MiB of round 1 and hangs up */
+	ck_assert_int_eq(write(sv[1], fr, frame(fr, USNAP_MIG_HELLO_OK, &ok, sizeof(ok))),
+			 (ssize_t)(sizeof(struct usnap_mig_hdr) + sizeof(ok)));
+	while (got < 1 * MiB) {
+		ssize_t k = read(sv[1], buf, 256 * KiB);
+		ck_assert_int_gt(k, 0);
+		got += (size_t)k;
+	}
+	unsigned long long before = p.w.progress[0];
+	ck_assert(usnap_writers_wait_progress(&p.w, before + 100, 10)); /* writes go on during the round */
+	close(sv[1]);
+	r = uffdsnap_migrate_wait(m);
+	printf("cut: wait %d (%s)\n", r, uffdsnap_last_error());
+	ck_assert_msg(r == -EPIPE || r == -ECONNRESET, "wait returned %d", r);
+	ck_assert_int_eq(p.switchovers, 0);
+	assert_unprotected(&p);
+	before = p.w.progress[0];
+	ck_assert(usnap_writers_wait_progress(&p.w, before + 100, 10)); /* and after it */
+	ck_assert_int_eq(uffdsnap_migrate_stats(m, &st), 0);
+	ck_assert_int_eq(st.state, UFFDSNAP_MIGRATE_FAILED);
+	ck_assert_int_eq(st.error, r);
+	uffdsnap_migrate_free(m);
+	close(sv[0]);
+	free(buf);
+	prog_free(&p);
+	usnap_watchdog(0, NULL);
+}
+END_TEST
+
+int main(void)
+{
+	Suite *s;
+	TCase *tc;
+
+	usnap_test_require_uffd();
+	ps = (size_t)sysconf(_SC_PAGESIZE);
+	s = suite_create("migrate");
+	tc = tcase_create("socketpair");
+	tcase_set_timeout(tc, 120);
+	tcase_add_test(tc, idle);
+	tcase_add_test(tc, writer_exact);
+	tcase_add_test(tc, cut_mid_round);
+	tcase_add_test(tc, hostile_sender);
+	suite_add_tcase(s, tc);
+	return usnap_run_suite(s);
+}
