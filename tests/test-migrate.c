@@ -23,6 +23,7 @@
  * Every blocking step runs under Check's timeout and a watchdog.
  */
 #include <errno.h>
+#include <stdarg.h>
 #include <fcntl.h>
 #include <netinet/in.h>
 #include <arpa/inet.h>
@@ -49,10 +50,13 @@ struct prog {
 	uffdsnap_t *ctx;
 	struct usnap_writers w;
 	bool writing;
+	size_t hot;                   /* the writer stores into the first `hot` bytes of each region (0: all) */
 	uint8_t *ref_shm, *ref_prv;   /* the regions at the switchover */
 	_Atomic unsigned switchovers;
 	int begin_rc, add_rc;         /* what begin and add_region said during the migration */
 	unsigned long long progress_at_switch;
+	uint64_t callback_ns;         /* time the switchover callback took (part of the downtime) */
+	bool check_busy;              /* the callback tries begin and add_region (begin_rc, add_rc) */
 };
 
 static void prog_new(struct prog *p, size_t shlen, size_t prlen)
@@ -62,6 +66,8 @@ static void prog_new(struct prog *p, size_t shlen, size_t prlen)
 	usnap_mem_new(&p->prv, USNAP_MEM_ANON_PRIVATE, prlen);
 	usnap_fill_mixed(p->shm.addr, shlen, 7, 5, 7);
 	usnap_fill_random(p->prv.addr, prlen, 8);
+	p->ref_shm = usnap_buf_alloc(shlen);
+	p->ref_prv = usnap_buf_alloc(prlen);
 	p->ctx = usnap_ctx_new(NULL);
 	usnap_add(p->ctx, "guest-ram", p->shm.addr, shlen);
 	usnap_add(p->ctx, "heap", p->prv.addr, prlen);
@@ -72,10 +78,8 @@ static void prog_free(struct prog *p)
 	if (p->writing)
 		usnap_writers_stop(&p->w, 10);
 	uffdsnap_free(p->ctx);
-	if (p->ref_shm)
-		usnap_buf_free(p->ref_shm, p->shm.len);
-	if (p->ref_prv)
-		usnap_buf_free(p->ref_prv, p->prv.len);
+	usnap_buf_free(p->ref_shm, p->shm.len);
+	usnap_buf_free(p->ref_prv, p->prv.len);
 	usnap_mem_free(&p->shm);
 	usnap_mem_free(&p->prv);
 }
@@ -89,20 +93,24 @@ static void writer(struct usnap_writers *w, unsigned idx)
 	while (!w->stop) {
 		uint64_t x = usnap_splitmix64(&st);
 		struct usnap_mem *m = x & 1 ? &p->shm : &p->prv;
-		((volatile uint64_t *)m->addr)[(x >> 1) % (m->len / 8)] = ++n;
+		size_t span = p->hot && p->hot < m->len ? p->hot : m->len;
+		((volatile uint64_t *)m->addr)[(x >> 1) % (span / 8)] = ++n;
 		w->progress[idx] = n;
 		if (!(n & 7))
 			usleep(50);
 	}
 }
 
-/* The switchover: the program stops writing; the test keeps what it had. */
+/*
+ * The switchover: the program stops writing (the writer is its only
+ * writer, so the regions keep their contents at this instant from here on:
+ * take_reference() copies them after the migration, outside the downtime).
+ * The idle case also checks that the context refuses a snapshot meanwhile.
+ */
 static int on_switchover(void *user)
 {
 	struct prog *p = user;
-	char path[] = "/tmp/usnap-mig-XXXXXX";
-	uffdsnap_snap_t *s = NULL;
-	int fd = mkstemp(path);
+	uint64_t t0 = usnap_now_ns();
 
 	p->switchovers++;
 	if (p->writing) {
@@ -110,16 +118,26 @@ static int on_switchover(void *user)
 		p->writing = false;
 		p->progress_at_switch = p->w.progress[0];
 	}
-	p->ref_shm = usnap_mem_copy(&p->shm);
-	p->ref_prv = usnap_copy(p->prv.addr, p->prv.len);
-	/* the regions belong to the migration's userfaultfd until it ends */
-	p->begin_rc = uffdsnap_begin_file(p->ctx, path, &s);
-	if (s)
-		uffdsnap_snap_free(s);
-	p->add_rc = uffdsnap_add_region(p->ctx, "more", p->prv.addr, ps);
-	close(fd);
-	unlink(path);
+	if (p->check_busy) {
+		char path[] = "/tmp/usnap-mig-XXXXXX";
+		uffdsnap_snap_t *s = NULL;
+		int fd = mkstemp(path);
+		/* the regions belong to the migration's userfaultfd until it ends */
+		p->begin_rc = uffdsnap_begin_file(p->ctx, path, &s);
+		if (s)
+			uffdsnap_snap_free(s);
+		p->add_rc = uffdsnap_add_region(p->ctx, "more", p->prv.addr, ps);
+		close(fd);
+		unlink(path);
+	}
+	p->callback_ns = usnap_now_ns() - t0;
 	return 0;
+}
+
+static void take_reference(struct prog *p)
+{
+	ck_assert_int_eq(pread(p->shm.fd, p->ref_shm, p->shm.len, 0), (ssize_t)p->shm.len);
+	memcpy(p->ref_prv, p->prv.addr, p->prv.len);
 }
 
 static void assert_unprotected(const struct prog *p)
@@ -181,6 +199,7 @@ START_TEST(idle)
 
 	usnap_watchdog(60, "idle migration");
 	prog_new(&p, SHLEN, PRLEN);
+	p.check_busy = true;
 	holes = usnap_mem_holes(&p.shm);
 	before_shm = usnap_mem_copy(&p.shm);
 	before_prv = usnap_copy(p.prv.addr, p.prv.len);
@@ -195,6 +214,7 @@ START_TEST(idle)
 	ck_assert_int_eq(p.switchovers, 1);
 	ck_assert_int_eq(p.begin_rc, -EBUSY);
 	ck_assert_int_eq(p.add_rc, -EBUSY);
+	take_reference(&p);
 	assert_received(in, &p);
 	/* never changed, nothing left protected, holes left holes */
 	usnap_assert_msg(!memcmp(before_shm, p.ref_shm, p.shm.len), "the sender's memfd changed");
@@ -247,6 +267,7 @@ START_TEST(writer_exact)
 	ck_assert_msg(uffdsnap_incoming_wait(in) == 0, "%s", uffdsnap_last_error());
 	ck_assert_msg(uffdsnap_migrate_wait(m) == 0, "%s", uffdsnap_last_error());
 	ck_assert_int_eq(p.switchovers, 1);
+	take_reference(&p);
 	assert_received(in, &p);
 	assert_unprotected(&p);
 	ck_assert_int_eq(uffdsnap_migrate_stats(m, &st), 0);
@@ -448,6 +469,129 @@ START_TEST(cut_mid_round)
 }
 END_TEST
 
+/* ---- two hosts: network namespaces, veth, tbf, TCP ------------------------------------ */
+
+static char ns_a[64], ns_b[64];
+
+static int sh(const char *fmt, ...) __attribute__((format(printf, 1, 2)));
+static int sh(const char *fmt, ...)
+{
+	char cmd[512];
+	va_list ap;
+
+	va_start(ap, fmt);
+	vsnprintf(cmd, sizeof(cmd), fmt, ap);
+	va_end(ap);
+	return system(cmd);
+}
+
+/* Unchecked teardown (in the runner, after the case, pass or fail). */
+static void netns_down(void)
+{
+	sh("ip netns del %s 2>/dev/null", ns_a);
+	sh("ip netns del %s 2>/dev/null", ns_b);
+}
+
+/* Two namespaces, a veth pair 10.213.77.1 (a) - 10.213.77.2 (b), 1 Gbit/s
+ * token buckets on both ends. */
+static void netns_up(void)
+{
+	ck_assert_int_eq(sh("ip netns add %s && ip netns add %s", ns_a, ns_b), 0);
+	ck_assert_int_eq(sh("ip link add usnapma type veth peer name usnapmb && ip link set usnapma netns %s && "
+			    "ip link set usnapmb netns %s", ns_a, ns_b), 0);
+	ck_assert_int_eq(sh("ip -n %s addr add 10.213.77.1/30 dev usnapma && ip -n %s link set usnapma up && "
+			    "ip -n %s link set lo up", ns_a, ns_a, ns_a), 0);
+	ck_assert_int_eq(sh("ip -n %s addr add 10.213.77.2/30 dev usnapmb && ip -n %s link set usnapmb up && "
+			    "ip -n %s link set lo up", ns_b, ns_b, ns_b), 0);
+	ck_assert_int_eq(sh("ip netns exec %s tc qdisc add dev usnapma root tbf rate 1gbit burst 256kb latency 10ms && "
+			    "ip netns exec %s tc qdisc add dev usnapmb root tbf rate 1gbit burst 256kb latency 10ms",
+			    ns_a, ns_b), 0);
+}
+
+static void enter(const char *ns)
+{
+	char path[128];
+	int fd;
+
+	snprintf(path, sizeof(path), "/run/netns/%s", ns);
+	ck_assert_int_ge(fd = open(path, O_RDONLY | O_CLOEXEC), 0);
+	ck_assert_int_eq(setns(fd, CLONE_NEWNET), 0);
+	close(fd);
+}
+
+/* A TCP connection from namespace a (*snd) to namespace b (*rcv). */
+static void tcp_pair(int *snd, int *rcv)
+{
+	struct sockaddr_in sa = { .sin_family = AF_INET, .sin_port = htons(47613) };
+	int self = open("/proc/self/ns/net", O_RDONLY | O_CLOEXEC), l, one = 1;
+
+	ck_assert_int_ge(self, 0);
+	inet_pton(AF_INET, "10.213.77.2", &sa.sin_addr);
+	enter(ns_b);
+	ck_assert_int_ge(l = socket(AF_INET, SOCK_STREAM | SOCK_CLOEXEC, 0), 0);
+	setsockopt(l, SOL_SOCKET, SO_REUSEADDR, &one, sizeof(one));
+	ck_assert_int_eq(bind(l, (struct sockaddr *)&sa, sizeof(sa)), 0);
+	ck_assert_int_eq(listen(l, 1), 0);
+	enter(ns_a);
+	ck_assert_int_ge(*snd = socket(AF_INET, SOCK_STREAM | SOCK_CLOEXEC, 0), 0);
+	ck_assert_int_eq(connect(*snd, (struct sockaddr *)&sa, sizeof(sa)), 0);
+	ck_assert_int_ge(*rcv = accept4(l, NULL, NULL, SOCK_CLOEXEC), 0);
+	close(l);
+	ck_assert_int_eq(setns(self, CLONE_NEWNET), 0);
+	close(self);
+}
+
+/* One migration of a fresh program over a fresh connection; prints its figures. */
+static void migrate_tcp(const char *label, size_t shlen, unsigned max_rounds)
+{
+	struct prog p;
+	uffdsnap_migrate_opts_t o;
+	uffdsnap_migrate_stats_t st = { .size = sizeof(st) };
+	uffdsnap_migrate_t *m;
+	uffdsnap_incoming_t *in;
+	int snd, rcv;
+
+	prog_new(&p, shlen, PRLEN);
+	p.hot = 512 * KiB; /* a hot set the link outruns: pre-copy converges */
+	usnap_writers_start(&p.w, 1, writer, &p);
+	p.writing = true;
+	ck_assert(usnap_writers_wait_progress(&p.w, 100, 10));
+	tcp_pair(&snd, &rcv);
+	o = opts_for(&p);
+	o.max_downtime_us = 30000;
+	o.max_rounds = max_rounds;
+	ck_assert_msg(uffdsnap_migrate_send(p.ctx, snd, &o, &m) == 0, "%s", uffdsnap_last_error());
+	ck_assert_msg(uffdsnap_migrate_recv(rcv, NULL, &in) == 0, "%s", uffdsnap_last_error());
+	ck_assert_msg(uffdsnap_incoming_wait(in) == 0, "%s", uffdsnap_last_error());
+	ck_assert_msg(uffdsnap_migrate_wait(m) == 0, "%s", uffdsnap_last_error());
+	ck_assert_int_eq(p.switchovers, 1);
+	take_reference(&p);
+	assert_received(in, &p);
+	assert_unprotected(&p);
+	ck_assert_int_eq(uffdsnap_migrate_stats(m, &st), 0);
+	print_stats(label, m);
+	printf("%s: of the downtime, the test's switchover callback (stop the writer, copy the regions): %.2f ms\n",
+	       label, p.callback_ns / 1e6);
+	if (max_rounds == 1)
+		ck_assert_uint_eq(st.rounds, 1);
+	uffdsnap_migrate_free(m);
+	uffdsnap_incoming_free(in);
+	close(snd), close(rcv);
+	prog_free(&p);
+}
+
+START_TEST(tcp_tbf)
+{
+	size_t len = (size_t)(getenv("USNAP_MIGRATE_MB") ? atoi(getenv("USNAP_MIGRATE_MB")) : 32) * MiB;
+
+	usnap_watchdog(120, "migration over TCP");
+	netns_up();
+	migrate_tcp("tcp pre-copy", len, 0);
+	migrate_tcp("tcp stop-and-copy", len, 1);
+	usnap_watchdog(0, NULL);
+}
+END_TEST
+
 int main(void)
 {
 	Suite *s;
@@ -463,5 +607,23 @@ int main(void)
 	tcase_add_test(tc, cut_mid_round);
 	tcase_add_test(tc, hostile_sender);
 	suite_add_tcase(s, tc);
+	/* the tcp case: its own meson test (CK_RUN_CASE=tcp), skipped without
+	 * CAP_NET_ADMIN or ip(8) and tc(8) */
+	const char *only = getenv("CK_RUN_CASE");
+	bool netns = !system("ip netns add usnapmig-probe-$$ 2>/dev/null && ip netns del usnapmig-probe-$$ && "
+			     "command -v tc >/dev/null");
+	if (!netns) {
+		printf("tcp: skipped: cannot create network namespaces (no CAP_NET_ADMIN, or no ip/tc)\n");
+		if (only && !strcmp(only, "tcp"))
+			return 77;
+	} else {
+		snprintf(ns_a, sizeof(ns_a), "usnapmig-%d-a", (int)getpid());
+		snprintf(ns_b, sizeof(ns_b), "usnapmig-%d-b", (int)getpid());
+		tc = tcase_create("tcp");
+		tcase_set_timeout(tc, 180);
+		tcase_add_unchecked_fixture(tc, NULL, netns_down);
+		tcase_add_test(tc, tcp_tbf);
+		suite_add_tcase(s, tc);
+	}
 	return usnap_run_suite(s);
 }
