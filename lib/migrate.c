@@ -193,6 +193,7 @@ struct mig_reg {
 	int fd;            /* SHMEM: a dup of the region's file; PRIVATE: -1 */
 	off_t file_off;
 	bool registered;
+	uint64_t *sent;    /* SHMEM: pages the receiver holds as data (sent, not since sent as zero) */
 };
 
 /* Pages [first, first + n) of region `reg`, written since the previous scan. */
@@ -214,6 +215,18 @@ struct uffdsnap_migrate {
 	struct mig_run *runs;
 	size_t nruns, runs_cap;
 	uint64_t bw_t0, bw_bytes;      /* max_bandwidth pacing: since bw_t0 */
+
+	/* the event thread (events_main): removals heard, to send again */
+	pthread_t ev_thread;
+	bool ev_started;
+	int ev_stop;                   /* eventfd: the event thread ends */
+	pthread_mutex_t ev_lock;
+	struct mig_run *removed;       /* since the last round began */
+	size_t nremoved, removed_cap;
+	struct mig_run *removed_all;   /* since round 1: the final round sends them all again */
+	size_t nremoved_all, removed_all_cap;
+	int ev_err;                    /* a region was unmapped or moved */
+	char ev_msg[256];
 
 	pthread_t thread;
 	bool started, joined;
@@ -362,6 +375,10 @@ static int send_range(struct uffdsnap_migrate *m, unsigned ri, uint64_t first, u
 			while (j < b && usnap_page_is_zero(m->buf + j * m->ps, m->ps) == zero)
 				j++;
 			struct usnap_mig_pages p = { .region = ri, .npages = (uint32_t)(j - i), .first = first + i };
+			if (r->sent)
+				for (uint64_t k = first + i; k < first + j; k++)
+					r->sent[k / 64] = zero ? r->sent[k / 64] & ~(1ull << (k % 64))
+							       : r->sent[k / 64] | (1ull << (k % 64));
 			if (!zero) {
 				e = send_frame(m, USNAP_MIG_PAGES, &p, sizeof(p), m->buf + i * m->ps,
 					       (uint32_t)((j - i) * m->ps));
@@ -382,6 +399,19 @@ static int send_range(struct uffdsnap_migrate *m, unsigned ri, uint64_t first, u
 	return 0;
 }
 
+static int push_run(struct mig_run **v, size_t *n, size_t *cap, struct mig_run run)
+{
+	if (*n == *cap) {
+		size_t c = *cap ? *cap * 2 : 256;
+		struct mig_run *nv = realloc(*v, c * sizeof(*nv));
+		if (!nv)
+			return -ENOMEM;
+		*v = nv, *cap = c;
+	}
+	(*v)[(*n)++] = run;
+	return 0;
+}
+
 /* Append to m->runs the pages written since the last scan (they are
  * protected again); *bytes: their size. */
 static int scan(struct uffdsnap_migrate *m, uint64_t *bytes)
@@ -394,20 +424,140 @@ static int scan(struct uffdsnap_migrate *m, uint64_t *bytes)
 			if (k < 0)
 				return mig_fail(m, k, "region '%s': PAGEMAP_SCAN: %s", r->name, strerror(-k));
 			for (int j = 0; j < k; j++) {
-				if (m->nruns == m->runs_cap) {
-					size_t cap = m->runs_cap ? m->runs_cap * 2 : 256;
-					struct mig_run *nr = realloc(m->runs, cap * sizeof(*nr));
-					if (!nr)
-						return mig_fail(m, -ENOMEM, "the dirty page list");
-					m->runs = nr, m->runs_cap = cap;
-				}
 				uint64_t lo = (m->vec[j].start - r->addr) / m->ps, hi = (m->vec[j].end - r->addr) / m->ps;
-				m->runs[m->nruns++] = (struct mig_run){ i, lo, hi - lo };
+				if (push_run(&m->runs, &m->nruns, &m->runs_cap, (struct mig_run){ i, lo, hi - lo }))
+					return mig_fail(m, -ENOMEM, "the dirty page list");
 				*bytes += (hi - lo) * m->ps;
 			}
 			if (walk_end <= start)
 				return mig_fail(m, -EIO, "region '%s': PAGEMAP_SCAN made no progress", r->name);
 			start = walk_end;
+		}
+	}
+	return 0;
+}
+
+/*
+ * The removals the event thread heard, into this round's runs: those since
+ * the last round, or for the final round every one since round 1. A removal
+ * is heard before the kernel zaps (the zapping thread waits for us to read
+ * the event, then zaps), so a round may read the pages just before they
+ * go; the final round reads them after the program stopped, when every
+ * zap it made is done.
+ */
+static int take_removed(struct uffdsnap_migrate *m, bool final, uint64_t *bytes)
+{
+	int r = 0;
+
+	pthread_mutex_lock(&m->ev_lock);
+	if (m->ev_err)
+		r = mig_fail(m, m->ev_err, "%s", m->ev_msg);
+	const struct mig_run *v = final ? m->removed_all : m->removed;
+	size_t n = final ? m->nremoved_all : m->nremoved;
+	for (size_t i = 0; !r && i < n; i++) {
+		if (push_run(&m->runs, &m->nruns, &m->runs_cap, v[i]))
+			r = mig_fail(m, -ENOMEM, "the dirty page list");
+		*bytes += v[i].n * m->ps;
+	}
+	m->nremoved = 0;
+	pthread_mutex_unlock(&m->ev_lock);
+	return r;
+}
+
+/* Record a removal of [start, end) (under ev_lock). */
+static void heard_remove(struct uffdsnap_migrate *m, uintptr_t start, uintptr_t end)
+{
+	for (unsigned i = 0; i < m->nregs && !m->ev_err; i++) {
+		const struct mig_reg *r = &m->regs[i];
+		uintptr_t lo = start > r->addr ? start : r->addr, hi = end < r->addr + r->len ? end : r->addr + r->len;
+		if (lo >= hi)
+			continue;
+		struct mig_run run = { i, (lo - r->addr) / m->ps, (hi - lo + m->ps - 1) / m->ps };
+		if (push_run(&m->removed, &m->nremoved, &m->removed_cap, run) ||
+		    push_run(&m->removed_all, &m->nremoved_all, &m->removed_all_cap, run)) {
+			m->ev_err = -ENOMEM;
+			snprintf(m->ev_msg, sizeof(m->ev_msg), "out of memory recording removed pages");
+		}
+	}
+}
+
+/*
+ * Reads the migration descriptor's events at once: a thread that zaps or
+ * unmaps registered memory waits in the kernel until its event is read.
+ * Write faults never arrive here (WP_ASYNC resolves them).
+ */
+static void *events_main(void *arg)
+{
+	struct uffdsnap_migrate *m = arg;
+	struct pollfd p[2] = { { m->uffd, POLLIN, 0 }, { m->ev_stop, POLLIN, 0 } };
+	struct uffd_msg msg[16];
+
+	for (;;) {
+		if (poll(p, 2, -1) < 0 && errno != EINTR)
+			break;
+		if (p[1].revents)
+			break;
+		ssize_t n = read(m->uffd, msg, sizeof(msg));
+		if (n <= 0)
+			continue;
+		pthread_mutex_lock(&m->ev_lock);
+		for (size_t i = 0; i < (size_t)n / sizeof(msg[0]); i++) {
+			const struct uffd_msg *e = &msg[i];
+			if (e->event == UFFD_EVENT_REMOVE) {
+				heard_remove(m, (uintptr_t)e->arg.remove.start, (uintptr_t)e->arg.remove.end);
+			} else if ((e->event == UFFD_EVENT_UNMAP || e->event == UFFD_EVENT_REMAP) && !m->ev_err) {
+				m->ev_err = -EFAULT;
+				usnap_format(m->ev_msg, sizeof(m->ev_msg), "registered memory at 0x%llx was %s during "
+					     "the migration", (unsigned long long)(e->event == UFFD_EVENT_UNMAP
+						     ? e->arg.remove.start : e->arg.remap.from),
+					     e->event == UFFD_EVENT_UNMAP ? "unmapped" : "moved (mremap)");
+			}
+		}
+		pthread_mutex_unlock(&m->ev_lock);
+	}
+	return NULL;
+}
+
+/*
+ * Pages punched out of a shmem file (fallocate PUNCH_HOLE, truncation) lose
+ * their page table entry and its uffd-wp marker with them, and raise no
+ * userfaultfd event: a scan cannot see them. The file can: every hole over
+ * pages the receiver holds as data is sent again (as zero). A punch after
+ * this walk is found by the next round's; the final round's walk comes
+ * after the program stopped.
+ */
+static int scan_holes(struct uffdsnap_migrate *m, uint64_t *bytes)
+{
+	for (unsigned i = 0; i < m->nregs; i++) {
+		const struct mig_reg *r = &m->regs[i];
+		off_t end = r->file_off + (off_t)r->len, h, d;
+		if (!r->sent)
+			continue;
+		for (off_t off = r->file_off; off < end; off = d) {
+			h = lseek(r->fd, off, SEEK_HOLE);
+			if (h < 0)
+				return mig_fail(m, -errno, "region '%s': SEEK_HOLE: %s", r->name, strerror(errno));
+			if (h >= end)
+				break;
+			d = lseek(r->fd, h, SEEK_DATA);
+			if (d < 0 && errno != ENXIO)
+				return mig_fail(m, -errno, "region '%s': SEEK_DATA: %s", r->name, strerror(errno));
+			if (d < 0 || d > end)
+				d = end;
+			uint64_t lo = (uint64_t)(h - r->file_off) / m->ps, hi = (uint64_t)(d - r->file_off) / m->ps;
+			for (uint64_t k = lo; k < hi;) {
+				if (!(r->sent[k / 64] >> (k % 64) & 1)) {
+					k = r->sent[k / 64] >> (k % 64) ? k + 1 : (k / 64 + 1) * 64;
+					continue;
+				}
+				uint64_t e = k + 1;
+				while (e < hi && (r->sent[e / 64] >> (e % 64) & 1))
+					e++;
+				if (push_run(&m->runs, &m->nruns, &m->runs_cap, (struct mig_run){ i, k, e - k }))
+					return mig_fail(m, -ENOMEM, "the dirty page list");
+				*bytes += (e - k) * m->ps;
+				k = e;
+			}
 		}
 	}
 	return 0;
@@ -511,7 +661,10 @@ static int run(struct uffdsnap_migrate *m)
 	if (m->opts.max_rounds == 1 && (r = switchover(m, &t_sw)))
 		return r;
 	for (unsigned i = 0; i < m->nregs; i++) {
-		r = usnap_uffd_protect(m->uffd, m->regs[i].addr, m->regs[i].len, true);
+		/* EAGAIN while an event is unread: the event thread reads it at once */
+		for (unsigned tries = 0; (r = usnap_uffd_protect(m->uffd, m->regs[i].addr, m->regs[i].len, true)) ==
+		     -EAGAIN && tries < 100000; tries++)
+			usleep(100);
 		if (r)
 			return mig_fail(m, r, "region '%s': write-protecting: %s", m->regs[i].name, strerror(-r));
 	}
@@ -529,13 +682,14 @@ static int run(struct uffdsnap_migrate *m)
 		bool final;
 
 		count = 0;
-		if ((r = scan(m, &dirty)))
+		if ((r = scan(m, &dirty)) || (r = take_removed(m, false, &dirty)) || (r = scan_holes(m, &dirty)))
 			return r;
 		/* the dirty set measured just now would take dirty / bw to send:
 		 * within the budget (or out of rounds) the program stops now, and
 		 * the final round also sends what it wrote since the scan */
 		final = round >= m->opts.max_rounds || (bw && dirty * 1000000000ull / bw <= budget_ns);
-		if (final && ((r = switchover(m, &t_sw)) || (r = scan(m, &dirty))))
+		if (final && ((r = switchover(m, &t_sw)) || (r = scan(m, &dirty)) || (r = take_removed(m, true, &dirty)) ||
+			      (r = scan_holes(m, &dirty))))
 			return r;
 		t_round = usnap_now_ns();
 		wire0 = m->bytes_wire;
@@ -553,12 +707,26 @@ out:
 	return r;
 }
 
+static void events_stop(struct uffdsnap_migrate *m)
+{
+	uint64_t one = 1;
+
+	if (!m->ev_started)
+		return;
+	if (write(m->ev_stop, &one, sizeof(one)) < 0) {
+		/* full counter: it was told already */
+	}
+	pthread_join(m->ev_thread, NULL);
+	m->ev_started = false;
+}
+
 static void *sender_main(void *arg)
 {
 	struct uffdsnap_migrate *m = arg;
 	int r = run(m);
 
 	disarm(m);
+	events_stop(m);
 	pthread_mutex_lock(&m->ctx->lock);
 	m->ctx->migration = NULL;
 	pthread_mutex_unlock(&m->ctx->lock);
@@ -573,11 +741,14 @@ static void migrate_release(struct uffdsnap_migrate *m)
 {
 	for (unsigned i = 0; i < m->nregs; i++) {
 		free(m->regs[i].name);
+		free(m->regs[i].sent);
 		if (m->regs[i].fd >= 0)
 			close(m->regs[i].fd);
 	}
 	free(m->regs);
 	free(m->runs);
+	free(m->removed);
+	free(m->removed_all);
 	free(m->vec);
 	if (m->buf)
 		munmap(m->buf, USNAP_MIG_BATCH * m->ps);
@@ -587,7 +758,10 @@ static void migrate_release(struct uffdsnap_migrate *m)
 		close(m->pagemap);
 	if (m->abort_fd >= 0)
 		close(m->abort_fd);
+	if (m->ev_stop >= 0)
+		close(m->ev_stop);
 	pthread_mutex_destroy(&m->join_lock);
+	pthread_mutex_destroy(&m->ev_lock);
 	free(m);
 }
 
@@ -611,6 +785,8 @@ static int arm(struct uffdsnap_migrate *m, const uffdsnap_t *ctx)
 					 s->name);
 		if (s->fd >= 0 && (d->fd = fcntl(s->fd, F_DUPFD_CLOEXEC, 0)) < 0)
 			return usnap_err(-errno, "region '%s': dup of its file: %s", s->name, strerror(errno));
+		if (s->fd >= 0 && !(d->sent = calloc((d->npages + 63) / 64, 8)))
+			return usnap_err(-ENOMEM, "region '%s': page bitmap", s->name);
 	}
 	for (unsigned i = 0; i < m->nregs; i++) {
 		struct mig_reg *d = &m->regs[i];
@@ -652,9 +828,10 @@ USNAP_EXPORT int uffdsnap_migrate_send(uffdsnap_t *ctx, int sock, const uffdsnap
 		return usnap_err(-EINVAL, "uffdsnap_migrate_send: ctx and m must not be NULL, sock must be open");
 	if (!(m = calloc(1, sizeof(*m))))
 		return usnap_err(-ENOMEM, "allocating the migration");
-	m->uffd = m->pagemap = m->abort_fd = -1;
+	m->uffd = m->pagemap = m->abort_fd = m->ev_stop = -1;
 	m->ctx = ctx, m->sock = sock, m->ps = ctx->page_size;
 	pthread_mutex_init(&m->join_lock, NULL);
+	pthread_mutex_init(&m->ev_lock, NULL);
 	m->t0_ns = usnap_now_ns();
 	if ((r = opts_take(&m->opts, opts))) {
 		migrate_release(m);
@@ -684,8 +861,12 @@ USNAP_EXPORT int uffdsnap_migrate_send(uffdsnap_t *ctx, int sock, const uffdsnap
 	pthread_mutex_unlock(&ctx->lock);
 	if (!r && (m->pagemap = open("/proc/self/pagemap", O_RDONLY | O_CLOEXEC)) < 0)
 		r = usnap_err(-errno, "/proc/self/pagemap: %s", strerror(errno));
-	if (!r && (m->abort_fd = eventfd(0, EFD_CLOEXEC)) < 0)
+	if (!r && ((m->abort_fd = eventfd(0, EFD_CLOEXEC)) < 0 || (m->ev_stop = eventfd(0, EFD_CLOEXEC)) < 0))
 		r = usnap_err(-errno, "eventfd: %s", strerror(errno));
+	if (!r) {
+		r = usnap_thread_start(&m->ev_thread, events_main, m, "usnap-mig-event");
+		m->ev_started = !r;
+	}
 	if (!r && (!(m->vec = calloc(USNAP_MIG_SCAN_VEC, sizeof(*m->vec))) ||
 		   (m->buf = mmap(NULL, USNAP_MIG_BATCH * m->ps, PROT_READ | PROT_WRITE,
 				  MAP_PRIVATE | MAP_ANONYMOUS, -1, 0)) == MAP_FAILED)) {
@@ -702,6 +883,7 @@ USNAP_EXPORT int uffdsnap_migrate_send(uffdsnap_t *ctx, int sock, const uffdsnap
 	}
 	if (r) {
 		disarm(m);
+		events_stop(m);
 		pthread_mutex_lock(&ctx->lock);
 		if (ctx->migration == m)
 			ctx->migration = NULL;

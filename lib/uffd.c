@@ -89,7 +89,8 @@ bool usnap_uffd_changing(int uffd, const void *page, size_t page_size)
 int usnap_uffd_new_async(uint64_t features)
 {
 	uint64_t want = UFFD_FEATURE_WP_ASYNC | (features & (UFFD_FEATURE_WP_UNPOPULATED |
-							    UFFD_FEATURE_WP_HUGETLBFS_SHMEM));
+							    UFFD_FEATURE_WP_HUGETLBFS_SHMEM | UFFD_FEATURE_EVENT_REMOVE |
+							    UFFD_FEATURE_EVENT_UNMAP | UFFD_FEATURE_EVENT_REMAP));
 	uint64_t got;
 	int fd, r;
 

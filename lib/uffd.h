@@ -53,7 +53,10 @@ bool usnap_uffd_changing(int uffd, const void *page, size_t page_size);
  * UFFD_FEATURE_WP_ASYNC, on which the kernel resolves write faults itself
  * (it drops the page's uffd-wp bit; no message, the writer never waits).
  * `features` is what the kernel offers (asked on another descriptor first).
- * The descriptor, or -EOPNOTSUPP without WP_ASYNC.
+ * Remove, unmap and remap events are asked for too (when offered): a page
+ * zapped by MADV_DONTNEED or punched out keeps no uffd-wp bit that a scan
+ * could report, so its removal must be heard. The descriptor, or
+ * -EOPNOTSUPP without WP_ASYNC.
  */
 int usnap_uffd_new_async(uint64_t features);
 /*

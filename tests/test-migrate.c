@@ -56,7 +56,8 @@ struct prog {
 	int begin_rc, add_rc;         /* what begin and add_region said during the migration */
 	unsigned long long progress_at_switch;
 	uint64_t callback_ns;         /* time the switchover callback took (part of the downtime) */
-	bool check_busy;              /* the callback tries begin and add_region (begin_rc, add_rc) */
+	bool check_busy;
+	unsigned nwriters;            /* 1, or 2 with writer 1 zapping pages instead of storing */              /* the callback tries begin and add_region (begin_rc, add_rc) */
 };
 
 static void prog_new(struct prog *p, size_t shlen, size_t prlen)
@@ -90,6 +91,28 @@ static void writer(struct usnap_writers *w, unsigned idx)
 	struct prog *p = w->arg;
 	uint64_t st = 99 + idx, n = 0;
 
+	while (!w->stop && idx == 1) {
+		/* pages of the cold halves filled (a round sends them), then made
+		 * zero behind the write tracking's back: zapped private memory
+		 * and punched shmem keep no uffd-wp bit for a scan to see */
+		size_t cold_prv = p->prv.len / 2 / ps, cold_shm = p->shm.len / 2 / ps, pg[2][16];
+		for (unsigned i = 0; i < 16; i++) {
+			uint64_t x = usnap_splitmix64(&st);
+			pg[0][i] = cold_prv + x % cold_prv, pg[1][i] = cold_shm + (x >> 20) % cold_shm;
+			((volatile uint64_t *)(p->prv.addr + pg[0][i] * ps))[i] = x | 1;
+			((volatile uint64_t *)(p->shm.addr + pg[1][i] * ps))[i] = x | 1;
+		}
+		for (unsigned t = 0; t < 20 && !w->stop; t++)
+			usleep(5000);
+		for (unsigned i = 0; i < 16; i++) {
+			ck_assert_int_eq(madvise(p->prv.addr + pg[0][i] * ps, ps, MADV_DONTNEED), 0);
+			ck_assert_int_eq(fallocate(p->shm.fd, FALLOC_FL_PUNCH_HOLE | FALLOC_FL_KEEP_SIZE,
+						   (off_t)(pg[1][i] * ps), (off_t)ps), 0);
+		}
+		w->progress[idx] = n += 16;
+		for (unsigned t = 0; t < 20 && !w->stop; t++)
+			usleep(5000);
+	}
 	while (!w->stop) {
 		uint64_t x = usnap_splitmix64(&st);
 		struct usnap_mem *m = x & 1 ? &p->shm : &p->prv;
@@ -242,7 +265,7 @@ START_TEST(idle)
 }
 END_TEST
 
-START_TEST(writer_exact)
+static void migrate_writers(unsigned nwriters)
 {
 	struct prog p;
 	uffdsnap_migrate_opts_t o;
@@ -251,11 +274,12 @@ START_TEST(writer_exact)
 	uffdsnap_incoming_t *in;
 	int sv[2];
 
-	usnap_watchdog(90, "migration with a writer");
 	prog_new(&p, SHLEN, PRLEN);
-	usnap_writers_start(&p.w, 1, writer, &p);
+	if (nwriters == 2)
+		p.hot = PRLEN / 2; /* zaps land where no store rewrites them: only their removal tells */
+	usnap_writers_start(&p.w, nwriters, writer, &p);
 	p.writing = true;
-	ck_assert(usnap_writers_wait_progress(&p.w, 100, 10));
+	ck_assert(usnap_writers_wait_progress(&p.w, 16, 10));
 	ck_assert_int_eq(socketpair(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0, sv), 0);
 	o = opts_for(&p);
 	o.max_bandwidth = 32 * MiB; /* round 1 takes ~150 ms: the writer dirties pages meanwhile */
@@ -280,6 +304,21 @@ START_TEST(writer_exact)
 	uffdsnap_incoming_free(in);
 	close(sv[0]), close(sv[1]);
 	prog_free(&p);
+}
+
+START_TEST(writer_exact)
+{
+	usnap_watchdog(90, "migration with a writer");
+	migrate_writers(1);
+	usnap_watchdog(0, NULL);
+}
+END_TEST
+
+/* Pages zapped (MADV_DONTNEED) and punched out while the rounds run. */
+START_TEST(zapper_exact)
+{
+	usnap_watchdog(90, "migration with a zapper");
+	migrate_writers(2);
 	usnap_watchdog(0, NULL);
 }
 END_TEST
@@ -604,6 +643,7 @@ int main(void)
 	tcase_set_timeout(tc, 120);
 	tcase_add_test(tc, idle);
 	tcase_add_test(tc, writer_exact);
+	tcase_add_test(tc, zapper_exact);
 	tcase_add_test(tc, cut_mid_round);
 	tcase_add_test(tc, hostile_sender);
 	suite_add_tcase(s, tc);
