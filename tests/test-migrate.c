@@ -57,6 +57,7 @@ struct prog {
 	unsigned long long progress_at_switch;
 	uint64_t callback_ns;         /* time the switchover callback took (part of the downtime) */
 	bool check_busy;
+	bool fast;                    /* the writer stores without pausing */
 	unsigned nwriters;            /* 1, or 2 with writer 1 zapping pages instead of storing */              /* the callback tries begin and add_region (begin_rc, add_rc) */
 };
 
@@ -119,7 +120,7 @@ static void writer(struct usnap_writers *w, unsigned idx)
 		size_t span = p->hot && p->hot < m->len ? p->hot : m->len;
 		((volatile uint64_t *)m->addr)[(x >> 1) % (span / 8)] = ++n;
 		w->progress[idx] = n;
-		if (!(n & 7))
+		if (!(n & 7) && !p->fast)
 			usleep(50);
 	}
 }
@@ -508,6 +509,55 @@ START_TEST(cut_mid_round)
 }
 END_TEST
 
+/* A receiver that answers the region table with garbage, or accepts it and
+ * never acknowledges while the sender is freed: the sender fails (-EBADMSG,
+ * -ECANCELED), nothing stays protected. */
+START_TEST(hostile_receiver)
+{
+	struct prog p;
+	uffdsnap_migrate_opts_t o;
+	uffdsnap_migrate_stats_t st = { .size = sizeof(st) };
+	uffdsnap_migrate_t *m;
+	struct usnap_mig_status ok = { USNAP_MIG_VERSION, 0 };
+	uint8_t junk[64], fr[64];
+	int sv[2], r;
+
+	usnap_watchdog(60, "hostile receiver");
+	prog_new(&p, SHLEN, PRLEN);
+	for (unsigned i = 0; i < sizeof(junk); i++)
+		junk[i] = (uint8_t)(i * 37 + 1);
+	ck_assert_int_eq(socketpair(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0, sv), 0);
+	o = opts_for(&p);
+	ck_assert_int_eq(write(sv[1], junk, sizeof(junk)), (ssize_t)sizeof(junk));
+	ck_assert_msg(uffdsnap_migrate_send(p.ctx, sv[0], &o, &m) == 0, "%s", uffdsnap_last_error());
+	r = uffdsnap_migrate_wait(m);
+	printf("hostile receiver: wait %d (%s)\n", r, uffdsnap_last_error());
+	ck_assert_int_eq(r, -EBADMSG);
+	assert_unprotected(&p);
+	uffdsnap_migrate_free(m);
+	close(sv[0]), close(sv[1]);
+
+	/* accepted, then silence: free cancels the sender blocked on a full socket */
+	ck_assert_int_eq(socketpair(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0, sv), 0);
+	ck_assert_int_eq(write(sv[1], fr, frame(fr, USNAP_MIG_HELLO_OK, &ok, sizeof(ok))),
+			 (ssize_t)(sizeof(struct usnap_mig_hdr) + sizeof(ok)));
+	ck_assert_msg(uffdsnap_migrate_send(p.ctx, sv[0], &o, &m) == 0, "%s", uffdsnap_last_error());
+	usleep(100000);
+	ck_assert_int_eq(uffdsnap_migrate_stats(m, &st), 0);
+	ck_assert_int_eq(st.state, UFFDSNAP_MIGRATE_RUNNING);
+	ck_assert_int_gt(usnap_pagemap_protected(p.shm.addr, p.shm.len), 0); /* round 1 is tracking */
+	ck_assert_int_eq(uffdsnap_migrate_stats(m, &st), 0);
+	uint64_t t0 = usnap_now_ns();
+	uffdsnap_migrate_free(m);
+	printf("hostile receiver: free of a blocked sender took %.2f ms\n", usnap_ms_since(t0));
+	assert_unprotected(&p);
+	ck_assert_int_eq(p.switchovers, 0);
+	close(sv[0]), close(sv[1]);
+	prog_free(&p);
+	usnap_watchdog(0, NULL);
+}
+END_TEST
+
 /* ---- two hosts: network namespaces, veth, tbf, TCP ------------------------------------ */
 
 static char ns_a[64], ns_b[64];
@@ -581,7 +631,7 @@ static void tcp_pair(int *snd, int *rcv)
 }
 
 /* One migration of a fresh program over a fresh connection; prints its figures. */
-static void migrate_tcp(const char *label, size_t shlen, unsigned max_rounds)
+static void migrate_tcp(const char *label, size_t shlen, unsigned max_rounds, size_t hot, bool fast)
 {
 	struct prog p;
 	uffdsnap_migrate_opts_t o;
@@ -591,7 +641,8 @@ static void migrate_tcp(const char *label, size_t shlen, unsigned max_rounds)
 	int snd, rcv;
 
 	prog_new(&p, shlen, PRLEN);
-	p.hot = 512 * KiB; /* a hot set the link outruns: pre-copy converges */
+	p.hot = hot;
+	p.fast = fast;
 	usnap_writers_start(&p.w, 1, writer, &p);
 	p.writing = true;
 	ck_assert(usnap_writers_wait_progress(&p.w, 100, 10));
@@ -625,8 +676,12 @@ START_TEST(tcp_tbf)
 
 	usnap_watchdog(120, "migration over TCP");
 	netns_up();
-	migrate_tcp("tcp pre-copy", len, 0);
-	migrate_tcp("tcp stop-and-copy", len, 1);
+	/* a hot set of 512 KiB per region, which the link outruns: pre-copy converges */
+	migrate_tcp("tcp pre-copy", len, 0, 512 * KiB, false);
+	migrate_tcp("tcp stop-and-copy", len, 1, 512 * KiB, false);
+	/* stores all over the memory without pause, faster than the link
+	 * drains them: no round gets below the budget, max_rounds ends it */
+	migrate_tcp("tcp pre-copy, writer above the link", len, 5, 0, true);
 	usnap_watchdog(0, NULL);
 }
 END_TEST
@@ -646,6 +701,7 @@ int main(void)
 	tcase_add_test(tc, zapper_exact);
 	tcase_add_test(tc, cut_mid_round);
 	tcase_add_test(tc, hostile_sender);
+	tcase_add_test(tc, hostile_receiver);
 	suite_add_tcase(s, tc);
 	/* the tcp case: its own meson test (CK_RUN_CASE=tcp), skipped without
 	 * CAP_NET_ADMIN or ip(8) and tc(8) */
