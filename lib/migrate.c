@@ -194,6 +194,7 @@ struct mig_reg {
 	off_t file_off;
 	bool registered;
 	uint64_t *sent;    /* SHMEM: pages the receiver holds as data (sent, not since sent as zero) */
+	unsigned char *incore; /* SHMEM: mincore(2) vector, one byte a page */
 };
 
 /* Pages [first, first + n) of region `reg`, written since the previous scan. */
@@ -521,43 +522,40 @@ static void *events_main(void *arg)
 /*
  * Pages punched out of a shmem file (fallocate PUNCH_HOLE, truncation) lose
  * their page table entry and its uffd-wp marker with them, and raise no
- * userfaultfd event: a scan cannot see them. The file can: every hole over
- * pages the receiver holds as data is sent again (as zero). A punch after
- * this walk is found by the next round's; the final round's walk comes
- * after the program stopped.
+ * userfaultfd event: a scan cannot see them. The page cache can: mincore(2)
+ * on a shmem mapping says whether the file has the page, and every page the
+ * receiver holds as data that the file lacks is sent again (read as zero,
+ * it goes as ZERO). A page swapped out also reads "not resident": it is sent
+ * again with its data, which costs bytes, not correctness. mincore rather
+ * than SEEK_HOLE: one call per region, where a SEEK_HOLE walk cost ~3 us
+ * per hole extent (40 ms of downtime over 256 MiB with a hole every 5
+ * pages). A punch after this look is found by the next round's; the final
+ * round looks after the program stopped.
  */
 static int scan_holes(struct uffdsnap_migrate *m, uint64_t *bytes)
 {
 	for (unsigned i = 0; i < m->nregs; i++) {
 		const struct mig_reg *r = &m->regs[i];
-		off_t end = r->file_off + (off_t)r->len, h, d;
 		if (!r->sent)
 			continue;
-		for (off_t off = r->file_off; off < end; off = d) {
-			h = lseek(r->fd, off, SEEK_HOLE);
-			if (h < 0)
-				return mig_fail(m, -errno, "region '%s': SEEK_HOLE: %s", r->name, strerror(errno));
-			if (h >= end)
-				break;
-			d = lseek(r->fd, h, SEEK_DATA);
-			if (d < 0 && errno != ENXIO)
-				return mig_fail(m, -errno, "region '%s': SEEK_DATA: %s", r->name, strerror(errno));
-			if (d < 0 || d > end)
-				d = end;
-			uint64_t lo = (uint64_t)(h - r->file_off) / m->ps, hi = (uint64_t)(d - r->file_off) / m->ps;
-			for (uint64_t k = lo; k < hi;) {
-				if (!(r->sent[k / 64] >> (k % 64) & 1)) {
-					k = r->sent[k / 64] >> (k % 64) ? k + 1 : (k / 64 + 1) * 64;
-					continue;
-				}
-				uint64_t e = k + 1;
-				while (e < hi && (r->sent[e / 64] >> (e % 64) & 1))
-					e++;
-				if (push_run(&m->runs, &m->nruns, &m->runs_cap, (struct mig_run){ i, k, e - k }))
-					return mig_fail(m, -ENOMEM, "the dirty page list");
-				*bytes += (e - k) * m->ps;
-				k = e;
+		if (mincore((void *)r->addr, r->len, r->incore))
+			return mig_fail(m, -errno, "region '%s': mincore: %s", r->name, strerror(errno));
+		for (uint64_t k = 0; k < r->npages;) {
+			if (!(r->sent[k / 64] >> (k % 64))) {
+				k = (k / 64 + 1) * 64;
+				continue;
 			}
+			if (!(r->sent[k / 64] >> (k % 64) & 1) || (r->incore[k] & 1)) {
+				k++;
+				continue;
+			}
+			uint64_t e = k + 1;
+			while (e < r->npages && (r->sent[e / 64] >> (e % 64) & 1) && !(r->incore[e] & 1))
+				e++;
+			if (push_run(&m->runs, &m->nruns, &m->runs_cap, (struct mig_run){ i, k, e - k }))
+				return mig_fail(m, -ENOMEM, "the dirty page list");
+			*bytes += (e - k) * m->ps;
+			k = e;
 		}
 	}
 	return 0;
@@ -742,6 +740,7 @@ static void migrate_release(struct uffdsnap_migrate *m)
 	for (unsigned i = 0; i < m->nregs; i++) {
 		free(m->regs[i].name);
 		free(m->regs[i].sent);
+		free(m->regs[i].incore);
 		if (m->regs[i].fd >= 0)
 			close(m->regs[i].fd);
 	}
@@ -785,7 +784,7 @@ static int arm(struct uffdsnap_migrate *m, const uffdsnap_t *ctx)
 					 s->name);
 		if (s->fd >= 0 && (d->fd = fcntl(s->fd, F_DUPFD_CLOEXEC, 0)) < 0)
 			return usnap_err(-errno, "region '%s': dup of its file: %s", s->name, strerror(errno));
-		if (s->fd >= 0 && !(d->sent = calloc((d->npages + 63) / 64, 8)))
+		if (s->fd >= 0 && (!(d->sent = calloc((d->npages + 63) / 64, 8)) || !(d->incore = malloc(d->npages))))
 			return usnap_err(-ENOMEM, "region '%s': page bitmap", s->name);
 	}
 	for (unsigned i = 0; i < m->nregs; i++) {
