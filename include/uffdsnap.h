@@ -662,7 +662,8 @@ typedef struct uffdsnap_migrate_stats {
  * once the regions are tracked. The regions are registered with a userfaultfd
  * of the migration for its duration: no snapshot may run meanwhile (and
  * uffdsnap_begin() and uffdsnap_add_region() answer -EBUSY until it ended).
- * ctx must outlive the migration (wait or free it before uffdsnap_free).
+ * uffdsnap_free(ctx) cancels a migration still running (its wait then gives
+ * -ECANCELED; free the handle afterwards as usual).
  * sock is not closed (on TCP, TCP_NODELAY is set on it). Errors: -EINVAL, -EBUSY (a snapshot or a migration
  * runs), -ENOENT (no regions), -EOPNOTSUPP (no WP_ASYNC or PAGEMAP_SCAN: Linux
  * 6.7+; or UFFDSNAP_MIGRATE_POSTCOPY; or a hugetlbfs region), -EPERM, -ENOMEM.

@@ -940,12 +940,17 @@ static void cancel(int abort_fd)
 	}
 }
 
+void usnap_migrate_stop(struct uffdsnap_migrate *m)
+{
+	cancel(m->abort_fd);
+	uffdsnap_migrate_wait(m);
+}
+
 USNAP_EXPORT void uffdsnap_migrate_free(uffdsnap_migrate_t *m)
 {
 	if (!m)
 		return;
-	cancel(m->abort_fd);
-	uffdsnap_migrate_wait(m);
+	usnap_migrate_stop(m);
 	migrate_release(m);
 }
 

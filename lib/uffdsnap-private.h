@@ -431,6 +431,9 @@ void *usnap_sys_alloc(size_t n);
 void *usnap_sys_realloc(void *p, size_t n);
 void usnap_sys_free(void *p);
 
+/* migrate.c: cancel a running migration and wait for its thread (uffdsnap_free). */
+void usnap_migrate_stop(struct uffdsnap_migrate *m);
+
 /* fault.c */
 void *usnap_handler_main(void *arg);
 

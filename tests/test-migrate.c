@@ -510,8 +510,8 @@ START_TEST(cut_mid_round)
 END_TEST
 
 /* A receiver that answers the region table with garbage, or accepts it and
- * never acknowledges while the sender is freed: the sender fails (-EBADMSG,
- * -ECANCELED), nothing stays protected. */
+ * then reads nothing while the migration, or its context, is freed: the
+ * sender fails (-EBADMSG, -ECANCELED), nothing stays protected. */
 START_TEST(hostile_receiver)
 {
 	struct prog p;
@@ -552,6 +552,19 @@ START_TEST(hostile_receiver)
 	printf("hostile receiver: free of a blocked sender took %.2f ms\n", usnap_ms_since(t0));
 	assert_unprotected(&p);
 	ck_assert_int_eq(p.switchovers, 0);
+	close(sv[0]), close(sv[1]);
+
+	/* the same, and the context freed under the migration: it is cancelled */
+	ck_assert_int_eq(socketpair(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0, sv), 0);
+	ck_assert_int_eq(write(sv[1], fr, frame(fr, USNAP_MIG_HELLO_OK, &ok, sizeof(ok))),
+			 (ssize_t)(sizeof(struct usnap_mig_hdr) + sizeof(ok)));
+	ck_assert_msg(uffdsnap_migrate_send(p.ctx, sv[0], &o, &m) == 0, "%s", uffdsnap_last_error());
+	usleep(50000);
+	uffdsnap_free(p.ctx);
+	p.ctx = NULL;
+	ck_assert_int_eq(uffdsnap_migrate_wait(m), -ECANCELED);
+	assert_unprotected(&p);
+	uffdsnap_migrate_free(m);
 	close(sv[0]), close(sv[1]);
 	prog_free(&p);
 	usnap_watchdog(0, NULL);
