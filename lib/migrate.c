@@ -649,7 +649,8 @@ static int switchover(struct uffdsnap_migrate *m, uint64_t *t_sw)
 
 static int run(struct uffdsnap_migrate *m)
 {
-	uint64_t budget_ns = m->opts.max_downtime_us * 1000, t_sw = 0, count = 0, t_round, bw;
+	uint64_t t_sw = 0, count = 0, t_round;
+	double budget_s = (double)m->opts.max_downtime_us / 1e6, bw; /* bytes per second */
 	unsigned round = 1;
 	int r = hello(m);
 
@@ -674,7 +675,7 @@ static int run(struct uffdsnap_migrate *m)
 		r = end_round(m, 1, m->opts.max_rounds == 1, count);
 	if (r || m->opts.max_rounds == 1)
 		goto out;
-	bw = (m->bytes_wire - wire0) * 1000000000ull / (usnap_now_ns() - t_round + 1);
+	bw = (double)(m->bytes_wire - wire0) * 1e9 / (double)(usnap_now_ns() - t_round + 1);
 	for (round = 2;; round++) {
 		uint64_t dirty = 0;
 		bool final;
@@ -685,7 +686,7 @@ static int run(struct uffdsnap_migrate *m)
 		/* the dirty set measured just now would take dirty / bw to send:
 		 * within the budget (or out of rounds) the program stops now, and
 		 * the final round also sends what it wrote since the scan */
-		final = round >= m->opts.max_rounds || (bw && dirty * 1000000000ull / bw <= budget_ns);
+		final = round >= m->opts.max_rounds || (double)dirty / bw <= budget_s;
 		if (final && ((r = switchover(m, &t_sw)) || (r = scan(m, &dirty)) || (r = take_removed(m, true, &dirty)) ||
 			      (r = scan_holes(m, &dirty))))
 			return r;
@@ -697,7 +698,7 @@ static int run(struct uffdsnap_migrate *m)
 			break;
 		/* rounds too small to time leave the estimate as it was */
 		if (m->bytes_wire - wire0 >= (1u << 20))
-			bw = (m->bytes_wire - wire0) * 1000000000ull / (usnap_now_ns() - t_round + 1);
+			bw = (double)(m->bytes_wire - wire0) * 1e9 / (double)(usnap_now_ns() - t_round + 1);
 	}
 out:
 	if (!r)
