@@ -37,6 +37,10 @@
 
 #include "helpers.h"
 #include "migrate.h"
+#ifdef USNAP_TEST_INJECT
+#include "compat.h" /* UFFD_FEATURE_WP_ASYNC, newer than the system's headers */
+#include "inject.h"
+#endif
 
 #define SHLEN (4 * MiB)
 #define PRLEN (1 * MiB)
@@ -571,6 +575,77 @@ START_TEST(hostile_receiver)
 }
 END_TEST
 
+#ifdef USNAP_TEST_INJECT
+/*
+ * Built again against the fault-injection library (test-migrate-inject):
+ * a kernel without WP_ASYNC (UFFDIO_API hides it, as Linux < 6.7 answers)
+ * is refused with -EOPNOTSUPP and its reason, the context left usable; a
+ * write-protect that fails in round 1, after the first region was
+ * protected, fails the migration and leaves nothing protected.
+ */
+START_TEST(old_kernel)
+{
+	struct prog p;
+	uffdsnap_migrate_opts_t o;
+	uffdsnap_migrate_t *m = NULL;
+	char dir[PATH_MAX], path[PATH_MAX + 8];
+	int sv[2];
+
+	usnap_watchdog(60, "old kernel");
+	usnap_inject_hide_features(UFFD_FEATURE_WP_ASYNC);
+	prog_new(&p, SHLEN, PRLEN);
+	ck_assert_int_eq(socketpair(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0, sv), 0);
+	o = opts_for(&p);
+	ck_assert_int_eq(uffdsnap_migrate_send(p.ctx, sv[0], &o, &m), -EOPNOTSUPP);
+	printf("old kernel: %s\n", uffdsnap_last_error());
+	ck_assert_ptr_null(m);
+	ck_assert_ptr_nonnull(strstr(uffdsnap_last_error(), "Linux 6.7"));
+	assert_unprotected(&p);
+	usnap_tmpdir(dir);
+	snprintf(path, sizeof(path), "%s/s", dir);
+	usnap_snap_file(p.ctx, path, NULL); /* the context is not left claimed */
+	usnap_rmdir(dir);
+	usnap_inject_hide_features(0);
+	close(sv[0]), close(sv[1]);
+	prog_free(&p);
+	usnap_watchdog(0, NULL);
+}
+END_TEST
+
+START_TEST(protect_fails)
+{
+	struct prog p;
+	uffdsnap_migrate_opts_t o;
+	uffdsnap_migrate_t *m;
+	uffdsnap_incoming_t *in;
+	int sv[2], r;
+
+	usnap_watchdog(60, "protect fails");
+	prog_new(&p, SHLEN, PRLEN);
+	ck_assert_int_eq(socketpair(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0, sv), 0);
+	o = opts_for(&p);
+	/* ioctls counted: UFFDIO_API, REGISTER x 2, WRITEPROTECT of region 0, of region 1 */
+	usnap_inject_arm(USNAP_INJ_IOCTL, 5, ENOMEM, USNAP_INJ_FAIL);
+	ck_assert_msg(uffdsnap_migrate_send(p.ctx, sv[0], &o, &m) == 0, "%s", uffdsnap_last_error());
+	ck_assert_msg(uffdsnap_migrate_recv(sv[1], NULL, &in) == 0, "%s", uffdsnap_last_error());
+	r = uffdsnap_migrate_wait(m);
+	printf("protect fails: wait %d (%s)\n", r, uffdsnap_last_error());
+	usnap_inject_disarm();
+	ck_assert_int_eq(usnap_inject_fired(), 1);
+	ck_assert_int_eq(r, -ENOMEM);
+	ck_assert_ptr_nonnull(strstr(uffdsnap_last_error(), "'heap': write-protecting"));
+	assert_unprotected(&p);
+	close(sv[0]); /* the receiver hears the sender go */
+	ck_assert_int_eq(uffdsnap_incoming_wait(in), -EPIPE);
+	uffdsnap_incoming_free(in);
+	uffdsnap_migrate_free(m);
+	close(sv[1]);
+	prog_free(&p);
+	usnap_watchdog(0, NULL);
+}
+END_TEST
+#endif
+
 /* ---- two hosts: network namespaces, veth, tbf, TCP ------------------------------------ */
 
 static char ns_a[64], ns_b[64];
@@ -716,6 +791,13 @@ int main(void)
 	tcase_add_test(tc, hostile_sender);
 	tcase_add_test(tc, hostile_receiver);
 	suite_add_tcase(s, tc);
+#ifdef USNAP_TEST_INJECT
+	tc = tcase_create("inject");
+	tcase_set_timeout(tc, 120);
+	tcase_add_test(tc, old_kernel);
+	tcase_add_test(tc, protect_fails);
+	suite_add_tcase(s, tc);
+#endif
 	/* the tcp case: its own meson test (CK_RUN_CASE=tcp), skipped without
 	 * CAP_NET_ADMIN or ip(8) and tc(8) */
 	const char *only = getenv("CK_RUN_CASE");
