@@ -648,7 +648,7 @@ END_TEST
 
 /* ---- two hosts: network namespaces, veth, tbf, TCP ------------------------------------ */
 
-static char ns_a[64], ns_b[64];
+static char ns_a[64], ns_b[64], veth_a[16], veth_b[16]; /* named after our pid: runs of several builds at once do not collide */
 
 static int sh(const char *fmt, ...) __attribute__((format(printf, 1, 2)));
 static int sh(const char *fmt, ...)
@@ -674,15 +674,15 @@ static void netns_down(void)
 static void netns_up(void)
 {
 	ck_assert_int_eq(sh("ip netns add %s && ip netns add %s", ns_a, ns_b), 0);
-	ck_assert_int_eq(sh("ip link add usnapma type veth peer name usnapmb && ip link set usnapma netns %s && "
-			    "ip link set usnapmb netns %s", ns_a, ns_b), 0);
-	ck_assert_int_eq(sh("ip -n %s addr add 10.213.77.1/30 dev usnapma && ip -n %s link set usnapma up && "
-			    "ip -n %s link set lo up", ns_a, ns_a, ns_a), 0);
-	ck_assert_int_eq(sh("ip -n %s addr add 10.213.77.2/30 dev usnapmb && ip -n %s link set usnapmb up && "
-			    "ip -n %s link set lo up", ns_b, ns_b, ns_b), 0);
-	ck_assert_int_eq(sh("ip netns exec %s tc qdisc add dev usnapma root tbf rate 1gbit burst 256kb latency 10ms && "
-			    "ip netns exec %s tc qdisc add dev usnapmb root tbf rate 1gbit burst 256kb latency 10ms",
-			    ns_a, ns_b), 0);
+	ck_assert_int_eq(sh("ip link add %s type veth peer name %s && ip link set %s netns %s && "
+			    "ip link set %s netns %s", veth_a, veth_b, veth_a, ns_a, veth_b, ns_b), 0);
+	ck_assert_int_eq(sh("ip -n %s addr add 10.213.77.1/30 dev %s && ip -n %s link set %s up && "
+			    "ip -n %s link set lo up", ns_a, veth_a, ns_a, veth_a, ns_a), 0);
+	ck_assert_int_eq(sh("ip -n %s addr add 10.213.77.2/30 dev %s && ip -n %s link set %s up && "
+			    "ip -n %s link set lo up", ns_b, veth_b, ns_b, veth_b, ns_b), 0);
+	ck_assert_int_eq(sh("ip netns exec %s tc qdisc add dev %s root tbf rate 1gbit burst 256kb latency 10ms && "
+			    "ip netns exec %s tc qdisc add dev %s root tbf rate 1gbit burst 256kb latency 10ms",
+			    ns_a, veth_a, ns_b, veth_b), 0);
 }
 
 static void enter(const char *ns)
@@ -810,6 +810,8 @@ int main(void)
 	} else {
 		snprintf(ns_a, sizeof(ns_a), "usnapmig-%d-a", (int)getpid());
 		snprintf(ns_b, sizeof(ns_b), "usnapmig-%d-b", (int)getpid());
+		snprintf(veth_a, sizeof(veth_a), "umig%da", (int)getpid() % 10000000);
+		snprintf(veth_b, sizeof(veth_b), "umig%db", (int)getpid() % 10000000);
 		tc = tcase_create("tcp");
 		tcase_set_timeout(tc, 180);
 		tcase_add_unchecked_fixture(tc, NULL, netns_down);
