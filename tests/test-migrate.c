@@ -667,6 +667,7 @@ static void netns_down(void)
 {
 	sh("ip netns del %s 2>/dev/null", ns_a);
 	sh("ip netns del %s 2>/dev/null", ns_b);
+	sh("ip link del %s 2>/dev/null", veth_a); /* if it never reached a namespace */
 }
 
 /* Two namespaces, a veth pair 10.213.77.1 (a) - 10.213.77.2 (b), 1 Gbit/s
