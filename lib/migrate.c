@@ -36,6 +36,8 @@
 #include <sys/uio.h>
 #include <unistd.h>
 
+#include <zstd.h>
+
 #include "migrate.h"
 #include "uffd.h"
 #include "uffdsnap-private.h"
@@ -212,6 +214,9 @@ struct uffdsnap_migrate {
 	size_t ps;
 	int uffd, pagemap, abort_fd;
 	uint8_t *buf;                  /* USNAP_MIG_BATCH pages */
+	ZSTD_CCtx *zc;                 /* UFFDSNAP_MIGRATE_COMPRESS */
+	uint8_t *zbuf;
+	size_t zcap;
 	struct page_region *vec;
 	struct mig_run *runs;
 	size_t nruns, runs_cap;
@@ -275,7 +280,7 @@ static int opts_take(uffdsnap_migrate_opts_t *o, const uffdsnap_migrate_opts_t *
 	if (o->max_rounds > UFFDSNAP_MIGRATE_MAX_ROUNDS)
 		return usnap_err(-EINVAL, "migrate options: max_rounds %u is above %d", o->max_rounds,
 				 UFFDSNAP_MIGRATE_MAX_ROUNDS);
-	if (o->flags & ~UFFDSNAP_MIGRATE_POSTCOPY)
+	if (o->flags & ~(UFFDSNAP_MIGRATE_POSTCOPY | UFFDSNAP_MIGRATE_COMPRESS))
 		return usnap_err(-EINVAL, "migrate options: unknown flags 0x%x", o->flags);
 	return 0;
 }
@@ -381,8 +386,16 @@ static int send_range(struct uffdsnap_migrate *m, unsigned ri, uint64_t first, u
 					r->sent[k / 64] = zero ? r->sent[k / 64] & ~(1ull << (k % 64))
 							       : r->sent[k / 64] | (1ull << (k % 64));
 			if (!zero) {
-				e = send_frame(m, USNAP_MIG_PAGES, &p, sizeof(p), m->buf + i * m->ps,
-					       (uint32_t)((j - i) * m->ps));
+				const uint8_t *data = m->buf + i * m->ps;
+				size_t len = (j - i) * m->ps, z = 0;
+				/* compressed only when it saves an eighth: else the receiver
+				 * would spend time for nothing */
+				if (m->zc)
+					z = ZSTD_compressCCtx(m->zc, m->zbuf, m->zcap, data, len, 1);
+				if (m->zc && !ZSTD_isError(z) && z < len - len / 8)
+					e = send_frame(m, USNAP_MIG_PAGES_Z, &p, sizeof(p), m->zbuf, (uint32_t)z);
+				else
+					e = send_frame(m, USNAP_MIG_PAGES, &p, sizeof(p), data, (uint32_t)len);
 				m->pages_sent += j - i;
 				m->round_bytes[round - 1] += (j - i) * m->ps;
 				*count += j - i;
@@ -750,6 +763,8 @@ static void migrate_release(struct uffdsnap_migrate *m)
 	free(m->removed);
 	free(m->removed_all);
 	free(m->vec);
+	free(m->zbuf);
+	ZSTD_freeCCtx(m->zc);
 	if (m->buf)
 		munmap(m->buf, USNAP_MIG_BATCH * m->ps);
 	if (m->uffd >= 0)
@@ -873,6 +888,11 @@ USNAP_EXPORT int uffdsnap_migrate_send(uffdsnap_t *ctx, int sock, const uffdsnap
 		m->buf = NULL;
 		r = usnap_err(-ENOMEM, "migration buffers");
 	}
+	if (!r && (m->opts.flags & UFFDSNAP_MIGRATE_COMPRESS)) {
+		m->zcap = ZSTD_compressBound(USNAP_MIG_BATCH * m->ps);
+		if (!(m->zc = ZSTD_createCCtx()) || !(m->zbuf = malloc(m->zcap)))
+			r = usnap_err(-ENOMEM, "compression buffers");
+	}
 	if (!r)
 		r = probe_scan(m);
 	if (!r) {
@@ -972,6 +992,8 @@ struct uffdsnap_incoming {
 	unsigned nregs;
 	uint8_t *buf;
 	size_t cap;
+	ZSTD_DCtx *zd;                 /* created at the first compressed frame */
+	uint8_t *zout;                 /* USNAP_MIG_BATCH pages */
 	pthread_t thread;
 	bool started, joined;
 	pthread_mutex_t join_lock;
@@ -1078,6 +1100,18 @@ static int take_pages(struct uffdsnap_incoming *in, const struct usnap_mig_hdr *
 	const struct in_reg *r = &in->regs[p.region];
 	off_t off = (off_t)(p.first * in->ps);
 	size_t len = (size_t)p.npages * in->ps;
+	const uint8_t *data = in->buf + sizeof(p);
+	if (h->type == USNAP_MIG_PAGES_Z) {
+		/* decompressed into a buffer of exactly the pages' size: a frame
+		 * that decompresses to more, or less, is refused */
+		if (!in->zd && (!(in->zd = ZSTD_createDCtx()) || !(in->zout = malloc(USNAP_MIG_BATCH * in->ps))))
+			return in_fail(in, -ENOMEM, "decompression buffers");
+		size_t z = ZSTD_decompressDCtx(in->zd, in->zout, len, data, h->len - sizeof(p));
+		if (ZSTD_isError(z) || z != len)
+			return in_fail(in, -EBADMSG, "compressed page frame: %s",
+				       ZSTD_isError(z) ? ZSTD_getErrorName(z) : "not the announced pages");
+		data = in->zout;
+	}
 	if (h->type == USNAP_MIG_ZERO) {
 		if (h->len != sizeof(p))
 			return in_fail(in, -EBADMSG, "zero frame of %u bytes", h->len);
@@ -1085,10 +1119,10 @@ static int take_pages(struct uffdsnap_incoming *in, const struct usnap_mig_hdr *
 		if (fallocate(r->fd, FALLOC_FL_PUNCH_HOLE | FALLOC_FL_KEEP_SIZE, off, (off_t)len))
 			return in_fail(in, -errno, "region '%s': punching pages: %s", r->name, strerror(errno));
 	} else {
-		if (h->len != sizeof(p) + len)
+		if (h->type == USNAP_MIG_PAGES && h->len != sizeof(p) + len)
 			return in_fail(in, -EBADMSG, "page frame of %u bytes for %u pages", h->len, p.npages);
 		for (size_t done = 0; done < len;) {
-			ssize_t k = pwrite(r->fd, in->buf + sizeof(p) + done, len - done, off + (off_t)done);
+			ssize_t k = pwrite(r->fd, data + done, len - done, off + (off_t)done);
 			if (k < 0 && errno == EINTR)
 				continue;
 			if (k <= 0)
@@ -1115,6 +1149,7 @@ static int receive(struct uffdsnap_incoming *in)
 			return in_fail(in, r, "receiving round %u: %s", expect, why);
 		switch (h.type) {
 		case USNAP_MIG_PAGES:
+		case USNAP_MIG_PAGES_Z:
 		case USNAP_MIG_ZERO:
 			if ((r = take_pages(in, &h, &count)))
 				return r;
@@ -1159,6 +1194,8 @@ static void incoming_release(struct uffdsnap_incoming *in)
 		free(in->regs[i].name);
 	}
 	free(in->regs);
+	ZSTD_freeDCtx(in->zd);
+	free(in->zout);
 	if (in->buf)
 		munmap(in->buf, in->cap);
 	if (in->abort_fd >= 0)

@@ -32,6 +32,8 @@ enum usnap_mig_type {
 	USNAP_MIG_ZERO = 4,       /* struct usnap_mig_pages: the pages are zero now */
 	USNAP_MIG_ROUND_END = 5,  /* struct usnap_mig_round */
 	USNAP_MIG_ACK = 6,        /* struct usnap_mig_status: the round, 0 or a negative errno */
+	USNAP_MIG_PAGES_Z = 7,    /* struct usnap_mig_pages, then one zstd frame of exactly
+				   * npages * page_size bytes (UFFDSNAP_MIGRATE_COMPRESS) */
 };
 
 struct usnap_mig_hdr {

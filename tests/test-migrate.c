@@ -35,6 +35,8 @@
 #include <sys/wait.h>
 #include <unistd.h>
 
+#include <zstd.h>
+
 #include "helpers.h"
 #include "migrate.h"
 #ifdef USNAP_TEST_INJECT
@@ -328,6 +330,46 @@ START_TEST(zapper_exact)
 }
 END_TEST
 
+/* UFFDSNAP_MIGRATE_COMPRESS on memory that compresses (records of text),
+ * with a writer: exact, and fewer bytes on the wire than pages sent. */
+START_TEST(compressed)
+{
+	struct prog p;
+	uffdsnap_migrate_opts_t o;
+	uffdsnap_migrate_stats_t st = { .size = sizeof(st) };
+	uffdsnap_migrate_t *m;
+	uffdsnap_incoming_t *in;
+	int sv[2];
+
+	usnap_watchdog(90, "compressed migration");
+	prog_new(&p, SHLEN, PRLEN);
+	for (size_t off = 0; off < SHLEN; off += 64)
+		snprintf((char *)p.shm.addr + off, 64, "record %zu: the quick brown fox, page %zu", off / 64, off / ps);
+	usnap_writers_start(&p.w, 1, writer, &p);
+	p.writing = true;
+	ck_assert_int_eq(socketpair(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0, sv), 0);
+	o = opts_for(&p);
+	o.flags = UFFDSNAP_MIGRATE_COMPRESS;
+	o.max_rounds = 4;
+	ck_assert_msg(uffdsnap_migrate_send(p.ctx, sv[0], &o, &m) == 0, "%s", uffdsnap_last_error());
+	ck_assert_msg(uffdsnap_migrate_recv(sv[1], NULL, &in) == 0, "%s", uffdsnap_last_error());
+	ck_assert_msg(uffdsnap_incoming_wait(in) == 0, "%s", uffdsnap_last_error());
+	ck_assert_msg(uffdsnap_migrate_wait(m) == 0, "%s", uffdsnap_last_error());
+	take_reference(&p);
+	assert_received(in, &p);
+	assert_unprotected(&p);
+	ck_assert_int_eq(uffdsnap_migrate_stats(m, &st), 0);
+	print_stats("compressed", m);
+	/* the 4 MiB of records compress; the 1 MiB of random heap does not */
+	ck_assert_uint_lt(st.bytes_wire, st.pages_sent * ps / 2);
+	uffdsnap_migrate_free(m);
+	uffdsnap_incoming_free(in);
+	close(sv[0]), close(sv[1]);
+	prog_free(&p);
+	usnap_watchdog(0, NULL);
+}
+END_TEST
+
 /* ---- forging frames ----------------------------------------------------------------- */
 
 static size_t frame(uint8_t *out, uint16_t type, const void *payload, uint32_t len)
@@ -366,6 +408,24 @@ static size_t pages_frame(uint8_t *out, uint32_t region, uint64_t first, uint8_t
 	return n;
 }
 
+/* A PAGES_Z frame announcing `npages` pages from `first`, holding `have`
+ * pages of `fill` compressed. */
+static size_t pages_z_frame(uint8_t *out, uint64_t first, uint32_t npages, uint32_t have, uint8_t fill)
+{
+	size_t raw_len = have * ps, cap = ZSTD_compressBound(raw_len), n, z;
+	uint8_t *raw = malloc(raw_len), *p = malloc(16 + cap);
+	struct usnap_mig_pages h = { 0, npages, first };
+
+	memset(raw, fill, raw_len);
+	memcpy(p, &h, 16);
+	z = ZSTD_compress(p + 16, cap, raw, raw_len, 1);
+	ck_assert(!ZSTD_isError(z));
+	n = frame(out, USNAP_MIG_PAGES_Z, p, (uint32_t)(16 + z));
+	free(raw);
+	free(p);
+	return n;
+}
+
 static size_t round_end(uint8_t *out, uint32_t round, uint32_t final, uint64_t pages)
 {
 	struct usnap_mig_round r = { round, final, pages };
@@ -373,7 +433,8 @@ static size_t round_end(uint8_t *out, uint32_t round, uint32_t final, uint64_t p
 	return frame(out, USNAP_MIG_ROUND_END, &r, sizeof(r));
 }
 
-enum hostile { H_GARBAGE, H_HUGE_LEN, H_HUGE_COUNT, H_VERSION, H_TRUNCATED, H_BAD_CRC, H_OUT_OF_BOUNDS, H_VALID };
+enum hostile { H_GARBAGE, H_HUGE_LEN, H_HUGE_COUNT, H_VERSION, H_TRUNCATED, H_BAD_CRC, H_OUT_OF_BOUNDS, H_BAD_ZSTD,
+	       H_ZSTD_LONG, H_ZSTD_SHORT, H_VALID };
 
 /* Feed the bytes of case `c` to a receiver and return what it said: from
  * recv, or (if recv accepted the region table) from incoming_wait. */
@@ -414,10 +475,29 @@ static int feed(enum hostile c, uffdsnap_incoming_t **keep)
 		n = hello(buf, USNAP_MIG_VERSION, 1, 16);
 		n += pages_frame(buf + n, 0, 16, 0x5a);
 		break;
+	case H_BAD_ZSTD: {
+		/* a valid checksum over bytes that are not zstd */
+		uint8_t p[16 + 64] = { 0 };
+		struct usnap_mig_pages h = { 0, 1, 3 };
+		memcpy(p, &h, 16);
+		memset(p + 16, 0x77, 64);
+		n = hello(buf, USNAP_MIG_VERSION, 1, 16);
+		n += frame(buf + n, USNAP_MIG_PAGES_Z, p, sizeof(p));
+		break;
+	}
+	case H_ZSTD_LONG: /* decompresses to more than it announces */
+		n = hello(buf, USNAP_MIG_VERSION, 1, 16);
+		n += pages_z_frame(buf + n, 3, 1, 2, 0x5a);
+		break;
+	case H_ZSTD_SHORT: /* to less */
+		n = hello(buf, USNAP_MIG_VERSION, 1, 16);
+		n += pages_z_frame(buf + n, 3, 2, 1, 0x5a);
+		break;
 	case H_VALID:
 		n = hello(buf, USNAP_MIG_VERSION, 1, 16);
 		n += pages_frame(buf + n, 0, 3, 0x5a);
-		n += round_end(buf + n, 1, 1, 1);
+		n += pages_z_frame(buf + n, 5, 2, 2, 0xa5);
+		n += round_end(buf + n, 1, 1, 3);
 		break;
 	}
 	ck_assert_int_eq(socketpair(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0, sv), 0);
@@ -452,12 +532,16 @@ START_TEST(hostile_sender)
 	ck_assert_int_eq(feed(H_TRUNCATED, NULL), -EPIPE);
 	ck_assert_int_eq(feed(H_BAD_CRC, NULL), -EBADMSG);
 	ck_assert_int_eq(feed(H_OUT_OF_BOUNDS, NULL), -EBADMSG);
+	ck_assert_int_eq(feed(H_BAD_ZSTD, NULL), -EBADMSG);
+	ck_assert_int_eq(feed(H_ZSTD_LONG, NULL), -EBADMSG);
+	ck_assert_int_eq(feed(H_ZSTD_SHORT, NULL), -EBADMSG);
 	/* the forger makes valid frames: the same stream, intact, is accepted */
 	ck_assert_int_eq(feed(H_VALID, &in), 0);
 	ck_assert_int_eq(uffdsnap_incoming_region(in, 0, &reg), 0);
 	ck_assert_uint_eq(reg.len, 16 * ps);
 	for (size_t i = 0; i < reg.len; i++)
-		usnap_assert_msg(((uint8_t *)reg.addr)[i] == (i / ps == 3 ? 0x5a : 0), "byte %zu", i);
+		usnap_assert_msg(((uint8_t *)reg.addr)[i] == (i / ps == 3 ? 0x5a : i / ps == 5 || i / ps == 6 ? 0xa5 : 0),
+				 "byte %zu", i);
 	uffdsnap_incoming_free(in);
 	usnap_watchdog(0, NULL);
 }
@@ -720,7 +804,7 @@ static void tcp_pair(int *snd, int *rcv)
 }
 
 /* One migration of a fresh program over a fresh connection; prints its figures. */
-static void migrate_tcp(const char *label, size_t shlen, unsigned max_rounds, size_t hot, bool fast)
+static void migrate_tcp(const char *label, size_t shlen, unsigned max_rounds, size_t hot, bool fast, uint32_t flags)
 {
 	struct prog p;
 	uffdsnap_migrate_opts_t o;
@@ -739,6 +823,7 @@ static void migrate_tcp(const char *label, size_t shlen, unsigned max_rounds, si
 	o = opts_for(&p);
 	o.max_downtime_us = 30000;
 	o.max_rounds = max_rounds;
+	o.flags = flags;
 	ck_assert_msg(uffdsnap_migrate_send(p.ctx, snd, &o, &m) == 0, "%s", uffdsnap_last_error());
 	ck_assert_msg(uffdsnap_migrate_recv(rcv, NULL, &in) == 0, "%s", uffdsnap_last_error());
 	ck_assert_msg(uffdsnap_incoming_wait(in) == 0, "%s", uffdsnap_last_error());
@@ -766,11 +851,12 @@ START_TEST(tcp_tbf)
 	usnap_watchdog(120, "migration over TCP");
 	netns_up();
 	/* a hot set of 512 KiB per region, which the link outruns: pre-copy converges */
-	migrate_tcp("tcp pre-copy", len, 0, 512 * KiB, false);
-	migrate_tcp("tcp stop-and-copy", len, 1, 512 * KiB, false);
+	migrate_tcp("tcp pre-copy", len, 0, 512 * KiB, false, 0);
+	migrate_tcp("tcp stop-and-copy", len, 1, 512 * KiB, false, 0);
+	migrate_tcp("tcp pre-copy compressed", len, 0, 512 * KiB, false, UFFDSNAP_MIGRATE_COMPRESS);
 	/* stores all over the memory without pause, faster than the link
 	 * drains them: no round gets below the budget, max_rounds ends it */
-	migrate_tcp("tcp pre-copy, writer above the link", len, 5, 0, true);
+	migrate_tcp("tcp pre-copy, writer above the link", len, 5, 0, true, 0);
 	usnap_watchdog(0, NULL);
 }
 END_TEST
@@ -788,6 +874,7 @@ int main(void)
 	tcase_add_test(tc, idle);
 	tcase_add_test(tc, writer_exact);
 	tcase_add_test(tc, zapper_exact);
+	tcase_add_test(tc, compressed);
 	tcase_add_test(tc, cut_mid_round);
 	tcase_add_test(tc, hostile_sender);
 	tcase_add_test(tc, hostile_receiver);
