@@ -12,7 +12,10 @@
  * PM_SCAN_WP_MATCHING lists the pages whose bit is clear and sets it again in
  * the same walk. A page written after that walk is found by the next one;
  * pages are read after the walk that found them, so the last round (after the
- * program stopped writing) sends every page's final contents.
+ * program stopped writing) sends every page's final contents. What a scan
+ * cannot see is covered apart: shmem pages punched out (mincore, scan_holes)
+ * and removals and unmaps the kernel announces as events (events_main, on a
+ * second thread, because the thread that zaps waits until its event is read).
  *
  * Transport: one thread per side with blocking-style I/O (poll + non-blocking
  * send/recv), not libuv. The sender's work is strictly sequential (scan, read
