@@ -618,6 +618,132 @@ int uffdsnap_lazy_client_stats(const uffdsnap_lazy_client_t *c, uffdsnap_lazy_st
 /* uffdsnap_lazy_client_wait(), then release everything. */
 void uffdsnap_lazy_client_free(uffdsnap_lazy_client_t *c);
 
+/* ---- live migration ------------------------------------------------------------------ */
+
+/*
+ * Move the memory of ctx's regions to another process (usually on another
+ * host) over a connected stream socket the caller made (TCP or unix), while
+ * the program keeps running: pre-copy (docs/migration.md). Round 1 sends
+ * every page; each later round sends the pages written since the previous
+ * round, found by the kernel's asynchronous write tracking
+ * (UFFD_FEATURE_WP_ASYNC + PAGEMAP_SCAN, Linux 6.7+): writers never wait.
+ * When the pages still dirty fit the downtime budget, or at max_rounds, the
+ * switchover callback runs (the program stops writing the regions and
+ * returns 0), the last pages are sent, and the receiver's memory then equals
+ * the sender's at the switchover, byte for byte. The sender's memory is never
+ * changed, and on every path (success, failure, a lost connection) no page is
+ * left protected and no thread of the program is blocked.
+ */
+typedef struct uffdsnap_migrate uffdsnap_migrate_t;
+typedef struct uffdsnap_incoming uffdsnap_incoming_t;
+
+/* uffdsnap_migrate_opts.flags: post-copy (not implemented: -EOPNOTSUPP). */
+#define UFFDSNAP_MIGRATE_POSTCOPY (1u << 0)
+/* Compress pages with zstd (level 1) on the sender's thread; a batch is sent
+ * compressed only when that saves an eighth of it. For links slower than
+ * zstd (about 1 Gbit/s and below); round_bytes still counts page bytes. */
+#define UFFDSNAP_MIGRATE_COMPRESS (1u << 1)
+
+/* Defaults for the options left 0, and the limit on max_rounds. */
+#define UFFDSNAP_MIGRATE_DOWNTIME_US 300000
+#define UFFDSNAP_MIGRATE_ROUNDS 30
+#define UFFDSNAP_MIGRATE_MAX_ROUNDS 64
+
+typedef struct uffdsnap_migrate_opts {
+	size_t size;                    /* sizeof(uffdsnap_migrate_opts_t) */
+	uint32_t flags;                 /* UFFDSNAP_MIGRATE_* */
+	int (*switchover)(void *user);  /* sender: the program stops writing the regions; returns 0
+	                                 * (or a negative errno to fail the migration). NULL: the
+	                                 * program is known not to write. On a library thread. */
+	void *user;
+	uint64_t max_downtime_us;       /* sender: 0 = UFFDSNAP_MIGRATE_DOWNTIME_US */
+	unsigned max_rounds;            /* sender: 0 = UFFDSNAP_MIGRATE_ROUNDS; at most
+	                                 * UFFDSNAP_MIGRATE_MAX_ROUNDS */
+	uint64_t max_bandwidth;         /* sender: bytes per second; 0 = unlimited */
+} uffdsnap_migrate_opts_t;
+
+/* Fill *opts with the defaults (and opts->size): only `size` bytes. */
+void uffdsnap_migrate_opts_init_size(uffdsnap_migrate_opts_t *opts, size_t size);
+#define uffdsnap_migrate_opts_init(opts) uffdsnap_migrate_opts_init_size((opts), sizeof(*(opts)))
+
+#define UFFDSNAP_MIGRATE_RUNNING 0
+#define UFFDSNAP_MIGRATE_DONE 1
+#define UFFDSNAP_MIGRATE_FAILED 2
+
+typedef struct uffdsnap_migrate_stats {
+	size_t size;                    /* in: sizeof(uffdsnap_migrate_stats_t) */
+	int state;                      /* UFFDSNAP_MIGRATE_* */
+	int error;                      /* 0 or the negative errno wait() returns */
+	unsigned rounds;                /* rounds sent, the final one (after the switchover) included */
+	uint64_t round_bytes[UFFDSNAP_MIGRATE_MAX_ROUNDS]; /* page bytes sent in each round */
+	uint64_t bytes_wire;            /* bytes written to the socket (frames, headers included) */
+	uint64_t pages_sent;            /* pages sent with their data, all rounds */
+	uint64_t pages_zero;            /* pages sent as "zero" (no data) */
+	uint64_t downtime_ns;           /* switchover callback called until the receiver confirmed */
+	uint64_t total_ns;              /* uffdsnap_migrate_send() until done or failed */
+} uffdsnap_migrate_stats_t;
+
+/*
+ * Start migrating ctx's regions over sock on a thread of the library; returns
+ * once the regions are tracked. The regions are registered with a userfaultfd
+ * of the migration for its duration: no snapshot may run meanwhile (and
+ * uffdsnap_begin() and uffdsnap_add_region() answer -EBUSY until it ended).
+ * uffdsnap_free(ctx) cancels a migration still running (its wait then gives
+ * -ECANCELED; free the handle afterwards as usual).
+ * sock is not closed (on TCP, TCP_NODELAY is set on it). Errors: -EINVAL, -EBUSY (a snapshot or a migration
+ * runs), -ENOENT (no regions), -EOPNOTSUPP (no WP_ASYNC or PAGEMAP_SCAN: Linux
+ * 6.7+; or UFFDSNAP_MIGRATE_POSTCOPY; or a hugetlbfs region), -EPERM, -ENOMEM.
+ */
+int uffdsnap_migrate_send(uffdsnap_t *ctx, int sock, const uffdsnap_migrate_opts_t *opts, uffdsnap_migrate_t **m);
+/*
+ * Wait for the migration: 0 once the receiver has confirmed every page;
+ * otherwise a negative errno (-EPIPE or -ECONNRESET: the connection was lost;
+ * -ETIMEDOUT: the receiver stopped reading or answering for 30 s; -EBADMSG or
+ * -EPROTO: the receiver's answer was corrupt or a refusal; -ECANCELED) with
+ * the detail in uffdsnap_last_error() of the waiting thread. Before the
+ * switchover a failure leaves the program running untouched; after it, the
+ * program is paused (it returned from the switchover callback) and decides
+ * whether to resume. May be called more than once.
+ */
+int uffdsnap_migrate_wait(uffdsnap_migrate_t *m);
+/* Fill *out (set out->size first). Safe to call while the migration runs. */
+int uffdsnap_migrate_stats(const uffdsnap_migrate_t *m, uffdsnap_migrate_stats_t *out);
+/* Cancel a running migration (wait then returns -ECANCELED), wait, release. */
+void uffdsnap_migrate_free(uffdsnap_migrate_t *m);
+
+/*
+ * Receive a migration on sock: reads the sender's region table (waiting up
+ * to 30 s for it), creates one memfd per region (named after it, sized to
+ * it, mapped MAP_SHARED) and receives the rounds on a thread of the library.
+ * Every byte from the socket is checked before use (frame checksums, lengths,
+ * region numbers and page ranges): a corrupt or hostile stream fails with
+ * -EBADMSG, never a crash. opts may be NULL (the sender's fields are
+ * ignored). Errors: -EBADMSG, -EPROTONOSUPPORT (another protocol version),
+ * -EPIPE (the sender hung up), -ETIMEDOUT, -ENOMEM, -EINVAL.
+ */
+int uffdsnap_migrate_recv(int sock, const uffdsnap_migrate_opts_t *opts, uffdsnap_incoming_t **in);
+/* 0 once the memory equals the sender's at the switchover and may be used;
+ * else the negative errno of the failure (-EBADMSG, -EPIPE, -ETIMEDOUT: the
+ * sender sent nothing for 30 s). */
+int uffdsnap_incoming_wait(uffdsnap_incoming_t *in);
+/* 0 once every page has arrived: in pre-copy, the same as uffdsnap_incoming_wait(). */
+int uffdsnap_incoming_complete(uffdsnap_incoming_t *in);
+/* Number of regions. */
+int uffdsnap_incoming_count(const uffdsnap_incoming_t *in);
+
+typedef struct uffdsnap_incoming_region {
+	size_t size;                    /* in: sizeof(uffdsnap_incoming_region_t) */
+	const char *name;               /* the sender's region name (valid until free) */
+	size_t len;
+	int fd;                         /* the memfd holding the region (owned by in: dup it to keep it) */
+	void *addr;                     /* its MAP_SHARED mapping (unmapped by free) */
+} uffdsnap_incoming_region_t;
+
+/* Region `id` (0 .. count-1), or -ENOENT. */
+int uffdsnap_incoming_region(const uffdsnap_incoming_t *in, unsigned id, uffdsnap_incoming_region_t *out);
+/* Stop receiving (a running receive fails with -ECANCELED), unmap, close, release. */
+void uffdsnap_incoming_free(uffdsnap_incoming_t *in);
+
 #ifdef __cplusplus
 }
 #endif

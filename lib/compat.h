@@ -46,6 +46,32 @@ struct uffdio_poison {
 #define UFFDIO_POISON _IOWR(UFFDIO, _UFFDIO_POISON, struct uffdio_poison)
 #endif
 
+#ifndef PAGEMAP_SCAN
+/* Linux 6.7: PAGEMAP_SCAN on /proc/PID/pagemap (include/uapi/linux/fs.h).
+ * With a WP_ASYNC userfaultfd, PAGE_IS_WRITTEN means "no uffd-wp bit": the
+ * page was written since it was last protected. PM_SCAN_WP_MATCHING
+ * re-protects what it reports in the same walk (migrate.c's rounds). */
+#define PAGE_IS_WPALLOWED (1 << 0)
+#define PAGE_IS_WRITTEN (1 << 1)
+#define PAGE_IS_FILE (1 << 2)
+#define PAGE_IS_PRESENT (1 << 3)
+#define PAGE_IS_SWAPPED (1 << 4)
+#define PAGE_IS_PFNZERO (1 << 5)
+#define PAGE_IS_HUGE (1 << 6)
+#define PAGE_IS_SOFT_DIRTY (1 << 7)
+struct page_region {
+	__u64 start, end, categories;
+};
+#define PM_SCAN_WP_MATCHING (1 << 0)
+#define PM_SCAN_CHECK_WPASYNC (1 << 1)
+struct pm_scan_arg {
+	__u64 size, flags, start, end, walk_end, vec, vec_len, max_pages;
+	__u64 category_inverted, category_mask, category_anyof_mask, return_mask;
+};
+#define PAGEMAP_IOCTL_MAGIC 'f'
+#define PAGEMAP_SCAN _IOWR(PAGEMAP_IOCTL_MAGIC, 16, struct pm_scan_arg)
+#endif
+
 #ifndef __NR_cachestat
 /* Linux 6.5: page-cache residency of a file range, by descriptor. The number
  * is the same on every architecture (it postdates the syscall table merge). */

@@ -86,14 +86,15 @@ USNAP_EXPORT const char *uffdsnap_strerror(int err)
 		return "this kernel has no userfaultfd (CONFIG_USERFAULTFD is off)";
 	case EOPNOTSUPP:
 		return "the kernel lacks a userfaultfd feature libuffdsnap needs "
-		       "(write-protect of shmem needs Linux 5.19+ with CONFIG_PTE_MARKER_UFFD_WP)";
+		       "(write-protect of shmem needs Linux 5.19+ with CONFIG_PTE_MARKER_UFFD_WP; migration needs "
+		       "UFFD_FEATURE_WP_ASYNC and PAGEMAP_SCAN, Linux 6.7+)";
 	case EINVAL:
 		return "invalid argument: check page alignment, lengths, NULL pointers and the .size of option structs "
 		       "(for an output path: it is a device, FIFO or socket, not a regular file)";
 	case EEXIST:
 		return "a region with this name is already registered";
 	case EBUSY:
-		return "busy: the range overlaps a registered region, or a snapshot is already running";
+		return "busy: the range overlaps a registered region, or a snapshot or a migration is already running";
 	case EFAULT:
 		return "the address range is not (entirely) mapped";
 	case EMEDIUMTYPE:
@@ -111,23 +112,23 @@ USNAP_EXPORT const char *uffdsnap_strerror(int err)
 	case EDQUOT:
 		return "disk quota exceeded on the snapshot's device";
 	case EPIPE:
-		return "the sink's reader went away (broken pipe or closed socket)";
+		return "the sink's reader or the migration's peer went away (broken pipe or closed socket)";
 	case EIO:
 		return "I/O error writing or reading the snapshot";
 	case ECANCELED:
-		return "the snapshot was cancelled (uffdsnap_cancel, or its context or handle was freed)";
+		return "the snapshot or migration was cancelled (uffdsnap_cancel, or its context or handle was freed)";
 	case ESTALE:
 		return "memory changed behind the snapshot's back (a page was removed by hole punch, "
 		       "truncate, MADV_REMOVE, or MADV_DONTNEED on private memory, before it was "
 		       "copied): the snapshot would not be exact";
 	case EBADMSG:
-		return "the snapshot file is corrupt (a checksum or a structure check failed)";
+		return "the snapshot file or migration stream is corrupt (a checksum or a structure check failed)";
 	case ENODATA:
 		return "the snapshot is incomplete: truncated, or the snapshot failed while it was written";
 	case ENOEXEC:
 		return "not a libuffdsnap snapshot file";
 	case EPROTONOSUPPORT:
-		return "snapshot format version not supported by this library";
+		return "snapshot format or migration protocol version not supported by this library";
 	case EACCES:
 		return "permission denied opening the snapshot file or its directory";
 	case ESPIPE:

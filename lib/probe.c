@@ -239,12 +239,16 @@ USNAP_EXPORT uint64_t uffdsnap_features(const uffdsnap_t *ctx)
 USNAP_EXPORT void uffdsnap_free(uffdsnap_t *ctx)
 {
 	uffdsnap_snap_t *s;
+	uffdsnap_migrate_t *m;
 
 	if (!ctx)
 		return;
 	pthread_mutex_lock(&ctx->lock);
 	s = ctx->active;
+	m = ctx->migration;
 	pthread_mutex_unlock(&ctx->lock);
+	if (m)
+		usnap_migrate_stop(m); /* the handle stays the caller's, its wait gives -ECANCELED */
 	if (s) {
 		/* The handle stays the caller's; it just loses its context. */
 		uffdsnap_cancel(s);

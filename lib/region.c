@@ -306,6 +306,8 @@ USNAP_EXPORT int uffdsnap_add_region(uffdsnap_t *ctx, const char *name, void *ad
 	err = 0;
 	if (ctx->active)
 		err = usnap_err(-EBUSY, "region '%s': cannot add regions while a snapshot runs", name);
+	else if (ctx->migration)
+		err = usnap_err(-EBUSY, "region '%s': cannot add regions while a migration runs", name);
 	for (unsigned i = 0; !err && i < ctx->nregs; i++) {
 		const struct usnap_reg *o = &ctx->regs[i];
 		if (!strcmp(o->name, name))

@@ -382,6 +382,7 @@ USNAP_EXPORT int uffdsnap_begin(uffdsnap_t *ctx, uffdsnap_sink_t *sink, uffdsnap
 	}
 	pthread_mutex_lock(&ctx->lock);
 	r = ctx->active ? usnap_err(-EBUSY, "a snapshot is already running on this context")
+	    : ctx->migration ? usnap_err(-EBUSY, "a migration is running on this context")
 	    : !ctx->nregs ? usnap_err(-ENOENT, "no regions registered: call uffdsnap_add_region first")
 	    : 0;
 	if (!r)

@@ -112,3 +112,39 @@ bool usnap_uffd_changing(int uffd, const void *page, size_t page_size)
 	/* (ioctl): inject.h redirects the calls that act, not this one */
 	return (ioctl)(uffd, UFFDIO_WRITEPROTECT, &w) && errno == EAGAIN;
 }
+
+int usnap_uffd_new_async(uint64_t features)
+{
+	uint64_t want = UFFD_FEATURE_WP_ASYNC | (features & (UFFD_FEATURE_WP_UNPOPULATED |
+							    UFFD_FEATURE_WP_HUGETLBFS_SHMEM | UFFD_FEATURE_EVENT_REMOVE |
+							    UFFD_FEATURE_EVENT_UNMAP | UFFD_FEATURE_EVENT_REMAP));
+	uint64_t got;
+	int fd, r;
+
+	if (!(features & UFFD_FEATURE_WP_ASYNC))
+		return -EOPNOTSUPP;
+	fd = usnap_uffd_new(false);
+	if (fd < 0)
+		return fd;
+	r = usnap_uffd_api(fd, want, &got);
+	if (r) {
+		close(fd);
+		return r;
+	}
+	return fd;
+}
+
+int usnap_uffd_scan_written(int pagemap_fd, uintptr_t start, uintptr_t end, struct page_region *vec, size_t n,
+			    uintptr_t *walk_end)
+{
+	struct pm_scan_arg a = {
+		.size = sizeof(a), .flags = PM_SCAN_WP_MATCHING | PM_SCAN_CHECK_WPASYNC, .start = start, .end = end,
+		.vec = (uintptr_t)vec, .vec_len = n, .category_mask = PAGE_IS_WRITTEN, .return_mask = PAGE_IS_WRITTEN,
+	};
+	int r = ioctl(pagemap_fd, PAGEMAP_SCAN, &a);
+
+	if (r < 0)
+		return -errno;
+	*walk_end = (uintptr_t)a.walk_end;
+	return r;
+}

@@ -55,4 +55,24 @@ int usnap_uffd_poison(int uffd, uintptr_t addr, size_t len, bool wake, int64_t *
  */
 bool usnap_uffd_changing(int uffd, const void *page, size_t page_size);
 
+/*
+ * Asynchronous write tracking (Linux 6.7+, migrate.c): a userfaultfd with
+ * UFFD_FEATURE_WP_ASYNC, on which the kernel resolves write faults itself
+ * (it drops the page's uffd-wp bit; no message, the writer never waits).
+ * `features` is what the kernel offers (asked on another descriptor first).
+ * Remove, unmap and remap events are asked for too (when offered): a page
+ * zapped by MADV_DONTNEED or punched out keeps no uffd-wp bit that a scan
+ * could report, so its removal must be heard. The descriptor, or
+ * -EOPNOTSUPP without WP_ASYNC.
+ */
+int usnap_uffd_new_async(uint64_t features);
+/*
+ * PAGEMAP_SCAN on pagemap_fd (/proc/self/pagemap) over [start, end): the
+ * pages written since they were protected, in up to n runs, re-protected in
+ * the same walk. Returns the runs found (*walk_end: where the walk stopped,
+ * < end when vec filled up), or -errno (-ENOTTY/-EINVAL before Linux 6.7).
+ */
+int usnap_uffd_scan_written(int pagemap_fd, uintptr_t start, uintptr_t end, struct page_region *vec, size_t n,
+			    uintptr_t *walk_end);
+
 #endif
