@@ -826,6 +826,17 @@ uffdsnap_snap_t *usnap_begin_stalled(uffdsnap_t *ctx, struct usnap_cb *cb, unsig
 	return s;
 }
 
+int usnap_finish_stalled(uffdsnap_snap_t *s, struct usnap_cb *cb, uffdsnap_stats_t *st, const char *label)
+{
+	int r;
+
+	atomic_store(&cb->sleep_us, 0);
+	r = uffdsnap_wait(s);
+	usnap_stats(s, st);
+	usnap_stats_print(label, st);
+	return r;
+}
+
 /* ---- writer threads ----------------------------------------------------------- */
 
 static void *writer_main(void *arg)

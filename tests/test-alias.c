@@ -63,13 +63,7 @@ static void begin_slow(struct run *t)
 
 static int finish(struct run *t, const char *label)
 {
-	int r;
-
-	atomic_store(&t->cb.sleep_us, 0);
-	r = uffdsnap_wait(t->s);
-	usnap_stats(t->s, &t->st);
-	usnap_stats_print(label, &t->st);
-	return r;
+	return usnap_finish_stalled(t->s, &t->cb, &t->st, label);
 }
 
 static void end(struct run *t)

@@ -154,13 +154,7 @@ static void coord_new(struct coord *c, uint32_t flags)
 
 static int coord_finish(struct coord *c)
 {
-	int r;
-
-	atomic_store(&c->cb.sleep_us, 0);
-	r = uffdsnap_wait(c->s);
-	usnap_stats(c->s, &c->st);
-	usnap_stats_print("participants", &c->st);
-	return r;
+	return usnap_finish_stalled(c->s, &c->cb, &c->st, "participants");
 }
 
 static void coord_free(struct coord *c)
