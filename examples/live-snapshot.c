@@ -127,6 +127,23 @@ static void die_uffdsnap(const char *what, int err)
 	exit(1);
 }
 
+/* ---- progress ------------------------------------------------------------------ */
+
+/* "what: 42 % (210 of 500 MiB)" on one line of a terminal's stderr, redrawn;
+ * nothing when stderr is a file or pipe. done == total ends the line. */
+static void progress(const char *what, uint64_t done, uint64_t total)
+{
+	static int tty = -1;
+
+	if (tty < 0)
+		tty = isatty(STDERR_FILENO);
+	if (!tty || !total)
+		return;
+	fprintf(stderr, "\r%s: %3.0f %% (%.0f of %.0f MiB)%s", what, 100.0 * (double)done / (double)total,
+		done / 1048576.0, total / 1048576.0, done >= total ? "\n" : "");
+	fflush(stderr);
+}
+
 /* ---- filling the region ------------------------------------------------------ */
 
 /* Application log lines: compressible like real text, never two pages alike. */
@@ -364,6 +381,7 @@ static int verify(const struct demo *d)
 	for (uint64_t off = 0; off < d->size; off += VERIFY_CHUNK) {
 		size_t len = d->size - off < VERIFY_CHUNK ? d->size - off : VERIFY_CHUNK;
 
+		progress("read back", off, d->size);
 		err = uffdsnap_reader_read(r, (unsigned)id, off, buf, len);
 		if (err) {
 			fprintf(stderr, "live-snapshot: reading region offset 0x%" PRIx64 ": %s (%s)\n", off,
@@ -379,6 +397,7 @@ static int verify(const struct demo *d)
 			goto out;
 		}
 	}
+	progress("read back", d->size, d->size);
 	printf("read back:     %" PRIu64 " chunks, %.1f MiB file, verified and compared in %.2f s\n", info.chunks,
 	       info.bytes_file / MIB, now() - t0);
 	ret = 0;
@@ -528,8 +547,17 @@ int main(int argc, char **argv)
 	printf("demo's own:    %.1f ms reference copy; writers paused %.1f ms in all\n", (t_ref - t_pause) * 1e3,
 	       (t_resume - t_pause) * 1e3);
 
+	/* the program runs on; a terminal is shown how far the snapshot got */
+	while (isatty(STDERR_FILENO) && !uffdsnap_done(snap)) {
+		uffdsnap_snap_stats(snap, &st);
+		progress("snapshot", (st.pages_fault + st.pages_sweep + st.pages_hole) * (uint64_t)getpagesize(),
+			 st.pages_total * (uint64_t)getpagesize());
+		usleep(200 * 1000);
+	}
 	err = uffdsnap_wait(snap);
 	t_done = now();
+	uffdsnap_snap_stats(snap, &st);
+	progress("snapshot", st.pages_total * (uint64_t)getpagesize(), st.pages_total * (uint64_t)getpagesize());
 	n_done = total_stores(&d);
 	stop_writers(&d);
 	uffdsnap_snap_stats(snap, &st);
