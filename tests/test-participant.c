@@ -17,6 +17,7 @@
  */
 #include <errno.h>
 #include <fcntl.h>
+#include <linux/userfaultfd.h>
 #include <signal.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -56,6 +57,17 @@ static int participant_main(char **argv)
 			for (size_t i = 0; i < len / ps; i++)
 				a[i * ps + 16] ^= 0xa5;
 			c = 'D';
+		} else if (c == 'F') {
+			/* a child writes: tracked through the fork event of our userfaultfd */
+			pid_t pid = fork();
+			int st = 0;
+
+			if (!pid) {
+				for (size_t i = 0; i < len / ps; i++)
+					a[i * ps + 40] ^= 0x5a;
+				_exit(0);
+			}
+			c = pid > 0 && waitpid(pid, &st, 0) == pid && WIFEXITED(st) && !WEXITSTATUS(st) ? 'D' : 'E';
 		} else if (c == 'L') {
 			uffdsnap_leave(p);
 			p = NULL;
@@ -311,6 +323,41 @@ START_TEST(coordinator_killed)
 }
 END_TEST
 
+/* The participant forks during the snapshot and its child writes every page:
+ * the child is followed through the fork event of the participant's own
+ * userfaultfd (its privileges: CAP_SYS_PTRACE here). */
+START_TEST(participant_forks)
+{
+	struct member m;
+	struct coord c;
+	struct usnap_expect ex;
+	int r;
+
+	usnap_watchdog(150, "participant_forks");
+	coord_new(&c, 0);
+	if (!(uffdsnap_features(c.ctx) & UFFD_FEATURE_EVENT_FORK)) {
+		coord_free(&c);
+		return usnap_skip("participant_forks", "no fork events without CAP_SYS_PTRACE");
+	}
+	spawn(&m, c.sock, c.m.fd, 0, LEN);
+	expect(&m, 'J', "join");
+	wait_count(&c, 1);
+	c.s = usnap_begin_stalled(c.ctx, &c.cb, 20000);
+	send_cmd(&m, 'F');
+	expect(&m, 'D', "the forked child writing");
+	r = coord_finish(&c);
+	ck_assert_msg(r == 0, "wait: %d %s", r, uffdsnap_snap_error(c.s));
+	ck_assert_msg(c.st.forks >= 1, "the participant's fork was not followed");
+	ck_assert_msg(c.st.pages_fault > 0, "no store of the child waited for its copy");
+	ex = (struct usnap_expect){ "ram", c.ref, LEN };
+	usnap_check_buffer(c.cb.mem, c.cb.mem_len, &ex, 1);
+	printf("participant_forks: %llu fork(s) followed, %llu pages copied for the child's stores, exact\n",
+	       (unsigned long long)c.st.forks, (unsigned long long)c.st.pages_fault);
+	reap(&m);
+	coord_free(&c);
+}
+END_TEST
+
 START_TEST(join_mid_snapshot)
 {
 	struct member m;
@@ -402,7 +449,7 @@ END_TEST
 int main(int argc, char **argv)
 {
 	Suite *s;
-	TCase *tc;
+	TCase *tc, *fork;
 
 	if (argc > 4 && !strcmp(argv[1], "participant"))
 		return participant_main(argv);
@@ -418,5 +465,10 @@ int main(int argc, char **argv)
 	tcase_add_test(tc, refusals);
 	tcase_add_test(tc, strict_counts_participants);
 	suite_add_tcase(s, tc);
+	fork = tcase_create("fork"); /* skips without fork events: a meson test of its own */
+	tcase_set_timeout(fork, 160);
+	tcase_set_tags(fork, "fork");
+	tcase_add_test(fork, participant_forks);
+	suite_add_tcase(s, fork);
 	return usnap_run_suite(s);
 }
