@@ -122,7 +122,7 @@ USNAP_EXPORT const char *uffdsnap_strerror(int err)
 		       "truncate, MADV_REMOVE, or MADV_DONTNEED on private memory, before it was "
 		       "copied): the snapshot would not be exact";
 	case EBADMSG:
-		return "the snapshot file or migration stream is corrupt (a checksum or a structure check failed)";
+		return "the snapshot file is corrupt, or the migration stream (a checksum or a structure check failed)";
 	case ENODATA:
 		return "the snapshot is incomplete: truncated, or the snapshot failed while it was written";
 	case ENOEXEC:
