@@ -580,7 +580,7 @@ static size_t cut_spans(uffdsnap_snap_t *s, struct protect_span *out)
 {
 	size_t n = 0, ps = s->page_size;
 
-	for (unsigned k = 0; k < s->nspaces; k++) {
+	for (unsigned k = 0; k < s->nbase; k++) {
 		const struct usnap_space *sp = &s->spaces[k];
 
 		for (size_t i = 0; i < sp->nmaps; i++) {
@@ -619,10 +619,22 @@ int usnap_protect_all(uffdsnap_snap_t *s)
 	long cpus = sysconf(_SC_NPROCESSORS_ONLN);
 	int r;
 
-	w.nspans = cut_spans(s, NULL);
-	if (!(w.span = malloc(w.nspans * sizeof(*w.span) + 1)))
-		return usnap_err(-ENOMEM, "allocating the protection plan");
-	cut_spans(s, w.span);
+	/* Cut under maps_lock (the handler may apply an mremap or munmap
+	 * meanwhile); allocated outside it, again if the tables grew. */
+	for (size_t cap = 0;;) {
+		pthread_mutex_lock(&s->maps_lock);
+		w.nspans = cut_spans(s, NULL);
+		if (w.nspans <= cap) {
+			cut_spans(s, w.span);
+			pthread_mutex_unlock(&s->maps_lock);
+			break;
+		}
+		pthread_mutex_unlock(&s->maps_lock);
+		free(w.span);
+		cap = w.nspans + 16;
+		if (!(w.span = malloc(cap * sizeof(*w.span))))
+			return usnap_err(-ENOMEM, "allocating the protection plan");
+	}
 	/* The work is page-table entries: a huge page is one. A thread costs
 	 * ~0.1 ms to start, worth it from two spans of 4 KiB pages each (4 GiB
 	 * of hugetlbfs is 2048 entries, 0.3 ms on one thread). */
@@ -879,20 +891,34 @@ int usnap_arm_participants(uffdsnap_snap_t *s)
 {
 	size_t ps = s->page_size;
 
-	for (unsigned k = USNAP_OWN_SPACES; k < s->nspaces; k++) {
+	for (unsigned k = USNAP_OWN_SPACES; k < s->nbase; k++) {
 		const struct usnap_space *sp = &s->spaces[k];
+		struct usnap_map *maps;
+		size_t n;
+		int r = 0;
 
-		for (size_t i = 0; i < sp->nmaps; i++) {
-			const struct usnap_map *m = &sp->maps[i];
+		/* a copy: once one mapping is registered, the participant's
+		 * munmap of it is an event the handler applies to the table */
+		pthread_mutex_lock(&s->maps_lock);
+		n = sp->nmaps;
+		maps = malloc(n * sizeof(*maps) + 1);
+		if (maps)
+			memcpy(maps, sp->maps, n * sizeof(*maps));
+		pthread_mutex_unlock(&s->maps_lock);
+		if (!maps)
+			return usnap_err(-ENOMEM, "participant %d: copying its table", (int)sp->pid);
+		for (size_t i = 0; i < n && !r; i++) {
 			uint64_t ioctls;
-			int r = usnap_uffd_register(sp->uffd, m->addr, m->npages * ps, reg_mode(m->sr->reg->kind, false),
-						    &ioctls);
-			if (r == -ESRCH)
-				break;
-			if (r)
-				return usnap_err(r, "participant %d: registering its mapping of region '%s' at 0x%" PRIxPTR
-						 ": %s", (int)sp->pid, m->sr->reg->name, m->addr, strerror(-r));
+
+			r = usnap_uffd_register(sp->uffd, maps[i].addr, maps[i].npages * ps,
+						reg_mode(maps[i].sr->reg->kind, false), &ioctls);
+			if (r && r != -ESRCH)
+				usnap_err(r, "participant %d: registering its mapping of region '%s' at 0x%" PRIxPTR ": %s",
+					  (int)sp->pid, maps[i].sr->reg->name, maps[i].addr, strerror(-r));
 		}
+		free(maps);
+		if (r && r != -ESRCH) /* ESRCH: it has exited, nothing of it to track */
+			return r;
 	}
 	return 0;
 }
@@ -916,7 +942,7 @@ static bool maps_file(pid_t pid, dev_t dev, ino_t ino)
 
 static bool joined(const uffdsnap_snap_t *s, pid_t pid)
 {
-	for (unsigned i = USNAP_OWN_SPACES; i < s->nspaces; i++)
+	for (unsigned i = USNAP_OWN_SPACES; i < s->nbase; i++)
 		if (s->spaces[i].pid == pid)
 			return true;
 	return false;

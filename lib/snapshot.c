@@ -248,6 +248,7 @@ static void snap_destroy(uffdsnap_snap_t *s)
 	pthread_cond_destroy(&s->cq_cv);
 	pthread_mutex_destroy(&s->io.lock);
 	pthread_cond_destroy(&s->io.cv);
+	pthread_mutex_destroy(&s->maps_lock);
 	free(s);
 }
 
@@ -270,6 +271,7 @@ static uffdsnap_snap_t *snap_alloc(uffdsnap_t *ctx, struct uffdsnap_sink *sink)
 	pthread_cond_init(&s->cq_cv, NULL);
 	pthread_mutex_init(&s->io.lock, NULL);
 	pthread_cond_init(&s->io.cv, NULL);
+	pthread_mutex_init(&s->maps_lock, NULL);
 	return s;
 }
 
@@ -306,6 +308,7 @@ static int snap_prepare(uffdsnap_snap_t *s)
 		return -ENOMEM;
 	pthread_mutex_lock(&ctx->lock);
 	r = usnap_space_participants(s);
+	s->nbase = s->nspaces;
 	s->joins = atomic_load(&ctx->joins);
 	pthread_mutex_unlock(&ctx->lock);
 	if (r)

@@ -181,18 +181,25 @@ int usnap_space_participants(uffdsnap_snap_t *s)
 int usnap_space_add_alias(uffdsnap_snap_t *s, struct usnap_sreg *sr, uintptr_t addr, uint64_t first, uint64_t n)
 {
 	struct usnap_space *sp = usnap_home(s, sr);
+	int r = 0;
 
+	pthread_mutex_lock(&s->maps_lock);
 	if (sp->nmaps == sp->cap) {
 		size_t cap = sp->cap * 2 + 2;
 		struct usnap_map *m = usnap_sys_realloc(sp->maps, cap * sizeof(*m));
-		if (!m)
-			return usnap_err(-ENOMEM, "tracking another mapping of region '%s'", sr->reg->name);
-		sp->maps = m, sp->cap = cap;
+		if (m)
+			sp->maps = m, sp->cap = cap;
+		else
+			r = -ENOMEM;
 	}
-	sp->maps[sp->nmaps++] = (struct usnap_map){ .addr = addr, .npages = n, .sr = sr, .first = first, .alias = true };
-	qsort(sp->maps, sp->nmaps, sizeof(*sp->maps), cmp_map);
-	index_whole(s, sp);
-	return 0;
+	if (!r) {
+		sp->maps[sp->nmaps++] = (struct usnap_map){ .addr = addr, .npages = n, .sr = sr, .first = first,
+							    .alias = true };
+		qsort(sp->maps, sp->nmaps, sizeof(*sp->maps), cmp_map);
+		index_whole(s, sp);
+	}
+	pthread_mutex_unlock(&s->maps_lock);
+	return r ? usnap_err(r, "tracking another mapping of region '%s'", sr->reg->name) : 0;
 }
 
 uintptr_t usnap_space_home_addr(const struct usnap_space *sp, const struct usnap_sreg *sr)
@@ -400,7 +407,18 @@ static void on_fork(uffdsnap_snap_t *s, const struct usnap_space *parent, int fd
 		atomic_store(&s->forks, s->spaces[parent->root].children);
 }
 
+/* Events may come while begin still reads the tables (they are applied
+ * under maps_lock); a thread waiting for the lock holds nothing we need. */
+static void space_event(uffdsnap_snap_t *s, struct usnap_space *sp, const struct uffd_msg *m);
+
 void usnap_space_event(uffdsnap_snap_t *s, struct usnap_space *sp, const struct uffd_msg *m)
+{
+	pthread_mutex_lock(&s->maps_lock);
+	space_event(s, sp, m);
+	pthread_mutex_unlock(&s->maps_lock);
+}
+
+static void space_event(uffdsnap_snap_t *s, struct usnap_space *sp, const struct uffd_msg *m)
 {
 	uintptr_t start, end;
 	int r = 0;

@@ -324,6 +324,11 @@ struct uffdsnap_snap {
 	struct usnap_sreg **by_addr;/* sorted by address at begin: the sweep's order */
 	struct usnap_space spaces[USNAP_MAX_SPACES]; /* owned by the handler once `go` */
 	unsigned nspaces;
+	pthread_mutex_t maps_lock;  /* the spaces' piece tables while begin still reads them: the
+				     * handler applies events (mremap, munmap, fork) meanwhile */
+	unsigned nbase;             /* the spaces begin arms: ours and the participants'. Children come
+				     * after them, added by the handler even while begin arms, so begin
+				     * reads only these (fixed before the handler starts) */
 	struct usnap_range *readonly; /* mappings of region pages that can never write (found by
 				       * begin, region.c usnap_arm_aliases) */
 	size_t nreadonly;

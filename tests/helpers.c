@@ -826,6 +826,26 @@ uffdsnap_snap_t *usnap_begin_stalled(uffdsnap_t *ctx, struct usnap_cb *cb, unsig
 	return s;
 }
 
+bool usnap_wait_sweep_stalled(uffdsnap_snap_t *s, unsigned seconds)
+{
+	uffdsnap_stats_t st = { .size = sizeof(st) };
+	uint64_t last = UINT64_MAX, t0 = usnap_now_ns();
+	unsigned still = 0;
+
+	while (usnap_now_ns() - t0 < seconds * 1000000000ull) {
+		uint64_t done;
+
+		uffdsnap_snap_stats(s, &st);
+		done = st.pages_sweep + st.pages_hole + st.pages_fault;
+		still = done == last ? still + 1 : 0;
+		last = done;
+		if (still == 10)
+			return true;
+		usleep(10 * 1000);
+	}
+	return false;
+}
+
 int usnap_finish_stalled(uffdsnap_snap_t *s, struct usnap_cb *cb, uffdsnap_stats_t *st, const char *label)
 {
 	int r;

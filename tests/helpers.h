@@ -243,6 +243,9 @@ bool usnap_cb_wait_blocked(struct usnap_cb *cb, unsigned seconds);
  * `sleep_us`: most pages stay protected and not copied while the test acts.
  * A sink held shut for good would block every write (backpressure). */
 uffdsnap_snap_t *usnap_begin_stalled(uffdsnap_t *ctx, struct usnap_cb *cb, unsigned sleep_us);
+/* Wait (up to `seconds`) until the sweep of s has stopped: no page recorded
+ * for 100 ms, the buffers all taken while the sink is held shut. True if so. */
+bool usnap_wait_sweep_stalled(uffdsnap_snap_t *s, unsigned seconds);
 /* Its end: the sink at full speed again, wait, the stats into *st (printed
  * under label); returns wait()'s result. */
 int usnap_finish_stalled(uffdsnap_snap_t *s, struct usnap_cb *cb, uffdsnap_stats_t *st, const char *label);

@@ -148,11 +148,24 @@ static void agent_case(bool python)
 	unlink(path);
 }
 
-START_TEST(agent_c_program) { usnap_watchdog(150, "agent_c_program"); agent_case(false); }
+/* A sanitizer-built agent cannot be preloaded into a program built without
+ * the sanitizer (its runtime must come first). */
+#define SKIP_UNDER_SANITIZER(name)                                                                        \
+	if (USNAP_SANITIZED)                                                                               \
+		return usnap_skip(name, "a sanitizer-built LD_PRELOAD agent cannot run in a program built "   \
+				  "without that sanitizer")
+
+START_TEST(agent_c_program)
+{
+	SKIP_UNDER_SANITIZER("agent_c_program");
+	usnap_watchdog(150, "agent_c_program");
+	agent_case(false);
+}
 END_TEST
 
 START_TEST(agent_python)
 {
+	SKIP_UNDER_SANITIZER("agent_python");
 	usnap_watchdog(150, "agent_python");
 	if (access("/usr/bin/python3", X_OK))
 		return usnap_skip("agent_python", "no /usr/bin/python3");

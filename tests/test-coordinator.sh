@@ -11,6 +11,8 @@
 set -u
 tool=$(realpath "$1") agent=$(realpath "$2") victim=$(realpath "$3")
 [ "$(id -u)" = 0 ] || { echo "SKIP: needs root (userfaultfd for kernel-mode faults)"; exit 77; }
+[ -z "${USNAP_SANITIZE:-}" ] || [ "$USNAP_SANITIZE" = none ] ||
+	{ echo "SKIP: a $USNAP_SANITIZE-built LD_PRELOAD agent cannot run in a program built without it"; exit 77; }
 dir=$(mktemp -d /var/tmp/usnap-coord.XXXXXX)
 shm=/dev/shm/usnap-coord-$$
 coord= vic=

@@ -56,6 +56,9 @@ START_TEST(zap_keeps_tracking)
 	r = uffdsnap_begin(f.ctx, usnap_cb_sink(&f.cb), &f.s);
 	ck_assert_msg(r == 0, "begin: %d (%s)", r, uffdsnap_last_error());
 	ck_assert(usnap_cb_wait_blocked(&f.cb, 10));
+	/* the write below must find every buffer taken: wait until the sweep
+	 * has filled them all (under a sanitizer that takes a while) */
+	ck_assert(usnap_wait_sweep_stalled(f.s, 30));
 
 	/* single pages scattered over the last quarter */
 	for (size_t i = 0; i < nzap; i++) {
