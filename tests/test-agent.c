@@ -175,13 +175,14 @@ END_TEST
 
 int main(int argc, char **argv)
 {
+	static char agent_buf[PATH_MAX], victim_buf[PATH_MAX];
 	Suite *s = suite_create("agent");
 	TCase *tc = tcase_create("agent"), *py = tcase_create("python");
 
 	if (argc != 3)
 		return fprintf(stderr, "usage: test-agent AGENT.so VICTIM\n"), 2;
 	/* absolute: the programs may change directory */
-	agent_so = realpath(argv[1], NULL), victim = realpath(argv[2], NULL);
+	agent_so = realpath(argv[1], agent_buf), victim = realpath(argv[2], victim_buf);
 	if (!agent_so || !victim)
 		return fprintf(stderr, "test-agent: %s or %s: %s\n", argv[1], argv[2], strerror(errno)), 2;
 	usnap_test_require_uffd();
