@@ -271,10 +271,10 @@ static int opts_take(uffdsnap_migrate_opts_t *o, const uffdsnap_migrate_opts_t *
 	migrate_defaults(o);
 	if (!in)
 		return 0;
-	if (in->size < offsetof(uffdsnap_migrate_opts_t, flags) + sizeof(in->flags))
-		return usnap_err(-EINVAL, "migrate options: .size %zu is too small (use uffdsnap_migrate_opts_init)",
-				 in->size);
-	memcpy(o, in, in->size < sizeof(*o) ? in->size : sizeof(*o));
+	if (usnap_check_size("uffdsnap_migrate", "uffdsnap_migrate_opts_t", in->size,
+			     USNAP_SIZE_UPTO(uffdsnap_migrate_opts_t, flags), sizeof(*o)))
+		return -EINVAL;
+	memcpy(o, in, in->size);
 	o->size = sizeof(*o);
 	if (!o->max_downtime_us)
 		o->max_downtime_us = UFFDSNAP_MIGRATE_DOWNTIME_US;
@@ -918,16 +918,22 @@ USNAP_EXPORT int uffdsnap_migrate_send(uffdsnap_t *ctx, int sock, const uffdsnap
 	return 0;
 }
 
+/* Wait for a sender's or receiver's thread, once, from any number of callers. */
+static void join_once(pthread_mutex_t *lock, bool *joined, pthread_t t)
+{
+	pthread_mutex_lock(lock);
+	if (!*joined) {
+		pthread_join(t, NULL);
+		*joined = true;
+	}
+	pthread_mutex_unlock(lock);
+}
+
 USNAP_EXPORT int uffdsnap_migrate_wait(uffdsnap_migrate_t *m)
 {
 	if (!m)
 		return usnap_err(-EINVAL, "m is NULL");
-	pthread_mutex_lock(&m->join_lock);
-	if (!m->joined) {
-		pthread_join(m->thread, NULL);
-		m->joined = true;
-	}
-	pthread_mutex_unlock(&m->join_lock);
+	join_once(&m->join_lock, &m->joined, m->thread);
 	return m->result ? usnap_err(m->result, "migration: %s", m->errmsg) : 0;
 }
 
@@ -936,8 +942,11 @@ USNAP_EXPORT int uffdsnap_migrate_stats(const uffdsnap_migrate_t *m, uffdsnap_mi
 	uffdsnap_migrate_stats_t s = { .size = sizeof(s) };
 	uint64_t end;
 
-	if (!m || !out || out->size < sizeof(size_t))
-		return usnap_err(-EINVAL, "uffdsnap_migrate_stats: m and out must not be NULL, out->size set");
+	if (!m || !out)
+		return usnap_err(-EINVAL, "uffdsnap_migrate_stats: m and out must not be NULL");
+	if (usnap_check_size("uffdsnap_migrate_stats", "uffdsnap_migrate_stats_t", out->size,
+			     USNAP_SIZE_UPTO(uffdsnap_migrate_stats_t, error), sizeof(s)))
+		return -EINVAL;
 	s.state = m->state;
 	s.error = m->error;
 	s.rounds = m->rounds;
@@ -949,9 +958,8 @@ USNAP_EXPORT int uffdsnap_migrate_stats(const uffdsnap_migrate_t *m, uffdsnap_mi
 	s.downtime_ns = m->downtime_ns;
 	end = m->end_ns;
 	s.total_ns = (end ? end : usnap_now_ns()) - m->t0_ns;
-	size_t n = out->size < sizeof(s) ? out->size : sizeof(s);
-	memcpy(out, &s, n);
-	out->size = n;
+	s.size = out->size;
+	memcpy(out, &s, out->size);
 	return 0;
 }
 
@@ -1268,12 +1276,7 @@ USNAP_EXPORT int uffdsnap_incoming_wait(uffdsnap_incoming_t *in)
 {
 	if (!in)
 		return usnap_err(-EINVAL, "in is NULL");
-	pthread_mutex_lock(&in->join_lock);
-	if (!in->joined) {
-		pthread_join(in->thread, NULL);
-		in->joined = true;
-	}
-	pthread_mutex_unlock(&in->join_lock);
+	join_once(&in->join_lock, &in->joined, in->thread);
 	return in->result ? usnap_err(in->result, "incoming migration: %s", in->errmsg) : 0;
 }
 
@@ -1291,17 +1294,19 @@ USNAP_EXPORT int uffdsnap_incoming_region(const uffdsnap_incoming_t *in, unsigne
 {
 	uffdsnap_incoming_region_t r = { .size = sizeof(r) };
 
-	if (!in || !out || out->size < sizeof(size_t))
-		return usnap_err(-EINVAL, "uffdsnap_incoming_region: in and out must not be NULL, out->size set");
+	if (!in || !out)
+		return usnap_err(-EINVAL, "uffdsnap_incoming_region: in and out must not be NULL");
+	if (usnap_check_size("uffdsnap_incoming_region", "uffdsnap_incoming_region_t", out->size,
+			     USNAP_SIZE_UPTO(uffdsnap_incoming_region_t, addr), sizeof(r)))
+		return -EINVAL;
 	if (id >= in->nregs)
 		return usnap_err(-ENOENT, "no region %u (%u regions)", id, in->nregs);
 	r.name = in->regs[id].name;
 	r.len = in->regs[id].len;
 	r.fd = in->regs[id].fd;
 	r.addr = in->regs[id].addr;
-	size_t n = out->size < sizeof(r) ? out->size : sizeof(r);
-	memcpy(out, &r, n);
-	out->size = n;
+	r.size = out->size;
+	memcpy(out, &r, out->size);
 	return 0;
 }
 
