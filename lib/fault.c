@@ -102,11 +102,15 @@ static bool event_in_flight(uffdsnap_snap_t *s, int uffd)
 	return usnap_uffd_changing(uffd, s->pool->mem, s->page_size);
 }
 
-/* ... on any of our own descriptors. */
-static bool own_event_in_flight(uffdsnap_snap_t *s)
+/*
+ * ... on any descriptor of ours, and of the participants once `all`: the
+ * probe page is ours, and may be registered in a participant's address space
+ * until its ranges are unregistered. Children's are closed by then.
+ */
+static bool events_in_flight(uffdsnap_snap_t *s, bool all)
 {
-	for (unsigned k = 0; k < USNAP_OWN_SPACES; k++)
-		if (event_in_flight(s, s->spaces[k].uffd))
+	for (unsigned k = 0; k < (all ? s->nspaces : USNAP_OWN_SPACES); k++)
+		if (!s->spaces[k].child && event_in_flight(s, s->spaces[k].uffd))
 			return true;
 	return false;
 }
@@ -158,7 +162,8 @@ static int zeropage(struct handler *h, struct usnap_space *sp, const struct usna
 			return r;
 		lo = p;
 	}
-	while (usnap_space_each(sp, sr, h->ps, p, p + 1, &cur, &addr, &n))
+	/* mapped once (no alias, not cut): ZEROPAGE woke the only address */
+	while (!sp->whole[sr->id] && usnap_space_each(sp, sr, h->ps, p, p + 1, &cur, &addr, &n))
 		usnap_uffd_wake(sp->uffd, addr, h->ps);
 	return 0;
 }
@@ -588,17 +593,6 @@ static void resolve_held(struct handler *h)
  * such operation raises the context's mmap_changing under mmap_lock, before
  * our UNREGISTER could take it: event_in_flight() says when the last is read.
  */
-/* An event under way on a descriptor that drain_messages reads (every range
- * of each is unregistered by now, so the probe page cannot be registered in a
- * participant's address space either). */
-static bool any_event_in_flight(uffdsnap_snap_t *s)
-{
-	for (unsigned k = 0; k < s->nspaces; k++)
-		if (!s->spaces[k].child && event_in_flight(s, s->spaces[k].uffd))
-			return true;
-	return false;
-}
-
 static void drain_messages(uffdsnap_snap_t *s)
 {
 	struct uffd_msg msgs[FAULT_BATCH];
@@ -625,7 +619,7 @@ static void drain_messages(uffdsnap_snap_t *s)
 				}
 			}
 		}
-		if (!any_event_in_flight(s) || usnap_now_ns() - t0 > 5000000000ull)
+		if (!events_in_flight(s, true) || usnap_now_ns() - t0 > 5000000000ull)
 			return;
 		poll(pfd, USNAP_OWN_SPACES, 10); /* the event is being queued */
 	}
@@ -711,7 +705,7 @@ void *usnap_handler_main(void *arg)
 	for (uint64_t t0 = usnap_now_ns(); usnap_now_ns() - t0 < 5000000000ull;) {
 		if (read_messages(&h, false) > 0)
 			continue;
-		if (!own_event_in_flight(s))
+		if (!events_in_flight(s, false))
 			break;
 		poll(NULL, 0, 1);
 	}

@@ -133,6 +133,35 @@ START_TEST(alias_before_begin)
 }
 END_TEST
 
+/* Holes written through an alias: the MISSING fault comes from the alias
+ * address, the page is filled (at whichever mapping) and the writer there
+ * must be woken; the snapshot records the holes as zeros. */
+START_TEST(alias_holes)
+{
+	struct run t;
+	uint8_t *b;
+	int r;
+
+	usnap_watchdog(120, "alias_holes");
+	memset(&t, 0, sizeof(t));
+	usnap_memfd(&t.m, LEN);
+	usnap_fill_random(t.m.addr, LEN / 2, 168); /* the second half stays holes */
+	t.ref = usnap_mem_copy(&t.m);
+	ck_assert_int_ge(usnap_mem_holes(&t.m), (long)(LEN / 2 / usnap_page));
+	b = map_alias(&t, NULL, PROT_READ | PROT_WRITE, -1);
+	begin_slow(&t);
+	for (size_t i = LEN / 2 / usnap_page; i < LEN / usnap_page; i++)
+		b[i * usnap_page] = 0x77; /* each waits for its MISSING fault through the alias */
+	r = finish(&t, "holes written through an alias");
+	expect_exact(&t, r);
+	ck_assert_msg(t.st.pages_hole >= LEN / 2 / usnap_page, "holes recorded: %llu",
+		      (unsigned long long)t.st.pages_hole);
+	ck_assert_int_eq(t.m.addr[LEN - usnap_page], 0x77);
+	munmap(b, LEN);
+	end(&t);
+}
+END_TEST
+
 START_TEST(alias_readonly)
 {
 	char path[64];
@@ -315,6 +344,7 @@ int main(void)
 	usnap_test_require_uffd();
 	tcase_set_timeout(tc, 150);
 	tcase_add_test(tc, alias_before_begin);
+	tcase_add_test(tc, alias_holes);
 	tcase_add_test(tc, alias_readonly);
 	tcase_add_test(tc, alias_after_begin);
 	tcase_add_test(tc, remap_fixed_same_file);
