@@ -1,6 +1,6 @@
 /* SPDX-License-Identifier: LGPL-2.1-or-later */
 /*
- * On-disk/stream format v1 (docs/format.md is the specification; this header is
+ * On-disk/stream format v1 and v2 (docs/format.md is the specification; this header is
  * its C transcription, shared by the writer in sink.c/compress.c and reader.c).
  *
  * All integers are little-endian; every record starts 8-byte aligned.
@@ -24,7 +24,8 @@
 
 #define USNAP_MAGIC "UFFDSNAP"         /* first 8 bytes of every snapshot */
 #define USNAP_MAGIC_LEN 8
-#define USNAP_VERSION 1
+#define USNAP_VERSION 1                 /* full snapshots: every page of every region */
+#define USNAP_VERSION_DELTA 2           /* deltas: only pages that may differ from the parent */
 
 #define USNAP_FOURCC(a, b, c, d) \
 	((uint32_t)(a) | (uint32_t)(b) << 8 | (uint32_t)(c) << 16 | (uint32_t)(d) << 24)
@@ -57,6 +58,22 @@ struct usnap_head {
 	uint32_t flags;        /* 0 in v1 */
 	uint64_t created_ns;   /* CLOCK_REALTIME at the instant */
 	uint8_t snap_id[16];   /* random; repeated in END so pieces of two files never mix */
+};
+
+#define USNAP_HEAD_DELTA (1u << 0)     /* version 2 only: a delta, usnap_head_delta follows */
+
+/*
+ * Version 2 (deltas): HEAD's body is usnap_head (version 2, flags DELTA) then
+ * this, then the region table, which must equal the parent's (page size,
+ * count, lengths and names). A page no extent of the delta covers is the
+ * parent's page; DATA and ZERO extents replace it. Full snapshots stay
+ * version 1, so readers that predate deltas still read every full snapshot
+ * and refuse a delta as an unsupported version, not as corruption.
+ */
+struct usnap_head_delta {
+	uint8_t parent_id[16]; /* snap_id of the snapshot this delta applies to */
+	uint32_t depth;        /* 1 for a delta of a full snapshot, parent's depth + 1 after */
+	uint32_t reserved;     /* 0 */
 };
 
 /* region entry: fixed part then name bytes, padded to 8 */
@@ -116,9 +133,10 @@ struct usnap_end {
 #define USNAP_END_LEN (sizeof(struct usnap_rec_hdr) + sizeof(struct usnap_end))
 
 _Static_assert(sizeof(struct usnap_rec_hdr) == 16, "rec_hdr layout");
-_Static_assert(USNAP_MAGIC_LEN + 16 + 40 + USNAP_MAX_REGIONS * (16 + 256) <= USNAP_MAX_HEAD_LEN,
+_Static_assert(USNAP_MAGIC_LEN + 16 + 40 + 24 + USNAP_MAX_REGIONS * (16 + 256) <= USNAP_MAX_HEAD_LEN,
 	       "the largest region table a writer may produce must pass the reader's bound");
 _Static_assert(sizeof(struct usnap_head) == 40, "head layout");
+_Static_assert(sizeof(struct usnap_head_delta) == 24, "delta head layout");
 _Static_assert(sizeof(struct usnap_region) == 16, "region layout");
 _Static_assert(sizeof(struct usnap_chunk) == 32, "chunk layout");
 _Static_assert(sizeof(struct usnap_extent) == 16, "extent layout");
