@@ -6,8 +6,6 @@
  * when its name is not followed by '('.
  */
 #include <errno.h>
-#include <linux/userfaultfd.h>
-#include <stdarg.h>
 #include <stdatomic.h>
 #include <string.h>
 
@@ -150,32 +148,16 @@ int usnap_inj_mkostemp(char *tmpl, int flags)
 	return (mkostemp)(tmpl, flags);
 }
 
-/* ---- userfaultfd ioctls ---------------------------------------------------------- */
+/* ---- userfaultfd requests (uffd.c) ------------------------------------------------ */
 
-int usnap_inj_ioctl(int fd, unsigned long req, ...)
+int usnap_inject_ioctl(void)
 {
-	uint64_t hidden = atomic_load(&inj.hidden);
-	va_list ap;
-	void *arg;
-	int rc;
+	return hit(USNAP_INJ_IOCTL, ENOMEM);
+}
 
-	va_start(ap, req); /* as glibc's ioctl(): one argument, read whether passed or not */
-	arg = va_arg(ap, void *);
-	va_end(ap);
-	/* UNREGISTER and WAKE are the exit path: they cannot fail on a range
-	 * that is still mapped, and nothing could recover if they did. */
-	if (req == UFFDIO_API || req == UFFDIO_REGISTER || req == UFFDIO_WRITEPROTECT || req == UFFDIO_ZEROPAGE) {
-		int e = hit(USNAP_INJ_IOCTL, ENOMEM);
-		if (e)
-			return errno = e, -1;
-	}
-	if (req != UFFDIO_API || !hidden)
-		return (ioctl)(fd, req, arg);
-	if (((struct uffdio_api *)arg)->features & hidden)
-		return errno = EINVAL, -1;
-	if (!(rc = (ioctl)(fd, req, arg)))
-		((struct uffdio_api *)arg)->features &= ~hidden;
-	return rc;
+uint64_t usnap_inject_hidden_features(void)
+{
+	return atomic_load(&inj.hidden);
 }
 
 /* ---- sink writes ------------------------------------------------------------------- */

@@ -12,8 +12,10 @@
  *  - every allocation and resource the engine and the reader create goes
  *    through the macros at the end of this file (malloc, calloc, realloc,
  *    strdup, mmap, ZSTD_createCCtx/DCtx,
- *    pthread_create, eventfd, mkostemp), and so do the userfaultfd ioctls:
- *    no line of lib/ changes for them;
+ *    pthread_create, eventfd, mkostemp): no line of lib/ changes for them;
+ *  - uffd.c, the one file that makes userfaultfd requests, asks
+ *    usnap_inject_ioctl() before each request that acts, and
+ *    usnap_inject_hidden_features() what UFFDIO_API must not offer;
  *  - sink.c's one hook, usnap_inject_write(), can fail one sink write with a
  *    chosen errno or make it short;
  *  - outfile.c's one hook, usnap_inject_close(), makes the close of an output
@@ -76,6 +78,11 @@ bool usnap_inject_write(struct iovec **bufs, unsigned *n, ssize_t *done);
 /* The hook outfile.c calls after a successful close(2) of an output file:
  * the errno that close reports instead, or 0. */
 int usnap_inject_close(void);
+/* The hook uffd.c calls before a userfaultfd request that acts: the errno
+ * it fails with, or 0. */
+int usnap_inject_ioctl(void);
+/* The UFFD_FEATURE_* bits UFFDIO_API hides (usnap_inject_hide_features). */
+uint64_t usnap_inject_hidden_features(void);
 
 #else
 
@@ -86,6 +93,16 @@ static inline bool usnap_inject_write(struct iovec **bufs, unsigned *n, ssize_t 
 }
 
 static inline int usnap_inject_close(void)
+{
+	return 0;
+}
+
+static inline int usnap_inject_ioctl(void)
+{
+	return 0;
+}
+
+static inline uint64_t usnap_inject_hidden_features(void)
 {
 	return 0;
 }
@@ -103,7 +120,6 @@ static inline int usnap_inject_close(void)
 #include <stdlib.h>
 #include <string.h>
 #include <sys/eventfd.h>
-#include <sys/ioctl.h>
 #include <sys/mman.h>
 #include <zstd.h>
 
@@ -117,7 +133,6 @@ ZSTD_DCtx *usnap_inj_zstd_dctx(void);
 int usnap_inj_pthread_create(pthread_t *t, const pthread_attr_t *a, void *(*fn)(void *), void *arg);
 int usnap_inj_eventfd(unsigned v, int flags);
 int usnap_inj_mkostemp(char *tmpl, int flags);
-int usnap_inj_ioctl(int fd, unsigned long req, ...);
 
 #define malloc(n) usnap_inj_malloc(n)
 #define calloc(n, m) usnap_inj_calloc(n, m)
@@ -129,7 +144,6 @@ int usnap_inj_ioctl(int fd, unsigned long req, ...);
 #define pthread_create(t, a, fn, arg) usnap_inj_pthread_create(t, a, fn, arg)
 #define eventfd(v, f) usnap_inj_eventfd(v, f)
 #define mkostemp(t, f) usnap_inj_mkostemp(t, f)
-#define ioctl(fd, req, ...) usnap_inj_ioctl(fd, req, ##__VA_ARGS__)
 #endif
 
 #endif
