@@ -7,12 +7,12 @@
  * compiler removes, and lib/inject.c is not compiled.
  *
  * The test library libuffdsnap-inject.a (lib/meson.build, never installed) is
- * the same sources built with -DUSNAP_FAULT_INJECTION and `-include inject.h`.
- * Then:
+ * the same sources built with -DUSNAP_FAULT_INJECTION. Then:
  *  - every allocation and resource the engine and the reader create goes
- *    through the macros at the end of this file (malloc, calloc, realloc,
- *    strdup, mmap, ZSTD_createCCtx/DCtx,
- *    pthread_create, eventfd, mkostemp): no line of lib/ changes for them;
+ *    through inject.c's usnap_inj_NAME (malloc, calloc, realloc, strdup,
+ *    mmap, ZSTD_createCCtx/DCtx, pthread_create, eventfd, mkostemp): the
+ *    build renames the objects' references with objcopy, so no line of lib/
+ *    changes for them and no header redefines a libc name;
  *  - uffd.c, the one file that makes userfaultfd requests, asks
  *    usnap_inject_ioctl() before each request that acts, and
  *    usnap_inject_hidden_features() what UFFDIO_API must not offer;
@@ -107,43 +107,6 @@ static inline uint64_t usnap_inject_hidden_features(void)
 	return 0;
 }
 
-#endif
-
-/*
- * Redirection of the library's own calls (only in libuffdsnap-inject.a, which
- * defines USNAP_INJECT_REDIRECT and includes this header before anything
- * else). The system headers are included first so that their declarations
- * are not rewritten; inject.c reaches the real functions as (malloc)(n).
- */
-#if defined(USNAP_FAULT_INJECTION) && defined(USNAP_INJECT_REDIRECT)
-#include <pthread.h>
-#include <stdlib.h>
-#include <string.h>
-#include <sys/eventfd.h>
-#include <sys/mman.h>
-#include <zstd.h>
-
-void *usnap_inj_malloc(size_t n);
-void *usnap_inj_calloc(size_t n, size_t m);
-void *usnap_inj_realloc(void *p, size_t n);
-char *usnap_inj_strdup(const char *s);
-void *usnap_inj_mmap(void *a, size_t len, int prot, int flags, int fd, off_t off);
-ZSTD_CCtx *usnap_inj_zstd_cctx(void);
-ZSTD_DCtx *usnap_inj_zstd_dctx(void);
-int usnap_inj_pthread_create(pthread_t *t, const pthread_attr_t *a, void *(*fn)(void *), void *arg);
-int usnap_inj_eventfd(unsigned v, int flags);
-int usnap_inj_mkostemp(char *tmpl, int flags);
-
-#define malloc(n) usnap_inj_malloc(n)
-#define calloc(n, m) usnap_inj_calloc(n, m)
-#define realloc(p, n) usnap_inj_realloc(p, n)
-#define strdup(s) usnap_inj_strdup(s)
-#define mmap(a, l, p, f, d, o) usnap_inj_mmap(a, l, p, f, d, o)
-#define ZSTD_createCCtx() usnap_inj_zstd_cctx()
-#define ZSTD_createDCtx() usnap_inj_zstd_dctx()
-#define pthread_create(t, a, fn, arg) usnap_inj_pthread_create(t, a, fn, arg)
-#define eventfd(v, f) usnap_inj_eventfd(v, f)
-#define mkostemp(t, f) usnap_inj_mkostemp(t, f)
 #endif
 
 #endif
