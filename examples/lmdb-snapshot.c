@@ -30,6 +30,7 @@
  *
  *   lmdb-snapshot [--dir DIR] [--mib N] [--map-mib N] [--out FILE]
  *                 [--extract DIR] [--copy LIST] [--seconds S] [--grow-test]
+ *                 [--snap-threads N] [--zstd-level N] [--adapt] [--populate]
  *   lmdb-snapshot --verify DIR          check a database (prints its txn)
  *   lmdb-snapshot --replay N --dir DIR [--mib N] [--map-mib N]
  *
@@ -531,13 +532,21 @@ static struct result snapshot(struct live *L, uffdsnap_t *ctx, const char *out)
 		die_usnap("uffdsnap_begin_file", err);
 	err = uffdsnap_wait(snap);
 	if (L->populate && !err) {
+		/*
+		 * Un-protected shmem keeps read-only page table entries: each page
+		 * the writer stores to next would fault once more. Make the used part
+		 * of the map writable in one call (not the free tail: it would
+		 * allocate those holes).
+		 */
 		MDB_envinfo ei;
+		MDB_stat ms;
 		size_t len;
 		char *map = find_map(L->dir, &len);
 
 		mdb_env_info(L->db.env, &ei);
-		if ((ei.me_last_pgno + 1) * 4096ul < len)
-			len = (ei.me_last_pgno + 1) * 4096ul;
+		mdb_env_stat(L->db.env, &ms);
+		if ((ei.me_last_pgno + 1) * (size_t)ms.ms_psize < len)
+			len = (ei.me_last_pgno + 1) * (size_t)ms.ms_psize;
 		if (madvise(map, len, MADV_POPULATE_WRITE))
 			fprintf(stderr, "%s: MADV_POPULATE_WRITE: %s\n", argv0, strerror(errno));
 	}
@@ -705,7 +714,7 @@ static void usage(int code)
 	fprintf(code ? stderr : stdout,
 		"usage: %s [--dir DIR] [--mib N] [--map-mib N] [--out FILE] [--extract DIR]\n"
 		"          [--copy none|mdb_copy|mdb_copy-c|all] [--seconds S] [--grow-test]\n"
-		"          [--snap-threads N] [--zstd-level N] [--adapt]\n"
+		"          [--snap-threads N] [--zstd-level N] [--adapt] [--populate]\n"
 		"       %s --verify DIR\n"
 		"       %s --replay N --dir DIR [--mib N] [--map-mib N]\n"
 		"Snapshot a live LMDB environment (MDB_WRITEMAP, on tmpfs) while a writer\n"
@@ -725,6 +734,8 @@ static void usage(int code)
 		"  --snap-threads N, --zstd-level N, --adapt: the snapshot's compression\n"
 		"                  workers (default: one per CPU), zstd level (default 1),\n"
 		"                  UFFDSNAP_OPT_ADAPT (raw chunks while writers wait)\n"
+		"  --populate      MADV_POPULATE_WRITE the used map after each snapshot, so that\n"
+		"                  the writer does not re-fault every page it stores to\n"
 		"  --verify DIR    check DIR/data.mdb is one transaction's database exactly\n"
 		"  --replay N      build transaction N's database in --dir (for mdb_dump)\n",
 		argv0, argv0, argv0);
