@@ -450,23 +450,33 @@ static uffdsnap_t *make_ctx(struct live *L)
 	return ctx;
 }
 
-/* commits per second over the next `s` seconds (printed per tenth) */
-static double rate_for(struct live *L, double s)
+/*
+ * Print the writer's commits/s in each `step` from *t until `end`; *c and *t
+ * come back as the count and the time of the last sample.
+ */
+static void print_rates(struct live *L, double end, double step, uint64_t *c, double *t)
 {
-	uint64_t c0 = atomic_load(&L->committed), c = c0, c_prev;
-	double t0 = now_s(), t = t0;
-
-	printf("writer alone: txn/s per %.2f s:", s / 10);
-	for (int i = 1; i <= 10; i++) {
-		double left = t0 + s * i / 10 - now_s();
+	for (double next = *t + step; next <= end + 1e-3; next += step) {
+		double left = next - now_s();
+		uint64_t prev = *c;
 
 		if (left > 0)
 			usleep((useconds_t)(left * 1e6));
-		c_prev = c, c = atomic_load(&L->committed);
-		printf(" %.0f", (c - c_prev) / (now_s() - t));
-		t = now_s();
+		*c = atomic_load(&L->committed);
+		printf(" %.0f", (*c - prev) / (now_s() - *t));
+		*t = now_s();
 	}
 	printf("\n");
+}
+
+/* commits per second over the next `s` seconds (printed per tenth) */
+static double rate_for(struct live *L, double s)
+{
+	uint64_t c0 = atomic_load(&L->committed), c = c0;
+	double t0 = now_s(), t = t0;
+
+	printf("writer alone: txn/s per %.2f s:", s / 10);
+	print_rates(L, t0 + s, s / 10, &c, &t);
 	return (c - c0) / (t - t0);
 }
 
@@ -492,25 +502,16 @@ struct result {
 /* Wait for the end of the window of `w` seconds that began with the operation. */
 static void finish_window(struct live *L, struct result *r, double w)
 {
-	uint64_t c = atomic_load(&L->committed), c_prev = r->c0;
+	uint64_t c = atomic_load(&L->committed);
 	double t = now_s();
 
 	if (!w)
 		return;
-	/* the writer's rate in each tenth of the window after the operation ended */
-	printf("%s: writer txn/s from its start (%.2f s) then per %.2f s:", r->method, t - r->t0, w / 10);
-	printf(" %.0f", (c - c_prev) / (t - r->t0));
-	for (double end = t + w / 10; end <= r->t0 + w + 1e-3; end += w / 10) {
-		double left = end - now_s();
-
-		if (left > 0)
-			usleep((useconds_t)(left * 1e6));
-		c_prev = c, c = atomic_load(&L->committed);
-		printf(" %.0f", (c - c_prev) / (now_s() - t));
-		t = now_s();
-	}
-	printf("\n");
-	r->window_rate = (atomic_load(&L->committed) - r->c0) / (now_s() - r->t0);
+	/* the writer's rate during the operation, then in each tenth of the window left */
+	printf("%s: writer txn/s from its start (%.2f s) then per %.2f s: %.0f", r->method, t - r->t0, w / 10,
+	       (c - r->c0) / (t - r->t0));
+	print_rates(L, r->t0 + w, w / 10, &c, &t);
+	r->window_rate = (c - r->c0) / (t - r->t0);
 }
 
 /* Snapshot the live map into `out`; the committed range [c0, c1] brackets the instant. */
