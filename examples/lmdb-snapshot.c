@@ -816,6 +816,7 @@ int main(int argc, char **argv)
 			if (db_txn(&L.db, t, buf))
 				die("the map is full at transaction %" PRIu64, t);
 		mdb_env_close(L.db.env);
+		free(buf);
 		printf("replayed transactions 1..%" PRIu64 " into %s\n", replay, dir);
 		return 0;
 	}

@@ -156,7 +156,7 @@ for try in 1 2 3 4 5; do
 		break
 	fi
 done
-[ "$overlapped" = 1 ] || fail "no BGSAVE overlapped the benchmark's writes"
+[ "$overlapped" = 1 ] || fail "no BGSAVE overlapped the benchmark's writes: $(tr "\r" "\n" < "$D/bench" | tail -3)"
 cp "$D/dump.usnap" "$D/midload.usnap"
 wait "$BENCH" || fail "redis-benchmark: $(cat "$D/bench")"
 BENCH=
