@@ -379,7 +379,8 @@ USNAP_EXPORT int uffdsnap_add_region(uffdsnap_t *ctx, const char *name, void *ad
 		goto out;
 	}
 	id = (int)ctx->nregs++;
-	usnap_delta_lost(ctx, "region '%s' was added after the last snapshot", name);
+	if (ctx->parent.ok) /* else its reason (none completed, the last failed) still holds */
+		usnap_delta_lost(ctx, "region '%s' was added after the last snapshot", name);
 	pthread_mutex_unlock(&ctx->lock);
 	return id;
 out:
