@@ -383,9 +383,9 @@ START_TEST(no_parent)
 		expect_no_parent(w.ctx, "cancelled");
 	snap_check(&w, false, NULL, &st);
 
-	/* failed after its begin: the sink refuses the 3rd write */
+	/* failed after its begin: the sink refuses the first write */
 	usnap_cb_init(&cb, -1);
-	cb.fail_at = 3;
+	cb.fail_at = 1;
 	cb.fail_err = -EIO;
 	ck_assert_int_eq(uffdsnap_begin_delta(w.ctx, usnap_cb_sink(&cb), &s), 0);
 	ck_assert_int_eq(uffdsnap_wait(s), -EIO);
