@@ -1262,6 +1262,7 @@ int main(int argc, char **argv)
 	int o, r, alen = sizeof(addr);
 	char *end;
 
+	uffdsnap_set_log_fn(uffdsnap_log_stderr, NULL); /* a lazy restore's failure, before its SIGBUS */
 	while ((o = getopt_long(argc, argv, "", lo, NULL)) != -1) {
 		switch (o) {
 		case 'p': S.port = atoi(optarg); break;

@@ -313,6 +313,21 @@ const char *uffdsnap_strerror(int err);
 const char *uffdsnap_last_error(void);
 
 /*
+ * Where the library's log lines go. The library is quiet by default: it logs
+ * only what a caller cannot learn in time from a return value, today a lazy
+ * restore that fails in its own thread (the program's next touch of a page
+ * not restored gets SIGBUS; UFFDSNAP_LAZY_QUIET silences it for one
+ * restore). fn(user, line) gets one line without a newline, on whichever
+ * library thread failed, possibly while program threads wait on a page: it
+ * must not take a lock a program thread may hold (stdio's, say: write(2) is
+ * safe). Process-wide; NULL stops logging. uffdsnap_log_stderr writes each
+ * line to standard error with write(2).
+ */
+typedef void (*uffdsnap_log_fn)(void *user, const char *line);
+void uffdsnap_set_log_fn(uffdsnap_log_fn fn, void *user);
+void uffdsnap_log_stderr(void *user, const char *line);
+
+/*
  * Temporary files that writers of `path` (snapshots, restores, extracts) left
  * behind when they were killed: "path.tmp.uffdsnap-PID-XXXXXX". A temporary is
  * stale when no process PID runs and no writer holds its lock. fn (may be

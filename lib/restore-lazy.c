@@ -119,17 +119,8 @@ struct uffdsnap_lazy {
 
 void usnap_log_failure(const char *msg, int err)
 {
-	char line[768];
-	int n = snprintf(line, sizeof(line), "libuffdsnap: lazy restore failed: %s (%s); a thread touching a page "
-			 "that is not restored gets SIGBUS\n", msg, strerror(-err));
-	ssize_t w;
-
-	/* write(2), not stdio: a program thread may hold stderr's lock while it
-	 * waits for a page that only this thread can serve */
-	if (n > 0) {
-		w = write(STDERR_FILENO, line, (size_t)n < sizeof(line) ? (size_t)n : sizeof(line) - 1);
-		(void)w;
-	}
+	usnap_log("libuffdsnap: lazy restore failed: %s (%s); a thread touching a page that is not restored gets "
+		  "SIGBUS", msg, strerror(-err));
 }
 
 __attribute__((format(printf, 3, 4))) static void lz_fail(uffdsnap_lazy_t *lz, int err, const char *fmt, ...)

@@ -68,6 +68,8 @@ int usnap_check_size(const char *fn, const char *type, size_t size, size_t min, 
 /* errors.c: format a message with every byte outside printable ASCII as \xNN. */
 void usnap_vformat(char *dst, size_t cap, const char *fmt, va_list ap);
 void usnap_format(char *dst, size_t cap, const char *fmt, ...) __attribute__((format(printf, 3, 4)));
+/* One line to the application's log hook (uffdsnap_set_log_fn), if it set one. */
+void usnap_log(const char *fmt, ...) __attribute__((format(printf, 1, 2)));
 /* errors.c: record a detail for uffdsnap_last_error() and return err. */
 int usnap_err(int err, const char *fmt, ...) __attribute__((format(printf, 2, 3)));
 void usnap_clear_err(void);

@@ -1361,6 +1361,7 @@ int main(int argc, char **argv)
 	unsigned v = uffdsnap_version();
 	int c;
 
+	uffdsnap_set_log_fn(uffdsnap_log_stderr, NULL); /* a lazy restore's failure, before its SIGBUS */
 	uffdsnap_lazy_opts_init(&so.lo);
 	/* '+': options end at the command, whose own options follow it */
 	while ((c = getopt_long(argc, argv, "+:hVq", longopts, NULL)) != -1) {
