@@ -273,6 +273,7 @@ static int snap(struct world *w, bool delta, void (*during)(struct world *), uff
 	ck_assert_msg(!r, "begin%s: %s (%s)", delta ? "_delta" : "", uffdsnap_strerror(r), uffdsnap_last_error());
 	if (during) /* first: the snapshot's window is short under a sanitizer */
 		during(w);
+	w->seed += 7919; /* new bytes from this writer, not the last one's again */
 	usnap_writers_start(&ws, 1, writer_fn, w);
 	usnap_writers_wait_progress(&ws, 20, 10);
 	r = uffdsnap_wait(s);
@@ -380,11 +381,11 @@ START_TEST(no_parent)
 {
 	struct world w;
 	uffdsnap_stats_t st;
-	uffdsnap_snap_t *s;
+	uffdsnap_snap_t *s, *busy;
 	struct usnap_cb cb;
 	struct usnap_mem extra;
 	char path[PATH_MAX + 32];
-	int r;
+	int r, fd;
 
 	usnap_watchdog(60, "no_parent");
 	/* without the option: never a parent, even after a full snapshot */
@@ -396,8 +397,26 @@ START_TEST(no_parent)
 
 	world_new(&w, UFFDSNAP_OPT_DELTA);
 	expect_no_parent(w.ctx, "no snapshot has completed");
-	/* a busy context says busy, not "no parent" */
 	snap_check(&w, false, NULL, &st);
+	snap_check(&w, true, NULL, &st);
+	/* a busy context says busy, not "no parent"; refusals at the door keep the parent */
+	snprintf(path, sizeof(path), "%s/held.snap", w.dir);
+	fd = open(path, O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0600);
+	ck_assert_int_ge(fd, 0);
+	usnap_cb_init(&cb, fd);
+	usnap_cb_gate(&cb, true);
+	take_oracle(&w);
+	ck_assert_int_eq(uffdsnap_begin_delta(w.ctx, usnap_cb_sink(&cb), &s), 0);
+	ck_assert_int_eq(uffdsnap_begin_delta_file(w.ctx, "/nonexistent-dir/x", &busy), -EBUSY);
+	usnap_cb_gate(&cb, false);
+	ck_assert_int_eq(uffdsnap_wait(s), 0);
+	st.size = sizeof(st);
+	ck_assert_int_eq(uffdsnap_snap_stats(s, &st), 0);
+	uffdsnap_snap_free(s);
+	usnap_cb_destroy(&cb);
+	close(fd);
+	check_link(&w, path, true, &st);
+	ck_assert_int_eq(uffdsnap_begin_delta(w.ctx, NULL, &busy), -EINVAL);
 	snap_check(&w, true, NULL, &st);
 	ck_assert_int_eq(uffdsnap_begin_file(w.ctx, "/nonexistent-dir/x", &s), -ENOENT);
 	/* a failed begin that never armed anything (the sink's directory is
