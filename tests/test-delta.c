@@ -165,6 +165,7 @@ struct world {
 	struct chain chain;
 	unsigned files;
 	uint64_t writes;             /* pages the writer wrote during (and just after) the last snapshot */
+	bool storm;                  /* a zapper and pager-out beside the writer */
 };
 
 /* Pages 0..7 of region 0 are written by the test itself only. */
@@ -244,12 +245,29 @@ static size_t change_pages(struct world *w, double pct)
 	return total;
 }
 
+/* With w->storm, a second thread zaps and pages out shared pages while the writer writes. */
+static void stormer(struct usnap_writers *ws, struct world *w, uint64_t st)
+{
+	const size_t np = SHM_LEN / usnap_page;
+
+	while (!atomic_load(&ws->stop)) {
+		size_t first = usnap_splitmix64(&st) % (np - 32);
+		int advice = usnap_splitmix64(&st) & 1 ? MADV_DONTNEED : MADV_PAGEOUT;
+
+		ck_assert_int_eq(madvise(w->shm.addr + first * usnap_page, 32 * usnap_page, advice), 0);
+		atomic_fetch_add(&ws->progress[1], 1);
+		usleep(300);
+	}
+}
+
 /* Writers during a delta: change pages of both regions until stopped. */
 static void writer_fn(struct usnap_writers *ws, unsigned idx)
 {
 	struct world *w = ws->arg;
 	uint64_t st = 77 + idx + w->seed;
 
+	if (idx == 1)
+		return stormer(ws, w, st);
 	while (!atomic_load(&ws->stop)) {
 		unsigned r = usnap_splitmix64(&st) & 1;
 		size_t page = QUIET + usnap_splitmix64(&st) % (reg_len(r) / usnap_page - QUIET);
@@ -274,7 +292,7 @@ static int snap(struct world *w, bool delta, void (*during)(struct world *), uff
 	if (during) /* first: the snapshot's window is short under a sanitizer */
 		during(w);
 	w->seed += 7919; /* new bytes from this writer, not the last one's again */
-	usnap_writers_start(&ws, 1, writer_fn, w);
+	usnap_writers_start(&ws, w->storm ? 2 : 1, writer_fn, w);
 	usnap_writers_wait_progress(&ws, 20, 10);
 	r = uffdsnap_wait(s);
 	usnap_writers_stop(&ws, 10);
@@ -641,6 +659,30 @@ START_TEST(disturb_during)
 }
 END_TEST
 
+/*
+ * Deltas under a storm: while each delta runs, the writer writes and another
+ * thread zaps (MADV_DONTNEED) and pages out (MADV_PAGEOUT) shared pages, copied
+ * or not; every link stays exact.
+ */
+START_TEST(storm)
+{
+	struct world w;
+	uffdsnap_stats_t st;
+
+	usnap_watchdog(120, "storm");
+	world_new(&w, UFFDSNAP_OPT_DELTA);
+	w.storm = true;
+	snap_check(&w, false, NULL, &st);
+	for (unsigned k = 0; k < (USNAP_SANITIZED ? 3 : 6); k++) {
+		change_pages(&w, 2.0);
+		snap_check(&w, true, NULL, &st);
+	}
+	w.storm = false;
+	snap_check(&w, true, NULL, &st);
+	world_free(&w);
+}
+END_TEST
+
 int main(void)
 {
 	Suite *s = suite_create("delta");
@@ -652,6 +694,7 @@ int main(void)
 	tcase_add_test(tc, one_percent);
 	tcase_add_test(tc, disturb_between);
 	tcase_add_test(tc, disturb_during);
+	tcase_add_test(tc, storm);
 	suite_add_tcase(s, tc);
 	return usnap_run_suite(s);
 }
