@@ -216,6 +216,10 @@ USNAP_EXPORT const char *uffdsnap_strerror(int err)
 		return "already done: this context listens already";
 	case EUSERS:
 		return "too many processes have joined this context";
+	case ENOLINK:
+		return "no parent for a delta: no snapshot of this context completed since it was created, since "
+		       "its last snapshot failed or was cancelled, or since a region was added (or the context "
+		       "lacks UFFDSNAP_OPT_DELTA); take a full snapshot";
 	default:
 		return "unknown error";
 	}
