@@ -174,6 +174,9 @@ USNAP_EXPORT const char *uffdsnap_strerror(int err)
 		return "the snapshot file is corrupt, or the migration stream (a checksum or a structure check failed)";
 	case ENODATA:
 		return "the snapshot is incomplete: truncated, or the snapshot failed while it was written";
+	case ENOLINK:
+		return "a delta snapshot without its chain, or a chain whose links do not hold (a file missing, out of "
+		       "order, or of another chain): read a delta with its base and every delta before it";
 	case ENOEXEC:
 		return "not a libuffdsnap snapshot file";
 	case EPROTONOSUPPORT:
