@@ -175,8 +175,7 @@ USNAP_EXPORT const char *uffdsnap_strerror(int err)
 	case ENODATA:
 		return "the snapshot is incomplete: truncated, or the snapshot failed while it was written";
 	case ENOLINK:
-		return "a delta snapshot without its chain, or a chain whose links do not hold (a file missing, out of "
-		       "order, or of another chain): read a delta with its base and every delta before it";
+		return "a delta snapshot read without its chain, or a chain whose links do not hold";
 	case ENOEXEC:
 		return "not a libuffdsnap snapshot file";
 	case EPROTONOSUPPORT:

@@ -1130,8 +1130,8 @@ static int need_index(struct uffdsnap_reader *r, unsigned id)
 		return rd_err(r, -ENODATA, "%s", r->reason);
 	if (r->delta && !r->chained)
 		return rd_err(r, -ENOLINK, "the snapshot is a delta (depth %" PRIu32 "): it holds only the pages that "
-			      "changed since its parent, and its image is read with its parent chain "
-			      "(uffdsnap_reader_open_chain(), or --parent FILE)", r->depth);
+			      "changed since its parent, and its image is read with its parent chain (the full "
+			      "snapshot and every delta up to this one)", r->depth);
 	return 0;
 }
 

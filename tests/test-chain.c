@@ -233,7 +233,8 @@ static void fixture(void)
 
 	npages[0] = POOL_PAGES;
 	npages[1] = META_PAGES;
-	usnap_tmpdir(dir);
+	if (!*dir)
+		usnap_tmpdir(dir);
 	usnap_memfd(&pool, POOL_PAGES * PS);
 	usnap_memfd(&meta, META_PAGES * PS);
 	usnap_fill_mixed(pool.addr, pool.len, 42, 7, 5);
@@ -618,8 +619,26 @@ static Suite *suite(void)
 	return s;
 }
 
-int main(void)
+START_TEST(forge_only)
 {
+	fixture();
+}
+END_TEST
+
+/* test-chain --forge DIR: write the files (fullK.snap, deltaK.snap) into DIR
+ * and keep them, for tests/test-cli.sh. */
+int main(int argc, char **argv)
+{
+	Suite *s;
+	TCase *tc;
+
 	usnap_test_require_uffd();
-	return usnap_run_suite(suite());
+	if (argc != 3 || strcmp(argv[1], "--forge"))
+		return usnap_run_suite(suite());
+	snprintf(dir, sizeof(dir), "%s", argv[2]);
+	s = suite_create("forge");
+	tc = tcase_create("forge");
+	tcase_add_test(tc, forge_only);
+	suite_add_tcase(s, tc);
+	return usnap_run_suite(s);
 }
