@@ -7,9 +7,8 @@
  * and keeps a copy of the memory at each instant: the oracle. It then writes
  * delta k (format version 2) from full snapshots k-1 and k: the pages that
  * differ, plus page 0 of the pool (a delta may hold unchanged pages), in
- * chunks of up to 8 pages that skip pages inside their span, raw or zstd,
- * each record sealed with usnap_rec_crc() (white-box: links the static
- * library). Delta k has the id of full snapshot k and names k-1's as parent.
+ * chunks of up to 8 pages that skip pages inside their span, raw or zstd
+ * (tests/forge.c: white-box, links the static library). Delta k has the id of full snapshot k and names k-1's as parent.
  *
  * The cases check that the chain full 0, delta 1..k reads as image k through
  * every reader path (read, extract, restore into a memfd and into memory,
@@ -27,10 +26,9 @@
 #include <sys/stat.h>
 #include <unistd.h>
 
-#include <zstd.h>
-
 #include "helpers.h"
 #include "format.h"
+#include "forge.h"
 
 #define STEPS 10
 #define PS 4096u
@@ -45,97 +43,9 @@ static uint8_t *img[STEPS + 1][2];            /* the memory at instant k */
 static uint8_t ids[STEPS + 1][16];
 static uint64_t created[STEPS + 1];
 static const char *const names[2] = { "pool", "meta" };
-static size_t npages[2];
+static uint64_t npages[2];
 
 /* ---- forging deltas ----------------------------------------------------------------- */
-
-struct buf {
-	uint8_t *p;
-	size_t len, cap;
-};
-
-static void put(struct buf *b, const void *src, size_t len)
-{
-	if (b->len + len > b->cap) {
-		b->cap = (b->len + len) * 2;
-		b->p = realloc(b->p, b->cap);
-		ck_assert_ptr_nonnull(b->p);
-	}
-	memcpy(b->p + b->len, src, len);
-	b->len += len;
-}
-
-static void pad(struct buf *b)
-{
-	static const uint8_t z[8];
-
-	put(b, z, usnap_pad8(b->len) - b->len);
-}
-
-/* Seal the record that starts at offset `at` of b and ends at its end. */
-static void seal(struct buf *b, size_t at, uint32_t type)
-{
-	struct usnap_rec_hdr h = { .type = type, .len = b->len - at };
-
-	memcpy(b->p + at, &h, sizeof(h));
-	h.crc = usnap_rec_crc(b->p + at, h.len);
-	memcpy(b->p + at, &h, sizeof(h));
-}
-
-static bool zero_page(const uint8_t *p)
-{
-	for (unsigned i = 0; i < PS; i++)
-		if (p[i])
-			return false;
-	return true;
-}
-
-/* One chunk of pages v[0..n) of region g from image k; zstd if asked and smaller. */
-static void forge_chunk(struct buf *b, struct buf *idx, unsigned g, const uint8_t *image, const uint64_t *v,
-			unsigned n, bool zstd, struct usnap_end *end)
-{
-	struct usnap_extent ext[DELTA_CHUNK];
-	struct usnap_chunk ch = { .region = g };
-	struct usnap_index_ent ie = { .offset = b->len, .region = g, .first_page = UINT64_MAX };
-	uint8_t raw[DELTA_CHUNK * PS], z[ZSTD_COMPRESSBOUND(DELTA_CHUNK * PS)];
-	struct usnap_rec_hdr h = { 0 };
-	size_t at = b->len, zlen = 0;
-	unsigned ne = 0;
-
-	for (unsigned i = 0; i < n; i++) {
-		uint32_t kind = zero_page(image + v[i] * PS) ? USNAP_EXT_ZERO : USNAP_EXT_DATA;
-
-		if (ne && ext[ne - 1].kind == kind && ext[ne - 1].first_page + ext[ne - 1].npages == v[i])
-			ext[ne - 1].npages++;
-		else
-			ext[ne++] = (struct usnap_extent){ .first_page = v[i], .npages = 1, .kind = kind };
-		if (kind == USNAP_EXT_DATA) {
-			memcpy(raw + ch.raw_len, image + v[i] * PS, PS);
-			ch.raw_len += PS;
-		}
-		ie.first_page = v[i] < ie.first_page ? v[i] : ie.first_page;
-		ie.end_page = v[i] + 1 > ie.end_page ? v[i] + 1 : ie.end_page;
-		end->pages_data += kind == USNAP_EXT_DATA;
-		end->pages_zero += kind == USNAP_EXT_ZERO;
-	}
-	if (zstd && ch.raw_len) {
-		zlen = ZSTD_compress(z, sizeof(z), raw, ch.raw_len, 1);
-		ck_assert(!ZSTD_isError(zlen));
-	}
-	ch.flags = zlen && zlen < ch.raw_len ? USNAP_CHNK_ZSTD : 0;
-	ch.stored_len = ch.flags ? zlen : ch.raw_len;
-	ch.nextents = ne;
-	ie.nextents = ne;
-	put(b, &h, sizeof(h));
-	put(b, &ch, sizeof(ch));
-	put(b, ext, ne * sizeof(*ext));
-	put(b, ch.flags ? z : raw, ch.stored_len);
-	pad(b);
-	seal(b, at, USNAP_REC_CHNK);
-	put(idx, &ie, sizeof(ie));
-	end->chunks++;
-	end->bytes_raw += ch.raw_len;
-}
 
 /*
  * Write to path a delta holding image k where it differs from image k-1,
@@ -145,62 +55,15 @@ static void forge_chunk(struct buf *b, struct buf *idx, unsigned g, const uint8_
 static void forge_delta(const char *path, unsigned k, const uint8_t *parent, uint32_t depth, const uint8_t *id,
 			uint64_t meta_len)
 {
-	struct buf b = { 0 }, idx = { 0 };
-	struct usnap_head hd = { .version = USNAP_VERSION_DELTA, .page_size = PS, .nregions = 2,
-				 .flags = USNAP_HEAD_DELTA, .created_ns = created[k] };
-	struct usnap_head_delta dh = { .depth = depth };
-	struct usnap_rec_hdr h = { 0 };
-	struct usnap_end end = { 0 };
-	struct usnap_index_hdr ih;
-	uint64_t v[DELTA_CHUNK];
-	unsigned chunks = 0;
-	size_t at;
-	FILE *f;
+	const uint64_t table[2] = { npages[0] * PS, meta_len ? meta_len : npages[1] * PS };
+	const uint8_t *prev[2] = { img[k - 1][0], img[k - 1][1] }, *cur[2] = { img[k][0], img[k][1] };
+	struct usnap_forge f = { .nregions = 2, .names = names, .npages = npages, .table_len = table,
+				 .page_size = PS, .prev = prev, .cur = cur, .parent_id = parent, .id = id,
+				 .depth = depth, .created_ns = created[k], .chunk_pages = DELTA_CHUNK, .zstd = 1,
+				 .keep_first = 1 };
+	int rc = usnap_forge_delta(path, &f);
 
-	memcpy(hd.snap_id, id, 16);
-	memcpy(end.snap_id, id, 16);
-	memcpy(dh.parent_id, parent, 16);
-	put(&b, USNAP_MAGIC, USNAP_MAGIC_LEN);
-	put(&b, &h, sizeof(h));
-	put(&b, &hd, sizeof(hd));
-	put(&b, &dh, sizeof(dh));
-	for (unsigned g = 0; g < 2; g++) {
-		struct usnap_region e = { .length = g && meta_len ? meta_len : npages[g] * PS,
-					  .name_len = (uint32_t)strlen(names[g]) };
-
-		put(&b, &e, sizeof(e));
-		put(&b, names[g], e.name_len);
-		pad(&b);
-	}
-	seal(&b, USNAP_MAGIC_LEN, USNAP_REC_HEAD);
-	for (unsigned g = 0; g < 2; g++) {
-		unsigned n = 0;
-
-		for (uint64_t p = 0; p < npages[g]; p++) {
-			/* page 0 of the pool, changed or not: a delta may hold unchanged pages */
-			if (memcmp(img[k - 1][g] + p * PS, img[k][g] + p * PS, PS) || (g == 0 && p == 0))
-				v[n++] = p;
-			if (n == DELTA_CHUNK || (n && p + 1 == npages[g])) {
-				forge_chunk(&b, &idx, g, img[k][g], v, n, chunks++ % 2, &end);
-				n = 0;
-			}
-		}
-	}
-	end.index_offset = at = b.len;
-	ih.count = end.chunks;
-	put(&b, &h, sizeof(h));
-	put(&b, &ih, sizeof(ih));
-	put(&b, idx.p, idx.len);
-	seal(&b, at, USNAP_REC_INDX);
-	at = b.len;
-	put(&b, &h, sizeof(h));
-	put(&b, &end, sizeof(end));
-	seal(&b, at, USNAP_REC_END);
-	ck_assert_ptr_nonnull(f = fopen(path, "w"));
-	ck_assert_uint_eq(fwrite(b.p, 1, b.len, f), b.len);
-	ck_assert_int_eq(fclose(f), 0);
-	free(b.p);
-	free(idx.p);
+	ck_assert_msg(rc == 0, "forging %s: %s", path, strerror(-rc));
 }
 
 /* ---- the fixture: STEPS + 1 full snapshots by the engine -------------------------------- */
