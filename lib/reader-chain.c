@@ -395,8 +395,13 @@ int usnap_chain_read(uffdsnap_reader_t *r, struct usnap_chain *c, unsigned id, u
 	if (!len)
 		return 0;
 	p1 = (off + len + ((uint64_t)1 << c->page_shift) - 1) >> c->page_shift;
+	/* the base holds every page: one read of it all (the base's chunks are
+	 * loaded whole anyway), then the newer files' stretches over it, each
+	 * stretch of one file read at once: a call per run of the base would
+	 * cost more than the pages it does not copy */
+	if ((rc = uffdsnap_reader_read(c->f[0], id, off, buf, len)))
+		return file_fail(r, c, 0, rc);
 	k = run_of(g, off >> c->page_shift);
-	/* one read of a file for each stretch of the image it holds */
 	for (uint64_t pos = off, end; pos < off + len; pos = end, k++) {
 		uint32_t file = CH_FILE(g->v[g->vc[k]]);
 		uint64_t kend = run_end(g, k);
@@ -404,7 +409,8 @@ int usnap_chain_read(uffdsnap_reader_t *r, struct usnap_chain *c, unsigned id, u
 		while (kend < p1 && CH_FILE(g->v[g->vc[k + 1]]) == file)
 			kend = run_end(g, ++k);
 		end = kend << c->page_shift < off + len ? kend << c->page_shift : off + len;
-		if ((rc = uffdsnap_reader_read(c->f[file], id, pos, (uint8_t *)buf + (pos - off), (size_t)(end - pos))))
+		if (file && (rc = uffdsnap_reader_read(c->f[file], id, pos, (uint8_t *)buf + (pos - off),
+						       (size_t)(end - pos))))
 			return file_fail(r, c, file, rc);
 	}
 	return 0;
