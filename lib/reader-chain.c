@@ -350,17 +350,7 @@ size_t usnap_chain_nchunks(const struct usnap_chain *c, unsigned id)
 
 static size_t run_of(const struct ch_region *g, uint64_t p)
 {
-	size_t lo = 0, hi = g->n;
-
-	while (hi - lo > 1) {
-		size_t mid = lo + (hi - lo) / 2;
-
-		if (g->first[mid] <= p)
-			lo = mid;
-		else
-			hi = mid;
-	}
-	return lo;
+	return usnap_run_find(g->first, g->n, p);
 }
 
 static uint64_t run_end(const struct ch_region *g, size_t k)

@@ -26,6 +26,23 @@ struct usnap_rchunk {
 	uint64_t raw_len;
 };
 
+/* The run of a page map that holds page p: the last of the n sorted run
+ * starts first[] that is <= p (first[0] is 0). */
+static inline size_t usnap_run_find(const uint64_t *first, size_t n, uint64_t p)
+{
+	size_t lo = 0, hi = n;
+
+	while (hi - lo > 1) {
+		size_t mid = lo + (hi - lo) / 2;
+
+		if (first[mid] <= p)
+			lo = mid;
+		else
+			hi = mid;
+	}
+	return lo;
+}
+
 /* A new reader of the same file (a dup of its fd) with its own buffers and
  * decompression context, sharing nothing mutable with r: one per thread. */
 int usnap_reader_clone(const uffdsnap_reader_t *r, uffdsnap_reader_t **out);

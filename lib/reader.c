@@ -1310,16 +1310,7 @@ static int need_map(struct uffdsnap_reader *r, unsigned id)
 /* The run of map m that holds page p. */
 static size_t map_run(const struct rd_map *m, uint64_t p)
 {
-	size_t lo = 0, hi = m->n;
-
-	while (hi - lo > 1) {
-		size_t mid = lo + (hi - lo) / 2;
-		if (m->first[mid] <= p)
-			lo = mid;
-		else
-			hi = mid;
-	}
-	return lo;
+	return usnap_run_find(m->first, m->n, p);
 }
 
 /*
