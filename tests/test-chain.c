@@ -23,7 +23,10 @@
 #include <stdlib.h>
 #include <string.h>
 #include <sys/mman.h>
+#include <sys/socket.h>
 #include <sys/stat.h>
+#include <sys/un.h>
+#include <sys/wait.h>
 #include <unistd.h>
 
 #include "helpers.h"
@@ -316,6 +319,56 @@ START_TEST(chain_lazy)
 }
 END_TEST
 
+/* The page server, in another process, serves a chain as it serves a file. */
+START_TEST(chain_serve)
+{
+	struct sockaddr_un sa = { .sun_family = AF_UNIX };
+	uffdsnap_lazy_region_t reg;
+	uffdsnap_lazy_client_t *c;
+	struct usnap_mem dst;
+	int ls, rc;
+	pid_t pid;
+	char path[PATH_MAX + 16];
+
+	usnap_watchdog(60, "chain_serve");
+	snprintf(path, sizeof(path), "%s/serve.sock", dir);
+	ck_assert(strlen(path) < sizeof(sa.sun_path));
+	memcpy(sa.sun_path, path, strlen(path) + 1);
+	ls = socket(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0);
+	ck_assert(ls >= 0 && !bind(ls, (struct sockaddr *)&sa, sizeof(sa)) && !listen(ls, 1));
+	pid = fork();
+	ck_assert(pid >= 0);
+	if (pid == 0) {
+		uffdsnap_lazy_opts_t o;
+		uffdsnap_reader_t *r;
+		const char *p[STEPS + 1];
+		int conn;
+
+		alarm(50);
+		uffdsnap_lazy_opts_init(&o);
+		p[0] = full[0];
+		for (unsigned i = 1; i <= STEPS; i++)
+			p[i] = delta[i];
+		if (uffdsnap_reader_open_chain(&r, p, STEPS + 1) || (conn = accept(ls, NULL, NULL)) < 0)
+			_exit(1);
+		_exit(uffdsnap_serve_conn(r, conn, &o) ? 2 : 0);
+	}
+	close(ls);
+	usnap_memfd(&dst, POOL_PAGES * PS);
+	reg = (uffdsnap_lazy_region_t){ .name = "pool", .addr = dst.addr, .len = dst.len };
+	rc = uffdsnap_lazy_connect(&c, sa.sun_path, &reg, 1);
+	ck_assert_msg(rc == 0, "lazy_connect: %d %s", rc, uffdsnap_last_error());
+	for (size_t p = 0; p < POOL_PAGES; p += 3)
+		ck_assert_msg(!memcmp(dst.addr + p * PS, img[STEPS][0] + p * PS, PS), "page %zu", p);
+	rc = uffdsnap_lazy_client_wait(c);
+	ck_assert_msg(rc == 0, "client_wait: %d %s", rc, uffdsnap_lazy_client_error(c));
+	ck_assert(!memcmp(dst.addr, img[STEPS][0], POOL_PAGES * PS));
+	uffdsnap_lazy_client_free(c);
+	ck_assert_int_eq(usnap_wait_child(pid, 30, "the page server"), 0);
+	usnap_mem_free(&dst);
+}
+END_TEST
+
 /* A merge is a full snapshot equal to the chain, with the last delta's id:
  * the deltas after it chain onto it (compaction). */
 START_TEST(chain_merge)
@@ -475,6 +528,7 @@ static Suite *suite(void)
 	tcase_add_test(tc, chain_extract);
 	tcase_add_test(tc, chain_restore);
 	tcase_add_test(tc, chain_lazy);
+	tcase_add_test(tc, chain_serve);
 	tcase_add_test(tc, chain_merge);
 	tcase_add_test(tc, delta_alone);
 	tcase_add_test(tc, chain_refused);

@@ -254,6 +254,8 @@ expect 0 'version 1$' "$tool" info m.snap
 expect 0 'identical' "$tool" diff m.snap full3.snap
 expect 0 'chain of 2 files' "$tool" verify --parent m.snap delta4.snap
 expect 0 'identical' "$tool" diff --parent m.snap delta4.snap full4.snap
+expect 1 'delta2.snap is a delta of snapshot' "$tool" serve --parent full0.snap --parent delta2.snap delta3.snap \
+	--socket "$dir/chain.sock" --once
 expect 2 'is the input delta2.snap' "$tool" merge delta2.snap full0.snap delta1.snap delta2.snap
 expect 1 'delta2.snap.*out of order' "$tool" merge n.snap full0.snap delta2.snap delta1.snap
 assert "no output from a refused merge" test ! -e n.snap
