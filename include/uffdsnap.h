@@ -356,7 +356,8 @@ typedef struct uffdsnap_region_info {
  * Open a snapshot file for reading: the header and the trailer (index) are read
  * and checked. A file without a valid trailer (truncated, or the snapshot
  * failed) opens with info.complete = 0 so it can be inspected; reading page data
- * from it fails with -ENODATA. Errors: -ENOEXEC (not a snapshot), -EPROTONOSUPPORT
+ * from it fails with -ENODATA. A delta (format version 2, info.delta = 1) opens
+ * and verifies, but its pages are read only with its chain (-ENOLINK alone). Errors: -ENOEXEC (not a snapshot), -EPROTONOSUPPORT
  * (newer format), -EBADMSG (corrupt), -ENODATA (shorter than its header), plus
  * open(2) and read(2) errors; uffdsnap_last_error() says what and where.
  */
@@ -397,7 +398,9 @@ int uffdsnap_reader_verify(uffdsnap_reader_t *r);
  * Copy bytes [off, off+len) of region `id` into buf (holes read as zeros).
  * 0, or -EINVAL (range not inside the region), -ENOENT (no such region),
  * -ENODATA (incomplete snapshot), -EBADMSG (a chunk it needs is corrupt, or
- * the extent tables of the region's chunks do not account for every page once).
+ * the extent tables of the region's chunks do not account for every page once),
+ * -ENOLINK (a delta opened alone: its pages are read with its chain,
+ * uffdsnap_reader_open_chain()).
  * The first read or extract of a region maps which chunk holds each page
  * (12 bytes per run of pages that one chunk holds); each read decompresses
  * every chunk it needs once, and keeps recent ones (uffdsnap_reader_cache()).
