@@ -175,7 +175,9 @@ USNAP_EXPORT const char *uffdsnap_strerror(int err)
 	case ENODATA:
 		return "the snapshot is incomplete: truncated, or the snapshot failed while it was written";
 	case ENOLINK:
-		return "a delta snapshot read without its chain, or a chain whose links do not hold";
+		return "no parent: a delta needs the snapshot before it (to read one, open it with its chain, the "
+		       "full snapshot and each delta in order; a file missing, out of order or of another chain "
+		       "breaks the chain)";
 	case ENOEXEC:
 		return "not a libuffdsnap snapshot file";
 	case EPROTONOSUPPORT:
