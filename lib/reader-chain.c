@@ -369,43 +369,6 @@ size_t usnap_chain_locate(const struct usnap_chain *c, unsigned id, uint64_t p, 
 
 /* ---- page access -------------------------------------------------------------------- */
 
-int usnap_chain_read(uffdsnap_reader_t *r, struct usnap_chain *c, unsigned id, uint64_t off, void *buf, size_t len)
-{
-	const struct ch_region *g;
-	uint64_t p1;
-	size_t k;
-	int rc;
-
-	if ((rc = usnap_chain_ready(r, c, id)))
-		return rc;
-	g = &c->regs[id];
-	if (off > g->npages << c->page_shift || len > (g->npages << c->page_shift) - off)
-		return usnap_reader_fail(r, -EINVAL, "bytes %" PRIu64 "+%zu are not inside the region of %" PRIu64
-					 " bytes", off, len, g->npages << c->page_shift);
-	if (!len)
-		return 0;
-	p1 = (off + len + ((uint64_t)1 << c->page_shift) - 1) >> c->page_shift;
-	/* the base holds every page: one read of it all (the base's chunks are
-	 * loaded whole anyway), then the newer files' stretches over it, each
-	 * stretch of one file read at once: a call per run of the base would
-	 * cost more than the pages it does not copy */
-	if ((rc = uffdsnap_reader_read(c->f[0], id, off, buf, len)))
-		return file_fail(r, c, 0, rc);
-	k = run_of(g, off >> c->page_shift);
-	for (uint64_t pos = off, end; pos < off + len; pos = end, k++) {
-		uint32_t file = CH_FILE(g->v[g->vc[k]]);
-		uint64_t kend = run_end(g, k);
-
-		while (kend < p1 && CH_FILE(g->v[g->vc[k + 1]]) == file)
-			kend = run_end(g, ++k);
-		end = kend << c->page_shift < off + len ? kend << c->page_shift : off + len;
-		if (file && (rc = uffdsnap_reader_read(c->f[file], id, pos, (uint8_t *)buf + (pos - off),
-						       (size_t)(end - pos))))
-			return file_fail(r, c, file, rc);
-	}
-	return 0;
-}
-
 static int ext_push(struct usnap_chain *c, uint32_t n, uint64_t first, uint64_t npages, uint32_t kind)
 {
 	if (n == c->ext_cap) {
@@ -506,6 +469,66 @@ int usnap_chain_chunk(uffdsnap_reader_t *r, struct usnap_chain *c, unsigned id, 
 	clip_copy(c, &fc, c->data);
 	out->data = c->data;
 	return 0;
+}
+
+/* Copy what the clipped chunk ch holds of bytes [off, off + len) into buf. */
+static void chunk_to_buf(const struct usnap_chain *c, const struct usnap_rchunk *ch, uint64_t off, uint8_t *buf,
+			 uint64_t len)
+{
+	uint64_t data_off = 0;
+
+	for (uint32_t i = 0; i < ch->nextents; i++) {
+		const struct usnap_extent *e = &ch->ext[i];
+		uint64_t a = e->first_page << c->page_shift, n = (uint64_t)e->npages << c->page_shift;
+		uint64_t b0 = a > off ? a : off, b1 = a + n < off + len ? a + n : off + len;
+
+		if (b0 < b1 && e->kind == USNAP_EXT_DATA)
+			memcpy(buf + (b0 - off), ch->data + data_off + (b0 - a), b1 - b0);
+		else if (b0 < b1)
+			memset(buf + (b0 - off), 0, b1 - b0);
+		data_off += e->kind == USNAP_EXT_DATA ? n : 0;
+	}
+}
+
+/*
+ * The base holds every page: one read of it all (its chunks are loaded whole
+ * anyway), then the newer files' chunks that hold pages of the range, each
+ * loaded once and clipped to its pages of the image: deltas come in many
+ * small chunks, and a read call per stretch of a delta cost more than that.
+ */
+int usnap_chain_read(uffdsnap_reader_t *r, struct usnap_chain *c, unsigned id, uint64_t off, void *buf, size_t len)
+{
+	const struct ch_region *g;
+	uint64_t p1, *want;
+	int rc;
+
+	if ((rc = usnap_chain_ready(r, c, id)))
+		return rc;
+	g = &c->regs[id];
+	if (off > g->npages << c->page_shift || len > (g->npages << c->page_shift) - off)
+		return usnap_reader_fail(r, -EINVAL, "bytes %" PRIu64 "+%zu are not inside the region of %" PRIu64
+					 " bytes", off, len, g->npages << c->page_shift);
+	if (!len)
+		return 0;
+	if ((rc = uffdsnap_reader_read(c->f[0], id, off, buf, len)))
+		return file_fail(r, c, 0, rc);
+	/* the chunks of newer files that hold a run of the range, each once */
+	if (!(want = calloc((g->nv + 63) / 64, sizeof(*want))))
+		return usnap_reader_fail(r, -ENOMEM, "out of memory");
+	p1 = (off + len + ((uint64_t)1 << c->page_shift) - 1) >> c->page_shift;
+	for (size_t k = run_of(g, off >> c->page_shift); k < g->n && g->first[k] < p1; k++)
+		if (CH_FILE(g->v[g->vc[k]]))
+			want[g->vc[k] / 64] |= 1ull << (g->vc[k] % 64);
+	for (size_t i = 0; i < g->nv && !rc; i++) {
+		struct usnap_rchunk ch;
+
+		if (!(want[i / 64] >> (i % 64) & 1))
+			continue;
+		if (!(rc = usnap_chain_chunk(r, c, id, i, true, &ch)))
+			chunk_to_buf(c, &ch, off, buf, len);
+	}
+	free(want);
+	return rc;
 }
 
 int usnap_chain_scatter(uffdsnap_reader_t *r, struct usnap_chain *c, uint8_t *base)
