@@ -366,6 +366,13 @@ typedef struct uffdsnap_info {
 	const char *reason;      /* why complete is 0 ("" if complete); valid while the reader lives */
 	uint64_t chunks_loaded;  /* chunks this reader has loaded with their pages (decompressed) so far;
 	                          * a chunk served from its cache is not counted again */
+	/* identity and chain (docs/format.md, "Deltas"): */
+	uint8_t snap_id[16];     /* the snapshot's unique id */
+	uint8_t parent_id[16];   /* a delta: the id of the snapshot it applies to; else zeros */
+	uint32_t depth;          /* a delta: 1 + its parent's depth (1 on a full snapshot); else 0 */
+	int delta;               /* 1 if a delta (version 2): alone it is a file, not an image */
+	unsigned files;          /* files the reader presents: 1, or a chain's length
+	                          * (uffdsnap_reader_open_chain(): the fields above are its last file's) */
 } uffdsnap_info_t;
 
 typedef struct uffdsnap_region_info {
@@ -378,7 +385,8 @@ typedef struct uffdsnap_region_info {
  * Open a snapshot file for reading: the header and the trailer (index) are read
  * and checked. A file without a valid trailer (truncated, or the snapshot
  * failed) opens with info.complete = 0 so it can be inspected; reading page data
- * from it fails with -ENODATA. Errors: -ENOEXEC (not a snapshot), -EPROTONOSUPPORT
+ * from it fails with -ENODATA. A delta (format version 2, info.delta = 1) opens
+ * and verifies, but its pages are read only with its chain (-ENOLINK alone). Errors: -ENOEXEC (not a snapshot), -EPROTONOSUPPORT
  * (newer format), -EBADMSG (corrupt), -ENODATA (shorter than its header), plus
  * open(2) and read(2) errors; uffdsnap_last_error() says what and where.
  */
@@ -389,6 +397,18 @@ int uffdsnap_reader_open(uffdsnap_reader_t **r, const char *path);
  * -ESPIPE. The header is read here, so this blocks until it arrives. The fd is
  * not closed. */
 int uffdsnap_reader_open_fd(uffdsnap_reader_t **r, int fd);
+/*
+ * Open a chain: a full snapshot and the deltas taken after it, paths[0] the
+ * full one, then each delta after its parent (n >= 1). The reader presents
+ * the image at the last file's instant through every reader call (read,
+ * extract, verify, restore, lazy restore, serve); its region table and info
+ * are the last file's, with info.files = n. Every file must be complete; each
+ * delta's parent id must be the previous file's id, its depth its place in
+ * the chain, and its region table the same. A wrong order, a missing link, a
+ * file of another chain (-ENOLINK), or a file that does not open (its own
+ * error) is refused, and uffdsnap_last_error() names the file.
+ */
+int uffdsnap_reader_open_chain(uffdsnap_reader_t **r, const char *const *paths, unsigned n);
 int uffdsnap_reader_info(const uffdsnap_reader_t *r, uffdsnap_info_t *out);
 /* Name and length of region `id` (0 .. nregions-1), or -ENOENT. */
 int uffdsnap_reader_region(const uffdsnap_reader_t *r, unsigned id, uffdsnap_region_info_t *out);
@@ -407,7 +427,9 @@ int uffdsnap_reader_verify(uffdsnap_reader_t *r);
  * Copy bytes [off, off+len) of region `id` into buf (holes read as zeros).
  * 0, or -EINVAL (range not inside the region), -ENOENT (no such region),
  * -ENODATA (incomplete snapshot), -EBADMSG (a chunk it needs is corrupt, or
- * the extent tables of the region's chunks do not account for every page once).
+ * the extent tables of the region's chunks do not account for every page once),
+ * -ENOLINK (a delta opened alone: its pages are read with its chain,
+ * uffdsnap_reader_open_chain()).
  * The first read or extract of a region maps which chunk holds each page
  * (12 bytes per run of pages that one chunk holds); each read decompresses
  * every chunk it needs once, and keeps recent ones (uffdsnap_reader_cache()).
@@ -435,6 +457,16 @@ int uffdsnap_reader_extract_fd(uffdsnap_reader_t *r, unsigned id, int fd);
  * file is created. Holes stay holes. The detail is in uffdsnap_last_error().
  */
 int uffdsnap_reader_extract_file(uffdsnap_reader_t *r, unsigned id, const char *path, mode_t mode);
+/*
+ * Write the reader's image (of a file, or of a chain: uffdsnap_reader_open_chain())
+ * to `path` as one full snapshot (format version 1, zstd level 1; all-zero
+ * pages stored as ZERO), under the rules of uffdsnap_reader_extract_file(): a
+ * temporary file renamed over `path` only once complete, `mode` 0 meaning
+ * 0600. The new file has a new snapshot id and the last file's instant.
+ * Errors as uffdsnap_reader_read(), plus write(2) errors; the detail is in
+ * uffdsnap_last_error().
+ */
+int uffdsnap_reader_merge_file(uffdsnap_reader_t *r, const char *path, mode_t mode);
 /* Why the last verify/read/extract call on r failed ("" if it succeeded). */
 const char *uffdsnap_reader_error(const uffdsnap_reader_t *r);
 void uffdsnap_reader_free(uffdsnap_reader_t *r);

@@ -174,6 +174,12 @@ USNAP_EXPORT const char *uffdsnap_strerror(int err)
 		return "the snapshot file is corrupt, or the migration stream (a checksum or a structure check failed)";
 	case ENODATA:
 		return "the snapshot is incomplete: truncated, or the snapshot failed while it was written";
+	case ENOLINK:
+		return "no parent: a delta needs the snapshot before it. Taking one: no snapshot of this context "
+		       "completed since it was created, since its last snapshot failed or was cancelled, or since a "
+		       "region was added (or the context lacks UFFDSNAP_OPT_DELTA): take a full snapshot. Reading "
+		       "one: open it with its chain, the full snapshot and each delta in order (a file missing, out "
+		       "of order or of another chain breaks the chain)";
 	case ENOEXEC:
 		return "not a libuffdsnap snapshot file";
 	case EPROTONOSUPPORT:
@@ -216,10 +222,6 @@ USNAP_EXPORT const char *uffdsnap_strerror(int err)
 		return "already done: this context listens already";
 	case EUSERS:
 		return "too many processes have joined this context";
-	case ENOLINK:
-		return "no parent for a delta: no snapshot of this context completed since it was created, since "
-		       "its last snapshot failed or was cancelled, or since a region was added (or the context "
-		       "lacks UFFDSNAP_OPT_DELTA); take a full snapshot";
 	default:
 		return "unknown error";
 	}
