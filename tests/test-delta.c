@@ -9,8 +9,10 @@
  * every chain is folded and compared page by page.
  *
  * The chain is folded here by a minimal applier over lib/format.h (the file,
- * record by record, CRC checked), so that this test needs no chain reader;
- * uffdsnap_reader_open_chain has its own tests (test-chain).
+ * record by record, CRC checked), and read again through the library's chain
+ * reader (uffdsnap_reader_open_chain, which test-chain tests on forged
+ * deltas): two independent readings of the engine's files, each compared
+ * with the oracle.
  */
 #include <errno.h>
 #include <fcntl.h>
@@ -40,6 +42,8 @@ struct chain {
 	uint32_t depth;
 	uint64_t data_pages;         /* DATA pages of the last file */
 	uint8_t *covered[NREG];      /* per page: an extent of the last file covers it */
+	char *paths[64];             /* the files, base first */
+	unsigned nfiles;
 };
 
 static const uint8_t *rec_at(const uint8_t *f, size_t flen, size_t off, uint32_t *type, size_t *len)
@@ -150,6 +154,9 @@ static void chain_free(struct chain *c)
 		free(c->covered[i]);
 	}
 	c->n = 0;
+	for (unsigned i = 0; i < c->nfiles; i++)
+		free(c->paths[i]);
+	c->nfiles = 0;
 }
 
 /* ---- the memory, the oracle, the writers ------------------------------------- */
@@ -306,6 +313,30 @@ static int snap(struct world *w, bool delta, void (*during)(struct world *), uff
 	return r;
 }
 
+/* The chain's files through uffdsnap_reader_open_chain, compared with the oracle. */
+static void check_chain_reader(struct world *w)
+{
+	uffdsnap_reader_t *r = NULL;
+	int rc = uffdsnap_reader_open_chain(&r, (const char *const *)w->chain.paths, w->chain.nfiles);
+
+	ck_assert_msg(!rc, "open_chain of %u files: %s (%s)", w->chain.nfiles, uffdsnap_strerror(rc),
+		      uffdsnap_last_error());
+	for (unsigned i = 0; i < NREG; i++) {
+		uint8_t *got = usnap_buf_alloc(reg_len(i));
+		int id = uffdsnap_reader_find(r, i ? "priv" : "shm");
+
+		ck_assert_int_eq(id, (int)i);
+		rc = uffdsnap_reader_read(r, (unsigned)id, 0, got, reg_len(i));
+		ck_assert_msg(!rc, "chain read: %s (%s)", uffdsnap_strerror(rc), uffdsnap_reader_error(r));
+		for (size_t p = 0; p < reg_len(i) / usnap_page; p++)
+			usnap_assert_msg(!memcmp(got + p * usnap_page, w->want[i] + p * usnap_page, usnap_page),
+					 "chain reader, %u files: region %u page %zu differs from the memory at the "
+					 "last instant", w->chain.nfiles, i, p);
+		usnap_buf_free(got, reg_len(i));
+	}
+	uffdsnap_reader_free(r);
+}
+
 /* Fold the file at path into the chain and compare its image with the oracle. */
 static void check_link(struct world *w, const char *path, bool delta, const uffdsnap_stats_t *st)
 {
@@ -325,6 +356,9 @@ static void check_link(struct world *w, const char *path, bool delta, const uffd
 			usnap_assert_msg(!memcmp(w->chain.img[i] + p * usnap_page, w->want[i] + p * usnap_page, usnap_page),
 					 "%s (depth %u): region %u page %zu differs from the memory at its instant", path,
 					 w->chain.depth, i, p);
+	ck_assert(w->chain.nfiles < sizeof(w->chain.paths) / sizeof(w->chain.paths[0]));
+	w->chain.paths[w->chain.nfiles++] = strdup(path);
+	check_chain_reader(w);
 	printf("%s: depth %u, %llu pages of %llu written as data, %llu left out unchanged (forks %llu, remaps %llu)\n",
 	       path, w->chain.depth, (unsigned long long)w->chain.data_pages, (unsigned long long)st->pages_total,
 	       (unsigned long long)st->pages_unchanged, (unsigned long long)st->forks, (unsigned long long)st->remaps);
