@@ -499,6 +499,7 @@ USNAP_EXPORT int uffdsnap_join(uffdsnap_participant_t **pp, const char *path, co
 	struct iovec iov;
 	struct msghdr mh = { .msg_iov = &iov, .msg_iovlen = 1, .msg_control = &cm, .msg_controllen = sizeof(cm) };
 	int uffd = -1, conn = -1, r = 0;
+	bool refused = false;
 
 	usnap_clear_err();
 	if (pp)
@@ -539,15 +540,24 @@ USNAP_EXPORT int uffdsnap_join(uffdsnap_participant_t **pp, const char *path, co
 		struct cmsghdr *c = CMSG_FIRSTHDR(&mh);
 		c->cmsg_level = SOL_SOCKET, c->cmsg_type = SCM_RIGHTS, c->cmsg_len = CMSG_LEN(sizeof(int));
 		memcpy(CMSG_DATA(c), &uffd, sizeof(int));
-		if (sendmsg(conn, &mh, MSG_NOSIGNAL) != (ssize_t)len)
-			r = usnap_err(-errno, "sending the join request: %s", strerror(errno));
+		if (sendmsg(conn, &mh, MSG_NOSIGNAL) != (ssize_t)len) {
+			int e = errno;
+			/* A coordinator that refuses before reading (another uid)
+			 * has sent its reason and closed: report that, not EPIPE. */
+			if ((e == EPIPE || e == ECONNRESET) &&
+			    recv(conn, &reply, sizeof(reply), MSG_DONTWAIT) == sizeof(reply) && reply.err)
+				refused = true;
+			else
+				r = usnap_err(-e, "sending the join request: %s", strerror(e));
+		}
 	}
 	/* The coordinator holds the descriptor now; keeping a copy would keep
 	 * this process's memory registered if the coordinator died. */
 	if (uffd >= 0)
 		close(uffd);
 	pfd = (struct pollfd){ .fd = conn, .events = POLLIN };
-	if (!r && (poll(&pfd, 1, 2 * JOIN_TIMEOUT_MS) != 1 || recv(conn, &reply, sizeof(reply), 0) != sizeof(reply)))
+	if (!r && !refused &&
+	    (poll(&pfd, 1, 2 * JOIN_TIMEOUT_MS) != 1 || recv(conn, &reply, sizeof(reply), 0) != sizeof(reply)))
 		r = usnap_err(-ETIMEDOUT, "the coordinator at %s did not answer the join", path);
 	if (!r && reply.err) {
 		reply.msg[sizeof(reply.msg) - 1] = '\0';
