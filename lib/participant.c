@@ -85,6 +85,13 @@ struct usnap_listener {
 	pthread_t thread;
 };
 
+/* An error number the peer sent: a -errno, or the peer broke the protocol.
+ * Callers return it and uffdsnap_strerror() it: never a value out of range. */
+static int peer_errno(int32_t err)
+{
+	return err < 0 && err >= -4095 ? err : -EPROTO;
+}
+
 /* ---- the coordinator ------------------------------------------------------------- */
 
 /* Does [addr, addr + len) of process pid map reg's file at file offset off, all of it? */
@@ -229,7 +236,7 @@ int usnap_query_regions(const char *path, struct usnap_query_region *out, unsign
 	else if (poll(&pfd, 1, 2 * JOIN_TIMEOUT_MS) != 1 || (n = recvmsg(fd, &mh, 0)) < (ssize_t)sizeof(h))
 		r = -ETIMEDOUT;
 	else if (h.err)
-		r = h.err < 0 ? h.err : -EPROTO;
+		r = peer_errno(h.err);
 	else if (h.n > cap || (size_t)n != sizeof(h) + h.n * sizeof(*out))
 		r = -EPROTO;
 	else
@@ -561,7 +568,7 @@ USNAP_EXPORT int uffdsnap_join(uffdsnap_participant_t **pp, const char *path, co
 		r = usnap_err(-ETIMEDOUT, "the coordinator at %s did not answer the join", path);
 	if (!r && reply.err) {
 		reply.msg[sizeof(reply.msg) - 1] = '\0';
-		r = usnap_err(reply.err < 0 ? reply.err : -EPROTO, "the coordinator refused: %s", reply.msg);
+		r = usnap_err(peer_errno(reply.err), "the coordinator refused: %s", reply.msg);
 	}
 	free(h);
 	if (!r && !(*pp = malloc(sizeof(**pp))))
