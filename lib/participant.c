@@ -164,10 +164,10 @@ static int parse_join(uffdsnap_t *ctx, pid_t pid, const uint8_t *buf, size_t n, 
 			return usnap_err(-EMEDIUMTYPE, "region '%s' is private memory: no other process maps it",
 					 reg->name);
 		if (!m->len || (m->addr | m->len | m->offset) % (ps * reg->unit) || m->offset > reg->len ||
-		    m->len > reg->len - m->offset)
+		    m->len > reg->len - m->offset || m->addr > UINTPTR_MAX - m->len)
 			return usnap_err(-EINVAL, "region '%s': mapping of %" PRIu64 " bytes at region offset %" PRIu64
-					 " at 0x%" PRIx64 " is not page aligned or not inside the region", reg->name,
-					 m->len, m->offset, m->addr);
+					 " at 0x%" PRIx64 " is not page aligned, not inside the region, or wraps around "
+					 "the address space", reg->name, m->len, m->offset, m->addr);
 		r = check_mapping(pid, reg, (uintptr_t)m->addr, m->len, (uint64_t)reg->file_off + m->offset);
 		if (r)
 			return r;

@@ -205,7 +205,7 @@ static void as_participant(uint8_t mode, const uint8_t *data, size_t size)
 			}
 		}
 	} else {
-		fprintf(stderr, "reply of %zd bytes\n", got);
+		fprintf(stderr, "reply of %zd bytes (%s)\n", got, got < 0 ? strerror(errno) : "");
 		abort();
 	}
 	close(conn);
