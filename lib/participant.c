@@ -92,6 +92,19 @@ static int peer_errno(int32_t err)
 	return err < 0 && err >= -4095 ? err : -EPROTO;
 }
 
+/* Wait up to ms for fd to become readable; a signal does not cut the wait
+ * short (the program may run interval timers). 1 when readable, else 0. */
+static int wait_readable(int fd, int ms)
+{
+	uint64_t end = usnap_now_ns() + (uint64_t)ms * 1000000u, now;
+	struct pollfd pfd = { .fd = fd, .events = POLLIN };
+	int r;
+
+	while ((r = poll(&pfd, 1, ms)) < 0 && errno == EINTR && (now = usnap_now_ns()) < end)
+		ms = (int)((end - now + 999999) / 1000000);
+	return r == 1;
+}
+
 /* ---- the coordinator ------------------------------------------------------------- */
 
 /* Does [addr, addr + len) of process pid map reg's file at file offset off, all of it? */
@@ -221,7 +234,6 @@ int usnap_query_regions(const char *path, struct usnap_query_region *out, unsign
 	struct query_reply h;
 	struct iovec iov[2] = { { &h, sizeof(h) }, { out, cap * sizeof(*out) } };
 	struct msghdr mh = { .msg_iov = iov, .msg_iovlen = 2 };
-	struct pollfd pfd;
 	ssize_t n = -1;
 	int fd, r;
 
@@ -230,10 +242,9 @@ int usnap_query_regions(const char *path, struct usnap_query_region *out, unsign
 	memcpy(sa.sun_path, path, strlen(path));
 	if ((fd = socket(AF_UNIX, SOCK_SEQPACKET | SOCK_CLOEXEC, 0)) < 0)
 		return -errno;
-	pfd = (struct pollfd){ .fd = fd, .events = POLLIN };
 	if (connect(fd, (struct sockaddr *)&sa, sizeof(sa)) || send(fd, &req, sizeof(req), MSG_NOSIGNAL) < 0)
 		r = -errno;
-	else if (poll(&pfd, 1, 2 * JOIN_TIMEOUT_MS) != 1 || (n = recvmsg(fd, &mh, 0)) < (ssize_t)sizeof(h))
+	else if (!wait_readable(fd, 2 * JOIN_TIMEOUT_MS) || (n = recvmsg(fd, &mh, 0)) < (ssize_t)sizeof(h))
 		r = -ETIMEDOUT;
 	else if (h.err)
 		r = peer_errno(h.err);
@@ -260,7 +271,6 @@ static void on_connect(struct usnap_listener *l, int conn)
 	socklen_t cl = sizeof(cred);
 	struct join_reply reply = { 0 };
 	struct usnap_participant *p = calloc(1, sizeof(*p));
-	struct pollfd pfd = { .fd = conn, .events = POLLIN };
 	uint8_t *buf = malloc(cap + 1);
 	struct iovec iov = { buf, cap + 1 };
 	struct msghdr mh = { .msg_iov = &iov, .msg_iovlen = 1, .msg_control = &cm, .msg_controllen = sizeof(cm) };
@@ -279,23 +289,36 @@ static void on_connect(struct usnap_listener *l, int conn)
 		goto reply;
 	}
 	p->pid = cred.pid;
+	/* Read the request first, also from a peer about to be refused: one
+	 * closed with its request unread gets ECONNRESET before our reply. A
+	 * peer that connects and says nothing costs this thread a few seconds
+	 * at most. Every descriptor it sent is ours to close but one alone in
+	 * its message, the userfaultfd. */
+	if (wait_readable(conn, JOIN_TIMEOUT_MS))
+		n = recvmsg(conn, &mh, MSG_CMSG_CLOEXEC | MSG_DONTWAIT);
+	for (c = n >= 0 ? CMSG_FIRSTHDR(&mh) : NULL; c; c = CMSG_NXTHDR(&mh, c)) {
+		if (c->cmsg_level != SOL_SOCKET || c->cmsg_type != SCM_RIGHTS)
+			continue;
+		for (size_t k = 0; k < (c->cmsg_len - CMSG_LEN(0)) / sizeof(int); k++) {
+			int fd;
+			memcpy(&fd, CMSG_DATA(c) + k * sizeof(int), sizeof(int));
+			if (p->uffd < 0 && c->cmsg_len == CMSG_LEN(sizeof(int)))
+				p->uffd = fd;
+			else
+				close(fd);
+		}
+	}
 	if (cred.uid != geteuid() && cred.uid != 0) {
 		r = usnap_err(-EACCES, "process %d runs as uid %u: only uid %u or root may join", (int)cred.pid,
 			      (unsigned)cred.uid, (unsigned)geteuid());
 		goto reply;
 	}
-	/* a peer that connects and says nothing costs this thread a few seconds at most */
-	if (poll(&pfd, 1, JOIN_TIMEOUT_MS) == 1)
-		n = recvmsg(conn, &mh, MSG_CMSG_CLOEXEC | MSG_DONTWAIT);
 	if (n == (ssize_t)sizeof(struct join_hdr) && ((struct join_hdr *)buf)->magic == QUERY_MAGIC) {
+		if (p->uffd >= 0)
+			close(p->uffd);
 		free(buf);
 		free(p);
 		return on_query(ctx, conn);
-	}
-	for (c = n >= 0 ? CMSG_FIRSTHDR(&mh) : NULL; c; c = CMSG_NXTHDR(&mh, c)) {
-		if (c->cmsg_level == SOL_SOCKET && c->cmsg_type == SCM_RIGHTS && p->uffd < 0 &&
-		    c->cmsg_len == CMSG_LEN(sizeof(int)))
-			memcpy(&p->uffd, CMSG_DATA(c), sizeof(int));
 	}
 	if (n < 0)
 		r = usnap_err(-EPROTO, "process %d sent no join request", (int)cred.pid);
@@ -500,7 +523,6 @@ USNAP_EXPORT int uffdsnap_join(uffdsnap_participant_t **pp, const char *path, co
 		char b[CMSG_SPACE(sizeof(int))];
 	} cm;
 	struct join_reply reply;
-	struct pollfd pfd;
 	struct join_hdr *h;
 	uint64_t avail, want;
 	struct iovec iov;
@@ -562,9 +584,8 @@ USNAP_EXPORT int uffdsnap_join(uffdsnap_participant_t **pp, const char *path, co
 	 * this process's memory registered if the coordinator died. */
 	if (uffd >= 0)
 		close(uffd);
-	pfd = (struct pollfd){ .fd = conn, .events = POLLIN };
 	if (!r && !refused &&
-	    (poll(&pfd, 1, 2 * JOIN_TIMEOUT_MS) != 1 || recv(conn, &reply, sizeof(reply), 0) != sizeof(reply)))
+	    (!wait_readable(conn, 2 * JOIN_TIMEOUT_MS) || recv(conn, &reply, sizeof(reply), 0) != sizeof(reply)))
 		r = usnap_err(-ETIMEDOUT, "the coordinator at %s did not answer the join", path);
 	if (!r && reply.err) {
 		reply.msg[sizeof(reply.msg) - 1] = '\0';

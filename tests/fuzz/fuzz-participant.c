@@ -6,13 +6,16 @@
  *    coordinator (a context with one 256 KiB memfd region "r" and a private
  *    region "p", listening) receives the rest of the input as one join
  *    message, with a real userfaultfd attached when input[0] & 2, an eventfd
- *    when input[0] & 4 (not a userfaultfd: must be refused). Addresses below
+ *    when input[0] & 4 (not a userfaultfd: must be refused), both in one
+ *    message when input[0] & 8 (must be refused, and both closed). Addresses below
  *    1 MiB in the mapping records are taken as offsets into this process's
  *    second mapping of the region's file ("repaired"), so valid joins are
  *    reachable. Oracle: the reply is one struct, an error is a -errno with a
  *    message, and a join the coordinator accepts names region "r" with
  *    mappings that really lie in that second mapping at their stated offsets;
- *    after the hang-up the participant count returns to 0.
+ *    after the hang-up the participant count returns to 0; this process
+ *    (coordinator and participant in one) holds as many descriptors after
+ *    each input as before the first.
  *  - input[0] odd: what a hostile coordinator answers. A fake coordinator
  *    sends the rest of the input as its one reply message, to uffdsnap_join()
  *    when input[0] & 2, else to the agent's region query. Oracle: the join
@@ -24,6 +27,7 @@
  * and with corpus-main.c as the `fuzz-participant-corpus` test over
  * tests/fuzz/corpus-participant/. Needs a userfaultfd (root): exits 77 without.
  */
+#include <dirent.h>
 #include <errno.h>
 #include <fcntl.h>
 #include <pthread.h>
@@ -100,6 +104,19 @@ static void setup(void)
 		abort();
 }
 
+static int fd_count(void)
+{
+	DIR *d = opendir("/proc/self/fd");
+	int n = 0;
+
+	if (!d)
+		abort();
+	while (readdir(d))
+		n++;
+	closedir(d);
+	return n;
+}
+
 static int uffd_new(void)
 {
 	return (int)syscall(SYS_userfaultfd, O_CLOEXEC | O_NONBLOCK);
@@ -146,13 +163,13 @@ static void as_participant(uint8_t mode, const uint8_t *data, size_t size)
 	struct sockaddr_un sa = { .sun_family = AF_UNIX };
 	union {
 		struct cmsghdr h;
-		char b[CMSG_SPACE(sizeof(int))];
+		char b[CMSG_SPACE(2 * sizeof(int))];
 	} cm;
 	uint8_t *msg = malloc(size ? size : 1);
 	struct iovec iov = { msg, size };
 	struct msghdr mh = { .msg_iov = &iov, .msg_iovlen = 1 };
 	struct fz_reply reply;
-	int fd = -1, conn;
+	int fd = -1, fd2 = -1, conn;
 	ssize_t got;
 
 	if (!msg)
@@ -168,17 +185,21 @@ static void as_participant(uint8_t mode, const uint8_t *data, size_t size)
 				memcpy(msg + off, &m, sizeof(m));
 			}
 		}
-	if (mode & 2)
+	if (mode & (2 | 8))
 		fd = uffd_new();
-	else if (mode & 4)
+	if (mode & 4 || (mode & 8 && fd < 0))
 		fd = eventfd(0, EFD_CLOEXEC);
+	if (mode & 8)
+		fd2 = eventfd(0, EFD_CLOEXEC);
 	if (fd >= 0) {
+		int fds[2] = { fd, fd2 };
+		size_t k = fd2 >= 0 ? 2 : 1;
 		memset(&cm, 0, sizeof(cm));
 		mh.msg_control = &cm;
-		mh.msg_controllen = sizeof(cm);
+		mh.msg_controllen = CMSG_SPACE(k * sizeof(int));
 		struct cmsghdr *c = CMSG_FIRSTHDR(&mh);
-		c->cmsg_level = SOL_SOCKET, c->cmsg_type = SCM_RIGHTS, c->cmsg_len = CMSG_LEN(sizeof(int));
-		memcpy(CMSG_DATA(c), &fd, sizeof(int));
+		c->cmsg_level = SOL_SOCKET, c->cmsg_type = SCM_RIGHTS, c->cmsg_len = CMSG_LEN(k * sizeof(int));
+		memcpy(CMSG_DATA(c), fds, k * sizeof(int));
 	}
 	memcpy(sa.sun_path, coord_path, strlen(coord_path));
 	conn = socket(AF_UNIX, SOCK_SEQPACKET | SOCK_CLOEXEC, 0);
@@ -188,7 +209,10 @@ static void as_participant(uint8_t mode, const uint8_t *data, size_t size)
 		abort();
 	if (fd >= 0)
 		close(fd);
-	got = recv(conn, &reply, sizeof(reply), 0);
+	if (fd2 >= 0)
+		close(fd2);
+	while ((got = recv(conn, &reply, sizeof(reply), 0)) < 0 && errno == EINTR)
+		; /* libFuzzer's timer */
 	if (size == sizeof(struct fz_hdr) && ((const struct fz_hdr *)msg)->magic == 0x52515355u) {
 		/* the agent's region query: answered with the region table */
 	} else if (got == (ssize_t)sizeof(reply)) {
@@ -198,6 +222,10 @@ static void as_participant(uint8_t mode, const uint8_t *data, size_t size)
 			abort();
 		}
 		if (!reply.err) {
+			if (mode & 8) {
+				fprintf(stderr, "accepted a join that came with two descriptors\n");
+				abort();
+			}
 			check_accepted(msg, size);
 			if (uffdsnap_participant_count(ctx) != 1) {
 				fprintf(stderr, "accepted, but %d members\n", uffdsnap_participant_count(ctx));
@@ -287,13 +315,24 @@ static void as_coordinator(uint8_t mode, const uint8_t *data, size_t size)
 
 int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
 {
-	if (!ctx)
+	static int fds;
+
+	if (!ctx) {
 		setup();
+		fds = fd_count();
+	}
 	if (!size || size > sizeof(struct fz_hdr) + 80 * sizeof(struct fz_map))
 		return 0;
 	if (data[0] & 1)
 		as_coordinator(data[0], data + 1, size - 1);
 	else
 		as_participant(data[0], data + 1, size - 1);
+	/* the coordinator closes its end after replying: give it a moment */
+	for (int i = 0; i < 5000 && fd_count() != fds; i++)
+		usleep(200);
+	if (fd_count() != fds) {
+		fprintf(stderr, "%d descriptors open, %d before\n", fd_count(), fds);
+		abort();
+	}
 	return 0;
 }
