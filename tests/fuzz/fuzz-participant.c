@@ -6,8 +6,9 @@
  *    coordinator (a context with one 256 KiB memfd region "r" and a private
  *    region "p", listening) receives the rest of the input as one join
  *    message, with a real userfaultfd attached when input[0] & 2, an eventfd
- *    when input[0] & 4 (not a userfaultfd: must be refused), both in one
- *    message when input[0] & 8 (must be refused, and both closed). Addresses below
+ *    instead when input[0] & 4 (not a userfaultfd: must be refused), and a
+ *    second descriptor (an eventfd) in the same message when input[0] & 8
+ *    (must be refused, and both closed). Addresses below
  *    1 MiB in the mapping records are taken as offsets into this process's
  *    second mapping of the region's file ("repaired"), so valid joins are
  *    reachable. Oracle: the reply is one struct, an error is a -errno with a
@@ -185,10 +186,10 @@ static void as_participant(uint8_t mode, const uint8_t *data, size_t size)
 				memcpy(msg + off, &m, sizeof(m));
 			}
 		}
-	if (mode & (2 | 8))
-		fd = uffd_new();
-	if (mode & 4 || (mode & 8 && fd < 0))
+	if (mode & 4)
 		fd = eventfd(0, EFD_CLOEXEC);
+	else if (mode & (2 | 8))
+		fd = uffd_new();
 	if (mode & 8)
 		fd2 = eventfd(0, EFD_CLOEXEC);
 	if (fd >= 0) {
