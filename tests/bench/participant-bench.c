@@ -16,8 +16,10 @@
  *  fault: a store to a page the sweep has not copied yet, timed by the
  *    writer around the store (clock_gettime), --stores pages 64 KiB apart
  *    (one fault each: the fault path copies the 64 KiB around a page) from
- *    the top of the region down while the sweep starts at the bottom, once
- *    by a thread of the coordinator and once by a participant, per run.
+ *    the top of the first participant's share down while the sweep starts at
+ *    the bottom, once by that participant and once by the coordinator's main
+ *    thread (participants joined both times: a page copied is un-protected
+ *    in every mapping of it), one snapshot each, per run.
  *    Target: participant p50 <= 1.2 x coordinator p50.
  *
  * The sink discards (no file I/O in the figures). Prints one JSON line.
@@ -271,14 +273,15 @@ int main(int argc, char **argv)
 		    read(m[0].ack, f_part + r * k, k * 8) != (ssize_t)(k * 8))
 			die("participant stores");
 		finish(s, 0);
+		/* the coordinator's own stores, same pages (so also un-protected
+		 * in the participant that maps them, as its stores were here) */
+		s = begin(ctx, &(uint64_t){ 0 });
+		timed_stores(a, share, k, f_coord + r * k);
+		finish(s, 0);
 		for (size_t i = 0; i < nparts; i++)
 			tell(&m[i], 'L');
 		while (uffdsnap_participant_count(ctx) != 0)
 			usleep(1000);
-		/* the coordinator's own stores, same pages */
-		s = begin(ctx, &(uint64_t){ 0 });
-		timed_stores(a, share, k, f_coord + r * k);
-		finish(s, 0);
 	}
 	for (size_t i = 0; i < nparts; i++) {
 		int st;
