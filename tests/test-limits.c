@@ -10,7 +10,8 @@
  * map_count_edge: the same with the process's mappings a few short of
  * vm.max_map_count (filled by the test itself: the sysctl is never changed).
  * memcg_edge: a child in a memory cgroup the test creates and removes, its
- * limit a little above what it uses: there the kernel does not fail an
+ * limit a little above what it uses (wider steps under a sanitizer, whose
+ * shadow memory is charged too): there the kernel does not fail an
  * allocation but kills the process (OOM), so each attempt must succeed, fail
  * cleanly, or be killed by the OOM killer (counted by the cgroup), never hang,
  * and a survivor mapping the region writes every page at once afterwards.
@@ -361,6 +362,7 @@ START_TEST(memcg_edge)
 	struct usnap_mem m;
 	char dir[PATH_MAX + 16], why[PATH_MAX + 300];
 	int ok = 0, failed = 0, killed = 0, late = 0;
+	const size_t step = USNAP_SANITIZED ? 16 * MiB : 2 * MiB;
 
 	usnap_watchdog(150, "memcg_edge");
 	usnap_test_require_root();
@@ -371,7 +373,8 @@ START_TEST(memcg_edge)
 	usnap_tmpdir(dir);
 	stage = mmap(NULL, sizeof(*stage), PROT_READ | PROT_WRITE, MAP_SHARED | MAP_ANONYMOUS, -1, 0);
 	ck_assert(stage != MAP_FAILED);
-	for (size_t slack = 0; slack <= 16 * MiB; slack += 2 * MiB) {
+	/* a sanitizer's shadow memory is charged too: wider steps under one */
+	for (size_t slack = 0; slack <= 8 * step; slack += step) {
 		long long kills = read_key(g.dir, g.events, g.oom_key);
 		char path[PATH_MAX + 32];
 		int st;
