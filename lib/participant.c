@@ -14,17 +14,13 @@
  * which drops every protection and wakes every waiting writer. Registration
  * lasts only while a snapshot runs, as for the coordinator's own regions.
  *
- * The wire (SOCK_SEQPACKET, one message each way, this library at both ends):
- *   participant -> coordinator: struct join_hdr, nmaps x struct join_map, and
- *                               its userfaultfd as SCM_RIGHTS
- *   coordinator -> participant: struct join_reply
- * then the connection stays open and silent; when either end closes it, the
- * membership ends. Or, from the agent (agent.c), which must learn which files
- * are worth joining before the program maps them:
- *   agent -> coordinator: struct join_hdr with magic QUERY_MAGIC, nmaps 0
- *   coordinator -> agent: struct query_reply, n x struct usnap_query_region
- * and the connection is closed. The coordinator trusts nothing in a join: the peer's uid
- * (SO_PEERCRED), that the descriptor is a userfaultfd, and that each mapping
+ * The wire is in participant.h: one join message each way, then the
+ * connection stays open and silent; when either end closes it, the
+ * membership ends. The agent (agent.c), which must learn which files are
+ * worth joining before the program maps them, sends a query instead; the
+ * answer ends that connection. The coordinator trusts nothing in a join: the
+ * peer's uid (SO_PEERCRED), that the descriptor is a userfaultfd (alone in
+ * its message; any other descriptor sent is closed), and that each mapping
  * really maps the named region's file at the stated offset in the peer's
  * /proc/PID/maps are checked before anything is registered.
  *
@@ -45,33 +41,11 @@
 #include <unistd.h>
 
 #include "maps.h"
+#include "participant.h"
 #include "uffd.h"
 #include "uffdsnap-private.h"
 
-#define JOIN_MAGIC 0x4e4a5355u /* "USJN" */
-#define QUERY_MAGIC 0x52515355u /* "USQR" */
-#define JOIN_VERSION 1
-#define JOIN_MAX_MAPS 64
 #define JOIN_TIMEOUT_MS 5000
-
-struct join_hdr {
-	uint32_t magic, version, nmaps, reserved;
-};
-
-struct join_map {
-	char name[USNAP_MAX_NAME + 1];
-	uint64_t addr, len, offset;
-};
-
-struct join_reply {
-	int32_t err;
-	char msg[256];
-};
-
-struct query_reply {
-	int32_t err;
-	uint32_t n;
-};
 
 struct uffdsnap_participant {
 	int conn;
@@ -148,20 +122,20 @@ static int is_userfaultfd(int fd)
 /* Check one join request from pid and build its mappings into p (under ctx->lock). */
 static int parse_join(uffdsnap_t *ctx, pid_t pid, const uint8_t *buf, size_t n, struct usnap_participant *p)
 {
-	const struct join_hdr *h = (const void *)buf;
+	const struct usnap_join_hdr *h = (const void *)buf;
 	size_t ps = ctx->page_size;
 
-	if (n < sizeof(*h) || h->magic != JOIN_MAGIC)
+	if (n < sizeof(*h) || h->magic != USNAP_JOIN_MAGIC)
 		return usnap_err(-EPROTO, "not a join request");
-	if (h->version != JOIN_VERSION)
+	if (h->version != USNAP_JOIN_VERSION)
 		return usnap_err(-EPROTO, "join request of version %u; this coordinator speaks %u", h->version,
-				 JOIN_VERSION);
-	if (!h->nmaps || h->nmaps > JOIN_MAX_MAPS || n != sizeof(*h) + h->nmaps * sizeof(struct join_map))
+				 USNAP_JOIN_VERSION);
+	if (!h->nmaps || h->nmaps > USNAP_JOIN_MAX_MAPS || n != sizeof(*h) + h->nmaps * sizeof(struct usnap_join_map))
 		return usnap_err(-EPROTO, "join request with %u mappings in %zu bytes", h->nmaps, n);
 	if (!(p->maps = calloc(h->nmaps, sizeof(*p->maps))))
 		return usnap_err(-ENOMEM, "allocating a participant");
 	for (unsigned i = 0; i < h->nmaps; i++) {
-		const struct join_map *m = (const void *)(buf + sizeof(*h) + i * sizeof(struct join_map));
+		const struct usnap_join_map *m = (const void *)(buf + sizeof(*h) + i * sizeof(struct usnap_join_map));
 		const struct usnap_reg *reg = NULL;
 		unsigned id;
 		int r;
@@ -204,7 +178,7 @@ static void participant_free(struct usnap_participant *p)
 static void on_query(uffdsnap_t *ctx, int conn)
 {
 	struct usnap_query_region *q = calloc(USNAP_QUERY_MAX, sizeof(*q));
-	struct query_reply h = { .err = q ? 0 : -ENOMEM };
+	struct usnap_query_reply h = { .err = q ? 0 : -ENOMEM };
 	struct iovec iov[2] = { { &h, sizeof(h) }, { q, 0 } };
 	struct msghdr mh = { .msg_iov = iov, .msg_iovlen = 2 };
 
@@ -230,8 +204,8 @@ static void on_query(uffdsnap_t *ctx, int conn)
 int usnap_query_regions(const char *path, struct usnap_query_region *out, unsigned cap)
 {
 	struct sockaddr_un sa = { .sun_family = AF_UNIX };
-	struct join_hdr req = { .magic = QUERY_MAGIC, .version = JOIN_VERSION };
-	struct query_reply h;
+	struct usnap_join_hdr req = { .magic = USNAP_QUERY_MAGIC, .version = USNAP_JOIN_VERSION };
+	struct usnap_query_reply h;
 	struct iovec iov[2] = { { &h, sizeof(h) }, { out, cap * sizeof(*out) } };
 	struct msghdr mh = { .msg_iov = iov, .msg_iovlen = 2 };
 	ssize_t n = -1;
@@ -262,14 +236,14 @@ int usnap_query_regions(const char *path, struct usnap_query_region *out, unsign
 static void on_connect(struct usnap_listener *l, int conn)
 {
 	uffdsnap_t *ctx = l->ctx;
-	static const size_t cap = sizeof(struct join_hdr) + JOIN_MAX_MAPS * sizeof(struct join_map);
+	static const size_t cap = sizeof(struct usnap_join_hdr) + USNAP_JOIN_MAX_MAPS * sizeof(struct usnap_join_map);
 	union {
 		struct cmsghdr h;
 		char b[CMSG_SPACE(sizeof(int))];
 	} cm;
 	struct ucred cred;
 	socklen_t cl = sizeof(cred);
-	struct join_reply reply = { 0 };
+	struct usnap_join_reply reply = { 0 };
 	struct usnap_participant *p = calloc(1, sizeof(*p));
 	uint8_t *buf = malloc(cap + 1);
 	struct iovec iov = { buf, cap + 1 };
@@ -313,7 +287,7 @@ static void on_connect(struct usnap_listener *l, int conn)
 			      (unsigned)cred.uid, (unsigned)geteuid());
 		goto reply;
 	}
-	if (n == (ssize_t)sizeof(struct join_hdr) && ((struct join_hdr *)buf)->magic == QUERY_MAGIC) {
+	if (n == (ssize_t)sizeof(struct usnap_join_hdr) && ((struct usnap_join_hdr *)buf)->magic == USNAP_QUERY_MAGIC) {
 		if (p->uffd >= 0)
 			close(p->uffd);
 		free(buf);
@@ -517,13 +491,13 @@ USNAP_EXPORT int uffdsnap_join(uffdsnap_participant_t **pp, const char *path, co
 			       unsigned n)
 {
 	struct sockaddr_un sa = { .sun_family = AF_UNIX };
-	size_t len = sizeof(struct join_hdr) + (size_t)n * sizeof(struct join_map);
+	size_t len = sizeof(struct usnap_join_hdr) + (size_t)n * sizeof(struct usnap_join_map);
 	union {
 		struct cmsghdr h;
 		char b[CMSG_SPACE(sizeof(int))];
 	} cm;
-	struct join_reply reply;
-	struct join_hdr *h;
+	struct usnap_join_reply reply;
+	struct usnap_join_hdr *h;
 	uint64_t avail, want;
 	struct iovec iov;
 	struct msghdr mh = { .msg_iov = &iov, .msg_iovlen = 1, .msg_control = &cm, .msg_controllen = sizeof(cm) };
@@ -533,18 +507,18 @@ USNAP_EXPORT int uffdsnap_join(uffdsnap_participant_t **pp, const char *path, co
 	usnap_clear_err();
 	if (pp)
 		*pp = NULL;
-	if (!pp || !path || !regions || !n || n > JOIN_MAX_MAPS)
+	if (!pp || !path || !regions || !n || n > USNAP_JOIN_MAX_MAPS)
 		return usnap_err(-EINVAL, "uffdsnap_join: participant, socket path and 1 to %d regions are needed",
-				 JOIN_MAX_MAPS);
+				 USNAP_JOIN_MAX_MAPS);
 	if (strlen(path) >= sizeof(sa.sun_path))
 		return usnap_err(-ENAMETOOLONG, "socket path of %zu bytes; the limit is %zu", strlen(path),
 				 sizeof(sa.sun_path) - 1);
 	memcpy(sa.sun_path, path, strlen(path));
 	if (!(h = calloc(1, len)))
 		return usnap_err(-ENOMEM, "allocating the join request");
-	*h = (struct join_hdr){ .magic = JOIN_MAGIC, .version = JOIN_VERSION, .nmaps = n };
+	*h = (struct usnap_join_hdr){ .magic = USNAP_JOIN_MAGIC, .version = USNAP_JOIN_VERSION, .nmaps = n };
 	for (unsigned i = 0; i < n && !r; i++) {
-		struct join_map *m = (struct join_map *)(h + 1) + i;
+		struct usnap_join_map *m = (struct usnap_join_map *)(h + 1) + i;
 		if (!regions[i].name || strlen(regions[i].name) > USNAP_MAX_NAME)
 			r = usnap_err(-EINVAL, "regions[%u]: name is NULL or longer than %d bytes", i, USNAP_MAX_NAME);
 		else

@@ -23,6 +23,24 @@
 
 enum how { PUNCH_UNTOUCHED, REMOVE_THEN_WRITE };
 
+/* A snapshot of m as region 'pool' whose sweep is stalled (its sink shut)
+ * once the buffers are full: pages far from the start stay uncopied. */
+static uffdsnap_snap_t *begin_stalled(struct usnap_mem *m, size_t len, uffdsnap_t **ctx, struct usnap_cb *cb)
+{
+	uffdsnap_opts_t o;
+	uffdsnap_snap_t *s;
+
+	uffdsnap_opts_init(&o);
+	o.buffer_bytes = 4 * MiB;
+	*ctx = usnap_ctx_new(&o);
+	usnap_add(*ctx, "pool", m->addr, len);
+	usnap_cb_init(cb, -1);
+	usnap_cb_gate(cb, true);
+	ck_assert_int_eq(uffdsnap_begin(*ctx, usnap_cb_sink(cb), &s), 0);
+	ck_assert(usnap_cb_wait_blocked(cb, 10));
+	return s;
+}
+
 static void destroy_uncopied_page(enum how how)
 {
 	static const char *names[] = { "fallocate(PUNCH_HOLE), page never touched again",
@@ -30,7 +48,6 @@ static void destroy_uncopied_page(enum how how)
 	const size_t len = 64 * MiB;
 	struct usnap_mem m;
 	struct usnap_cb cb;
-	uffdsnap_opts_t o;
 	uffdsnap_t *ctx;
 	uffdsnap_snap_t *s;
 	uffdsnap_stats_t st;
@@ -40,14 +57,7 @@ static void destroy_uncopied_page(enum how how)
 	usnap_watchdog(60, names[how]);
 	usnap_memfd(&m, len);
 	usnap_fill_random(m.addr, len, 71);
-	uffdsnap_opts_init(&o);
-	o.buffer_bytes = 4 * MiB;
-	ctx = usnap_ctx_new(&o);
-	usnap_add(ctx, "pool", m.addr, len);
-	usnap_cb_init(&cb, -1);
-	usnap_cb_gate(&cb, true);
-	ck_assert_int_eq(uffdsnap_begin(ctx, usnap_cb_sink(&cb), &s), 0);
-	ck_assert(usnap_cb_wait_blocked(&cb, 10));
+	s = begin_stalled(&m, len, &ctx, &cb);
 
 	victim = m.addr + len - 3 * usnap_page; /* the sweep goes in address order: far away */
 	ck_assert(usnap_pagemap_entry(victim) & USNAP_PM_WP);
@@ -161,7 +171,6 @@ START_TEST(reclaimed_zero_page)
 	const size_t len = 16 * MiB, npages = len / 4096, far = npages - 64;
 	struct usnap_mem m;
 	struct usnap_cb cb;
-	uffdsnap_opts_t o;
 	uffdsnap_t *ctx;
 	uffdsnap_snap_t *s;
 	struct page_view dropped, punched;
@@ -184,13 +193,7 @@ START_TEST(reclaimed_zero_page)
 	/* Part 1: while a snapshot holds the pages protected and its sweep is
 	 * stalled before them, drop page far by reclaim and punch page far+32. */
 	{
-		uffdsnap_opts_init(&o);
-		ctx = usnap_ctx_new(&o);
-		usnap_add(ctx, "pool", m.addr, len);
-		usnap_cb_init(&cb, -1);
-		usnap_cb_gate(&cb, true);
-		ck_assert_int_eq(uffdsnap_begin(ctx, usnap_cb_sink(&cb), &s), 0);
-		ck_assert(usnap_cb_wait_blocked(&cb, 10));
+		s = begin_stalled(&m, len, &ctx, &cb);
 		if (page_out(m.fd, m.addr, far, 1)) {
 			usnap_skip("reclaimed_zero_page", "MADV_PAGEOUT never dropped a clean shmem page here");
 			usnap_cb_gate(&cb, false);

@@ -44,23 +44,10 @@
 #include <unistd.h>
 
 #include "uffdsnap.h"
+#include "participant.h"
 #include "uffdsnap-private.h"
 
 int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size);
-
-/* The wire, as lib/participant.c defines it (the target checks replies
- * against these sizes: a change there must change here). */
-struct fz_hdr {
-	uint32_t magic, version, nmaps, reserved;
-};
-struct fz_map {
-	char name[USNAP_MAX_NAME + 1];
-	uint64_t addr, len, offset;
-};
-struct fz_reply {
-	int32_t err;
-	char msg[256];
-};
 
 #define REGION (256u << 10)
 #define REBASE (1u << 20)
@@ -138,14 +125,14 @@ static void wait_no_members(void)
 /* An accepted join must be what the coordinator promises to check. */
 static void check_accepted(const uint8_t *msg, size_t n)
 {
-	const struct fz_hdr *h = (const void *)msg;
+	const struct usnap_join_hdr *h = (const void *)msg;
 
-	if (n < sizeof(*h) || !h->nmaps || n != sizeof(*h) + h->nmaps * sizeof(struct fz_map)) {
+	if (n < sizeof(*h) || !h->nmaps || n != sizeof(*h) + h->nmaps * sizeof(struct usnap_join_map)) {
 		fprintf(stderr, "accepted a join of %zu bytes\n", n);
 		abort();
 	}
 	for (unsigned i = 0; i < h->nmaps; i++) {
-		const struct fz_map *m = (const void *)(msg + sizeof(*h) + i * sizeof(struct fz_map));
+		const struct usnap_join_map *m = (const void *)(msg + sizeof(*h) + i * sizeof(struct usnap_join_map));
 		uintptr_t lo = (uintptr_t)second, hi = lo + REGION;
 
 		if (strcmp(m->name, "r") || !m->len || m->addr < lo || m->len > hi - m->addr ||
@@ -169,7 +156,7 @@ static void as_participant(uint8_t mode, const uint8_t *data, size_t size)
 	uint8_t *msg = malloc(size ? size : 1);
 	struct iovec iov = { msg, size };
 	struct msghdr mh = { .msg_iov = &iov, .msg_iovlen = 1 };
-	struct fz_reply reply;
+	struct usnap_join_reply reply;
 	int fd = -1, fd2 = -1, conn;
 	ssize_t got;
 
@@ -177,9 +164,9 @@ static void as_participant(uint8_t mode, const uint8_t *data, size_t size)
 		abort();
 	memcpy(msg, data, size);
 	/* small addresses point into the second mapping */
-	if (size >= sizeof(struct fz_hdr))
-		for (size_t off = sizeof(struct fz_hdr); off + sizeof(struct fz_map) <= size; off += sizeof(struct fz_map)) {
-			struct fz_map m;
+	if (size >= sizeof(struct usnap_join_hdr))
+		for (size_t off = sizeof(struct usnap_join_hdr); off + sizeof(struct usnap_join_map) <= size; off += sizeof(struct usnap_join_map)) {
+			struct usnap_join_map m;
 			memcpy(&m, msg + off, sizeof(m));
 			if (m.addr < REBASE) {
 				m.addr += (uintptr_t)second;
@@ -214,7 +201,7 @@ static void as_participant(uint8_t mode, const uint8_t *data, size_t size)
 		close(fd2);
 	while ((got = recv(conn, &reply, sizeof(reply), 0)) < 0 && errno == EINTR)
 		; /* libFuzzer's timer */
-	if (size == sizeof(struct fz_hdr) && ((const struct fz_hdr *)msg)->magic == 0x52515355u) {
+	if (size == sizeof(struct usnap_join_hdr) && ((const struct usnap_join_hdr *)msg)->magic == USNAP_QUERY_MAGIC) {
 		/* the agent's region query: answered with the region table */
 	} else if (got == (ssize_t)sizeof(reply)) {
 		if (reply.err > 0 || reply.err < -4095 || (reply.err && !memchr(reply.msg, '\0', sizeof(reply.msg))) ||
@@ -256,7 +243,7 @@ static void *fake_main(void *arg)
 		struct cmsghdr h;
 		char b[CMSG_SPACE(sizeof(int) * 4)];
 	} cm;
-	uint8_t buf[sizeof(struct fz_hdr) + 64 * sizeof(struct fz_map)];
+	uint8_t buf[sizeof(struct usnap_join_hdr) + 64 * sizeof(struct usnap_join_map)];
 	struct iovec iov = { buf, sizeof(buf) };
 	struct msghdr mh = { .msg_iov = &iov, .msg_iovlen = 1, .msg_control = &cm, .msg_controllen = sizeof(cm) };
 	int conn = accept4(fake_sock, NULL, NULL, SOCK_CLOEXEC);
@@ -289,7 +276,7 @@ static void as_coordinator(uint8_t mode, const uint8_t *data, size_t size)
 		uffdsnap_join_region_t jr = { "r", page, sizeof(page), 0 };
 		uffdsnap_participant_t *p = NULL;
 		int r = uffdsnap_join(&p, fake_path, &jr, 1);
-		struct fz_reply rep = { 0 };
+		struct usnap_join_reply rep = { 0 };
 
 		memcpy(&rep, data, size < sizeof(rep) ? size : sizeof(rep));
 		if (r > 0 || r < -4095 || (r && !uffdsnap_last_error()[0]) || (r && p) || (!r && !p) ||
@@ -322,7 +309,7 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
 		setup();
 		fds = fd_count();
 	}
-	if (!size || size > sizeof(struct fz_hdr) + 80 * sizeof(struct fz_map))
+	if (!size || size > sizeof(struct usnap_join_hdr) + 80 * sizeof(struct usnap_join_map))
 		return 0;
 	if (data[0] & 1)
 		as_coordinator(data[0], data + 1, size - 1);
