@@ -164,15 +164,15 @@ static void as_participant(uint8_t mode, const uint8_t *data, size_t size)
 		abort();
 	memcpy(msg, data, size);
 	/* small addresses point into the second mapping */
-	if (size >= sizeof(struct usnap_join_hdr))
-		for (size_t off = sizeof(struct usnap_join_hdr); off + sizeof(struct usnap_join_map) <= size; off += sizeof(struct usnap_join_map)) {
-			struct usnap_join_map m;
-			memcpy(&m, msg + off, sizeof(m));
-			if (m.addr < REBASE) {
-				m.addr += (uintptr_t)second;
-				memcpy(msg + off, &m, sizeof(m));
-			}
+	for (size_t off = sizeof(struct usnap_join_hdr); off + sizeof(struct usnap_join_map) <= size;
+	     off += sizeof(struct usnap_join_map)) {
+		struct usnap_join_map m;
+		memcpy(&m, msg + off, sizeof(m));
+		if (m.addr < REBASE) {
+			m.addr += (uintptr_t)second;
+			memcpy(msg + off, &m, sizeof(m));
 		}
+	}
 	if (mode & 4)
 		fd = eventfd(0, EFD_CLOEXEC);
 	else if (mode & (2 | 8))
