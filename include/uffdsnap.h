@@ -69,6 +69,14 @@ typedef struct uffdsnap_sink uffdsnap_sink_t; /* where a snapshot's bytes go */
  * stats.chunks_uncompressed counts what it cost.
  */
 #define UFFDSNAP_OPT_ADAPT (1u << 3)
+/*
+ * Keep what deltas need: from the first snapshot on, every snapshot leaves one
+ * 64-bit fingerprint per page of its image (8 bytes per page: 0.2 % of 4 KiB
+ * pages, held by the context until uffdsnap_free), so that the next may be a
+ * delta (uffdsnap_begin_delta). Without it, uffdsnap_begin_delta returns
+ * -ENOLINK.
+ */
+#define UFFDSNAP_OPT_DELTA (1u << 4)
 
 struct uffdsnap_opts {
 	size_t size;            /* sizeof(uffdsnap_opts_t) */
@@ -222,6 +230,22 @@ int uffdsnap_begin(uffdsnap_t *ctx, uffdsnap_sink_t *sink, uffdsnap_snap_t **sna
 int uffdsnap_begin_file(uffdsnap_t *ctx, const char *path, uffdsnap_snap_t **snap);
 
 /*
+ * A delta (incremental snapshot): uffdsnap_begin() with the same instant,
+ * wait, stats, cancel and free, but the file holds only the pages whose
+ * contents differ from the context's last snapshot (its parent: the last one
+ * begun, if it completed). It names its parent by id (stats.parent_id); a
+ * chain, the full snapshot then each delta in order, is read with
+ * uffdsnap_reader_open_chain(). Needs UFFDSNAP_OPT_DELTA. Errors: those of
+ * uffdsnap_begin(), and -ENOLINK (only here) when there is no usable parent:
+ * no snapshot completed yet, the last one failed or was cancelled, a region
+ * was added since, or the context lacks UFFDSNAP_OPT_DELTA; the reason is in
+ * uffdsnap_last_error(). Take a full snapshot then: never a delta with a gap.
+ */
+int uffdsnap_begin_delta(uffdsnap_t *ctx, uffdsnap_sink_t *sink, uffdsnap_snap_t **snap);
+/* uffdsnap_begin_delta() with uffdsnap_sink_file(path, 0600). */
+int uffdsnap_begin_delta_file(uffdsnap_t *ctx, const char *path, uffdsnap_snap_t **snap);
+
+/*
  * Wait for the snapshot to finish. 0: complete and durable as the options ask;
  * otherwise a negative errno (-ENOSPC, -EPIPE, -ECANCELED, -EIO ...) with the
  * reason in uffdsnap_snap_error(). In every case no page is left protected and
@@ -264,6 +288,11 @@ struct uffdsnap_stats {
 	uint64_t unmaps;          /* munmap()s of registered memory */
 	uint64_t protect_threads; /* threads that write-protected in begin (its caller's included) */
 	uint64_t chunks_uncompressed; /* chunks stored raw: zstd did not shrink them, or UFFDSNAP_OPT_ADAPT */
+	/* the snapshot's identity, as its file's HEAD holds it (uffdsnap_reader_info) */
+	uint8_t snap_id[16];      /* this snapshot's id (random; also in the file's END) */
+	uint8_t parent_id[16];    /* a delta: its parent's snap_id; zeros for a full snapshot */
+	uint64_t depth;           /* 0 for a full snapshot; a delta: its parent's depth + 1 */
+	uint64_t pages_unchanged; /* a delta: pages copied but left out, equal to the parent's */
 };
 
 #define UFFDSNAP_STATE_RUNNING 0
@@ -282,6 +311,21 @@ void uffdsnap_snap_free(uffdsnap_snap_t *snap);
 const char *uffdsnap_strerror(int err);
 /* Detail of the calling thread's last failed call ("" if none). */
 const char *uffdsnap_last_error(void);
+
+/*
+ * Where the library's log lines go. The library is quiet by default: it logs
+ * only what a caller cannot learn in time from a return value, today a lazy
+ * restore that fails in its own thread (the program's next touch of a page
+ * not restored gets SIGBUS; UFFDSNAP_LAZY_QUIET silences it for one
+ * restore). fn(user, line) gets one line without a newline, on whichever
+ * library thread failed, possibly while program threads wait on a page: it
+ * must not take a lock a program thread may hold (stdio's, say: write(2) is
+ * safe). Process-wide; NULL stops logging. uffdsnap_log_stderr writes each
+ * line to standard error with write(2).
+ */
+typedef void (*uffdsnap_log_fn)(void *user, const char *line);
+void uffdsnap_set_log_fn(uffdsnap_log_fn fn, void *user);
+void uffdsnap_log_stderr(void *user, const char *line);
 
 /*
  * Temporary files that writers of `path` (snapshots, restores, extracts) left

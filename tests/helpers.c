@@ -8,6 +8,7 @@
 #include <stdarg.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/file.h>
 #include <sys/mman.h>
 #include <sys/mount.h>
 #include <sys/resource.h>
@@ -82,11 +83,36 @@ void usnap_skip(const char *name, const char *fmt, ...)
 	atomic_fetch_add(skipped_cases, 1);
 }
 
+/*
+ * tests/run-suite.sh runs two suites at once (plain beside the sanitizer
+ * builds). Tests that change what the whole machine shares (vm.nr_hugepages,
+ * memory blocks offlined for migration) or count its events get
+ * USNAP_EXCLUSIVE=1 from tests/meson.build and hold this lock for their whole
+ * run, so two of them never overlap: one would otherwise restore a knob the
+ * other still relies on. The kernel drops the lock when the process ends,
+ * however it ends.
+ */
+static void exclusive_lock(void)
+{
+	int fd;
+
+	if (!getenv("USNAP_EXCLUSIVE"))
+		return;
+	fd = open(USNAP_EXCLUSIVE_LOCK, O_RDWR | O_CREAT | O_CLOEXEC, 0666);
+	if (fd < 0 || flock(fd, LOCK_EX) != 0) {
+		printf("ERROR: %s: %s\n", USNAP_EXCLUSIVE_LOCK, strerror(errno));
+		exit(1);
+	}
+	/* fd stays open: Check's forked test children inherit the lock, harmlessly */
+}
+
 int usnap_run_suite(Suite *s)
 {
 	SRunner *sr = srunner_create(s);
 	int failed, run;
 	unsigned skipped;
+
+	exclusive_lock();
 
 	skipped_cases = mmap(NULL, sizeof(*skipped_cases), PROT_READ | PROT_WRITE, MAP_SHARED | MAP_ANONYMOUS, -1, 0);
 	if (skipped_cases == MAP_FAILED) {

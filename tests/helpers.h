@@ -27,6 +27,8 @@
 #include "uffdsnap.h"
 
 #define USNAP_SKIP 77
+/* the lock of tests run with USNAP_EXCLUSIVE=1 (shell tests take it with flock(1)) */
+#define USNAP_EXCLUSIVE_LOCK "/tmp/libuffdsnap-tests.lock"
 
 /* 1 when built with AddressSanitizer or ThreadSanitizer (gcc says so with
  * __SANITIZE_*__, clang with __has_feature): several times slower per byte

@@ -166,6 +166,13 @@ assert "extract wrote the region" test "$(stat -c %s keep)" = $((2 << 20))
 "$tool" extract a.snap demo - >stdout.bin
 assert "extract to a file, to stdout and cat agree" cmp -s keep cat.bin
 assert "extract to stdout" cmp -s keep stdout.bin
+# cat goes by 1 MiB pieces: a range across a piece boundary, raw and as a hexdump
+"$tool" cat a.snap demo 0xffff3 29 >mid.bin
+assert "cat across a piece boundary" cmp -s mid.bin <(tail -c +$((0xffff3 + 1)) keep | head -c 29)
+"$tool" cat -x a.snap demo 0 2M >hex.all
+"$tool" cat -x a.snap demo 0xffff0 32 >hex.mid
+assert "cat -x across a piece boundary" test "$(grep -E '^(000ffff0|00100000) ' hex.all)" = "$(head -2 hex.mid)"
+assert "cat -x ends with the end offset once" test "$(grep -c '^00200000$' hex.all)" = 1 -a "$(tail -1 hex.mid)" = 00100010
 expect 0 'restored r.bin' "$tool" restore a.snap --region 0 --to r.bin
 assert "restore wrote the region" cmp -s keep r.bin
 

@@ -771,7 +771,6 @@ static void hexdump(const uint8_t *p, size_t len, uint64_t base)
 			putchar(p[i + k] >= 0x20 && p[i + k] < 0x7f ? p[i + k] : '.');
 		printf("|\n");
 	}
-	printf("%08" PRIx64 "\n", base + len);
 }
 
 /* ---- cat ------------------------------------------------------------------------ */
@@ -808,6 +807,13 @@ static int cat_opt(int c, const char *arg)
 	return 0;
 }
 
+/*
+ * cat reads and writes CAT_PIECE bytes at a time (a multiple of a hexdump
+ * line), so its memory does not grow with LEN; the reader's chunk cache keeps
+ * a chunk that spans two pieces from being decompressed twice.
+ */
+#define CAT_PIECE (1u << 20)
+
 static int cmd_cat(char **args)
 {
 	uffdsnap_region_info_t ri = { .size = sizeof(ri) };
@@ -815,7 +821,7 @@ static int cmd_cat(char **args)
 	uint64_t off, len, size;
 	char e[ESC_LEN];
 	uint8_t *buf;
-	int id, rc;
+	int id, rc = 0;
 
 	if (!parse_size(args[2], &off))
 		return usage_error("OFFSET '%s' is not a number (decimal, 0x hex, or with K, M, G)", args[2]);
@@ -832,16 +838,25 @@ static int cmd_cat(char **args)
 		uffdsnap_reader_free(r);
 		return rc;
 	}
-	if (!(buf = malloc(len ? len : 1))) {
+	if (!(buf = malloc(CAT_PIECE))) {
 		uffdsnap_reader_free(r);
-		return failure("out of memory for %" PRIu64 " bytes", len);
+		return failure("out of memory for %u bytes", CAT_PIECE);
 	}
-	rc = uffdsnap_reader_read(r, (unsigned)id, off, buf, len);
-	if (rc)
-		fail(args[0], rc, uffdsnap_reader_error(r));
-	else if (cat_hex)
-		hexdump(buf, len, off);
-	else if (fwrite(buf, 1, len, stdout) != len || fflush(stdout))
+	/* what was written before a failure stays written, as with cat(1); the status says it failed */
+	for (uint64_t done = 0; done < len && !rc; done += CAT_PIECE) {
+		size_t n = len - done < CAT_PIECE ? (size_t)(len - done) : CAT_PIECE;
+
+		rc = uffdsnap_reader_read(r, (unsigned)id, off + done, buf, n);
+		if (rc)
+			fail(args[0], rc, uffdsnap_reader_error(r));
+		else if (cat_hex)
+			hexdump(buf, n, off + done);
+		else if (fwrite(buf, 1, n, stdout) != n)
+			rc = fail("standard output", -errno, "");
+	}
+	if (!rc && cat_hex)
+		printf("%08" PRIx64 "\n", off + len);
+	if (!rc && fflush(stdout))
 		rc = fail("standard output", -errno, "");
 	free(buf);
 	uffdsnap_reader_free(r);
@@ -1361,6 +1376,7 @@ int main(int argc, char **argv)
 	unsigned v = uffdsnap_version();
 	int c;
 
+	uffdsnap_set_log_fn(uffdsnap_log_stderr, NULL); /* a lazy restore's failure, before its SIGBUS */
 	uffdsnap_lazy_opts_init(&so.lo);
 	/* '+': options end at the command, whose own options follow it */
 	while ((c = getopt_long(argc, argv, "+:hVq", longopts, NULL)) != -1) {
