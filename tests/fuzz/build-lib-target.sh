@@ -19,7 +19,7 @@ CC=${CC:-clang}
 srcs=$(ls lib/*.c | grep -v inject.c)
 $CC -g -O1 -fno-omit-frame-pointer -fsanitize=fuzzer,address,undefined -fno-sanitize-recover=undefined \
 	-D_GNU_SOURCE -std=gnu11 -Iinclude -Ilib $srcs "tests/fuzz/fuzz-$name.c" \
-	-lzstd -luv -lpthread -o "$out/fuzz-$name"
+	-lzstd -lxxhash -luv -lpthread -o "$out/fuzz-$name"
 echo "built $out/fuzz-$name"
 case ${3:-} in
 run)
