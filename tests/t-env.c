@@ -23,44 +23,44 @@
 
 #include "helpers.h"
 
-size_t usnap_page = 4096;
+size_t t_page = 4096;
 
 /* ---- environment --------------------------------------------------------- */
 
-void usnap_test_init(void)
+void t_test_init(void)
 {
-	usnap_page = (size_t)sysconf(_SC_PAGESIZE);
+	t_page = (size_t)sysconf(_SC_PAGESIZE);
 	setvbuf(stdout, NULL, _IOLBF, 0);
 	setvbuf(stderr, NULL, _IONBF, 0);
 }
 
-void usnap_test_require_root(void)
+void t_test_require_root(void)
 {
-	usnap_test_init();
+	t_test_init();
 	if (geteuid() != 0) {
 		printf("SKIP: this test needs root (mounts tmpfs / switches users); euid is %u\n", geteuid());
-		exit(USNAP_SKIP);
+		exit(T_SKIP);
 	}
 }
 
-void usnap_test_require_uffd(void)
+void t_test_require_uffd(void)
 {
 	uffdsnap_t *ctx = NULL;
 	uffdsnap_opts_t o;
 	int r;
 
-	usnap_test_init();
+	t_test_init();
 	if (geteuid() != 0 && access("/dev/userfaultfd", R_OK | W_OK) != 0) {
 		printf("SKIP: not root and /dev/userfaultfd is not accessible (%s): "
 		       "userfaultfd with kernel-mode faults is unavailable\n", strerror(errno));
-		exit(USNAP_SKIP);
+		exit(T_SKIP);
 	}
 	uffdsnap_opts_init(&o);
 	o.buffer_bytes = 4 * MiB; /* keep the probe cheap */
 	r = uffdsnap_new(&ctx, &o);
 	if (r == -EPERM || r == -ENOSYS || r == -EOPNOTSUPP || r == -EACCES) {
 		printf("SKIP: uffdsnap_new: %s (%s)\n", uffdsnap_strerror(r), uffdsnap_last_error());
-		exit(USNAP_SKIP);
+		exit(T_SKIP);
 	}
 	if (r) {
 		printf("ERROR: uffdsnap_new failed unexpectedly: %d %s (%s)\n", r, uffdsnap_strerror(r),
@@ -71,14 +71,14 @@ void usnap_test_require_uffd(void)
 }
 
 /* Cases skipped in this run: shared with the forked case children, which
- * Check starts after usnap_run_suite() has mapped it. */
+ * Check starts after t_run_suite() has mapped it. */
 static _Atomic unsigned *skipped_cases;
 
-void usnap_skip(const char *name, const char *fmt, ...)
+void t_skip(const char *name, const char *fmt, ...)
 {
 	va_list ap;
 
-	ck_assert_msg(skipped_cases != NULL, "usnap_skip outside usnap_run_suite");
+	ck_assert_msg(skipped_cases != NULL, "t_skip outside t_run_suite");
 	printf("%s: SKIP: ", name);
 	va_start(ap, fmt);
 	vprintf(fmt, ap);
@@ -102,15 +102,15 @@ static void exclusive_lock(void)
 
 	if (!getenv("USNAP_EXCLUSIVE"))
 		return;
-	fd = open(USNAP_EXCLUSIVE_LOCK, O_RDWR | O_CREAT | O_CLOEXEC, 0666);
+	fd = open(T_EXCLUSIVE_LOCK, O_RDWR | O_CREAT | O_CLOEXEC, 0666);
 	if (fd < 0 || flock(fd, LOCK_EX) != 0) {
-		printf("ERROR: %s: %s\n", USNAP_EXCLUSIVE_LOCK, strerror(errno));
+		printf("ERROR: %s: %s\n", T_EXCLUSIVE_LOCK, strerror(errno));
 		exit(1);
 	}
 	/* fd stays open: Check's forked test children inherit the lock, harmlessly */
 }
 
-int usnap_run_suite(Suite *s)
+int t_run_suite(Suite *s)
 {
 	SRunner *sr = srunner_create(s);
 	int failed, run;
@@ -136,7 +136,7 @@ int usnap_run_suite(Suite *s)
 	 * reported SKIP, so tests/meson.build gives the cases that can skip
 	 * their own test (CK_INCLUDE_TAGS) and the others still count as run */
 	printf("SKIP: %u of %d cases skipped (reasons above)\n", skipped, run);
-	return USNAP_SKIP;
+	return T_SKIP;
 }
 
 static char watchdog_what[256];
@@ -154,7 +154,7 @@ static void watchdog_fire(int sig)
 	abort();
 }
 
-void usnap_watchdog(unsigned seconds, const char *what)
+void t_watchdog(unsigned seconds, const char *what)
 {
 	struct sigaction sa = { 0 };
 
@@ -164,7 +164,7 @@ void usnap_watchdog(unsigned seconds, const char *what)
 	alarm(seconds);
 }
 
-int usnap_join_timeout(pthread_t t, unsigned seconds)
+int t_join_timeout(pthread_t t, unsigned seconds)
 {
 	struct timespec ts;
 
@@ -173,7 +173,7 @@ int usnap_join_timeout(pthread_t t, unsigned seconds)
 	return pthread_timedjoin_np(t, NULL, &ts);
 }
 
-uint64_t usnap_now_ns(void)
+uint64_t t_now_ns(void)
 {
 	struct timespec ts;
 
@@ -181,33 +181,33 @@ uint64_t usnap_now_ns(void)
 	return (uint64_t)ts.tv_sec * 1000000000ull + (uint64_t)ts.tv_nsec;
 }
 
-double usnap_ms_since(uint64_t t0)
+double t_ms_since(uint64_t t0)
 {
-	return (double)(usnap_now_ns() - t0) / 1e6;
+	return (double)(t_now_ns() - t0) / 1e6;
 }
 
-void usnap_find_tool(char *tool)
+void t_find_tool(char *tool)
 {
 	char self[PATH_MAX];
 	ssize_t n = readlink("/proc/self/exe", self, sizeof(self) - 1);
 
 	if (n <= 0)
-		exit(USNAP_SKIP);
+		exit(T_SKIP);
 	self[n] = '\0';
 	snprintf(tool, PATH_MAX, "%s/../util/uffdsnap", dirname(self));
 	if (access(tool, X_OK)) {
 		printf("SKIP: the uffdsnap tool is not at %s\n", tool);
-		exit(USNAP_SKIP);
+		exit(T_SKIP);
 	}
 }
 
-int usnap_wait_child(pid_t pid, unsigned seconds, const char *what)
+int t_wait_child(pid_t pid, unsigned seconds, const char *what)
 {
-	uint64_t t0 = usnap_now_ns();
+	uint64_t t0 = t_now_ns();
 	int status;
 
 	while (waitpid(pid, &status, WNOHANG) != pid) {
-		if (usnap_ms_since(t0) > seconds * 1000.0) {
+		if (t_ms_since(t0) > seconds * 1000.0) {
 			kill(pid, SIGKILL);
 			waitpid(pid, &status, 0);
 			ck_abort_msg("%s: process %d did not finish within %u s", what, (int)pid, seconds);
@@ -217,7 +217,7 @@ int usnap_wait_child(pid_t pid, unsigned seconds, const char *what)
 	return status;
 }
 
-void usnap_sigbus_child(void)
+void t_sigbus_child(void)
 {
 	struct rlimit no_core = { 0, 0 };
 
@@ -228,13 +228,13 @@ void usnap_sigbus_child(void)
 
 /* ---- files and directories ----------------------------------------------------- */
 
-void usnap_tmpdir(char *buf)
+void t_tmpdir(char *buf)
 {
 	snprintf(buf, PATH_MAX, "/var/tmp/usnap-test.XXXXXX");
 	ck_assert_msg(mkdtemp(buf) != NULL, "mkdtemp: %s", strerror(errno));
 }
 
-void usnap_rmdir(const char *dir)
+void t_rmdir(const char *dir)
 {
 	DIR *d = opendir(dir);
 	struct dirent *e;
@@ -252,7 +252,7 @@ void usnap_rmdir(const char *dir)
 	rmdir(dir);
 }
 
-int usnap_dir_entries(const char *dir, bool print)
+int t_dir_entries(const char *dir, bool print)
 {
 	DIR *d = opendir(dir);
 	struct dirent *e;
@@ -270,7 +270,7 @@ int usnap_dir_entries(const char *dir, bool print)
 	return n;
 }
 
-void usnap_tmpfs_mount(char *dir, size_t size)
+void t_tmpfs_mount(char *dir, size_t size)
 {
 	char opts[64];
 
@@ -281,14 +281,14 @@ void usnap_tmpfs_mount(char *dir, size_t size)
 		      strerror(errno));
 }
 
-void usnap_tmpfs_umount(const char *dir)
+void t_tmpfs_umount(const char *dir)
 {
 	if (umount2(dir, MNT_DETACH))
 		fprintf(stderr, "umount %s: %s\n", dir, strerror(errno));
 	rmdir(dir);
 }
 
-uint8_t *usnap_slurp(const char *path, size_t *len)
+uint8_t *t_slurp(const char *path, size_t *len)
 {
 	struct stat st;
 	uint8_t *p;
@@ -308,7 +308,7 @@ uint8_t *usnap_slurp(const char *path, size_t *len)
 	return p;
 }
 
-void usnap_write_file(const char *path, const void *data, size_t len)
+void t_write_file(const char *path, const void *data, size_t len)
 {
 	int fd = open(path, O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0600);
 

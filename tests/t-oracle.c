@@ -8,24 +8,24 @@
 
 /* ---- the prefix rule ---------------------------------------------------------- */
 
-static inline uint64_t seq_nslots(const struct usnap_seq *q)
+static inline uint64_t seq_nslots(const struct t_seq *q)
 {
 	return (uint64_t)q->pages * q->slots_per_page;
 }
 
-static inline size_t seq_offset(const struct usnap_seq *q, unsigned wr, uint64_t j)
+static inline size_t seq_offset(const struct t_seq *q, unsigned wr, uint64_t j)
 {
-	return ((size_t)wr * q->pages + (size_t)(j % q->pages)) * usnap_page + (size_t)(j / q->pages) * 8;
+	return ((size_t)wr * q->pages + (size_t)(j % q->pages)) * t_page + (size_t)(j / q->pages) * 8;
 }
 
-size_t usnap_seq_region_bytes(const struct usnap_seq *q)
+size_t t_seq_region_bytes(const struct t_seq *q)
 {
-	return (size_t)q->nwriters * q->pages * usnap_page;
+	return (size_t)q->nwriters * q->pages * t_page;
 }
 
-void usnap_seq_writer(struct usnap_writers *w, unsigned idx)
+void t_seq_writer(struct t_writers *w, unsigned idx)
 {
-	const struct usnap_seq *q = w->arg;
+	const struct t_seq *q = w->arg;
 	uint64_t n = seq_nslots(q);
 
 	for (uint64_t i = 1; !atomic_load_explicit(&w->stop, memory_order_relaxed); i++) {
@@ -36,7 +36,7 @@ void usnap_seq_writer(struct usnap_writers *w, unsigned idx)
 	}
 }
 
-uint64_t usnap_seq_check(const struct usnap_seq *q, uint8_t *const snap[2], unsigned wr, uint64_t last)
+uint64_t t_seq_check(const struct t_seq *q, uint8_t *const snap[2], unsigned wr, uint64_t last)
 {
 	uint64_t n = seq_nslots(q), k = 0, bad = 0;
 	char first[256] = "";
@@ -49,7 +49,7 @@ uint64_t usnap_seq_check(const struct usnap_seq *q, uint8_t *const snap[2], unsi
 			uint64_t v = *(const uint64_t *)(snap[r] + seq_offset(q, wr, j));
 			if (!v)
 				continue;
-			usnap_assert_msg(v <= last && ((v - 1) & 1) == r && ((v - 1) >> 1) % n == j,
+			t_assert_msg(v <= last && ((v - 1) & 1) == r && ((v - 1) >> 1) % n == j,
 				      "writer %u region %u slot %llu holds %llu: never written there (last write %llu)",
 				      wr, r, (unsigned long long)j, (unsigned long long)v, (unsigned long long)last);
 			if (v > k)

@@ -15,7 +15,7 @@
 
 /* ---- snapshots -------------------------------------------------------------- */
 
-uffdsnap_reader_t *usnap_reader(const char *path)
+uffdsnap_reader_t *t_reader(const char *path)
 {
 	uffdsnap_reader_t *r;
 	int rc = uffdsnap_reader_open(&r, path);
@@ -24,7 +24,7 @@ uffdsnap_reader_t *usnap_reader(const char *path)
 	return r;
 }
 
-uffdsnap_t *usnap_ctx_new(const uffdsnap_opts_t *opts)
+uffdsnap_t *t_ctx_new(const uffdsnap_opts_t *opts)
 {
 	uffdsnap_t *ctx = NULL;
 	int r = uffdsnap_new(&ctx, opts);
@@ -34,7 +34,7 @@ uffdsnap_t *usnap_ctx_new(const uffdsnap_opts_t *opts)
 	return ctx;
 }
 
-uffdsnap_opts_t usnap_opts(size_t buffer_bytes, size_t chunk_bytes)
+uffdsnap_opts_t t_opts(size_t buffer_bytes, size_t chunk_bytes)
 {
 	uffdsnap_opts_t o;
 
@@ -46,7 +46,7 @@ uffdsnap_opts_t usnap_opts(size_t buffer_bytes, size_t chunk_bytes)
 	return o;
 }
 
-void usnap_snap_file(uffdsnap_t *ctx, const char *path, uffdsnap_stats_t *st)
+void t_snap_file(uffdsnap_t *ctx, const char *path, uffdsnap_stats_t *st)
 {
 	uffdsnap_snap_t *s;
 	int r = uffdsnap_begin_file(ctx, path, &s);
@@ -55,11 +55,11 @@ void usnap_snap_file(uffdsnap_t *ctx, const char *path, uffdsnap_stats_t *st)
 	r = uffdsnap_wait(s);
 	ck_assert_msg(r == 0, "wait: %d %s", r, uffdsnap_snap_error(s));
 	if (st)
-		usnap_stats(s, st);
+		t_stats(s, st);
 	uffdsnap_snap_free(s);
 }
 
-int usnap_add(uffdsnap_t *ctx, const char *name, void *addr, size_t len)
+int t_add(uffdsnap_t *ctx, const char *name, void *addr, size_t len)
 {
 	int id = uffdsnap_add_region(ctx, name, addr, len);
 
@@ -68,7 +68,7 @@ int usnap_add(uffdsnap_t *ctx, const char *name, void *addr, size_t len)
 	return id;
 }
 
-void usnap_stats(uffdsnap_snap_t *s, uffdsnap_stats_t *st)
+void t_stats(uffdsnap_snap_t *s, uffdsnap_stats_t *st)
 {
 	int r;
 
@@ -78,7 +78,7 @@ void usnap_stats(uffdsnap_snap_t *s, uffdsnap_stats_t *st)
 	ck_assert_msg(r == 0, "uffdsnap_snap_stats: %d", r);
 }
 
-void usnap_stats_print(const char *label, const uffdsnap_stats_t *st)
+void t_stats_print(const char *label, const uffdsnap_stats_t *st)
 {
 	printf("  [%s] state=%d err=%d pause=%.3fms elapsed=%.1fms window=%.1fms pages: total=%llu "
 	       "fault=%llu sweep=%llu hole=%llu zero_found=%llu; faults=%llu fault_wait_max=%.2fms "
@@ -92,7 +92,7 @@ void usnap_stats_print(const char *label, const uffdsnap_stats_t *st)
 	       (unsigned long long)(st->buffer_bound >> 10), (unsigned long long)st->chunks);
 }
 
-void usnap_assert_exactly_once(const uffdsnap_stats_t *st)
+void t_assert_exactly_once(const uffdsnap_stats_t *st)
 {
 	ck_assert_msg(st->pages_fault + st->pages_sweep + st->pages_hole == st->pages_total,
 		      "pages counted more or less than once: fault %llu + sweep %llu + hole %llu != total %llu",
@@ -108,9 +108,9 @@ static bool all_zero(const uint8_t *p, size_t n)
 	return true;
 }
 
-void usnap_check_file(const char *path, const struct usnap_expect *expect, unsigned n)
+void t_check_file(const char *path, const struct t_expect *expect, unsigned n)
 {
-	uffdsnap_reader_t *r = usnap_reader(path);
+	uffdsnap_reader_t *r = t_reader(path);
 	uffdsnap_info_t info = { .size = sizeof(info) };
 	const size_t piece = 4 * MiB;
 	uint8_t *buf;
@@ -123,7 +123,7 @@ void usnap_check_file(const char *path, const struct usnap_expect *expect, unsig
 	ck_assert_msg(info.complete == 1, "snapshot %s not complete", path);
 	ck_assert_msg(info.status == 0, "snapshot %s records status %d", path, info.status);
 	ck_assert_msg(info.nregions == n, "snapshot has %u regions, expected %u", info.nregions, n);
-	buf = usnap_buf_alloc(piece);
+	buf = t_buf_alloc(piece);
 	for (unsigned i = 0; i < n; i++) {
 		uffdsnap_region_info_t ri = { .size = sizeof(ri) };
 		const uint8_t *want = expect[i].data;
@@ -140,8 +140,8 @@ void usnap_check_file(const char *path, const struct usnap_expect *expect, unsig
 			e = uffdsnap_reader_read(r, (unsigned)id, off, buf, k);
 			ck_assert_msg(e == 0, "reader_read '%s' at %zu+%zu: %d %s (%s)", expect[i].name, off, k, e,
 				      uffdsnap_strerror(e), uffdsnap_reader_error(r));
-			for (size_t p = 0; p < k; p += usnap_page) {
-				size_t m = k - p < usnap_page ? k - p : usnap_page;
+			for (size_t p = 0; p < k; p += t_page) {
+				size_t m = k - p < t_page ? k - p : t_page;
 				bool ok = want ? !memcmp(buf + p, want + off + p, m) : all_zero(buf + p, m);
 				if (!ok) {
 					bad_pages++;
@@ -151,29 +151,29 @@ void usnap_check_file(const char *path, const struct usnap_expect *expect, unsig
 			}
 		}
 		ck_assert_msg(bad_pages == 0, "region '%s': %zu pages differ from the expected instant, first at "
-			      "offset 0x%zx (page %zu)", expect[i].name, bad_pages, first_bad, first_bad / usnap_page);
+			      "offset 0x%zx (page %zu)", expect[i].name, bad_pages, first_bad, first_bad / t_page);
 	}
-	usnap_buf_free(buf, piece);
+	t_buf_free(buf, piece);
 	printf("  snapshot %s: verified, %u region(s) byte-exact; pages data=%llu zero=%llu file=%llu bytes "
 	       "(raw %llu)\n", path, n, (unsigned long long)info.pages_data, (unsigned long long)info.pages_zero,
 	       (unsigned long long)info.bytes_file, (unsigned long long)info.bytes_raw);
 	uffdsnap_reader_free(r);
 }
 
-void usnap_check_buffer(const void *data, size_t len, const struct usnap_expect *expect, unsigned n)
+void t_check_buffer(const void *data, size_t len, const struct t_expect *expect, unsigned n)
 {
 	char dir[PATH_MAX], path[PATH_MAX + 16];
 
-	usnap_tmpdir(dir);
+	t_tmpdir(dir);
 	snprintf(path, sizeof(path), "%s/stream", dir);
-	usnap_write_file(path, data, len);
-	usnap_check_file(path, expect, n);
-	usnap_rmdir(dir);
+	t_write_file(path, data, len);
+	t_check_file(path, expect, n);
+	t_rmdir(dir);
 }
 
-uint8_t *usnap_read_region(const char *path, const char *name, size_t *len)
+uint8_t *t_read_region(const char *path, const char *name, size_t *len)
 {
-	uffdsnap_reader_t *r = usnap_reader(path);
+	uffdsnap_reader_t *r = t_reader(path);
 	uffdsnap_region_info_t ri = { .size = sizeof(ri) };
 	uint8_t *buf;
 	int e, id;
@@ -184,14 +184,14 @@ uint8_t *usnap_read_region(const char *path, const char *name, size_t *len)
 	ck_assert_msg(id >= 0, "region '%s' not found: %d", name, id);
 	ck_assert(uffdsnap_reader_region(r, (unsigned)id, &ri) == 0);
 	*len = (size_t)ri.length;
-	buf = usnap_buf_alloc(*len);
+	buf = t_buf_alloc(*len);
 	e = uffdsnap_reader_read(r, (unsigned)id, 0, buf, *len);
 	ck_assert_msg(e == 0, "reader_read '%s': %d (%s)", name, e, uffdsnap_reader_error(r));
 	uffdsnap_reader_free(r);
 	return buf;
 }
 
-int usnap_file_verifies(const char *path)
+int t_file_verifies(const char *path)
 {
 	uffdsnap_reader_t *r = NULL;
 	int ok;
@@ -207,7 +207,7 @@ int usnap_file_verifies(const char *path)
 
 /* ---- sinks ------------------------------------------------------------------- */
 
-void usnap_cb_init(struct usnap_cb *cb, int fd)
+void t_cb_init(struct t_cb *cb, int fd)
 {
 	memset(cb, 0, sizeof(*cb));
 	cb->fd = fd;
@@ -215,7 +215,7 @@ void usnap_cb_init(struct usnap_cb *cb, int fd)
 	pthread_cond_init(&cb->cv, NULL);
 }
 
-void usnap_cb_destroy(struct usnap_cb *cb)
+void t_cb_destroy(struct t_cb *cb)
 {
 	free(cb->mem);
 	cb->mem = NULL;
@@ -223,9 +223,9 @@ void usnap_cb_destroy(struct usnap_cb *cb)
 	pthread_cond_destroy(&cb->cv);
 }
 
-int usnap_cb_write(void *user, const void *buf, size_t len)
+int t_cb_write(void *user, const void *buf, size_t len)
 {
-	struct usnap_cb *cb = user;
+	struct t_cb *cb = user;
 	unsigned long call = atomic_fetch_add(&cb->calls, 1) + 1;
 	unsigned us;
 
@@ -267,16 +267,16 @@ int usnap_cb_write(void *user, const void *buf, size_t len)
 	return 0;
 }
 
-uffdsnap_sink_t *usnap_cb_sink(struct usnap_cb *cb)
+uffdsnap_sink_t *t_cb_sink(struct t_cb *cb)
 {
 	uffdsnap_sink_t *k = NULL;
-	int r = uffdsnap_sink_callback(&k, usnap_cb_write, cb);
+	int r = uffdsnap_sink_callback(&k, t_cb_write, cb);
 
 	ck_assert_msg(r == 0 && k, "uffdsnap_sink_callback: %d", r);
 	return k;
 }
 
-void usnap_cb_gate(struct usnap_cb *cb, bool closed)
+void t_cb_gate(struct t_cb *cb, bool closed)
 {
 	pthread_mutex_lock(&cb->lock);
 	cb->gate_closed = closed;
@@ -284,41 +284,41 @@ void usnap_cb_gate(struct usnap_cb *cb, bool closed)
 	pthread_mutex_unlock(&cb->lock);
 }
 
-bool usnap_cb_wait_blocked(struct usnap_cb *cb, unsigned seconds)
+bool t_cb_wait_blocked(struct t_cb *cb, unsigned seconds)
 {
-	uint64_t end = usnap_now_ns() + (uint64_t)seconds * 1000000000ull;
+	uint64_t end = t_now_ns() + (uint64_t)seconds * 1000000000ull;
 
 	while (!atomic_load(&cb->blocked)) {
-		if (usnap_now_ns() > end)
+		if (t_now_ns() > end)
 			return false;
 		usleep(1000);
 	}
 	return true;
 }
 
-uffdsnap_snap_t *usnap_begin_stalled(uffdsnap_t *ctx, struct usnap_cb *cb, unsigned sleep_us)
+uffdsnap_snap_t *t_begin_stalled(uffdsnap_t *ctx, struct t_cb *cb, unsigned sleep_us)
 {
 	uffdsnap_snap_t *s;
 	int r;
 
-	usnap_cb_init(cb, -1);
+	t_cb_init(cb, -1);
 	cb->keep = true;
-	usnap_cb_gate(cb, true);
-	r = uffdsnap_begin(ctx, usnap_cb_sink(cb), &s);
+	t_cb_gate(cb, true);
+	r = uffdsnap_begin(ctx, t_cb_sink(cb), &s);
 	ck_assert_msg(r == 0, "begin: %d %s (%s)", r, uffdsnap_strerror(r), uffdsnap_last_error());
-	ck_assert(usnap_cb_wait_blocked(cb, 10));
+	ck_assert(t_cb_wait_blocked(cb, 10));
 	atomic_store(&cb->sleep_us, sleep_us);
-	usnap_cb_gate(cb, false);
+	t_cb_gate(cb, false);
 	return s;
 }
 
-bool usnap_wait_sweep_stalled(uffdsnap_snap_t *s, unsigned seconds)
+bool t_wait_sweep_stalled(uffdsnap_snap_t *s, unsigned seconds)
 {
 	uffdsnap_stats_t st = { .size = sizeof(st) };
-	uint64_t last = UINT64_MAX, t0 = usnap_now_ns();
+	uint64_t last = UINT64_MAX, t0 = t_now_ns();
 	unsigned still = 0;
 
-	while (usnap_now_ns() - t0 < seconds * 1000000000ull) {
+	while (t_now_ns() - t0 < seconds * 1000000000ull) {
 		uint64_t done;
 
 		uffdsnap_snap_stats(s, &st);
@@ -332,120 +332,120 @@ bool usnap_wait_sweep_stalled(uffdsnap_snap_t *s, unsigned seconds)
 	return false;
 }
 
-int usnap_finish_stalled(uffdsnap_snap_t *s, struct usnap_cb *cb, uffdsnap_stats_t *st, const char *label)
+int t_finish_stalled(uffdsnap_snap_t *s, struct t_cb *cb, uffdsnap_stats_t *st, const char *label)
 {
 	int r;
 
 	atomic_store(&cb->sleep_us, 0);
 	r = uffdsnap_wait(s);
-	usnap_stats(s, st);
-	usnap_stats_print(label, st);
+	t_stats(s, st);
+	t_stats_print(label, st);
 	return r;
 }
 
 /* ---- fixtures ---------------------------------------------------------------- */
 
-uint8_t *usnap_fix_mem(struct usnap_fix *f, size_t len)
+uint8_t *t_fix_mem(struct t_fix *f, size_t len)
 {
 	memset(f, 0, sizeof(*f));
-	return usnap_memfd(&f->m, len);
+	return t_memfd(&f->m, len);
 }
 
-void usnap_fix_ctx(struct usnap_fix *f, const char *name, const uffdsnap_opts_t *opts)
+void t_fix_ctx(struct t_fix *f, const char *name, const uffdsnap_opts_t *opts)
 {
 	f->name = name;
-	f->ctx = usnap_ctx_new(opts);
-	usnap_add(f->ctx, name, f->m.addr, f->m.len);
+	f->ctx = t_ctx_new(opts);
+	t_add(f->ctx, name, f->m.addr, f->m.len);
 }
 
-void usnap_fix_cb(struct usnap_fix *f, const char *file)
+void t_fix_cb(struct t_fix *f, const char *file)
 {
 	int fd = -1;
 
 	if (file) {
-		usnap_tmpdir(f->dir);
+		t_tmpdir(f->dir);
 		snprintf(f->path, sizeof(f->path), "%s/%s", f->dir, file);
 		fd = open(f->path, O_WRONLY | O_CREAT | O_EXCL | O_CLOEXEC, 0600);
 		ck_assert_msg(fd >= 0, "open %s: %s", f->path, strerror(errno));
 	}
-	usnap_cb_init(&f->cb, fd);
+	t_cb_init(&f->cb, fd);
 	f->cb.keep = !file;
 	f->have_cb = true;
 }
 
-void usnap_fix_check(struct usnap_fix *f)
+void t_fix_check(struct t_fix *f)
 {
-	struct usnap_expect ex = { f->name, f->ref, f->m.len };
+	struct t_expect ex = { f->name, f->ref, f->m.len };
 
-	ck_assert_msg(f->have_cb, "usnap_fix_check: no usnap_fix_cb");
+	ck_assert_msg(f->have_cb, "t_fix_check: no t_fix_cb");
 	if (f->cb.fd < 0) {
-		usnap_check_buffer(f->cb.mem, f->cb.mem_len, &ex, 1);
+		t_check_buffer(f->cb.mem, f->cb.mem_len, &ex, 1);
 		return;
 	}
 	close(f->cb.fd);
 	f->cb.fd = -1;
-	usnap_check_file(f->path, &ex, 1);
+	t_check_file(f->path, &ex, 1);
 }
 
-void usnap_fix_free(struct usnap_fix *f)
+void t_fix_free(struct t_fix *f)
 {
 	uffdsnap_snap_free(f->s);
 	uffdsnap_free(f->ctx);
 	if (f->have_cb) {
 		if (f->cb.fd >= 0)
 			close(f->cb.fd);
-		usnap_cb_destroy(&f->cb);
+		t_cb_destroy(&f->cb);
 	}
 	if (f->dir[0])
-		usnap_rmdir(f->dir);
+		t_rmdir(f->dir);
 	if (f->ref)
-		usnap_buf_free(f->ref, f->m.len);
-	usnap_mem_free(&f->m);
+		t_buf_free(f->ref, f->m.len);
+	t_mem_free(&f->m);
 }
 
-void usnap_snapfile_new(struct usnap_snapfile *f, const char *name, size_t len, uint64_t seed, unsigned hole_every,
+void t_snapfile_new(struct t_snapfile *f, const char *name, size_t len, uint64_t seed, unsigned hole_every,
 			unsigned zero_every)
 {
-	struct usnap_mem m;
+	struct t_mem m;
 	uffdsnap_t *ctx;
 
-	usnap_memfd(&m, len);
-	usnap_fill_mixed(m.addr, len, seed, hole_every, zero_every);
-	f->want = usnap_mem_copy(&m);
+	t_memfd(&m, len);
+	t_fill_mixed(m.addr, len, seed, hole_every, zero_every);
+	f->want = t_mem_copy(&m);
 	f->len = len;
-	ctx = usnap_ctx_new(NULL);
-	usnap_add(ctx, name, m.addr, len);
-	usnap_tmpdir(f->dir);
+	ctx = t_ctx_new(NULL);
+	t_add(ctx, name, m.addr, len);
+	t_tmpdir(f->dir);
 	snprintf(f->path, sizeof(f->path), "%s/snap", f->dir);
-	usnap_snap_file(ctx, f->path, NULL);
+	t_snap_file(ctx, f->path, NULL);
 	uffdsnap_free(ctx);
-	usnap_mem_free(&m);
+	t_mem_free(&m);
 }
 
-void usnap_snapfile_free(struct usnap_snapfile *f)
+void t_snapfile_free(struct t_snapfile *f)
 {
-	usnap_buf_free(f->want, f->len);
-	usnap_rmdir(f->dir);
+	t_buf_free(f->want, f->len);
+	t_rmdir(f->dir);
 }
 
-size_t usnap_snapfile_flipped(const struct usnap_snapfile *f, const char *name, char *path)
+size_t t_snapfile_flipped(const struct t_snapfile *f, const char *name, char *path)
 {
-	uint8_t *bytes, *buf = usnap_buf_alloc(usnap_page);
+	uint8_t *bytes, *buf = t_buf_alloc(t_page);
 	uffdsnap_reader_t *r;
 	size_t len, p;
 
 	snprintf(path, PATH_MAX + 16, "%s/%s", f->dir, name);
-	bytes = usnap_slurp(f->path, &len);
+	bytes = t_slurp(f->path, &len);
 	bytes[len / 2] ^= 0x40;
-	usnap_write_file(path, bytes, len);
+	t_write_file(path, bytes, len);
 	free(bytes);
-	r = usnap_reader(path);
-	for (p = 0; p < f->len / usnap_page; p++)
-		if (uffdsnap_reader_read(r, 0, p * usnap_page, buf, usnap_page))
+	r = t_reader(path);
+	for (p = 0; p < f->len / t_page; p++)
+		if (uffdsnap_reader_read(r, 0, p * t_page, buf, t_page))
 			break;
 	uffdsnap_reader_free(r);
-	usnap_buf_free(buf, usnap_page);
-	ck_assert_msg(p < f->len / usnap_page, "no page of %s fails to read", path);
+	t_buf_free(buf, t_page);
+	ck_assert_msg(p < f->len / t_page, "no page of %s fails to read", path);
 	printf("  %s: flipped the byte at offset %zu: page %zu is lost\n", name, len / 2, p);
 	return p;
 }

@@ -20,11 +20,11 @@ struct adapt_state {
 };
 
 /* One pass over the first pages after begin: each store faults, none is in the snapshot. */
-static void adapt_writer(struct usnap_writers *w, unsigned idx)
+static void adapt_writer(struct t_writers *w, unsigned idx)
 {
 	struct adapt_state *a = w->arg;
 
-	for (size_t off = 0; off < WRITTEN; off += usnap_page) {
+	for (size_t off = 0; off < WRITTEN; off += t_page) {
 		__atomic_store_n(&a->addr[off + 100], (uint8_t)0xa5, __ATOMIC_RELAXED);
 		atomic_fetch_add_explicit(&w->progress[idx], 1, memory_order_relaxed);
 	}
@@ -35,10 +35,10 @@ static void fill(uint8_t *p)
 {
 	uint64_t rng = 42;
 
-	for (size_t off = 0; off < LEN; off += usnap_page) {
-		memset(p + off, (int)(off / usnap_page * 7), usnap_page);
-		for (size_t i = 0; i < usnap_page / 4; i += 8) {
-			uint64_t v = usnap_splitmix64(&rng);
+	for (size_t off = 0; off < LEN; off += t_page) {
+		memset(p + off, (int)(off / t_page * 7), t_page);
+		for (size_t i = 0; i < t_page / 4; i += 8) {
+			uint64_t v = t_splitmix64(&rng);
 			memcpy(p + off + i * 4, &v, sizeof(v));
 		}
 	}
@@ -46,42 +46,42 @@ static void fill(uint8_t *p)
 
 static void run(bool adapt, bool writer, uffdsnap_stats_t *st)
 {
-	uffdsnap_opts_t o = usnap_opts(1 * MiB, 64 * 1024);
-	struct usnap_fix f;
-	struct usnap_writers w;
+	uffdsnap_opts_t o = t_opts(1 * MiB, 64 * 1024);
+	struct t_fix f;
+	struct t_writers w;
 	struct adapt_state a;
 	int r;
 
 	o.zstd_level = 9;
 	if (adapt)
 		o.flags |= UFFDSNAP_OPT_ADAPT;
-	a.addr = usnap_fix_mem(&f, LEN);
+	a.addr = t_fix_mem(&f, LEN);
 	fill(a.addr);
-	f.ref = usnap_mem_copy(&f.m);
-	usnap_fix_ctx(&f, "adapt", &o);
-	usnap_fix_cb(&f, "snap");
-	r = uffdsnap_begin(f.ctx, usnap_cb_sink(&f.cb), &f.s);
+	f.ref = t_mem_copy(&f.m);
+	t_fix_ctx(&f, "adapt", &o);
+	t_fix_cb(&f, "snap");
+	r = uffdsnap_begin(f.ctx, t_cb_sink(&f.cb), &f.s);
 	ck_assert_msg(r == 0, "begin: %d (%s)", r, uffdsnap_last_error());
 	if (writer) {
-		usnap_writers_start(&w, 1, adapt_writer, &a);
-		usnap_writers_join(&w, 60);
+		t_writers_start(&w, 1, adapt_writer, &a);
+		t_writers_join(&w, 60);
 	}
 	r = uffdsnap_wait(f.s);
 	ck_assert_msg(r == 0, "wait: %d %s", r, uffdsnap_snap_error(f.s));
-	usnap_stats(f.s, st);
+	t_stats(f.s, st);
 	printf("adapt=%d writer=%d: %llu of %llu chunks stored uncompressed, %llu bytes out, longest wait of a "
 	       "fault for a buffer %.2f ms\n", adapt, writer, (unsigned long long)st->chunks_uncompressed,
 	       (unsigned long long)st->chunks, (unsigned long long)st->bytes_out, st->fault_wait_max_ns / 1e6);
-	usnap_assert_exactly_once(st);
-	usnap_fix_check(&f);
-	usnap_fix_free(&f);
+	t_assert_exactly_once(st);
+	t_fix_check(&f);
+	t_fix_free(&f);
 }
 
 START_TEST(adapt_when_a_writer_waits)
 {
 	uffdsnap_stats_t on, off, idle;
 
-	usnap_watchdog(150, "adapt_when_a_writer_waits");
+	t_watchdog(150, "adapt_when_a_writer_waits");
 	run(true, true, &on);
 	run(false, true, &off);
 	run(true, false, &idle);
@@ -102,9 +102,9 @@ int main(void)
 	Suite *s = suite_create("adapt");
 	TCase *tc = tcase_create("adapt");
 
-	usnap_test_require_uffd();
+	t_test_require_uffd();
 	tcase_set_timeout(tc, 160);
 	tcase_add_test(tc, adapt_when_a_writer_waits);
 	suite_add_tcase(s, tc);
-	return usnap_run_suite(s);
+	return t_run_suite(s);
 }

@@ -56,17 +56,17 @@ static void expect_line(struct prog *p, char want, const char *what)
 {
 	char line[64] = "";
 
-	usnap_watchdog(60, what);
+	t_watchdog(60, what);
 	ck_assert_msg(fgets(line, sizeof(line), p->out) && line[0] == want, "%s: the program said '%s', want '%c'",
 		      what, line, want);
-	usnap_watchdog(150, "test");
+	t_watchdog(150, "test");
 }
 
 static void run(char *const argv[], const char *path, const char *sock, uffdsnap_t *ctx, const uint8_t *ref,
 		const uint8_t *mem, const char *label)
 {
-	struct usnap_cb cb;
-	struct usnap_expect ex = { "ram", ref, LEN };
+	struct t_cb cb;
+	struct t_expect ex = { "ram", ref, LEN };
 	uffdsnap_snap_t *s;
 	uffdsnap_stats_t st;
 	struct prog p;
@@ -78,24 +78,24 @@ static void run(char *const argv[], const char *path, const char *sock, uffdsnap
 	for (int i = 0; i < 5000 && uffdsnap_participant_count(ctx) != 1; i++)
 		usleep(1000);
 	ck_assert_msg(uffdsnap_participant_count(ctx) == 1, "%s: the program did not join", label);
-	s = usnap_begin_stalled(ctx, &cb, 20000);
+	s = t_begin_stalled(ctx, &cb, 20000);
 	ck_assert(fputs("W\n", p.in) >= 0 && !fflush(p.in));
 	expect_line(&p, 'D', "writing");
 	atomic_store(&cb.sleep_us, 0);
 	r = uffdsnap_wait(s);
-	usnap_stats(s, &st);
-	usnap_stats_print(label, &st);
+	t_stats(s, &st);
+	t_stats_print(label, &st);
 	ck_assert_msg(r == 0, "%s: wait: %d %s", label, r, uffdsnap_snap_error(s));
 	ck_assert_msg(st.pages_fault > 0, "%s: no store of the program waited for its copy", label);
-	usnap_check_buffer(cb.mem, cb.mem_len, &ex, 1);
+	t_check_buffer(cb.mem, cb.mem_len, &ex, 1);
 	ck_assert_msg(memcmp(mem, ref, LEN), "%s: the program's stores did not reach the memory", label);
 	printf("%s: joined through the agent, %llu pages copied for its stores, snapshot exact\n", label,
 	       (unsigned long long)st.pages_fault);
 	uffdsnap_snap_free(s);
-	usnap_cb_destroy(&cb);
+	t_cb_destroy(&cb);
 	fclose(p.in);
 	fclose(p.out);
-	ck_assert(WIFEXITED(usnap_wait_child(p.pid, 20, label)));
+	ck_assert(WIFEXITED(t_wait_child(p.pid, 20, label)));
 	for (int i = 0; i < 5000 && uffdsnap_participant_count(ctx) != 0; i++)
 		usleep(1000);
 	ck_assert_int_eq(uffdsnap_participant_count(ctx), 0);
@@ -114,15 +114,15 @@ static void agent_case(bool python)
 	ck_assert(fd >= 0 && !ftruncate(fd, LEN));
 	mem = mmap(NULL, LEN, PROT_READ | PROT_WRITE, MAP_SHARED, fd, 0);
 	ck_assert(mem != MAP_FAILED);
-	usnap_fill_random(mem, LEN, 141);
-	ref = usnap_copy(mem, LEN);
-	usnap_tmpdir(dir);
+	t_fill_random(mem, LEN, 141);
+	ref = t_copy(mem, LEN);
+	t_tmpdir(dir);
 	snprintf(sock, sizeof(sock), "%s/sock", dir);
 	snprintf(len, sizeof(len), "%lu", LEN);
 	uffdsnap_opts_init(&o);
 	o.buffer_bytes = 4 * MiB;
-	ctx = usnap_ctx_new(&o);
-	usnap_add(ctx, "ram", mem, LEN);
+	ctx = t_ctx_new(&o);
+	t_add(ctx, "ram", mem, LEN);
 	ck_assert(uffdsnap_listen(ctx, sock) == 0);
 	if (python) {
 		static const char script[] =
@@ -141,8 +141,8 @@ static void agent_case(bool python)
 		run(argv, path, sock, ctx, ref, mem, "C program");
 	}
 	uffdsnap_free(ctx);
-	usnap_rmdir(dir);
-	usnap_buf_free(ref, LEN);
+	t_rmdir(dir);
+	t_buf_free(ref, LEN);
 	munmap(mem, LEN);
 	close(fd);
 	unlink(path);
@@ -151,14 +151,14 @@ static void agent_case(bool python)
 /* A sanitizer-built agent cannot be preloaded into a program built without
  * the sanitizer (its runtime must come first). */
 #define SKIP_UNDER_SANITIZER(name)                                                                        \
-	if (USNAP_SANITIZED)                                                                               \
-		return usnap_skip(name, "a sanitizer-built LD_PRELOAD agent cannot run in a program built "   \
+	if (T_SANITIZED)                                                                               \
+		return t_skip(name, "a sanitizer-built LD_PRELOAD agent cannot run in a program built "   \
 				  "without that sanitizer")
 
 START_TEST(agent_c_program)
 {
 	SKIP_UNDER_SANITIZER("agent_c_program");
-	usnap_watchdog(150, "agent_c_program");
+	t_watchdog(150, "agent_c_program");
 	agent_case(false);
 }
 END_TEST
@@ -166,9 +166,9 @@ END_TEST
 START_TEST(agent_python)
 {
 	SKIP_UNDER_SANITIZER("agent_python");
-	usnap_watchdog(150, "agent_python");
+	t_watchdog(150, "agent_python");
 	if (access("/usr/bin/python3", X_OK))
-		return usnap_skip("agent_python", "no /usr/bin/python3");
+		return t_skip("agent_python", "no /usr/bin/python3");
 	agent_case(true);
 }
 END_TEST
@@ -185,7 +185,7 @@ int main(int argc, char **argv)
 	agent_so = realpath(argv[1], agent_buf), victim = realpath(argv[2], victim_buf);
 	if (!agent_so || !victim)
 		return fprintf(stderr, "test-agent: %s or %s: %s\n", argv[1], argv[2], strerror(errno)), 2;
-	usnap_test_require_uffd();
+	t_test_require_uffd();
 	tcase_set_timeout(tc, 160);
 	tcase_set_timeout(py, 160);
 	tcase_add_test(tc, agent_c_program);
@@ -194,5 +194,5 @@ int main(int argc, char **argv)
 	tcase_add_test(py, agent_python);
 	suite_add_tcase(s, tc);
 	suite_add_tcase(s, py);
-	return usnap_run_suite(s);
+	return t_run_suite(s);
 }

@@ -32,9 +32,9 @@
 #define LEN (16 * MiB)
 
 struct run {
-	struct usnap_mem m;
+	struct t_mem m;
 	uint8_t *ref;
-	struct usnap_cb cb;
+	struct t_cb cb;
 	uffdsnap_t *ctx;
 	uffdsnap_snap_t *s;
 	uffdsnap_stats_t st;
@@ -43,9 +43,9 @@ struct run {
 static void setup(struct run *t, uint64_t seed)
 {
 	memset(t, 0, sizeof(*t));
-	usnap_memfd(&t->m, LEN);
-	usnap_fill_random(t->m.addr, LEN, seed);
-	t->ref = usnap_mem_copy(&t->m);
+	t_memfd(&t->m, LEN);
+	t_fill_random(t->m.addr, LEN, seed);
+	t->ref = t_mem_copy(&t->m);
 }
 
 /* Begin with the sweep held back (4 MiB of buffers, a slow sink): most of
@@ -56,32 +56,32 @@ static void begin_slow(struct run *t)
 
 	uffdsnap_opts_init(&o);
 	o.buffer_bytes = 4 * MiB;
-	t->ctx = usnap_ctx_new(&o);
-	usnap_add(t->ctx, "ram", t->m.addr, LEN);
-	t->s = usnap_begin_stalled(t->ctx, &t->cb, 20000);
+	t->ctx = t_ctx_new(&o);
+	t_add(t->ctx, "ram", t->m.addr, LEN);
+	t->s = t_begin_stalled(t->ctx, &t->cb, 20000);
 }
 
 static int finish(struct run *t, const char *label)
 {
-	return usnap_finish_stalled(t->s, &t->cb, &t->st, label);
+	return t_finish_stalled(t->s, &t->cb, &t->st, label);
 }
 
 static void end(struct run *t)
 {
 	uffdsnap_snap_free(t->s);
 	uffdsnap_free(t->ctx);
-	usnap_cb_destroy(&t->cb);
-	usnap_buf_free(t->ref, LEN);
-	usnap_mem_free(&t->m);
+	t_cb_destroy(&t->cb);
+	t_buf_free(t->ref, LEN);
+	t_mem_free(&t->m);
 }
 
 static void expect_exact(struct run *t, int r)
 {
-	struct usnap_expect ex = { "ram", t->ref, LEN };
+	struct t_expect ex = { "ram", t->ref, LEN };
 
 	ck_assert_msg(r == 0, "wait: %d %s", r, uffdsnap_snap_error(t->s));
-	usnap_assert_exactly_once(&t->st);
-	usnap_check_buffer(t->cb.mem, t->cb.mem_len, &ex, 1);
+	t_assert_exactly_once(&t->st);
+	t_check_buffer(t->cb.mem, t->cb.mem_len, &ex, 1);
 }
 
 static void expect_untracked(struct run *t, int r)
@@ -97,10 +97,10 @@ static void expect_untracked(struct run *t, int r)
  * sweep (in address order, held back) has copied only the start. */
 static void scribble(uint8_t *a)
 {
-	const size_t np = LEN / usnap_page;
+	const size_t np = LEN / t_page;
 
 	for (size_t i = 0; i < np; i++)
-		a[((i + np / 2) % np) * usnap_page + 8] ^= 0x5a;
+		a[((i + np / 2) % np) * t_page + 8] ^= 0x5a;
 }
 
 /* A second MAP_SHARED mapping of the region's memfd. */
@@ -118,16 +118,16 @@ START_TEST(alias_before_begin)
 	uint8_t *b;
 	int r;
 
-	usnap_watchdog(120, "alias_before_begin");
+	t_watchdog(120, "alias_before_begin");
 	setup(&t, 161);
 	b = map_alias(&t, NULL, PROT_READ | PROT_WRITE, -1);
 	begin_slow(&t);
-	ck_assert_int_gt(usnap_pagemap_protected(b + LEN / 2, LEN / 2), 0);
+	ck_assert_int_gt(t_pagemap_protected(b + LEN / 2, LEN / 2), 0);
 	scribble(b);
 	r = finish(&t, "alias mapped before begin");
 	expect_exact(&t, r);
 	ck_assert_msg(t.st.pages_fault > 0, "no write through the alias waited for its copy");
-	ck_assert_int_eq(usnap_pagemap_protected(b, LEN), 0);
+	ck_assert_int_eq(t_pagemap_protected(b, LEN), 0);
 	munmap(b, LEN);
 	end(&t);
 }
@@ -142,21 +142,21 @@ START_TEST(alias_holes)
 	uint8_t *b;
 	int r;
 
-	usnap_watchdog(120, "alias_holes");
+	t_watchdog(120, "alias_holes");
 	memset(&t, 0, sizeof(t));
-	usnap_memfd(&t.m, LEN);
-	usnap_fill_random(t.m.addr, LEN / 2, 168); /* the second half stays holes */
-	t.ref = usnap_mem_copy(&t.m);
-	ck_assert_int_ge(usnap_mem_holes(&t.m), (long)(LEN / 2 / usnap_page));
+	t_memfd(&t.m, LEN);
+	t_fill_random(t.m.addr, LEN / 2, 168); /* the second half stays holes */
+	t.ref = t_mem_copy(&t.m);
+	ck_assert_int_ge(t_mem_holes(&t.m), (long)(LEN / 2 / t_page));
 	b = map_alias(&t, NULL, PROT_READ | PROT_WRITE, -1);
 	begin_slow(&t);
-	for (size_t i = LEN / 2 / usnap_page; i < LEN / usnap_page; i++)
-		b[i * usnap_page] = 0x77; /* each waits for its MISSING fault through the alias */
+	for (size_t i = LEN / 2 / t_page; i < LEN / t_page; i++)
+		b[i * t_page] = 0x77; /* each waits for its MISSING fault through the alias */
 	r = finish(&t, "holes written through an alias");
 	expect_exact(&t, r);
-	ck_assert_msg(t.st.pages_hole >= LEN / 2 / usnap_page, "holes recorded: %llu",
+	ck_assert_msg(t.st.pages_hole >= LEN / 2 / t_page, "holes recorded: %llu",
 		      (unsigned long long)t.st.pages_hole);
-	ck_assert_int_eq(t.m.addr[LEN - usnap_page], 0x77);
+	ck_assert_int_eq(t.m.addr[LEN - t_page], 0x77);
 	munmap(b, LEN);
 	end(&t);
 }
@@ -169,7 +169,7 @@ START_TEST(alias_readonly)
 	uint8_t *b;
 	int fd, r;
 
-	usnap_watchdog(120, "alias_readonly");
+	t_watchdog(120, "alias_readonly");
 	setup(&t, 162);
 	snprintf(path, sizeof(path), "/proc/self/fd/%d", t.m.fd);
 	fd = open(path, O_RDONLY | O_CLOEXEC);
@@ -192,7 +192,7 @@ START_TEST(alias_after_begin)
 	uint8_t *b;
 	int r;
 
-	usnap_watchdog(120, "alias_after_begin");
+	t_watchdog(120, "alias_after_begin");
 	setup(&t, 163);
 	begin_slow(&t);
 	b = map_alias(&t, NULL, PROT_READ | PROT_WRITE, -1);
@@ -209,7 +209,7 @@ START_TEST(remap_fixed_same_file)
 	struct run t;
 	int r;
 
-	usnap_watchdog(120, "remap_fixed_same_file");
+	t_watchdog(120, "remap_fixed_same_file");
 	setup(&t, 164);
 	begin_slow(&t);
 	map_alias(&t, t.m.addr, PROT_READ | PROT_WRITE, -1);
@@ -227,7 +227,7 @@ START_TEST(munmap_then_mmap)
 	uint8_t *b;
 	int r;
 
-	usnap_watchdog(120, "munmap_then_mmap");
+	t_watchdog(120, "munmap_then_mmap");
 	setup(&t, 165);
 	begin_slow(&t);
 	ck_assert_int_eq(munmap(t.m.addr, LEN), 0);
@@ -248,7 +248,7 @@ END_TEST
  * the region comes from it, exactly. */
 static void replaced(bool by_mremap)
 {
-	struct usnap_mem other;
+	struct t_mem other;
 	struct run t;
 	uint8_t *o;
 	int r;
@@ -262,7 +262,7 @@ static void replaced(bool by_mremap)
 		o = mremap(o, LEN, LEN, MREMAP_MAYMOVE | MREMAP_FIXED, t.m.addr);
 		ck_assert_msg(o == t.m.addr, "mremap: %s", strerror(errno));
 	} else {
-		usnap_memfd(&other, LEN);
+		t_memfd(&other, LEN);
 		o = mmap(t.m.addr, LEN, PROT_READ | PROT_WRITE, MAP_SHARED | MAP_FIXED, other.fd, 0);
 		ck_assert_msg(o == t.m.addr, "mmap: %s", strerror(errno));
 	}
@@ -272,30 +272,30 @@ static void replaced(bool by_mremap)
 	expect_exact(&t, r);
 	if (!by_mremap) {
 		munmap(t.m.addr, LEN);
-		usnap_mem_free(&other);
+		t_mem_free(&other);
 		t.m.addr = mmap(t.m.addr, LEN, PROT_READ | PROT_WRITE, MAP_SHARED | MAP_FIXED, t.m.fd, 0);
 	}
 	end(&t);
 }
 
-START_TEST(mremap_onto_region) { usnap_watchdog(120, "mremap_onto_region"); replaced(true); }
+START_TEST(mremap_onto_region) { t_watchdog(120, "mremap_onto_region"); replaced(true); }
 END_TEST
 
-START_TEST(map_fixed_other_file) { usnap_watchdog(120, "map_fixed_other_file"); replaced(false); }
+START_TEST(map_fixed_other_file) { t_watchdog(120, "map_fixed_other_file"); replaced(false); }
 END_TEST
 
 START_TEST(regions_share_file_pages)
 {
-	struct usnap_mem m;
+	struct t_mem m;
 	uffdsnap_t *ctx;
 	uint8_t *b;
 	int r;
 
-	usnap_memfd(&m, 4 * MiB);
+	t_memfd(&m, 4 * MiB);
 	b = mmap(NULL, 2 * MiB, PROT_READ | PROT_WRITE, MAP_SHARED, m.fd, 1 * MiB);
 	ck_assert(b != MAP_FAILED);
-	ctx = usnap_ctx_new(NULL);
-	usnap_add(ctx, "a", m.addr, 4 * MiB);
+	ctx = t_ctx_new(NULL);
+	t_add(ctx, "a", m.addr, 4 * MiB);
 	r = uffdsnap_add_region(ctx, "b", b, 2 * MiB);
 	ck_assert_msg(r == -EBUSY, "a second region over the same file pages: %d (%s)", r, uffdsnap_last_error());
 	ck_assert_msg(strstr(uffdsnap_last_error(), "'a'"), "error does not name the other region: %s",
@@ -303,7 +303,7 @@ START_TEST(regions_share_file_pages)
 	printf("regions_share_file_pages: %s\n", uffdsnap_last_error());
 	uffdsnap_free(ctx);
 	munmap(b, 2 * MiB);
-	usnap_mem_free(&m);
+	t_mem_free(&m);
 }
 END_TEST
 
@@ -313,25 +313,25 @@ START_TEST(two_contexts)
 {
 	uffdsnap_t *ctx2;
 	uffdsnap_snap_t *s2 = NULL;
-	struct usnap_cb cb2;
+	struct t_cb cb2;
 	struct run t;
 	int r;
 
-	usnap_watchdog(120, "two_contexts");
+	t_watchdog(120, "two_contexts");
 	setup(&t, 167);
-	ctx2 = usnap_ctx_new(NULL);
-	usnap_add(ctx2, "ram", t.m.addr, LEN); /* before the first snapshot: free */
+	ctx2 = t_ctx_new(NULL);
+	t_add(ctx2, "ram", t.m.addr, LEN); /* before the first snapshot: free */
 	begin_slow(&t);
 	r = uffdsnap_add_region(ctx2, "again", t.m.addr, LEN);
 	ck_assert_int_eq(r, -EBUSY);
-	usnap_cb_init(&cb2, -1);
-	r = uffdsnap_begin(ctx2, usnap_cb_sink(&cb2), &s2);
+	t_cb_init(&cb2, -1);
+	r = uffdsnap_begin(ctx2, t_cb_sink(&cb2), &s2);
 	printf("two_contexts: %d %s\n", r, uffdsnap_last_error());
 	ck_assert_int_eq(r, -EBUSY);
 	ck_assert_msg(strstr(uffdsnap_last_error(), "another userfaultfd"), "%s", uffdsnap_last_error());
 	ck_assert_int_eq(finish(&t, "the first context"), 0);
 	uffdsnap_free(ctx2);
-	usnap_cb_destroy(&cb2);
+	t_cb_destroy(&cb2);
 	end(&t);
 }
 END_TEST
@@ -341,7 +341,7 @@ int main(void)
 	Suite *s = suite_create("alias");
 	TCase *tc = tcase_create("alias");
 
-	usnap_test_require_uffd();
+	t_test_require_uffd();
 	tcase_set_timeout(tc, 150);
 	tcase_add_test(tc, alias_before_begin);
 	tcase_add_test(tc, alias_holes);
@@ -354,5 +354,5 @@ int main(void)
 	tcase_add_test(tc, regions_share_file_pages);
 	tcase_add_test(tc, two_contexts);
 	suite_add_tcase(s, tc);
-	return usnap_run_suite(s);
+	return t_run_suite(s);
 }

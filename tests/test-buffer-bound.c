@@ -21,14 +21,14 @@ struct bb_state {
 	size_t len;
 };
 
-static void bb_writer(struct usnap_writers *w, unsigned idx)
+static void bb_writer(struct t_writers *w, unsigned idx)
 {
 	struct bb_state *b = w->arg;
-	uint64_t rng = 1234 + idx, np = b->len / usnap_page;
+	uint64_t rng = 1234 + idx, np = b->len / t_page;
 
 	while (!atomic_load_explicit(&w->stop, memory_order_relaxed)) {
-		uint64_t r = usnap_splitmix64(&rng);
-		__atomic_store_n(&b->addr[(r % np) * usnap_page + (r >> 52)], (uint8_t)r, __ATOMIC_RELAXED);
+		uint64_t r = t_splitmix64(&rng);
+		__atomic_store_n(&b->addr[(r % np) * t_page + (r >> 52)], (uint8_t)r, __ATOMIC_RELAXED);
 		atomic_fetch_add_explicit(&w->progress[idx], 1, memory_order_relaxed);
 	}
 }
@@ -51,10 +51,10 @@ START_TEST(buffer_bound_slow_sink)
 {
 	/* under a sanitizer 64 MiB, still 16 times the bound (the RSS check,
 	 * which wants a long run, is off there anyway) */
-	const size_t len = USNAP_SANITIZED ? 64 * MiB : 256 * MiB, bound = 4 * MiB;
-	struct usnap_mem m;
-	struct usnap_cb cb;
-	struct usnap_writers w;
+	const size_t len = T_SANITIZED ? 64 * MiB : 256 * MiB, bound = 4 * MiB;
+	struct t_mem m;
+	struct t_cb cb;
+	struct t_writers w;
 	struct bb_state b;
 	uffdsnap_opts_t o;
 	uffdsnap_t *ctx;
@@ -66,29 +66,29 @@ START_TEST(buffer_bound_slow_sink)
 	unsigned long long writes = 0;
 	int r, fd, samples = 0;
 
-	usnap_watchdog(170, "buffer_bound_slow_sink");
-	usnap_memfd(&m, len);
-	usnap_fill_mixed(m.addr, len, 3, 0, 4); /* a quarter zero pages: compressible too */
-	ref = usnap_copy(m.addr, len);
+	t_watchdog(170, "buffer_bound_slow_sink");
+	t_memfd(&m, len);
+	t_fill_mixed(m.addr, len, 3, 0, 4); /* a quarter zero pages: compressible too */
+	ref = t_copy(m.addr, len);
 	uffdsnap_opts_init(&o);
 	o.buffer_bytes = bound;
 	o.compress_threads = 2;
 	rss0 = rss_anon_kib(); /* before the context: its buffers are allocated and pre-faulted by uffdsnap_new() */
-	ctx = usnap_ctx_new(&o);
-	usnap_add(ctx, "pool", m.addr, len);
-	usnap_tmpdir(dir);
+	ctx = t_ctx_new(&o);
+	t_add(ctx, "pool", m.addr, len);
+	t_tmpdir(dir);
 	snprintf(path, sizeof(path), "%s/snap", dir);
 	fd = open(path, O_WRONLY | O_CREAT | O_EXCL | O_CLOEXEC, 0600);
 	ck_assert(fd >= 0);
-	usnap_cb_init(&cb, fd);
+	t_cb_init(&cb, fd);
 	atomic_store(&cb.sleep_us, 2000); /* ~128 MiB/s at 256 KiB records: slower than the writers dirty pages */
 	b.addr = m.addr;
 	b.len = len;
 	rss_ctx = rss_anon_kib();
 
-	r = uffdsnap_begin(ctx, usnap_cb_sink(&cb), &s);
+	r = uffdsnap_begin(ctx, t_cb_sink(&cb), &s);
 	ck_assert_msg(r == 0, "begin: %d (%s)", r, uffdsnap_last_error());
-	usnap_writers_start(&w, 2, bb_writer, &b); /* started after the instant: the reference stays exact */
+	t_writers_start(&w, 2, bb_writer, &b); /* started after the instant: the reference stays exact */
 	while (!uffdsnap_done(s)) {
 		long rss = rss_anon_kib();
 		if (rss > rss_max)
@@ -99,15 +99,15 @@ START_TEST(buffer_bound_slow_sink)
 	r = uffdsnap_wait(s);
 	for (unsigned i = 0; i < 2; i++)
 		writes += atomic_load(&w.progress[i]);
-	usnap_writers_stop(&w, 20);
+	t_writers_stop(&w, 20);
 	ck_assert_msg(r == 0, "wait: %d %s", r, uffdsnap_snap_error(s));
-	usnap_stats(s, &st);
-	usnap_stats_print("done", &st);
+	t_stats(s, &st);
+	t_stats_print("done", &st);
 	printf("buffer_bound_slow_sink: %llu writes during the snapshot; RssAnon before the context %ld KiB, with "
 	       "it %ld KiB, max during the snapshot %ld KiB (+%ld KiB) over %d samples; buffer_peak %llu KiB; sink "
 	       "calls %lu\n", writes, rss0, rss_ctx, rss_max, rss_max - rss0, samples,
 	       (unsigned long long)st.buffer_peak / 1024, atomic_load(&cb.calls));
-	usnap_assert_exactly_once(&st);
+	t_assert_exactly_once(&st);
 	/* buffer_peak counts buffers of a pool sized by the bound: under it by
 	 * construction. What proves the bound is the process's memory below. */
 	ck_assert_uint_eq(st.buffer_bound, bound);
@@ -115,7 +115,7 @@ START_TEST(buffer_bound_slow_sink)
 	ck_assert_msg(st.pages_fault > 1000, "only %llu pages copied for writers: the writers did not outrun the "
 		      "sink, the bound was not exercised", (unsigned long long)st.pages_fault);
 	ck_assert_msg(st.fault_wait_max_ns > 0, "no fault ever waited for buffer space");
-#if USNAP_SANITIZED
+#if T_SANITIZED
 	printf("RssAnon check skipped: the sanitizer's own shadow memory grows with the run\n");
 #else
 	/* docs/api.md: the bound covers the buffers, the zstd state and 1 MiB
@@ -123,24 +123,24 @@ START_TEST(buffer_bound_slow_sink)
 	 * a page and 64 bytes of index a chunk written (no holes, no run list
 	 * to speak of); and 256 KiB for this test's own threads and stdio */
 	{
-		long allowed = (long)((bound + len / usnap_page / 8 + st.chunks * 64) / 1024) + 256;
+		long allowed = (long)((bound + len / t_page / 8 + st.chunks * 64) / 1024) + 256;
 		ck_assert_msg(rss_max - rss0 <= allowed, "anonymous memory grew by %ld KiB from before the context to "
 			      "the peak of the snapshot, more than the %zu KiB bound allows (%ld KiB)", rss_max - rss0,
 			      bound / 1024, allowed);
 	}
 #endif
-	ck_assert_int_eq(usnap_pagemap_protected(m.addr, len), 0);
+	ck_assert_int_eq(t_pagemap_protected(m.addr, len), 0);
 	close(fd);
 	{
-		struct usnap_expect ex = { "pool", ref, len };
-		usnap_check_file(path, &ex, 1);
+		struct t_expect ex = { "pool", ref, len };
+		t_check_file(path, &ex, 1);
 	}
 	uffdsnap_snap_free(s);
 	uffdsnap_free(ctx);
-	usnap_cb_destroy(&cb);
-	usnap_rmdir(dir);
-	usnap_buf_free(ref, len);
-	usnap_mem_free(&m);
+	t_cb_destroy(&cb);
+	t_rmdir(dir);
+	t_buf_free(ref, len);
+	t_mem_free(&m);
 }
 END_TEST
 
@@ -166,10 +166,10 @@ int main(void)
 	Suite *s = suite_create("buffer-bound");
 	TCase *tc = tcase_create("buffer-bound");
 
-	usnap_test_require_uffd();
+	t_test_require_uffd();
 	tcase_set_timeout(tc, 180);
 	tcase_add_test(tc, buffer_bound_slow_sink);
 	tcase_add_test(tc, buffer_bound_too_small);
 	suite_add_tcase(s, tc);
-	return usnap_run_suite(s);
+	return t_run_suite(s);
 }

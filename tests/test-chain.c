@@ -35,7 +35,7 @@
 
 #define STEPS 10
 #define PS 4096u
-#define POOL_PAGES (USNAP_SANITIZED ? 64u : 256u)
+#define POOL_PAGES (T_SANITIZED ? 64u : 256u)
 #define META_PAGES 4u
 #define DELTA_CHUNK 8u   /* changed pages per forged chunk */
 
@@ -77,37 +77,37 @@ static void change(uint8_t *pool, uint8_t *meta, unsigned k)
 
 	/* a few scattered pages and a run: random data, and some zeros */
 	for (unsigned i = 0; i < POOL_PAGES / 16; i++) {
-		uint64_t p = usnap_splitmix64(&s) % POOL_PAGES;
+		uint64_t p = t_splitmix64(&s) % POOL_PAGES;
 
 		if (i % 5 == 4)
 			memset(pool + p * PS, 0, PS);
 		else
-			usnap_fill_page(pool + p * PS, s, p);
+			t_fill_page(pool + p * PS, s, p);
 	}
 	for (uint64_t p = (k * 7) % (POOL_PAGES - 6), e = p + 5; p < e; p++)
-		usnap_fill_page(pool + p * PS, s + 1, p);
+		t_fill_page(pool + p * PS, s + 1, p);
 	/* meta changes every other step only: a delta with nothing of a region */
 	if (k % 2)
-		usnap_fill_page(meta + (k % META_PAGES) * PS, s, k);
+		t_fill_page(meta + (k % META_PAGES) * PS, s, k);
 }
 
 static void fixture(void)
 {
-	uffdsnap_opts_t o = usnap_opts(0, 16 * KiB); /* small chunks: many of the base are shadowed in part */
-	struct usnap_mem pool, meta;
+	uffdsnap_opts_t o = t_opts(0, 16 * KiB); /* small chunks: many of the base are shadowed in part */
+	struct t_mem pool, meta;
 	uffdsnap_t *ctx;
 
 	npages[0] = POOL_PAGES;
 	npages[1] = META_PAGES;
 	if (!*dir)
-		usnap_tmpdir(dir);
-	usnap_memfd(&pool, POOL_PAGES * PS);
-	usnap_memfd(&meta, META_PAGES * PS);
-	usnap_fill_mixed(pool.addr, pool.len, 42, 7, 5);
-	usnap_fill_random(meta.addr, meta.len, 43);
-	ctx = usnap_ctx_new(&o);
-	usnap_add(ctx, "pool", pool.addr, pool.len);
-	usnap_add(ctx, "meta", meta.addr, meta.len);
+		t_tmpdir(dir);
+	t_memfd(&pool, POOL_PAGES * PS);
+	t_memfd(&meta, META_PAGES * PS);
+	t_fill_mixed(pool.addr, pool.len, 42, 7, 5);
+	t_fill_random(meta.addr, meta.len, 43);
+	ctx = t_ctx_new(&o);
+	t_add(ctx, "pool", pool.addr, pool.len);
+	t_add(ctx, "meta", meta.addr, meta.len);
 	for (unsigned k = 0; k <= STEPS; k++) {
 		uffdsnap_info_t in = { .size = sizeof(in) };
 		uffdsnap_reader_t *r;
@@ -115,10 +115,10 @@ static void fixture(void)
 		if (k)
 			change(pool.addr, meta.addr, k);
 		snprintf(full[k], sizeof(full[k]), "%s/full%u.snap", dir, k);
-		usnap_snap_file(ctx, full[k], NULL);
-		img[k][0] = usnap_mem_copy(&pool);
-		img[k][1] = usnap_mem_copy(&meta);
-		r = usnap_reader(full[k]);
+		t_snap_file(ctx, full[k], NULL);
+		img[k][0] = t_mem_copy(&pool);
+		img[k][1] = t_mem_copy(&meta);
+		r = t_reader(full[k]);
 		ck_assert_int_eq(uffdsnap_reader_info(r, &in), 0);
 		ck_assert_int_eq(in.version, 1);
 		ck_assert_int_eq(in.delta, 0);
@@ -131,13 +131,13 @@ static void fixture(void)
 		forge_delta(delta[k], k, ids[k - 1], k, ids[k], 0);
 	}
 	uffdsnap_free(ctx);
-	usnap_mem_free(&pool);
-	usnap_mem_free(&meta);
+	t_mem_free(&pool);
+	t_mem_free(&meta);
 }
 
 static void teardown(void)
 {
-	usnap_rmdir(dir);
+	t_rmdir(dir);
 }
 
 /* ---- helpers ------------------------------------------------------------------------------ */
@@ -298,14 +298,14 @@ END_TEST
 /* Lazy restore: faults and the background pass, both from the chain. */
 START_TEST(chain_lazy)
 {
-	struct usnap_mem dst;
+	struct t_mem dst;
 	uffdsnap_lazy_region_t reg;
 	uffdsnap_reader_t *r = chain(STEPS);
 	uffdsnap_lazy_t *lz;
 	int rc;
 
-	usnap_watchdog(60, "chain_lazy");
-	usnap_memfd(&dst, POOL_PAGES * PS);
+	t_watchdog(60, "chain_lazy");
+	t_memfd(&dst, POOL_PAGES * PS);
 	reg = (uffdsnap_lazy_region_t){ .name = "pool", .addr = dst.addr, .len = dst.len };
 	rc = uffdsnap_lazy_start(&lz, r, &reg, 1, NULL);
 	ck_assert_msg(rc == 0, "lazy_start: %d %s", rc, uffdsnap_last_error());
@@ -315,7 +315,7 @@ START_TEST(chain_lazy)
 	rc = uffdsnap_lazy_wait(lz);
 	ck_assert_msg(rc == 0, "lazy_wait: %d %s", rc, uffdsnap_lazy_error(lz));
 	uffdsnap_lazy_free(lz);
-	usnap_mem_free(&dst);
+	t_mem_free(&dst);
 }
 END_TEST
 
@@ -325,12 +325,12 @@ START_TEST(chain_serve)
 	struct sockaddr_un sa = { .sun_family = AF_UNIX };
 	uffdsnap_lazy_region_t reg;
 	uffdsnap_lazy_client_t *c;
-	struct usnap_mem dst;
+	struct t_mem dst;
 	int ls, rc;
 	pid_t pid;
 	char path[PATH_MAX + 16];
 
-	usnap_watchdog(60, "chain_serve");
+	t_watchdog(60, "chain_serve");
 	snprintf(path, sizeof(path), "%s/serve.sock", dir);
 	ck_assert(strlen(path) < sizeof(sa.sun_path));
 	memcpy(sa.sun_path, path, strlen(path) + 1);
@@ -354,7 +354,7 @@ START_TEST(chain_serve)
 		_exit(uffdsnap_serve_conn(r, conn, &o) ? 2 : 0);
 	}
 	close(ls);
-	usnap_memfd(&dst, POOL_PAGES * PS);
+	t_memfd(&dst, POOL_PAGES * PS);
 	reg = (uffdsnap_lazy_region_t){ .name = "pool", .addr = dst.addr, .len = dst.len };
 	rc = uffdsnap_lazy_connect(&c, sa.sun_path, &reg, 1);
 	ck_assert_msg(rc == 0, "lazy_connect: %d %s", rc, uffdsnap_last_error());
@@ -364,8 +364,8 @@ START_TEST(chain_serve)
 	ck_assert_msg(rc == 0, "client_wait: %d %s", rc, uffdsnap_lazy_client_error(c));
 	ck_assert(!memcmp(dst.addr, img[STEPS][0], POOL_PAGES * PS));
 	uffdsnap_lazy_client_free(c);
-	ck_assert_int_eq(usnap_wait_child(pid, 30, "the page server"), 0);
-	usnap_mem_free(&dst);
+	ck_assert_int_eq(t_wait_child(pid, 30, "the page server"), 0);
+	t_mem_free(&dst);
 }
 END_TEST
 
@@ -383,7 +383,7 @@ START_TEST(chain_merge)
 	rc = uffdsnap_reader_merge_file(r, merged, 0);
 	ck_assert_msg(rc == 0, "merge: %d %s", rc, uffdsnap_last_error());
 	uffdsnap_reader_free(r);
-	m = usnap_reader(merged);
+	m = t_reader(merged);
 	ck_assert_int_eq(uffdsnap_reader_verify(m), 0);
 	ck_assert_int_eq(uffdsnap_reader_info(m, &in), 0);
 	ck_assert_int_eq(in.version, 1);
@@ -409,7 +409,7 @@ END_TEST
 START_TEST(delta_alone)
 {
 	uffdsnap_info_t in = { .size = sizeof(in) };
-	uffdsnap_reader_t *r = usnap_reader(delta[3]);
+	uffdsnap_reader_t *r = t_reader(delta[3]);
 	char out[PATH_MAX + 32];
 	uint8_t buf[PS];
 	int fd;
@@ -549,13 +549,13 @@ int main(int argc, char **argv)
 	Suite *s;
 	TCase *tc;
 
-	usnap_test_require_uffd();
+	t_test_require_uffd();
 	if (argc != 3 || strcmp(argv[1], "--forge"))
-		return usnap_run_suite(suite());
+		return t_run_suite(suite());
 	snprintf(dir, sizeof(dir), "%s", argv[2]);
 	s = suite_create("forge");
 	tc = tcase_create("forge");
 	tcase_add_test(tc, forge_only);
 	suite_add_tcase(s, tc);
-	return usnap_run_suite(s);
+	return t_run_suite(s);
 }

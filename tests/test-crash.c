@@ -37,7 +37,7 @@
 #define LEN (1 * MiB)
 /* a sanitizer adds the library's memory and thread errors on these paths:
  * fewer rounds take them (a forked sanitized process is slow to start) */
-#define ROUNDS (USNAP_SANITIZED ? 30 : 200)
+#define ROUNDS (T_SANITIZED ? 30 : 200)
 
 /* Shared with S and W (MAP_SHARED|MAP_ANONYMOUS, never registered). */
 struct shared {
@@ -48,13 +48,13 @@ struct shared {
 /* W: write every page, over and over, until killed. */
 static void writer(uint8_t *mem, struct shared *sh)
 {
-	const size_t np = LEN / usnap_page;
+	const size_t np = LEN / t_page;
 
 	alarm(30);
 	atomic_store(&sh->writer, getpid());
 	for (uint64_t n = 1;; n++) {
 		for (size_t p = 0; p < np; p++) {
-			__atomic_store_n((uint64_t *)(mem + p * usnap_page + 64), n, __ATOMIC_RELAXED);
+			__atomic_store_n((uint64_t *)(mem + p * t_page + 64), n, __ATOMIC_RELAXED);
 			atomic_fetch_add(&sh->stores, 1);
 		}
 		usleep(200); /* leave the CPUs to S too */
@@ -94,10 +94,10 @@ static bool is_pattern(const uint8_t *buf, uint64_t seed, bool say)
 	uint8_t page[4096];
 	size_t bad = 0, first = SIZE_MAX;
 
-	ck_assert(usnap_page <= sizeof(page));
-	for (size_t p = 0; p < LEN / usnap_page; p++) {
-		usnap_fill_page(page, seed, p);
-		if (memcmp(page, buf + p * usnap_page, usnap_page)) {
+	ck_assert(t_page <= sizeof(page));
+	for (size_t p = 0; p < LEN / t_page; p++) {
+		t_fill_page(page, seed, p);
+		if (memcmp(page, buf + p * t_page, t_page)) {
 			if (first == SIZE_MAX)
 				first = p;
 			bad++;
@@ -105,12 +105,12 @@ static bool is_pattern(const uint8_t *buf, uint64_t seed, bool say)
 	}
 	if (bad && say) {
 		size_t b = 0;
-		usnap_fill_page(page, seed, first);
-		while (page[b] == buf[first * usnap_page + b])
+		t_fill_page(page, seed, first);
+		while (page[b] == buf[first * t_page + b])
 			b++;
 		printf("  seed %llu: %zu pages differ, the first is page %zu at byte %zu; bytes 64..71 there: %llu\n",
 		       (unsigned long long)seed, bad, first, b,
-		       (unsigned long long)*(const uint64_t *)(buf + first * usnap_page + 64));
+		       (unsigned long long)*(const uint64_t *)(buf + first * t_page + 64));
 	}
 	return !bad;
 }
@@ -140,37 +140,37 @@ static unsigned clean_temporaries(const char *dir)
 
 static double now_ms(void)
 {
-	return (double)usnap_now_ns() / 1e6;
+	return (double)t_now_ns() / 1e6;
 }
 
 START_TEST(kill9_at_random)
 {
 	struct shared *sh = mmap(NULL, sizeof(*sh), PROT_READ | PROT_WRITE, MAP_SHARED | MAP_ANONYMOUS, -1, 0);
-	struct usnap_mem m;
+	struct t_mem m;
 	char dir[PATH_MAX], path[PATH_MAX + 16];
 	uint64_t rng, last_seed = 0;
 	double round_ms = 0, survivor_max_ms = 0;
 	unsigned killed = 0, completed = 0, news = 0, olds = 0, absent = 0, temps = 0, survivors = 0;
 	const char *env = getenv("USNAP_CRASH_SEED");
 
-	usnap_watchdog(120, "kill9_at_random");
+	t_watchdog(120, "kill9_at_random");
 	ck_assert(sh != MAP_FAILED);
 	{
-		uffdsnap_t *ctx = usnap_ctx_new(NULL);
+		uffdsnap_t *ctx = t_ctx_new(NULL);
 		bool fork_events = uffdsnap_features(ctx) & UFFD_FEATURE_EVENT_FORK;
 		uffdsnap_free(ctx);
 		if (!fork_events) {
 			/* W's stores during the snapshot would be blind spot 2 */
-			usnap_skip("kill9_at_random", "no fork events (UFFD_FEATURE_EVENT_FORK needs CAP_SYS_PTRACE)");
+			t_skip("kill9_at_random", "no fork events (UFFD_FEATURE_EVENT_FORK needs CAP_SYS_PTRACE)");
 			munmap(sh, sizeof(*sh));
 			return;
 		}
 	}
 	ck_assert_int_eq(prctl(PR_SET_CHILD_SUBREAPER, 1), 0); /* W is reparented to us when S dies */
-	rng = env ? strtoull(env, NULL, 0) : usnap_now_ns();
+	rng = env ? strtoull(env, NULL, 0) : t_now_ns();
 	printf("kill9_at_random: seed %#llx (USNAP_CRASH_SEED), %u rounds\n", (unsigned long long)rng, ROUNDS);
-	usnap_memfd(&m, LEN);
-	usnap_tmpdir(dir);
+	t_memfd(&m, LEN);
+	t_tmpdir(dir);
 	snprintf(path, sizeof(path), "%s/snap", dir);
 
 	for (unsigned i = 0; i <= ROUNDS; i++) {
@@ -185,7 +185,7 @@ START_TEST(kill9_at_random)
 			ck_assert(!unlink(path) || errno == ENOENT);
 			last_seed = 0;
 		}
-		usnap_fill_random(m.addr, LEN, seed); /* a process that is not tracked writes freely */
+		t_fill_random(m.addr, LEN, seed); /* a process that is not tracked writes freely */
 		atomic_store(&sh->writer, 0);
 		atomic_store(&sh->stores, 0);
 		t0 = now_ms();
@@ -197,13 +197,13 @@ START_TEST(kill9_at_random)
 		 * killed up to 1.25 times as long after their start */
 		if (i > 0) {
 			struct timespec ts;
-			delay_us = (double)(usnap_splitmix64(&rng) % 1000000) / 1e6 * round_ms * 1250;
+			delay_us = (double)(t_splitmix64(&rng) % 1000000) / 1e6 * round_ms * 1250;
 			ts.tv_sec = (time_t)(delay_us / 1e6);
 			ts.tv_nsec = (long)(delay_us - (double)ts.tv_sec * 1e6) * 1000;
 			nanosleep(&ts, NULL);
 			kill(s, SIGKILL);
 		}
-		status = usnap_wait_child(s, 30, "the snapshotting process");
+		status = t_wait_child(s, 30, "the snapshotting process");
 		t_dead = now_ms();
 		if (i == 0) {
 			round_ms = t_dead - t0;
@@ -222,14 +222,14 @@ START_TEST(kill9_at_random)
 		w = atomic_load(&sh->writer);
 		if (w > 0) {
 			unsigned long long from = atomic_load(&sh->stores);
-			while (atomic_load(&sh->stores) < from + LEN / usnap_page + 1 && now_ms() - t_dead < 1000)
+			while (atomic_load(&sh->stores) < from + LEN / t_page + 1 && now_ms() - t_dead < 1000)
 				usleep(200);
-			in_time = atomic_load(&sh->stores) >= from + LEN / usnap_page + 1;
+			in_time = atomic_load(&sh->stores) >= from + LEN / t_page + 1;
 			if (now_ms() - t_dead > survivor_max_ms)
 				survivor_max_ms = now_ms() - t_dead;
 			ck_assert_msg(in_time, "round %u (S killed %.0f us after its start): the process that outlived "
 				      "the snapshot wrote %llu of %zu pages in 1 s", i, delay_us,
-				      atomic_load(&sh->stores) - from, LEN / usnap_page);
+				      atomic_load(&sh->stores) - from, LEN / t_page);
 			survivors++;
 		}
 		/* S's group: W, also one that S forked but did not live to see
@@ -240,9 +240,9 @@ START_TEST(kill9_at_random)
 
 		/* the target: nothing new, or a complete snapshot of this round */
 		temps += clean_temporaries(dir);
-		if (usnap_file_verifies(path)) {
+		if (t_file_verifies(path)) {
 			size_t len;
-			uint8_t *got = usnap_read_region(path, "mem", &len);
+			uint8_t *got = t_read_region(path, "mem", &len);
 			bool now = is_pattern(got, seed, false);
 			ck_assert_uint_eq(len, LEN);
 			if (!now && !(last_seed && is_pattern(got, last_seed, false))) {
@@ -259,7 +259,7 @@ START_TEST(kill9_at_random)
 			} else {
 				olds++;
 			}
-			usnap_buf_free(got, len);
+			t_buf_free(got, len);
 		} else {
 			ck_assert_msg(access(path, F_OK) != 0, "round %u: %s exists and does not verify", i, path);
 			ck_assert_msg(!last_seed, "round %u: the last round's snapshot is gone", i);
@@ -274,8 +274,8 @@ START_TEST(kill9_at_random)
 	ck_assert_msg(killed >= ROUNDS / 4, "only %u of %u rounds were killed before they finished", killed, ROUNDS);
 	ck_assert_msg(temps > 0, "no killed round left a temporary file: no kill came during the write");
 	ck_assert_msg(absent > 0 && news > 1, "the target was absent %u times and new %u times", absent, news);
-	usnap_rmdir(dir);
-	usnap_mem_free(&m);
+	t_rmdir(dir);
+	t_mem_free(&m);
 	munmap(sh, sizeof(*sh));
 }
 END_TEST
@@ -285,9 +285,9 @@ int main(void)
 	Suite *s = suite_create("crash");
 	TCase *tc = tcase_create("crash");
 
-	usnap_test_require_uffd();
+	t_test_require_uffd();
 	tcase_set_timeout(tc, 150);
 	tcase_add_test(tc, kill9_at_random);
 	suite_add_tcase(s, tc);
-	return usnap_run_suite(s);
+	return t_run_suite(s);
 }

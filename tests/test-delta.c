@@ -29,8 +29,8 @@
 #include "format.h"
 
 #define NREG 2
-#define SHM_LEN (USNAP_SANITIZED ? 2 * MiB : 4 * MiB)
-#define PRIV_LEN (USNAP_SANITIZED ? 1 * MiB : 2 * MiB)
+#define SHM_LEN (T_SANITIZED ? 2 * MiB : 4 * MiB)
+#define PRIV_LEN (T_SANITIZED ? 1 * MiB : 2 * MiB)
 
 /* ---- the applier ----------------------------------------------------------- */
 
@@ -63,7 +63,7 @@ static const uint8_t *rec_at(const uint8_t *f, size_t flen, size_t off, uint32_t
 static void apply_file(struct chain *c, const char *path, bool delta)
 {
 	size_t flen, off = USNAP_MAGIC_LEN, len;
-	uint8_t *f = usnap_slurp(path, &flen);
+	uint8_t *f = t_slurp(path, &flen);
 	const struct usnap_head *hd;
 	const uint8_t *p;
 	uint32_t type;
@@ -75,7 +75,7 @@ static void apply_file(struct chain *c, const char *path, bool delta)
 	hd = (const struct usnap_head *)p;
 	ck_assert_uint_eq(hd->version, delta ? USNAP_VERSION_DELTA : USNAP_VERSION);
 	ck_assert_uint_eq(hd->flags, delta ? USNAP_HEAD_DELTA : 0);
-	ck_assert_uint_eq(hd->page_size, usnap_page);
+	ck_assert_uint_eq(hd->page_size, t_page);
 	p += sizeof(*hd);
 	if (delta) {
 		const struct usnap_head_delta *dh = (const struct usnap_head_delta *)p;
@@ -91,10 +91,10 @@ static void apply_file(struct chain *c, const char *path, bool delta)
 	for (unsigned i = 0; i < hd->nregions; i++) {
 		const struct usnap_region *r = (const struct usnap_region *)p;
 		if (!c->n) {
-			c->len[i] = r->length, c->img[i] = usnap_buf_alloc(r->length);
-			c->covered[i] = calloc(r->length / usnap_page, 1);
+			c->len[i] = r->length, c->img[i] = t_buf_alloc(r->length);
+			c->covered[i] = calloc(r->length / t_page, 1);
 		}
-		memset(c->covered[i], 0, r->length / usnap_page);
+		memset(c->covered[i], 0, r->length / t_page);
 		ck_assert_uint_eq(r->length, c->len[i]);
 		p += sizeof(*r) + usnap_pad8(r->name_len);
 	}
@@ -124,12 +124,12 @@ static void apply_file(struct chain *c, const char *path, bool delta)
 				data = raw;
 			}
 			for (uint32_t i = 0; i < ch->nextents; i++) {
-				uint8_t *dst = c->img[ch->region] + x[i].first_page * usnap_page;
-				size_t n = (size_t)x[i].npages * usnap_page;
+				uint8_t *dst = c->img[ch->region] + x[i].first_page * t_page;
+				size_t n = (size_t)x[i].npages * t_page;
 
-				ck_assert((x[i].first_page + x[i].npages) * usnap_page <= c->len[ch->region]);
+				ck_assert((x[i].first_page + x[i].npages) * t_page <= c->len[ch->region]);
 				for (uint32_t k = 0; k < x[i].npages; k++)
-					usnap_assert_msg(!c->covered[ch->region][x[i].first_page + k]++,
+					t_assert_msg(!c->covered[ch->region][x[i].first_page + k]++,
 							 "%s: page %llu covered twice", path,
 							 (unsigned long long)(x[i].first_page + k));
 				if (x[i].kind == USNAP_EXT_ZERO) {
@@ -150,7 +150,7 @@ static void apply_file(struct chain *c, const char *path, bool delta)
 static void chain_free(struct chain *c)
 {
 	for (unsigned i = 0; i < c->n; i++) {
-		usnap_buf_free(c->img[i], c->len[i]);
+		t_buf_free(c->img[i], c->len[i]);
 		free(c->covered[i]);
 	}
 	c->n = 0;
@@ -162,7 +162,7 @@ static void chain_free(struct chain *c)
 /* ---- the memory, the oracle, the writers ------------------------------------- */
 
 struct world {
-	struct usnap_mem shm;        /* region 0: memfd, MAP_SHARED */
+	struct t_mem shm;        /* region 0: memfd, MAP_SHARED */
 	uint8_t *priv;               /* region 1: MAP_PRIVATE|MAP_ANONYMOUS */
 	uint8_t *spare;              /* where mremap moves region 0 for a while */
 	uffdsnap_t *ctx;
@@ -191,21 +191,21 @@ static uint8_t *reg_addr(struct world *w, unsigned i)
 static void world_new(struct world *w, uint32_t flags)
 {
 	/* small buffers: a sweep held by a shut sink stalls early (snap_held) */
-	uffdsnap_opts_t o = usnap_opts(4 * MiB, 64 * KiB);
+	uffdsnap_opts_t o = t_opts(4 * MiB, 64 * KiB);
 
 	memset(w, 0, sizeof(*w));
-	usnap_memfd(&w->shm, SHM_LEN);
+	t_memfd(&w->shm, SHM_LEN);
 	w->priv = mmap(NULL, PRIV_LEN, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
 	w->spare = mmap(NULL, SHM_LEN, PROT_NONE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
 	ck_assert(w->priv != MAP_FAILED && w->spare != MAP_FAILED);
 	/* mixed contents: holes, zero pages, data */
-	usnap_fill_mixed(w->shm.addr, SHM_LEN, 1, 7, 5);
-	usnap_fill_mixed(w->priv, PRIV_LEN, 2, 9, 4);
+	t_fill_mixed(w->shm.addr, SHM_LEN, 1, 7, 5);
+	t_fill_mixed(w->priv, PRIV_LEN, 2, 9, 4);
 	o.flags |= flags;
-	w->ctx = usnap_ctx_new(&o);
-	usnap_add(w->ctx, "shm", w->shm.addr, SHM_LEN);
-	usnap_add(w->ctx, "priv", w->priv, PRIV_LEN);
-	usnap_tmpdir(w->dir);
+	w->ctx = t_ctx_new(&o);
+	t_add(w->ctx, "shm", w->shm.addr, SHM_LEN);
+	t_add(w->ctx, "priv", w->priv, PRIV_LEN);
+	t_tmpdir(w->dir);
 	w->seed = 1000;
 }
 
@@ -214,12 +214,12 @@ static void world_free(struct world *w)
 	uffdsnap_free(w->ctx);
 	for (unsigned i = 0; i < NREG; i++)
 		if (w->want[i])
-			usnap_buf_free(w->want[i], reg_len(i));
+			t_buf_free(w->want[i], reg_len(i));
 	chain_free(&w->chain);
-	usnap_mem_free(&w->shm);
+	t_mem_free(&w->shm);
 	munmap(w->priv, PRIV_LEN);
 	munmap(w->spare, SHM_LEN);
-	usnap_rmdir(w->dir);
+	t_rmdir(w->dir);
 }
 
 /* The oracle: nothing writes now, and the next begin comes before anything does. */
@@ -227,14 +227,14 @@ static void take_oracle(struct world *w)
 {
 	for (unsigned i = 0; i < NREG; i++) {
 		if (w->want[i])
-			usnap_buf_free(w->want[i], reg_len(i));
-		w->want[i] = i ? usnap_copy(w->priv, PRIV_LEN) : usnap_mem_copy(&w->shm);
+			t_buf_free(w->want[i], reg_len(i));
+		w->want[i] = i ? t_copy(w->priv, PRIV_LEN) : t_mem_copy(&w->shm);
 	}
 }
 
 static void write_page(struct world *w, unsigned r, size_t page)
 {
-	usnap_fill_page(reg_addr(w, r) + page * usnap_page, w->seed++, page);
+	t_fill_page(reg_addr(w, r) + page * t_page, w->seed++, page);
 }
 
 /* Change `pct` percent of the pages of both regions, at random; returns how many. */
@@ -244,31 +244,31 @@ static size_t change_pages(struct world *w, double pct)
 	size_t total = 0;
 
 	for (unsigned r = 0; r < NREG; r++) {
-		size_t np = reg_len(r) / usnap_page, n = (size_t)(np * pct / 100.0);
+		size_t np = reg_len(r) / t_page, n = (size_t)(np * pct / 100.0);
 		for (size_t i = 0; i < n; i++)
-			write_page(w, r, QUIET + usnap_splitmix64(&st) % (np - QUIET));
+			write_page(w, r, QUIET + t_splitmix64(&st) % (np - QUIET));
 		total += n;
 	}
 	return total;
 }
 
 /* With w->storm, a second thread zaps and pages out shared pages while the writer writes. */
-static void stormer(struct usnap_writers *ws, struct world *w, uint64_t st)
+static void stormer(struct t_writers *ws, struct world *w, uint64_t st)
 {
-	const size_t np = SHM_LEN / usnap_page;
+	const size_t np = SHM_LEN / t_page;
 
 	while (!atomic_load(&ws->stop)) {
-		size_t first = usnap_splitmix64(&st) % (np - 32);
-		int advice = usnap_splitmix64(&st) & 1 ? MADV_DONTNEED : MADV_PAGEOUT;
+		size_t first = t_splitmix64(&st) % (np - 32);
+		int advice = t_splitmix64(&st) & 1 ? MADV_DONTNEED : MADV_PAGEOUT;
 
-		ck_assert_int_eq(madvise(w->shm.addr + first * usnap_page, 32 * usnap_page, advice), 0);
+		ck_assert_int_eq(madvise(w->shm.addr + first * t_page, 32 * t_page, advice), 0);
 		atomic_fetch_add(&ws->progress[1], 1);
 		usleep(300);
 	}
 }
 
 /* Writers during a delta: change pages of both regions until stopped. */
-static void writer_fn(struct usnap_writers *ws, unsigned idx)
+static void writer_fn(struct t_writers *ws, unsigned idx)
 {
 	struct world *w = ws->arg;
 	uint64_t st = 77 + idx + w->seed;
@@ -276,10 +276,10 @@ static void writer_fn(struct usnap_writers *ws, unsigned idx)
 	if (idx == 1)
 		return stormer(ws, w, st);
 	while (!atomic_load(&ws->stop)) {
-		unsigned r = usnap_splitmix64(&st) & 1;
-		size_t page = QUIET + usnap_splitmix64(&st) % (reg_len(r) / usnap_page - QUIET);
+		unsigned r = t_splitmix64(&st) & 1;
+		size_t page = QUIET + t_splitmix64(&st) % (reg_len(r) / t_page - QUIET);
 
-		usnap_fill_page(reg_addr(w, r) + page * usnap_page, usnap_splitmix64(&st), page);
+		t_fill_page(reg_addr(w, r) + page * t_page, t_splitmix64(&st), page);
 		if (atomic_fetch_add(&ws->progress[idx], 1) > 20)
 			usleep(1000);
 	}
@@ -288,7 +288,7 @@ static void writer_fn(struct usnap_writers *ws, unsigned idx)
 /* Snapshot into the next file, full or delta; *st its stats; returns wait()'s result. */
 static int snap(struct world *w, bool delta, void (*during)(struct world *), uffdsnap_stats_t *st, char *path)
 {
-	struct usnap_writers ws = { 0 };
+	struct t_writers ws = { 0 };
 	uffdsnap_snap_t *s;
 	int r;
 
@@ -299,10 +299,10 @@ static int snap(struct world *w, bool delta, void (*during)(struct world *), uff
 	if (during) /* first: the snapshot's window is short under a sanitizer */
 		during(w);
 	w->seed += 7919; /* new bytes from this writer, not the last one's again */
-	usnap_writers_start(&ws, w->storm ? 2 : 1, writer_fn, w);
-	usnap_writers_wait_progress(&ws, 20, 10);
+	t_writers_start(&ws, w->storm ? 2 : 1, writer_fn, w);
+	t_writers_wait_progress(&ws, 20, 10);
 	r = uffdsnap_wait(s);
-	usnap_writers_stop(&ws, 10);
+	t_writers_stop(&ws, 10);
 	w->writes = atomic_load(&ws.progress[0]);
 	memset(st, 0, sizeof(*st));
 	st->size = sizeof(*st);
@@ -322,17 +322,17 @@ static void check_chain_reader(struct world *w)
 	ck_assert_msg(!rc, "open_chain of %u files: %s (%s)", w->chain.nfiles, uffdsnap_strerror(rc),
 		      uffdsnap_last_error());
 	for (unsigned i = 0; i < NREG; i++) {
-		uint8_t *got = usnap_buf_alloc(reg_len(i));
+		uint8_t *got = t_buf_alloc(reg_len(i));
 		int id = uffdsnap_reader_find(r, i ? "priv" : "shm");
 
 		ck_assert_int_eq(id, (int)i);
 		rc = uffdsnap_reader_read(r, (unsigned)id, 0, got, reg_len(i));
 		ck_assert_msg(!rc, "chain read: %s (%s)", uffdsnap_strerror(rc), uffdsnap_reader_error(r));
-		for (size_t p = 0; p < reg_len(i) / usnap_page; p++)
-			usnap_assert_msg(!memcmp(got + p * usnap_page, w->want[i] + p * usnap_page, usnap_page),
+		for (size_t p = 0; p < reg_len(i) / t_page; p++)
+			t_assert_msg(!memcmp(got + p * t_page, w->want[i] + p * t_page, t_page),
 					 "chain reader, %u files: region %u page %zu differs from the memory at the "
 					 "last instant", w->chain.nfiles, i, p);
-		usnap_buf_free(got, reg_len(i));
+		t_buf_free(got, reg_len(i));
 	}
 	uffdsnap_reader_free(r);
 }
@@ -343,7 +343,7 @@ static void check_link(struct world *w, const char *path, bool delta, const uffd
 	uint8_t prev[16];
 
 	memcpy(prev, w->chain.id, 16);
-	usnap_assert_exactly_once(st);
+	t_assert_exactly_once(st);
 	if (!delta)
 		chain_free(&w->chain);
 	apply_file(&w->chain, path, delta);
@@ -352,8 +352,8 @@ static void check_link(struct world *w, const char *path, bool delta, const uffd
 	if (delta)
 		ck_assert(!memcmp(st->parent_id, prev, 16));
 	for (unsigned i = 0; i < NREG; i++)
-		for (size_t p = 0; p < reg_len(i) / usnap_page; p++)
-			usnap_assert_msg(!memcmp(w->chain.img[i] + p * usnap_page, w->want[i] + p * usnap_page, usnap_page),
+		for (size_t p = 0; p < reg_len(i) / t_page; p++)
+			t_assert_msg(!memcmp(w->chain.img[i] + p * t_page, w->want[i] + p * t_page, t_page),
 					 "%s (depth %u): region %u page %zu differs from the memory at its instant", path,
 					 w->chain.depth, i, p);
 	ck_assert(w->chain.nfiles < sizeof(w->chain.paths) / sizeof(w->chain.paths[0]));
@@ -398,7 +398,7 @@ static void expect_no_parent(uffdsnap_t *ctx, const char *why)
 static void snap_held(struct world *w, void (*during)(struct world *), uffdsnap_stats_t *st)
 {
 	char path[PATH_MAX + 32];
-	struct usnap_cb cb;
+	struct t_cb cb;
 	uffdsnap_snap_t *s;
 	int fd;
 
@@ -406,15 +406,15 @@ static void snap_held(struct world *w, void (*during)(struct world *), uffdsnap_
 	snprintf(path, sizeof(path), "%s/%u.snap", w->dir, w->files++);
 	fd = open(path, O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0600);
 	ck_assert_int_ge(fd, 0);
-	usnap_cb_init(&cb, fd);
-	usnap_cb_gate(&cb, true);
+	t_cb_init(&cb, fd);
+	t_cb_gate(&cb, true);
 	take_oracle(w);
-	ck_assert_int_eq(uffdsnap_begin_delta(w->ctx, usnap_cb_sink(&cb), &s), 0);
-	ck_assert_msg(usnap_wait_sweep_stalled(s, 20), "the sweep did not stall on the shut sink");
+	ck_assert_int_eq(uffdsnap_begin_delta(w->ctx, t_cb_sink(&cb), &s), 0);
+	ck_assert_msg(t_wait_sweep_stalled(s, 20), "the sweep did not stall on the shut sink");
 	/* Open, but slow: `during` may wait for the handler, which may wait for
 	 * a buffer only the sink frees. */
 	atomic_store(&cb.sleep_us, 10000);
-	usnap_cb_gate(&cb, false);
+	t_cb_gate(&cb, false);
 	during(w);
 	atomic_store(&cb.sleep_us, 0);
 	ck_assert_int_eq(uffdsnap_wait(s), 0);
@@ -422,7 +422,7 @@ static void snap_held(struct world *w, void (*during)(struct world *), uffdsnap_
 	st->size = sizeof(*st);
 	ck_assert_int_eq(uffdsnap_snap_stats(s, st), 0);
 	uffdsnap_snap_free(s);
-	usnap_cb_destroy(&cb);
+	t_cb_destroy(&cb);
 	close(fd);
 	check_link(w, path, true, st);
 }
@@ -434,12 +434,12 @@ START_TEST(no_parent)
 	struct world w;
 	uffdsnap_stats_t st;
 	uffdsnap_snap_t *s, *busy;
-	struct usnap_cb cb;
-	struct usnap_mem extra;
+	struct t_cb cb;
+	struct t_mem extra;
 	char path[PATH_MAX + 32];
 	int r, fd;
 
-	usnap_watchdog(60, "no_parent");
+	t_watchdog(60, "no_parent");
 	/* without the option: never a parent, even after a full snapshot */
 	world_new(&w, 0);
 	expect_no_parent(w.ctx, "UFFDSNAP_OPT_DELTA");
@@ -455,17 +455,17 @@ START_TEST(no_parent)
 	snprintf(path, sizeof(path), "%s/held.snap", w.dir);
 	fd = open(path, O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0600);
 	ck_assert_int_ge(fd, 0);
-	usnap_cb_init(&cb, fd);
-	usnap_cb_gate(&cb, true);
+	t_cb_init(&cb, fd);
+	t_cb_gate(&cb, true);
 	take_oracle(&w);
-	ck_assert_int_eq(uffdsnap_begin_delta(w.ctx, usnap_cb_sink(&cb), &s), 0);
+	ck_assert_int_eq(uffdsnap_begin_delta(w.ctx, t_cb_sink(&cb), &s), 0);
 	ck_assert_int_eq(uffdsnap_begin_delta_file(w.ctx, "/nonexistent-dir/x", &busy), -EBUSY);
-	usnap_cb_gate(&cb, false);
+	t_cb_gate(&cb, false);
 	ck_assert_int_eq(uffdsnap_wait(s), 0);
 	st.size = sizeof(st);
 	ck_assert_int_eq(uffdsnap_snap_stats(s, &st), 0);
 	uffdsnap_snap_free(s);
-	usnap_cb_destroy(&cb);
+	t_cb_destroy(&cb);
 	close(fd);
 	check_link(&w, path, true, &st);
 	ck_assert_int_eq(uffdsnap_begin_delta(w.ctx, NULL, &busy), -EINVAL);
@@ -488,24 +488,24 @@ START_TEST(no_parent)
 	snap_check(&w, false, NULL, &st);
 
 	/* failed after its begin: the sink refuses the first write */
-	usnap_cb_init(&cb, -1);
+	t_cb_init(&cb, -1);
 	cb.fail_at = 1;
 	cb.fail_err = -EIO;
-	ck_assert_int_eq(uffdsnap_begin_delta(w.ctx, usnap_cb_sink(&cb), &s), 0);
+	ck_assert_int_eq(uffdsnap_begin_delta(w.ctx, t_cb_sink(&cb), &s), 0);
 	ck_assert_int_eq(uffdsnap_wait(s), -EIO);
 	uffdsnap_snap_free(s);
-	usnap_cb_destroy(&cb);
+	t_cb_destroy(&cb);
 	expect_no_parent(w.ctx, "failed");
 	snap_check(&w, false, NULL, &st);
 	snap_check(&w, true, NULL, &st);
 
 	/* a region added since */
-	usnap_memfd(&extra, 64 * KiB);
-	usnap_add(w.ctx, "extra", extra.addr, 64 * KiB);
+	t_memfd(&extra, 64 * KiB);
+	t_add(w.ctx, "extra", extra.addr, 64 * KiB);
 	expect_no_parent(w.ctx, "'extra' was added");
 	uffdsnap_free(w.ctx);
 	w.ctx = NULL;
-	usnap_mem_free(&extra);
+	t_mem_free(&extra);
 	world_free(&w);
 }
 END_TEST
@@ -519,26 +519,26 @@ START_TEST(one_percent)
 {
 	struct world w;
 	uffdsnap_stats_t full, d;
-	const size_t np = (SHM_LEN + PRIV_LEN) / usnap_page;
+	const size_t np = (SHM_LEN + PRIV_LEN) / t_page;
 	size_t changed;
 	uint8_t *old;
 
-	usnap_watchdog(60, "one_percent");
+	t_watchdog(60, "one_percent");
 	world_new(&w, UFFDSNAP_OPT_DELTA);
 	snap_check(&w, false, NULL, &full);
 	changed = change_pages(&w, 1.0) + w.writes;
 	/* back and forth: a page changed, then its old bytes again */
-	old = usnap_copy(w.shm.addr + 3 * usnap_page, usnap_page);
+	old = t_copy(w.shm.addr + 3 * t_page, t_page);
 	write_page(&w, 0, 3);
-	memcpy(w.shm.addr + 3 * usnap_page, old, usnap_page);
-	usnap_buf_free(old, usnap_page);
+	memcpy(w.shm.addr + 3 * t_page, old, t_page);
+	t_buf_free(old, t_page);
 	snap_check(&w, true, NULL, &d);
 	ck_assert_msg(!w.chain.covered[0][3], "a page written back to its old bytes is in the delta");
 	ck_assert_msg(w.chain.data_pages <= changed, "%llu data pages, %zu changed",
 		      (unsigned long long)w.chain.data_pages, changed);
 	ck_assert_uint_ge(d.pages_unchanged, np - changed);
 	/* at most the changed pages stored raw, each with an extent, a chunk's head and index entry */
-	ck_assert_uint_le(d.bytes_out, changed * (usnap_page + 128) + 64 * KiB);
+	ck_assert_uint_le(d.bytes_out, changed * (t_page + 128) + 64 * KiB);
 	printf("1 %% (%zu pages changed of %zu): full %llu bytes, delta %llu bytes\n", changed, np,
 	       (unsigned long long)full.bytes_out, (unsigned long long)d.bytes_out);
 	/* nothing changed but what the writer wrote during the last delta */
@@ -552,14 +552,14 @@ END_TEST
 static void zap(struct world *w)
 {
 	/* shared: the pages stay in the file; private: they read as zeros now */
-	ck_assert_int_eq(madvise(w->shm.addr + 16 * usnap_page, 64 * usnap_page, MADV_DONTNEED), 0);
-	ck_assert_int_eq(madvise(w->priv + 8 * usnap_page, 16 * usnap_page, MADV_DONTNEED), 0);
+	ck_assert_int_eq(madvise(w->shm.addr + 16 * t_page, 64 * t_page, MADV_DONTNEED), 0);
+	ck_assert_int_eq(madvise(w->priv + 8 * t_page, 16 * t_page, MADV_DONTNEED), 0);
 }
 
 static void punch(struct world *w)
 {
-	ck_assert_int_eq(fallocate(w->shm.fd, FALLOC_FL_PUNCH_HOLE | FALLOC_FL_KEEP_SIZE, 100 * usnap_page,
-				   50 * usnap_page), 0);
+	ck_assert_int_eq(fallocate(w->shm.fd, FALLOC_FL_PUNCH_HOLE | FALLOC_FL_KEEP_SIZE, 100 * t_page,
+				   50 * t_page), 0);
 }
 
 /* Truncate the file and grow it back: every page of region 0 reads as zeros. */
@@ -577,11 +577,11 @@ static void fork_write(struct world *w)
 	ck_assert_int_ge(pid, 0);
 	if (!pid) {
 		for (size_t p = 200; p < 240; p++)
-			usnap_fill_page(w->shm.addr + p * usnap_page, 5555 + p, p);
+			t_fill_page(w->shm.addr + p * t_page, 5555 + p, p);
 		w->priv[0] = 1; /* its own copy: not the parent's region */
 		_exit(0);
 	}
-	ck_assert_int_eq(usnap_wait_child(pid, 20, "fork_write child"), 0);
+	ck_assert_int_eq(t_wait_child(pid, 20, "fork_write child"), 0);
 }
 
 /*
@@ -597,7 +597,7 @@ static void move_region(struct world *w)
 
 	ck_assert_ptr_eq(a, to);
 	w->shm.addr = to;
-	usnap_fill_page(to + 300 * usnap_page, w->seed++, 300);
+	t_fill_page(to + 300 * t_page, w->seed++, 300);
 	w->spare = mmap(from, SHM_LEN, PROT_NONE, MAP_PRIVATE | MAP_ANONYMOUS | MAP_FIXED_NOREPLACE, -1, 0);
 	if (w->spare == MAP_FAILED)
 		w->spare = mmap(NULL, SHM_LEN, PROT_NONE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
@@ -619,8 +619,8 @@ static void pwrite_file(struct world *w)
 {
 	uint8_t page[65536];
 
-	usnap_fill_page(page, 9191, 0);
-	ck_assert_int_eq(pwrite(w->shm.fd, page, usnap_page, 400 * (off_t)usnap_page), (ssize_t)usnap_page);
+	t_fill_page(page, 9191, 0);
+	ck_assert_int_eq(pwrite(w->shm.fd, page, t_page, 400 * (off_t)t_page), (ssize_t)t_page);
 }
 
 static void (*const disturb[])(struct world *) = { zap, punch, truncate_regrow, fork_write, remap, pwrite_file };
@@ -632,7 +632,7 @@ START_TEST(disturb_between)
 	struct world w;
 	uffdsnap_stats_t st;
 
-	usnap_watchdog(120, "disturb_between");
+	t_watchdog(120, "disturb_between");
 	world_new(&w, UFFDSNAP_OPT_DELTA);
 	snap_check(&w, false, NULL, &st);
 	for (unsigned k = 0; k < sizeof(disturb) / sizeof(disturb[0]); k++) {
@@ -659,7 +659,7 @@ START_TEST(disturb_during)
 	uffdsnap_stats_t st;
 	char path[PATH_MAX + 32];
 
-	usnap_watchdog(120, "disturb_during");
+	t_watchdog(120, "disturb_during");
 	world_new(&w, UFFDSNAP_OPT_DELTA);
 	snap_check(&w, false, NULL, &st);
 	for (unsigned k = 0; k < sizeof(disturb) / sizeof(disturb[0]); k++) {
@@ -703,11 +703,11 @@ START_TEST(storm)
 	struct world w;
 	uffdsnap_stats_t st;
 
-	usnap_watchdog(120, "storm");
+	t_watchdog(120, "storm");
 	world_new(&w, UFFDSNAP_OPT_DELTA);
 	w.storm = true;
 	snap_check(&w, false, NULL, &st);
-	for (unsigned k = 0; k < (USNAP_SANITIZED ? 3 : 6); k++) {
+	for (unsigned k = 0; k < (T_SANITIZED ? 3 : 6); k++) {
 		change_pages(&w, 2.0);
 		snap_check(&w, true, NULL, &st);
 	}
@@ -722,7 +722,7 @@ int main(void)
 	Suite *s = suite_create("delta");
 	TCase *tc = tcase_create("delta");
 
-	usnap_test_require_uffd();
+	t_test_require_uffd();
 	tcase_set_timeout(tc, 150);
 	tcase_add_test(tc, no_parent);
 	tcase_add_test(tc, one_percent);
@@ -730,5 +730,5 @@ int main(void)
 	tcase_add_test(tc, disturb_during);
 	tcase_add_test(tc, storm);
 	suite_add_tcase(s, tc);
-	return usnap_run_suite(s);
+	return t_run_suite(s);
 }

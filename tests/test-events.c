@@ -31,7 +31,7 @@
 #define LEN (16 * MiB)
 
 struct run {
-	struct usnap_cb cb;
+	struct t_cb cb;
 	uffdsnap_t *ctx;
 	uffdsnap_snap_t *s;
 	uffdsnap_stats_t st;
@@ -46,30 +46,30 @@ static void begin_slow(struct run *t, const char *name, uint8_t *addr, size_t le
 
 	uffdsnap_opts_init(&o);
 	o.buffer_bytes = 4 * MiB;
-	t->ctx = usnap_ctx_new(&o);
-	usnap_add(t->ctx, name, addr, len);
-	t->s = usnap_begin_stalled(t->ctx, &t->cb, 20000);
+	t->ctx = t_ctx_new(&o);
+	t_add(t->ctx, name, addr, len);
+	t->s = t_begin_stalled(t->ctx, &t->cb, 20000);
 }
 
 static int finish(struct run *t, const char *label)
 {
-	return usnap_finish_stalled(t->s, &t->cb, &t->st, label);
+	return t_finish_stalled(t->s, &t->cb, &t->st, label);
 }
 
 static void end(struct run *t)
 {
 	uffdsnap_snap_free(t->s);
 	uffdsnap_free(t->ctx);
-	usnap_cb_destroy(&t->cb);
+	t_cb_destroy(&t->cb);
 }
 
 static void expect_exact(struct run *t, const char *name, const uint8_t *ref, size_t len, int r)
 {
-	struct usnap_expect ex = { name, ref, len };
+	struct t_expect ex = { name, ref, len };
 
 	ck_assert_msg(r == 0, "wait: %d %s", r, uffdsnap_snap_error(t->s));
-	usnap_assert_exactly_once(&t->st);
-	usnap_check_buffer(t->cb.mem, t->cb.mem_len, &ex, 1);
+	t_assert_exactly_once(&t->st);
+	t_check_buffer(t->cb.mem, t->cb.mem_len, &ex, 1);
 }
 
 /* Pages [from, to) of addr not copied yet get a new byte (the same in `now`). */
@@ -78,9 +78,9 @@ static unsigned scribble(uint8_t *addr, uint8_t *now, size_t from, size_t to, si
 	unsigned n = 0;
 
 	for (size_t p = from; p < to; p += step, n++) {
-		addr[p * usnap_page + 7] = v;
+		addr[p * t_page + 7] = v;
 		if (now)
-			now[p * usnap_page + 7] = v;
+			now[p * t_page + 7] = v;
 	}
 	return n;
 }
@@ -121,21 +121,21 @@ static void wait_child(pid_t pid, const char *what)
  */
 static void fork_shared(bool grandchild)
 {
-	const size_t len = LEN, np = len / usnap_page;
-	struct usnap_mem m;
+	const size_t len = LEN, np = len / t_page;
+	struct t_mem m;
 	struct run t;
 	uint8_t *ref;
 	int go[2], r;
 	pid_t pid;
 
-	usnap_watchdog(120, "fork_shared");
-	usnap_memfd(&m, len);
-	usnap_fill_random(m.addr, len, 31);
-	ref = usnap_mem_copy(&m);
+	t_watchdog(120, "fork_shared");
+	t_memfd(&m, len);
+	t_fill_random(m.addr, len, 31);
+	ref = t_mem_copy(&m);
 	ck_assert_int_eq(pipe(go), 0);
 	begin_slow(&t, "shm", m.addr, len);
 	if (!(uffdsnap_features(t.ctx) & UFFD_FEATURE_EVENT_FORK)) {
-		usnap_skip(grandchild ? "fork_grandchild_writes_shared" : "fork_child_writes_shared",
+		t_skip(grandchild ? "fork_grandchild_writes_shared" : "fork_child_writes_shared",
 			   "no fork events (UFFD_FEATURE_EVENT_FORK needs CAP_SYS_PTRACE)");
 		finish(&t, "no fork events");
 		end(&t);
@@ -173,13 +173,13 @@ static void fork_shared(bool grandchild)
 	wait_child(pid, "fork_shared");
 	/* the children's writes all landed */
 	for (size_t p = 0; p < np; p += 5)
-		ck_assert_int_eq(m.addr[p * usnap_page + 7], 0xc2);
-	ck_assert_int_eq(usnap_pagemap_protected(m.addr, len), 0);
+		ck_assert_int_eq(m.addr[p * t_page + 7], 0xc2);
+	ck_assert_int_eq(t_pagemap_protected(m.addr, len), 0);
 	end(&t);
 	close(go[0]);
 	close(go[1]);
-	usnap_buf_free(ref, len);
-	usnap_mem_free(&m);
+	t_buf_free(ref, len);
+	t_mem_free(&m);
 }
 
 START_TEST(fork_child_writes_shared) { fork_shared(false); }
@@ -197,7 +197,7 @@ END_TEST
 /* Fork n children while one snapshot of a memfd is surely running (its sink
  * shut); each waits on `hold` until the test closes it. Returns wait()'s
  * result; the snapshot's stats in t->st. */
-static int snapshot_forking(struct run *t, struct usnap_mem *m, unsigned n)
+static int snapshot_forking(struct run *t, struct t_mem *m, unsigned n)
 {
 	uffdsnap_opts_t o;
 	pid_t pids[DOC_MAX_FORKS + 1];
@@ -207,14 +207,14 @@ static int snapshot_forking(struct run *t, struct usnap_mem *m, unsigned n)
 	ck_assert_int_eq(pipe2(hold, O_CLOEXEC), 0);
 	uffdsnap_opts_init(&o);
 	o.buffer_bytes = 4 * MiB;
-	t->ctx = usnap_ctx_new(&o);
-	usnap_add(t->ctx, "shm", m->addr, m->len);
-	usnap_cb_init(&t->cb, -1);
+	t->ctx = t_ctx_new(&o);
+	t_add(t->ctx, "shm", m->addr, m->len);
+	t_cb_init(&t->cb, -1);
 	t->cb.keep = true;
-	usnap_cb_gate(&t->cb, true);
-	r = uffdsnap_begin(t->ctx, usnap_cb_sink(&t->cb), &t->s);
+	t_cb_gate(&t->cb, true);
+	r = uffdsnap_begin(t->ctx, t_cb_sink(&t->cb), &t->s);
 	ck_assert_msg(r == 0, "begin: %d (%s)", r, uffdsnap_last_error());
-	ck_assert(usnap_cb_wait_blocked(&t->cb, 10)); /* the sweep waits at the gate: the snapshot runs */
+	ck_assert(t_cb_wait_blocked(&t->cb, 10)); /* the sweep waits at the gate: the snapshot runs */
 	for (unsigned i = 0; i < n; i++) {
 		char c;
 		pids[i] = fork();
@@ -226,9 +226,9 @@ static int snapshot_forking(struct run *t, struct usnap_mem *m, unsigned n)
 		}
 	}
 	ck_assert_msg(atomic_load(&t->cb.blocked), "the snapshot ended while the children were forked");
-	usnap_cb_gate(&t->cb, false);
+	t_cb_gate(&t->cb, false);
 	r = uffdsnap_wait(t->s);
-	usnap_stats(t->s, &t->st);
+	t_stats(t->s, &t->st);
 	close(hold[1]); /* the children exit */
 	for (unsigned i = 0; i < n; i++)
 		wait_child(pids[i], "fork_limit");
@@ -242,31 +242,31 @@ static int snapshot_forking(struct run *t, struct usnap_mem *m, unsigned n)
 START_TEST(fork_limit)
 {
 	const size_t len = 8 * MiB;
-	struct usnap_mem m;
+	struct t_mem m;
 	struct run t;
 	uint8_t *ref;
 	int r;
 
-	usnap_watchdog(120, "fork_limit");
-	t.ctx = usnap_ctx_new(NULL);
+	t_watchdog(120, "fork_limit");
+	t.ctx = t_ctx_new(NULL);
 	r = !(uffdsnap_features(t.ctx) & UFFD_FEATURE_EVENT_FORK);
 	uffdsnap_free(t.ctx);
 	if (r) {
-		usnap_skip("fork_limit", "no fork events (UFFD_FEATURE_EVENT_FORK needs CAP_SYS_PTRACE)");
+		t_skip("fork_limit", "no fork events (UFFD_FEATURE_EVENT_FORK needs CAP_SYS_PTRACE)");
 		return;
 	}
-	usnap_memfd(&m, len);
-	usnap_fill_random(m.addr, len, 43);
-	ref = usnap_mem_copy(&m);
+	t_memfd(&m, len);
+	t_fill_random(m.addr, len, 43);
+	ref = t_mem_copy(&m);
 	/* under a sanitizer the failing run alone: it takes the same path 63
 	 * times before the one that fails (a sanitized fork is slow) */
-	if (!USNAP_SANITIZED) {
+	if (!T_SANITIZED) {
 		r = snapshot_forking(&t, &m, DOC_MAX_FORKS);
 		printf("fork_limit: %u children forked during one snapshot: wait %d, %" PRIu64 " forks followed\n",
 		       DOC_MAX_FORKS, r, t.st.forks);
 		expect_exact(&t, "shm", ref, len, r);
 		ck_assert_uint_eq(t.st.forks, DOC_MAX_FORKS);
-		ck_assert_int_eq(usnap_pagemap_protected(m.addr, len), 0);
+		ck_assert_int_eq(t_pagemap_protected(m.addr, len), 0);
 		end(&t);
 	}
 
@@ -277,25 +277,25 @@ START_TEST(fork_limit)
 	ck_assert_uint_eq(t.st.forks, DOC_MAX_FORKS);
 	ck_assert_msg(strstr(uffdsnap_snap_error(t.s), "forked"), "message \"%s\" does not say why",
 		      uffdsnap_snap_error(t.s));
-	ck_assert_int_eq(usnap_pagemap_protected(m.addr, len), 0);
+	ck_assert_int_eq(t_pagemap_protected(m.addr, len), 0);
 	end(&t);
-	usnap_buf_free(ref, len);
-	usnap_mem_free(&m);
+	t_buf_free(ref, len);
+	t_mem_free(&m);
 }
 END_TEST
 
 /* Private memory: the child's writes go to its own copies; ours are the snapshot. */
 START_TEST(fork_private)
 {
-	const size_t len = LEN, np = len / usnap_page;
+	const size_t len = LEN, np = len / t_page;
 	uint8_t *a = map_private(len), *ref;
 	struct run t;
 	int r;
 	pid_t pid;
 
-	usnap_watchdog(120, "fork_private");
-	usnap_fill_random(a, len, 32);
-	ref = usnap_copy(a, len);
+	t_watchdog(120, "fork_private");
+	t_fill_random(a, len, 32);
+	ref = t_copy(a, len);
 	begin_slow(&t, "heap", a, len);
 	pid = fork();
 	ck_assert(pid >= 0);
@@ -303,7 +303,7 @@ START_TEST(fork_private)
 		alarm(60);
 		scribble(a, NULL, np / 2, np, 2, 0xc3);
 		for (size_t p = np / 2; p < np; p += 2)
-			if (a[p * usnap_page + 7] != 0xc3)
+			if (a[p * t_page + 7] != 0xc3)
 				_exit(6);
 		_exit(0);
 	}
@@ -313,9 +313,9 @@ START_TEST(fork_private)
 	printf("fork_private: %" PRIu64 " forks followed, %" PRIu64 " pages copied for our writes\n", t.st.forks,
 	       t.st.pages_fault);
 	expect_exact(&t, "heap", ref, len, r);
-	ck_assert_int_eq(usnap_pagemap_protected(a, len), 0);
+	ck_assert_int_eq(t_pagemap_protected(a, len), 0);
 	end(&t);
-	usnap_buf_free(ref, len);
+	t_buf_free(ref, len);
 	munmap(a, len);
 }
 END_TEST
@@ -329,20 +329,20 @@ END_TEST
  */
 static void mremap_whole(bool shared)
 {
-	const size_t len = LEN, np = len / usnap_page;
-	struct usnap_mem m;
+	const size_t len = LEN, np = len / t_page;
+	struct t_mem m;
 	uint8_t *a, *b, *ref, *ref2;
 	struct run t;
 	int r;
 
-	usnap_watchdog(120, "mremap_whole");
+	t_watchdog(120, "mremap_whole");
 	if (shared) {
-		a = usnap_memfd(&m, len);
+		a = t_memfd(&m, len);
 	} else {
 		a = map_private(len);
 	}
-	usnap_fill_random(a, len, 33);
-	ref = usnap_copy(a, len);
+	t_fill_random(a, len, 33);
+	ref = t_copy(a, len);
 	begin_slow(&t, "r", a, len);
 	b = mremap(a, len, len, MREMAP_MAYMOVE | MREMAP_FIXED, free_range(len));
 	ck_assert_msg(b != MAP_FAILED, "mremap: %s", strerror(errno));
@@ -353,25 +353,25 @@ static void mremap_whole(bool shared)
 	expect_exact(&t, "r", ref, len, r);
 	ck_assert_uint_eq(t.st.remaps, 1);
 	ck_assert_uint_gt(t.st.pages_fault, 0);
-	ck_assert_int_eq(usnap_pagemap_protected(b, len), 0);
+	ck_assert_int_eq(t_pagemap_protected(b, len), 0);
 	uffdsnap_snap_free(t.s);
-	usnap_cb_destroy(&t.cb);
+	t_cb_destroy(&t.cb);
 
 	/* the next snapshot finds the region where it went */
-	ref2 = usnap_copy(b, len);
-	usnap_cb_init(&t.cb, -1);
+	ref2 = t_copy(b, len);
+	t_cb_init(&t.cb, -1);
 	t.cb.keep = true;
-	r = uffdsnap_begin(t.ctx, usnap_cb_sink(&t.cb), &t.s);
+	r = uffdsnap_begin(t.ctx, t_cb_sink(&t.cb), &t.s);
 	ck_assert_msg(r == 0, "second begin after the move: %d (%s)", r, uffdsnap_last_error());
 	scribble(b, NULL, 0, np, 7, 0xe2);
 	r = finish(&t, "after the move");
 	expect_exact(&t, "r", ref2, len, r);
 	end(&t);
-	usnap_buf_free(ref, len);
-	usnap_buf_free(ref2, len);
+	t_buf_free(ref, len);
+	t_buf_free(ref2, len);
 	if (shared) {
 		m.addr = b;
-		usnap_mem_free(&m);
+		t_mem_free(&m);
 	} else {
 		munmap(b, len);
 	}
@@ -389,44 +389,44 @@ END_TEST
  */
 START_TEST(mremap_part)
 {
-	const size_t len = LEN, np = len / usnap_page, q = len / 4;
-	struct usnap_mem m;
+	const size_t len = LEN, np = len / t_page, q = len / 4;
+	struct t_mem m;
 	uint8_t *a, *piece, *ref;
 	uffdsnap_snap_t *s2;
 	struct run t;
 	int r;
 
-	usnap_watchdog(120, "mremap_part");
-	a = usnap_memfd(&m, len);
-	usnap_fill_random(a, len, 34);
-	ref = usnap_mem_copy(&m);
+	t_watchdog(120, "mremap_part");
+	a = t_memfd(&m, len);
+	t_fill_random(a, len, 34);
+	ref = t_mem_copy(&m);
 	begin_slow(&t, "r", a, len);
 	piece = mremap(a + 2 * q, q, q, MREMAP_MAYMOVE | MREMAP_FIXED, free_range(q));
 	ck_assert_msg(piece != MAP_FAILED, "mremap: %s", strerror(errno));
-	scribble(piece, NULL, 0, q / usnap_page, 2, 0xe3);            /* the moved piece */
+	scribble(piece, NULL, 0, q / t_page, 2, 0xe3);            /* the moved piece */
 	scribble(a, NULL, 3 * np / 4, np, 2, 0xe4);                      /* after it, not moved */
 	r = finish(&t, "mremap part");
 	expect_exact(&t, "r", ref, len, r);
-	ck_assert_int_eq(usnap_pagemap_protected(a, 2 * q), 0);
-	ck_assert_int_eq(usnap_pagemap_protected(piece, q), 0);
-	ck_assert_int_eq(usnap_pagemap_protected(a + 3 * q, q), 0);
-	usnap_cb_destroy(&t.cb);
+	ck_assert_int_eq(t_pagemap_protected(a, 2 * q), 0);
+	ck_assert_int_eq(t_pagemap_protected(piece, q), 0);
+	ck_assert_int_eq(t_pagemap_protected(a + 3 * q, q), 0);
+	t_cb_destroy(&t.cb);
 	uffdsnap_snap_free(t.s);
-	usnap_cb_init(&t.cb, -1);
-	r = uffdsnap_begin(t.ctx, usnap_cb_sink(&t.cb), &s2);
+	t_cb_init(&t.cb, -1);
+	r = uffdsnap_begin(t.ctx, t_cb_sink(&t.cb), &s2);
 	printf("mremap_part: piece followed (%" PRIu64 " mremap); next begin: %d (%s)\n", t.st.remaps, r,
 	       uffdsnap_last_error());
 	ck_assert_int_eq(r, -EFAULT);
 	ck_assert_ptr_null(s2);
 	uffdsnap_free(t.ctx);
-	usnap_cb_destroy(&t.cb);
-	usnap_buf_free(ref, len);
+	t_cb_destroy(&t.cb);
+	t_buf_free(ref, len);
 	/* not the whole old range: something else may live in its hole now */
 	munmap(piece, q);
 	munmap(a, 2 * q);
 	munmap(a + 3 * q, q);
 	m.addr = NULL;
-	usnap_mem_free(&m);
+	t_mem_free(&m);
 }
 END_TEST
 
@@ -438,22 +438,22 @@ END_TEST
  */
 START_TEST(mremap_grow)
 {
-	const size_t len = 16 * MiB, np = len / usnap_page;
-	struct usnap_mem m;
+	const size_t len = 16 * MiB, np = len / t_page;
+	struct t_mem m;
 	uint8_t *res, *a, *ref;
 	struct run t;
 	int r;
 
-	usnap_watchdog(120, "mremap_grow");
-	usnap_mem_new(&m, USNAP_MEM_MEMFD, 2 * len);
+	t_watchdog(120, "mremap_grow");
+	t_mem_new(&m, T_MEM_MEMFD, 2 * len);
 	munmap(m.addr, m.len);
 	m.addr = NULL;
 	/* room to grow into: the region is the first half of the file's mapping */
 	res = free_range(2 * len);
 	a = mmap(res, len, PROT_READ | PROT_WRITE, MAP_SHARED | MAP_FIXED, m.fd, 0);
 	ck_assert(a == res);
-	usnap_fill_random(a, len, 35);
-	ref = usnap_copy(a, len);
+	t_fill_random(a, len, 35);
+	ref = t_copy(a, len);
 	begin_slow(&t, "r", a, len);
 	munmap(res + len, len); /* now: begin's threads would have taken the room */
 	ck_assert_msg(mremap(a, len, 2 * len, 0) == a, "mremap grow in place: %s", strerror(errno));
@@ -462,12 +462,12 @@ START_TEST(mremap_grow)
 	r = finish(&t, "mremap grow");
 	expect_exact(&t, "r", ref, len, r);
 	scribble(a, NULL, np + 2, 2 * np, 16, 0xe7); /* more tail holes, after the snapshot */
-	ck_assert_int_eq(usnap_pagemap_protected(a, 2 * len), 0);
+	ck_assert_int_eq(t_pagemap_protected(a, 2 * len), 0);
 	printf("mremap_grow: tail written during and after the snapshot, no hang\n");
 	end(&t);
-	usnap_buf_free(ref, len);
+	t_buf_free(ref, len);
 	munmap(a, 2 * len);
-	usnap_mem_free(&m);
+	t_mem_free(&m);
 }
 END_TEST
 
@@ -476,16 +476,16 @@ END_TEST
 /* Shared memory: what munmap took is still in the file; the rest comes from there. */
 START_TEST(munmap_shared)
 {
-	const size_t len = LEN, np = len / usnap_page;
-	struct usnap_mem m;
+	const size_t len = LEN, np = len / t_page;
+	struct t_mem m;
 	uint8_t *a, *ref;
 	struct run t;
 	int r;
 
-	usnap_watchdog(120, "munmap_shared");
-	a = usnap_memfd(&m, len);
-	usnap_fill_random(a, len, 36);
-	ref = usnap_mem_copy(&m);
+	t_watchdog(120, "munmap_shared");
+	a = t_memfd(&m, len);
+	t_fill_random(a, len, 36);
+	ref = t_mem_copy(&m);
 	begin_slow(&t, "r", a, len);
 	ck_assert_int_eq(munmap(a + len / 2, len / 2), 0);
 	scribble(a, NULL, np / 4, np / 2, 5, 0xf1);
@@ -493,12 +493,12 @@ START_TEST(munmap_shared)
 	printf("munmap_shared: %" PRIu64 " munmap followed, the unmapped half taken from the file\n", t.st.unmaps);
 	expect_exact(&t, "r", ref, len, r);
 	ck_assert_uint_eq(t.st.unmaps, 1);
-	ck_assert_int_eq(usnap_pagemap_protected(a, len / 2), 0);
+	ck_assert_int_eq(t_pagemap_protected(a, len / 2), 0);
 	end(&t);
-	usnap_buf_free(ref, len);
+	t_buf_free(ref, len);
 	munmap(a, len / 2);
 	m.addr = NULL;
-	usnap_mem_free(&m);
+	t_mem_free(&m);
 }
 END_TEST
 
@@ -508,24 +508,24 @@ END_TEST
  */
 START_TEST(munmap_private)
 {
-	const size_t len = LEN, np = len / usnap_page;
+	const size_t len = LEN, np = len / t_page;
 	uint8_t *a = map_private(len), *b = map_private(len), *ref;
 	struct run t;
 	int r;
 
-	usnap_watchdog(120, "munmap_private");
-	usnap_fill_random(a, len, 37);
-	ref = usnap_copy(a, len);
+	t_watchdog(120, "munmap_private");
+	t_fill_random(a, len, 37);
+	ref = t_copy(a, len);
 	/* copied pages: each write copies its aligned 16-page window */
 	begin_slow(&t, "heap", a, len);
 	scribble(a, NULL, np - 64, np, 1, 0xf2);
-	ck_assert_int_eq(munmap(a + len - 64 * usnap_page, 64 * usnap_page), 0);
+	ck_assert_int_eq(munmap(a + len - 64 * t_page, 64 * t_page), 0);
 	r = finish(&t, "munmap copied private pages");
 	expect_exact(&t, "heap", ref, len, r);
 	end(&t);
 
 	/* pages not copied yet */
-	usnap_fill_random(b, len, 38);
+	t_fill_random(b, len, 38);
 	begin_slow(&t, "heap", b, len);
 	ck_assert_int_eq(munmap(b + len / 2, len / 2), 0);
 	r = finish(&t, "munmap uncopied private pages");
@@ -533,10 +533,10 @@ START_TEST(munmap_private)
 	ck_assert_int_eq(r, -ESTALE);
 	ck_assert_msg(strstr(uffdsnap_snap_error(t.s), "munmap") && strstr(uffdsnap_snap_error(t.s), "'heap'"),
 		      "the error should name munmap and the region: %s", uffdsnap_snap_error(t.s));
-	ck_assert_int_eq(usnap_pagemap_protected(b, len / 2), 0);
+	ck_assert_int_eq(t_pagemap_protected(b, len / 2), 0);
 	end(&t);
-	usnap_buf_free(ref, len);
-	munmap(a, len - 64 * usnap_page);
+	t_buf_free(ref, len);
+	munmap(a, len - 64 * t_page);
 	munmap(b, len / 2);
 }
 END_TEST
@@ -567,49 +567,49 @@ static void *forker(void *arg)
 START_TEST(fork_at_the_end)
 {
 	const size_t len = 2 * MiB;
-	const unsigned rounds = USNAP_SANITIZED ? 12 : 60;
-	struct usnap_mem m;
+	const unsigned rounds = T_SANITIZED ? 12 : 60;
+	struct t_mem m;
 	uffdsnap_t *ctx;
 	pthread_t t;
 	unsigned long followed = 0;
 
-	usnap_watchdog(120, "fork_at_the_end");
-	usnap_memfd(&m, len);
-	usnap_fill_random(m.addr, len, 41);
-	ctx = usnap_ctx_new(NULL);
-	usnap_add(ctx, "r", m.addr, len);
+	t_watchdog(120, "fork_at_the_end");
+	t_memfd(&m, len);
+	t_fill_random(m.addr, len, 41);
+	ctx = t_ctx_new(NULL);
+	t_add(ctx, "r", m.addr, len);
 	atomic_store(&forker_stop, false);
 	ck_assert(pthread_create(&t, NULL, forker, NULL) == 0);
 	for (unsigned i = 0; i < rounds; i++) {
-		struct usnap_cb cb;
+		struct t_cb cb;
 		uffdsnap_snap_t *s;
 		uffdsnap_stats_t st;
 		unsigned long before;
 		uint64_t t0;
 		int r;
 
-		usnap_cb_init(&cb, -1);
-		r = uffdsnap_begin(ctx, usnap_cb_sink(&cb), &s);
+		t_cb_init(&cb, -1);
+		r = uffdsnap_begin(ctx, t_cb_sink(&cb), &s);
 		ck_assert_msg(r == 0, "begin %u: %d (%s)", i, r, uffdsnap_last_error());
 		r = uffdsnap_wait(s);
 		ck_assert_msg(r == 0, "snapshot %u: %d (%s)", i, r, uffdsnap_snap_error(s));
-		usnap_stats(s, &st);
+		t_stats(s, &st);
 		followed += st.forks;
 		uffdsnap_snap_free(s);
-		usnap_cb_destroy(&cb);
+		t_cb_destroy(&cb);
 		/* no snapshot runs now: every fork must complete */
 		before = atomic_load(&forks_done);
-		t0 = usnap_now_ns();
-		while (atomic_load(&forks_done) < before + 2 && usnap_now_ns() - t0 < 10000000000ull)
+		t0 = t_now_ns();
+		while (atomic_load(&forks_done) < before + 2 && t_now_ns() - t0 < 10000000000ull)
 			usleep(200);
 		ck_assert_msg(atomic_load(&forks_done) >= before + 2, "after snapshot %u the forker is stuck in fork()", i);
 	}
 	atomic_store(&forker_stop, true);
-	ck_assert_int_eq(usnap_join_timeout(t, 10), 0);
+	ck_assert_int_eq(t_join_timeout(t, 10), 0);
 	printf("fork_at_the_end: %u snapshots, %lu forks, %lu of them during a snapshot (followed)\n", rounds,
 	       atomic_load(&forks_done), followed);
 	uffdsnap_free(ctx);
-	usnap_mem_free(&m);
+	t_mem_free(&m);
 }
 END_TEST
 
@@ -621,8 +621,8 @@ END_TEST
 START_TEST(strict_other_process)
 {
 	const size_t len = 4 * MiB;
-	struct usnap_mem m;
-	struct usnap_cb cb;
+	struct t_mem m;
+	struct t_cb cb;
 	uffdsnap_opts_t o;
 	uffdsnap_snap_t *s;
 	uffdsnap_t *ctx;
@@ -630,9 +630,9 @@ START_TEST(strict_other_process)
 	char c;
 	pid_t pid;
 
-	usnap_watchdog(60, "strict_other_process");
-	usnap_memfd(&m, len);
-	usnap_fill_random(m.addr, len, 39);
+	t_watchdog(60, "strict_other_process");
+	t_memfd(&m, len);
+	t_fill_random(m.addr, len, 39);
 	ck_assert_int_eq(pipe(go), 0);
 	pid = fork();
 	ck_assert(pid >= 0);
@@ -642,26 +642,26 @@ START_TEST(strict_other_process)
 	}
 	uffdsnap_opts_init(&o);
 	o.flags = UFFDSNAP_OPT_STRICT;
-	ctx = usnap_ctx_new(&o);
-	usnap_add(ctx, "r", m.addr, len);
-	usnap_cb_init(&cb, -1);
-	r = uffdsnap_begin(ctx, usnap_cb_sink(&cb), &s);
+	ctx = t_ctx_new(&o);
+	t_add(ctx, "r", m.addr, len);
+	t_cb_init(&cb, -1);
+	r = uffdsnap_begin(ctx, t_cb_sink(&cb), &s);
 	printf("strict_other_process: begin with pid %d mapping the memfd: %d (%s)\n", (int)pid, r,
 	       uffdsnap_last_error());
 	ck_assert_int_eq(r, -EBUSY);
 	ck_assert_ptr_null(s);
-	ck_assert_int_eq(usnap_pagemap_protected(m.addr, len), 0);
+	ck_assert_int_eq(t_pagemap_protected(m.addr, len), 0);
 	ck_assert_int_eq(write(go[1], "g", 1), 1);
 	wait_child(pid, "strict_other_process");
-	r = uffdsnap_begin(ctx, usnap_cb_sink(&cb), &s); /* nobody else now */
+	r = uffdsnap_begin(ctx, t_cb_sink(&cb), &s); /* nobody else now */
 	ck_assert_msg(r == 0, "strict begin once the other process is gone: %d (%s)", r, uffdsnap_last_error());
 	ck_assert_int_eq(uffdsnap_wait(s), 0);
 	uffdsnap_snap_free(s);
 	uffdsnap_free(ctx);
-	usnap_cb_destroy(&cb);
+	t_cb_destroy(&cb);
 	close(go[0]);
 	close(go[1]);
-	usnap_mem_free(&m);
+	t_mem_free(&m);
 }
 END_TEST
 
@@ -670,7 +670,7 @@ int main(void)
 	Suite *s = suite_create("events");
 	TCase *tc = tcase_create("events"), *tf = tcase_create("fork");
 
-	usnap_test_require_uffd();
+	t_test_require_uffd();
 	/* the cases that need fork events skip without them: their own meson
 	 * test (events-fork), so a skip never hides the other cases */
 	tcase_set_tags(tf, "fork");
@@ -690,5 +690,5 @@ int main(void)
 	tcase_add_test(tc, strict_other_process);
 	tcase_add_test(tc, fork_at_the_end);
 	suite_add_tcase(s, tc);
-	return usnap_run_suite(s);
+	return t_run_suite(s);
 }

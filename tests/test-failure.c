@@ -21,24 +21,24 @@ struct rw_state {
 };
 
 /* Writes random pages of [first_page, first_page + npages) until stopped. */
-static void rw_writer(struct usnap_writers *w, unsigned idx)
+static void rw_writer(struct t_writers *w, unsigned idx)
 {
 	struct rw_state *b = w->arg;
 	uint64_t rng = 777 + idx;
 
 	while (!atomic_load_explicit(&w->stop, memory_order_relaxed)) {
-		uint64_t r = usnap_splitmix64(&rng);
-		__atomic_store_n(&b->addr[(b->first_page + r % b->npages) * usnap_page + (r >> 52)], (uint8_t)r, __ATOMIC_RELAXED);
+		uint64_t r = t_splitmix64(&rng);
+		__atomic_store_n(&b->addr[(b->first_page + r % b->npages) * t_page + (r >> 52)], (uint8_t)r, __ATOMIC_RELAXED);
 		atomic_fetch_add_explicit(&w->progress[idx], 1, memory_order_relaxed);
 	}
 }
 
 /* After a failed wait: nothing protected, every writer still makes progress
  * and stops when told. */
-static void assert_released(struct usnap_mem *m, struct usnap_writers *w, const char *what)
+static void assert_released(struct t_mem *m, struct t_writers *w, const char *what)
 {
 	unsigned long long p0[64];
-	long prot = usnap_pagemap_protected(m->addr, m->len);
+	long prot = t_pagemap_protected(m->addr, m->len);
 
 	ck_assert_msg(prot == 0, "%s: %ld pages still protected after the failure", what, prot);
 	for (unsigned i = 0; i < w->n; i++)
@@ -46,33 +46,33 @@ static void assert_released(struct usnap_mem *m, struct usnap_writers *w, const 
 	/* A writer starved of CPU for a moment is not a writer blocked on a
 	 * fault: give each up to 5 s to make one more store. */
 	for (unsigned i = 0; i < w->n; i++) {
-		uint64_t t0 = usnap_now_ns();
-		while (atomic_load(&w->progress[i]) == p0[i] && usnap_ms_since(t0) < 5000)
+		uint64_t t0 = t_now_ns();
+		while (atomic_load(&w->progress[i]) == p0[i] && t_ms_since(t0) < 5000)
 			usleep(10 * 1000);
 		ck_assert_msg(atomic_load(&w->progress[i]) > p0[i], "%s: writer %u made no progress in 5 s after "
 			      "the failure (blocked on a fault)", what, i);
 	}
-	usnap_writers_stop(w, 10);
-	ck_assert_int_eq(usnap_pagemap_protected(m->addr, m->len), 0);
+	t_writers_stop(w, 10);
+	ck_assert_int_eq(t_pagemap_protected(m->addr, m->len), 0);
 }
 
 /* A memfd of len random bytes (seed) that f's context holds as "r", and two
  * writers storing to all of it through b. */
-static void setup(struct usnap_fix *f, size_t len, uint64_t seed, struct usnap_writers *w, struct rw_state *b)
+static void setup(struct t_fix *f, size_t len, uint64_t seed, struct t_writers *w, struct rw_state *b)
 {
-	usnap_fix_mem(f, len);
-	usnap_fill_random(f->m.addr, len, seed);
-	usnap_fix_ctx(f, "r", NULL);
-	*b = (struct rw_state){ f->m.addr, 0, len / usnap_page };
-	usnap_writers_start(w, 2, rw_writer, b);
+	t_fix_mem(f, len);
+	t_fill_random(f->m.addr, len, seed);
+	t_fix_ctx(f, "r", NULL);
+	*b = (struct rw_state){ f->m.addr, 0, len / t_page };
+	t_writers_start(w, 2, rw_writer, b);
 }
 
 static void assert_failed(uffdsnap_snap_t *s, int r, int want, const char *what)
 {
 	uffdsnap_stats_t st;
 
-	usnap_stats(s, &st);
-	usnap_stats_print(what, &st);
+	t_stats(s, &st);
+	t_stats_print(what, &st);
 	printf("  %s: wait -> %d (%s): %s\n", what, r, uffdsnap_strerror(r), uffdsnap_snap_error(s));
 	ck_assert_msg(r == want, "%s: wait returned %d (%s), expected %d", what, r, uffdsnap_snap_error(s), want);
 	ck_assert_msg(uffdsnap_snap_error(s)[0], "%s: no uffdsnap_snap_error text", what);
@@ -85,39 +85,39 @@ static void assert_failed(uffdsnap_snap_t *s, int r, int want, const char *what)
 /* (a) disk full: a 64 MiB random region into a 4 MiB tmpfs. */
 START_TEST(failure_enospc)
 {
-	struct usnap_fix f;
-	struct usnap_writers w;
+	struct t_fix f;
+	struct t_writers w;
 	struct rw_state b;
 	char mnt[PATH_MAX], path[PATH_MAX + 16];
 	int r;
 
-	usnap_watchdog(120, "failure_enospc");
-	usnap_tmpfs_mount(mnt, 4 * MiB);
+	t_watchdog(120, "failure_enospc");
+	t_tmpfs_mount(mnt, 4 * MiB);
 	snprintf(path, sizeof(path), "%s/snap", mnt);
 	setup(&f, 64 * MiB, 9, &w, &b);
-	ck_assert(usnap_writers_wait_progress(&w, 1000, 10));
+	ck_assert(t_writers_wait_progress(&w, 1000, 10));
 	r = uffdsnap_begin_file(f.ctx, path, &f.s);
 	ck_assert_msg(r == 0, "begin: %d (%s)", r, uffdsnap_last_error());
 	r = uffdsnap_wait(f.s);
 	assert_failed(f.s, r, -ENOSPC, "ENOSPC");
 	assert_released(&f.m, &w, "ENOSPC");
 	ck_assert_msg(access(path, F_OK) != 0, "the target %s exists after a failed snapshot", path);
-	ck_assert_msg(usnap_dir_entries(mnt, true) == 0, "files left in %s after a failed snapshot", mnt);
-	usnap_fix_free(&f);
-	usnap_tmpfs_umount(mnt);
+	ck_assert_msg(t_dir_entries(mnt, true) == 0, "files left in %s after a failed snapshot", mnt);
+	t_fix_free(&f);
+	t_tmpfs_umount(mnt);
 }
 END_TEST
 
 /* (b) an fd sink whose reader went away. */
 static void closed_pipe(bool ignore_sigpipe)
 {
-	struct usnap_fix f;
-	struct usnap_writers w;
+	struct t_fix f;
+	struct t_writers w;
 	struct rw_state b;
 	uffdsnap_sink_t *k;
 	int r, p[2];
 
-	usnap_watchdog(60, "failure closed pipe");
+	t_watchdog(60, "failure closed pipe");
 	if (ignore_sigpipe)
 		signal(SIGPIPE, SIG_IGN);
 	ck_assert_int_eq(pipe(p), 0);
@@ -131,7 +131,7 @@ static void closed_pipe(bool ignore_sigpipe)
 	assert_released(&f.m, &w, "EPIPE");
 	ck_assert_msg(fcntl(p[1], F_GETFD) >= 0, "the fd sink closed the caller's fd");
 	close(p[1]);
-	usnap_fix_free(&f);
+	t_fix_free(&f);
 }
 
 START_TEST(failure_epipe) { closed_pipe(true); }
@@ -144,30 +144,30 @@ END_TEST
 /* (c) a callback sink failing at call N. */
 START_TEST(failure_callback_eio)
 {
-	struct usnap_fix f;
-	struct usnap_writers w;
+	struct t_fix f;
+	struct t_writers w;
 	struct rw_state b;
 	char dir[PATH_MAX], path[PATH_MAX + 16];
 	int r;
 
-	usnap_watchdog(60, "failure_callback_eio");
+	t_watchdog(60, "failure_callback_eio");
 	setup(&f, 32 * MiB, 29, &w, &b);
-	usnap_fix_cb(&f, NULL);
+	t_fix_cb(&f, NULL);
 	f.cb.fail_at = 5;
 	f.cb.fail_err = -EIO;
-	ck_assert_int_eq(uffdsnap_begin(f.ctx, usnap_cb_sink(&f.cb), &f.s), 0);
+	ck_assert_int_eq(uffdsnap_begin(f.ctx, t_cb_sink(&f.cb), &f.s), 0);
 	r = uffdsnap_wait(f.s);
 	assert_failed(f.s, r, -EIO, "callback -EIO at call 5");
 	assert_released(&f.m, &w, "callback -EIO");
 	printf("  callback calls: %lu, bytes kept %zu\n", atomic_load(&f.cb.calls), f.cb.mem_len);
 	ck_assert_uint_ge(atomic_load(&f.cb.calls), 5);
 	/* what did reach the sink must not pass for a snapshot */
-	usnap_tmpdir(dir);
+	t_tmpdir(dir);
 	snprintf(path, sizeof(path), "%s/partial", dir);
-	usnap_write_file(path, f.cb.mem, f.cb.mem_len);
-	ck_assert_msg(!usnap_file_verifies(path), "the stream of a failed snapshot passes verify");
-	usnap_rmdir(dir);
-	usnap_fix_free(&f);
+	t_write_file(path, f.cb.mem, f.cb.mem_len);
+	ck_assert_msg(!t_file_verifies(path), "the stream of a failed snapshot passes verify");
+	t_rmdir(dir);
+	t_fix_free(&f);
 }
 END_TEST
 
@@ -198,9 +198,9 @@ static void blocked_writers(enum how how)
 {
 	static const char *names[] = { "snap_free mid-snapshot", "uffdsnap_free(ctx) mid-snapshot", "cancel" };
 	const size_t len = 64 * MiB;
-	const uffdsnap_opts_t o = usnap_opts(4 * MiB, 0);
-	struct usnap_fix f;
-	struct usnap_writers w;
+	const uffdsnap_opts_t o = t_opts(4 * MiB, 0);
+	struct t_fix f;
+	struct t_writers w;
 	struct rw_state b;
 	struct killer k;
 	uffdsnap_stats_t st;
@@ -209,42 +209,42 @@ static void blocked_writers(enum how how)
 	uint8_t *mem;
 	int r;
 
-	usnap_watchdog(90, names[how]);
-	mem = usnap_fix_mem(&f, len);
-	usnap_fill_random(mem, len, 39);
-	usnap_fix_ctx(&f, "r", &o);
-	usnap_fix_cb(&f, "partial");
-	usnap_cb_gate(&f.cb, true);
-	ck_assert_int_eq(uffdsnap_begin(f.ctx, usnap_cb_sink(&f.cb), &f.s), 0);
-	ck_assert(usnap_cb_wait_blocked(&f.cb, 10));
-	b = (struct rw_state){ mem, len / usnap_page / 2, len / usnap_page / 2 }; /* far from the sweep */
-	usnap_writers_start(&w, 3, rw_writer, &b);
+	t_watchdog(90, names[how]);
+	mem = t_fix_mem(&f, len);
+	t_fill_random(mem, len, 39);
+	t_fix_ctx(&f, "r", &o);
+	t_fix_cb(&f, "partial");
+	t_cb_gate(&f.cb, true);
+	ck_assert_int_eq(uffdsnap_begin(f.ctx, t_cb_sink(&f.cb), &f.s), 0);
+	ck_assert(t_cb_wait_blocked(&f.cb, 10));
+	b = (struct rw_state){ mem, len / t_page / 2, len / t_page / 2 }; /* far from the sweep */
+	t_writers_start(&w, 3, rw_writer, &b);
 	usleep(300 * 1000);
 	for (unsigned i = 0; i < 3; i++)
 		p1[i] = atomic_load(&w.progress[i]);
 	usleep(200 * 1000);
-	usnap_stats(f.s, &st);
-	usnap_stats_print(names[how], &st);
+	t_stats(f.s, &st);
+	t_stats_print(names[how], &st);
 	for (unsigned i = 0; i < 3; i++)
 		ck_assert_msg(atomic_load(&w.progress[i]) == p1[i], "writer %u is not blocked (%llu -> %llu writes)",
 			      i, p1[i], atomic_load(&w.progress[i]));
 	ck_assert_uint_ge(st.faults, 1);
-	ck_assert_int_gt(usnap_pagemap_protected(mem, len), 0);
+	ck_assert_int_gt(t_pagemap_protected(mem, len), 0);
 
 	k = (struct killer){ how, f.ctx, f.s };
 	ck_assert_int_eq(pthread_create(&t, NULL, kill_it, &k), 0);
 	/* the sink is still shut: the writers must be released anyway */
 	atomic_store(&w.stop, true);
 	for (unsigned i = 0; i < 3; i++) {
-		r = usnap_join_timeout(w.tid[i], 10);
+		r = t_join_timeout(w.tid[i], 10);
 		ck_assert_msg(r == 0, "%s: writer %u still blocked 10 s later, while a sink call is in progress",
 			      names[how], i);
 	}
 	w.n = 0;
-	ck_assert_int_eq(usnap_pagemap_protected(mem, len), 0);
+	ck_assert_int_eq(t_pagemap_protected(mem, len), 0);
 	printf("%s: %d writers released with the sink still blocked\n", names[how], 3);
-	usnap_cb_gate(&f.cb, false);
-	ck_assert_msg(usnap_join_timeout(t, 20) == 0, "%s did not return after the sink was released", names[how]);
+	t_cb_gate(&f.cb, false);
+	ck_assert_msg(t_join_timeout(t, 20) == 0, "%s did not return after the sink was released", names[how]);
 	if (how != BY_SNAP_FREE) {
 		r = uffdsnap_wait(f.s);
 		assert_failed(f.s, r, -ECANCELED, names[how]);
@@ -254,10 +254,10 @@ static void blocked_writers(enum how how)
 		uffdsnap_free(f.ctx);
 	f.s = NULL;
 	f.ctx = NULL;
-	ck_assert_int_eq(usnap_pagemap_protected(mem, len), 0);
+	ck_assert_int_eq(t_pagemap_protected(mem, len), 0);
 	mem[len - 1]++; /* and it stays writable */
-	ck_assert_msg(!usnap_file_verifies(f.path), "%s: the partial stream passes verify", names[how]);
-	usnap_fix_free(&f);
+	ck_assert_msg(!t_file_verifies(f.path), "%s: the partial stream passes verify", names[how]);
+	t_fix_free(&f);
 }
 
 START_TEST(failure_snap_free_mid_snapshot) { blocked_writers(BY_SNAP_FREE); }
@@ -270,18 +270,18 @@ END_TEST
 /* (f') cancel of a file-sink snapshot: no target, no temporary file. */
 START_TEST(failure_cancel_file)
 {
-	struct usnap_fix f;
-	struct usnap_writers w;
+	struct t_fix f;
+	struct t_writers w;
 	struct rw_state b;
 	char dir[PATH_MAX], path[PATH_MAX + 16];
 	int r;
 
-	usnap_watchdog(60, "failure_cancel_file");
-	usnap_tmpdir(dir);
+	t_watchdog(60, "failure_cancel_file");
+	t_tmpdir(dir);
 	snprintf(path, sizeof(path), "%s/snap", dir);
 	setup(&f, 128 * MiB, 49, &w, &b);
 	ck_assert_int_eq(uffdsnap_begin_file(f.ctx, path, &f.s), 0);
-	ck_assert_msg(usnap_dir_entries(dir, true) == 1, "no temporary file while the snapshot runs");
+	ck_assert_msg(t_dir_entries(dir, true) == 1, "no temporary file while the snapshot runs");
 	ck_assert_msg(access(path, F_OK) != 0, "the target exists before the snapshot finished");
 	uffdsnap_cancel(f.s);
 	uffdsnap_cancel(f.s); /* twice is harmless */
@@ -289,16 +289,16 @@ START_TEST(failure_cancel_file)
 	assert_failed(f.s, r, -ECANCELED, "cancel (file sink)");
 	assert_released(&f.m, &w, "cancel (file sink)");
 	ck_assert_msg(access(path, F_OK) != 0, "the target exists after cancel");
-	ck_assert_msg(usnap_dir_entries(dir, true) == 0, "files left in %s after cancel", dir);
+	ck_assert_msg(t_dir_entries(dir, true) == 0, "files left in %s after cancel", dir);
 	uffdsnap_cancel(f.s); /* after the end: no effect */
 	ck_assert_int_eq(uffdsnap_wait(f.s), -ECANCELED);
 	uffdsnap_snap_free(f.s);
 	f.s = NULL;
 	/* the context is usable again */
-	usnap_snap_file(f.ctx, path, NULL);
-	ck_assert(usnap_file_verifies(path));
-	usnap_fix_free(&f);
-	usnap_rmdir(dir);
+	t_snap_file(f.ctx, path, NULL);
+	ck_assert(t_file_verifies(path));
+	t_fix_free(&f);
+	t_rmdir(dir);
 }
 END_TEST
 
@@ -307,8 +307,8 @@ int main(void)
 	Suite *s = suite_create("failure");
 	TCase *tc = tcase_create("failure");
 
-	usnap_test_require_uffd();
-	usnap_test_require_root(); /* tmpfs mount for ENOSPC */
+	t_test_require_uffd();
+	t_test_require_root(); /* tmpfs mount for ENOSPC */
 	tcase_set_timeout(tc, 120);
 	tcase_add_test(tc, failure_enospc);
 	tcase_add_test(tc, failure_epipe);
@@ -319,5 +319,5 @@ int main(void)
 	tcase_add_test(tc, failure_cancel_blocked_writers);
 	tcase_add_test(tc, failure_cancel_file);
 	suite_add_tcase(s, tc);
-	return usnap_run_suite(s);
+	return t_run_suite(s);
 }

@@ -75,8 +75,8 @@ START_TEST(hugetlb_exact)
 {
 	/* 32 MiB under a sanitizer: the time is the slowed sink writing the
 	 * huge pages the writes fault in (2 MiB each), half as many */
-	const size_t len = USNAP_SANITIZED ? 32 * MiB : 64 * MiB, nh = len / HPAGE, pph = HPAGE / usnap_page;
-	struct usnap_cb cb;
+	const size_t len = T_SANITIZED ? 32 * MiB : 64 * MiB, nh = len / HPAGE, pph = HPAGE / t_page;
+	struct t_cb cb;
 	uffdsnap_opts_t o;
 	uffdsnap_stats_t st;
 	uffdsnap_snap_t *s;
@@ -85,42 +85,42 @@ START_TEST(hugetlb_exact)
 	unsigned writes = 0, holes = 0;
 	int fd, r;
 
-	usnap_watchdog(120, "hugetlb_exact");
+	t_watchdog(120, "hugetlb_exact");
 	a = huge_memfd(&fd, len);
 	/* every third huge page never touched: a hole in the file */
 	for (size_t h = 0; h < nh; h++)
 		if (h % 3 != 1)
-			usnap_fill_random(a + h * HPAGE, HPAGE, 40 + h);
-	ref = usnap_buf_alloc(len);
+			t_fill_random(a + h * HPAGE, HPAGE, 40 + h);
+	ref = t_buf_alloc(len);
 	ck_assert(pread(fd, ref, len, 0) == (ssize_t)len); /* reading through the mapping would fill the holes */
-	now = usnap_copy(ref, len);
+	now = t_copy(ref, len);
 	uffdsnap_opts_init(&o);
 	o.buffer_bytes = 4 * MiB; /* two huge pages: a fault must span several chunks */
-	ctx = usnap_ctx_new(&o);
-	usnap_add(ctx, "huge", a, len);
-	s = usnap_begin_stalled(ctx, &cb, 20000);
-	ck_assert_int_eq(usnap_pagemap_protected(a + len - HPAGE, HPAGE), (long)pph); /* not copied yet */
+	ctx = t_ctx_new(&o);
+	t_add(ctx, "huge", a, len);
+	s = t_begin_stalled(ctx, &cb, 20000);
+	ck_assert_int_eq(t_pagemap_protected(a + len - HPAGE, HPAGE), (long)pph); /* not copied yet */
 	/* the second half: not copied yet; holes and data */
 	for (size_t h = nh / 2; h < nh; h++, writes++) {
-		size_t off = h * HPAGE + (h * 7919 % pph) * usnap_page + 13;
+		size_t off = h * HPAGE + (h * 7919 % pph) * t_page + 13;
 		holes += h % 3 == 1;
 		a[off] ^= 0x5a;
 		now[off] ^= 0x5a;
 	}
 	atomic_store(&cb.sleep_us, 0);
 	r = uffdsnap_wait(s);
-	usnap_stats(s, &st);
-	usnap_stats_print("hugetlb", &st);
+	t_stats(s, &st);
+	t_stats_print("hugetlb", &st);
 	printf("hugetlb_exact: %zu huge pages (%zu never touched), %u writes after the instant (%u into holes), "
 	       "%" PRIu64 " faults, %" PRIu64 " pages copied for writers, begin %.3f ms\n", nh, (nh + 1) / 3, writes,
 	       holes, st.faults, st.pages_fault, st.begin_ns / 1e6);
 	ck_assert_msg(r == 0, "wait: %d %s", r, uffdsnap_snap_error(s));
-	usnap_assert_exactly_once(&st);
+	t_assert_exactly_once(&st);
 	ck_assert_uint_ge(st.pages_fault, (uint64_t)pph); /* a fault copies its whole huge page */
-	ck_assert_int_eq(usnap_pagemap_protected(a, len), 0);
+	ck_assert_int_eq(t_pagemap_protected(a, len), 0);
 	{
-		struct usnap_expect ex = { "huge", ref, len };
-		usnap_check_buffer(cb.mem, cb.mem_len, &ex, 1);
+		struct t_expect ex = { "huge", ref, len };
+		t_check_buffer(cb.mem, cb.mem_len, &ex, 1);
 	}
 	ck_assert_int_eq(memcmp(a, now, len), 0);
 
@@ -141,9 +141,9 @@ START_TEST(hugetlb_exact)
 	}
 	uffdsnap_snap_free(s);
 	uffdsnap_free(ctx);
-	usnap_cb_destroy(&cb);
-	usnap_buf_free(ref, len);
-	usnap_buf_free(now, len);
+	t_cb_destroy(&cb);
+	t_buf_free(ref, len);
+	t_buf_free(now, len);
 	munmap(a, len);
 	close(fd);
 }
@@ -154,32 +154,32 @@ END_TEST
  * (the time there is copying the whole region through the library). */
 START_TEST(hugetlb_begin_1g)
 {
-	const size_t len = USNAP_SANITIZED ? 256 * MiB : 1 * GiB;
-	struct usnap_cb cb;
+	const size_t len = T_SANITIZED ? 256 * MiB : 1 * GiB;
+	struct t_cb cb;
 	uffdsnap_stats_t st;
 	uffdsnap_snap_t *s;
 	uffdsnap_t *ctx;
 	uint8_t *a;
 	int fd, r;
 
-	usnap_watchdog(120, "hugetlb_begin_1g");
+	t_watchdog(120, "hugetlb_begin_1g");
 	a = huge_memfd(&fd, len);
-	for (size_t off = 0; off < len; off += usnap_page)
+	for (size_t off = 0; off < len; off += t_page)
 		a[off] = (uint8_t)(off >> 12);
-	ctx = usnap_ctx_new(NULL);
-	usnap_add(ctx, "huge", a, len);
-	usnap_cb_init(&cb, -1); /* a sink that drops the bytes */
-	r = uffdsnap_begin(ctx, usnap_cb_sink(&cb), &s);
+	ctx = t_ctx_new(NULL);
+	t_add(ctx, "huge", a, len);
+	t_cb_init(&cb, -1); /* a sink that drops the bytes */
+	r = uffdsnap_begin(ctx, t_cb_sink(&cb), &s);
 	ck_assert_msg(r == 0, "begin: %d (%s)", r, uffdsnap_last_error());
 	a[len - 1] ^= 1; /* a write fault */
 	ck_assert_int_eq(uffdsnap_wait(s), 0);
-	usnap_stats(s, &st);
+	t_stats(s, &st);
 	printf("hugetlb_begin_1g: begin (protect %zu huge pages) %.3f ms; snapshot %.1f ms, %" PRIu64 " faults\n",
 	       len / HPAGE, st.begin_ns / 1e6, st.elapsed_ns / 1e6, st.faults);
-	ck_assert_int_eq(usnap_pagemap_protected(a, len), 0);
+	ck_assert_int_eq(t_pagemap_protected(a, len), 0);
 	uffdsnap_snap_free(s);
 	uffdsnap_free(ctx);
-	usnap_cb_destroy(&cb);
+	t_cb_destroy(&cb);
 	munmap(a, len);
 	close(fd);
 }
@@ -187,7 +187,7 @@ END_TEST
 
 START_TEST(hugetlb_refused)
 {
-	uffdsnap_t *ctx = usnap_ctx_new(NULL);
+	uffdsnap_t *ctx = t_ctx_new(NULL);
 	uint8_t *a;
 	int fd, r;
 
@@ -220,8 +220,8 @@ static void print_lazy(const char *what, const uffdsnap_lazy_stats_t *st)
 static void touch_random(const uint8_t *a, const uint8_t *ref, size_t len, unsigned n, uint64_t seed)
 {
 	for (unsigned i = 0; i < n; i++) {
-		size_t p = usnap_splitmix64(&seed) % (len / usnap_page);
-		usnap_assert_msg(!memcmp(a + p * usnap_page, ref + p * usnap_page, usnap_page), "page %zu differs", p);
+		size_t p = t_splitmix64(&seed) % (len / t_page);
+		t_assert_msg(!memcmp(a + p * t_page, ref + p * t_page, t_page), "page %zu differs", p);
 	}
 }
 
@@ -237,7 +237,7 @@ static void huge_touch_lost(const char *path, size_t len, size_t bad, bool after
 	uffdsnap_lazy_t *lz;
 	int fd;
 
-	usnap_sigbus_child();
+	t_sigbus_child();
 	uffdsnap_lazy_opts_init(&o);
 	o.flags = after_wait ? 0 : UFFDSNAP_LAZY_NO_PREFETCH;
 	reg.addr = huge_memfd(&fd, len);
@@ -245,7 +245,7 @@ static void huge_touch_lost(const char *path, size_t len, size_t bad, bool after
 		_exit(10);
 	if (after_wait && !uffdsnap_lazy_wait(lz))
 		_exit(11);
-	(void)*(volatile uint8_t *)((uint8_t *)reg.addr + bad * usnap_page + 8);
+	(void)*(volatile uint8_t *)((uint8_t *)reg.addr + bad * t_page + 8);
 	_exit(13);
 }
 
@@ -275,24 +275,24 @@ START_TEST(hugetlb_lazy)
 	int fd, rc, ls, status;
 	pid_t server;
 
-	usnap_watchdog(60, "hugetlb_lazy");
+	t_watchdog(60, "hugetlb_lazy");
 	a = huge_memfd(&fd, len);
 	for (size_t h = 0; h < nh; h++)
 		if (h % 4) /* 0: a hole; 2: data, then zero pages */
-			usnap_fill_random(a + h * HPAGE, h % 4 == 2 ? HPAGE / 3 : HPAGE, 60 + h);
-	ref = usnap_buf_alloc(len);
+			t_fill_random(a + h * HPAGE, h % 4 == 2 ? HPAGE / 3 : HPAGE, 60 + h);
+	ref = t_buf_alloc(len);
 	ck_assert(pread(fd, ref, len, 0) == (ssize_t)len);
-	usnap_tmpdir(dir);
+	t_tmpdir(dir);
 	snprintf(path, sizeof(path), "%s/snap", dir);
-	ctx = usnap_ctx_new(NULL);
-	usnap_add(ctx, "huge", a, len);
-	usnap_snap_file(ctx, path, NULL);
+	ctx = t_ctx_new(NULL);
+	t_add(ctx, "huge", a, len);
+	t_snap_file(ctx, path, NULL);
 	uffdsnap_free(ctx);
 	munmap(a, len);
 	close(fd);
-	r = usnap_reader(path);
+	r = t_reader(path);
 	uffdsnap_reader_info(r, &info);
-	data_pages = len / usnap_page - info.pages_zero;
+	data_pages = len / t_page - info.pages_zero;
 	printf("hugetlb_lazy: the snapshot has %" PRIu64 " chunks\n", info.chunks);
 
 	for (int prefetch = 0; prefetch <= 1; prefetch++) {
@@ -345,35 +345,35 @@ START_TEST(hugetlb_lazy)
 	ck_assert_uint_le(st.chunks_fault + st.chunks_prefetch, info.chunks);
 	ck_assert_msg(!memcmp(a, ref, len), "the huge pages restored by the page server differ from the snapshot");
 	uffdsnap_lazy_client_free(c);
-	status = usnap_wait_child(server, 20, "the page server");
+	status = t_wait_child(server, 20, "the page server");
 	ck_assert_msg(WIFEXITED(status) && WEXITSTATUS(status) == 0, "server status 0x%x", status);
 	munmap(a, len);
 	close(fd);
 	uffdsnap_reader_free(r);
 
 	{
-		struct usnap_snapfile f = { .want = ref, .len = len };
+		struct t_snapfile f = { .want = ref, .len = len };
 		char bad_path[PATH_MAX + 16];
 		size_t bad;
 
 		strcpy(f.dir, dir);
 		strcpy(f.path, path);
-		bad = usnap_snapfile_flipped(&f, "flipped", bad_path);
+		bad = t_snapfile_flipped(&f, "flipped", bad_path);
 		for (int after_wait = 0; after_wait <= 1; after_wait++) {
 			pid_t child = fork();
 
 			ck_assert(child >= 0);
 			if (child == 0)
 				huge_touch_lost(bad_path, len, bad, after_wait);
-			status = usnap_wait_child(child, 20, "the child touching a lost huge page");
+			status = t_wait_child(child, 20, "the child touching a lost huge page");
 			printf("hugetlb_lazy: corrupt chunk, %s: child %s %d\n", after_wait ? "after wait()" : "faults only",
 			       WIFSIGNALED(status) ? "killed by signal" : "exited",
 			       WIFSIGNALED(status) ? WTERMSIG(status) : WEXITSTATUS(status));
 			ck_assert_msg(WIFSIGNALED(status) && WTERMSIG(status) == SIGBUS, "no SIGBUS for a lost huge page");
 		}
 	}
-	usnap_buf_free(ref, len);
-	usnap_rmdir(dir);
+	t_buf_free(ref, len);
+	t_rmdir(dir);
 }
 END_TEST
 
@@ -383,23 +383,23 @@ int main(void)
 	TCase *tc = tcase_create("hugetlb");
 	long free_before, got;
 
-	usnap_test_require_uffd();
+	t_test_require_uffd();
 	if (geteuid() != 0) {
 		printf("SKIP: reserving huge pages (/proc/sys/vm/nr_hugepages) needs root\n");
-		return USNAP_SKIP;
+		return T_SKIP;
 	}
 	old_nr = read_nr("/proc/sys/vm/nr_hugepages");
 	free_before = read_nr("/sys/kernel/mm/hugepages/hugepages-2048kB/free_hugepages");
 	if (old_nr < 0 || free_before < 0) {
 		printf("SKIP: no 2 MiB huge pages on this kernel\n");
-		return USNAP_SKIP;
+		return T_SKIP;
 	}
 	main_pid = getpid();
 	atexit(restore_nr);
 	if (write_nr(old_nr + RESERVE) ||
 	    (got = read_nr("/sys/kernel/mm/hugepages/hugepages-2048kB/free_hugepages")) < free_before + RESERVE) {
 		printf("SKIP: could not reserve %d huge pages (memory too fragmented or too small)\n", RESERVE);
-		return USNAP_SKIP;
+		return T_SKIP;
 	}
 	printf("nr_hugepages %ld -> %ld for the test\n", old_nr, old_nr + RESERVE);
 	tcase_set_timeout(tc, 120);
@@ -408,5 +408,5 @@ int main(void)
 	tcase_add_test(tc, hugetlb_refused);
 	tcase_add_test(tc, hugetlb_lazy);
 	suite_add_tcase(s, tc);
-	return usnap_run_suite(s);
+	return t_run_suite(s);
 }

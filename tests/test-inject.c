@@ -40,7 +40,7 @@
  * (TSan, several times slower) keeps the suite within CI's time */
 #if defined(__SANITIZE_THREAD__)
 #define STEP 5
-#elif USNAP_SANITIZED
+#elif T_SANITIZED
 #define STEP 3
 #else
 #define STEP 1
@@ -109,35 +109,35 @@ struct rw_state {
 	size_t npages;
 };
 
-static void rw_writer(struct usnap_writers *w, unsigned idx)
+static void rw_writer(struct t_writers *w, unsigned idx)
 {
 	struct rw_state *b = w->arg;
 	uint64_t rng = 1234 + idx;
 
 	while (!atomic_load_explicit(&w->stop, memory_order_relaxed)) {
-		uint64_t r = usnap_splitmix64(&rng);
-		__atomic_store_n(&b->addr[(r % b->npages) * usnap_page + (r >> 52)], (uint8_t)r, __ATOMIC_RELAXED);
+		uint64_t r = t_splitmix64(&rng);
+		__atomic_store_n(&b->addr[(r % b->npages) * t_page + (r >> 52)], (uint8_t)r, __ATOMIC_RELAXED);
 		atomic_fetch_add_explicit(&w->progress[idx], 1, memory_order_relaxed);
 	}
 }
 
 /* Nothing protected; every writer stores again and joins. */
-static void assert_released(struct usnap_mem *m, struct usnap_writers *w, const char *what)
+static void assert_released(struct t_mem *m, struct t_writers *w, const char *what)
 {
 	unsigned long long p0[64];
-	long prot = usnap_pagemap_protected(m->addr, m->len);
+	long prot = t_pagemap_protected(m->addr, m->len);
 
 	ck_assert_msg(prot == 0, "%s: %ld pages still protected after the snapshot ended", what, prot);
 	for (unsigned i = 0; i < w->n; i++)
 		p0[i] = atomic_load(&w->progress[i]);
 	for (unsigned i = 0; i < w->n; i++) {
-		uint64_t t0 = usnap_now_ns();
-		while (atomic_load(&w->progress[i]) == p0[i] && usnap_ms_since(t0) < 5000)
+		uint64_t t0 = t_now_ns();
+		while (atomic_load(&w->progress[i]) == p0[i] && t_ms_since(t0) < 5000)
 			usleep(1000);
 		ck_assert_msg(atomic_load(&w->progress[i]) > p0[i], "%s: writer %u made no progress in 5 s after the "
 			      "snapshot ended (blocked on a fault)", what, i);
 	}
-	usnap_writers_stop(w, 10);
+	t_writers_stop(w, 10);
 }
 
 /* ---- one injected run ------------------------------------------------------------- */
@@ -173,10 +173,10 @@ static struct run_result inject_run(enum usnap_inject_point point, unsigned long
 				    enum sink_kind sink, const char *what)
 {
 	struct run_result res = { 0 };
-	struct usnap_mem m, m2;
-	struct usnap_writers w = { 0 };
+	struct t_mem m, m2;
+	struct t_writers w = { 0 };
 	struct rw_state b;
-	struct usnap_cb cb;
+	struct t_cb cb;
 	uffdsnap_opts_t o;
 	uffdsnap_t *ctx = NULL;
 	uffdsnap_snap_t *s = NULL;
@@ -185,16 +185,16 @@ static struct run_result inject_run(enum usnap_inject_point point, unsigned long
 	uint8_t *ref, *ref2;
 	int r, fd = -1;
 
-	usnap_watchdog(30, what); /* per run: a hang names its N */
-	usnap_memfd(&m, run_len);
-	usnap_fill_mixed(m.addr, run_len, 77 + n, 5, 7);
-	ref = usnap_mem_copy(&m);
-	usnap_memfd(&m2, run_len2); /* a second region: begin arms two, and can fail between them */
-	usnap_fill_random(m2.addr, run_len2, n);
-	ref2 = usnap_mem_copy(&m2);
-	usnap_tmpdir(dir);
+	t_watchdog(30, what); /* per run: a hang names its N */
+	t_memfd(&m, run_len);
+	t_fill_mixed(m.addr, run_len, 77 + n, 5, 7);
+	ref = t_mem_copy(&m);
+	t_memfd(&m2, run_len2); /* a second region: begin arms two, and can fail between them */
+	t_fill_random(m2.addr, run_len2, n);
+	ref2 = t_mem_copy(&m2);
+	t_tmpdir(dir);
 	snprintf(path, sizeof(path), "%s/snap", dir);
-	usnap_cb_init(&cb, -1);
+	t_cb_init(&cb, -1);
 	cb.keep = true;
 	uffdsnap_opts_init(&o);
 	o.chunk_bytes = 16 * KiB;
@@ -224,14 +224,14 @@ static struct run_result inject_run(enum usnap_inject_point point, unsigned long
 		ck_assert(fd >= 0);
 		r = uffdsnap_sink_fd(&k, fd);
 	} else {
-		r = uffdsnap_sink_callback(&k, usnap_cb_write, &cb);
+		r = uffdsnap_sink_callback(&k, t_cb_write, &cb);
 	}
 	if (r)
 		goto failed_early;
 	res.stage = 3;
 	r = uffdsnap_begin(ctx, k, &s);
-	b = (struct rw_state){ m.addr, run_len / usnap_page };
-	usnap_writers_start(&w, 2, rw_writer, &b);
+	b = (struct rw_state){ m.addr, run_len / t_page };
+	t_writers_start(&w, 2, rw_writer, &b);
 	if (r)
 		goto failed_early;
 	res.stage = 4;
@@ -258,31 +258,31 @@ done:
 	res.fired = usnap_inject_fired();
 	res.calls = usnap_inject_calls(point);
 
-	ck_assert_msg(usnap_pagemap_protected(m2.addr, run_len2) == 0, "%s: second region still protected", what);
+	ck_assert_msg(t_pagemap_protected(m2.addr, run_len2) == 0, "%s: second region still protected", what);
 	if (res.stage == 4 && !res.err) {
-		struct usnap_expect e[2] = { { "r", ref, run_len }, { "s", ref2, run_len2 } };
+		struct t_expect e[2] = { { "r", ref, run_len }, { "s", ref2, run_len2 } };
 		if (sink == SINK_CB)
-			usnap_check_buffer(cb.mem, cb.mem_len, e, 2);
+			t_check_buffer(cb.mem, cb.mem_len, e, 2);
 		else
-			usnap_check_file(path, e, 2);
+			t_check_file(path, e, 2);
 	} else if (sink == SINK_FILE) {
-		ck_assert_msg(usnap_dir_entries(dir, true) == 0, "%s: files left behind by a failed snapshot", what);
+		ck_assert_msg(t_dir_entries(dir, true) == 0, "%s: files left behind by a failed snapshot", what);
 	} else if (sink == SINK_FD) {
-		ck_assert_msg(!usnap_file_verifies(path), "%s: the stream of a failed snapshot verifies", what);
+		ck_assert_msg(!t_file_verifies(path), "%s: the stream of a failed snapshot verifies", what);
 	} else if (cb.mem_len) {
 		FILE *f = fopen(path, "we");
 		ck_assert(f && fwrite(cb.mem, 1, cb.mem_len, f) == cb.mem_len);
 		fclose(f);
-		ck_assert_msg(!usnap_file_verifies(path), "%s: the stream of a failed snapshot verifies", what);
+		ck_assert_msg(!t_file_verifies(path), "%s: the stream of a failed snapshot verifies", what);
 	}
 	if (fd >= 0)
 		close(fd);
-	usnap_rmdir(dir);
-	usnap_cb_destroy(&cb);
-	usnap_buf_free(ref, run_len);
-	usnap_buf_free(ref2, run_len2);
-	usnap_mem_free(&m);
-	usnap_mem_free(&m2);
+	t_rmdir(dir);
+	t_cb_destroy(&cb);
+	t_buf_free(ref, run_len);
+	t_buf_free(ref2, run_len2);
+	t_mem_free(&m);
+	t_mem_free(&m2);
 	return res;
 }
 
@@ -296,10 +296,10 @@ static void sweep(enum usnap_inject_point point, int err, int mode, enum sink_ki
 	/* USNAP_INJECT_PASSES=k repeats each sweep k times (default 2, 1 under
 	 * the sanitizers, where LeakSanitizer checks every byte) */
 	unsigned passes = getenv("USNAP_INJECT_PASSES") ? (unsigned)atoi(getenv("USNAP_INJECT_PASSES"))
-			  : USNAP_SANITIZED ? 1 : 2;
+			  : T_SANITIZED ? 1 : 2;
 	int fds0, thr0;
 	size_t heap0 = 0, heap_end[64] = { 0 };
-	uint64_t t0 = usnap_now_ns();
+	uint64_t t0 = t_now_ns();
 	bool short_ok = mode & USNAP_INJ_SHORT;
 	char what[160];
 
@@ -342,7 +342,7 @@ static void sweep(enum usnap_inject_point point, int err, int mode, enum sink_ki
 	}
 	if (passes < 1 || passes > 64)
 		ck_abort_msg("USNAP_INJECT_PASSES must be 1..64");
-	if (!USNAP_SANITIZED && passes > 1) {
+	if (!T_SANITIZED && passes > 1) {
 		/* the same sweep again: whatever a run leaks, the next pass leaks again */
 		ck_assert_msg(heap_end[passes - 1] <= heap_end[0] + 1 * KiB, "%s: the heap grew from %zu to %zu bytes "
 			      "over %u more passes of the same sweep", label, heap_end[0], heap_end[passes - 1],
@@ -353,13 +353,13 @@ static void sweep(enum usnap_inject_point point, int err, int mode, enum sink_ki
 	printf("%s: %u pass(es) of N = 1..%lu step %lu: %lu runs, %lu faults injected, %lu runs failed cleanly, %lu "
 	       "succeeded byte-exact; fds %d, threads %d, heap %zu after 3 runs, %zu after pass 1, %zu after pass %u; "
 	       "%.1f s\n", label, passes, n, step, runs, injected, failed, succeeded, fds0, thr0, heap0, heap_end[0],
-	       heap_end[passes - 1], passes, usnap_ms_since(t0) / 1000);
+	       heap_end[passes - 1], passes, t_ms_since(t0) / 1000);
 	ck_assert_uint_ge(failed, short_ok ? 0 : 1);
 }
 
 START_TEST(inject_alloc)
 {
-	usnap_watchdog(170, "inject_alloc");
+	t_watchdog(170, "inject_alloc");
 	sweep(USNAP_INJ_ALLOC, 0, USNAP_INJ_FAIL, SINK_FILE, "alloc ENOMEM, file sink");
 	sweep(USNAP_INJ_ALLOC, 0, USNAP_INJ_FAIL, SINK_CB, "alloc ENOMEM, callback sink");
 }
@@ -367,14 +367,14 @@ END_TEST
 
 START_TEST(inject_alloc_sticky)
 {
-	usnap_watchdog(170, "inject_alloc_sticky");
+	t_watchdog(170, "inject_alloc_sticky");
 	sweep(USNAP_INJ_ALLOC, 0, USNAP_INJ_FAIL | USNAP_INJ_STICKY, SINK_FD, "alloc ENOMEM from N on, fd sink");
 }
 END_TEST
 
 START_TEST(inject_sys)
 {
-	usnap_watchdog(170, "inject_sys");
+	t_watchdog(170, "inject_sys");
 	sweep(USNAP_INJ_SYS, 0, USNAP_INJ_FAIL, SINK_FILE, "threads/eventfd/mkostemp, file sink");
 	sweep(USNAP_INJ_SYS, 0, USNAP_INJ_FAIL, SINK_CB, "threads/eventfd, callback sink");
 }
@@ -382,7 +382,7 @@ END_TEST
 
 START_TEST(inject_ioctl)
 {
-	usnap_watchdog(170, "inject_ioctl");
+	t_watchdog(170, "inject_ioctl");
 	sweep(USNAP_INJ_IOCTL, 0, USNAP_INJ_FAIL, SINK_CB, "uffd ioctl ENOMEM, callback sink");
 	sweep(USNAP_INJ_IOCTL, ENOMEM, USNAP_INJ_FAIL, SINK_FD, "uffd ioctl ENOMEM, fd sink");
 	sweep(USNAP_INJ_IOCTL, 0, USNAP_INJ_FAIL | USNAP_INJ_STICKY, SINK_FILE, "uffd ioctl ENOMEM from N on, file sink");
@@ -391,7 +391,7 @@ END_TEST
 
 START_TEST(inject_write_fail)
 {
-	usnap_watchdog(170, "inject_write_fail");
+	t_watchdog(170, "inject_write_fail");
 	sweep(USNAP_INJ_WRITE, ENOSPC, USNAP_INJ_FAIL, SINK_FILE, "sink write ENOSPC, file sink");
 	sweep(USNAP_INJ_WRITE, EPIPE, USNAP_INJ_FAIL, SINK_FD, "sink write EPIPE, fd sink");
 	sweep(USNAP_INJ_WRITE, EINTR, USNAP_INJ_FAIL, SINK_CB, "callback returns -EINTR");
@@ -400,7 +400,7 @@ END_TEST
 
 START_TEST(inject_write_short)
 {
-	usnap_watchdog(170, "inject_write_short");
+	t_watchdog(170, "inject_write_short");
 	sweep(USNAP_INJ_WRITE, 0, USNAP_INJ_SHORT, SINK_FILE, "short sink write, file sink");
 	sweep(USNAP_INJ_WRITE, 0, USNAP_INJ_SHORT, SINK_FD, "short sink write, fd sink");
 	sweep(USNAP_INJ_WRITE, 0, USNAP_INJ_SHORT, SINK_CB, "short sink write, callback sink");
@@ -479,34 +479,34 @@ static void sys_sweep(int mode, const char *label)
 {
 	unsigned long n, runs = 0;
 	int fds0;
-	uint64_t t0 = usnap_now_ns();
+	uint64_t t0 = t_now_ns();
 
 	fds0 = -1; /* taken after the first run: libuv opens its signal pipe once per process */
 	for (n = 1;; n++) {
-		struct usnap_mem m;
-		struct usnap_writers w = { 0 };
+		struct t_mem m;
+		struct t_writers w = { 0 };
 		struct rw_state b;
 		uffdsnap_opts_t o;
 		uffdsnap_t *ctx;
 		uffdsnap_snap_t *s;
 		uffdsnap_sink_t *k;
 		char dir[PATH_MAX], path[PATH_MAX + 16];
-		struct usnap_expect e;
+		struct t_expect e;
 		uint8_t *ref;
 		int fd, r;
 
-		usnap_memfd(&m, run_len);
-		usnap_fill_mixed(m.addr, run_len, 5 + n, 5, 7);
-		ref = usnap_mem_copy(&m);
-		usnap_tmpdir(dir);
+		t_memfd(&m, run_len);
+		t_fill_mixed(m.addr, run_len, 5 + n, 5, 7);
+		ref = t_mem_copy(&m);
+		t_tmpdir(dir);
 		snprintf(path, sizeof(path), "%s/snap", dir);
 		fd = open(path, O_WRONLY | O_CREAT | O_EXCL | O_CLOEXEC, 0600);
 		ck_assert(fd >= 0);
 		uffdsnap_opts_init(&o);
 		o.chunk_bytes = 16 * KiB;
 		o.buffer_bytes = 256 * KiB;
-		ctx = usnap_ctx_new(&o);
-		usnap_add(ctx, "r", m.addr, run_len);
+		ctx = t_ctx_new(&o);
+		t_add(ctx, "r", m.addr, run_len);
 		ck_assert_int_eq(uffdsnap_sink_fd(&k, fd), 0);
 		atomic_store(&sys_calls, 0);
 		atomic_store(&sys_fired, 0);
@@ -515,8 +515,8 @@ static void sys_sweep(int mode, const char *label)
 		atomic_store(&sys_fd, fd);
 		r = uffdsnap_begin(ctx, k, &s);
 		ck_assert_msg(r == 0, "begin: %d (%s)", r, uffdsnap_last_error());
-		b = (struct rw_state){ m.addr, run_len / usnap_page };
-		usnap_writers_start(&w, 2, rw_writer, &b);
+		b = (struct rw_state){ m.addr, run_len / t_page };
+		t_writers_start(&w, 2, rw_writer, &b);
 		r = uffdsnap_wait(s);
 		atomic_store(&sys_fd, -1);
 		ck_assert_msg(r == 0, "%s at write %lu: the snapshot failed: %d (%s)", label, n, r,
@@ -525,11 +525,11 @@ static void sys_sweep(int mode, const char *label)
 		uffdsnap_snap_free(s);
 		uffdsnap_free(ctx);
 		close(fd);
-		e = (struct usnap_expect){ "r", ref, run_len };
-		usnap_check_file(path, &e, 1);
-		usnap_rmdir(dir);
-		usnap_buf_free(ref, run_len);
-		usnap_mem_free(&m);
+		e = (struct t_expect){ "r", ref, run_len };
+		t_check_file(path, &e, 1);
+		t_rmdir(dir);
+		t_buf_free(ref, run_len);
+		t_mem_free(&m);
 		runs++;
 		if (fds0 < 0)
 			fds0 = fd_count();
@@ -537,20 +537,20 @@ static void sys_sweep(int mode, const char *label)
 		if (!atomic_load(&sys_fired))
 			break;
 	}
-	printf("%s: %lu runs, every one succeeded byte-exact (%.1f s)\n", label, runs, usnap_ms_since(t0) / 1000);
+	printf("%s: %lu runs, every one succeeded byte-exact (%.1f s)\n", label, runs, t_ms_since(t0) / 1000);
 	ck_assert_uint_ge(runs, 2);
 }
 
 START_TEST(inject_syscall_eintr)
 {
-	usnap_watchdog(170, "inject_syscall_eintr");
+	t_watchdog(170, "inject_syscall_eintr");
 	sys_sweep(0, "write(2) -> EINTR at call N, fd sink");
 }
 END_TEST
 
 START_TEST(inject_syscall_short)
 {
-	usnap_watchdog(170, "inject_syscall_short");
+	t_watchdog(170, "inject_syscall_short");
 	sys_sweep(1, "write(2) short at call N, fd sink");
 }
 END_TEST
@@ -560,7 +560,7 @@ END_TEST
 START_TEST(inject_reader_alloc)
 {
 	const size_t len = 2 * MiB;
-	struct usnap_mem m;
+	struct t_mem m;
 	uffdsnap_opts_t o;
 	uffdsnap_t *ctx;
 	uffdsnap_snap_t *s;
@@ -570,19 +570,19 @@ START_TEST(inject_reader_alloc)
 	int fds0;
 	size_t heap0 = 0;
 
-	usnap_watchdog(170, "inject_reader_alloc");
-	usnap_memfd(&m, len);
-	usnap_fill_mixed(m.addr, len, 3, 5, 7);
-	ref = usnap_mem_copy(&m);
-	buf = usnap_buf_alloc(len);
-	usnap_tmpdir(dir);
+	t_watchdog(170, "inject_reader_alloc");
+	t_memfd(&m, len);
+	t_fill_mixed(m.addr, len, 3, 5, 7);
+	ref = t_mem_copy(&m);
+	buf = t_buf_alloc(len);
+	t_tmpdir(dir);
 	snprintf(path, sizeof(path), "%s/snap", dir);
 	snprintf(out, sizeof(out), "%s/out", dir);
 	uffdsnap_opts_init(&o);
 	o.chunk_bytes = 16 * KiB;
 	o.buffer_bytes = 256 * KiB;
-	ctx = usnap_ctx_new(&o);
-	usnap_add(ctx, "r", m.addr, len);
+	ctx = t_ctx_new(&o);
+	t_add(ctx, "r", m.addr, len);
 	ck_assert_int_eq(uffdsnap_begin_file(ctx, path, &s), 0);
 	ck_assert_int_eq(uffdsnap_wait(s), 0);
 	uffdsnap_snap_free(s);
@@ -611,7 +611,7 @@ START_TEST(inject_reader_alloc)
 			failed++;
 		} else {
 			size_t olen;
-			uint8_t *o2 = usnap_slurp(out, &olen);
+			uint8_t *o2 = t_slurp(out, &olen);
 			ck_assert_msg(!memcmp(buf, ref, len), "reader: read differs with allocation %lu failing", n);
 			ck_assert(olen == len && !memcmp(o2, ref, len));
 			free(o2);
@@ -623,15 +623,15 @@ START_TEST(inject_reader_alloc)
 		if (n && !usnap_inject_fired())
 			break;
 	}
-	if (!USNAP_SANITIZED)
+	if (!T_SANITIZED)
 		ck_assert_msg(heap_used() <= heap0 + 4 * KiB, "reader: heap grew from %zu to %zu", heap0, heap_used());
 	printf("reader alloc sweep: %lu allocations, each failing once: %lu runs failed with -ENOMEM, the rest read "
 	       "exactly; fds %d; heap %zu -> %zu\n", n - 1, failed, fds0, heap0, heap_used());
 	ck_assert_uint_ge(failed, 5);
-	usnap_rmdir(dir);
-	usnap_buf_free(buf, len);
-	usnap_buf_free(ref, len);
-	usnap_mem_free(&m);
+	t_rmdir(dir);
+	t_buf_free(buf, len);
+	t_buf_free(ref, len);
+	t_mem_free(&m);
 }
 END_TEST
 
@@ -677,10 +677,10 @@ static void kill_round(enum kill_how how, bool gate, unsigned delay_us, unsigned
 		       unsigned long *cancelled)
 {
 	const size_t len = 8 * MiB;
-	struct usnap_mem m;
-	struct usnap_writers w = { 0 };
+	struct t_mem m;
+	struct t_writers w = { 0 };
 	struct rw_state b;
-	struct usnap_cb cb;
+	struct t_cb cb;
 	struct killer kl = { 0 };
 	uffdsnap_opts_t o;
 	uffdsnap_t *ctx;
@@ -690,27 +690,27 @@ static void kill_round(enum kill_how how, bool gate, unsigned delay_us, unsigned
 	int r;
 
 	snprintf(what, sizeof(what), "%s%s after %u us", kill_name[how], gate ? " (sink stuck)" : "", delay_us);
-	usnap_memfd(&m, len);
-	usnap_fill_random(m.addr, len, delay_us);
-	usnap_cb_init(&cb, -1);
+	t_memfd(&m, len);
+	t_fill_random(m.addr, len, delay_us);
+	t_cb_init(&cb, -1);
 	if (gate)
-		usnap_cb_gate(&cb, true);
+		t_cb_gate(&cb, true);
 	else
 		atomic_store(&cb.sleep_us, 200);
 	uffdsnap_opts_init(&o);
 	o.chunk_bytes = 64 * KiB;
 	o.buffer_bytes = 1 * MiB;
-	ctx = usnap_ctx_new(&o);
-	usnap_add(ctx, "r", m.addr, len);
-	ck_assert_int_eq(uffdsnap_begin(ctx, usnap_cb_sink(&cb), &s), 0);
-	b = (struct rw_state){ m.addr, len / usnap_page };
-	usnap_writers_start(&w, 2, rw_writer, &b);
+	ctx = t_ctx_new(&o);
+	t_add(ctx, "r", m.addr, len);
+	ck_assert_int_eq(uffdsnap_begin(ctx, t_cb_sink(&cb), &s), 0);
+	b = (struct rw_state){ m.addr, len / t_page };
+	t_writers_start(&w, 2, rw_writer, &b);
 	if (gate) {
 		/* every buffer in flight: each writer ends up waiting in a fault */
-		uint64_t t0 = usnap_now_ns();
+		uint64_t t0 = t_now_ns();
 		bool stalled = false;
-		ck_assert(usnap_cb_wait_blocked(&cb, 10));
-		while (!stalled && usnap_ms_since(t0) < 5000) {
+		ck_assert(t_cb_wait_blocked(&cb, 10));
+		while (!stalled && t_ms_since(t0) < 5000) {
 			unsigned long long p0[64];
 			for (unsigned i = 0; i < w.n; i++)
 				p0[i] = atomic_load(&w.progress[i]);
@@ -733,16 +733,16 @@ static void kill_round(enum kill_how how, bool gate, unsigned delay_us, unsigned
 			for (unsigned i = 0; i < w.n; i++)
 				p0[i] = atomic_load(&w.progress[i]);
 			for (unsigned i = 0; i < w.n; i++) {
-				uint64_t t0 = usnap_now_ns();
-				while (atomic_load(&w.progress[i]) == p0[i] && usnap_ms_since(t0) < 5000)
+				uint64_t t0 = t_now_ns();
+				while (atomic_load(&w.progress[i]) == p0[i] && t_ms_since(t0) < 5000)
 					usleep(1000);
 				ck_assert_msg(atomic_load(&w.progress[i]) > p0[i], "%s: writer %u still blocked while the "
 					      "sink is stuck", what, i);
 			}
 		}
-		usnap_cb_gate(&cb, false);
+		t_cb_gate(&cb, false);
 	}
-	ck_assert_msg(usnap_join_timeout(t, 30) == 0, "%s: the killer thread hangs", what);
+	ck_assert_msg(t_join_timeout(t, 30) == 0, "%s: the killer thread hangs", what);
 	if (how == KILL_SNAP_FREE) {
 		s = NULL;
 	} else {
@@ -757,14 +757,14 @@ static void kill_round(enum kill_how how, bool gate, unsigned delay_us, unsigned
 	uffdsnap_snap_free(s);
 	if (how != KILL_FREE)
 		uffdsnap_free(ctx);
-	usnap_cb_destroy(&cb);
-	usnap_mem_free(&m);
+	t_cb_destroy(&cb);
+	t_mem_free(&m);
 }
 
 static void kill_sweep(enum kill_how how)
 {
-	unsigned long rounds = USNAP_SANITIZED ? 8 : 24, blocked = 0, cancelled = 0;
-	uint64_t rng = 99 + how, t0 = usnap_now_ns();
+	unsigned long rounds = T_SANITIZED ? 8 : 24, blocked = 0, cancelled = 0;
+	uint64_t rng = 99 + how, t0 = t_now_ns();
 	int fds0, thr0;
 	size_t heap0 = 0;
 
@@ -773,39 +773,39 @@ static void kill_sweep(enum kill_how how)
 	thr0 = thread_count();
 	for (unsigned long i = 0; i < rounds; i++) {
 		bool gate = i % 3 == 0;
-		kill_round(how, gate, gate ? (unsigned)(usnap_splitmix64(&rng) % 2000)
-					   : (unsigned)(usnap_splitmix64(&rng) % 40000), &blocked, &cancelled);
+		kill_round(how, gate, gate ? (unsigned)(t_splitmix64(&rng) % 2000)
+					   : (unsigned)(t_splitmix64(&rng) % 40000), &blocked, &cancelled);
 		ck_assert_int_eq(fd_count(), fds0);
 		ck_assert_int_eq(thread_count(), thr0);
 		if (i == 2)
 			heap0 = heap_used();
 	}
-	if (!USNAP_SANITIZED)
+	if (!T_SANITIZED)
 		ck_assert_msg(heap_used() <= heap0 + 4 * KiB, "%s: heap grew from %zu to %zu", kill_name[how], heap0,
 			      heap_used());
 	printf("%s from another thread: %lu rounds, %lu while writers waited in faults, %lu cancelled; fds %d "
 	       "threads %d heap %zu -> %zu; %.1f s\n", kill_name[how], rounds, blocked, cancelled, fds0, thr0, heap0,
-	       heap_used(), usnap_ms_since(t0) / 1000);
+	       heap_used(), t_ms_since(t0) / 1000);
 	ck_assert_uint_ge(blocked, rounds / 3);
 }
 
 START_TEST(inject_kill_cancel)
 {
-	usnap_watchdog(170, "inject_kill_cancel");
+	t_watchdog(170, "inject_kill_cancel");
 	kill_sweep(KILL_CANCEL);
 }
 END_TEST
 
 START_TEST(inject_kill_snap_free)
 {
-	usnap_watchdog(170, "inject_kill_snap_free");
+	t_watchdog(170, "inject_kill_snap_free");
 	kill_sweep(KILL_SNAP_FREE);
 }
 END_TEST
 
 START_TEST(inject_kill_free)
 {
-	usnap_watchdog(170, "inject_kill_free");
+	t_watchdog(170, "inject_kill_free");
 	kill_sweep(KILL_FREE);
 }
 END_TEST
@@ -816,7 +816,7 @@ int main(int argc, char **argv)
 	TCase *tc = tcase_create("inject");
 
 	(void)argc;
-	if (!USNAP_SANITIZED && !getenv("USNAP_INJECT_EXECED")) {
+	if (!T_SANITIZED && !getenv("USNAP_INJECT_EXECED")) {
 		/* glibc's tcache keeps freed chunks counted as in use by mallinfo2():
 		 * without it the heap checks are exact */
 		setenv("GLIBC_TUNABLES", "glibc.malloc.tcache_count=0", 1);
@@ -825,7 +825,7 @@ int main(int argc, char **argv)
 		perror("re-executing without tcache");
 		return 1;
 	}
-	usnap_test_require_uffd();
+	t_test_require_uffd();
 	tcase_set_timeout(tc, 180);
 	tcase_add_test(tc, inject_alloc);
 	tcase_add_test(tc, inject_alloc_sticky);
@@ -840,5 +840,5 @@ int main(int argc, char **argv)
 	tcase_add_test(tc, inject_kill_snap_free);
 	tcase_add_test(tc, inject_kill_free);
 	suite_add_tcase(s, tc);
-	return usnap_run_suite(s);
+	return t_run_suite(s);
 }

@@ -56,7 +56,7 @@ struct outcome {
  * check() looks at it once the limits are lifted again. */
 static volatile int *stage; /* where an attempt got to (memcg_edge: seen by the parent after a kill) */
 
-static int attempt(struct usnap_mem *m, const char *dir, char *why, size_t cap, const uffdsnap_opts_t *o)
+static int attempt(struct t_mem *m, const char *dir, char *why, size_t cap, const uffdsnap_opts_t *o)
 {
 	char path[PATH_MAX + 16];
 	uffdsnap_t *ctx = NULL;
@@ -74,8 +74,8 @@ static int attempt(struct usnap_mem *m, const char *dir, char *why, size_t cap, 
 	if (!r && stage)
 		*stage = 2;
 	if (!r) {
-		for (size_t i = 0; i < LEN / usnap_page; i++)
-			m->addr[i * usnap_page] ^= 1;
+		for (size_t i = 0; i < LEN / t_page; i++)
+			m->addr[i * t_page] ^= 1;
 		r = uffdsnap_wait(s);
 	}
 	snprintf(why, cap, "%s", s ? uffdsnap_snap_error(s) : uffdsnap_last_error());
@@ -84,7 +84,7 @@ static int attempt(struct usnap_mem *m, const char *dir, char *why, size_t cap, 
 	return r;
 }
 
-static void check(struct usnap_mem *m, const char *dir, int r, const char *why, struct outcome *o, const char *what)
+static void check(struct t_mem *m, const char *dir, int r, const char *why, struct outcome *o, const char *what)
 {
 	char path[PATH_MAX + 16];
 
@@ -94,12 +94,12 @@ static void check(struct usnap_mem *m, const char *dir, int r, const char *why, 
 		printf("  %s: %s\n", what, why);
 		o->fail++;
 	} else {
-		ck_assert_msg(usnap_file_verifies(path), "%s: the snapshot reported good does not verify", what);
+		ck_assert_msg(t_file_verifies(path), "%s: the snapshot reported good does not verify", what);
 		o->ok++;
 	}
-	ck_assert_int_eq(usnap_pagemap_protected(m->addr, LEN), 0);
-	for (size_t i = 0; i < LEN / usnap_page; i++)
-		m->addr[i * usnap_page] ^= 1;
+	ck_assert_int_eq(t_pagemap_protected(m->addr, LEN), 0);
+	for (size_t i = 0; i < LEN / t_page; i++)
+		m->addr[i * t_page] ^= 1;
 	unlink(path);
 }
 
@@ -110,7 +110,7 @@ static size_t vm_size(void)
 
 	ck_assert(f && fscanf(f, "%lu", &pages) == 1);
 	fclose(f);
-	return pages * usnap_page;
+	return pages * t_page;
 }
 
 /*
@@ -122,12 +122,12 @@ static void edge(int resource, int nsteps, const char *label)
 {
 	struct rlimit old, lim;
 	struct outcome o = { 0 };
-	struct usnap_mem m;
+	struct t_mem m;
 	char dir[PATH_MAX], what[64], why[600];
 
-	usnap_memfd(&m, LEN);
-	usnap_fill_random(m.addr, LEN, 5);
-	usnap_tmpdir(dir);
+	t_memfd(&m, LEN);
+	t_fill_random(m.addr, LEN, 5);
+	t_tmpdir(dir);
 	ck_assert(!getrlimit(resource, &old));
 	for (int step = 0; step <= nsteps; step++) {
 		int top = open_fds(), fill[1024], nfill = 0, fd, r;
@@ -154,20 +154,20 @@ static void edge(int resource, int nsteps, const char *label)
 	printf("%s: %d attempts failed cleanly, %d succeeded\n", label, o.fail, o.ok);
 	ck_assert_msg(o.fail > 0 && o.ok > 0, "the sweep did not cross the edge (%d failed, %d succeeded)", o.fail,
 		      o.ok);
-	usnap_rmdir(dir);
-	usnap_mem_free(&m);
+	t_rmdir(dir);
+	t_mem_free(&m);
 }
 
-START_TEST(nofile_edge) { usnap_watchdog(150, "nofile_edge"); edge(RLIMIT_NOFILE, 16, "nofile_edge"); }
+START_TEST(nofile_edge) { t_watchdog(150, "nofile_edge"); edge(RLIMIT_NOFILE, 16, "nofile_edge"); }
 END_TEST
 
 START_TEST(address_space_edge)
 {
 	/* A sanitizer reserves terabytes of shadow address space up front:
 	 * RLIMIT_AS cannot be brought near the program's size under one. */
-	if (USNAP_SANITIZED)
-		return usnap_skip("address_space_edge", "a sanitizer's shadow memory needs the address space");
-	usnap_watchdog(150, "address_space_edge");
+	if (T_SANITIZED)
+		return t_skip("address_space_edge", "a sanitizer's shadow memory needs the address space");
+	t_watchdog(150, "address_space_edge");
 	edge(RLIMIT_AS, 10, "address_space_edge");
 }
 END_TEST
@@ -189,10 +189,10 @@ static void fill_maps(struct filler *f)
 	ck_assert(fp && fscanf(fp, "%lu", &max) == 1);
 	fclose(fp);
 	f->npages = 2 * max + 8;
-	f->base = mmap(NULL, f->npages * usnap_page, PROT_NONE, MAP_PRIVATE | MAP_ANONYMOUS | MAP_NORESERVE, -1, 0);
+	f->base = mmap(NULL, f->npages * t_page, PROT_NONE, MAP_PRIVATE | MAP_ANONYMOUS | MAP_NORESERVE, -1, 0);
 	ck_assert(f->base != MAP_FAILED);
 	for (f->nsplit = 0; 2 * f->nsplit + 1 < f->npages; f->nsplit++)
-		if (mprotect(f->base + (2 * f->nsplit + 1) * usnap_page, usnap_page, PROT_READ)) {
+		if (mprotect(f->base + (2 * f->nsplit + 1) * t_page, t_page, PROT_READ)) {
 			ck_assert_int_eq(errno, ENOMEM);
 			break;
 		}
@@ -203,8 +203,8 @@ static void fill_maps(struct filler *f)
 static void merge_maps(struct filler *f, size_t n, bool merge)
 {
 	for (size_t j = 0; j < n; j++) {
-		uint8_t *pg = f->base + (2 * (f->nsplit - 1 - j) + 1) * usnap_page;
-		if (mprotect(pg, usnap_page, merge ? PROT_NONE : PROT_READ) && !merge)
+		uint8_t *pg = f->base + (2 * (f->nsplit - 1 - j) + 1) * t_page;
+		if (mprotect(pg, t_page, merge ? PROT_NONE : PROT_READ) && !merge)
 			break; /* a mapping the attempt keeps (glibc caches thread stacks) */
 	}
 }
@@ -212,19 +212,19 @@ static void merge_maps(struct filler *f, size_t n, bool merge)
 START_TEST(map_count_edge)
 {
 	struct outcome o = { 0 };
-	struct usnap_mem m;
+	struct t_mem m;
 	struct filler f;
 	char dir[PATH_MAX], what[64], why[600];
 	int r;
 
 	/* a sanitizer's own allocator and shadow need mappings too: out of
 	 * them it aborts the program, whatever the library does */
-	if (USNAP_SANITIZED)
-		return usnap_skip("map_count_edge", "a sanitizer's runtime needs mappings of its own");
-	usnap_watchdog(150, "map_count_edge");
-	usnap_memfd(&m, LEN);
-	usnap_fill_random(m.addr, LEN, 6);
-	usnap_tmpdir(dir);
+	if (T_SANITIZED)
+		return t_skip("map_count_edge", "a sanitizer's runtime needs mappings of its own");
+	t_watchdog(150, "map_count_edge");
+	t_memfd(&m, LEN);
+	t_fill_random(m.addr, LEN, 6);
+	t_tmpdir(dir);
 	fill_maps(&f);
 	/* step k: 2k mappings free (every merge gives two back); begin needs
 	 * about 10 here (threads' stacks and guards, buffers, the index) */
@@ -239,9 +239,9 @@ START_TEST(map_count_edge)
 	printf("map_count_edge: %d attempts failed cleanly, %d succeeded\n", o.fail, o.ok);
 	ck_assert_msg(o.fail > 0 && o.ok > 0, "the sweep did not cross the edge (%d failed, %d succeeded)", o.fail,
 		      o.ok);
-	munmap(f.base, f.npages * usnap_page);
-	usnap_rmdir(dir);
-	usnap_mem_free(&m);
+	munmap(f.base, f.npages * t_page);
+	t_rmdir(dir);
+	t_mem_free(&m);
 }
 END_TEST
 
@@ -335,7 +335,7 @@ static void memcg_remove(struct memcg *g)
 
 /* In the child: join g, take the limit to what it uses + slack, snapshot.
  * Exit 0: snapshot good; 1: failed with a reason (printed); 2: no reason. */
-static int memcg_child(struct memcg *g, struct usnap_mem *m, const char *dir, size_t slack)
+static int memcg_child(struct memcg *g, struct t_mem *m, const char *dir, size_t slack)
 {
 	uffdsnap_opts_t o;
 	char val[32], why[600];
@@ -359,18 +359,18 @@ static int memcg_child(struct memcg *g, struct usnap_mem *m, const char *dir, si
 START_TEST(memcg_edge)
 {
 	struct memcg g = { 0 };
-	struct usnap_mem m;
+	struct t_mem m;
 	char dir[PATH_MAX + 16], why[PATH_MAX + 300];
 	int ok = 0, failed = 0, killed = 0, late = 0;
-	const size_t step = USNAP_SANITIZED ? 16 * MiB : 2 * MiB;
+	const size_t step = T_SANITIZED ? 16 * MiB : 2 * MiB;
 
-	usnap_watchdog(150, "memcg_edge");
-	usnap_test_require_root();
+	t_watchdog(150, "memcg_edge");
+	t_test_require_root();
 	if (!memcg_create(&g, why, sizeof(why)))
-		return usnap_skip("memcg_edge", "%s", why);
-	usnap_memfd(&m, LEN); /* charged here, not to the child's cgroup */
-	usnap_fill_random(m.addr, LEN, 7);
-	usnap_tmpdir(dir);
+		return t_skip("memcg_edge", "%s", why);
+	t_memfd(&m, LEN); /* charged here, not to the child's cgroup */
+	t_fill_random(m.addr, LEN, 7);
+	t_tmpdir(dir);
 	stage = mmap(NULL, sizeof(*stage), PROT_READ | PROT_WRITE, MAP_SHARED | MAP_ANONYMOUS, -1, 0);
 	ck_assert(stage != MAP_FAILED);
 	/* a sanitizer's shadow memory is charged too: wider steps under one */
@@ -387,7 +387,7 @@ START_TEST(memcg_edge)
 			alarm(60);
 			_exit(memcg_child(&g, &m, dir, slack));
 		}
-		st = usnap_wait_child(pid, 60, "a snapshot in a tight memory cgroup"); /* never hangs */
+		st = t_wait_child(pid, 60, "a snapshot in a tight memory cgroup"); /* never hangs */
 		snprintf(path, sizeof(path), "%s/snap", dir);
 		if (WIFSIGNALED(st)) {
 			ck_assert_msg(WTERMSIG(st) == SIGKILL && read_key(g.dir, g.events, g.oom_key) > kills,
@@ -401,7 +401,7 @@ START_TEST(memcg_edge)
 			ck_assert_msg(WIFEXITED(st) && WEXITSTATUS(st) <= 1, "%zu KiB above its use: exit status 0x%x",
 				      slack >> 10, st);
 			if (WEXITSTATUS(st) == 0) {
-				ck_assert_msg(usnap_file_verifies(path), "a snapshot reported good does not verify");
+				ck_assert_msg(t_file_verifies(path), "a snapshot reported good does not verify");
 				ok++;
 			} else {
 				failed++;
@@ -409,9 +409,9 @@ START_TEST(memcg_edge)
 		}
 		unlink(path);
 		/* whatever happened to it, the memory is writable at once */
-		ck_assert_int_eq(usnap_pagemap_protected(m.addr, LEN), 0);
-		for (size_t i = 0; i < LEN / usnap_page; i++)
-			m.addr[i * usnap_page] ^= 1;
+		ck_assert_int_eq(t_pagemap_protected(m.addr, LEN), 0);
+		for (size_t i = 0; i < LEN / t_page; i++)
+			m.addr[i * t_page] ^= 1;
 	}
 	printf("memcg_edge (cgroup %s): %d snapshots good, %d failed cleanly, %d killed by the OOM killer (%d of "
 	       "them after begin returned)\n", g.v2 ? "v2" : "v1", ok, failed, killed, late);
@@ -419,8 +419,8 @@ START_TEST(memcg_edge)
 	stage = NULL;
 	memcg_remove(&g);
 	ck_assert_msg(ok > 0 && failed + killed > 0, "the sweep did not cross the edge");
-	usnap_rmdir(dir);
-	usnap_mem_free(&m);
+	t_rmdir(dir);
+	t_mem_free(&m);
 }
 END_TEST
 
@@ -429,7 +429,7 @@ int main(void)
 	Suite *s = suite_create("limits");
 	TCase *tc = tcase_create("limits"), *as = tcase_create("as");
 
-	usnap_test_require_uffd();
+	t_test_require_uffd();
 	tcase_set_timeout(tc, 160);
 	tcase_set_timeout(as, 160);
 	tcase_add_test(tc, nofile_edge);
@@ -443,5 +443,5 @@ int main(void)
 	tcase_set_tags(as, "maps");
 	tcase_add_test(as, map_count_edge);
 	suite_add_tcase(s, as);
-	return usnap_run_suite(s);
+	return t_run_suite(s);
 }

@@ -125,7 +125,7 @@ static bool case_exists(enum kind k, enum col c)
 }
 
 /*
- * Under a sanitizer (USNAP_SANITIZED) the matrix runs a representative
+ * Under a sanitizer (T_SANITIZED) the matrix runs a representative
  * subset: every column with one shared and one private kind (all of its
  * cases where a column has two or fewer), every kind in at least two
  * columns, every outcome (exact, -ESTALE, the pinned-punch blind spot).
@@ -197,7 +197,7 @@ static int write_str_bounded(const char *path, const char *s, unsigned secs)
 	r = write_str(path, s);
 	alarm(0);
 	sigaction(SIGALRM, &old, NULL);
-	usnap_watchdog(45, case_name); /* alarm(0) disarmed it */
+	t_watchdog(45, case_name); /* alarm(0) disarmed it */
 	return r;
 }
 
@@ -208,7 +208,7 @@ static void pagemap_read(const void *addr, size_t n, uint64_t *out)
 	ssize_t r;
 
 	ck_assert_msg(fd >= 0, "open pagemap: %s", strerror(errno));
-	r = pread(fd, out, want, (off_t)((uintptr_t)addr / usnap_page * 8));
+	r = pread(fd, out, want, (off_t)((uintptr_t)addr / t_page * 8));
 	ck_assert_msg(r == (ssize_t)want, "pread pagemap: %zd %s", r, strerror(errno));
 	close(fd);
 }
@@ -361,20 +361,20 @@ static void pread_all(int fd, uint8_t *dst, size_t len)
  * only where a page is mapped (never-touched pages stay unmapped). */
 static uint8_t *region_copy(const struct region *r)
 {
-	uint8_t *c = usnap_buf_alloc(r->len);
+	uint8_t *c = t_buf_alloc(r->len);
 
 	if (!is_private(r->kind)) {
 		pread_all(r->fd, c, r->len);
 		return c;
 	}
 	for (size_t p = 0; p < r->np; p++) {
-		size_t off = p * usnap_page;
+		size_t off = p * t_page;
 		if (r->kind == K_PRIVFD && !r->mapped[p])
-			ck_assert(pread(r->fd, c + off, usnap_page, (off_t)off) == (ssize_t)usnap_page);
+			ck_assert(pread(r->fd, c + off, t_page, (off_t)off) == (ssize_t)t_page);
 		else if (r->kind == K_ANON && r->hole[p])
 			continue; /* never touched: zeros */
 		else
-			memcpy(c + off, r->addr + off, usnap_page);
+			memcpy(c + off, r->addr + off, t_page);
 	}
 	return c;
 }
@@ -396,14 +396,14 @@ static void region_new(struct region *r, enum kind k, bool small_tail, bool dens
 	r->fd = -1;
 	r->kind = k;
 	r->len = REGION;
-	r->np = r->len / usnap_page;
+	r->np = r->len / t_page;
 	r->hole = calloc(r->np, 1);
 	r->mapped = calloc(r->np, 1);
 	ck_assert(r->hole && r->mapped);
 	r->resv_len = r->len + 2 * HUGE;
 	r->resv = mmap(NULL, r->resv_len, PROT_NONE, MAP_PRIVATE | MAP_ANONYMOUS | MAP_NORESERVE, -1, 0);
 	ck_assert_msg(r->resv != MAP_FAILED, "mmap reservation: %s", strerror(errno));
-	r->addr = (uint8_t *)(((uintptr_t)r->resv + usnap_page + HUGE - 1) & ~(uintptr_t)(HUGE - 1));
+	r->addr = (uint8_t *)(((uintptr_t)r->resv + t_page + HUGE - 1) & ~(uintptr_t)(HUGE - 1));
 
 	switch (k) {
 	case K_MEMFD:
@@ -438,27 +438,27 @@ static void region_new(struct region *r, enum kind k, bool small_tail, bool dens
 
 	/* the expected contents: 1 page in 16 a hole (not with huge pages,
 	 * which fill whole huge pages), the rest pseudo-random */
-	want = usnap_buf_alloc(r->len);
+	want = t_buf_alloc(r->len);
 	for (size_t p = 0; p < r->np; p++) {
-		if (k != K_THP && k != K_ANONTHP && p % 16 == 9 && !(dense_tail && p >= r->np - 2 * HUGE / usnap_page))
+		if (k != K_THP && k != K_ANONTHP && p % 16 == 9 && !(dense_tail && p >= r->np - 2 * HUGE / t_page))
 			r->hole[p] = 1;
 		else
-			usnap_fill_page(want + p * usnap_page, seed, p);
+			t_fill_page(want + p * t_page, seed, p);
 	}
 	if (k == K_PRIVFD) {
 		/* the file holds the data; through the private mapping, pages
 		 * p%3==0 are copied-on-write (and changed), p%3==1 read, p%3==2
 		 * never touched */
-		r->file = usnap_copy(want, r->len);
+		r->file = t_copy(want, r->len);
 		for (size_t p = 0; p < r->np; p++)
 			if (!r->hole[p])
-				ck_assert(pwrite(r->fd, want + p * usnap_page, usnap_page, (off_t)(p * usnap_page)) ==
-					  (ssize_t)usnap_page);
+				ck_assert(pwrite(r->fd, want + p * t_page, t_page, (off_t)(p * t_page)) ==
+					  (ssize_t)t_page);
 		for (size_t p = 0; p < r->np; p++) {
-			uint8_t *a = r->addr + p * usnap_page;
+			uint8_t *a = r->addr + p * t_page;
 			if (p % 3 == 0) {
 				a[17] ^= 0xff;
-				want[p * usnap_page + 17] ^= 0xff;
+				want[p * t_page + 17] ^= 0xff;
 				r->mapped[p] = 1;
 				r->hole[p] = 0;
 			} else if (p % 3 == 1) {
@@ -469,12 +469,12 @@ static void region_new(struct region *r, enum kind k, bool small_tail, bool dens
 	} else {
 		for (size_t p = 0; p < r->np; p++)
 			if (!r->hole[p])
-				memcpy(r->addr + p * usnap_page, want + p * usnap_page, usnap_page);
+				memcpy(r->addr + p * t_page, want + p * t_page, t_page);
 	}
 	r->ref = region_copy(r);
 	ck_assert_msg(memcmp(r->ref, want, r->len) == 0, "the region does not hold what was written into it");
-	usnap_buf_free(want, r->len);
-	r->now = usnap_copy(r->ref, r->len);
+	t_buf_free(want, r->len);
+	r->now = t_copy(r->ref, r->len);
 }
 
 static void region_free(struct region *r)
@@ -482,10 +482,10 @@ static void region_free(struct region *r)
 	munmap(r->resv, r->resv_len); /* the region and its guards */
 	if (r->fd >= 0)
 		close(r->fd);
-	usnap_buf_free(r->ref, r->len);
-	usnap_buf_free(r->now, r->len);
+	t_buf_free(r->ref, r->len);
+	t_buf_free(r->now, r->len);
 	if (r->file)
-		usnap_buf_free(r->file, r->len);
+		t_buf_free(r->file, r->len);
 	free(r->hole);
 	free(r->mapped);
 }
@@ -507,10 +507,10 @@ static long thp_pages(const struct region *r, size_t first, size_t n)
 	long k = 0;
 
 	ck_assert_msg(kfd >= 0 && pm, "open /proc/kpageflags: %s", strerror(errno));
-	pagemap_read(r->addr + first * usnap_page, n, pm);
+	pagemap_read(r->addr + first * t_page, n, pm);
 	for (size_t i = 0; i < n; i++) {
 		uint64_t fl = 0;
-		if (!(pm[i] & USNAP_PM_PRESENT) || !(pm[i] & PM_PFN))
+		if (!(pm[i] & T_PM_PRESENT) || !(pm[i] & PM_PFN))
 			continue;
 		if (pread(kfd, &fl, 8, (off_t)((pm[i] & PM_PFN) * 8)) == 8 && (fl & KPF_THP))
 			k++;
@@ -550,7 +550,7 @@ static void thp_info(const struct region *r, struct thp_info *o)
 
 static long count_protected(const struct region *r, size_t first, size_t n)
 {
-	return usnap_pagemap_protected(r->addr + first * usnap_page, n * usnap_page);
+	return t_pagemap_protected(r->addr + first * t_page, n * t_page);
 }
 
 /* ---- one case -------------------------------------------------------------------------- */
@@ -580,7 +580,7 @@ struct run {
 
 static void page_write(struct run *t, size_t p)
 {
-	size_t off = p * usnap_page + ((p * 8) % (usnap_page - 8) & ~(size_t)7);
+	size_t off = p * t_page + ((p * 8) % (t_page - 8) & ~(size_t)7);
 	uint64_t v = 0x5eed000000000000ull ^ p;
 
 	/* atomic (relaxed): the readers load the same words meanwhile */
@@ -596,11 +596,11 @@ static int advise(void *a, size_t len, int advice, int *err)
 	return rc;
 }
 
-static void writer_fn(struct usnap_writers *w, unsigned idx)
+static void writer_fn(struct t_writers *w, unsigned idx)
 {
 	struct run *t = w->arg;
-	uint8_t *a = t->r->addr + t->first * usnap_page;
-	size_t len = t->n * usnap_page;
+	uint8_t *a = t->r->addr + t->first * t_page;
+	size_t len = t->n * t_page;
 
 	(void)idx;
 	if (t->col == C_POPULATE) {
@@ -633,7 +633,7 @@ static void *reader_main(void *arg)
 	struct rusage ru;
 
 	while (!atomic_load(&t->rstop)) {
-		for (size_t off = 0; off < t->r->len && !atomic_load(&t->rstop); off += usnap_page) {
+		for (size_t off = 0; off < t->r->len && !atomic_load(&t->rstop); off += t_page) {
 			(void)__atomic_load_n((uint64_t *)(t->r->addr + off + 64), __ATOMIC_RELAXED);
 			atomic_fetch_add(&t->passes[ra->i], 1);
 		}
@@ -655,7 +655,7 @@ static size_t touch_pages(struct run *t, size_t first, size_t n)
 	for (size_t p = first; p < first + n; p++) {
 		if (t->r->hole[p])
 			continue;
-		(void)*(volatile uint64_t *)(t->r->addr + p * usnap_page);
+		(void)*(volatile uint64_t *)(t->r->addr + p * t_page);
 		t->r->mapped[p] = 1;
 		k++;
 	}
@@ -679,28 +679,28 @@ static void disturb_zap(struct run *t)
 	long present, prot;
 
 	for (size_t p = t->first; p < t->first + half; p += 5, singles++)
-		ck_assert_int_eq(madvise(r->addr + p * usnap_page, usnap_page, MADV_DONTNEED), 0);
-	ck_assert_int_eq(madvise(r->addr + (t->first + half) * usnap_page, (t->n - half) * usnap_page, MADV_DONTNEED),
+		ck_assert_int_eq(madvise(r->addr + p * t_page, t_page, MADV_DONTNEED), 0);
+	ck_assert_int_eq(madvise(r->addr + (t->first + half) * t_page, (t->n - half) * t_page, MADV_DONTNEED),
 			 0);
-	present = usnap_pagemap_present(r->addr + t->first * usnap_page, t->n * usnap_page);
+	present = t_pagemap_present(r->addr + t->first * t_page, t->n * t_page);
 	prot = count_protected(r, t->first, t->n);
 	snprintf(t->what, sizeof(t->what), "MADV_DONTNEED on %zu single pages and a %zu KiB range: %ld of %zu target "
-		 "pages still present, %ld still write-protected", singles, (t->n - half) * usnap_page / KiB, present,
+		 "pages still present, %ld still write-protected", singles, (t->n - half) * t_page / KiB, present,
 		 t->n, prot);
 	if (is_private(r->kind)) {
 		/* the data of the zapped pages is gone: anonymous memory reads as
 		 * zeros again, the private file mapping as the file */
 		for (size_t p = t->first; p < t->first + t->n; p++) {
 			if (p >= t->first + half || (p - t->first) % 5 == 0) {
-				size_t off = p * usnap_page;
+				size_t off = p * t_page;
 				if (is_anon(r->kind))
-					memset(r->now + off, 0, usnap_page);
+					memset(r->now + off, 0, t_page);
 				else
-					memcpy(r->now + off, r->file + off, usnap_page);
+					memcpy(r->now + off, r->file + off, t_page);
 			}
 		}
 		t->expect_fail = true;
-		t->fail_off = t->first * usnap_page;
+		t->fail_off = t->first * t_page;
 	} else {
 		/* the page cache keeps the data and markers keep the protection */
 		long data = 0;
@@ -715,31 +715,31 @@ static void disturb_zap(struct run *t)
 static void disturb_pageout(struct run *t)
 {
 	struct region *r = t->r;
-	uint8_t *a = r->addr + t->first * usnap_page, *vec = calloc(t->n, 1);
+	uint8_t *a = r->addr + t->first * t_page, *vec = calloc(t->n, 1);
 	uint64_t *pm = calloc(t->n, 8);
 	long pswp0 = vmstat("pswpout"), pswp1, data = 0, swapped = 0, swent = 0, marker = 0, prot = 0;
 	size_t touched = touch_pages(t, t->first, t->n);
 	int rc1, rc2, e1, e2;
 
 	ck_assert(vec && pm);
-	rc1 = advise(a, t->n * usnap_page, MADV_PAGEOUT, &e1);
-	rc2 = advise(a, t->n * usnap_page, MADV_PAGEOUT, &e2); /* what per-CPU batches kept back */
+	rc1 = advise(a, t->n * t_page, MADV_PAGEOUT, &e1);
+	rc2 = advise(a, t->n * t_page, MADV_PAGEOUT, &e2); /* what per-CPU batches kept back */
 	pswp1 = vmstat("pswpout");
 	ck_assert_msg(rc1 == 0 && rc2 == 0, "MADV_PAGEOUT: %s", strerror(rc1 ? e1 : e2));
-	ck_assert_int_eq(mincore(a, t->n * usnap_page, vec), 0);
+	ck_assert_int_eq(mincore(a, t->n * t_page, vec), 0);
 	pagemap_read(a, t->n, pm);
 	for (size_t i = 0; i < t->n; i++) {
 		if (!data_page(t, t->first + i))
 			continue;
 		data++;
 		swapped += !(vec[i] & 1);
-		if ((pm[i] & PM_SWAP) && !(pm[i] & USNAP_PM_PRESENT)) {
+		if ((pm[i] & PM_SWAP) && !(pm[i] & T_PM_PRESENT)) {
 			if (PM_SWAP_TYPE(pm[i]) < 24)
 				swent++; /* a swap entry (anonymous memory) */
 			else
 				marker++; /* a marker (type 31 here): shmem keeps its swap in the page cache */
 		}
-		prot += !!(pm[i] & USNAP_PM_WP);
+		prot += !!(pm[i] & T_PM_WP);
 	}
 	snprintf(t->what, sizeof(t->what), "%zu target pages read (mapped), MADV_PAGEOUT x2 on %zu pages (%ld with "
 		 "data): %ld swapped out (not resident per mincore; pagemap: %ld swap entries, %ld uffd-wp markers), "
@@ -759,7 +759,7 @@ static size_t pfns_moved(const struct region *r, const uint64_t *before, size_t 
 
 	pagemap_read(r->addr, r->np, now);
 	for (size_t p = first; p < first + n; p++)
-		moved += (before[p] & USNAP_PM_PRESENT) && (now[p] & USNAP_PM_PRESENT) &&
+		moved += (before[p] & T_PM_PRESENT) && (now[p] & T_PM_PRESENT) &&
 			 (before[p] & PM_PFN) != (now[p] & PM_PFN);
 	return moved;
 }
@@ -786,16 +786,16 @@ static void offline_cycle(struct run *t, const uint64_t *pm, char *desc, size_t 
 			unsigned long b;
 			size_t c = 0;
 			bool taken = false;
-			if (!(pm[p] & USNAP_PM_PRESENT))
+			if (!(pm[p] & T_PM_PRESENT))
 				continue;
-			b = (unsigned long)((pm[p] & PM_PFN) * usnap_page / block_bytes);
+			b = (unsigned long)((pm[p] & PM_PFN) * t_page / block_bytes);
 			for (unsigned j = 0; j < k; j++)
 				taken |= blocks[j] == b;
 			if (taken)
 				continue;
 			for (size_t q = t->first; q < t->first + t->n; q++)
-				c += (pm[q] & USNAP_PM_PRESENT) &&
-				     (unsigned long)((pm[q] & PM_PFN) * usnap_page / block_bytes) == b;
+				c += (pm[q] & T_PM_PRESENT) &&
+				     (unsigned long)((pm[q] & PM_PFN) * t_page / block_bytes) == b;
 			if (c > counts[k])
 				counts[k] = c, blocks[k] = b;
 		}
@@ -854,7 +854,7 @@ static void disturb_migrate(struct run *t)
 	ck_assert(before && now);
 	pagemap_read(r->addr, r->np, before);
 	for (size_t p = t->first; p < t->first + t->n; p++)
-		present += !!(before[p] & USNAP_PM_PRESENT);
+		present += !!(before[p] & T_PM_PRESENT);
 	/* compaction moves what lies below its free scanner: often many pages
 	 * of the region, sometimes none */
 	while (compactions < 3 && moved < present / 2) {
@@ -870,9 +870,9 @@ static void disturb_migrate(struct run *t)
 	mig = vmstat("pgmigrate_success") - mig0;
 	prot1 = count_protected(r, t->first, t->n);
 	for (size_t p = t->first; p < t->first + t->n; p++)
-		if ((before[p] & USNAP_PM_PRESENT) && (now[p] & USNAP_PM_PRESENT) &&
+		if ((before[p] & T_PM_PRESENT) && (now[p] & T_PM_PRESENT) &&
 		    (before[p] & PM_PFN) != (now[p] & PM_PFN))
-			moved_prot += (before[p] & USNAP_PM_WP) && (now[p] & USNAP_PM_WP);
+			moved_prot += (before[p] & T_PM_WP) && (now[p] & T_PM_WP);
 	snprintf(t->what, sizeof(t->what), "%zu target pages read (mapped), compact_memory x%zu%s: %zu of %zu present "
 		 "target pages migrated (new PFN; %zu in the region), %zu of them write-protected before and after, "
 		 "pgmigrate_success +%ld; write-protected target pages %ld before, %ld after", touched, compactions,
@@ -883,7 +883,7 @@ static void disturb_migrate(struct run *t)
 	if (!moved) {
 		/* compaction moves the movable pages below the point where its
 		 * two scanners meet, and never a pageblock-sized folio */
-		usnap_skip(case_name, "compaction migrated none of the %zu target pages (pgmigrate_success +%ld)%s; "
+		t_skip(case_name, "compaction migrated none of the %zu target pages (pgmigrate_success +%ld)%s; "
 			   "USNAP_MATRIX_OFFLINE=1 also tries to offline their memory blocks", present, mig,
 			   r->kind == K_THP || r->kind == K_ANONTHP ? ": it does not move 2 MiB huge pages" : "");
 	}
@@ -909,14 +909,14 @@ static void disturb_migrate(struct run *t)
 static int collapse(struct run *t, uint8_t *a, int *err, long *folio)
 {
 	struct region *r = t->r;
-	size_t first = (size_t)(a - r->addr) / usnap_page;
+	size_t first = (size_t)(a - r->addr) / t_page;
 	int rc;
 
 	if (is_anon(r->kind))
 		ck_assert_int_eq(madvise(a, HUGE, MADV_HUGEPAGE), 0); /* small_tail's NOHUGEPAGE: eligible now */
 	rc = advise(a, HUGE, MADV_COLLAPSE, err);
-	touch_pages(t, first, HUGE / usnap_page);
-	*folio = thp_pages(r, first, HUGE / usnap_page);
+	touch_pages(t, first, HUGE / t_page);
+	*folio = thp_pages(r, first, HUGE / t_page);
 	return rc;
 }
 
@@ -934,7 +934,7 @@ static void collapse_before(struct run *t, char *desc, size_t desclen)
 	if (r->kind == K_PRIVFD)
 		return;
 	if (rc && (e == EAGAIN || e == ENOMEM)) {
-		usnap_skip(case_name, "MADV_COLLAPSE before begin: %s (no huge page to be had)", strerror(e));
+		t_skip(case_name, "MADV_COLLAPSE before begin: %s (no huge page to be had)", strerror(e));
 		t->collapse_skip = true;
 		return;
 	}
@@ -985,7 +985,7 @@ static void collapse_after(struct run *t)
 	if (r->kind == K_PRIVFD || t->collapse_skip)
 		return;
 	if (rc && (e == EAGAIN || e == ENOMEM)) {
-		usnap_skip(case_name, "MADV_COLLAPSE after the snapshot: %s (no huge page to be had)", strerror(e));
+		t_skip(case_name, "MADV_COLLAPSE after the snapshot: %s (no huge page to be had)", strerror(e));
 		return;
 	}
 	ck_assert_msg(rc == 0 && folio == 512, "MADV_COLLAPSE after the snapshot: %s, %ld of 512 pages in a huge "
@@ -997,8 +997,8 @@ static void collapse_after(struct run *t)
 static void disturb_mprotect(struct run *t)
 {
 	struct region *r = t->r;
-	uint8_t *a = r->addr + t->first * usnap_page;
-	size_t len = t->n * usnap_page;
+	uint8_t *a = r->addr + t->first * t_page;
+	size_t len = t->n * t_page;
 	long prot0 = count_protected(r, t->first, t->n), prot1;
 	struct thp_info ti;
 	int maxvmas = 0;
@@ -1031,7 +1031,7 @@ static void disturb_readers_prep(struct run *t)
 	/* shmem: zap the targets so the readers' loads fault them back in
 	 * (through the markers); private memory has never-touched pages */
 	if (!is_private(r->kind))
-		ck_assert_int_eq(madvise(r->addr + t->first * usnap_page, t->n * usnap_page, MADV_DONTNEED), 0);
+		ck_assert_int_eq(madvise(r->addr + t->first * t_page, t->n * t_page, MADV_DONTNEED), 0);
 }
 
 /* -- punch -- */
@@ -1039,26 +1039,26 @@ static void disturb_punch(struct run *t)
 {
 	struct region *r = t->r;
 	size_t p = r->np - 3;
-	uint8_t *a = r->addr + p * usnap_page;
+	uint8_t *a = r->addr + p * t_page;
 
 	ck_assert(!r->hole[p]);
-	ck_assert(usnap_pagemap_entry(a) & USNAP_PM_WP);
+	ck_assert(t_pagemap_entry(a) & T_PM_WP);
 	t->expect_fail = true;
-	t->fail_off = p * usnap_page;
-	memset(r->now + p * usnap_page, 0, usnap_page);
+	t->fail_off = p * t_page;
+	memset(r->now + p * t_page, 0, t_page);
 	if (r->kind == K_THP) {
 		size_t touched = touch_pages(t, t->first, t->n);
 		long huge0 = thp_pages(r, t->first, t->n), huge1;
-		ck_assert_int_eq(fallocate(r->fd, FALLOC_FL_PUNCH_HOLE | FALLOC_FL_KEEP_SIZE, (off_t)(p * usnap_page),
-					   (off_t)usnap_page), 0);
+		ck_assert_int_eq(fallocate(r->fd, FALLOC_FL_PUNCH_HOLE | FALLOC_FL_KEEP_SIZE, (off_t)(p * t_page),
+					   (off_t)t_page), 0);
 		huge1 = thp_pages(r, t->first, t->n);
 		t->skip = p; /* never touched again: the copy must notice */
 		snprintf(t->what, sizeof(t->what), "%zu target pages read (mapped): %ld in a huge folio; fallocate("
 			 "PUNCH_HOLE) of page %zu, not touched again: %ld target pages in a huge folio after (%s), file "
 			 "holes %ld", touched, huge0, p, huge1, huge1 < huge0 ? "the folio was split" : "NOT split",
-			 usnap_mem_holes(&(struct usnap_mem){ .fd = r->fd, .len = r->len }));
+			 t_mem_holes(&(struct t_mem){ .fd = r->fd, .len = r->len }));
 	} else {
-		ck_assert_int_eq(madvise(a, usnap_page, MADV_REMOVE), 0);
+		ck_assert_int_eq(madvise(a, t_page, MADV_REMOVE), 0);
 		snprintf(t->what, sizeof(t->what), "MADV_REMOVE of page %zu, then the writer writes it (a MISSING fault "
 			 "on a page that held data)", p);
 	}
@@ -1068,8 +1068,8 @@ static void disturb_punch(struct run *t)
 static void disturb_free(struct run *t)
 {
 	struct region *r = t->r;
-	uint8_t *a = r->addr + t->first * usnap_page;
-	size_t len = t->n * usnap_page;
+	uint8_t *a = r->addr + t->first * t_page;
+	size_t len = t->n * t_page;
 	uint64_t *pm = calloc(t->n, 8);
 	long discarded = 0, present = 0, prot = 0, prot0 = count_protected(r, t->first, t->n);
 	int rc, e;
@@ -1082,11 +1082,11 @@ static void disturb_free(struct run *t)
 	advise(a, len, MADV_PAGEOUT, &e);
 	pagemap_read(a, t->n, pm);
 	for (size_t i = 0; i < t->n; i++) {
-		present += !!(pm[i] & USNAP_PM_PRESENT);
-		prot += !!(pm[i] & USNAP_PM_WP);
-		if (!(pm[i] & (USNAP_PM_PRESENT | PM_SWAP | USNAP_PM_WP))) {
+		present += !!(pm[i] & T_PM_PRESENT);
+		prot += !!(pm[i] & T_PM_WP);
+		if (!(pm[i] & (T_PM_PRESENT | PM_SWAP | T_PM_WP))) {
 			discarded++; /* reads as zeros from now on */
-			memset(r->now + (t->first + i) * usnap_page, 0, usnap_page);
+			memset(r->now + (t->first + i) * t_page, 0, t_page);
 		}
 	}
 	snprintf(t->what, sizeof(t->what), "MADV_FREE over %zu pages, then MADV_PAGEOUT x2: %ld pages discarded (no "
@@ -1114,20 +1114,20 @@ static void disturb_pinpunch(struct run *t)
 	struct region *r = t->r;
 	size_t p = r->np - 3, touched = touch_pages(t, t->first, t->n);
 	long huge0 = thp_pages(r, t->first, t->n), huge1;
-	struct iovec iov = { r->addr + p * usnap_page, usnap_page };
-	off_t at = (off_t)(p * usnap_page);
+	struct iovec iov = { r->addr + p * t_page, t_page };
+	off_t at = (off_t)(p * t_page);
 	uint8_t page[4096];
 	bool zero = true;
 
-	ck_assert(usnap_page <= sizeof(page) && !r->hole[p]);
+	ck_assert(t_page <= sizeof(page) && !r->hole[p]);
 	ck_assert_int_eq(pipe2(t->pin, O_CLOEXEC), 0);
-	ck_assert_int_eq(vmsplice(t->pin[1], &iov, 1, 0), (ssize_t)usnap_page);
-	ck_assert_int_eq(fallocate(r->fd, FALLOC_FL_PUNCH_HOLE | FALLOC_FL_KEEP_SIZE, at, (off_t)usnap_page), 0);
+	ck_assert_int_eq(vmsplice(t->pin[1], &iov, 1, 0), (ssize_t)t_page);
+	ck_assert_int_eq(fallocate(r->fd, FALLOC_FL_PUNCH_HOLE | FALLOC_FL_KEEP_SIZE, at, (off_t)t_page), 0);
 	huge1 = thp_pages(r, t->first, t->n);
-	ck_assert(pread(r->fd, page, usnap_page, at) == (ssize_t)usnap_page);
-	for (size_t i = 0; i < usnap_page; i++)
+	ck_assert(pread(r->fd, page, t_page, at) == (ssize_t)t_page);
+	for (size_t i = 0; i < t_page; i++)
 		zero &= !page[i];
-	memset(r->now + p * usnap_page, 0, usnap_page);
+	memset(r->now + p * t_page, 0, t_page);
 	t->skip = p; /* never touched again */
 	t->may_fail = true;
 	t->fail_off = (uint64_t)at;
@@ -1141,8 +1141,8 @@ static void matrix_run(enum kind k, enum col c)
 {
 	struct region r;
 	struct run t;
-	struct usnap_cb cb;
-	struct usnap_writers w;
+	struct t_cb cb;
+	struct t_writers w;
 	struct thp_info thp0, thp1, thp2;
 	struct reader_arg ra[2];
 	pthread_t rt[2];
@@ -1157,11 +1157,11 @@ static void matrix_run(enum kind k, enum col c)
 
 	snprintf(case_name, sizeof(case_name), "%s_%s", kname[k], cname[c]);
 	if (c == C_PAGEOUT && !g_swap.ok) {
-		usnap_skip(case_name, "no swap for MADV_PAGEOUT: %s", g_swap.why);
+		t_skip(case_name, "no swap for MADV_PAGEOUT: %s", g_swap.why);
 		return;
 	}
-	usnap_watchdog(45, case_name);
-	tcase0 = usnap_now_ns();
+	t_watchdog(45, case_name);
+	tcase0 = t_now_ns();
 	memset(&t, 0, sizeof(t));
 	if (c == C_MIGRATE)
 		compact();
@@ -1171,30 +1171,30 @@ static void matrix_run(enum kind k, enum col c)
 	t.col = c;
 	/* migrate: the last 10 MiB (the sweep stalls at 4), so that compaction,
 	 * which moves only some pages, finds some of them (see compact()) */
-	t.n = (c == C_THP ? 2 : c == C_MIGRATE ? 5 : 1) * HUGE / usnap_page;
+	t.n = (c == C_THP ? 2 : c == C_MIGRATE ? 5 : 1) * HUGE / t_page;
 	t.first = r.np - t.n;
 	t.skip = SIZE_MAX;
 	if (c == C_THP) {
 		collapse_before(&t, t.before, sizeof(t.before));
-		usnap_buf_free(r.ref, r.len); /* the same bytes, unless a hole became a zero page */
-		usnap_buf_free(r.now, r.len);
+		t_buf_free(r.ref, r.len); /* the same bytes, unless a hole became a zero page */
+		t_buf_free(r.now, r.len);
 		r.ref = region_copy(&r);
-		r.now = usnap_copy(r.ref, r.len);
+		r.now = t_copy(r.ref, r.len);
 	}
 	thp_info(&r, &thp0);
 
 	uffdsnap_opts_init(&o);
 	o.buffer_bytes = 4 * MiB;
-	ctx = usnap_ctx_new(&o);
-	usnap_add(ctx, "r", r.addr, r.len);
-	usnap_cb_init(&cb, -1);
+	ctx = t_ctx_new(&o);
+	t_add(ctx, "r", r.addr, r.len);
+	t_cb_init(&cb, -1);
 	cb.keep = true;
-	usnap_cb_gate(&cb, true);
-	rc = uffdsnap_begin(ctx, usnap_cb_sink(&cb), &t.s);
+	t_cb_gate(&cb, true);
+	rc = uffdsnap_begin(ctx, t_cb_sink(&cb), &t.s);
 	ck_assert_msg(rc == 0, "begin: %d %s (%s)", rc, uffdsnap_strerror(rc), uffdsnap_last_error());
 	/* the sink is shut: the sweep stops once every buffer is full (4 MiB),
 	 * far below the targets in the last 2-4 MiB */
-	ck_assert(usnap_cb_wait_blocked(&cb, 10));
+	ck_assert(t_cb_wait_blocked(&cb, 10));
 	thp_info(&r, &thp1);
 	prot_before = count_protected(&r, t.first, t.n);
 	ck_assert_msg(prot_before > 0, "no target page is write-protected after begin");
@@ -1217,7 +1217,7 @@ static void matrix_run(enum kind k, enum col c)
 	default: break;
 	}
 
-	usnap_stats(t.s, &st);
+	t_stats(t.s, &st);
 	faults0 = st.faults;
 	if (c == C_READERS) {
 		for (unsigned i = 0; i < 2; i++) {
@@ -1225,26 +1225,26 @@ static void matrix_run(enum kind k, enum col c)
 			ck_assert(pthread_create(&rt[i], NULL, reader_main, &ra[i]) == 0);
 		}
 	}
-	usnap_writers_start(&w, 1, writer_fn, &t);
+	t_writers_start(&w, 1, writer_fn, &t);
 	if (!t.expect_fail && !t.no_fault) {
 		/* the sink is still shut and the sweep stalled: the first write to
 		 * a protected page must raise a fault (and wait for a buffer) */
-		t0 = usnap_now_ns();
-		while (!(held = st.faults > faults0) && usnap_now_ns() - t0 < 10000000000ull) {
+		t0 = t_now_ns();
+		while (!(held = st.faults > faults0) && t_now_ns() - t0 < 10000000000ull) {
 			usleep(1000);
-			usnap_stats(t.s, &st);
+			t_stats(t.s, &st);
 		}
 	}
 	/* ~25 MiB/s at most: the sweep (4 MiB in) stays well behind the targets
 	 * (12 MiB in) while the writer, whose faults are served first, writes */
 	atomic_store(&cb.sleep_us, 10000);
-	usnap_cb_gate(&cb, false);
-	usnap_writers_join(&w, 30);
+	t_cb_gate(&cb, false);
+	t_writers_join(&w, 30);
 	writes = atomic_load(&w.progress[0]);
 	if (c == C_READERS) {
 		atomic_store(&t.rstop, true);
 		for (unsigned i = 0; i < 2; i++)
-			ck_assert_msg(usnap_join_timeout(rt[i], 30) == 0, "reader %u blocked", i);
+			ck_assert_msg(t_join_timeout(rt[i], 30) == 0, "reader %u blocked", i);
 		snprintf(t.what, sizeof(t.what), "%s2 readers read %lu and %lu pages of the region (%ld and %ld minor "
 			 "faults) while the writer wrote", is_private(k) ? "" : "targets zapped, then ",
 			 (unsigned long)t.passes[0], (unsigned long)t.passes[1], t.minflt[0], t.minflt[1]);
@@ -1258,7 +1258,7 @@ static void matrix_run(enum kind k, enum col c)
 			 t.pop_rc[2] ? strerror(t.pop_errno[2]) : "");
 	atomic_store(&cb.sleep_us, 0);
 	rc = uffdsnap_wait(t.s);
-	usnap_stats(t.s, &st);
+	t_stats(t.s, &st);
 	thp_info(&r, &thp2);
 	if (t.pin[0] >= 0) {
 		close(t.pin[0]);
@@ -1267,7 +1267,7 @@ static void matrix_run(enum kind k, enum col c)
 
 	/* the end state holds whatever the outcome: nothing protected, the
 	 * writer done, the memory what the program wrote */
-	ck_assert_int_eq(usnap_pagemap_protected(r.addr, r.len), 0);
+	ck_assert_int_eq(t_pagemap_protected(r.addr, r.len), 0);
 	ck_assert_uint_eq(writes, t.n - (t.skip != SIZE_MAX));
 	ck_assert_msg(memcmp(r.addr, r.now, r.len) == 0, "the region does not hold what the program wrote");
 
@@ -1278,12 +1278,12 @@ static void matrix_run(enum kind k, enum col c)
 			snprintf(off, sizeof(off), "0x%" PRIx64, t.fail_off);
 		printf("%s: %s: %s; wait %d (%s) \"%s\"; writer wrote %llu pages; faults=%llu fault-copied=%llu; "
 		       "%.0f ms\n", case_name, kdesc[k], t.what, rc, rc ? uffdsnap_strerror(rc) : "no error", msg, writes,
-		       (unsigned long long)st.faults, (unsigned long long)st.pages_fault, usnap_ms_since(tcase0));
+		       (unsigned long long)st.faults, (unsigned long long)st.pages_fault, t_ms_since(tcase0));
 		ck_assert_msg(rc == -ESTALE, "wait: %d, expected -ESTALE (%s)", rc, msg);
 		ck_assert_msg(strstr(msg, "region 'r'") && strstr(msg, off), "error \"%s\" does not name region 'r' "
 			      "and offset %s", msg, off);
 	} else {
-		struct usnap_expect ex = { "r", r.ref, r.len };
+		struct t_expect ex = { "r", r.ref, r.len };
 		char thp[256] = "";
 		if (k == K_THP || k == K_ANONTHP)
 			snprintf(thp, sizeof(thp), "; huge pages PMD-mapped: %ld before begin (ShmemPmdMapped %ld kB, "
@@ -1296,9 +1296,9 @@ static void matrix_run(enum kind k, enum col c)
 		       held ? "faulted while the sink was shut" : t.no_fault ? "was not required to fault"
 		       : "DID NOT FAULT", (unsigned long long)st.faults,
 		       (unsigned long long)st.pages_fault, (unsigned long long)st.pages_sweep,
-		       (unsigned long long)st.pages_hole, thp, rc, usnap_ms_since(tcase0));
+		       (unsigned long long)st.pages_hole, thp, rc, t_ms_since(tcase0));
 		ck_assert_msg(rc == 0, "wait: %d %s", rc, uffdsnap_snap_error(t.s));
-		usnap_assert_exactly_once(&st);
+		t_assert_exactly_once(&st);
 		if (!t.no_fault) {
 			ck_assert_msg(held, "the writer's first write to a protected page raised no fault");
 			ck_assert_uint_gt(st.pages_fault, 0);
@@ -1313,17 +1313,17 @@ static void matrix_run(enum kind k, enum col c)
 		if (c == C_PINPUNCH && k == K_THP) {
 			printf("%s: KNOWN BLIND SPOT (docs/consistency.md): the pinned page punched inside a huge folio "
 			       "is zero in the snapshot; every other page must be exact\n", case_name);
-			memset(r.ref + t.skip * usnap_page, 0, usnap_page);
+			memset(r.ref + t.skip * t_page, 0, t_page);
 		}
-		usnap_check_buffer(cb.mem, cb.mem_len, &ex, 1);
+		t_check_buffer(cb.mem, cb.mem_len, &ex, 1);
 	}
 	if (c == C_THP)
 		collapse_after(&t);
 	uffdsnap_snap_free(t.s);
 	uffdsnap_free(ctx);
-	usnap_cb_destroy(&cb);
+	t_cb_destroy(&cb);
 	region_free(&r);
-	usnap_watchdog(0, NULL);
+	t_watchdog(0, NULL);
 }
 
 START_TEST(matrix_case)
@@ -1343,10 +1343,10 @@ START_TEST(hugetlb_kinds)
 			       -1, 0);
 		int id;
 		if (a == MAP_FAILED) {
-			usnap_skip("hugetlb_kinds", "mmap MAP_HUGETLB: %s", strerror(errno));
+			t_skip("hugetlb_kinds", "mmap MAP_HUGETLB: %s", strerror(errno));
 			return;
 		}
-		ctx = usnap_ctx_new(NULL);
+		ctx = t_ctx_new(NULL);
 		id = uffdsnap_add_region(ctx, "huge", a, HUGE);
 		printf("hugetlb_kinds: %s hugetlb: add_region %d \"%s\"\n", i ? "MAP_PRIVATE" : "MAP_SHARED", id,
 		       id < 0 ? uffdsnap_last_error() : "accepted");
@@ -1365,11 +1365,11 @@ int main(void)
 	static char names[NKINDS * NCOLS][48];
 	Suite *s = suite_create("matrix");
 	TCase *tc;
-	const bool all = !USNAP_SANITIZED || getenv("USNAP_MATRIX_ALL") || getenv("CK_RUN_CASE");
+	const bool all = !T_SANITIZED || getenv("USNAP_MATRIX_ALL") || getenv("CK_RUN_CASE");
 	unsigned ncases = 0, nrun = 0;
 
-	usnap_test_require_uffd();
-	usnap_test_require_root(); /* pagemap PFNs, kpageflags, mounts, compaction, zram */
+	t_test_require_uffd();
+	t_test_require_root(); /* pagemap PFNs, kpageflags, mounts, compaction, zram */
 	for (int c = 0; c < NCOLS; c++) {
 		for (int k = 0; k < NKINDS; k++) {
 			int i = k * NCOLS + c;
@@ -1404,5 +1404,5 @@ int main(void)
 	tcase_set_timeout(tc, 30);
 	tcase_add_test(tc, hugetlb_kinds);
 	suite_add_tcase(s, tc);
-	return usnap_run_suite(s);
+	return t_run_suite(s);
 }

@@ -52,9 +52,9 @@ static size_t ps;
 /* ---- the program being migrated ------------------------------------------------ */
 
 struct prog {
-	struct usnap_mem shm, prv;
+	struct t_mem shm, prv;
 	uffdsnap_t *ctx;
-	struct usnap_writers w;
+	struct t_writers w;
 	bool writing;
 	size_t hot;                   /* the writer stores into the first `hot` bytes of each region (0: all) */
 	uint8_t *ref_shm, *ref_prv;   /* the regions at the switchover */
@@ -70,30 +70,30 @@ struct prog {
 static void prog_new(struct prog *p, size_t shlen, size_t prlen)
 {
 	memset(p, 0, sizeof(*p));
-	usnap_mem_new(&p->shm, USNAP_MEM_MEMFD, shlen);
-	usnap_mem_new(&p->prv, USNAP_MEM_ANON_PRIVATE, prlen);
-	usnap_fill_mixed(p->shm.addr, shlen, 7, 5, 7);
-	usnap_fill_random(p->prv.addr, prlen, 8);
-	p->ref_shm = usnap_buf_alloc(shlen);
-	p->ref_prv = usnap_buf_alloc(prlen);
-	p->ctx = usnap_ctx_new(NULL);
-	usnap_add(p->ctx, "guest-ram", p->shm.addr, shlen);
-	usnap_add(p->ctx, "heap", p->prv.addr, prlen);
+	t_mem_new(&p->shm, T_MEM_MEMFD, shlen);
+	t_mem_new(&p->prv, T_MEM_ANON_PRIVATE, prlen);
+	t_fill_mixed(p->shm.addr, shlen, 7, 5, 7);
+	t_fill_random(p->prv.addr, prlen, 8);
+	p->ref_shm = t_buf_alloc(shlen);
+	p->ref_prv = t_buf_alloc(prlen);
+	p->ctx = t_ctx_new(NULL);
+	t_add(p->ctx, "guest-ram", p->shm.addr, shlen);
+	t_add(p->ctx, "heap", p->prv.addr, prlen);
 }
 
 static void prog_free(struct prog *p)
 {
 	if (p->writing)
-		usnap_writers_stop(&p->w, 10);
+		t_writers_stop(&p->w, 10);
 	uffdsnap_free(p->ctx);
-	usnap_buf_free(p->ref_shm, p->shm.len);
-	usnap_buf_free(p->ref_prv, p->prv.len);
-	usnap_mem_free(&p->shm);
-	usnap_mem_free(&p->prv);
+	t_buf_free(p->ref_shm, p->shm.len);
+	t_buf_free(p->ref_prv, p->prv.len);
+	t_mem_free(&p->shm);
+	t_mem_free(&p->prv);
 }
 
 /* Stores a counter into a pseudo-random word of either region, a few per ms. */
-static void writer(struct usnap_writers *w, unsigned idx)
+static void writer(struct t_writers *w, unsigned idx)
 {
 	struct prog *p = w->arg;
 	uint64_t st = 99 + idx, n = 0;
@@ -104,7 +104,7 @@ static void writer(struct usnap_writers *w, unsigned idx)
 		 * and punched shmem keep no uffd-wp bit for a scan to see */
 		size_t cold_prv = p->prv.len / 2 / ps, cold_shm = p->shm.len / 2 / ps, pg[2][16];
 		for (unsigned i = 0; i < 16; i++) {
-			uint64_t x = usnap_splitmix64(&st);
+			uint64_t x = t_splitmix64(&st);
 			pg[0][i] = cold_prv + x % cold_prv, pg[1][i] = cold_shm + (x >> 20) % cold_shm;
 			((volatile uint64_t *)(p->prv.addr + pg[0][i] * ps))[i] = x | 1;
 			((volatile uint64_t *)(p->shm.addr + pg[1][i] * ps))[i] = x | 1;
@@ -121,8 +121,8 @@ static void writer(struct usnap_writers *w, unsigned idx)
 			usleep(5000);
 	}
 	while (!w->stop) {
-		uint64_t x = usnap_splitmix64(&st);
-		struct usnap_mem *m = x & 1 ? &p->shm : &p->prv;
+		uint64_t x = t_splitmix64(&st);
+		struct t_mem *m = x & 1 ? &p->shm : &p->prv;
 		size_t span = p->hot && p->hot < m->len ? p->hot : m->len;
 		((volatile uint64_t *)m->addr)[(x >> 1) % (span / 8)] = ++n;
 		w->progress[idx] = n;
@@ -140,11 +140,11 @@ static void writer(struct usnap_writers *w, unsigned idx)
 static int on_switchover(void *user)
 {
 	struct prog *p = user;
-	uint64_t t0 = usnap_now_ns();
+	uint64_t t0 = t_now_ns();
 
 	p->switchovers++;
 	if (p->writing) {
-		usnap_writers_stop(&p->w, 10);
+		t_writers_stop(&p->w, 10);
 		p->writing = false;
 		p->progress_at_switch = p->w.progress[0];
 	}
@@ -160,7 +160,7 @@ static int on_switchover(void *user)
 		close(fd);
 		unlink(path);
 	}
-	p->callback_ns = usnap_now_ns() - t0;
+	p->callback_ns = t_now_ns() - t0;
 	return 0;
 }
 
@@ -172,8 +172,8 @@ static void take_reference(struct prog *p)
 
 static void assert_unprotected(const struct prog *p)
 {
-	ck_assert_int_eq(usnap_pagemap_protected(p->shm.addr, p->shm.len), 0);
-	ck_assert_int_eq(usnap_pagemap_protected(p->prv.addr, p->prv.len), 0);
+	ck_assert_int_eq(t_pagemap_protected(p->shm.addr, p->shm.len), 0);
+	ck_assert_int_eq(t_pagemap_protected(p->prv.addr, p->prv.len), 0);
 }
 
 /* The receiver holds the two regions, equal to the references. */
@@ -185,11 +185,11 @@ static void assert_received(uffdsnap_incoming_t *in, const struct prog *p)
 	ck_assert_int_eq(uffdsnap_incoming_region(in, 0, &r), 0);
 	ck_assert_str_eq(r.name, "guest-ram");
 	ck_assert_uint_eq(r.len, p->shm.len);
-	usnap_assert_msg(!memcmp(r.addr, p->ref_shm, r.len), "guest-ram differs from the sender's at the switchover");
+	t_assert_msg(!memcmp(r.addr, p->ref_shm, r.len), "guest-ram differs from the sender's at the switchover");
 	ck_assert_int_eq(uffdsnap_incoming_region(in, 1, &r), 0);
 	ck_assert_str_eq(r.name, "heap");
 	ck_assert_uint_eq(r.len, p->prv.len);
-	usnap_assert_msg(!memcmp(r.addr, p->ref_prv, r.len), "heap differs from the sender's at the switchover");
+	t_assert_msg(!memcmp(r.addr, p->ref_prv, r.len), "heap differs from the sender's at the switchover");
 	ck_assert_int_eq(uffdsnap_incoming_region(in, 2, &r), -ENOENT);
 }
 
@@ -227,12 +227,12 @@ START_TEST(idle)
 	long holes;
 	int sv[2];
 
-	usnap_watchdog(60, "idle migration");
+	t_watchdog(60, "idle migration");
 	prog_new(&p, SHLEN, PRLEN);
 	p.check_busy = true;
-	holes = usnap_mem_holes(&p.shm);
-	before_shm = usnap_mem_copy(&p.shm);
-	before_prv = usnap_copy(p.prv.addr, p.prv.len);
+	holes = t_mem_holes(&p.shm);
+	before_shm = t_mem_copy(&p.shm);
+	before_prv = t_copy(p.prv.addr, p.prv.len);
 	ck_assert_int_eq(socketpair(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0, sv), 0);
 	o = opts_for(&p);
 	ck_assert_msg(uffdsnap_migrate_send(p.ctx, sv[0], &o, &m) == 0, "%s", uffdsnap_last_error());
@@ -247,10 +247,10 @@ START_TEST(idle)
 	take_reference(&p);
 	assert_received(in, &p);
 	/* never changed, nothing left protected, holes left holes */
-	usnap_assert_msg(!memcmp(before_shm, p.ref_shm, p.shm.len), "the sender's memfd changed");
-	usnap_assert_msg(!memcmp(before_prv, p.ref_prv, p.prv.len), "the sender's private memory changed");
+	t_assert_msg(!memcmp(before_shm, p.ref_shm, p.shm.len), "the sender's memfd changed");
+	t_assert_msg(!memcmp(before_prv, p.ref_prv, p.prv.len), "the sender's private memory changed");
 	assert_unprotected(&p);
-	ck_assert_int_eq(usnap_mem_holes(&p.shm), holes);
+	ck_assert_int_eq(t_mem_holes(&p.shm), holes);
 	ck_assert_int_eq(uffdsnap_migrate_stats(m, &st), 0);
 	ck_assert_int_eq(st.state, UFFDSNAP_MIGRATE_DONE);
 	ck_assert_uint_eq(st.rounds, 2); /* everything, then nothing dirty: switch over */
@@ -260,15 +260,15 @@ START_TEST(idle)
 	uffdsnap_incoming_free(in);
 	/* the regions are the context's again */
 	char dir[PATH_MAX], path[PATH_MAX + 8];
-	usnap_tmpdir(dir);
+	t_tmpdir(dir);
 	snprintf(path, sizeof(path), "%s/s", dir);
-	usnap_snap_file(p.ctx, path, NULL);
-	usnap_rmdir(dir);
+	t_snap_file(p.ctx, path, NULL);
+	t_rmdir(dir);
 	close(sv[0]), close(sv[1]);
-	usnap_buf_free(before_shm, p.shm.len);
-	usnap_buf_free(before_prv, p.prv.len);
+	t_buf_free(before_shm, p.shm.len);
+	t_buf_free(before_prv, p.prv.len);
 	prog_free(&p);
-	usnap_watchdog(0, NULL);
+	t_watchdog(0, NULL);
 }
 END_TEST
 
@@ -284,9 +284,9 @@ static void migrate_writers(unsigned nwriters)
 	prog_new(&p, SHLEN, PRLEN);
 	if (nwriters == 2)
 		p.hot = PRLEN / 2; /* zaps land where no store rewrites them: only their removal tells */
-	usnap_writers_start(&p.w, nwriters, writer, &p);
+	t_writers_start(&p.w, nwriters, writer, &p);
 	p.writing = true;
-	ck_assert(usnap_writers_wait_progress(&p.w, 16, 10));
+	ck_assert(t_writers_wait_progress(&p.w, 16, 10));
 	ck_assert_int_eq(socketpair(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0, sv), 0);
 	o = opts_for(&p);
 	o.max_bandwidth = 32 * MiB; /* round 1 takes ~150 ms: the writer dirties pages meanwhile */
@@ -315,18 +315,18 @@ static void migrate_writers(unsigned nwriters)
 
 START_TEST(writer_exact)
 {
-	usnap_watchdog(90, "migration with a writer");
+	t_watchdog(90, "migration with a writer");
 	migrate_writers(1);
-	usnap_watchdog(0, NULL);
+	t_watchdog(0, NULL);
 }
 END_TEST
 
 /* Pages zapped (MADV_DONTNEED) and punched out while the rounds run. */
 START_TEST(zapper_exact)
 {
-	usnap_watchdog(90, "migration with a zapper");
+	t_watchdog(90, "migration with a zapper");
 	migrate_writers(2);
-	usnap_watchdog(0, NULL);
+	t_watchdog(0, NULL);
 }
 END_TEST
 
@@ -341,11 +341,11 @@ START_TEST(compressed)
 	uffdsnap_incoming_t *in;
 	int sv[2];
 
-	usnap_watchdog(90, "compressed migration");
+	t_watchdog(90, "compressed migration");
 	prog_new(&p, SHLEN, PRLEN);
 	for (size_t off = 0; off < SHLEN; off += 64)
 		snprintf((char *)p.shm.addr + off, 64, "record %zu: the quick brown fox, page %zu", off / 64, off / ps);
-	usnap_writers_start(&p.w, 1, writer, &p);
+	t_writers_start(&p.w, 1, writer, &p);
 	p.writing = true;
 	ck_assert_int_eq(socketpair(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0, sv), 0);
 	o = opts_for(&p);
@@ -366,7 +366,7 @@ START_TEST(compressed)
 	uffdsnap_incoming_free(in);
 	close(sv[0]), close(sv[1]);
 	prog_free(&p);
-	usnap_watchdog(0, NULL);
+	t_watchdog(0, NULL);
 }
 END_TEST
 
@@ -524,7 +524,7 @@ START_TEST(hostile_sender)
 	uffdsnap_incoming_t *in;
 	uffdsnap_incoming_region_t reg = { .size = sizeof(reg) };
 
-	usnap_watchdog(60, "hostile sender");
+	t_watchdog(60, "hostile sender");
 	ck_assert_int_eq(feed(H_GARBAGE, NULL), -EBADMSG);
 	ck_assert_int_eq(feed(H_HUGE_LEN, NULL), -EBADMSG);
 	ck_assert_int_eq(feed(H_HUGE_COUNT, NULL), -EBADMSG);
@@ -540,10 +540,10 @@ START_TEST(hostile_sender)
 	ck_assert_int_eq(uffdsnap_incoming_region(in, 0, &reg), 0);
 	ck_assert_uint_eq(reg.len, 16 * ps);
 	for (size_t i = 0; i < reg.len; i++)
-		usnap_assert_msg(((uint8_t *)reg.addr)[i] == (i / ps == 3 ? 0x5a : i / ps == 5 || i / ps == 6 ? 0xa5 : 0),
+		t_assert_msg(((uint8_t *)reg.addr)[i] == (i / ps == 3 ? 0x5a : i / ps == 5 || i / ps == 6 ? 0xa5 : 0),
 				 "byte %zu", i);
 	uffdsnap_incoming_free(in);
-	usnap_watchdog(0, NULL);
+	t_watchdog(0, NULL);
 }
 END_TEST
 
@@ -560,9 +560,9 @@ START_TEST(cut_mid_round)
 	size_t got = 0;
 	int sv[2], r;
 
-	usnap_watchdog(60, "connection cut");
+	t_watchdog(60, "connection cut");
 	prog_new(&p, SHLEN, PRLEN);
-	usnap_writers_start(&p.w, 1, writer, &p);
+	t_writers_start(&p.w, 1, writer, &p);
 	p.writing = true;
 	ck_assert_int_eq(socketpair(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0, sv), 0);
 	o = opts_for(&p);
@@ -577,7 +577,7 @@ START_TEST(cut_mid_round)
 		got += (size_t)k;
 	}
 	unsigned long long before = p.w.progress[0];
-	ck_assert(usnap_writers_wait_progress(&p.w, before + 100, 10)); /* writes go on during the round */
+	ck_assert(t_writers_wait_progress(&p.w, before + 100, 10)); /* writes go on during the round */
 	close(sv[1]);
 	r = uffdsnap_migrate_wait(m);
 	printf("cut: wait %d (%s)\n", r, uffdsnap_last_error());
@@ -585,7 +585,7 @@ START_TEST(cut_mid_round)
 	ck_assert_int_eq(p.switchovers, 0);
 	assert_unprotected(&p);
 	before = p.w.progress[0];
-	ck_assert(usnap_writers_wait_progress(&p.w, before + 100, 10)); /* and after it */
+	ck_assert(t_writers_wait_progress(&p.w, before + 100, 10)); /* and after it */
 	ck_assert_int_eq(uffdsnap_migrate_stats(m, &st), 0);
 	ck_assert_int_eq(st.state, UFFDSNAP_MIGRATE_FAILED);
 	ck_assert_int_eq(st.error, r);
@@ -593,7 +593,7 @@ START_TEST(cut_mid_round)
 	close(sv[0]);
 	free(buf);
 	prog_free(&p);
-	usnap_watchdog(0, NULL);
+	t_watchdog(0, NULL);
 }
 END_TEST
 
@@ -610,7 +610,7 @@ START_TEST(hostile_receiver)
 	uint8_t junk[64], fr[64];
 	int sv[2], r;
 
-	usnap_watchdog(60, "hostile receiver");
+	t_watchdog(60, "hostile receiver");
 	prog_new(&p, SHLEN, PRLEN);
 	for (unsigned i = 0; i < sizeof(junk); i++)
 		junk[i] = (uint8_t)(i * 37 + 1);
@@ -633,11 +633,11 @@ START_TEST(hostile_receiver)
 	usleep(100000);
 	ck_assert_int_eq(uffdsnap_migrate_stats(m, &st), 0);
 	ck_assert_int_eq(st.state, UFFDSNAP_MIGRATE_RUNNING);
-	ck_assert_int_gt(usnap_pagemap_protected(p.shm.addr, p.shm.len), 0); /* round 1 is tracking */
+	ck_assert_int_gt(t_pagemap_protected(p.shm.addr, p.shm.len), 0); /* round 1 is tracking */
 	ck_assert_int_eq(uffdsnap_migrate_stats(m, &st), 0);
-	uint64_t t0 = usnap_now_ns();
+	uint64_t t0 = t_now_ns();
 	uffdsnap_migrate_free(m);
-	printf("hostile receiver: free of a blocked sender took %.2f ms\n", usnap_ms_since(t0));
+	printf("hostile receiver: free of a blocked sender took %.2f ms\n", t_ms_since(t0));
 	assert_unprotected(&p);
 	ck_assert_int_eq(p.switchovers, 0);
 	close(sv[0]), close(sv[1]);
@@ -655,7 +655,7 @@ START_TEST(hostile_receiver)
 	uffdsnap_migrate_free(m);
 	close(sv[0]), close(sv[1]);
 	prog_free(&p);
-	usnap_watchdog(0, NULL);
+	t_watchdog(0, NULL);
 }
 END_TEST
 
@@ -675,7 +675,7 @@ START_TEST(old_kernel)
 	char dir[PATH_MAX], path[PATH_MAX + 8];
 	int sv[2];
 
-	usnap_watchdog(60, "old kernel");
+	t_watchdog(60, "old kernel");
 	usnap_inject_hide_features(UFFD_FEATURE_WP_ASYNC);
 	prog_new(&p, SHLEN, PRLEN);
 	ck_assert_int_eq(socketpair(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0, sv), 0);
@@ -685,14 +685,14 @@ START_TEST(old_kernel)
 	ck_assert_ptr_null(m);
 	ck_assert_ptr_nonnull(strstr(uffdsnap_last_error(), "Linux 6.7"));
 	assert_unprotected(&p);
-	usnap_tmpdir(dir);
+	t_tmpdir(dir);
 	snprintf(path, sizeof(path), "%s/s", dir);
-	usnap_snap_file(p.ctx, path, NULL); /* the context is not left claimed */
-	usnap_rmdir(dir);
+	t_snap_file(p.ctx, path, NULL); /* the context is not left claimed */
+	t_rmdir(dir);
 	usnap_inject_hide_features(0);
 	close(sv[0]), close(sv[1]);
 	prog_free(&p);
-	usnap_watchdog(0, NULL);
+	t_watchdog(0, NULL);
 }
 END_TEST
 
@@ -704,7 +704,7 @@ START_TEST(protect_fails)
 	uffdsnap_incoming_t *in;
 	int sv[2], r;
 
-	usnap_watchdog(60, "protect fails");
+	t_watchdog(60, "protect fails");
 	prog_new(&p, SHLEN, PRLEN);
 	ck_assert_int_eq(socketpair(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0, sv), 0);
 	o = opts_for(&p);
@@ -725,7 +725,7 @@ START_TEST(protect_fails)
 	uffdsnap_migrate_free(m);
 	close(sv[1]);
 	prog_free(&p);
-	usnap_watchdog(0, NULL);
+	t_watchdog(0, NULL);
 }
 END_TEST
 #endif
@@ -816,9 +816,9 @@ static void migrate_tcp(const char *label, size_t shlen, unsigned max_rounds, si
 	prog_new(&p, shlen, PRLEN);
 	p.hot = hot;
 	p.fast = fast;
-	usnap_writers_start(&p.w, 1, writer, &p);
+	t_writers_start(&p.w, 1, writer, &p);
 	p.writing = true;
-	ck_assert(usnap_writers_wait_progress(&p.w, 100, 10));
+	ck_assert(t_writers_wait_progress(&p.w, 100, 10));
 	tcp_pair(&snd, &rcv);
 	o = opts_for(&p);
 	o.max_downtime_us = 30000;
@@ -848,7 +848,7 @@ START_TEST(tcp_tbf)
 {
 	size_t len = (size_t)(getenv("USNAP_MIGRATE_MB") ? atoi(getenv("USNAP_MIGRATE_MB")) : 32) * MiB;
 
-	usnap_watchdog(120, "migration over TCP");
+	t_watchdog(120, "migration over TCP");
 	netns_up();
 	/* a hot set of 512 KiB per region, which the link outruns: pre-copy converges */
 	migrate_tcp("tcp pre-copy", len, 0, 512 * KiB, false, 0);
@@ -857,7 +857,7 @@ START_TEST(tcp_tbf)
 	/* stores all over the memory without pause, faster than the link
 	 * drains them: no round gets below the budget, max_rounds ends it */
 	migrate_tcp("tcp pre-copy, writer above the link", len, 5, 0, true, 0);
-	usnap_watchdog(0, NULL);
+	t_watchdog(0, NULL);
 }
 END_TEST
 
@@ -866,7 +866,7 @@ int main(void)
 	Suite *s;
 	TCase *tc;
 
-	usnap_test_require_uffd();
+	t_test_require_uffd();
 	ps = (size_t)sysconf(_SC_PAGESIZE);
 	s = suite_create("migrate");
 	tc = tcase_create("socketpair");
@@ -906,5 +906,5 @@ int main(void)
 		tcase_add_test(tc, tcp_tbf);
 		suite_add_tcase(s, tc);
 	}
-	return usnap_run_suite(s);
+	return t_run_suite(s);
 }

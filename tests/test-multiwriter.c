@@ -13,30 +13,30 @@
 
 START_TEST(multiwriter_ten_snapshots)
 {
-	struct usnap_seq q = { .pages = 512, .slots_per_page = 64, .nwriters = 4 };
-	struct usnap_mem m[2];
-	struct usnap_writers w;
+	struct t_seq q = { .pages = 512, .slots_per_page = 64, .nwriters = 4 };
+	struct t_mem m[2];
+	struct t_writers w;
 	uffdsnap_t *ctx;
 	uffdsnap_opts_t o;
 	char dir[PATH_MAX], path[PATH_MAX + 16];
-	size_t len = usnap_seq_region_bytes(&q);
+	size_t len = t_seq_region_bytes(&q);
 	uint64_t total_faults = 0, total_fault_pages = 0;
 
-	usnap_watchdog(170, "multiwriter_ten_snapshots");
-	usnap_memfd(&m[0], len);
-	usnap_mem_new(&m[1], USNAP_MEM_ANON_SHARED, len);
+	t_watchdog(170, "multiwriter_ten_snapshots");
+	t_memfd(&m[0], len);
+	t_mem_new(&m[1], T_MEM_ANON_SHARED, len);
 	for (int i = 0; i < 2; i++) {
 		memset(m[i].addr, 0, len);
 		q.base[i] = m[i].addr;
 	}
 	uffdsnap_opts_init(&o);
 	o.buffer_bytes = 8 * MiB;
-	ctx = usnap_ctx_new(&o);
-	usnap_add(ctx, "memfd", m[0].addr, len);
-	usnap_add(ctx, "anon", m[1].addr, len);
-	usnap_tmpdir(dir);
-	usnap_writers_start(&w, q.nwriters, usnap_seq_writer, &q);
-	ck_assert(usnap_writers_wait_progress(&w, 10000, 20));
+	ctx = t_ctx_new(&o);
+	t_add(ctx, "memfd", m[0].addr, len);
+	t_add(ctx, "anon", m[1].addr, len);
+	t_tmpdir(dir);
+	t_writers_start(&w, q.nwriters, t_seq_writer, &q);
+	ck_assert(t_writers_wait_progress(&w, 10000, 20));
 
 	for (unsigned round = 0; round < 10; round++) {
 		unsigned long long pre[4], post[4], k[4];
@@ -56,19 +56,19 @@ START_TEST(multiwriter_ten_snapshots)
 		usleep(10 * 1000 * (round % 3));
 		r = uffdsnap_wait(s);
 		ck_assert_msg(r == 0, "round %u: wait: %d %s", round, r, uffdsnap_snap_error(s));
-		usnap_stats(s, &st);
-		usnap_assert_exactly_once(&st);
-		ck_assert_int_eq(usnap_pagemap_protected(m[0].addr, len), 0);
-		ck_assert_int_eq(usnap_pagemap_protected(m[1].addr, len), 0);
-		img[0] = usnap_read_region(path, "memfd", &l0);
-		img[1] = usnap_read_region(path, "anon", &l1);
+		t_stats(s, &st);
+		t_assert_exactly_once(&st);
+		ck_assert_int_eq(t_pagemap_protected(m[0].addr, len), 0);
+		ck_assert_int_eq(t_pagemap_protected(m[1].addr, len), 0);
+		img[0] = t_read_region(path, "memfd", &l0);
+		img[1] = t_read_region(path, "anon", &l1);
 		ck_assert(l0 == len && l1 == len);
 		printf("round %u: pause %.3f ms, faults %llu, pages fault/sweep %llu/%llu;", round, st.begin_ns / 1e6,
 		       (unsigned long long)st.faults, (unsigned long long)st.pages_fault,
 		       (unsigned long long)st.pages_sweep);
 		for (unsigned i = 0; i < q.nwriters; i++) {
 			unsigned long long last = atomic_load(&w.progress[i]) + 1;
-			k[i] = usnap_seq_check(&q, img, i, last);
+			k[i] = t_seq_check(&q, img, i, last);
 			printf(" w%u 1..%llu [%llu,%llu]", i, k[i], pre[i], post[i]);
 			ck_assert_msg(k[i] >= pre[i], "round %u writer %u: write %llu made before begin is missing "
 				      "(visible up to %llu)", round, i, pre[i], k[i]);
@@ -78,23 +78,23 @@ START_TEST(multiwriter_ten_snapshots)
 		printf("\n");
 		total_faults += st.faults;
 		total_fault_pages += st.pages_fault;
-		usnap_buf_free(img[0], len);
-		usnap_buf_free(img[1], len);
+		t_buf_free(img[0], len);
+		t_buf_free(img[1], len);
 		uffdsnap_snap_free(s);
 		ck_assert_int_eq(unlink(path), 0);
 	}
-	usnap_writers_stop(&w, 20);
+	t_writers_stop(&w, 20);
 	printf("multiwriter_ten_snapshots: 10 snapshots, %llu faults, %llu pages copied for writers\n",
 	       (unsigned long long)total_faults, (unsigned long long)total_fault_pages);
 	ck_assert_msg(total_fault_pages > 0, "the writers never hit a protected page");
 	for (unsigned i = 0; i < q.nwriters; i++) {
 		unsigned long long last = atomic_load(&w.progress[i]);
-		ck_assert_uint_eq(usnap_seq_check(&q, q.base, i, last), last);
+		ck_assert_uint_eq(t_seq_check(&q, q.base, i, last), last);
 	}
 	uffdsnap_free(ctx);
-	usnap_rmdir(dir);
-	usnap_mem_free(&m[0]);
-	usnap_mem_free(&m[1]);
+	t_rmdir(dir);
+	t_mem_free(&m[0]);
+	t_mem_free(&m[1]);
 }
 END_TEST
 
@@ -103,9 +103,9 @@ int main(void)
 	Suite *s = suite_create("multiwriter");
 	TCase *tc = tcase_create("multiwriter");
 
-	usnap_test_require_uffd();
+	t_test_require_uffd();
 	tcase_set_timeout(tc, 180);
 	tcase_add_test(tc, multiwriter_ten_snapshots);
 	suite_add_tcase(s, tc);
-	return usnap_run_suite(s);
+	return t_run_suite(s);
 }

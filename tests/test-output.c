@@ -47,13 +47,13 @@
 static void make_keep(const char *dir, char *buf)
 {
 	snprintf(buf, PATH_MAX + 16, "%s/keep", dir);
-	usnap_write_file(buf, "precious", 8);
+	t_write_file(buf, "precious", 8);
 }
 
 static void assert_keep(const char *path)
 {
 	size_t n;
-	uint8_t *got = usnap_slurp(path, &n);
+	uint8_t *got = t_slurp(path, &n);
 
 	ck_assert_msg(n == 8 && !memcmp(got, "precious", 8), "%s was changed (%zu bytes)", path, n);
 	free(got);
@@ -61,11 +61,11 @@ static void assert_keep(const char *path)
 
 /* Every output of the library into path must fail with err and leave dir
  * with `entries` entries. */
-static void refuse_all(const struct usnap_snapfile *f, const char *path, int err, int entries)
+static void refuse_all(const struct t_snapfile *f, const char *path, int err, int entries)
 {
 	uffdsnap_reader_t *r;
 	uffdsnap_snap_t *s = NULL;
-	struct usnap_mem m;
+	struct t_mem m;
 	uffdsnap_t *ctx;
 	int rc;
 
@@ -77,27 +77,27 @@ static void refuse_all(const struct usnap_snapfile *f, const char *path, int err
 	printf("  %s: %s\n", path, uffdsnap_last_error());
 	uffdsnap_reader_free(r);
 
-	usnap_memfd(&m, LEN);
-	ctx = usnap_ctx_new(NULL);
-	usnap_add(ctx, "r", m.addr, LEN);
+	t_memfd(&m, LEN);
+	ctx = t_ctx_new(NULL);
+	t_add(ctx, "r", m.addr, LEN);
 	rc = uffdsnap_begin_file(ctx, path, &s);
 	ck_assert_msg(rc == err, "begin_file into %s: %d (%s), want %d", path, rc, uffdsnap_last_error(), err);
 	uffdsnap_snap_free(s);
 	uffdsnap_free(ctx);
-	usnap_mem_free(&m);
-	ck_assert_int_eq(usnap_dir_entries(f->dir, true), entries);
+	t_mem_free(&m);
+	ck_assert_int_eq(t_dir_entries(f->dir, true), entries);
 }
 
 START_TEST(out_refuses_dir_link_fifo_socket)
 {
-	struct usnap_snapfile f;
+	struct t_snapfile f;
 	struct sockaddr_un sa = { .sun_family = AF_UNIX };
 	char p[PATH_MAX + 16], keep[PATH_MAX + 16];
 	struct stat st;
 	int s;
 
-	usnap_watchdog(60, "out_refuses_dir_link_fifo_socket");
-	usnap_snapfile_new(&f, "r", LEN, 1, 5, 7);
+	t_watchdog(60, "out_refuses_dir_link_fifo_socket");
+	t_snapfile_new(&f, "r", LEN, 1, 5, 7);
 	make_keep(f.dir, keep);
 
 	snprintf(p, sizeof(p), "%s/dir", f.dir);
@@ -131,14 +131,14 @@ START_TEST(out_refuses_dir_link_fifo_socket)
 	close(s);
 	ck_assert(unlink(p) == 0);
 	assert_keep(keep);
-	usnap_snapfile_free(&f);
+	t_snapfile_free(&f);
 }
 END_TEST
 
 /* mknod needs CAP_MKNOD: the node is made in the test's own directory. */
 START_TEST(out_refuses_device)
 {
-	struct usnap_snapfile f;
+	struct t_snapfile f;
 	char p[PATH_MAX + 16];
 	struct stat st;
 
@@ -146,32 +146,32 @@ START_TEST(out_refuses_device)
 		printf("out_refuses_device: not root, mknod is not possible: skipped\n");
 		return;
 	}
-	usnap_watchdog(60, "out_refuses_device");
-	usnap_snapfile_new(&f, "r", LEN, 2, 5, 7);
+	t_watchdog(60, "out_refuses_device");
+	t_snapfile_new(&f, "r", LEN, 2, 5, 7);
 	snprintf(p, sizeof(p), "%s/null", f.dir);
 	ck_assert(mknod(p, S_IFCHR | 0666, makedev(1, 3)) == 0); /* /dev/null's numbers */
 	refuse_all(&f, p, -EINVAL, 2);
 	ck_assert(lstat(p, &st) == 0 && S_ISCHR(st.st_mode) && st.st_rdev == makedev(1, 3));
 	ck_assert(unlink(p) == 0);
-	usnap_snapfile_free(&f);
+	t_snapfile_free(&f);
 }
 END_TEST
 
 START_TEST(out_bad_snapshot_keeps_file)
 {
-	struct usnap_snapfile f;
+	struct t_snapfile f;
 	char keep[PATH_MAX + 16], cut[PATH_MAX + 16], flip[PATH_MAX + 16];
 	uffdsnap_reader_t *r;
 	uint8_t *bytes;
 	size_t n;
 
-	usnap_watchdog(60, "out_bad_snapshot_keeps_file");
-	usnap_snapfile_new(&f, "r", LEN, 3, 0, 0);
+	t_watchdog(60, "out_bad_snapshot_keeps_file");
+	t_snapfile_new(&f, "r", LEN, 3, 0, 0);
 	make_keep(f.dir, keep);
 	/* cut in half: opens (the header is there), known incomplete */
-	bytes = usnap_slurp(f.path, &n);
+	bytes = t_slurp(f.path, &n);
 	snprintf(cut, sizeof(cut), "%s/cut", f.dir);
-	usnap_write_file(cut, bytes, n / 2);
+	t_write_file(cut, bytes, n / 2);
 	free(bytes);
 	ck_assert_int_eq(uffdsnap_reader_open(&r, cut), 0);
 	ck_assert_int_eq(uffdsnap_reader_extract_file(r, 0, keep, 0), -ENODATA);
@@ -180,37 +180,37 @@ START_TEST(out_bad_snapshot_keeps_file)
 	uffdsnap_reader_free(r);
 	assert_keep(keep);
 	/* corrupt: found only while writing, the temporary goes */
-	usnap_snapfile_flipped(&f, "flip", flip);
+	t_snapfile_flipped(&f, "flip", flip);
 	ck_assert_int_eq(uffdsnap_reader_open(&r, flip), 0);
 	ck_assert_int_eq(uffdsnap_reader_extract_file(r, 0, keep, 0), -EBADMSG);
 	printf("  extract of a damaged snapshot: %s\n", uffdsnap_last_error());
 	ck_assert_int_eq(uffdsnap_restore_file(r, 0, keep, NULL, NULL), -EBADMSG);
 	uffdsnap_reader_free(r);
 	assert_keep(keep);
-	ck_assert_int_eq(usnap_dir_entries(f.dir, true), 4); /* snap keep cut flip */
+	ck_assert_int_eq(t_dir_entries(f.dir, true), 4); /* snap keep cut flip */
 	/* and a good one replaces it, with the mode asked for */
 	ck_assert_int_eq(uffdsnap_reader_open(&r, f.path), 0);
 	ck_assert_int_eq(uffdsnap_reader_extract_file(r, 0, keep, 0640), 0);
 	uffdsnap_reader_free(r);
-	bytes = usnap_slurp(keep, &n);
+	bytes = t_slurp(keep, &n);
 	ck_assert(n == LEN && !memcmp(bytes, f.want, LEN));
 	free(bytes);
-	usnap_snapfile_free(&f);
+	t_snapfile_free(&f);
 }
 END_TEST
 
 #ifdef USNAP_FAULT_INJECTION
 START_TEST(out_close_fails)
 {
-	struct usnap_snapfile f;
+	struct t_snapfile f;
 	char keep[PATH_MAX + 16];
 	uffdsnap_snap_t *s = NULL;
 	uffdsnap_reader_t *r;
-	struct usnap_mem m;
+	struct t_mem m;
 	uffdsnap_t *ctx;
 
-	usnap_watchdog(60, "out_close_fails");
-	usnap_snapfile_new(&f, "r", LEN, 4, 5, 7);
+	t_watchdog(60, "out_close_fails");
+	t_snapfile_new(&f, "r", LEN, 4, 5, 7);
 	make_keep(f.dir, keep);
 
 	ck_assert_int_eq(uffdsnap_reader_open(&r, f.path), 0);
@@ -225,10 +225,10 @@ START_TEST(out_close_fails)
 	uffdsnap_reader_free(r);
 	assert_keep(keep);
 
-	usnap_memfd(&m, LEN);
-	usnap_fill_random(m.addr, LEN, 4);
-	ctx = usnap_ctx_new(NULL);
-	usnap_add(ctx, "r", m.addr, LEN);
+	t_memfd(&m, LEN);
+	t_fill_random(m.addr, LEN, 4);
+	ctx = t_ctx_new(NULL);
+	t_add(ctx, "r", m.addr, LEN);
 	usnap_inject_arm(USNAP_INJ_CLOSE, 1, EIO, USNAP_INJ_FAIL);
 	ck_assert_int_eq(uffdsnap_begin_file(ctx, keep, &s), 0);
 	ck_assert_int_eq(uffdsnap_wait(s), -EIO);
@@ -238,10 +238,10 @@ START_TEST(out_close_fails)
 	usnap_inject_disarm();
 	uffdsnap_snap_free(s);
 	uffdsnap_free(ctx);
-	usnap_mem_free(&m);
+	t_mem_free(&m);
 	assert_keep(keep);
-	ck_assert_int_eq(usnap_dir_entries(f.dir, true), 2); /* snap keep: no temporary left */
-	usnap_snapfile_free(&f);
+	ck_assert_int_eq(t_dir_entries(f.dir, true), 2); /* snap keep: no temporary left */
+	t_snapfile_free(&f);
 }
 END_TEST
 #endif
@@ -272,7 +272,7 @@ static bool write_long(const char *path, long v)
 START_TEST(out_restore_hugetlbfs)
 {
 	static const char nr_path[] = "/proc/sys/vm/nr_hugepages";
-	struct usnap_snapfile f, small;
+	struct t_snapfile f, small;
 	char mnt[] = "/var/tmp/usnap-hugetlbfs.XXXXXX", p[PATH_MAX + 64];
 	int rc_big = 1, rc_small = 1, rc_memfd = 1, same = 0, same_memfd = 0, huge_memfd = 0;
 	long old = read_long(nr_path);
@@ -282,13 +282,13 @@ START_TEST(out_restore_hugetlbfs)
 	bool mounted;
 
 	if (geteuid() || old < 0)
-		return usnap_skip("out_restore_hugetlbfs", "not root: huge pages cannot be reserved");
-	usnap_watchdog(60, "out_restore_hugetlbfs");
-	usnap_snapfile_new(&f, "r", 4 * MiB, 6, 5, 7);
-	usnap_snapfile_new(&small, "s", LEN, 7, 0, 0);
+		return t_skip("out_restore_hugetlbfs", "not root: huge pages cannot be reserved");
+	t_watchdog(60, "out_restore_hugetlbfs");
+	t_snapfile_new(&f, "r", 4 * MiB, 6, 5, 7);
+	t_snapfile_new(&small, "s", LEN, 7, 0, 0);
 	if (!write_long(nr_path, old + 4) || read_long(nr_path) < old + 4) {
 		write_long(nr_path, old);
-		usnap_skip("out_restore_hugetlbfs", "could not reserve 4 huge pages");
+		t_skip("out_restore_hugetlbfs", "could not reserve 4 huge pages");
 		goto out;
 	}
 	ck_assert(mkdtemp(mnt));
@@ -297,7 +297,7 @@ START_TEST(out_restore_hugetlbfs)
 		snprintf(p, sizeof(p), "%s/big", mnt);
 		ck_assert_int_eq(uffdsnap_reader_open(&r, f.path), 0);
 		if (!(rc_big = uffdsnap_restore_file(r, 0, p, NULL, NULL)))
-			got = usnap_slurp(p, &n);
+			got = t_slurp(p, &n);
 		else
 			printf("  restore to hugetlbfs: %s\n", uffdsnap_last_error());
 		uffdsnap_reader_free(r);
@@ -347,8 +347,8 @@ START_TEST(out_restore_hugetlbfs)
 	printf("out_restore_hugetlbfs: 4 MiB restored into a file on hugetlbfs and into a memfd of huge pages, "
 	       "byte-exact\n");
 out:
-	usnap_snapfile_free(&f);
-	usnap_snapfile_free(&small);
+	t_snapfile_free(&f);
+	t_snapfile_free(&small);
 }
 END_TEST
 
@@ -358,12 +358,12 @@ START_TEST(restore_sizes_checked)
 {
 	uffdsnap_restore_stats_t st = { .size = 0 };
 	uffdsnap_restore_opts_t o = { .size = 0, .threads = 1 };
-	struct usnap_snapfile f;
+	struct t_snapfile f;
 	uffdsnap_reader_t *r;
 	int fd = -1;
 
-	usnap_watchdog(60, "restore_sizes_checked");
-	usnap_snapfile_new(&f, "r", LEN, 8, 0, 0);
+	t_watchdog(60, "restore_sizes_checked");
+	t_snapfile_new(&f, "r", LEN, 8, 0, 0);
 	ck_assert_int_eq(uffdsnap_reader_open(&r, f.path), 0);
 	ck_assert_int_eq(uffdsnap_restore_memfd(r, 0, &fd, NULL, &st), -EINVAL);
 	ck_assert_msg(strstr(uffdsnap_last_error(), "uffdsnap_restore_stats_t.size is 0"), "%s", uffdsnap_last_error());
@@ -380,7 +380,7 @@ START_TEST(restore_sizes_checked)
 	ck_assert_uint_eq(st.bytes_total, LEN);
 	close(fd);
 	uffdsnap_reader_free(r);
-	usnap_snapfile_free(&f);
+	t_snapfile_free(&f);
 }
 END_TEST
 
@@ -399,13 +399,13 @@ START_TEST(struct_sizes_one_rule)
 	uffdsnap_region_info_t ri;
 	uffdsnap_lazy_stats_t ls = { .size = 0 };
 	uffdsnap_lazy_region_t lreg = { .name = "r", .len = LEN };
-	struct usnap_snapfile f;
-	struct usnap_mem m;
+	struct t_snapfile f;
+	struct t_mem m;
 	uffdsnap_reader_t *r;
 	uffdsnap_lazy_t *lz;
 
-	usnap_watchdog(60, "struct_sizes_one_rule");
-	usnap_snapfile_new(&f, "r", LEN, 9, 0, 0);
+	t_watchdog(60, "struct_sizes_one_rule");
+	t_snapfile_new(&f, "r", LEN, 9, 0, 0);
 	ck_assert_int_eq(uffdsnap_reader_open(&r, f.path), 0);
 	big.i.size = 0;
 	ck_assert_int_eq(uffdsnap_reader_info(r, &big.i), -EINVAL);
@@ -424,7 +424,7 @@ START_TEST(struct_sizes_one_rule)
 	ri.size = sizeof(ri);
 	ck_assert_int_eq(uffdsnap_reader_region(r, 7, &ri), -ENOENT);
 	ck_assert_str_ne(uffdsnap_last_error(), "");
-	usnap_memfd(&m, LEN);
+	t_memfd(&m, LEN);
 	lreg.addr = m.addr;
 	ck_assert_int_eq(uffdsnap_lazy_start(&lz, r, &lreg, 1, NULL), 0);
 	ck_assert_int_eq(uffdsnap_lazy_wait(lz), 0);
@@ -432,11 +432,11 @@ START_TEST(struct_sizes_one_rule)
 	ck_assert_msg(strstr(uffdsnap_last_error(), "uffdsnap_lazy_stats_t.size is 0"), "%s", uffdsnap_last_error());
 	ls.size = sizeof(ls);
 	ck_assert_int_eq(uffdsnap_lazy_stats(lz, &ls), 0);
-	ck_assert_uint_eq(ls.pages_total, LEN / usnap_page);
+	ck_assert_uint_eq(ls.pages_total, LEN / t_page);
 	uffdsnap_lazy_free(lz);
-	usnap_mem_free(&m);
+	t_mem_free(&m);
 	uffdsnap_reader_free(r);
-	usnap_snapfile_free(&f);
+	t_snapfile_free(&f);
 }
 END_TEST
 
@@ -466,15 +466,15 @@ static bool exists(const char *dir, const char *name)
 
 START_TEST(out_stale_temps)
 {
-	struct usnap_snapfile f;
+	struct t_snapfile f;
 	char dead_tmp[64], locked_tmp[64], live_tmp[64], other_tmp[64], p[PATH_MAX + 64];
 	struct seen seen = { 0 };
 	uffdsnap_reader_t *r;
 	pid_t dead;
 	int lfd;
 
-	usnap_watchdog(60, "out_stale_temps");
-	usnap_snapfile_new(&f, "r", LEN, 5, 0, 0);
+	t_watchdog(60, "out_stale_temps");
+	t_snapfile_new(&f, "r", LEN, 5, 0, 0);
 	/* a pid that ran and is gone (reaped) */
 	dead = fork();
 	ck_assert(dead >= 0);
@@ -488,7 +488,7 @@ START_TEST(out_stale_temps)
 	const char *names[] = { dead_tmp, locked_tmp, live_tmp, other_tmp, "out.tmp.XXXXXX", "out.tmp.uffdsnap-1x-eeeeee" };
 	for (unsigned i = 0; i < sizeof(names) / sizeof(names[0]); i++) {
 		snprintf(p, sizeof(p), "%s/%s", f.dir, names[i]);
-		usnap_write_file(p, "x", 1);
+		t_write_file(p, "x", 1);
 	}
 	/* a writer in another pid namespace: its pid means nothing here, its lock does */
 	snprintf(p, sizeof(p), "%s/%s", f.dir, locked_tmp);
@@ -517,7 +517,7 @@ START_TEST(out_stale_temps)
 		snprintf(p, sizeof(p), "%s/%s", f.dir, names[i]);
 		ck_assert(unlink(p) == 0);
 	}
-	usnap_snapfile_free(&f);
+	t_snapfile_free(&f);
 }
 END_TEST
 
@@ -546,7 +546,7 @@ START_TEST(errors_documented)
 		char *text;
 
 		snprintf(path, sizeof(path), "%s/%.*s", USNAP_SRCDIR, (int)sizeof(files[0]), files[i]);
-		text = (char *)usnap_slurp(path, &n);
+		text = (char *)t_slurp(path, &n);
 		text = realloc(text, n + 1);
 		text[n] = '\0';
 		for (const char *s = text; !regexec(&re, s, 1, &mt, 0); s += mt.rm_eo) {
@@ -579,7 +579,7 @@ int main(void)
 	Suite *s = suite_create("output");
 	TCase *tc = tcase_create("output"), *huge = tcase_create("huge");
 
-	usnap_test_require_uffd();
+	t_test_require_uffd();
 	tcase_set_timeout(tc, 120);
 	tcase_add_test(tc, out_refuses_dir_link_fifo_socket);
 	tcase_add_test(tc, out_refuses_device);
@@ -596,5 +596,5 @@ int main(void)
 	tcase_add_test(huge, out_restore_hugetlbfs);
 	suite_add_tcase(s, tc);
 	suite_add_tcase(s, huge);
-	return usnap_run_suite(s);
+	return t_run_suite(s);
 }

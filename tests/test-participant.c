@@ -122,10 +122,10 @@ static void expect(struct member *m, char want, const char *what)
 {
 	char c = 0;
 
-	usnap_watchdog(60, what);
+	t_watchdog(60, what);
 	ck_assert_msg(read(m->ack, &c, 1) == 1 && c == want, "%s: participant %d answered '%c', want '%c'", what,
 		      (int)m->pid, c, want);
-	usnap_watchdog(150, "test");
+	t_watchdog(150, "test");
 }
 
 static void send_cmd(struct member *m, char c)
@@ -139,16 +139,16 @@ static void reap(struct member *m)
 
 	close(m->cmd);
 	close(m->ack);
-	st = usnap_wait_child(m->pid, 20, "participant");
+	st = t_wait_child(m->pid, 20, "participant");
 	ck_assert_msg(WIFEXITED(st) || WIFSIGNALED(st), "participant status %d", st);
 }
 
 struct coord {
-	struct usnap_mem m;
+	struct t_mem m;
 	uint8_t *ref;
 	char dir[PATH_MAX], sock[PATH_MAX + 16];
 	uffdsnap_t *ctx;
-	struct usnap_cb cb;
+	struct t_cb cb;
 	uffdsnap_snap_t *s;
 	uffdsnap_stats_t st;
 };
@@ -158,22 +158,22 @@ static void coord_new(struct coord *c, uint32_t flags)
 	uffdsnap_opts_t o;
 
 	memset(c, 0, sizeof(*c));
-	usnap_memfd(&c->m, LEN);
-	usnap_fill_random(c->m.addr, LEN, 131);
-	c->ref = usnap_mem_copy(&c->m);
-	usnap_tmpdir(c->dir);
+	t_memfd(&c->m, LEN);
+	t_fill_random(c->m.addr, LEN, 131);
+	c->ref = t_mem_copy(&c->m);
+	t_tmpdir(c->dir);
 	snprintf(c->sock, sizeof(c->sock), "%s/sock", c->dir);
 	uffdsnap_opts_init(&o);
 	o.buffer_bytes = 4 * MiB;
 	o.flags = flags;
-	c->ctx = usnap_ctx_new(&o);
-	usnap_add(c->ctx, "ram", c->m.addr, LEN);
+	c->ctx = t_ctx_new(&o);
+	t_add(c->ctx, "ram", c->m.addr, LEN);
 	ck_assert_msg(uffdsnap_listen(c->ctx, c->sock) == 0, "listen: %s", uffdsnap_last_error());
 }
 
 static int coord_finish(struct coord *c)
 {
-	return usnap_finish_stalled(c->s, &c->cb, &c->st, "participants");
+	return t_finish_stalled(c->s, &c->cb, &c->st, "participants");
 }
 
 static void coord_free(struct coord *c)
@@ -182,10 +182,10 @@ static void coord_free(struct coord *c)
 		uffdsnap_snap_free(c->s);
 	uffdsnap_free(c->ctx);
 	if (c->s)
-		usnap_cb_destroy(&c->cb);
-	usnap_rmdir(c->dir);
-	usnap_buf_free(c->ref, LEN);
-	usnap_mem_free(&c->m);
+		t_cb_destroy(&c->cb);
+	t_rmdir(c->dir);
+	t_buf_free(c->ref, LEN);
+	t_mem_free(&c->m);
 }
 
 static void wait_count(struct coord *c, int n)
@@ -199,7 +199,7 @@ static void writers(unsigned n)
 {
 	struct member m[4];
 	struct coord c;
-	struct usnap_expect ex;
+	struct t_expect ex;
 	int r;
 
 	coord_new(&c, 0);
@@ -208,7 +208,7 @@ static void writers(unsigned n)
 		expect(&m[i], 'J', "join");
 	}
 	wait_count(&c, (int)n);
-	c.s = usnap_begin_stalled(c.ctx, &c.cb, 20000);
+	c.s = t_begin_stalled(c.ctx, &c.cb, 20000);
 	for (unsigned i = 0; i < n; i++)
 		send_cmd(&m[i], 'W');
 	for (unsigned i = 0; i < n; i++)
@@ -216,8 +216,8 @@ static void writers(unsigned n)
 	r = coord_finish(&c);
 	ck_assert_msg(r == 0, "wait: %d %s", r, uffdsnap_snap_error(c.s));
 	ck_assert_msg(c.st.pages_fault > 0, "no store of a participant waited for its copy");
-	ex = (struct usnap_expect){ "ram", c.ref, LEN };
-	usnap_check_buffer(c.cb.mem, c.cb.mem_len, &ex, 1);
+	ex = (struct t_expect){ "ram", c.ref, LEN };
+	t_check_buffer(c.cb.mem, c.cb.mem_len, &ex, 1);
 	ck_assert_msg(memcmp(c.m.addr, c.ref, LEN), "the participants' stores did not reach the memory");
 	printf("%u participant(s): %llu pages copied for their stores, snapshot exact\n", n,
 	       (unsigned long long)c.st.pages_fault);
@@ -227,41 +227,41 @@ static void writers(unsigned n)
 	coord_free(&c);
 }
 
-START_TEST(one_participant) { usnap_watchdog(150, "one_participant"); writers(1); }
+START_TEST(one_participant) { t_watchdog(150, "one_participant"); writers(1); }
 END_TEST
 
-START_TEST(four_participants) { usnap_watchdog(150, "four_participants"); writers(4); }
+START_TEST(four_participants) { t_watchdog(150, "four_participants"); writers(4); }
 END_TEST
 
 START_TEST(participant_killed)
 {
 	struct member m;
 	struct coord c;
-	struct usnap_expect ex;
+	struct t_expect ex;
 	int r;
 
-	usnap_watchdog(150, "participant_killed");
+	t_watchdog(150, "participant_killed");
 	coord_new(&c, 0);
 	spawn(&m, c.sock, c.m.fd, 0, LEN);
 	expect(&m, 'J', "join");
 	wait_count(&c, 1);
-	usnap_cb_init(&c.cb, -1);
+	t_cb_init(&c.cb, -1);
 	c.cb.keep = true;
-	usnap_cb_gate(&c.cb, true);
-	r = uffdsnap_begin(c.ctx, usnap_cb_sink(&c.cb), &c.s);
+	t_cb_gate(&c.cb, true);
+	r = uffdsnap_begin(c.ctx, t_cb_sink(&c.cb), &c.s);
 	ck_assert_msg(r == 0, "begin: %s", uffdsnap_last_error());
 	send_cmd(&m, 'W');
 	/* its stores wait: the sink is shut and the buffers fill up */
-	for (int i = 0; i < 5000 && (usnap_stats(c.s, &c.st), !c.cb.blocked || !c.st.faults); i++)
+	for (int i = 0; i < 5000 && (t_stats(c.s, &c.st), !c.cb.blocked || !c.st.faults); i++)
 		usleep(1000);
 	ck_assert(c.st.faults > 0);
 	kill(m.pid, SIGKILL);
 	reap(&m);
-	usnap_cb_gate(&c.cb, false);
+	t_cb_gate(&c.cb, false);
 	r = coord_finish(&c);
 	ck_assert_msg(r == 0, "wait after the participant died: %d %s", r, uffdsnap_snap_error(c.s));
-	ex = (struct usnap_expect){ "ram", c.ref, LEN };
-	usnap_check_buffer(c.cb.mem, c.cb.mem_len, &ex, 1);
+	ex = (struct t_expect){ "ram", c.ref, LEN };
+	t_check_buffer(c.cb.mem, c.cb.mem_len, &ex, 1);
 	wait_count(&c, 0);
 	coord_free(&c);
 }
@@ -270,7 +270,7 @@ END_TEST
 /* The coordinator is a child here; this process joins it. */
 START_TEST(coordinator_killed)
 {
-	struct usnap_mem m;
+	struct t_mem m;
 	int ready[2], st;
 	char sock[PATH_MAX + 16], dir[PATH_MAX], c = 0;
 	uffdsnap_participant_t *p;
@@ -278,10 +278,10 @@ START_TEST(coordinator_killed)
 	uint8_t *b;
 	pid_t pid;
 
-	usnap_watchdog(150, "coordinator_killed");
-	usnap_memfd(&m, LEN);
-	usnap_fill_random(m.addr, LEN, 132);
-	usnap_tmpdir(dir);
+	t_watchdog(150, "coordinator_killed");
+	t_memfd(&m, LEN);
+	t_fill_random(m.addr, LEN, 132);
+	t_tmpdir(dir);
 	snprintf(sock, sizeof(sock), "%s/sock", dir);
 	b = mmap(NULL, LEN, PROT_READ | PROT_WRITE, MAP_SHARED, m.fd, 0);
 	ck_assert(b != MAP_FAILED);
@@ -291,7 +291,7 @@ START_TEST(coordinator_killed)
 	if (!pid) {
 		uffdsnap_t *ctx;
 		uffdsnap_snap_t *s;
-		struct usnap_cb cb;
+		struct t_cb cb;
 
 		alarm(60);
 		munmap(b, LEN); /* only the participant's mapping is the participant's */
@@ -300,9 +300,9 @@ START_TEST(coordinator_killed)
 			_exit(1);
 		while (uffdsnap_participant_count(ctx) != 1)
 			usleep(1000);
-		usnap_cb_init(&cb, -1);
-		usnap_cb_gate(&cb, true); /* nothing is ever copied */
-		if (uffdsnap_begin(ctx, usnap_cb_sink(&cb), &s) || write(ready[1], "B", 1) != 1)
+		t_cb_init(&cb, -1);
+		t_cb_gate(&cb, true); /* nothing is ever copied */
+		if (uffdsnap_begin(ctx, t_cb_sink(&cb), &s) || write(ready[1], "B", 1) != 1)
 			_exit(2);
 		pause();
 		_exit(0);
@@ -311,22 +311,22 @@ START_TEST(coordinator_killed)
 	jr = (uffdsnap_join_region_t){ "ram", b, LEN, 0 };
 	ck_assert_msg(uffdsnap_join(&p, sock, &jr, 1) == 0, "join: %s", uffdsnap_last_error());
 	ck_assert(read(ready[0], &c, 1) == 1 && c == 'B');
-	ck_assert_msg(usnap_pagemap_protected(b, LEN) > 0, "begin did not protect the participant's mapping");
+	ck_assert_msg(t_pagemap_protected(b, LEN) > 0, "begin did not protect the participant's mapping");
 	kill(pid, SIGKILL);
-	st = usnap_wait_child(pid, 10, "coordinator");
+	st = t_wait_child(pid, 10, "coordinator");
 	ck_assert(WIFSIGNALED(st));
 	/* the coordinator held the only reference to our userfaultfd: its death
 	 * dropped every protection, so these stores cannot wait */
-	usnap_watchdog(5, "a store after the coordinator died");
-	for (size_t i = 0; i < LEN / usnap_page; i++)
-		b[i * usnap_page] ^= 1;
-	usnap_watchdog(150, "coordinator_killed");
-	ck_assert_int_eq(usnap_pagemap_protected(b, LEN), 0);
+	t_watchdog(5, "a store after the coordinator died");
+	for (size_t i = 0; i < LEN / t_page; i++)
+		b[i * t_page] ^= 1;
+	t_watchdog(150, "coordinator_killed");
+	ck_assert_int_eq(t_pagemap_protected(b, LEN), 0);
 	printf("coordinator_killed: every page of the participant written at once after the kill\n");
 	uffdsnap_leave(p);
 	munmap(b, LEN);
-	usnap_rmdir(dir);
-	usnap_mem_free(&m);
+	t_rmdir(dir);
+	t_mem_free(&m);
 }
 END_TEST
 
@@ -337,27 +337,27 @@ START_TEST(participant_forks)
 {
 	struct member m;
 	struct coord c;
-	struct usnap_expect ex;
+	struct t_expect ex;
 	int r;
 
-	usnap_watchdog(150, "participant_forks");
+	t_watchdog(150, "participant_forks");
 	coord_new(&c, 0);
 	if (!(uffdsnap_features(c.ctx) & UFFD_FEATURE_EVENT_FORK)) {
 		coord_free(&c);
-		return usnap_skip("participant_forks", "no fork events without CAP_SYS_PTRACE");
+		return t_skip("participant_forks", "no fork events without CAP_SYS_PTRACE");
 	}
 	spawn(&m, c.sock, c.m.fd, 0, LEN);
 	expect(&m, 'J', "join");
 	wait_count(&c, 1);
-	c.s = usnap_begin_stalled(c.ctx, &c.cb, 20000);
+	c.s = t_begin_stalled(c.ctx, &c.cb, 20000);
 	send_cmd(&m, 'F');
 	expect(&m, 'D', "the forked child writing");
 	r = coord_finish(&c);
 	ck_assert_msg(r == 0, "wait: %d %s", r, uffdsnap_snap_error(c.s));
 	ck_assert_msg(c.st.forks >= 1, "the participant's fork was not followed");
 	ck_assert_msg(c.st.pages_fault > 0, "no store of the child waited for its copy");
-	ex = (struct usnap_expect){ "ram", c.ref, LEN };
-	usnap_check_buffer(c.cb.mem, c.cb.mem_len, &ex, 1);
+	ex = (struct t_expect){ "ram", c.ref, LEN };
+	t_check_buffer(c.cb.mem, c.cb.mem_len, &ex, 1);
 	printf("participant_forks: %llu fork(s) followed, %llu pages copied for the child's stores, exact\n",
 	       (unsigned long long)c.st.forks, (unsigned long long)c.st.pages_fault);
 	reap(&m);
@@ -371,9 +371,9 @@ START_TEST(join_mid_snapshot)
 	struct coord c;
 	int r;
 
-	usnap_watchdog(150, "join_mid_snapshot");
+	t_watchdog(150, "join_mid_snapshot");
 	coord_new(&c, 0);
-	c.s = usnap_begin_stalled(c.ctx, &c.cb, 20000);
+	c.s = t_begin_stalled(c.ctx, &c.cb, 20000);
 	spawn(&m, c.sock, c.m.fd, 0, LEN);
 	expect(&m, 'J', "join");
 	r = coord_finish(&c);
@@ -387,7 +387,7 @@ END_TEST
 
 START_TEST(refusals)
 {
-	struct usnap_mem other;
+	struct t_mem other;
 	struct sockaddr_un sa = { .sun_family = AF_UNIX };
 	uffdsnap_participant_t *p;
 	uffdsnap_join_region_t jr;
@@ -395,18 +395,18 @@ START_TEST(refusals)
 	char junk[64], reply[300];
 	int fd, r;
 
-	usnap_watchdog(60, "refusals");
+	t_watchdog(60, "refusals");
 	coord_new(&c, 0);
 	jr = (uffdsnap_join_region_t){ "nope", c.m.addr, LEN, 0 };
 	r = uffdsnap_join(&p, c.sock, &jr, 1);
 	printf("unknown region: %d %s\n", r, uffdsnap_last_error());
 	ck_assert_int_eq(r, -ENOENT);
-	usnap_memfd(&other, LEN);
+	t_memfd(&other, LEN);
 	jr = (uffdsnap_join_region_t){ "ram", other.addr, LEN, 0 };
 	r = uffdsnap_join(&p, c.sock, &jr, 1);
 	printf("another file: %d %s\n", r, uffdsnap_last_error());
 	ck_assert_int_eq(r, -EINVAL);
-	jr = (uffdsnap_join_region_t){ "ram", c.m.addr, LEN, usnap_page };
+	jr = (uffdsnap_join_region_t){ "ram", c.m.addr, LEN, t_page };
 	ck_assert_int_eq(uffdsnap_join(&p, c.sock, &jr, 1), -EINVAL); /* past the region's end */
 	/* garbage, and a silent client that hangs up */
 	memcpy(sa.sun_path, c.sock, strlen(c.sock));
@@ -422,12 +422,12 @@ START_TEST(refusals)
 	close(fd);
 	/* a second coordinator may not take the socket over */
 	{
-		uffdsnap_t *ctx2 = usnap_ctx_new(NULL);
+		uffdsnap_t *ctx2 = t_ctx_new(NULL);
 		ck_assert_int_eq(uffdsnap_listen(ctx2, c.sock), -EADDRINUSE);
 		uffdsnap_free(ctx2);
 	}
 	ck_assert_int_eq(uffdsnap_participant_count(c.ctx), 0);
-	usnap_mem_free(&other);
+	t_mem_free(&other);
 	coord_free(&c);
 }
 END_TEST
@@ -464,7 +464,7 @@ static int child_join_as_nobody(struct coord *c, uint64_t keep)
 	ck_assert_int_ge(pid, 0);
 	if (!pid)
 		_exit(join_as_nobody(c, keep));
-	int st = usnap_wait_child(pid, 30, "join as nobody");
+	int st = t_wait_child(pid, 30, "join as nobody");
 
 	ck_assert_msg(WIFEXITED(st) && WEXITSTATUS(st) < 100, "the child could not drop privileges (status 0x%x)", st);
 	return -WEXITSTATUS(st);
@@ -475,8 +475,8 @@ START_TEST(join_not_permitted)
 	struct coord c;
 	int r;
 
-	usnap_watchdog(60, "join_not_permitted");
-	usnap_test_require_root();
+	t_watchdog(60, "join_not_permitted");
+	t_test_require_root();
 	coord_new(&c, 0);
 	/* no privilege at all: vm.unprivileged_userfaultfd=0 and a root-only
 	 * /dev/userfaultfd leave it only a user-mode-only descriptor, which
@@ -508,14 +508,14 @@ START_TEST(strict_counts_participants)
 	struct coord c;
 	int r;
 
-	usnap_watchdog(150, "strict_counts_participants");
+	t_watchdog(150, "strict_counts_participants");
 	coord_new(&c, UFFDSNAP_OPT_STRICT);
 	spawn(&m, c.sock, c.m.fd, 0, LEN);
 	expect(&m, 'J', "join");
 	wait_count(&c, 1);
-	usnap_cb_init(&c.cb, -1);
+	t_cb_init(&c.cb, -1);
 	c.cb.keep = true;
-	r = uffdsnap_begin(c.ctx, usnap_cb_sink(&c.cb), &c.s);
+	r = uffdsnap_begin(c.ctx, t_cb_sink(&c.cb), &c.s);
 	ck_assert_msg(r == 0, "STRICT begin with a participant mapping the file: %d %s", r, uffdsnap_last_error());
 	ck_assert_int_eq(coord_finish(&c), 0);
 	reap(&m);
@@ -532,7 +532,7 @@ int main(int argc, char **argv)
 		return participant_main(argv);
 	s = suite_create("participant");
 	tc = tcase_create("participant");
-	usnap_test_require_uffd();
+	t_test_require_uffd();
 	tcase_set_timeout(tc, 160);
 	tcase_add_test(tc, one_participant);
 	tcase_add_test(tc, four_participants);
@@ -548,5 +548,5 @@ int main(int argc, char **argv)
 	tcase_set_tags(fork, "fork");
 	tcase_add_test(fork, participant_forks);
 	suite_add_tcase(s, fork);
-	return usnap_run_suite(s);
+	return t_run_suite(s);
 }

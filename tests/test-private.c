@@ -32,7 +32,7 @@
 #endif
 
 struct setup {
-	struct usnap_cb cb;
+	struct t_cb cb;
 	uffdsnap_t *ctx;
 	uffdsnap_snap_t *s;
 };
@@ -47,23 +47,23 @@ static void begin_held(struct setup *t, uint8_t *addr, size_t len)
 
 	uffdsnap_opts_init(&o);
 	o.buffer_bytes = 4 * MiB;
-	t->ctx = usnap_ctx_new(&o);
-	usnap_add(t->ctx, "heap", addr, len);
-	t->s = usnap_begin_stalled(t->ctx, &t->cb, 20000);
+	t->ctx = t_ctx_new(&o);
+	t_add(t->ctx, "heap", addr, len);
+	t->s = t_begin_stalled(t->ctx, &t->cb, 20000);
 }
 
 static void end(struct setup *t)
 {
 	uffdsnap_snap_free(t->s);
 	uffdsnap_free(t->ctx);
-	usnap_cb_destroy(&t->cb);
+	t_cb_destroy(&t->cb);
 }
 
 /* Writes after the instant, remembered in `now`: data pages, never-touched
  * pages, and a kernel-mode write through read(2). */
 static unsigned write_after(uint8_t *addr, uint8_t *now, size_t len, const uint8_t *untouched)
 {
-	size_t np = len / usnap_page;
+	size_t np = len / t_page;
 	unsigned n = 0;
 	int pfd[2];
 
@@ -72,21 +72,21 @@ static unsigned write_after(uint8_t *addr, uint8_t *now, size_t len, const uint8
 	for (size_t p = np / 2, block = SIZE_MAX; p < np; p++) {
 		if (untouched[p] && p / 64 != block) {
 			block = p / 64;
-			ck_assert_msg(usnap_pagemap_entry(addr + p * usnap_page) & USNAP_PM_WP,
+			ck_assert_msg(t_pagemap_entry(addr + p * t_page) & T_PM_WP,
 				      "never-touched page %zu is not write-protected", p);
-			memset(addr + p * usnap_page, 0xa5, 32);
-			memset(now + p * usnap_page, 0xa5, 32);
+			memset(addr + p * t_page, 0xa5, 32);
+			memset(now + p * t_page, 0xa5, 32);
 			n++;
 		}
 	}
 	for (size_t p = np / 2; p < np; p += 7, n++) {
-		addr[p * usnap_page + 11] ^= 0x3c;
-		now[p * usnap_page + 11] ^= 0x3c;
+		addr[p * t_page + 11] ^= 0x3c;
+		now[p * t_page + 11] ^= 0x3c;
 	}
 	ck_assert_int_eq(pipe(pfd), 0);
 	ck_assert_int_eq(write(pfd[1], "kernel-mode write", 17), 17);
-	ck_assert_int_eq(read(pfd[0], addr + (np - 2) * usnap_page + 5, 17), 17);
-	memcpy(now + (np - 2) * usnap_page + 5, "kernel-mode write", 17);
+	ck_assert_int_eq(read(pfd[0], addr + (np - 2) * t_page + 5, 17), 17);
+	memcpy(now + (np - 2) * t_page + 5, "kernel-mode write", 17);
 	close(pfd[0]);
 	close(pfd[1]);
 	return n + 1;
@@ -101,14 +101,14 @@ static unsigned write_after(uint8_t *addr, uint8_t *now, size_t len, const uint8
  */
 static void untouched_path(struct setup *t, uint8_t *addr, size_t len, const uint8_t *untouched)
 {
-	size_t np = len / usnap_page, n = 0, present = 0;
+	size_t np = len / t_page, n = 0, present = 0;
 	bool unpop = uffdsnap_features(t->ctx) & UFFD_FEATURE_WP_UNPOPULATED;
 
 	for (size_t p = np / 2; p < np; p++) {
 		if (!untouched[p])
 			continue;
 		n++;
-		present += !!(usnap_pagemap_entry(addr + p * usnap_page) & USNAP_PM_PRESENT);
+		present += !!(t_pagemap_entry(addr + p * t_page) & T_PM_PRESENT);
 	}
 	printf("private_anon_exact: %s: %zu of %zu never-touched pages not copied yet are mapped after begin\n",
 	       unpop ? "UFFD_FEATURE_WP_UNPOPULATED" : "no UFFD_FEATURE_WP_UNPOPULATED (as before 6.4)", present, n);
@@ -122,14 +122,14 @@ START_TEST(private_anon_exact)
 {
 	/* 32 MiB under a sanitizer (as private_file_exact everywhere): the time
 	 * is the slowed sink writing what the writes fault in, the second half */
-	const size_t len = USNAP_SANITIZED ? 32 * MiB : 64 * MiB, np = len / usnap_page;
+	const size_t len = T_SANITIZED ? 32 * MiB : 64 * MiB, np = len / t_page;
 	uint8_t *addr, *ref, *now, *untouched = calloc(np, 1);
 	uffdsnap_stats_t st;
 	struct setup t;
 	unsigned n;
 	int r;
 
-	usnap_watchdog(90, "private_anon_exact");
+	t_watchdog(90, "private_anon_exact");
 	addr = mmap(NULL, len, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
 	ck_assert(addr != MAP_FAILED && untouched);
 	/* 4 KiB pages whatever the THP setting: the writes below count on 64 KiB
@@ -139,36 +139,36 @@ START_TEST(private_anon_exact)
 		if (p % 5 == 3)
 			untouched[p] = 1; /* never touched: no page, no PTE */
 		else
-			usnap_fill_page(addr + p * usnap_page, 17, p);
+			t_fill_page(addr + p * t_page, 17, p);
 	}
 	/* the copy leaves never-touched pages alone (zeros): a read would map
 	 * the zero page there, and nothing would be left for a marker */
-	ref = usnap_buf_alloc(len);
+	ref = t_buf_alloc(len);
 	for (size_t p = 0; p < np; p++)
 		if (!untouched[p])
-			memcpy(ref + p * usnap_page, addr + p * usnap_page, usnap_page);
-	now = usnap_copy(ref, len);
+			memcpy(ref + p * t_page, addr + p * t_page, t_page);
+	now = t_copy(ref, len);
 	begin_held(&t, addr, len);
 	untouched_path(&t, addr, len, untouched);
 	n = write_after(addr, now, len, untouched);
 	atomic_store(&t.cb.sleep_us, 0);
 	r = uffdsnap_wait(t.s);
-	usnap_stats(t.s, &st);
-	usnap_stats_print("private anon", &st);
+	t_stats(t.s, &st);
+	t_stats_print("private anon", &st);
 	printf("private_anon_exact: %u writes after the instant, %llu pages copied for writers\n", n,
 	       (unsigned long long)st.pages_fault);
 	ck_assert_msg(r == 0, "wait: %d %s", r, uffdsnap_snap_error(t.s));
-	usnap_assert_exactly_once(&st);
+	t_assert_exactly_once(&st);
 	ck_assert_uint_gt(st.pages_fault, np / 2 / 7 / 2);
-	ck_assert_int_eq(usnap_pagemap_protected(addr, len), 0);
+	ck_assert_int_eq(t_pagemap_protected(addr, len), 0);
 	{
-		struct usnap_expect ex = { "heap", ref, len };
-		usnap_check_buffer(t.cb.mem, t.cb.mem_len, &ex, 1);
+		struct t_expect ex = { "heap", ref, len };
+		t_check_buffer(t.cb.mem, t.cb.mem_len, &ex, 1);
 	}
 	ck_assert_int_eq(memcmp(addr, now, len), 0);
 	end(&t);
-	usnap_buf_free(ref, len);
-	usnap_buf_free(now, len);
+	t_buf_free(ref, len);
+	t_buf_free(now, len);
 	munmap(addr, len);
 	free(untouched);
 }
@@ -202,138 +202,138 @@ static long anon_huge_kib(const void *addr)
  */
 START_TEST(private_thp_stays_huge)
 {
-	const size_t len = 64 * MiB, huge = 2 * MiB, np = len / usnap_page;
+	const size_t len = 64 * MiB, huge = 2 * MiB, np = len / t_page;
 	uint8_t *raw, *addr, *ref, *now;
 	uffdsnap_stats_t st;
 	struct setup t;
 	long before, after;
 	int r;
 
-	usnap_watchdog(90, "private_thp_stays_huge");
+	t_watchdog(90, "private_thp_stays_huge");
 	raw = mmap(NULL, len + huge, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
 	ck_assert(raw != MAP_FAILED);
 	addr = (uint8_t *)(((uintptr_t)raw + huge - 1) & ~(uintptr_t)(huge - 1));
 	if (madvise(addr, len, MADV_HUGEPAGE)) {
-		usnap_skip("private_thp_stays_huge", "MADV_HUGEPAGE: %s", strerror(errno));
+		t_skip("private_thp_stays_huge", "MADV_HUGEPAGE: %s", strerror(errno));
 		munmap(raw, len + huge);
 		return;
 	}
 	for (size_t p = 0; p < np; p++)
-		usnap_fill_page(addr + p * usnap_page, 29, p);
+		t_fill_page(addr + p * t_page, 29, p);
 	before = anon_huge_kib(addr);
 	if (before < (long)(len / 2 / 1024)) {
 		/* THP off, or no huge page to be had: nothing to prove */
-		usnap_skip("private_thp_stays_huge", "only %ld kB of huge pages (THP disabled or memory fragmented)",
+		t_skip("private_thp_stays_huge", "only %ld kB of huge pages (THP disabled or memory fragmented)",
 			   before);
 		munmap(raw, len + huge);
 		return;
 	}
-	ref = usnap_copy(addr, len);
-	now = usnap_copy(ref, len);
+	ref = t_copy(addr, len);
+	now = t_copy(ref, len);
 	begin_held(&t, addr, len);
 	for (size_t p = np / 2 + 3; p < np; p += 97) {
-		addr[p * usnap_page + 9] ^= 0x5a;
-		now[p * usnap_page + 9] ^= 0x5a;
+		addr[p * t_page + 9] ^= 0x5a;
+		now[p * t_page + 9] ^= 0x5a;
 	}
 	atomic_store(&t.cb.sleep_us, 0);
 	r = uffdsnap_wait(t.s);
-	usnap_stats(t.s, &st);
-	usnap_stats_print("private thp", &st);
+	t_stats(t.s, &st);
+	t_stats_print("private thp", &st);
 	after = anon_huge_kib(addr);
 	printf("private_thp_stays_huge: AnonHugePages %ld kB before, %ld kB after; %llu faults, %llu pages copied "
 	       "for writers\n", before, after, (unsigned long long)st.faults, (unsigned long long)st.pages_fault);
 	ck_assert_msg(r == 0, "wait: %d %s", r, uffdsnap_snap_error(t.s));
-	usnap_assert_exactly_once(&st);
+	t_assert_exactly_once(&st);
 	ck_assert_uint_gt(st.pages_fault, 0);
 	{
-		struct usnap_expect ex = { "heap", ref, len };
-		usnap_check_buffer(t.cb.mem, t.cb.mem_len, &ex, 1);
+		struct t_expect ex = { "heap", ref, len };
+		t_check_buffer(t.cb.mem, t.cb.mem_len, &ex, 1);
 	}
 	ck_assert_int_eq(memcmp(addr, now, len), 0);
 	ck_assert_msg(after >= before * 9 / 10, "huge pages split by the snapshot: %ld kB before, %ld kB after",
 		      before, after);
 	end(&t);
-	usnap_buf_free(ref, len);
-	usnap_buf_free(now, len);
+	t_buf_free(ref, len);
+	t_buf_free(now, len);
 	munmap(raw, len + huge);
 }
 END_TEST
 
 START_TEST(private_file_exact)
 {
-	const size_t len = 32 * MiB, np = len / usnap_page;
+	const size_t len = 32 * MiB, np = len / t_page;
 	uint8_t *addr, *ref, *now, *untouched = calloc(np, 1);
 	uffdsnap_stats_t st;
-	struct usnap_mem m;
+	struct t_mem m;
 	struct setup t;
 	int r;
 
-	usnap_watchdog(90, "private_file_exact");
-	usnap_memfd(&m, len);
-	usnap_fill_random(m.addr, len, 23);
+	t_watchdog(90, "private_file_exact");
+	t_memfd(&m, len);
+	t_fill_random(m.addr, len, 23);
 	addr = mmap(NULL, len, PROT_READ | PROT_WRITE, MAP_PRIVATE, m.fd, 0);
 	ck_assert(addr != MAP_FAILED && untouched);
 	/* some pages copied-on-write before the instant, the rest still the file's */
 	for (size_t p = 0; p < np; p += 2)
-		addr[p * usnap_page] ^= 0xff;
+		addr[p * t_page] ^= 0xff;
 	for (size_t p = 1; p < np; p += 2)
 		untouched[p] = 0; /* file pages are populated: no marker needed */
-	ref = usnap_copy(addr, len);
-	now = usnap_copy(ref, len);
+	ref = t_copy(addr, len);
+	now = t_copy(ref, len);
 	begin_held(&t, addr, len);
 	write_after(addr, now, len, untouched);
 	atomic_store(&t.cb.sleep_us, 0);
 	r = uffdsnap_wait(t.s);
-	usnap_stats(t.s, &st);
-	usnap_stats_print("private file", &st);
+	t_stats(t.s, &st);
+	t_stats_print("private file", &st);
 	ck_assert_msg(r == 0, "wait: %d %s", r, uffdsnap_snap_error(t.s));
-	usnap_assert_exactly_once(&st);
+	t_assert_exactly_once(&st);
 	ck_assert_uint_gt(st.pages_fault, 0);
-	ck_assert_int_eq(usnap_pagemap_protected(addr, len), 0);
+	ck_assert_int_eq(t_pagemap_protected(addr, len), 0);
 	{
-		struct usnap_expect ex = { "heap", ref, len };
-		usnap_check_buffer(t.cb.mem, t.cb.mem_len, &ex, 1);
+		struct t_expect ex = { "heap", ref, len };
+		t_check_buffer(t.cb.mem, t.cb.mem_len, &ex, 1);
 	}
 	ck_assert_int_eq(memcmp(addr, now, len), 0);
 	end(&t);
-	usnap_buf_free(ref, len);
-	usnap_buf_free(now, len);
+	t_buf_free(ref, len);
+	t_buf_free(now, len);
 	munmap(addr, len);
-	usnap_mem_free(&m);
+	t_mem_free(&m);
 	free(untouched);
 }
 END_TEST
 
 START_TEST(private_dontneed)
 {
-	const size_t len = 64 * MiB, np = len / usnap_page;
+	const size_t len = 64 * MiB, np = len / t_page;
 	uint8_t *addr, *ref;
 	struct setup t;
 	int r;
 
-	usnap_watchdog(90, "private_dontneed");
+	t_watchdog(90, "private_dontneed");
 	addr = mmap(NULL, len, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
 	ck_assert(addr != MAP_FAILED);
-	usnap_fill_random(addr, len, 29);
-	ref = usnap_copy(addr, len);
+	t_fill_random(addr, len, 29);
+	ref = t_copy(addr, len);
 
 	/* a copied page may be discarded: the snapshot already holds it */
 	begin_held(&t, addr, len);
-	addr[(np - 10) * usnap_page] ^= 1; /* the write fault copies the page first */
-	ck_assert_int_eq(madvise(addr + (np - 10) * usnap_page, usnap_page, MADV_DONTNEED), 0);
+	addr[(np - 10) * t_page] ^= 1; /* the write fault copies the page first */
+	ck_assert_int_eq(madvise(addr + (np - 10) * t_page, t_page, MADV_DONTNEED), 0);
 	atomic_store(&t.cb.sleep_us, 0);
 	r = uffdsnap_wait(t.s);
 	printf("private_dontneed: after a copied page was discarded: wait %d\n", r);
 	ck_assert_msg(r == 0, "wait: %d %s", r, uffdsnap_snap_error(t.s));
 	{
-		struct usnap_expect ex = { "heap", ref, len };
-		usnap_check_buffer(t.cb.mem, t.cb.mem_len, &ex, 1);
+		struct t_expect ex = { "heap", ref, len };
+		t_check_buffer(t.cb.mem, t.cb.mem_len, &ex, 1);
 	}
 	end(&t);
 
 	/* a page not copied yet cannot be: the snapshot fails and says where */
 	begin_held(&t, addr, len);
-	ck_assert_int_eq(madvise(addr + (np - 3) * usnap_page, usnap_page, MADV_DONTNEED), 0);
+	ck_assert_int_eq(madvise(addr + (np - 3) * t_page, t_page, MADV_DONTNEED), 0);
 	atomic_store(&t.cb.sleep_us, 0);
 	r = uffdsnap_wait(t.s);
 	printf("private_dontneed: after an uncopied page was discarded: wait %d, \"%s\"\n", r,
@@ -341,10 +341,10 @@ START_TEST(private_dontneed)
 	ck_assert_int_eq(r, -ESTALE);
 	ck_assert_ptr_nonnull(strstr(uffdsnap_snap_error(t.s), "region 'heap'"));
 	ck_assert_ptr_nonnull(strstr(uffdsnap_snap_error(t.s), "0x3ffd000"));
-	ck_assert_int_eq(usnap_pagemap_protected(addr, len), 0);
+	ck_assert_int_eq(t_pagemap_protected(addr, len), 0);
 	addr[5] = 1; /* the program goes on */
 	end(&t);
-	usnap_buf_free(ref, len);
+	t_buf_free(ref, len);
 	munmap(addr, len);
 }
 END_TEST
@@ -354,7 +354,7 @@ int main(void)
 	Suite *s = suite_create("private");
 	TCase *tc = tcase_create("private"), *tt = tcase_create("thp"), *ta = tcase_create("anon");
 
-	usnap_test_require_uffd();
+	t_test_require_uffd();
 #ifdef USNAP_TEST_NO_WP_UNPOPULATED
 	usnap_inject_hide_features(UFFD_FEATURE_WP_UNPOPULATED);
 #endif
@@ -369,5 +369,5 @@ int main(void)
 	tcase_add_test(tc, private_file_exact);
 	tcase_add_test(tc, private_dontneed);
 	suite_add_tcase(s, tc);
-	return usnap_run_suite(s);
+	return t_run_suite(s);
 }

@@ -1,7 +1,7 @@
 /* SPDX-License-Identifier: LGPL-2.1-or-later */
 /*
  * Reading back snapshots taken under writes (issue 15). The snapshot is taken
- * with the sweep held back (usnap_begin_stalled), and the test itself stores
+ * with the sweep held back (t_begin_stalled), and the test itself stores
  * into pages the sweep has not reached, at random or in order: every first
  * store faults, and the fault path copies its page (with a window around it)
  * into fault chunks, which hold a few runs scattered over the region. The
@@ -33,7 +33,7 @@
 #include "helpers.h"
 
 /* 4 MiB under a sanitizer: the time goes to reading it again and again */
-#define LEN (USNAP_SANITIZED ? 4 * MiB : 8 * MiB)
+#define LEN (T_SANITIZED ? 4 * MiB : 8 * MiB)
 
 enum writes { RANDOM, SEQUENTIAL, NWRITES };
 static const char *const writes_name[NWRITES] = { "random", "sequential" };
@@ -52,12 +52,12 @@ struct snap {
  */
 static void snap_new(struct snap *sn, enum writes how)
 {
-	const uffdsnap_opts_t o = usnap_opts(3 * MiB, 0); /* a small buffer: the sweep stalls on it */
-	const size_t npages = LEN / usnap_page;
+	const uffdsnap_opts_t o = t_opts(3 * MiB, 0); /* a small buffer: the sweep stalls on it */
+	const size_t npages = LEN / t_page;
 	uffdsnap_info_t info = { .size = sizeof(info) };
 	uffdsnap_stats_t st;
-	struct usnap_mem m;
-	struct usnap_cb cb;
+	struct t_mem m;
+	struct t_cb cb;
 	uffdsnap_snap_t *s;
 	uffdsnap_reader_t *r;
 	uffdsnap_t *ctx;
@@ -65,47 +65,47 @@ static void snap_new(struct snap *sn, enum writes how)
 	long data_pages = 0;
 	int rc;
 
-	usnap_mem_new(&m, USNAP_MEM_MEMFD, LEN);
-	usnap_fill_mixed(m.addr, LEN, 21, 9, 7);
-	sn->ref = usnap_mem_copy(&m);
-	ctx = usnap_ctx_new(&o);
-	usnap_add(ctx, "pool", m.addr, LEN);
-	s = usnap_begin_stalled(ctx, &cb, 20000);
+	t_mem_new(&m, T_MEM_MEMFD, LEN);
+	t_fill_mixed(m.addr, LEN, 21, 9, 7);
+	sn->ref = t_mem_copy(&m);
+	ctx = t_ctx_new(&o);
+	t_add(ctx, "pool", m.addr, LEN);
+	s = t_begin_stalled(ctx, &cb, 20000);
 	/* the second half not copied yet: every page but the holes still protected */
 	for (size_t p = npages / 2; p < npages; p++)
 		data_pages += p % 9 != 1;
-	ck_assert_int_eq(usnap_pagemap_protected(m.addr + LEN / 2, LEN / 2), data_pages);
+	ck_assert_int_eq(t_pagemap_protected(m.addr + LEN / 2, LEN / 2), data_pages);
 	for (size_t k = 0; k < 200; k++) {
-		size_t p = npages / 2 + (how == RANDOM ? usnap_splitmix64(&seed) : k * 5) % (npages / 2);
+		size_t p = npages / 2 + (how == RANDOM ? t_splitmix64(&seed) : k * 5) % (npages / 2);
 
-		m.addr[p * usnap_page + 100] ^= 0x5a;
+		m.addr[p * t_page + 100] ^= 0x5a;
 	}
 	atomic_store(&cb.sleep_us, 0);
 	rc = uffdsnap_wait(s);
 	ck_assert_msg(rc == 0, "wait: %d %s", rc, uffdsnap_snap_error(s));
-	usnap_stats(s, &st);
-	usnap_stats_print(writes_name[how], &st);
-	usnap_assert_exactly_once(&st);
+	t_stats(s, &st);
+	t_stats_print(writes_name[how], &st);
+	t_assert_exactly_once(&st);
 	/* the stores faulted: the file has fault chunks */
 	ck_assert_uint_ge(st.pages_fault, 200);
-	usnap_tmpdir(sn->dir);
+	t_tmpdir(sn->dir);
 	snprintf(sn->path, sizeof(sn->path), "%s/snap", sn->dir);
-	usnap_write_file(sn->path, cb.mem, cb.mem_len);
-	r = usnap_reader(sn->path);
+	t_write_file(sn->path, cb.mem, cb.mem_len);
+	r = t_reader(sn->path);
 	ck_assert_int_eq(uffdsnap_reader_verify(r), 0);
 	uffdsnap_reader_info(r, &info);
 	sn->chunks = info.chunks;
 	uffdsnap_reader_free(r);
 	uffdsnap_snap_free(s);
 	uffdsnap_free(ctx);
-	usnap_cb_destroy(&cb);
-	usnap_mem_free(&m);
+	t_cb_destroy(&cb);
+	t_mem_free(&m);
 }
 
 static void snap_free(struct snap *sn)
 {
-	usnap_buf_free(sn->ref, LEN);
-	usnap_rmdir(sn->dir);
+	t_buf_free(sn->ref, LEN);
+	t_rmdir(sn->dir);
 }
 
 static uint64_t chunks_loaded(const uffdsnap_reader_t *r)
@@ -120,7 +120,7 @@ static uint64_t chunks_loaded(const uffdsnap_reader_t *r)
  * page order, with `cache` bytes for runs kept ahead; the chunks loaded. */
 static uint64_t read_in_pieces(const struct snap *sn, size_t piece, size_t cache, uint8_t *buf)
 {
-	uffdsnap_reader_t *r = usnap_reader(sn->path);
+	uffdsnap_reader_t *r = t_reader(sn->path);
 	uint64_t n;
 	int rc;
 
@@ -140,12 +140,12 @@ static uint64_t read_in_pieces(const struct snap *sn, size_t piece, size_t cache
 START_TEST(read_pieces)
 {
 	static const size_t pieces[] = { 4096, 12288, 65536, 1 << 20, 3 << 20, 8 * MiB };
-	uint8_t *buf = usnap_buf_alloc(LEN);
+	uint8_t *buf = t_buf_alloc(LEN);
 	struct snap sn;
 
-	usnap_watchdog(120, "read_pieces");
+	t_watchdog(120, "read_pieces");
 	snap_new(&sn, (enum writes)_i);
-	for (size_t i = 0; i < sizeof(pieces) / sizeof(pieces[0]); i += USNAP_SANITIZED ? 2 : 1) {
+	for (size_t i = 0; i < sizeof(pieces) / sizeof(pieces[0]); i += T_SANITIZED ? 2 : 1) {
 		uint64_t room = read_in_pieces(&sn, pieces[i], LEN, buf);
 		uint64_t tight = read_in_pieces(&sn, pieces[i], 512 * KiB, buf); /* runs evicted: still exact */
 
@@ -156,7 +156,7 @@ START_TEST(read_pieces)
 	}
 	/* without runs kept, pages scattered in fault chunks load a chunk again */
 	ck_assert_uint_gt(read_in_pieces(&sn, 4096, 0, buf), sn.chunks);
-	usnap_buf_free(buf, LEN);
+	t_buf_free(buf, LEN);
 	snap_free(&sn);
 }
 END_TEST
@@ -164,16 +164,16 @@ END_TEST
 /* Single pages and odd ranges at random offsets, in random order. */
 START_TEST(read_random)
 {
-	uint8_t *buf = usnap_buf_alloc(LEN);
+	uint8_t *buf = t_buf_alloc(LEN);
 	uffdsnap_reader_t *r;
 	uint64_t seed = 11;
 	struct snap sn;
 
-	usnap_watchdog(120, "read_random");
+	t_watchdog(120, "read_random");
 	snap_new(&sn, RANDOM);
-	r = usnap_reader(sn.path);
+	r = t_reader(sn.path);
 	for (unsigned k = 0; k < 2000; k++) {
-		size_t off = usnap_splitmix64(&seed) % LEN, len = 1 + usnap_splitmix64(&seed) % (k % 2 ? 300000 : 5000);
+		size_t off = t_splitmix64(&seed) % LEN, len = 1 + t_splitmix64(&seed) % (k % 2 ? 300000 : 5000);
 		int rc;
 
 		len = len < LEN - off ? len : LEN - off;
@@ -183,7 +183,7 @@ START_TEST(read_random)
 			      off, len);
 	}
 	uffdsnap_reader_free(r);
-	usnap_buf_free(buf, LEN);
+	t_buf_free(buf, LEN);
 	snap_free(&sn);
 }
 END_TEST
@@ -213,10 +213,10 @@ START_TEST(extract)
 	size_t len;
 	int fd, p[2];
 
-	usnap_watchdog(120, "extract");
+	t_watchdog(120, "extract");
 	snap_new(&sn, RANDOM);
 	snprintf(out, sizeof(out), "%s/region", sn.dir);
-	r = usnap_reader(sn.path);
+	r = t_reader(sn.path);
 	ck_assert((fd = open(out, O_RDWR | O_CREAT | O_TRUNC | O_CLOEXEC, 0600)) >= 0);
 	ck_assert_int_eq(uffdsnap_reader_extract_fd(r, 0, fd), 0);
 	close(fd);
@@ -224,26 +224,26 @@ START_TEST(extract)
 	/* chunk by chunk */
 	ck_assert_uint_eq(chunks_loaded(r), sn.chunks);
 	uffdsnap_reader_free(r);
-	got = usnap_slurp(out, &len);
+	got = t_slurp(out, &len);
 	ck_assert_uint_eq(len, LEN);
 	ck_assert_msg(!memcmp(got, sn.ref, LEN), "extract to a file differs from the region at the instant");
 	free(got);
 
 	/* to a pipe: in page order, from another thread */
 	ck_assert_int_eq(pipe(p), 0);
-	pe = (struct pipe_extract){ .r = usnap_reader(sn.path), .fd = p[1] };
+	pe = (struct pipe_extract){ .r = t_reader(sn.path), .fd = p[1] };
 	ck_assert_int_eq(pthread_create(&t, NULL, extract_main, &pe), 0);
-	got = usnap_buf_alloc(LEN);
+	got = t_buf_alloc(LEN);
 	for (size_t off = 0; off < LEN;) {
 		ssize_t n = read(p[0], got + off, LEN - off);
 		ck_assert_msg(n > 0, "the pipe ended at %zu", off);
 		off += (size_t)n;
 	}
 	close(p[0]);
-	ck_assert_int_eq(usnap_join_timeout(t, 30), 0);
+	ck_assert_int_eq(t_join_timeout(t, 30), 0);
 	ck_assert_msg(pe.rc == 0, "extract to a pipe: %d %s", pe.rc, uffdsnap_reader_error(pe.r));
 	ck_assert_msg(!memcmp(got, sn.ref, LEN), "extract to a pipe differs from the region at the instant");
-	usnap_buf_free(got, LEN);
+	t_buf_free(got, LEN);
 	uffdsnap_reader_free(pe.r);
 	snap_free(&sn);
 }
@@ -255,8 +255,8 @@ static void touch_check(const struct snap *sn, const uint8_t *addr)
 	uint64_t seed = 3;
 
 	for (unsigned k = 0; k < 300; k++) {
-		size_t p = usnap_splitmix64(&seed) % (LEN / usnap_page);
-		ck_assert_msg(!memcmp(addr + p * usnap_page, sn->ref + p * usnap_page, usnap_page),
+		size_t p = t_splitmix64(&seed) % (LEN / t_page);
+		ck_assert_msg(!memcmp(addr + p * t_page, sn->ref + p * t_page, t_page),
 			      "page %zu differs from the region at the instant", p);
 	}
 }
@@ -278,16 +278,16 @@ START_TEST(lazy)
 {
 	uffdsnap_lazy_region_t reg = { .name = "pool", .len = LEN };
 	uffdsnap_lazy_stats_t st = { .size = sizeof(st) };
-	struct usnap_mem dst;
+	struct t_mem dst;
 	uffdsnap_reader_t *r;
 	uffdsnap_lazy_t *lz;
 	struct snap sn;
 	int rc;
 
-	usnap_watchdog(120, "lazy");
+	t_watchdog(120, "lazy");
 	snap_new(&sn, (enum writes)(_i / 2));
-	r = usnap_reader(sn.path);
-	usnap_memfd(&dst, LEN);
+	r = t_reader(sn.path);
+	t_memfd(&dst, LEN);
 	reg.addr = dst.addr;
 	uffdsnap_lazy_opts_t lo = { .size = sizeof(lo), .flags = _i % 2 ? UFFDSNAP_LAZY_NO_PREFETCH : 0 };
 	rc = uffdsnap_lazy_start(&lz, r, &reg, 1, &lo);
@@ -299,7 +299,7 @@ START_TEST(lazy)
 	lazy_stats_check(&sn, _i % 2 ? "lazy, faults only" : "lazy", &st, dst.addr, _i % 2);
 	uffdsnap_lazy_free(lz);
 	uffdsnap_reader_free(r);
-	usnap_mem_free(&dst);
+	t_mem_free(&dst);
 	snap_free(&sn);
 }
 END_TEST
@@ -330,19 +330,19 @@ START_TEST(serve)
 	uffdsnap_lazy_stats_t st = { .size = sizeof(st) };
 	struct server sv = { 0 };
 	uffdsnap_lazy_client_t *c;
-	struct usnap_mem dst;
+	struct t_mem dst;
 	struct snap sn;
 	pthread_t t;
 	int rc;
 
-	usnap_watchdog(120, "serve");
+	t_watchdog(120, "serve");
 	snap_new(&sn, RANDOM);
 	snprintf(sa.sun_path, sizeof(sa.sun_path), "%.100s/sock", sn.dir);
-	sv.r = usnap_reader(sn.path);
+	sv.r = t_reader(sn.path);
 	ck_assert((sv.ls = socket(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0)) >= 0);
 	ck_assert(!bind(sv.ls, (struct sockaddr *)&sa, sizeof(sa)) && !listen(sv.ls, 1));
 	ck_assert_int_eq(pthread_create(&t, NULL, server_main, &sv), 0);
-	usnap_memfd(&dst, LEN);
+	t_memfd(&dst, LEN);
 	reg.addr = dst.addr;
 	rc = uffdsnap_lazy_connect(&c, sa.sun_path, &reg, 1);
 	ck_assert_msg(rc == 0, "lazy_connect: %d %s", rc, uffdsnap_last_error());
@@ -352,11 +352,11 @@ START_TEST(serve)
 	ck_assert_int_eq(uffdsnap_lazy_client_stats(c, &st), 0);
 	lazy_stats_check(&sn, "page server, faults only", &st, dst.addr, true);
 	uffdsnap_lazy_client_free(c);
-	ck_assert_int_eq(usnap_join_timeout(t, 30), 0);
+	ck_assert_int_eq(t_join_timeout(t, 30), 0);
 	ck_assert_int_eq(sv.rc, 0);
 	close(sv.ls);
 	uffdsnap_reader_free(sv.r);
-	usnap_mem_free(&dst);
+	t_mem_free(&dst);
 	snap_free(&sn);
 }
 END_TEST
@@ -373,7 +373,7 @@ START_TEST(damaged_table)
 	uint64_t ioff, count, best = 0, best_span = 0;
 	char bad[PATH_MAX + 16];
 	uint8_t page[4096];
-	struct usnap_mem dst;
+	struct t_mem dst;
 	uffdsnap_reader_t *r;
 	uffdsnap_lazy_t *lz;
 	struct snap sn;
@@ -381,9 +381,9 @@ START_TEST(damaged_table)
 	size_t len;
 	int rc;
 
-	usnap_watchdog(120, "damaged_table");
+	t_watchdog(120, "damaged_table");
 	snap_new(&sn, RANDOM);
-	f = usnap_slurp(sn.path, &len);
+	f = t_slurp(sn.path, &len);
 	memcpy(&ioff, f + len - 80 + 24, 8);
 	memcpy(&count, f + ioff + 16, 8);
 	for (uint64_t i = 0; i < count; i++) {
@@ -403,15 +403,15 @@ START_TEST(damaged_table)
 	ck_assert_uint_gt(best_span, 64); /* wider than a chunk: a fault chunk */
 	f[best + 48 + 2] ^= 0x10; /* first_page of extent 0, + 1 << 20 */
 	snprintf(bad, sizeof(bad), "%s/damaged", sn.dir);
-	usnap_write_file(bad, f, len);
+	t_write_file(bad, f, len);
 	free(f);
 
-	r = usnap_reader(bad);
+	r = t_reader(bad);
 	rc = uffdsnap_reader_read(r, 0, 0, page, sizeof(page));
 	printf("damaged table: read: %d %s\n", rc, uffdsnap_reader_error(r));
 	ck_assert_int_eq(rc, -EBADMSG);
 	ck_assert_msg(strstr(uffdsnap_reader_error(r), "checksum mismatch"), "%s", uffdsnap_reader_error(r));
-	usnap_memfd(&dst, LEN);
+	t_memfd(&dst, LEN);
 	reg.addr = dst.addr;
 	rc = uffdsnap_lazy_start(&lz, r, &reg, 1, NULL);
 	printf("damaged table: lazy_start: %d %s\n", rc, uffdsnap_last_error());
@@ -419,7 +419,7 @@ START_TEST(damaged_table)
 	ck_assert_msg(strstr(uffdsnap_last_error(), "checksum mismatch"), "%s", uffdsnap_last_error());
 	ck_assert_int_eq(uffdsnap_reader_verify(r), -EBADMSG);
 	uffdsnap_reader_free(r);
-	usnap_mem_free(&dst);
+	t_mem_free(&dst);
 	snap_free(&sn);
 }
 END_TEST
@@ -429,7 +429,7 @@ int main(void)
 	Suite *s;
 	TCase *tc;
 
-	usnap_test_require_uffd();
+	t_test_require_uffd();
 	s = suite_create("reader-writes");
 	tc = tcase_create("reader");
 	tcase_set_timeout(tc, 120);
@@ -443,5 +443,5 @@ int main(void)
 	tcase_add_test(tc, serve);
 	tcase_add_test(tc, damaged_table);
 	suite_add_tcase(s, tc);
-	return usnap_run_suite(s);
+	return t_run_suite(s);
 }

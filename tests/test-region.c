@@ -13,57 +13,57 @@
 
 #include "helpers.h"
 
-static void snapshot_kind(enum usnap_mem_kind kind)
+static void snapshot_kind(enum t_mem_kind kind)
 {
 	const size_t len = 16 * MiB;
-	const uffdsnap_opts_t o = usnap_opts(4 * MiB, 0);
-	struct usnap_mem m;
-	struct usnap_cb cb;
+	const uffdsnap_opts_t o = t_opts(4 * MiB, 0);
+	struct t_mem m;
+	struct t_cb cb;
 	uffdsnap_t *ctx;
 	uffdsnap_snap_t *s;
 	uffdsnap_stats_t st;
 	uint8_t *ref;
 	int r;
 
-	usnap_mem_new(&m, kind, len);
-	usnap_fill_mixed(m.addr, len, 31 + kind, 9, 5);
-	ref = usnap_mem_copy(&m);
-	ctx = usnap_ctx_new(&o);
-	ck_assert_int_eq(usnap_add(ctx, "region", m.addr, len), 0);
+	t_mem_new(&m, kind, len);
+	t_fill_mixed(m.addr, len, 31 + kind, 9, 5);
+	ref = t_mem_copy(&m);
+	ctx = t_ctx_new(&o);
+	ck_assert_int_eq(t_add(ctx, "region", m.addr, len), 0);
 	/* the sweep stalls at the 4 MiB bound, then goes on at ~50 MiB/s: the
 	 * writes, from the end of the region down to its last quarter, reach pages it
 	 * has not copied, and their pre-images must come from the fault path */
-	s = usnap_begin_stalled(ctx, &cb, 5000);
-	for (size_t off = len - usnap_page; off >= len * 3 / 4; off -= 7 * usnap_page)
+	s = t_begin_stalled(ctx, &cb, 5000);
+	for (size_t off = len - t_page; off >= len * 3 / 4; off -= 7 * t_page)
 		m.addr[off] ^= 0xff; /* writes during the snapshot */
 	atomic_store(&cb.sleep_us, 0);
 	r = uffdsnap_wait(s);
-	ck_assert_msg(r == 0, "%s: wait: %d %s", usnap_mem_kind_name(kind), r, uffdsnap_snap_error(s));
-	usnap_stats(s, &st);
-	printf("region kind %s accepted:\n", usnap_mem_kind_name(kind));
-	usnap_stats_print(usnap_mem_kind_name(kind), &st);
-	usnap_assert_exactly_once(&st);
+	ck_assert_msg(r == 0, "%s: wait: %d %s", t_mem_kind_name(kind), r, uffdsnap_snap_error(s));
+	t_stats(s, &st);
+	printf("region kind %s accepted:\n", t_mem_kind_name(kind));
+	t_stats_print(t_mem_kind_name(kind), &st);
+	t_assert_exactly_once(&st);
 	ck_assert_msg(st.faults > 0 && st.pages_fault > 0, "no write went through the fault path (%llu faults, %llu "
 		      "pages copied for them)", (unsigned long long)st.faults, (unsigned long long)st.pages_fault);
-	ck_assert_int_eq(usnap_pagemap_protected(m.addr, len), 0);
+	ck_assert_int_eq(t_pagemap_protected(m.addr, len), 0);
 	{
-		struct usnap_expect ex = { "region", ref, len };
-		usnap_check_buffer(cb.mem, cb.mem_len, &ex, 1);
+		struct t_expect ex = { "region", ref, len };
+		t_check_buffer(cb.mem, cb.mem_len, &ex, 1);
 	}
 	uffdsnap_snap_free(s);
 	uffdsnap_free(ctx);
-	usnap_cb_destroy(&cb);
-	usnap_buf_free(ref, len);
-	usnap_mem_free(&m);
+	t_cb_destroy(&cb);
+	t_buf_free(ref, len);
+	t_mem_free(&m);
 }
 
-START_TEST(region_accepts_memfd) { snapshot_kind(USNAP_MEM_MEMFD); }
+START_TEST(region_accepts_memfd) { snapshot_kind(T_MEM_MEMFD); }
 END_TEST
-START_TEST(region_accepts_devshm) { snapshot_kind(USNAP_MEM_DEVSHM); }
+START_TEST(region_accepts_devshm) { snapshot_kind(T_MEM_DEVSHM); }
 END_TEST
-START_TEST(region_accepts_tmpfs) { snapshot_kind(USNAP_MEM_TMPFS); }
+START_TEST(region_accepts_tmpfs) { snapshot_kind(T_MEM_TMPFS); }
 END_TEST
-START_TEST(region_accepts_anon_shared) { snapshot_kind(USNAP_MEM_ANON_SHARED); }
+START_TEST(region_accepts_anon_shared) { snapshot_kind(T_MEM_ANON_SHARED); }
 END_TEST
 
 #define REFUSE(ctx, name, addr, len, err)                                                                  \
@@ -79,116 +79,116 @@ END_TEST
 
 START_TEST(region_refusals)
 {
-	struct usnap_mem ok, disk, hole;
+	struct t_mem ok, disk, hole;
 	uint8_t *privdisk, *noaccess;
 	uffdsnap_t *ctx;
 	char longname[300];
 	int n0;
 
-	usnap_watchdog(60, "region_refusals");
-	usnap_memfd(&ok, 8 * MiB);
-	usnap_mem_new(&disk, USNAP_MEM_DISKFILE, 1 * MiB);
+	t_watchdog(60, "region_refusals");
+	t_memfd(&ok, 8 * MiB);
+	t_mem_new(&disk, T_MEM_DISKFILE, 1 * MiB);
 	/* private memory is accepted (test-private), but not over a disk file
 	 * (no uffd-wp for regular files) nor without read access. Mapped before
 	 * the gap below is made, so that neither lands in it. */
 	privdisk = mmap(NULL, disk.len, PROT_READ | PROT_WRITE, MAP_PRIVATE, disk.fd, 0);
 	noaccess = mmap(NULL, 1 * MiB, PROT_NONE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
 	ck_assert(privdisk != MAP_FAILED && noaccess != MAP_FAILED);
-	usnap_memfd(&hole, 3 * MiB);
+	t_memfd(&hole, 3 * MiB);
 	ck_assert_int_eq(munmap(hole.addr + 1 * MiB, 1 * MiB), 0); /* a gap in the middle */
 	memset(disk.addr, 1, disk.len);
-	ctx = usnap_ctx_new(NULL);
+	ctx = t_ctx_new(NULL);
 
 	printf("region_refusals:\n");
 	REFUSE(ctx, "disk", disk.addr, disk.len, EMEDIUMTYPE);
 	REFUSE(ctx, "private-disk", privdisk, disk.len, EMEDIUMTYPE);
 	REFUSE(ctx, "no-access", noaccess, 1 * MiB, EMEDIUMTYPE);
-	REFUSE(ctx, "unaligned-addr", ok.addr + 8, 4 * usnap_page, EINVAL);
-	REFUSE(ctx, "unaligned-len", ok.addr, usnap_page + 100, EINVAL);
+	REFUSE(ctx, "unaligned-addr", ok.addr + 8, 4 * t_page, EINVAL);
+	REFUSE(ctx, "unaligned-len", ok.addr, t_page + 100, EINVAL);
 	REFUSE(ctx, "zero-len", ok.addr, 0, EINVAL);
-	REFUSE(ctx, NULL, ok.addr, usnap_page, EINVAL);
-	REFUSE(ctx, "", ok.addr, usnap_page, EINVAL);
+	REFUSE(ctx, NULL, ok.addr, t_page, EINVAL);
+	REFUSE(ctx, "", ok.addr, t_page, EINVAL);
 	memset(longname, 'n', sizeof(longname));
 	longname[256] = '\0';
-	REFUSE(ctx, longname, ok.addr, usnap_page, ENAMETOOLONG);
+	REFUSE(ctx, longname, ok.addr, t_page, ENAMETOOLONG);
 	REFUSE(ctx, "gap", hole.addr, 3 * MiB, EFAULT);
 	REFUSE(ctx, "unmapped", hole.addr + 1 * MiB, 1 * MiB, EFAULT);
-	REFUSE(ctx, "nowhere", (void *)(uintptr_t)(64 * KiB), usnap_page, EFAULT);
+	REFUSE(ctx, "nowhere", (void *)(uintptr_t)(64 * KiB), t_page, EFAULT);
 	/* a range spanning the memfd and an unrelated mapping next to it is not one file */
 	ck_assert_int_eq(uffdsnap_region_count(ctx), 0);
 
 	/* 255 bytes is fine */
 	longname[255] = '\0';
-	ck_assert_int_eq(usnap_add(ctx, longname, ok.addr + 7 * MiB, 1 * MiB), 0);
-	ck_assert_int_eq(usnap_add(ctx, "pool", ok.addr, 2 * MiB), 1);
+	ck_assert_int_eq(t_add(ctx, longname, ok.addr + 7 * MiB, 1 * MiB), 0);
+	ck_assert_int_eq(t_add(ctx, "pool", ok.addr, 2 * MiB), 1);
 	REFUSE(ctx, "pool", ok.addr + 4 * MiB, 1 * MiB, EEXIST);
-	REFUSE(ctx, "overlap-inside", ok.addr + 1 * MiB, usnap_page, EBUSY);
-	REFUSE(ctx, "overlap-tail", ok.addr + 2 * MiB - usnap_page, 2 * usnap_page, EBUSY);
+	REFUSE(ctx, "overlap-inside", ok.addr + 1 * MiB, t_page, EBUSY);
+	REFUSE(ctx, "overlap-tail", ok.addr + 2 * MiB - t_page, 2 * t_page, EBUSY);
 	REFUSE(ctx, "overlap-all", ok.addr, 8 * MiB, EBUSY);
 	REFUSE(ctx, "same", ok.addr, 2 * MiB, EBUSY);
 	/* adjacent is fine */
-	ck_assert_int_eq(usnap_add(ctx, "adjacent", ok.addr + 2 * MiB, 1 * MiB), 2);
+	ck_assert_int_eq(t_add(ctx, "adjacent", ok.addr + 2 * MiB, 1 * MiB), 2);
 	n0 = uffdsnap_region_count(ctx);
 	ck_assert_int_eq(n0, 3);
 
 	/* add_region while a snapshot runs */
 	{
-		struct usnap_cb cb;
+		struct t_cb cb;
 		uffdsnap_snap_t *s;
-		usnap_cb_init(&cb, -1);
-		usnap_cb_gate(&cb, true);
-		ck_assert_int_eq(uffdsnap_begin(ctx, usnap_cb_sink(&cb), &s), 0);
+		t_cb_init(&cb, -1);
+		t_cb_gate(&cb, true);
+		ck_assert_int_eq(uffdsnap_begin(ctx, t_cb_sink(&cb), &s), 0);
 		REFUSE(ctx, "late", ok.addr + 5 * MiB, 1 * MiB, EBUSY);
-		usnap_cb_gate(&cb, false);
+		t_cb_gate(&cb, false);
 		ck_assert_int_eq(uffdsnap_wait(s), 0);
 		uffdsnap_snap_free(s);
-		usnap_cb_destroy(&cb);
+		t_cb_destroy(&cb);
 		/* and after it, adding works again */
-		ck_assert_int_eq(usnap_add(ctx, "late", ok.addr + 5 * MiB, 1 * MiB), 3);
+		ck_assert_int_eq(t_add(ctx, "late", ok.addr + 5 * MiB, 1 * MiB), 3);
 	}
 	ck_assert_int_eq(uffdsnap_region_count(ctx), 4);
-	ck_assert_int_eq(uffdsnap_add_region(NULL, "x", ok.addr, usnap_page), -EINVAL);
+	ck_assert_int_eq(uffdsnap_add_region(NULL, "x", ok.addr, t_page), -EINVAL);
 	ck_assert_int_lt(uffdsnap_region_count(NULL), 0);
 
 	uffdsnap_free(ctx);
-	usnap_mem_free(&ok);
-	usnap_mem_free(&disk);
+	t_mem_free(&ok);
+	t_mem_free(&disk);
 	munmap(privdisk, disk.len);
 	munmap(noaccess, 1 * MiB);
 	munmap(hole.addr, 1 * MiB);
 	munmap(hole.addr + 2 * MiB, 1 * MiB);
 	hole.addr = NULL;
-	usnap_mem_free(&hole);
+	t_mem_free(&hole);
 }
 END_TEST
 
 /* A region that spans two different shmem files mapped back to back. */
 START_TEST(region_refuses_two_files)
 {
-	struct usnap_mem a, b;
+	struct t_mem a, b;
 	uffdsnap_t *ctx;
 	uint8_t *base;
 	int r;
 
-	usnap_memfd(&a, 1 * MiB);
-	usnap_memfd(&b, 1 * MiB);
+	t_memfd(&a, 1 * MiB);
+	t_memfd(&b, 1 * MiB);
 	base = mmap(NULL, 2 * MiB, PROT_NONE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
 	ck_assert(base != MAP_FAILED);
 	ck_assert(mmap(base, 1 * MiB, PROT_READ | PROT_WRITE, MAP_SHARED | MAP_FIXED, a.fd, 0) == base);
 	ck_assert(mmap(base + 1 * MiB, 1 * MiB, PROT_READ | PROT_WRITE, MAP_SHARED | MAP_FIXED, b.fd, 0) ==
 		  base + 1 * MiB);
-	ctx = usnap_ctx_new(NULL);
+	ctx = t_ctx_new(NULL);
 	r = uffdsnap_add_region(ctx, "two", base, 2 * MiB);
 	printf("region_refuses_two_files: %d (%s)\n", r, uffdsnap_last_error());
 	ck_assert_int_eq(r, -EMEDIUMTYPE);
 	ck_assert_str_ne(uffdsnap_last_error(), "");
 	/* each one alone is fine */
-	ck_assert_int_eq(usnap_add(ctx, "one", base, 1 * MiB), 0);
-	ck_assert_int_eq(usnap_add(ctx, "other", base + 1 * MiB, 1 * MiB), 1);
+	ck_assert_int_eq(t_add(ctx, "one", base, 1 * MiB), 0);
+	ck_assert_int_eq(t_add(ctx, "other", base + 1 * MiB, 1 * MiB), 1);
 	uffdsnap_free(ctx);
 	munmap(base, 2 * MiB);
-	usnap_mem_free(&a);
-	usnap_mem_free(&b);
+	t_mem_free(&a);
+	t_mem_free(&b);
 }
 END_TEST
 
@@ -268,7 +268,7 @@ int main(void)
 	Suite *s = suite_create("region");
 	TCase *tc = tcase_create("accept");
 
-	usnap_test_require_uffd();
+	t_test_require_uffd();
 	tcase_set_timeout(tc, 120);
 	tcase_add_test(tc, region_accepts_memfd);
 	tcase_add_test(tc, region_accepts_devshm);
@@ -284,5 +284,5 @@ int main(void)
 	tcase_add_test(tc, region_strerror);
 	tcase_add_test(tc, opts_init_older_struct);
 	suite_add_tcase(s, tc);
-	return usnap_run_suite(s);
+	return t_run_suite(s);
 }

@@ -41,9 +41,9 @@
 
 /* 16 MiB under a sanitizer: the same chunks, faults and prefetch on half the
  * pages (the time there goes to filling, restoring and comparing them) */
-#define LEN (USNAP_SANITIZED ? 16 * MiB : 32 * MiB)
+#define LEN (T_SANITIZED ? 16 * MiB : 32 * MiB)
 
-static struct usnap_snapfile fx; /* fx.want: the region at the instant */
+static struct t_snapfile fx; /* fx.want: the region at the instant */
 static uint64_t want_zero_pages; /* pages recorded as zero */
 
 /* A snapshot of one LEN memfd "pool": random, zero and hole pages. */
@@ -52,15 +52,15 @@ static void fixture(void)
 	uffdsnap_info_t info = { .size = sizeof(info) };
 	uffdsnap_reader_t *r;
 
-	usnap_snapfile_new(&fx, "pool", LEN, 17, 5, 7);
-	r = usnap_reader(fx.path);
+	t_snapfile_new(&fx, "pool", LEN, 17, 5, 7);
+	r = t_reader(fx.path);
 	uffdsnap_reader_info(r, &info);
 	want_zero_pages = info.pages_zero;
 	uffdsnap_reader_free(r);
 }
 
 /* Start a lazy restore of "pool" from `path` into dst. */
-static uffdsnap_lazy_t *start(const char *path, struct usnap_mem *dst, uint32_t flags, double *ms)
+static uffdsnap_lazy_t *start(const char *path, struct t_mem *dst, uint32_t flags, double *ms)
 {
 	uffdsnap_lazy_region_t reg = { .name = "pool", .addr = dst->addr, .len = dst->len };
 	uffdsnap_lazy_opts_t o;
@@ -71,11 +71,11 @@ static uffdsnap_lazy_t *start(const char *path, struct usnap_mem *dst, uint32_t 
 
 	uffdsnap_lazy_opts_init(&o);
 	o.flags = flags;
-	r = usnap_reader(path);
-	t0 = usnap_now_ns();
+	r = t_reader(path);
+	t0 = t_now_ns();
 	rc = uffdsnap_lazy_start(&lz, r, &reg, 1, &o);
 	if (ms)
-		*ms = usnap_ms_since(t0);
+		*ms = t_ms_since(t0);
 	ck_assert_msg(rc == 0, "lazy_start: %d %s", rc, uffdsnap_last_error());
 	uffdsnap_reader_free(r); /* the restore does not need it */
 	return lz;
@@ -104,31 +104,31 @@ static int cmp_u64(const void *a, const void *b)
 START_TEST(lazy_sequential)
 {
 	uffdsnap_lazy_stats_t st;
-	struct usnap_mem dst;
+	struct t_mem dst;
 	uffdsnap_lazy_t *lz;
 	double ms, run_ms;
 	uint64_t t0;
 	int rc;
 
-	usnap_watchdog(60, "lazy_sequential");
+	t_watchdog(60, "lazy_sequential");
 	fixture();
-	usnap_memfd(&dst, LEN);
+	t_memfd(&dst, LEN);
 	lz = start(fx.path, &dst, 0, &ms);
-	t0 = usnap_now_ns();
-	for (size_t p = 0; p < LEN; p += usnap_page)
-		usnap_assert_msg(!memcmp(dst.addr + p, fx.want + p, usnap_page), "page %zu differs", p / usnap_page);
-	run_ms = usnap_ms_since(t0);
+	t0 = t_now_ns();
+	for (size_t p = 0; p < LEN; p += t_page)
+		t_assert_msg(!memcmp(dst.addr + p, fx.want + p, t_page), "page %zu differs", p / t_page);
+	run_ms = t_ms_since(t0);
 	rc = uffdsnap_lazy_wait(lz);
 	ck_assert_msg(rc == 0, "lazy_wait: %d %s", rc, uffdsnap_lazy_error(lz));
 	print_lazy("sequential", lz, &st);
 	printf("  sequential: uffdsnap_lazy_start() took %.3f ms (caller's view); the whole scan %.1f ms\n", ms,
 	       run_ms);
 	ck_assert_int_eq(st.state, UFFDSNAP_LAZY_DONE);
-	ck_assert_uint_eq(st.pages_fault + st.pages_prefetch + want_zero_pages, LEN / usnap_page);
+	ck_assert_uint_eq(st.pages_fault + st.pages_prefetch + want_zero_pages, LEN / t_page);
 	ck_assert(!memcmp(dst.addr, fx.want, LEN));
 	uffdsnap_lazy_free(lz);
-	usnap_mem_free(&dst);
-	usnap_snapfile_free(&fx);
+	t_mem_free(&dst);
+	t_snapfile_free(&fx);
 }
 END_TEST
 
@@ -147,24 +147,24 @@ struct toucher {
 static void *toucher_main(void *arg)
 {
 	struct toucher *t = arg;
-	size_t npages = LEN / usnap_page;
+	size_t npages = LEN / t_page;
 
 	for (unsigned i = 0; i < t->touches; i++) {
-		size_t p = (size_t)(usnap_splitmix64(&t->seed) % (npages / t->nthreads)) * t->nthreads + t->idx;
-		uint8_t *page = t->base + p * usnap_page;
-		uint64_t t0 = usnap_now_ns();
+		size_t p = (size_t)(t_splitmix64(&t->seed) % (npages / t->nthreads)) * t->nthreads + t->idx;
+		uint8_t *page = t->base + p * t_page;
+		uint64_t t0 = t_now_ns();
 		volatile uint8_t first = page[100];
 
-		t->lat_ns[i] = usnap_now_ns() - t0;
+		t->lat_ns[i] = t_now_ns() - t0;
 		(void)first;
-		if (page[0] != 0xA5 && memcmp(page, fx.want + p * usnap_page, usnap_page))
+		if (page[0] != 0xA5 && memcmp(page, fx.want + p * t_page, t_page))
 			t->bad++;
 		page[0] = 0xA5;
 	}
 	return NULL;
 }
 
-static void touch_random(uffdsnap_lazy_t *lz, struct usnap_mem *dst, unsigned nthreads, unsigned touches,
+static void touch_random(uffdsnap_lazy_t *lz, struct t_mem *dst, unsigned nthreads, unsigned touches,
 			 const char *what)
 {
 	struct toucher t[4];
@@ -178,7 +178,7 @@ static void touch_random(uffdsnap_lazy_t *lz, struct usnap_mem *dst, unsigned nt
 		ck_assert_int_eq(pthread_create(&t[i].t, NULL, toucher_main, &t[i]), 0);
 	}
 	for (unsigned i = 0; i < nthreads; i++) {
-		ck_assert_int_eq(usnap_join_timeout(t[i].t, 30), 0);
+		ck_assert_int_eq(t_join_timeout(t[i].t, 30), 0);
 		ck_assert_msg(t[i].bad == 0, "thread %u found %u pages with wrong contents", i, t[i].bad);
 		n += touches;
 	}
@@ -194,35 +194,35 @@ static void touch_random(uffdsnap_lazy_t *lz, struct usnap_mem *dst, unsigned nt
 START_TEST(lazy_random)
 {
 	uffdsnap_lazy_stats_t st;
-	struct usnap_mem dst;
+	struct t_mem dst;
 	uffdsnap_lazy_t *lz;
 	uint8_t *got;
 	long holes;
 	int rc;
 
-	usnap_watchdog(90, "lazy_random");
+	t_watchdog(90, "lazy_random");
 	fixture();
 	for (int prefetch = 0; prefetch <= 1; prefetch++) {
 		const char *what = prefetch ? "random, with prefetch" : "random, faults only";
 
-		usnap_memfd(&dst, LEN);
+		t_memfd(&dst, LEN);
 		lz = start(fx.path, &dst, prefetch ? 0 : UFFDSNAP_LAZY_NO_PREFETCH, NULL);
 		if (!prefetch) {
 			/* lazy: start returns before any page is placed (the time
 			 * it takes is a benchmark's business, not a test's) */
 			print_lazy("random, faults only, after start", lz, &st);
 			ck_assert_uint_eq(st.pages_fault + st.pages_prefetch + st.pages_zero_fault, 0);
-			ck_assert_int_eq(usnap_mem_holes(&dst), (long)(LEN / usnap_page));
+			ck_assert_int_eq(t_mem_holes(&dst), (long)(LEN / t_page));
 		}
 		touch_random(lz, &dst, 2, 400, what);
 		rc = uffdsnap_lazy_wait(lz);
 		ck_assert_msg(rc == 0, "lazy_wait: %d %s", rc, uffdsnap_lazy_error(lz));
 		print_lazy(what, lz, &st);
-		ck_assert_uint_eq(st.pages_fault + st.pages_prefetch + want_zero_pages, LEN / usnap_page);
+		ck_assert_uint_eq(st.pages_fault + st.pages_prefetch + want_zero_pages, LEN / t_page);
 		if (!prefetch)
 			ck_assert_uint_gt(st.pages_fault, 0);
 		/* before reading through the mapping (that would fill holes) */
-		holes = usnap_mem_holes(&dst);
+		holes = t_mem_holes(&dst);
 		printf("  %s: %ld holes left of %llu zero pages, %llu filled on touch\n", what, holes,
 		       (unsigned long long)want_zero_pages, (unsigned long long)st.pages_zero_fault);
 		/* exact while faults are served; once the registration is dropped
@@ -232,17 +232,17 @@ START_TEST(lazy_random)
 		else
 			ck_assert_int_eq(holes, (long)(want_zero_pages - st.pages_zero_fault));
 		ck_assert_int_ge(holes, (long)(want_zero_pages - st.pages_zero_fault) - 2 * 400);
-		got = usnap_mem_copy(&dst);
-		for (size_t p = 0; p < LEN; p += usnap_page) {
+		got = t_mem_copy(&dst);
+		for (size_t p = 0; p < LEN; p += t_page) {
 			if (got[p] == 0xA5)
 				got[p] = fx.want[p]; /* a marker: the page was touched */
-			usnap_assert_msg(!memcmp(got + p, fx.want + p, usnap_page), "page %zu differs", p / usnap_page);
+			t_assert_msg(!memcmp(got + p, fx.want + p, t_page), "page %zu differs", p / t_page);
 		}
-		usnap_buf_free(got, LEN);
+		t_buf_free(got, LEN);
 		uffdsnap_lazy_free(lz);
-		usnap_mem_free(&dst);
+		t_mem_free(&dst);
 	}
-	usnap_snapfile_free(&fx);
+	t_snapfile_free(&fx);
 }
 END_TEST
 
@@ -257,24 +257,24 @@ START_TEST(lazy_anon_private)
 	uint8_t *dst;
 	int rc;
 
-	usnap_watchdog(60, "lazy_anon_private");
+	t_watchdog(60, "lazy_anon_private");
 	fixture();
-	dst = usnap_buf_alloc(LEN);
+	dst = t_buf_alloc(LEN);
 	reg.addr = dst;
-	r = usnap_reader(fx.path);
+	r = t_reader(fx.path);
 	rc = uffdsnap_lazy_start(&lz, r, &reg, 1, NULL);
 	ck_assert_msg(rc == 0, "lazy_start: %d %s", rc, uffdsnap_last_error());
 	uffdsnap_reader_free(r);
-	for (size_t p = LEN; p > 0; p -= usnap_page) /* backwards: against the prefetcher */
-		usnap_assert_msg(!memcmp(dst + p - usnap_page, fx.want + p - usnap_page, usnap_page), "page %zu differs",
-			      p / usnap_page - 1);
+	for (size_t p = LEN; p > 0; p -= t_page) /* backwards: against the prefetcher */
+		t_assert_msg(!memcmp(dst + p - t_page, fx.want + p - t_page, t_page), "page %zu differs",
+			      p / t_page - 1);
 	rc = uffdsnap_lazy_wait(lz);
 	ck_assert_msg(rc == 0, "lazy_wait: %d %s", rc, uffdsnap_lazy_error(lz));
 	print_lazy("private anonymous, backwards", lz, &st);
 	ck_assert(!memcmp(dst, fx.want, LEN));
 	uffdsnap_lazy_free(lz);
-	usnap_buf_free(dst, LEN);
-	usnap_snapfile_free(&fx);
+	t_buf_free(dst, LEN);
+	t_snapfile_free(&fx);
 }
 END_TEST
 
@@ -293,7 +293,7 @@ static void *scribble_main(void *arg)
 	uint64_t s = 77;
 
 	while (!atomic_load(&w->stop)) {
-		w->base[usnap_splitmix64(&s) % LEN] ^= 0x5a;
+		w->base[t_splitmix64(&s) % LEN] ^= 0x5a;
 		w->writes++;
 	}
 	return NULL;
@@ -307,61 +307,61 @@ static void *scribble_main(void *arg)
  */
 START_TEST(restore_fault_chunks)
 {
-	const uffdsnap_opts_t o = usnap_opts(0, 64 * KiB);
+	const uffdsnap_opts_t o = t_opts(0, 64 * KiB);
 	uffdsnap_lazy_region_t reg = { .name = "pool", .len = LEN };
 	uffdsnap_stats_t sst;
 	uffdsnap_lazy_stats_t st;
 	struct scribbler w = { 0 };
-	struct usnap_fix f;
-	struct usnap_mem dst;
+	struct t_fix f;
+	struct t_mem dst;
 	uffdsnap_reader_t *r;
 	uffdsnap_lazy_t *lz;
 	uint8_t *ref, *got;
 	int fd, rc;
 
-	usnap_watchdog(90, "restore_fault_chunks");
-	usnap_fix_mem(&f, LEN);
-	usnap_fill_mixed(f.m.addr, LEN, 3, 11, 13);
-	usnap_fix_ctx(&f, "pool", &o);
-	usnap_fix_cb(&f, "faulted");
+	t_watchdog(90, "restore_fault_chunks");
+	t_fix_mem(&f, LEN);
+	t_fill_mixed(f.m.addr, LEN, 3, 11, 13);
+	t_fix_ctx(&f, "pool", &o);
+	t_fix_cb(&f, "faulted");
 	f.cb.sleep_us = 300; /* a slow sink keeps the sweep behind the writer */
 	w.base = f.m.addr;
 	ck_assert_int_eq(pthread_create(&w.t, NULL, scribble_main, &w), 0);
 	while (w.writes < 1000)
 		usleep(100);
-	rc = uffdsnap_begin(f.ctx, usnap_cb_sink(&f.cb), &f.s);
+	rc = uffdsnap_begin(f.ctx, t_cb_sink(&f.cb), &f.s);
 	ck_assert_msg(rc == 0, "begin: %d %s", rc, uffdsnap_last_error());
 	rc = uffdsnap_wait(f.s);
 	ck_assert_msg(rc == 0, "wait: %d %s", rc, uffdsnap_snap_error(f.s));
 	atomic_store(&w.stop, true);
-	ck_assert_int_eq(usnap_join_timeout(w.t, 10), 0);
-	usnap_stats(f.s, &sst);
-	usnap_stats_print("snapshot under a writer", &sst);
+	ck_assert_int_eq(t_join_timeout(w.t, 10), 0);
+	t_stats(f.s, &sst);
+	t_stats_print("snapshot under a writer", &sst);
 	ck_assert_uint_gt(sst.pages_fault, 0);
 
-	ref = usnap_buf_alloc(LEN);
-	r = usnap_reader(f.path);
+	ref = t_buf_alloc(LEN);
+	r = t_reader(f.path);
 	ck_assert_int_eq(uffdsnap_reader_verify(r), 0);
 	ck_assert_int_eq(uffdsnap_reader_read(r, 0, 0, ref, LEN), 0);
 
 	/* eager */
 	rc = uffdsnap_restore_memfd(r, 0, &fd, NULL, NULL);
 	ck_assert_msg(rc == 0, "restore_memfd: %d %s", rc, uffdsnap_last_error());
-	got = usnap_buf_alloc(LEN);
+	got = t_buf_alloc(LEN);
 	ck_assert_int_eq(pread(fd, got, LEN, 0), (ssize_t)LEN);
 	ck_assert_msg(!memcmp(got, ref, LEN), "eager restore differs from the reference reader");
 	close(fd);
-	usnap_buf_free(got, LEN);
+	t_buf_free(got, LEN);
 
 	/* lazy, faults only, in random order, then the rest */
-	usnap_memfd(&dst, LEN);
+	t_memfd(&dst, LEN);
 	reg.addr = dst.addr;
 	uffdsnap_lazy_opts_t lo = { .size = sizeof(lo), .flags = UFFDSNAP_LAZY_NO_PREFETCH };
 	rc = uffdsnap_lazy_start(&lz, r, &reg, 1, &lo);
 	ck_assert_msg(rc == 0, "lazy_start: %d %s", rc, uffdsnap_last_error());
 	for (uint64_t k = 0, seed = 9; k < 500; k++) {
-		size_t p = usnap_splitmix64(&seed) % (LEN / usnap_page);
-		ck_assert_msg(!memcmp(dst.addr + p * usnap_page, ref + p * usnap_page, usnap_page),
+		size_t p = t_splitmix64(&seed) % (LEN / t_page);
+		ck_assert_msg(!memcmp(dst.addr + p * t_page, ref + p * t_page, t_page),
 			      "lazy: page %zu differs from the reference reader", p);
 	}
 	rc = uffdsnap_lazy_wait(lz);
@@ -370,9 +370,9 @@ START_TEST(restore_fault_chunks)
 	ck_assert(!memcmp(dst.addr, ref, LEN));
 	uffdsnap_lazy_free(lz);
 	uffdsnap_reader_free(r);
-	usnap_mem_free(&dst);
-	usnap_buf_free(ref, LEN);
-	usnap_fix_free(&f);
+	t_mem_free(&dst);
+	t_buf_free(ref, LEN);
+	t_fix_free(&f);
 }
 END_TEST
 
@@ -382,7 +382,7 @@ START_TEST(lazy_two_regions)
 	static const char *const names[2] = { "a", "b" };
 	const size_t lens[2] = { 4 * MiB, 1 * MiB };
 	uffdsnap_lazy_region_t regs[2];
-	struct usnap_mem src[2], dst[2];
+	struct t_mem src[2], dst[2];
 	uint8_t *ref[2];
 	uffdsnap_lazy_stats_t st;
 	uffdsnap_reader_t *r;
@@ -391,59 +391,59 @@ START_TEST(lazy_two_regions)
 	char dir[PATH_MAX], path[PATH_MAX + 16];
 	int rc;
 
-	usnap_watchdog(60, "lazy_two_regions");
-	usnap_tmpdir(dir);
+	t_watchdog(60, "lazy_two_regions");
+	t_tmpdir(dir);
 	snprintf(path, sizeof(path), "%s/two", dir);
-	ctx = usnap_ctx_new(NULL);
+	ctx = t_ctx_new(NULL);
 	for (int i = 0; i < 2; i++) {
-		usnap_memfd(&src[i], lens[i]);
-		usnap_fill_mixed(src[i].addr, lens[i], 40 + (uint64_t)i, 4, 0);
-		ref[i] = usnap_mem_copy(&src[i]);
-		usnap_add(ctx, names[i], src[i].addr, lens[i]);
+		t_memfd(&src[i], lens[i]);
+		t_fill_mixed(src[i].addr, lens[i], 40 + (uint64_t)i, 4, 0);
+		ref[i] = t_mem_copy(&src[i]);
+		t_add(ctx, names[i], src[i].addr, lens[i]);
 	}
-	usnap_snap_file(ctx, path, NULL);
+	t_snap_file(ctx, path, NULL);
 	uffdsnap_free(ctx);
 	for (int i = 0; i < 2; i++) {
-		usnap_mem_free(&src[i]);
-		usnap_memfd(&dst[i], lens[i]);
+		t_mem_free(&src[i]);
+		t_memfd(&dst[i], lens[i]);
 		regs[1 - i] = (uffdsnap_lazy_region_t){ .name = names[i], .addr = dst[i].addr, .len = lens[i] };
 	}
-	r = usnap_reader(path);
+	r = t_reader(path);
 	rc = uffdsnap_lazy_start(&lz, r, regs, 2, &(uffdsnap_lazy_opts_t){ .size = sizeof(uffdsnap_lazy_opts_t),
 									  .flags = UFFDSNAP_LAZY_NO_PREFETCH });
 	ck_assert_msg(rc == 0, "lazy_start: %d %s", rc, uffdsnap_last_error());
 	uffdsnap_reader_free(r);
-	for (size_t p = 0; p < lens[1]; p += 37 * usnap_page)
+	for (size_t p = 0; p < lens[1]; p += 37 * t_page)
 		for (int i = 1; i >= 0; i--)
-			ck_assert_msg(!memcmp(dst[i].addr + p, ref[i] + p, usnap_page), "region %s page %zu", names[i],
-				      p / usnap_page);
+			ck_assert_msg(!memcmp(dst[i].addr + p, ref[i] + p, t_page), "region %s page %zu", names[i],
+				      p / t_page);
 	rc = uffdsnap_lazy_wait(lz);
 	ck_assert_msg(rc == 0, "lazy_wait: %d %s", rc, uffdsnap_lazy_error(lz));
 	print_lazy("two regions", lz, &st);
-	ck_assert_uint_eq(st.pages_total, (lens[0] + lens[1]) / usnap_page);
+	ck_assert_uint_eq(st.pages_total, (lens[0] + lens[1]) / t_page);
 	uffdsnap_lazy_free(lz);
 	for (int i = 0; i < 2; i++) {
 		ck_assert_msg(!memcmp(dst[i].addr, ref[i], lens[i]), "region %s differs", names[i]);
-		usnap_mem_free(&dst[i]);
-		usnap_buf_free(ref[i], lens[i]);
+		t_mem_free(&dst[i]);
+		t_buf_free(ref[i], lens[i]);
 	}
-	usnap_rmdir(dir);
+	t_rmdir(dir);
 }
 END_TEST
 
 START_TEST(lazy_mismatch)
 {
 	uffdsnap_lazy_region_t reg = { .name = "pool" };
-	struct usnap_mem dst;
+	struct t_mem dst;
 	uffdsnap_reader_t *r;
 	uffdsnap_lazy_t *lz;
 
-	usnap_watchdog(60, "lazy_mismatch");
+	t_watchdog(60, "lazy_mismatch");
 	fixture();
-	r = usnap_reader(fx.path);
-	usnap_memfd(&dst, LEN);
+	r = t_reader(fx.path);
+	t_memfd(&dst, LEN);
 	reg.addr = dst.addr;
-	reg.len = LEN - usnap_page;
+	reg.len = LEN - t_page;
 	ck_assert_int_eq(uffdsnap_lazy_start(&lz, r, &reg, 1, NULL), -EINVAL);
 	printf("  length: %s\n", uffdsnap_last_error());
 	ck_assert(strstr(uffdsnap_last_error(), "'pool'"));
@@ -451,15 +451,15 @@ START_TEST(lazy_mismatch)
 	reg.name = "nope";
 	ck_assert_int_eq(uffdsnap_lazy_start(&lz, r, &reg, 1, NULL), -ENOENT);
 	reg.name = "pool";
-	dst.addr[5 * usnap_page] = 1;
+	dst.addr[5 * t_page] = 1;
 	ck_assert_int_eq(uffdsnap_lazy_start(&lz, r, &reg, 1, NULL), -EEXIST);
 	printf("  not empty: %s\n", uffdsnap_last_error());
 	/* a failed start leaves the memory unregistered and usable */
-	dst.addr[6 * usnap_page] = 2;
-	ck_assert_int_eq(dst.addr[6 * usnap_page], 2);
+	dst.addr[6 * t_page] = 2;
+	ck_assert_int_eq(dst.addr[6 * t_page], 2);
 	uffdsnap_reader_free(r);
-	usnap_mem_free(&dst);
-	usnap_snapfile_free(&fx);
+	t_mem_free(&dst);
+	t_snapfile_free(&fx);
 }
 END_TEST
 
@@ -496,7 +496,7 @@ static void log_to_page(void *user, const char *line)
  * hook first (before the SIGBUS that may end the program). */
 static void expect_sigbus(void (*fn)(const char *, size_t), const char *path, size_t page, const char *what)
 {
-	uint64_t t0 = usnap_now_ns();
+	uint64_t t0 = t_now_ns();
 	int status, code = 0, p[2];
 	char *logged;
 	pid_t pid;
@@ -509,7 +509,7 @@ static void expect_sigbus(void (*fn)(const char *, size_t), const char *path, si
 	if (pid == 0) {
 		struct sigaction sa = { .sa_sigaction = report_sigbus, .sa_flags = SA_SIGINFO | SA_NODEFER };
 
-		usnap_sigbus_child();
+		t_sigbus_child();
 		sigbus_pipe = p[1];
 		sigaction(SIGBUS, &sa, NULL);
 		uffdsnap_set_log_fn(log_to_page, logged);
@@ -517,7 +517,7 @@ static void expect_sigbus(void (*fn)(const char *, size_t), const char *path, si
 		_exit(CHILD_TOUCHED);
 	}
 	close(p[1]);
-	status = usnap_wait_child(pid, 20, what);
+	status = t_wait_child(pid, 20, what);
 	printf("  %s: logged \"%s\"\n", what, logged);
 	ck_assert_msg(strstr(logged, "lazy restore failed"), "%s: nothing reached the log hook", what);
 	munmap(logged, 4096);
@@ -529,7 +529,7 @@ static void expect_sigbus(void (*fn)(const char *, size_t), const char *path, si
 	       WIFSIGNALED(status) ? WTERMSIG(status) : WEXITSTATUS(status),
 	       code == BUS_MCEERR_AR ? "BUS_MCEERR_AR: a poisoned page" : code == BUS_ADRERR ? "BUS_ADRERR: a poisoned page"
 	       : code == SI_TKILL ? "SI_TKILL: tgkill" : "?",
-	       usnap_ms_since(t0));
+	       t_ms_since(t0));
 	ck_assert_msg(WIFSIGNALED(status) && WTERMSIG(status) == SIGBUS, "%s: the child %s %d, not SIGBUS", what,
 		      WIFSIGNALED(status) ? "got signal" : "exited with", WIFSIGNALED(status) ? WTERMSIG(status)
 									      : WEXITSTATUS(status));
@@ -539,15 +539,15 @@ static void expect_sigbus(void (*fn)(const char *, size_t), const char *path, si
 /* Faults only: a good page is right, the bad page's touch gets SIGBUS. */
 static void child_touch_bad(const char *path, size_t bad)
 {
-	struct usnap_mem dst;
+	struct t_mem dst;
 	uffdsnap_lazy_t *lz;
-	size_t good = bad > 200 ? 0 : LEN / usnap_page - 1;
+	size_t good = bad > 200 ? 0 : LEN / t_page - 1;
 
-	usnap_memfd(&dst, LEN);
+	t_memfd(&dst, LEN);
 	lz = start(path, &dst, UFFDSNAP_LAZY_NO_PREFETCH, NULL);
-	if (memcmp(dst.addr + good * usnap_page, fx.want + good * usnap_page, usnap_page))
+	if (memcmp(dst.addr + good * t_page, fx.want + good * t_page, t_page))
 		_exit(CHILD_WRONG_DATA);
-	(void)*(volatile uint8_t *)(dst.addr + bad * usnap_page + 8);
+	(void)*(volatile uint8_t *)(dst.addr + bad * t_page + 8);
 	(void)lz;
 }
 
@@ -555,18 +555,18 @@ static void child_touch_bad(const char *path, size_t bad)
  * page gets SIGBUS after the registration is gone. */
 static void child_wait_then_touch(const char *path, size_t bad)
 {
-	struct usnap_mem dst;
+	struct t_mem dst;
 	uffdsnap_lazy_t *lz;
 
-	usnap_memfd(&dst, LEN);
+	t_memfd(&dst, LEN);
 	lz = start(path, &dst, 0, NULL);
 	if (uffdsnap_lazy_wait(lz) == 0)
 		_exit(CHILD_NO_ERROR);
 	fprintf(stderr, "  wait(): %s\n", uffdsnap_lazy_error(lz));
-	for (size_t p = 0; p < LEN / usnap_page; p += 97)
-		if (p / 64 != bad / 64 && memcmp(dst.addr + p * usnap_page, fx.want + p * usnap_page, usnap_page))
+	for (size_t p = 0; p < LEN / t_page; p += 97)
+		if (p / 64 != bad / 64 && memcmp(dst.addr + p * t_page, fx.want + p * t_page, t_page))
 			_exit(CHILD_WRONG_DATA);
-	(void)*(volatile uint8_t *)(dst.addr + bad * usnap_page + 8);
+	(void)*(volatile uint8_t *)(dst.addr + bad * t_page + 8);
 }
 
 START_TEST(lazy_corrupt_chunk)
@@ -574,31 +574,31 @@ START_TEST(lazy_corrupt_chunk)
 	char bad_path[PATH_MAX + 16];
 	size_t bad;
 
-	usnap_watchdog(90, "lazy_corrupt_chunk");
+	t_watchdog(90, "lazy_corrupt_chunk");
 	fixture();
-	bad = usnap_snapfile_flipped(&fx, "flipped", bad_path);
+	bad = t_snapfile_flipped(&fx, "flipped", bad_path);
 	expect_sigbus(child_touch_bad, bad_path, bad, "corrupt chunk, faults only");
 	expect_sigbus(child_wait_then_touch, bad_path, bad, "corrupt chunk, after wait()");
-	usnap_snapfile_free(&fx);
+	t_snapfile_free(&fx);
 }
 END_TEST
 
 /* The snapshot file is cut short (and unlinked) after the restore started. */
 static void child_truncate(const char *path, size_t unused)
 {
-	struct usnap_mem dst;
+	struct t_mem dst;
 	uffdsnap_lazy_t *lz;
 
 	(void)unused;
-	usnap_memfd(&dst, LEN);
+	t_memfd(&dst, LEN);
 	lz = start(path, &dst, UFFDSNAP_LAZY_NO_PREFETCH, NULL);
-	if (memcmp(dst.addr, fx.want, usnap_page))
+	if (memcmp(dst.addr, fx.want, t_page))
 		_exit(CHILD_WRONG_DATA);
 	/* an unlinked file stays readable through the open descriptors; a
 	 * truncated one does not */
 	if (truncate(path, 4096) || unlink(path))
 		_exit(CHILD_WRONG_DATA);
-	(void)*(volatile uint8_t *)(dst.addr + LEN - usnap_page);
+	(void)*(volatile uint8_t *)(dst.addr + LEN - t_page);
 	(void)lz;
 }
 
@@ -608,14 +608,14 @@ START_TEST(lazy_file_truncated)
 	uint8_t *bytes;
 	size_t len;
 
-	usnap_watchdog(60, "lazy_file_truncated");
+	t_watchdog(60, "lazy_file_truncated");
 	fixture();
-	bytes = usnap_slurp(fx.path, &len);
+	bytes = t_slurp(fx.path, &len);
 	snprintf(copy, sizeof(copy), "%s/copy", fx.dir);
-	usnap_write_file(copy, bytes, len);
+	t_write_file(copy, bytes, len);
 	free(bytes);
 	expect_sigbus(child_truncate, copy, 0, "file truncated and unlinked");
-	usnap_snapfile_free(&fx);
+	t_snapfile_free(&fx);
 }
 END_TEST
 
@@ -624,7 +624,7 @@ int main(void)
 	Suite *s;
 	TCase *tc;
 
-	usnap_test_require_uffd();
+	t_test_require_uffd();
 #ifdef USNAP_TEST_NO_POISON
 	usnap_inject_hide_features(UFFD_FEATURE_POISON);
 #endif
@@ -644,5 +644,5 @@ int main(void)
 	tcase_add_test(tc, lazy_corrupt_chunk);
 	tcase_add_test(tc, lazy_file_truncated);
 	suite_add_tcase(s, tc);
-	return usnap_run_suite(s);
+	return t_run_suite(s);
 }

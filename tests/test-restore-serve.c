@@ -38,7 +38,7 @@
 #define LEN (16 * MiB)
 
 static char tool[PATH_MAX];
-static struct usnap_snapfile fx;
+static struct t_snapfile fx;
 static char sock_path[PATH_MAX + 16];
 static uint64_t zero_pages; /* pages the snapshot records as zero */
 
@@ -48,9 +48,9 @@ static void fixture(void)
 	uffdsnap_info_t info = { .size = sizeof(info) };
 	uffdsnap_reader_t *r;
 
-	usnap_snapfile_new(&fx, "pool", LEN, 23, 6, 9);
+	t_snapfile_new(&fx, "pool", LEN, 23, 6, 9);
 	snprintf(sock_path, sizeof(sock_path), "%s/sock", fx.dir);
-	r = usnap_reader(fx.path);
+	r = t_reader(fx.path);
 	uffdsnap_reader_info(r, &info);
 	zero_pages = info.pages_zero;
 	uffdsnap_reader_free(r);
@@ -73,13 +73,13 @@ static bool unix_listening(const char *path)
 }
 
 /* A fresh memfd for "pool" in dst, handed to the server at sock_path. */
-static uffdsnap_lazy_client_t *connect_pool(struct usnap_mem *dst)
+static uffdsnap_lazy_client_t *connect_pool(struct t_mem *dst)
 {
 	uffdsnap_lazy_region_t reg;
 	uffdsnap_lazy_client_t *c;
 	int rc;
 
-	usnap_memfd(dst, LEN);
+	t_memfd(dst, LEN);
 	reg = (uffdsnap_lazy_region_t){ .name = "pool", .addr = dst->addr, .len = LEN };
 	rc = uffdsnap_lazy_connect(&c, sock_path, &reg, 1);
 	ck_assert_msg(rc == 0, "lazy_connect: %d %s", rc, uffdsnap_last_error());
@@ -97,8 +97,8 @@ static void print_served(const char *what, uffdsnap_lazy_client_t *c, uffdsnap_l
 	       (unsigned long long)st->pages_prefetch, (unsigned long long)st->pages_zero_fault,
 	       (unsigned long long)st->chunks_fault, (unsigned long long)st->chunks_prefetch);
 	ck_assert_int_eq(st->state, UFFDSNAP_LAZY_DONE);
-	ck_assert_uint_eq(st->pages_total, LEN / usnap_page);
-	ck_assert_uint_eq(st->pages_fault + st->pages_prefetch + zero_pages, LEN / usnap_page);
+	ck_assert_uint_eq(st->pages_total, LEN / t_page);
+	ck_assert_uint_eq(st->pages_fault + st->pages_prefetch + zero_pages, LEN / t_page);
 }
 
 /* `uffdsnap serve` in a child process with the options that follow log (up
@@ -166,32 +166,32 @@ START_TEST(serve_roundtrip)
 {
 	uffdsnap_lazy_stats_t st;
 	uffdsnap_lazy_client_t *c;
-	struct usnap_mem dst;
+	struct t_mem dst;
 	uint64_t s = 5, t0;
 	pid_t server;
 	int rc, status;
 
-	usnap_watchdog(90, "serve_roundtrip");
+	t_watchdog(90, "serve_roundtrip");
 	fixture();
 	server = tool_server(NULL, "--once", NULL);
-	t0 = usnap_now_ns();
+	t0 = t_now_ns();
 	c = connect_pool(&dst);
-	printf("  connected to the page server (pid %d) in %.2f ms\n", (int)server, usnap_ms_since(t0));
+	printf("  connected to the page server (pid %d) in %.2f ms\n", (int)server, t_ms_since(t0));
 	/* random touches, then everything, while the server prefetches */
 	for (int i = 0; i < 300; i++) {
-		size_t p = usnap_splitmix64(&s) % (LEN / usnap_page);
-		ck_assert_msg(!memcmp(dst.addr + p * usnap_page, fx.want + p * usnap_page, usnap_page), "page %zu", p);
+		size_t p = t_splitmix64(&s) % (LEN / t_page);
+		ck_assert_msg(!memcmp(dst.addr + p * t_page, fx.want + p * t_page, t_page), "page %zu", p);
 	}
 	rc = uffdsnap_lazy_client_wait(c);
 	ck_assert_msg(rc == 0, "client_wait: %d %s", rc, uffdsnap_lazy_client_error(c));
-	printf("  restored across processes in %.1f ms\n", usnap_ms_since(t0));
+	printf("  restored across processes in %.1f ms\n", t_ms_since(t0));
 	ck_assert(!memcmp(dst.addr, fx.want, LEN));
 	print_served("served, with prefetch", c, &st);
 	uffdsnap_lazy_client_free(c);
-	status = usnap_wait_child(server, 20, "the page server");
+	status = t_wait_child(server, 20, "the page server");
 	ck_assert_msg(WIFEXITED(status) && WEXITSTATUS(status) == 0, "server status 0x%x", status);
-	usnap_mem_free(&dst);
-	usnap_snapfile_free(&fx);
+	t_mem_free(&dst);
+	t_snapfile_free(&fx);
 }
 END_TEST
 
@@ -203,20 +203,20 @@ END_TEST
  */
 START_TEST(serve_no_prefetch)
 {
-	const size_t npages = LEN / usnap_page;
+	const size_t npages = LEN / t_page;
 	uffdsnap_lazy_stats_t st;
 	uffdsnap_lazy_client_t *c;
-	struct usnap_mem dst;
+	struct t_mem dst;
 	pid_t server;
 	int rc, status;
 
-	usnap_watchdog(90, "serve_no_prefetch");
+	t_watchdog(90, "serve_no_prefetch");
 	fixture();
 	server = tool_server(NULL, "--no-prefetch", NULL);
 	c = connect_pool(&dst);
 	for (size_t i = 0; i < npages; i++) {
 		size_t p = i * 1237 % npages;
-		usnap_assert_msg(!memcmp(dst.addr + p * usnap_page, fx.want + p * usnap_page, usnap_page), "page %zu", p);
+		t_assert_msg(!memcmp(dst.addr + p * t_page, fx.want + p * t_page, t_page), "page %zu", p);
 	}
 	rc = uffdsnap_lazy_client_wait(c);
 	ck_assert_msg(rc == 0, "client_wait: %d %s", rc, uffdsnap_lazy_client_error(c));
@@ -226,38 +226,38 @@ START_TEST(serve_no_prefetch)
 	ck_assert_uint_eq(st.pages_zero_fault, zero_pages);
 	uffdsnap_lazy_client_free(c);
 	kill(server, SIGTERM);
-	status = usnap_wait_child(server, 20, "the page server");
+	status = t_wait_child(server, 20, "the page server");
 	ck_assert(WIFSIGNALED(status));
-	usnap_mem_free(&dst);
-	usnap_snapfile_free(&fx);
+	t_mem_free(&dst);
+	t_snapfile_free(&fx);
 }
 END_TEST
 
 START_TEST(serve_mismatch)
 {
 	uffdsnap_lazy_client_t *c;
-	struct usnap_mem dst;
+	struct t_mem dst;
 	uffdsnap_lazy_region_t reg;
 	pid_t server;
 	int rc, status;
 
-	usnap_watchdog(60, "serve_mismatch");
+	t_watchdog(60, "serve_mismatch");
 	fixture();
 	server = child_server(fx.path, NULL); /* the defaults: it must answer, not refuse */
-	usnap_memfd(&dst, 2 * LEN);
+	t_memfd(&dst, 2 * LEN);
 	reg = (uffdsnap_lazy_region_t){ .name = "pool", .addr = dst.addr, .len = 2 * LEN };
 	rc = uffdsnap_lazy_connect(&c, sock_path, &reg, 1);
 	printf("  wrong length: %d %s\n", rc, uffdsnap_last_error());
 	ck_assert_int_eq(rc, -EINVAL);
 	ck_assert(strstr(uffdsnap_last_error(), "page server: region 'pool'"));
-	status = usnap_wait_child(server, 20, "the page server");
+	status = t_wait_child(server, 20, "the page server");
 	ck_assert(WIFEXITED(status));
 	ck_assert_int_eq(uffdsnap_lazy_connect(&c, sock_path, &reg, 1), -ECONNREFUSED); /* nobody listens now */
 	/* the memory is the program's again, unregistered */
 	dst.addr[0] = 7;
 	ck_assert_int_eq(dst.addr[0], 7);
-	usnap_mem_free(&dst);
-	usnap_snapfile_free(&fx);
+	t_mem_free(&dst);
+	t_snapfile_free(&fx);
 }
 END_TEST
 
@@ -289,10 +289,10 @@ static bool task_shows(pid_t pid, const char *file, const char *prefix)
 /* Wait (up to 10 s) until task_shows(pid, file, prefix). */
 static void await_task(pid_t pid, const char *file, const char *prefix, const char *what)
 {
-	uint64_t t0 = usnap_now_ns();
+	uint64_t t0 = t_now_ns();
 
 	while (!task_shows(pid, file, prefix)) {
-		ck_assert_msg(usnap_ms_since(t0) < 10000, "%s never happened", what);
+		ck_assert_msg(t_ms_since(t0) < 10000, "%s never happened", what);
 		usleep(1000);
 	}
 }
@@ -324,7 +324,7 @@ START_TEST(serve_client_limit)
 {
 	uffdsnap_lazy_region_t reg;
 	uffdsnap_lazy_client_t *c;
-	struct usnap_mem dst, dst2;
+	struct t_mem dst, dst2;
 	char log[PATH_MAX + 16];
 	uint64_t t0;
 	size_t len;
@@ -332,13 +332,13 @@ START_TEST(serve_client_limit)
 	pid_t server;
 	int rc, hold, status;
 
-	usnap_watchdog(60, "serve_client_limit");
+	t_watchdog(60, "serve_client_limit");
 	fixture();
 	snprintf(log, sizeof(log), "%s/log", fx.dir);
 	/* the request timeout far beyond the test: the place stays held */
 	server = held_server(log, "--request-timeout=60000", &hold);
 
-	usnap_memfd(&dst, LEN);
+	t_memfd(&dst, LEN);
 	reg = (uffdsnap_lazy_region_t){ .name = "pool", .addr = dst.addr, .len = LEN };
 	rc = uffdsnap_lazy_connect(&c, sock_path, &reg, 1);
 	printf("  a second client while one is served: %d %s\n", rc, uffdsnap_last_error());
@@ -349,11 +349,11 @@ START_TEST(serve_client_limit)
 	ck_assert_int_eq(dst.addr[0], 7);
 
 	close(hold);
-	usnap_memfd(&dst2, LEN);
+	t_memfd(&dst2, LEN);
 	reg.addr = dst2.addr;
-	t0 = usnap_now_ns();
+	t0 = t_now_ns();
 	/* the server frees the place when it has seen the hang-up */
-	while ((rc = uffdsnap_lazy_connect(&c, sock_path, &reg, 1)) == -EAGAIN && usnap_ms_since(t0) < 10000)
+	while ((rc = uffdsnap_lazy_connect(&c, sock_path, &reg, 1)) == -EAGAIN && t_ms_since(t0) < 10000)
 		usleep(10000);
 	ck_assert_msg(rc == 0, "lazy_connect after the first client left: %d %s", rc, uffdsnap_last_error());
 	ck_assert_int_eq(uffdsnap_lazy_client_wait(c), 0);
@@ -361,17 +361,17 @@ START_TEST(serve_client_limit)
 	uffdsnap_lazy_client_free(c);
 
 	kill(server, SIGTERM);
-	status = usnap_wait_child(server, 20, "the page server");
+	status = t_wait_child(server, 20, "the page server");
 	ck_assert(WIFSIGNALED(status));
-	out = (char *)usnap_slurp(log, &len);
+	out = (char *)t_slurp(log, &len);
 	out[len] = '\0';
 	printf("  the server's log:\n%s", out);
 	ck_assert_msg(strstr(out, "uffdsnap serve: client 2: Resource temporarily unavailable: refused: the server is serving "
 			      "its limit of 1 client: try again later\n"), "the server did not log the refusal");
 	free(out);
-	usnap_mem_free(&dst);
-	usnap_mem_free(&dst2);
-	usnap_snapfile_free(&fx);
+	t_mem_free(&dst);
+	t_mem_free(&dst2);
+	t_snapfile_free(&fx);
 }
 END_TEST
 
@@ -387,7 +387,7 @@ START_TEST(serve_silent_client)
 					"send its request within 1000 ms: hung up on it\n";
 	uffdsnap_lazy_region_t reg;
 	uffdsnap_lazy_client_t *c;
-	struct usnap_mem dst;
+	struct t_mem dst;
 	char log[PATH_MAX + 16], buf[1024];
 	size_t len, answer = 0;
 	ssize_t n;
@@ -397,23 +397,23 @@ START_TEST(serve_silent_client)
 	char *out, *line;
 	pid_t server;
 
-	usnap_watchdog(60, "serve_silent_client");
+	t_watchdog(60, "serve_silent_client");
 	fixture();
 	snprintf(log, sizeof(log), "%s/log", fx.dir);
-	t0 = usnap_now_ns();
+	t0 = t_now_ns();
 	server = held_server(log, "--request-timeout=1000", &silent);
 
-	usnap_memfd(&dst, LEN);
+	t_memfd(&dst, LEN);
 	reg = (uffdsnap_lazy_region_t){ .name = "pool", .addr = dst.addr, .len = LEN };
 	rc = uffdsnap_lazy_connect(&c, sock_path, &reg, 1);
 	ck_assert_msg(rc == -EAGAIN, "a client while the silent one holds the place: %d %s", rc,
 		      uffdsnap_last_error());
 	/* refused: the memory is unregistered and empty again, ready for the next try */
-	while ((rc = uffdsnap_lazy_connect(&c, sock_path, &reg, 1)) == -EAGAIN && usnap_ms_since(t0) < 10000) {
+	while ((rc = uffdsnap_lazy_connect(&c, sock_path, &reg, 1)) == -EAGAIN && t_ms_since(t0) < 10000) {
 		tries++;
 		usleep(20000);
 	}
-	served_ms = usnap_ms_since(t0);
+	served_ms = t_ms_since(t0);
 	ck_assert_msg(rc == 0, "lazy_connect after the silent client's timeout: %d %s", rc, uffdsnap_last_error());
 	printf("  a silent connection held the one place: the real client was served %.0f ms after it connected, "
 	       "at its try %d\n", served_ms, tries);
@@ -428,16 +428,16 @@ START_TEST(serve_silent_client)
 	close(silent);
 
 	kill(server, SIGTERM);
-	usnap_wait_child(server, 20, "the page server");
-	out = (char *)usnap_slurp(log, &len);
+	t_wait_child(server, 20, "the page server");
+	out = (char *)t_slurp(log, &len);
 	out[len] = '\0';
 	line = strstr(out, "uffdsnap serve: client 1:");
 	ck_assert_msg(line, "the server logged nothing for the silent client:\n%s", out);
 	printf("  the server's log: %.*s", (int)(strchrnul(line, '\n') - line + 1), line);
 	ck_assert_msg(!strncmp(line, timed_out, strlen(timed_out)), "the server did not log the timeout");
 	free(out);
-	usnap_mem_free(&dst);
-	usnap_snapfile_free(&fx);
+	t_mem_free(&dst);
+	t_snapfile_free(&fx);
 }
 END_TEST
 
@@ -447,32 +447,32 @@ START_TEST(client_dies)
 {
 	uffdsnap_lazy_region_t reg;
 	uffdsnap_lazy_client_t *c;
-	struct usnap_mem dst;
+	struct t_mem dst;
 	pid_t server, client;
 	int status;
 
-	usnap_watchdog(60, "client_dies");
+	t_watchdog(60, "client_dies");
 	fixture();
 	server = tool_server(NULL, "--once", NULL);
 	client = fork();
 	ck_assert(client >= 0);
 	if (client == 0) {
 		alarm(30);
-		usnap_memfd(&dst, LEN);
+		t_memfd(&dst, LEN);
 		reg = (uffdsnap_lazy_region_t){ .name = "pool", .addr = dst.addr, .len = LEN };
 		if (uffdsnap_lazy_connect(&c, sock_path, &reg, 1))
 			_exit(10);
 		/* exit_group directly: the point is a process that vanishes with its
 		 * restore thread running, and a sanitizer's exit-time checks (which
 		 * _exit runs under TSan) would call that a leak */
-		syscall(SYS_exit_group, memcmp(dst.addr, fx.want, usnap_page) ? 11 : 0);
+		syscall(SYS_exit_group, memcmp(dst.addr, fx.want, t_page) ? 11 : 0);
 	}
-	status = usnap_wait_child(client, 20, "the client");
+	status = t_wait_child(client, 20, "the client");
 	ck_assert_msg(WIFEXITED(status) && WEXITSTATUS(status) == 0, "client status 0x%x", status);
-	status = usnap_wait_child(server, 20, "the page server");
+	status = t_wait_child(server, 20, "the page server");
 	printf("  client exited mid-restore: the server exited with %d\n", WEXITSTATUS(status));
 	ck_assert(WIFEXITED(status));
-	usnap_snapfile_free(&fx);
+	t_snapfile_free(&fx);
 }
 END_TEST
 
@@ -493,10 +493,10 @@ static pid_t client_child(int (*act)(uint8_t *mem, uffdsnap_lazy_client_t *c))
 	if (pid == 0) {
 		uffdsnap_lazy_region_t reg;
 		uffdsnap_lazy_client_t *c;
-		struct usnap_mem dst;
+		struct t_mem dst;
 
-		usnap_sigbus_child();
-		usnap_memfd(&dst, LEN);
+		t_sigbus_child();
+		t_memfd(&dst, LEN);
 		reg = (uffdsnap_lazy_region_t){ .name = "pool", .addr = dst.addr, .len = LEN };
 		_exit(uffdsnap_lazy_connect(&c, sock_path, &reg, 1) ? 10 : act(dst.addr, c));
 	}
@@ -514,7 +514,7 @@ static bool client_step(void)
 /* The client's wait status, once it ended, printed after what. */
 static int client_end(pid_t pid, const char *what)
 {
-	int status = usnap_wait_child(pid, 20, "the client");
+	int status = t_wait_child(pid, 20, "the client");
 
 	printf("  %s: client %s %d\n", what, WIFSIGNALED(status) ? "killed by signal" : "exited",
 	       WIFSIGNALED(status) ? WTERMSIG(status) : WEXITSTATUS(status));
@@ -524,12 +524,12 @@ static int client_end(pid_t pid, const char *what)
 static int touch_after_stop(uint8_t *mem, uffdsnap_lazy_client_t *c)
 {
 	(void)c;
-	if (memcmp(mem, fx.want, usnap_page))
+	if (memcmp(mem, fx.want, t_page))
 		return 11;
 	if (!client_step())
 		return 12;
 	/* the server is stopped: this waits, then the server dies */
-	(void)*(volatile uint8_t *)(mem + LEN - usnap_page);
+	(void)*(volatile uint8_t *)(mem + LEN - t_page);
 	return 13;
 }
 
@@ -539,7 +539,7 @@ START_TEST(server_dies)
 	int status = 0;
 	char b;
 
-	usnap_watchdog(60, "server_dies");
+	t_watchdog(60, "server_dies");
 	fixture();
 	server = child_server(fx.path, &faults_only);
 	client = client_child(touch_after_stop);
@@ -555,7 +555,7 @@ START_TEST(server_dies)
 	waitpid(server, NULL, 0);
 	status = client_end(client, "server killed while the client waited for a page");
 	ck_assert_msg(WIFSIGNALED(status) && WTERMSIG(status) == SIGBUS, "the client did not get SIGBUS");
-	usnap_snapfile_free(&fx);
+	t_snapfile_free(&fx);
 }
 END_TEST
 
@@ -570,7 +570,7 @@ static int wait_free_touch(uint8_t *mem, uffdsnap_lazy_client_t *c)
 	(void)mem;
 	return 0; /* the registration went with the client: nothing guards the pages now */
 #else
-	(void)*(volatile uint8_t *)(mem + LEN - usnap_page);
+	(void)*(volatile uint8_t *)(mem + LEN - t_page);
 	return 13;
 #endif
 }
@@ -587,7 +587,7 @@ START_TEST(server_dies_then_free)
 	int status;
 	char b;
 
-	usnap_watchdog(60, "server_dies_then_free");
+	t_watchdog(60, "server_dies_then_free");
 	fixture();
 	server = child_server(fx.path, &faults_only);
 	client = client_child(wait_free_touch);
@@ -601,18 +601,18 @@ START_TEST(server_dies_then_free)
 #else
 	ck_assert_msg(WIFSIGNALED(status) && WTERMSIG(status) == SIGBUS, "client status 0x%x", status);
 #endif
-	usnap_snapfile_free(&fx);
+	t_snapfile_free(&fx);
 }
 END_TEST
 
 static int touch_bad(uint8_t *mem, uffdsnap_lazy_client_t *c)
 {
-	size_t good = bad_page > 200 ? 0 : LEN / usnap_page - 1;
+	size_t good = bad_page > 200 ? 0 : LEN / t_page - 1;
 
 	(void)c;
-	if (memcmp(mem + good * usnap_page, fx.want + good * usnap_page, usnap_page))
+	if (memcmp(mem + good * t_page, fx.want + good * t_page, t_page))
 		return 11;
-	(void)*(volatile uint8_t *)(mem + bad_page * usnap_page + 8);
+	(void)*(volatile uint8_t *)(mem + bad_page * t_page + 8);
 	return 13;
 }
 
@@ -625,16 +625,16 @@ START_TEST(serve_corrupt_chunk)
 	pid_t server, client;
 	int status;
 
-	usnap_watchdog(60, "serve_corrupt_chunk");
+	t_watchdog(60, "serve_corrupt_chunk");
 	fixture();
-	bad_page = usnap_snapfile_flipped(&fx, "flipped", bad_path);
+	bad_page = t_snapfile_flipped(&fx, "flipped", bad_path);
 	server = child_server(bad_path, &faults_only);
 	client = client_child(touch_bad);
 	status = client_end(client, "served a corrupt chunk");
 	ck_assert_msg(WIFSIGNALED(status) && WTERMSIG(status) == SIGBUS, "the client did not get SIGBUS");
-	status = usnap_wait_child(server, 20, "the page server");
+	status = t_wait_child(server, 20, "the page server");
 	ck_assert_msg(WIFEXITED(status) && WEXITSTATUS(status) == 2, "server status 0x%x", status);
-	usnap_snapfile_free(&fx);
+	t_snapfile_free(&fx);
 }
 END_TEST
 
@@ -643,11 +643,11 @@ int main(void)
 	Suite *s;
 	TCase *tc;
 
-	usnap_test_require_uffd();
+	t_test_require_uffd();
 #ifdef USNAP_TEST_NO_POISON
 	usnap_inject_hide_features(UFFD_FEATURE_POISON);
 #endif
-	usnap_find_tool(tool);
+	t_find_tool(tool);
 	s = suite_create("restore-serve");
 	tc = tcase_create("serve");
 	tcase_set_timeout(tc, 90);
@@ -665,5 +665,5 @@ int main(void)
 	tcase_add_test(tc, server_dies_then_free);
 	tcase_add_test(tc, serve_corrupt_chunk);
 	suite_add_tcase(s, tc);
-	return usnap_run_suite(s);
+	return t_run_suite(s);
 }

@@ -22,7 +22,7 @@
 static char tool[PATH_MAX];
 static char dir[PATH_MAX];
 static char snap_a[PATH_MAX + 8], snap_b[PATH_MAX + 8];
-static struct usnap_mem mem;
+static struct t_mem mem;
 static uint8_t *want_b;
 
 /* Run a shell command; returns its exit status and its stdout in out (cap bytes). */
@@ -58,35 +58,35 @@ static void setup(void)
 {
 	uffdsnap_t *ctx;
 
-	usnap_memfd(&mem, LEN);
-	usnap_fill_mixed(mem.addr, LEN, 5, 9, 4);
-	ctx = usnap_ctx_new(NULL);
-	usnap_add(ctx, "pool", mem.addr, LEN);
-	usnap_tmpdir(dir);
+	t_memfd(&mem, LEN);
+	t_fill_mixed(mem.addr, LEN, 5, 9, 4);
+	ctx = t_ctx_new(NULL);
+	t_add(ctx, "pool", mem.addr, LEN);
+	t_tmpdir(dir);
 	snprintf(snap_a, sizeof(snap_a), "%s/a", dir);
 	snprintf(snap_b, sizeof(snap_b), "%s/b", dir);
-	usnap_snap_file(ctx, snap_a, NULL);
-	mem.addr[3 * usnap_page + 17] ^= 1;
-	memset(mem.addr + 10 * usnap_page, 0x5a, 3 * usnap_page);
-	mem.addr[700 * usnap_page] ^= 0xff;
-	mem.addr[1 * usnap_page] = 1; /* page 1 was a hole */
-	usnap_snap_file(ctx, snap_b, NULL);
-	want_b = usnap_mem_copy(&mem);
+	t_snap_file(ctx, snap_a, NULL);
+	mem.addr[3 * t_page + 17] ^= 1;
+	memset(mem.addr + 10 * t_page, 0x5a, 3 * t_page);
+	mem.addr[700 * t_page] ^= 0xff;
+	mem.addr[1 * t_page] = 1; /* page 1 was a hole */
+	t_snap_file(ctx, snap_b, NULL);
+	want_b = t_mem_copy(&mem);
 	uffdsnap_free(ctx);
 }
 
 static void cleanup(void)
 {
-	usnap_buf_free(want_b, LEN);
-	usnap_mem_free(&mem);
-	usnap_rmdir(dir);
+	t_buf_free(want_b, LEN);
+	t_mem_free(&mem);
+	t_rmdir(dir);
 }
 
 START_TEST(diff_reports_pages)
 {
 	char out[8192];
 
-	usnap_watchdog(60, "diff_reports_pages");
+	t_watchdog(60, "diff_reports_pages");
 	setup();
 	ck_assert_int_eq(run(out, sizeof(out), "%s diff %s %s", tool, snap_a, snap_a), 0);
 	ck_assert(strstr(out, "region 'pool': identical (1024 pages)"));
@@ -101,11 +101,11 @@ END_TEST
 START_TEST(restore_to_file)
 {
 	char out[4096], path[PATH_MAX + 16];
-	uint8_t *got = usnap_buf_alloc(LEN);
+	uint8_t *got = t_buf_alloc(LEN);
 	struct stat sb;
 	int fd;
 
-	usnap_watchdog(60, "restore_to_file");
+	t_watchdog(60, "restore_to_file");
 	setup();
 	snprintf(path, sizeof(path), "/dev/shm/usnap-tool-%d", getpid());
 	ck_assert_int_eq(run(out, sizeof(out), "%s restore %s --region pool --to %s --threads 2", tool, snap_b, path),
@@ -117,14 +117,14 @@ START_TEST(restore_to_file)
 	ck_assert_int_eq(pread(fd, got, LEN, 0), (ssize_t)LEN);
 	ck_assert(!memcmp(got, want_b, LEN));
 	/* fill_mixed left pages 1, 10, 19, ... as holes; B wrote 1 and 10 only */
-	ck_assert_int_ne(lseek(fd, 19 * usnap_page, SEEK_DATA), 19 * (off_t)usnap_page);
+	ck_assert_int_ne(lseek(fd, 19 * t_page, SEEK_DATA), 19 * (off_t)t_page);
 	ck_assert_int_lt((long long)sb.st_blocks * 512, LEN);
 	close(fd);
 	unlink(path);
 	ck_assert_int_eq(run(out, sizeof(out), "%s restore %s --region nope --to %s 2>&1", tool, snap_b, path), 1);
 	ck_assert_int_eq(run(out, sizeof(out), "%s restore %s --to %s 2>/dev/null", tool, snap_b, path), 2);
 	ck_assert_int_eq(access(path, F_OK), -1);
-	usnap_buf_free(got, LEN);
+	t_buf_free(got, LEN);
 	cleanup();
 }
 END_TEST
@@ -132,9 +132,9 @@ END_TEST
 START_TEST(cat_bytes_and_hex)
 {
 	char out[8192], want[128];
-	size_t off = 10 * usnap_page - 8;
+	size_t off = 10 * t_page - 8;
 
-	usnap_watchdog(60, "cat_bytes_and_hex");
+	t_watchdog(60, "cat_bytes_and_hex");
 	setup();
 	ck_assert_int_eq(run(out, sizeof(out), "%s cat %s pool %zu 16 | od -An -tx1 -v | tr -d ' \\n'; echo", tool,
 			     snap_b, off), 0);
@@ -158,16 +158,16 @@ START_TEST(hostile_name_escaped)
 	static const char name[] = "evil\x1b[2J\\\xc2\x9b" "end";
 	static const char shown[] = "evil\\x1b[2J\\\\\\xc2\\x9bend";
 	char out[8192], evil[PATH_MAX + 8];
-	struct usnap_mem m2;
+	struct t_mem m2;
 	uffdsnap_t *ctx;
 
-	usnap_watchdog(60, "hostile_name_escaped");
+	t_watchdog(60, "hostile_name_escaped");
 	setup();
-	usnap_memfd(&m2, 16 * usnap_page);
-	ctx = usnap_ctx_new(NULL);
-	usnap_add(ctx, name, m2.addr, m2.len);
+	t_memfd(&m2, 16 * t_page);
+	ctx = t_ctx_new(NULL);
+	t_add(ctx, name, m2.addr, m2.len);
 	snprintf(evil, sizeof(evil), "%s/evil", dir);
-	usnap_snap_file(ctx, evil, NULL);
+	t_snap_file(ctx, evil, NULL);
 	uffdsnap_free(ctx);
 
 	ck_assert_int_eq(run(out, sizeof(out), "%s info %s 2>&1", tool, evil), 0);
@@ -184,7 +184,7 @@ START_TEST(hostile_name_escaped)
 			     "2>&1", tool, evil), 0);
 	ck_assert_int_eq(run(out, sizeof(out), "%s cat %s 0 0 999999 2>&1", tool, evil), 2);
 	ck_assert_msg(strstr(out, "past the end of region 'evil\\x1b[2J") && !strchr(out, 0x1b), "%s", out);
-	usnap_mem_free(&m2);
+	t_mem_free(&m2);
 	cleanup();
 }
 END_TEST
@@ -194,8 +194,8 @@ int main(void)
 	Suite *s;
 	TCase *tc;
 
-	usnap_test_require_uffd();
-	usnap_find_tool(tool);
+	t_test_require_uffd();
+	t_find_tool(tool);
 	s = suite_create("restore-tool");
 	tc = tcase_create("tool");
 	tcase_set_timeout(tc, 60);
@@ -204,5 +204,5 @@ int main(void)
 	tcase_add_test(tc, cat_bytes_and_hex);
 	tcase_add_test(tc, hostile_name_escaped);
 	suite_add_tcase(s, tc);
-	return usnap_run_suite(s);
+	return t_run_suite(s);
 }

@@ -24,40 +24,40 @@
 struct fixture {
 	char dir[PATH_MAX];
 	char path[PATH_MAX + 16];
-	struct usnap_mem pool, meta;
+	struct t_mem pool, meta;
 	uint8_t *want[2];            /* contents at the instant */
 	size_t len[2];
 };
 
-static void fixture_new(struct fixture *f, enum usnap_mem_kind kind, size_t chunk_bytes)
+static void fixture_new(struct fixture *f, enum t_mem_kind kind, size_t chunk_bytes)
 {
-	const uffdsnap_opts_t o = usnap_opts(0, chunk_bytes);
+	const uffdsnap_opts_t o = t_opts(0, chunk_bytes);
 	uffdsnap_t *ctx;
 
 	memset(f, 0, sizeof(*f));
-	usnap_mem_new(&f->pool, kind, POOL_LEN);
-	usnap_fill_mixed(f->pool.addr, POOL_LEN - MiB, 42, 7, 5);
-	usnap_memfd(&f->meta, META_LEN);
-	usnap_fill_random(f->meta.addr, META_LEN, 9);
+	t_mem_new(&f->pool, kind, POOL_LEN);
+	t_fill_mixed(f->pool.addr, POOL_LEN - MiB, 42, 7, 5);
+	t_memfd(&f->meta, META_LEN);
+	t_fill_random(f->meta.addr, META_LEN, 9);
 	f->len[0] = POOL_LEN, f->len[1] = META_LEN;
-	f->want[0] = usnap_mem_copy(&f->pool);
-	f->want[1] = usnap_mem_copy(&f->meta);
-	ctx = usnap_ctx_new(&o);
-	usnap_add(ctx, "pool", f->pool.addr, POOL_LEN);
-	usnap_add(ctx, "meta", f->meta.addr, META_LEN);
-	usnap_tmpdir(f->dir);
+	f->want[0] = t_mem_copy(&f->pool);
+	f->want[1] = t_mem_copy(&f->meta);
+	ctx = t_ctx_new(&o);
+	t_add(ctx, "pool", f->pool.addr, POOL_LEN);
+	t_add(ctx, "meta", f->meta.addr, META_LEN);
+	t_tmpdir(f->dir);
 	snprintf(f->path, sizeof(f->path), "%s/snap", f->dir);
-	usnap_snap_file(ctx, f->path, NULL);
+	t_snap_file(ctx, f->path, NULL);
 	uffdsnap_free(ctx);
 }
 
 static void fixture_free(struct fixture *f)
 {
-	usnap_buf_free(f->want[0], f->len[0]);
-	usnap_buf_free(f->want[1], f->len[1]);
-	usnap_mem_free(&f->pool);
-	usnap_mem_free(&f->meta);
-	usnap_rmdir(f->dir);
+	t_buf_free(f->want[0], f->len[0]);
+	t_buf_free(f->want[1], f->len[1]);
+	t_mem_free(&f->pool);
+	t_mem_free(&f->meta);
+	t_rmdir(f->dir);
 }
 
 /* Pages of fd's first len bytes that are data (not holes), by SEEK_DATA/SEEK_HOLE. */
@@ -69,7 +69,7 @@ static size_t data_pages(int fd, size_t len)
 	while ((d = lseek(fd, d, SEEK_DATA)) >= 0 && (size_t)d < len) {
 		h = lseek(fd, d, SEEK_HOLE);
 		ck_assert(h > d);
-		n += (size_t)(h - d) / usnap_page;
+		n += (size_t)(h - d) / t_page;
 		d = h;
 	}
 	return n;
@@ -78,23 +78,23 @@ static size_t data_pages(int fd, size_t len)
 /* fd holds want exactly, and its data pages are exactly the restored data pages. */
 static void check_fd(int fd, const uint8_t *want, size_t len, const uffdsnap_restore_stats_t *st, const char *what)
 {
-	uint8_t *got = usnap_buf_alloc(len);
+	uint8_t *got = t_buf_alloc(len);
 	struct stat sb;
 	size_t dp;
 
 	ck_assert_int_eq(fstat(fd, &sb), 0);
 	ck_assert_msg((size_t)sb.st_size == len, "%s: size %lld, region %zu", what, (long long)sb.st_size, len);
 	ck_assert_int_eq(pread(fd, got, len, 0), (ssize_t)len);
-	for (size_t p = 0; p < len; p += usnap_page)
-		usnap_assert_msg(!memcmp(got + p, want + p, usnap_page), "%s: page %zu differs", what, p / usnap_page);
+	for (size_t p = 0; p < len; p += t_page)
+		t_assert_msg(!memcmp(got + p, want + p, t_page), "%s: page %zu differs", what, p / t_page);
 	dp = data_pages(fd, len);
-	ck_assert_uint_eq(st->pages_data + st->pages_zero, len / usnap_page);
+	ck_assert_uint_eq(st->pages_data + st->pages_zero, len / t_page);
 	ck_assert_msg(dp == st->pages_data, "%s: %zu data pages in the file, %llu restored: zero pages were "
 		      "written", what, dp, (unsigned long long)st->pages_data);
 	/* tmpfs counts exactly the pages it holds */
-	ck_assert_msg((uint64_t)sb.st_blocks * 512 == st->pages_data * usnap_page, "%s: %lld blocks allocated "
+	ck_assert_msg((uint64_t)sb.st_blocks * 512 == st->pages_data * t_page, "%s: %lld blocks allocated "
 		      "for %llu data pages", what, (long long)sb.st_blocks, (unsigned long long)st->pages_data);
-	usnap_buf_free(got, len);
+	t_buf_free(got, len);
 }
 
 static void print_stats(const char *what, const uffdsnap_restore_stats_t *st)
@@ -105,23 +105,23 @@ static void print_stats(const char *what, const uffdsnap_restore_stats_t *st)
 	       st->elapsed_ns ? (double)st->bytes_total / (double)st->elapsed_ns : 0.0);
 }
 
-static const enum usnap_mem_kind kinds[] = { USNAP_MEM_MEMFD, USNAP_MEM_DEVSHM, USNAP_MEM_TMPFS,
-					     USNAP_MEM_ANON_SHARED };
+static const enum t_mem_kind kinds[] = { T_MEM_MEMFD, T_MEM_DEVSHM, T_MEM_TMPFS,
+					     T_MEM_ANON_SHARED };
 
 /* Every region kind, into a memfd, on 1 and on 4 threads. */
 START_TEST(memfd_roundtrip)
 {
-	enum usnap_mem_kind kind = kinds[_i];
+	enum t_mem_kind kind = kinds[_i];
 	struct fixture f;
 	uffdsnap_reader_t *r;
 
-	usnap_watchdog(60, "memfd_roundtrip");
-	if (kind == USNAP_MEM_TMPFS && geteuid()) {
-		usnap_skip("memfd_roundtrip", "tmpfs: mounting needs root");
+	t_watchdog(60, "memfd_roundtrip");
+	if (kind == T_MEM_TMPFS && geteuid()) {
+		t_skip("memfd_roundtrip", "tmpfs: mounting needs root");
 		return;
 	}
 	fixture_new(&f, kind, 64 * KiB);
-	r = usnap_reader(f.path);
+	r = t_reader(f.path);
 	for (unsigned threads = 1; threads <= 4; threads += 3) {
 		uffdsnap_restore_opts_t o;
 		uffdsnap_restore_stats_t st = { .size = sizeof(st) };
@@ -134,11 +134,11 @@ START_TEST(memfd_roundtrip)
 
 			ck_assert_msg(rc == 0, "restore_memfd %u: %d %s", id, rc, uffdsnap_last_error());
 			ck_assert_uint_eq(st.threads, st.chunks < threads ? st.chunks : threads);
-			snprintf(what, sizeof(what), "%s region %u, %u threads", usnap_mem_kind_name(kind), id, threads);
+			snprintf(what, sizeof(what), "%s region %u, %u threads", t_mem_kind_name(kind), id, threads);
 			check_fd(fd, f.want[id], f.len[id], &st, what);
 			print_stats(what, &st);
 			if (id == 0)
-				ck_assert_uint_ge(st.pages_zero, MiB / usnap_page);
+				ck_assert_uint_ge(st.pages_zero, MiB / t_page);
 			/* the memfd maps like any other */
 			uint8_t *m = mmap(NULL, f.len[id], PROT_READ, MAP_SHARED, fd, 0);
 			ck_assert(m != MAP_FAILED);
@@ -160,17 +160,17 @@ START_TEST(file_roundtrip)
 	uffdsnap_reader_t *r;
 	int fd, rc;
 
-	usnap_watchdog(60, "file_roundtrip");
-	fixture_new(&f, USNAP_MEM_MEMFD, 256 * KiB);
+	t_watchdog(60, "file_roundtrip");
+	fixture_new(&f, T_MEM_MEMFD, 256 * KiB);
 	ck_assert(mkdtemp(dir));
 	snprintf(path, sizeof(path), "%s/pool", dir);
 	/* an existing file is replaced, its old bytes gone where the region has holes */
 	fd = open(path, O_WRONLY | O_CREAT | O_CLOEXEC, 0600);
 	ck_assert(fd >= 0);
 	ck_assert_int_eq(ftruncate(fd, 2 * POOL_LEN), 0);
-	ck_assert_int_eq(pwrite(fd, "old", 3, POOL_LEN - usnap_page), 3); /* inside the final hole run */
+	ck_assert_int_eq(pwrite(fd, "old", 3, POOL_LEN - t_page), 3); /* inside the final hole run */
 	close(fd);
-	r = usnap_reader(f.path);
+	r = t_reader(f.path);
 	rc = uffdsnap_restore_file(r, 0, path, NULL, &st);
 	ck_assert_msg(rc == 0, "restore_file: %d %s", rc, uffdsnap_last_error());
 	fd = open(path, O_RDONLY | O_CLOEXEC);
@@ -178,9 +178,9 @@ START_TEST(file_roundtrip)
 	check_fd(fd, f.want[0], POOL_LEN, &st, "/dev/shm file");
 	print_stats("/dev/shm file", &st);
 	close(fd);
-	ck_assert_int_eq(usnap_dir_entries(dir, true), 1); /* no temporary file left */
+	ck_assert_int_eq(t_dir_entries(dir, true), 1); /* no temporary file left */
 	uffdsnap_reader_free(r);
-	usnap_rmdir(dir);
+	t_rmdir(dir);
 	fixture_free(&f);
 }
 END_TEST
@@ -191,31 +191,31 @@ START_TEST(into_roundtrip)
 {
 	uffdsnap_restore_stats_t st = { .size = sizeof(st) };
 	struct fixture f;
-	struct usnap_mem dst;
+	struct t_mem dst;
 	uffdsnap_reader_t *r;
 	uint8_t *anon;
 	int rc;
 
-	usnap_watchdog(60, "into_roundtrip");
-	fixture_new(&f, USNAP_MEM_MEMFD, 64 * KiB);
-	r = usnap_reader(f.path);
-	usnap_memfd(&dst, POOL_LEN);
+	t_watchdog(60, "into_roundtrip");
+	fixture_new(&f, T_MEM_MEMFD, 64 * KiB);
+	r = t_reader(f.path);
+	t_memfd(&dst, POOL_LEN);
 	memset(dst.addr, 0xee, POOL_LEN);
 	rc = uffdsnap_restore_into(r, 0, dst.addr, POOL_LEN, NULL, &st);
 	ck_assert_msg(rc == 0, "restore_into shmem: %d %s", rc, uffdsnap_last_error());
 	print_stats("into shmem", &st);
 	/* before reading: a read of a shmem hole through the mapping fills it */
-	ck_assert_int_eq(usnap_mem_holes(&dst), (long)st.pages_zero);
+	ck_assert_int_eq(t_mem_holes(&dst), (long)st.pages_zero);
 	ck_assert(!memcmp(dst.addr, f.want[0], POOL_LEN));
 
-	anon = usnap_buf_alloc(POOL_LEN);
+	anon = t_buf_alloc(POOL_LEN);
 	memset(anon, 0xee, POOL_LEN / 2); /* half old bytes, half never touched */
 	rc = uffdsnap_restore_into(r, 0, anon, POOL_LEN, NULL, &st);
 	ck_assert_msg(rc == 0, "restore_into anon: %d %s", rc, uffdsnap_last_error());
 	print_stats("into private anonymous", &st);
 	ck_assert(!memcmp(anon, f.want[0], POOL_LEN));
-	usnap_buf_free(anon, POOL_LEN);
-	usnap_mem_free(&dst);
+	t_buf_free(anon, POOL_LEN);
+	t_mem_free(&dst);
 	uffdsnap_reader_free(r);
 	fixture_free(&f);
 }
@@ -226,50 +226,50 @@ END_TEST
 START_TEST(ctx_roundtrip)
 {
 	uffdsnap_restore_stats_t st = { .size = sizeof(st) };
-	struct usnap_mem dpool, dmeta, small;
+	struct t_mem dpool, dmeta, small;
 	uffdsnap_t *ctx;
 	struct fixture f;
 	uffdsnap_reader_t *r;
 	int rc;
 
-	usnap_watchdog(60, "ctx_roundtrip");
-	fixture_new(&f, USNAP_MEM_MEMFD, 64 * KiB);
-	r = usnap_reader(f.path);
-	usnap_memfd(&dpool, POOL_LEN);
-	usnap_mem_new(&dmeta, USNAP_MEM_ANON_SHARED, META_LEN);
+	t_watchdog(60, "ctx_roundtrip");
+	fixture_new(&f, T_MEM_MEMFD, 64 * KiB);
+	r = t_reader(f.path);
+	t_memfd(&dpool, POOL_LEN);
+	t_mem_new(&dmeta, T_MEM_ANON_SHARED, META_LEN);
 	memset(dpool.addr, 0xee, POOL_LEN);
 	memset(dmeta.addr, 0xee, META_LEN);
-	ctx = usnap_ctx_new(NULL);
-	usnap_add(ctx, "meta", dmeta.addr, META_LEN); /* registration order need not match */
-	usnap_add(ctx, "pool", dpool.addr, POOL_LEN);
+	ctx = t_ctx_new(NULL);
+	t_add(ctx, "meta", dmeta.addr, META_LEN); /* registration order need not match */
+	t_add(ctx, "pool", dpool.addr, POOL_LEN);
 	rc = uffdsnap_restore_ctx(r, ctx, NULL, &st);
 	ck_assert_msg(rc == 0, "restore_ctx: %d %s", rc, uffdsnap_last_error());
 	print_stats("context, 2 regions", &st);
 	ck_assert_uint_eq(st.bytes_total, POOL_LEN + META_LEN);
-	ck_assert_int_eq(usnap_mem_holes(&dpool), (long)st.pages_zero);
+	ck_assert_int_eq(t_mem_holes(&dpool), (long)st.pages_zero);
 	ck_assert(!memcmp(dpool.addr, f.want[0], POOL_LEN));
 	ck_assert(!memcmp(dmeta.addr, f.want[1], META_LEN));
 	uffdsnap_free(ctx);
 
 	/* a region the snapshot lacks, and one of another length: nothing written */
-	usnap_memfd(&small, META_LEN - usnap_page);
-	memset(small.addr, 0x11, META_LEN - usnap_page);
-	ctx = usnap_ctx_new(NULL);
-	usnap_add(ctx, "meta", small.addr, META_LEN - usnap_page);
+	t_memfd(&small, META_LEN - t_page);
+	memset(small.addr, 0x11, META_LEN - t_page);
+	ctx = t_ctx_new(NULL);
+	t_add(ctx, "meta", small.addr, META_LEN - t_page);
 	ck_assert_int_eq(uffdsnap_restore_ctx(r, ctx, NULL, NULL), -EINVAL);
 	printf("  context length mismatch: %s\n", uffdsnap_last_error());
 	ck_assert(strstr(uffdsnap_last_error(), "'meta'"));
 	ck_assert_int_eq(small.addr[0], 0x11);
 	uffdsnap_free(ctx);
-	ctx = usnap_ctx_new(NULL);
-	usnap_add(ctx, "other", small.addr, META_LEN - usnap_page);
+	ctx = t_ctx_new(NULL);
+	t_add(ctx, "other", small.addr, META_LEN - t_page);
 	ck_assert_int_eq(uffdsnap_restore_ctx(r, ctx, NULL, NULL), -ENOENT);
 	printf("  context region not in the snapshot: %s\n", uffdsnap_last_error());
 	ck_assert(strstr(uffdsnap_last_error(), "'other'"));
 	uffdsnap_free(ctx);
-	usnap_mem_free(&small);
-	usnap_mem_free(&dpool);
-	usnap_mem_free(&dmeta);
+	t_mem_free(&small);
+	t_mem_free(&dpool);
+	t_mem_free(&dmeta);
 	uffdsnap_reader_free(r);
 	fixture_free(&f);
 }
@@ -282,11 +282,11 @@ START_TEST(mismatch_errors)
 	uint8_t *buf;
 	int fd = 7, rc;
 
-	usnap_watchdog(60, "mismatch_errors");
-	fixture_new(&f, USNAP_MEM_MEMFD, 64 * KiB);
-	r = usnap_reader(f.path);
-	buf = usnap_buf_alloc(POOL_LEN + usnap_page);
-	rc = uffdsnap_restore_into(r, 0, buf, POOL_LEN - usnap_page, NULL, NULL);
+	t_watchdog(60, "mismatch_errors");
+	fixture_new(&f, T_MEM_MEMFD, 64 * KiB);
+	r = t_reader(f.path);
+	buf = t_buf_alloc(POOL_LEN + t_page);
+	rc = uffdsnap_restore_into(r, 0, buf, POOL_LEN - t_page, NULL, NULL);
 	ck_assert_int_eq(rc, -EINVAL);
 	printf("  length mismatch: %s\n", uffdsnap_last_error());
 	ck_assert(strstr(uffdsnap_last_error(), "'pool'") && strstr(uffdsnap_last_error(), "8388608"));
@@ -296,7 +296,7 @@ START_TEST(mismatch_errors)
 	ck_assert_int_eq(fd, -1);
 	ck_assert_int_eq(uffdsnap_restore_memfd(r, 0, NULL, NULL, NULL), -EINVAL);
 	ck_assert_int_eq(uffdsnap_restore_memfd(NULL, 0, &fd, NULL, NULL), -EINVAL);
-	usnap_buf_free(buf, POOL_LEN + usnap_page);
+	t_buf_free(buf, POOL_LEN + t_page);
 	uffdsnap_reader_free(r);
 	fixture_free(&f);
 }
@@ -312,14 +312,14 @@ START_TEST(damaged_snapshot)
 	size_t len;
 	int fd = 7, rc;
 
-	usnap_watchdog(60, "damaged_snapshot");
-	fixture_new(&f, USNAP_MEM_MEMFD, 64 * KiB);
-	bytes = usnap_slurp(f.path, &len);
+	t_watchdog(60, "damaged_snapshot");
+	fixture_new(&f, T_MEM_MEMFD, 64 * KiB);
+	bytes = t_slurp(f.path, &len);
 	/* chunks of "pool" fill the middle of the file */
 	bytes[len / 2] ^= 0x10;
 	snprintf(bad, sizeof(bad), "%s/flipped", f.dir);
-	usnap_write_file(bad, bytes, len);
-	r = usnap_reader(bad);
+	t_write_file(bad, bytes, len);
+	r = t_reader(bad);
 	for (int threads = 1; threads <= 2; threads++) {
 		uffdsnap_restore_opts_t o = { .size = sizeof(o), .threads = threads };
 		rc = uffdsnap_restore_memfd(r, 0, &fd, &o, NULL);
@@ -331,13 +331,13 @@ START_TEST(damaged_snapshot)
 	snprintf(out, sizeof(out), "%s/out", f.dir);
 	ck_assert_int_eq(uffdsnap_restore_file(r, 0, out, NULL, NULL), -EBADMSG);
 	ck_assert_int_eq(access(out, F_OK), -1);
-	ck_assert_int_eq(usnap_dir_entries(f.dir, false), 2); /* snap and flipped: no temporary left */
+	ck_assert_int_eq(t_dir_entries(f.dir, false), 2); /* snap and flipped: no temporary left */
 	uffdsnap_reader_free(r);
 
 	/* truncated: opens for inspection, restores nothing */
 	bytes[len / 2] ^= 0x10;
-	usnap_write_file(bad, bytes, len - 100);
-	r = usnap_reader(bad);
+	t_write_file(bad, bytes, len - 100);
+	r = t_reader(bad);
 	rc = uffdsnap_restore_memfd(r, 0, &fd, NULL, NULL);
 	printf("  truncated: %d %s\n", rc, uffdsnap_last_error());
 	ck_assert_int_eq(rc, -ENODATA);
@@ -365,6 +365,6 @@ static Suite *suite(void)
 
 int main(void)
 {
-	usnap_test_require_uffd();
-	return usnap_run_suite(suite());
+	t_test_require_uffd();
+	return t_run_suite(suite());
 }

@@ -110,13 +110,13 @@ static void on_alarm(int sig)
 	if (st && atomic_load(&st->handler_writes)) {
 		/* the handler stores into protected memory too: a fault inside a
 		 * signal that interrupted a fault */
-		__atomic_store_n(&st->addr[(n * 7919 % st->npages) * usnap_page + 64], (uint8_t)n, __ATOMIC_RELAXED);
+		__atomic_store_n(&st->addr[(n * 7919 % st->npages) * t_page + 64], (uint8_t)n, __ATOMIC_RELAXED);
 		atomic_fetch_add(&g_signals_during, 1);
 	}
 	errno = saved;
 }
 
-static void storm_writer(struct usnap_writers *w, unsigned idx)
+static void storm_writer(struct t_writers *w, unsigned idx)
 {
 	struct sig_state *st = w->arg;
 	uint64_t rng = 4242 + idx;
@@ -128,8 +128,8 @@ static void storm_writer(struct usnap_writers *w, unsigned idx)
 	while (!atomic_load(&st->go) && !atomic_load(&w->stop))
 		usleep(100);
 	while (!atomic_load_explicit(&w->stop, memory_order_relaxed)) {
-		uint64_t r = usnap_splitmix64(&rng);
-		__atomic_store_n(&st->addr[(r % st->npages) * usnap_page + (r >> 54)], (uint8_t)r, __ATOMIC_RELAXED);
+		uint64_t r = t_splitmix64(&rng);
+		__atomic_store_n(&st->addr[(r % st->npages) * t_page + (r >> 54)], (uint8_t)r, __ATOMIC_RELAXED);
 		atomic_fetch_add_explicit(&w->progress[idx], 1, memory_order_relaxed);
 	}
 }
@@ -139,7 +139,7 @@ static void storm_writer(struct usnap_writers *w, unsigned idx)
  * the signals: no EFAULT, no lost bytes. */
 static _Atomic unsigned long k_efault, k_eintr, k_short, k_reads;
 
-static void storm_kernel_writer(struct usnap_writers *w, unsigned idx)
+static void storm_kernel_writer(struct t_writers *w, unsigned idx)
 {
 	struct sig_state *st = w->arg;
 	uint8_t buf[512];
@@ -153,7 +153,7 @@ static void storm_kernel_writer(struct usnap_writers *w, unsigned idx)
 	while (!atomic_load(&st->go) && !atomic_load(&w->stop))
 		usleep(100);
 	for (uint64_t i = 0; !atomic_load_explicit(&w->stop, memory_order_relaxed); i++) {
-		uint8_t *dst = st->addr + (i * 17 % st->npages) * usnap_page + 1024;
+		uint8_t *dst = st->addr + (i * 17 % st->npages) * t_page + 1024;
 		size_t got = 0;
 		memset(buf, (int)(i & 0xff), sizeof(buf));
 		while (write(p[1], buf, sizeof(buf)) < 0 && errno == EINTR)
@@ -181,7 +181,7 @@ static void storm_kernel_writer(struct usnap_writers *w, unsigned idx)
 	close(p[1]);
 }
 
-static void mixed_writer(struct usnap_writers *w, unsigned idx)
+static void mixed_writer(struct t_writers *w, unsigned idx)
 {
 	if (idx == 3)
 		storm_kernel_writer(w, idx);
@@ -201,9 +201,9 @@ static void block_sigalrm(void)
 static void storm(bool restart, const char *label)
 {
 	const size_t len = 32 * MiB;
-	const uffdsnap_opts_t o = usnap_opts(2 * MiB, 64 * KiB);
-	struct usnap_fix f;
-	struct usnap_writers w;
+	const uffdsnap_opts_t o = t_opts(2 * MiB, 64 * KiB);
+	struct t_fix f;
+	struct t_writers w;
 	struct sig_state st = { 0 };
 	struct tdog dog;
 	struct sigaction sa = { 0 };
@@ -215,44 +215,44 @@ static void storm(bool restart, const char *label)
 
 	tdog_start(&dog, 150, label);
 	block_sigalrm(); /* main and the library's threads never take it */
-	mem = usnap_fix_mem(&f, len);
-	usnap_fill_mixed(mem, len, 11, 9, 13);
-	f.ref = usnap_mem_copy(&f.m);
-	st = (struct sig_state){ .addr = mem, .npages = len / usnap_page };
+	mem = t_fix_mem(&f, len);
+	t_fill_mixed(mem, len, 11, 9, 13);
+	f.ref = t_mem_copy(&f.m);
+	st = (struct sig_state){ .addr = mem, .npages = len / t_page };
 	g_state = &st;
 	sa.sa_handler = on_alarm;
 	sa.sa_flags = restart ? SA_RESTART : 0;
 	sigemptyset(&sa.sa_mask);
 	ck_assert(sigaction(SIGALRM, &sa, NULL) == 0);
-	usnap_writers_start(&w, 4, mixed_writer, &st);
+	t_writers_start(&w, 4, mixed_writer, &st);
 	ck_assert(setitimer(ITIMER_REAL, &it, NULL) == 0);
 
-	usnap_fix_ctx(&f, "storm", &o);
-	usnap_fix_cb(&f, NULL);
+	t_fix_ctx(&f, "storm", &o);
+	t_fix_cb(&f, NULL);
 	atomic_store(&f.cb.sleep_us, 300); /* a slow sink: writers wait in faults for buffers */
-	r = uffdsnap_begin(f.ctx, usnap_cb_sink(&f.cb), &f.s);
+	r = uffdsnap_begin(f.ctx, t_cb_sink(&f.cb), &f.s);
 	ck_assert_msg(r == 0, "begin: %d (%s)", r, uffdsnap_last_error());
 	atomic_store(&st.handler_writes, true);
 	atomic_store(&st.go, true);
 	r = uffdsnap_wait(f.s);
 	atomic_store(&st.handler_writes, false);
 	ck_assert_msg(r == 0, "%s: wait: %d (%s)", label, r, uffdsnap_snap_error(f.s));
-	usnap_stats(f.s, &stats);
-	usnap_stats_print(label, &stats);
-	usnap_assert_exactly_once(&stats);
-	ck_assert_int_eq(usnap_pagemap_protected(mem, len), 0);
+	t_stats(f.s, &stats);
+	t_stats_print(label, &stats);
+	t_assert_exactly_once(&stats);
+	ck_assert_int_eq(t_pagemap_protected(mem, len), 0);
 	/* the writers go on under the storm, then stop */
 	for (unsigned i = 0; i < w.n; i++)
 		before[i] = atomic_load(&w.progress[i]);
 	/* (a generous deadline: on a loaded 2-CPU machine a writer can wait
 	 * tens of ms for a CPU; a writer stuck in a fault never moves) */
 	for (unsigned i = 0; i < w.n; i++) {
-		uint64_t t0 = usnap_now_ns();
-		while (atomic_load(&w.progress[i]) == before[i] && usnap_now_ns() - t0 < 10000000000ull)
+		uint64_t t0 = t_now_ns();
+		while (atomic_load(&w.progress[i]) == before[i] && t_now_ns() - t0 < 10000000000ull)
 			usleep(1000);
 		ck_assert_msg(atomic_load(&w.progress[i]) > before[i], "%s: writer %u stuck after the snapshot", label, i);
 	}
-	usnap_writers_stop(&w, 10);
+	t_writers_stop(&w, 10);
 	ck_assert(setitimer(ITIMER_REAL, &off, NULL) == 0);
 	printf("%s: %lu SIGALRMs, %lu of them during the snapshot (each storing into the region); faults %llu for "
 	       "%llu pages copied for writers; fault_wait_max %.2f ms\n", label, atomic_load(&g_signals),
@@ -265,9 +265,9 @@ static void storm(bool restart, const char *label)
 		      "under the storm (it must wait for the copy)", label, atomic_load(&k_efault));
 	ck_assert_uint_gt(atomic_load(&k_reads), 0);
 	ck_assert_uint_gt(stats.pages_fault, 0);
-	usnap_fix_check(&f);
+	t_fix_check(&f);
 	g_state = NULL;
-	usnap_fix_free(&f);
+	t_fix_free(&f);
 	tdog_stop(&dog);
 }
 
@@ -320,9 +320,9 @@ static char *child_fds(void)
 static void fork_exec(bool gated)
 {
 	const size_t len = 32 * MiB;
-	const uffdsnap_opts_t o = usnap_opts(2 * MiB, 64 * KiB);
-	struct usnap_fix f;
-	struct usnap_writers w;
+	const uffdsnap_opts_t o = t_opts(2 * MiB, 64 * KiB);
+	struct t_fix f;
+	struct t_writers w;
 	struct sig_state st;
 	uffdsnap_stats_t stats;
 	const char *bad[] = { "userfaultfd", "eventfd", "eventpoll", "memfd:", ".tmp.", "map_files" };
@@ -334,19 +334,19 @@ static void fork_exec(bool gated)
 	size_t skip;
 	pid_t pid;
 
-	usnap_watchdog(120, "fork_exec");
-	mem = usnap_fix_mem(&f, len);
-	usnap_fill_random(mem, len, 5);
-	f.ref = usnap_mem_copy(&f.m);
+	t_watchdog(120, "fork_exec");
+	mem = t_fix_mem(&f, len);
+	t_fill_random(mem, len, 5);
+	f.ref = t_mem_copy(&f.m);
 	/* the file sink's target, or where the callback's stream is put to be read */
-	usnap_tmpdir(f.dir);
+	t_tmpdir(f.dir);
 	snprintf(f.path, sizeof(f.path), "%s/snap", f.dir);
-	usnap_fix_ctx(&f, "r", &o);
-	usnap_fix_cb(&f, NULL);
-	usnap_cb_gate(&f.cb, true);
-	st = (struct sig_state){ .addr = mem, .npages = len / usnap_page };
-	usnap_writers_start(&w, 2, storm_writer, &st);
-	r = gated ? uffdsnap_begin(f.ctx, usnap_cb_sink(&f.cb), &f.s) : uffdsnap_begin_file(f.ctx, f.path, &f.s);
+	t_fix_ctx(&f, "r", &o);
+	t_fix_cb(&f, NULL);
+	t_cb_gate(&f.cb, true);
+	st = (struct sig_state){ .addr = mem, .npages = len / t_page };
+	t_writers_start(&w, 2, storm_writer, &st);
+	r = gated ? uffdsnap_begin(f.ctx, t_cb_sink(&f.cb), &f.s) : uffdsnap_begin_file(f.ctx, f.path, &f.s);
 	ck_assert_msg(r == 0, "begin: %d (%s)", r, uffdsnap_last_error());
 	atomic_store(&st.go, true); /* writers start after the instant: ref is the instant */
 
@@ -361,7 +361,7 @@ static void fork_exec(bool gated)
 	if (gated)
 		ck_assert_msg(running, "the snapshot ended before the exec although its sink is stuck");
 	else if (!running)
-		usnap_skip("sig_fork_exec_file", "the file snapshot finished before the exec: its temporary file "
+		t_skip("sig_fork_exec_file", "the file snapshot finished before the exec: its temporary file "
 			   "was not there to check");
 
 	/* fork without exec: with UFFD_FEATURE_EVENT_FORK the child's mapping
@@ -376,31 +376,31 @@ static void fork_exec(bool gated)
 		mem[0] = 0xee;
 		_exit(0);
 	}
-	usnap_cb_gate(&f.cb, false); /* a stuck sink would hold the child's store too */
+	t_cb_gate(&f.cb, false); /* a stuck sink would hold the child's store too */
 	ck_assert(waitpid(pid, &status, 0) == pid);
 	ck_assert_msg(WIFEXITED(status) && WEXITSTATUS(status) == 0, "the forked child did not exit cleanly "
 		      "(status 0x%x): its store to shared memory hung or crashed", status);
 
 	r = uffdsnap_wait(f.s);
 	ck_assert_msg(r == 0, "wait: %d (%s)", r, uffdsnap_snap_error(f.s));
-	usnap_stats(f.s, &stats);
-	usnap_stats_print("fork+exec", &stats);
-	usnap_writers_stop(&w, 10);
+	t_stats(f.s, &stats);
+	t_stats_print("fork+exec", &stats);
+	t_writers_stop(&w, 10);
 	if (tracked && gated) /* (a file snapshot may end before either fork) */
 		ck_assert_msg(stats.forks >= 2, "%" PRIu64 " forks followed; expected the exec'd and the writing child",
 			      stats.forks);
 	printf("  forked children followed: %" PRIu64 " (fork events %s)\n", stats.forks, tracked ? "on" : "off");
 	if (gated)
-		usnap_write_file(f.path, f.cb.mem, f.cb.mem_len);
-	got = usnap_read_region(f.path, "r", &glen);
+		t_write_file(f.path, f.cb.mem, f.cb.mem_len);
+	got = t_read_region(f.path, "r", &glen);
 	ck_assert_uint_eq(glen, len);
-	skip = tracked ? 0 : usnap_page;
+	skip = tracked ? 0 : t_page;
 	ck_assert_msg(!memcmp(got + skip, f.ref + skip, len - skip), "the snapshot differs from the instant%s",
 		      tracked ? "" : " (outside page 0)");
-	usnap_buf_free(got, glen);
-	usnap_fix_free(&f);
+	t_buf_free(got, glen);
+	t_fix_free(&f);
 	if (!tracked)
-		usnap_skip(gated ? "sig_fork_exec" : "sig_fork_exec_file", "no UFFD_FEATURE_EVENT_FORK (needs "
+		t_skip(gated ? "sig_fork_exec" : "sig_fork_exec_file", "no UFFD_FEATURE_EVENT_FORK (needs "
 			   "CAP_SYS_PTRACE): the store of a child forked during the snapshot was not checked");
 }
 
@@ -412,7 +412,7 @@ END_TEST
 /* ---- the thread that calls begin writes right after ------------------------------------ */
 
 struct self_arg {
-	struct usnap_fix *f;
+	struct t_fix *f;
 	uffdsnap_stats_t stats;
 	int r;
 };
@@ -420,14 +420,14 @@ struct self_arg {
 static void *begin_and_write(void *arg)
 {
 	struct self_arg *a = arg;
-	struct usnap_mem *m = &a->f->m;
+	struct t_mem *m = &a->f->m;
 	uffdsnap_snap_t *s;
 
-	a->r = uffdsnap_begin(a->f->ctx, usnap_cb_sink(&a->f->cb), &s);
+	a->r = uffdsnap_begin(a->f->ctx, t_cb_sink(&a->f->cb), &s);
 	if (a->r)
 		return NULL;
 	/* every page, right away: each store waits for its page to be copied */
-	for (size_t off = 0; off < m->len; off += usnap_page)
+	for (size_t off = 0; off < m->len; off += t_page)
 		m->addr[off + 1] ^= 0xff;
 	a->r = uffdsnap_wait(s);
 	a->stats.size = sizeof(a->stats);
@@ -440,35 +440,35 @@ static void self_write(bool other_thread)
 {
 	const size_t len = 16 * MiB;
 	const char *label = other_thread ? "begin + write on another thread" : "begin + write on the main thread";
-	const uffdsnap_opts_t o = usnap_opts(1 * MiB, 64 * KiB); /* few buffers: the writer also waits for the sink */
-	struct usnap_fix f;
+	const uffdsnap_opts_t o = t_opts(1 * MiB, 64 * KiB); /* few buffers: the writer also waits for the sink */
+	struct t_fix f;
 	struct self_arg a = { .f = &f };
 	uint8_t *mem;
 	pthread_t t;
 
-	usnap_watchdog(120, label);
-	mem = usnap_fix_mem(&f, len);
-	usnap_fill_random(mem, len, 17);
-	f.ref = usnap_mem_copy(&f.m);
-	usnap_fix_cb(&f, NULL);
-	usnap_fix_ctx(&f, "r", &o);
+	t_watchdog(120, label);
+	mem = t_fix_mem(&f, len);
+	t_fill_random(mem, len, 17);
+	f.ref = t_mem_copy(&f.m);
+	t_fix_cb(&f, NULL);
+	t_fix_ctx(&f, "r", &o);
 	if (other_thread) {
 		ck_assert(pthread_create(&t, NULL, begin_and_write, &a) == 0);
-		ck_assert_msg(usnap_join_timeout(t, 60) == 0, "%s: the thread hangs", label);
+		ck_assert_msg(t_join_timeout(t, 60) == 0, "%s: the thread hangs", label);
 	} else {
 		begin_and_write(&a);
 	}
 	ck_assert_msg(a.r == 0, "%s: %d", label, a.r);
-	usnap_stats_print(label, &a.stats);
-	usnap_assert_exactly_once(&a.stats);
+	t_stats_print(label, &a.stats);
+	t_assert_exactly_once(&a.stats);
 	ck_assert_uint_gt(a.stats.pages_fault, 0);
-	ck_assert_int_eq(usnap_pagemap_protected(mem, len), 0);
-	for (size_t off = 0; off < len; off += usnap_page) {
+	ck_assert_int_eq(t_pagemap_protected(mem, len), 0);
+	for (size_t off = 0; off < len; off += t_page) {
 		uint8_t want = f.ref[off + 1] ^ 0xffu;
-		usnap_assert_msg(mem[off + 1] == want, "%s: a store was lost at 0x%zx", label, off);
+		t_assert_msg(mem[off + 1] == want, "%s: a store was lost at 0x%zx", label, off);
 	}
-	usnap_fix_check(&f);
-	usnap_fix_free(&f);
+	t_fix_check(&f);
+	t_fix_free(&f);
 }
 
 START_TEST(sig_begin_then_write_main) { self_write(false); }
@@ -479,38 +479,38 @@ END_TEST
 START_TEST(sec_symlink_target)
 {
 	const size_t len = 4 * MiB;
-	struct usnap_fix f;
+	struct t_fix f;
 	struct stat st;
 	char victim[PATH_MAX + 16];
 	uint8_t *got;
 	size_t glen;
 	int fd;
 
-	usnap_watchdog(60, "sec_symlink_target");
-	usnap_fix_mem(&f, len);
-	usnap_tmpdir(f.dir);
+	t_watchdog(60, "sec_symlink_target");
+	t_fix_mem(&f, len);
+	t_tmpdir(f.dir);
 	snprintf(victim, sizeof(victim), "%s/victim", f.dir);
 	snprintf(f.path, sizeof(f.path), "%s/snap", f.dir);
 	fd = open(victim, O_WRONLY | O_CREAT | O_EXCL | O_CLOEXEC, 0644);
 	ck_assert(fd >= 0 && write(fd, "precious", 8) == 8);
 	close(fd);
 	ck_assert(symlink(victim, f.path) == 0);
-	usnap_fill_random(f.m.addr, len, 23);
-	f.ref = usnap_mem_copy(&f.m);
-	usnap_fix_ctx(&f, "r", NULL);
+	t_fill_random(f.m.addr, len, 23);
+	f.ref = t_mem_copy(&f.m);
+	t_fix_ctx(&f, "r", NULL);
 	/* the rule (lib/outfile.c): a symlink at the target is refused, neither
 	 * followed nor replaced, before any file is created */
 	ck_assert_int_eq(uffdsnap_begin_file(f.ctx, f.path, &f.s), -ELOOP);
 	ck_assert_msg(strstr(uffdsnap_last_error(), "symbolic link"), "%s", uffdsnap_last_error());
-	got = usnap_slurp(victim, &glen);
+	got = t_slurp(victim, &glen);
 	ck_assert_msg(glen == 8 && !memcmp(got, "precious", 8), "the file behind the planted symlink was written");
 	free(got);
 	ck_assert(lstat(f.path, &st) == 0);
 	ck_assert_msg(S_ISLNK(st.st_mode), "the planted symlink was replaced");
-	ck_assert_int_eq(usnap_dir_entries(f.dir, true), 2);
+	ck_assert_int_eq(t_dir_entries(f.dir, true), 2);
 	printf("sec_symlink_target: begin refused the link (-ELOOP); the link and the file it points to are "
 	       "intact\n");
-	usnap_fix_free(&f);
+	t_fix_free(&f);
 }
 END_TEST
 
@@ -519,7 +519,7 @@ int main(void)
 	Suite *s = suite_create("signals");
 	TCase *tc = tcase_create("signals");
 
-	usnap_test_require_uffd();
+	t_test_require_uffd();
 	tcase_set_timeout(tc, 170);
 	tcase_add_test(tc, sig_alrm_storm);
 	tcase_add_test(tc, sig_alrm_storm_restart);
@@ -540,5 +540,5 @@ int main(void)
 	tcase_set_timeout(tc, 170);
 	tcase_add_test(tc, sig_fork_exec_file);
 	suite_add_tcase(s, tc);
-	return usnap_run_suite(s);
+	return t_run_suite(s);
 }

@@ -18,21 +18,21 @@
 /* Region sizes, halved under a sanitizer: every sink, option set and
  * compression thread count still runs against a writer; the time there goes
  * to filling, copying and comparing the bytes. */
-#define SZ(mib) ((size_t)(USNAP_SANITIZED ? (mib) / 2 : (mib)) * MiB)
+#define SZ(mib) ((size_t)(T_SANITIZED ? (mib) / 2 : (mib)) * MiB)
 
 struct sk_state {
 	uint8_t *addr;
 	size_t len;
 };
 
-static void sk_writer(struct usnap_writers *w, unsigned idx)
+static void sk_writer(struct t_writers *w, unsigned idx)
 {
 	struct sk_state *b = w->arg;
-	uint64_t rng = 55 + idx, np = b->len / usnap_page;
+	uint64_t rng = 55 + idx, np = b->len / t_page;
 
 	while (!atomic_load_explicit(&w->stop, memory_order_relaxed)) {
-		uint64_t r = usnap_splitmix64(&rng);
-		__atomic_store_n(&b->addr[(r % np) * usnap_page + (r >> 52)], (uint8_t)r, __ATOMIC_RELAXED);
+		uint64_t r = t_splitmix64(&rng);
+		__atomic_store_n(&b->addr[(r % np) * t_page + (r >> 52)], (uint8_t)r, __ATOMIC_RELAXED);
 		atomic_fetch_add_explicit(&w->progress[idx], 1, memory_order_relaxed);
 	}
 }
@@ -40,7 +40,7 @@ static void sk_writer(struct usnap_writers *w, unsigned idx)
 START_TEST(sink_file_atomic_rename)
 {
 	const size_t len = SZ(64);
-	struct usnap_mem m;
+	struct t_mem m;
 	uffdsnap_t *ctx;
 	uffdsnap_snap_t *s;
 	uffdsnap_sink_t *k;
@@ -51,13 +51,13 @@ START_TEST(sink_file_atomic_rename)
 	struct stat sb;
 	int r, fd, entries_running;
 
-	usnap_watchdog(60, "sink_file_atomic_rename");
-	usnap_memfd(&m, len);
-	usnap_fill_random(m.addr, len, 61);
-	ref = usnap_copy(m.addr, len);
-	ctx = usnap_ctx_new(NULL);
-	usnap_add(ctx, "r", m.addr, len);
-	usnap_tmpdir(dir);
+	t_watchdog(60, "sink_file_atomic_rename");
+	t_memfd(&m, len);
+	t_fill_random(m.addr, len, 61);
+	ref = t_copy(m.addr, len);
+	ctx = t_ctx_new(NULL);
+	t_add(ctx, "r", m.addr, len);
+	t_tmpdir(dir);
 	snprintf(path, sizeof(path), "%s/snap", dir);
 	snprintf(path2, sizeof(path2), "%s/snap-0640", dir);
 
@@ -66,18 +66,18 @@ START_TEST(sink_file_atomic_rename)
 	r = uffdsnap_begin_file(ctx, path, &s);
 	ck_assert_msg(r == 0, "begin: %d (%s)", r, uffdsnap_last_error());
 	ck_assert_msg(access(path, F_OK) != 0, "target exists while the snapshot runs");
-	entries_running = usnap_dir_entries(dir, true);
+	entries_running = t_dir_entries(dir, true);
 	ck_assert_int_eq(entries_running, 1); /* the temporary file, in the target's directory */
-	for (size_t off = 0; off < len; off += 3 * usnap_page)
+	for (size_t off = 0; off < len; off += 3 * t_page)
 		m.addr[off]++;
 	ck_assert_int_eq(uffdsnap_wait(s), 0);
 	ck_assert_int_eq(stat(path, &sb), 0);
 	printf("sink_file_atomic_rename: mode %o, %lld bytes\n", (unsigned)(sb.st_mode & 07777), (long long)sb.st_size);
 	ck_assert_uint_eq(sb.st_mode & 07777, 0600);
-	ck_assert_int_eq(usnap_dir_entries(dir, true), 1);
+	ck_assert_int_eq(t_dir_entries(dir, true), 1);
 	{
-		struct usnap_expect ex = { "r", ref, len };
-		usnap_check_file(path, &ex, 1);
+		struct t_expect ex = { "r", ref, len };
+		t_check_file(path, &ex, 1);
 	}
 	uffdsnap_snap_free(s);
 
@@ -86,17 +86,17 @@ START_TEST(sink_file_atomic_rename)
 	ck_assert(fd >= 0);
 	ck_assert_int_eq(write(fd, junk, sizeof(junk)), (ssize_t)sizeof(junk));
 	close(fd);
-	usnap_buf_free(ref, len);
-	ref = usnap_copy(m.addr, len);
+	t_buf_free(ref, len);
+	ref = t_copy(m.addr, len);
 	ck_assert_int_eq(uffdsnap_begin_file(ctx, path, &s), 0);
-	old = usnap_slurp(path, &oldlen);
+	old = t_slurp(path, &oldlen);
 	ck_assert_msg(oldlen == sizeof(junk) && !memcmp(old, junk, oldlen), "the old target changed before the "
 		      "snapshot completed");
 	free(old);
 	ck_assert_int_eq(uffdsnap_wait(s), 0);
 	{
-		struct usnap_expect ex = { "r", ref, len };
-		usnap_check_file(path, &ex, 1);
+		struct t_expect ex = { "r", ref, len };
+		t_check_file(path, &ex, 1);
 	}
 	uffdsnap_snap_free(s);
 
@@ -106,9 +106,9 @@ START_TEST(sink_file_atomic_rename)
 	ck_assert_int_eq(uffdsnap_wait(s), 0);
 	ck_assert_int_eq(stat(path2, &sb), 0);
 	ck_assert_uint_eq(sb.st_mode & 07777, 0640);
-	ck_assert(usnap_file_verifies(path2));
+	ck_assert(t_file_verifies(path2));
 	uffdsnap_snap_free(s);
-	ck_assert_int_eq(usnap_dir_entries(dir, true), 2);
+	ck_assert_int_eq(t_dir_entries(dir, true), 2);
 
 	/* bad sink arguments */
 	ck_assert_int_eq(uffdsnap_sink_file(&k, NULL, 0), -EINVAL);
@@ -120,9 +120,9 @@ START_TEST(sink_file_atomic_rename)
 	uffdsnap_sink_free(NULL);
 
 	uffdsnap_free(ctx);
-	usnap_rmdir(dir);
-	usnap_buf_free(ref, len);
-	usnap_mem_free(&m);
+	t_rmdir(dir);
+	t_buf_free(ref, len);
+	t_mem_free(&m);
 }
 END_TEST
 
@@ -168,8 +168,8 @@ static void *drain_pipe(void *arg)
 START_TEST(sink_fd_pipe)
 {
 	const size_t len = SZ(32);
-	struct usnap_mem m[2];
-	struct usnap_writers w;
+	struct t_mem m[2];
+	struct t_writers w;
 	struct sk_state b;
 	uffdsnap_t *ctx;
 	uffdsnap_snap_t *s;
@@ -180,15 +180,15 @@ START_TEST(sink_fd_pipe)
 	uint8_t *ref[2];
 	int p[2], r;
 
-	usnap_watchdog(90, "sink_fd_pipe");
+	t_watchdog(90, "sink_fd_pipe");
 	for (int i = 0; i < 2; i++) {
-		usnap_memfd(&m[i], len);
-		usnap_fill_mixed(m[i].addr, len, 70 + i, 11, 7);
-		ref[i] = usnap_mem_copy(&m[i]);
+		t_memfd(&m[i], len);
+		t_fill_mixed(m[i].addr, len, 70 + i, 11, 7);
+		ref[i] = t_mem_copy(&m[i]);
 	}
-	ctx = usnap_ctx_new(NULL);
-	usnap_add(ctx, "first", m[0].addr, len);
-	usnap_add(ctx, "second", m[1].addr, len);
+	ctx = t_ctx_new(NULL);
+	t_add(ctx, "first", m[0].addr, len);
+	t_add(ctx, "second", m[1].addr, len);
 
 	/* 1: stored by a thread, checked byte-exact */
 	ck_assert_int_eq(pipe(p), 0);
@@ -198,21 +198,21 @@ START_TEST(sink_fd_pipe)
 	ck_assert_int_eq(uffdsnap_sink_fd(&k, p[1]), 0);
 	ck_assert_int_eq(uffdsnap_begin(ctx, k, &s), 0);
 	b = (struct sk_state){ m[0].addr, len };
-	usnap_writers_start(&w, 1, sk_writer, &b);
+	t_writers_start(&w, 1, sk_writer, &b);
 	r = uffdsnap_wait(s);
-	usnap_writers_stop(&w, 10);
+	t_writers_stop(&w, 10);
 	ck_assert_msg(r == 0, "wait: %d %s", r, uffdsnap_snap_error(s));
-	usnap_stats(s, &st);
-	usnap_stats_print("fd sink", &st);
+	t_stats(s, &st);
+	t_stats_print("fd sink", &st);
 	ck_assert_msg(fcntl(p[1], F_GETFD) >= 0, "the fd sink closed the caller's fd");
 	close(p[1]);
-	ck_assert_int_eq(usnap_join_timeout(t, 10), 0);
+	ck_assert_int_eq(t_join_timeout(t, 10), 0);
 	close(p[0]);
 	printf("sink_fd_pipe: %zu bytes through the pipe (bytes_out %llu)\n", d.len, (unsigned long long)st.bytes_out);
 	ck_assert_uint_eq(d.len, st.bytes_out);
 	{
-		struct usnap_expect ex[2] = { { "first", ref[0], len }, { "second", ref[1], len } };
-		usnap_check_buffer(d.buf, d.len, ex, 2);
+		struct t_expect ex[2] = { { "first", ref[0], len }, { "second", ref[1], len } };
+		t_check_buffer(d.buf, d.len, ex, 2);
 	}
 	free(d.buf);
 	uffdsnap_snap_free(s);
@@ -228,7 +228,7 @@ START_TEST(sink_fd_pipe)
 	ck_assert_int_eq(uffdsnap_begin(ctx, k, &s), 0);
 	ck_assert_int_eq(uffdsnap_wait(s), 0);
 	close(p[1]);
-	ck_assert_int_eq(usnap_join_timeout(t, 20), 0);
+	ck_assert_int_eq(t_join_timeout(t, 20), 0);
 	close(p[0]);
 	printf("sink_fd_pipe: uffdsnap_reader_open_fd + verify on the pipe -> %d\n", d.verify_result);
 	ck_assert_int_eq(d.verify_result, 0);
@@ -236,8 +236,8 @@ START_TEST(sink_fd_pipe)
 
 	uffdsnap_free(ctx);
 	for (int i = 0; i < 2; i++) {
-		usnap_buf_free(ref[i], len);
-		usnap_mem_free(&m[i]);
+		t_buf_free(ref[i], len);
+		t_mem_free(&m[i]);
 	}
 }
 END_TEST
@@ -245,46 +245,46 @@ END_TEST
 START_TEST(sink_callback)
 {
 	const size_t len = SZ(32);
-	struct usnap_mem m;
-	struct usnap_cb cb;
+	struct t_mem m;
+	struct t_cb cb;
 	uffdsnap_t *ctx;
 	uffdsnap_snap_t *s;
 	uffdsnap_stats_t st;
 	uint8_t *ref;
 
-	usnap_watchdog(60, "sink_callback");
-	usnap_memfd(&m, len);
-	usnap_fill_mixed(m.addr, len, 80, 5, 3);
-	ref = usnap_mem_copy(&m);
-	ctx = usnap_ctx_new(NULL);
-	usnap_add(ctx, "cb", m.addr, len);
-	usnap_cb_init(&cb, -1);
+	t_watchdog(60, "sink_callback");
+	t_memfd(&m, len);
+	t_fill_mixed(m.addr, len, 80, 5, 3);
+	ref = t_mem_copy(&m);
+	ctx = t_ctx_new(NULL);
+	t_add(ctx, "cb", m.addr, len);
+	t_cb_init(&cb, -1);
 	cb.keep = true;
-	ck_assert_int_eq(uffdsnap_begin(ctx, usnap_cb_sink(&cb), &s), 0);
-	for (size_t off = 0; off < len; off += 5 * usnap_page)
+	ck_assert_int_eq(uffdsnap_begin(ctx, t_cb_sink(&cb), &s), 0);
+	for (size_t off = 0; off < len; off += 5 * t_page)
 		m.addr[off] = 1;
 	ck_assert_int_eq(uffdsnap_wait(s), 0);
-	usnap_stats(s, &st);
-	usnap_stats_print("callback", &st);
+	t_stats(s, &st);
+	t_stats_print("callback", &st);
 	printf("sink_callback: %lu calls, %zu bytes\n", atomic_load(&cb.calls), cb.mem_len);
 	ck_assert_uint_eq(cb.mem_len, st.bytes_out);
 	{
-		struct usnap_expect ex = { "cb", ref, len };
-		usnap_check_buffer(cb.mem, cb.mem_len, &ex, 1);
+		struct t_expect ex = { "cb", ref, len };
+		t_check_buffer(cb.mem, cb.mem_len, &ex, 1);
 	}
 	uffdsnap_snap_free(s);
 	uffdsnap_free(ctx);
-	usnap_cb_destroy(&cb);
-	usnap_buf_free(ref, len);
-	usnap_mem_free(&m);
+	t_cb_destroy(&cb);
+	t_buf_free(ref, len);
+	t_mem_free(&m);
 }
 END_TEST
 
 /* Each option set produces a byte-exact snapshot while a writer runs. */
 static void options_case(int level, int threads, uint32_t flags, size_t len)
 {
-	struct usnap_mem m;
-	struct usnap_writers w;
+	struct t_mem m;
+	struct t_writers w;
 	struct sk_state b;
 	uffdsnap_opts_t o;
 	uffdsnap_t *ctx;
@@ -295,49 +295,49 @@ static void options_case(int level, int threads, uint32_t flags, size_t len)
 	uint64_t t0;
 	int r;
 
-	usnap_memfd(&m, len);
+	t_memfd(&m, len);
 	/* compressible: pages of random words repeated, and zero pages */
-	usnap_fill_mixed(m.addr, len, 90, 13, 4);
-	for (size_t off = 0; off < len; off += 2 * usnap_page)
-		memset(m.addr + off + 64, 'x', usnap_page - 128);
-	ref = usnap_mem_copy(&m);
+	t_fill_mixed(m.addr, len, 90, 13, 4);
+	for (size_t off = 0; off < len; off += 2 * t_page)
+		memset(m.addr + off + 64, 'x', t_page - 128);
+	ref = t_mem_copy(&m);
 	uffdsnap_opts_init(&o);
 	o.zstd_level = level;
 	o.compress_threads = threads;
 	o.flags = flags;
-	ctx = usnap_ctx_new(&o);
-	usnap_add(ctx, "o", m.addr, len);
-	usnap_tmpdir(dir);
+	ctx = t_ctx_new(&o);
+	t_add(ctx, "o", m.addr, len);
+	t_tmpdir(dir);
 	snprintf(path, sizeof(path), "%s/snap", dir);
-	t0 = usnap_now_ns();
+	t0 = t_now_ns();
 	r = uffdsnap_begin_file(ctx, path, &s);
 	ck_assert_msg(r == 0, "begin: %d (%s)", r, uffdsnap_last_error());
 	b = (struct sk_state){ m.addr, len };
-	usnap_writers_start(&w, 1, sk_writer, &b);
+	t_writers_start(&w, 1, sk_writer, &b);
 	r = uffdsnap_wait(s);
-	usnap_writers_stop(&w, 10);
+	t_writers_stop(&w, 10);
 	ck_assert_msg(r == 0, "wait: %d %s", r, uffdsnap_snap_error(s));
-	usnap_stats(s, &st);
+	t_stats(s, &st);
 	snprintf(label, sizeof(label), "level %d threads %d flags %#x", level, threads, flags);
-	usnap_stats_print(label, &st);
-	printf("  options %s: %.1f ms, ratio %.2f\n", label, usnap_ms_since(t0),
+	t_stats_print(label, &st);
+	printf("  options %s: %.1f ms, ratio %.2f\n", label, t_ms_since(t0),
 	       st.bytes_out ? (double)st.bytes_raw / (double)st.bytes_out : 0.0);
-	usnap_assert_exactly_once(&st);
-	ck_assert_int_eq(usnap_pagemap_protected(m.addr, len), 0);
+	t_assert_exactly_once(&st);
+	ck_assert_int_eq(t_pagemap_protected(m.addr, len), 0);
 	{
-		struct usnap_expect ex = { "o", ref, len };
-		usnap_check_file(path, &ex, 1);
+		struct t_expect ex = { "o", ref, len };
+		t_check_file(path, &ex, 1);
 	}
 	uffdsnap_snap_free(s);
 	uffdsnap_free(ctx);
-	usnap_rmdir(dir);
-	usnap_buf_free(ref, len);
-	usnap_mem_free(&m);
+	t_rmdir(dir);
+	t_buf_free(ref, len);
+	t_mem_free(&m);
 }
 
 START_TEST(sink_options_levels)
 {
-	usnap_watchdog(170, "sink_options_levels");
+	t_watchdog(170, "sink_options_levels");
 	options_case(-5, 0, 0, SZ(32));
 	options_case(1, 0, 0, SZ(32));
 	options_case(19, 0, 0, 4 * MiB);
@@ -346,7 +346,7 @@ END_TEST
 
 START_TEST(sink_options_threads_fsync)
 {
-	usnap_watchdog(170, "sink_options_threads_fsync");
+	t_watchdog(170, "sink_options_threads_fsync");
 	options_case(1, 1, 0, SZ(32));
 	options_case(1, 4, 0, SZ(32));
 	options_case(3, 2, UFFDSNAP_OPT_FSYNC, SZ(32));
@@ -364,20 +364,20 @@ END_TEST
 static void uncompressed_case(unsigned every)
 {
 	const size_t len = 8 * MiB;
-	struct usnap_fix f;
+	struct t_fix f;
 	uffdsnap_stats_t st;
-	const uffdsnap_opts_t o = usnap_opts(4 * MiB, 256 * 1024);
-	uint8_t *mem = usnap_fix_mem(&f, len);
+	const uffdsnap_opts_t o = t_opts(4 * MiB, 256 * 1024);
+	uint8_t *mem = t_fix_mem(&f, len);
 	int r;
 
-	usnap_fill_random(mem, len, 4242 + every);
-	for (size_t p = 0; every && p < len / usnap_page; p += every)
-		memset(mem + p * usnap_page, 0, usnap_page);
-	f.ref = usnap_mem_copy(&f.m);
-	usnap_fix_ctx(&f, "u", &o);
-	usnap_fix_cb(&f, every & 1 ? NULL : "snap");
+	t_fill_random(mem, len, 4242 + every);
+	for (size_t p = 0; every && p < len / t_page; p += every)
+		memset(mem + p * t_page, 0, t_page);
+	f.ref = t_mem_copy(&f.m);
+	t_fix_ctx(&f, "u", &o);
+	t_fix_cb(&f, every & 1 ? NULL : "snap");
 	if (every & 1) {
-		r = uffdsnap_begin(f.ctx, usnap_cb_sink(&f.cb), &f.s);
+		r = uffdsnap_begin(f.ctx, t_cb_sink(&f.cb), &f.s);
 	} else {
 		uffdsnap_sink_t *k;
 		ck_assert_int_eq(uffdsnap_sink_fd(&k, f.cb.fd), 0);
@@ -386,18 +386,18 @@ static void uncompressed_case(unsigned every)
 	ck_assert_msg(r == 0, "begin: %d (%s)", r, uffdsnap_last_error());
 	r = uffdsnap_wait(f.s);
 	ck_assert_msg(r == 0, "wait: %d %s", r, uffdsnap_snap_error(f.s));
-	usnap_stats(f.s, &st);
+	t_stats(f.s, &st);
 	printf("  zero page every %u: %llu of %llu chunks uncompressed, %llu bytes\n", every,
 	       (unsigned long long)st.chunks_uncompressed, (unsigned long long)st.chunks,
 	       (unsigned long long)st.bytes_out);
 	ck_assert_uint_eq(st.chunks_uncompressed, st.chunks);
-	usnap_fix_check(&f);
-	usnap_fix_free(&f);
+	t_fix_check(&f);
+	t_fix_free(&f);
 }
 
 START_TEST(sink_uncompressed_pieces)
 {
-	usnap_watchdog(60, "sink_uncompressed_pieces");
+	t_watchdog(60, "sink_uncompressed_pieces");
 	uncompressed_case(0);   /* fd: one piece of pages a chunk */
 	uncompressed_case(8);   /* fd: 8 pieces */
 	uncompressed_case(2);   /* fd: 32 pieces, gathered */
@@ -455,19 +455,19 @@ START_TEST(sink_options_struct)
 	uffdsnap_free(ctx);
 	uffdsnap_free(NULL);
 	/* NULL opts = defaults */
-	ctx = usnap_ctx_new(NULL);
+	ctx = t_ctx_new(NULL);
 	uffdsnap_free(ctx);
 	/* stats struct size */
 	{
-		struct usnap_mem m;
+		struct t_mem m;
 		uffdsnap_snap_t *s;
 		uffdsnap_stats_t st;
-		struct usnap_cb cb;
-		usnap_memfd(&m, 1 * MiB);
-		ctx = usnap_ctx_new(NULL);
-		usnap_add(ctx, "s", m.addr, m.len);
-		usnap_cb_init(&cb, -1);
-		ck_assert_int_eq(uffdsnap_begin(ctx, usnap_cb_sink(&cb), &s), 0);
+		struct t_cb cb;
+		t_memfd(&m, 1 * MiB);
+		ctx = t_ctx_new(NULL);
+		t_add(ctx, "s", m.addr, m.len);
+		t_cb_init(&cb, -1);
+		ck_assert_int_eq(uffdsnap_begin(ctx, t_cb_sink(&cb), &s), 0);
 		ck_assert_int_eq(uffdsnap_wait(s), 0);
 		memset(&st, 0, sizeof(st));
 		st.size = 0;
@@ -481,8 +481,8 @@ START_TEST(sink_options_struct)
 		ck_assert_uint_eq(st.pages_total, UINT64_MAX); /* untouched past .size */
 		uffdsnap_snap_free(s);
 		uffdsnap_free(ctx);
-		usnap_cb_destroy(&cb);
-		usnap_mem_free(&m);
+		t_cb_destroy(&cb);
+		t_mem_free(&m);
 	}
 }
 END_TEST
@@ -492,7 +492,7 @@ int main(void)
 	Suite *s = suite_create("sinks");
 	TCase *tc = tcase_create("sinks");
 
-	usnap_test_require_uffd();
+	t_test_require_uffd();
 	tcase_set_timeout(tc, 180);
 	tcase_add_test(tc, sink_file_atomic_rename);
 	tcase_add_test(tc, sink_fd_pipe);
@@ -506,5 +506,5 @@ int main(void)
 	tcase_set_timeout(tc, 120);
 	tcase_add_test(tc, sink_options_struct);
 	suite_add_tcase(s, tc);
-	return usnap_run_suite(s);
+	return t_run_suite(s);
 }

@@ -228,7 +228,7 @@ INL void write_update_inl(const struct owner *o, uint8_t *const base[NREG], uint
 
 static void write_update(const struct owner *o, uint8_t *const base[NREG], uint64_t n)
 {
-	write_update_inl(o, base, n, usnap_page);
+	write_update_inl(o, base, n, t_page);
 }
 
 /* ---- shared state ---------------------------------------------------------------------- */
@@ -247,7 +247,7 @@ struct snapjob {
 #define QCAP 2
 
 static struct {
-	struct usnap_mem shm;
+	struct t_mem shm;
 	uint8_t *base[NREG];         /* where the regions are now: under maplock */
 	pthread_rwlock_t maplock;    /* read: using base[]; write: moving a region */
 	struct owner own[NOWNERS];
@@ -307,7 +307,7 @@ static void sfail(const char *fmt, ...)
 
 static double secs(void)
 {
-	return (double)(usnap_now_ns() - T.t0) / 1e9;
+	return (double)(t_now_ns() - T.t0) / 1e9;
 }
 
 static void nap_us(unsigned us)
@@ -474,7 +474,7 @@ static uint64_t status_field(const char *key)
 
 static unsigned count_fds(void)
 {
-	return (unsigned)usnap_dir_entries("/proc/self/fd", false);
+	return (unsigned)t_dir_entries("/proc/self/fd", false);
 }
 
 /* ---- the disturbers --------------------------------------------------------------------- */
@@ -509,18 +509,18 @@ static void *writer_main(void *arg)
 
 static uint64_t rnd(uint64_t *s)
 {
-	return usnap_splitmix64(s);
+	return t_splitmix64(s);
 }
 
 static void *zapper_main(void *arg)
 {
 	uint64_t seed = (uint64_t)(uintptr_t)arg;
-	const size_t np = SHM_LEN / usnap_page;
+	const size_t np = SHM_LEN / t_page;
 
 	while (!atomic_load(&T.stop)) {
 		size_t n = 1 + rnd(&seed) % 16, p = rnd(&seed) % (np - n);
 		pthread_rwlock_rdlock(&T.maplock);
-		if (madvise(T.base[R_SHM] + p * usnap_page, n * usnap_page, MADV_DONTNEED))
+		if (madvise(T.base[R_SHM] + p * t_page, n * t_page, MADV_DONTNEED))
 			sfail("zapper: MADV_DONTNEED: %s", strerror(errno));
 		pthread_rwlock_unlock(&T.maplock);
 		atomic_fetch_add(&T.zaps, n);
@@ -536,13 +536,13 @@ static void *pager_main(void *arg)
 
 	while (!atomic_load(&T.stop)) {
 		unsigned r = (unsigned)(rnd(&seed) % 2);
-		size_t np = reg_len[r] / usnap_page, n = 64 + rnd(&seed) % 512, p = rnd(&seed) % (np - n);
+		size_t np = reg_len[r] / t_page, n = 64 + rnd(&seed) % 512, p = rnd(&seed) % (np - n);
 		uint64_t kb;
 
 		pthread_rwlock_rdlock(&T.maplock);
 		/* twice: the first call may leave pages in per-CPU LRU batches */
 		for (int i = 0; i < 2; i++)
-			if (madvise(T.base[r] + p * usnap_page, n * usnap_page, MADV_PAGEOUT))
+			if (madvise(T.base[r] + p * t_page, n * t_page, MADV_PAGEOUT))
 				sfail("pager-out: MADV_PAGEOUT %s: %s", reg_name[r], strerror(errno));
 		pthread_rwlock_unlock(&T.maplock);
 		atomic_fetch_add(&T.pageouts, 1);
@@ -612,7 +612,7 @@ static void *forker_main(void *arg)
 		 * kernel waits for the handler to read the FORK event */
 		pid = fork();
 		if (pid == 0)
-			child_body(base, seed, usnap_page);
+			child_body(base, seed, t_page);
 		pthread_rwlock_unlock(&T.maplock);
 		rnd(&seed);
 		if (pid < 0) {
@@ -623,8 +623,8 @@ static void *forker_main(void *arg)
 		T.forks_since_begin++;
 		atomic_fetch_add(&T.forks, 1);
 		/* A child blocked on a fault nobody resolves is a hang. */
-		t0 = usnap_now_ns();
-		while ((w = waitpid(pid, &status, WNOHANG)) == 0 && usnap_now_ns() - t0 < 30000000000ull)
+		t0 = t_now_ns();
+		while ((w = waitpid(pid, &status, WNOHANG)) == 0 && t_now_ns() - t0 < 30000000000ull)
 			nap_us(200);
 		if (w == 0) {
 			atomic_fetch_add(&T.child_hangs, 1);
@@ -700,7 +700,7 @@ ORACLE_UNINSTRUMENTED static int check_owner(unsigned oid, uint8_t *const img[NR
 		       size_t errlen)
 {
 	const struct owner *o = &T.own[oid];
-	const unsigned W = (unsigned)(usnap_page / 8);
+	const unsigned W = (unsigned)(t_page / 8);
 	uint64_t *maxv = malloc(o->npages * sizeof(*maxv)), *minv = malloc(o->npages * sizeof(*minv));
 	uint32_t *kpre = malloc(o->npages * sizeof(*kpre));
 	uint64_t N = 0;
@@ -715,7 +715,7 @@ ORACLE_UNINSTRUMENTED static int check_owner(unsigned oid, uint8_t *const img[NR
 	for (size_t j = 0; j < o->npages; j++) {
 		unsigned reg = o->pages[j] >> 31;
 		uint64_t p = o->pages[j] & 0x7fffffffu;
-		const uint64_t *w = (const uint64_t *)(img[reg] + p * usnap_page);
+		const uint64_t *w = (const uint64_t *)(img[reg] + p * t_page);
 		uint64_t hiv = w[0] >> 32, lov = hiv;
 		unsigned k = W;
 
@@ -786,11 +786,11 @@ out:
 /* The static zap-phase pages: update 1, always. */
 ORACLE_UNINSTRUMENTED static int check_static(uint8_t *const img[NREG], char *err, size_t errlen)
 {
-	const size_t np = PRIV_LEN / usnap_page;
+	const size_t np = PRIV_LEN / t_page;
 
 	for (size_t p = np - ZPAGES; p < np; p++) {
-		const uint64_t *w = (const uint64_t *)(img[R_PRIV] + p * usnap_page);
-		for (unsigned i = 0; i < usnap_page / 8; i++) {
+		const uint64_t *w = (const uint64_t *)(img[R_PRIV] + p * t_page);
+		for (unsigned i = 0; i < t_page / 8; i++) {
 			if (w[i] != word_of(R_PRIV, p, i, 1)) {
 				snprintf(err, errlen, "static heap page %zu word %u is 0x%016" PRIx64 ", expected 0x%016"
 					 PRIx64, p, i, w[i], word_of(R_PRIV, p, i, 1));
@@ -850,7 +850,7 @@ static void verify_job(const struct snapjob *j)
 		return;
 	}
 	atomic_fetch_add(&T.verified, 1);
-	atomic_fetch_add(&T.pages_checked, (SHM_LEN + PRIV_LEN) / usnap_page);
+	atomic_fetch_add(&T.pages_checked, (SHM_LEN + PRIV_LEN) / t_page);
 	printf("snap %3u @%6.2fs %-4s pause %6.2f ms, %5.0f ms; pages fault %5" PRIu64 " sweep %5" PRIu64 " hole %5"
 	       PRIu64 "; faults %5" PRIu64 "; forks %2" PRIu64 " remaps %" PRIu64 " unmaps %" PRIu64
 	       "; updates w0..3,c %" PRIu64 " %" PRIu64 " %" PRIu64 " %" PRIu64 " %" PRIu64 ": exact\n", j->idx,
@@ -873,7 +873,7 @@ static void oracle_selftest(void)
 	uint64_t N[NOWNERS], got;
 	char err[1024];
 	struct owner *o = &T.own[0];
-	const unsigned W = (unsigned)(usnap_page / 8);
+	const unsigned W = (unsigned)(t_page / 8);
 	uint64_t *w, save[512];
 	size_t j;
 
@@ -886,15 +886,15 @@ static void oracle_selftest(void)
 		ck_assert_msg(check_owner(i, T.vbuf, N[i], N[i], &got, err, sizeof(err)) == 0 && got == N[i],
 			      "oracle self-test: a replayed image fails: %s", err);
 	}
-	for (size_t p = PRIV_LEN / usnap_page - ZPAGES; p < PRIV_LEN / usnap_page; p++)
+	for (size_t p = PRIV_LEN / t_page - ZPAGES; p < PRIV_LEN / t_page; p++)
 		for (unsigned i = 0; i < W; i++)
-			((uint64_t *)(T.vbuf[R_PRIV] + p * usnap_page))[i] = word_of(R_PRIV, p, i, 1);
+			((uint64_t *)(T.vbuf[R_PRIV] + p * t_page))[i] = word_of(R_PRIV, p, i, 1);
 	ck_assert_msg(check_static(T.vbuf, err, sizeof(err)) == 0, "oracle self-test: static pages: %s", err);
 
 	/* owner 0 half way through update N+1: words 0..99 new, the rest older */
 	{
 		uint32_t e = o->pages[page_of_update(o, N[0] + 1)];
-		w = (uint64_t *)(T.vbuf[e >> 31] + (e & 0x7fffffffu) * usnap_page);
+		w = (uint64_t *)(T.vbuf[e >> 31] + (e & 0x7fffffffu) * t_page);
 		for (unsigned i = 0; i < 100; i++)
 			w[i] = word_of(e >> 31, e & 0x7fffffffu, i, N[0] + 1);
 	}
@@ -916,7 +916,7 @@ static void oracle_selftest(void)
 		uint32_t e = o->pages[j];
 		unsigned reg = e >> 31;
 		uint64_t p = e & 0x7fffffffu, v = last_update(o, j, N[0]);
-		w = (uint64_t *)(T.vbuf[reg] + p * usnap_page);
+		w = (uint64_t *)(T.vbuf[reg] + p * t_page);
 		memcpy(save, w, W * 8);
 		w[17] ^= 1ull << 3;
 		EXPECT_CAUGHT("one flipped bit", N[0], N[0]);
@@ -936,7 +936,7 @@ static void oracle_selftest(void)
 		memcpy(w, save, W * 8);
 		{
 			uint32_t e2 = o->pages[(j + 1) % o->npages];
-			memcpy(w, T.vbuf[e2 >> 31] + (e2 & 0x7fffffffu) * usnap_page, W * 8);
+			memcpy(w, T.vbuf[e2 >> 31] + (e2 & 0x7fffffffu) * t_page, W * 8);
 		}
 		EXPECT_CAUGHT("another page's contents", N[0], N[0]);
 		memcpy(w, save, W * 8);
@@ -1007,7 +1007,7 @@ static long protected_now(void)
 	long n;
 
 	pthread_rwlock_rdlock(&T.maplock);
-	n = usnap_pagemap_protected(T.base[R_SHM], SHM_LEN) + usnap_pagemap_protected(T.base[R_PRIV], PRIV_LEN);
+	n = t_pagemap_protected(T.base[R_SHM], SHM_LEN) + t_pagemap_protected(T.base[R_PRIV], PRIV_LEN);
 	pthread_rwlock_unlock(&T.maplock);
 	return n;
 }
@@ -1022,7 +1022,7 @@ static int one_snapshot(unsigned idx, const char *dir, enum zap_mode zap, struct
 {
 	const bool file_sink = zap == ZAP_NONE && idx % 3 == 2;
 	const bool window = zap == ZAP_NONE && !file_sink && T.mremapper;
-	struct usnap_cb cb;
+	struct t_cb cb;
 	uffdsnap_snap_t *s = NULL;
 	uffdsnap_stats_t st = { .size = sizeof(st) };
 	int r, fd = -1;
@@ -1031,7 +1031,7 @@ static int one_snapshot(unsigned idx, const char *dir, enum zap_mode zap, struct
 	j->idx = idx;
 	j->sink = file_sink ? "file" : "cb";
 	snprintf(j->path, sizeof(j->path), "%s/snap-%u", dir, idx);
-	usnap_cb_init(&cb, -1);
+	t_cb_init(&cb, -1);
 	if (!file_sink) {
 		fd = open(j->path, O_WRONLY | O_CREAT | O_EXCL | O_CLOEXEC, 0600);
 		ck_assert_msg(fd >= 0, "open %s: %s", j->path, strerror(errno));
@@ -1042,7 +1042,7 @@ static int one_snapshot(unsigned idx, const char *dir, enum zap_mode zap, struct
 		if (window || zap == ZAP_COPIED)
 			atomic_store(&cb.sleep_us, THROTTLE_US);
 		if (zap == ZAP_UNCOPIED)
-			usnap_cb_gate(&cb, true);
+			t_cb_gate(&cb, true);
 	}
 
 	/* no child alive and none forked while begin runs (see the header) */
@@ -1051,7 +1051,7 @@ static int one_snapshot(unsigned idx, const char *dir, enum zap_mode zap, struct
 	if (file_sink) {
 		r = uffdsnap_begin_file(T.ctx, j->path, &s);
 	} else {
-		r = uffdsnap_begin(T.ctx, usnap_cb_sink(&cb), &s);
+		r = uffdsnap_begin(T.ctx, t_cb_sink(&cb), &s);
 	}
 	read_done(j->hi);
 	j->at_s = secs();
@@ -1060,23 +1060,23 @@ static int one_snapshot(unsigned idx, const char *dir, enum zap_mode zap, struct
 	pthread_mutex_unlock(&T.child_mu);
 	if (r) {
 		sfail("snapshot %u: begin: %d %s (%s)", idx, r, uffdsnap_strerror(r), uffdsnap_last_error());
-		usnap_cb_gate(&cb, false);
+		t_cb_gate(&cb, false);
 		if (fd >= 0)
 			close(fd);
-		usnap_cb_destroy(&cb);
+		t_cb_destroy(&cb);
 		return r;
 	}
 
 	if (window) {
 		/* the moves happen while this snapshot certainly runs: at
 		 * THROTTLE_US per sink call it needs seconds to end */
-		uint64_t t0 = usnap_now_ns();
+		uint64_t t0 = t_now_ns();
 		pthread_mutex_lock(&T.win_mu);
 		T.win_moves = MOVES_PER_WINDOW;
 		T.win_open = true;
 		T.win_done = false;
 		pthread_cond_broadcast(&T.win_cv);
-		while (!T.win_done && !atomic_load(&T.stop) && usnap_now_ns() - t0 < 60000000000ull) {
+		while (!T.win_done && !atomic_load(&T.stop) && t_now_ns() - t0 < 60000000000ull) {
 			if (uffdsnap_done(s)) { /* ended (or failed) under the mremapper's feet */
 				sfail("snapshot %u ended while the mremapper still had %u of %u moves to make: %s", idx,
 				      T.win_moves, MOVES_PER_WINDOW,
@@ -1102,20 +1102,20 @@ static int one_snapshot(unsigned idx, const char *dir, enum zap_mode zap, struct
 		atomic_store(&cb.sleep_us, 0);
 	}
 	if (zap != ZAP_NONE) {
-		const size_t np = PRIV_LEN / usnap_page, p = np - ZPAGES + (zap == ZAP_COPIED ? 16 : 0);
+		const size_t np = PRIV_LEN / t_page, p = np - ZPAGES + (zap == ZAP_COPIED ? 16 : 0);
 
 		if (zap == ZAP_UNCOPIED)
-			ck_assert(usnap_cb_wait_blocked(&cb, 30)); /* the sweep stalls within a few chunks */
+			ck_assert(t_cb_wait_blocked(&cb, 30)); /* the sweep stalls within a few chunks */
 		pthread_rwlock_rdlock(&T.maplock);
 		if (zap == ZAP_COPIED) {
 			/* a write fault copies the page (same contents: the page is
 			 * static); it waits for a buffer of the slowed sink */
-			_Atomic uint64_t *w = (_Atomic uint64_t *)(T.base[R_PRIV] + p * usnap_page);
+			_Atomic uint64_t *w = (_Atomic uint64_t *)(T.base[R_PRIV] + p * t_page);
 			atomic_store(w, word_of(R_PRIV, p, 0, 1));
 		}
-		ck_assert_int_eq(madvise(T.base[R_PRIV] + p * usnap_page, usnap_page, MADV_DONTNEED), 0);
+		ck_assert_int_eq(madvise(T.base[R_PRIV] + p * t_page, t_page, MADV_DONTNEED), 0);
 		pthread_rwlock_unlock(&T.maplock);
-		usnap_cb_gate(&cb, false);
+		t_cb_gate(&cb, false);
 		atomic_store(&cb.sleep_us, 0);
 	}
 
@@ -1143,16 +1143,16 @@ static int one_snapshot(unsigned idx, const char *dir, enum zap_mode zap, struct
 		printf("zap phase, %s private page: wait %d%s%s\n", zap == ZAP_COPIED ? "a copied" : "an uncopied", r,
 		       r ? ": " : "", r ? uffdsnap_snap_error(s) : "");
 		/* the static page is gone (private: zeros): put it back */
-		const size_t np = PRIV_LEN / usnap_page, p = np - ZPAGES + (zap == ZAP_COPIED ? 16 : 0);
+		const size_t np = PRIV_LEN / t_page, p = np - ZPAGES + (zap == ZAP_COPIED ? 16 : 0);
 		pthread_rwlock_rdlock(&T.maplock);
-		for (unsigned i = 0; i < usnap_page / 8; i++)
-			((uint64_t *)(T.base[R_PRIV] + p * usnap_page))[i] = word_of(R_PRIV, p, i, 1);
+		for (unsigned i = 0; i < t_page / 8; i++)
+			((uint64_t *)(T.base[R_PRIV] + p * t_page))[i] = word_of(R_PRIV, p, i, 1);
 		pthread_rwlock_unlock(&T.maplock);
 	}
 	uffdsnap_snap_free(s);
 	if (fd >= 0)
 		close(fd);
-	usnap_cb_destroy(&cb);
+	t_cb_destroy(&cb);
 	return r;
 }
 
@@ -1179,7 +1179,7 @@ static unsigned stress_seconds(void)
 
 static void owners_init(void)
 {
-	const size_t nshm = SHM_LEN / usnap_page, npriv = PRIV_LEN / usnap_page - ZPAGES;
+	const size_t nshm = SHM_LEN / t_page, npriv = PRIV_LEN / t_page - ZPAGES;
 	uint8_t *shared;
 
 	for (unsigned o = 0; o < NOWNERS; o++) {
@@ -1195,7 +1195,7 @@ static void owners_init(void)
 		struct owner *o = &T.own[p % NWRITERS];
 		o->pages[o->npages++] = (uint32_t)((uint32_t)R_PRIV << 31 | p);
 	}
-	shared = mmap(NULL, usnap_page, PROT_READ | PROT_WRITE, MAP_SHARED | MAP_ANONYMOUS, -1, 0);
+	shared = mmap(NULL, t_page, PROT_READ | PROT_WRITE, MAP_SHARED | MAP_ANONYMOUS, -1, 0);
 	ck_assert(shared != MAP_FAILED);
 	T.child_done = (_Atomic uint64_t *)shared;
 	for (unsigned o = 0; o < NOWNERS; o++) {
@@ -1211,14 +1211,14 @@ START_TEST(stress_everything_at_once)
 	pthread_rwlockattr_t ra;
 	uffdsnap_opts_t o;
 	char dir[PATH_MAX];
-	uint64_t pswp0, pswp1, seed = usnap_now_ns(), end_ns, rss1 = 0, rss2;
+	uint64_t pswp0, pswp1, seed = t_now_ns(), end_ns, rss1 = 0, rss2;
 	unsigned idx = 0, timed, fds1 = 0, thr1 = 0, fds2, thr2, estale = 0;
 	bool baseline = false;
 	int r;
 
 	memset(&T, 0, sizeof(T));
 	T.seconds = stress_seconds();
-	usnap_watchdog(T.seconds + 150, "stress: a snapshot, writer or disturber hung");
+	t_watchdog(T.seconds + 150, "stress: a snapshot, writer or disturber hung");
 	printf("stress: %u s (USNAP_STRESS_SECONDS; %s build), seed %" PRIu64 "\n", T.seconds,
 	       SANITIZED ? "sanitizer" : "plain", seed);
 	pthread_mutex_init(&T.fail_lock, NULL);
@@ -1237,54 +1237,54 @@ START_TEST(stress_everything_at_once)
 		T.fork_cap = e && *e ? (unsigned)strtoul(e, NULL, 10) : 32;
 	}
 
-	usnap_memfd(&T.shm, SHM_LEN);
+	t_memfd(&T.shm, SHM_LEN);
 	T.base[R_SHM] = T.shm.addr;
 	T.base[R_PRIV] = mmap(NULL, PRIV_LEN, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
 	ck_assert(T.base[R_PRIV] != MAP_FAILED);
 	for (unsigned g = 0; g < NREG; g++) {
-		T.vbuf[g] = usnap_buf_alloc(reg_len[g]);
+		T.vbuf[g] = t_buf_alloc(reg_len[g]);
 	}
 	owners_init();
 	oracle_selftest();
 	{
-		const size_t np = PRIV_LEN / usnap_page;
+		const size_t np = PRIV_LEN / t_page;
 		for (size_t p = np - ZPAGES; p < np; p++)
-			for (unsigned i = 0; i < usnap_page / 8; i++)
-				((uint64_t *)(T.base[R_PRIV] + p * usnap_page))[i] = word_of(R_PRIV, p, i, 1);
+			for (unsigned i = 0; i < t_page / 8; i++)
+				((uint64_t *)(T.base[R_PRIV] + p * t_page))[i] = word_of(R_PRIV, p, i, 1);
 	}
 
 	uffdsnap_opts_init(&o);
 	o.buffer_bytes = 8 * MiB; /* backpressure: writers wait for the sink now and then */
-	T.ctx = usnap_ctx_new(&o);
-	usnap_add(T.ctx, reg_name[R_SHM], T.base[R_SHM], SHM_LEN);
-	usnap_add(T.ctx, reg_name[R_PRIV], T.base[R_PRIV], PRIV_LEN);
+	T.ctx = t_ctx_new(&o);
+	t_add(T.ctx, reg_name[R_SHM], T.base[R_SHM], SHM_LEN);
+	t_add(T.ctx, reg_name[R_PRIV], T.base[R_PRIV], PRIV_LEN);
 	T.fork_shm = uffdsnap_features(T.ctx) & UFFD_FEATURE_EVENT_FORK;
 	T.zapper = !env_flag("USNAP_STRESS_NO_ZAPPER");
 	T.forker = !env_flag("USNAP_STRESS_NO_FORKER");
 	/* A disturbance that cannot run (or was turned off) makes the whole
-	 * program report SKIP with its reason (usnap_skip: exit 77 unless a check
+	 * program report SKIP with its reason (t_skip: exit 77 unless a check
 	 * failed): a green "stress" means all five ran. */
 	if (!T.zapper)
-		usnap_skip("zapper", "off (USNAP_STRESS_NO_ZAPPER)");
+		t_skip("zapper", "off (USNAP_STRESS_NO_ZAPPER)");
 	if (!T.forker)
-		usnap_skip("forker", "off (USNAP_STRESS_NO_FORKER)");
+		t_skip("forker", "off (USNAP_STRESS_NO_FORKER)");
 	if (!T.fork_shm)
-		usnap_skip("forker", "no UFFD_FEATURE_EVENT_FORK (needs CAP_SYS_PTRACE): children only write their "
+		t_skip("forker", "no UFFD_FEATURE_EVENT_FORK (needs CAP_SYS_PTRACE): children only write their "
 			   "own private copies (a child's writes to shared memory are a documented blind spot then)");
 	T.mremapper = (uffdsnap_features(T.ctx) & (UFFD_FEATURE_EVENT_REMAP | UFFD_FEATURE_EVENT_UNMAP)) ==
 		      (UFFD_FEATURE_EVENT_REMAP | UFFD_FEATURE_EVENT_UNMAP);
 	if (!T.mremapper)
-		usnap_skip("mremapper", "the context does not follow mremap (no UFFD_FEATURE_EVENT_REMAP)");
+		t_skip("mremapper", "the context does not follow mremap (no UFFD_FEATURE_EVENT_REMAP)");
 	else if (env_flag("USNAP_STRESS_NO_MREMAP"))
-		T.mremapper = false, usnap_skip("mremapper", "off (USNAP_STRESS_NO_MREMAP)");
+		T.mremapper = false, t_skip("mremapper", "off (USNAP_STRESS_NO_MREMAP)");
 	T.pager = Z.swapon && !env_flag("USNAP_STRESS_NO_PAGER");
 	if (!T.pager)
-		usnap_skip("pager-out", "%s", Z.swapon ? "off (USNAP_STRESS_NO_PAGER)" : Z.why);
-	usnap_tmpdir(dir);
+		t_skip("pager-out", "%s", Z.swapon ? "off (USNAP_STRESS_NO_PAGER)" : Z.why);
+	t_tmpdir(dir);
 	proc_open();
 	pswp0 = vmstat("pswpout");
 
-	T.t0 = usnap_now_ns();
+	T.t0 = t_now_ns();
 	for (unsigned w = 0; w < NWRITERS; w++)
 		ck_assert(pthread_create(&wt[w], NULL, writer_main, (void *)(uintptr_t)w) == 0);
 	if (T.zapper)
@@ -1298,8 +1298,8 @@ START_TEST(stress_everything_at_once)
 	ck_assert(pthread_create(&vt, NULL, verifier_main, NULL) == 0);
 	usleep(50 * 1000); /* let everyone get going */
 
-	end_ns = usnap_now_ns() + (uint64_t)T.seconds * 1000000000ull;
-	while (usnap_now_ns() < end_ns && !atomic_load(&T.failed)) {
+	end_ns = t_now_ns() + (uint64_t)T.seconds * 1000000000ull;
+	while (t_now_ns() < end_ns && !atomic_load(&T.failed)) {
 		struct snapjob j;
 
 		if (one_snapshot(idx, dir, ZAP_NONE, &j) == 0 && !atomic_load(&T.failed))
@@ -1351,20 +1351,20 @@ START_TEST(stress_everything_at_once)
 	pthread_cond_broadcast(&T.win_cv);
 	pthread_mutex_unlock(&T.win_mu);
 	for (unsigned w = 0; w < NWRITERS; w++)
-		ck_assert_msg(usnap_join_timeout(wt[w], 30) == 0, "writer %u hangs", w);
+		ck_assert_msg(t_join_timeout(wt[w], 30) == 0, "writer %u hangs", w);
 	if (T.zapper)
-		ck_assert_msg(usnap_join_timeout(zt, 30) == 0, "the zapper hangs");
+		ck_assert_msg(t_join_timeout(zt, 30) == 0, "the zapper hangs");
 	if (T.pager)
-		ck_assert_msg(usnap_join_timeout(pt, 30) == 0, "the pager-out hangs");
+		ck_assert_msg(t_join_timeout(pt, 30) == 0, "the pager-out hangs");
 	if (T.forker)
-		ck_assert_msg(usnap_join_timeout(ft, 60) == 0, "the forker hangs");
+		ck_assert_msg(t_join_timeout(ft, 60) == 0, "the forker hangs");
 	if (T.mremapper)
-		ck_assert_msg(usnap_join_timeout(mt, 30) == 0, "the mremapper hangs");
+		ck_assert_msg(t_join_timeout(mt, 30) == 0, "the mremapper hangs");
 	pthread_mutex_lock(&T.q_mu);
 	T.q_closed = true;
 	pthread_cond_broadcast(&T.q_cv);
 	pthread_mutex_unlock(&T.q_mu);
-	ck_assert_msg(usnap_join_timeout(vt, 120) == 0, "the verifier hangs");
+	ck_assert_msg(t_join_timeout(vt, 120) == 0, "the verifier hangs");
 	pswp1 = vmstat("pswpout");
 
 	printf("summary: %u snapshots taken, %" PRIu64 " verified exact (%" PRIu64 " pages checked word by word); "
@@ -1394,22 +1394,22 @@ START_TEST(stress_everything_at_once)
 		ck_assert_msg(thr2 <= thr1, "threads grew: %u -> %u", thr1, thr2);
 		/* (not under a sanitizer: its shadow memory grows with every new
 		 * address the mremapper moves a region to) */
-		if (!USNAP_SANITIZED)
+		if (!T_SANITIZED)
 			ck_assert_msg(rss2 <= rss1 + 256 * 1024, "RSS grew: %" PRIu64 " -> %" PRIu64 " kB", rss1, rss2);
 	}
 
 	uffdsnap_free(T.ctx);
-	usnap_rmdir(dir);
+	t_rmdir(dir);
 	munmap(T.base[R_PRIV], PRIV_LEN);
-	usnap_mem_free(&T.shm);
+	t_mem_free(&T.shm);
 	for (unsigned g = 0; g < NREG; g++)
-		usnap_buf_free(T.vbuf[g], reg_len[g]);
+		t_buf_free(T.vbuf[g], reg_len[g]);
 	for (unsigned i = 0; i < NOWNERS; i++) {
 		free(T.own[i].pages);
 		if (i != CHILD)
 			free(T.own[i].done);
 	}
-	munmap(T.child_done, usnap_page);
+	munmap(T.child_done, t_page);
 }
 END_TEST
 
@@ -1419,12 +1419,12 @@ int main(void)
 	TCase *tc = tcase_create("stress");
 	int ret;
 
-	usnap_test_require_uffd();
+	t_test_require_uffd();
 	zram_setup();
 	tcase_set_timeout(tc, stress_seconds() + 170);
 	tcase_add_test(tc, stress_everything_at_once);
 	suite_add_tcase(s, tc);
-	ret = usnap_run_suite(s);
+	ret = t_run_suite(s);
 	zram_teardown();
 	return ret;
 }

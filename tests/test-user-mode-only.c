@@ -44,8 +44,8 @@ static void drop_privileges(void)
 START_TEST(umo_unprivileged)
 {
 	const size_t len = 8 * MiB;
-	struct usnap_mem m;
-	struct usnap_cb cb;
+	struct t_mem m;
+	struct t_cb cb;
 	uffdsnap_opts_t o;
 	uffdsnap_t *ctx = NULL;
 	uffdsnap_snap_t *s;
@@ -53,7 +53,7 @@ START_TEST(umo_unprivileged)
 	uint8_t *ref;
 	int r, p[2];
 
-	usnap_watchdog(60, "umo_unprivileged");
+	t_watchdog(60, "umo_unprivileged");
 	drop_privileges();
 
 	r = uffdsnap_new(&ctx, NULL);
@@ -70,24 +70,24 @@ START_TEST(umo_unprivileged)
 	r = uffdsnap_new(&ctx, &o);
 	ck_assert_msg(r == 0, "with ALLOW_USER_MODE_ONLY: %d %s (%s)", r, uffdsnap_strerror(r), uffdsnap_last_error());
 
-	usnap_memfd(&m, len);
-	usnap_fill_random(m.addr, len, 101);
-	ref = usnap_copy(m.addr, len);
+	t_memfd(&m, len);
+	t_fill_random(m.addr, len, 101);
+	ref = t_copy(m.addr, len);
 	r = uffdsnap_add_region(ctx, "umo", m.addr, len);
 	ck_assert_msg(r == 0, "add_region as an unprivileged user: %d %s (%s)", r, uffdsnap_strerror(r),
 		      uffdsnap_last_error());
-	usnap_cb_init(&cb, -1);
+	t_cb_init(&cb, -1);
 	cb.keep = true;
-	usnap_cb_gate(&cb, true); /* keep pages protected while we probe */
-	r = uffdsnap_begin(ctx, usnap_cb_sink(&cb), &s);
+	t_cb_gate(&cb, true); /* keep pages protected while we probe */
+	r = uffdsnap_begin(ctx, t_cb_sink(&cb), &s);
 	ck_assert_msg(r == 0, "begin: %d (%s)", r, uffdsnap_last_error());
-	ck_assert(usnap_cb_wait_blocked(&cb, 10));
+	ck_assert(t_cb_wait_blocked(&cb, 10));
 	usleep(50 * 1000);
 	{
-		uint8_t *target = m.addr + len - usnap_page;
+		uint8_t *target = m.addr + len - t_page;
 		uint8_t data[64];
 		ssize_t n;
-		ck_assert(usnap_pagemap_entry(target) & USNAP_PM_WP);
+		ck_assert(t_pagemap_entry(target) & T_PM_WP);
 		ck_assert_int_eq(pipe(p), 0);
 		memset(data, 0x42, sizeof(data));
 		ck_assert_int_eq(write(p[1], data, sizeof(data)), (ssize_t)sizeof(data));
@@ -95,29 +95,29 @@ START_TEST(umo_unprivileged)
 		printf("umo_unprivileged: read(2) into a protected page -> %zd (%s)\n", n, n < 0 ? strerror(errno) : "ok");
 		ck_assert_msg(n == -1 && errno == EFAULT, "read(2) into a protected page in user-mode-only mode: %zd %s",
 			      n, strerror(errno));
-		ck_assert_int_eq(memcmp(target, ref + len - usnap_page, usnap_page), 0);
+		ck_assert_int_eq(memcmp(target, ref + len - t_page, t_page), 0);
 		close(p[0]);
 		close(p[1]);
 	}
-	usnap_cb_gate(&cb, false);
-	m.addr[len - usnap_page] = 0x99; /* a plain write: a user-mode fault, handled */
+	t_cb_gate(&cb, false);
+	m.addr[len - t_page] = 0x99; /* a plain write: a user-mode fault, handled */
 	m.addr[0] ^= 1;
 	r = uffdsnap_wait(s);
 	ck_assert_msg(r == 0, "wait: %d %s", r, uffdsnap_snap_error(s));
-	usnap_stats(s, &st);
-	usnap_stats_print("user-mode-only", &st);
-	usnap_assert_exactly_once(&st);
-	ck_assert_int_eq(usnap_pagemap_protected(m.addr, len), 0);
-	ck_assert_int_eq(m.addr[len - usnap_page], 0x99);
+	t_stats(s, &st);
+	t_stats_print("user-mode-only", &st);
+	t_assert_exactly_once(&st);
+	ck_assert_int_eq(t_pagemap_protected(m.addr, len), 0);
+	ck_assert_int_eq(m.addr[len - t_page], 0x99);
 	{
-		struct usnap_expect ex = { "umo", ref, len };
-		usnap_check_buffer(cb.mem, cb.mem_len, &ex, 1);
+		struct t_expect ex = { "umo", ref, len };
+		t_check_buffer(cb.mem, cb.mem_len, &ex, 1);
 	}
 	uffdsnap_snap_free(s);
 	uffdsnap_free(ctx);
-	usnap_cb_destroy(&cb);
-	usnap_buf_free(ref, len);
-	usnap_mem_free(&m);
+	t_cb_destroy(&cb);
+	t_buf_free(ref, len);
+	t_mem_free(&m);
 }
 END_TEST
 
@@ -126,14 +126,14 @@ int main(void)
 	Suite *s = suite_create("user-mode-only");
 	TCase *tc = tcase_create("user-mode-only");
 
-	usnap_test_require_uffd();
-	usnap_test_require_root();
+	t_test_require_uffd();
+	t_test_require_root();
 	if (read_int("/proc/sys/vm/unprivileged_userfaultfd") != 0) {
 		printf("SKIP: vm.unprivileged_userfaultfd is not 0: an unprivileged user gets full userfaultfd\n");
-		return USNAP_SKIP;
+		return T_SKIP;
 	}
 	tcase_set_timeout(tc, 90);
 	tcase_add_test(tc, umo_unprivileged);
 	suite_add_tcase(s, tc);
-	return usnap_run_suite(s);
+	return t_run_suite(s);
 }

@@ -31,13 +31,13 @@
 
 static size_t region_len(void)
 {
-	return USNAP_SANITIZED ? 4 * MiB : 16 * MiB;
+	return T_SANITIZED ? 4 * MiB : 16 * MiB;
 }
 
 struct t {
 	uv_loop_t loop;
 	pthread_t loop_thread;
-	struct usnap_mem mem;
+	struct t_mem mem;
 	uffdsnap_t *ctx;
 	uffdsnap_snap_t *snap;
 	uint8_t *ref;                   /* the region at the instant */
@@ -64,17 +64,17 @@ struct t {
 static int sink_cb(void *user, const void *buf, size_t len)
 {
 	struct t *t = user;
-	uint64_t t0 = usnap_now_ns();
+	uint64_t t0 = t_now_ns();
 
 	if (t->sink_fail)
 		return t->sink_fail;
 	while (t->gate && (atomic_load(&t->served_during) < GATE_REQUESTS || atomic_load(&t->progress_calls) < 1)) {
-		if (usnap_ms_since(t0) > GATE_SECONDS * 1000.0)
+		if (t_ms_since(t0) > GATE_SECONDS * 1000.0)
 			return -ETIMEDOUT;
 		usleep(1000);
 	}
 	while (t->wait_cancel && !atomic_load(&t->cancel_issued)) {
-		if (usnap_ms_since(t0) > GATE_SECONDS * 1000.0)
+		if (t_ms_since(t0) > GATE_SECONDS * 1000.0)
 			return -ETIMEDOUT;
 		usleep(1000);
 	}
@@ -123,7 +123,7 @@ static void on_done(uffdsnap_snap_t *snap, int status, void *user)
 	t->done_on_loop = pthread_equal(pthread_self(), t->loop_thread);
 	t->status = status;
 	snprintf(t->errmsg, sizeof(t->errmsg), "%s", uffdsnap_snap_error(snap));
-	t->unprotected_in_done = usnap_pagemap_protected(t->mem.addr, t->mem.len) == 0;
+	t->unprotected_in_done = t_pagemap_protected(t->mem.addr, t->mem.len) == 0;
 	ck_assert_int_eq(uffdsnap_done(snap), 1);
 	atomic_store(&t->running, false);
 	atomic_store(&t->stop_clients, true);
@@ -174,12 +174,12 @@ static void conn_closed(uv_handle_t *h)
 static void serve(struct conn *c, uint64_t v)
 {
 	struct t *t = c->t;
-	size_t pages = t->mem.len / usnap_page;
+	size_t pages = t->mem.len / t_page;
 	struct reply *r = malloc(sizeof(*r));
 	uv_buf_t b;
 
 	/* a store the snapshot must not see: the write fault is taken on this thread */
-	memcpy(t->mem.addr + (v * 7919 % pages) * usnap_page + (v % 64) * 8, &v, 8);
+	memcpy(t->mem.addr + (v * 7919 % pages) * t_page + (v % 64) * 8, &v, 8);
 	if (atomic_load(&t->running))
 		atomic_fetch_add(&t->served_during, 1);
 	ck_assert_ptr_nonnull(r);
@@ -259,13 +259,13 @@ static void *client_main(void *arg)
 static void setup(struct t *t)
 {
 	memset(t, 0, sizeof(*t));
-	usnap_watchdog(90, "test-uv");
+	t_watchdog(90, "test-uv");
 	ck_assert_int_eq(uv_loop_init(&t->loop), 0);
 	t->loop_thread = pthread_self();
-	usnap_memfd(&t->mem, region_len());
-	usnap_fill_random(t->mem.addr, t->mem.len, 14);
-	t->ctx = usnap_ctx_new(NULL);
-	usnap_add(t->ctx, "heap", t->mem.addr, t->mem.len);
+	t_memfd(&t->mem, region_len());
+	t_fill_random(t->mem.addr, t->mem.len, 14);
+	t->ctx = t_ctx_new(NULL);
+	t_add(t->ctx, "heap", t->mem.addr, t->mem.len);
 }
 
 static void teardown(struct t *t)
@@ -273,9 +273,9 @@ static void teardown(struct t *t)
 	ck_assert_int_eq(uv_loop_close(&t->loop), 0); /* every handle, the library's too, closed */
 	if (t->ctx)
 		uffdsnap_free(t->ctx);
-	usnap_mem_free(&t->mem);
+	t_mem_free(&t->mem);
 	if (t->ref)
-		usnap_buf_free(t->ref, t->mem.len);
+		t_buf_free(t->ref, t->mem.len);
 	free(t->stream);
 }
 
@@ -283,14 +283,14 @@ START_TEST(uv_serves_tcp_during_snapshot)
 {
 	static struct t t;
 	pthread_t cl[CLIENTS];
-	struct usnap_expect e;
+	struct t_expect e;
 
 	setup(&t);
 	server_start(&t);
 	for (int i = 0; i < CLIENTS; i++)
 		ck_assert_int_eq(pthread_create(&cl[i], NULL, client_main, &t), 0);
 	t.gate = true;
-	t.ref = usnap_copy(t.mem.addr, t.mem.len); /* only this thread writes the region */
+	t.ref = t_copy(t.mem.addr, t.mem.len); /* only this thread writes the region */
 	atomic_store(&t.running, true);
 	ck_assert_int_eq(uffdsnap_uv_begin(&t.loop, t.ctx, new_sink(&t), on_done, on_progress, &t, &t.snap), 0);
 	ck_assert_ptr_nonnull(t.snap);
@@ -299,7 +299,7 @@ START_TEST(uv_serves_tcp_during_snapshot)
 	ck_assert_int_gt(t.walked, 2);     /* and the server's handle is not ours */
 	ck_assert_int_eq(uv_run(&t.loop, UV_RUN_DEFAULT), 0);
 	for (int i = 0; i < CLIENTS; i++)
-		ck_assert_int_eq(usnap_join_timeout(cl[i], 30), 0);
+		ck_assert_int_eq(t_join_timeout(cl[i], 30), 0);
 	printf("served %u requests and %u progress calls during the snapshot; status %d %s\n",
 	       atomic_load(&t.served_during), atomic_load(&t.progress_calls), t.status, t.errmsg);
 	ck_assert_int_eq(t.done_calls, 1);
@@ -310,8 +310,8 @@ START_TEST(uv_serves_tcp_during_snapshot)
 	ck_assert_uint_ge(atomic_load(&t.served_during), GATE_REQUESTS);
 	/* the loop's stores after the instant are not in the snapshot */
 	ck_assert_int_ne(memcmp(t.ref, t.mem.addr, t.mem.len), 0);
-	e = (struct usnap_expect){ "heap", t.ref, t.mem.len };
-	usnap_check_buffer(t.stream, t.stream_len, &e, 1);
+	e = (struct t_expect){ "heap", t.ref, t.mem.len };
+	t_check_buffer(t.stream, t.stream_len, &e, 1);
 	teardown(&t);
 }
 END_TEST
@@ -381,7 +381,7 @@ END_TEST
 START_TEST(uv_sink_error_then_again)
 {
 	static struct t t;
-	struct usnap_expect e;
+	struct t_expect e;
 
 	setup(&t);
 	uv_tcp_init(&t.loop, &t.server);
@@ -396,8 +396,8 @@ START_TEST(uv_sink_error_then_again)
 	ck_assert_int_eq(uv_run(&t.loop, UV_RUN_DEFAULT), 0);
 	ck_assert_int_eq(t.done_calls, 2);
 	ck_assert_int_eq(t.status, 0);
-	e = (struct usnap_expect){ "heap", t.mem.addr, t.mem.len };
-	usnap_check_buffer(t.stream, t.stream_len, &e, 1);
+	e = (struct t_expect){ "heap", t.mem.addr, t.mem.len };
+	t_check_buffer(t.stream, t.stream_len, &e, 1);
 	teardown(&t);
 }
 END_TEST
@@ -416,9 +416,9 @@ START_TEST(uv_sync_errors)
 	uffdsnap_snap_t *snap = (void *)1;
 	uffdsnap_sink_t *sink;
 
-	usnap_watchdog(60, "test-uv sync errors");
+	t_watchdog(60, "test-uv sync errors");
 	ck_assert_int_eq(uv_loop_init(&loop), 0);
-	ctx = usnap_ctx_new(NULL);
+	ctx = t_ctx_new(NULL);
 	ck_assert_int_eq(uffdsnap_sink_callback(&sink, sink_cb, NULL), 0);
 	ck_assert_int_eq(uffdsnap_uv_begin(&loop, ctx, sink, never, NULL, NULL, &snap), -ENOENT); /* no regions */
 	ck_assert_ptr_null(snap);
@@ -437,7 +437,7 @@ int main(void)
 	Suite *s = suite_create("uv");
 	TCase *tc = tcase_create("uv");
 
-	usnap_test_require_uffd();
+	t_test_require_uffd();
 	tcase_set_timeout(tc, 120);
 	tcase_add_test(tc, uv_serves_tcp_during_snapshot);
 	tcase_add_test(tc, uv_snapshot_cancel);
@@ -445,5 +445,5 @@ int main(void)
 	tcase_add_test(tc, uv_sink_error_then_again);
 	tcase_add_test(tc, uv_sync_errors);
 	suite_add_tcase(s, tc);
-	return usnap_run_suite(s);
+	return t_run_suite(s);
 }

@@ -28,16 +28,16 @@ struct storm {
 	size_t len;
 };
 
-static void zapper(struct usnap_writers *w, unsigned idx)
+static void zapper(struct t_writers *w, unsigned idx)
 {
 	struct storm *z = w->arg;
 	uint64_t st = 0x9e3779b97f4a7c15ull * (idx + 1);
-	size_t np = z->len / usnap_page;
+	size_t np = z->len / t_page;
 
 	while (!atomic_load(&w->stop)) {
 		for (int k = 0; k < 8; k++) {
-			size_t p = usnap_splitmix64(&st) % np;
-			if (madvise(z->base[k & 1] + p * usnap_page, usnap_page, MADV_DONTNEED))
+			size_t p = t_splitmix64(&st) % np;
+			if (madvise(z->base[k & 1] + p * t_page, t_page, MADV_DONTNEED))
 				return;
 		}
 		atomic_fetch_add(&w->progress[idx], 8);
@@ -46,19 +46,19 @@ static void zapper(struct usnap_writers *w, unsigned idx)
 
 static void storm(bool with_private)
 {
-	struct usnap_seq q = { .pages = USNAP_SANITIZED ? 512 : 2048, .slots_per_page = 64, .nwriters = 2 };
-	struct usnap_mem m[2];
-	struct usnap_writers w, zw;
+	struct t_seq q = { .pages = T_SANITIZED ? 512 : 2048, .slots_per_page = 64, .nwriters = 2 };
+	struct t_mem m[2];
+	struct t_writers w, zw;
 	struct storm z;
 	uffdsnap_t *ctx;
 	uffdsnap_opts_t o;
 	uint8_t *priv = NULL;
 	char dir[PATH_MAX], path[PATH_MAX + 16];
-	size_t len = usnap_seq_region_bytes(&q), plen = 8 * MiB;
+	size_t len = t_seq_region_bytes(&q), plen = 8 * MiB;
 	unsigned long long zaps = 0;
 
-	usnap_memfd(&m[0], len);
-	usnap_mem_new(&m[1], USNAP_MEM_ANON_SHARED, len);
+	t_memfd(&m[0], len);
+	t_mem_new(&m[1], T_MEM_ANON_SHARED, len);
 	for (int i = 0; i < 2; i++) {
 		memset(m[i].addr, 0, len);
 		q.base[i] = z.base[i] = m[i].addr;
@@ -66,21 +66,21 @@ static void storm(bool with_private)
 	z.len = len;
 	uffdsnap_opts_init(&o);
 	o.buffer_bytes = 8 * MiB;
-	ctx = usnap_ctx_new(&o);
-	usnap_add(ctx, "memfd", m[0].addr, len);
-	usnap_add(ctx, "anon", m[1].addr, len);
+	ctx = t_ctx_new(&o);
+	t_add(ctx, "memfd", m[0].addr, len);
+	t_add(ctx, "anon", m[1].addr, len);
 	if (with_private) {
 		priv = mmap(NULL, plen, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
 		ck_assert(priv != MAP_FAILED);
-		usnap_fill_random(priv, plen, 71);
-		usnap_add(ctx, "private", priv, plen);
+		t_fill_random(priv, plen, 71);
+		t_add(ctx, "private", priv, plen);
 	}
-	usnap_tmpdir(dir);
+	t_tmpdir(dir);
 	snprintf(path, sizeof(path), "%s/snap", dir);
-	usnap_writers_start(&w, q.nwriters, usnap_seq_writer, &q);
-	ck_assert(usnap_writers_wait_progress(&w, 10000, 20));
-	usnap_writers_start(&zw, 2, zapper, &z);
-	ck_assert(usnap_writers_wait_progress(&zw, 1000, 20));
+	t_writers_start(&w, q.nwriters, t_seq_writer, &q);
+	ck_assert(t_writers_wait_progress(&w, 10000, 20));
+	t_writers_start(&zw, 2, zapper, &z);
+	ck_assert(t_writers_wait_progress(&zw, 1000, 20));
 
 	for (unsigned round = 0; round < 5; round++) {
 		unsigned long long pre[2], post[2];
@@ -99,48 +99,48 @@ static void storm(bool with_private)
 		r = uffdsnap_wait(s);
 		ck_assert_msg(r == 0, "round %u: snapshot under a zap storm failed: %d %s", round, r,
 			      uffdsnap_snap_error(s));
-		usnap_stats(s, &st);
-		usnap_assert_exactly_once(&st);
-		img[0] = usnap_read_region(path, "memfd", &l0);
-		img[1] = usnap_read_region(path, "anon", &l1);
+		t_stats(s, &st);
+		t_assert_exactly_once(&st);
+		img[0] = t_read_region(path, "memfd", &l0);
+		img[1] = t_read_region(path, "anon", &l1);
 		ck_assert(l0 == len && l1 == len);
 		for (unsigned i = 0; i < q.nwriters; i++) {
-			unsigned long long k = usnap_seq_check(&q, img, i, atomic_load(&w.progress[i]) + 1);
+			unsigned long long k = t_seq_check(&q, img, i, atomic_load(&w.progress[i]) + 1);
 			ck_assert_msg(k >= pre[i] && k <= post[i] + 1, "round %u writer %u: visible 1..%llu, begin "
 				      "ran between %llu and %llu", round, i, k, pre[i], post[i]);
 		}
 		if (priv) {
 			size_t pl;
-			uint8_t *pimg = usnap_read_region(path, "private", &pl);
+			uint8_t *pimg = t_read_region(path, "private", &pl);
 			ck_assert(pl == plen && !memcmp(pimg, priv, plen));
-			usnap_buf_free(pimg, pl);
+			t_buf_free(pimg, pl);
 		}
 		printf("round %u: pause %.3f ms, faults %llu, pages fault/sweep %llu/%llu, zaps so far %llu\n", round,
 		       st.begin_ns / 1e6, (unsigned long long)st.faults, (unsigned long long)st.pages_fault,
 		       (unsigned long long)st.pages_sweep,
 		       (unsigned long long)(atomic_load(&zw.progress[0]) + atomic_load(&zw.progress[1])));
-		usnap_buf_free(img[0], len);
-		usnap_buf_free(img[1], len);
+		t_buf_free(img[0], len);
+		t_buf_free(img[1], len);
 		uffdsnap_snap_free(s);
 		ck_assert_int_eq(unlink(path), 0);
 	}
-	usnap_writers_stop(&zw, 20);
+	t_writers_stop(&zw, 20);
 	zaps = atomic_load(&zw.progress[0]) + atomic_load(&zw.progress[1]);
-	usnap_writers_stop(&w, 20);
+	t_writers_stop(&w, 20);
 	printf("%s: 5 snapshots exact under %llu zaps\n", with_private ? "storm_with_private" : "storm_shared", zaps);
 	ck_assert_uint_ge(zaps, 1000);
 	uffdsnap_free(ctx);
-	usnap_rmdir(dir);
+	t_rmdir(dir);
 	if (priv)
 		munmap(priv, plen);
-	usnap_mem_free(&m[0]);
-	usnap_mem_free(&m[1]);
+	t_mem_free(&m[0]);
+	t_mem_free(&m[1]);
 }
 
-START_TEST(storm_shared) { usnap_watchdog(170, "storm_shared"); storm(false); }
+START_TEST(storm_shared) { t_watchdog(170, "storm_shared"); storm(false); }
 END_TEST
 
-START_TEST(storm_with_private) { usnap_watchdog(170, "storm_with_private"); storm(true); }
+START_TEST(storm_with_private) { t_watchdog(170, "storm_with_private"); storm(true); }
 END_TEST
 
 int main(void)
@@ -148,10 +148,10 @@ int main(void)
 	Suite *s = suite_create("zapstorm");
 	TCase *tc = tcase_create("zapstorm");
 
-	usnap_test_require_uffd();
+	t_test_require_uffd();
 	tcase_set_timeout(tc, 180);
 	tcase_add_test(tc, storm_shared);
 	tcase_add_test(tc, storm_with_private);
 	suite_add_tcase(s, tc);
-	return usnap_run_suite(s);
+	return t_run_suite(s);
 }
