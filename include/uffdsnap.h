@@ -264,6 +264,10 @@ struct uffdsnap_stats {
 	uint64_t unmaps;          /* munmap()s of registered memory */
 	uint64_t protect_threads; /* threads that write-protected in begin (its caller's included) */
 	uint64_t chunks_uncompressed; /* chunks stored raw: zstd did not shrink them, or UFFDSNAP_OPT_ADAPT */
+	/* of `faults`: those whose resolution was delayed by a wait for buffer space (theirs or one
+	 * the handler went through while they were queued), and the sum of those waits */
+	uint64_t faults_waited;
+	uint64_t fault_wait_ns;
 };
 
 #define UFFDSNAP_STATE_RUNNING 0

@@ -564,6 +564,8 @@ USNAP_EXPORT int uffdsnap_snap_stats(const uffdsnap_snap_t *cs, uffdsnap_stats_t
 	st.unmaps = atomic_load(&s->unmaps);
 	st.protect_threads = s->protect_threads;
 	st.chunks_uncompressed = atomic_load(&s->chunks_uncompressed);
+	st.faults_waited = atomic_load(&s->faults_waited);
+	st.fault_wait_ns = atomic_load(&s->fault_wait_ns);
 	memcpy(out, &st, out->size);
 	return 0;
 }

@@ -377,6 +377,7 @@ struct uffdsnap_snap {
 	_Atomic uint64_t pages_fault, pages_sweep, pages_hole, pages_zero_found, faults, chunks;
 	_Atomic uint64_t fault_wait_max_ns, bytes_raw, bytes_out;
 	_Atomic uint64_t forks, remaps, unmaps, chunks_uncompressed;
+	_Atomic uint64_t faults_waited, fault_wait_ns;
 	_Atomic uint64_t starved_until_ns;  /* a fault waited for a buffer lately (UFFDSNAP_OPT_ADAPT) */
 	unsigned jobs_in_use, jobs_peak;    /* under pool_lock */
 	uint64_t buffer_bound;
