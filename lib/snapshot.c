@@ -233,6 +233,7 @@ static void snap_destroy(uffdsnap_snap_t *s)
 	free(s->readonly);
 	free(s->sregs);
 	free(s->by_addr);
+	free(s->by_file);
 	free(s->workers);
 	free(s->io.head_rec);
 	free(s->io.trailer);
@@ -304,6 +305,8 @@ static int snap_prepare(uffdsnap_snap_t *s)
 		s->pages_total += sr->reg->npages;
 	}
 	qsort(s->by_addr, s->nregions, sizeof(*s->by_addr), cmp_by_addr);
+	if ((r = usnap_index_files(s)))
+		return r;
 	if (usnap_space_init(s))
 		return -ENOMEM;
 	pthread_mutex_lock(&ctx->lock);
@@ -412,8 +415,8 @@ USNAP_EXPORT int uffdsnap_begin(uffdsnap_t *ctx, uffdsnap_sink_t *sink, uffdsnap
 		r = usnap_arm_aliases(s);
 	if (!r)
 		r = usnap_arm_participants(s);
-	for (unsigned i = 0; !r && i < s->nregions; i++)
-		r = usnap_arm(s, &s->sregs[i]);
+	if (!r)
+		r = usnap_arm_regions(s);
 	if (!r)
 		r = usnap_protect_all(s);
 	if (!r && (s->flags & UFFDSNAP_OPT_STRICT))

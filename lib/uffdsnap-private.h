@@ -322,6 +322,8 @@ struct uffdsnap_snap {
 	struct uffdsnap_sink *sink;
 	struct usnap_sreg *sregs;   /* in region id order */
 	struct usnap_sreg **by_addr;/* sorted by address at begin: the sweep's order */
+	struct usnap_sreg **by_file;/* shmem regions sorted by (dev, ino): finding a mapping's regions */
+	unsigned nby_file;
 	struct usnap_space spaces[USNAP_MAX_SPACES]; /* owned by the handler once `go` */
 	unsigned nspaces;
 	pthread_mutex_t maps_lock;  /* the spaces' piece tables while begin still reads them: the
@@ -392,7 +394,8 @@ int usnap_uffd_features(bool user_mode_only, uint64_t *avail, uint64_t *want);
 int usnap_uffd_api_shared(int fd, uint64_t want);
 
 /* region.c */
-int usnap_arm(uffdsnap_snap_t *s, struct usnap_sreg *sr);
+int usnap_arm_regions(uffdsnap_snap_t *s);
+int usnap_index_files(uffdsnap_snap_t *s);
 int usnap_arm_aliases(uffdsnap_snap_t *s);
 int usnap_protect_all(uffdsnap_snap_t *s);
 int usnap_arm_participants(uffdsnap_snap_t *s);
