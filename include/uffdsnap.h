@@ -268,6 +268,8 @@ struct uffdsnap_stats {
 	 * the handler went through while they were queued), and the sum of those waits */
 	uint64_t faults_waited;
 	uint64_t fault_wait_ns;
+	/* shmem pages mapped by PMD again after the snapshot (protecting splits huge mappings) */
+	uint64_t pages_huge_remapped;
 };
 
 #define UFFDSNAP_STATE_RUNNING 0

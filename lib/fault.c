@@ -731,6 +731,7 @@ void *usnap_handler_main(void *arg)
 		poll(NULL, 0, 1);
 	}
 	usnap_disarm_all(s);
+	usnap_remap_huge(s);
 	for (unsigned i = USNAP_OWN_SPACES; i < s->nspaces; i++)
 		usnap_space_end(s, &s->spaces[i]);
 	drain_messages(s);

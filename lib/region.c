@@ -268,6 +268,41 @@ static int check_private(const char *name, const struct usnap_vma *v)
 				"map it MAP_SHARED", name) : 0;
 }
 
+static size_t pmd_size(void)
+{
+	unsigned long pmd = 0;
+	FILE *f = fopen("/sys/kernel/mm/transparent_hugepage/hpage_pmd_size", "re");
+
+	if (f) {
+		if (fscanf(f, "%lu", &pmd) != 1)
+			pmd = 0;
+		fclose(f);
+	}
+	return pmd;
+}
+
+/* May the kernel back the mapping at a with transparent huge pages (its
+ * smaps THPeligible)? */
+static bool thp_eligible(uintptr_t a)
+{
+	char line[256];
+	uintptr_t lo, hi;
+	int eligible = 0;
+	bool in = false;
+	FILE *f = fopen("/proc/self/smaps", "re");
+
+	if (!f)
+		return false;
+	while (fgets(line, sizeof(line), f)) {
+		if (usnap_parse_range(line, &lo, &hi))
+			in = a >= lo && a < hi;
+		else if (in && sscanf(line, "THPeligible: %d", &eligible) == 1)
+			break;
+	}
+	fclose(f);
+	return eligible == 1;
+}
+
 /*
  * Private memory that may be backed by transparent huge pages is copied and
  * un-protected a huge page at a time, like hugetlbfs: un-protecting part of a
@@ -279,28 +314,9 @@ static int check_private(const char *name, const struct usnap_vma *v)
  */
 static size_t thp_unit(uintptr_t a)
 {
-	char line[256];
-	uintptr_t lo, hi;
-	unsigned long pmd = 0;
-	int eligible = 0;
-	bool in = false;
-	FILE *f = fopen("/sys/kernel/mm/transparent_hugepage/hpage_pmd_size", "re");
+	size_t pmd = pmd_size();
 
-	if (f) {
-		if (fscanf(f, "%lu", &pmd) != 1)
-			pmd = 0;
-		fclose(f);
-	}
-	if (!pmd || (a & (pmd - 1)) || !(f = fopen("/proc/self/smaps", "re")))
-		return 0;
-	while (fgets(line, sizeof(line), f)) {
-		if (usnap_parse_range(line, &lo, &hi))
-			in = a >= lo && a < hi;
-		else if (in && sscanf(line, "THPeligible: %d", &eligible) == 1)
-			break;
-	}
-	fclose(f);
-	return eligible == 1 ? pmd : 0;
+	return pmd && !(a & (pmd - 1)) && thp_eligible(a) ? pmd : 0;
 }
 
 /*
@@ -331,6 +347,7 @@ USNAP_EXPORT int uffdsnap_add_region(uffdsnap_t *ctx, const char *name, void *ad
 	enum usnap_kind kind = USNAP_SHMEM;
 	uint64_t ioctls = 0;
 	size_t nlen, unit = 0;
+	bool thp;
 	int fd = -1, err, id;
 
 	usnap_clear_err();
@@ -368,6 +385,8 @@ USNAP_EXPORT int uffdsnap_add_region(uffdsnap_t *ctx, const char *name, void *ad
 					  : check_private(name, &v);
 	if (!err && kind == USNAP_PRIVATE)
 		unit = thp_unit(a);
+	/* shmem huge pages: see usnap_remap_huge */
+	thp = !err && kind == USNAP_SHMEM && len >= pmd_size() && pmd_size() && thp_eligible(a);
 	if (err)
 		goto out;
 
@@ -413,7 +432,7 @@ USNAP_EXPORT int uffdsnap_add_region(uffdsnap_t *ctx, const char *name, void *ad
 	r = &ctx->regs[ctx->nregs];
 	*r = (struct usnap_reg){ .name = strdup(name), .kind = kind, .ino = v.ino, .dev = v.dev, .addr = a, .len = len,
 				 .npages = len / ctx->page_size, .fd = fd, .file_off = file_off,
-				 .unit = unit ? (uint32_t)(unit / ctx->page_size) : 1 };
+				 .unit = unit ? (uint32_t)(unit / ctx->page_size) : 1, .thp = thp };
 	if (!r->name) {
 		if (fd >= 0)
 			close(fd);
@@ -776,6 +795,36 @@ void usnap_disarm_all(uffdsnap_snap_t *s)
 		disarm_space(s, &s->spaces[k]);
 	for (unsigned i = 0; i < s->nregions; i++)
 		s->sregs[i].registered = false;
+}
+
+/*
+ * Write-protecting shmem splits its PMD mappings (the huge pages stay in the
+ * page cache, mapped by 512 PTEs from then on), so after a snapshot the
+ * program would pay TLB misses for the rest of its life. Once the regions are
+ * unregistered (MADV_COLLAPSE refuses uffd-wp ranges, and so does khugepaged)
+ * MADV_COLLAPSE of a range whose huge page is in the page cache only maps it
+ * by PMD again. Only where huge pages may back the mapping, and over the runs
+ * populated at the instant: elsewhere it would allocate huge pages and copy
+ * 4 KiB ones into them, which the program did not ask for. Best effort: a
+ * range that cannot be collapsed (a hole punched since, no huge page to be
+ * had) is left as it is. Runs on the handler thread after disarm.
+ */
+void usnap_remap_huge(uffdsnap_snap_t *s)
+{
+	for (unsigned i = 0; i < s->nregions; i++) {
+		const struct usnap_sreg *sr = &s->sregs[i];
+		struct usnap_space *sp = usnap_home(s, sr);
+
+		for (size_t d = 0; sr->reg->thp && d < sr->ndata; d++) {
+			uint64_t lo = sr->data[d].first, n;
+			uintptr_t addr;
+			size_t cur = 0;
+
+			while (usnap_space_each(sp, sr, s->page_size, lo, lo + sr->data[d].n, &cur, &addr, &n))
+				if (madvise((void *)addr, n * s->page_size, MADV_COLLAPSE) == 0)
+					atomic_fetch_add(&s->pages_huge_remapped, n);
+		}
+	}
 }
 
 /* ---- other mappings of a region's file in this process ---------------------------- */

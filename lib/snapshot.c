@@ -569,6 +569,7 @@ USNAP_EXPORT int uffdsnap_snap_stats(const uffdsnap_snap_t *cs, uffdsnap_stats_t
 	st.chunks_uncompressed = atomic_load(&s->chunks_uncompressed);
 	st.faults_waited = atomic_load(&s->faults_waited);
 	st.fault_wait_ns = atomic_load(&s->fault_wait_ns);
+	st.pages_huge_remapped = atomic_load(&s->pages_huge_remapped);
 	memcpy(out, &st, out->size);
 	return 0;
 }

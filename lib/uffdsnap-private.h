@@ -115,6 +115,7 @@ struct usnap_reg {
 	uint64_t ino;      /* the mapping's inode (0: anonymous), to notice a remap */
 	dev_t dev;         /* and its device: (dev, ino) names the file in /proc/self/maps */
 	uint32_t unit;     /* pages per unit of protection: 1, or those of a huge page */
+	bool thp;          /* SHMEM: transparent huge pages may back it (THPeligible at add_region) */
 };
 
 /* Addresses [start, end). */
@@ -379,7 +380,7 @@ struct uffdsnap_snap {
 	_Atomic uint64_t pages_fault, pages_sweep, pages_hole, pages_zero_found, faults, chunks;
 	_Atomic uint64_t fault_wait_max_ns, bytes_raw, bytes_out;
 	_Atomic uint64_t forks, remaps, unmaps, chunks_uncompressed;
-	_Atomic uint64_t faults_waited, fault_wait_ns;
+	_Atomic uint64_t faults_waited, fault_wait_ns, pages_huge_remapped;
 	_Atomic uint64_t starved_until_ns;  /* a fault waited for a buffer lately (UFFDSNAP_OPT_ADAPT) */
 	unsigned jobs_in_use, jobs_peak;    /* under pool_lock */
 	uint64_t buffer_bound;
@@ -401,6 +402,7 @@ int usnap_protect_all(uffdsnap_snap_t *s);
 int usnap_arm_participants(uffdsnap_snap_t *s);
 int usnap_check_mappings(uffdsnap_snap_t *s);
 void usnap_disarm_all(uffdsnap_snap_t *s);
+void usnap_remap_huge(uffdsnap_snap_t *s);
 int usnap_strict_begin(uffdsnap_snap_t *s);
 void usnap_reg_release(struct usnap_reg *r);
 bool usnap_in_data(const struct usnap_sreg *sr, uint64_t page);

@@ -88,8 +88,8 @@ static const char *const method_name[NMETHODS] = { "uffdsnap", "fork", "stw" };
 /* --memory: what the uffdsnap method snapshots. fork and stw always run on
  * private anonymous memory (fork could not snapshot shared memory), with
  * transparent huge pages for anon-thp so all three use the same page size. */
-enum { MEM_MEMFD, MEM_ANON, MEM_ANON_THP, MEM_HUGETLB, NMEMORY };
-static const char *const memory_name[NMEMORY] = { "memfd", "anon", "anon-thp", "hugetlb" };
+enum { MEM_MEMFD, MEM_ANON, MEM_ANON_THP, MEM_HUGETLB, MEM_MEMFD_THP, NMEMORY };
+static const char *const memory_name[NMEMORY] = { "memfd", "anon", "anon-thp", "hugetlb", "memfd-thp" };
 
 enum { PAT_RANDOM, PAT_SEQUENTIAL, PAT_ZIPF, PAT_HOTSET, NPATTERNS };
 static const char *const pattern_name[NPATTERNS] = { "random", "sequential", "zipf", "hotset" };
@@ -1348,7 +1348,7 @@ static void run_method(struct bench *b, int method, struct result *res)
 	/* The region: shmem (or --memory) for the library, private anonymous
 	 * memory (what a program such as Redis has) for fork and stw. Same bytes
 	 * in all. */
-	if (method == M_UFFDSNAP && (o->memory == MEM_MEMFD || o->memory == MEM_HUGETLB)) {
+	if (method == M_UFFDSNAP && (o->memory == MEM_MEMFD || o->memory == MEM_HUGETLB || o->memory == MEM_MEMFD_THP)) {
 		bool huge = o->memory == MEM_HUGETLB;
 
 		mfd = memfd_create("bench", MFD_CLOEXEC | (huge ? MFD_HUGETLB : 0));
@@ -1359,13 +1359,15 @@ static void run_method(struct bench *b, int method, struct result *res)
 		if (b->base == MAP_FAILED)
 			die("mmap memfd: %s%s", strerror(errno),
 			    huge ? ": reserve huge pages first (echo N > /proc/sys/vm/nr_hugepages)" : "");
+		if (o->memory == MEM_MEMFD_THP && madvise(b->base, len, MADV_HUGEPAGE))
+			die("MADV_HUGEPAGE on the memfd: %s", strerror(errno));
 	} else {
 		/* sparse: no commit charge for the holes (64 GiB > RAM is refused otherwise) */
 		b->base = mmap(NULL, len, PROT_READ | PROT_WRITE,
 			       MAP_PRIVATE | MAP_ANONYMOUS | (len > o->size ? MAP_NORESERVE : 0), -1, 0);
 		if (b->base == MAP_FAILED)
 			die("mmap %zu bytes: %s", len, strerror(errno));
-		if (o->memory == MEM_ANON_THP && madvise(b->base, len, MADV_HUGEPAGE))
+		if ((o->memory == MEM_ANON_THP || o->memory == MEM_MEMFD_THP) && madvise(b->base, len, MADV_HUGEPAGE))
 			die("MADV_HUGEPAGE: %s", strerror(errno));
 	}
 	fill_data(b->base, o->size, b->stride, o->seed, b->ncpu);
@@ -1633,7 +1635,8 @@ static void usage(int code)
 		"  --fsync                 all methods fsync their output (uffdsnap: UFFDSNAP_OPT_FSYNC)\n"
 		"  --adapt                 uffdsnap: UFFDSNAP_OPT_ADAPT (store chunks raw while a writer waits)\n"
 		"  --memory KIND           uffdsnap's region: memfd (default), anon, anon-thp (fork and stw on THP\n"
-		"                          too), hugetlb (MFD_HUGETLB: reserve nr_hugepages first)\n"
+		"                          too), hugetlb (MFD_HUGETLB: reserve nr_hugepages first), memfd-thp (memfd\n"
+		"                          with MADV_HUGEPAGE: needs shmem_enabled advise or always; fork and stw on THP)\n"
 		"  --keep                  keep snapshot files\n"
 		"  --warmup-ms N           undisturbed-rate measurement per method (default 1000)\n"
 		"  --settle-max-ms N       longest wait for the rate to recover after a snapshot (default 15000)\n"
@@ -1901,7 +1904,8 @@ int main(int argc, char **argv)
 		emit_pattern(&e, &b.o);
 		e_str(&e, "sink", b.o.sink == SINK_FILE ? "file" : "null");
 		e_str(&e, "memory", k == M_UFFDSNAP ? memory_name[b.o.memory]
-				    : memory_name[b.o.memory == MEM_ANON_THP ? MEM_ANON_THP : MEM_ANON]);
+				    : memory_name[b.o.memory == MEM_ANON_THP || b.o.memory == MEM_MEMFD_THP ? MEM_ANON_THP
+														: MEM_ANON]);
 		if (k == M_UFFDSNAP)
 			e_bool(&e, "adapt", b.o.adapt);
 		e_bool(&e, "ok", r->ok);
@@ -1930,6 +1934,7 @@ int main(int argc, char **argv)
 		if (k == M_FORK)
 			e_num(&e, "child_smaps_peak_mib", r->child_smaps_peak_mib);
 		if (k == M_UFFDSNAP) {
+			e_int(&e, "pages_huge_remapped", r->st.pages_huge_remapped);
 			e_num(&e, "begin_protect_ms", r->begin_protect_ms);
 			e_int(&e, "protect_threads", r->st.protect_threads);
 			e_int(&e, "chunks", r->st.chunks);
