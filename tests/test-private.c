@@ -174,11 +174,30 @@ START_TEST(private_anon_exact)
 }
 END_TEST
 
-/* kB of AnonHugePages in the mapping that holds addr (smaps). */
-static long anon_huge_kib(const void *addr)
+/* Writes to every 97th page of the second half (remembered in `now`) while
+ * the sweep is held, then let it go and wait: the snapshot's result. */
+static int write_and_wait(struct setup *t, uint8_t *addr, uint8_t *now, size_t np, uffdsnap_stats_t *st,
+			  const char *label)
+{
+	int r;
+
+	for (size_t p = np / 2 + 3; p < np; p += 97) {
+		addr[p * usnap_page + 9] ^= 0x5a;
+		now[p * usnap_page + 9] ^= 0x5a;
+	}
+	atomic_store(&t->cb.sleep_us, 0);
+	r = uffdsnap_wait(t->s);
+	usnap_stats(t->s, st);
+	usnap_stats_print(label, st);
+	return r;
+}
+
+/* kB of a field ("AnonHugePages:", "ShmemPmdMapped:") of the mapping that holds addr (smaps). */
+static long smaps_kib(const void *addr, const char *field)
 {
 	char line[512];
 	uintptr_t a = (uintptr_t)addr, lo, hi;
+	size_t flen = strlen(field);
 	long kib = -1;
 	bool in = false;
 	FILE *f = fopen("/proc/self/smaps", "re");
@@ -187,7 +206,7 @@ static long anon_huge_kib(const void *addr)
 	while (fgets(line, sizeof(line), f)) {
 		if (sscanf(line, "%lx-%lx ", &lo, &hi) == 2 && strchr(line, '-') < strchr(line, ' '))
 			in = a >= lo && a < hi;
-		else if (in && sscanf(line, "AnonHugePages: %ld kB", &kib) == 1)
+		else if (in && !strncmp(line, field, flen) && sscanf(line + flen, "%ld kB", &kib) == 1)
 			break;
 	}
 	fclose(f);
@@ -220,7 +239,7 @@ START_TEST(private_thp_stays_huge)
 	}
 	for (size_t p = 0; p < np; p++)
 		usnap_fill_page(addr + p * usnap_page, 29, p);
-	before = anon_huge_kib(addr);
+	before = smaps_kib(addr, "AnonHugePages:");
 	if (before < (long)(len / 2 / 1024)) {
 		/* THP off, or no huge page to be had: nothing to prove */
 		usnap_skip("private_thp_stays_huge", "only %ld kB of huge pages (THP disabled or memory fragmented)",
@@ -231,15 +250,8 @@ START_TEST(private_thp_stays_huge)
 	ref = usnap_copy(addr, len);
 	now = usnap_copy(ref, len);
 	begin_held(&t, addr, len);
-	for (size_t p = np / 2 + 3; p < np; p += 97) {
-		addr[p * usnap_page + 9] ^= 0x5a;
-		now[p * usnap_page + 9] ^= 0x5a;
-	}
-	atomic_store(&t.cb.sleep_us, 0);
-	r = uffdsnap_wait(t.s);
-	usnap_stats(t.s, &st);
-	usnap_stats_print("private thp", &st);
-	after = anon_huge_kib(addr);
+	r = write_and_wait(&t, addr, now, np, &st, "private thp");
+	after = smaps_kib(addr, "AnonHugePages:");
 	printf("private_thp_stays_huge: AnonHugePages %ld kB before, %ld kB after; %llu faults, %llu pages copied "
 	       "for writers\n", before, after, (unsigned long long)st.faults, (unsigned long long)st.pages_fault);
 	ck_assert_msg(r == 0, "wait: %d %s", r, uffdsnap_snap_error(t.s));
@@ -258,26 +270,6 @@ START_TEST(private_thp_stays_huge)
 	munmap(raw, len + huge);
 }
 END_TEST
-
-/* kB of ShmemPmdMapped in the mapping that holds addr (smaps; FilePmdMapped is for other files). */
-static long shmem_pmd_kib(const void *addr)
-{
-	char line[512];
-	uintptr_t a = (uintptr_t)addr, lo, hi;
-	long kib = -1;
-	bool in = false;
-	FILE *f = fopen("/proc/self/smaps", "re");
-
-	ck_assert(f != NULL);
-	while (fgets(line, sizeof(line), f)) {
-		if (sscanf(line, "%lx-%lx ", &lo, &hi) == 2 && strchr(line, '-') < strchr(line, ' '))
-			in = a >= lo && a < hi;
-		else if (in && sscanf(line, "ShmemPmdMapped: %ld kB", &kib) == 1)
-			break;
-	}
-	fclose(f);
-	return kib;
-}
 
 #define SHMEM_THP_KNOB "/sys/kernel/mm/transparent_hugepage/shmem_enabled"
 
@@ -326,7 +318,7 @@ START_TEST(shmem_thp_huge_again)
 	ck_assert(mmap(addr, len, PROT_READ | PROT_WRITE, MAP_SHARED | MAP_FIXED, fd, 0) == addr);
 	ck_assert_int_eq(madvise(addr, len, MADV_HUGEPAGE), 0);
 	usnap_fill_random(addr, len, 41);
-	before = shmem_pmd_kib(addr);
+	before = smaps_kib(addr, "ShmemPmdMapped:");
 	if (before < (long)(len / 2 / 1024)) {
 		usnap_skip("shmem_thp_huge_again", "only %ld kB mapped by PMD (no huge page to be had)", before);
 		goto out;
@@ -334,16 +326,9 @@ START_TEST(shmem_thp_huge_again)
 	ref = usnap_copy(addr, len);
 	now = usnap_copy(ref, len);
 	begin_held(&t, addr, len);
-	during = shmem_pmd_kib(addr);
-	for (size_t p = np / 2 + 3; p < np; p += 97) {
-		addr[p * usnap_page + 9] ^= 0x5a;
-		now[p * usnap_page + 9] ^= 0x5a;
-	}
-	atomic_store(&t.cb.sleep_us, 0);
-	r = uffdsnap_wait(t.s);
-	usnap_stats(t.s, &st);
-	usnap_stats_print("shmem thp", &st);
-	after = shmem_pmd_kib(addr);
+	during = smaps_kib(addr, "ShmemPmdMapped:");
+	r = write_and_wait(&t, addr, now, np, &st, "shmem thp");
+	after = smaps_kib(addr, "ShmemPmdMapped:");
 	printf("shmem_thp_huge_again: ShmemPmdMapped %ld kB before, %ld kB while protected, %ld kB after; "
 	       "%llu pages mapped huge again\n", before, during, after, (unsigned long long)st.pages_huge_remapped);
 	ck_assert_msg(r == 0, "wait: %d %s", r, uffdsnap_snap_error(t.s));
