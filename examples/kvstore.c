@@ -8,6 +8,7 @@
  *   kvstore --port PORT --dir DIR [--arena-mib N] [--huge none|thp|hugetlb]
  *           [--restore lazy|eager|lazy-touch] [--check] [--bind ADDR]
  *           [--snap-threads N] [--zstd-level N] [--snap-nice N]
+ *           [--client-output-limit MIB]
  *
  * Enough RESP2 for redis-cli and redis-benchmark: PING SET GET DEL EXISTS
  * INCR MSET MGET DBSIZE FLUSHALL INFO CONFIG GET SAVE BGSAVE LASTSAVE
@@ -22,6 +23,14 @@
  * touch or from the background pass); the snapshot context is created once
  * the restore is done, and a BGSAVE before that is refused as Redis refuses
  * one while a save is in progress.
+ *
+ * A client's replies waiting to be sent are bounded: once they reach
+ * --client-output-limit (default 64 MiB), the server stops reading and
+ * executing that client's commands until half of them are sent, so a client
+ * that pipelines requests and never reads costs the limit plus one reply, not
+ * memory without end. A single reply larger than OUT_REPLY_MAX (1 GiB: MGET
+ * of many big values) closes the connection, as Redis closes a client over
+ * its hard output limit.
  */
 #ifndef _GNU_SOURCE
 #define _GNU_SOURCE
@@ -63,6 +72,7 @@
 #define PROTO_MAX_ARGS (1024 * 1024)
 #define PROTO_MAX_INLINE (64 << 10)
 #define QUERY_BUF_MAX (1ull << 30)       /* Redis's client-query-buffer-limit */
+#define OUT_REPLY_MAX (1ull << 30)       /* one command's reply, at most */
 #define REHASH_STEPS 4                   /* buckets moved per write command */
 
 /* ---- the arena ------------------------------------------------------------- */
@@ -96,6 +106,7 @@ static struct {
 	int snap_threads, zstd_level;
 	int snap_nice;                   /* nice of the snapshot's threads (--snap-nice) */
 	uint32_t lazy_flags;             /* --restore lazy-touch: UFFDSNAP_LAZY_NO_PREFETCH */
+	size_t out_limit;                /* --client-output-limit: replies queued before reading stops */
 
 	int memfd;
 	uint8_t *base;
@@ -121,8 +132,9 @@ static struct {
 	double lazy_ms;
 	time_t start_time;
 	uint64_t commands, connections;
+	uint64_t out_pauses, out_closes; /* clients stopped at the output limit; closed over OUT_REPLY_MAX */
 } S = { .dir = ".", .bind = "127.0.0.1", .port = 6379, .arena_len = 4ull << 30, .lazy = true,
-	.snap_threads = 1, .zstd_level = 1, .last_bg_ok = 1, .last_bg_time_sec = -1 };
+	.snap_threads = 1, .zstd_level = 1, .last_bg_ok = 1, .last_bg_time_sec = -1, .out_limit = 64u << 20 };
 
 static uint64_t now_ns(void)
 {
@@ -456,23 +468,35 @@ struct conn {
 	char *out;
 	size_t out_len, out_cap;
 	bool closing;
+	bool out_paused;  /* reading stopped: too many replies wait to be sent */
+	bool out_failed;  /* a reply over OUT_REPLY_MAX or no memory for it: dropped, the connection closes */
 };
 
-static void out_need(struct conn *c, size_t n)
+/* Room for n more bytes of replies; false (and the connection condemned) if there cannot be. */
+static bool out_need(struct conn *c, size_t n)
 {
+	size_t cap;
+	char *p;
+
+	if (c->out_failed)
+		return false;
 	if (c->out_len + n <= c->out_cap)
-		return;
-	c->out_cap = (c->out_len + n) * 2 < 16384 ? 16384 : (c->out_len + n) * 2;
-	c->out = realloc(c->out, c->out_cap);
-	if (!c->out) {
-		fprintf(stderr, "kvstore: out of memory for a reply\n");
-		abort();
+		return true;
+	cap = (c->out_len + n) * 2 < 16384 ? 16384 : (c->out_len + n) * 2;
+	if (c->out_len + n > OUT_REPLY_MAX || !(p = realloc(c->out, cap))) {
+		fprintf(stderr, "kvstore: closing a client whose replies would exceed %s\n",
+			c->out_len + n > OUT_REPLY_MAX ? "1 GiB" : "the memory available");
+		c->out_failed = true;
+		return false;
 	}
+	c->out = p, c->out_cap = cap;
+	return true;
 }
 
 static void out_raw(struct conn *c, const void *p, size_t n)
 {
-	out_need(c, n);
+	if (!out_need(c, n))
+		return;
 	memcpy(c->out + c->out_len, p, n);
 	c->out_len += n;
 }
@@ -483,12 +507,14 @@ static void out_fmt(struct conn *c, const char *fmt, ...)
 	va_list ap;
 	int n;
 
-	out_need(c, 256);
+	if (!out_need(c, 256))
+		return;
 	va_start(ap, fmt);
 	n = vsnprintf(c->out + c->out_len, c->out_cap - c->out_len, fmt, ap);
 	va_end(ap);
 	if ((size_t)n >= c->out_cap - c->out_len) {
-		out_need(c, (size_t)n + 1);
+		if (!out_need(c, (size_t)n + 1))
+			return;
 		va_start(ap, fmt);
 		vsnprintf(c->out + c->out_len, c->out_cap - c->out_len, fmt, ap);
 		va_end(ap);
@@ -692,7 +718,9 @@ static void cmd_info(struct conn *c, const struct arg *a, int argc)
 			      "arena_brk:%" PRIu64 "\r\n\r\n", S.h->used, S.arena_len, S.h->brk);
 	if (all || is(&a[1], "stats"))
 		n += snprintf(buf + n, sizeof(buf) - n, "# Stats\r\ntotal_connections_received:%" PRIu64 "\r\n"
-			      "total_commands_processed:%" PRIu64 "\r\n\r\n", S.connections, S.commands);
+			      "total_commands_processed:%" PRIu64 "\r\n"
+			      "client_output_limit_pauses:%" PRIu64 "\r\nclient_output_limit_closes:%" PRIu64
+			      "\r\n\r\n", S.connections, S.commands, S.out_pauses, S.out_closes);
 	if (all || is(&a[1], "persistence")) {
 		if (S.lz)
 			uffdsnap_lazy_stats(S.lz, &ls);
@@ -875,6 +903,16 @@ static void conn_close(struct conn *c)
 		uv_close((uv_handle_t *)&c->tcp, conn_closed);
 }
 
+/* replies not yet sent: queued in libuv, and being built */
+static size_t out_pending(const struct conn *c)
+{
+	return c->tcp.write_queue_size + c->out_len;
+}
+
+static void process(struct conn *c);
+static void on_alloc(uv_handle_t *h, size_t hint, uv_buf_t *buf);
+static void on_read(uv_stream_t *s, ssize_t n, const uv_buf_t *buf);
+
 static void on_written(uv_write_t *req, int status)
 {
 	struct wreq *w = (struct wreq *)req;
@@ -884,6 +922,13 @@ static void on_written(uv_write_t *req, int status)
 	free(w);
 	if (status < 0 && c)
 		conn_close(c);
+	else if (c && c->out_paused && !c->closing && !uv_is_closing((uv_handle_t *)&c->tcp) &&
+		 out_pending(c) <= S.out_limit / 2) {
+		/* half sent: take the commands read meanwhile, then read again */
+		c->out_paused = false;
+		uv_read_start((uv_stream_t *)&c->tcp, on_alloc, on_read);
+		process(c);
+	}
 }
 
 static void flush(struct conn *c)
@@ -1036,8 +1081,17 @@ static void process(struct conn *c)
 
 	while (pos < c->in_len && !c->closing) {
 		int argc = 0;
-		long used = parse(c, c->in + pos, c->in_len - pos, &argc, &need);
+		long used;
 
+		if (out_pending(c) >= S.out_limit) {
+			/* the client does not read its replies: neither do we its commands */
+			if (!c->out_paused)
+				S.out_pauses++;
+			c->out_paused = true;
+			uv_read_stop((uv_stream_t *)&c->tcp);
+			break;
+		}
+		used = parse(c, c->in + pos, c->in_len - pos, &argc, &need);
 		if (used <= 0)
 			break;
 		pos += (size_t)used;
@@ -1045,6 +1099,12 @@ static void process(struct conn *c)
 		if (argc > 0 && !dispatch(c, argv_buf, argc)) {
 			c->closing = true;
 			break;
+		}
+		if (c->out_failed) {
+			S.out_closes++;
+			c->closing = true;
+			conn_close(c);
+			return;
 		}
 	}
 	if (c->closing) /* a protocol error's reply is out already; SHUTDOWN closes it */
@@ -1242,11 +1302,14 @@ static void usage(int code)
 		"usage: kvstore [--port PORT] [--bind ADDR] [--dir DIR] [--arena-mib N]\n"
 		"               [--huge none|thp|hugetlb] [--restore lazy|eager|lazy-touch] [--check]\n"
 		"               [--snap-threads N] [--zstd-level N] [--snap-nice N]\n"
+		"               [--client-output-limit MIB]\n"
 		"  --port 0 picks a free port and prints it. Defaults: 6379, 127.0.0.1, ., 4096 MiB,\n"
 		"  none, lazy, 1 compression thread, zstd level 1. The arena is a sparse memfd:\n"
 		"  memory is used as data arrives.\n"
 		"  lazy-touch restores only pages that are touched, so the restore stays in\n"
-		"  progress (tests: BGSAVE is refused meanwhile). --check walks the restored arena.\n");
+		"  progress (tests: BGSAVE is refused meanwhile). --check walks the restored arena.\n"
+		"  --client-output-limit: a client's replies waiting to be sent (default 64 MiB)\n"
+		"  before the server stops reading its commands until half are sent.\n");
 	exit(code);
 }
 
@@ -1256,12 +1319,14 @@ int main(int argc, char **argv)
 		{ "port", 1, 0, 'p' }, { "bind", 1, 0, 'b' }, { "dir", 1, 0, 'd' }, { "arena-mib", 1, 0, 'a' },
 		{ "huge", 1, 0, 'H' }, { "snap-threads", 1, 0, 't' }, { "zstd-level", 1, 0, 'z' },
 		{ "snap-nice", 1, 0, 'n' }, { "restore", 1, 0, 'r' }, { "check", 0, 0, 'c' }, { "help", 0, 0, 'h' },
+		{ "client-output-limit", 1, 0, 'O' },
 		{ 0, 0, 0, 0 },
 	};
 	struct sockaddr_storage addr;
 	int o, r, alen = sizeof(addr);
 	char *end;
 
+	uffdsnap_set_log_fn(uffdsnap_log_stderr, NULL); /* a lazy restore's failure, before its SIGBUS */
 	while ((o = getopt_long(argc, argv, "", lo, NULL)) != -1) {
 		switch (o) {
 		case 'p': S.port = atoi(optarg); break;
@@ -1288,6 +1353,11 @@ int main(int argc, char **argv)
 		case 'z': S.zstd_level = atoi(optarg); break;
 		case 'n': S.snap_nice = atoi(optarg); break;
 		case 'c': S.check = true; break;
+		case 'O':
+			S.out_limit = strtoull(optarg, &end, 10) << 20;
+			if (*end || !S.out_limit)
+				usage(2);
+			break;
 		case 'h': usage(0); break;
 		default: usage(2);
 		}

@@ -69,6 +69,14 @@ typedef struct uffdsnap_sink uffdsnap_sink_t; /* where a snapshot's bytes go */
  * stats.chunks_uncompressed counts what it cost.
  */
 #define UFFDSNAP_OPT_ADAPT (1u << 3)
+/*
+ * Keep what deltas need: from the first snapshot on, every snapshot leaves one
+ * 64-bit fingerprint per page of its image (8 bytes per page: 0.2 % of 4 KiB
+ * pages, held by the context until uffdsnap_free), so that the next may be a
+ * delta (uffdsnap_begin_delta). Without it, uffdsnap_begin_delta returns
+ * -ENOLINK.
+ */
+#define UFFDSNAP_OPT_DELTA (1u << 4)
 
 struct uffdsnap_opts {
 	size_t size;            /* sizeof(uffdsnap_opts_t) */
@@ -222,6 +230,22 @@ int uffdsnap_begin(uffdsnap_t *ctx, uffdsnap_sink_t *sink, uffdsnap_snap_t **sna
 int uffdsnap_begin_file(uffdsnap_t *ctx, const char *path, uffdsnap_snap_t **snap);
 
 /*
+ * A delta (incremental snapshot): uffdsnap_begin() with the same instant,
+ * wait, stats, cancel and free, but the file holds only the pages whose
+ * contents differ from the context's last snapshot (its parent: the last one
+ * begun, if it completed). It names its parent by id (stats.parent_id); a
+ * chain, the full snapshot then each delta in order, is read with
+ * uffdsnap_reader_open_chain(). Needs UFFDSNAP_OPT_DELTA. Errors: those of
+ * uffdsnap_begin(), and -ENOLINK (only here) when there is no usable parent:
+ * no snapshot completed yet, the last one failed or was cancelled, a region
+ * was added since, or the context lacks UFFDSNAP_OPT_DELTA; the reason is in
+ * uffdsnap_last_error(). Take a full snapshot then: never a delta with a gap.
+ */
+int uffdsnap_begin_delta(uffdsnap_t *ctx, uffdsnap_sink_t *sink, uffdsnap_snap_t **snap);
+/* uffdsnap_begin_delta() with uffdsnap_sink_file(path, 0600). */
+int uffdsnap_begin_delta_file(uffdsnap_t *ctx, const char *path, uffdsnap_snap_t **snap);
+
+/*
  * Wait for the snapshot to finish. 0: complete and durable as the options ask;
  * otherwise a negative errno (-ENOSPC, -EPIPE, -ECANCELED, -EIO ...) with the
  * reason in uffdsnap_snap_error(). In every case no page is left protected and
@@ -264,6 +288,11 @@ struct uffdsnap_stats {
 	uint64_t unmaps;          /* munmap()s of registered memory */
 	uint64_t protect_threads; /* threads that write-protected in begin (its caller's included) */
 	uint64_t chunks_uncompressed; /* chunks stored raw: zstd did not shrink them, or UFFDSNAP_OPT_ADAPT */
+	/* the snapshot's identity, as its file's HEAD holds it (uffdsnap_reader_info) */
+	uint8_t snap_id[16];      /* this snapshot's id (random; also in the file's END) */
+	uint8_t parent_id[16];    /* a delta: its parent's snap_id; zeros for a full snapshot */
+	uint64_t depth;           /* 0 for a full snapshot; a delta: its parent's depth + 1 */
+	uint64_t pages_unchanged; /* a delta: pages copied but left out, equal to the parent's */
 	/* of `faults`: those whose resolution was delayed by a wait for buffer space (theirs or one
 	 * the handler went through while they were queued), and the sum of those waits */
 	uint64_t faults_waited;
@@ -288,6 +317,21 @@ void uffdsnap_snap_free(uffdsnap_snap_t *snap);
 const char *uffdsnap_strerror(int err);
 /* Detail of the calling thread's last failed call ("" if none). */
 const char *uffdsnap_last_error(void);
+
+/*
+ * Where the library's log lines go. The library is quiet by default: it logs
+ * only what a caller cannot learn in time from a return value, today a lazy
+ * restore that fails in its own thread (the program's next touch of a page
+ * not restored gets SIGBUS; UFFDSNAP_LAZY_QUIET silences it for one
+ * restore). fn(user, line) gets one line without a newline, on whichever
+ * library thread failed, possibly while program threads wait on a page: it
+ * must not take a lock a program thread may hold (stdio's, say: write(2) is
+ * safe). Process-wide; NULL stops logging. uffdsnap_log_stderr writes each
+ * line to standard error with write(2).
+ */
+typedef void (*uffdsnap_log_fn)(void *user, const char *line);
+void uffdsnap_set_log_fn(uffdsnap_log_fn fn, void *user);
+void uffdsnap_log_stderr(void *user, const char *line);
 
 /*
  * Temporary files that writers of `path` (snapshots, restores, extracts) left
@@ -328,6 +372,13 @@ typedef struct uffdsnap_info {
 	const char *reason;      /* why complete is 0 ("" if complete); valid while the reader lives */
 	uint64_t chunks_loaded;  /* chunks this reader has loaded with their pages (decompressed) so far;
 	                          * a chunk served from its cache is not counted again */
+	/* identity and chain (docs/format.md, "Deltas"): */
+	uint8_t snap_id[16];     /* the snapshot's unique id */
+	uint8_t parent_id[16];   /* a delta: the id of the snapshot it applies to; else zeros */
+	uint32_t depth;          /* a delta: 1 + its parent's depth (1 on a full snapshot); else 0 */
+	int delta;               /* 1 if a delta (version 2): alone it is a file, not an image */
+	unsigned files;          /* files the reader presents: 1, or a chain's length
+	                          * (uffdsnap_reader_open_chain(): the fields above are its last file's) */
 } uffdsnap_info_t;
 
 typedef struct uffdsnap_region_info {
@@ -340,7 +391,8 @@ typedef struct uffdsnap_region_info {
  * Open a snapshot file for reading: the header and the trailer (index) are read
  * and checked. A file without a valid trailer (truncated, or the snapshot
  * failed) opens with info.complete = 0 so it can be inspected; reading page data
- * from it fails with -ENODATA. Errors: -ENOEXEC (not a snapshot), -EPROTONOSUPPORT
+ * from it fails with -ENODATA. A delta (format version 2, info.delta = 1) opens
+ * and verifies, but its pages are read only with its chain (-ENOLINK alone). Errors: -ENOEXEC (not a snapshot), -EPROTONOSUPPORT
  * (newer format), -EBADMSG (corrupt), -ENODATA (shorter than its header), plus
  * open(2) and read(2) errors; uffdsnap_last_error() says what and where.
  */
@@ -351,6 +403,18 @@ int uffdsnap_reader_open(uffdsnap_reader_t **r, const char *path);
  * -ESPIPE. The header is read here, so this blocks until it arrives. The fd is
  * not closed. */
 int uffdsnap_reader_open_fd(uffdsnap_reader_t **r, int fd);
+/*
+ * Open a chain: a full snapshot and the deltas taken after it, paths[0] the
+ * full one, then each delta after its parent (n >= 1). The reader presents
+ * the image at the last file's instant through every reader call (read,
+ * extract, verify, restore, lazy restore, serve); its region table and info
+ * are the last file's, with info.files = n. Every file must be complete; each
+ * delta's parent id must be the previous file's id, its depth its place in
+ * the chain, and its region table the same. A wrong order, a missing link, a
+ * file of another chain (-ENOLINK), or a file that does not open (its own
+ * error) is refused, and uffdsnap_last_error() names the file.
+ */
+int uffdsnap_reader_open_chain(uffdsnap_reader_t **r, const char *const *paths, unsigned n);
 int uffdsnap_reader_info(const uffdsnap_reader_t *r, uffdsnap_info_t *out);
 /* Name and length of region `id` (0 .. nregions-1), or -ENOENT. */
 int uffdsnap_reader_region(const uffdsnap_reader_t *r, unsigned id, uffdsnap_region_info_t *out);
@@ -369,7 +433,9 @@ int uffdsnap_reader_verify(uffdsnap_reader_t *r);
  * Copy bytes [off, off+len) of region `id` into buf (holes read as zeros).
  * 0, or -EINVAL (range not inside the region), -ENOENT (no such region),
  * -ENODATA (incomplete snapshot), -EBADMSG (a chunk it needs is corrupt, or
- * the extent tables of the region's chunks do not account for every page once).
+ * the extent tables of the region's chunks do not account for every page once),
+ * -ENOLINK (a delta opened alone: its pages are read with its chain,
+ * uffdsnap_reader_open_chain()).
  * The first read or extract of a region maps which chunk holds each page
  * (12 bytes per run of pages that one chunk holds); each read decompresses
  * every chunk it needs once, and keeps recent ones (uffdsnap_reader_cache()).
@@ -397,6 +463,16 @@ int uffdsnap_reader_extract_fd(uffdsnap_reader_t *r, unsigned id, int fd);
  * file is created. Holes stay holes. The detail is in uffdsnap_last_error().
  */
 int uffdsnap_reader_extract_file(uffdsnap_reader_t *r, unsigned id, const char *path, mode_t mode);
+/*
+ * Write the reader's image (of a file, or of a chain: uffdsnap_reader_open_chain())
+ * to `path` as one full snapshot (format version 1, zstd level 1; all-zero
+ * pages stored as ZERO), under the rules of uffdsnap_reader_extract_file(): a
+ * temporary file renamed over `path` only once complete, `mode` 0 meaning
+ * 0600. The new file has a new snapshot id and the last file's instant.
+ * Errors as uffdsnap_reader_read(), plus write(2) errors; the detail is in
+ * uffdsnap_last_error().
+ */
+int uffdsnap_reader_merge_file(uffdsnap_reader_t *r, const char *path, mode_t mode);
 /* Why the last verify/read/extract call on r failed ("" if it succeeded). */
 const char *uffdsnap_reader_error(const uffdsnap_reader_t *r);
 void uffdsnap_reader_free(uffdsnap_reader_t *r);

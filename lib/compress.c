@@ -2,7 +2,9 @@
 /*
  * Compression workers: turn a chunk of copied pages into a finished CHNK
  * record. All-zero pages are found here (off the fault path) and recorded as
- * ZERO extents without data; the remaining pages are fed to zstd run by run
+ * ZERO extents without data; with UFFDSNAP_OPT_DELTA every page is
+ * fingerprinted here too, and a delta leaves out the pages whose fingerprint
+ * is the parent's (delta.c); the remaining pages are fed to zstd run by run
  * (no gather copy), or stored raw when zstd does not make them smaller, or,
  * with UFFDSNAP_OPT_ADAPT, while a write fault waits for a buffer: the writer
  * then waits for a memcpy instead of zstd. The record's CRC-32C is computed
@@ -25,14 +27,36 @@ struct run {
 };
 
 /*
- * Rewrite the handler's extents into `out`, splitting DATA extents at zero
- * pages. Returns the extent count; the data pages left are described by runs.
+ * Fingerprint page `page` of the job's region (fp: its table, NULL without
+ * UFFDSNAP_OPT_DELTA) as h; true if a delta leaves it out: the parent's
+ * fingerprint is the same. Each page is recorded once per snapshot, so this
+ * worker is the only one reading and writing its slot now.
  */
-static uint32_t split_zero(const uffdsnap_snap_t *s, struct usnap_job *j, struct usnap_extent *out,
-			   struct run *runs, size_t *nruns, uint64_t *zero_found)
+static bool unchanged(const uffdsnap_snap_t *s, uint64_t *fp, uint64_t page, uint64_t h)
+{
+	bool same;
+
+	if (!fp)
+		return false;
+	same = fp[page] == h;
+	fp[page] = h;
+	return same && s->delta;
+}
+
+/*
+ * Rewrite the handler's extents into `out`, splitting DATA extents at zero
+ * pages and, in a delta, leaving out unchanged pages. Returns the extent
+ * count; the data pages left are described by runs. At most one extent per
+ * DATA page plus one per ZERO extent of the handler's, as without deltas: a
+ * hole extent is left out only whole (one page of it the parent had not as
+ * zeros keeps all of it: a ZERO extent costs no data).
+ */
+static uint32_t split_zero(uffdsnap_snap_t *s, struct usnap_job *j, struct usnap_extent *out, struct run *runs,
+			   size_t *nruns, uint64_t *zero_found)
 {
 	const size_t ps = s->page_size;
 	const uint8_t *raw = j->raw;
+	uint64_t *fp = s->sregs[j->region].fp, left_out = 0;
 	uint32_t n = 0;
 
 	*nruns = 0;
@@ -41,14 +65,26 @@ static uint32_t split_zero(const uffdsnap_snap_t *s, struct usnap_job *j, struct
 		const struct usnap_extent *x = &j->ext[e];
 
 		if (x->kind == USNAP_EXT_ZERO) {
-			out[n++] = *x;
+			bool same = true;
+
+			for (uint32_t i = 0; fp && i < x->npages; i++)
+				same &= unchanged(s, fp, x->first_page + i, s->zero_fp);
+			if (fp && same && s->delta)
+				left_out += x->npages;
+			else
+				out[n++] = *x;
 			continue;
 		}
 		for (uint32_t i = 0; i < x->npages; i++, raw += ps) {
-			uint32_t kind = usnap_page_is_zero(raw, ps) ? USNAP_EXT_ZERO : USNAP_EXT_DATA;
+			bool zero = usnap_page_is_zero(raw, ps);
+			uint32_t kind = zero ? USNAP_EXT_ZERO : USNAP_EXT_DATA;
 			struct usnap_extent *last = n ? &out[n - 1] : NULL;
 
-			if (kind == USNAP_EXT_ZERO)
+			if (fp && unchanged(s, fp, x->first_page + i, zero ? s->zero_fp : usnap_fingerprint(raw, ps))) {
+				left_out++;
+				continue;
+			}
+			if (zero)
 				(*zero_found)++;
 			if (last && last->kind == kind && last->first_page + last->npages == x->first_page + i) {
 				last->npages++;
@@ -64,6 +100,8 @@ static uint32_t split_zero(const uffdsnap_snap_t *s, struct usnap_job *j, struct
 			}
 		}
 	}
+	if (left_out)
+		atomic_fetch_add(&s->pages_unchanged, left_out);
 	return n;
 }
 
@@ -107,6 +145,10 @@ static int build_record(uffdsnap_snap_t *s, ZSTD_CCtx *cc, struct usnap_job *j, 
 	int r;
 
 	n = split_zero(s, j, ext, runs, &nruns, &zero_found);
+	if (!n) {
+		j->nextents = 0; /* a delta's chunk with every page unchanged: nothing to write */
+		return 0;
+	}
 	for (size_t i = 0; i < nruns; i++)
 		data_bytes += runs[i].len;
 	payload = (uint8_t *)(ext + n);
@@ -217,8 +259,8 @@ static void *worker_main(void *arg)
 
 	while ((j = next_job(s))) {
 		int r = atomic_load(&s->abort) ? -ECANCELED : build_record(s, cc, j, runs);
-		if (r) {
-			if (r != -ECANCELED)
+		if (r || !j->nextents) {
+			if (r && r != -ECANCELED)
 				usnap_fail(s, r, "zstd failed to compress a chunk of region %u", j->region);
 			usnap_job_put(s, j);
 			continue;

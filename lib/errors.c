@@ -3,12 +3,16 @@
  * Error texts. uffdsnap_strerror() says what an errno means for this library
  * and what to do; uffdsnap_last_error() keeps the detail of the calling
  * thread's last failure (which region, which syscall), because an errno alone
- * cannot say "region 'pool' is a regular file on ext4".
+ * cannot say "region 'pool' is a regular file on ext4". And the log hook,
+ * for failures no caller is there to be told of.
  */
 #include <errno.h>
+#include <pthread.h>
 #include <stdarg.h>
 #include <stdio.h>
 #include <string.h>
+#include <sys/uio.h>
+#include <unistd.h>
 
 #include "uffdsnap-private.h"
 
@@ -68,6 +72,51 @@ USNAP_EXPORT const char *uffdsnap_last_error(void)
 	return last_error;
 }
 
+/* fn and user change together: a line never goes to one hook's fn with the
+ * other's user pointer */
+static pthread_mutex_t log_lock = PTHREAD_MUTEX_INITIALIZER;
+static uffdsnap_log_fn log_fn;
+static void *log_user;
+
+USNAP_EXPORT void uffdsnap_set_log_fn(uffdsnap_log_fn fn, void *user)
+{
+	pthread_mutex_lock(&log_lock);
+	log_fn = fn;
+	log_user = user;
+	pthread_mutex_unlock(&log_lock);
+}
+
+USNAP_EXPORT void uffdsnap_log_stderr(void *user, const char *line)
+{
+	struct iovec v[] = { { (void *)line, strlen(line) }, { "\n", 1 } };
+	ssize_t w;
+
+	(void)user;
+	/* writev(2), not stdio: a program thread may hold stderr's lock while
+	 * it waits for a page that only the logging thread can serve */
+	w = writev(STDERR_FILENO, v, 2);
+	(void)w;
+}
+
+void usnap_log(const char *fmt, ...)
+{
+	uffdsnap_log_fn fn;
+	char line[768];
+	va_list ap;
+	void *user;
+
+	pthread_mutex_lock(&log_lock);
+	fn = log_fn;
+	user = log_user;
+	pthread_mutex_unlock(&log_lock);
+	if (!fn)
+		return;
+	va_start(ap, fmt);
+	usnap_vformat(line, sizeof(line), fmt, ap);
+	va_end(ap);
+	fn(user, line);
+}
+
 USNAP_EXPORT unsigned uffdsnap_version(void)
 {
 	return UFFDSNAP_VERSION_NUMBER;
@@ -125,6 +174,12 @@ USNAP_EXPORT const char *uffdsnap_strerror(int err)
 		return "the snapshot file is corrupt, or the migration stream (a checksum or a structure check failed)";
 	case ENODATA:
 		return "the snapshot is incomplete: truncated, or the snapshot failed while it was written";
+	case ENOLINK:
+		return "no parent: a delta needs the snapshot before it. Taking one: no snapshot of this context "
+		       "completed since it was created, since its last snapshot failed or was cancelled, or since a "
+		       "region was added (or the context lacks UFFDSNAP_OPT_DELTA): take a full snapshot. Reading "
+		       "one: open it with its chain, the full snapshot and each delta in order (a file missing, out "
+		       "of order or of another chain breaks the chain)";
 	case ENOEXEC:
 		return "not a libuffdsnap snapshot file";
 	case EPROTONOSUPPORT:

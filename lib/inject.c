@@ -1,17 +1,25 @@
 /* SPDX-License-Identifier: LGPL-2.1-or-later */
 /*
- * Test-only fault injection: see inject.h. Compiled only into
- * libuffdsnap-inject.a, never into the installed library. The real
- * functions are called as (malloc)(n): a function-like macro is not expanded
- * when its name is not followed by '('.
+ * Test-only fault injection: see inject.h. Compiled only into the test
+ * library, never into the installed one. The library's objects there call
+ * usnap_inj_NAME where their source says NAME (lib/meson.build renames the
+ * references with objcopy); this file is outside the renaming, so NAME here
+ * is the real function.
  */
 #include <errno.h>
-#include <linux/userfaultfd.h>
-#include <stdarg.h>
+#include <pthread.h>
 #include <stdatomic.h>
+#include <stdlib.h>
 #include <string.h>
+#include <sys/eventfd.h>
+#include <sys/mman.h>
+#include <zstd.h>
 
 #include "inject.h"
+
+#if !defined(_FILE_OFFSET_BITS) || _FILE_OFFSET_BITS != 64
+#error "lib/meson.build redirects mmap64 and mkostemp64, the names of mmap and mkostemp with 64-bit offsets"
+#endif
 
 static struct {
 	_Atomic int armed;               /* point + 1, 0 when off */
@@ -78,49 +86,61 @@ static int hit(enum usnap_inject_point point, int natural)
 
 /* ---- allocations ------------------------------------------------------------ */
 
+/* What the renamed references resolve to: the real signatures, renamed. */
+void *usnap_inj_malloc(size_t n);
+void *usnap_inj_calloc(size_t n, size_t m);
+void *usnap_inj_realloc(void *p, size_t n);
+char *usnap_inj_strdup(const char *s);
+void *usnap_inj_mmap64(void *a, size_t len, int prot, int flags, int fd, off_t off);
+ZSTD_CCtx *usnap_inj_ZSTD_createCCtx(void);
+ZSTD_DCtx *usnap_inj_ZSTD_createDCtx(void);
+int usnap_inj_pthread_create(pthread_t *t, const pthread_attr_t *a, void *(*fn)(void *), void *arg);
+int usnap_inj_eventfd(unsigned v, int flags);
+int usnap_inj_mkostemp64(char *tmpl, int flags);
+
 void *usnap_inj_malloc(size_t n)
 {
 	if (hit(USNAP_INJ_ALLOC, ENOMEM))
 		return errno = ENOMEM, NULL;
-	return (malloc)(n);
+	return malloc(n);
 }
 
 void *usnap_inj_calloc(size_t n, size_t m)
 {
 	if (hit(USNAP_INJ_ALLOC, ENOMEM))
 		return errno = ENOMEM, NULL;
-	return (calloc)(n, m);
+	return calloc(n, m);
 }
 
 void *usnap_inj_realloc(void *p, size_t n)
 {
 	if (hit(USNAP_INJ_ALLOC, ENOMEM))
 		return errno = ENOMEM, NULL;
-	return (realloc)(p, n);
+	return realloc(p, n);
 }
 
 char *usnap_inj_strdup(const char *s)
 {
 	if (hit(USNAP_INJ_ALLOC, ENOMEM))
 		return errno = ENOMEM, NULL;
-	return (strdup)(s);
+	return strdup(s);
 }
 
-void *usnap_inj_mmap(void *a, size_t len, int prot, int flags, int fd, off_t off)
+void *usnap_inj_mmap64(void *a, size_t len, int prot, int flags, int fd, off_t off)
 {
 	if (hit(USNAP_INJ_ALLOC, ENOMEM))
 		return errno = ENOMEM, MAP_FAILED;
-	return (mmap)(a, len, prot, flags, fd, off);
+	return mmap(a, len, prot, flags, fd, off);
 }
 
-ZSTD_CCtx *usnap_inj_zstd_cctx(void)
+ZSTD_CCtx *usnap_inj_ZSTD_createCCtx(void)
 {
-	return hit(USNAP_INJ_ALLOC, ENOMEM) ? NULL : (ZSTD_createCCtx)();
+	return hit(USNAP_INJ_ALLOC, ENOMEM) ? NULL : ZSTD_createCCtx();
 }
 
-ZSTD_DCtx *usnap_inj_zstd_dctx(void)
+ZSTD_DCtx *usnap_inj_ZSTD_createDCtx(void)
 {
-	return hit(USNAP_INJ_ALLOC, ENOMEM) ? NULL : (ZSTD_createDCtx)();
+	return hit(USNAP_INJ_ALLOC, ENOMEM) ? NULL : ZSTD_createDCtx();
 }
 
 /* ---- threads and descriptors --------------------------------------------------- */
@@ -129,7 +149,7 @@ int usnap_inj_pthread_create(pthread_t *t, const pthread_attr_t *a, void *(*fn)(
 {
 	int e = hit(USNAP_INJ_SYS, EAGAIN);
 
-	return e ? e : (pthread_create)(t, a, fn, arg);
+	return e ? e : pthread_create(t, a, fn, arg);
 }
 
 int usnap_inj_eventfd(unsigned v, int flags)
@@ -138,44 +158,28 @@ int usnap_inj_eventfd(unsigned v, int flags)
 
 	if (e)
 		return errno = e, -1;
-	return (eventfd)(v, flags);
+	return eventfd(v, flags);
 }
 
-int usnap_inj_mkostemp(char *tmpl, int flags)
+int usnap_inj_mkostemp64(char *tmpl, int flags)
 {
 	int e = hit(USNAP_INJ_SYS, EMFILE);
 
 	if (e)
 		return errno = e, -1;
-	return (mkostemp)(tmpl, flags);
+	return mkostemp(tmpl, flags);
 }
 
-/* ---- userfaultfd ioctls ---------------------------------------------------------- */
+/* ---- userfaultfd requests (uffd.c) ------------------------------------------------ */
 
-int usnap_inj_ioctl(int fd, unsigned long req, ...)
+int usnap_inject_ioctl(void)
 {
-	uint64_t hidden = atomic_load(&inj.hidden);
-	va_list ap;
-	void *arg;
-	int rc;
+	return hit(USNAP_INJ_IOCTL, ENOMEM);
+}
 
-	va_start(ap, req); /* as glibc's ioctl(): one argument, read whether passed or not */
-	arg = va_arg(ap, void *);
-	va_end(ap);
-	/* UNREGISTER and WAKE are the exit path: they cannot fail on a range
-	 * that is still mapped, and nothing could recover if they did. */
-	if (req == UFFDIO_API || req == UFFDIO_REGISTER || req == UFFDIO_WRITEPROTECT || req == UFFDIO_ZEROPAGE) {
-		int e = hit(USNAP_INJ_IOCTL, ENOMEM);
-		if (e)
-			return errno = e, -1;
-	}
-	if (req != UFFDIO_API || !hidden)
-		return (ioctl)(fd, req, arg);
-	if (((struct uffdio_api *)arg)->features & hidden)
-		return errno = EINVAL, -1;
-	if (!(rc = (ioctl)(fd, req, arg)))
-		((struct uffdio_api *)arg)->features &= ~hidden;
-	return rc;
+uint64_t usnap_inject_hidden_features(void)
+{
+	return atomic_load(&inj.hidden);
 }
 
 /* ---- sink writes ------------------------------------------------------------------- */

@@ -7,13 +7,15 @@
  * compiler removes, and lib/inject.c is not compiled.
  *
  * The test library libuffdsnap-inject.a (lib/meson.build, never installed) is
- * the same sources built with -DUSNAP_FAULT_INJECTION and `-include inject.h`.
- * Then:
+ * the same sources built with -DUSNAP_FAULT_INJECTION. Then:
  *  - every allocation and resource the engine and the reader create goes
- *    through the macros at the end of this file (malloc, calloc, realloc,
- *    strdup, mmap, ZSTD_createCCtx/DCtx,
- *    pthread_create, eventfd, mkostemp), and so do the userfaultfd ioctls:
- *    no line of lib/ changes for them;
+ *    through inject.c's usnap_inj_NAME (malloc, calloc, realloc, strdup,
+ *    mmap, ZSTD_createCCtx/DCtx, pthread_create, eventfd, mkostemp): the
+ *    build renames the objects' references with objcopy, so no line of lib/
+ *    changes for them and no header redefines a libc name;
+ *  - uffd.c, the one file that makes userfaultfd requests, asks
+ *    usnap_inject_ioctl() before each request that acts, and
+ *    usnap_inject_hidden_features() what UFFDIO_API must not offer;
  *  - sink.c's one hook, usnap_inject_write(), can fail one sink write with a
  *    chosen errno or make it short;
  *  - outfile.c's one hook, usnap_inject_close(), makes the close of an output
@@ -76,6 +78,11 @@ bool usnap_inject_write(struct iovec **bufs, unsigned *n, ssize_t *done);
 /* The hook outfile.c calls after a successful close(2) of an output file:
  * the errno that close reports instead, or 0. */
 int usnap_inject_close(void);
+/* The hook uffd.c calls before a userfaultfd request that acts: the errno
+ * it fails with, or 0. */
+int usnap_inject_ioctl(void);
+/* The UFFD_FEATURE_* bits UFFDIO_API hides (usnap_inject_hide_features). */
+uint64_t usnap_inject_hidden_features(void);
 
 #else
 
@@ -90,46 +97,16 @@ static inline int usnap_inject_close(void)
 	return 0;
 }
 
-#endif
+static inline int usnap_inject_ioctl(void)
+{
+	return 0;
+}
 
-/*
- * Redirection of the library's own calls (only in libuffdsnap-inject.a, which
- * defines USNAP_INJECT_REDIRECT and includes this header before anything
- * else). The system headers are included first so that their declarations
- * are not rewritten; inject.c reaches the real functions as (malloc)(n).
- */
-#if defined(USNAP_FAULT_INJECTION) && defined(USNAP_INJECT_REDIRECT)
-#include <pthread.h>
-#include <stdlib.h>
-#include <string.h>
-#include <sys/eventfd.h>
-#include <sys/ioctl.h>
-#include <sys/mman.h>
-#include <zstd.h>
+static inline uint64_t usnap_inject_hidden_features(void)
+{
+	return 0;
+}
 
-void *usnap_inj_malloc(size_t n);
-void *usnap_inj_calloc(size_t n, size_t m);
-void *usnap_inj_realloc(void *p, size_t n);
-char *usnap_inj_strdup(const char *s);
-void *usnap_inj_mmap(void *a, size_t len, int prot, int flags, int fd, off_t off);
-ZSTD_CCtx *usnap_inj_zstd_cctx(void);
-ZSTD_DCtx *usnap_inj_zstd_dctx(void);
-int usnap_inj_pthread_create(pthread_t *t, const pthread_attr_t *a, void *(*fn)(void *), void *arg);
-int usnap_inj_eventfd(unsigned v, int flags);
-int usnap_inj_mkostemp(char *tmpl, int flags);
-int usnap_inj_ioctl(int fd, unsigned long req, ...);
-
-#define malloc(n) usnap_inj_malloc(n)
-#define calloc(n, m) usnap_inj_calloc(n, m)
-#define realloc(p, n) usnap_inj_realloc(p, n)
-#define strdup(s) usnap_inj_strdup(s)
-#define mmap(a, l, p, f, d, o) usnap_inj_mmap(a, l, p, f, d, o)
-#define ZSTD_createCCtx() usnap_inj_zstd_cctx()
-#define ZSTD_createDCtx() usnap_inj_zstd_dctx()
-#define pthread_create(t, a, fn, arg) usnap_inj_pthread_create(t, a, fn, arg)
-#define eventfd(v, f) usnap_inj_eventfd(v, f)
-#define mkostemp(t, f) usnap_inj_mkostemp(t, f)
-#define ioctl(fd, req, ...) usnap_inj_ioctl(fd, req, ##__VA_ARGS__)
 #endif
 
 #endif

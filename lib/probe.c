@@ -179,7 +179,7 @@ static int normalize_opts(uffdsnap_opts_t *o, const uffdsnap_opts_t *in, size_t 
 	memcpy(o, in, in->size);
 	o->size = sizeof(*o);
 	if (o->flags & ~(uint32_t)(UFFDSNAP_OPT_ALLOW_USER_MODE_ONLY | UFFDSNAP_OPT_FSYNC | UFFDSNAP_OPT_STRICT |
-				   UFFDSNAP_OPT_ADAPT))
+				   UFFDSNAP_OPT_ADAPT | UFFDSNAP_OPT_DELTA))
 		return usnap_err(-EINVAL, "unknown bits 0x%x in uffdsnap_opts.flags", o->flags);
 	if (o->zstd_level < ZSTD_minCLevel() || o->zstd_level > ZSTD_maxCLevel())
 		return usnap_err(-EINVAL, "zstd_level %d outside [%d, %d]", o->zstd_level,

@@ -10,6 +10,7 @@
 #define UFFDSNAP_READER_PRIVATE_H
 
 #include <stdatomic.h>
+#include <stdbool.h>
 #include <stddef.h>
 #include <stdint.h>
 
@@ -24,6 +25,23 @@ struct usnap_rchunk {
 	const uint8_t *data;     /* the DATA pages, in extent-table order */
 	uint64_t raw_len;
 };
+
+/* The run of a page map that holds page p: the last of the n sorted run
+ * starts first[] that is <= p (first[0] is 0). */
+static inline size_t usnap_run_find(const uint64_t *first, size_t n, uint64_t p)
+{
+	size_t lo = 0, hi = n;
+
+	while (hi - lo > 1) {
+		size_t mid = lo + (hi - lo) / 2;
+
+		if (first[mid] <= p)
+			lo = mid;
+		else
+			hi = mid;
+	}
+	return lo;
+}
 
 /* A new reader of the same file (a dup of its fd) with its own buffers and
  * decompression context, sharing nothing mutable with r: one per thread. */
@@ -41,6 +59,9 @@ size_t usnap_reader_nchunks(const uffdsnap_reader_t *r, unsigned id);
  * (usnap_reader_ready()). It reads only the map, which never changes once
  * built: any thread may ask while another uses r. */
 size_t usnap_reader_locate(const uffdsnap_reader_t *r, unsigned id, uint64_t p, uint64_t *run_end);
+/* The chunk that holds page p of region id, and the end of the run of pages
+ * from p that it holds (above); SIZE_MAX for a run of pages a delta read as
+ * a link of a chain does not hold. */
 /* Load chunk i of region id with its data, checked against its index entry. */
 int usnap_reader_chunk(uffdsnap_reader_t *r, unsigned id, size_t i, struct usnap_rchunk *out);
 /* The same without decompressing its pages (out->data is NULL): the record
@@ -50,5 +71,38 @@ int usnap_reader_chunk_meta(uffdsnap_reader_t *r, unsigned id, size_t i, struct 
  * at base + (first_page << page shift): decompressed in place, no bounce
  * buffer. A frame found corrupt may have written some of its pages. */
 int usnap_reader_chunk_scatter(uffdsnap_reader_t *r, uint8_t *base);
+/* The same for the pieces of its extents listed in keep only (in extent
+ * order, each inside one extent, as reader-chain.c clips them); NULL: all. */
+int usnap_reader_chunk_scatter_part(uffdsnap_reader_t *r, uint8_t *base, const struct usnap_extent *keep,
+				    uint32_t nkeep);
+
+/* Record an error in r's text (uffdsnap_reader_error()); returns err. */
+__attribute__((format(printf, 3, 4))) int usnap_reader_fail(uffdsnap_reader_t *r, int err, const char *fmt, ...);
+
+/* ---- chains (reader-chain.c) ----
+ * A reader that presents a chain is a clone of the chain's last file with a
+ * struct usnap_chain attached: region table and information are that
+ * file's, and every page access above goes to the chain, which owns a
+ * reader per file. */
+struct usnap_chain;
+
+/* r is read as a link of a chain: a delta's pages may be read, and its page
+ * map has gaps (SIZE_MAX from usnap_reader_locate()). */
+void usnap_reader_link(uffdsnap_reader_t *r);
+void usnap_reader_set_chain(uffdsnap_reader_t *r, struct usnap_chain *c);
+
+int usnap_chain_read(uffdsnap_reader_t *r, struct usnap_chain *c, unsigned id, uint64_t off, void *buf, size_t len);
+int usnap_chain_verify(uffdsnap_reader_t *r, struct usnap_chain *c);
+void usnap_chain_cache(struct usnap_chain *c, size_t bytes);
+void usnap_chain_free(struct usnap_chain *c);
+int usnap_chain_clone(const struct usnap_chain *c, struct usnap_chain **out);
+unsigned usnap_chain_files(const struct usnap_chain *c);
+uint64_t usnap_chain_decoded(const struct usnap_chain *c);
+int usnap_chain_ready(uffdsnap_reader_t *r, struct usnap_chain *c, unsigned id);
+size_t usnap_chain_nchunks(const struct usnap_chain *c, unsigned id);
+size_t usnap_chain_locate(const struct usnap_chain *c, unsigned id, uint64_t p, uint64_t *run_end);
+int usnap_chain_chunk(uffdsnap_reader_t *r, struct usnap_chain *c, unsigned id, size_t i, bool want_data,
+		      struct usnap_rchunk *out);
+int usnap_chain_scatter(uffdsnap_reader_t *r, struct usnap_chain *c, uint8_t *base);
 
 #endif

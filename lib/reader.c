@@ -88,7 +88,9 @@ struct rd_chunk {
 
 /* Which chunk holds each page of a region: runs of pages in page order that
  * tile the region, each held by one chunk (its index in the region's slice
- * of ents). 12 bytes a run, and a run is at least one extent. */
+ * of ents), or none (RD_GAP: pages a delta does not hold). 12 bytes a run,
+ * and a run is at least one extent. */
+#define RD_GAP UINT32_MAX
 struct rd_map {
 	uint64_t *first;            /* first page of each run */
 	uint32_t *chunk;
@@ -122,9 +124,13 @@ struct uffdsnap_reader {
 	uint64_t size;              /* file size; for a stream, bytes read so far */
 
 	/* HEAD */
-	uint32_t page_size, page_shift, nregions;
+	uint32_t version, page_size, page_shift, nregions;
 	uint64_t created_ns;
 	uint8_t snap_id[16];
+	bool delta;                 /* version 2: pages no extent covers are the parent's */
+	bool chained;               /* a link of a chain (reader-chain.c): a delta's pages may be read */
+	uint8_t parent_id[16];      /* delta: the parent's snap_id */
+	uint32_t depth;             /* delta: 1 + the parent's */
 	uint64_t head_end;          /* offset of the first record after HEAD */
 	struct rd_region *regions;
 	char *names;
@@ -156,6 +162,9 @@ struct uffdsnap_reader {
 
 	char err[512];
 
+	/* set when this reader presents a chain (reader-chain.c) */
+	struct usnap_chain *chain;
+
 	/* uffdsnap_serve_conn() calls running on this reader (from any thread):
 	 * the one field several threads change, hence atomic */
 	_Atomic unsigned clients;
@@ -165,7 +174,7 @@ static void park_drop(struct uffdsnap_reader *r);
 
 /* ---- errors and I/O ------------------------------------------------------------ */
 
-__attribute__((format(printf, 3, 4))) static int rd_err(struct uffdsnap_reader *r, int err, const char *fmt, ...)
+int usnap_reader_fail(uffdsnap_reader_t *r, int err, const char *fmt, ...)
 {
 	va_list ap;
 
@@ -174,6 +183,8 @@ __attribute__((format(printf, 3, 4))) static int rd_err(struct uffdsnap_reader *
 	va_end(ap);
 	return err;
 }
+
+#define rd_err usnap_reader_fail
 
 #define bad(r, ...) rd_err(r, -EBADMSG, __VA_ARGS__)
 
@@ -370,12 +381,30 @@ static int head_parse(struct uffdsnap_reader *r, uint64_t len)
 	int rc;
 
 	memcpy(&hd, r->rec + HDR_LEN, sizeof(hd));
+	if (hd.flags != (hd.version == USNAP_VERSION_DELTA ? USNAP_HEAD_DELTA : 0))
+		return bad(r, "HEAD record at offset %d: flags 0x%x in a version %u snapshot", USNAP_MAGIC_LEN,
+			   hd.flags, hd.version);
+	if (hd.version == USNAP_VERSION_DELTA) {
+		struct usnap_head_delta dh;
+
+		if (len - pos < sizeof(dh))
+			return bad(r, "HEAD record at offset %d: too short for a delta's parent", USNAP_MAGIC_LEN);
+		memcpy(&dh, r->rec + pos, sizeof(dh));
+		if (!dh.depth || dh.reserved)
+			return bad(r, "HEAD record at offset %d: delta depth %u (reserved 0x%x): must be 1 or more "
+				   "(reserved 0)", USNAP_MAGIC_LEN, dh.depth, dh.reserved);
+		r->delta = true;
+		r->depth = dh.depth;
+		memcpy(r->parent_id, dh.parent_id, sizeof(r->parent_id));
+		pos += sizeof(dh);
+	}
+	r->version = hd.version;
 	if (hd.page_size < USNAP_MIN_PAGE || hd.page_size > USNAP_MAX_PAGE || (hd.page_size & (hd.page_size - 1)))
 		return bad(r, "HEAD record at offset %d: page size %u is not a power of two in [%u, %u]",
 			   USNAP_MAGIC_LEN, hd.page_size, USNAP_MIN_PAGE, USNAP_MAX_PAGE);
-	if (hd.nregions < 1 || hd.nregions > USNAP_MAX_REGIONS || hd.flags)
-		return bad(r, "HEAD record at offset %d: %u regions (flags 0x%x): must be 1..%d (flags 0)",
-			   USNAP_MAGIC_LEN, hd.nregions, hd.flags, USNAP_MAX_REGIONS);
+	if (hd.nregions < 1 || hd.nregions > USNAP_MAX_REGIONS)
+		return bad(r, "HEAD record at offset %d: %u regions: must be 1..%d", USNAP_MAGIC_LEN, hd.nregions,
+			   USNAP_MAX_REGIONS);
 	r->page_size = hd.page_size;
 	r->page_shift = (uint32_t)__builtin_ctz(hd.page_size);
 	r->created_ns = hd.created_ns;
@@ -419,9 +448,9 @@ static int head_load(struct uffdsnap_reader *r)
 	if (h.type != USNAP_REC_HEAD)
 		return bad(r, "offset %d: the first record is of type 0x%08x, not HEAD", USNAP_MAGIC_LEN, h.type);
 	memcpy(&version, r->rec + HDR_LEN, sizeof(version));
-	if (version != USNAP_VERSION)
-		return rd_err(r, -EPROTONOSUPPORT, "snapshot format version %u; this library reads version %d",
-			      version, USNAP_VERSION);
+	if (version != USNAP_VERSION && version != USNAP_VERSION_DELTA)
+		return rd_err(r, -EPROTONOSUPPORT, "snapshot format version %u; this library reads versions %d "
+			      "and %d", version, USNAP_VERSION, USNAP_VERSION_DELTA);
 	if ((rc = rec_len_ok(r, USNAP_MAGIC_LEN, &h, HEAD_MIN, USNAP_MAX_HEAD_LEN)) ||
 	    (rc = rec_fill(r, USNAP_MAGIC_LEN, &h, HEAD_MIN)) || (rc = head_parse(r, h.len)))
 		return rc;
@@ -794,6 +823,7 @@ USNAP_EXPORT void uffdsnap_reader_free(uffdsnap_reader_t *r)
 		return;
 	if (r->own_fd)
 		close(r->fd);
+	usnap_chain_free(r->chain);
 	ZSTD_freeDCtx(r->dctx);
 	free(r->rec);
 	free(r->raw);
@@ -827,12 +857,15 @@ USNAP_EXPORT int uffdsnap_reader_info(const uffdsnap_reader_t *r, uffdsnap_info_
 			     USNAP_SIZE_UPTO(uffdsnap_info_t, reason), sizeof(i)))
 		return -EINVAL;
 	i = (uffdsnap_info_t){
-		.size = out->size, .version = USNAP_VERSION, .page_size = r->page_size, .nregions = r->nregions,
+		.size = out->size, .version = r->version, .page_size = r->page_size, .nregions = r->nregions,
 		.complete = r->complete, .status = r->have_end ? r->end.status : 0, .created_ns = r->created_ns,
 		.chunks = r->end.chunks, .pages_data = r->end.pages_data, .pages_zero = r->end.pages_zero,
 		.bytes_raw = r->end.bytes_raw, .bytes_file = r->size, .reason = r->complete ? "" : r->reason,
-		.chunks_loaded = r->decoded,
+		.chunks_loaded = r->chain ? usnap_chain_decoded(r->chain) : r->decoded,
+		.delta = r->delta, .depth = r->depth, .files = r->chain ? usnap_chain_files(r->chain) : 1,
 	};
+	memcpy(i.snap_id, r->snap_id, sizeof(i.snap_id));
+	memcpy(i.parent_id, r->parent_id, sizeof(i.parent_id));
 	memcpy(out, &i, out->size);
 	return 0;
 }
@@ -877,7 +910,8 @@ static int cmp_ext(const void *a, const void *b)
 	return x->first < y->first ? -1 : x->first > y->first;
 }
 
-/* Sort x and check that it covers every page of regions [lo, hi) exactly once. */
+/* Sort x and check that it covers every page of regions [lo, hi) exactly once
+ * (a delta: at most once, the others are its parent's). */
 static int cover_check(struct uffdsnap_reader *r, struct rd_ext *x, size_t n, uint32_t lo, uint32_t hi)
 {
 	size_t i = 0;
@@ -893,11 +927,11 @@ static int cover_check(struct uffdsnap_reader *r, struct rd_ext *x, size_t n, ui
 				return bad(r, "region '%s': page %" PRIu64 " is recorded twice (chunks at offsets %"
 					   PRIu64 " and %" PRIu64 ")", reg->name, x[i].first, x[i - 1].chunk,
 					   x[i].chunk);
-			if (x[i].first > next)
+			if (x[i].first > next && !r->delta)
 				return bad(r, "region '%s': pages %" PRIu64 "..%" PRIu64 " are not recorded",
 					   reg->name, next, x[i].first - 1);
 		}
-		if (next != reg->npages)
+		if (next != reg->npages && !r->delta)
 			return bad(r, "region '%s': pages %" PRIu64 "..%" PRIu64 " are not recorded", reg->name, next,
 				   reg->npages - 1);
 	}
@@ -1071,6 +1105,8 @@ USNAP_EXPORT int uffdsnap_reader_verify(uffdsnap_reader_t *r)
 	if (!r)
 		return -EINVAL;
 	r->err[0] = '\0';
+	if (r->chain)
+		return usnap_chain_verify(r, r->chain);
 	if (!r->seekable && r->stream_read)
 		return rd_err(r, -EINVAL, "a stream can be verified only once");
 	r->stream_read = true;
@@ -1092,6 +1128,10 @@ static int need_index(struct uffdsnap_reader *r, unsigned id)
 			      "can read it");
 	if (!r->complete)
 		return rd_err(r, -ENODATA, "%s", r->reason);
+	if (r->delta && !r->chained)
+		return rd_err(r, -ENOLINK, "the snapshot is a delta (depth %" PRIu32 "): it holds only the pages that "
+			      "changed since its parent, and its image is read with its parent chain (the full "
+			      "snapshot and every delta up to this one)", r->depth);
 	return 0;
 }
 
@@ -1155,7 +1195,8 @@ static int map_hints(struct uffdsnap_reader *r, unsigned id, size_t i, bool alon
 	size_t len = (size_t)e->nextents * sizeof(*tab);
 	ssize_t n;
 
-	if (e->nextents == 1 || alone) {
+	/* a delta's chunk may skip pages of its span that did not change */
+	if (e->nextents == 1 || (alone && !r->delta)) {
 		x[(*nx)++] = (struct map_ext){ e->first, e->end, (uint32_t)i };
 		return 0;
 	}
@@ -1172,6 +1213,14 @@ static int map_hints(struct uffdsnap_reader *r, unsigned id, size_t i, bool alon
 	return 0;
 }
 
+static void map_add(struct rd_map *m, uint64_t first, uint32_t chunk)
+{
+	if (m->n && m->chunk[m->n - 1] == chunk)
+		return;
+	m->first[m->n] = first;
+	m->chunk[m->n++] = chunk;
+}
+
 /* Build the page map of region id: one small read per chunk of several extents. */
 static int map_build(struct uffdsnap_reader *r, unsigned id)
 {
@@ -1184,7 +1233,7 @@ static int map_build(struct uffdsnap_reader *r, unsigned id)
 	uint64_t next = 0, reach = 0;
 	int rc = 0;
 
-	if (nch > UINT32_MAX)
+	if (nch >= RD_GAP)
 		return rd_err(r, -EFBIG, "region '%s': %zu chunks: this reader maps at most 2^32 a region", reg->name,
 			      nch);
 	for (size_t i = reg->ent_lo; i < reg->ent_hi; i++) {
@@ -1215,21 +1264,26 @@ static int map_build(struct uffdsnap_reader *r, unsigned id)
 	if (nx)
 		qsort(x, nx, sizeof(*x), cmp_map_ext);
 	for (size_t k = 0; k < nx && !rc; next = x[k].end, k++) {
-		if (x[k].first != next) {
+		if (x[k].first < next || (x[k].first > next && !r->delta)) {
 			rc = map_blame(r, id, x[k].first < next ? x[k].first : next, x[k].first < next);
-		} else if (!k || x[k].chunk != x[k - 1].chunk) {
-			runs++;
+		} else if (!k || x[k].chunk != x[k - 1].chunk || x[k].first > next) {
+			runs += 1 + (x[k].first > next);
 		}
 	}
-	if (!rc && next != reg->npages)
+	if (!rc && next != reg->npages && !r->delta)
 		rc = map_blame(r, id, next, false);
+	runs += next != reg->npages;
 	if (!rc && (!(m->first = malloc(runs * sizeof(*m->first))) || !(m->chunk = malloc(runs * sizeof(*m->chunk)))))
 		rc = rd_err(r, -ENOMEM, "out of memory for the map of %zu runs", runs);
-	for (size_t k = 0; k < nx && !rc; k++)
-		if (!k || x[k].chunk != x[k - 1].chunk) {
-			m->first[m->n] = x[k].first;
-			m->chunk[m->n++] = x[k].chunk;
-		}
+	/* a delta's pages it does not hold make runs of RD_GAP */
+	next = 0;
+	for (size_t k = 0; k < nx && !rc; next = x[k].end, k++) {
+		if (x[k].first > next)
+			map_add(m, next, RD_GAP);
+		map_add(m, x[k].first, x[k].chunk);
+	}
+	if (!rc && next != reg->npages)
+		map_add(m, next, RD_GAP);
 	free(x);
 	if (rc) {
 		free(m->first);
@@ -1256,16 +1310,7 @@ static int need_map(struct uffdsnap_reader *r, unsigned id)
 /* The run of map m that holds page p. */
 static size_t map_run(const struct rd_map *m, uint64_t p)
 {
-	size_t lo = 0, hi = m->n;
-
-	while (hi - lo > 1) {
-		size_t mid = lo + (hi - lo) / 2;
-		if (m->first[mid] <= p)
-			lo = mid;
-		else
-			hi = mid;
-	}
-	return lo;
+	return usnap_run_find(m->first, m->n, p);
 }
 
 /*
@@ -1342,6 +1387,8 @@ USNAP_EXPORT int uffdsnap_reader_cache(uffdsnap_reader_t *r, size_t bytes)
 		return -EINVAL;
 	park_drop(r);
 	r->park_max = bytes;
+	if (r->chain)
+		usnap_chain_cache(r->chain, bytes);
 	return 0;
 }
 
@@ -1469,7 +1516,7 @@ static int need_chunks(struct uffdsnap_reader *r, unsigned id, size_t k0, size_t
 	if (!v)
 		return rd_err(r, -ENOMEM, "out of memory");
 	for (size_t k = k0; k <= k1; k++)
-		if (!park_find(r, id, k))
+		if (m->chunk[k] != RD_GAP && !park_find(r, id, k))
 			v[w++] = m->chunk[k];
 	if (w)
 		qsort(v, w, sizeof(*v), cmp_u32);
@@ -1544,6 +1591,8 @@ USNAP_EXPORT int uffdsnap_reader_read(uffdsnap_reader_t *r, unsigned id, uint64_
 	if (!r || (!buf && len))
 		return -EINVAL;
 	r->err[0] = '\0';
+	if (r->chain)
+		return usnap_chain_read(r, r->chain, id, off, buf, len);
 	if ((rc = need_map(r, id)))
 		return rc;
 	reg = &r->regions[id];
@@ -1655,16 +1704,19 @@ static int extract_chunks(struct uffdsnap_reader *r, unsigned id, const struct o
 {
 	const struct rd_region *reg = &r->regions[id];
 	uint64_t *claimed = calloc((reg->npages + 63) / 64, sizeof(*claimed)), count = 0;
+	size_t nchunks = usnap_reader_nchunks(r, id);
 	int rc = 0;
 
 	if (!claimed)
 		return rd_err(r, -ENOMEM, "region '%s': out of memory for a bitmap of %" PRIu64 " pages", reg->name,
 			      reg->npages);
-	for (size_t i = reg->ent_lo; i < reg->ent_hi && !rc; i++) {
+	/* through the chunk access restore uses: a chain's chunks come clipped
+	 * to the pages that are theirs in its image */
+	for (size_t i = 0; i < nchunks && !rc; i++) {
 		uint64_t data_off = 0;
-		struct rd_chunk c;
+		struct usnap_rchunk c;
 
-		if ((rc = ent_load(r, id, &r->ents[i], true, &c)))
+		if ((rc = usnap_reader_chunk(r, id, i, &c)))
 			break;
 		for (uint32_t k = 0; k < c.nextents && !rc; k++) {
 			const struct usnap_extent *e = &c.ext[k];
@@ -1721,7 +1773,7 @@ USNAP_EXPORT int uffdsnap_reader_extract_fd(uffdsnap_reader_t *r, unsigned id, i
 	if (!r)
 		return -EINVAL;
 	r->err[0] = '\0';
-	if ((rc = need_map(r, id)) || (rc = out_open(r, fd, r->regions[id].length, &o)))
+	if ((rc = usnap_reader_ready(r, id)) || (rc = out_open(r, fd, r->regions[id].length, &o)))
 		return rc;
 	return o.positional ? extract_chunks(r, id, &o) : extract_stream(r, id, &o);
 }
@@ -1744,11 +1796,13 @@ int usnap_reader_clone(const uffdsnap_reader_t *r, uffdsnap_reader_t **out)
 	if (!c)
 		return usnap_err(-ENOMEM, "out of memory");
 	*c = (struct uffdsnap_reader){ .fd = -1, .seekable = r->seekable, .size = r->size,
-				       .page_size = r->page_size, .page_shift = r->page_shift,
+				       .version = r->version, .delta = r->delta, .chained = r->chained,
+				       .depth = r->depth, .page_size = r->page_size, .page_shift = r->page_shift,
 				       .nregions = r->nregions, .created_ns = r->created_ns, .head_end = r->head_end,
 				       .have_end = r->have_end, .complete = r->complete, .end = r->end,
 				       .nents = r->nents };
 	memcpy(c->snap_id, r->snap_id, sizeof(c->snap_id));
+	memcpy(c->parent_id, r->parent_id, sizeof(c->parent_id));
 	memcpy(c->reason, r->reason, sizeof(c->reason));
 	c->regions = malloc(r->nregions * sizeof(*c->regions));
 	c->names = malloc(names_len);
@@ -1756,7 +1810,7 @@ int usnap_reader_clone(const uffdsnap_reader_t *r, uffdsnap_reader_t **out)
 	/* pread() has no shared offset: a dup of the fd serves every clone */
 	c->fd = fcntl(r->fd, F_DUPFD_CLOEXEC, 0);
 	c->own_fd = c->fd >= 0;
-	if (!c->regions || !c->names || !c->ents || c->fd < 0) {
+	if (!c->regions || !c->names || !c->ents || c->fd < 0 || (r->chain && usnap_chain_clone(r->chain, &c->chain))) {
 		int err = c->fd < 0 ? -errno : -ENOMEM;
 		uffdsnap_reader_free(c);
 		return usnap_err(err, "cloning a snapshot reader: %s", strerror(-err));
@@ -1773,21 +1827,29 @@ int usnap_reader_clone(const uffdsnap_reader_t *r, uffdsnap_reader_t **out)
 int usnap_reader_ready(uffdsnap_reader_t *r, unsigned id)
 {
 	r->err[0] = '\0';
+	if (r->chain)
+		return usnap_chain_ready(r, r->chain, id);
 	return need_map(r, id);
 }
 
 size_t usnap_reader_nchunks(const uffdsnap_reader_t *r, unsigned id)
 {
+	if (r->chain)
+		return usnap_chain_nchunks(r->chain, id);
 	return r->regions[id].ent_hi - r->regions[id].ent_lo;
 }
 
 size_t usnap_reader_locate(const uffdsnap_reader_t *r, unsigned id, uint64_t p, uint64_t *run_end)
 {
 	const struct rd_map *m = &r->maps[id];
-	size_t k = map_run(m, p);
+	size_t k;
+
+	if (r->chain)
+		return usnap_chain_locate(r->chain, id, p, run_end);
+	k = map_run(m, p);
 
 	*run_end = k + 1 < m->n ? m->first[k + 1] : r->regions[id].npages;
-	return m->chunk[k];
+	return m->chunk[k] == RD_GAP ? SIZE_MAX : m->chunk[k];
 }
 
 static int chunk_by_index(uffdsnap_reader_t *r, unsigned id, size_t i, bool want_data, struct usnap_rchunk *out)
@@ -1803,63 +1865,119 @@ static int chunk_by_index(uffdsnap_reader_t *r, unsigned id, size_t i, bool want
 
 int usnap_reader_chunk(uffdsnap_reader_t *r, unsigned id, size_t i, struct usnap_rchunk *out)
 {
+	if (r->chain)
+		return usnap_chain_chunk(r, r->chain, id, i, true, out);
 	return chunk_by_index(r, id, i, true, out);
 }
 
 int usnap_reader_chunk_meta(uffdsnap_reader_t *r, unsigned id, size_t i, struct usnap_rchunk *out)
 {
+	if (r->chain)
+		return usnap_chain_chunk(r, r->chain, id, i, false, out);
 	return chunk_by_index(r, id, i, false, out);
+}
+
+void usnap_reader_link(uffdsnap_reader_t *r)
+{
+	r->chained = true;
+}
+
+void usnap_reader_set_chain(uffdsnap_reader_t *r, struct usnap_chain *c)
+{
+	r->chain = c;
+}
+
+#define SCATTER_SKIP (256u << 10)  /* bytes decompressed at once where nothing is kept */
+
+/* Decompress the next len bytes of the frame in r's context to dst, or
+ * nowhere (dst NULL: pages of the chunk another file replaces). */
+static int frame_next(struct uffdsnap_reader *r, ZSTD_inBuffer *in, uint8_t *dst, uint64_t len, size_t *left)
+{
+	const struct rd_chunk *c = &r->cur;
+
+	if (!dst && len) {
+		/* the dropped pages go through the buffer of decompressed pages */
+		r->cur_data = false;
+		if (grow(&r->raw, &r->raw_cap, SCATTER_SKIP))
+			return rd_err(r, -ENOMEM, "out of memory");
+	}
+	while (len) {
+		size_t n = !dst && len > SCATTER_SKIP ? SCATTER_SKIP : (size_t)len;
+		ZSTD_outBuffer out = { dst ? dst : r->raw, n, 0 };
+
+		while (out.pos < out.size) {
+			size_t pos = out.pos, ipos = in->pos;
+
+			*left = ZSTD_decompressStream(r->dctx, &out, in);
+			if (ZSTD_isError(*left))
+				return bad(r, "chunk at offset %" PRIu64 ": zstd: %s", c->offset, ZSTD_getErrorName(*left));
+			if (out.pos == pos && in->pos == ipos)
+				return bad(r, "chunk at offset %" PRIu64 ": the zstd frame ends before its %" PRIu64
+					   " bytes of pages", c->offset, c->raw_len);
+		}
+		len -= n;
+		dst = dst ? dst + n : NULL;
+	}
+	return 0;
 }
 
 /*
  * zstd streams into each DATA extent's place in turn. Its output still goes
  * through the context's window buffer when an extent is shorter than a zstd
  * block, but the bulk of the pages is written once, where they belong.
+ * With keep, only the pieces of extents it lists (in extent order, as
+ * reader-chain.c clips them) are written; the rest is decoded and dropped.
  */
-int usnap_reader_chunk_scatter(uffdsnap_reader_t *r, uint8_t *base)
+int usnap_reader_chunk_scatter_part(uffdsnap_reader_t *r, uint8_t *base, const struct usnap_extent *keep,
+				    uint32_t nkeep)
 {
 	const struct rd_chunk *c = &r->cur;
 	struct usnap_chunk ch;
 	const uint8_t *payload;
 	ZSTD_inBuffer in;
 	size_t left = 1;
+	uint32_t j = 0;
+	bool z;
 	int rc;
 
 	if (!r->cur_valid)
 		return rd_err(r, -EINVAL, "no chunk loaded");
 	memcpy(&ch, r->rec + HDR_LEN, sizeof(ch));
 	payload = r->rec + CHNK_FIXED + (size_t)c->nextents * sizeof(struct usnap_extent);
-	if (!(ch.flags & USNAP_CHNK_ZSTD)) {
-		for (uint32_t i = 0; i < c->nextents; i++) {
-			const struct usnap_extent *e = &c->ext[i];
-			size_t len = (size_t)e->npages << r->page_shift;
-
-			if (e->kind == USNAP_EXT_DATA) {
-				memcpy(base + (e->first_page << r->page_shift), payload, len);
-				payload += len;
-			}
-		}
-		return 0;
+	z = ch.flags & USNAP_CHNK_ZSTD;
+	if (z) {
+		if ((rc = frame_ok(r, c->offset, payload, ch.stored_len, c->raw_len)))
+			return rc;
+		ZSTD_DCtx_reset(r->dctx, ZSTD_reset_session_only);
+		in = (ZSTD_inBuffer){ payload, ch.stored_len, 0 };
 	}
-	if ((rc = frame_ok(r, c->offset, payload, ch.stored_len, c->raw_len)))
-		return rc;
-	ZSTD_DCtx_reset(r->dctx, ZSTD_reset_session_only);
-	in = (ZSTD_inBuffer){ payload, ch.stored_len, 0 };
 	for (uint32_t i = 0; i < c->nextents; i++) {
 		const struct usnap_extent *e = &c->ext[i];
-		ZSTD_outBuffer out = { base + (e->first_page << r->page_shift), (size_t)e->npages << r->page_shift, 0 };
+		uint64_t p = e->first_page, end = e->first_page + e->npages;
 
-		while (e->kind == USNAP_EXT_DATA && out.pos < out.size) {
-			size_t pos = out.pos, ipos = in.pos;
+		if (e->kind != USNAP_EXT_DATA)
+			continue;
+		while (p < end) {
+			/* the next piece to keep, if it is in this extent; or all of it */
+			while (keep && j < nkeep && keep[j].kind != USNAP_EXT_DATA)
+				j++;
+			bool here = keep && j < nkeep && keep[j].first_page >= p && keep[j].first_page < end;
+			uint64_t k0 = !keep ? p : here ? keep[j].first_page : end;
+			uint64_t k1 = !keep ? end : here ? k0 + keep[j].npages : end;
+			uint64_t len = (k0 - p) << r->page_shift, klen = (k1 - k0) << r->page_shift;
+			uint8_t *dst = base + (k0 << r->page_shift);
 
-			left = ZSTD_decompressStream(r->dctx, &out, &in);
-			if (ZSTD_isError(left))
-				return bad(r, "chunk at offset %" PRIu64 ": zstd: %s", c->offset, ZSTD_getErrorName(left));
-			if (out.pos == pos && in.pos == ipos)
-				return bad(r, "chunk at offset %" PRIu64 ": the zstd frame ends before its %" PRIu64
-					   " bytes of pages", c->offset, c->raw_len);
+			j += here;
+			if (z && ((rc = frame_next(r, &in, NULL, len, &left)) || (rc = frame_next(r, &in, dst, klen, &left))))
+				return rc;
+			if (!z)
+				memcpy(dst, payload + len, klen);
+			payload += z ? 0 : len + klen;
+			p = k1;
 		}
 	}
+	if (!z)
+		return 0;
 	/* Every page is placed; the frame's end (and its checksum) must follow. */
 	while (left) {
 		ZSTD_outBuffer none = { NULL, 0, 0 };
@@ -1873,4 +1991,11 @@ int usnap_reader_chunk_scatter(uffdsnap_reader_t *r, uint8_t *base)
 				   " bytes of pages", c->offset, c->raw_len);
 	}
 	return 0;
+}
+
+int usnap_reader_chunk_scatter(uffdsnap_reader_t *r, uint8_t *base)
+{
+	if (r->chain)
+		return usnap_chain_scatter(r, r->chain, base);
+	return usnap_reader_chunk_scatter_part(r, base, NULL, 0);
 }

@@ -440,6 +440,8 @@ USNAP_EXPORT int uffdsnap_add_region(uffdsnap_t *ctx, const char *name, void *ad
 		goto out;
 	}
 	id = (int)ctx->nregs++;
+	if (ctx->parent.ok) /* else its reason (none completed, the last failed) still holds */
+		usnap_delta_lost(ctx, "region '%s' was added after the last snapshot", name);
 	pthread_mutex_unlock(&ctx->lock);
 	return id;
 out:
@@ -455,6 +457,7 @@ USNAP_EXPORT int uffdsnap_region_count(const uffdsnap_t *ctx)
 void usnap_reg_release(struct usnap_reg *r)
 {
 	free(r->name);
+	free(r->fp);
 	if (r->fd >= 0)
 		close(r->fd);
 }

@@ -31,7 +31,9 @@
  * UFFDIO_ZEROPAGE): there a fault or the prefetcher gathers a whole huge
  * page from every chunk that records part of it, zeros where the snapshot
  * has zero pages, and places it at once. A huge page of zero pages only is
- * placed when touched, as a zero page is elsewhere.
+ * placed when touched, as a zero page is elsewhere. Huge pages are claimed
+ * as chunks are elsewhere (take_huge), so the two threads never gather the
+ * same one: a fault on a huge page the prefetcher is gathering waits for it.
  *
  * Failure (a chunk that does not load, an ioctl error): the first error is
  * logged once; the faulting thread gets SIGBUS through UFFDIO_POISON (or
@@ -77,7 +79,7 @@ struct lz_region {
 	size_t len;
 	uint64_t npages;
 	size_t nchunks;
-	_Atomic uint8_t *cstate;       /* per chunk: LZ_CHUNK_* */
+	_Atomic uint8_t *cstate;       /* per chunk (per huge page in a hugetlbfs region): LZ_CHUNK_* */
 	_Atomic uint64_t *present;     /* bitmap: placed by us (data, or zero after a touch) */
 	_Atomic uint64_t *zero;        /* bitmap: recorded as zero in a chunk already loaded */
 	uint64_t upages;               /* pages placed at once: 1, or those of a huge page (hugetlbfs) */
@@ -119,17 +121,8 @@ struct uffdsnap_lazy {
 
 void usnap_log_failure(const char *msg, int err)
 {
-	char line[768];
-	int n = snprintf(line, sizeof(line), "libuffdsnap: lazy restore failed: %s (%s); a thread touching a page "
-			 "that is not restored gets SIGBUS\n", msg, strerror(-err));
-	ssize_t w;
-
-	/* write(2), not stdio: a program thread may hold stderr's lock while it
-	 * waits for a page that only this thread can serve */
-	if (n > 0) {
-		w = write(STDERR_FILENO, line, (size_t)n < sizeof(line) ? (size_t)n : sizeof(line) - 1);
-		(void)w;
-	}
+	usnap_log("libuffdsnap: lazy restore failed: %s (%s); a thread touching a page that is not restored gets "
+		  "SIGBUS", msg, strerror(-err));
 }
 
 __attribute__((format(printf, 3, 4))) static void lz_fail(uffdsnap_lazy_t *lz, int err, const char *fmt, ...)
@@ -281,7 +274,11 @@ static int place_huge(uffdsnap_lazy_t *lz, struct lz_region *g, uffdsnap_reader_
 	int rc;
 
 	memset(buf, 0, g->upages << lz->page_shift);
-	for (uint64_t p = h; p < hend; p = run_end) {
+	/* zero pages only, as an earlier gather found (the prefetcher leaves
+	 * those a hole): the touch that places them loads nothing again */
+	if (all_done(g, h, hend))
+		found = g->upages;
+	for (uint64_t p = found ? hend : h; p < hend; p = run_end) {
 		size_t i = usnap_reader_locate(lz->rh, g->id, p, &run_end);
 		struct usnap_rchunk c;
 
@@ -323,6 +320,44 @@ static void chunk_end(uffdsnap_lazy_t *lz, struct lz_region *g, size_t i, uint8_
 	atomic_store(&g->cstate[i], state);
 	pthread_cond_broadcast(&lz->chunk_cv);
 	pthread_mutex_unlock(&lz->lock);
+}
+
+/* Wait until claim i of g is not BUSY any more (the other thread's). */
+static void claim_wait(uffdsnap_lazy_t *lz, struct lz_region *g, size_t i)
+{
+	pthread_mutex_lock(&lz->lock);
+	while (atomic_load(&g->cstate[i]) == LZ_CHUNK_BUSY)
+		pthread_cond_wait(&lz->chunk_cv, &lz->lock);
+	pthread_mutex_unlock(&lz->lock);
+}
+
+/*
+ * hugetlbfs: claim the huge page that holds page p and place it (place_huge).
+ * It ends DONE once present, FREE again if it was left a hole (zero pages
+ * only, and no touch: a later fault places it). A fault (touch) waits for a
+ * huge page the prefetcher is placing; the prefetcher skips one a fault has.
+ */
+static int take_huge(uffdsnap_lazy_t *lz, struct lz_region *g, uffdsnap_reader_t *rd, uint64_t p, uint8_t *buf,
+		     bool touch, _Atomic uint64_t *data, _Atomic uint64_t *zero, _Atomic uint64_t *chunks)
+{
+	const uint64_t hp = p / g->upages, h = hp * g->upages;
+
+	for (;;) {
+		uint8_t st = LZ_CHUNK_FREE;
+		int rc;
+
+		if (atomic_compare_exchange_strong(&g->cstate[hp], &st, LZ_CHUNK_BUSY)) {
+			rc = place_huge(lz, g, rd, h, buf, touch, data, zero, chunks);
+			chunk_end(lz, g, hp, rc ? LZ_CHUNK_FAILED : usnap_abit(g->present, h) ? LZ_CHUNK_DONE
+												: LZ_CHUNK_FREE);
+			return rc;
+		}
+		if (st == LZ_CHUNK_FAILED)
+			return atomic_load(&lz->err);
+		if (st == LZ_CHUNK_DONE || !touch)
+			return 0;
+		claim_wait(lz, g, hp);
+	}
 }
 
 /*
@@ -409,8 +444,8 @@ static int serve(uffdsnap_lazy_t *lz, struct lz_region *g, uint64_t p)
 	int rc;
 
 	if (g->upages > 1)
-		return place_huge(lz, g, lz->rh, p - p % g->upages, lz->hbuf_h, true, &lz->pages_fault,
-				  &lz->pages_zero_fault, &lz->chunks_fault);
+		return take_huge(lz, g, lz->rh, p, lz->hbuf_h, true, &lz->pages_fault, &lz->pages_zero_fault,
+				 &lz->chunks_fault);
 	i = usnap_reader_locate(lz->rh, g->id, p, &run_end);
 	for (;;) {
 		uint8_t st = LZ_CHUNK_FREE;
@@ -425,10 +460,7 @@ static int serve(uffdsnap_lazy_t *lz, struct lz_region *g, uint64_t p)
 		}
 		if (st == LZ_CHUNK_BUSY) {
 			/* the prefetcher is placing it: one chunk's time */
-			pthread_mutex_lock(&lz->lock);
-			while (atomic_load(&g->cstate[i]) == LZ_CHUNK_BUSY)
-				pthread_cond_wait(&lz->chunk_cv, &lz->lock);
-			pthread_mutex_unlock(&lz->lock);
+			claim_wait(lz, g, i);
 			continue;
 		}
 		if (usnap_abit(g->present, p))
@@ -605,8 +637,8 @@ static void *prefetch_main(void *arg)
 		struct lz_region *g = &lz->regs[r];
 
 		for (uint64_t h = 0; g->upages > 1 && h < g->npages && !atomic_load(&lz->closing); h += g->upages)
-			if (!usnap_abit(g->present, h) && place_huge(lz, g, lz->rp, h, lz->hbuf_p, false, &lz->pages_prefetch,
-							       NULL, &lz->chunks_prefetch) == -ESRCH)
+			if (!usnap_abit(g->present, h) && take_huge(lz, g, lz->rp, h, lz->hbuf_p, false, &lz->pages_prefetch,
+							      NULL, &lz->chunks_prefetch) == -ESRCH)
 				goto out; /* the process exited */
 		for (size_t i = 0; g->upages == 1 && i < g->nchunks && !atomic_load(&lz->closing); i++) {
 			uint8_t st = LZ_CHUNK_FREE;
@@ -774,6 +806,14 @@ int usnap_lazy_unit(uffdsnap_lazy_t *lz, unsigned i, size_t unit)
 	g->upages = unit >> lz->page_shift;
 	if (unit > lz->hbuf_len && g->upages > 1)
 		lz->hbuf_len = unit;
+	if (g->upages > 1) { /* claimed per huge page there (take_huge), not per chunk */
+		_Atomic uint8_t *hs = calloc(g->npages / g->upages + 1, sizeof(*hs));
+
+		if (!hs)
+			return usnap_err(-ENOMEM, "region '%s': out of memory", g->name);
+		free((void *)g->cstate);
+		g->cstate = hs;
+	}
 	return 0;
 }
 

@@ -139,7 +139,8 @@ USNAP_EXPORT void uffdsnap_sink_free(uffdsnap_sink_t *k)
 int usnap_build_head(uffdsnap_snap_t *s)
 {
 	struct usnap_io *io = &s->io;
-	size_t len = sizeof(struct usnap_rec_hdr) + sizeof(struct usnap_head);
+	size_t len = sizeof(struct usnap_rec_hdr) + sizeof(struct usnap_head) +
+		     (s->delta ? sizeof(struct usnap_head_delta) : 0);
 	struct usnap_rec_hdr *rh;
 	struct usnap_head *hd;
 	uint8_t *p;
@@ -152,10 +153,20 @@ int usnap_build_head(uffdsnap_snap_t *s)
 	memcpy(io->head_rec, USNAP_MAGIC, USNAP_MAGIC_LEN);
 	rh = (struct usnap_rec_hdr *)(io->head_rec + USNAP_MAGIC_LEN);
 	hd = (struct usnap_head *)(rh + 1);
-	*hd = (struct usnap_head){ .version = USNAP_VERSION, .page_size = (uint32_t)s->page_size,
-				   .nregions = s->nregions, .created_ns = s->created_ns };
+	*hd = (struct usnap_head){ .version = s->delta ? USNAP_VERSION_DELTA : USNAP_VERSION,
+				   .page_size = (uint32_t)s->page_size, .nregions = s->nregions,
+				   .flags = s->delta ? USNAP_HEAD_DELTA : 0, .created_ns = s->created_ns };
 	memcpy(hd->snap_id, s->snap_id, sizeof(hd->snap_id));
 	p = (uint8_t *)(hd + 1);
+	if (s->delta) {
+		/* The region table after it equals the parent's: regions never
+		 * change without ending the chain (delta.c, usnap_delta_lost). */
+		struct usnap_head_delta dh = { .depth = s->depth };
+
+		memcpy(dh.parent_id, s->parent_id, sizeof(dh.parent_id));
+		memcpy(p, &dh, sizeof(dh));
+		p += sizeof(dh);
+	}
 	for (unsigned i = 0; i < s->nregions; i++) {
 		const struct usnap_reg *r = s->sregs[i].reg;
 		struct usnap_region e = { .length = r->len, .name_len = (uint32_t)strlen(r->name) };

@@ -366,7 +366,8 @@ static void give_go(uffdsnap_snap_t *s)
 	usnap_io_kick(s);
 }
 
-USNAP_EXPORT int uffdsnap_begin(uffdsnap_t *ctx, uffdsnap_sink_t *sink, uffdsnap_snap_t **snapp)
+/* uffdsnap_begin() and uffdsnap_begin_delta() (delta: version 2, unchanged pages left out). */
+static int snap_begin(uffdsnap_t *ctx, uffdsnap_sink_t *sink, uffdsnap_snap_t **snapp, bool delta)
 {
 	uffdsnap_snap_t *s;
 	struct timespec rt;
@@ -379,18 +380,20 @@ USNAP_EXPORT int uffdsnap_begin(uffdsnap_t *ctx, uffdsnap_sink_t *sink, uffdsnap
 	if (!ctx || !sink || !snapp) {
 		if (sink)
 			uffdsnap_sink_free(sink);
-		return usnap_err(-EINVAL, "uffdsnap_begin: ctx, sink and snap must not be NULL");
+		return usnap_err(-EINVAL, "%s: ctx, sink and snap must not be NULL",
+				 delta ? "uffdsnap_begin_delta" : "uffdsnap_begin");
 	}
 	s = snap_alloc(ctx, sink);
 	if (!s) {
 		uffdsnap_sink_free(sink);
 		return usnap_err(-ENOMEM, "allocating the snapshot");
 	}
+	s->delta = delta;
 	pthread_mutex_lock(&ctx->lock);
 	r = ctx->active ? usnap_err(-EBUSY, "a snapshot is already running on this context")
 	    : ctx->migration ? usnap_err(-EBUSY, "a migration is running on this context")
 	    : !ctx->nregs ? usnap_err(-ENOENT, "no regions registered: call uffdsnap_add_region first")
-	    : 0;
+	    : usnap_delta_check(ctx, delta);
 	if (!r)
 		ctx->active = s;
 	pthread_mutex_unlock(&ctx->lock);
@@ -400,6 +403,8 @@ USNAP_EXPORT int uffdsnap_begin(uffdsnap_t *ctx, uffdsnap_sink_t *sink, uffdsnap
 		return r;
 	}
 	r = snap_prepare(s);
+	if (!r)
+		r = usnap_delta_begin(s);
 	if (!r)
 		r = usnap_sink_open(s->sink);
 	if (!r)
@@ -444,7 +449,17 @@ USNAP_EXPORT int uffdsnap_begin(uffdsnap_t *ctx, uffdsnap_sink_t *sink, uffdsnap
 	return 0;
 }
 
-USNAP_EXPORT int uffdsnap_begin_file(uffdsnap_t *ctx, const char *path, uffdsnap_snap_t **snap)
+USNAP_EXPORT int uffdsnap_begin(uffdsnap_t *ctx, uffdsnap_sink_t *sink, uffdsnap_snap_t **snapp)
+{
+	return snap_begin(ctx, sink, snapp, false);
+}
+
+USNAP_EXPORT int uffdsnap_begin_delta(uffdsnap_t *ctx, uffdsnap_sink_t *sink, uffdsnap_snap_t **snapp)
+{
+	return snap_begin(ctx, sink, snapp, true);
+}
+
+static int begin_path(uffdsnap_t *ctx, const char *path, uffdsnap_snap_t **snap, bool delta)
 {
 	uffdsnap_sink_t *sink;
 	int r = uffdsnap_sink_file(&sink, path, 0600);
@@ -454,7 +469,17 @@ USNAP_EXPORT int uffdsnap_begin_file(uffdsnap_t *ctx, const char *path, uffdsnap
 			*snap = NULL;
 		return r;
 	}
-	return uffdsnap_begin(ctx, sink, snap);
+	return snap_begin(ctx, sink, snap, delta);
+}
+
+USNAP_EXPORT int uffdsnap_begin_file(uffdsnap_t *ctx, const char *path, uffdsnap_snap_t **snap)
+{
+	return begin_path(ctx, path, snap, false);
+}
+
+USNAP_EXPORT int uffdsnap_begin_delta_file(uffdsnap_t *ctx, const char *path, uffdsnap_snap_t **snap)
+{
+	return begin_path(ctx, path, snap, true);
 }
 
 /* ---- wait, cancel, free ---------------------------------------------------------- */
@@ -482,6 +507,7 @@ static void snap_join(uffdsnap_snap_t *s)
 	if (ctx) {
 		pthread_mutex_lock(&ctx->lock);
 		follow_moves(s);
+		usnap_delta_end(s);
 		if (ctx->active == s)
 			ctx->active = NULL;
 		pthread_mutex_unlock(&ctx->lock);
@@ -567,6 +593,10 @@ USNAP_EXPORT int uffdsnap_snap_stats(const uffdsnap_snap_t *cs, uffdsnap_stats_t
 	st.unmaps = atomic_load(&s->unmaps);
 	st.protect_threads = s->protect_threads;
 	st.chunks_uncompressed = atomic_load(&s->chunks_uncompressed);
+	memcpy(st.snap_id, s->snap_id, sizeof(st.snap_id));
+	memcpy(st.parent_id, s->parent_id, sizeof(st.parent_id));
+	st.depth = s->depth;
+	st.pages_unchanged = atomic_load(&s->pages_unchanged);
 	st.faults_waited = atomic_load(&s->faults_waited);
 	st.fault_wait_ns = atomic_load(&s->fault_wait_ns);
 	st.pages_huge_remapped = atomic_load(&s->pages_huge_remapped);

@@ -2,15 +2,33 @@
 /*
  * The kernel seam: every userfaultfd request of the library goes through
  * here (uffd.h says what each one means), the snapshot engine's and lazy
- * restore's alike. In the test-only
- * libuffdsnap-inject.a these are the calls that inject.h can make fail.
+ * restore's alike. It is also the seam for fault injection: in the test-only
+ * libuffdsnap-inject.a, the requests that act (API, REGISTER, WRITEPROTECT,
+ * ZEROPAGE) ask inject.h whether to fail first, and UFFDIO_API can answer as
+ * an older kernel would; in the installed library those hooks are inline
+ * no-ops. UNREGISTER and WAKE are never failed: they are the exit path,
+ * they cannot fail on a range that is still mapped, and nothing could
+ * recover if they did.
  */
 #include <errno.h>
 #include <fcntl.h>
 #include <sys/syscall.h>
 #include <unistd.h>
 
+#include "inject.h"
 #include "uffd.h"
+
+/* ioctl(2) for a request that fault injection may fail */
+static int acting(int fd, unsigned long req, void *arg)
+{
+	int e = usnap_inject_ioctl();
+
+	if (e) {
+		errno = e;
+		return -1;
+	}
+	return ioctl(fd, req, arg);
+}
 
 int usnap_uffd_new(bool user_mode_only)
 {
@@ -31,11 +49,14 @@ int usnap_uffd_new(bool user_mode_only)
 
 int usnap_uffd_api(int uffd, uint64_t features, uint64_t *got)
 {
+	uint64_t hidden = usnap_inject_hidden_features();
 	struct uffdio_api a = { .api = UFFD_API, .features = features };
 
-	if (ioctl(uffd, UFFDIO_API, &a))
+	if (features & hidden)
+		return -EINVAL; /* as a kernel without those features answers */
+	if (acting(uffd, UFFDIO_API, &a))
 		return -errno;
-	*got = a.features;
+	*got = a.features & ~hidden;
 	return 0;
 }
 
@@ -43,7 +64,7 @@ int usnap_uffd_register(int uffd, uintptr_t addr, size_t len, uint64_t mode, uin
 {
 	struct uffdio_register reg = { .range = { addr, len }, .mode = mode };
 
-	if (ioctl(uffd, UFFDIO_REGISTER, &reg))
+	if (acting(uffd, UFFDIO_REGISTER, &reg))
 		return -errno;
 	*ioctls = reg.ioctls;
 	return 0;
@@ -69,14 +90,14 @@ int usnap_uffd_protect(int uffd, uintptr_t addr, size_t len, bool wp)
 {
 	struct uffdio_writeprotect w = { .range = { addr, len }, .mode = wp ? UFFDIO_WRITEPROTECT_MODE_WP : 0 };
 
-	return ioctl(uffd, UFFDIO_WRITEPROTECT, &w) ? -errno : 0;
+	return acting(uffd, UFFDIO_WRITEPROTECT, &w) ? -errno : 0;
 }
 
 int usnap_uffd_zeropage(int uffd, uintptr_t addr, size_t len)
 {
 	struct uffdio_zeropage z = { .range = { addr, len }, .mode = 0 };
 
-	return ioctl(uffd, UFFDIO_ZEROPAGE, &z) ? -errno : 0;
+	return acting(uffd, UFFDIO_ZEROPAGE, &z) ? -errno : 0;
 }
 
 int usnap_uffd_fill(int uffd, uintptr_t dst, const void *src, size_t len, int64_t *done)
@@ -89,7 +110,7 @@ int usnap_uffd_fill(int uffd, uintptr_t dst, const void *src, size_t len, int64_
 		*done = rc ? c.copy : (int64_t)len;
 	} else {
 		struct uffdio_zeropage z = { .range = { dst, len } };
-		rc = ioctl(uffd, UFFDIO_ZEROPAGE, &z) ? -errno : 0;
+		rc = acting(uffd, UFFDIO_ZEROPAGE, &z) ? -errno : 0;
 		*done = rc ? z.zeropage : (int64_t)len;
 	}
 	return rc;
@@ -109,8 +130,8 @@ bool usnap_uffd_changing(int uffd, const void *page, size_t page_size)
 {
 	struct uffdio_writeprotect w = { .range = { (uintptr_t)page, page_size }, .mode = 0 };
 
-	/* (ioctl): inject.h redirects the calls that act, not this one */
-	return (ioctl)(uffd, UFFDIO_WRITEPROTECT, &w) && errno == EAGAIN;
+	/* a probe, not an act: never failed by injection */
+	return ioctl(uffd, UFFDIO_WRITEPROTECT, &w) && errno == EAGAIN;
 }
 
 int usnap_uffd_new_async(uint64_t features)

@@ -12,7 +12,8 @@
  *   participant.c  other processes that join a context: the listener, join and leave
  *   space.c     where region pages are mapped (this process, forked children)
  *               and the events that move them: fork, mremap, munmap, remove
- *   compress.c  compression workers: zero pages, zstd, checksummed records
+ *   compress.c  compression workers: zero pages, fingerprints, zstd, checksummed records
+ *   delta.c     deltas: the parent a delta is taken against, fingerprint tables
  *   sink.c      sinks and the I/O thread: header, chunks, index, trailer
  *   reader.c    everything that reads snapshot bytes (reader-private.h: for restore)
  *   restore*.c  eager and lazy restore, and the page server (restore-private.h)
@@ -67,6 +68,8 @@ int usnap_check_size(const char *fn, const char *type, size_t size, size_t min, 
 /* errors.c: format a message with every byte outside printable ASCII as \xNN. */
 void usnap_vformat(char *dst, size_t cap, const char *fmt, va_list ap);
 void usnap_format(char *dst, size_t cap, const char *fmt, ...) __attribute__((format(printf, 3, 4)));
+/* One line to the application's log hook (uffdsnap_set_log_fn), if it set one. */
+void usnap_log(const char *fmt, ...) __attribute__((format(printf, 1, 2)));
 /* errors.c: record a detail for uffdsnap_last_error() and return err. */
 int usnap_err(int err, const char *fmt, ...) __attribute__((format(printf, 2, 3)));
 void usnap_clear_err(void);
@@ -115,6 +118,8 @@ struct usnap_reg {
 	uint64_t ino;      /* the mapping's inode (0: anonymous), to notice a remap */
 	dev_t dev;         /* and its device: (dev, ino) names the file in /proc/self/maps */
 	uint32_t unit;     /* pages per unit of protection: 1, or those of a huge page */
+	uint64_t *fp;      /* UFFDSNAP_OPT_DELTA: per page, the fingerprint of its contents at the
+			    * last snapshot's instant (delta.c); written by that snapshot's workers */
 	bool thp;          /* SHMEM: transparent huge pages may back it (THPeligible at add_region) */
 };
 
@@ -137,6 +142,7 @@ struct usnap_sreg {
 	struct usnap_run *data;    /* populated runs at the instant (SEEK_DATA), sorted */
 	size_t ndata;
 	bool registered;           /* UFFDIO_REGISTER in force */
+	uint64_t *fp;              /* reg->fp, or NULL without UFFDSNAP_OPT_DELTA */
 };
 
 /* The pieces a record is written from, in order (see compress.c build_record). */
@@ -248,6 +254,18 @@ struct usnap_pool {
 	size_t footprint;          /* bytes of one job: what buffer_bytes is divided by */
 };
 
+/*
+ * What the next delta is taken against (delta.c), under ctx->lock. ok: every
+ * region's fingerprint table holds the image of snapshot `id` at its instant.
+ * Otherwise `why` says what is missing ("" = no snapshot completed yet).
+ */
+struct usnap_parent {
+	bool ok;
+	uint8_t id[16];
+	uint32_t depth;            /* 0: a full snapshot */
+	char why[384];
+};
+
 /* snap->err once the I/O stage has committed to success: later failures lose. */
 #define USNAP_COMMITTED 1
 
@@ -273,6 +291,7 @@ struct uffdsnap {
 	_Atomic uint64_t joins;     /* joins so far: a snapshot notices one made while it ran */
 	_Atomic pid_t last_join_pid;
 	struct usnap_listener *listener; /* participant.c, once uffdsnap_listen() was called */
+	struct usnap_parent parent; /* delta.c */
 };
 
 enum usnap_sink_kind { USNAP_SINK_FILE, USNAP_SINK_FD, USNAP_SINK_CALLBACK };
@@ -340,6 +359,11 @@ struct uffdsnap_snap {
 	uint64_t pages_total;
 	uint8_t snap_id[16];
 	uint64_t created_ns;
+	/* delta.c: set by begin */
+	bool delta;                 /* a delta: version 2, unchanged pages left out */
+	uint8_t parent_id[16];      /* a delta's parent */
+	uint32_t depth;             /* 0: full; a delta: its parent's + 1 */
+	uint64_t zero_fp;           /* the fingerprint of a zero page */
 
 	/* failure: first error wins */
 	_Atomic int err;
@@ -379,7 +403,7 @@ struct uffdsnap_snap {
 	_Atomic uint64_t end_ns, window_end_ns;
 	_Atomic uint64_t pages_fault, pages_sweep, pages_hole, pages_zero_found, faults, chunks;
 	_Atomic uint64_t fault_wait_max_ns, bytes_raw, bytes_out;
-	_Atomic uint64_t forks, remaps, unmaps, chunks_uncompressed;
+	_Atomic uint64_t forks, remaps, unmaps, chunks_uncompressed, pages_unchanged;
 	_Atomic uint64_t faults_waited, fault_wait_ns, pages_huge_remapped;
 	_Atomic uint64_t starved_until_ns;  /* a fault waited for a buffer lately (UFFDSNAP_OPT_ADAPT) */
 	unsigned jobs_in_use, jobs_peak;    /* under pool_lock */
@@ -470,6 +494,18 @@ void usnap_migrate_stop(struct uffdsnap_migrate *m);
 
 /* fault.c */
 void *usnap_handler_main(void *arg);
+
+/* delta.c */
+/* Under ctx->lock, at begin: -ENOLINK with the reason when no delta can be taken now. */
+int usnap_delta_check(const uffdsnap_t *ctx, bool delta);
+/* Begin of snapshot s (a delta if s->delta): fingerprint tables, the parent's id. */
+int usnap_delta_begin(uffdsnap_snap_t *s);
+/* Under ctx->lock, once s's threads are joined: s is the next parent, or there is none. */
+void usnap_delta_end(uffdsnap_snap_t *s);
+/* Under ctx->lock: no delta can be taken until the next complete snapshot, because... */
+void usnap_delta_lost(uffdsnap_t *ctx, const char *fmt, ...) __attribute__((format(printf, 2, 3)));
+/* The fingerprint of one page of bytes (XXH3-64). */
+uint64_t usnap_fingerprint(const void *page, size_t len);
 
 /* compress.c */
 int usnap_workers_start(uffdsnap_snap_t *s, unsigned n);

@@ -1,6 +1,9 @@
 /* SPDX-License-Identifier: LGPL-2.1-or-later */
 /*
- * Test helpers shared by the tests/test-*.c programs.
+ * Test helpers shared by the tests/test-*.c programs, one file per purpose:
+ * t-env.c (the suite runner, root, watchdogs, files), t-mem.c (regions,
+ * patterns, pagemap), t-snap.c (snapshots, sinks, fixtures), t-writers.c
+ * (writer threads) and t-oracle.c (the prefix rule).
  *
  * Conventions:
  *  - every test program calls usnap_test_require_uffd() in main() before
@@ -27,6 +30,8 @@
 #include "uffdsnap.h"
 
 #define USNAP_SKIP 77
+/* the lock of tests run with USNAP_EXCLUSIVE=1 (shell tests take it with flock(1)) */
+#define USNAP_EXCLUSIVE_LOCK "/tmp/libuffdsnap-tests.lock"
 
 /* 1 when built with AddressSanitizer or ThreadSanitizer (gcc says so with
  * __SANITIZE_*__, clang with __has_feature): several times slower per byte
@@ -58,7 +63,7 @@ extern size_t usnap_page; /* page size, set by usnap_test_require_uffd() / usnap
 #define usnap_assert_msg(expr, ...) \
 	((expr) ? (void)0 : _ck_assert_failed(__FILE__, __LINE__, "Assertion '" #expr "' failed", ##__VA_ARGS__))
 
-/* ---- environment --------------------------------------------------------- */
+/* ---- environment (t-env.c) -------------------------------------------------------- */
 
 /* Set up page size and stdout buffering (called by usnap_test_require_uffd). */
 void usnap_test_init(void);
@@ -95,7 +100,7 @@ int usnap_wait_child(pid_t pid, unsigned seconds, const char *what);
  * alarm() so that it cannot outlive the test. */
 void usnap_sigbus_child(void);
 
-/* ---- memory regions -------------------------------------------------------- */
+/* ---- memory regions (t-mem.c) ----------------------------------------------------- */
 
 enum usnap_mem_kind {
 	USNAP_MEM_MEMFD,        /* memfd_create + ftruncate + mmap MAP_SHARED */
@@ -122,7 +127,7 @@ uint8_t *usnap_memfd(struct usnap_mem *m, size_t len);
 void usnap_mem_free(struct usnap_mem *m);
 const char *usnap_mem_kind_name(enum usnap_mem_kind kind);
 
-/* ---- patterns --------------------------------------------------------------- */
+/* ---- patterns (t-mem.c) ----------------------------------------------------------- */
 
 uint64_t usnap_splitmix64(uint64_t *state);
 /* Deterministic pseudo-random contents of page `pageno` for `seed`. */
@@ -143,7 +148,7 @@ long usnap_mem_holes(const struct usnap_mem *m);
 uint8_t *usnap_buf_alloc(size_t len);
 void usnap_buf_free(void *buf, size_t len);
 
-/* ---- pagemap ---------------------------------------------------------------- */
+/* ---- pagemap (t-mem.c) ------------------------------------------------------------ */
 
 /* Number of pages in [addr, addr+len) whose pagemap entry has bit 57
  * (uffd-wp protected) set; -1 on error (fails the test). */
@@ -155,7 +160,7 @@ uint64_t usnap_pagemap_entry(const void *addr);
 #define USNAP_PM_WP (1ull << 57)
 #define USNAP_PM_PRESENT (1ull << 63)
 
-/* ---- snapshots -------------------------------------------------------------- */
+/* ---- snapshots (t-snap.c) --------------------------------------------------------- */
 
 /* uffdsnap_reader_open, failing the test with the detail on error. */
 uffdsnap_reader_t *usnap_reader(const char *path);
@@ -190,7 +195,7 @@ uint8_t *usnap_read_region(const char *path, const char *name, size_t *len);
 /* 1 if `path` exists and passes uffdsnap_reader_verify(), else 0. */
 int usnap_file_verifies(const char *path);
 
-/* ---- files and directories ----------------------------------------------------- */
+/* ---- files and directories (t-env.c) ---------------------------------------------- */
 
 /* mkdtemp under /var/tmp into buf (PATH_MAX); fails the test on error. */
 void usnap_tmpdir(char *buf);
@@ -206,7 +211,7 @@ uint8_t *usnap_slurp(const char *path, size_t *len);
 /* Write len bytes as the whole of the file path (created 0600, or truncated). */
 void usnap_write_file(const char *path, const void *data, size_t len);
 
-/* ---- sinks ------------------------------------------------------------------- */
+/* ---- sinks (t-snap.c) ------------------------------------------------------------- */
 
 /*
  * A callback sink for tests: stores the stream to `fd` (if >= 0) and/or in
@@ -250,7 +255,7 @@ bool usnap_wait_sweep_stalled(uffdsnap_snap_t *s, unsigned seconds);
  * under label); returns wait()'s result. */
 int usnap_finish_stalled(uffdsnap_snap_t *s, struct usnap_cb *cb, uffdsnap_stats_t *st, const char *label);
 
-/* ---- writer threads ----------------------------------------------------------- */
+/* ---- writer threads (t-writers.c) ------------------------------------------------- */
 
 struct usnap_writers;
 typedef void (*usnap_writer_fn)(struct usnap_writers *w, unsigned idx);
@@ -279,7 +284,7 @@ void usnap_writers_stop(struct usnap_writers *w, unsigned seconds);
 /* Join (without setting stop) each writer with a timeout; fails on hang. */
 void usnap_writers_join(struct usnap_writers *w, unsigned seconds);
 
-/* ---- fixtures --------------------------------------------------------------- */
+/* ---- fixtures (t-snap.c) ---------------------------------------------------------- */
 
 /*
  * The setup and teardown most snapshot tests share: a memfd region that a
@@ -335,7 +340,7 @@ void usnap_snapfile_free(struct usnap_snapfile *f);
  * reads back, failing the test if there is none. */
 size_t usnap_snapfile_flipped(const struct usnap_snapfile *f, const char *name, char *path);
 
-/* ---- the prefix rule ----------------------------------------------------------
+/* ---- the prefix rule (t-oracle.c) ---------------------------------------------------
  *
  * Sequence writers: writer w does writes i = 1, 2, 3, ... in program order;
  * write i stores the value i into slot S(i) of region (i-1)&1 (alternating

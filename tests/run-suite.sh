@@ -12,16 +12,20 @@
 # writers: valgrind runs one thread at a time, see docs/design.md).
 # Every sanitizer halts on its first finding, so a finding fails the run.
 # USNAP_BUILD_PREFIX=build-foo uses build-foo, build-foo-asan, build-foo-tsan.
-# USNAP_SUITES="plain valgrind asan tsan" picks which to run.
+# USNAP_SUITES="plain valgrind asan tsan" picks which to run, USNAP_TESTS="zap
+# alias" which tests (meson test names) of each.
 #
-# The tests run one at a time (tests/meson.build: is_parallel false), and the
-# plain suite spends most of its time waiting (slowed sinks, blocked writers,
-# timed runs): about 115 of its 316 CPU-seconds on 2 cores. So once the plain
-# build is done, the sanitizer builds of the suites after it compile in the
-# background at the lowest CPU priority (nice 19: the tests keep the CPUs
-# whenever they want them) while the plain suite runs; their output goes to
-# a log, shown if they fail (their warnings in any case).
-# USNAP_BACKGROUND_BUILD=0 builds each suite just before it runs instead.
+# Two lanes run side by side: plain, valgrind and asan in one, tsan (the
+# slowest, several times slower per byte) in the other. The tests of one lane
+# run one at a time (tests/meson.build: is_parallel false), and the plain
+# suite spends most of its time waiting (slowed sinks, blocked writers, timed
+# runs: about 115 of its 316 seconds use a CPU on 2 cores), which the other
+# lane fills. Tests that change what the machine shares take a lock
+# (tests/meson.build: exclusive), so they never overlap. The plain suite is
+# built first; the tsan lane's output goes to a log shown when both lanes are
+# done. In a lane, the sanitizer builds after its first suite compile in the
+# background at nice 19 while that suite's tests run.
+# USNAP_LANES=1 runs every suite in one lane, in the order of USNAP_SUITES.
 #
 # A failing test (or build) does not stop the script: the other suites still
 # run, and the script exits 1 at the end. It ends with the skipped and failed
@@ -39,9 +43,11 @@ export UBSAN_OPTIONS=${UBSAN_OPTIONS:-halt_on_error=1:print_stacktrace=1}
 export ASAN_OPTIONS=${ASAN_OPTIONS:-halt_on_error=1:detect_leaks=1:strict_string_checks=1}
 export TSAN_OPTIONS=${TSAN_OPTIONS:-halt_on_error=1:second_deadlock_stack=1}
 
-passed=0 failed=0 skipped=0
-failed_names='' skipped_names=''
+lanes=${USNAP_LANES:-2}
+results=$(mktemp)      # what each suite counted: "passed N", "failed NAME", ...
+skip_reasons=$(mktemp)
 bg_pid='' bg_log='' bg_t0=0 bg_suites=''
+built=''               # suites built before their lane ran them
 
 suite_dir() { # suite
 	case $1 in plain) echo "$prefix" ;; *) echo "$prefix-$1" ;; esac
@@ -63,20 +69,14 @@ build() { # suite: configure and compile its build directory
 	ninja -C "$dir"
 }
 
-# The sanitizer builds of the suites listed after plain, in the background,
-# in their own process group (killed if the script stops early), at nice 19.
-start_background_builds() {
-	local s after=0
-	for s in $suites; do
-		case $s in
-		plain) after=1 ;;
-		asan | tsan) [ $after = 0 ] || bg_suites+="$s " ;;
-		esac
-	done
-	[ -n "$bg_suites" ] || return 0
+# Build the given suites in the background, in their own process group
+# (killed if the script stops early), at nice 19: the tests keep the CPUs
+# whenever they want them. The output goes to a log, shown if it fails.
+start_background_builds() { # suite...
+	bg_suites="$* "
 	bg_log=$(mktemp /tmp/usnap-build.XXXXXX)
 	bg_t0=$SECONDS
-	echo "=== building ${bg_suites% } in the background, at nice 19, while the plain suite runs ==="
+	echo "=== building ${bg_suites% } in the background, at nice 19 ==="
 	set -m
 	(
 		renice -n 19 -p $BASHPID >/dev/null 2>&1 || true
@@ -112,36 +112,37 @@ count() { # log what
 
 # A failure that is not a meson test's (a build, Valgrind): one failed.
 fail() { # what
-	failed=$((failed + 1))
-	failed_names+="  $1"$'\n'
+	echo "failed $1" >>"$results"
 	echo "=== FAILED: $1 ===" >&2
 }
 
 run() { # suite
-	local suite=$1 dir t0=$SECONDS t1 how log rc=0 bad name
+	local suite=$1 dir t0=$SECONDS t1 how log rc=0 bad
 	dir=$(suite_dir "$suite")
 	if [[ " $bg_suites " == *" $suite "* ]]; then
 		wait_background_builds || { fail "$dir: the background build"; return 0; }
 		how="built in the background"
+	elif [[ " $built " == *" $suite "* ]]; then
+		how="built before"
 	else
 		build "$suite" || { fail "$dir: the build"; return 0; }
 		how="built in $((SECONDS - t0)) s"
-		[ "$suite" != plain ] || [ "${USNAP_BACKGROUND_BUILD:-1}" = 0 ] || start_background_builds
 	fi
 	t1=$SECONDS
 	log=$(mktemp)
-	meson test -C "$dir" --print-errorlogs | tee "$log" || rc=$?
+	# shellcheck disable=SC2086 # USNAP_TESTS: words
+	meson test -C "$dir" --print-errorlogs ${USNAP_TESTS:-} | tee "$log" || rc=$?
 	bad=$(($(count "$log" Fail) + $(count "$log" Timeout) + $(count "$log" 'Unexpected Pass')))
-	passed=$((passed + $(count "$log" Ok) + $(count "$log" 'Expected Fail')))
-	skipped=$((skipped + $(count "$log" Skipped)))
-	failed=$((failed + bad))
-	# " 3/36 matrix-migrate   SKIP   4.69s   exit status 77": the names (a
-	# failure's line comes again in meson's summary of failures)
-	while read -r name; do skipped_names+="  $dir: $name"$'\n'; done \
-		< <(awk '$1 ~ /^[0-9]+\/[0-9]+$/ && $3 == "SKIP" && !seen[$2]++ { print $2 }' "$log")
-	while read -r name; do failed_names+="  $dir: $name"$'\n'; done \
-		< <(awk '$1 ~ /^[0-9]+\/[0-9]+$/ && ($3 == "FAIL" || $3 == "TIMEOUT" || $3 == "UNEXPECTEDPASS") &&
-			!seen[$2]++ { print $2 }' "$log")
+	{
+		echo "passed $(($(count "$log" Ok) + $(count "$log" 'Expected Fail')))"
+		echo "skipped $(count "$log" Skipped)"
+		echo "failures $bad"
+		# " 3/36 matrix-migrate   SKIP   4.69s   exit status 77": the names (a
+		# failure's line comes again in meson's summary of failures)
+		awk -v d="$dir" '$1 ~ /^[0-9]+\/[0-9]+$/ && $3 == "SKIP" && !seen[$2]++ { print "skip " d ": " $2 }' "$log"
+		awk -v d="$dir" '$1 ~ /^[0-9]+\/[0-9]+$/ && ($3 == "FAIL" || $3 == "TIMEOUT" || $3 == "UNEXPECTEDPASS") &&
+			!seen[$2]++ { print "failname " d ": " $2 }' "$log"
+	} >>"$results"
 	rm -f "$log"
 	if [ "$rc" != 0 ] && [ "$bad" = 0 ]; then
 		fail "$dir: meson test exited $rc without a failed test"
@@ -151,32 +152,86 @@ run() { # suite
 	echo "=== $dir: $how, tests ran in $((SECONDS - t1)) s: $bad failed ==="
 }
 
-skip_reasons=$(mktemp)
-trap 'stop_background_builds; rm -f "$skip_reasons"' EXIT
+valgrind_demo() {
+	local t0=$SECONDS out
+	out=$(mktemp -d /var/tmp/usnap-valgrind.XXXXXX)
+	if ninja -C "$prefix" examples/live-snapshot &&
+		valgrind --error-exitcode=9 --leak-check=full --errors-for-leak-kinds=definite,indirect \
+			"$prefix/examples/live-snapshot" --writers 0 --size 16 --out "$out/snap"; then
+		echo "=== valgrind memcheck of the demo: no error, no leak ($((SECONDS - t0)) s) ==="
+		echo "passed 1" >>"$results"
+	else
+		fail "valgrind memcheck of the demo"
+	fi
+	rm -rf "$out"
+}
+
+# One lane: its suites one after the other. The first is built now (unless
+# built before); the sanitizer builds of the others compile in the
+# background at nice 19 while the first one's tests run.
+lane() { # suite...
+	local s bg=''
+	if [[ " $built " != *" $1 "* ]] && [ "$1" != valgrind ]; then
+		build "$1" && built+=" $1" || fail "$(suite_dir "$1"): the build"
+	fi
+	for s in "${@:2}"; do case $s in asan | tsan) bg+="$s " ;; esac; done
+	# shellcheck disable=SC2086 # bg: words
+	[ -z "$bg" ] || [ "${USNAP_BACKGROUND_BUILD:-1}" = 0 ] || start_background_builds $bg
+	for s in "$@"; do
+		case $s in
+		plain | asan | tsan) run "$s" ;;
+		valgrind) valgrind_demo ;;
+		esac
+	done
+}
+
+lane1='' lane2=''
 for s in $suites; do
 	case $s in
-	plain | asan | tsan) run "$s" ;;
-	valgrind)
-		t0=$SECONDS
-		out=$(mktemp -d /var/tmp/usnap-valgrind.XXXXXX)
-		if ninja -C "$prefix" examples/live-snapshot &&
-			valgrind --error-exitcode=9 --leak-check=full --errors-for-leak-kinds=definite,indirect \
-				"$prefix/examples/live-snapshot" --writers 0 --size 16 --out "$out/snap"; then
-			echo "=== valgrind memcheck of the demo: no error, no leak ($((SECONDS - t0)) s) ==="
-			passed=$((passed + 1))
-		else
-			fail "valgrind memcheck of the demo"
-		fi
-		rm -rf "$out"
-		;;
+	plain | asan | valgrind) lane1+="$s " ;;
+	tsan) lane2+="$s " ;;
 	*) echo "unknown suite '$s' (plain, valgrind, asan, tsan)" >&2; exit 2 ;;
 	esac
 done
-if [ -n "$skipped_names" ]; then
-	printf '=== skipped ===\n%s' "$skipped_names"
+lane2_pid='' lane2_log=''
+trap 'stop_background_builds; [ -z "$lane2_pid" ] || kill -- -"$lane2_pid" 2>/dev/null; rm -f "$results" "$skip_reasons" "$lane2_log"' EXIT
+if [ "$lanes" = 1 ] || [ -z "$lane1" ] || [ -z "$lane2" ]; then
+	# shellcheck disable=SC2086 # suites: words
+	lane $suites
+else
+	# the plain build first: a compile error shows at once, and the second
+	# lane's build does not slow it down
+	case " $lane1 " in *" plain "*) build plain && built+=" plain" || fail "$prefix: the build" ;; esac
+	lane2_log=$(mktemp /tmp/usnap-lane2.XXXXXX)
+	echo "=== ${lane2% } runs beside ${lane1% }: its output follows when both are done ==="
+	set -m
+	# shellcheck disable=SC2086 # lane2: words
+	lane $lane2 >"$lane2_log" 2>&1 &
+	lane2_pid=$!
+	set +m
+	# shellcheck disable=SC2086 # lane1: words
+	lane $lane1
+	wait "$lane2_pid" || true
+	lane2_pid=
+	echo "=== ${lane2% }, which ran beside ${lane1% } ==="
+	cat "$lane2_log"
+fi
+
+sum() { # what
+	awk -v w="$1" '$1 == w { n += $2 } END { print n + 0 }' "$results"
+}
+passed=$(sum passed)
+skipped=$(sum skipped)
+failed=$(($(sum failures) + $(grep -c '^failed ' "$results" || true)))
+if grep -q '^skip ' "$results"; then
+	echo '=== skipped ==='
+	sed -n 's/^skip /  /p' "$results"
 	sort -u "$skip_reasons"
 fi
-[ -z "$failed_names" ] || printf '=== failed ===\n%s' "$failed_names"
+if grep -q -e '^failname ' -e '^failed ' "$results"; then
+	echo '=== failed ==='
+	sed -n -e 's/^failname /  /p' -e 's/^failed /  /p' "$results"
+fi
 echo "=== $suites: $SECONDS s ==="
 echo "suites: $passed passed, $failed failed, $skipped skipped"
 [ "$failed" = 0 ]

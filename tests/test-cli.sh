@@ -2,7 +2,7 @@
 # SPDX-License-Identifier: LGPL-2.1-or-later
 #
 # The uffdsnap tool as a user meets it (issue 18), run by meson as test 'cli':
-#   tests/test-cli.sh UFFDSNAP LIVE_SNAPSHOT
+#   tests/test-cli.sh UFFDSNAP LIVE_SNAPSHOT TEST_CHAIN
 # - outputs never destroy a file: extract / restore / live-snapshot --out
 #   refuse a device node (made here with mknod), FIFO, directory and symlink,
 #   and an existing file survives a corrupt or incomplete snapshot;
@@ -12,12 +12,17 @@
 #   count prints that command's usage; exit codes 0/1/2 (diff: 3 different);
 # - messages: "not a snapshot" for empty input, errno once, the bad file
 #   named, streams handled or refused plainly, no API names;
-# - clean lists and removes temporaries of dead writers.
+# - clean lists and removes temporaries of dead writers;
+# - deltas (forged by TEST_CHAIN --forge): info shows ids, parent and depth;
+#   a delta alone verifies but is not read; --parent reads its chain in
+#   verify, extract, restore and diff; merge writes the chain as one full
+#   snapshot later deltas apply to, and refuses to overwrite an input.
 # Needs root (userfaultfd for kernel-mode faults, mknod): else exits 77.
 set -u
 
 tool=$(realpath "$1")
 live=$(realpath "$2")
+chainbin=$(realpath "$3")
 if [ "$(id -u)" != 0 ]; then
 	echo "SKIP: needs root: snapshots need userfaultfd for kernel faults, the device cases mknod"
 	exit 77
@@ -73,7 +78,7 @@ printf '\125' | dd of=flip.snap bs=1 seek=$((size / 2)) conv=notrunc status=none
 echo precious >keep
 
 # ---- help and usage -------------------------------------------------------------
-cmds="info verify extract restore diff cat serve clean"
+cmds="info verify extract restore diff cat serve merge clean"
 for c in $cmds; do
 	for h in --help -h; do
 		out=$("$tool" "$c" "$h" 2>&1)
@@ -87,7 +92,7 @@ done
 out=$("$tool" --help)
 n=0
 for c in $cmds; do [[ $out == *$'\n'"  $c "* ]] && n=$((n + 1)); done
-assert "--help lists every command" test $n = 8
+assert "--help lists every command" test $n = 9
 expect 2 '^Usage: uffdsnap info ' "$tool" info
 expect 2 "unexpected argument 'b'" "$tool" info a.snap b
 expect 2 '^Usage: uffdsnap extract ' "$tool" extract a.snap demo
@@ -166,6 +171,13 @@ assert "extract wrote the region" test "$(stat -c %s keep)" = $((2 << 20))
 "$tool" extract a.snap demo - >stdout.bin
 assert "extract to a file, to stdout and cat agree" cmp -s keep cat.bin
 assert "extract to stdout" cmp -s keep stdout.bin
+# cat goes by 1 MiB pieces: a range across a piece boundary, raw and as a hexdump
+"$tool" cat a.snap demo 0xffff3 29 >mid.bin
+assert "cat across a piece boundary" cmp -s mid.bin <(tail -c +$((0xffff3 + 1)) keep | head -c 29)
+"$tool" cat -x a.snap demo 0 2M >hex.all
+"$tool" cat -x a.snap demo 0xffff0 32 >hex.mid
+assert "cat -x across a piece boundary" test "$(grep -E '^(000ffff0|00100000) ' hex.all)" = "$(head -2 hex.mid)"
+assert "cat -x ends with the end offset once" test "$(grep -c '^00200000$' hex.all)" = 1 -a "$(tail -1 hex.mid)" = 00100010
 expect 0 'restored r.bin' "$tool" restore a.snap --region 0 --to r.bin
 assert "restore wrote the region" cmp -s keep r.bin
 
@@ -212,6 +224,42 @@ wait "$server" 2>/dev/null
 server=
 : >plain
 expect 1 'plain exists and is not a socket' "$tool" serve a.snap --socket plain
+
+# ---- deltas and chains --------------------------------------------------------------
+mkdir chain
+"$chainbin" --forge "$dir/chain" >chain/forge.log 2>&1 || { cat chain/forge.log; exit 1; }
+cd chain || exit 1
+p="--parent full0.snap --parent delta1.snap --parent delta2.snap"
+expect 0 'id: +[0-9a-f]{32}' "$tool" info full0.snap
+expect 0 'parent: +[0-9a-f]{32}' "$tool" info delta3.snap
+expect 0 'depth: +3' "$tool" info delta3.snap
+assert "a delta's parent is its parent's id" test \
+	"$("$tool" info delta3.snap | sed -n 's/^parent: *//p')" = "$("$tool" info delta2.snap | sed -n 's/^id: *//p')"
+expect 0 '^OK' "$tool" verify delta3.snap
+expect 1 '^uffdsnap extract: delta3.snap: .*delta.*parent chain' "$tool" extract delta3.snap pool x.bin
+expect 0 'chain of 4 files' "$tool" verify $p delta3.snap
+expect 0 '' "$tool" extract full3.snap pool want.bin
+expect 0 '' "$tool" extract $p delta3.snap pool got.bin
+assert "extract --parent: the image at the delta's instant" cmp -s want.bin got.bin
+rm -f got.bin
+expect 0 '^restored' "$tool" restore $p delta3.snap --region pool --to got.bin
+assert "restore --parent: the image at the delta's instant" cmp -s want.bin got.bin
+expect 0 'identical' "$tool" diff $p delta3.snap full3.snap
+expect 3 'pages differ' "$tool" diff --parent full0.snap --parent delta1.snap delta2.snap delta3.snap
+expect 1 'delta2.snap is a delta of snapshot [0-9a-f]+, but the file before it, full0.snap.*missing' \
+	"$tool" verify --parent full0.snap --parent delta2.snap delta3.snap
+expect 0 '^merged 4 files into m.snap' "$tool" merge m.snap full0.snap delta1.snap delta2.snap delta3.snap
+expect 0 '^OK' "$tool" verify m.snap
+expect 0 'version 1$' "$tool" info m.snap
+expect 0 'identical' "$tool" diff m.snap full3.snap
+expect 0 'chain of 2 files' "$tool" verify --parent m.snap delta4.snap
+expect 0 'identical' "$tool" diff --parent m.snap delta4.snap full4.snap
+expect 1 'delta2.snap is a delta of snapshot' "$tool" serve --parent full0.snap --parent delta2.snap delta3.snap \
+	--socket "$dir/chain.sock" --once
+expect 2 'is the input delta2.snap' "$tool" merge delta2.snap full0.snap delta1.snap delta2.snap
+expect 1 'delta2.snap.*out of order' "$tool" merge n.snap full0.snap delta2.snap delta1.snap
+assert "no output from a refused merge" test ! -e n.snap
+cd "$dir" || exit 1
 
 # ---- messages --------------------------------------------------------------------
 assert "no API names in any message" test -z "$(grep -E 'uffdsnap_[a-z]+' "$log")"

@@ -567,7 +567,7 @@ static void *forker(void *arg)
 START_TEST(fork_at_the_end)
 {
 	const size_t len = 2 * MiB;
-	const unsigned rounds = USNAP_SANITIZED ? 40 : 150;
+	const unsigned rounds = USNAP_SANITIZED ? 12 : 60;
 	struct usnap_mem m;
 	uffdsnap_t *ctx;
 	pthread_t t;

@@ -650,7 +650,9 @@ START_TEST(hostile_fields)
 	hostile(USNAP_REC_CHNK, offsetof(struct usnap_rec_hdr, len), UINT64_MAX - 7, 8, false, -EBADMSG);
 	hostile(USNAP_REC_INDX, offsetof(struct usnap_rec_hdr, len), 1ull << 62, 8, false, -EBADMSG);
 
-	hostile(USNAP_REC_HEAD, F(struct usnap_head, version), 2, 4, true, -EPROTONOSUPPORT);
+	hostile(USNAP_REC_HEAD, F(struct usnap_head, version), 3, 4, true, -EPROTONOSUPPORT);
+	/* a version 2 HEAD without the DELTA flag, or a full one with it, is corrupt */
+	hostile(USNAP_REC_HEAD, F(struct usnap_head, version), 2, 4, true, -EBADMSG);
 	hostile(USNAP_REC_HEAD, F(struct usnap_head, nregions), 1u << 31, 4, true, -EBADMSG);
 	hostile(USNAP_REC_HEAD, F(struct usnap_head, nregions), 0, 4, true, -EBADMSG);
 	hostile(USNAP_REC_HEAD, F(struct usnap_head, nregions), 3, 4, true, -EBADMSG);

@@ -482,12 +482,27 @@ static void report_sigbus(int sig, siginfo_t *si, void *uc)
 /* Run fn in a child; it must be killed by SIGBUS within 20 s, not hang on a
  * page that cannot be restored, and the SIGBUS must have come the way this
  * build expects (SIGBUS_FROM). */
+/* The application's log hook (uffdsnap_set_log_fn) in a child: its first
+ * line goes to a page the parent reads after the child died. */
+static void log_to_page(void *user, const char *line)
+{
+	char *page = user;
+
+	if (!page[0])
+		snprintf(page, 4096, "%s", line);
+}
+
+/* The child dies of SIGBUS, and the failure that caused it reached the log
+ * hook first (before the SIGBUS that may end the program). */
 static void expect_sigbus(void (*fn)(const char *, size_t), const char *path, size_t page, const char *what)
 {
 	uint64_t t0 = usnap_now_ns();
 	int status, code = 0, p[2];
+	char *logged;
 	pid_t pid;
 
+	logged = mmap(NULL, 4096, PROT_READ | PROT_WRITE, MAP_SHARED | MAP_ANONYMOUS, -1, 0);
+	ck_assert(logged != MAP_FAILED);
 	ck_assert(!pipe2(p, O_CLOEXEC));
 	pid = fork();
 	ck_assert(pid >= 0);
@@ -497,11 +512,15 @@ static void expect_sigbus(void (*fn)(const char *, size_t), const char *path, si
 		usnap_sigbus_child();
 		sigbus_pipe = p[1];
 		sigaction(SIGBUS, &sa, NULL);
+		uffdsnap_set_log_fn(log_to_page, logged);
 		fn(path, page);
 		_exit(CHILD_TOUCHED);
 	}
 	close(p[1]);
 	status = usnap_wait_child(pid, 20, what);
+	printf("  %s: logged \"%s\"\n", what, logged);
+	ck_assert_msg(strstr(logged, "lazy restore failed"), "%s: nothing reached the log hook", what);
+	munmap(logged, 4096);
 	if (read(p[0], &code, sizeof(code)) != sizeof(code))
 		code = 0;
 	close(p[0]);

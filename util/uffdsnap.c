@@ -2,7 +2,9 @@
 /*
  * uffdsnap: the command-line tool for snapshot files - info, verify, extract,
  * restore, diff, cat, serve (a page server for lazy restore of other
- * processes) and clean (temporaries killed writers left). A thin layer over
+ * processes), merge (a chain of deltas into one full snapshot) and clean
+ * (temporaries killed writers left). verify, extract, restore, diff and serve
+ * read a delta with its chain, named by repeatable --parent options. A thin layer over
  * the public reader and restore API: everything it knows about the format it
  * learns from libuffdsnap. Its manual is docs/man/uffdsnap.1.
  *
@@ -142,6 +144,7 @@ static int fail(const char *what, int err, const char *detail)
 	case ENOEXEC:
 	case EPROTONOSUPPORT:
 	case ESTALE:
+	case ENOLINK:
 		text = uffdsnap_strerror(err);
 		break;
 	default:
@@ -300,6 +303,61 @@ static void progress_end(void)
 
 /* ---- inputs ------------------------------------------------------------------------ */
 
+#define MAX_PARENTS 4096
+static const char *parents[MAX_PARENTS + 1];  /* --parent, base first (+1: diff's A for B) */
+static unsigned nparents;
+
+static int parent_opt(const char *arg)
+{
+	if (nparents == MAX_PARENTS)
+		return usage_error("at most %d --parent files", MAX_PARENTS);
+	parents[nparents++] = arg;
+	return 0;
+}
+
+static bool same_id(const char *path, const uint8_t id[16])
+{
+	uffdsnap_info_t in = { .size = sizeof(in) };
+	uffdsnap_reader_t *r;
+	bool same;
+
+	if (uffdsnap_reader_open(&r, path))
+		return false;
+	same = !uffdsnap_reader_info(r, &in) && !memcmp(in.snap_id, id, 16);
+	uffdsnap_reader_free(r);
+	return same;
+}
+
+/*
+ * *r, open on the delta `path`, is reopened with its chain: the --parent
+ * files up to the one that is its parent (all of them if none is: the
+ * library then says which link is wrong), then path. -1, or an exit status.
+ */
+static int open_chain_of(const char *path, uffdsnap_reader_t **r)
+{
+	uffdsnap_info_t in = { .size = sizeof(in) };
+	const char **chain;
+	unsigned n = nparents;
+	int rc;
+
+	uffdsnap_reader_info(*r, &in);
+	if (!in.delta || !nparents)
+		return -1;
+	for (unsigned i = 0; i < nparents; i++)
+		if (same_id(parents[i], in.parent_id)) {
+			n = i + 1;
+			break;
+		}
+	if (!(chain = malloc((n + 1) * sizeof(*chain))))
+		return failure("out of memory");
+	memcpy(chain, parents, n * sizeof(*chain));
+	chain[n] = path;
+	uffdsnap_reader_free(*r);
+	rc = uffdsnap_reader_open_chain(r, chain, n + 1);
+	free(chain);
+	return rc ? fail(path, rc, uffdsnap_last_error()) : -1;
+}
+
 /*
  * Open the snapshot `path` for the current command; "-" is standard input.
  * A pipe or socket is read as a stream, which only info and verify can do
@@ -324,9 +382,11 @@ static int open_input(const char *path, bool stream_ok, uffdsnap_reader_t **r, b
 				  "file first (info and verify read streams)";
 		return std ? usage_error(why, name, cur->name) : failure(why, name, cur->name);
 	}
+	if (*stream && nparents)
+		return usage_error("%s is a pipe: a chain (--parent) is read from files", name);
 	rc = std ? uffdsnap_reader_open_fd(r, STDIN_FILENO) : uffdsnap_reader_open(r, path);
 	if (!rc)
-		return -1;
+		return open_chain_of(path, r);
 	/* an empty file (or /dev/null) is not a snapshot cut short: it is no snapshot at all */
 	if ((rc == -ENODATA || rc == -ENOEXEC) && (S_ISCHR(st.st_mode) || (S_ISREG(st.st_mode) && st.st_size < 16)))
 		return failure("%s: not a snapshot: it is %s", name,
@@ -398,6 +458,13 @@ static void print_time(uint64_t ns)
 
 /* ---- info, verify ------------------------------------------------------------------- */
 
+static void print_id(const uint8_t id[16])
+{
+	for (int i = 0; i < 16; i++)
+		printf("%02x", id[i]);
+	putchar('\n');
+}
+
 static int cmd_info(char **args)
 {
 	uffdsnap_info_t info = { .size = sizeof(info) };
@@ -419,7 +486,15 @@ static int cmd_info(char **args)
 	uffdsnap_reader_info(r, &info);
 	ok = info.complete && !vrc;
 	printf("%-13s %s\n", "file:", strcmp(path, "-") ? path : "(standard input)");
-	printf("%-13s libuffdsnap snapshot, version %u\n", "format:", info.version);
+	printf("%-13s libuffdsnap snapshot, version %u%s\n", "format:", info.version,
+	       info.delta ? " (a delta: read it with its chain, --parent)" : "");
+	printf("%-13s ", "id:");
+	print_id(info.snap_id);
+	if (info.delta) {
+		printf("%-13s ", "parent:");
+		print_id(info.parent_id);
+		printf("%-13s %u\n", "depth:", info.depth);
+	}
 	printf("%-13s %u\n", "page size:", info.page_size);
 	print_time(info.created_ns);
 	if (vrc)
@@ -472,8 +547,9 @@ static int cmd_verify(char **args)
 		fail(args[0], rc, uffdsnap_reader_error(r));
 	else {
 		uffdsnap_reader_info(r, &info);
-		printf("OK: %u regions, %" PRIu64 " pages, %" PRIu64 " chunks\n", info.nregions,
+		printf("OK: %u regions, %" PRIu64 " pages, %" PRIu64 " chunks", info.nregions,
 		       info.pages_data + info.pages_zero, info.chunks);
+		printf(info.files > 1 ? " (the last of a chain of %u files, all verified)\n" : "\n", info.files);
 	}
 	uffdsnap_reader_free(r);
 	return rc ? EXIT_FAILURE : EXIT_SUCCESS;
@@ -485,7 +561,7 @@ static int cmd_verify(char **args)
  * the output is refused (a directory, link, device) or could not be made. */
 static int out_fail(const char *in, const char *out, int rc, const char *detail)
 {
-	if (rc == -EBADMSG || rc == -ENODATA)
+	if (rc == -EBADMSG || rc == -ENODATA || rc == -ENOLINK)
 		return fail(in, rc, detail);
 	if ((rc == -EISDIR || rc == -ELOOP || rc == -EINVAL) && *detail)
 		return failure("%s", detail);
@@ -544,6 +620,8 @@ static int restore_opt(int c, const char *arg)
 {
 	char *end;
 
+	if (c == 'P')
+		return parent_opt(arg);
 	if (c == 'r')
 		ro.region = arg;
 	else if (c == 't')
@@ -699,7 +777,13 @@ static int cmd_diff(char **args)
 	int rc, differ = 0, trouble;
 	uint64_t total = 0;
 
-	if (!(trouble = diff_open(&a)) && !(trouble = diff_open(&b)) && a.info.page_size != b.info.page_size) {
+	if (!(trouble = diff_open(&a))) {
+		/* B may be a delta of A: its chain goes on through A */
+		parents[nparents++] = a.path;
+		trouble = diff_open(&b);
+		nparents--;
+	}
+	if (!trouble && a.info.page_size != b.info.page_size) {
 		printf("page sizes differ: %u and %u\n", a.info.page_size, b.info.page_size);
 		differ = 1;
 	}
@@ -771,7 +855,6 @@ static void hexdump(const uint8_t *p, size_t len, uint64_t base)
 			putchar(p[i + k] >= 0x20 && p[i + k] < 0x7f ? p[i + k] : '.');
 		printf("|\n");
 	}
-	printf("%08" PRIx64 "\n", base + len);
 }
 
 /* ---- cat ------------------------------------------------------------------------ */
@@ -808,6 +891,13 @@ static int cat_opt(int c, const char *arg)
 	return 0;
 }
 
+/*
+ * cat reads and writes CAT_PIECE bytes at a time (a multiple of a hexdump
+ * line), so its memory does not grow with LEN; the reader's chunk cache keeps
+ * a chunk that spans two pieces from being decompressed twice.
+ */
+#define CAT_PIECE (1u << 20)
+
 static int cmd_cat(char **args)
 {
 	uffdsnap_region_info_t ri = { .size = sizeof(ri) };
@@ -815,7 +905,7 @@ static int cmd_cat(char **args)
 	uint64_t off, len, size;
 	char e[ESC_LEN];
 	uint8_t *buf;
-	int id, rc;
+	int id, rc = 0;
 
 	if (!parse_size(args[2], &off))
 		return usage_error("OFFSET '%s' is not a number (decimal, 0x hex, or with K, M, G)", args[2]);
@@ -832,16 +922,25 @@ static int cmd_cat(char **args)
 		uffdsnap_reader_free(r);
 		return rc;
 	}
-	if (!(buf = malloc(len ? len : 1))) {
+	if (!(buf = malloc(CAT_PIECE))) {
 		uffdsnap_reader_free(r);
-		return failure("out of memory for %" PRIu64 " bytes", len);
+		return failure("out of memory for %u bytes", CAT_PIECE);
 	}
-	rc = uffdsnap_reader_read(r, (unsigned)id, off, buf, len);
-	if (rc)
-		fail(args[0], rc, uffdsnap_reader_error(r));
-	else if (cat_hex)
-		hexdump(buf, len, off);
-	else if (fwrite(buf, 1, len, stdout) != len || fflush(stdout))
+	/* what was written before a failure stays written, as with cat(1); the status says it failed */
+	for (uint64_t done = 0; done < len && !rc; done += CAT_PIECE) {
+		size_t n = len - done < CAT_PIECE ? (size_t)(len - done) : CAT_PIECE;
+
+		rc = uffdsnap_reader_read(r, (unsigned)id, off + done, buf, n);
+		if (rc)
+			fail(args[0], rc, uffdsnap_reader_error(r));
+		else if (cat_hex)
+			hexdump(buf, n, off + done);
+		else if (fwrite(buf, 1, n, stdout) != n)
+			rc = fail("standard output", -errno, "");
+	}
+	if (!rc && cat_hex)
+		printf("%08" PRIx64 "\n", off + len);
+	if (!rc && fflush(stdout))
 		rc = fail("standard output", -errno, "");
 	free(buf);
 	uffdsnap_reader_free(r);
@@ -885,6 +984,8 @@ static int serve_opt(int c, const char *arg)
 	uint64_t num;
 
 	switch (c) {
+	case 'P':
+		return parent_opt(arg);
 	case 's':
 		so.socket = arg;
 		break;
@@ -987,6 +1088,45 @@ static int cmd_serve(char **args)
 	}
 	close(ls);
 	unlink(path);
+	uffdsnap_reader_free(r);
+	return rc ? EXIT_FAILURE : EXIT_SUCCESS;
+}
+
+/* ---- merge ------------------------------------------------------------------------------ */
+
+static int cmd_merge(char **args)
+{
+	const char *out = args[0];
+	unsigned n = 0;
+	uffdsnap_info_t in = { .size = sizeof(in) };
+	uffdsnap_reader_t *r;
+	struct stat so_, si;
+	uint64_t total = 0;
+	mode_t m;
+	int rc;
+
+	while (args[n + 1])
+		n++;
+	/* the output is renamed over its path: an input there would be gone */
+	for (unsigned i = 1; i <= n && !stat(out, &so_); i++)
+		if (!strcmp(out, args[i]) || (!stat(args[i], &si) && si.st_dev == so_.st_dev && si.st_ino == so_.st_ino))
+			return usage_error("OUT %s is the input %s: merge into a new file", out, args[i]);
+	for (unsigned i = 1; i <= n; i++)
+		total += !stat(args[i], &si) ? (uint64_t)si.st_size : 0;
+	if ((rc = uffdsnap_reader_open_chain(&r, (const char *const *)args + 1, n)))
+		return fail(n == 1 ? args[1] : "chain", rc, uffdsnap_last_error());
+	m = umask(0);
+	umask(m);
+	progress_start("merging", total, true);
+	rc = uffdsnap_reader_merge_file(r, out, 0666 & ~m);
+	progress_end();
+	if (rc) {
+		out_fail(n == 1 ? args[1] : "chain", out, rc, uffdsnap_last_error());
+	} else {
+		uffdsnap_reader_info(r, &in);
+		printf("merged %u file%s into %s: %u regions, the image at the last file's instant\n", n,
+		       n > 1 ? "s" : "", out, in.nregions);
+	}
 	uffdsnap_reader_free(r);
 	return rc ? EXIT_FAILURE : EXIT_SUCCESS;
 }
@@ -1187,7 +1327,19 @@ static int cmd_snap(char **args)
 
 /* ---- the command table and main ---------------------------------------------------------- */
 
+static const struct option chain_longopts[] = {
+	{ "parent", required_argument, NULL, 'P' },
+	{ 0 },
+};
+
+static int chain_opt(int c, const char *arg)
+{
+	(void)c;
+	return parent_opt(arg);
+}
+
 static const struct option restore_longopts[] = {
+	{ "parent", required_argument, NULL, 'P' },
 	{ "region", required_argument, NULL, 'r' },
 	{ "to", required_argument, NULL, 't' },
 	{ "threads", required_argument, NULL, 'j' },
@@ -1195,6 +1347,7 @@ static const struct option restore_longopts[] = {
 };
 
 static const struct option serve_longopts[] = {
+	{ "parent", required_argument, NULL, 'P' },
 	{ "socket", required_argument, NULL, 's' },
 	{ "once", no_argument, NULL, '1' },
 	{ "no-prefetch", no_argument, NULL, 'n' },
@@ -1228,34 +1381,49 @@ static const struct cmd cmds[] = {
 	  "incomplete, failed or corrupt one.\n",
 	  1, 1, NULL, NULL, NULL, cmd_info },
 	{ "verify", "check every record, checksum and page of a snapshot",
-	  "verify [-q] FILE|-",
+	  "verify [-q] [--parent FILE]... FILE|-",
 	  "Read every record, check every checksum and that every page is recorded\n"
 	  "exactly once. '-' reads the snapshot from standard input (a pipe works).\n"
-	  "Exit 0 only for a complete, intact snapshot.\n",
-	  1, 1, NULL, NULL, NULL, cmd_verify },
+	  "Exit 0 only for a complete, intact snapshot. With --parent, every file of\n"
+	  "the chain is verified, and its links.\n"
+	  "  --parent FILE   FILE is a delta: read it with its chain, the full snapshot\n"
+	  "                  first, then each delta up to FILE's parent (repeat the option,\n"
+	  "                  in that order)\n",
+	  1, 1, "", chain_longopts, chain_opt, cmd_verify },
 	{ "extract", "write a region's raw bytes to a file or standard output",
-	  "extract [-q] FILE REGION OUTFILE|-",
+	  "extract [-q] [--parent FILE]... FILE REGION OUTFILE|-",
 	  "Write the raw bytes of REGION (a name, or a numeric id) full length to\n"
 	  "OUTFILE, or to standard output for '-'. OUTFILE must be a regular file or\n"
 	  "not exist: a directory, symbolic link, device, FIFO or socket is refused. It\n"
 	  "is written under a temporary name next to it and renamed only once complete,\n"
 	  "so an existing OUTFILE survives any failure. Holes stay holes. FILE must be a\n"
-	  "file (not a pipe) and a complete snapshot.\n",
-	  3, 3, NULL, NULL, NULL, cmd_extract },
+	  "file (not a pipe) and a complete snapshot.\n"
+	  "  --parent FILE   FILE is a delta: read it with its chain, the full snapshot\n"
+	  "                  first, then each delta up to FILE's parent (repeat the option,\n"
+	  "                  in that order)\n",
+	  3, 3, "", chain_longopts, chain_opt, cmd_extract },
 	{ "restore", "materialise a region into a file (tmpfs, /dev/shm)",
-	  "restore [-q] FILE --region REGION --to PATH [--threads N]",
+	  "restore [-q] [--parent FILE]... FILE --region REGION --to PATH [--threads N]",
 	  "Materialise REGION into the file PATH (meant for tmpfs or /dev/shm),\n"
 	  "decompressing on N threads (default: all CPUs). Zero pages stay holes. PATH\n"
 	  "follows the rules of extract's OUTFILE and appears only when complete.\n"
-	  "See docs/restore.md for restoring into a running process.\n",
+	  "See docs/restore.md for restoring into a running process.\n"
+	  "  --parent FILE   FILE is a delta: read it with its chain, the full snapshot\n"
+	  "                  first, then each delta up to FILE's parent (repeat the option,\n"
+	  "                  in that order)\n",
 	  1, 1, "r:t:j:", restore_longopts, restore_opt, cmd_restore },
 	{ "diff", "pages that differ between two snapshots",
-	  "diff [-q] A B",
+	  "diff [-q] [--parent FILE]... A B",
 	  "Compare two snapshot files region by region (matched by name): the pages\n"
 	  "that differ, as counts and ranges of page numbers.\n"
 	  "Exit 0 if identical, 3 if they differ, 1 if a snapshot cannot be read\n"
-	  "(missing, incomplete, corrupt: the message names the file).\n",
-	  2, 2, NULL, NULL, NULL, cmd_diff },
+	  "(missing, incomplete, corrupt: the message names the file).\n"
+	  "A delta is read with its chain: the --parent files up to its parent, and for\n"
+	  "B, A too (so 'diff --parent BASE D1 D2' shows what D2 changed).\n"
+	  "  --parent FILE   FILE is a delta: read it with its chain, the full snapshot\n"
+	  "                  first, then each delta up to FILE's parent (repeat the option,\n"
+	  "                  in that order)\n",
+	  2, 2, "", chain_longopts, chain_opt, cmd_diff },
 	{ "cat", "bytes of a region, raw or as a hexdump",
 	  "cat [-x] FILE REGION OFFSET LEN",
 	  "LEN bytes of REGION from OFFSET to standard output; -x prints them as a\n"
@@ -1263,8 +1431,8 @@ static const struct cmd cmds[] = {
 	  "optionally with K, M or G (KiB, MiB, GiB); LEN is at most 1 GiB.\n",
 	  4, 4, "x", NULL, cat_opt, cmd_cat },
 	{ "serve", "page server for lazy restore of other processes",
-	  "serve FILE --socket PATH [--once] [--no-prefetch] [--max-clients N]\n"
-		   "                      [--request-timeout MS]",
+	  "serve [--parent FILE]... FILE --socket PATH [--once] [--no-prefetch]\n"
+		   "                      [--max-clients N] [--request-timeout MS]",
 	  "Page server: processes that connect to PATH (uffdsnap_lazy_connect(3)) are\n"
 	  "restored lazily from FILE, each client in its own thread. A socket at PATH\n"
 	  "whose server still answers is never replaced; a stale one is.\n"
@@ -1273,8 +1441,21 @@ static const struct cmd cmds[] = {
 	  "                      or hangs up\n"
 	  "  --max-clients N     at most N clients at once (default 64); more are refused\n"
 	  "  --request-timeout MS  hang up on a client that sent no request within MS\n"
-	  "                      milliseconds of connecting (default 5000)\n",
+	  "                      milliseconds of connecting (default 5000)\n"
+	  "  --parent FILE   FILE is a delta: read it with its chain, the full snapshot\n"
+	  "                  first, then each delta up to FILE's parent (repeat the option,\n"
+	  "                  in that order)\n",
 	  1, 1, "s:", serve_longopts, serve_opt, cmd_serve },
+	{ "merge", "write a chain of deltas as one full snapshot",
+	  "merge [-q] OUT BASE [DELTA]...",
+	  "Write the image of the chain BASE DELTA... (a full snapshot, then each delta\n"
+	  "after its parent) to OUT as one full snapshot, with the id and instant of the\n"
+	  "last file, so deltas taken after it apply to OUT: a compaction step for\n"
+	  "incremental backups (merge, then delete the files merged). Each chunk the\n"
+	  "image needs is checked as it is read ('verify --parent' checks every file).\n"
+	  "OUT follows the rules of extract's OUTFILE, is synced and appears only when\n"
+	  "complete, and may not be one of the inputs.\n",
+	  2, INT_MAX, NULL, NULL, NULL, cmd_merge },
 	{ "clean", "list and remove temporaries killed writers left",
 	  "clean [-n] PATH",
 	  "List the temporary files (PATH.tmp.uffdsnap-PID-XXXXXX) that snapshots,\n"
@@ -1361,6 +1542,7 @@ int main(int argc, char **argv)
 	unsigned v = uffdsnap_version();
 	int c;
 
+	uffdsnap_set_log_fn(uffdsnap_log_stderr, NULL); /* a lazy restore's failure, before its SIGBUS */
 	uffdsnap_lazy_opts_init(&so.lo);
 	/* '+': options end at the command, whose own options follow it */
 	while ((c = getopt_long(argc, argv, "+:hVq", longopts, NULL)) != -1) {

@@ -61,32 +61,7 @@
 
 #include <uffdsnap.h>
 
-#define MiB (1024ull * 1024)
-#define PAGE 4096ull
-
-static uint64_t now_ns(void)
-{
-	struct timespec ts;
-
-	clock_gettime(CLOCK_MONOTONIC, &ts);
-	return (uint64_t)ts.tv_sec * 1000000000ull + (uint64_t)ts.tv_nsec;
-}
-
-static void die(const char *what, int err, const char *detail)
-{
-	fprintf(stderr, "restore-bench: %s: %s%s%s\n", what, strerror(err < 0 ? -err : err), detail ? ": " : "",
-		detail ? detail : "");
-	exit(1);
-}
-
-static uint64_t rnd(uint64_t *s)
-{
-	uint64_t z = (*s += 0x9E3779B97F4A7C15ull);
-
-	z = (z ^ (z >> 30)) * 0xBF58476D1CE4E5B9ull;
-	z = (z ^ (z >> 27)) * 0x94D049BB133111EBull;
-	return z ^ (z >> 31);
-}
+#include "bench-util.h"
 
 static void fill(uint8_t *p, size_t len)
 {

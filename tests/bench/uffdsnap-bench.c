@@ -120,6 +120,7 @@ struct options {
 	unsigned zthreads;     /* compression threads for every method; 0 = online CPUs */
 	unsigned chunk_kib, buffer_mib; /* uffdsnap tuning; 0 = the library's defaults */
 	uint64_t seed;
+	double delta_pct;      /* --delta: > 0 runs run_delta() instead of the methods */
 };
 
 /* ---- clock ------------------------------------------------------------------------- */
@@ -1600,6 +1601,153 @@ static void run_method(struct bench *b, int method, struct result *res)
 	b->base = NULL;
 }
 
+/* ---- --delta PCT (issue 11) ------------------------------------------------------------------------------ */
+
+/* One snapshot of ctx (full or delta) into a file of --out; its JSON line. */
+static void delta_phase(struct bench *b, struct emit *e, uffdsnap_t *ctx, bool delta, const char *kind,
+			double *total_ms, uint64_t *bytes)
+{
+	const struct options *o = &b->o;
+	char path[PATH_MAX];
+	uffdsnap_stats_t st = { .size = sizeof(st) };
+	uffdsnap_snap_t *snap;
+	uint64_t t0, t1, t2;
+	int r;
+
+	snprintf(path, sizeof(path), "%s/uffdsnap-bench-%d-%s.snap", o->out_dir, (int)getpid(), kind);
+	t0 = mono_ns();
+	r = delta ? uffdsnap_begin_delta_file(ctx, path, &snap) : uffdsnap_begin_file(ctx, path, &snap);
+	if (r)
+		die("begin (%s): %s (%s)", kind, uffdsnap_strerror(r), uffdsnap_last_error());
+	t1 = mono_ns();
+	r = uffdsnap_wait(snap);
+	t2 = mono_ns();
+	if (r)
+		die("%s: %s (%s)", kind, uffdsnap_strerror(r), uffdsnap_snap_error(snap));
+	uffdsnap_snap_stats(snap, &st);
+	uffdsnap_snap_free(snap);
+	if (!o->keep)
+		unlink(path);
+	*total_ms = (double)(t2 - t0) / 1e6;
+	*bytes = st.bytes_out;
+	e_begin(e, kind);
+	e_str(e, "kind", kind);
+	e_int(e, "size_mib", o->size >> 20);
+	e_num(e, "begin_ms", (double)(t1 - t0) / 1e6);
+	e_num(e, "total_ms", *total_ms);
+	e_int(e, "bytes_out", st.bytes_out);
+	e_int(e, "pages_total", st.pages_total);
+	e_int(e, "pages_unchanged", st.pages_unchanged);
+	e_int(e, "pages_fault", st.pages_fault);
+	e_int(e, "chunks", st.chunks);
+	e_int(e, "depth", st.depth);
+	e_end(e);
+}
+
+/*
+ * --delta PCT: on one memfd region of --size MiB, the writers storing as
+ * usual (the same bytes back: they fault, they change nothing), a full
+ * snapshot from a context without UFFDSNAP_OPT_DELTA (the baseline) and one
+ * from a context with it (what fingerprinting costs); then, writers paused,
+ * PCT % of the pages get new bytes (random pages, or the first PCT % with
+ * --pattern sequential: a hot set), and a delta is taken while the writers
+ * run. Their rate between snapshots, once settled, is compared with the
+ * option off (after the first full snapshot) and on (after the delta): the
+ * option runs nothing between snapshots.
+ */
+static double ratio(double a, double b);
+
+/*
+ * The writers' rate once a snapshot's disturbance is over (shmem pages stay
+ * read-only after it, so each page's next store still faults): wait until the
+ * last 200 ms ran at 90 % of `base` (at most --settle-max-ms), then the median
+ * over --warmup-ms.
+ */
+static double settled_rate(struct bench *b, double base)
+{
+	const size_t span = 200000 / b->o.slice_us;
+	uint64_t t0 = mono_ns(), t;
+
+	do {
+		sleep_ms(20);
+		t = mono_ns();
+	} while (t - t0 < b->o.settle_max_ms * 1000000ull &&
+		 (t - t0 < 300000000ull ||
+		  (double)stores_between(b, slice_of(b, t) - 2 - span, slice_of(b, t) - 2) / (double)span < 0.9 * base));
+	t0 = mono_ns();
+	sleep_ms(b->o.warmup_ms);
+	return median_rate(b, slice_of(b, t0) + 1, slice_of(b, mono_ns()));
+}
+
+static void run_delta(struct bench *b, struct emit *e, double pct)
+{
+	const struct options *o = &b->o;
+	double full0_ms, full_ms, delta_ms, rate_base, rate0, rate1;
+	uint64_t full0_b, full_b, delta_b, t0, x = o->seed | 1, nchg;
+	uffdsnap_opts_t uo;
+	uffdsnap_t *ctx;
+	int mfd = memfd_create("bench-delta", MFD_CLOEXEC), r;
+
+	if (o->region != o->size)
+		die("--delta needs a dense region (no --region-mib)");
+	if (mfd < 0 || ftruncate(mfd, (off_t)o->size))
+		die("memfd: %s", strerror(errno));
+	b->base = mmap(NULL, o->size, PROT_READ | PROT_WRITE, MAP_SHARED, mfd, 0);
+	if (b->base == MAP_FAILED)
+		die("mmap memfd: %s", strerror(errno));
+	fill_data(b->base, o->size, b->stride, o->seed, b->ncpu);
+	b->npages = o->size / PAGE;
+	writers_start(b);
+	sleep_ms(100);
+	t0 = mono_ns();
+	sleep_ms(o->warmup_ms);
+	rate_base = median_rate(b, slice_of(b, t0) + 1, slice_of(b, mono_ns()));
+
+	for (int with = 0; with < 2; with++) {
+		uffdsnap_opts_init(&uo);
+		uo.zstd_level = o->level;
+		uo.compress_threads = (int)o->zthreads;
+		uo.flags = with ? UFFDSNAP_OPT_DELTA : 0;
+		if ((r = uffdsnap_new(&ctx, &uo)) < 0 || (r = uffdsnap_add_region(ctx, "bench", b->base, o->size)) < 0)
+			die("context: %s (%s)", uffdsnap_strerror(r), uffdsnap_last_error());
+		if (with)
+			break;
+		delta_phase(b, e, ctx, false, "full-nofp", &full0_ms, &full0_b);
+		rate0 = settled_rate(b, rate_base); /* between snapshots, the option off */
+		uffdsnap_free(ctx);
+	}
+	delta_phase(b, e, ctx, false, "full", &full_ms, &full_b);
+	settled_rate(b, rate_base);
+	writers_pause(b);
+	nchg = (uint64_t)((double)b->npages * pct / 100.0);
+	for (uint64_t i = 0; i < nchg; i++) {
+		uint64_t pg = o->pattern == PAT_SEQUENTIAL ? i : ((xorshift(&x) >> 32) * b->npages) >> 32;
+		((uint64_t *)data_page(b->base, b->stride, pg))[xorshift(&x) & 511] ^= x | 1;
+	}
+	writers_resume(b, CTL_RUN);
+	delta_phase(b, e, ctx, true, "delta", &delta_ms, &delta_b);
+	rate1 = settled_rate(b, rate_base); /* between snapshots, the option on */
+	writers_stop(b);
+	uffdsnap_free(ctx);
+
+	e_begin(e, "delta-ratios");
+	e_str(e, "kind", "delta-ratios");
+	e_int(e, "size_mib", o->size >> 20);
+	e_num(e, "pct", pct);
+	e_int(e, "pages_changed", nchg);
+	e_num(e, "delta_total_vs_full", ratio(delta_ms, full_ms));
+	e_num(e, "delta_bytes_vs_full", ratio((double)delta_b, (double)full_b));
+	e_num(e, "full_fp_total_vs_nofp", ratio(full_ms, full0_ms));
+	e_num(e, "rate_fp_on_vs_off", ratio(rate1, rate0));
+	e_num(e, "rate_base_per_ms", rate_base * 1000.0 / o->slice_us);
+	e_num(e, "rate_off_per_ms", rate0 * 1000.0 / o->slice_us);
+	e_num(e, "rate_on_per_ms", rate1 * 1000.0 / o->slice_us);
+	e_end(e);
+	munmap(b->base, o->size);
+	close(mfd);
+	b->base = NULL;
+}
+
 /* ---- main ------------------------------------------------------------------------------------------------- */
 
 static void usage(int code)
@@ -1638,7 +1786,9 @@ static void usage(int code)
 		"  --compress-threads N    zstd threads for every method (default: online CPUs, the library's default)\n"
 		"  --chunk-kib N, --buffer-mib N   uffdsnap: chunk_bytes / buffer_bytes (default: the library's)\n"
 		"  --label TEXT            copied into every output line\n"
-		"  --seed N\n");
+		"  --seed N\n"
+		"  --delta PCT             instead of the methods: a full snapshot (without and with\n"
+		"                          UFFDSNAP_OPT_DELTA), PCT %% of the pages changed, then a delta\n");
 	exit(code);
 }
 
@@ -1705,7 +1855,7 @@ static void parse(int argc, char **argv, struct options *o)
 		{ "compress-threads", 1, 0, 'c' }, { "label", 1, 0, 'B' },
 		{ "chunk-kib", 1, 0, 'C' }, { "buffer-mib", 1, 0, 'M' }, { "help", 0, 0, 'h' },
 		{ "timeline-ms", 1, 0, 'R' }, { "region-mib", 1, 0, 'g' }, { "adapt", 0, 0, 'A' },
-		{ "memory", 1, 0, 'y' },
+		{ "memory", 1, 0, 'y' },    { "delta", 1, 0, 'D' },
 		{ 0, 0, 0, 0 },
 	};
 	int c;
@@ -1756,6 +1906,7 @@ static void parse(int argc, char **argv, struct options *o)
 		case 'M': o->buffer_mib = (unsigned)num(optarg); break;
 		case 'c': o->zthreads = (unsigned)num(optarg); break;
 		case 'R': o->timeline_ms = (unsigned)num(optarg); break;
+		case 'D': o->delta_pct = atof(optarg); if (o->delta_pct <= 0 || o->delta_pct > 100) usage(1); break;
 		case 'h': usage(0); break;
 		default: usage(1);
 		}
@@ -1874,6 +2025,10 @@ int main(int argc, char **argv)
 	e_num(&e, "loadavg_start", load0[0]);
 	e_end(&e);
 
+	if (b.o.delta_pct > 0) {
+		run_delta(&b, &e, b.o.delta_pct);
+		b.o.methods = 0;
+	}
 	for (int k = 0; k < NMETHODS; k++) {
 		struct result *r = &res[k];
 		double bound_ms;
