@@ -14,17 +14,13 @@
  * which drops every protection and wakes every waiting writer. Registration
  * lasts only while a snapshot runs, as for the coordinator's own regions.
  *
- * The wire (SOCK_SEQPACKET, one message each way, this library at both ends):
- *   participant -> coordinator: struct join_hdr, nmaps x struct join_map, and
- *                               its userfaultfd as SCM_RIGHTS
- *   coordinator -> participant: struct join_reply
- * then the connection stays open and silent; when either end closes it, the
- * membership ends. Or, from the agent (agent.c), which must learn which files
- * are worth joining before the program maps them:
- *   agent -> coordinator: struct join_hdr with magic QUERY_MAGIC, nmaps 0
- *   coordinator -> agent: struct query_reply, n x struct usnap_query_region
- * and the connection is closed. The coordinator trusts nothing in a join: the peer's uid
- * (SO_PEERCRED), that the descriptor is a userfaultfd, and that each mapping
+ * The wire is in participant.h: one join message each way, then the
+ * connection stays open and silent; when either end closes it, the
+ * membership ends. The agent (agent.c), which must learn which files are
+ * worth joining before the program maps them, sends a query instead; the
+ * answer ends that connection. The coordinator trusts nothing in a join: the
+ * peer's uid (SO_PEERCRED), that the descriptor is a userfaultfd (alone in
+ * its message; any other descriptor sent is closed), and that each mapping
  * really maps the named region's file at the stated offset in the peer's
  * /proc/PID/maps are checked before anything is registered.
  *
@@ -45,33 +41,11 @@
 #include <unistd.h>
 
 #include "maps.h"
+#include "participant.h"
 #include "uffd.h"
 #include "uffdsnap-private.h"
 
-#define JOIN_MAGIC 0x4e4a5355u /* "USJN" */
-#define QUERY_MAGIC 0x52515355u /* "USQR" */
-#define JOIN_VERSION 1
-#define JOIN_MAX_MAPS 64
 #define JOIN_TIMEOUT_MS 5000
-
-struct join_hdr {
-	uint32_t magic, version, nmaps, reserved;
-};
-
-struct join_map {
-	char name[USNAP_MAX_NAME + 1];
-	uint64_t addr, len, offset;
-};
-
-struct join_reply {
-	int32_t err;
-	char msg[256];
-};
-
-struct query_reply {
-	int32_t err;
-	uint32_t n;
-};
 
 struct uffdsnap_participant {
 	int conn;
@@ -84,6 +58,26 @@ struct usnap_listener {
 	char *path;
 	pthread_t thread;
 };
+
+/* An error number the peer sent: a -errno, or the peer broke the protocol.
+ * Callers return it and uffdsnap_strerror() it: never a value out of range. */
+static int peer_errno(int32_t err)
+{
+	return err < 0 && err >= -4095 ? err : -EPROTO;
+}
+
+/* Wait up to ms for fd to become readable; a signal does not cut the wait
+ * short (the program may run interval timers). 1 when readable, else 0. */
+static int wait_readable(int fd, int ms)
+{
+	uint64_t end = usnap_now_ns() + (uint64_t)ms * 1000000u, now;
+	struct pollfd pfd = { .fd = fd, .events = POLLIN };
+	int r;
+
+	while ((r = poll(&pfd, 1, ms)) < 0 && errno == EINTR && (now = usnap_now_ns()) < end)
+		ms = (int)((end - now + 999999) / 1000000);
+	return r == 1;
+}
 
 /* ---- the coordinator ------------------------------------------------------------- */
 
@@ -128,20 +122,20 @@ static int is_userfaultfd(int fd)
 /* Check one join request from pid and build its mappings into p (under ctx->lock). */
 static int parse_join(uffdsnap_t *ctx, pid_t pid, const uint8_t *buf, size_t n, struct usnap_participant *p)
 {
-	const struct join_hdr *h = (const void *)buf;
+	const struct usnap_join_hdr *h = (const void *)buf;
 	size_t ps = ctx->page_size;
 
-	if (n < sizeof(*h) || h->magic != JOIN_MAGIC)
+	if (n < sizeof(*h) || h->magic != USNAP_JOIN_MAGIC)
 		return usnap_err(-EPROTO, "not a join request");
-	if (h->version != JOIN_VERSION)
+	if (h->version != USNAP_JOIN_VERSION)
 		return usnap_err(-EPROTO, "join request of version %u; this coordinator speaks %u", h->version,
-				 JOIN_VERSION);
-	if (!h->nmaps || h->nmaps > JOIN_MAX_MAPS || n != sizeof(*h) + h->nmaps * sizeof(struct join_map))
+				 USNAP_JOIN_VERSION);
+	if (!h->nmaps || h->nmaps > USNAP_JOIN_MAX_MAPS || n != sizeof(*h) + h->nmaps * sizeof(struct usnap_join_map))
 		return usnap_err(-EPROTO, "join request with %u mappings in %zu bytes", h->nmaps, n);
 	if (!(p->maps = calloc(h->nmaps, sizeof(*p->maps))))
 		return usnap_err(-ENOMEM, "allocating a participant");
 	for (unsigned i = 0; i < h->nmaps; i++) {
-		const struct join_map *m = (const void *)(buf + sizeof(*h) + i * sizeof(struct join_map));
+		const struct usnap_join_map *m = (const void *)(buf + sizeof(*h) + i * sizeof(struct usnap_join_map));
 		const struct usnap_reg *reg = NULL;
 		unsigned id;
 		int r;
@@ -157,10 +151,10 @@ static int parse_join(uffdsnap_t *ctx, pid_t pid, const uint8_t *buf, size_t n, 
 			return usnap_err(-EMEDIUMTYPE, "region '%s' is private memory: no other process maps it",
 					 reg->name);
 		if (!m->len || (m->addr | m->len | m->offset) % (ps * reg->unit) || m->offset > reg->len ||
-		    m->len > reg->len - m->offset)
+		    m->len > reg->len - m->offset || m->addr > UINTPTR_MAX - m->len)
 			return usnap_err(-EINVAL, "region '%s': mapping of %" PRIu64 " bytes at region offset %" PRIu64
-					 " at 0x%" PRIx64 " is not page aligned or not inside the region", reg->name,
-					 m->len, m->offset, m->addr);
+					 " at 0x%" PRIx64 " is not page aligned, not inside the region, or wraps around "
+					 "the address space", reg->name, m->len, m->offset, m->addr);
 		r = check_mapping(pid, reg, (uintptr_t)m->addr, m->len, (uint64_t)reg->file_off + m->offset);
 		if (r)
 			return r;
@@ -184,7 +178,7 @@ static void participant_free(struct usnap_participant *p)
 static void on_query(uffdsnap_t *ctx, int conn)
 {
 	struct usnap_query_region *q = calloc(USNAP_QUERY_MAX, sizeof(*q));
-	struct query_reply h = { .err = q ? 0 : -ENOMEM };
+	struct usnap_query_reply h = { .err = q ? 0 : -ENOMEM };
 	struct iovec iov[2] = { { &h, sizeof(h) }, { q, 0 } };
 	struct msghdr mh = { .msg_iov = iov, .msg_iovlen = 2 };
 
@@ -210,11 +204,10 @@ static void on_query(uffdsnap_t *ctx, int conn)
 int usnap_query_regions(const char *path, struct usnap_query_region *out, unsigned cap)
 {
 	struct sockaddr_un sa = { .sun_family = AF_UNIX };
-	struct join_hdr req = { .magic = QUERY_MAGIC, .version = JOIN_VERSION };
-	struct query_reply h;
+	struct usnap_join_hdr req = { .magic = USNAP_QUERY_MAGIC, .version = USNAP_JOIN_VERSION };
+	struct usnap_query_reply h;
 	struct iovec iov[2] = { { &h, sizeof(h) }, { out, cap * sizeof(*out) } };
 	struct msghdr mh = { .msg_iov = iov, .msg_iovlen = 2 };
-	struct pollfd pfd;
 	ssize_t n = -1;
 	int fd, r;
 
@@ -223,13 +216,12 @@ int usnap_query_regions(const char *path, struct usnap_query_region *out, unsign
 	memcpy(sa.sun_path, path, strlen(path));
 	if ((fd = socket(AF_UNIX, SOCK_SEQPACKET | SOCK_CLOEXEC, 0)) < 0)
 		return -errno;
-	pfd = (struct pollfd){ .fd = fd, .events = POLLIN };
 	if (connect(fd, (struct sockaddr *)&sa, sizeof(sa)) || send(fd, &req, sizeof(req), MSG_NOSIGNAL) < 0)
 		r = -errno;
-	else if (poll(&pfd, 1, 2 * JOIN_TIMEOUT_MS) != 1 || (n = recvmsg(fd, &mh, 0)) < (ssize_t)sizeof(h))
+	else if (!wait_readable(fd, 2 * JOIN_TIMEOUT_MS) || (n = recvmsg(fd, &mh, 0)) < (ssize_t)sizeof(h))
 		r = -ETIMEDOUT;
 	else if (h.err)
-		r = h.err < 0 ? h.err : -EPROTO;
+		r = peer_errno(h.err);
 	else if (h.n > cap || (size_t)n != sizeof(h) + h.n * sizeof(*out))
 		r = -EPROTO;
 	else
@@ -244,16 +236,15 @@ int usnap_query_regions(const char *path, struct usnap_query_region *out, unsign
 static void on_connect(struct usnap_listener *l, int conn)
 {
 	uffdsnap_t *ctx = l->ctx;
-	static const size_t cap = sizeof(struct join_hdr) + JOIN_MAX_MAPS * sizeof(struct join_map);
+	static const size_t cap = sizeof(struct usnap_join_hdr) + USNAP_JOIN_MAX_MAPS * sizeof(struct usnap_join_map);
 	union {
 		struct cmsghdr h;
 		char b[CMSG_SPACE(sizeof(int))];
 	} cm;
 	struct ucred cred;
 	socklen_t cl = sizeof(cred);
-	struct join_reply reply = { 0 };
+	struct usnap_join_reply reply = { 0 };
 	struct usnap_participant *p = calloc(1, sizeof(*p));
-	struct pollfd pfd = { .fd = conn, .events = POLLIN };
 	uint8_t *buf = malloc(cap + 1);
 	struct iovec iov = { buf, cap + 1 };
 	struct msghdr mh = { .msg_iov = &iov, .msg_iovlen = 1, .msg_control = &cm, .msg_controllen = sizeof(cm) };
@@ -272,23 +263,36 @@ static void on_connect(struct usnap_listener *l, int conn)
 		goto reply;
 	}
 	p->pid = cred.pid;
+	/* Read the request first, also from a peer about to be refused: one
+	 * closed with its request unread gets ECONNRESET before our reply. A
+	 * peer that connects and says nothing costs this thread a few seconds
+	 * at most. Every descriptor it sent is ours to close but one alone in
+	 * its message, the userfaultfd. */
+	if (wait_readable(conn, JOIN_TIMEOUT_MS))
+		n = recvmsg(conn, &mh, MSG_CMSG_CLOEXEC | MSG_DONTWAIT);
+	for (c = n >= 0 ? CMSG_FIRSTHDR(&mh) : NULL; c; c = CMSG_NXTHDR(&mh, c)) {
+		if (c->cmsg_level != SOL_SOCKET || c->cmsg_type != SCM_RIGHTS)
+			continue;
+		for (size_t k = 0; k < (c->cmsg_len - CMSG_LEN(0)) / sizeof(int); k++) {
+			int fd;
+			memcpy(&fd, CMSG_DATA(c) + k * sizeof(int), sizeof(int));
+			if (p->uffd < 0 && c->cmsg_len == CMSG_LEN(sizeof(int)))
+				p->uffd = fd;
+			else
+				close(fd);
+		}
+	}
 	if (cred.uid != geteuid() && cred.uid != 0) {
 		r = usnap_err(-EACCES, "process %d runs as uid %u: only uid %u or root may join", (int)cred.pid,
 			      (unsigned)cred.uid, (unsigned)geteuid());
 		goto reply;
 	}
-	/* a peer that connects and says nothing costs this thread a few seconds at most */
-	if (poll(&pfd, 1, JOIN_TIMEOUT_MS) == 1)
-		n = recvmsg(conn, &mh, MSG_CMSG_CLOEXEC | MSG_DONTWAIT);
-	if (n == (ssize_t)sizeof(struct join_hdr) && ((struct join_hdr *)buf)->magic == QUERY_MAGIC) {
+	if (n == (ssize_t)sizeof(struct usnap_join_hdr) && ((struct usnap_join_hdr *)buf)->magic == USNAP_QUERY_MAGIC) {
+		if (p->uffd >= 0)
+			close(p->uffd);
 		free(buf);
 		free(p);
 		return on_query(ctx, conn);
-	}
-	for (c = n >= 0 ? CMSG_FIRSTHDR(&mh) : NULL; c; c = CMSG_NXTHDR(&mh, c)) {
-		if (c->cmsg_level == SOL_SOCKET && c->cmsg_type == SCM_RIGHTS && p->uffd < 0 &&
-		    c->cmsg_len == CMSG_LEN(sizeof(int)))
-			memcpy(&p->uffd, CMSG_DATA(c), sizeof(int));
 	}
 	if (n < 0)
 		r = usnap_err(-EPROTO, "process %d sent no join request", (int)cred.pid);
@@ -487,34 +491,34 @@ USNAP_EXPORT int uffdsnap_join(uffdsnap_participant_t **pp, const char *path, co
 			       unsigned n)
 {
 	struct sockaddr_un sa = { .sun_family = AF_UNIX };
-	size_t len = sizeof(struct join_hdr) + (size_t)n * sizeof(struct join_map);
+	size_t len = sizeof(struct usnap_join_hdr) + (size_t)n * sizeof(struct usnap_join_map);
 	union {
 		struct cmsghdr h;
 		char b[CMSG_SPACE(sizeof(int))];
 	} cm;
-	struct join_reply reply;
-	struct pollfd pfd;
-	struct join_hdr *h;
+	struct usnap_join_reply reply;
+	struct usnap_join_hdr *h;
 	uint64_t avail, want;
 	struct iovec iov;
 	struct msghdr mh = { .msg_iov = &iov, .msg_iovlen = 1, .msg_control = &cm, .msg_controllen = sizeof(cm) };
 	int uffd = -1, conn = -1, r = 0;
+	bool refused = false;
 
 	usnap_clear_err();
 	if (pp)
 		*pp = NULL;
-	if (!pp || !path || !regions || !n || n > JOIN_MAX_MAPS)
+	if (!pp || !path || !regions || !n || n > USNAP_JOIN_MAX_MAPS)
 		return usnap_err(-EINVAL, "uffdsnap_join: participant, socket path and 1 to %d regions are needed",
-				 JOIN_MAX_MAPS);
+				 USNAP_JOIN_MAX_MAPS);
 	if (strlen(path) >= sizeof(sa.sun_path))
 		return usnap_err(-ENAMETOOLONG, "socket path of %zu bytes; the limit is %zu", strlen(path),
 				 sizeof(sa.sun_path) - 1);
 	memcpy(sa.sun_path, path, strlen(path));
 	if (!(h = calloc(1, len)))
 		return usnap_err(-ENOMEM, "allocating the join request");
-	*h = (struct join_hdr){ .magic = JOIN_MAGIC, .version = JOIN_VERSION, .nmaps = n };
+	*h = (struct usnap_join_hdr){ .magic = USNAP_JOIN_MAGIC, .version = USNAP_JOIN_VERSION, .nmaps = n };
 	for (unsigned i = 0; i < n && !r; i++) {
-		struct join_map *m = (struct join_map *)(h + 1) + i;
+		struct usnap_join_map *m = (struct usnap_join_map *)(h + 1) + i;
 		if (!regions[i].name || strlen(regions[i].name) > USNAP_MAX_NAME)
 			r = usnap_err(-EINVAL, "regions[%u]: name is NULL or longer than %d bytes", i, USNAP_MAX_NAME);
 		else
@@ -539,19 +543,27 @@ USNAP_EXPORT int uffdsnap_join(uffdsnap_participant_t **pp, const char *path, co
 		struct cmsghdr *c = CMSG_FIRSTHDR(&mh);
 		c->cmsg_level = SOL_SOCKET, c->cmsg_type = SCM_RIGHTS, c->cmsg_len = CMSG_LEN(sizeof(int));
 		memcpy(CMSG_DATA(c), &uffd, sizeof(int));
-		if (sendmsg(conn, &mh, MSG_NOSIGNAL) != (ssize_t)len)
-			r = usnap_err(-errno, "sending the join request: %s", strerror(errno));
+		if (sendmsg(conn, &mh, MSG_NOSIGNAL) != (ssize_t)len) {
+			int e = errno;
+			/* A coordinator that refuses before reading (another uid)
+			 * has sent its reason and closed: report that, not EPIPE. */
+			if ((e == EPIPE || e == ECONNRESET) &&
+			    recv(conn, &reply, sizeof(reply), MSG_DONTWAIT) == sizeof(reply) && reply.err)
+				refused = true;
+			else
+				r = usnap_err(-e, "sending the join request: %s", strerror(e));
+		}
 	}
 	/* The coordinator holds the descriptor now; keeping a copy would keep
 	 * this process's memory registered if the coordinator died. */
 	if (uffd >= 0)
 		close(uffd);
-	pfd = (struct pollfd){ .fd = conn, .events = POLLIN };
-	if (!r && (poll(&pfd, 1, 2 * JOIN_TIMEOUT_MS) != 1 || recv(conn, &reply, sizeof(reply), 0) != sizeof(reply)))
+	if (!r && !refused &&
+	    (!wait_readable(conn, 2 * JOIN_TIMEOUT_MS) || recv(conn, &reply, sizeof(reply), 0) != sizeof(reply)))
 		r = usnap_err(-ETIMEDOUT, "the coordinator at %s did not answer the join", path);
 	if (!r && reply.err) {
 		reply.msg[sizeof(reply.msg) - 1] = '\0';
-		r = usnap_err(reply.err < 0 ? reply.err : -EPROTO, "the coordinator refused: %s", reply.msg);
+		r = usnap_err(peer_errno(reply.err), "the coordinator refused: %s", reply.msg);
 	}
 	free(h);
 	if (!r && !(*pp = malloc(sizeof(**pp))))

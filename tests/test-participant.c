@@ -13,17 +13,24 @@
  *  - a process joining while a snapshot runs fails that snapshot (-EBUSY);
  *  - refusals: an unknown region, a mapping of another file, garbage on the
  *    socket; the coordinator keeps serving;
+ *  - a process that may not join: without the privilege to handle kernel-mode
+ *    faults its join fails at once (-EPERM, saying what it lacks); of another
+ *    uid, the coordinator refuses it (-EACCES);
  *  - UFFDSNAP_OPT_STRICT does not count a participant as an outsider.
  */
 #include <errno.h>
 #include <fcntl.h>
+#include <grp.h>
+#include <linux/capability.h>
 #include <linux/userfaultfd.h>
 #include <signal.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 #include <sys/mman.h>
+#include <sys/prctl.h>
 #include <sys/socket.h>
+#include <sys/syscall.h>
 #include <sys/un.h>
 #include <sys/wait.h>
 #include <unistd.h>
@@ -425,6 +432,76 @@ START_TEST(refusals)
 }
 END_TEST
 
+/* In a child: become uid/gid 65534, keeping (as effective) only the
+ * capabilities in keep; then join with the whole region and return what the
+ * join said, and its message on stdout. */
+static int join_as_nobody(struct coord *c, uint64_t keep)
+{
+	struct __user_cap_header_struct hd = { _LINUX_CAPABILITY_VERSION_3, 0 };
+	struct __user_cap_data_struct d[2] = { { 0 } };
+	uffdsnap_join_region_t jr = { "ram", c->m.addr, LEN, 0 };
+	uffdsnap_participant_t *p = NULL;
+	int r;
+
+	if (prctl(PR_SET_KEEPCAPS, 1) || setgroups(0, NULL) || setgid(65534) || setuid(65534))
+		return 100;
+	d[0].effective = d[0].permitted = (uint32_t)keep;
+	d[1].effective = d[1].permitted = (uint32_t)(keep >> 32);
+	if (syscall(SYS_capset, &hd, d))
+		return 101;
+	r = uffdsnap_join(&p, c->sock, &jr, 1);
+	printf("join as uid 65534 (capabilities 0x%llx): %d \"%s\"\n", (unsigned long long)keep, r,
+	       uffdsnap_last_error());
+	fflush(stdout);
+	uffdsnap_leave(p);
+	return -r;
+}
+
+static int child_join_as_nobody(struct coord *c, uint64_t keep)
+{
+	pid_t pid = fork();
+
+	ck_assert_int_ge(pid, 0);
+	if (!pid)
+		_exit(join_as_nobody(c, keep));
+	int st = usnap_wait_child(pid, 30, "join as nobody");
+
+	ck_assert_msg(WIFEXITED(st) && WEXITSTATUS(st) < 100, "the child could not drop privileges (status 0x%x)", st);
+	return -WEXITSTATUS(st);
+}
+
+START_TEST(join_not_permitted)
+{
+	struct coord c;
+	int r;
+
+	usnap_watchdog(60, "join_not_permitted");
+	usnap_test_require_root();
+	coord_new(&c, 0);
+	/* no privilege at all: vm.unprivileged_userfaultfd=0 and a root-only
+	 * /dev/userfaultfd leave it only a user-mode-only descriptor, which
+	 * would turn the program's read(2) into its memory into EFAULT */
+	r = child_join_as_nobody(&c, 0);
+	ck_assert_msg(r == -EPERM, "unprivileged join: %d", r);
+	/* it may handle kernel-mode faults (and reach the socket), but runs
+	 * as another uid: the coordinator refuses it (SO_PEERCRED) */
+	r = child_join_as_nobody(&c, (1ull << CAP_SYS_PTRACE) | (1ull << CAP_DAC_OVERRIDE));
+	ck_assert_msg(r == -EACCES, "join from another uid: %d", r);
+	ck_assert_int_eq(uffdsnap_participant_count(c.ctx), 0);
+	/* and still accepts a process that may join (this one, with the
+	 * coordinator's mapping: only joined and left here) */
+	{
+		uffdsnap_join_region_t jr = { "ram", c.m.addr, LEN, 0 };
+		uffdsnap_participant_t *p;
+		ck_assert_int_eq(uffdsnap_join(&p, c.sock, &jr, 1), 0);
+		wait_count(&c, 1);
+		uffdsnap_leave(p);
+		wait_count(&c, 0);
+	}
+	coord_free(&c);
+}
+END_TEST
+
 START_TEST(strict_counts_participants)
 {
 	struct member m;
@@ -463,6 +540,7 @@ int main(int argc, char **argv)
 	tcase_add_test(tc, coordinator_killed);
 	tcase_add_test(tc, join_mid_snapshot);
 	tcase_add_test(tc, refusals);
+	tcase_add_test(tc, join_not_permitted);
 	tcase_add_test(tc, strict_counts_participants);
 	suite_add_tcase(s, tc);
 	fork = tcase_create("fork"); /* skips without fork events: a meson test of its own */

@@ -1261,20 +1261,25 @@ START_TEST(stress_everything_at_once)
 	T.fork_shm = uffdsnap_features(T.ctx) & UFFD_FEATURE_EVENT_FORK;
 	T.zapper = !env_flag("USNAP_STRESS_NO_ZAPPER");
 	T.forker = !env_flag("USNAP_STRESS_NO_FORKER");
-	if (!T.zapper || !T.forker)
-		printf("%s%s off (environment)\n", T.zapper ? "" : "zapper ", T.forker ? "" : "forker ");
+	/* A disturbance that cannot run (or was turned off) makes the whole
+	 * program report SKIP with its reason (usnap_skip: exit 77 unless a check
+	 * failed): a green "stress" means all five ran. */
+	if (!T.zapper)
+		usnap_skip("zapper", "off (USNAP_STRESS_NO_ZAPPER)");
+	if (!T.forker)
+		usnap_skip("forker", "off (USNAP_STRESS_NO_FORKER)");
 	if (!T.fork_shm)
-		printf("forker: no UFFD_FEATURE_EVENT_FORK (needs CAP_SYS_PTRACE): children only write their own "
-		       "private copies (a child's writes to shared memory are a documented blind spot then)\n");
+		usnap_skip("forker", "no UFFD_FEATURE_EVENT_FORK (needs CAP_SYS_PTRACE): children only write their "
+			   "own private copies (a child's writes to shared memory are a documented blind spot then)");
 	T.mremapper = (uffdsnap_features(T.ctx) & (UFFD_FEATURE_EVENT_REMAP | UFFD_FEATURE_EVENT_UNMAP)) ==
 		      (UFFD_FEATURE_EVENT_REMAP | UFFD_FEATURE_EVENT_UNMAP);
 	if (!T.mremapper)
-		printf("mremapper: SKIP: the context does not follow mremap (no UFFD_FEATURE_EVENT_REMAP)\n");
+		usnap_skip("mremapper", "the context does not follow mremap (no UFFD_FEATURE_EVENT_REMAP)");
 	else if (env_flag("USNAP_STRESS_NO_MREMAP"))
-		T.mremapper = false, printf("mremapper: off (USNAP_STRESS_NO_MREMAP)\n");
+		T.mremapper = false, usnap_skip("mremapper", "off (USNAP_STRESS_NO_MREMAP)");
 	T.pager = Z.swapon && !env_flag("USNAP_STRESS_NO_PAGER");
 	if (!T.pager)
-		printf("pager-out: SKIP: %s\n", Z.swapon ? "USNAP_STRESS_NO_PAGER" : Z.why);
+		usnap_skip("pager-out", "%s", Z.swapon ? "off (USNAP_STRESS_NO_PAGER)" : Z.why);
 	usnap_tmpdir(dir);
 	proc_open();
 	pswp0 = vmstat("pswpout");
