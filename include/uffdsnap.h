@@ -293,6 +293,12 @@ struct uffdsnap_stats {
 	uint8_t parent_id[16];    /* a delta: its parent's snap_id; zeros for a full snapshot */
 	uint64_t depth;           /* 0 for a full snapshot; a delta: its parent's depth + 1 */
 	uint64_t pages_unchanged; /* a delta: pages copied but left out, equal to the parent's */
+	/* of `faults`: those whose resolution was delayed by a wait for buffer space (theirs or one
+	 * the handler went through while they were queued), and the sum of those waits */
+	uint64_t faults_waited;
+	uint64_t fault_wait_ns;
+	/* shmem pages mapped by PMD again after the snapshot (protecting splits huge mappings) */
+	uint64_t pages_huge_remapped;
 };
 
 #define UFFDSNAP_STATE_RUNNING 0

@@ -84,6 +84,10 @@ struct usnap_cachestat {
 	__u64 nr_cache, nr_dirty, nr_writeback, nr_evicted, nr_recently_evicted;
 };
 
+#ifndef MADV_COLLAPSE
+#define MADV_COLLAPSE 25
+#endif
+
 #ifndef TMPFS_MAGIC
 #define TMPFS_MAGIC 0x01021994
 #endif

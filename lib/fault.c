@@ -61,10 +61,12 @@ struct handler {
 	bool sweep_done;
 	struct held *held;        /* messages read but not handled yet */
 	size_t nheld, held_cap;
+	uint64_t wait_gen;        /* waits for a buffer so far: a fault read before one was delayed by it */
 };
 
 struct held {
 	unsigned space;
+	uint64_t wait_gen;
 	struct uffd_msg m;
 };
 
@@ -309,6 +311,7 @@ static struct usnap_job *fault_job(struct handler *h, struct usnap_sreg *sr)
 	uffdsnap_snap_t *s = h->s;
 	struct usnap_job *j = h->fjob;
 	uint64_t t0, waited, max;
+	bool waiting;
 
 	if (j && (j->region != sr->id || job_full(h, j, sr->reg->unit > 1 ? 1 : h->around))) {
 		usnap_compress_submit(s, j);
@@ -320,9 +323,11 @@ static struct usnap_job *fault_job(struct handler *h, struct usnap_sreg *sr)
 	 * are still read meanwhile: a thread forking or unmapping would
 	 * otherwise wait for the sink too, and it may be the one that drains it. */
 	t0 = usnap_now_ns();
+	waiting = false;
 	while (!(j = usnap_job_get(s)) && !atomic_load(&s->abort)) {
 		int n;
 
+		waiting = true;
 		if (s->flags & UFFDSNAP_OPT_ADAPT)
 			atomic_store(&s->starved_until_ns, usnap_now_ns() + ADAPT_HOLD_NS);
 		n = read_messages(h, false);
@@ -334,6 +339,11 @@ static struct usnap_job *fault_job(struct handler *h, struct usnap_sreg *sr)
 			wait_for_work(h);
 	}
 	waited = usnap_now_ns() - t0;
+	if (waiting) {
+		/* after the wait: faults held during it count it too */
+		h->wait_gen++;
+		atomic_fetch_add(&s->fault_wait_ns, waited);
+	}
 	max = atomic_load(&s->fault_wait_max_ns);
 	while (waited > max && !atomic_compare_exchange_weak(&s->fault_wait_max_ns, &max, waited))
 		;
@@ -388,7 +398,7 @@ static void untracked(struct usnap_space *sp, uintptr_t addr, size_t ps, bool wp
 	usnap_uffd_wake(sp->uffd, addr, ps);
 }
 
-static void handle_fault(struct handler *h, struct usnap_space *sp, const struct uffd_msg *m)
+static void handle_fault_msg(struct handler *h, struct usnap_space *sp, const struct uffd_msg *m)
 {
 	uffdsnap_snap_t *s = h->s;
 	uintptr_t addr = (uintptr_t)m->arg.pagefault.address & ~(uintptr_t)(h->ps - 1);
@@ -445,6 +455,15 @@ static void handle_fault(struct handler *h, struct usnap_space *sp, const struct
 	map = usnap_space_find(sp, addr, h->ps);
 	if (!map || map->sr != sr || map->first + (addr - map->addr) / h->ps != p)
 		usnap_uffd_wake(sp->uffd, addr, h->ps);
+}
+
+/* Resolve a fault read when h->wait_gen was gen; count it if a wait for a
+ * buffer delayed it (its own or another's while it was queued). */
+static void handle_fault(struct handler *h, struct usnap_space *sp, const struct uffd_msg *m, uint64_t gen)
+{
+	handle_fault_msg(h, sp, m);
+	if (h->wait_gen != gen)
+		atomic_fetch_add(&h->s->faults_waited, 1);
 }
 
 /* ---- the sweep ----------------------------------------------------------------------------- */
@@ -536,7 +555,7 @@ static int hold(struct handler *h, unsigned space, const struct uffd_msg *m)
 			return -ENOMEM;
 		h->held = n, h->held_cap = cap;
 	}
-	h->held[h->nheld++] = (struct held){ space, *m };
+	h->held[h->nheld++] = (struct held){ space, h->wait_gen, *m };
 	return 0;
 }
 
@@ -550,6 +569,7 @@ static int read_messages(struct handler *h, bool resolve)
 {
 	uffdsnap_snap_t *s = h->s;
 	struct uffd_msg msgs[FAULT_BATCH];
+	uint64_t gen;
 	int total = 0;
 
 	for (unsigned si = 0; si < s->nspaces; si++) { /* a FORK adds spaces: read them too */
@@ -557,13 +577,14 @@ static int read_messages(struct handler *h, bool resolve)
 		if (n < 0 && errno != EAGAIN && errno != EINTR)
 			return -errno;
 		n = n < 0 ? 0 : n / (ssize_t)sizeof(msgs[0]);
+		gen = h->wait_gen;
 		for (ssize_t i = 0; i < n; i++) {
 			if (msgs[i].event != UFFD_EVENT_PAGEFAULT)
 				usnap_space_event(s, &s->spaces[si], &msgs[i]);
 			else if (atomic_load(&s->abort))
 				continue; /* unregistering wakes it */
 			else if (resolve)
-				handle_fault(h, &s->spaces[si], &msgs[i]);
+				handle_fault(h, &s->spaces[si], &msgs[i], gen);
 			else if (hold(h, si, &msgs[i]))
 				usnap_fail(s, -ENOMEM, "holding fault messages");
 		}
@@ -577,7 +598,7 @@ static void resolve_held(struct handler *h)
 {
 	for (size_t i = 0; i < h->nheld && !atomic_load(&h->s->abort); i++) {
 		struct held m = h->held[i]; /* hold() may move the array */
-		handle_fault(h, &h->s->spaces[m.space], &m.m);
+		handle_fault(h, &h->s->spaces[m.space], &m.m, m.wait_gen);
 	}
 	h->nheld = 0;
 }
@@ -710,6 +731,7 @@ void *usnap_handler_main(void *arg)
 		poll(NULL, 0, 1);
 	}
 	usnap_disarm_all(s);
+	usnap_remap_huge(s);
 	for (unsigned i = USNAP_OWN_SPACES; i < s->nspaces; i++)
 		usnap_space_end(s, &s->spaces[i]);
 	drain_messages(s);

@@ -73,25 +73,56 @@ static uint64_t reg_ioctls(enum usnap_kind kind, bool probe)
 }
 
 /*
+ * /proc/self/maps read once for ranges checked in address order: begin
+ * checks every region, and reading the whole file for each made begin
+ * quadratic in the number of regions (1,000 regions: 200 ms of 270). The
+ * last mapping read is kept: the next range may start in it.
+ */
+struct maps_cursor {
+	struct usnap_maps mr;
+	struct usnap_vma last;
+	bool have_last;
+};
+
+static int cursor_open(struct maps_cursor *c, const char *name)
+{
+	c->have_last = false;
+	if (usnap_maps_open(&c->mr, 0))
+		return usnap_err(-errno, "region '%s': cannot read /proc/self/maps: %s", name, strerror(errno));
+	return 0;
+}
+
+/* The next mapping that ends above addr: the kept one, or one read now. */
+static bool cursor_next(struct maps_cursor *c, uintptr_t addr, struct usnap_vma *v)
+{
+	if (c->have_last && c->last.end > addr) {
+		c->have_last = false;
+		*v = c->last;
+		return true;
+	}
+	while (usnap_maps_next(&c->mr, v))
+		if (v->end > addr)
+			return true;
+	return false;
+}
+
+/*
  * Check that [addr, end) is covered, without gaps, by readable mappings that
  * are all private, or all shared from one file at linear offsets; return the
  * kind, the first VMA and the file offset of addr. /proc/self/maps is the only
- * place that says MAP_SHARED vs MAP_PRIVATE.
+ * place that says MAP_SHARED vs MAP_PRIVATE. c: ranges in address order.
  */
-static int scan_maps(const char *name, uintptr_t addr, uintptr_t end, struct usnap_vma *first, off_t *file_off,
-		     enum usnap_kind *kind)
+static int scan_maps_at(struct maps_cursor *c, const char *name, uintptr_t addr, uintptr_t end,
+			struct usnap_vma *first, off_t *file_off, enum usnap_kind *kind)
 {
-	struct usnap_maps mr;
 	struct usnap_vma v;
 	uintptr_t covered = addr;
 	bool have_first = false;
 	int r = 0;
 
-	if (usnap_maps_open(&mr, 0))
-		return usnap_err(-errno, "region '%s': cannot read /proc/self/maps: %s", name, strerror(errno));
-	while (covered < end && usnap_maps_next(&mr, &v)) {
-		if (v.end <= covered)
-			continue;
+	while (covered < end && cursor_next(c, covered, &v)) {
+		c->last = v;
+		c->have_last = true;
 		if (v.start > covered) {
 			r = usnap_err(-EFAULT, "region '%s': [0x%" PRIxPTR ", 0x%" PRIxPTR ") is not mapped",
 				      name, covered, v.start < end ? v.start : end);
@@ -121,9 +152,20 @@ static int scan_maps(const char *name, uintptr_t addr, uintptr_t end, struct usn
 		}
 		covered = v.end;
 	}
-	usnap_maps_close(&mr);
 	if (!r && covered < end)
 		r = usnap_err(-EFAULT, "region '%s': [0x%" PRIxPTR ", 0x%" PRIxPTR ") is not mapped", name, covered, end);
+	return r;
+}
+
+static int scan_maps(const char *name, uintptr_t addr, uintptr_t end, struct usnap_vma *first, off_t *file_off,
+		     enum usnap_kind *kind)
+{
+	struct maps_cursor c;
+	int r = cursor_open(&c, name);
+
+	if (!r)
+		r = scan_maps_at(&c, name, addr, end, first, file_off, kind);
+	usnap_maps_close(&c.mr);
 	return r;
 }
 
@@ -226,6 +268,41 @@ static int check_private(const char *name, const struct usnap_vma *v)
 				"map it MAP_SHARED", name) : 0;
 }
 
+static size_t pmd_size(void)
+{
+	unsigned long pmd = 0;
+	FILE *f = fopen("/sys/kernel/mm/transparent_hugepage/hpage_pmd_size", "re");
+
+	if (f) {
+		if (fscanf(f, "%lu", &pmd) != 1)
+			pmd = 0;
+		fclose(f);
+	}
+	return pmd;
+}
+
+/* May the kernel back the mapping at a with transparent huge pages (its
+ * smaps THPeligible)? */
+static bool thp_eligible(uintptr_t a)
+{
+	char line[256];
+	uintptr_t lo, hi;
+	int eligible = 0;
+	bool in = false;
+	FILE *f = fopen("/proc/self/smaps", "re");
+
+	if (!f)
+		return false;
+	while (fgets(line, sizeof(line), f)) {
+		if (usnap_parse_range(line, &lo, &hi))
+			in = a >= lo && a < hi;
+		else if (in && sscanf(line, "THPeligible: %d", &eligible) == 1)
+			break;
+	}
+	fclose(f);
+	return eligible == 1;
+}
+
 /*
  * Private memory that may be backed by transparent huge pages is copied and
  * un-protected a huge page at a time, like hugetlbfs: un-protecting part of a
@@ -237,28 +314,9 @@ static int check_private(const char *name, const struct usnap_vma *v)
  */
 static size_t thp_unit(uintptr_t a)
 {
-	char line[256];
-	uintptr_t lo, hi;
-	unsigned long pmd = 0;
-	int eligible = 0;
-	bool in = false;
-	FILE *f = fopen("/sys/kernel/mm/transparent_hugepage/hpage_pmd_size", "re");
+	size_t pmd = pmd_size();
 
-	if (f) {
-		if (fscanf(f, "%lu", &pmd) != 1)
-			pmd = 0;
-		fclose(f);
-	}
-	if (!pmd || (a & (pmd - 1)) || !(f = fopen("/proc/self/smaps", "re")))
-		return 0;
-	while (fgets(line, sizeof(line), f)) {
-		if (usnap_parse_range(line, &lo, &hi))
-			in = a >= lo && a < hi;
-		else if (in && sscanf(line, "THPeligible: %d", &eligible) == 1)
-			break;
-	}
-	fclose(f);
-	return eligible == 1 ? pmd : 0;
+	return pmd && !(a & (pmd - 1)) && thp_eligible(a) ? pmd : 0;
 }
 
 /*
@@ -289,6 +347,7 @@ USNAP_EXPORT int uffdsnap_add_region(uffdsnap_t *ctx, const char *name, void *ad
 	enum usnap_kind kind = USNAP_SHMEM;
 	uint64_t ioctls = 0;
 	size_t nlen, unit = 0;
+	bool thp;
 	int fd = -1, err, id;
 
 	usnap_clear_err();
@@ -326,6 +385,8 @@ USNAP_EXPORT int uffdsnap_add_region(uffdsnap_t *ctx, const char *name, void *ad
 					  : check_private(name, &v);
 	if (!err && kind == USNAP_PRIVATE)
 		unit = thp_unit(a);
+	/* shmem huge pages: see usnap_remap_huge */
+	thp = !err && kind == USNAP_SHMEM && len >= pmd_size() && pmd_size() && thp_eligible(a);
 	if (err)
 		goto out;
 
@@ -371,7 +432,7 @@ USNAP_EXPORT int uffdsnap_add_region(uffdsnap_t *ctx, const char *name, void *ad
 	r = &ctx->regs[ctx->nregs];
 	*r = (struct usnap_reg){ .name = strdup(name), .kind = kind, .ino = v.ino, .dev = v.dev, .addr = a, .len = len,
 				 .npages = len / ctx->page_size, .fd = fd, .file_off = file_off,
-				 .unit = unit ? (uint32_t)(unit / ctx->page_size) : 1 };
+				 .unit = unit ? (uint32_t)(unit / ctx->page_size) : 1, .thp = thp };
 	if (!r->name) {
 		if (fd >= 0)
 			close(fd);
@@ -495,7 +556,7 @@ static int protect(int uffd, uintptr_t addr, size_t len)
 	return r;
 }
 
-int usnap_arm(uffdsnap_snap_t *s, struct usnap_sreg *sr)
+static int arm(uffdsnap_snap_t *s, struct usnap_sreg *sr, struct maps_cursor *c)
 {
 	const struct usnap_reg *reg = sr->reg;
 	uint64_t ioctls = 0;
@@ -508,7 +569,7 @@ int usnap_arm(uffdsnap_snap_t *s, struct usnap_sreg *sr)
 		enum usnap_kind kind;
 		off_t off;
 
-		r = scan_maps(reg->name, reg->addr, reg->addr + reg->len, &v, &off, &kind);
+		r = scan_maps_at(c, reg->name, reg->addr, reg->addr + reg->len, &v, &off, &kind);
 		if (r)
 			return r;
 		if ((kind == USNAP_PRIVATE) != (reg->kind == USNAP_PRIVATE) || v.ino != reg->ino ||
@@ -530,6 +591,22 @@ int usnap_arm(uffdsnap_snap_t *s, struct usnap_sreg *sr)
 		return usnap_err(-EOPNOTSUPP, "region '%s': kernel offers ioctls 0x%llx for this memory",
 				 reg->name, (unsigned long long)ioctls);
 	return reg->kind == USNAP_SHMEM ? find_data(s, sr) : whole_data(s, sr);
+}
+
+/* Register every region and list its populated runs, in address order: one
+ * read of /proc/self/maps for them all. */
+int usnap_arm_regions(uffdsnap_snap_t *s)
+{
+	struct maps_cursor c;
+	int r;
+
+	if (!s->nregions)
+		return 0;
+	r = cursor_open(&c, s->by_addr[0]->reg->name);
+	for (unsigned i = 0; !r && i < s->nregions; i++)
+		r = arm(s, s->by_addr[i], &c);
+	usnap_maps_close(&c.mr);
+	return r;
 }
 
 /*
@@ -577,8 +654,14 @@ static void *protect_main(void *arg)
 	return NULL;
 }
 
-/* The populated runs of every piece (regions, their aliases, participants'
- * mappings), cut into spans. */
+/*
+ * The populated runs of every piece (regions, their aliases, participants'
+ * mappings), cut into spans; with `out`, runs that follow each other in
+ * memory (adjacent regions: a VMM's memory slots, a database's segments) are
+ * joined up to the span boundary. One UFFDIO_WRITEPROTECT then covers
+ * several VMAs: it costs far less than one per region (1,000 adjacent 1 MiB
+ * regions: 37-87 ms instead of 53-150 ms). Without `out`, an upper bound.
+ */
 static size_t cut_spans(uffdsnap_snap_t *s, struct protect_span *out)
 {
 	size_t n = 0, ps = s->page_size;
@@ -603,9 +686,14 @@ static size_t cut_spans(uffdsnap_snap_t *s, struct protect_span *out)
 					b = (a & ~(step - 1)) + step;
 					if (b > end)
 						b = end;
-					if (out)
-						out[n] = (struct protect_span){ a, b - a, sr->reg, sp };
-					n++;
+					struct protect_span *l = out && n ? &out[n - 1] : NULL;
+					if (l && l->sp == sp && l->addr + l->len == a && l->reg->unit == sr->reg->unit &&
+					    (l->addr & ~(step - 1)) == (a & ~(step - 1)))
+						l->len += b - a;
+					else if (out)
+						out[n++] = (struct protect_span){ a, b - a, sr->reg, sp };
+					else
+						n++;
 				}
 			}
 		}
@@ -613,7 +701,7 @@ static size_t cut_spans(uffdsnap_snap_t *s, struct protect_span *out)
 	return n;
 }
 
-/* Protect what usnap_arm listed in every region: the instant. */
+/* Protect what usnap_arm_regions listed in every region: the instant. */
 int usnap_protect_all(uffdsnap_snap_t *s)
 {
 	struct protect_work w = { 0 };
@@ -628,7 +716,7 @@ int usnap_protect_all(uffdsnap_snap_t *s)
 		pthread_mutex_lock(&s->maps_lock);
 		w.nspans = cut_spans(s, NULL);
 		if (w.nspans <= cap) {
-			cut_spans(s, w.span);
+			w.nspans = cut_spans(s, w.span);
 			pthread_mutex_unlock(&s->maps_lock);
 			break;
 		}
@@ -712,6 +800,36 @@ void usnap_disarm_all(uffdsnap_snap_t *s)
 		s->sregs[i].registered = false;
 }
 
+/*
+ * Write-protecting shmem splits its PMD mappings (the huge pages stay in the
+ * page cache, mapped by 512 PTEs from then on), so after a snapshot the
+ * program would pay TLB misses for the rest of its life. Once the regions are
+ * unregistered (MADV_COLLAPSE refuses uffd-wp ranges, and so does khugepaged)
+ * MADV_COLLAPSE of a range whose huge page is in the page cache only maps it
+ * by PMD again. Only where huge pages may back the mapping, and over the runs
+ * populated at the instant: elsewhere it would allocate huge pages and copy
+ * 4 KiB ones into them, which the program did not ask for. Best effort: a
+ * range that cannot be collapsed (a hole punched since, no huge page to be
+ * had) is left as it is. Runs on the handler thread after disarm.
+ */
+void usnap_remap_huge(uffdsnap_snap_t *s)
+{
+	for (unsigned i = 0; i < s->nregions; i++) {
+		const struct usnap_sreg *sr = &s->sregs[i];
+		struct usnap_space *sp = usnap_home(s, sr);
+
+		for (size_t d = 0; sr->reg->thp && d < sr->ndata; d++) {
+			uint64_t lo = sr->data[d].first, n;
+			uintptr_t addr;
+			size_t cur = 0;
+
+			while (usnap_space_each(sp, sr, s->page_size, lo, lo + sr->data[d].n, &cur, &addr, &n))
+				if (madvise((void *)addr, n * s->page_size, MADV_COLLAPSE) == 0)
+					atomic_fetch_add(&s->pages_huge_remapped, n);
+		}
+	}
+}
+
 /* ---- other mappings of a region's file in this process ---------------------------- */
 
 /*
@@ -735,6 +853,49 @@ static bool file_overlap(const struct usnap_reg *reg, const struct usnap_vma *v,
 	*first = (lo - (uint64_t)reg->file_off) / ps;
 	*n = (hi - lo) / ps;
 	return true;
+}
+
+static int cmp_file(const struct usnap_reg *a, dev_t dev, uint64_t ino)
+{
+	return a->dev != dev ? (a->dev < dev ? -1 : 1) : a->ino != ino ? (a->ino < ino ? -1 : 1) : 0;
+}
+
+static int cmp_by_file(const void *a, const void *b)
+{
+	const struct usnap_reg *y = (*(struct usnap_sreg *const *)b)->reg;
+
+	return cmp_file((*(struct usnap_sreg *const *)a)->reg, y->dev, y->ino);
+}
+
+/* The shmem regions by file, so that a mapping finds its regions in log n:
+ * begin and the end of the sweep look at every mapping of the process. */
+int usnap_index_files(uffdsnap_snap_t *s)
+{
+	if (!(s->by_file = calloc(s->nregions ? s->nregions : 1, sizeof(*s->by_file))))
+		return usnap_err(-ENOMEM, "allocating the region index");
+	for (unsigned i = 0; i < s->nregions; i++)
+		if (s->sregs[i].reg->kind != USNAP_PRIVATE)
+			s->by_file[s->nby_file++] = &s->sregs[i];
+	qsort(s->by_file, s->nby_file, sizeof(*s->by_file), cmp_by_file);
+	return 0;
+}
+
+/* The first of the regions of v's file in s->by_file (nby_file if none):
+ * the following ones are too, as long as file_overlap() says so. */
+static unsigned first_of_file(const uffdsnap_snap_t *s, const struct usnap_vma *v)
+{
+	unsigned lo = 0, hi = s->nby_file;
+
+	if (v->perms[3] != 's' || !v->ino)
+		return s->nby_file;
+	while (lo < hi) {
+		unsigned mid = lo + (hi - lo) / 2;
+		if (cmp_file(s->by_file[mid]->reg, v->dev, v->ino) < 0)
+			lo = mid + 1;
+		else
+			hi = mid;
+	}
+	return lo < s->nby_file && !cmp_file(s->by_file[lo]->reg, v->dev, v->ino) ? lo : s->nby_file;
 }
 
 /*
@@ -778,14 +939,16 @@ int usnap_arm_aliases(uffdsnap_snap_t *s)
 	if (usnap_maps_open(&mr, 0))
 		return usnap_err(-errno, "cannot read /proc/self/maps: %s", strerror(errno));
 	while (!r && usnap_maps_next(&mr, &v)) {
-		for (unsigned i = 0; !r && i < s->nregions; i++) {
-			struct usnap_sreg *sr = &s->sregs[i];
+		for (unsigned i = first_of_file(s, &v); !r && i < s->nby_file; i++) {
+			struct usnap_sreg *sr = s->by_file[i];
 			const struct usnap_reg *reg = sr->reg;
 			uintptr_t a;
 			uint64_t first, n, ioctls;
 
+			if (cmp_file(reg, v.dev, v.ino))
+				break; /* past this file's regions */
 			if (!file_overlap(reg, &v, ps, &a, &first, &n) || a == reg->addr + first * ps)
-				continue; /* not this file's pages, or the region itself */
+				continue; /* not this window of the file, or the region itself */
 			r = usnap_uffd_register(usnap_home(s, sr)->uffd, a, n * ps, reg_mode(reg->kind, false), &ioctls);
 			if (r == -EPERM && v.perms[1] != 'w') {
 				r = remember_readonly(s, &v);
@@ -831,11 +994,13 @@ static int check_space(uffdsnap_snap_t *s, const struct usnap_space *sp)
 		return r;
 	}
 	while (!r && usnap_maps_next(&mr, &v)) {
-		for (unsigned i = 0; !r && i < s->nregions; i++) {
-			const struct usnap_sreg *sr = &s->sregs[i];
+		for (unsigned i = first_of_file(s, &v); !r && i < s->nby_file; i++) {
+			const struct usnap_sreg *sr = s->by_file[i];
 			uintptr_t a, end;
 			uint64_t first, n;
 
+			if (cmp_file(sr->reg, v.dev, v.ino))
+				break; /* past this file's regions */
 			if (!file_overlap(sr->reg, &v, ps, &a, &first, &n) ||
 			    (sp->pid ? v.perms[1] != 'w' : known_readonly(s, &v)))
 				continue;

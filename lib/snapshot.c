@@ -233,6 +233,7 @@ static void snap_destroy(uffdsnap_snap_t *s)
 	free(s->readonly);
 	free(s->sregs);
 	free(s->by_addr);
+	free(s->by_file);
 	free(s->workers);
 	free(s->io.head_rec);
 	free(s->io.trailer);
@@ -304,6 +305,8 @@ static int snap_prepare(uffdsnap_snap_t *s)
 		s->pages_total += sr->reg->npages;
 	}
 	qsort(s->by_addr, s->nregions, sizeof(*s->by_addr), cmp_by_addr);
+	if ((r = usnap_index_files(s)))
+		return r;
 	if (usnap_space_init(s))
 		return -ENOMEM;
 	pthread_mutex_lock(&ctx->lock);
@@ -417,8 +420,8 @@ static int snap_begin(uffdsnap_t *ctx, uffdsnap_sink_t *sink, uffdsnap_snap_t **
 		r = usnap_arm_aliases(s);
 	if (!r)
 		r = usnap_arm_participants(s);
-	for (unsigned i = 0; !r && i < s->nregions; i++)
-		r = usnap_arm(s, &s->sregs[i]);
+	if (!r)
+		r = usnap_arm_regions(s);
 	if (!r)
 		r = usnap_protect_all(s);
 	if (!r && (s->flags & UFFDSNAP_OPT_STRICT))
@@ -594,6 +597,9 @@ USNAP_EXPORT int uffdsnap_snap_stats(const uffdsnap_snap_t *cs, uffdsnap_stats_t
 	memcpy(st.parent_id, s->parent_id, sizeof(st.parent_id));
 	st.depth = s->depth;
 	st.pages_unchanged = atomic_load(&s->pages_unchanged);
+	st.faults_waited = atomic_load(&s->faults_waited);
+	st.fault_wait_ns = atomic_load(&s->fault_wait_ns);
+	st.pages_huge_remapped = atomic_load(&s->pages_huge_remapped);
 	memcpy(out, &st, out->size);
 	return 0;
 }

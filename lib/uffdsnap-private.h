@@ -120,6 +120,7 @@ struct usnap_reg {
 	uint32_t unit;     /* pages per unit of protection: 1, or those of a huge page */
 	uint64_t *fp;      /* UFFDSNAP_OPT_DELTA: per page, the fingerprint of its contents at the
 			    * last snapshot's instant (delta.c); written by that snapshot's workers */
+	bool thp;          /* SHMEM: transparent huge pages may back it (THPeligible at add_region) */
 };
 
 /* Addresses [start, end). */
@@ -341,6 +342,8 @@ struct uffdsnap_snap {
 	struct uffdsnap_sink *sink;
 	struct usnap_sreg *sregs;   /* in region id order */
 	struct usnap_sreg **by_addr;/* sorted by address at begin: the sweep's order */
+	struct usnap_sreg **by_file;/* shmem regions sorted by (dev, ino): finding a mapping's regions */
+	unsigned nby_file;
 	struct usnap_space spaces[USNAP_MAX_SPACES]; /* owned by the handler once `go` */
 	unsigned nspaces;
 	pthread_mutex_t maps_lock;  /* the spaces' piece tables while begin still reads them: the
@@ -401,6 +404,7 @@ struct uffdsnap_snap {
 	_Atomic uint64_t pages_fault, pages_sweep, pages_hole, pages_zero_found, faults, chunks;
 	_Atomic uint64_t fault_wait_max_ns, bytes_raw, bytes_out;
 	_Atomic uint64_t forks, remaps, unmaps, chunks_uncompressed, pages_unchanged;
+	_Atomic uint64_t faults_waited, fault_wait_ns, pages_huge_remapped;
 	_Atomic uint64_t starved_until_ns;  /* a fault waited for a buffer lately (UFFDSNAP_OPT_ADAPT) */
 	unsigned jobs_in_use, jobs_peak;    /* under pool_lock */
 	uint64_t buffer_bound;
@@ -415,12 +419,14 @@ int usnap_uffd_features(bool user_mode_only, uint64_t *avail, uint64_t *want);
 int usnap_uffd_api_shared(int fd, uint64_t want);
 
 /* region.c */
-int usnap_arm(uffdsnap_snap_t *s, struct usnap_sreg *sr);
+int usnap_arm_regions(uffdsnap_snap_t *s);
+int usnap_index_files(uffdsnap_snap_t *s);
 int usnap_arm_aliases(uffdsnap_snap_t *s);
 int usnap_protect_all(uffdsnap_snap_t *s);
 int usnap_arm_participants(uffdsnap_snap_t *s);
 int usnap_check_mappings(uffdsnap_snap_t *s);
 void usnap_disarm_all(uffdsnap_snap_t *s);
+void usnap_remap_huge(uffdsnap_snap_t *s);
 int usnap_strict_begin(uffdsnap_snap_t *s);
 void usnap_reg_release(struct usnap_reg *r);
 bool usnap_in_data(const struct usnap_sreg *sr, uint64_t page);

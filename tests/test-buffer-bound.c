@@ -115,6 +115,10 @@ START_TEST(buffer_bound_slow_sink)
 	ck_assert_msg(st.pages_fault > 1000, "only %llu pages copied for writers: the writers did not outrun the "
 		      "sink, the bound was not exercised", (unsigned long long)st.pages_fault);
 	ck_assert_msg(st.fault_wait_max_ns > 0, "no fault ever waited for buffer space");
+	ck_assert_msg(st.faults_waited > 0 && st.faults_waited <= st.faults && st.fault_wait_ns >= st.fault_wait_max_ns,
+		      "faults_waited %llu of %llu, fault_wait_ns %llu < max %llu", (unsigned long long)st.faults_waited,
+		      (unsigned long long)st.faults, (unsigned long long)st.fault_wait_ns,
+		      (unsigned long long)st.fault_wait_max_ns);
 #if T_SANITIZED
 	printf("RssAnon check skipped: the sanitizer's own shadow memory grows with the run\n");
 #else

@@ -174,11 +174,30 @@ START_TEST(private_anon_exact)
 }
 END_TEST
 
-/* kB of AnonHugePages in the mapping that holds addr (smaps). */
-static long anon_huge_kib(const void *addr)
+/* Writes to every 97th page of the second half (remembered in `now`) while
+ * the sweep is held, then let it go and wait: the snapshot's result. */
+static int write_and_wait(struct setup *t, uint8_t *addr, uint8_t *now, size_t np, uffdsnap_stats_t *st,
+			  const char *label)
+{
+	int r;
+
+	for (size_t p = np / 2 + 3; p < np; p += 97) {
+		addr[p * t_page + 9] ^= 0x5a;
+		now[p * t_page + 9] ^= 0x5a;
+	}
+	atomic_store(&t->cb.sleep_us, 0);
+	r = uffdsnap_wait(t->s);
+	t_stats(t->s, st);
+	t_stats_print(label, st);
+	return r;
+}
+
+/* kB of a field ("AnonHugePages:", "ShmemPmdMapped:") of the mapping that holds addr (smaps). */
+static long smaps_kib(const void *addr, const char *field)
 {
 	char line[512];
 	uintptr_t a = (uintptr_t)addr, lo, hi;
+	size_t flen = strlen(field);
 	long kib = -1;
 	bool in = false;
 	FILE *f = fopen("/proc/self/smaps", "re");
@@ -187,7 +206,7 @@ static long anon_huge_kib(const void *addr)
 	while (fgets(line, sizeof(line), f)) {
 		if (sscanf(line, "%lx-%lx ", &lo, &hi) == 2 && strchr(line, '-') < strchr(line, ' '))
 			in = a >= lo && a < hi;
-		else if (in && sscanf(line, "AnonHugePages: %ld kB", &kib) == 1)
+		else if (in && !strncmp(line, field, flen) && sscanf(line + flen, "%ld kB", &kib) == 1)
 			break;
 	}
 	fclose(f);
@@ -220,7 +239,7 @@ START_TEST(private_thp_stays_huge)
 	}
 	for (size_t p = 0; p < np; p++)
 		t_fill_page(addr + p * t_page, 29, p);
-	before = anon_huge_kib(addr);
+	before = smaps_kib(addr, "AnonHugePages:");
 	if (before < (long)(len / 2 / 1024)) {
 		/* THP off, or no huge page to be had: nothing to prove */
 		t_skip("private_thp_stays_huge", "only %ld kB of huge pages (THP disabled or memory fragmented)",
@@ -231,15 +250,8 @@ START_TEST(private_thp_stays_huge)
 	ref = t_copy(addr, len);
 	now = t_copy(ref, len);
 	begin_held(&t, addr, len);
-	for (size_t p = np / 2 + 3; p < np; p += 97) {
-		addr[p * t_page + 9] ^= 0x5a;
-		now[p * t_page + 9] ^= 0x5a;
-	}
-	atomic_store(&t.cb.sleep_us, 0);
-	r = uffdsnap_wait(t.s);
-	t_stats(t.s, &st);
-	t_stats_print("private thp", &st);
-	after = anon_huge_kib(addr);
+	r = write_and_wait(&t, addr, now, np, &st, "private thp");
+	after = smaps_kib(addr, "AnonHugePages:");
 	printf("private_thp_stays_huge: AnonHugePages %ld kB before, %ld kB after; %llu faults, %llu pages copied "
 	       "for writers\n", before, after, (unsigned long long)st.faults, (unsigned long long)st.pages_fault);
 	ck_assert_msg(r == 0, "wait: %d %s", r, uffdsnap_snap_error(t.s));
@@ -256,6 +268,95 @@ START_TEST(private_thp_stays_huge)
 	t_buf_free(ref, len);
 	t_buf_free(now, len);
 	munmap(raw, len + huge);
+}
+END_TEST
+
+#define SHMEM_THP_KNOB "/sys/kernel/mm/transparent_hugepage/shmem_enabled"
+
+/*
+ * Shmem transparent huge pages (issue 17, goal 10): write-protecting shmem
+ * splits its PMD mappings, so without more the program would map its huge
+ * pages with 4 KiB PTEs for the rest of its life. After the snapshot the
+ * library maps them by PMD again (MADV_COLLAPSE once unregistered): the
+ * mapping's ShmemPmdMapped comes back, and the snapshot is exact. Needs
+ * shmem THP: the knob is set to "advise" if it is "never" (and put back),
+ * and the region asks with MADV_HUGEPAGE.
+ */
+START_TEST(shmem_thp_huge_again)
+{
+	const size_t len = (T_SANITIZED ? 16 : 64) * MiB, huge = 2 * MiB, np = len / t_page;
+	char knob[128] = "";
+	uint8_t *raw, *addr, *ref, *now;
+	uffdsnap_stats_t st;
+	struct setup t;
+	long before, during, after;
+	int fd, r;
+	FILE *f = fopen(SHMEM_THP_KNOB, "re");
+
+	t_watchdog(90, "shmem_thp_huge_again");
+	if (!f || !fgets(knob, sizeof(knob), f)) {
+		t_skip("shmem_thp_huge_again", "no %s: kernel without transparent huge pages", SHMEM_THP_KNOB);
+		if (f)
+			fclose(f);
+		return;
+	}
+	fclose(f);
+	if (strstr(knob, "[never]") || strstr(knob, "[deny]")) {
+		if (getuid() || !(f = fopen(SHMEM_THP_KNOB, "we")) || fputs("advise", f) < 0 || fclose(f)) {
+			t_skip("shmem_thp_huge_again", "shmem THP is off (%.*s) and cannot be set to advise",
+				   (int)strcspn(knob, "\n"), knob);
+			return;
+		}
+	} else {
+		knob[0] = 0; /* nothing to put back */
+	}
+	fd = memfd_create("thp", MFD_CLOEXEC);
+	ck_assert(fd >= 0 && !ftruncate(fd, (off_t)len));
+	raw = mmap(NULL, len + huge, PROT_NONE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
+	ck_assert(raw != MAP_FAILED);
+	addr = (uint8_t *)(((uintptr_t)raw + huge - 1) & ~(uintptr_t)(huge - 1));
+	ck_assert(mmap(addr, len, PROT_READ | PROT_WRITE, MAP_SHARED | MAP_FIXED, fd, 0) == addr);
+	ck_assert_int_eq(madvise(addr, len, MADV_HUGEPAGE), 0);
+	t_fill_random(addr, len, 41);
+	before = smaps_kib(addr, "ShmemPmdMapped:");
+	if (before < (long)(len / 2 / 1024)) {
+		t_skip("shmem_thp_huge_again", "only %ld kB mapped by PMD (no huge page to be had)", before);
+		goto out;
+	}
+	ref = t_copy(addr, len);
+	now = t_copy(ref, len);
+	begin_held(&t, addr, len);
+	during = smaps_kib(addr, "ShmemPmdMapped:");
+	r = write_and_wait(&t, addr, now, np, &st, "shmem thp");
+	after = smaps_kib(addr, "ShmemPmdMapped:");
+	printf("shmem_thp_huge_again: ShmemPmdMapped %ld kB before, %ld kB while protected, %ld kB after; "
+	       "%llu pages mapped huge again\n", before, during, after, (unsigned long long)st.pages_huge_remapped);
+	ck_assert_msg(r == 0, "wait: %d %s", r, uffdsnap_snap_error(t.s));
+	t_assert_exactly_once(&st);
+	{
+		struct t_expect ex = { "heap", ref, len };
+		t_check_buffer(t.cb.mem, t.cb.mem_len, &ex, 1);
+	}
+	ck_assert_int_eq(memcmp(addr, now, len), 0);
+	/* the event this test is about: protecting split the mappings */
+	ck_assert_msg(during < before, "protecting did not split the PMD mappings (%ld kB before, %ld kB during): "
+		      "nothing to prove", before, during);
+	ck_assert_msg(after >= before, "huge mappings not re-established: %ld kB before, %ld kB after", before,
+		      after);
+	ck_assert_uint_ge(st.pages_huge_remapped * t_page / 1024, (uint64_t)before);
+	end(&t);
+	t_buf_free(ref, len);
+	t_buf_free(now, len);
+out:
+	munmap(raw, len + huge);
+	close(fd);
+	if (knob[0]) {
+		/* put back what was selected: the word in brackets */
+		char *b = strchr(knob, '['), *e = b ? strchr(b, ']') : NULL;
+		ck_assert(b && e && (f = fopen(SHMEM_THP_KNOB, "we")));
+		fprintf(f, "%.*s", (int)(e - b - 1), b + 1);
+		ck_assert_int_eq(fclose(f), 0);
+	}
 }
 END_TEST
 
@@ -364,6 +465,7 @@ int main(void)
 	tcase_set_tags(tt, "thp"); /* skips without huge pages: meson test private-thp */
 	tcase_set_timeout(tt, 120);
 	tcase_add_test(tt, private_thp_stays_huge);
+	tcase_add_test(tt, shmem_thp_huge_again);
 	suite_add_tcase(s, tt);
 	tcase_set_timeout(tc, 120);
 	tcase_add_test(tc, private_file_exact);

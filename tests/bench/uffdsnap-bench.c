@@ -88,10 +88,11 @@ static const char *const method_name[NMETHODS] = { "uffdsnap", "fork", "stw" };
 /* --memory: what the uffdsnap method snapshots. fork and stw always run on
  * private anonymous memory (fork could not snapshot shared memory), with
  * transparent huge pages for anon-thp so all three use the same page size. */
-enum { MEM_MEMFD, MEM_ANON, MEM_ANON_THP, MEM_HUGETLB, NMEMORY };
-static const char *const memory_name[NMEMORY] = { "memfd", "anon", "anon-thp", "hugetlb" };
+enum { MEM_MEMFD, MEM_ANON, MEM_ANON_THP, MEM_HUGETLB, MEM_MEMFD_THP, NMEMORY };
+static const char *const memory_name[NMEMORY] = { "memfd", "anon", "anon-thp", "hugetlb", "memfd-thp" };
 
-enum { PAT_RANDOM, PAT_SEQUENTIAL };
+enum { PAT_RANDOM, PAT_SEQUENTIAL, PAT_ZIPF, PAT_HOTSET, NPATTERNS };
+static const char *const pattern_name[NPATTERNS] = { "random", "sequential", "zipf", "hotset" };
 enum { SINK_FILE, SINK_NULL };
 enum { CTL_RUN, CTL_PAUSE, CTL_STOP };
 
@@ -104,6 +105,8 @@ struct options {
 	size_t region;         /* bytes of region (--region-mib; = size unless sparse) */
 	unsigned writers;
 	int pattern;
+	double zipf_s;         /* --pattern zipf:S */
+	unsigned hot_pct;      /* --pattern hotset:P */
 	unsigned methods;      /* bit per method */
 	int sink;
 	int level;
@@ -430,6 +433,10 @@ struct bench {
 	unsigned npaused;
 	struct writer *w;
 	FILE *trace;
+	/* zipf and hotset: the page of rank r is (r * perm_mul) % npages, so the
+	 * popular pages are spread over the region, not packed at its start */
+	uint64_t perm_mul;
+	uint32_t *zipf_tab;    /* ZIPF_STEPS + 1 ranks: the quantiles of the distribution */
 };
 
 static unsigned hist_bin(uint64_t ns)
@@ -507,6 +514,50 @@ static bool writer_ctl(struct bench *b, struct writer *w, struct wlocal *l)
 	return atomic_load(&b->ctl) == CTL_STOP;
 }
 
+/*
+ * The skewed patterns, from one random 64-bit x. zipf: the rank is read from
+ * a table of the inverse CDF of the continuous approximation of Zipf's law
+ * over the pages (P(rank k) ~ 1/k^s), interpolated between its 2^16 steps:
+ * one multiply per store, no pow(). hotset: 90% of the stores go to the
+ * first P% of ranks, the rest anywhere. Ranks become pages through the
+ * permutation, a multiply and one modulo.
+ */
+#define ZIPF_STEPS 65536u
+
+static inline uint64_t skewed_page(const struct bench *b, uint64_t x)
+{
+	uint64_t r, np = b->npages;
+
+	if (b->o.pattern == PAT_ZIPF) {
+		uint32_t i = (uint32_t)(x >> 48), f = (uint32_t)(x >> 32) & 0xffff;
+		r = b->zipf_tab[i] + (((uint64_t)(b->zipf_tab[i + 1] - b->zipf_tab[i]) * f) >> 16);
+	} else {
+		uint64_t hot = np * b->o.hot_pct / 100 ? np * b->o.hot_pct / 100 : 1;
+		r = (uint32_t)x < 3865470566u /* 0.9 * 2^32 */ ? ((x >> 32) * hot) >> 32 : ((x >> 32) * np) >> 32;
+	}
+	return (r * b->perm_mul) % np;
+}
+
+/* The rank-to-page permutation and the zipf table, for b->npages pages. */
+static void skew_setup(struct bench *b)
+{
+	uint64_t np = b->npages;
+	double s = b->o.zipf_s, e = 1.0 - s, top;
+
+	b->perm_mul = 2147483647u % np; /* a prime above any page count: coprime to it */
+	if (b->o.pattern != PAT_ZIPF)
+		return;
+	if (!b->zipf_tab && !(b->zipf_tab = malloc((ZIPF_STEPS + 1) * sizeof(*b->zipf_tab))))
+		die("out of memory");
+	/* CDF(k) ~ (k^e - 1) / (np^e - 1) over [1, np+1); s = 1: ln k / ln np */
+	top = fabs(e) < 1e-9 ? log((double)np + 1) : pow((double)np + 1, e) - 1;
+	for (uint32_t i = 0; i <= ZIPF_STEPS; i++) {
+		double u = (double)i / ZIPF_STEPS;
+		double k = fabs(e) < 1e-9 ? exp(u * top) : pow(1 + u * top, 1 / e);
+		b->zipf_tab[i] = k - 1 >= (double)np ? (uint32_t)(np - 1) : (uint32_t)(k - 1);
+	}
+}
+
 static void *writer_main(void *arg)
 {
 	struct writer *w = arg;
@@ -516,7 +567,7 @@ static void *writer_main(void *arg)
 
 	l.last = ticks();
 	slice_flush(b, w, &l, l.last);
-	if (b->o.pattern == PAT_RANDOM) {
+	if (b->o.pattern != PAT_SEQUENTIAL) {
 		uint8_t *base = b->base;
 		uint64_t np = b->npages;
 		size_t stride = b->stride;
@@ -527,7 +578,7 @@ static void *writer_main(void *arg)
 				break;
 			uint64_t x = xorshift(&s);
 			/* page by multiply-shift (no division), word within the page */
-			uint64_t pg = ((x >> 32) * np) >> 32;
+			uint64_t pg = b->o.pattern == PAT_RANDOM ? ((x >> 32) * np) >> 32 : skewed_page(b, x);
 			volatile uint64_t *p = (volatile uint64_t *)(data_page(base, stride, pg) + (x & 511) * 8);
 			*p = *p; /* a real store; the contents stay the generated mix */
 			tick(b, w, &l, 1);
@@ -690,10 +741,12 @@ static uint64_t hist_stats(const uint64_t *h0, const uint64_t *h1, double *p50, 
  * handler (tens of µs) is far slower than the kernel-resolved re-fault of a
  * page left read-only after un-protect (~1 µs), so the n slowest stores are
  * the round trips (an estimate: preemption of the writer can mix in).
+ * Ranked from the slowest, the first `skip` are left out: the library's
+ * faults_waited, which waited for a buffer (milliseconds), are the slowest.
  */
-static void hist_top(const uint64_t *h0, const uint64_t *h1, uint64_t n, double *p50, double *p99)
+static void hist_top(const uint64_t *h0, const uint64_t *h1, uint64_t skip, uint64_t n, double *p50, double *p99)
 {
-	uint64_t acc = 0, k50 = n / 2 + 1, k99 = n / 100 + 1;
+	uint64_t acc = 0, k50 = skip + n / 2 + 1, k99 = skip + n / 100 + 1;
 
 	*p50 = *p99 = NAN;
 	for (unsigned k = HIST_BINS; k-- > 0 && n;) {
@@ -820,6 +873,7 @@ struct machine {
 	unsigned cores;
 	double memcpy_gb_s, zstd1_mb_s, zstd_all_mb_s, zstd_ratio, sink_mb_s;
 	double async_p50_us, async_p99_us, ro_p50_us, ro_p99_us, plain_p50_us, plain_p99_us, protect_ns_page;
+	double bare_rt_p50_us, bare_rt_p99_us;
 	bool wp_async_ok;
 };
 
@@ -897,6 +951,71 @@ out:
 		close(mfd);
 }
 
+/*
+ * The bare synchronous round trip, the floor for the library's fault path:
+ * populated memfd pages, write-protected through a userfaultfd of our own; a
+ * minimal handler thread blocks in read(), copies the faulting page with one
+ * memcpy (the least any snapshot does) and un-protects it, which wakes the
+ * writer. One store per page, timed by the writer, in this run, on this
+ * machine, under whatever load it carries.
+ */
+struct bare_rt {
+	int uffd;
+	uint8_t *p, *copy;
+};
+
+static void *bare_handler(void *arg)
+{
+	struct bare_rt *rt = arg;
+	struct uffd_msg msg;
+
+	while (read(rt->uffd, &msg, sizeof(msg)) == sizeof(msg)) {
+		uintptr_t a = (uintptr_t)msg.arg.pagefault.address & ~(uintptr_t)(PAGE - 1);
+		struct uffdio_writeprotect wp = { .range = { a, PAGE }, .mode = 0 };
+
+		if (msg.event != UFFD_EVENT_PAGEFAULT)
+			continue;
+		memcpy(rt->copy + (a - (uintptr_t)rt->p), (void *)a, PAGE);
+		if (ioctl(rt->uffd, UFFDIO_WRITEPROTECT, &wp))
+			break;
+	}
+	return NULL;
+}
+
+static void measure_bare_rt(struct machine *m)
+{
+	const size_t len = 8u << 20;
+	struct uffdio_api api = { .api = UFFD_API, .features = UFFD_FEATURE_WP_HUGETLBFS_SHMEM };
+	struct bare_rt rt = { .uffd = (int)syscall(SYS_userfaultfd, O_CLOEXEC) };
+	int mfd = memfd_create("bench-rt", MFD_CLOEXEC);
+	pthread_t th;
+
+	m->bare_rt_p50_us = m->bare_rt_p99_us = NAN;
+	if (rt.uffd < 0 || mfd < 0 || ftruncate(mfd, (off_t)len) || ioctl(rt.uffd, UFFDIO_API, &api))
+		goto out;
+	rt.p = mmap(NULL, len, PROT_READ | PROT_WRITE, MAP_SHARED | MAP_POPULATE, mfd, 0);
+	if (rt.p == MAP_FAILED)
+		goto out;
+	rt.copy = map_anon(len, true);
+	memset(rt.p, 1, len);
+	struct uffdio_register reg = { .range = { (uintptr_t)rt.p, len }, .mode = UFFDIO_REGISTER_MODE_WP };
+	struct uffdio_writeprotect wp = { .range = { (uintptr_t)rt.p, len }, .mode = UFFDIO_WRITEPROTECT_MODE_WP };
+	if (!ioctl(rt.uffd, UFFDIO_REGISTER, &reg) && !ioctl(rt.uffd, UFFDIO_WRITEPROTECT, &wp) &&
+	    !pthread_create(&th, NULL, bare_handler, &rt)) {
+		time_page_stores(rt.p, len, &m->bare_rt_p50_us, &m->bare_rt_p99_us);
+		/* the handler sleeps in read(), a cancellation point */
+		pthread_cancel(th);
+		pthread_join(th, NULL);
+	}
+	munmap(rt.p, len);
+	munmap(rt.copy, len);
+out:
+	if (rt.uffd >= 0)
+		close(rt.uffd);
+	if (mfd >= 0)
+		close(mfd);
+}
+
 static void measure_machine(struct bench *b, struct machine *m)
 {
 	size_t len = b->o.size < (256u << 20) ? b->o.size : (256u << 20);
@@ -948,6 +1067,7 @@ static void measure_machine(struct bench *b, struct machine *m)
 	munmap(src, len);
 	munmap(dst, len);
 	measure_wp(m);
+	measure_bare_rt(m);
 }
 
 /* ---- output ------------------------------------------------------------------------------------------ */
@@ -1031,6 +1151,11 @@ struct result {
 	double begin_ms, begin_protect_ms, window_ms, total_ms, max_stall_ms, base_max_stall_ms;
 	double lost_work_ms, lost_work_window_ms, settle_ms, base_rate, base_slow_per_s;
 	double fault_p50_us, fault_p99_us, tail_p50_us, uffd_p50_us, uffd_p99_us;
+	double nowait_p50_us, nowait_p99_us, waited_p50_us, waited_p99_us;
+	/* honesty: the undisturbed rate before and after, lost work at each
+	 * (an interval), other processes' CPU use during the run */
+	double rate_pre, rate_post, lost_work_lo_ms, lost_work_hi_ms, outside_cpu_pct;
+	bool lost_work_clamped, disturbed;
 	uint64_t faults, tail_faults;
 	double extra_rss_peak_mib, child_smaps_peak_mib;
 	int64_t bytes_out;
@@ -1102,6 +1227,97 @@ out:
 	free(buf);
 }
 
+/*
+ * CPU time used by everyone (/proc/stat: busy and stolen jiffies, all CPUs)
+ * and by this process and its reaped children (the fork method's child).
+ * Their difference over a run is other processes' load: it only ever slows
+ * the writers down, so a run where it was large is marked disturbed.
+ */
+struct cpu_sample {
+	uint64_t all, self, ns;
+};
+
+static void cpu_sample(struct cpu_sample *c)
+{
+	unsigned long long v[8] = { 0 }, ut = 0, st = 0, cut = 0, cst = 0;
+	char buf[1024], *p;
+	FILE *f = fopen("/proc/stat", "re");
+
+	c->ns = mono_ns();
+	c->all = c->self = 0;
+	if (f) {
+		if (fscanf(f, "cpu %llu %llu %llu %llu %llu %llu %llu %llu", &v[0], &v[1], &v[2], &v[3], &v[4], &v[5],
+			   &v[6], &v[7]) == 8)
+			c->all = v[0] + v[1] + v[2] + v[5] + v[6] + v[7]; /* all but idle and iowait */
+		fclose(f);
+	}
+	f = fopen("/proc/self/stat", "re");
+	if (f) {
+		/* after the command name: state ppid pgrp session tty tpgid flags
+		 * minflt cminflt majflt cmajflt utime stime cutime cstime */
+		if (fgets(buf, sizeof(buf), f) && (p = strrchr(buf, ')')) &&
+		    sscanf(p + 2, "%*c %*d %*d %*d %*d %*d %*u %*u %*u %*u %*u %llu %llu %llu %llu", &ut, &st, &cut,
+			   &cst) == 4)
+			c->self = ut + st + cut + cst;
+		fclose(f);
+	}
+}
+
+/* Other processes' CPU use since c0, in % of one CPU. */
+static double outside_cpu_pct(const struct cpu_sample *c0)
+{
+	struct cpu_sample c1;
+	double jiffies = (double)sysconf(_SC_CLK_TCK), other;
+
+	cpu_sample(&c1);
+	other = (double)(c1.all - c0->all) - (double)(c1.self - c0->self);
+	return other > 0 ? other / jiffies / ((double)(c1.ns - c0->ns) / 1e9) * 100.0 : 0.0;
+}
+
+/*
+ * The undisturbed rate again, after the snapshot has settled: over the same
+ * length as the warm-up, capped at 500 ms. Outside load can only lower a rate,
+ * so the higher of the two is the better estimate of the undisturbed rate.
+ */
+static void post_rate(struct bench *b, struct result *res, const struct cpu_sample *cpu0)
+{
+	unsigned ms = b->o.warmup_ms < 500 ? b->o.warmup_ms : 500;
+	uint64_t ta = mono_ns();
+	size_t sa, sz;
+
+	sleep_ms(ms);
+	sa = slice_of(b, ta) + 1, sz = slice_of(b, mono_ns());
+	res->rate_post = median_rate(b, sa, sz);
+	res->outside_cpu_pct = outside_cpu_pct(cpu0);
+}
+
+/*
+ * Lost work from slice s0 (the instant) to ss (settled), and up to sd (the
+ * snapshot written), at the better undisturbed rate (lost_work_ms) and at the
+ * worse (the interval's other end). Never negative: a writer cannot do more
+ * than its undisturbed rate, so more stores than that mean the rate was
+ * underestimated (outside load during the measurement) and the run is
+ * marked disturbed.
+ */
+static void lost_work(const struct bench *b, struct result *res, size_t s0, size_t sd, size_t ss)
+{
+	double slice_ms = b->o.slice_us / 1000.0, hi = fmax(res->rate_pre, res->rate_post);
+	double lo = fmin(res->rate_pre, res->rate_post), done = (double)stores_between(b, s0, ss);
+	double raw;
+
+	if (!(lo > 0))
+		lo = hi;
+	res->base_rate = hi;
+	raw = ((double)(ss - s0) * hi - done) / hi * slice_ms;
+	res->lost_work_clamped = raw < 0;
+	res->lost_work_ms = res->lost_work_hi_ms = fmax(raw, 0);
+	res->lost_work_lo_ms = fmax(((double)(ss - s0) * lo - done) / lo * slice_ms, 0);
+	res->lost_work_window_ms =
+		fmax(((double)(sd - s0) * hi - (double)stores_between(b, s0, sd)) / hi * slice_ms, 0);
+	/* 20% of a CPU taken by others, or the two rates 20% apart */
+	res->disturbed = res->lost_work_clamped || res->outside_cpu_pct > 20.0 || lo < 0.8 * hi;
+}
+
 static void run_method(struct bench *b, int method, struct result *res)
 {
 	const struct options *o = &b->o;
@@ -1109,6 +1325,7 @@ static void run_method(struct bench *b, int method, struct result *res)
 	struct sampler sm = { 0 };
 	uint64_t h_base0[HIST_BINS], h_base1[HIST_BINS], h0[HIST_BINS], h1[HIST_BINS], h2[HIST_BINS];
 	uint64_t t0, t1, t_done, t_win_end, t_settle, base_kib;
+	struct cpu_sample cpu0;
 	char path[PATH_MAX];
 	uint8_t *ref = NULL;
 	int mfd = -1, r;
@@ -1121,7 +1338,7 @@ static void run_method(struct bench *b, int method, struct result *res)
 	/* The region: shmem (or --memory) for the library, private anonymous
 	 * memory (what a program such as Redis has) for fork and stw. Same bytes
 	 * in all. */
-	if (method == M_UFFDSNAP && (o->memory == MEM_MEMFD || o->memory == MEM_HUGETLB)) {
+	if (method == M_UFFDSNAP && (o->memory == MEM_MEMFD || o->memory == MEM_HUGETLB || o->memory == MEM_MEMFD_THP)) {
 		bool huge = o->memory == MEM_HUGETLB;
 
 		mfd = memfd_create("bench", MFD_CLOEXEC | (huge ? MFD_HUGETLB : 0));
@@ -1132,17 +1349,20 @@ static void run_method(struct bench *b, int method, struct result *res)
 		if (b->base == MAP_FAILED)
 			die("mmap memfd: %s%s", strerror(errno),
 			    huge ? ": reserve huge pages first (echo N > /proc/sys/vm/nr_hugepages)" : "");
+		if (o->memory == MEM_MEMFD_THP && madvise(b->base, len, MADV_HUGEPAGE))
+			die("MADV_HUGEPAGE on the memfd: %s", strerror(errno));
 	} else {
 		/* sparse: no commit charge for the holes (64 GiB > RAM is refused otherwise) */
 		b->base = mmap(NULL, len, PROT_READ | PROT_WRITE,
 			       MAP_PRIVATE | MAP_ANONYMOUS | (len > o->size ? MAP_NORESERVE : 0), -1, 0);
 		if (b->base == MAP_FAILED)
 			die("mmap %zu bytes: %s", len, strerror(errno));
-		if (o->memory == MEM_ANON_THP && madvise(b->base, len, MADV_HUGEPAGE))
+		if ((o->memory == MEM_ANON_THP || o->memory == MEM_MEMFD_THP) && madvise(b->base, len, MADV_HUGEPAGE))
 			die("MADV_HUGEPAGE: %s", strerror(errno));
 	}
 	fill_data(b->base, o->size, b->stride, o->seed, b->ncpu);
 	b->npages = o->size / PAGE;
+	skew_setup(b);
 	if (o->verify && method == M_UFFDSNAP)
 		ref = map_anon(len, true);
 
@@ -1150,13 +1370,14 @@ static void run_method(struct bench *b, int method, struct result *res)
 	 * 100 ms (thread start, caches) are left out. */
 	writers_start(b);
 	sleep_ms(100);
+	cpu_sample(&cpu0);
 	uint64_t tb0 = mono_ns();
 	hist_snap(b, h_base0);
 	sleep_ms(o->warmup_ms);
 	uint64_t tb1 = mono_ns();
 	hist_snap(b, h_base1);
 	size_t sb0 = slice_of(b, tb0) + 1, sb1 = slice_of(b, tb1);
-	res->base_rate = median_rate(b, sb0, sb1); /* stores per slice */
+	res->base_rate = res->rate_pre = median_rate(b, sb0, sb1); /* stores per slice */
 	res->base_max_stall_ms = max_gap_between(b, sb0, sb1) / 1000.0;
 	res->base_slow_per_s = (double)hist_stats(h_base0, h_base1, &dummy, &dummy, &dummy) /
 			       ((double)(tb1 - tb0) / 1e9);
@@ -1308,6 +1529,7 @@ static void run_method(struct bench *b, int method, struct result *res)
 	}
 	t_settle = mono_ns() - 2 * o->slice_us * 1000ull;
 	hist_snap(b, h2);
+	post_rate(b, res, &cpu0);
 	atomic_store(&sm.stop, true);
 	pthread_join(sm.th, NULL);
 	writers_stop(b);
@@ -1321,12 +1543,14 @@ static void run_method(struct bench *b, int method, struct result *res)
 	res->total_ms = (double)(t_done - t0) / 1e6;
 	res->settle_ms = (double)(t_settle - t_done) / 1e6;
 	res->max_stall_ms = max_gap_between(b, s0, ss) / 1000.0;
-	res->lost_work_ms = ((double)(ss - s0) * res->base_rate - (double)stores_between(b, s0, ss)) / res->base_rate *
-			    slice_ms;
-	res->lost_work_window_ms =
-		((double)(sd - s0) * res->base_rate - (double)stores_between(b, s0, sd)) / res->base_rate * slice_ms;
+	lost_work(b, res, s0, sd, ss);
 	res->faults = hist_stats(h0, h1, &res->fault_p50_us, &res->fault_p99_us, &dummy);
-	hist_top(h0, h1, method == M_UFFDSNAP ? res->st.faults : 0, &res->uffd_p50_us, &res->uffd_p99_us);
+	hist_top(h0, h1, 0, method == M_UFFDSNAP ? res->st.faults : 0, &res->uffd_p50_us, &res->uffd_p99_us);
+	if (method == M_UFFDSNAP) {
+		uint64_t nw = res->st.faults_waited < res->st.faults ? res->st.faults_waited : res->st.faults;
+		hist_top(h0, h1, 0, nw, &res->waited_p50_us, &res->waited_p99_us);
+		hist_top(h0, h1, nw, res->st.faults - nw, &res->nowait_p50_us, &res->nowait_p99_us);
+	}
 	res->tail_faults = hist_stats(h1, h2, &res->tail_p50_us, &dummy, &dummy);
 	res->extra_rss_peak_mib = (double)(sm.peak_kib - base_kib) / 1024.0;
 	res->child_smaps_peak_mib = (double)sm.child_peak_kib / 1024.0;
@@ -1535,7 +1759,9 @@ static void usage(int code)
 		"                          spread evenly, holes between; writers touch only the data\n"
 		"                          (uffdsnap and fork; stw would need an N MiB copy and is skipped)\n"
 		"  --writers N             writer threads (default 1)\n"
-		"  --pattern random|sequential\n"
+		"  --pattern random|sequential|zipf[:S]|hotset:P\n"
+		"                          zipf: page popularity ~ 1/rank^S (S default 0.99); hotset: 90%% of the\n"
+		"                          stores to P%% of the pages, the rest uniform; popular pages spread out\n"
 		"  --method uffdsnap|fork|stw|all   (comma-separated list allowed; default all)\n"
 		"  --sink file|null        file: snapshot files in --out; null: discard (default file)\n"
 		"  --zstd-level N          (default 1, the library's default)\n"
@@ -1546,7 +1772,8 @@ static void usage(int code)
 		"  --fsync                 all methods fsync their output (uffdsnap: UFFDSNAP_OPT_FSYNC)\n"
 		"  --adapt                 uffdsnap: UFFDSNAP_OPT_ADAPT (store chunks raw while a writer waits)\n"
 		"  --memory KIND           uffdsnap's region: memfd (default), anon, anon-thp (fork and stw on THP\n"
-		"                          too), hugetlb (MFD_HUGETLB: reserve nr_hugepages first)\n"
+		"                          too), hugetlb (MFD_HUGETLB: reserve nr_hugepages first), memfd-thp (memfd\n"
+		"                          with MADV_HUGEPAGE: needs shmem_enabled advise or always; fork and stw on THP)\n"
 		"  --keep                  keep snapshot files\n"
 		"  --warmup-ms N           undisturbed-rate measurement per method (default 1000)\n"
 		"  --settle-max-ms N       longest wait for the rate to recover after a snapshot (default 15000)\n"
@@ -1596,6 +1823,26 @@ static unsigned long num(const char *s)
 	return v;
 }
 
+/* --pattern zipf[:S] (0 < S <= 3, default 0.99) or hotset:P (1..99). */
+static void parse_skew(const char *arg, struct options *o)
+{
+	char *end;
+
+	if (!strncmp(arg, "zipf", 4) && (!arg[4] || arg[4] == ':')) {
+		o->pattern = PAT_ZIPF;
+		o->zipf_s = arg[4] ? strtod(arg + 5, &end) : 0.99;
+		if ((arg[4] && *end) || !(o->zipf_s > 0 && o->zipf_s <= 3))
+			die("--pattern zipf:S: S in (0, 3], not '%s'", arg + 4);
+	} else if (!strncmp(arg, "hotset:", 7)) {
+		o->pattern = PAT_HOTSET;
+		o->hot_pct = (unsigned)strtoul(arg + 7, &end, 10);
+		if (*end || !o->hot_pct || o->hot_pct > 99)
+			die("--pattern hotset:P: P a percentage 1..99, not '%s'", arg + 7);
+	} else {
+		usage(1);
+	}
+}
+
 static void parse(int argc, char **argv, struct options *o)
 {
 	static const struct option lo[] = {
@@ -1626,7 +1873,7 @@ static void parse(int argc, char **argv, struct options *o)
 		case 'p':
 			if (!strcmp(optarg, "random")) o->pattern = PAT_RANDOM;
 			else if (!strcmp(optarg, "sequential")) o->pattern = PAT_SEQUENTIAL;
-			else usage(1);
+			else parse_skew(optarg, o);
 			break;
 		case 'm': o->methods = parse_methods(optarg); break;
 		case 'k':
@@ -1680,6 +1927,36 @@ static void parse(int argc, char **argv, struct options *o)
 }
 
 static double ratio(double a, double b) { return b > 0 ? a / b : NAN; }
+
+static void emit_honesty(struct emit *e, const struct bench *b, const struct result *r)
+{
+	e_num(e, "lost_work_lo_ms", r->lost_work_lo_ms);
+	e_num(e, "lost_work_hi_ms", r->lost_work_hi_ms);
+	e_bool(e, "lost_work_clamped", r->lost_work_clamped);
+	e_num(e, "base_rate_pre_per_ms", r->rate_pre * 1000.0 / b->o.slice_us);
+	e_num(e, "base_rate_post_per_ms", r->rate_post * 1000.0 / b->o.slice_us);
+	e_num(e, "outside_cpu_pct", r->outside_cpu_pct);
+	e_bool(e, "disturbed", r->disturbed);
+}
+
+static void emit_fault_split(struct emit *e, const struct result *r)
+{
+	e_int(e, "uffd_faults_waited", r->st.faults_waited);
+	e_num(e, "fault_wait_total_ms", (double)r->st.fault_wait_ns / 1e6);
+	e_num(e, "uffd_fault_nowait_p50_us", r->nowait_p50_us);
+	e_num(e, "uffd_fault_nowait_p99_us", r->nowait_p99_us);
+	e_num(e, "uffd_fault_waited_p50_us", r->waited_p50_us);
+	e_num(e, "uffd_fault_waited_p99_us", r->waited_p99_us);
+}
+
+static void emit_pattern(struct emit *e, const struct options *o)
+{
+	e_str(e, "pattern", pattern_name[o->pattern]);
+	if (o->pattern == PAT_ZIPF)
+		e_num(e, "zipf_s", o->zipf_s);
+	if (o->pattern == PAT_HOTSET)
+		e_int(e, "hot_pct", o->hot_pct);
+}
 
 int main(int argc, char **argv)
 {
@@ -1743,6 +2020,8 @@ int main(int argc, char **argv)
 	e_num(&e, "ro_refault_p99_us", m.ro_p99_us);
 	e_num(&e, "plain_store_p50_us", m.plain_p50_us);
 	e_num(&e, "wp_protect_ns_per_page", m.protect_ns_page);
+	e_num(&e, "bare_uffd_rt_p50_us", m.bare_rt_p50_us);
+	e_num(&e, "bare_uffd_rt_p99_us", m.bare_rt_p99_us);
 	e_num(&e, "loadavg_start", load0[0]);
 	e_end(&e);
 
@@ -1766,10 +2045,11 @@ int main(int argc, char **argv)
 		e_int(&e, "size_mib", b.o.size >> 20);
 		e_int(&e, "region_mib", b.o.region >> 20);
 		e_int(&e, "writers", b.o.writers);
-		e_str(&e, "pattern", b.o.pattern == PAT_RANDOM ? "random" : "sequential");
+		emit_pattern(&e, &b.o);
 		e_str(&e, "sink", b.o.sink == SINK_FILE ? "file" : "null");
 		e_str(&e, "memory", k == M_UFFDSNAP ? memory_name[b.o.memory]
-				    : memory_name[b.o.memory == MEM_ANON_THP ? MEM_ANON_THP : MEM_ANON]);
+				    : memory_name[b.o.memory == MEM_ANON_THP || b.o.memory == MEM_MEMFD_THP ? MEM_ANON_THP
+														: MEM_ANON]);
 		if (k == M_UFFDSNAP)
 			e_bool(&e, "adapt", b.o.adapt);
 		e_bool(&e, "ok", r->ok);
@@ -1777,6 +2057,7 @@ int main(int argc, char **argv)
 		e_num(&e, "max_stall_ms", r->max_stall_ms);
 		e_num(&e, "lost_work_ms", r->lost_work_ms);
 		e_num(&e, "lost_work_window_ms", r->lost_work_window_ms);
+		emit_honesty(&e, &b, r);
 		e_num(&e, "window_ms", r->window_ms);
 		e_num(&e, "total_ms", r->total_ms);
 		e_int(&e, "faults", r->faults);
@@ -1797,6 +2078,7 @@ int main(int argc, char **argv)
 		if (k == M_FORK)
 			e_num(&e, "child_smaps_peak_mib", r->child_smaps_peak_mib);
 		if (k == M_UFFDSNAP) {
+			e_int(&e, "pages_huge_remapped", r->st.pages_huge_remapped);
 			e_num(&e, "begin_protect_ms", r->begin_protect_ms);
 			e_int(&e, "protect_threads", r->st.protect_threads);
 			e_int(&e, "chunks", r->st.chunks);
@@ -1804,6 +2086,7 @@ int main(int argc, char **argv)
 			e_int(&e, "uffd_faults", r->st.faults);
 			e_num(&e, "uffd_fault_p50_us", r->uffd_p50_us);
 			e_num(&e, "uffd_fault_p99_us", r->uffd_p99_us);
+			emit_fault_split(&e, r);
 			e_int(&e, "pages_fault", r->st.pages_fault);
 			e_int(&e, "pages_sweep", r->st.pages_sweep);
 			e_int(&e, "pages_zero_found", r->st.pages_zero_found);
@@ -1829,7 +2112,7 @@ int main(int argc, char **argv)
 		e_int(&e, "size_mib", b.o.size >> 20);
 		e_int(&e, "region_mib", b.o.region >> 20);
 		e_int(&e, "writers", b.o.writers);
-		e_str(&e, "pattern", b.o.pattern == PAT_RANDOM ? "random" : "sequential");
+		emit_pattern(&e, &b.o);
 		e_str(&e, "sink", b.o.sink == SINK_FILE ? "file" : "null");
 		if (f->ran) {
 			e_num(&e, "begin_ms_vs_fork", ratio(u->begin_ms, f->begin_ms));
@@ -1849,9 +2132,13 @@ int main(int argc, char **argv)
 		}
 		e_num(&e, "fault_p50_vs_wp_async", ratio(u->fault_p50_us, m.async_p50_us));
 		e_num(&e, "uffd_fault_p50_vs_wp_async", ratio(u->uffd_p50_us, m.async_p50_us));
+		e_num(&e, "uffd_fault_p50_vs_bare_rt", ratio(u->uffd_p50_us, m.bare_rt_p50_us));
+		e_num(&e, "uffd_fault_nowait_p50_vs_bare_rt", ratio(u->nowait_p50_us, m.bare_rt_p50_us));
+		e_num(&e, "uffd_fault_nowait_p99_vs_p50", ratio(u->nowait_p99_us, u->nowait_p50_us));
 		e_num(&e, "extra_rss_peak_vs_bound", ratio(u->extra_rss_peak_mib, (double)u->st.buffer_bound / MiB));
 		e_num(&e, "buffer_bound_mib", (double)u->st.buffer_bound / MiB);
 		e_num(&e, "loadavg_end", load1[0]);
+		e_bool(&e, "disturbed", u->disturbed || f->disturbed || s->disturbed);
 		e_end(&e);
 	}
 	if (b.trace)
