@@ -48,7 +48,7 @@ static void begin_slow(struct run *t, const char *name, uint8_t *addr, size_t le
 	o.buffer_bytes = 4 * MiB;
 	t->ctx = t_ctx_new(&o);
 	t_add(t->ctx, name, addr, len);
-	t->s = t_begin_stalled(t->ctx, &t->cb, 20000);
+	t->s = t_begin_stalled(t->ctx, &t->cb, 10000);
 }
 
 static int finish(struct run *t, const char *label)
