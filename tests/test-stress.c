@@ -1,6 +1,6 @@
 /* SPDX-License-Identifier: LGPL-2.1-or-later */
 /*
- * Stress: back-to-back snapshots for USNAP_STRESS_SECONDS (default 15, 5
+ * Stress: back-to-back snapshots for USNAP_STRESS_SECONDS (default 10, 5
  * under sanitizers) of two regions, a 64 MiB memfd ("shm") and a 32 MiB
  * MAP_PRIVATE|MAP_ANONYMOUS region ("heap"), while everything below runs at
  * once and never pauses for a snapshot:
@@ -1174,7 +1174,7 @@ static unsigned stress_seconds(void)
 	/* under a sanitizer the zap phase (three more snapshots) and the
 	 * verification of every snapshot come on top: TSan verifies in step
 	 * with main, a few seconds per snapshot */
-	return SANITIZED ? 5 : 15;
+	return SANITIZED ? 5 : 10;
 }
 
 static void owners_init(void)
