@@ -282,6 +282,7 @@ static void io_finish(uffdsnap_snap_t *s, bool ok)
 		k->tmp_path = NULL;
 		if (rc) {
 			memcpy(s->errmsg, msg, sizeof(msg));
+			atomic_store(&s->errmsg_set, true);
 			atomic_store(&s->err, rc);
 			ok = false;
 		}

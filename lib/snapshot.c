@@ -176,6 +176,7 @@ void usnap_fail(uffdsnap_snap_t *s, int err, const char *fmt, ...)
 		va_start(ap, fmt);
 		usnap_vformat(s->errmsg, sizeof(s->errmsg), fmt, ap);
 		va_end(ap);
+		atomic_store(&s->errmsg_set, true);
 	} else if (expect == USNAP_COMMITTED) {
 		return; /* finished already: a late cancel changes nothing */
 	}
@@ -548,7 +549,13 @@ USNAP_EXPORT const char *uffdsnap_snap_error(const uffdsnap_snap_t *s)
 {
 	if (!s)
 		return "snap is NULL";
-	return atomic_load(&((uffdsnap_snap_t *)s)->err) < 0 ? s->errmsg : "";
+	int err = atomic_load(&((uffdsnap_snap_t *)s)->err);
+
+	/* The first error wins the CAS on err and writes its message after:
+	 * until it has, the errno's text stands in for it, never half a message */
+	if (err >= 0)
+		return "";
+	return atomic_load(&((uffdsnap_snap_t *)s)->errmsg_set) ? s->errmsg : uffdsnap_strerror(err);
 }
 
 USNAP_EXPORT int uffdsnap_snap_stats(const uffdsnap_snap_t *cs, uffdsnap_stats_t *out)

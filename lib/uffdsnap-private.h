@@ -368,6 +368,7 @@ struct uffdsnap_snap {
 	/* failure: first error wins */
 	_Atomic int err;
 	char errmsg[512];
+	_Atomic bool errmsg_set;    /* errmsg is complete: err is set before the message is written */
 	_Atomic bool abort;
 	int ctl_efd;                /* wakes the handler: abort, or a job was freed */
 

@@ -268,8 +268,31 @@ START_TEST(failure_cancel_blocked_writers) { blocked_writers(BY_CANCEL); }
 END_TEST
 
 /* (f') cancel of a file-sink snapshot: no target, no temporary file. */
+/* Reads uffdsnap_snap_error() while the snapshot fails. The failing thread
+ * sets err first and writes the message after, so a read in between could
+ * return half a message, a data race the TSan lane runs this test for. */
+struct error_poll {
+	uffdsnap_snap_t *s;
+	_Atomic bool stop;
+	unsigned long reads;
+	char last[512];
+};
+
+static void *poll_error(void *arg)
+{
+	struct error_poll *p = arg;
+
+	while (!atomic_load(&p->stop)) {
+		snprintf(p->last, sizeof(p->last), "%s", uffdsnap_snap_error(p->s));
+		p->reads++;
+	}
+	return NULL;
+}
+
 START_TEST(failure_cancel_file)
 {
+	struct error_poll poll = { 0 };
+	pthread_t poller;
 	struct t_fix f;
 	struct t_writers w;
 	struct rw_state b;
@@ -283,9 +306,16 @@ START_TEST(failure_cancel_file)
 	ck_assert_int_eq(uffdsnap_begin_file(f.ctx, path, &f.s), 0);
 	ck_assert_msg(t_dir_entries(dir, true) == 1, "no temporary file while the snapshot runs");
 	ck_assert_msg(access(path, F_OK) != 0, "the target exists before the snapshot finished");
+	poll.s = f.s;
+	ck_assert_int_eq(pthread_create(&poller, NULL, poll_error, &poll), 0);
 	uffdsnap_cancel(f.s);
 	uffdsnap_cancel(f.s); /* twice is harmless */
 	r = uffdsnap_wait(f.s);
+	atomic_store(&poll.stop, true);
+	ck_assert_int_eq(t_join_timeout(poller, 10), 0);
+	printf("failure_cancel_file: %lu reads of uffdsnap_snap_error during the failure, the last \"%s\"\n",
+	       poll.reads, poll.last);
+	ck_assert_str_eq(poll.last, "cancelled");
 	assert_failed(f.s, r, -ECANCELED, "cancel (file sink)");
 	assert_released(&f.m, &w, "cancel (file sink)");
 	ck_assert_msg(access(path, F_OK) != 0, "the target exists after cancel");
