@@ -114,16 +114,6 @@ static int write_head(struct mw *w, const uffdsnap_info_t *in)
 	return mw_write(w, w->rec, len);
 }
 
-static bool page_zero(const uint8_t *p, size_t len)
-{
-	const uint64_t *q = (const uint64_t *)p;
-
-	for (size_t i = 0; i < len / 8; i++)
-		if (q[i])
-			return false;
-	return true;
-}
-
 /* One chunk: pages [p0, p0 + n) of region id, read from the image into page_buf. */
 static int write_chunk(struct mw *w, unsigned id, uint64_t p0, uint32_t n, uint32_t page_size)
 {
@@ -137,7 +127,7 @@ static int write_chunk(struct mw *w, unsigned id, uint64_t p0, uint32_t n, uint3
 		return usnap_err(rc, "%s", uffdsnap_reader_error(w->r));
 	for (uint32_t i = 0; i < n; i++) {
 		const uint8_t *pg = w->page_buf + (size_t)i * page_size;
-		uint32_t kind = page_zero(pg, page_size) ? USNAP_EXT_ZERO : USNAP_EXT_DATA;
+		uint32_t kind = usnap_page_is_zero(pg, page_size) ? USNAP_EXT_ZERO : USNAP_EXT_DATA;
 
 		if (ne && ext[ne - 1].kind == kind && ext[ne - 1].first_page + ext[ne - 1].npages == p0 + i)
 			ext[ne - 1].npages++;
