@@ -93,11 +93,11 @@ int usnap_delta_begin(uffdsnap_snap_t *s)
 void usnap_delta_end(uffdsnap_snap_t *s)
 {
 	uffdsnap_t *ctx = s->ctx;
-	int err = atomic_load(&s->err);
+	int err = usnap_latch_err(&s->fail);
 
 	if (!(ctx->opts.flags & UFFDSNAP_OPT_DELTA))
 		return;
-	if (err == USNAP_COMMITTED) {
+	if (err == USNAP_LATCH_CLOSED) {
 		ctx->parent.ok = true;
 		memcpy(ctx->parent.id, s->snap_id, sizeof(ctx->parent.id));
 		ctx->parent.depth = s->depth;
@@ -108,6 +108,6 @@ void usnap_delta_end(uffdsnap_snap_t *s)
 		if (err == -ECANCELED)
 			usnap_delta_lost(ctx, "the last snapshot was cancelled");
 		else
-			usnap_delta_lost(ctx, "the last snapshot failed: %s", s->errmsg);
+			usnap_delta_lost(ctx, "the last snapshot failed: %s", usnap_latch_msg(&s->fail));
 	}
 }

@@ -633,8 +633,7 @@ struct protect_work {
 	struct protect_span *span;
 	size_t nspans;
 	atomic_size_t next;
-	atomic_int err;
-	atomic_size_t failed;      /* the span err is about */
+	struct usnap_latch fail;   /* the first span that failed */
 };
 
 static void *protect_main(void *arg)
@@ -642,14 +641,16 @@ static void *protect_main(void *arg)
 	struct protect_work *w = arg;
 	size_t i;
 
-	while (!atomic_load(&w->err) && (i = atomic_fetch_add(&w->next, 1)) < w->nspans) {
-		int r = protect(w->span[i].sp->uffd, w->span[i].addr, w->span[i].len), none = 0;
+	while (!usnap_latch_err(&w->fail) && (i = atomic_fetch_add(&w->next, 1)) < w->nspans) {
+		const struct protect_span *f = &w->span[i];
+		int r = protect(f->sp->uffd, f->addr, f->len);
 
-		if (r == -ESRCH && w->span[i].sp->foreign)
+		if (r == -ESRCH && f->sp->foreign)
 			r = 0; /* a participant that has exited: nothing of it to protect */
 
-		if (r && atomic_compare_exchange_strong(&w->err, &none, r))
-			atomic_store(&w->failed, i);
+		if (r)
+			usnap_latch_set(&w->fail, r, "region '%s': UFFDIO_WRITEPROTECT at +0x%" PRIxPTR ": %s",
+					f->reg->name, f->addr - f->reg->addr, strerror(-r));
 	}
 	return NULL;
 }
@@ -743,12 +744,8 @@ int usnap_protect_all(uffdsnap_snap_t *s)
 	protect_main(&w);
 	while (nt)
 		pthread_join(t[--nt], NULL);
-	if ((r = atomic_load(&w.err))) {
-		const struct protect_span *f = &w.span[atomic_load(&w.failed)];
-
-		r = usnap_err(r, "region '%s': UFFDIO_WRITEPROTECT at +0x%" PRIxPTR ": %s", f->reg->name,
-			      f->addr - f->reg->addr, strerror(-r));
-	}
+	if ((r = usnap_latch_err(&w.fail)))
+		r = usnap_err(r, "%s", usnap_latch_msg(&w.fail));
 	free(w.span);
 	return r;
 }

@@ -108,8 +108,7 @@ struct uffdsnap_lazy {
 	_Atomic bool closing;          /* free(): the handler must leave even if it keeps a registration */
 	_Atomic int state;             /* UFFDSNAP_LAZY_* */
 
-	_Atomic int err;               /* first error wins */
-	char msg[512];
+	struct usnap_latch fail;       /* first error wins */
 
 	uint64_t t0, start_ns;
 	_Atomic uint64_t resident_ns;
@@ -127,18 +126,14 @@ void usnap_log_failure(const char *msg, int err)
 
 __attribute__((format(printf, 3, 4))) static void lz_fail(uffdsnap_lazy_t *lz, int err, const char *fmt, ...)
 {
-	int none = 0;
 	va_list ap;
+	int had;
 
-	if (!atomic_compare_exchange_strong(&lz->err, &none, err))
-		return;
-	pthread_mutex_lock(&lz->lock);
 	va_start(ap, fmt);
-	usnap_vformat(lz->msg, sizeof(lz->msg), fmt, ap);
+	had = usnap_latch_vset(&lz->fail, err, fmt, ap);
 	va_end(ap);
-	pthread_mutex_unlock(&lz->lock);
-	if (!(lz->flags & UFFDSNAP_LAZY_QUIET))
-		usnap_log_failure(lz->msg, err);
+	if (!had && !(lz->flags & UFFDSNAP_LAZY_QUIET))
+		usnap_log_failure(lz->fail.msg, err);
 }
 
 /* Wake the handler's poll(). An eventfd write fails only when its counter
@@ -353,7 +348,7 @@ static int take_huge(uffdsnap_lazy_t *lz, struct lz_region *g, uffdsnap_reader_t
 			return rc;
 		}
 		if (st == LZ_CHUNK_FAILED)
-			return atomic_load(&lz->err);
+			return usnap_latch_err(&lz->fail);
 		if (st == LZ_CHUNK_DONE || !touch)
 			return 0;
 		claim_wait(lz, g, hp);
@@ -466,7 +461,7 @@ static int serve(uffdsnap_lazy_t *lz, struct lz_region *g, uint64_t p)
 		if (usnap_abit(g->present, p))
 			return 0;
 		if (st == LZ_CHUNK_FAILED)
-			return atomic_load(&lz->err);
+			return usnap_latch_err(&lz->fail);
 		/* DONE without p: the chunk the map named does not record it */
 		lz_fail(lz, -EBADMSG, "region '%s': page %" PRIu64 " is not in chunk %zu, which the page map names",
 			g->name, p, i);
@@ -565,7 +560,7 @@ static void unregister_all(uffdsnap_lazy_t *lz)
 
 static void finish(uffdsnap_lazy_t *lz)
 {
-	bool failed = atomic_load(&lz->err) != 0;
+	bool failed = usnap_latch_err(&lz->fail) != 0;
 
 	/* without UFFDIO_POISON a failed restore keeps its registration, so the
 	 * handler keeps signalling faults on lost pages, until free() */
@@ -1046,7 +1041,7 @@ USNAP_EXPORT int uffdsnap_lazy_wait(uffdsnap_lazy_t *lz)
 	while (atomic_load(&lz->state) == UFFDSNAP_LAZY_RUNNING)
 		pthread_cond_wait(&lz->cv, &lz->lock);
 	pthread_mutex_unlock(&lz->lock);
-	return atomic_load(&lz->err);
+	return usnap_latch_err(&lz->fail);
 }
 
 USNAP_EXPORT int uffdsnap_lazy_stats(const uffdsnap_lazy_t *lz, uffdsnap_lazy_stats_t *out)
@@ -1061,7 +1056,7 @@ USNAP_EXPORT int uffdsnap_lazy_stats(const uffdsnap_lazy_t *lz, uffdsnap_lazy_st
 			     USNAP_SIZE_UPTO(uffdsnap_lazy_stats_t, error), sizeof(st)))
 		return -EINVAL;
 	st = (uffdsnap_lazy_stats_t){
-		.size = out->size, .state = atomic_load(&l->state), .error = atomic_load(&l->err),
+		.size = out->size, .state = atomic_load(&l->state), .error = usnap_latch_err(&l->fail),
 		.start_ns = l->start_ns, .resident_ns = atomic_load(&l->resident_ns), .pages_total = l->pages_total,
 		.pages_fault = atomic_load(&l->pages_fault), .pages_prefetch = atomic_load(&l->pages_prefetch),
 		.pages_zero_fault = atomic_load(&l->pages_zero_fault), .faults = atomic_load(&l->faults),
@@ -1073,7 +1068,7 @@ USNAP_EXPORT int uffdsnap_lazy_stats(const uffdsnap_lazy_t *lz, uffdsnap_lazy_st
 
 USNAP_EXPORT const char *uffdsnap_lazy_error(const uffdsnap_lazy_t *lz)
 {
-	return lz && atomic_load(&((uffdsnap_lazy_t *)lz)->err) ? lz->msg : "";
+	return lz ? usnap_latch_msg(&lz->fail) : "";
 }
 
 USNAP_EXPORT void uffdsnap_lazy_free(uffdsnap_lazy_t *lz)

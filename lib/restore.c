@@ -60,9 +60,7 @@ struct rs_job {
 	_Atomic size_t next;            /* the next chunk index to take */
 	_Atomic uint64_t *claimed;      /* bitmap: page placed */
 	_Atomic uint64_t pages_data, pages_zero;
-	_Atomic int err;                /* first error wins; the others stop */
-	pthread_mutex_t msg_lock;
-	char msg[512];
+	struct usnap_latch fail;        /* first error wins; the others stop */
 };
 
 struct rs_worker {
@@ -74,16 +72,11 @@ struct rs_worker {
 
 __attribute__((format(printf, 3, 4))) static void rs_fail(struct rs_job *j, int err, const char *fmt, ...)
 {
-	int none = 0;
 	va_list ap;
 
-	if (!atomic_compare_exchange_strong(&j->err, &none, err))
-		return;
-	pthread_mutex_lock(&j->msg_lock);
 	va_start(ap, fmt);
-	usnap_vformat(j->msg, sizeof(j->msg), fmt, ap);
+	usnap_latch_vset(&j->fail, err, fmt, ap);
 	va_end(ap);
-	pthread_mutex_unlock(&j->msg_lock);
 }
 
 /* Mark pages [first, first + n) placed; -EBADMSG with *dup if one already was. */
@@ -179,7 +172,7 @@ static int place(struct rs_job *j, uffdsnap_reader_t *r, size_t idx)
 
 static void work(struct rs_job *j, uffdsnap_reader_t *r)
 {
-	while (!atomic_load_explicit(&j->err, memory_order_relaxed)) {
+	while (!usnap_latch_err(&j->fail)) {
 		size_t i = atomic_fetch_add(&j->next, 1);
 
 		if (i >= j->nchunks || place(j, r, i))
@@ -272,7 +265,6 @@ static int run(uffdsnap_reader_t *r, unsigned id, const char *name, uint64_t len
 	j->page_shift = (uint32_t)__builtin_ctz(info.page_size);
 	j->npages = length / info.page_size;
 	j->nchunks = usnap_reader_nchunks(r, id);
-	pthread_mutex_init(&j->msg_lock, NULL);
 	j->claimed = calloc((j->npages + 63) / 64, sizeof(*j->claimed));
 	n = thread_count(opts, j->nchunks);
 	if (!j->claimed) {
@@ -299,8 +291,8 @@ static int run(uffdsnap_reader_t *r, unsigned id, const char *name, uint64_t len
 	}
 	st.threads++;
 	placed = j->pages_data + j->pages_zero;
-	if ((rc = j->err))
-		usnap_err(rc, "region '%s': %s", name, j->msg);
+	if ((rc = usnap_latch_err(&j->fail)))
+		usnap_err(rc, "region '%s': %s", name, usnap_latch_msg(&j->fail));
 	else if (placed != j->npages)
 		rc = usnap_err(-EBADMSG, "region '%s': %" PRIu64 " of its %" PRIu64 " pages are not recorded in the "
 			       "snapshot", name, j->npages - placed, j->npages);
@@ -312,7 +304,6 @@ static int run(uffdsnap_reader_t *r, unsigned id, const char *name, uint64_t len
 	st.chunks = j->nchunks;
 	stats_out(stats, &st);
 out:
-	pthread_mutex_destroy(&j->msg_lock);
 	free(j->claimed);
 	free(j);
 	return rc;

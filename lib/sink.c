@@ -245,7 +245,7 @@ static void write_failed_end(uffdsnap_snap_t *s)
 	uint8_t end[USNAP_END_LEN];
 	size_t off = 0;
 
-	fill_end(s, end, atomic_load(&s->err), 0);
+	fill_end(s, end, usnap_latch_err(&s->fail), 0);
 	if (k->kind == USNAP_SINK_CALLBACK) {
 		k->fn(k->user, end, sizeof(end));
 		return;
@@ -264,16 +264,15 @@ static void io_finish(uffdsnap_snap_t *s, bool ok)
 {
 	struct usnap_io *io = &s->io;
 	struct uffdsnap_sink *k = s->sink;
-	int expect = 0;
 
 	io->finished = true;
-	if (ok && !atomic_compare_exchange_strong(&s->err, &expect, USNAP_COMMITTED))
+	if (ok && !usnap_latch_close(&s->fail))
 		ok = false;
 	if (ok && k->kind == USNAP_SINK_FILE) {
-		/* Committed: nobody else writes err or errmsg any more. The
-		 * commit closes the file (checked) before the rename and unlinks
-		 * it if anything fails: uffdsnap_wait() returns that error. */
-		char msg[sizeof(s->errmsg)];
+		/* Committed: the latch is closed, only this thread may reopen it.
+		 * The commit closes the file (checked) before the rename and
+		 * unlinks it if anything fails: uffdsnap_wait() returns that error. */
+		char msg[sizeof(s->fail.msg)];
 		int rc = usnap_out_commit(k->fd, k->tmp_path, k->path, s->flags & UFFDSNAP_OPT_FSYNC, msg,
 					  sizeof(msg));
 
@@ -281,9 +280,7 @@ static void io_finish(uffdsnap_snap_t *s, bool ok)
 		free(k->tmp_path);
 		k->tmp_path = NULL;
 		if (rc) {
-			memcpy(s->errmsg, msg, sizeof(msg));
-			atomic_store(&s->errmsg_set, true);
-			atomic_store(&s->err, rc);
+			usnap_latch_reopen(&s->fail, rc, msg);
 			ok = false;
 		}
 	}

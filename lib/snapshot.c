@@ -167,19 +167,14 @@ void usnap_job_put(uffdsnap_snap_t *s, struct usnap_job *j)
 void usnap_fail(uffdsnap_snap_t *s, int err, const char *fmt, ...)
 {
 	static const uint64_t one = 1;
-	int expect = 0;
 	va_list ap;
+	int had;
 
-	if (err >= 0)
-		err = -EIO;
-	if (atomic_compare_exchange_strong(&s->err, &expect, err)) {
-		va_start(ap, fmt);
-		usnap_vformat(s->errmsg, sizeof(s->errmsg), fmt, ap);
-		va_end(ap);
-		atomic_store(&s->errmsg_set, true);
-	} else if (expect == USNAP_COMMITTED) {
+	va_start(ap, fmt);
+	had = usnap_latch_vset(&s->fail, err, fmt, ap);
+	va_end(ap);
+	if (had == USNAP_LATCH_CLOSED)
 		return; /* finished already: a late cancel changes nothing */
-	}
 	atomic_store(&s->abort, true);
 	if (write(s->ctl_efd, &one, sizeof(one)) < 0) {
 		/* counter already set */
@@ -440,8 +435,8 @@ static int snap_begin(uffdsnap_t *ctx, uffdsnap_sink_t *sink, uffdsnap_snap_t **
 		usnap_fail(s, r, "%s", uffdsnap_last_error());
 		give_go(s); /* the threads waiting for it see the failure and exit */
 		snap_join(s);
-		/* The first error, not a consequence of it; errmsg is final once joined. */
-		r = usnap_err(atomic_load(&s->err), "%s", s->errmsg);
+		/* The first error, not a consequence of it; final once joined. */
+		r = usnap_err(usnap_latch_err(&s->fail), "%s", usnap_latch_msg(&s->fail));
 		snap_destroy(s);
 		return r;
 	}
@@ -514,8 +509,8 @@ static void snap_join(uffdsnap_snap_t *s)
 		pthread_mutex_unlock(&ctx->lock);
 		s->ctx = NULL;
 	}
-	atomic_store(&s->state, atomic_load(&s->err) == USNAP_COMMITTED ? UFFDSNAP_STATE_DONE
-									 : UFFDSNAP_STATE_FAILED);
+	atomic_store(&s->state, usnap_latch_err(&s->fail) == USNAP_LATCH_CLOSED ? UFFDSNAP_STATE_DONE
+										: UFFDSNAP_STATE_FAILED);
 	s->joined = true;
 	pthread_mutex_unlock(&s->join_lock);
 }
@@ -527,8 +522,8 @@ USNAP_EXPORT int uffdsnap_wait(uffdsnap_snap_t *s)
 	if (!s)
 		return usnap_err(-EINVAL, "snap is NULL");
 	snap_join(s);
-	err = atomic_load(&s->err);
-	return err == USNAP_COMMITTED ? 0 : err;
+	err = usnap_latch_err(&s->fail);
+	return err == USNAP_LATCH_CLOSED ? 0 : err;
 }
 
 USNAP_EXPORT int uffdsnap_done(const uffdsnap_snap_t *s)
@@ -549,13 +544,7 @@ USNAP_EXPORT const char *uffdsnap_snap_error(const uffdsnap_snap_t *s)
 {
 	if (!s)
 		return "snap is NULL";
-	int err = atomic_load(&((uffdsnap_snap_t *)s)->err);
-
-	/* The first error wins the CAS on err and writes its message after:
-	 * until it has, the errno's text stands in for it, never half a message */
-	if (err >= 0)
-		return "";
-	return atomic_load(&((uffdsnap_snap_t *)s)->errmsg_set) ? s->errmsg : uffdsnap_strerror(err);
+	return usnap_latch_msg(&s->fail);
 }
 
 USNAP_EXPORT int uffdsnap_snap_stats(const uffdsnap_snap_t *cs, uffdsnap_stats_t *out)
@@ -572,10 +561,10 @@ USNAP_EXPORT int uffdsnap_snap_stats(const uffdsnap_snap_t *cs, uffdsnap_stats_t
 		return -EINVAL;
 	memset(&st, 0, sizeof(st));
 	st.size = out->size;
-	err = atomic_load(&s->err);
+	err = usnap_latch_err(&s->fail);
 	end = atomic_load(&s->end_ns);
 	wend = atomic_load(&s->window_end_ns);
-	st.state = !end ? UFFDSNAP_STATE_RUNNING : err == USNAP_COMMITTED ? UFFDSNAP_STATE_DONE
+	st.state = !end ? UFFDSNAP_STATE_RUNNING : err == USNAP_LATCH_CLOSED ? UFFDSNAP_STATE_DONE
 									  : UFFDSNAP_STATE_FAILED;
 	st.error = err < 0 ? err : 0;
 	st.begin_ns = s->begin_ns;

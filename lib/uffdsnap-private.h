@@ -20,6 +20,7 @@
  *   migrate.c   live migration: sender rounds, receiver (migrate.h: the wire protocol)
  *   inject.c    test-only fault injection (never in the installed library)
  *   errors.c    errno texts and the per-thread error detail
+ *   latch.c     the failure latch: first error wins, with its message (latch.h)
  */
 #ifndef UFFDSNAP_PRIVATE_H
 #define UFFDSNAP_PRIVATE_H
@@ -35,6 +36,7 @@
 
 #include "uffdsnap.h"
 #include "format.h"
+#include "latch.h"
 
 #define USNAP_EXPORT __attribute__((visibility("default")))
 
@@ -266,9 +268,6 @@ struct usnap_parent {
 	char why[384];
 };
 
-/* snap->err once the I/O stage has committed to success: later failures lose. */
-#define USNAP_COMMITTED 1
-
 struct uffdsnap {
 	int uffd[USNAP_OWN_SPACES]; /* by usnap_kind_uffd() */
 	uint64_t features;          /* what the kernel offers */
@@ -365,10 +364,9 @@ struct uffdsnap_snap {
 	uint32_t depth;             /* 0: full; a delta: its parent's + 1 */
 	uint64_t zero_fp;           /* the fingerprint of a zero page */
 
-	/* failure: first error wins */
-	_Atomic int err;
-	char errmsg[512];
-	_Atomic bool errmsg_set;    /* errmsg is complete: err is set before the message is written */
+	/* failure: first error wins; closed (USNAP_LATCH_CLOSED) once the I/O
+	 * stage has committed to success, and later failures lose */
+	struct usnap_latch fail;
 	_Atomic bool abort;
 	int ctl_efd;                /* wakes the handler: abort, or a job was freed */
 
