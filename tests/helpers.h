@@ -100,6 +100,19 @@ int t_wait_child(pid_t pid, unsigned seconds, const char *what);
  * alarm() so that it cannot outlive the test. */
 void t_sigbus_child(void);
 
+/* Process accounting, for tests that a failure leaks nothing: open fds,
+ * a field of /proc/self/status ("Threads", "RssAnon": its number, -1 if
+ * absent), bytes in use on the main heap (exact only without glibc's tcache:
+ * t_exec_without_tcache), and a listing of the open fds for a failure's
+ * message. */
+int t_fd_count(void);
+void t_fd_list(void);
+long t_proc_status(const char *key);
+size_t t_heap_used(void);
+/* Re-execute this program once with glibc's tcache off (not under a
+ * sanitizer, whose allocator is not glibc's); returns in the re-executed one. */
+void t_exec_without_tcache(char **argv);
+
 /* ---- memory regions (t-mem.c) ----------------------------------------------------- */
 
 enum t_mem_kind {
@@ -283,6 +296,18 @@ bool t_writers_wait_progress(struct t_writers *w, unsigned long long min, unsign
 void t_writers_stop(struct t_writers *w, unsigned seconds);
 /* Join (without setting stop) each writer with a timeout; fails on hang. */
 void t_writers_join(struct t_writers *w, unsigned seconds);
+
+/* A writer fn (arg: a struct t_span) storing one byte at a time to random
+ * pages of the span until stopped. */
+struct t_span {
+	uint8_t *addr;
+	size_t npages;
+};
+void t_span_writer(struct t_writers *w, unsigned idx);
+/* After a snapshot ended (`what` names the run): nothing of m protected, and
+ * every writer stores again within 5 s (none blocked on a fault); then stop
+ * the writers. */
+void t_assert_released(struct t_mem *m, struct t_writers *w, const char *what);
 
 /* ---- fixtures (t-snap.c) ---------------------------------------------------------- */
 

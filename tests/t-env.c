@@ -8,6 +8,7 @@
 #include <errno.h>
 #include <fcntl.h>
 #include <libgen.h>
+#include <malloc.h>
 #include <signal.h>
 #include <stdarg.h>
 #include <stdlib.h>
@@ -224,6 +225,74 @@ void t_sigbus_child(void)
 	setrlimit(RLIMIT_CORE, &no_core);
 	signal(SIGBUS, SIG_DFL);
 	alarm(30);
+}
+
+/* ---- process accounting ---------------------------------------------------- */
+
+int t_fd_count(void)
+{
+	DIR *d = opendir("/proc/self/fd");
+	struct dirent *e;
+	int n = 0;
+
+	ck_assert(d != NULL);
+	while ((e = readdir(d)))
+		if (e->d_name[0] != '.')
+			n++;
+	closedir(d);
+	return n - 1; /* the DIR's own fd */
+}
+
+void t_fd_list(void)
+{
+	DIR *d = opendir("/proc/self/fd");
+	struct dirent *e;
+	char p[300], t[PATH_MAX];
+
+	while (d && (e = readdir(d))) {
+		ssize_t n;
+		if (e->d_name[0] == '.')
+			continue;
+		snprintf(p, sizeof(p), "/proc/self/fd/%s", e->d_name);
+		n = readlink(p, t, sizeof(t) - 1);
+		t[n > 0 ? n : 0] = '\0';
+		printf("    fd %s -> %s\n", e->d_name, t);
+	}
+	if (d)
+		closedir(d);
+}
+
+long t_proc_status(const char *key)
+{
+	FILE *f = fopen("/proc/self/status", "re");
+	char line[256];
+	size_t k = strlen(key);
+	long v = -1;
+
+	ck_assert(f != NULL);
+	while (fgets(line, sizeof(line), f))
+		if (!strncmp(line, key, k) && line[k] == ':' && sscanf(line + k + 1, "%ld", &v) == 1)
+			break;
+	fclose(f);
+	return v;
+}
+
+/* Exact to the allocation once glibc's tcache is off (it keeps freed chunks
+ * counted as in use): t_exec_without_tcache. */
+size_t t_heap_used(void)
+{
+	return mallinfo2().uordblks;
+}
+
+void t_exec_without_tcache(char **argv)
+{
+	if (T_SANITIZED || getenv("USNAP_TCACHE_OFF"))
+		return;
+	setenv("GLIBC_TUNABLES", "glibc.malloc.tcache_count=0", 1);
+	setenv("USNAP_TCACHE_OFF", "1", 1);
+	execv("/proc/self/exe", argv);
+	perror("re-executing without tcache");
+	exit(1);
 }
 
 /* ---- files and directories ----------------------------------------------------- */

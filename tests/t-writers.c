@@ -1,6 +1,7 @@
 /* SPDX-License-Identifier: LGPL-2.1-or-later */
 /*
- * Test helpers, writer threads: start, wait for progress, stop (see helpers.h).
+ * Test helpers, writer threads: start, wait for progress, stop; a random-store
+ * writer and the check that a snapshot released every writer (see helpers.h).
  */
 #include <string.h>
 #include <unistd.h>
@@ -61,4 +62,36 @@ void t_writers_stop(struct t_writers *w, unsigned seconds)
 {
 	atomic_store(&w->stop, true);
 	t_writers_join(w, seconds);
+}
+
+void t_span_writer(struct t_writers *w, unsigned idx)
+{
+	struct t_span *b = w->arg;
+	uint64_t rng = 1234 + idx;
+
+	while (!atomic_load_explicit(&w->stop, memory_order_relaxed)) {
+		uint64_t r = t_splitmix64(&rng);
+		__atomic_store_n(&b->addr[(r % b->npages) * t_page + (r >> 52)], (uint8_t)r, __ATOMIC_RELAXED);
+		atomic_fetch_add_explicit(&w->progress[idx], 1, memory_order_relaxed);
+	}
+}
+
+void t_assert_released(struct t_mem *m, struct t_writers *w, const char *what)
+{
+	unsigned long long p0[64];
+	long prot = t_pagemap_protected(m->addr, m->len);
+
+	ck_assert_msg(prot == 0, "%s: %ld pages still protected after the snapshot ended", what, prot);
+	for (unsigned i = 0; i < w->n; i++)
+		p0[i] = atomic_load(&w->progress[i]);
+	/* A writer starved of CPU for a moment is not a writer blocked on a
+	 * fault: give each up to 5 s to make one more store. */
+	for (unsigned i = 0; i < w->n; i++) {
+		uint64_t t0 = t_now_ns();
+		while (atomic_load(&w->progress[i]) == p0[i] && t_ms_since(t0) < 5000)
+			usleep(1000);
+		ck_assert_msg(atomic_load(&w->progress[i]) > p0[i], "%s: writer %u made no progress in 5 s after the "
+			      "snapshot ended (blocked on a fault)", what, i);
+	}
+	t_writers_stop(w, 10);
 }

@@ -33,20 +33,6 @@ static void bb_writer(struct t_writers *w, unsigned idx)
 	}
 }
 
-static long rss_anon_kib(void)
-{
-	char line[256];
-	long v = -1;
-	FILE *f = fopen("/proc/self/status", "re");
-
-	ck_assert(f != NULL);
-	while (fgets(line, sizeof(line), f))
-		if (sscanf(line, "RssAnon: %ld kB", &v) == 1)
-			break;
-	fclose(f);
-	return v;
-}
-
 START_TEST(buffer_bound_slow_sink)
 {
 	/* under a sanitizer 64 MiB, still 16 times the bound (the RSS check,
@@ -73,7 +59,7 @@ START_TEST(buffer_bound_slow_sink)
 	uffdsnap_opts_init(&o);
 	o.buffer_bytes = bound;
 	o.compress_threads = 2;
-	rss0 = rss_anon_kib(); /* before the context: its buffers are allocated and pre-faulted by uffdsnap_new() */
+	rss0 = t_proc_status("RssAnon"); /* before the context: its buffers are allocated and pre-faulted by uffdsnap_new() */
 	ctx = t_ctx_new(&o);
 	t_add(ctx, "pool", m.addr, len);
 	t_tmpdir(dir);
@@ -84,13 +70,13 @@ START_TEST(buffer_bound_slow_sink)
 	atomic_store(&cb.sleep_us, 2000); /* ~128 MiB/s at 256 KiB records: slower than the writers dirty pages */
 	b.addr = m.addr;
 	b.len = len;
-	rss_ctx = rss_anon_kib();
+	rss_ctx = t_proc_status("RssAnon");
 
 	r = uffdsnap_begin(ctx, t_cb_sink(&cb), &s);
 	ck_assert_msg(r == 0, "begin: %d (%s)", r, uffdsnap_last_error());
 	t_writers_start(&w, 2, bb_writer, &b); /* started after the instant: the reference stays exact */
 	while (!uffdsnap_done(s)) {
-		long rss = rss_anon_kib();
+		long rss = t_proc_status("RssAnon");
 		if (rss > rss_max)
 			rss_max = rss;
 		samples++;

@@ -37,22 +37,7 @@ static void rw_writer(struct t_writers *w, unsigned idx)
  * and stops when told. */
 static void assert_released(struct t_mem *m, struct t_writers *w, const char *what)
 {
-	unsigned long long p0[64];
-	long prot = t_pagemap_protected(m->addr, m->len);
-
-	ck_assert_msg(prot == 0, "%s: %ld pages still protected after the failure", what, prot);
-	for (unsigned i = 0; i < w->n; i++)
-		p0[i] = atomic_load(&w->progress[i]);
-	/* A writer starved of CPU for a moment is not a writer blocked on a
-	 * fault: give each up to 5 s to make one more store. */
-	for (unsigned i = 0; i < w->n; i++) {
-		uint64_t t0 = t_now_ns();
-		while (atomic_load(&w->progress[i]) == p0[i] && t_ms_since(t0) < 5000)
-			usleep(10 * 1000);
-		ck_assert_msg(atomic_load(&w->progress[i]) > p0[i], "%s: writer %u made no progress in 5 s after "
-			      "the failure (blocked on a fault)", what, i);
-	}
-	t_writers_stop(w, 10);
+	t_assert_released(m, w, what);
 	ck_assert_int_eq(t_pagemap_protected(m->addr, m->len), 0);
 }
 

@@ -13,19 +13,16 @@
  *     progress and joins, the fd count and the thread count are back to
  *     their baseline;
  * and over the whole sweep the heap does not grow.
- * The same sweep runs over the reader (open, verify, read, extract), and
- * cancel / snap_free / free are fired from another thread at random moments
- * while writers are blocked in faults.
+ * The same sweep runs over the reader (open, verify, read, extract).
+ * (Cancel / snap_free / free fired from another thread: test-inject-kill.c.)
  *
  * The kernel side of a sink write is covered too: write(2)/writev(2) are
  * interposed for the fd of an fd sink to return EINTR or a short count at
  * call N; libuv must retry and the snapshot must succeed exactly.
  */
-#include <dirent.h>
 #include <dlfcn.h>
 #include <errno.h>
 #include <fcntl.h>
-#include <malloc.h>
 #include <stdlib.h>
 #include <string.h>
 #include <sys/stat.h>
@@ -45,100 +42,6 @@
 #else
 #define STEP 1
 #endif
-
-/* ---- process accounting ---------------------------------------------------------- */
-
-static int fd_count(void)
-{
-	DIR *d = opendir("/proc/self/fd");
-	struct dirent *e;
-	int n = 0;
-
-	ck_assert(d != NULL);
-	while ((e = readdir(d)))
-		if (e->d_name[0] != '.')
-			n++;
-	closedir(d);
-	return n - 1; /* the DIR's own fd */
-}
-
-static void fd_list(void)
-{
-	DIR *d = opendir("/proc/self/fd");
-	struct dirent *e;
-	char p[300], t[PATH_MAX];
-
-	while (d && (e = readdir(d))) {
-		ssize_t n;
-		if (e->d_name[0] == '.')
-			continue;
-		snprintf(p, sizeof(p), "/proc/self/fd/%s", e->d_name);
-		n = readlink(p, t, sizeof(t) - 1);
-		t[n > 0 ? n : 0] = '\0';
-		printf("    fd %s -> %s\n", e->d_name, t);
-	}
-	if (d)
-		closedir(d);
-}
-
-static int thread_count(void)
-{
-	FILE *f = fopen("/proc/self/status", "re");
-	char line[256];
-	int n = -1;
-
-	ck_assert(f != NULL);
-	while (fgets(line, sizeof(line), f))
-		if (sscanf(line, "Threads: %d", &n) == 1)
-			break;
-	fclose(f);
-	return n;
-}
-
-/* Bytes in use on the main heap. main() turns glibc's tcache off (it keeps
- * freed chunks counted as in use), so this is exact to the allocation. */
-static size_t heap_used(void)
-{
-	return mallinfo2().uordblks;
-}
-
-/* ---- writers ----------------------------------------------------------------------- */
-
-struct rw_state {
-	uint8_t *addr;
-	size_t npages;
-};
-
-static void rw_writer(struct t_writers *w, unsigned idx)
-{
-	struct rw_state *b = w->arg;
-	uint64_t rng = 1234 + idx;
-
-	while (!atomic_load_explicit(&w->stop, memory_order_relaxed)) {
-		uint64_t r = t_splitmix64(&rng);
-		__atomic_store_n(&b->addr[(r % b->npages) * t_page + (r >> 52)], (uint8_t)r, __ATOMIC_RELAXED);
-		atomic_fetch_add_explicit(&w->progress[idx], 1, memory_order_relaxed);
-	}
-}
-
-/* Nothing protected; every writer stores again and joins. */
-static void assert_released(struct t_mem *m, struct t_writers *w, const char *what)
-{
-	unsigned long long p0[64];
-	long prot = t_pagemap_protected(m->addr, m->len);
-
-	ck_assert_msg(prot == 0, "%s: %ld pages still protected after the snapshot ended", what, prot);
-	for (unsigned i = 0; i < w->n; i++)
-		p0[i] = atomic_load(&w->progress[i]);
-	for (unsigned i = 0; i < w->n; i++) {
-		uint64_t t0 = t_now_ns();
-		while (atomic_load(&w->progress[i]) == p0[i] && t_ms_since(t0) < 5000)
-			usleep(1000);
-		ck_assert_msg(atomic_load(&w->progress[i]) > p0[i], "%s: writer %u made no progress in 5 s after the "
-			      "snapshot ended (blocked on a fault)", what, i);
-	}
-	t_writers_stop(w, 10);
-}
 
 /* ---- one injected run ------------------------------------------------------------- */
 
@@ -175,7 +78,7 @@ static struct run_result inject_run(enum usnap_inject_point point, unsigned long
 	struct run_result res = { 0 };
 	struct t_mem m, m2;
 	struct t_writers w = { 0 };
-	struct rw_state b;
+	struct t_span b;
 	struct t_cb cb;
 	uffdsnap_opts_t o;
 	uffdsnap_t *ctx = NULL;
@@ -230,8 +133,8 @@ static struct run_result inject_run(enum usnap_inject_point point, unsigned long
 		goto failed_early;
 	res.stage = 3;
 	r = uffdsnap_begin(ctx, k, &s);
-	b = (struct rw_state){ m.addr, run_len / t_page };
-	t_writers_start(&w, 2, rw_writer, &b);
+	b = (struct t_span){ m.addr, run_len / t_page };
+	t_writers_start(&w, 2, t_span_writer, &b);
 	if (r)
 		goto failed_early;
 	res.stage = 4;
@@ -250,7 +153,7 @@ failed_early:
 	ck_assert_msg(s == NULL, "%s: a failed begin returned a snapshot handle", what);
 done:
 	if (w.n)
-		assert_released(&m, &w, what);
+		t_assert_released(&m, &w, what);
 	uffdsnap_snap_free(s);
 	uffdsnap_free(ctx);
 	usnap_inject_disarm();
@@ -309,8 +212,8 @@ static void sweep(enum usnap_inject_point point, int err, int mode, enum sink_ki
 	/* warm up (stdio, libuv and zstd internals allocate once) */
 	usnap_inject_disarm();
 	inject_run(point, 0, err, mode, sink, "warm-up");
-	fds0 = fd_count();
-	thr0 = thread_count();
+	fds0 = t_fd_count();
+	thr0 = (int)t_proc_status("Threads");
 	for (unsigned pass = 0; pass < passes; pass++) {
 		for (n = 1;; n += step) {
 			struct run_result res;
@@ -329,19 +232,19 @@ static void sweep(enum usnap_inject_point point, int err, int mode, enum sink_ki
 			if (!res.fired)
 				ck_assert_msg(!res.err, "%s: nothing was injected but the run failed at stage %d: %d",
 					      what, res.stage, res.err);
-			if (fd_count() != fds0) {
-				fd_list();
-				ck_abort_msg("%s: %d fds open after the run, %d before the sweep", what, fd_count(), fds0);
+			if (t_fd_count() != fds0) {
+				t_fd_list();
+				ck_abort_msg("%s: %d fds open after the run, %d before the sweep", what, t_fd_count(), fds0);
 			}
-			ck_assert_msg(thread_count() == thr0, "%s: %d threads after the run, %d before", what,
-				      thread_count(), thr0);
+			ck_assert_msg((int)t_proc_status("Threads") == thr0, "%s: %d threads after the run, %d before", what,
+				      (int)t_proc_status("Threads"), thr0);
 			if (pass == 0 && n == 1 + 2 * step)
-				heap0 = heap_used(); /* a few runs in: every cache is warm */
+				heap0 = t_heap_used(); /* a few runs in: every cache is warm */
 			if (!res.fired)
 				break;
 			ck_assert_msg(n < 100000, "%s: the sweep does not end", what);
 		}
-		heap_end[pass] = heap_used();
+		heap_end[pass] = t_heap_used();
 	}
 	if (passes < 1 || passes > 64)
 		ck_abort_msg("USNAP_INJECT_PASSES must be 1..64");
@@ -488,7 +391,7 @@ static void sys_sweep(int mode, const char *label)
 	for (n = 1;; n++) {
 		struct t_mem m;
 		struct t_writers w = { 0 };
-		struct rw_state b;
+		struct t_span b;
 		uffdsnap_opts_t o;
 		uffdsnap_t *ctx;
 		uffdsnap_snap_t *s;
@@ -518,13 +421,13 @@ static void sys_sweep(int mode, const char *label)
 		atomic_store(&sys_fd, fd);
 		r = uffdsnap_begin(ctx, k, &s);
 		ck_assert_msg(r == 0, "begin: %d (%s)", r, uffdsnap_last_error());
-		b = (struct rw_state){ m.addr, run_len / t_page };
-		t_writers_start(&w, 2, rw_writer, &b);
+		b = (struct t_span){ m.addr, run_len / t_page };
+		t_writers_start(&w, 2, t_span_writer, &b);
 		r = uffdsnap_wait(s);
 		atomic_store(&sys_fd, -1);
 		ck_assert_msg(r == 0, "%s at write %lu: the snapshot failed: %d (%s)", label, n, r,
 			      uffdsnap_snap_error(s));
-		assert_released(&m, &w, label);
+		t_assert_released(&m, &w, label);
 		uffdsnap_snap_free(s);
 		uffdsnap_free(ctx);
 		close(fd);
@@ -535,8 +438,8 @@ static void sys_sweep(int mode, const char *label)
 		t_mem_free(&m);
 		runs++;
 		if (fds0 < 0)
-			fds0 = fd_count();
-		ck_assert_int_eq(fd_count(), fds0);
+			fds0 = t_fd_count();
+		ck_assert_int_eq(t_fd_count(), fds0);
 		if (!atomic_load(&sys_fired))
 			break;
 	}
@@ -591,7 +494,7 @@ START_TEST(inject_reader_alloc)
 	uffdsnap_snap_free(s);
 	uffdsnap_free(ctx);
 
-	fds0 = fd_count();
+	fds0 = t_fd_count();
 	for (n = 0;; n++) {
 		uffdsnap_reader_t *r = NULL;
 		int e, ofd, stage = 0;
@@ -620,196 +523,21 @@ START_TEST(inject_reader_alloc)
 			free(o2);
 		}
 		uffdsnap_reader_free(r);
-		ck_assert_int_eq(fd_count(), fds0);
+		ck_assert_int_eq(t_fd_count(), fds0);
 		if (n == 3)
-			heap0 = heap_used();
+			heap0 = t_heap_used();
 		if (n && !usnap_inject_fired())
 			break;
 	}
 	if (!T_SANITIZED)
-		ck_assert_msg(heap_used() <= heap0 + 4 * KiB, "reader: heap grew from %zu to %zu", heap0, heap_used());
+		ck_assert_msg(t_heap_used() <= heap0 + 4 * KiB, "reader: heap grew from %zu to %zu", heap0, t_heap_used());
 	printf("reader alloc sweep: %lu allocations, each failing once: %lu runs failed with -ENOMEM, the rest read "
-	       "exactly; fds %d; heap %zu -> %zu\n", n - 1, failed, fds0, heap0, heap_used());
+	       "exactly; fds %d; heap %zu -> %zu\n", n - 1, failed, fds0, heap0, t_heap_used());
 	ck_assert_uint_ge(failed, 5);
 	t_rmdir(dir);
 	t_buf_free(buf, len);
 	t_buf_free(ref, len);
 	t_mem_free(&m);
-}
-END_TEST
-
-/* ---- cancel, snap_free, free from another thread ---------------------------------------- */
-
-enum kill_how { KILL_CANCEL, KILL_SNAP_FREE, KILL_FREE };
-static const char *const kill_name[] = { "uffdsnap_cancel", "uffdsnap_snap_free", "uffdsnap_free" };
-
-struct killer {
-	enum kill_how how;
-	unsigned delay_us;
-	uffdsnap_t *ctx;
-	uffdsnap_snap_t *s;
-	_Atomic bool fired, done;
-	uffdsnap_stats_t st;  /* at the moment of the kill */
-};
-
-static void *killer_main(void *arg)
-{
-	struct killer *kl = arg;
-
-	usleep(kl->delay_us);
-	kl->st.size = sizeof(kl->st);
-	uffdsnap_snap_stats(kl->s, &kl->st);
-	atomic_store(&kl->fired, true);
-	if (kl->how == KILL_CANCEL)
-		uffdsnap_cancel(kl->s);
-	else if (kl->how == KILL_SNAP_FREE)
-		uffdsnap_snap_free(kl->s);
-	else
-		uffdsnap_free(kl->ctx);
-	atomic_store(&kl->done, true);
-	return NULL;
-}
-
-/*
- * `gate`: the sink blocks until the kill, so every buffer is in flight and
- * the writers are blocked in faults waiting for one; they must be released
- * by the kill while the sink is still stuck. Otherwise a slow sink and a
- * random moment.
- */
-static void kill_round(enum kill_how how, bool gate, unsigned delay_us, unsigned long *while_blocked,
-		       unsigned long *cancelled)
-{
-	const size_t len = 8 * MiB;
-	struct t_mem m;
-	struct t_writers w = { 0 };
-	struct rw_state b;
-	struct t_cb cb;
-	struct killer kl = { 0 };
-	uffdsnap_opts_t o;
-	uffdsnap_t *ctx;
-	uffdsnap_snap_t *s;
-	pthread_t t;
-	char what[128];
-	int r;
-
-	snprintf(what, sizeof(what), "%s%s after %u us", kill_name[how], gate ? " (sink stuck)" : "", delay_us);
-	t_memfd(&m, len);
-	t_fill_random(m.addr, len, delay_us);
-	t_cb_init(&cb, -1);
-	if (gate)
-		t_cb_gate(&cb, true);
-	else
-		atomic_store(&cb.sleep_us, 200);
-	uffdsnap_opts_init(&o);
-	o.chunk_bytes = 64 * KiB;
-	o.buffer_bytes = 1 * MiB;
-	ctx = t_ctx_new(&o);
-	t_add(ctx, "r", m.addr, len);
-	ck_assert_int_eq(uffdsnap_begin(ctx, t_cb_sink(&cb), &s), 0);
-	b = (struct rw_state){ m.addr, len / t_page };
-	t_writers_start(&w, 2, rw_writer, &b);
-	if (gate) {
-		/* every buffer in flight: each writer ends up waiting in a fault */
-		uint64_t t0 = t_now_ns();
-		bool stalled = false;
-		ck_assert(t_cb_wait_blocked(&cb, 10));
-		while (!stalled && t_ms_since(t0) < 5000) {
-			unsigned long long p0[64];
-			for (unsigned i = 0; i < w.n; i++)
-				p0[i] = atomic_load(&w.progress[i]);
-			usleep(20 * 1000);
-			stalled = true;
-			for (unsigned i = 0; i < w.n; i++)
-				stalled &= atomic_load(&w.progress[i]) == p0[i];
-		}
-		ck_assert_msg(stalled, "%s: the writers never blocked although the sink is stuck", what);
-		(*while_blocked)++;
-	}
-	kl = (struct killer){ .how = how, .delay_us = delay_us, .ctx = ctx, .s = s };
-	ck_assert_int_eq(pthread_create(&t, NULL, killer_main, &kl), 0);
-	if (gate) {
-		/* writers released while the sink is still stuck */
-		while (!atomic_load(&kl.fired))
-			usleep(100);
-		{
-			unsigned long long p0[64];
-			for (unsigned i = 0; i < w.n; i++)
-				p0[i] = atomic_load(&w.progress[i]);
-			for (unsigned i = 0; i < w.n; i++) {
-				uint64_t t0 = t_now_ns();
-				while (atomic_load(&w.progress[i]) == p0[i] && t_ms_since(t0) < 5000)
-					usleep(1000);
-				ck_assert_msg(atomic_load(&w.progress[i]) > p0[i], "%s: writer %u still blocked while the "
-					      "sink is stuck", what, i);
-			}
-		}
-		t_cb_gate(&cb, false);
-	}
-	ck_assert_msg(t_join_timeout(t, 30) == 0, "%s: the killer thread hangs", what);
-	if (how == KILL_SNAP_FREE) {
-		s = NULL;
-	} else {
-		r = uffdsnap_wait(s);
-		ck_assert_msg(r == 0 || r == -ECANCELED, "%s: wait returned %d (%s)", what, r, uffdsnap_snap_error(s));
-		if (r == -ECANCELED) {
-			(*cancelled)++;
-			ck_assert_str_eq(uffdsnap_snap_error(s), "cancelled");
-		}
-	}
-	assert_released(&m, &w, what);
-	uffdsnap_snap_free(s);
-	if (how != KILL_FREE)
-		uffdsnap_free(ctx);
-	t_cb_destroy(&cb);
-	t_mem_free(&m);
-}
-
-static void kill_sweep(enum kill_how how)
-{
-	unsigned long rounds = T_SANITIZED ? 8 : 24, blocked = 0, cancelled = 0;
-	uint64_t rng = 99 + how, t0 = t_now_ns();
-	int fds0, thr0;
-	size_t heap0 = 0;
-
-	kill_round(how, false, 0, &blocked, &cancelled); /* warm-up */
-	fds0 = fd_count();
-	thr0 = thread_count();
-	for (unsigned long i = 0; i < rounds; i++) {
-		bool gate = i % 3 == 0;
-		kill_round(how, gate, gate ? (unsigned)(t_splitmix64(&rng) % 2000)
-					   : (unsigned)(t_splitmix64(&rng) % 40000), &blocked, &cancelled);
-		ck_assert_int_eq(fd_count(), fds0);
-		ck_assert_int_eq(thread_count(), thr0);
-		if (i == 2)
-			heap0 = heap_used();
-	}
-	if (!T_SANITIZED)
-		ck_assert_msg(heap_used() <= heap0 + 4 * KiB, "%s: heap grew from %zu to %zu", kill_name[how], heap0,
-			      heap_used());
-	printf("%s from another thread: %lu rounds, %lu while writers waited in faults, %lu cancelled; fds %d "
-	       "threads %d heap %zu -> %zu; %.1f s\n", kill_name[how], rounds, blocked, cancelled, fds0, thr0, heap0,
-	       heap_used(), t_ms_since(t0) / 1000);
-	ck_assert_uint_ge(blocked, rounds / 3);
-}
-
-START_TEST(inject_kill_cancel)
-{
-	t_watchdog(170, "inject_kill_cancel");
-	kill_sweep(KILL_CANCEL);
-}
-END_TEST
-
-START_TEST(inject_kill_snap_free)
-{
-	t_watchdog(170, "inject_kill_snap_free");
-	kill_sweep(KILL_SNAP_FREE);
-}
-END_TEST
-
-START_TEST(inject_kill_free)
-{
-	t_watchdog(170, "inject_kill_free");
-	kill_sweep(KILL_FREE);
 }
 END_TEST
 
@@ -819,15 +547,7 @@ int main(int argc, char **argv)
 	TCase *tc = tcase_create("inject");
 
 	(void)argc;
-	if (!T_SANITIZED && !getenv("USNAP_INJECT_EXECED")) {
-		/* glibc's tcache keeps freed chunks counted as in use by mallinfo2():
-		 * without it the heap checks are exact */
-		setenv("GLIBC_TUNABLES", "glibc.malloc.tcache_count=0", 1);
-		setenv("USNAP_INJECT_EXECED", "1", 1);
-		execv("/proc/self/exe", argv);
-		perror("re-executing without tcache");
-		return 1;
-	}
+	t_exec_without_tcache(argv); /* the heap checks are exact without it */
 	t_test_require_uffd();
 	tcase_set_timeout(tc, 180);
 	tcase_add_test(tc, inject_alloc);
@@ -839,9 +559,6 @@ int main(int argc, char **argv)
 	tcase_add_test(tc, inject_syscall_eintr);
 	tcase_add_test(tc, inject_syscall_short);
 	tcase_add_test(tc, inject_reader_alloc);
-	tcase_add_test(tc, inject_kill_cancel);
-	tcase_add_test(tc, inject_kill_snap_free);
-	tcase_add_test(tc, inject_kill_free);
 	suite_add_tcase(s, tc);
 	return t_run_suite(s);
 }
