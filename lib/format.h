@@ -158,4 +158,24 @@ uint32_t usnap_crc32c(uint32_t crc, const void *buf, size_t len);
 /* CRC of a record in memory: computed with hdr->crc treated as 0. */
 uint32_t usnap_rec_crc(const void *rec, uint64_t len);
 
+/* ---- writing records (record.c), for sink.c and merge.c ---- */
+
+/* Fill in the header of the record of len bytes at rec, its checksum last. */
+void usnap_rec_seal(void *rec, uint32_t type, uint64_t len);
+/* The name and length of region i of a HEAD being written. */
+typedef void usnap_region_fn(void *ctx, unsigned i, const char **name, uint64_t *length);
+/* The bytes of the HEAD record of hd (with usnap_head_delta if hd->flags says
+ * DELTA) and hd->nregions regions, and the record, sealed, at rec. */
+size_t usnap_head_rec_len(const struct usnap_head *hd, usnap_region_fn *region, void *ctx);
+void usnap_head_rec_put(uint8_t *rec, size_t len, const struct usnap_head *hd, const struct usnap_head_delta *dh,
+			usnap_region_fn *region, void *ctx);
+/* The INDX record of n entries, sealed, at rec; returns its length. */
+static inline size_t usnap_index_rec_len(uint64_t n)
+{
+	return sizeof(struct usnap_rec_hdr) + sizeof(struct usnap_index_hdr) + n * sizeof(struct usnap_index_ent);
+}
+size_t usnap_index_rec_put(uint8_t *rec, const struct usnap_index_ent *ent, uint64_t n);
+/* The END record of e, sealed, at rec (USNAP_END_LEN bytes). */
+void usnap_end_rec_put(uint8_t *rec, const struct usnap_end *e);
+
 #endif

@@ -56,16 +56,6 @@ static int mw_write(struct mw *w, const void *buf, size_t len)
 	return 0;
 }
 
-/* Fill in the header of the record of len bytes at rec, checksum last. */
-static void rec_seal(uint8_t *rec, uint32_t type, uint64_t len)
-{
-	struct usnap_rec_hdr h = { .type = type, .len = len };
-
-	memcpy(rec, &h, sizeof(h));
-	h.crc = usnap_rec_crc(rec, len);
-	memcpy(rec, &h, sizeof(h));
-}
-
 static int rec_room(struct mw *w, size_t len)
 {
 	uint8_t *p;
@@ -79,36 +69,27 @@ static int rec_room(struct mw *w, size_t len)
 	return 0;
 }
 
+static void image_region(void *ctx, unsigned i, const char **name, uint64_t *length)
+{
+	uffdsnap_region_info_t ri = { .size = sizeof(ri) };
+
+	/* the reader's own strings: valid while it is open */
+	uffdsnap_reader_region(ctx, i, &ri);
+	*name = ri.name;
+	*length = ri.length;
+}
+
 static int write_head(struct mw *w, const uffdsnap_info_t *in)
 {
 	struct usnap_head hd = { .version = USNAP_VERSION, .page_size = in->page_size, .nregions = in->nregions,
 				 .created_ns = in->created_ns };
-	size_t len = HDR_LEN + sizeof(hd), pos;
+	size_t len = usnap_head_rec_len(&hd, image_region, w->r);
 	int rc;
 
 	memcpy(hd.snap_id, in->snap_id, sizeof(hd.snap_id));
-	for (unsigned i = 0; i < in->nregions; i++) {
-		uffdsnap_region_info_t ri = { .size = sizeof(ri) };
-
-		uffdsnap_reader_region(w->r, i, &ri);
-		len += sizeof(struct usnap_region) + usnap_pad8(strlen(ri.name));
-	}
 	if ((rc = rec_room(w, len)))
 		return rc;
-	memset(w->rec, 0, len);
-	memcpy(w->rec + HDR_LEN, &hd, sizeof(hd));
-	pos = HDR_LEN + sizeof(hd);
-	for (unsigned i = 0; i < in->nregions; i++) {
-		uffdsnap_region_info_t ri = { .size = sizeof(ri) };
-		struct usnap_region e;
-
-		uffdsnap_reader_region(w->r, i, &ri);
-		e = (struct usnap_region){ .length = ri.length, .name_len = (uint32_t)strlen(ri.name) };
-		memcpy(w->rec + pos, &e, sizeof(e));
-		memcpy(w->rec + pos + sizeof(e), ri.name, e.name_len);
-		pos += sizeof(e) + usnap_pad8(e.name_len);
-	}
-	rec_seal(w->rec, USNAP_REC_HEAD, len);
+	usnap_head_rec_put(w->rec, len, &hd, NULL, image_region, w->r);
 	if ((rc = mw_write(w, USNAP_MAGIC, USNAP_MAGIC_LEN)))
 		return rc;
 	return mw_write(w, w->rec, len);
@@ -157,7 +138,7 @@ static int write_chunk(struct mw *w, unsigned id, uint64_t p0, uint32_t n, uint3
 	memcpy(w->rec + HDR_LEN, &ch, sizeof(ch));
 	memcpy(w->rec + HDR_LEN + sizeof(ch), ext, ne * sizeof(*ext));
 	memcpy(w->rec + at, ch.flags ? w->data : w->page_buf, ch.stored_len);
-	rec_seal(w->rec, USNAP_REC_CHNK, len);
+	usnap_rec_seal(w->rec, USNAP_REC_CHNK, len);
 	if (w->nidx == w->idx_cap) {
 		size_t cap = w->idx_cap ? 2 * w->idx_cap : 256;
 		struct usnap_index_ent *p = realloc(w->idx, cap * sizeof(*p));
@@ -176,21 +157,17 @@ static int write_chunk(struct mw *w, unsigned id, uint64_t p0, uint32_t n, uint3
 
 static int write_tail(struct mw *w)
 {
-	struct usnap_index_hdr ih = { .count = w->nidx };
-	size_t len = HDR_LEN + sizeof(ih) + w->nidx * sizeof(*w->idx);
+	size_t len = usnap_index_rec_len(w->nidx);
 	uint8_t end[USNAP_END_LEN];
 	int rc;
 
 	if ((rc = rec_room(w, len)))
 		return rc;
-	memcpy(w->rec + HDR_LEN, &ih, sizeof(ih));
-	memcpy(w->rec + HDR_LEN + sizeof(ih), w->idx, w->nidx * sizeof(*w->idx));
-	rec_seal(w->rec, USNAP_REC_INDX, len);
+	usnap_index_rec_put(w->rec, w->idx, w->nidx);
 	w->end.index_offset = w->off;
 	if ((rc = mw_write(w, w->rec, len)))
 		return rc;
-	memcpy(end + HDR_LEN, &w->end, sizeof(w->end));
-	rec_seal(end, USNAP_REC_END, sizeof(end));
+	usnap_end_rec_put(end, &w->end);
 	return mw_write(w, end, sizeof(end));
 }
 

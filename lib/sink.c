@@ -136,80 +136,54 @@ USNAP_EXPORT void uffdsnap_sink_free(uffdsnap_sink_t *k)
 
 /* ---- records ------------------------------------------------------------------- */
 
+static void snap_region(void *ctx, unsigned i, const char **name, uint64_t *length)
+{
+	const struct usnap_reg *r = ((uffdsnap_snap_t *)ctx)->sregs[i].reg;
+
+	*name = r->name;
+	*length = r->len;
+}
+
 int usnap_build_head(uffdsnap_snap_t *s)
 {
 	struct usnap_io *io = &s->io;
-	size_t len = sizeof(struct usnap_rec_hdr) + sizeof(struct usnap_head) +
-		     (s->delta ? sizeof(struct usnap_head_delta) : 0);
-	struct usnap_rec_hdr *rh;
-	struct usnap_head *hd;
-	uint8_t *p;
+	struct usnap_head hd = { .version = s->delta ? USNAP_VERSION_DELTA : USNAP_VERSION,
+				 .page_size = (uint32_t)s->page_size, .nregions = s->nregions,
+				 .flags = s->delta ? USNAP_HEAD_DELTA : 0, .created_ns = s->created_ns };
+	/* The region table after it equals the parent's: regions never change
+	 * without ending the chain (delta.c, usnap_delta_lost). */
+	struct usnap_head_delta dh = { .depth = s->depth };
+	size_t len;
 
-	for (unsigned i = 0; i < s->nregions; i++)
-		len += sizeof(struct usnap_region) + usnap_pad8(strlen(s->sregs[i].reg->name));
+	memcpy(hd.snap_id, s->snap_id, sizeof(hd.snap_id));
+	memcpy(dh.parent_id, s->parent_id, sizeof(dh.parent_id));
+	len = usnap_head_rec_len(&hd, snap_region, s);
 	io->head_len = USNAP_MAGIC_LEN + len;
-	if (!(io->head_rec = calloc(1, io->head_len)))
+	if (!(io->head_rec = malloc(io->head_len)))
 		return usnap_err(-ENOMEM, "allocating the snapshot header");
 	memcpy(io->head_rec, USNAP_MAGIC, USNAP_MAGIC_LEN);
-	rh = (struct usnap_rec_hdr *)(io->head_rec + USNAP_MAGIC_LEN);
-	hd = (struct usnap_head *)(rh + 1);
-	*hd = (struct usnap_head){ .version = s->delta ? USNAP_VERSION_DELTA : USNAP_VERSION,
-				   .page_size = (uint32_t)s->page_size, .nregions = s->nregions,
-				   .flags = s->delta ? USNAP_HEAD_DELTA : 0, .created_ns = s->created_ns };
-	memcpy(hd->snap_id, s->snap_id, sizeof(hd->snap_id));
-	p = (uint8_t *)(hd + 1);
-	if (s->delta) {
-		/* The region table after it equals the parent's: regions never
-		 * change without ending the chain (delta.c, usnap_delta_lost). */
-		struct usnap_head_delta dh = { .depth = s->depth };
-
-		memcpy(dh.parent_id, s->parent_id, sizeof(dh.parent_id));
-		memcpy(p, &dh, sizeof(dh));
-		p += sizeof(dh);
-	}
-	for (unsigned i = 0; i < s->nregions; i++) {
-		const struct usnap_reg *r = s->sregs[i].reg;
-		struct usnap_region e = { .length = r->len, .name_len = (uint32_t)strlen(r->name) };
-		memcpy(p, &e, sizeof(e));
-		memcpy(p + sizeof(e), r->name, e.name_len);
-		p += sizeof(e) + usnap_pad8(e.name_len);
-	}
-	*rh = (struct usnap_rec_hdr){ .type = USNAP_REC_HEAD, .len = len };
-	rh->crc = usnap_rec_crc(rh, len);
+	usnap_head_rec_put(io->head_rec + USNAP_MAGIC_LEN, len, &hd, &dh, snap_region, s);
 	return 0;
 }
 
 static void fill_end(uffdsnap_snap_t *s, uint8_t *buf, int32_t status, uint64_t index_offset)
 {
 	struct usnap_io *io = &s->io;
-	struct usnap_rec_hdr *rh = (struct usnap_rec_hdr *)buf;
-	struct usnap_end *e = (struct usnap_end *)(rh + 1);
+	struct usnap_end e = { .status = status, .index_offset = index_offset, .chunks = io->nindex,
+			       .pages_data = io->pages_data, .pages_zero = io->pages_zero, .bytes_raw = io->bytes_raw };
 
-	*e = (struct usnap_end){ .status = status, .index_offset = index_offset, .chunks = io->nindex,
-				 .pages_data = io->pages_data, .pages_zero = io->pages_zero,
-				 .bytes_raw = io->bytes_raw };
-	memcpy(e->snap_id, s->snap_id, sizeof(e->snap_id));
-	*rh = (struct usnap_rec_hdr){ .type = USNAP_REC_END, .len = USNAP_END_LEN };
-	rh->crc = usnap_rec_crc(rh, USNAP_END_LEN);
+	memcpy(e.snap_id, s->snap_id, sizeof(e.snap_id));
+	usnap_end_rec_put(buf, &e);
 }
 
 static int build_trailer(uffdsnap_snap_t *s)
 {
 	struct usnap_io *io = &s->io;
-	size_t ilen = sizeof(struct usnap_rec_hdr) + sizeof(struct usnap_index_hdr) +
-		      io->nindex * sizeof(struct usnap_index_ent);
-	struct usnap_rec_hdr *rh;
-	struct usnap_index_hdr *ih;
+	size_t ilen = usnap_index_rec_len(io->nindex);
 
 	if (!(io->trailer = malloc(ilen + USNAP_END_LEN)))
 		return -ENOMEM;
-	rh = (struct usnap_rec_hdr *)io->trailer;
-	ih = (struct usnap_index_hdr *)(rh + 1);
-	ih->count = io->nindex;
-	if (io->nindex)
-		memcpy(ih + 1, io->index, io->nindex * sizeof(struct usnap_index_ent));
-	*rh = (struct usnap_rec_hdr){ .type = USNAP_REC_INDX, .len = ilen };
-	rh->crc = usnap_rec_crc(rh, ilen);
+	usnap_index_rec_put(io->trailer, io->index, io->nindex);
 	fill_end(s, io->trailer + ilen, 0, io->offset);
 	io->trailer_len = ilen + USNAP_END_LEN;
 	return 0;
