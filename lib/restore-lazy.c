@@ -118,12 +118,6 @@ struct uffdsnap_lazy {
 
 /* ---- errors ------------------------------------------------------------------- */
 
-void usnap_log_failure(const char *msg, int err)
-{
-	usnap_log("libuffdsnap: lazy restore failed: %s (%s); a thread touching a page that is not restored gets "
-		  "SIGBUS", msg, strerror(-err));
-}
-
 __attribute__((format(printf, 3, 4))) static void lz_fail(uffdsnap_lazy_t *lz, int err, const char *fmt, ...)
 {
 	va_list ap;
@@ -133,7 +127,7 @@ __attribute__((format(printf, 3, 4))) static void lz_fail(uffdsnap_lazy_t *lz, i
 	had = usnap_latch_vset(&lz->fail, err, fmt, ap);
 	va_end(ap);
 	if (!had && !(lz->flags & UFFDSNAP_LAZY_QUIET))
-		usnap_log_failure(lz->fail.msg, err);
+		usnap_log(USNAP_LAZY_FAILED_LOG, lz->fail.msg, strerror(-err));
 }
 
 /* Wake the handler's poll(). An eventfd write fails only when its counter
@@ -317,13 +311,24 @@ static void chunk_end(uffdsnap_lazy_t *lz, struct lz_region *g, size_t i, uint8_
 	pthread_mutex_unlock(&lz->lock);
 }
 
-/* Wait until claim i of g is not BUSY any more (the other thread's). */
-static void claim_wait(uffdsnap_lazy_t *lz, struct lz_region *g, size_t i)
+/*
+ * Claim unit i of g, a chunk or a huge page (FREE -> BUSY): true if this
+ * thread has it now, and ends it with chunk_end(). Else *st is the state
+ * found; with `wait`, one BUSY (the other thread's) is waited out first, and
+ * the caller looks again: what it waited for may have placed its page.
+ */
+static bool claim(uffdsnap_lazy_t *lz, struct lz_region *g, size_t i, bool wait, uint8_t *st)
 {
-	pthread_mutex_lock(&lz->lock);
-	while (atomic_load(&g->cstate[i]) == LZ_CHUNK_BUSY)
-		pthread_cond_wait(&lz->chunk_cv, &lz->lock);
-	pthread_mutex_unlock(&lz->lock);
+	*st = LZ_CHUNK_FREE;
+	if (atomic_compare_exchange_strong(&g->cstate[i], st, LZ_CHUNK_BUSY))
+		return true;
+	if (*st == LZ_CHUNK_BUSY && wait) {
+		pthread_mutex_lock(&lz->lock);
+		while (atomic_load(&g->cstate[i]) == LZ_CHUNK_BUSY)
+			pthread_cond_wait(&lz->chunk_cv, &lz->lock);
+		pthread_mutex_unlock(&lz->lock);
+	}
+	return false;
 }
 
 /*
@@ -338,10 +343,10 @@ static int take_huge(uffdsnap_lazy_t *lz, struct lz_region *g, uffdsnap_reader_t
 	const uint64_t hp = p / g->upages, h = hp * g->upages;
 
 	for (;;) {
-		uint8_t st = LZ_CHUNK_FREE;
+		uint8_t st;
 		int rc;
 
-		if (atomic_compare_exchange_strong(&g->cstate[hp], &st, LZ_CHUNK_BUSY)) {
+		if (claim(lz, g, hp, touch, &st)) {
 			rc = place_huge(lz, g, rd, h, buf, touch, data, zero, chunks);
 			chunk_end(lz, g, hp, rc ? LZ_CHUNK_FAILED : usnap_abit(g->present, h) ? LZ_CHUNK_DONE
 												: LZ_CHUNK_FREE);
@@ -351,7 +356,6 @@ static int take_huge(uffdsnap_lazy_t *lz, struct lz_region *g, uffdsnap_reader_t
 			return usnap_latch_err(&lz->fail);
 		if (st == LZ_CHUNK_DONE || !touch)
 			return 0;
-		claim_wait(lz, g, hp);
 	}
 }
 
@@ -443,21 +447,19 @@ static int serve(uffdsnap_lazy_t *lz, struct lz_region *g, uint64_t p)
 				 &lz->chunks_fault);
 	i = usnap_reader_locate(lz->rh, g->id, p, &run_end);
 	for (;;) {
-		uint8_t st = LZ_CHUNK_FREE;
+		uint8_t st;
 
 		/* a chunk loaded already said p is zero */
 		if (usnap_abit(g->zero, p))
 			break;
-		if (atomic_compare_exchange_strong(&g->cstate[i], &st, LZ_CHUNK_BUSY)) {
+		/* BUSY: the prefetcher is placing it, one chunk's time */
+		if (claim(lz, g, i, true, &st)) {
 			if ((rc = take_chunk(lz, g, lz->rh, i, p, &lz->pages_fault, &lz->chunks_fault)))
 				return rc;
 			continue;
 		}
-		if (st == LZ_CHUNK_BUSY) {
-			/* the prefetcher is placing it: one chunk's time */
-			claim_wait(lz, g, i);
+		if (st == LZ_CHUNK_BUSY)
 			continue;
-		}
 		if (usnap_abit(g->present, p))
 			return 0;
 		if (st == LZ_CHUNK_FAILED)
@@ -636,11 +638,11 @@ static void *prefetch_main(void *arg)
 							      NULL, &lz->chunks_prefetch) == -ESRCH)
 				goto out; /* the process exited */
 		for (size_t i = 0; g->upages == 1 && i < g->nchunks && !atomic_load(&lz->closing); i++) {
-			uint8_t st = LZ_CHUNK_FREE;
+			uint8_t st;
 
 			/* taken for a fault already; a failure goes on with the next
 			 * chunk: every other one can still be restored */
-			if (atomic_compare_exchange_strong(&g->cstate[i], &st, LZ_CHUNK_BUSY) &&
+			if (claim(lz, g, i, false, &st) &&
 			    take_chunk(lz, g, lz->rp, i, UINT64_MAX, &lz->pages_prefetch, &lz->chunks_prefetch) == -ESRCH)
 				goto out; /* the process exited (a page-server client): nothing to restore into */
 		}

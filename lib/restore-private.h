@@ -37,8 +37,10 @@ int usnap_lazy_setup(uffdsnap_lazy_t **lz, uffdsnap_reader_t *r, int uffd, uint6
 int usnap_lazy_unit(uffdsnap_lazy_t *lz, unsigned i, size_t unit);
 /* Start the handler and prefetch threads. */
 int usnap_lazy_go(uffdsnap_lazy_t *lz);
-/* Log a failed lazy restore to stderr (without stdio's lock), once per restore. */
-void usnap_log_failure(const char *msg, int err);
+/* What usnap_log() says, once per restore, of a lazy restore that failed:
+ * its message and strerror() of its error. */
+#define USNAP_LAZY_FAILED_LOG \
+	"libuffdsnap: lazy restore failed: %s (%s); a thread touching a page that is not restored gets SIGBUS"
 /* Release a restore whose setup or go failed: unregister and free. */
 void usnap_lazy_abandon(uffdsnap_lazy_t *lz);
 

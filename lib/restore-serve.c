@@ -474,7 +474,7 @@ static bool watch(uffdsnap_lazy_client_t *c)
 		snprintf(c->msg, sizeof(c->msg), "the page server went away before the restore was complete%s%s",
 			 rc && rc != -EPIPE ? ": " : "", rc && rc != -EPIPE ? strerror(-rc) : "");
 		/* before the SIGBUS it explains, which may end the process */
-		usnap_log_failure(c->msg, c->err);
+		usnap_log(USNAP_LAZY_FAILED_LOG, c->msg, strerror(-c->err));
 		client_abandon(c);
 	}
 	c->state = c->err ? UFFDSNAP_LAZY_FAILED : UFFDSNAP_LAZY_DONE;
