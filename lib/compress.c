@@ -101,7 +101,7 @@ static uint32_t split_zero(uffdsnap_snap_t *s, struct usnap_job *j, struct usnap
 		}
 	}
 	if (left_out)
-		atomic_fetch_add(&s->pages_unchanged, left_out);
+		atomic_fetch_add(&s->stats.pages_unchanged, left_out);
 	return n;
 }
 
@@ -153,8 +153,8 @@ static int build_record(uffdsnap_snap_t *s, ZSTD_CCtx *cc, struct usnap_job *j, 
 		data_bytes += runs[i].len;
 	payload = (uint8_t *)(ext + n);
 	head = (size_t)(payload - j->out);
-	payload_cap = s->pool->out_cap - head;
-	if (data_bytes && !((s->flags & UFFDSNAP_OPT_ADAPT) && usnap_now_ns() < atomic_load(&s->starved_until_ns))) {
+	payload_cap = s->jobs.pool->out_cap - head;
+	if (data_bytes && !((s->flags & UFFDSNAP_OPT_ADAPT) && usnap_now_ns() < atomic_load(&s->stats.starved_until_ns))) {
 		r = compress_runs(cc, runs, nruns, data_bytes, payload, payload_cap, &stored);
 		if (r)
 			return r;
@@ -173,7 +173,7 @@ static int build_record(uffdsnap_snap_t *s, ZSTD_CCtx *cc, struct usnap_job *j, 
 		in_place = nruns + 2 <= USNAP_JOB_PARTS && s->sink->kind != USNAP_SINK_CALLBACK;
 		for (size_t i = 0, at = 0; !in_place && i < nruns; at += runs[i++].len)
 			memcpy(payload + at, runs[i].p, runs[i].len);
-		atomic_fetch_add(&s->chunks_uncompressed, 1);
+		atomic_fetch_add(&s->stats.chunks_uncompressed, 1);
 	}
 	j->out_len = usnap_pad8(head + stored);
 	*ch = (struct usnap_chunk){ .region = j->region, .nextents = n, .flags = flags,
@@ -213,7 +213,7 @@ static int build_record(uffdsnap_snap_t *s, ZSTD_CCtx *cc, struct usnap_job *j, 
 	j->nextents = n;
 	j->data_pages = (uint32_t)(data_bytes / s->page_size);
 	j->zero_pages = zero_pages;
-	atomic_fetch_add(&s->pages_zero_found, zero_found);
+	atomic_fetch_add(&s->stats.pages_zero_found, zero_found);
 	return 0;
 }
 
@@ -221,23 +221,23 @@ static struct usnap_job *next_job(uffdsnap_snap_t *s)
 {
 	struct usnap_job *j = NULL;
 
-	pthread_mutex_lock(&s->cq_lock);
+	pthread_mutex_lock(&s->cq.lock);
 	for (;;) {
-		if ((j = s->cq_fault)) {
-			if (!(s->cq_fault = j->next))
-				s->cq_fault_tail = NULL;
+		if ((j = s->cq.fault)) {
+			if (!(s->cq.fault = j->next))
+				s->cq.fault_tail = NULL;
 			break;
 		}
-		if ((j = s->cq_sweep)) {
-			if (!(s->cq_sweep = j->next))
-				s->cq_sweep_tail = NULL;
+		if ((j = s->cq.sweep)) {
+			if (!(s->cq.sweep = j->next))
+				s->cq.sweep_tail = NULL;
 			break;
 		}
-		if (s->cq_closed)
+		if (s->cq.closed)
 			break;
-		pthread_cond_wait(&s->cq_cv, &s->cq_lock);
+		pthread_cond_wait(&s->cq.cv, &s->cq.lock);
 	}
-	pthread_mutex_unlock(&s->cq_lock);
+	pthread_mutex_unlock(&s->cq.lock);
 	if (j)
 		j->next = NULL;
 	return j;
@@ -247,15 +247,15 @@ static void *worker_main(void *arg)
 {
 	uffdsnap_snap_t *s = arg;
 	ZSTD_CCtx *cc = ZSTD_createCCtx();
-	struct run *runs = malloc(sizeof(*runs) * (s->pool->chunk_bytes / s->page_size));
+	struct run *runs = malloc(sizeof(*runs) * (s->jobs.pool->chunk_bytes / s->page_size));
 	struct usnap_job *j;
 	bool last;
 
 	if (!cc || !runs)
 		usnap_fail(s, -ENOMEM, "allocating a compression context");
-	else if (ZSTD_isError(ZSTD_CCtx_setParameter(cc, ZSTD_c_compressionLevel, s->zstd_level)) ||
+	else if (ZSTD_isError(ZSTD_CCtx_setParameter(cc, ZSTD_c_compressionLevel, s->cq.zstd_level)) ||
 		 ZSTD_isError(ZSTD_CCtx_setParameter(cc, ZSTD_c_checksumFlag, 1)))
-		usnap_fail(s, -EINVAL, "zstd rejected compression level %d", s->zstd_level);
+		usnap_fail(s, -EINVAL, "zstd rejected compression level %d", s->cq.zstd_level);
 
 	while ((j = next_job(s))) {
 		int r = atomic_load(&s->abort) ? -ECANCELED : build_record(s, cc, j, runs);
@@ -269,9 +269,9 @@ static void *worker_main(void *arg)
 	}
 	ZSTD_freeCCtx(cc);
 	free(runs);
-	pthread_mutex_lock(&s->cq_lock);
-	last = --s->workers_left == 0;
-	pthread_mutex_unlock(&s->cq_lock);
+	pthread_mutex_lock(&s->cq.lock);
+	last = --s->cq.workers_left == 0;
+	pthread_mutex_unlock(&s->cq.lock);
 	if (last)
 		usnap_io_producers_done(s);
 	return NULL;
@@ -279,55 +279,77 @@ static void *worker_main(void *arg)
 
 void usnap_compress_submit(uffdsnap_snap_t *s, struct usnap_job *j)
 {
-	struct usnap_job **head = j->fault ? &s->cq_fault : &s->cq_sweep;
-	struct usnap_job **tail = j->fault ? &s->cq_fault_tail : &s->cq_sweep_tail;
+	struct usnap_job **head = j->fault ? &s->cq.fault : &s->cq.sweep;
+	struct usnap_job **tail = j->fault ? &s->cq.fault_tail : &s->cq.sweep_tail;
 
 	j->next = NULL;
-	pthread_mutex_lock(&s->cq_lock);
+	pthread_mutex_lock(&s->cq.lock);
 	if (*tail)
 		(*tail)->next = j;
 	else
 		*head = j;
 	*tail = j;
-	pthread_cond_signal(&s->cq_cv);
-	pthread_mutex_unlock(&s->cq_lock);
+	pthread_cond_signal(&s->cq.cv);
+	pthread_mutex_unlock(&s->cq.lock);
 }
 
 /* No more chunks: workers finish the queue and exit. */
 void usnap_compress_close(uffdsnap_snap_t *s)
 {
-	pthread_mutex_lock(&s->cq_lock);
-	s->cq_closed = true;
-	pthread_cond_broadcast(&s->cq_cv);
-	pthread_mutex_unlock(&s->cq_lock);
+	pthread_mutex_lock(&s->cq.lock);
+	s->cq.closed = true;
+	pthread_cond_broadcast(&s->cq.cv);
+	pthread_mutex_unlock(&s->cq.lock);
 }
 
 int usnap_workers_start(uffdsnap_snap_t *s, unsigned n)
 {
 	int r = 0;
 
-	s->workers = calloc(n, sizeof(*s->workers));
-	if (!s->workers)
+	s->cq.workers = calloc(n, sizeof(*s->cq.workers));
+	if (!s->cq.workers)
 		return usnap_err(-ENOMEM, "allocating worker threads");
-	s->workers_left = n;
+	s->cq.workers_left = n;
 	for (unsigned i = 0; i < n && !r; i++) {
-		r = usnap_thread_start(&s->workers[i], worker_main, s, "usnap-zstd");
+		r = usnap_thread_start(&s->cq.workers[i], worker_main, s, "usnap-zstd");
 		if (!r)
-			s->workers_started++;
+			s->cq.workers_started++;
 	}
 	if (r) {
 		/* Workers never started still count as finished. */
-		pthread_mutex_lock(&s->cq_lock);
-		s->workers_left -= n - s->workers_started;
-		pthread_mutex_unlock(&s->cq_lock);
+		pthread_mutex_lock(&s->cq.lock);
+		s->cq.workers_left -= n - s->cq.workers_started;
+		pthread_mutex_unlock(&s->cq.lock);
 		return usnap_err(r, "starting compression threads: %s", strerror(-r));
 	}
 	return 0;
 }
 
+void usnap_compress_init(struct usnap_compress *cq, int zstd_level)
+{
+	pthread_mutex_init(&cq->lock, NULL);
+	pthread_cond_init(&cq->cv, NULL);
+	cq->zstd_level = zstd_level;
+}
+
+void usnap_compress_destroy(struct usnap_compress *cq)
+{
+	free(cq->workers);
+	pthread_mutex_destroy(&cq->lock);
+	pthread_cond_destroy(&cq->cv);
+}
+
+/* A failure: workers waiting for a chunk look at s->abort. */
+void usnap_compress_wake(uffdsnap_snap_t *s)
+{
+	pthread_mutex_lock(&s->cq.lock);
+	pthread_cond_broadcast(&s->cq.cv);
+	pthread_mutex_unlock(&s->cq.lock);
+}
+
 void usnap_workers_join(uffdsnap_snap_t *s)
 {
-	for (unsigned i = 0; i < s->workers_started; i++)
-		pthread_join(s->workers[i], NULL);
-	s->workers_started = 0;
+	for (unsigned i = 0; i < s->cq.workers_started; i++)
+		pthread_join(s->cq.workers[i], NULL);
+	s->cq.workers_started = 0;
 }

@@ -101,7 +101,7 @@ static int event_pending(struct handler *h, uint64_t *t0)
  * with a page of our chunk buffers, never registered). */
 static bool event_in_flight(uffdsnap_snap_t *s, int uffd)
 {
-	return usnap_uffd_changing(uffd, s->pool->mem, s->page_size);
+	return usnap_uffd_changing(uffd, s->jobs.pool->mem, s->page_size);
 }
 
 /*
@@ -282,7 +282,7 @@ static int copy_pages(struct handler *h, struct usnap_sreg *sr, struct usnap_job
 		return -1;
 	add_extent(j, p, n, USNAP_EXT_DATA);
 	j->data_pages += (uint32_t)n;
-	atomic_fetch_add(&h->s->bytes_raw, want);
+	atomic_fetch_add(&h->s->stats.bytes_raw, want);
 	return 0;
 }
 
@@ -329,7 +329,7 @@ static struct usnap_job *fault_job(struct handler *h, struct usnap_sreg *sr)
 
 		waiting = true;
 		if (s->flags & UFFDSNAP_OPT_ADAPT)
-			atomic_store(&s->starved_until_ns, usnap_now_ns() + ADAPT_HOLD_NS);
+			atomic_store(&s->stats.starved_until_ns, usnap_now_ns() + ADAPT_HOLD_NS);
 		n = read_messages(h, false);
 		if (n < 0) {
 			usnap_fail(s, n, "reading the userfaultfd: %s", strerror(-n));
@@ -342,10 +342,10 @@ static struct usnap_job *fault_job(struct handler *h, struct usnap_sreg *sr)
 	if (waiting) {
 		/* after the wait: faults held during it count it too */
 		h->wait_gen++;
-		atomic_fetch_add(&s->fault_wait_ns, waited);
+		atomic_fetch_add(&s->stats.fault_wait_ns, waited);
 	}
-	max = atomic_load(&s->fault_wait_max_ns);
-	while (waited > max && !atomic_compare_exchange_weak(&s->fault_wait_max_ns, &max, waited))
+	max = atomic_load(&s->stats.fault_wait_max_ns);
+	while (waited > max && !atomic_compare_exchange_weak(&s->stats.fault_wait_max_ns, &max, waited))
 		;
 	if (j) {
 		j->region = sr->id;
@@ -378,7 +378,7 @@ static int copy_around(struct handler *h, struct usnap_sreg *sr, uint64_t lo, ui
 			if (copy_pages(h, sr, j, a, n))
 				return -1;
 			usnap_bits_set(sr->copied, a, a + n);
-			atomic_fetch_add(&h->s->pages_fault, n);
+			atomic_fetch_add(&h->s->stats.pages_fault, n);
 		}
 	}
 	return 0;
@@ -410,7 +410,7 @@ static void handle_fault_msg(struct handler *h, struct usnap_space *sp, const st
 	bool theirs;
 	int r;
 
-	atomic_fetch_add(&s->faults, 1);
+	atomic_fetch_add(&s->stats.faults, 1);
 	map = usnap_space_find(sp, addr, h->ps);
 	if (!map) {
 		untracked(sp, addr, h->ps, wp);
@@ -441,7 +441,7 @@ static void handle_fault_msg(struct handler *h, struct usnap_space *sp, const st
 		if (!j)
 			return;
 		add_extent(j, p, 1, USNAP_EXT_ZERO);
-		atomic_fetch_add(&s->pages_hole, 1);
+		atomic_fetch_add(&s->stats.pages_hole, 1);
 		usnap_bits_set(sr->copied, p, p + 1);
 	}
 	/* Every populated page of [lo, hi) is copied now: un-protect them all. */
@@ -463,7 +463,7 @@ static void handle_fault(struct handler *h, struct usnap_space *sp, const struct
 {
 	handle_fault_msg(h, sp, m);
 	if (h->wait_gen != gen)
-		atomic_fetch_add(&h->s->faults_waited, 1);
+		atomic_fetch_add(&h->s->stats.faults_waited, 1);
 }
 
 /* ---- the sweep ----------------------------------------------------------------------------- */
@@ -505,13 +505,13 @@ static void sweep_step(struct handler *h, struct usnap_job *j)
 				q = p + h->chunk_pages - j->data_pages;
 			if (copy_pages(h, sr, j, p, q - p))
 				return usnap_job_put(s, j);
-			atomic_fetch_add(&s->pages_sweep, q - p);
+			atomic_fetch_add(&s->stats.pages_sweep, q - p);
 			if (p < lo)
 				lo = p;
 			hi = q;
 		} else {
 			add_extent(j, p, q - p, USNAP_EXT_ZERO);
-			atomic_fetch_add(&s->pages_hole, q - p);
+			atomic_fetch_add(&s->stats.pages_hole, q - p);
 		}
 		usnap_bits_set(sr->copied, p, q);
 		h->cur_page = q;
@@ -673,7 +673,7 @@ void *usnap_handler_main(void *arg)
 	struct usnap_job *j;
 	int n;
 
-	h.chunk_pages = (uint32_t)(s->pool->chunk_bytes / h.ps);
+	h.chunk_pages = (uint32_t)(s->jobs.pool->chunk_bytes / h.ps);
 	h.around = FAULT_AROUND < h.chunk_pages ? FAULT_AROUND : h.chunk_pages; /* both powers of two */
 
 	/* While begin arms the regions only events are handled: faults are
@@ -736,7 +736,7 @@ void *usnap_handler_main(void *arg)
 		usnap_space_end(s, &s->spaces[i]);
 	drain_messages(s);
 	usnap_sys_free(h.held);
-	atomic_store(&s->window_end_ns, usnap_now_ns());
+	atomic_store(&s->stats.window_end_ns, usnap_now_ns());
 	usnap_compress_close(s);
 	return NULL;
 }

@@ -740,7 +740,7 @@ int usnap_protect_all(uffdsnap_snap_t *s)
 	/* A thread that cannot start leaves its share to the others. */
 	while (nt + 1 < want && !usnap_thread_start(&t[nt], protect_main, &w, "usnap-protect"))
 		nt++;
-	s->protect_threads = nt + 1;
+	s->stats.protect_threads = nt + 1;
 	protect_main(&w);
 	while (nt)
 		pthread_join(t[--nt], NULL);
@@ -822,7 +822,7 @@ void usnap_remap_huge(uffdsnap_snap_t *s)
 
 			while (usnap_space_each(sp, sr, s->page_size, lo, lo + sr->data[d].n, &cur, &addr, &n))
 				if (madvise((void *)addr, n * s->page_size, MADV_COLLAPSE) == 0)
-					atomic_fetch_add(&s->pages_huge_remapped, n);
+					atomic_fetch_add(&s->stats.pages_huge_remapped, n);
 		}
 	}
 }

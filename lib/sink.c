@@ -261,7 +261,7 @@ static void io_finish(uffdsnap_snap_t *s, bool ok)
 	if (!ok && k->kind != USNAP_SINK_FILE && io->head_written && !io->sink_failed)
 		write_failed_end(s);
 	sink_release(k);
-	atomic_store(&s->end_ns, usnap_now_ns());
+	atomic_store(&s->stats.end_ns, usnap_now_ns());
 }
 
 /* Account n bytes written; when the batch is out, release its buffers. */
@@ -277,7 +277,7 @@ static void io_complete(uffdsnap_snap_t *s, ssize_t n)
 		return;
 	}
 	io->offset += (uint64_t)n;
-	atomic_fetch_add(&s->bytes_out, (uint64_t)n);
+	atomic_fetch_add(&s->stats.bytes_out, (uint64_t)n);
 	while (n > 0 && io->buf_first < io->nbufs) {
 		struct iovec *b = &io->bufs[io->buf_first];
 		if ((size_t)n >= b->iov_len) {
@@ -300,7 +300,7 @@ static void io_complete(uffdsnap_snap_t *s, ssize_t n)
 		io->pages_data += j->data_pages;
 		io->pages_zero += j->zero_pages;
 		io->bytes_raw += (uint64_t)j->data_pages * s->page_size;
-		atomic_fetch_add(&s->chunks, 1);
+		atomic_fetch_add(&s->stats.chunks, 1);
 	}
 	for (unsigned i = 0; i < io->nbatch; i++)
 		usnap_job_put(s, io->batch[i]);
@@ -489,6 +489,6 @@ void usnap_io_join(uffdsnap_snap_t *s)
 	for (unsigned i = 0; i < io->nbatch; i++)
 		usnap_job_put(s, io->batch[i]);
 	io->nbatch = 0;
-	if (!atomic_load(&s->end_ns))
-		atomic_store(&s->end_ns, usnap_now_ns());
+	if (!atomic_load(&s->stats.end_ns))
+		atomic_store(&s->stats.end_ns, usnap_now_ns());
 }

@@ -1,8 +1,8 @@
 /* SPDX-License-Identifier: LGPL-2.1-or-later */
 /*
  * The snapshot lifecycle: begin (arm every region, then release the handler),
- * wait, cancel, stats, failure, free; and the pool of chunk buffers whose fixed
- * size is the memory bound (buffer_bytes).
+ * wait, cancel, stats, failure, free. (The chunk buffers whose fixed size is
+ * the memory bound, buffer_bytes: pool.c.)
  *
  * Threads of one snapshot: the fault handler (fault.c, which also sweeps),
  * compress_threads workers (compress.c) and the I/O thread (sink.c). Failure
@@ -17,150 +17,11 @@
 #include <string.h>
 #include <signal.h>
 #include <sys/eventfd.h>
-#include <sys/mman.h>
 #include <sys/random.h>
 #include <time.h>
 #include <unistd.h>
 
-#include <zstd.h>
-
 #include "uffdsnap-private.h"
-
-/* ---- the buffer pool ------------------------------------------------------ */
-
-/*
- * Memory a compression worker's zstd context takes once it has compressed a
- * full chunk at the context's level: measured on a throwaway context, since
- * zstd's own estimates are outside its stable API.
- */
-static int cctx_bytes(const uffdsnap_t *ctx, size_t *n)
-{
-	size_t chunk = ctx->opts.chunk_bytes;
-	ZSTD_CCtx *cc = ZSTD_createCCtx();
-	void *src = calloc(1, chunk), *dst = malloc(ZSTD_compressBound(chunk));
-	int r = -ENOMEM;
-
-	if (cc && src && dst) {
-		r = -EINVAL;
-		if (!ZSTD_isError(ZSTD_CCtx_setParameter(cc, ZSTD_c_compressionLevel, ctx->opts.zstd_level)) &&
-		    !ZSTD_isError(ZSTD_CCtx_setPledgedSrcSize(cc, chunk)) &&
-		    !ZSTD_isError(ZSTD_compress2(cc, dst, ZSTD_compressBound(chunk), src, chunk)))
-			*n = ZSTD_sizeof_CCtx(cc), r = 0;
-	}
-	ZSTD_freeCCtx(cc);
-	free(src);
-	free(dst);
-	if (r)
-		usnap_err(r, "zstd level %d: %s", ctx->opts.zstd_level,
-			  r == -ENOMEM ? "out of memory for a trial compression" : "rejected");
-	return r;
-}
-
-#define POOL_OTHER_BYTES (1u << 20)
-
-static unsigned worker_count(const uffdsnap_t *ctx)
-{
-	long n = ctx->opts.compress_threads ? ctx->opts.compress_threads : sysconf(_SC_NPROCESSORS_ONLN);
-
-	return n < 1 ? 1 : (unsigned)n;
-}
-
-int usnap_pool_init(uffdsnap_t *ctx)
-{
-	struct usnap_pool *p = &ctx->pool;
-	size_t chunk = ctx->opts.chunk_bytes, pages = chunk / ctx->page_size;
-	size_t ext_cap = 2 * pages, foot, njobs, zstd;
-	uint8_t *m;
-	int r = cctx_bytes(ctx, &zstd);
-
-	if (r)
-		return r;
-	/* and ~0.3-0.4 MiB measured beside them: thread stacks, the threads'
-	 * heap arenas, the I/O loop and the snapshot's tables */
-	zstd = zstd * worker_count(ctx) + POOL_OTHER_BYTES;
-
-	/* A worker may split every DATA extent at zero pages: at most one new
-	 * extent per page, so twice the pages is always enough. */
-	p->out_cap = usnap_pad8(sizeof(struct usnap_rec_hdr) + sizeof(struct usnap_chunk) +
-				ext_cap * sizeof(struct usnap_extent) + ZSTD_compressBound(chunk)) + 8;
-	foot = chunk + p->out_cap + ext_cap * sizeof(struct usnap_extent);
-	if (ctx->opts.buffer_bytes / foot < 4)
-		return usnap_err(-EINVAL, "buffer_bytes %zu is too small for chunk_bytes %zu: it must hold at "
-				 "least 4 chunk buffers (%zu bytes)", ctx->opts.buffer_bytes, chunk, 4 * foot);
-	/* The bound covers the workers' zstd state and the rest of a snapshot's
-	 * memory too: what a snapshot adds to the process is all that, not the
-	 * buffers alone. Only a bound too small for both gets the 4 buffers it
-	 * always got. */
-	njobs = ctx->opts.buffer_bytes > zstd + 4 * foot ? (ctx->opts.buffer_bytes - zstd) / foot : 4;
-	if (njobs > 65536)
-		njobs = 65536;
-	/* Pre-faulted once per context, in uffdsnap_new: a fresh page costs a
-	 * fault (~10 us in a guest) that would otherwise land on the fault path
-	 * of a writer, and populating 64 MiB takes ~150 ms that begin must not. */
-	m = mmap(NULL, njobs * foot, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS | MAP_POPULATE, -1, 0);
-	if (m == MAP_FAILED)
-		return usnap_err(-ENOMEM, "mapping %zu bytes of chunk buffers", njobs * foot);
-	p->jobs = calloc(njobs, sizeof(*p->jobs));
-	if (!p->jobs) {
-		munmap(m, njobs * foot);
-		return usnap_err(-ENOMEM, "allocating job table");
-	}
-	p->mem = m, p->mem_len = njobs * foot, p->njobs = (unsigned)njobs;
-	p->chunk_bytes = chunk, p->ext_cap = (uint32_t)ext_cap, p->footprint = foot;
-	for (size_t i = 0; i < njobs; i++, m += foot) {
-		p->jobs[i].raw = m;
-		p->jobs[i].out = m + chunk;
-		p->jobs[i].ext = (struct usnap_extent *)(m + chunk + p->out_cap);
-	}
-	return 0;
-}
-
-void usnap_pool_free(struct usnap_pool *p)
-{
-	if (p->mem)
-		munmap(p->mem, p->mem_len);
-	free(p->jobs);
-	memset(p, 0, sizeof(*p));
-}
-
-struct usnap_job *usnap_job_get(uffdsnap_snap_t *s)
-{
-	struct usnap_job *j;
-
-	pthread_mutex_lock(&s->pool_lock);
-	j = s->free_jobs;
-	if (j && !atomic_load(&s->abort)) {
-		s->free_jobs = j->next;
-		if (++s->jobs_in_use > s->jobs_peak)
-			s->jobs_peak = s->jobs_in_use;
-	} else {
-		j = NULL;
-	}
-	pthread_mutex_unlock(&s->pool_lock);
-	if (j) {
-		j->next = NULL;
-		j->nextents = j->data_pages = 0;
-		j->zero_pages = 0;
-		j->out_len = 0;
-		j->fault = false;
-	}
-	return j;
-}
-
-void usnap_job_put(uffdsnap_snap_t *s, struct usnap_job *j)
-{
-	static const uint64_t one = 1;
-
-	pthread_mutex_lock(&s->pool_lock);
-	j->next = s->free_jobs;
-	s->free_jobs = j;
-	s->jobs_in_use--;
-	pthread_mutex_unlock(&s->pool_lock);
-	/* The handler may be in poll() with work waiting for a buffer. */
-	if (write(s->ctl_efd, &one, sizeof(one)) < 0) {
-		/* EAGAIN: the counter is already non-zero, the handler will wake. */
-	}
-}
 
 /* ---- failure -------------------------------------------------------------- */
 
@@ -179,9 +40,7 @@ void usnap_fail(uffdsnap_snap_t *s, int err, const char *fmt, ...)
 	if (write(s->ctl_efd, &one, sizeof(one)) < 0) {
 		/* counter already set */
 	}
-	pthread_mutex_lock(&s->cq_lock);
-	pthread_cond_broadcast(&s->cq_cv);
-	pthread_mutex_unlock(&s->cq_lock);
+	usnap_compress_wake(s);
 	/* Not `go`: only begin gives it, once it stopped arming. A handler let
 	 * go by a worker's failure would unregister while begin still arms. */
 	usnap_io_kick(s);
@@ -230,7 +89,7 @@ static void snap_destroy(uffdsnap_snap_t *s)
 	free(s->sregs);
 	free(s->by_addr);
 	free(s->by_file);
-	free(s->workers);
+	usnap_compress_destroy(&s->cq);
 	free(s->io.head_rec);
 	free(s->io.trailer);
 	free(s->io.index);
@@ -240,9 +99,7 @@ static void snap_destroy(uffdsnap_snap_t *s)
 		close(s->ctl_efd);
 
 	pthread_mutex_destroy(&s->join_lock);
-	pthread_mutex_destroy(&s->pool_lock);
-	pthread_mutex_destroy(&s->cq_lock);
-	pthread_cond_destroy(&s->cq_cv);
+	usnap_jobs_destroy(&s->jobs);
 	pthread_mutex_destroy(&s->io.lock);
 	pthread_cond_destroy(&s->io.cv);
 	pthread_mutex_destroy(&s->maps_lock);
@@ -258,14 +115,11 @@ static uffdsnap_snap_t *snap_alloc(uffdsnap_t *ctx, struct uffdsnap_sink *sink)
 	s->ctx = ctx;
 	s->page_size = ctx->page_size;
 	s->flags = ctx->opts.flags;
-	s->zstd_level = ctx->opts.zstd_level;
 	s->sink = sink;
 	s->ctl_efd = -1;
 
 	pthread_mutex_init(&s->join_lock, NULL);
-	pthread_mutex_init(&s->pool_lock, NULL);
-	pthread_mutex_init(&s->cq_lock, NULL);
-	pthread_cond_init(&s->cq_cv, NULL);
+	usnap_compress_init(&s->cq, ctx->opts.zstd_level);
 	pthread_mutex_init(&s->io.lock, NULL);
 	pthread_cond_init(&s->io.cv, NULL);
 	pthread_mutex_init(&s->maps_lock, NULL);
@@ -275,16 +129,10 @@ static uffdsnap_snap_t *snap_alloc(uffdsnap_t *ctx, struct uffdsnap_sink *sink)
 static int snap_prepare(uffdsnap_snap_t *s)
 {
 	uffdsnap_t *ctx = s->ctx;
-	struct usnap_pool *p = &ctx->pool;
 	int r;
 
-	s->pool = p;
-	s->job_footprint = p->footprint;
-	s->buffer_bound = ctx->opts.buffer_bytes;
-	for (unsigned i = 0; i < p->njobs; i++) {
-		p->jobs[i].next = s->free_jobs;
-		s->free_jobs = &p->jobs[i];
-	}
+	usnap_jobs_init(&s->jobs, &ctx->pool);
+	s->stats.buffer_bound = ctx->opts.buffer_bytes;
 	s->nregions = ctx->nregs;
 	s->sregs = calloc(s->nregions, sizeof(*s->sregs));
 	s->by_addr = calloc(s->nregions, sizeof(*s->by_addr));
@@ -323,7 +171,7 @@ static int snap_prepare(uffdsnap_snap_t *s)
 
 static int snap_start_threads(uffdsnap_snap_t *s)
 {
-	int r = usnap_workers_start(s, worker_count(s->ctx));
+	int r = usnap_workers_start(s, usnap_worker_count(s->ctx));
 
 	if (!r)
 		r = usnap_io_start(s);
@@ -422,8 +270,8 @@ static int snap_begin(uffdsnap_t *ctx, uffdsnap_sink_t *sink, uffdsnap_snap_t **
 		r = usnap_protect_all(s);
 	if (!r && (s->flags & UFFDSNAP_OPT_STRICT))
 		r = usnap_strict_begin(s);
-	s->t0_ns = usnap_now_ns();
-	s->begin_ns = s->t0_ns - t0;
+	s->stats.t0_ns = usnap_now_ns();
+	s->stats.begin_ns = s->stats.t0_ns - t0;
 	clock_gettime(CLOCK_REALTIME, &rt);
 	s->created_ns = (uint64_t)rt.tv_sec * 1000000000ull + (uint64_t)rt.tv_nsec;
 	if (!r)
@@ -531,7 +379,7 @@ USNAP_EXPORT int uffdsnap_done(const uffdsnap_snap_t *s)
 	uffdsnap_snap_t *m = (uffdsnap_snap_t *)s;
 
 	/* Finished means written (or failed) and no page protected any more. */
-	return m && atomic_load(&m->end_ns) && atomic_load(&m->window_end_ns);
+	return m && atomic_load(&m->stats.end_ns) && atomic_load(&m->stats.window_end_ns);
 }
 
 USNAP_EXPORT void uffdsnap_cancel(uffdsnap_snap_t *s)
@@ -562,40 +410,38 @@ USNAP_EXPORT int uffdsnap_snap_stats(const uffdsnap_snap_t *cs, uffdsnap_stats_t
 	memset(&st, 0, sizeof(st));
 	st.size = out->size;
 	err = usnap_latch_err(&s->fail);
-	end = atomic_load(&s->end_ns);
-	wend = atomic_load(&s->window_end_ns);
+	end = atomic_load(&s->stats.end_ns);
+	wend = atomic_load(&s->stats.window_end_ns);
 	st.state = !end ? UFFDSNAP_STATE_RUNNING : err == USNAP_LATCH_CLOSED ? UFFDSNAP_STATE_DONE
 									  : UFFDSNAP_STATE_FAILED;
 	st.error = err < 0 ? err : 0;
-	st.begin_ns = s->begin_ns;
-	st.elapsed_ns = (end ? end : now) - s->t0_ns;
-	st.window_ns = (wend ? wend : now) - s->t0_ns;
+	st.begin_ns = s->stats.begin_ns;
+	st.elapsed_ns = (end ? end : now) - s->stats.t0_ns;
+	st.window_ns = (wend ? wend : now) - s->stats.t0_ns;
 	st.pages_total = s->pages_total;
-	st.pages_fault = atomic_load(&s->pages_fault);
-	st.pages_sweep = atomic_load(&s->pages_sweep);
-	st.pages_hole = atomic_load(&s->pages_hole);
-	st.faults = atomic_load(&s->faults);
-	st.fault_wait_max_ns = atomic_load(&s->fault_wait_max_ns);
-	st.bytes_raw = atomic_load(&s->bytes_raw);
-	st.bytes_out = atomic_load(&s->bytes_out);
-	pthread_mutex_lock(&s->pool_lock);
-	st.buffer_peak = (uint64_t)s->jobs_peak * s->job_footprint;
-	pthread_mutex_unlock(&s->pool_lock);
-	st.buffer_bound = s->buffer_bound;
-	st.pages_zero_found = atomic_load(&s->pages_zero_found);
-	st.chunks = atomic_load(&s->chunks);
-	st.forks = atomic_load(&s->forks);
-	st.remaps = atomic_load(&s->remaps);
-	st.unmaps = atomic_load(&s->unmaps);
-	st.protect_threads = s->protect_threads;
-	st.chunks_uncompressed = atomic_load(&s->chunks_uncompressed);
+	st.pages_fault = atomic_load(&s->stats.pages_fault);
+	st.pages_sweep = atomic_load(&s->stats.pages_sweep);
+	st.pages_hole = atomic_load(&s->stats.pages_hole);
+	st.faults = atomic_load(&s->stats.faults);
+	st.fault_wait_max_ns = atomic_load(&s->stats.fault_wait_max_ns);
+	st.bytes_raw = atomic_load(&s->stats.bytes_raw);
+	st.bytes_out = atomic_load(&s->stats.bytes_out);
+	st.buffer_peak = usnap_jobs_peak_bytes(&s->jobs);
+	st.buffer_bound = s->stats.buffer_bound;
+	st.pages_zero_found = atomic_load(&s->stats.pages_zero_found);
+	st.chunks = atomic_load(&s->stats.chunks);
+	st.forks = atomic_load(&s->stats.forks);
+	st.remaps = atomic_load(&s->stats.remaps);
+	st.unmaps = atomic_load(&s->stats.unmaps);
+	st.protect_threads = s->stats.protect_threads;
+	st.chunks_uncompressed = atomic_load(&s->stats.chunks_uncompressed);
 	memcpy(st.snap_id, s->snap_id, sizeof(st.snap_id));
 	memcpy(st.parent_id, s->parent_id, sizeof(st.parent_id));
 	st.depth = s->depth;
-	st.pages_unchanged = atomic_load(&s->pages_unchanged);
-	st.faults_waited = atomic_load(&s->faults_waited);
-	st.fault_wait_ns = atomic_load(&s->fault_wait_ns);
-	st.pages_huge_remapped = atomic_load(&s->pages_huge_remapped);
+	st.pages_unchanged = atomic_load(&s->stats.pages_unchanged);
+	st.faults_waited = atomic_load(&s->stats.faults_waited);
+	st.fault_wait_ns = atomic_load(&s->stats.fault_wait_ns);
+	st.pages_huge_remapped = atomic_load(&s->stats.pages_huge_remapped);
 	memcpy(out, &st, out->size);
 	return 0;
 }

@@ -403,8 +403,8 @@ static void on_fork(uffdsnap_snap_t *s, const struct usnap_space *parent, int fd
 	s->nspaces++;
 	/* A fork is reported once through each of our descriptors that has
 	 * something registered: count processes, not descriptors. */
-	if (++s->spaces[parent->root].children > atomic_load(&s->forks))
-		atomic_store(&s->forks, s->spaces[parent->root].children);
+	if (++s->spaces[parent->root].children > atomic_load(&s->stats.forks))
+		atomic_store(&s->stats.forks, s->spaces[parent->root].children);
 }
 
 /* Events may come while begin still reads the tables (they are applied
@@ -433,7 +433,7 @@ static void space_event(uffdsnap_snap_t *s, struct usnap_space *sp, const struct
 		/* A writer that faulted on the old address before the move still
 		 * sleeps on it, and resolving by the new address will not wake it. */
 		usnap_uffd_wake(sp->uffd, start, end - start);
-		atomic_fetch_add(&s->remaps, 1);
+		atomic_fetch_add(&s->stats.remaps, 1);
 		break;
 	case UFFD_EVENT_UNMAP:
 		start = (uintptr_t)m->arg.remove.start, end = (uintptr_t)m->arg.remove.end;
@@ -441,7 +441,7 @@ static void space_event(uffdsnap_snap_t *s, struct usnap_space *sp, const struct
 			check_discard(s, sp, start, end, "munmap");
 		r = reshape(s, sp, start, end, 0, true);
 		usnap_uffd_wake(sp->uffd, start, end - start);
-		atomic_fetch_add(&s->unmaps, 1);
+		atomic_fetch_add(&s->stats.unmaps, 1);
 		break;
 	case UFFD_EVENT_REMOVE:
 		if (!sp->child)

@@ -4,8 +4,9 @@
  *   probe.c     opening the userfaultfd, feature negotiation, uffdsnap_new/free
  *   region.c    region validation (add_region) and arming/disarming regions
  *               for one snapshot (register, find data extents, protect)
- *   snapshot.c  the snapshot lifecycle: begin, wait, cancel, stats, failure,
- *               and the chunk-buffer pool that bounds memory
+ *   snapshot.c  the snapshot lifecycle: begin, wait, cancel, stats, failure
+ *   pool.c      the chunk buffers that bound memory: the context's pool, a
+ *               snapshot's free list
  *   fault.c     the fault-handler thread: fault path and sweep in one loop
  *   uffd.c      every userfaultfd request of the engine (uffd.h)
  *   maps.c      reading /proc/PID/maps without stdio or malloc (maps.h)
@@ -334,6 +335,43 @@ struct usnap_io {
 	uint64_t pages_data, pages_zero, bytes_raw;
 };
 
+/* A snapshot's share of the context's chunk buffers (pool.c, which alone
+ * reads these): a free list. */
+struct usnap_jobs {
+	struct usnap_pool *pool;    /* the context's; not used once detached */
+	size_t footprint;           /* copied: stats outlive the context */
+	pthread_mutex_t lock;
+	struct usnap_job *free;
+	unsigned in_use, peak;      /* under lock */
+};
+
+/* A snapshot's statistics, counted by every stage and read by
+ * uffdsnap_snap_stats (snapshot.c) from any thread: atomics. */
+struct usnap_counters {
+	uint64_t begin_ns, t0_ns;
+	unsigned protect_threads;  /* set in begin, before its caller has the handle */
+	_Atomic uint64_t end_ns, window_end_ns;
+	_Atomic uint64_t pages_fault, pages_sweep, pages_hole, pages_zero_found, faults, chunks;
+	_Atomic uint64_t fault_wait_max_ns, bytes_raw, bytes_out;
+	_Atomic uint64_t forks, remaps, unmaps, chunks_uncompressed, pages_unchanged;
+	_Atomic uint64_t faults_waited, fault_wait_ns, pages_huge_remapped;
+	_Atomic uint64_t starved_until_ns;  /* a fault waited for a buffer lately (UFFDSNAP_OPT_ADAPT) */
+	uint64_t buffer_bound;
+};
+
+/* The compression stage (compress.c, which alone reads these): the queue
+ * of copied chunks, fault chunks first, and the workers. */
+struct usnap_compress {
+	pthread_mutex_t lock;
+	pthread_cond_t cv;
+	struct usnap_job *fault, *fault_tail, *sweep, *sweep_tail;
+	bool closed;
+	unsigned workers_left;
+	pthread_t *workers;
+	unsigned workers_started;
+	int zstd_level;
+};
+
 struct uffdsnap_snap {
 	uffdsnap_t *ctx;            /* NULL once detached (threads joined) */
 	size_t page_size;
@@ -378,35 +416,13 @@ struct uffdsnap_snap {
 	pthread_t handler;
 	bool handler_started;
 
-	/* job pool (the context's; not used once detached): free list under pool_lock */
-	struct usnap_pool *pool;
-	size_t job_footprint;       /* copied: stats outlive the context */
-	pthread_mutex_t pool_lock;
-	struct usnap_job *free_jobs;
+	struct usnap_jobs jobs;
 
-	/* compression queue */
-	pthread_mutex_t cq_lock;
-	pthread_cond_t cq_cv;
-	struct usnap_job *cq_fault, *cq_fault_tail, *cq_sweep, *cq_sweep_tail;
-	bool cq_closed;
-	unsigned workers_left;
-	pthread_t *workers;
-	unsigned workers_started;
-	int zstd_level;
+	struct usnap_compress cq;
 
 	struct usnap_io io;
 
-	/* statistics (atomics: read by snap_stats from any thread) */
-	uint64_t begin_ns, t0_ns;
-	unsigned protect_threads;  /* set in begin, before its caller has the handle */
-	_Atomic uint64_t end_ns, window_end_ns;
-	_Atomic uint64_t pages_fault, pages_sweep, pages_hole, pages_zero_found, faults, chunks;
-	_Atomic uint64_t fault_wait_max_ns, bytes_raw, bytes_out;
-	_Atomic uint64_t forks, remaps, unmaps, chunks_uncompressed, pages_unchanged;
-	_Atomic uint64_t faults_waited, fault_wait_ns, pages_huge_remapped;
-	_Atomic uint64_t starved_until_ns;  /* a fault waited for a buffer lately (UFFDSNAP_OPT_ADAPT) */
-	unsigned jobs_in_use, jobs_peak;    /* under pool_lock */
-	uint64_t buffer_bound;
+	struct usnap_counters stats;
 };
 
 /* probe.c */
@@ -434,10 +450,19 @@ int usnap_cached(int fd, off_t off, size_t len);
 /* snapshot.c */
 int usnap_thread_start(pthread_t *t, void *(*fn)(void *), void *arg, const char *name);
 void usnap_fail(uffdsnap_snap_t *s, int err, const char *fmt, ...) __attribute__((format(printf, 3, 4)));
-struct usnap_job *usnap_job_get(uffdsnap_snap_t *s);
-void usnap_job_put(uffdsnap_snap_t *s, struct usnap_job *job);
+
+/* pool.c */
 int usnap_pool_init(uffdsnap_t *ctx);
 void usnap_pool_free(struct usnap_pool *pool);
+/* Compression workers a snapshot of ctx starts (compress_threads, or the CPUs). */
+unsigned usnap_worker_count(const uffdsnap_t *ctx);
+void usnap_jobs_init(struct usnap_jobs *js, struct usnap_pool *pool);
+void usnap_jobs_destroy(struct usnap_jobs *js);
+/* The most buffer bytes in use at once so far. */
+uint64_t usnap_jobs_peak_bytes(struct usnap_jobs *js);
+/* A free job (NULL if none, or the snapshot is failing), and back. */
+struct usnap_job *usnap_job_get(uffdsnap_snap_t *s);
+void usnap_job_put(uffdsnap_snap_t *s, struct usnap_job *job);
 
 /* participant.c */
 /* Stop accepting, and end every membership (uffdsnap_free). */
@@ -507,6 +532,9 @@ void usnap_delta_lost(uffdsnap_t *ctx, const char *fmt, ...) __attribute__((form
 uint64_t usnap_fingerprint(const void *page, size_t len);
 
 /* compress.c */
+void usnap_compress_init(struct usnap_compress *cq, int zstd_level);
+void usnap_compress_destroy(struct usnap_compress *cq);
+void usnap_compress_wake(uffdsnap_snap_t *s);
 int usnap_workers_start(uffdsnap_snap_t *s, unsigned n);
 void usnap_compress_submit(uffdsnap_snap_t *s, struct usnap_job *job);
 void usnap_compress_close(uffdsnap_snap_t *s);
