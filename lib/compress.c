@@ -304,17 +304,13 @@ void usnap_compress_close(uffdsnap_snap_t *s)
 
 int usnap_workers_start(uffdsnap_snap_t *s, unsigned n)
 {
-	int r = 0;
+	int r;
 
 	s->cq.workers = calloc(n, sizeof(*s->cq.workers));
 	if (!s->cq.workers)
 		return usnap_err(-ENOMEM, "allocating worker threads");
 	s->cq.workers_left = n;
-	for (unsigned i = 0; i < n && !r; i++) {
-		r = usnap_thread_start(&s->cq.workers[i], worker_main, s, "usnap-zstd");
-		if (!r)
-			s->cq.workers_started++;
-	}
+	s->cq.workers_started = usnap_crew_start(s->cq.workers, n, worker_main, s, 0, "usnap-zstd", &r);
 	if (r) {
 		/* Workers never started still count as finished. */
 		pthread_mutex_lock(&s->cq.lock);
@@ -349,7 +345,6 @@ void usnap_compress_wake(uffdsnap_snap_t *s)
 
 void usnap_workers_join(uffdsnap_snap_t *s)
 {
-	for (unsigned i = 0; i < s->cq.workers_started; i++)
-		pthread_join(s->cq.workers[i], NULL);
+	usnap_crew_join(s->cq.workers, s->cq.workers_started);
 	s->cq.workers_started = 0;
 }

@@ -738,12 +738,10 @@ int usnap_protect_all(uffdsnap_snap_t *s)
 	if (want > PROTECT_MAX_THREADS)
 		want = PROTECT_MAX_THREADS;
 	/* A thread that cannot start leaves its share to the others. */
-	while (nt + 1 < want && !usnap_thread_start(&t[nt], protect_main, &w, "usnap-protect"))
-		nt++;
+	nt = usnap_crew_start(t, want > 1 ? (unsigned)want - 1 : 0, protect_main, &w, 0, "usnap-protect", NULL);
 	s->stats.protect_threads = nt + 1;
 	protect_main(&w);
-	while (nt)
-		pthread_join(t[--nt], NULL);
+	usnap_crew_join(t, nt);
 	if ((r = usnap_latch_err(&w.fail)))
 		r = usnap_err(r, "%s", usnap_latch_msg(&w.fail));
 	free(w.span);

@@ -66,8 +66,6 @@ struct rs_job {
 struct rs_worker {
 	struct rs_job *j;
 	uffdsnap_reader_t *r;           /* a clone, freed by the caller */
-	pthread_t t;
-	bool started;
 };
 
 __attribute__((format(printf, 3, 4))) static void rs_fail(struct rs_job *j, int err, const char *fmt, ...)
@@ -251,10 +249,11 @@ static int run(uffdsnap_reader_t *r, unsigned id, const char *name, uint64_t len
 {
 	uffdsnap_info_t info = { .size = sizeof(info) };
 	struct rs_worker w[RS_MAX_THREADS] = { 0 };
+	pthread_t tid[RS_MAX_THREADS];
 	uffdsnap_restore_stats_t st = { .size = sizeof(st) };
 	struct rs_job *j = calloc(1, sizeof(*j));
 	uint64_t t0 = usnap_now_ns(), placed;
-	unsigned n;
+	unsigned n, nw, started;
 	int rc = 0;
 
 	if (!j)
@@ -274,22 +273,15 @@ static int run(uffdsnap_reader_t *r, unsigned id, const char *name, uint64_t len
 	}
 	/* the caller's thread is worker 0 and uses r itself; a clone or a
 	 * thread that cannot be had is not fatal: fewer threads do the work */
-	for (unsigned i = 1; i < n; i++) {
-		w[i].j = j;
-		if (usnap_reader_clone(r, &w[i].r) || usnap_thread_start(&w[i].t, worker_main, &w[i], "usnap-restore"))
-			break;
-		w[i].started = true;
-	}
+	for (nw = 1; nw < n && !usnap_reader_clone(r, &w[nw].r); nw++)
+		w[nw].j = j;
+	started = usnap_crew_start(tid, nw - 1, worker_main, &w[1], sizeof(w[0]), "usnap-restore", NULL);
 	usnap_clear_err();
 	work(j, r);
-	for (unsigned i = 1; i < n; i++) {
-		if (w[i].started) {
-			pthread_join(w[i].t, NULL);
-			st.threads++;
-		}
+	usnap_crew_join(tid, started);
+	for (unsigned i = 1; i < nw; i++)
 		uffdsnap_reader_free(w[i].r);
-	}
-	st.threads++;
+	st.threads = started + 1;
 	placed = j->pages_data + j->pages_zero;
 	if ((rc = usnap_latch_err(&j->fail)))
 		usnap_err(rc, "region '%s': %s", name, usnap_latch_msg(&j->fail));

@@ -15,7 +15,6 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
-#include <signal.h>
 #include <sys/eventfd.h>
 #include <sys/random.h>
 #include <time.h>
@@ -47,29 +46,6 @@ void usnap_fail(uffdsnap_snap_t *s, int err, const char *fmt, ...)
 }
 
 /* ---- begin ------------------------------------------------------------------- */
-
-/*
- * Start threads with every signal blocked: a signal handler of the program
- * running on the fault handler could write protected memory and wait for
- * itself. Named (top -H, perf, gdb) by their creator, not by themselves: a
- * handler that named itself late, once begin had armed the regions, could
- * meet a fork() holding the locks that naming takes under ThreadSanitizer
- * while that fork waits for the handler to read its event (test-events
- * fork_at_the_end hung in 2 of 4 TSan runs).
- */
-int usnap_thread_start(pthread_t *t, void *(*fn)(void *), void *arg, const char *name)
-{
-	sigset_t all, old;
-	int r;
-
-	sigfillset(&all);
-	pthread_sigmask(SIG_SETMASK, &all, &old);
-	r = pthread_create(t, NULL, fn, arg);
-	pthread_sigmask(SIG_SETMASK, &old, NULL);
-	if (!r)
-		pthread_setname_np(*t, name);
-	return -r;
-}
 
 static int cmp_by_addr(const void *a, const void *b)
 {

@@ -21,6 +21,7 @@
  *   migrate.c   live migration: sender rounds, receiver (migrate.h: the wire protocol)
  *   inject.c    test-only fault injection (never in the installed library)
  *   errors.c    errno texts and the per-thread error detail
+ *   threads.c   starting the library's threads, one or a crew of workers
  *   latch.c     the failure latch: first error wins, with its message (latch.h)
  */
 #ifndef UFFDSNAP_PRIVATE_H
@@ -447,8 +448,16 @@ void usnap_reg_release(struct usnap_reg *r);
 bool usnap_in_data(const struct usnap_sreg *sr, uint64_t page);
 int usnap_cached(int fd, off_t off, size_t len);
 
-/* snapshot.c */
+/* threads.c */
 int usnap_thread_start(pthread_t *t, void *(*fn)(void *), void *arg, const char *name);
+/* Start threads t[0..n) as usnap_thread_start, thread i running
+ * fn(arg + i * stride), up to the first that cannot start (its -errno in
+ * *err unless NULL, else 0): how many started. */
+unsigned usnap_crew_start(pthread_t *t, unsigned n, void *(*fn)(void *), void *arg, size_t stride, const char *name,
+			  int *err);
+void usnap_crew_join(pthread_t *t, unsigned n);
+
+/* snapshot.c */
 void usnap_fail(uffdsnap_snap_t *s, int err, const char *fmt, ...) __attribute__((format(printf, 3, 4)));
 
 /* pool.c */
