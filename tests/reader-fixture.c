@@ -395,12 +395,12 @@ static void cleanup(void)
 
 /*
  * The main() of a reader test program: the helper process's part when
- * exec'd as one, else take the snapshot in a helper and run `suite`, with
- * `ts` (the cases that read the snapshot) added when there is one. Returns
- * the exit status: 1 on a failure, SKIP without userfaultfd (after the cases
- * that need none ran).
+ * exec'd as one, else take the snapshot in a helper and run the suite that
+ * make() builds (with the cases that read the snapshot if there is one).
+ * Returns the exit status: 1 on a failure, SKIP without userfaultfd (after
+ * the cases that need none ran).
  */
-int reader_fixture_run(int argc, char **argv, const char *name, Suite *suite, TCase *ts)
+int reader_fixture_run(int argc, char **argv, const char *name, Suite *(*make)(bool have_snapshot))
 {
 	SRunner *sr;
 	int rc, failed;
@@ -419,13 +419,10 @@ int reader_fixture_run(int argc, char **argv, const char *name, Suite *suite, TC
 		cleanup();
 		return 1;
 	}
-	if (!rc) {
+	if (!rc)
 		printf("snapshot: %zu bytes, %u records\n", file_len, nrecs);
-		tcase_set_timeout(ts, 120);
-		suite_add_tcase(suite, ts);
-	}
 
-	sr = srunner_create(suite);
+	sr = srunner_create(make(!rc));
 	srunner_run_all(sr, CK_NORMAL);
 	failed = srunner_ntests_failed(sr);
 	srunner_free(sr);

@@ -79,6 +79,9 @@ const struct rec *find_rec(uint32_t type);
 /* Run this program again as a helper: `mode` "--snapshot" or "--stream" (to out_fd). */
 pid_t helper(const char *mode, int out_fd);
 
-int reader_fixture_run(int argc, char **argv, const char *name, Suite *suite, TCase *ts);
+/* main(): make() builds the program's suite, the cases that read the
+ * snapshot only if have_snapshot (timeout: READER_TIMEOUT). */
+int reader_fixture_run(int argc, char **argv, const char *name, Suite *(*make)(bool have_snapshot));
+#define READER_TIMEOUT 120
 
 #endif
