@@ -268,6 +268,26 @@ bool t_wait_sweep_stalled(uffdsnap_snap_t *s, unsigned seconds);
  * under label); returns wait()'s result. */
 int t_finish_stalled(uffdsnap_snap_t *s, struct t_cb *cb, uffdsnap_stats_t *st, const char *label);
 
+/* ---- swap (t-swap.c) ------------------------------------------------------------ */
+
+/* The process's zram swap device: at most one. */
+struct t_swap {
+	int id;                 /* -1: none */
+	pid_t owner;            /* the process that made it, the only one that removes it */
+	bool on;                /* swapon done */
+	char dev[64];
+	char why[256];          /* why there is none */
+};
+extern struct t_swap t_swap;
+/* Make a zram device of `mib` MiB and swap on it (root only): true if
+ * t_swap.on, else t_swap.why says why not. Removed by t_swap_down(), at exit,
+ * or on SIGTERM/SIGINT/SIGHUP. */
+bool t_swap_up(unsigned mib);
+/* Remove it (async-signal-safe; nothing in a process that did not make it). */
+void t_swap_down(void);
+/* Write s to a /proc or /sys file: 0 or -errno. */
+int t_write_str(const char *path, const char *s);
+
 /* ---- writer threads (t-writers.c) ------------------------------------------------- */
 
 struct t_writers;

@@ -170,7 +170,7 @@ void disturb_pageout(struct run *t)
 		 "pswpout +%ld, %ld still write-protected", touched, t->n, data, swapped, swent, marker, pswp1 - pswp0,
 		 prot);
 	ck_assert_msg(swapped > 0, "MADV_PAGEOUT swapped out none of %ld data pages although %s is swap "
-		      "(pswpout +%ld)", data, g_swap.dev, pswp1 - pswp0);
+		      "(pswpout +%ld)", data, t_swap.dev, pswp1 - pswp0);
 	ck_assert_msg(prot == data, "%ld of %ld paged-out data pages lost their write protection", data - prot, data);
 	free(vec);
 	free(pm);
@@ -242,7 +242,7 @@ static void offline_cycle(struct run *t, const uint64_t *pm, char *desc, size_t 
 		fclose(f);
 		off = write_str_bounded(path, "offline", 5);
 		on = 0;
-		if (!off && (on = write_str(path, "online_kernel")) && (on = write_str(path, "online")))
+		if (!off && (on = t_write_str(path, "online_kernel")) && (on = t_write_str(path, "online")))
 			ck_abort_msg("memory block %lu was offlined and cannot be onlined again: %s", blocks[k],
 				     strerror(-on));
 		len += (size_t)snprintf(desc + len, desclen - len, " #%lu (%zu target pages) %s", blocks[k], counts[k],
@@ -260,7 +260,7 @@ static void offline_cycle(struct run *t, const uint64_t *pm, char *desc, size_t 
  * pages from. */
 void compact(void)
 {
-	int e = write_str("/proc/sys/vm/compact_memory", "1");
+	int e = t_write_str("/proc/sys/vm/compact_memory", "1");
 
 	ck_assert_msg(e == 0, "compact_memory: %s", strerror(-e));
 }

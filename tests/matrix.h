@@ -64,17 +64,9 @@ static inline bool is_private(enum kind k)
 
 /* ---- matrix-system.c ---- */
 long vmstat(const char *key);
-int write_str(const char *path, const char *s);
 int write_str_bounded(const char *path, const char *s, unsigned secs);
 void pagemap_read(const void *addr, size_t n, uint64_t *out);
-/* the zram swap device: a Check unchecked fixture of the pageout cases */
-struct matrix_swap {
-	bool ok, handlers;
-	int id;
-	pid_t owner;               /* the process that removes it */
-	char dev[64], why[256];    /* why: what is missing when !ok */
-};
-extern struct matrix_swap g_swap;
+/* the zram swap device (t_swap): a Check unchecked fixture of the pageout cases */
 void swap_up(void);
 void swap_down(void);
 

@@ -2,8 +2,8 @@
 /*
  * The stress test (test-stress.c says what it does and checks): what its
  * files share. The content every owner writes and the oracle reads back
- * (below), the shared state T, and the three parts: the disturbers and the
- * zram swap device (stress-disturb.c), the oracle and its verifier thread
+ * (below), the shared state T, and the three parts: the disturbers
+ * (stress-disturb.c), the oracle and its verifier thread
  * (stress-oracle.c), one snapshot and the test (test-stress.c).
  */
 #ifndef USNAP_TEST_STRESS_H
@@ -203,17 +203,7 @@ extern struct stress T;
 void sfail(const char *fmt, ...) __attribute__((format(printf, 1, 2)));
 void nap_us(unsigned us);
 
-/* ---- stress-disturb.c: the zram device (main(), in the Check parent), /proc, the disturbers ---- */
-struct stress_zram {
-	pid_t owner;                 /* the process that set it up (not the Check child) */
-	int id;                      /* -1: none */
-	char dev[64];
-	bool swapon;
-	char why[256];               /* why there is no swap */
-};
-extern struct stress_zram Z;
-void zram_setup(void);
-void zram_teardown(void);
+/* ---- stress-disturb.c: /proc, the disturbers ---- */
 void proc_open(void);
 uint64_t vmstat(const char *key);
 uint64_t status_field(const char *key);

@@ -123,8 +123,8 @@ static void matrix_run(enum kind k, enum col c)
 	int rc;
 
 	snprintf(case_name, sizeof(case_name), "%s_%s", kname[k], cname[c]);
-	if (c == C_PAGEOUT && !g_swap.ok) {
-		t_skip(case_name, "no swap for MADV_PAGEOUT: %s", g_swap.why);
+	if (c == C_PAGEOUT && !t_swap.on) {
+		t_skip(case_name, "no swap for MADV_PAGEOUT: %s", t_swap.why);
 		return;
 	}
 	t_watchdog(45, case_name);

@@ -387,9 +387,9 @@ START_TEST(stress_everything_at_once)
 		t_skip("mremapper", "the context does not follow mremap (no UFFD_FEATURE_EVENT_REMAP)");
 	else if (env_flag("USNAP_STRESS_NO_MREMAP"))
 		T.mremapper = false, t_skip("mremapper", "off (USNAP_STRESS_NO_MREMAP)");
-	T.pager = Z.swapon && !env_flag("USNAP_STRESS_NO_PAGER");
+	T.pager = t_swap.on && !env_flag("USNAP_STRESS_NO_PAGER");
 	if (!T.pager)
-		t_skip("pager-out", "%s", Z.swapon ? "off (USNAP_STRESS_NO_PAGER)" : Z.why);
+		t_skip("pager-out", "%s", t_swap.on ? "off (USNAP_STRESS_NO_PAGER)" : t_swap.why);
 	t_tmpdir(dir);
 	proc_open();
 	pswp0 = vmstat("pswpout");
@@ -530,11 +530,13 @@ int main(void)
 	int ret;
 
 	t_test_require_uffd();
-	zram_setup();
+	/* in this (the Check parent) process: removed even if the test dies */
+	if (t_swap_up(512))
+		printf("zram swap: %s (512 MiB) on; removed at exit\n", t_swap.dev);
 	tcase_set_timeout(tc, stress_seconds() + 170);
 	tcase_add_test(tc, stress_everything_at_once);
 	suite_add_tcase(s, tc);
 	ret = t_run_suite(s);
-	zram_teardown();
+	t_swap_down();
 	return ret;
 }
