@@ -76,6 +76,9 @@ void t_test_require_root(void);
  * 1 if a case failed, else 77 (meson's SKIP) if a case called t_skip(),
  * else 0. */
 int t_run_suite(Suite *s);
+/* t_run_suite of a suite `name` of one test case `name`: the tests in
+ * cases (NULL-terminated), each under a Check timeout of `timeout` s. */
+int t_run_cases(const char *name, unsigned timeout, const TTest *const *cases);
 /* From inside a case that cannot run here (no swap, no fork events, ...):
  * print "name: SKIP: reason" and count the case as skipped; the case then
  * returns. Cases that may skip get a Check tag of their own and a meson test

@@ -393,15 +393,30 @@ static void cleanup(void)
 	rmdir(dir);
 }
 
+/* A test case named name of the tests in cases (NULL-terminated), if any. */
+static void add_cases(Suite *suite, const char *name, const TTest *const *cases)
+{
+	TCase *tc;
+
+	if (!cases[0])
+		return;
+	tc = tcase_create(name);
+	tcase_set_timeout(tc, 120);
+	for (unsigned i = 0; cases[i]; i++)
+		tcase_add_test(tc, cases[i]);
+	suite_add_tcase(suite, tc);
+}
+
 /*
  * The main() of a reader test program: the helper process's part when
- * exec'd as one, else take the snapshot in a helper and run the suite that
- * make() builds (with the cases that read the snapshot if there is one).
+ * exec'd as one, else take the snapshot in a helper and run the suite.
  * Returns the exit status: 1 on a failure, SKIP without userfaultfd (after
  * the cases that need none ran).
  */
-int reader_fixture_run(int argc, char **argv, const char *name, Suite *(*make)(bool have_snapshot))
+int reader_fixture_run(int argc, char **argv, const char *name, const TTest *const *plain, const char *snap_name,
+		       const TTest *const *snap)
 {
+	Suite *suite;
 	SRunner *sr;
 	int rc, failed;
 
@@ -419,10 +434,13 @@ int reader_fixture_run(int argc, char **argv, const char *name, Suite *(*make)(b
 		cleanup();
 		return 1;
 	}
-	if (!rc)
+	suite = suite_create(name + strlen("test-"));
+	add_cases(suite, "crc32c", plain);
+	if (!rc) {
 		printf("snapshot: %zu bytes, %u records\n", file_len, nrecs);
-
-	sr = srunner_create(make(!rc));
+		add_cases(suite, snap_name, snap);
+	}
+	sr = srunner_create(suite);
 	srunner_run_all(sr, CK_NORMAL);
 	failed = srunner_ntests_failed(sr);
 	srunner_free(sr);

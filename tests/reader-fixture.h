@@ -79,9 +79,10 @@ const struct rec *find_rec(uint32_t type);
 /* Run this program again as a helper: `mode` "--snapshot" or "--stream" (to out_fd). */
 pid_t helper(const char *mode, int out_fd);
 
-/* main(): make() builds the program's suite, the cases that read the
- * snapshot only if have_snapshot (timeout: READER_TIMEOUT). */
-int reader_fixture_run(int argc, char **argv, const char *name, Suite *(*make)(bool have_snapshot));
-#define READER_TIMEOUT 120
+/* main() of the program `name` ("test-..."): its suite is the cases `plain`
+ * (test case "crc32c"), then, once there is a snapshot, the cases `snap`
+ * (test case snap_name); both lists NULL-terminated. */
+int reader_fixture_run(int argc, char **argv, const char *name, const TTest *const *plain, const char *snap_name,
+		       const TTest *const *snap);
 
 #endif

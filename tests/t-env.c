@@ -111,6 +111,18 @@ static void exclusive_lock(void)
 	/* fd stays open: Check's forked test children inherit the lock, harmlessly */
 }
 
+int t_run_cases(const char *name, unsigned timeout, const TTest *const *cases)
+{
+	Suite *s = suite_create(name);
+	TCase *tc = tcase_create(name);
+
+	tcase_set_timeout(tc, timeout);
+	for (unsigned i = 0; cases[i]; i++)
+		tcase_add_test(tc, cases[i]);
+	suite_add_tcase(s, tc);
+	return t_run_suite(s);
+}
+
 int t_run_suite(Suite *s)
 {
 	SRunner *sr = srunner_create(s);

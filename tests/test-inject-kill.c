@@ -191,16 +191,10 @@ END_TEST
 
 int main(int argc, char **argv)
 {
-	Suite *s = suite_create("inject-kill");
-	TCase *tc = tcase_create("inject-kill");
+	const TTest *const cases[] = { inject_kill_cancel, inject_kill_snap_free, inject_kill_free, NULL };
 
 	(void)argc;
 	t_exec_without_tcache(argv); /* the heap checks are exact without it */
 	t_test_require_uffd();
-	tcase_set_timeout(tc, 180);
-	tcase_add_test(tc, inject_kill_cancel);
-	tcase_add_test(tc, inject_kill_snap_free);
-	tcase_add_test(tc, inject_kill_free);
-	suite_add_tcase(s, tc);
-	return t_run_suite(s);
+	return t_run_cases("inject-kill", 180, cases);
 }

@@ -543,22 +543,12 @@ END_TEST
 
 int main(int argc, char **argv)
 {
-	Suite *s = suite_create("inject");
-	TCase *tc = tcase_create("inject");
+	const TTest *const cases[] = { inject_alloc, inject_alloc_sticky, inject_sys, inject_ioctl, inject_write_fail,
+				       inject_write_short, inject_syscall_eintr, inject_syscall_short,
+				       inject_reader_alloc, NULL };
 
 	(void)argc;
 	t_exec_without_tcache(argv); /* the heap checks are exact without it */
 	t_test_require_uffd();
-	tcase_set_timeout(tc, 180);
-	tcase_add_test(tc, inject_alloc);
-	tcase_add_test(tc, inject_alloc_sticky);
-	tcase_add_test(tc, inject_sys);
-	tcase_add_test(tc, inject_ioctl);
-	tcase_add_test(tc, inject_write_fail);
-	tcase_add_test(tc, inject_write_short);
-	tcase_add_test(tc, inject_syscall_eintr);
-	tcase_add_test(tc, inject_syscall_short);
-	tcase_add_test(tc, inject_reader_alloc);
-	suite_add_tcase(s, tc);
-	return t_run_suite(s);
+	return t_run_cases("inject", 180, cases);
 }

@@ -297,24 +297,10 @@ START_TEST(hostile_fields)
 }
 END_TEST
 
-static Suite *make(bool have_snapshot)
-{
-	Suite *suite = suite_create("reader-damage");
-	TCase *ts;
-
-	if (have_snapshot) {
-		ts = tcase_create("damage");
-		tcase_set_timeout(ts, READER_TIMEOUT);
-		tcase_add_test(ts, corruption_sweep);
-		tcase_add_test(ts, truncation);
-		tcase_add_test(ts, hostile_fields);
-		tcase_add_test(ts, zstd_payload_resealed);
-		suite_add_tcase(suite, ts);
-	}
-	return suite;
-}
-
 int main(int argc, char **argv)
 {
-	return reader_fixture_run(argc, argv, "test-reader-damage", make);
+	const TTest *const none[] = { NULL };
+	const TTest *const snap[] = { corruption_sweep, truncation, hostile_fields, zstd_payload_resealed, NULL };
+
+	return reader_fixture_run(argc, argv, "test-reader-damage", none, "damage", snap);
 }

@@ -351,30 +351,11 @@ START_TEST(live_stream_verify)
 }
 END_TEST
 
-static Suite *make(bool have_snapshot)
-{
-	Suite *suite = suite_create("reader");
-	TCase *tc = tcase_create("crc32c"), *ts;
-
-	tcase_add_test(tc, crc32c_known_answers);
-	tcase_add_test(tc, crc32c_matches_reference);
-	tcase_add_test(tc, rec_crc_skips_its_field);
-	suite_add_tcase(suite, tc);
-	if (have_snapshot) {
-		ts = tcase_create("snapshots");
-		tcase_set_timeout(ts, READER_TIMEOUT);
-		tcase_add_test(ts, valid_snapshot_reads_back);
-		tcase_add_test(ts, extract_to_file_and_pipe);
-		tcase_add_test(ts, failed_snapshot_says_why);
-		tcase_add_test(ts, garbage_files);
-		tcase_add_test(ts, stream_verify);
-		tcase_add_test(ts, live_stream_verify);
-		suite_add_tcase(suite, ts);
-	}
-	return suite;
-}
-
 int main(int argc, char **argv)
 {
-	return reader_fixture_run(argc, argv, "test-reader", make);
+	const TTest *const plain[] = { crc32c_known_answers, crc32c_matches_reference, rec_crc_skips_its_field, NULL };
+	const TTest *const snap[] = { valid_snapshot_reads_back, extract_to_file_and_pipe, failed_snapshot_says_why,
+				      garbage_files, stream_verify, live_stream_verify, NULL };
+
+	return reader_fixture_run(argc, argv, "test-reader", plain, "snapshots", snap);
 }
