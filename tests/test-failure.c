@@ -267,10 +267,12 @@ static void *poll_error(void *arg)
 {
 	struct error_poll *p = arg;
 
-	while (!atomic_load(&p->stop)) {
+	/* at least once: a poller the loaded machine starts late still reads
+	 * the final message */
+	do {
 		snprintf(p->last, sizeof(p->last), "%s", uffdsnap_snap_error(p->s));
 		p->reads++;
-	}
+	} while (!atomic_load(&p->stop));
 	return NULL;
 }
 
