@@ -156,6 +156,18 @@ static size_t page_out(int fd, uint8_t *map, size_t first, size_t n)
 	return left;
 }
 
+/* Pages [first, first + n) made holes, then read once: clean folios of zeros. */
+static void read_populated_holes(struct t_mem *m, size_t first, size_t n)
+{
+	volatile uint8_t sink = 0;
+
+	ck_assert_int_eq(fallocate(m->fd, FALLOC_FL_PUNCH_HOLE | FALLOC_FL_KEEP_SIZE, (off_t)(first * t_page),
+				   (off_t)(n * t_page)), 0);
+	for (size_t i = first; i < first + n; i++)
+		sink += m->addr[i * t_page];
+	(void)sink;
+}
+
 /*
  * A shmem page filled by a read fault is a clean folio of zeros, which reclaim
  * (memory pressure, or here DAMON's pageout scheme, or MADV_PAGEOUT) may drop
@@ -177,7 +189,6 @@ START_TEST(reclaimed_zero_page)
 	uffdsnap_t *ctx;
 	uffdsnap_snap_t *s;
 	struct page_view dropped, punched;
-	volatile uint8_t sink = 0;
 	char where[64];
 	int r;
 
@@ -186,10 +197,7 @@ START_TEST(reclaimed_zero_page)
 	t_memfd(&m, len);
 	t_fill_random(m.addr, len, 72);
 	/* pages far..far+31: holes, then read once (clean zeros); far+32: data */
-	ck_assert_int_eq(fallocate(m.fd, FALLOC_FL_PUNCH_HOLE | FALLOC_FL_KEEP_SIZE, (off_t)(far * t_page),
-				   (off_t)(32 * t_page)), 0);
-	for (size_t i = far; i < far + 32; i++)
-		sink += m.addr[i * t_page];
+	read_populated_holes(&m, far, 32);
 	for (size_t i = far; i < far + 32; i++)
 		ck_assert_msg(view(m.fd, m.addr, i).data, "a read fault did not populate page %zu", i);
 
@@ -249,7 +257,6 @@ START_TEST(reclaimed_zero_page_prevented)
 	struct t_expect e;
 	uffdsnap_t *ctx;
 	uffdsnap_snap_t *s;
-	volatile uint8_t sink = 0;
 	uint8_t *ref;
 	size_t kept;
 	int r;
@@ -258,17 +265,11 @@ START_TEST(reclaimed_zero_page_prevented)
 	ck_assert_int_eq(t_page, 4096);
 	t_memfd(&m, len);
 	t_fill_random(m.addr, len, 73);
-	ck_assert_int_eq(fallocate(m.fd, FALLOC_FL_PUNCH_HOLE | FALLOC_FL_KEEP_SIZE, (off_t)(far * t_page),
-				   (off_t)(32 * t_page)), 0);
-	for (size_t i = far; i < far + 32; i++)
-		sink += m.addr[i * t_page];
+	read_populated_holes(&m, far, 32);
 	/* the remedy: allocate over what is already there */
 	ck_assert_int_eq(fallocate(m.fd, FALLOC_FL_KEEP_SIZE, (off_t)(far * t_page), (off_t)(32 * t_page)), 0);
 	/* the control, before the instant: such pages without the remedy are dropped here */
-	ck_assert_int_eq(fallocate(m.fd, FALLOC_FL_PUNCH_HOLE | FALLOC_FL_KEEP_SIZE, (off_t)((far + 40) * t_page),
-				   (off_t)(8 * t_page)), 0);
-	for (size_t i = far + 40; i < far + 48; i++)
-		sink += m.addr[i * t_page];
+	read_populated_holes(&m, far + 40, 8);
 	if (page_out(m.fd, m.addr, far + 40, 8) == 8) {
 		t_skip("reclaimed_zero_page_prevented", "MADV_PAGEOUT never dropped a clean shmem page here");
 		t_mem_free(&m);
