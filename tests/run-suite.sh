@@ -27,8 +27,9 @@
 # background at nice 19 while that suite's tests run.
 # The tsan suite leaves out the tests of meson suite no-tsan (kernel-event
 # matrix, file parsers, shell-driven clients: tests/meson.build says why).
-# With two lanes, those tests' plain run (~60 s) moves to the tsan lane, after
-# tsan, to even the lanes out: lane entries plain/rest and plain/no-tsan.
+# With two lanes, those tests' plain run (~60 s) moves to the tsan lane, to
+# even the lanes out (lane entries plain/rest and plain/no-tsan), and runs
+# first there, while tsan compiles in the background.
 # USNAP_LANES=1 runs every suite in one lane, in the order of USNAP_SUITES.
 #
 # A failing test (or build) does not stop the script: the other suites still
@@ -223,7 +224,7 @@ else
 	case " $lane1 " in *" plain "*) build plain && built+=" plain" || fail "$prefix: the build" ;; esac
 	if [[ " $built " == *" plain "* ]]; then
 		lane1=${lane1/plain/plain/rest}
-		lane2+="plain/no-tsan "
+		lane2="plain/no-tsan $lane2"
 	fi
 	lane2_log=$(mktemp /tmp/usnap-lane2.XXXXXX)
 	echo "=== ${lane2% } runs beside ${lane1% }: its output follows when both are done ==="
