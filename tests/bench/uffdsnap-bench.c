@@ -104,6 +104,7 @@ struct options {
 	size_t size;           /* bytes of data */
 	size_t region;         /* bytes of region (--region-mib; = size unless sparse) */
 	unsigned writers;
+	unsigned zappers;      /* --zappers: MADV_DONTNEED threads on the uffdsnap method's shared region */
 	int pattern;
 	double zipf_s;         /* --pattern zipf:S */
 	unsigned hot_pct;      /* --pattern hotset:P */
@@ -432,6 +433,10 @@ struct bench {
 	pthread_cond_t cv_paused, cv_run;
 	unsigned npaused;
 	struct writer *w;
+	pthread_t *zap_th;       /* --zappers, while the uffdsnap method runs on shared memory */
+	unsigned nzap;
+	_Atomic bool zap_stop;
+	_Atomic uint64_t zaps;
 	FILE *trace;
 	/* zipf and hotset: the page of rank r is (r * perm_mul) % npages, so the
 	 * popular pages are spread over the region, not packed at its start */
@@ -645,6 +650,49 @@ static void writers_stop(struct bench *b)
 	writers_resume(b, CTL_STOP);
 	for (unsigned i = 0; i < b->o.writers; i++)
 		pthread_join(b->w[i].th, NULL);
+}
+
+/*
+ * A zap storm (issue #17 goal 5): each zapper drops 8 random data pages of
+ * the region from the page tables (MADV_DONTNEED) in a loop without pause. On
+ * shared memory nothing is lost (the pages stay in the file, a protected one
+ * keeps its uffd-wp marker); a userfaultfd asking for remove events would get
+ * one per call, and its write-protect ioctls would fail with EAGAIN until
+ * each is read.
+ */
+static void *zapper_main(void *arg)
+{
+	struct bench *b = arg;
+	uint64_t st = mono_ns() ^ (uint64_t)(uintptr_t)&st, n = 0;
+
+	while (!atomic_load_explicit(&b->zap_stop, memory_order_relaxed)) {
+		for (int k = 0; k < 8; k++) {
+			st = st * 6364136223846793005ull + 1442695040888963407ull;
+			madvise(data_page(b->base, b->stride, (st >> 17) % b->npages), PAGE, MADV_DONTNEED);
+		}
+		n += 8;
+	}
+	atomic_fetch_add(&b->zaps, n);
+	return NULL;
+}
+
+static void zappers_start(struct bench *b, unsigned n)
+{
+	atomic_store(&b->zap_stop, false);
+	atomic_store(&b->zaps, 0);
+	b->zap_th = calloc(n ? n : 1, sizeof(*b->zap_th));
+	for (b->nzap = 0; b->nzap < n; b->nzap++)
+		if (pthread_create(&b->zap_th[b->nzap], NULL, zapper_main, b))
+			die("pthread_create: %s", strerror(errno));
+}
+
+static void zappers_stop(struct bench *b)
+{
+	atomic_store(&b->zap_stop, true);
+	while (b->nzap)
+		pthread_join(b->zap_th[--b->nzap], NULL);
+	free(b->zap_th);
+	b->zap_th = NULL;
 }
 
 static size_t slice_of(const struct bench *b, uint64_t t_ns)
@@ -1148,6 +1196,7 @@ static void e_end(struct emit *e)
 
 struct result {
 	bool ran, ok;
+	double zaps_per_s;     /* --zappers: MADV_DONTNEED calls per second, warm-up to settled */
 	double begin_ms, begin_protect_ms, window_ms, total_ms, max_stall_ms, base_max_stall_ms;
 	double lost_work_ms, lost_work_window_ms, settle_ms, base_rate, base_slow_per_s;
 	double fault_p50_us, fault_p99_us, tail_p50_us, uffd_p50_us, uffd_p99_us;
@@ -1369,6 +1418,8 @@ static void run_method(struct bench *b, int method, struct result *res)
 	/* Warm-up: the undisturbed rate, measured now, on this region. The first
 	 * 100 ms (thread start, caches) are left out. */
 	writers_start(b);
+	if (o->zappers && method == M_UFFDSNAP && mfd >= 0)
+		zappers_start(b, o->zappers);
 	sleep_ms(100);
 	cpu_sample(&cpu0);
 	uint64_t tb0 = mono_ns();
@@ -1533,6 +1584,10 @@ static void run_method(struct bench *b, int method, struct result *res)
 	atomic_store(&sm.stop, true);
 	pthread_join(sm.th, NULL);
 	writers_stop(b);
+	if (b->nzap) {
+		zappers_stop(b);
+		res->zaps_per_s = (double)atomic_load(&b->zaps) / ((double)(mono_ns() - tb0) / 1e9);
+	}
 
 	/* ---- derived numbers ---- */
 	size_t s0 = slice_of(b, t0), sd = slice_of(b, t_done) + 1, ss = slice_of(b, t_settle) + 1;
@@ -1759,6 +1814,8 @@ static void usage(int code)
 		"                          spread evenly, holes between; writers touch only the data\n"
 		"                          (uffdsnap and fork; stw would need an N MiB copy and is skipped)\n"
 		"  --writers N             writer threads (default 1)\n"
+		"  --zappers N             uffdsnap on shared memory: N more threads MADV_DONTNEED 8 random pages\n"
+		"                          at a time without pause, from the warm-up on (a zap storm; default 0)\n"
 		"  --pattern random|sequential|zipf[:S]|hotset:P\n"
 		"                          zipf: page popularity ~ 1/rank^S (S default 0.99); hotset: 90%% of the\n"
 		"                          stores to P%% of the pages, the rest uniform; popular pages spread out\n"
@@ -1855,7 +1912,7 @@ static void parse(int argc, char **argv, struct options *o)
 		{ "compress-threads", 1, 0, 'c' }, { "label", 1, 0, 'B' },
 		{ "chunk-kib", 1, 0, 'C' }, { "buffer-mib", 1, 0, 'M' }, { "help", 0, 0, 'h' },
 		{ "timeline-ms", 1, 0, 'R' }, { "region-mib", 1, 0, 'g' }, { "adapt", 0, 0, 'A' },
-		{ "memory", 1, 0, 'y' },    { "delta", 1, 0, 'D' },
+		{ "memory", 1, 0, 'y' },    { "delta", 1, 0, 'D' },     { "zappers", 1, 0, 'Z' },
 		{ 0, 0, 0, 0 },
 	};
 	int c;
@@ -1870,6 +1927,7 @@ static void parse(int argc, char **argv, struct options *o)
 		case 's': o->size = (size_t)num(optarg) << 20; break;
 		case 'g': o->region = (size_t)num(optarg) << 20; break;
 		case 'w': o->writers = (unsigned)num(optarg); break;
+		case 'Z': o->zappers = (unsigned)num(optarg); break;
 		case 'p':
 			if (!strcmp(optarg, "random")) o->pattern = PAT_RANDOM;
 			else if (!strcmp(optarg, "sequential")) o->pattern = PAT_SEQUENTIAL;
@@ -2045,6 +2103,10 @@ int main(int argc, char **argv)
 		e_int(&e, "size_mib", b.o.size >> 20);
 		e_int(&e, "region_mib", b.o.region >> 20);
 		e_int(&e, "writers", b.o.writers);
+		if (r->zaps_per_s > 0) {
+			e_int(&e, "zappers", b.o.zappers);
+			e_num(&e, "zaps_per_s", r->zaps_per_s);
+		}
 		emit_pattern(&e, &b.o);
 		e_str(&e, "sink", b.o.sink == SINK_FILE ? "file" : "null");
 		e_str(&e, "memory", k == M_UFFDSNAP ? memory_name[b.o.memory]
