@@ -740,15 +740,24 @@ static double median_rate(const struct bench *b, size_t from, size_t to)
 	return r[n / 2];
 }
 
-static uint32_t max_gap_between(const struct bench *b, size_t from, size_t to)
+/* The longest gap (µs) that ended in slices [from, to); the slice it ended
+ * in into *at unless NULL, and the number of gaps longer than over_us into
+ * *over unless NULL (a slice holds at most one gap longer than itself). */
+static uint32_t max_gap_between(const struct bench *b, size_t from, size_t to, size_t *at, uint32_t over_us,
+				unsigned *over)
 {
 	uint32_t m = 0;
 
 	for (unsigned i = 0; i < b->o.writers; i++)
 		for (size_t k = from; k < to; k++) {
 			uint32_t g = atomic_load_explicit(&b->w[i].gap_us[k], memory_order_relaxed);
-			if (g > m)
+			if (over && g > over_us)
+				++*over;
+			if (g > m) {
 				m = g;
+				if (at)
+					*at = k;
+			}
 		}
 	return m;
 }
@@ -1198,6 +1207,8 @@ struct result {
 	bool ran, ok;
 	double zaps_per_s;     /* --zappers: MADV_DONTNEED calls per second, warm-up to settled */
 	double begin_ms, begin_protect_ms, window_ms, total_ms, max_stall_ms, base_max_stall_ms;
+	double max_stall_from_ms;  /* the worst stall began this long after the instant (± a slice) */
+	unsigned stalls_over_20ms; /* the writers' gaps longer than 20 ms, instant to settled (issue 17 goal 9) */
 	double lost_work_ms, lost_work_window_ms, settle_ms, base_rate, base_slow_per_s;
 	double fault_p50_us, fault_p99_us, tail_p50_us, uffd_p50_us, uffd_p99_us;
 	double nowait_p50_us, nowait_p99_us, waited_p50_us, waited_p99_us;
@@ -1429,7 +1440,7 @@ static void run_method(struct bench *b, int method, struct result *res)
 	hist_snap(b, h_base1);
 	size_t sb0 = slice_of(b, tb0) + 1, sb1 = slice_of(b, tb1);
 	res->base_rate = res->rate_pre = median_rate(b, sb0, sb1); /* stores per slice */
-	res->base_max_stall_ms = max_gap_between(b, sb0, sb1) / 1000.0;
+	res->base_max_stall_ms = max_gap_between(b, sb0, sb1, NULL, 0, NULL) / 1000.0;
 	res->base_slow_per_s = (double)hist_stats(h_base0, h_base1, &dummy, &dummy, &dummy) /
 			       ((double)(tb1 - tb0) / 1e9);
 
@@ -1597,7 +1608,10 @@ static void run_method(struct bench *b, int method, struct result *res)
 	res->window_ms = (double)(t_win_end - t0) / 1e6;
 	res->total_ms = (double)(t_done - t0) / 1e6;
 	res->settle_ms = (double)(t_settle - t_done) / 1e6;
-	res->max_stall_ms = max_gap_between(b, s0, ss) / 1000.0;
+	size_t s_max = s0;
+	res->max_stall_ms = max_gap_between(b, s0, ss, &s_max, 20000, &res->stalls_over_20ms) / 1000.0;
+	/* where the worst stall began, from the instant: < begin_ms means in begin */
+	res->max_stall_from_ms = (double)(s_max + 1 - s0) * slice_ms - res->max_stall_ms;
 	lost_work(b, res, s0, sd, ss);
 	res->faults = hist_stats(h0, h1, &res->fault_p50_us, &res->fault_p99_us, &dummy);
 	hist_top(h0, h1, 0, method == M_UFFDSNAP ? res->st.faults : 0, &res->uffd_p50_us, &res->uffd_p99_us);
@@ -2117,6 +2131,8 @@ int main(int argc, char **argv)
 		e_bool(&e, "ok", r->ok);
 		e_num(&e, "begin_ms", r->begin_ms);
 		e_num(&e, "max_stall_ms", r->max_stall_ms);
+		e_num(&e, "max_stall_from_ms", r->max_stall_from_ms);
+		e_int(&e, "stalls_over_20ms", r->stalls_over_20ms);
 		e_num(&e, "lost_work_ms", r->lost_work_ms);
 		e_num(&e, "lost_work_window_ms", r->lost_work_window_ms);
 		emit_honesty(&e, &b, r);
