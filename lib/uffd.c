@@ -155,12 +155,13 @@ int usnap_uffd_new_async(uint64_t features)
 	return fd;
 }
 
-int usnap_uffd_scan_written(int pagemap_fd, uintptr_t start, uintptr_t end, struct page_region *vec, size_t n,
-			    uintptr_t *walk_end)
+/* PAGEMAP_SCAN over [start, end): runs of pages in every category of `mask` */
+static int pm_scan(int pagemap_fd, uint64_t flags, uint64_t mask, uintptr_t start, uintptr_t end,
+		   struct page_region *vec, size_t n, uintptr_t *walk_end)
 {
 	struct pm_scan_arg a = {
-		.size = sizeof(a), .flags = PM_SCAN_WP_MATCHING | PM_SCAN_CHECK_WPASYNC, .start = start, .end = end,
-		.vec = (uintptr_t)vec, .vec_len = n, .category_mask = PAGE_IS_WRITTEN, .return_mask = PAGE_IS_WRITTEN,
+		.size = sizeof(a), .flags = flags, .start = start, .end = end, .vec = (uintptr_t)vec, .vec_len = n,
+		.category_mask = mask, .return_mask = mask,
 	};
 	int r = ioctl(pagemap_fd, PAGEMAP_SCAN, &a);
 
@@ -168,4 +169,17 @@ int usnap_uffd_scan_written(int pagemap_fd, uintptr_t start, uintptr_t end, stru
 		return -errno;
 	*walk_end = (uintptr_t)a.walk_end;
 	return r;
+}
+
+int usnap_uffd_scan_written(int pagemap_fd, uintptr_t start, uintptr_t end, struct page_region *vec, size_t n,
+			    uintptr_t *walk_end)
+{
+	return pm_scan(pagemap_fd, PM_SCAN_WP_MATCHING | PM_SCAN_CHECK_WPASYNC, PAGE_IS_WRITTEN, start, end, vec, n,
+		       walk_end);
+}
+
+int usnap_scan_mapped_file(int pagemap_fd, uintptr_t start, uintptr_t end, struct page_region *vec, size_t n,
+			   uintptr_t *walk_end)
+{
+	return pm_scan(pagemap_fd, 0, PAGE_IS_PRESENT | PAGE_IS_FILE, start, end, vec, n, walk_end);
 }

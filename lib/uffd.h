@@ -74,5 +74,12 @@ int usnap_uffd_new_async(uint64_t features);
  */
 int usnap_uffd_scan_written(int pagemap_fd, uintptr_t start, uintptr_t end, struct page_region *vec, size_t n,
 			    uintptr_t *walk_end);
+/*
+ * PAGEMAP_SCAN over [start, end): the runs of pages mapped now by a present
+ * PTE of a file mapping (shmem: pages that are in the file), in up to n runs.
+ * Same returns as above.
+ */
+int usnap_scan_mapped_file(int pagemap_fd, uintptr_t start, uintptr_t end, struct page_region *vec, size_t n,
+			   uintptr_t *walk_end);
 
 #endif
