@@ -169,3 +169,28 @@ int usnap_uffd_scan_written(int pagemap_fd, uintptr_t start, uintptr_t end, stru
 	*walk_end = (uintptr_t)a.walk_end;
 	return r;
 }
+
+int usnap_uffd_new_missing(uint64_t *missing)
+{
+	uint64_t want = UFFD_FEATURE_MISSING_SHMEM | UFFD_FEATURE_POISON, got = 0;
+	int fd = usnap_uffd_new(false), r;
+
+	if (fd < 0)
+		return fd;
+	r = usnap_uffd_api(fd, 0, &got);
+	close(fd);
+	if (r)
+		return r;
+	*missing = want & ~got;
+	if (*missing)
+		return -EOPNOTSUPP;
+	fd = usnap_uffd_new(false);
+	if (fd < 0)
+		return fd;
+	r = usnap_uffd_api(fd, want, &got);
+	if (r) {
+		close(fd);
+		return r;
+	}
+	return fd;
+}

@@ -75,4 +75,14 @@ int usnap_uffd_new_async(uint64_t features);
 int usnap_uffd_scan_written(int pagemap_fd, uintptr_t start, uintptr_t end, struct page_region *vec, size_t n,
 			    uintptr_t *walk_end);
 
+/*
+ * Post-copy placement (migrate.c, the receiver): a userfaultfd for MISSING
+ * faults on shmem (UFFD_FEATURE_MISSING_SHMEM) that can also poison pages
+ * (UFFD_FEATURE_POISON, Linux 6.6+: what a receiver that lost its sender
+ * leaves where pages never came). Probes on a first descriptor (UFFDIO_API
+ * is once per descriptor). The descriptor, or -EOPNOTSUPP with *missing set
+ * to the feature the kernel lacks.
+ */
+int usnap_uffd_new_missing(uint64_t *missing);
+
 #endif
