@@ -148,8 +148,8 @@ START_TEST(exact)
 	print_stats("post-copy", m);
 	printf("post-copy: %llu pages requested by faults\n", (unsigned long long)st.pages_requested);
 	ck_assert_int_eq(st.state, UFFDSNAP_MIGRATE_DONE);
-	ck_assert_uint_eq(st.rounds, 2);
-	ck_assert_msg(st.round_bytes[1] > 0, "nothing was dirty at the switchover: the writer did not run");
+	ck_assert_uint_eq(st.rounds, 3); /* round 1, the drops, the switchover */
+	ck_assert_msg(st.round_bytes[2] > 0, "nothing was dirty at the switchover: the writer did not run");
 	/* the on-demand path ran (unless the push ended before the test's
 	 * thread got to run; request_then_lost proves requests in any case) */
 	ck_assert_msg(st.pages_requested > 0 || push_done, "no page was fetched on demand");
@@ -248,7 +248,7 @@ static size_t discard_fr(uint8_t *out, uint32_t region, uint64_t first, uint64_t
 }
 
 enum pc_case { P_FLAGS, P_DISCARD_PRECOPY, P_DISCARD_EARLY, P_DISCARD_PAST, P_DISCARD_TWICE, P_COUNT, P_NOT_DROPPED,
-	       P_END_MISSING, P_END_WITHOUT_SWITCH, P_VALID };
+	       P_END_MISSING, P_END_WITHOUT_SWITCH, P_PAGES_IN_DROPS, P_VALID };
 
 /* Round 1 (pages 3 and 5 of 0x11 and 0x22), discards of `word`, the switchover. */
 static size_t pc_prefix(uint8_t *b, uint64_t word, uint64_t count)
@@ -310,6 +310,11 @@ static int feed_pc(enum pc_case c, uffdsnap_incoming_t **keep)
 		n = pc_prefix(b, 1ull << 3, 1) - 16 - sizeof(struct usnap_mig_round);
 		n += round_fr(b + n, USNAP_MIG_ROUND_END, 2, 1, 0);
 		break;
+	case P_PAGES_IN_DROPS: /* a page frame in a round of drops */
+		n = hello_pc(b, USNAP_MIG_HELLO_POSTCOPY);
+		n += round_fr(b + n, USNAP_MIG_ROUND_END, 1, 0, 0);
+		n += page_fr(b + n, 3, 0x33);
+		break;
 	case P_VALID: /* page 3 again (0x33), page 9 written and now zero */
 		n = pc_prefix(b, (1ull << 3) | (1ull << 9), 2);
 		n += page_fr(b + n, 3, 0x33);
@@ -352,6 +357,7 @@ START_TEST(hostile_frames)
 	ck_assert_int_eq(feed_pc(P_NOT_DROPPED, NULL), -EBADMSG);
 	ck_assert_int_eq(feed_pc(P_END_MISSING, NULL), -EBADMSG);
 	ck_assert_int_eq(feed_pc(P_END_WITHOUT_SWITCH, NULL), -EBADMSG);
+	ck_assert_int_eq(feed_pc(P_PAGES_IN_DROPS, NULL), -EBADMSG);
 	ck_assert_int_eq(feed_pc(P_VALID, &in), 0);
 	region(in, 0, &r);
 	for (size_t i = 0; i < r.len; i++)
