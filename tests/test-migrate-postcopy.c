@@ -437,6 +437,108 @@ START_TEST(request_then_lost)
 }
 END_TEST
 
+/* A page written through the memfd (not the mapping) after it was dropped:
+ * when its contents arrive, UFFDIO_COPY finds it there (EEXIST) and the
+ * migration fails with -EEXIST; the file keeps the program's write, the
+ * mapping raises SIGBUS there as on every page that never came. */
+START_TEST(created_outside)
+{
+	uint8_t *b = calloc(1, 64 * KiB), x = 0x77;
+	uffdsnap_incoming_region_t r;
+	uffdsnap_incoming_t *in;
+	size_t n;
+	int sv[2];
+
+	t_watchdog(30, "a page created behind the mapping's back");
+	ck_assert_int_eq(socketpair(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0, sv), 0);
+	n = pc_prefix(b, 1ull << 3, 1);
+	ck_assert_int_eq(write(sv[0], b, n), (ssize_t)n);
+	ck_assert_msg(uffdsnap_migrate_recv(sv[1], NULL, &in) == 0, "%s", uffdsnap_last_error());
+	ck_assert_msg(uffdsnap_incoming_wait(in) == 0, "%s", uffdsnap_last_error());
+	region(in, 0, &r);
+	ck_assert_int_eq(pwrite(r.fd, &x, 1, (off_t)(3 * ps)), 1);
+	n = page_fr(b, 3, 0x33);
+	n += round_fr(b + n, USNAP_MIG_ROUND_END, 2, 1, 1);
+	ck_assert_int_eq(write(sv[0], b, n), (ssize_t)n);
+	ck_assert_int_eq(uffdsnap_incoming_complete(in), -EEXIST);
+	printf("created outside: %s\n", uffdsnap_last_error());
+	/* in the file, the program's byte; through the mapping, like every page
+	 * that did not come from the sender, SIGBUS */
+	ck_assert_int_eq(pread(r.fd, &x, 1, (off_t)(3 * ps)), 1);
+	ck_assert_int_eq(x, 0x77);
+	ck_assert_int_gt(touch((uint8_t *)r.addr + 3 * ps), 0);
+	uffdsnap_incoming_free(in);
+	close(sv[0]), close(sv[1]);
+	free(b);
+	t_watchdog(0, NULL);
+}
+END_TEST
+
+/* Read one whole frame from fd into h and p (cap bytes). */
+static void read_frame(int fd, struct usnap_mig_hdr *h, uint8_t *p, size_t cap)
+{
+	size_t got = 0;
+
+	ck_assert_int_eq(read(fd, h, sizeof(*h)), (ssize_t)sizeof(*h));
+	ck_assert_uint_le(h->len, cap);
+	while (got < h->len) {
+		ssize_t k = read(fd, p + got, h->len - got);
+		ck_assert_int_gt(k, 0);
+		got += (size_t)k;
+	}
+}
+
+/* A receiver that follows the protocol up to the switchover, then asks for
+ * a page of a region that does not exist: the sender fails (-EBADMSG) and
+ * leaves its program unprotected. */
+START_TEST(hostile_request)
+{
+	struct prog p;
+	uffdsnap_migrate_opts_t o;
+	uffdsnap_migrate_t *m;
+	struct usnap_mig_hdr h;
+	uint8_t *buf = malloc(2 * MiB), fr[64];
+	int sv[2], r;
+
+	t_watchdog(60, "hostile post-copy request");
+	prog_new(&p, SHLEN, PRLEN);
+	ck_assert_int_eq(socketpair(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0, sv), 0);
+	o = opts_for(&p);
+	o.flags = UFFDSNAP_MIGRATE_POSTCOPY;
+	ck_assert_msg(uffdsnap_migrate_send(p.ctx, sv[0], &o, &m) == 0, "%s", uffdsnap_last_error());
+	for (;;) {
+		read_frame(sv[1], &h, buf, 2 * MiB);
+		struct usnap_mig_status st = { USNAP_MIG_VERSION, 0 };
+		struct usnap_mig_round re;
+		memcpy(&re, buf, sizeof(re));
+		if (h.type == USNAP_MIG_HELLO) {
+			ck_assert_int_eq(write(sv[1], fr, frame(fr, USNAP_MIG_HELLO_OK, &st, sizeof(st))), 24);
+		} else if (h.type == USNAP_MIG_ROUND_END) {
+			st.value = re.round;
+			ck_assert_int_eq(write(sv[1], fr, frame(fr, USNAP_MIG_ACK, &st, sizeof(st))), 24);
+		} else if (h.type == USNAP_MIG_POSTCOPY) {
+			struct usnap_mig_pages q = { 7, 1, 0 };
+			st.value = re.round;
+			ck_assert_int_eq(write(sv[1], fr, frame(fr, USNAP_MIG_RUNNING, &st, sizeof(st))), 24);
+			ck_assert_int_eq(write(sv[1], fr, frame(fr, USNAP_MIG_REQUEST, &q, sizeof(q))), 32);
+			break;
+		}
+	}
+	ck_assert_int_eq(p.switchovers, 1);
+	/* nothing more is read: the sender reads the request between two pushed
+	 * frames, before the socket's buffer could fill */
+	r = uffdsnap_migrate_wait(m);
+	printf("hostile request: wait %d (%s)\n", r, uffdsnap_last_error());
+	ck_assert_int_eq(r, -EBADMSG);
+	assert_unprotected(&p);
+	uffdsnap_migrate_free(m);
+	close(sv[0]), close(sv[1]);
+	free(buf);
+	prog_free(&p);
+	t_watchdog(0, NULL);
+}
+END_TEST
+
 int main(void)
 {
 	Suite *s;
@@ -451,6 +553,8 @@ int main(void)
 	tcase_add_test(tc, cut);
 	tcase_add_test(tc, hostile_frames);
 	tcase_add_test(tc, request_then_lost);
+	tcase_add_test(tc, created_outside);
+	tcase_add_test(tc, hostile_request);
 	suite_add_tcase(s, tc);
 	return t_run_suite(s);
 }
