@@ -251,6 +251,7 @@ struct uffdsnap_migrate {
 	_Atomic uint64_t round_bytes[UFFDSNAP_MIGRATE_MAX_ROUNDS];
 	_Atomic uint64_t bytes_wire, pages_sent, pages_zero, downtime_ns, t0_ns, end_ns;
 	_Atomic uint64_t pages_requested; /* post-copy: sent because the receiver faulted on them */
+	unsigned pc_round;             /* post-copy: the round of the switchover and the push */
 };
 
 static void migrate_defaults(uffdsnap_migrate_opts_t *o)
@@ -433,15 +434,17 @@ static int push_run(struct mig_run **v, size_t *n, size_t *cap, struct mig_run r
 	return 0;
 }
 
-/* Append to m->runs the pages written since the last scan (they are
- * protected again); *bytes: their size. */
-static int scan(struct uffdsnap_migrate *m, uint64_t *bytes)
+/* Append to m->runs the pages written since the last scan (protected
+ * again, but for the last scan, after the switchover); *bytes: their size. */
+static int scan(struct uffdsnap_migrate *m, bool last, uint64_t *bytes)
 {
 	for (unsigned i = 0; i < m->nregs; i++) {
 		const struct mig_reg *r = &m->regs[i];
 		uintptr_t start = r->addr, end = r->addr + r->len, walk_end;
 		while (start < end) {
-			int k = usnap_uffd_scan_written(m->pagemap, start, end, m->vec, USNAP_MIG_SCAN_VEC, &walk_end);
+			int k = last ? usnap_uffd_scan_written_last(m->pagemap, start, end, m->vec, USNAP_MIG_SCAN_VEC,
+								   &walk_end)
+				     : usnap_uffd_scan_written(m->pagemap, start, end, m->vec, USNAP_MIG_SCAN_VEC, &walk_end);
 			if (k < 0)
 				return mig_fail(m, k, "region '%s': PAGEMAP_SCAN: %s", r->name, strerror(-k));
 			for (int j = 0; j < k; j++) {
@@ -682,7 +685,10 @@ static int switchover(struct uffdsnap_migrate *m, uint64_t *t_sw)
  * window).
  */
 #define USNAP_MIG_PUSH_BATCH 16u
-#define USNAP_MIG_PC_ROUND 3u           /* 1: every page; 2: drops only; 3: the switchover and the push */
+/* Rounds of drops go on until one finds at most this many pages written
+ * since the previous (~1.3 ms of punching on the receiver, measured ~2.5 us
+ * a page), or max_rounds allows no more. */
+#define USNAP_MIG_DROP_FEW 512u
 #ifndef USNAP_MIG_PUSH_WINDOW
 #define USNAP_MIG_PUSH_WINDOW (256u << 10)
 #endif
@@ -741,7 +747,7 @@ static int send_pending(struct uffdsnap_migrate *m, unsigned ri, uint64_t first,
 
 	for (uint64_t k = first; k < first + n; k++)
 		b[k / 64] &= ~(1ull << (k % 64));
-	return send_range(m, ri, first, n, USNAP_MIG_PC_ROUND, count);
+	return send_range(m, ri, first, n, m->pc_round, count);
 }
 
 /* The next run of pending pages from (*ri, *pg), at most USNAP_MIG_PUSH_BATCH
@@ -787,7 +793,7 @@ static int postcopy_answer(struct uffdsnap_migrate *m, bool ended, bool *running
 
 	if (r)
 		return mig_fail(m, r, "post-copy, the receiver: %s", why);
-	if (h.type == USNAP_MIG_RUNNING && h.len == sizeof(u.st) && !*running && u.st.value == USNAP_MIG_PC_ROUND) {
+	if (h.type == USNAP_MIG_RUNNING && h.len == sizeof(u.st) && !*running && u.st.value == m->pc_round) {
 		if (u.st.status < 0)
 			return mig_fail(m, -EPROTO, "the receiver could not start: %s", strerror(-u.st.status));
 		*running = true;
@@ -805,7 +811,7 @@ static int postcopy_answer(struct uffdsnap_migrate *m, bool ended, bool *running
 		m->pages_requested++;
 		return send_pending(m, u.q.region, u.q.first, 1, count);
 	}
-	if (h.type == USNAP_MIG_ACK && h.len == sizeof(u.st) && ended && u.st.value == USNAP_MIG_PC_ROUND) {
+	if (h.type == USNAP_MIG_ACK && h.len == sizeof(u.st) && ended && u.st.value == m->pc_round) {
 		if (u.st.status < 0)
 			return mig_fail(m, -EPROTO, "the receiver failed post-copy: %s", strerror(-u.st.status));
 		*done = true;
@@ -816,14 +822,16 @@ static int postcopy_answer(struct uffdsnap_migrate *m, bool ended, bool *running
 }
 
 /*
- * Post-copy, after round 1. Round 2 sends no page: the pages written during
- * round 1 are found (scan, removals, punched pages) and the receiver drops
- * them while the program still runs; its ACK says it is done. Then the
- * switchover: the program stops, the pages written since round 2's scan are
+ * Post-copy, after round 1. The next rounds send no page: the pages written
+ * since the previous look are found (scan, removals, punched pages) and the
+ * receiver drops them while the program still runs; its ACK says it is done.
+ * Each such round is short (a drop costs ~2.5 us a page on the receiver:
+ * 10 ms for 4,000 pages, measured), so the next finds fewer pages; once one
+ * finds at most USNAP_MIG_DROP_FEW (or at max_rounds - 1) the switchover
+ * comes: the program stops, the pages written since the last scan are
  * dropped too, POSTCOPY, and the receiver runs. So the downtime holds one
- * scan and the drops of a few milliseconds of writes, not those of a whole
- * round (a drop costs ~2.5 us a page on the receiver: 10 ms for 4,000
- * pages, measured). The sender then pushes the pending pages in order while
+ * scan and a few drops whatever the program's write rate, not the drops of
+ * a whole round. The sender then pushes the pending pages in order while
  * answering the receiver's requests first; the program is paused and its
  * pages are read by system call, so its registration may wait for the end
  * (sender_main drops it on every path): unregistering 256 MiB took 6 ms,
@@ -835,16 +843,22 @@ static int postcopy(struct uffdsnap_migrate *m)
 {
 	uint64_t t_sw, dirty = 0, left = 0, count = 0, pg = 0, n, t_last;
 	bool running = false, ended = false, done = false;
-	unsigned ri = 0;
+	unsigned ri = 0, round = 2;
 	int r;
 
-	if ((r = scan(m, &dirty)) || (r = take_removed(m, false, &dirty)) || (r = scan_holes(m, &dirty)) ||
-	    (r = pending_take(m, &left)) || (r = send_discards(m)) || (r = end_round(m, 2, false, 0)))
-		return r;
-	if ((r = switchover(m, &t_sw)) || (r = scan(m, &dirty)) || (r = take_removed(m, true, &dirty)) ||
+	while (round < m->opts.max_rounds) {
+		uint64_t before = left;
+		if ((r = scan(m, false, &dirty)) || (r = take_removed(m, false, &dirty)) || (r = scan_holes(m, &dirty)) ||
+		    (r = pending_take(m, &left)) || (r = send_discards(m)) || (r = end_round(m, round++, false, 0)))
+			return r;
+		if (left - before <= USNAP_MIG_DROP_FEW)
+			break;
+	}
+	m->pc_round = round;
+	if ((r = switchover(m, &t_sw)) || (r = scan(m, true, &dirty)) || (r = take_removed(m, true, &dirty)) ||
 	    (r = scan_holes(m, &dirty)) || (r = pending_take(m, &left)) || (r = send_discards(m)))
 		return r;
-	struct usnap_mig_round pc = { .round = USNAP_MIG_PC_ROUND, .final = 0, .pages = left };
+	struct usnap_mig_round pc = { .round = m->pc_round, .final = 0, .pages = left };
 	if ((r = send_frame(m, USNAP_MIG_POSTCOPY, &pc, sizeof(pc), NULL, 0)))
 		return r;
 	t_last = usnap_now_ns();
@@ -877,7 +891,7 @@ static int postcopy(struct uffdsnap_migrate *m)
 			if ((r = send_pending(m, ri, pg, n, &count)))
 				return r;
 		} else {
-			struct usnap_mig_round re = { .round = USNAP_MIG_PC_ROUND, .final = 1, .pages = count };
+			struct usnap_mig_round re = { .round = m->pc_round, .final = 1, .pages = count };
 			if ((r = send_frame(m, USNAP_MIG_ROUND_END, &re, sizeof(re), NULL, 0)))
 				return r;
 			ended = true;
@@ -885,7 +899,7 @@ static int postcopy(struct uffdsnap_migrate *m)
 	}
 	if (!running)
 		return mig_fail(m, -EBADMSG, "the receiver acknowledged post-copy without running");
-	m->rounds = USNAP_MIG_PC_ROUND;
+	m->rounds = m->pc_round;
 	return 0;
 }
 
@@ -925,13 +939,13 @@ static int run(struct uffdsnap_migrate *m)
 		bool final;
 
 		count = 0;
-		if ((r = scan(m, &dirty)) || (r = take_removed(m, false, &dirty)) || (r = scan_holes(m, &dirty)))
+		if ((r = scan(m, false, &dirty)) || (r = take_removed(m, false, &dirty)) || (r = scan_holes(m, &dirty)))
 			return r;
 		/* the dirty set measured just now would take dirty / bw to send:
 		 * within the budget (or out of rounds) the program stops now, and
 		 * the final round also sends what it wrote since the scan */
 		final = round >= m->opts.max_rounds || (double)dirty / bw <= budget_s;
-		if (final && ((r = switchover(m, &t_sw)) || (r = scan(m, &dirty)) || (r = take_removed(m, true, &dirty)) ||
+		if (final && ((r = switchover(m, &t_sw)) || (r = scan(m, true, &dirty)) || (r = take_removed(m, true, &dirty)) ||
 			      (r = scan_holes(m, &dirty))))
 			return r;
 		t_round = usnap_now_ns();

@@ -155,11 +155,11 @@ int usnap_uffd_new_async(uint64_t features)
 	return fd;
 }
 
-int usnap_uffd_scan_written(int pagemap_fd, uintptr_t start, uintptr_t end, struct page_region *vec, size_t n,
-			    uintptr_t *walk_end)
+static int scan_written(int pagemap_fd, uintptr_t start, uintptr_t end, struct page_region *vec, size_t n,
+			uintptr_t *walk_end, uint64_t flags)
 {
 	struct pm_scan_arg a = {
-		.size = sizeof(a), .flags = PM_SCAN_WP_MATCHING | PM_SCAN_CHECK_WPASYNC, .start = start, .end = end,
+		.size = sizeof(a), .flags = flags, .start = start, .end = end,
 		.vec = (uintptr_t)vec, .vec_len = n, .category_mask = PAGE_IS_WRITTEN, .return_mask = PAGE_IS_WRITTEN,
 	};
 	int r = ioctl(pagemap_fd, PAGEMAP_SCAN, &a);
@@ -168,6 +168,18 @@ int usnap_uffd_scan_written(int pagemap_fd, uintptr_t start, uintptr_t end, stru
 		return -errno;
 	*walk_end = (uintptr_t)a.walk_end;
 	return r;
+}
+
+int usnap_uffd_scan_written(int pagemap_fd, uintptr_t start, uintptr_t end, struct page_region *vec, size_t n,
+			    uintptr_t *walk_end)
+{
+	return scan_written(pagemap_fd, start, end, vec, n, walk_end, PM_SCAN_WP_MATCHING | PM_SCAN_CHECK_WPASYNC);
+}
+
+int usnap_uffd_scan_written_last(int pagemap_fd, uintptr_t start, uintptr_t end, struct page_region *vec, size_t n,
+				 uintptr_t *walk_end)
+{
+	return scan_written(pagemap_fd, start, end, vec, n, walk_end, PM_SCAN_CHECK_WPASYNC);
 }
 
 int usnap_uffd_new_missing(uint64_t *missing)

@@ -74,6 +74,12 @@ int usnap_uffd_new_async(uint64_t features);
  */
 int usnap_uffd_scan_written(int pagemap_fd, uintptr_t start, uintptr_t end, struct page_region *vec, size_t n,
 			    uintptr_t *walk_end);
+/* The same without re-protecting: a last look, after which the range is
+ * unregistered. Protecting a written page costs the walk a PTE change: a
+ * final scan at 256 MiB took 2.7-10 ms re-protecting, 0.3 ms not, after a
+ * writer storing at twice a 1 Gbit/s link's rate (measured). */
+int usnap_uffd_scan_written_last(int pagemap_fd, uintptr_t start, uintptr_t end, struct page_region *vec, size_t n,
+				 uintptr_t *walk_end);
 
 /*
  * Post-copy placement (migrate.c, the receiver): a userfaultfd for MISSING

@@ -148,8 +148,9 @@ START_TEST(exact)
 	print_stats("post-copy", m);
 	printf("post-copy: %llu pages requested by faults\n", (unsigned long long)st.pages_requested);
 	ck_assert_int_eq(st.state, UFFDSNAP_MIGRATE_DONE);
-	ck_assert_uint_eq(st.rounds, 3); /* round 1, the drops, the switchover */
-	ck_assert_msg(st.round_bytes[2] > 0, "nothing was dirty at the switchover: the writer did not run");
+	ck_assert_uint_ge(st.rounds, 3); /* round 1, rounds of drops, the switchover */
+	ck_assert_uint_eq(st.round_bytes[1], 0);
+	ck_assert_msg(st.round_bytes[st.rounds - 1] > 0, "nothing was dirty at the switchover: the writer did not run");
 	/* the on-demand path ran (unless the push ended before the test's
 	 * thread got to run; request_then_lost proves requests in any case) */
 	ck_assert_msg(st.pages_requested > 0 || push_done, "no page was fetched on demand");
