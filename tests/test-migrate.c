@@ -18,8 +18,9 @@
  *    accepted (the forger is right, so the refusals are the checks').
  *  - tcp: two network namespaces joined by a veth pair with a tbf qdisc
  *    (1 Gbit/s), real TCP between them, a writer running: exact at the
- *    switchover; prints pre-copy against stop-and-copy of the same memory
- *    over the same link. Skips (77 for the case) without CAP_NET_ADMIN.
+ *    switchover; prints pre-copy and post-copy against stop-and-copy of the
+ *    same memory over the same link. Skips (77 for the case) without
+ *    CAP_NET_ADMIN.
  * Every blocking step runs under Check's timeout and a watchdog. The parts
  * shared with test-migrate-postcopy.c are t-migrate.c.
  */
@@ -125,6 +126,7 @@ static void migrate_writers(unsigned nwriters)
 	unsigned long long at_start = p.w.progress[0];
 	ck_assert_msg(uffdsnap_migrate_recv(sv[1], NULL, &in) == 0, "%s", uffdsnap_last_error());
 	ck_assert_msg(uffdsnap_incoming_wait(in) == 0, "%s", uffdsnap_last_error());
+	ck_assert_msg(uffdsnap_incoming_complete(in) == 0, "%s", uffdsnap_last_error());
 	ck_assert_msg(uffdsnap_migrate_wait(m) == 0, "%s", uffdsnap_last_error());
 	ck_assert_int_eq(p.switchovers, 1);
 	take_reference(&p);
@@ -575,6 +577,7 @@ static void migrate_tcp(const char *label, size_t shlen, unsigned max_rounds, si
 	ck_assert_msg(uffdsnap_migrate_send(p.ctx, snd, &o, &m) == 0, "%s", uffdsnap_last_error());
 	ck_assert_msg(uffdsnap_migrate_recv(rcv, NULL, &in) == 0, "%s", uffdsnap_last_error());
 	ck_assert_msg(uffdsnap_incoming_wait(in) == 0, "%s", uffdsnap_last_error());
+	ck_assert_msg(uffdsnap_incoming_complete(in) == 0, "%s", uffdsnap_last_error());
 	ck_assert_msg(uffdsnap_migrate_wait(m) == 0, "%s", uffdsnap_last_error());
 	ck_assert_int_eq(p.switchovers, 1);
 	take_reference(&p);
@@ -602,6 +605,8 @@ START_TEST(tcp_tbf)
 	migrate_tcp("tcp pre-copy", len, 0, 512 * KiB, false, 0);
 	migrate_tcp("tcp stop-and-copy", len, 1, 512 * KiB, false, 0);
 	migrate_tcp("tcp pre-copy compressed", len, 0, 512 * KiB, false, UFFDSNAP_MIGRATE_COMPRESS);
+	/* the receiver runs after round 1; the pages of the hot set come after */
+	migrate_tcp("tcp post-copy", len, 0, 512 * KiB, false, UFFDSNAP_MIGRATE_POSTCOPY);
 	/* stores all over the memory without pause, faster than the link
 	 * drains them: no round gets below the budget, max_rounds ends it */
 	migrate_tcp("tcp pre-copy, writer above the link", len, 5, 0, true, 0);
