@@ -505,6 +505,21 @@ static void heard_remove(struct uffdsnap_migrate *m, uintptr_t start, uintptr_t 
 	}
 }
 
+/* The next messages of uffd (bytes read, maybe 0), or -1 once stop_fd is
+ * readable or poll fails. */
+static ssize_t uffd_read(int uffd, int stop_fd, struct uffd_msg *msg, size_t cap)
+{
+	struct pollfd p[2] = { { uffd, POLLIN, 0 }, { stop_fd, POLLIN, 0 } };
+	ssize_t n;
+
+	if (poll(p, 2, -1) < 0 && errno != EINTR)
+		return -1;
+	if (p[1].revents)
+		return -1;
+	n = read(uffd, msg, cap);
+	return n > 0 ? n : 0;
+}
+
 /*
  * Reads the migration descriptor's events at once: a thread that zaps or
  * unmaps registered memory waits in the kernel until its event is read.
@@ -513,17 +528,10 @@ static void heard_remove(struct uffdsnap_migrate *m, uintptr_t start, uintptr_t 
 static void *events_main(void *arg)
 {
 	struct uffdsnap_migrate *m = arg;
-	struct pollfd p[2] = { { m->uffd, POLLIN, 0 }, { m->ev_stop, POLLIN, 0 } };
 	struct uffd_msg msg[16];
+	ssize_t n;
 
-	for (;;) {
-		if (poll(p, 2, -1) < 0 && errno != EINTR)
-			break;
-		if (p[1].revents)
-			break;
-		ssize_t n = read(m->uffd, msg, sizeof(msg));
-		if (n <= 0)
-			continue;
+	while ((n = uffd_read(m->uffd, m->ev_stop, msg, sizeof(msg))) >= 0) {
 		pthread_mutex_lock(&m->ev_lock);
 		for (size_t i = 0; i < (size_t)n / sizeof(msg[0]); i++) {
 			const struct uffd_msg *e = &msg[i];
@@ -1592,19 +1600,13 @@ static void on_fault(struct uffdsnap_incoming *in, uintptr_t addr)
 static void *fault_main(void *arg)
 {
 	struct uffdsnap_incoming *in = arg;
-	struct pollfd p[2] = { { in->uffd, POLLIN, 0 }, { in->fault_stop, POLLIN, 0 } };
 	struct uffd_msg msg[16];
+	ssize_t n;
 
-	for (;;) {
-		if (poll(p, 2, -1) < 0 && errno != EINTR)
-			break;
-		if (p[1].revents)
-			break;
-		ssize_t n = read(in->uffd, msg, sizeof(msg));
+	while ((n = uffd_read(in->uffd, in->fault_stop, msg, sizeof(msg))) >= 0)
 		for (ssize_t i = 0; i < n / (ssize_t)sizeof(msg[0]); i++)
 			if (msg[i].event == UFFD_EVENT_PAGEFAULT)
 				on_fault(in, (uintptr_t)msg[i].arg.pagefault.address);
-	}
 	return NULL;
 }
 

@@ -261,3 +261,26 @@ bool t_mig_netns_init(void)
 	return !system("ip netns add usnapmig-probe-$$ 2>/dev/null && ip netns del usnapmig-probe-$$ && "
 		       "command -v tc >/dev/null");
 }
+
+int t_mig_feed(const uint8_t *b, size_t n, const char *label, bool complete, uffdsnap_incoming_t **keep)
+{
+	uffdsnap_incoming_t *in = NULL;
+	int sv[2], r;
+
+	ck_assert_int_eq(socketpair(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0, sv), 0);
+	ck_assert_int_eq(write(sv[0], b, n), (ssize_t)n);
+	shutdown(sv[0], SHUT_WR); /* a sender that sent this and hung up */
+	r = uffdsnap_migrate_recv(sv[1], NULL, &in);
+	printf("%s: recv %d (%s)", label, r, uffdsnap_last_error());
+	if (!r) {
+		r = complete ? uffdsnap_incoming_complete(in) : uffdsnap_incoming_wait(in);
+		printf(", %s %d (%s)", complete ? "complete" : "wait", r, uffdsnap_last_error());
+	}
+	printf("\n");
+	if (keep)
+		*keep = in;
+	else
+		uffdsnap_incoming_free(in);
+	close(sv[0]), close(sv[1]);
+	return r;
+}

@@ -44,6 +44,11 @@ void print_stats(const char *label, uffdsnap_migrate_t *m);
 uffdsnap_migrate_opts_t opts_for(struct prog *p);
 /* A frame of `type` with a valid checksum into out; its size. */
 size_t frame(uint8_t *out, uint16_t type, const void *payload, uint32_t len);
+/* Feed n bytes (a forged sender that then hangs up) to a new receiver and
+ * return its verdict: recv's, else incoming_wait's (complete's if
+ * `complete`: post-copy's wait returns at the switchover). *keep gets the
+ * receiver (freed if keep is NULL). */
+int t_mig_feed(const uint8_t *b, size_t n, const char *label, bool complete, uffdsnap_incoming_t **keep);
 
 /* Network namespaces: t_mig_netns_init() (from main) names them after the
  * pid and says whether they can be made (CAP_NET_ADMIN, ip, tc). */

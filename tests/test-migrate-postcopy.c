@@ -270,8 +270,8 @@ static int feed_pc(enum pc_case c, uffdsnap_incoming_t **keep)
 {
 	uint8_t *b = calloc(1, 64 * KiB);
 	size_t n = 0;
-	uffdsnap_incoming_t *in = NULL;
-	int sv[2], r;
+	char label[40];
+	int r;
 
 	switch (c) {
 	case P_FLAGS:
@@ -324,21 +324,8 @@ static int feed_pc(enum pc_case c, uffdsnap_incoming_t **keep)
 		n += round_fr(b + n, USNAP_MIG_ROUND_END, 2, 1, 2);
 		break;
 	}
-	ck_assert_int_eq(socketpair(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0, sv), 0);
-	ck_assert_int_eq(write(sv[0], b, n), (ssize_t)n);
-	shutdown(sv[0], SHUT_WR);
-	r = uffdsnap_migrate_recv(sv[1], NULL, &in);
-	printf("post-copy hostile case %d: recv %d (%s)", c, r, uffdsnap_last_error());
-	if (!r) {
-		r = uffdsnap_incoming_complete(in);
-		printf(", complete %d (%s)", r, uffdsnap_last_error());
-	}
-	printf("\n");
-	if (keep)
-		*keep = in;
-	else
-		uffdsnap_incoming_free(in);
-	close(sv[0]), close(sv[1]);
+	snprintf(label, sizeof(label), "post-copy hostile case %d", c);
+	r = t_mig_feed(b, n, label, true, keep);
 	free(b);
 	return r;
 }
@@ -368,6 +355,20 @@ START_TEST(hostile_frames)
 }
 END_TEST
 
+/* A forged sender's stream up to the switchover with page 3 dropped; the
+ * receiver runs (*in, its region *r); sv[0] is the sender's end. */
+static void forged_switchover(int sv[2], uint8_t *b, uffdsnap_incoming_t **in, uffdsnap_incoming_region_t *r)
+{
+	size_t n;
+
+	ck_assert_int_eq(socketpair(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0, sv), 0);
+	n = pc_prefix(b, 1ull << 3, 1);
+	ck_assert_int_eq(write(sv[0], b, n), (ssize_t)n);
+	ck_assert_msg(uffdsnap_migrate_recv(sv[1], NULL, in) == 0, "%s", uffdsnap_last_error());
+	ck_assert_msg(uffdsnap_incoming_wait(*in) == 0, "%s", uffdsnap_last_error());
+	region(*in, 0, r);
+}
+
 struct toucher {
 	const volatile uint8_t *page;
 	int code;
@@ -394,16 +395,10 @@ START_TEST(request_then_lost)
 	uffdsnap_incoming_t *in;
 	struct toucher t;
 	pthread_t th;
-	size_t n;
 	int sv[2];
 
 	t_watchdog(30, "post-copy request, then the sender lost");
-	ck_assert_int_eq(socketpair(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0, sv), 0);
-	n = pc_prefix(b, 1ull << 3, 1);
-	ck_assert_int_eq(write(sv[0], b, n), (ssize_t)n);
-	ck_assert_msg(uffdsnap_migrate_recv(sv[1], NULL, &in) == 0, "%s", uffdsnap_last_error());
-	ck_assert_msg(uffdsnap_incoming_wait(in) == 0, "%s", uffdsnap_last_error());
-	region(in, 0, &r);
+	forged_switchover(sv, b, &in, &r);
 	/* the receiver said: HELLO_OK, ACK of round 1, RUNNING */
 	for (unsigned i = 0; i < 3; i++) {
 		ck_assert_int_eq(read(sv[0], &h, sizeof(h)), (ssize_t)sizeof(h));
@@ -451,12 +446,7 @@ START_TEST(created_outside)
 	int sv[2];
 
 	t_watchdog(30, "a page created behind the mapping's back");
-	ck_assert_int_eq(socketpair(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0, sv), 0);
-	n = pc_prefix(b, 1ull << 3, 1);
-	ck_assert_int_eq(write(sv[0], b, n), (ssize_t)n);
-	ck_assert_msg(uffdsnap_migrate_recv(sv[1], NULL, &in) == 0, "%s", uffdsnap_last_error());
-	ck_assert_msg(uffdsnap_incoming_wait(in) == 0, "%s", uffdsnap_last_error());
-	region(in, 0, &r);
+	forged_switchover(sv, b, &in, &r);
 	ck_assert_int_eq(pwrite(r.fd, &x, 1, (off_t)(3 * ps)), 1);
 	n = page_fr(b, 3, 0x33);
 	n += round_fr(b + n, USNAP_MIG_ROUND_END, 2, 1, 1);

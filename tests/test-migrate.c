@@ -263,8 +263,8 @@ static int feed(enum hostile c, uffdsnap_incoming_t **keep)
 {
 	uint8_t *buf = calloc(1, 64 * KiB);
 	size_t n = 0;
-	int sv[2], r;
-	uffdsnap_incoming_t *in = NULL;
+	char label[32];
+	int r;
 
 	switch (c) {
 	case H_GARBAGE:
@@ -321,21 +321,8 @@ static int feed(enum hostile c, uffdsnap_incoming_t **keep)
 		n += round_end(buf + n, 1, 1, 3);
 		break;
 	}
-	ck_assert_int_eq(socketpair(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0, sv), 0);
-	ck_assert_int_eq(write(sv[0], buf, n), (ssize_t)n);
-	shutdown(sv[0], SHUT_WR); /* a sender that sent this and hung up */
-	r = uffdsnap_migrate_recv(sv[1], NULL, &in);
-	printf("hostile case %d: recv %d (%s)", c, r, uffdsnap_last_error());
-	if (!r) {
-		r = uffdsnap_incoming_wait(in);
-		printf(", wait %d (%s)", r, uffdsnap_last_error());
-	}
-	printf("\n");
-	if (keep)
-		*keep = in;
-	else
-		uffdsnap_incoming_free(in);
-	close(sv[0]), close(sv[1]);
+	snprintf(label, sizeof(label), "hostile case %d", c);
+	r = t_mig_feed(buf, n, label, false, keep);
 	free(buf);
 	return r;
 }
