@@ -705,9 +705,9 @@ void uffdsnap_lazy_client_free(uffdsnap_lazy_client_t *c);
 /*
  * Move the memory of ctx's regions to another process (usually on another
  * host) over a connected stream socket the caller made (TCP or unix), while
- * the program keeps running: pre-copy (docs/migration.md). Round 1 sends
- * every page; each later round sends the pages written since the previous
- * round, found by the kernel's asynchronous write tracking
+ * the program keeps running: pre-copy, or post-copy (UFFDSNAP_MIGRATE_POSTCOPY
+ * below), docs/migration.md. Round 1 sends every page; each later round
+ * sends the pages written since the previous round, found by the kernel's asynchronous write tracking
  * (UFFD_FEATURE_WP_ASYNC + PAGEMAP_SCAN, Linux 6.7+): writers never wait.
  * When the pages still dirty fit the downtime budget, or at max_rounds, the
  * switchover callback runs (the program stops writing the regions and

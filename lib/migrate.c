@@ -1333,8 +1333,9 @@ static int take_hello(struct uffdsnap_incoming *in, const uint8_t *p, uint32_t l
 		in->uffd = usnap_uffd_new_missing(&lack);
 		if (in->uffd < 0)
 			return in_fail(in, in->uffd, "post-copy needs a userfaultfd with missing-page faults on shmem "
-				       "and UFFDIO_POISON (Linux 6.6+): %s%s", strerror(-in->uffd),
-				       lack ? " (the kernel lacks a feature)" : "");
+				       "and UFFDIO_POISON (Linux 6.6+): %s%s%s", strerror(-in->uffd),
+				       lack & UFFD_FEATURE_MISSING_SHMEM ? "; no UFFD_FEATURE_MISSING_SHMEM" : "",
+				       lack & UFFD_FEATURE_POISON ? "; no UFFD_FEATURE_POISON" : "");
 		if ((in->fault_stop = eventfd(0, EFD_CLOEXEC)) < 0)
 			return in_fail(in, -errno, "eventfd: %s", strerror(errno));
 	}

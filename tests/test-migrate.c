@@ -473,7 +473,8 @@ END_TEST
  * a kernel without WP_ASYNC (UFFDIO_API hides it, as Linux < 6.7 answers)
  * is refused with -EOPNOTSUPP and its reason, the context left usable; a
  * write-protect that fails in round 1, after the first region was
- * protected, fails the migration and leaves nothing protected.
+ * protected, fails the migration and leaves nothing protected; a
+ * post-copy receiver without UFFDIO_POISON refuses in the handshake.
  */
 START_TEST(old_kernel)
 {
@@ -532,6 +533,43 @@ START_TEST(protect_fails)
 	uffdsnap_incoming_free(in);
 	uffdsnap_migrate_free(m);
 	close(sv[1]);
+	prog_free(&p);
+	t_watchdog(0, NULL);
+}
+END_TEST
+
+/* A post-copy receiver on a kernel without UFFDIO_POISON (Linux < 6.6;
+ * UFFDIO_API made to hide it) refuses in the handshake; the sender's wait
+ * gives -EPROTO with the reason, its program never stopped, nothing stays
+ * protected. */
+START_TEST(postcopy_old_receiver)
+{
+	struct prog p;
+	uffdsnap_migrate_opts_t o;
+	uffdsnap_migrate_t *m;
+	uffdsnap_incoming_t *in = NULL;
+	int sv[2], r;
+
+	t_watchdog(60, "post-copy receiver without UFFDIO_POISON");
+	prog_new(&p, SHLEN, PRLEN);
+	ck_assert_int_eq(socketpair(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0, sv), 0);
+	o = opts_for(&p);
+	o.flags = UFFDSNAP_MIGRATE_POSTCOPY;
+	ck_assert_msg(uffdsnap_migrate_send(p.ctx, sv[0], &o, &m) == 0, "%s", uffdsnap_last_error());
+	usnap_inject_hide_features(UFFD_FEATURE_POISON);
+	r = uffdsnap_migrate_recv(sv[1], NULL, &in);
+	usnap_inject_hide_features(0);
+	printf("post-copy, old receiver: recv %d (%s)\n", r, uffdsnap_last_error());
+	ck_assert_int_eq(r, -EOPNOTSUPP);
+	ck_assert_ptr_nonnull(strstr(uffdsnap_last_error(), "Linux 6.6"));
+	ck_assert_ptr_null(in);
+	r = uffdsnap_migrate_wait(m);
+	printf("post-copy, old receiver: wait %d (%s)\n", r, uffdsnap_last_error());
+	ck_assert_int_eq(r, -EPROTO);
+	ck_assert_int_eq(p.switchovers, 0);
+	assert_unprotected(&p);
+	uffdsnap_migrate_free(m);
+	close(sv[0]), close(sv[1]);
 	prog_free(&p);
 	t_watchdog(0, NULL);
 }
@@ -624,6 +662,7 @@ int main(void)
 	tcase_set_timeout(tc, 120);
 	tcase_add_test(tc, old_kernel);
 	tcase_add_test(tc, protect_fails);
+	tcase_add_test(tc, postcopy_old_receiver);
 	suite_add_tcase(s, tc);
 #endif
 	/* the tcp case: its own meson test (CK_RUN_CASE=tcp), skipped without
