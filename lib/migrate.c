@@ -1,8 +1,8 @@
 /* SPDX-License-Identifier: LGPL-2.1-or-later */
 /*
- * Live migration, pre-copy (docs/migration.md): the sender's rounds and the
- * receiver. Owns uffdsnap_migrate_* and uffdsnap_incoming_*; the wire
- * protocol is migrate.h.
+ * Live migration, pre-copy and post-copy (docs/migration.md): the sender's
+ * rounds and the receiver. Owns uffdsnap_migrate_* and uffdsnap_incoming_*;
+ * the wire protocol is migrate.h.
  *
  * Rounds need no point in time, only "every page written since the last
  * look": the regions are registered WP-only with a userfaultfd of the
@@ -17,12 +17,20 @@
  * and removals and unmaps the kernel announces as events (events_main, on a
  * second thread, because the thread that zaps waits until its event is read).
  *
+ * Post-copy (postcopy() on the sender; take_discard, start_postcopy, place
+ * and the fault thread on the receiver): after round 1, rounds that only
+ * tell the receiver which pages to drop, the switchover, then the receiver
+ * runs with its mappings registered for missing pages while the sender
+ * answers its requests and pushes the rest.
+ *
  * Transport: one thread per side with blocking-style I/O (poll + non-blocking
  * send/recv), not libuv. The sender's work is strictly sequential (scan, read
  * pages, write frames, wait for the round's ACK) and back-pressure is the
  * socket itself: a loop would add a hand-off between the reading and the
  * writing thread and nothing to overlap. Every wait polls an eventfd too, so
  * free() cancels at once, and gives up after USNAP_MIG_IDLE_MS of silence.
+ * The post-copy receiver adds a fault thread (the userfaultfd is a second
+ * place to block); both send on the socket under send_lock.
  */
 #include <errno.h>
 #include <fcntl.h>
