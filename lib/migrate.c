@@ -38,6 +38,7 @@
 #include <netinet/in.h>
 #include <linux/tcp.h> /* struct tcp_info with tcpi_notsent_bytes (glibc's lacks it) */
 #include <poll.h>
+#include <stddef.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -789,7 +790,9 @@ static uint64_t unacked(int sock)
 	struct tcp_info ti;
 	socklen_t len = sizeof(ti);
 
-	if (getsockopt(sock, IPPROTO_TCP, TCP_INFO, &ti, &len) || len < sizeof(ti))
+	/* an older kernel fills less of the struct: enough if it reaches the field */
+	if (getsockopt(sock, IPPROTO_TCP, TCP_INFO, &ti, &len) ||
+	    len < offsetof(struct tcp_info, tcpi_notsent_bytes) + sizeof(ti.tcpi_notsent_bytes))
 		return 0;
 	return (uint64_t)ti.tcpi_notsent_bytes + (uint64_t)ti.tcpi_unacked * ti.tcpi_snd_mss;
 }
