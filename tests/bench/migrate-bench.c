@@ -11,11 +11,13 @@
  * userfaultfd); exit 77 without. Not a test: never in the suite.
  *
  *   migrate-bench [--size MB] [--rate-mbit N] [--hot-mb N] [--dirty-pct P] [--methods stop,pre,post]
+ *                 [--touches N] [--notsent-lowat BYTES]
  */
 #include <arpa/inet.h>
 #include <fcntl.h>
 #include <getopt.h>
 #include <netinet/in.h>
+#include <netinet/tcp.h>
 #include <pthread.h>
 #include <sched.h>
 #include <signal.h>
@@ -165,6 +167,7 @@ static void writer_stop(void)
 }
 
 static uint64_t callback_ns;
+static int notsent_lowat; /* --notsent-lowat: set on the sender's socket (0: not) */
 
 static int on_switchover(void *user)
 {
@@ -215,6 +218,8 @@ static void run(enum method meth, uffdsnap_t *ctx, double link_bytes_s, unsigned
 	writer_start();
 	usleep(500000); /* the writer at its rate before the migration starts */
 	tcp_pair(&snd, &rcv);
+	if (notsent_lowat && setsockopt(snd, IPPROTO_TCP, TCP_NOTSENT_LOWAT, &notsent_lowat, sizeof(notsent_lowat)))
+		die("TCP_NOTSENT_LOWAT", errno, NULL);
 	uffdsnap_migrate_opts_init(&o);
 	o.switchover = on_switchover;
 	o.max_downtime_us = 30000;
@@ -269,7 +274,8 @@ int main(int argc, char **argv)
 {
 	static const struct option lo[] = { { "size", 1, 0, 's' }, { "rate-mbit", 1, 0, 'r' }, { "hot-mb", 1, 0, 'h' },
 					    { "dirty-pct", 1, 0, 'd' }, { "methods", 1, 0, 'm' },
-					    { "touches", 1, 0, 't' }, { 0, 0, 0, 0 } };
+					    { "touches", 1, 0, 't' }, { "notsent-lowat", 1, 0, 'l' },
+					    { 0, 0, 0, 0 } };
 	unsigned mbit = 1000, hot_mb = 32, touches = 200;
 	double pct = 10;
 	const char *methods = "stop,pre,post";
@@ -286,9 +292,10 @@ int main(int argc, char **argv)
 		case 'd': pct = atof(optarg); break;
 		case 'm': methods = optarg; break;
 		case 't': touches = (unsigned)atoi(optarg); break;
+		case 'l': notsent_lowat = atoi(optarg); break;
 		default:
 			fprintf(stderr, "usage: %s [--size MB] [--rate-mbit N] [--hot-mb N] [--dirty-pct P] "
-				"[--methods stop,pre,post] [--touches N]\n", argv[0]);
+				"[--methods stop,pre,post] [--touches N] [--notsent-lowat BYTES]\n", argv[0]);
 			return 2;
 		}
 	}
