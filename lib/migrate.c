@@ -882,11 +882,15 @@ static int postcopy(struct uffdsnap_migrate *m)
 		return r;
 	t_last = usnap_now_ns();
 	while (!done) {
-		bool room = !ended && (!USNAP_MIG_PUSH_WINDOW || unacked(m->sock) < USNAP_MIG_PUSH_WINDOW);
+		/* the push starts once the receiver runs: until then the sender
+		 * only waits for RUNNING, which it then reads at once (the
+		 * downtime) */
+		bool pushing = running && !ended;
+		bool room = pushing && (!USNAP_MIG_PUSH_WINDOW || unacked(m->sock) < USNAP_MIG_PUSH_WINDOW);
 		struct pollfd p[2] = { { m->sock, POLLIN | (room ? POLLOUT : 0), 0 }, { m->abort_fd, POLLIN, 0 } };
 		/* a full window is polled again every millisecond: the peer's ACKs
 		 * wake no poll of ours */
-		int k = poll(p, 2, !ended && !room ? 1 : USNAP_MIG_IDLE_MS);
+		int k = poll(p, 2, pushing && !room ? 1 : USNAP_MIG_IDLE_MS);
 		if (k < 0 && errno == EINTR)
 			continue;
 		if (k < 0)
