@@ -113,6 +113,16 @@ int uffdsnap_new(uffdsnap_t **ctx, const uffdsnap_opts_t *opts);
  * -EMEDIUMTYPE (memory of another kind), -ENAMETOOLONG.
  */
 int uffdsnap_add_region(uffdsnap_t *ctx, const char *name, void *addr, size_t len);
+/*
+ * uffdsnap_add_region() of this process's MAP_SHARED mapping of fd's file at
+ * file offset `offset` (a page multiple), `len` bytes from there (0: to the
+ * end of that mapping, across the pieces mprotect or madvise split it into):
+ * for programs that map a file and do not keep its address (LMDB). Returns
+ * the region id. Errors: those of uffdsnap_add_region(), and -EBADF, -ENOENT
+ * (no shared mapping of the file holds the offset), -EBUSY (more than one
+ * does: register one by address).
+ */
+int uffdsnap_add_region_fd(uffdsnap_t *ctx, const char *name, int fd, uint64_t offset, size_t len);
 
 /* Number of regions registered so far. */
 int uffdsnap_region_count(const uffdsnap_t *ctx);

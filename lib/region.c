@@ -449,6 +449,60 @@ out:
 	return err;
 }
 
+/*
+ * The one MAP_SHARED mapping of fd's file that holds `offset`, followed across
+ * the VMAs it was split into (mprotect, madvise) while they map the file on.
+ * A second mapping of those pages is refused rather than guessed between:
+ * registering one would leave the other an untracked alias of the region.
+ */
+USNAP_EXPORT int uffdsnap_add_region_fd(uffdsnap_t *ctx, const char *name, int fd, uint64_t offset, size_t len)
+{
+	struct usnap_maps m;
+	struct usnap_vma v;
+	struct stat st;
+	uintptr_t addr = 0, end = 0, other = 0;
+	uint64_t end_off = 0;
+	unsigned found = 0;
+
+	usnap_clear_err();
+	if (!ctx)
+		return usnap_err(-EINVAL, "ctx is NULL");
+	if (fstat(fd, &st))
+		return usnap_err(-errno, "region '%s': descriptor %d: %s", name ? name : "", fd, strerror(errno));
+	if (offset & (ctx->page_size - 1))
+		return usnap_err(-EINVAL, "region '%s': offset 0x%" PRIx64 " is not a multiple of the page size",
+				 name ? name : "", offset);
+	if (usnap_maps_open(&m, 0))
+		return usnap_err(-errno, "reading /proc/self/maps: %s", strerror(errno));
+	while (usnap_maps_next(&m, &v)) {
+		if (v.perms[3] != 's' || v.dev != st.st_dev || v.ino != (uint64_t)st.st_ino)
+			continue;
+		if (found == 1 && v.start == end && v.off == end_off) {
+			end = v.end;
+			end_off = v.off + (v.end - v.start);
+			continue;
+		}
+		if (offset < v.off || offset - v.off >= v.end - v.start)
+			continue;
+		if (found++) {
+			other = v.start + (uintptr_t)(offset - v.off);
+			continue;
+		}
+		addr = v.start + (uintptr_t)(offset - v.off);
+		end = v.end;
+		end_off = v.off + (v.end - v.start);
+	}
+	usnap_maps_close(&m);
+	if (!found)
+		return usnap_err(-ENOENT, "region '%s': this process has no MAP_SHARED mapping of descriptor %d's "
+				 "file at offset 0x%" PRIx64, name ? name : "", fd, offset);
+	if (found > 1)
+		return usnap_err(-EBUSY, "region '%s': offset 0x%" PRIx64 " of descriptor %d's file is mapped %u times "
+				 "(at 0x%" PRIxPTR " and 0x%" PRIxPTR "); register one by address with "
+				 "uffdsnap_add_region()", name ? name : "", offset, fd, found, addr, other);
+	return uffdsnap_add_region(ctx, name, (void *)addr, len ? len : end - addr);
+}
+
 USNAP_EXPORT int uffdsnap_region_count(const uffdsnap_t *ctx)
 {
 	return ctx ? (int)ctx->nregs : usnap_err(-EINVAL, "ctx is NULL");
