@@ -1290,7 +1290,15 @@ struct uffdsnap_incoming {
 	char errmsg[512];
 };
 
-static void mark(struct uffdsnap_incoming *in, bool *flag);
+/* Set a state flag (ready, finished) and wake uffdsnap_incoming_wait(). */
+static void mark(struct uffdsnap_incoming *in, bool *flag)
+{
+	pthread_mutex_lock(&in->state_lock);
+	*flag = true;
+	pthread_cond_broadcast(&in->state_cond);
+	pthread_mutex_unlock(&in->state_lock);
+}
+
 static int in_fail(struct uffdsnap_incoming *in, int err, const char *fmt, ...) __attribute__((format(printf, 3, 4)));
 static int in_fail(struct uffdsnap_incoming *in, int err, const char *fmt, ...)
 {
@@ -1633,7 +1641,7 @@ static int start_postcopy(struct uffdsnap_incoming *in, const struct usnap_mig_h
 {
 	struct usnap_mig_round re;
 	uint64_t ioctls;
-	int r;
+	int r = 0;
 
 	if (h->len != sizeof(re))
 		return in_fail(in, -EBADMSG, "post-copy frame of %u bytes", h->len);
@@ -1642,17 +1650,21 @@ static int start_postcopy(struct uffdsnap_incoming *in, const struct usnap_mig_h
 		return in_fail(in, -EBADMSG, "post-copy frame: round %u, final %u, %" PRIu64 " pages dropped; %" PRIu64
 			       " were", re.round, re.final, re.pages, in->missing);
 	in->running = true;
-	for (unsigned i = 0; i < in->nregs; i++) {
+	for (unsigned i = 0; i < in->nregs && !r; i++) {
 		struct in_reg *g = &in->regs[i];
 		r = usnap_uffd_register(in->uffd, (uintptr_t)g->addr, g->len, UFFDIO_REGISTER_MODE_MISSING, &ioctls);
 		if (r)
-			return in_fail(in, r, "region '%s': UFFDIO_REGISTER (missing): %s", g->name, strerror(-r));
-		g->registered = true;
+			in_fail(in, r, "region '%s': UFFDIO_REGISTER (missing): %s", g->name, strerror(-r));
+		g->registered = !r;
 	}
-	r = usnap_thread_start(&in->fault_thread, fault_main, in, "usnap-mig-fault");
-	if (r)
-		return in_fail(in, r, "starting the fault thread");
-	in->fault_started = true;
+	if (!r && (r = usnap_thread_start(&in->fault_thread, fault_main, in, "usnap-mig-fault")))
+		in_fail(in, r, "starting the fault thread");
+	in->fault_started = !r;
+	if (r) {
+		/* the sender learns it at once rather than after 30 s of silence */
+		send_status(in, USNAP_MIG_RUNNING, round, r);
+		return r;
+	}
 	r = send_status(in, USNAP_MIG_RUNNING, round, 0);
 	if (r)
 		return in_fail(in, r, "telling the sender the program runs: %s", strerror(-r));
@@ -1718,14 +1730,6 @@ static int receive(struct uffdsnap_incoming *in)
 			return in_fail(in, -EBADMSG, "unexpected frame of type %u in round %u", h.type, expect);
 		}
 	}
-}
-
-static void mark(struct uffdsnap_incoming *in, bool *flag)
-{
-	pthread_mutex_lock(&in->state_lock);
-	*flag = true;
-	pthread_cond_broadcast(&in->state_cond);
-	pthread_mutex_unlock(&in->state_lock);
 }
 
 /* After the push, or a failure: on failure every page not arrived is
