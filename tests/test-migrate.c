@@ -474,7 +474,8 @@ END_TEST
  * is refused with -EOPNOTSUPP and its reason, the context left usable; a
  * write-protect that fails in round 1, after the first region was
  * protected, fails the migration and leaves nothing protected; a
- * post-copy receiver without UFFDIO_POISON refuses in the handshake.
+ * post-copy receiver without UFFDIO_POISON refuses in the handshake, and one
+ * whose registration fails says so in RUNNING.
  */
 START_TEST(old_kernel)
 {
@@ -574,6 +575,52 @@ START_TEST(postcopy_old_receiver)
 	t_watchdog(0, NULL);
 }
 END_TEST
+
+/* A post-copy receiver whose registration for missing pages fails (the third
+ * userfaultfd request it makes: UFFDIO_API twice, then REGISTER): it answers
+ * RUNNING with the error, so a sender fails at once; its waits give it. */
+START_TEST(postcopy_register_fails)
+{
+	uint8_t b[256], got[64], hp[29];
+	struct usnap_mig_hello h = { USNAP_MIG_VERSION, (uint32_t)ps, 1, USNAP_MIG_HELLO_POSTCOPY };
+	struct usnap_mig_round r1 = { 1, 0, 0 }, pc = { 2, 0, 0 };
+	struct usnap_mig_status st;
+	struct usnap_mig_hdr hd;
+	uffdsnap_incoming_t *in;
+	uint64_t len = 16 * ps;
+	uint32_t nl = 1;
+	size_t n;
+	int sv[2];
+
+	t_watchdog(30, "post-copy registration fails");
+	memcpy(hp, &h, 16), memcpy(hp + 16, &len, 8), memcpy(hp + 24, &nl, 4), hp[28] = 'r';
+	n = frame(b, USNAP_MIG_HELLO, hp, sizeof(hp));
+	n += frame(b + n, USNAP_MIG_ROUND_END, &r1, sizeof(r1));
+	n += frame(b + n, USNAP_MIG_POSTCOPY, &pc, sizeof(pc));
+	ck_assert_int_eq(socketpair(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0, sv), 0);
+	ck_assert_int_eq(write(sv[0], b, n), (ssize_t)n);
+	usnap_inject_arm(USNAP_INJ_IOCTL, 3, ENOMEM, USNAP_INJ_FAIL);
+	ck_assert_msg(uffdsnap_migrate_recv(sv[1], NULL, &in) == 0, "%s", uffdsnap_last_error());
+	ck_assert_int_eq(uffdsnap_incoming_complete(in), -ENOMEM);
+	printf("post-copy, registration fails: %s\n", uffdsnap_last_error());
+	ck_assert_ptr_nonnull(strstr(uffdsnap_last_error(), "UFFDIO_REGISTER (missing)"));
+	usnap_inject_disarm();
+	ck_assert_int_eq(usnap_inject_fired(), 1);
+	ck_assert_int_eq(uffdsnap_incoming_wait(in), -ENOMEM);
+	/* the receiver said: HELLO_OK, ACK of round 1, RUNNING with the error */
+	for (unsigned i = 0; i < 3; i++) {
+		ck_assert_int_eq(read(sv[0], &hd, sizeof(hd)), (ssize_t)sizeof(hd));
+		ck_assert_uint_le(hd.len, sizeof(got));
+		ck_assert_int_eq(read(sv[0], got, hd.len), (ssize_t)hd.len);
+	}
+	ck_assert_int_eq(hd.type, USNAP_MIG_RUNNING);
+	memcpy(&st, got, sizeof(st));
+	ck_assert_int_eq(st.status, -ENOMEM);
+	uffdsnap_incoming_free(in);
+	close(sv[0]), close(sv[1]);
+	t_watchdog(0, NULL);
+}
+END_TEST
 #endif
 
 /* ---- two hosts: network namespaces, veth, tbf, TCP ------------------------------------ */
@@ -665,6 +712,7 @@ int main(void)
 	tcase_add_test(tc, old_kernel);
 	tcase_add_test(tc, protect_fails);
 	tcase_add_test(tc, postcopy_old_receiver);
+	tcase_add_test(tc, postcopy_register_fails);
 	suite_add_tcase(s, tc);
 #endif
 	/* the tcp case: its own meson test (CK_RUN_CASE=tcp), skipped without
