@@ -405,7 +405,8 @@ static void *writer_main(void *arg)
 	return NULL;
 }
 
-/* The mapping of dir/data.mdb in this process (LMDB keeps its address to itself). */
+/* The mapping of dir/data.mdb in this process (LMDB keeps its address to
+ * itself): only --populate needs it; the region is registered by descriptor. */
 static void *find_map(const char *dir, size_t *len)
 {
 	char path[4096], line[4096 + 256];
@@ -436,17 +437,19 @@ static void *find_map(const char *dir, size_t *len)
 	return found;
 }
 
+/* The region is LMDB's map, found by the library from the file's descriptor. */
 static uffdsnap_t *make_ctx(struct live *L)
 {
 	uffdsnap_t *ctx;
-	size_t len;
-	void *map = find_map(L->dir, &len);
-	int err;
+	int err, fd;
 
+	if ((err = mdb_env_get_fd(L->db.env, &fd)))
+		die_mdb("mdb_env_get_fd", err);
 	if ((err = uffdsnap_new(&ctx, &L->opts)))
 		die_usnap("uffdsnap_new", err);
-	if ((err = uffdsnap_add_region(ctx, "lmdb", map, len)) < 0)
-		die_usnap("uffdsnap_add_region (the LMDB map)", err);
+	if ((err = uffdsnap_add_region_fd(ctx, "lmdb", fd, 0, 0)) < 0)
+		die_usnap("uffdsnap_add_region_fd (the LMDB map; was the environment opened with MDB_WRITEMAP?)",
+			  err);
 	return ctx;
 }
 

@@ -10,9 +10,12 @@
  * checks every record, resumes the vCPUs on the received memory for a
  * moment and checks every record again.
  *
- *   migrate-vm --listen PORT                 target
- *   migrate-vm --to HOST:PORT [--mem MIB]    source
- *   migrate-vm --local [--mem MIB]           both, over a socketpair
+ *   migrate-vm --listen PORT                              target
+ *   migrate-vm --to HOST:PORT [--mem MIB] [--postcopy]    source
+ *   migrate-vm --local [--mem MIB] [--postcopy]           both, over a socketpair
+ *
+ * --postcopy: the target resumes after the first round and its vCPUs fetch
+ * the pages written since as they touch them (the target needs Linux 6.6+).
  *
  * The source prints the migration as it goes (round, MB/s on the wire, data
  * per round) and the downtime. Needs root (or /dev/userfaultfd) and Linux 6.7+.
@@ -154,7 +157,7 @@ static double now_s(void)
 	return ts.tv_sec + ts.tv_nsec / 1e9;
 }
 
-static int source(int sock, size_t len)
+static int source(int sock, size_t len, bool postcopy)
 {
 	struct vm vm = { .len = len };
 	uffdsnap_migrate_opts_t o;
@@ -178,6 +181,7 @@ static int source(int sock, size_t len)
 	o.switchover = pause_vcpus;
 	o.user = &vm;
 	o.max_downtime_us = 30000;
+	o.flags = postcopy ? UFFDSNAP_MIGRATE_POSTCOPY : 0;
 	if ((r = uffdsnap_migrate_send(ctx, sock, &o, &m))) {
 		fprintf(stderr, "migrate: %s (%s)\n", uffdsnap_strerror(r), uffdsnap_last_error());
 		vm_stop(&vm);
@@ -238,6 +242,11 @@ static int target(int sock)
 	vm_start(&vm);
 	usleep(300000);
 	vm_stop(&vm);
+	/* post-copy: the rest of the pages arrive meanwhile */
+	if ((r = uffdsnap_incoming_complete(in))) {
+		fprintf(stderr, "receive: %s (%s)\n", uffdsnap_strerror(r), uffdsnap_last_error());
+		return 1;
+	}
 	if ((n = check(&vm)) < 0)
 		return 1;
 	printf("target: after %.1f M more stores, %ld records, all intact\n", vm.stores / 1e6, n);
@@ -262,7 +271,7 @@ int main(int argc, char **argv)
 {
 	size_t mib = 256;
 	const char *to = NULL, *listen_port = NULL;
-	bool local = false;
+	bool local = false, postcopy = false;
 
 	for (int i = 1; i < argc; i++) {
 		if (!strcmp(argv[i], "--mem") && i + 1 < argc)
@@ -273,9 +282,11 @@ int main(int argc, char **argv)
 			listen_port = argv[++i];
 		else if (!strcmp(argv[i], "--local"))
 			local = true;
+		else if (!strcmp(argv[i], "--postcopy"))
+			postcopy = true;
 		else {
-			fprintf(stderr, "usage: %s --listen PORT | --to HOST:PORT [--mem MIB] | --local [--mem MIB]\n",
-				argv[0]);
+			fprintf(stderr, "usage: %s --listen PORT | --to HOST:PORT [--mem MIB] [--postcopy] | --local "
+				"[--mem MIB] [--postcopy]\n", argv[0]);
 			return 2;
 		}
 	}
@@ -287,7 +298,7 @@ int main(int argc, char **argv)
 			return perror("socketpair"), 1;
 		a.sock = sv[1];
 		pthread_create(&t, NULL, local_target, &a);
-		int rc = source(sv[0], mib << 20);
+		int rc = source(sv[0], mib << 20, postcopy);
 		pthread_join(t, NULL);
 		return rc || a.rc;
 	}
@@ -318,7 +329,7 @@ int main(int argc, char **argv)
 		if (s < 0 || connect(s, ai->ai_addr, ai->ai_addrlen))
 			return perror("connect"), 1;
 		freeaddrinfo(ai);
-		int rc = source(s, mib << 20);
+		int rc = source(s, mib << 20, postcopy);
 		close(s);
 		return rc;
 	}

@@ -113,6 +113,16 @@ int uffdsnap_new(uffdsnap_t **ctx, const uffdsnap_opts_t *opts);
  * -EMEDIUMTYPE (memory of another kind), -ENAMETOOLONG.
  */
 int uffdsnap_add_region(uffdsnap_t *ctx, const char *name, void *addr, size_t len);
+/*
+ * uffdsnap_add_region() of this process's MAP_SHARED mapping of fd's file at
+ * file offset `offset` (a page multiple), `len` bytes from there (0: to the
+ * end of that mapping, across the pieces mprotect or madvise split it into):
+ * for programs that map a file and do not keep its address (LMDB). Returns
+ * the region id. Errors: those of uffdsnap_add_region(), and -EBADF, -ENOENT
+ * (no shared mapping of the file holds the offset), -EBUSY (more than one
+ * does: register one by address).
+ */
+int uffdsnap_add_region_fd(uffdsnap_t *ctx, const char *name, int fd, uint64_t offset, size_t len);
 
 /* Number of regions registered so far. */
 int uffdsnap_region_count(const uffdsnap_t *ctx);
@@ -705,9 +715,9 @@ void uffdsnap_lazy_client_free(uffdsnap_lazy_client_t *c);
 /*
  * Move the memory of ctx's regions to another process (usually on another
  * host) over a connected stream socket the caller made (TCP or unix), while
- * the program keeps running: pre-copy (docs/migration.md). Round 1 sends
- * every page; each later round sends the pages written since the previous
- * round, found by the kernel's asynchronous write tracking
+ * the program keeps running: pre-copy, or post-copy (UFFDSNAP_MIGRATE_POSTCOPY
+ * below), docs/migration.md. Round 1 sends every page; each later round
+ * sends the pages written since the previous round, found by the kernel's asynchronous write tracking
  * (UFFD_FEATURE_WP_ASYNC + PAGEMAP_SCAN, Linux 6.7+): writers never wait.
  * When the pages still dirty fit the downtime budget, or at max_rounds, the
  * switchover callback runs (the program stops writing the regions and
@@ -719,7 +729,11 @@ void uffdsnap_lazy_client_free(uffdsnap_lazy_client_t *c);
 typedef struct uffdsnap_migrate uffdsnap_migrate_t;
 typedef struct uffdsnap_incoming uffdsnap_incoming_t;
 
-/* uffdsnap_migrate_opts.flags: post-copy (not implemented: -EOPNOTSUPP). */
+/* uffdsnap_migrate_opts.flags: post-copy. After round 1 the program stops
+ * (switchover callback) and the receiver runs at once: a page it touches that
+ * has not arrived is fetched on demand while the sender pushes the rest; the
+ * sender's program stays paused until uffdsnap_migrate_wait() returns. The
+ * receiver needs Linux 6.6+ (UFFDIO_POISON). docs/migration.md "Post-copy". */
 #define UFFDSNAP_MIGRATE_POSTCOPY (1u << 0)
 /* Compress pages with zstd (level 1) on the sender's thread; a batch is sent
  * compressed only when that saves an eighth of it. For links slower than
@@ -763,6 +777,7 @@ typedef struct uffdsnap_migrate_stats {
 	uint64_t pages_zero;            /* pages sent as "zero" (no data) */
 	uint64_t downtime_ns;           /* switchover callback called until the receiver confirmed */
 	uint64_t total_ns;              /* uffdsnap_migrate_send() until done or failed */
+	uint64_t pages_requested;       /* post-copy: pages sent because the receiver faulted on them */
 } uffdsnap_migrate_stats_t;
 
 /*
@@ -774,7 +789,8 @@ typedef struct uffdsnap_migrate_stats {
  * -ECANCELED; free the handle afterwards as usual).
  * sock is not closed (on TCP, TCP_NODELAY is set on it). Errors: -EINVAL, -EBUSY (a snapshot or a migration
  * runs), -ENOENT (no regions), -EOPNOTSUPP (no WP_ASYNC or PAGEMAP_SCAN: Linux
- * 6.7+; or UFFDSNAP_MIGRATE_POSTCOPY; or a hugetlbfs region), -EPERM, -ENOMEM.
+ * 6.7+; or a hugetlbfs region), -EPERM, -ENOMEM. With UFFDSNAP_MIGRATE_POSTCOPY a receiver
+ * that cannot take it refuses in the handshake: wait gives -EPROTO.
  */
 int uffdsnap_migrate_send(uffdsnap_t *ctx, int sock, const uffdsnap_migrate_opts_t *opts, uffdsnap_migrate_t **m);
 /*
@@ -785,7 +801,10 @@ int uffdsnap_migrate_send(uffdsnap_t *ctx, int sock, const uffdsnap_migrate_opts
  * the detail in uffdsnap_last_error() of the waiting thread. Before the
  * switchover a failure leaves the program running untouched; after it, the
  * program is paused (it returned from the switchover callback) and decides
- * whether to resume. May be called more than once.
+ * whether to resume. In post-copy a failure after the switchover leaves the
+ * receiver without the pages it lacked (they raise SIGBUS there): resuming
+ * the sender is then the only copy of the program that is whole. May be
+ * called more than once.
  */
 int uffdsnap_migrate_wait(uffdsnap_migrate_t *m);
 /* Fill *out (set out->size first). Safe to call while the migration runs. */
@@ -804,11 +823,21 @@ void uffdsnap_migrate_free(uffdsnap_migrate_t *m);
  * -EPIPE (the sender hung up), -ETIMEDOUT, -ENOMEM, -EINVAL.
  */
 int uffdsnap_migrate_recv(int sock, const uffdsnap_migrate_opts_t *opts, uffdsnap_incoming_t **in);
-/* 0 once the memory equals the sender's at the switchover and may be used;
- * else the negative errno of the failure (-EBADMSG, -EPIPE, -ETIMEDOUT: the
- * sender sent nothing for 30 s). */
+/* 0 once the memory equals the sender's at the switchover and may be used
+ * (post-copy: through `addr` only; a read of a page not arrived yet waits
+ * for it); else the negative errno of the failure (-EBADMSG, -EPIPE,
+ * -ETIMEDOUT: the sender sent nothing for 30 s), also when it came after an
+ * earlier 0. */
 int uffdsnap_incoming_wait(uffdsnap_incoming_t *in);
-/* 0 once every page has arrived: in pre-copy, the same as uffdsnap_incoming_wait(). */
+/*
+ * 0 once every page has arrived (pre-copy: when uffdsnap_incoming_wait()
+ * returns). Post-copy: a failure after the switchover (-EPIPE, -ECONNRESET,
+ * -ETIMEDOUT, -EBADMSG, -ECANCELED from free; -EEXIST: a page was created
+ * through the memfd or another mapping before it arrived) leaves every page
+ * that never came poisoned: touching one raises SIGBUS, and threads waiting
+ * on one get SIGBUS at once. Until then use the memory through `addr` only
+ * (read(2) of the memfd sees zeros where pages have not arrived).
+ */
 int uffdsnap_incoming_complete(uffdsnap_incoming_t *in);
 /* Number of regions. */
 int uffdsnap_incoming_count(const uffdsnap_incoming_t *in);

@@ -12,20 +12,24 @@
  *    mmap returns, so the program never stores through it untracked (if a
  *    snapshot runs at that moment, the coordinator fails that snapshot: the
  *    mapping was not part of its instant);
- *  - munmap() leaves for the mappings it removed.
+ *  - munmap() leaves for the mappings it removed;
+ *  - mremap() of a joined mapping leaves for the old range and joins the new
+ *    one (and what stayed of the old one). Between the move and the join a
+ *    store goes untracked only outside a snapshot: a snapshot that runs at
+ *    that moment sees the unjoined mapping in its end-of-sweep check, or the
+ *    join arriving mid-snapshot, and fails (-EBUSY), never passes wrongly.
  *
  * Interposing mmap rather than rescanning /proc/self/maps on a signal: a
  * rescan leaves a window between the mapping and the join in which stores
  * go untracked, and a signal can arrive at any point of the program. The real
  * calls are made with syscall(2): dlsym(RTLD_NEXT) may allocate, and
- * allocators call mmap. mremap of a joined mapping is not followed (the
- * coordinator's end-of-snapshot check then fails the snapshot, never passes
- * it wrongly). A join that fails (no permission to handle kernel-mode
+ * allocators call mmap. A join that fails (no permission to handle kernel-mode
  * faults, say) is reported on stderr once and the mapping is left alone:
  * the agent never turns the program's read(2) into EFAULT.
  */
 #include <errno.h>
 #include <pthread.h>
+#include <stdarg.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -41,6 +45,7 @@
 
 struct joined_map {
 	uintptr_t start, end;
+	uint64_t dev, ino, off;  /* the file, and the offset mapped at start */
 	uffdsnap_participant_t *p;
 };
 
@@ -78,7 +83,8 @@ static void join_mapping(uintptr_t addr, size_t len, uint64_t dev, uint64_t ino,
 			agent.warned = true;
 			continue;
 		}
-		agent.joins[agent.njoins++] = (struct joined_map){ addr + (lo - off), addr + (lo - off) + (hi - lo), p };
+		agent.joins[agent.njoins++] = (struct joined_map){ addr + (lo - off), addr + (lo - off) + (hi - lo),
+								   dev, ino, lo, p };
 	}
 }
 
@@ -127,26 +133,83 @@ __attribute__((visibility("default"))) void *mmap(void *addr, size_t len, int pr
 __attribute__((visibility("default"), alias("mmap"))) void *mmap64(void *addr, size_t len, int prot, int flags, int fd,
 								    off64_t off);
 
+/*
+ * Leave every join that overlaps [a, a + len), which the program just
+ * unmapped or moved, and join again what it left mapped of them. Returns
+ * the file and offset that was mapped at `a` if a join held it (for mremap).
+ * Under agent.lock, inside.
+ */
+static bool leave_range(uintptr_t a, size_t len, struct joined_map *at_a)
+{
+	struct joined_map rest[2 * 8];
+	unsigned nrest = 0;
+	bool found = false;
+
+	for (unsigned i = 0; i < agent.njoins;) {
+		struct joined_map j = agent.joins[i];
+
+		if (!(j.start < a + len && a < j.end)) {
+			i++;
+			continue;
+		}
+		uffdsnap_leave(j.p);
+		agent.joins[i] = agent.joins[--agent.njoins];
+		if (j.start <= a && a < j.end) {
+			*at_a = (struct joined_map){ a, 0, j.dev, j.ino, j.off + (a - j.start), NULL };
+			found = true;
+		}
+		if (j.start < a && nrest < 16)
+			rest[nrest++] = (struct joined_map){ j.start, a, j.dev, j.ino, j.off, NULL };
+		if (a + len < j.end && nrest < 16)
+			rest[nrest++] = (struct joined_map){ a + len, j.end, j.dev, j.ino, j.off + (a + len - j.start),
+							     NULL };
+	}
+	for (unsigned i = 0; i < nrest; i++)
+		join_mapping(rest[i].start, rest[i].end - rest[i].start, rest[i].dev, rest[i].ino, rest[i].off);
+	return found;
+}
+
 __attribute__((visibility("default"))) int munmap(void *addr, size_t len)
 {
 	long r = syscall(SYS_munmap, addr, len);
-	uintptr_t a = (uintptr_t)addr;
+	struct joined_map unused;
 
 	if (r)
 		return (int)r;
 	if (agent.njoins && !inside) {
 		pthread_mutex_lock(&agent.lock);
 		inside = true;
-		for (unsigned i = 0; i < agent.njoins;) {
-			if (agent.joins[i].start < a + len && a < agent.joins[i].end) {
-				uffdsnap_leave(agent.joins[i].p);
-				agent.joins[i] = agent.joins[--agent.njoins];
-			} else {
-				i++;
-			}
-		}
+		leave_range((uintptr_t)addr, len, &unused);
 		inside = false;
 		pthread_mutex_unlock(&agent.lock);
 	}
 	return 0;
+}
+
+__attribute__((visibility("default"))) void *mremap(void *old, size_t old_len, size_t new_len, int flags, ...)
+{
+	void *want = NULL;
+	struct joined_map was;
+	va_list ap;
+	long r;
+
+	if (flags & MREMAP_FIXED) {
+		va_start(ap, flags);
+		want = va_arg(ap, void *);
+		va_end(ap);
+	}
+	r = syscall(SYS_mremap, old, old_len, new_len, flags, want);
+	if (r == -1)
+		return MAP_FAILED;
+	if (agent.njoins && !inside) {
+		pthread_mutex_lock(&agent.lock);
+		inside = true;
+		/* a move (or a shrink) leaves the old range; a grow in place keeps
+		 * its start, and the join is made again over the new length */
+		if (leave_range((uintptr_t)old, old_len, &was))
+			join_mapping((uintptr_t)r, new_len, was.dev, was.ino, was.off);
+		inside = false;
+		pthread_mutex_unlock(&agent.lock);
+	}
+	return (void *)r;
 }

@@ -60,6 +60,13 @@ static inline void usnap_abits_or(_Atomic uint64_t *b, uint64_t from, uint64_t t
 		atomic_fetch_or_explicit(&b[p / 64], usnap_bits_mask(p, to, &k), memory_order_relaxed);
 }
 
+/* Clear [from, to) (relaxed, as above). */
+static inline void usnap_abits_clear(_Atomic uint64_t *b, uint64_t from, uint64_t to)
+{
+	for (uint64_t p = from, k; p < to; p += k)
+		atomic_fetch_and_explicit(&b[p / 64], ~usnap_bits_mask(p, to, &k), memory_order_relaxed);
+}
+
 /* Set [from, to); the first index that was set already, or `to`. */
 static inline uint64_t usnap_abits_set(_Atomic uint64_t *b, uint64_t from, uint64_t to)
 {

@@ -738,5 +738,8 @@ void *usnap_handler_main(void *arg)
 	usnap_sys_free(h.held);
 	atomic_store(&s->stats.window_end_ns, usnap_now_ns());
 	usnap_compress_close(s);
+	/* Outside the window, and beside the workers finishing the file rather
+	 * than before them: it delays only the join (uffdsnap_wait). */
+	usnap_writable_again(s);
 	return NULL;
 }

@@ -1,8 +1,8 @@
 /* SPDX-License-Identifier: LGPL-2.1-or-later */
 /*
- * Live migration, pre-copy (docs/migration.md): the sender's rounds and the
- * receiver. Owns uffdsnap_migrate_* and uffdsnap_incoming_*; the wire
- * protocol is migrate.h.
+ * Live migration, pre-copy and post-copy (docs/migration.md): the sender's
+ * rounds and the receiver. Owns uffdsnap_migrate_* and uffdsnap_incoming_*;
+ * the wire protocol is migrate.h.
  *
  * Rounds need no point in time, only "every page written since the last
  * look": the regions are registered WP-only with a userfaultfd of the
@@ -17,19 +17,28 @@
  * and removals and unmaps the kernel announces as events (events_main, on a
  * second thread, because the thread that zaps waits until its event is read).
  *
+ * Post-copy (postcopy() on the sender; take_discard, start_postcopy, place
+ * and the fault thread on the receiver): after round 1, rounds that only
+ * tell the receiver which pages to drop, the switchover, then the receiver
+ * runs with its mappings registered for missing pages while the sender
+ * answers its requests and pushes the rest.
+ *
  * Transport: one thread per side with blocking-style I/O (poll + non-blocking
  * send/recv), not libuv. The sender's work is strictly sequential (scan, read
  * pages, write frames, wait for the round's ACK) and back-pressure is the
  * socket itself: a loop would add a hand-off between the reading and the
  * writing thread and nothing to overlap. Every wait polls an eventfd too, so
  * free() cancels at once, and gives up after USNAP_MIG_IDLE_MS of silence.
+ * The post-copy receiver adds a fault thread (the userfaultfd is a second
+ * place to block); both send on the socket under send_lock.
  */
 #include <errno.h>
 #include <fcntl.h>
 #include <inttypes.h>
 #include <netinet/in.h>
-#include <netinet/tcp.h>
+#include <linux/tcp.h> /* struct tcp_info with tcpi_notsent_bytes (glibc's lacks it) */
 #include <poll.h>
+#include <stddef.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -41,6 +50,7 @@
 
 #include <zstd.h>
 
+#include "bitmap.h"
 #include "migrate.h"
 #include "uffd.h"
 #include "uffdsnap-private.h"
@@ -200,6 +210,8 @@ struct mig_reg {
 	bool registered;
 	uint64_t *sent;    /* SHMEM: pages the receiver holds as data (sent, not since sent as zero) */
 	unsigned char *incore; /* SHMEM: mincore(2) vector, one byte a page */
+	uint64_t *pending; /* post-copy: pages the receiver dropped and has not been sent since */
+	uint64_t *fresh;   /* post-copy: pages pending, not yet announced as dropped */
 };
 
 /* Pages [first, first + n) of region `reg`, written since the previous scan. */
@@ -247,6 +259,8 @@ struct uffdsnap_migrate {
 	_Atomic unsigned rounds;
 	_Atomic uint64_t round_bytes[UFFDSNAP_MIGRATE_MAX_ROUNDS];
 	_Atomic uint64_t bytes_wire, pages_sent, pages_zero, downtime_ns, t0_ns, end_ns;
+	_Atomic uint64_t pages_requested; /* post-copy: sent because the receiver faulted on them */
+	unsigned pc_round;             /* post-copy: the round of the switchover and the push */
 };
 
 static void migrate_defaults(uffdsnap_migrate_opts_t *o)
@@ -429,15 +443,17 @@ static int push_run(struct mig_run **v, size_t *n, size_t *cap, struct mig_run r
 	return 0;
 }
 
-/* Append to m->runs the pages written since the last scan (they are
- * protected again); *bytes: their size. */
-static int scan(struct uffdsnap_migrate *m, uint64_t *bytes)
+/* Append to m->runs the pages written since the last scan (protected
+ * again, but for the last scan, after the switchover); *bytes: their size. */
+static int scan(struct uffdsnap_migrate *m, bool last, uint64_t *bytes)
 {
 	for (unsigned i = 0; i < m->nregs; i++) {
 		const struct mig_reg *r = &m->regs[i];
 		uintptr_t start = r->addr, end = r->addr + r->len, walk_end;
 		while (start < end) {
-			int k = usnap_uffd_scan_written(m->pagemap, start, end, m->vec, USNAP_MIG_SCAN_VEC, &walk_end);
+			int k = last ? usnap_uffd_scan_written_last(m->pagemap, start, end, m->vec, USNAP_MIG_SCAN_VEC,
+								   &walk_end)
+				     : usnap_uffd_scan_written(m->pagemap, start, end, m->vec, USNAP_MIG_SCAN_VEC, &walk_end);
 			if (k < 0)
 				return mig_fail(m, k, "region '%s': PAGEMAP_SCAN: %s", r->name, strerror(-k));
 			for (int j = 0; j < k; j++) {
@@ -498,6 +514,21 @@ static void heard_remove(struct uffdsnap_migrate *m, uintptr_t start, uintptr_t 
 	}
 }
 
+/* The next messages of uffd (bytes read, maybe 0), or -1 once stop_fd is
+ * readable or poll fails. */
+static ssize_t uffd_read(int uffd, int stop_fd, struct uffd_msg *msg, size_t cap)
+{
+	struct pollfd p[2] = { { uffd, POLLIN, 0 }, { stop_fd, POLLIN, 0 } };
+	ssize_t n;
+
+	if (poll(p, 2, -1) < 0 && errno != EINTR)
+		return -1;
+	if (p[1].revents)
+		return -1;
+	n = read(uffd, msg, cap);
+	return n > 0 ? n : 0;
+}
+
 /*
  * Reads the migration descriptor's events at once: a thread that zaps or
  * unmaps registered memory waits in the kernel until its event is read.
@@ -506,17 +537,10 @@ static void heard_remove(struct uffdsnap_migrate *m, uintptr_t start, uintptr_t 
 static void *events_main(void *arg)
 {
 	struct uffdsnap_migrate *m = arg;
-	struct pollfd p[2] = { { m->uffd, POLLIN, 0 }, { m->ev_stop, POLLIN, 0 } };
 	struct uffd_msg msg[16];
+	ssize_t n;
 
-	for (;;) {
-		if (poll(p, 2, -1) < 0 && errno != EINTR)
-			break;
-		if (p[1].revents)
-			break;
-		ssize_t n = read(m->uffd, msg, sizeof(msg));
-		if (n <= 0)
-			continue;
+	while ((n = uffd_read(m->uffd, m->ev_stop, msg, sizeof(msg))) >= 0) {
 		pthread_mutex_lock(&m->ev_lock);
 		for (size_t i = 0; i < (size_t)n / sizeof(msg[0]); i++) {
 			const struct uffd_msg *e = &msg[i];
@@ -616,7 +640,8 @@ static int hello(struct uffdsnap_migrate *m)
 	if (!(p = calloc(1, len)))
 		return mig_fail(m, -ENOMEM, "the region table");
 	hh = (struct usnap_mig_hello *)p;
-	*hh = (struct usnap_mig_hello){ USNAP_MIG_VERSION, (uint32_t)m->ps, m->nregs, 0 };
+	*hh = (struct usnap_mig_hello){ USNAP_MIG_VERSION, (uint32_t)m->ps, m->nregs,
+					(m->opts.flags & UFFDSNAP_MIGRATE_POSTCOPY) ? USNAP_MIG_HELLO_POSTCOPY : 0 };
 	len = sizeof(*hh);
 	for (unsigned i = 0; i < m->nregs; i++) {
 		uint64_t rl = m->regs[i].len;
@@ -663,6 +688,244 @@ static int switchover(struct uffdsnap_migrate *m, uint64_t *t_sw)
 	return 0;
 }
 
+/* ---- post-copy, sender -------------------------------------------------------------- */
+
+/*
+ * Pages per pushed frame, and the push's window: the bytes written to a TCP
+ * socket and not yet acknowledged by the peer (tcpi_notsent_bytes + unacked
+ * segments) kept under USNAP_MIG_PUSH_WINDOW. A page a fault asked for is
+ * sent behind that window and nothing else: without it the push would fill
+ * tcp_wmem (4 MiB here) and the tbf queue (10 ms at 1 Gbit/s), and every
+ * request would wait that long (docs/migration.md "Post-copy", measured).
+ * TCP_NOTSENT_LOWAT alone bounds only the unsent part, not what sits in the
+ * link's queue. Overridable at build time to measure without it (0: no
+ * window).
+ */
+#define USNAP_MIG_PUSH_BATCH 16u
+/* Rounds of drops go on until one finds at most this many pages written
+ * since the previous (~1.3 ms of punching on the receiver, measured ~2.5 us
+ * a page), or max_rounds allows no more. */
+#define USNAP_MIG_DROP_FEW 512u
+#ifndef USNAP_MIG_PUSH_WINDOW
+#define USNAP_MIG_PUSH_WINDOW (256u << 10)
+#endif
+
+/* m->runs (pages written since round 1) into the pending bitmaps, the new
+ * ones into `fresh` too; *total: the pages now pending. */
+static int pending_take(struct uffdsnap_migrate *m, uint64_t *total)
+{
+	for (unsigned i = 0; i < m->nregs; i++)
+		if (!m->regs[i].pending && (!(m->regs[i].pending = calloc((m->regs[i].npages + 63) / 64, 8)) ||
+					    !(m->regs[i].fresh = calloc((m->regs[i].npages + 63) / 64, 8))))
+			return mig_fail(m, -ENOMEM, "the post-copy page bitmaps");
+	for (size_t i = 0; i < m->nruns; i++) {
+		const struct mig_reg *r = &m->regs[m->runs[i].reg];
+		for (uint64_t k = m->runs[i].first; k < m->runs[i].first + m->runs[i].n; k++)
+			if (!usnap_bit(r->pending, k)) {
+				r->pending[k / 64] |= 1ull << (k % 64);
+				r->fresh[k / 64] |= 1ull << (k % 64);
+				++*total;
+			}
+	}
+	m->nruns = 0;
+	return 0;
+}
+
+/* The fresh bitmaps as DISCARD frames (chunks with a bit set only), then
+ * cleared: the receiver drops each page once. */
+static int send_discards(struct uffdsnap_migrate *m)
+{
+	const uint32_t max = USNAP_MIG_MAX_FRAME / 8 - 2;
+
+	for (unsigned i = 0; i < m->nregs; i++) {
+		uint64_t words = (m->regs[i].npages + 63) / 64;
+		for (uint64_t w = 0; w < words;) {
+			uint32_t n = words - w < max ? (uint32_t)(words - w) : max, k = 0;
+			while (k < n && !m->regs[i].fresh[w + k])
+				k++;
+			if (k < n) {
+				struct usnap_mig_discard d = { i, n, w * 64 };
+				int r = send_frame(m, USNAP_MIG_DISCARD, &d, sizeof(d), m->regs[i].fresh + w, n * 8);
+				if (r)
+					return r;
+				memset(m->regs[i].fresh + w, 0, n * 8);
+			}
+			w += n;
+		}
+	}
+	return 0;
+}
+
+/* Send pages [first, first + n) of region ri that are still pending (all
+ * of them must be), clearing them. */
+static int send_pending(struct uffdsnap_migrate *m, unsigned ri, uint64_t first, uint64_t n, uint64_t *count)
+{
+	uint64_t *b = m->regs[ri].pending;
+
+	for (uint64_t k = first; k < first + n; k++)
+		b[k / 64] &= ~(1ull << (k % 64));
+	return send_range(m, ri, first, n, m->pc_round, count);
+}
+
+/* The next run of pending pages from (*ri, *pg), at most USNAP_MIG_PUSH_BATCH
+ * long; false when none is left. */
+static bool next_pending(struct uffdsnap_migrate *m, unsigned *ri, uint64_t *pg, uint64_t *n)
+{
+	for (; *ri < m->nregs; (*ri)++, *pg = 0) {
+		const struct mig_reg *r = &m->regs[*ri];
+		uint64_t k = usnap_bits_find(r->pending, *pg, r->npages, true);
+		if (k >= r->npages)
+			continue;
+		uint64_t lim = r->npages - k < USNAP_MIG_PUSH_BATCH ? r->npages : k + USNAP_MIG_PUSH_BATCH;
+		*pg = k, *n = usnap_bits_find(r->pending, k, lim, false) - k;
+		return true;
+	}
+	return false;
+}
+
+/* Bytes written to the socket that its peer has not acknowledged (0 where
+ * that cannot be known: a unix socket has no link queue to keep short). */
+static uint64_t unacked(int sock)
+{
+	struct tcp_info ti;
+	socklen_t len = sizeof(ti);
+
+	/* an older kernel fills less of the struct: enough if it reaches the field */
+	if (getsockopt(sock, IPPROTO_TCP, TCP_INFO, &ti, &len) ||
+	    len < offsetof(struct tcp_info, tcpi_notsent_bytes) + sizeof(ti.tcpi_notsent_bytes))
+		return 0;
+	return (uint64_t)ti.tcpi_notsent_bytes + (uint64_t)ti.tcpi_unacked * ti.tcpi_snd_mss;
+}
+
+/* A frame from the receiver during post-copy: RUNNING (the downtime ends),
+ * REQUEST (answered at once if still pending), or the final ACK (*done). */
+static int postcopy_answer(struct uffdsnap_migrate *m, bool ended, bool *running, bool *done, uint64_t *left,
+			   uint64_t *count, uint64_t t_sw)
+{
+	union {
+		struct usnap_mig_status st;
+		struct usnap_mig_pages q;
+	} u;
+	struct usnap_mig_hdr h;
+	char why[256];
+	int r = frame_recv(m->sock, m->abort_fd, &h, (uint8_t *)&u, sizeof(u), why, sizeof(why));
+
+	if (r)
+		return mig_fail(m, r, "post-copy, the receiver: %s", why);
+	if (h.type == USNAP_MIG_RUNNING && h.len == sizeof(u.st) && !*running && u.st.value == m->pc_round) {
+		if (u.st.status < 0)
+			return mig_fail(m, -EPROTO, "the receiver could not start: %s", strerror(-u.st.status));
+		*running = true;
+		m->downtime_ns = usnap_now_ns() - t_sw;
+		return 0;
+	}
+	if (h.type == USNAP_MIG_REQUEST && h.len == sizeof(u.q) && *running) {
+		if (u.q.region >= m->nregs || u.q.npages != 1 || u.q.first >= m->regs[u.q.region].npages)
+			return mig_fail(m, -EBADMSG, "the receiver asked for page %" PRIu64 " of region %u", u.q.first,
+					u.q.region);
+		/* asked for again, or pushed meanwhile: the page is on its way */
+		if (!usnap_bit(m->regs[u.q.region].pending, u.q.first))
+			return 0;
+		--*left;
+		m->pages_requested++;
+		return send_pending(m, u.q.region, u.q.first, 1, count);
+	}
+	if (h.type == USNAP_MIG_ACK && h.len == sizeof(u.st) && ended && u.st.value == m->pc_round) {
+		if (u.st.status < 0)
+			return mig_fail(m, -EPROTO, "the receiver failed post-copy: %s", strerror(-u.st.status));
+		*done = true;
+		return 0;
+	}
+	return mig_fail(m, -EBADMSG, "post-copy: unexpected frame of type %u (%u bytes) from the receiver", h.type,
+			h.len);
+}
+
+/*
+ * Post-copy, after round 1. The next rounds send no page: the pages written
+ * since the previous look are found (scan, removals, punched pages) and the
+ * receiver drops them while the program still runs; its ACK says it is done.
+ * Each such round is short (a drop costs ~2.5 us a page on the receiver:
+ * 10 ms for 4,000 pages, measured), so the next finds fewer pages; once one
+ * finds at most USNAP_MIG_DROP_FEW (or at max_rounds - 1) the switchover
+ * comes: the program stops, the pages written since the last scan are
+ * dropped too, POSTCOPY, and the receiver runs. So the downtime holds one
+ * scan and a few drops whatever the program's write rate, not the drops of
+ * a whole round. The sender then pushes the pending pages in order while
+ * answering the receiver's requests first; the program is paused and its
+ * pages are read by system call, so its registration may wait for the end
+ * (sender_main drops it on every path): unregistering 256 MiB took 6 ms,
+ * which here would delay reading RUNNING and the first requests. One thread: a request is read as soon as the
+ * socket says so between two pushed frames of at most USNAP_MIG_PUSH_BATCH
+ * pages, and its page goes out before the next push.
+ */
+static int postcopy(struct uffdsnap_migrate *m)
+{
+	uint64_t t_sw, dirty = 0, left = 0, count = 0, pg = 0, n, t_last;
+	bool running = false, ended = false, done = false;
+	unsigned ri = 0, round = 2;
+	int r;
+
+	while (round < m->opts.max_rounds) {
+		uint64_t before = left;
+		if ((r = scan(m, false, &dirty)) || (r = take_removed(m, false, &dirty)) || (r = scan_holes(m, &dirty)) ||
+		    (r = pending_take(m, &left)) || (r = send_discards(m)) || (r = end_round(m, round++, false, 0)))
+			return r;
+		if (left - before <= USNAP_MIG_DROP_FEW)
+			break;
+	}
+	m->pc_round = round;
+	if ((r = switchover(m, &t_sw)) || (r = scan(m, true, &dirty)) || (r = take_removed(m, true, &dirty)) ||
+	    (r = scan_holes(m, &dirty)) || (r = pending_take(m, &left)) || (r = send_discards(m)))
+		return r;
+	struct usnap_mig_round pc = { .round = m->pc_round, .final = 0, .pages = left };
+	if ((r = send_frame(m, USNAP_MIG_POSTCOPY, &pc, sizeof(pc), NULL, 0)))
+		return r;
+	t_last = usnap_now_ns();
+	while (!done) {
+		/* the push starts once the receiver runs: until then the sender
+		 * only waits for RUNNING, which it then reads at once (the
+		 * downtime) */
+		bool pushing = running && !ended;
+		bool room = pushing && (USNAP_MIG_PUSH_WINDOW == 0 || unacked(m->sock) < USNAP_MIG_PUSH_WINDOW);
+		struct pollfd p[2] = { { m->sock, POLLIN | (room ? POLLOUT : 0), 0 }, { m->abort_fd, POLLIN, 0 } };
+		/* a full window is polled again every millisecond: the peer's ACKs
+		 * wake no poll of ours */
+		int k = poll(p, 2, pushing && !room ? 1 : USNAP_MIG_IDLE_MS);
+		if (k < 0 && errno == EINTR)
+			continue;
+		if (k < 0)
+			return mig_fail(m, -errno, "post-copy: poll: %s", strerror(errno));
+		if (p[1].revents)
+			return mig_fail(m, -ECANCELED, "cancelled");
+		if (!k && usnap_now_ns() - t_last >= USNAP_MIG_IDLE_MS * 1000000ull)
+			return mig_fail(m, -ETIMEDOUT, "post-copy: the receiver was silent for %d s",
+					USNAP_MIG_IDLE_MS / 1000);
+		if (k)
+			t_last = usnap_now_ns();
+		if (p[0].revents & (POLLIN | POLLHUP | POLLERR)) {
+			if ((r = postcopy_answer(m, ended, &running, &done, &left, &count, t_sw)))
+				return r;
+			continue; /* every request before the next push */
+		}
+		if (!(p[0].revents & POLLOUT))
+			continue;
+		if (left && next_pending(m, &ri, &pg, &n)) {
+			left -= n;
+			if ((r = send_pending(m, ri, pg, n, &count)))
+				return r;
+		} else {
+			struct usnap_mig_round re = { .round = m->pc_round, .final = 1, .pages = count };
+			if ((r = send_frame(m, USNAP_MIG_ROUND_END, &re, sizeof(re), NULL, 0)))
+				return r;
+			ended = true;
+		}
+	}
+	if (!running)
+		return mig_fail(m, -EBADMSG, "the receiver acknowledged post-copy without running");
+	m->rounds = m->pc_round;
+	return 0;
+}
+
 static int run(struct uffdsnap_migrate *m)
 {
 	uint64_t t_sw = 0, count = 0, t_round;
@@ -691,19 +954,21 @@ static int run(struct uffdsnap_migrate *m)
 		r = end_round(m, 1, m->opts.max_rounds == 1, count);
 	if (r || m->opts.max_rounds == 1)
 		goto out;
+	if (m->opts.flags & UFFDSNAP_MIGRATE_POSTCOPY)
+		return postcopy(m);
 	bw = (double)(m->bytes_wire - wire0) * 1e9 / (double)(usnap_now_ns() - t_round + 1);
 	for (round = 2;; round++) {
 		uint64_t dirty = 0;
 		bool final;
 
 		count = 0;
-		if ((r = scan(m, &dirty)) || (r = take_removed(m, false, &dirty)) || (r = scan_holes(m, &dirty)))
+		if ((r = scan(m, false, &dirty)) || (r = take_removed(m, false, &dirty)) || (r = scan_holes(m, &dirty)))
 			return r;
 		/* the dirty set measured just now would take dirty / bw to send:
 		 * within the budget (or out of rounds) the program stops now, and
 		 * the final round also sends what it wrote since the scan */
 		final = round >= m->opts.max_rounds || (double)dirty / bw <= budget_s;
-		if (final && ((r = switchover(m, &t_sw)) || (r = scan(m, &dirty)) || (r = take_removed(m, true, &dirty)) ||
+		if (final && ((r = switchover(m, &t_sw)) || (r = scan(m, true, &dirty)) || (r = take_removed(m, true, &dirty)) ||
 			      (r = scan_holes(m, &dirty))))
 			return r;
 		t_round = usnap_now_ns();
@@ -758,6 +1023,8 @@ static void migrate_release(struct uffdsnap_migrate *m)
 		free(m->regs[i].name);
 		free(m->regs[i].sent);
 		free(m->regs[i].incore);
+		free(m->regs[i].pending);
+		free(m->regs[i].fresh);
 		if (m->regs[i].fd >= 0)
 			close(m->regs[i].fd);
 	}
@@ -854,10 +1121,6 @@ USNAP_EXPORT int uffdsnap_migrate_send(uffdsnap_t *ctx, int sock, const uffdsnap
 	if ((r = opts_take(&m->opts, opts))) {
 		migrate_release(m);
 		return r;
-	}
-	if (m->opts.flags & UFFDSNAP_MIGRATE_POSTCOPY) {
-		migrate_release(m);
-		return usnap_err(-EOPNOTSUPP, "post-copy migration is not implemented (docs/migration.md)");
 	}
 
 	pthread_mutex_lock(&ctx->lock);
@@ -956,6 +1219,7 @@ USNAP_EXPORT int uffdsnap_migrate_stats(const uffdsnap_migrate_t *m, uffdsnap_mi
 	s.pages_sent = m->pages_sent;
 	s.pages_zero = m->pages_zero;
 	s.downtime_ns = m->downtime_ns;
+	s.pages_requested = m->pages_requested;
 	end = m->end_ns;
 	s.total_ns = (end ? end : usnap_now_ns()) - m->t0_ns;
 	s.size = out->size;
@@ -994,10 +1258,28 @@ struct in_reg {
 	uint64_t npages;
 	int fd;
 	void *addr;
+	_Atomic uint64_t *dropped;     /* post-copy: pages dropped and not arrived since: the others'
+					* contents are final here. Zero to start with, so that a
+					* region table's claim costs no work before pages come
+					* (a hostile 64 TiB claim kept a fill of ones busy for
+					* minutes: found by fuzz-migrate) */
+	uint64_t *asked;               /* post-copy: pages requested (the fault thread's) */
+	bool registered;               /* post-copy: with in->uffd, for missing pages */
 };
 
 struct uffdsnap_incoming {
 	int sock, abort_fd;
+	bool postcopy;                 /* the sender's HELLO asked for it */
+	bool running;                  /* post-copy: switched over (the receiver thread's) */
+	int uffd, fault_stop;          /* post-copy: missing-page faults; eventfd ending the fault thread */
+	pthread_t fault_thread;
+	bool fault_started;
+	pthread_mutex_t send_lock;     /* the socket's reverse direction: ACKs and RUNNING, and requests */
+	pthread_mutex_t state_lock;
+	pthread_cond_t state_cond;
+	bool ready, finished;          /* under state_lock: the memory may be used; the thread ended */
+	_Atomic bool dead;             /* post-copy failed: faults on pages not arrived are poisoned */
+	uint64_t missing;              /* post-copy: pages dropped and not arrived yet */
 	size_t ps;
 	struct in_reg *regs;
 	unsigned nregs;
@@ -1012,6 +1294,15 @@ struct uffdsnap_incoming {
 	char errmsg[512];
 };
 
+/* Set a state flag (ready, finished) and wake uffdsnap_incoming_wait(). */
+static void mark(struct uffdsnap_incoming *in, bool *flag)
+{
+	pthread_mutex_lock(&in->state_lock);
+	*flag = true;
+	pthread_cond_broadcast(&in->state_cond);
+	pthread_mutex_unlock(&in->state_lock);
+}
+
 static int in_fail(struct uffdsnap_incoming *in, int err, const char *fmt, ...) __attribute__((format(printf, 3, 4)));
 static int in_fail(struct uffdsnap_incoming *in, int err, const char *fmt, ...)
 {
@@ -1025,12 +1316,24 @@ static int in_fail(struct uffdsnap_incoming *in, int err, const char *fmt, ...)
 	return err;
 }
 
+/* A frame to the sender: the fault thread's requests and the receiver
+ * thread's answers share the direction. */
+static int send_back(struct uffdsnap_incoming *in, uint16_t type, const void *p, uint32_t len)
+{
+	_Atomic uint64_t wire = 0;
+	int r;
+
+	pthread_mutex_lock(&in->send_lock);
+	r = frame_send(in->sock, in->abort_fd, type, p, len, NULL, 0, &wire);
+	pthread_mutex_unlock(&in->send_lock);
+	return r;
+}
+
 static int send_status(struct uffdsnap_incoming *in, uint16_t type, uint32_t value, int status)
 {
 	struct usnap_mig_status st = { value, status };
-	_Atomic uint64_t wire = 0;
 
-	return frame_send(in->sock, in->abort_fd, type, &st, sizeof(st), NULL, 0, &wire);
+	return send_back(in, type, &st, sizeof(st));
 }
 
 /* Parse the region table from hostile bytes and create the memfds. */
@@ -1048,8 +1351,21 @@ static int take_hello(struct uffdsnap_incoming *in, const uint8_t *p, uint32_t l
 			       h.version, USNAP_MIG_VERSION);
 	if (h.page_size != in->ps)
 		return in_fail(in, -EBADMSG, "the sender's page size is %u; ours is %zu", h.page_size, in->ps);
-	if (!h.nregions || h.nregions > USNAP_MAX_REGIONS || h.zero)
-		return in_fail(in, -EBADMSG, "region table: %u regions (1..%d)", h.nregions, USNAP_MAX_REGIONS);
+	if (!h.nregions || h.nregions > USNAP_MAX_REGIONS || (h.flags & ~USNAP_MIG_HELLO_POSTCOPY))
+		return in_fail(in, -EBADMSG, "region table: %u regions (1..%d), flags 0x%x", h.nregions,
+			       USNAP_MAX_REGIONS, h.flags);
+	if (h.flags & USNAP_MIG_HELLO_POSTCOPY) {
+		uint64_t lack = 0;
+		in->postcopy = true;
+		in->uffd = usnap_uffd_new_missing(&lack);
+		if (in->uffd < 0)
+			return in_fail(in, in->uffd, "post-copy needs a userfaultfd with missing-page faults on shmem "
+				       "and UFFDIO_POISON (Linux 6.6+): %s%s%s", strerror(-in->uffd),
+				       lack & UFFD_FEATURE_MISSING_SHMEM ? "; no UFFD_FEATURE_MISSING_SHMEM" : "",
+				       lack & UFFD_FEATURE_POISON ? "; no UFFD_FEATURE_POISON" : "");
+		if ((in->fault_stop = eventfd(0, EFD_CLOEXEC)) < 0)
+			return in_fail(in, -errno, "eventfd: %s", strerror(errno));
+	}
 	if (!(in->regs = calloc(h.nregions, sizeof(*in->regs))))
 		return in_fail(in, -ENOMEM, "the region table");
 	for (unsigned i = 0; i < h.nregions; i++) {
@@ -1089,9 +1405,90 @@ static int take_hello(struct uffdsnap_incoming *in, const uint8_t *p, uint32_t l
 			return in_fail(in, -errno, "region '%s': mapping %" PRIu64 " bytes: %s", r->name, rl,
 				       strerror(errno));
 		}
+		/* post-copy: every page is final until a DISCARD says otherwise
+		 * (round 1 sends them all, holes as holes) */
+		if (in->postcopy) {
+			uint64_t words = (r->npages + 63) / 64;
+			if (!(r->dropped = calloc(words, 8)) || !(r->asked = calloc(words, 8)))
+				return in_fail(in, -ENOMEM, "region '%s': page bitmaps", r->name);
+		}
 	}
 	if (off != len)
 		return in_fail(in, -EBADMSG, "region table: %u bytes, %zu used", len, off);
+	return 0;
+}
+
+/*
+ * Post-copy, after the switchover: pages [first, first + n) of region ri
+ * arrive (data, or zero if NULL). They must be pages the receiver dropped and
+ * has not received since. UFFDIO_COPY (or ZEROPAGE) maps them and wakes the
+ * threads faulting there. EEXIST means the page was created behind the
+ * mapping's back (a write(2) or fallocate on the memfd, or a fault through
+ * another mapping of it) after it was dropped: its contents are not the
+ * sender's and nothing can merge them, so the migration fails (-EEXIST) and
+ * the page is left as it is.
+ */
+static int place(struct uffdsnap_incoming *in, unsigned ri, uint64_t first, uint32_t n, const uint8_t *data)
+{
+	struct in_reg *r = &in->regs[ri];
+	uint64_t done = 0;
+
+	for (uint64_t k = first; k < first + n; k++)
+		if (!usnap_abit(r->dropped, k))
+			return in_fail(in, -EBADMSG, "region '%s': page %" PRIu64 " arrived twice", r->name, k);
+	while (done < n) {
+		int64_t got = 0;
+		int e = usnap_uffd_fill(in->uffd, (uintptr_t)r->addr + (first + done) * in->ps,
+					data ? data + done * in->ps : NULL, (n - done) * in->ps, &got);
+		if (got > 0)
+			done += (uint64_t)got / in->ps;
+		if (e == -EEXIST)
+			return in_fail(in, -EEXIST, "region '%s': page %" PRIu64 " was created outside the migration's "
+				       "mapping before it arrived", r->name, first + done);
+		if (e && e != -EAGAIN)
+			return in_fail(in, e, "region '%s': placing page %" PRIu64 ": %s", r->name, first + done,
+				       strerror(-e));
+	}
+	usnap_abits_clear(r->dropped, first, first + n);
+	in->missing -= n;
+	return 0;
+}
+
+/* A DISCARD frame (post-copy, between round 1 and the switchover): the pages
+ * it names were written on the sender since round 1 sent them; they are
+ * punched out here and arrive again after the switchover. */
+static int take_discard(struct uffdsnap_incoming *in, const struct usnap_mig_hdr *h)
+{
+	struct usnap_mig_discard d;
+	uint64_t words;
+
+	if (h->len < sizeof(d))
+		return in_fail(in, -EBADMSG, "discard frame of %u bytes", h->len);
+	memcpy(&d, in->buf, sizeof(d));
+	if (d.region >= in->nregs || !d.nwords || h->len != sizeof(d) + (uint64_t)d.nwords * 8 || d.first % 64 ||
+	    d.first / 64 > (words = (in->regs[d.region].npages + 63) / 64) || d.nwords > words - d.first / 64)
+		return in_fail(in, -EBADMSG, "discard frame: region %u, %u words from page %" PRIu64, d.region,
+			       d.nwords, d.first);
+	struct in_reg *r = &in->regs[d.region];
+	for (uint32_t w = 0; w < d.nwords; w++) {
+		uint64_t x, base = d.first + (uint64_t)w * 64;
+		memcpy(&x, in->buf + sizeof(d) + (size_t)w * 8, 8);
+		if ((x & atomic_load(&r->dropped[base / 64])) ||
+		    (r->npages - base < 64 && x >> (r->npages - base)))
+			return in_fail(in, -EBADMSG, "discard frame: region '%s' pages from %" PRIu64 " dropped twice "
+				       "or past its end", r->name, base);
+		atomic_fetch_or(&r->dropped[base / 64], x);
+		in->missing += (uint64_t)__builtin_popcountll(x);
+		while (x) {
+			unsigned b = (unsigned)__builtin_ctzll(x), e = b;
+			while (e < 64 && (x >> e & 1))
+				e++;
+			x &= e == 64 ? 0 : ~0ull << e;
+			if (fallocate(r->fd, FALLOC_FL_PUNCH_HOLE | FALLOC_FL_KEEP_SIZE, (off_t)((base + b) * in->ps),
+				      (off_t)((e - b) * in->ps)))
+				return in_fail(in, -errno, "region '%s': dropping pages: %s", r->name, strerror(errno));
+		}
+	}
 	return 0;
 }
 
@@ -1123,15 +1520,19 @@ static int take_pages(struct uffdsnap_incoming *in, const struct usnap_mig_hdr *
 				       ZSTD_isError(z) ? ZSTD_getErrorName(z) : "not the announced pages");
 		data = in->zout;
 	}
-	if (h->type == USNAP_MIG_ZERO) {
-		if (h->len != sizeof(p))
-			return in_fail(in, -EBADMSG, "zero frame of %u bytes", h->len);
+	if (h->type == USNAP_MIG_ZERO && h->len != sizeof(p))
+		return in_fail(in, -EBADMSG, "zero frame of %u bytes", h->len);
+	if (h->type == USNAP_MIG_PAGES && h->len != sizeof(p) + len)
+		return in_fail(in, -EBADMSG, "page frame of %u bytes for %u pages", h->len, p.npages);
+	if (in->running) {
+		int e = place(in, p.region, p.first, p.npages, h->type == USNAP_MIG_ZERO ? NULL : data);
+		if (e)
+			return e;
+	} else if (h->type == USNAP_MIG_ZERO) {
 		/* the pages read as zero again and cost no memory */
 		if (fallocate(r->fd, FALLOC_FL_PUNCH_HOLE | FALLOC_FL_KEEP_SIZE, off, (off_t)len))
 			return in_fail(in, -errno, "region '%s': punching pages: %s", r->name, strerror(errno));
 	} else {
-		if (h->type == USNAP_MIG_PAGES && h->len != sizeof(p) + len)
-			return in_fail(in, -EBADMSG, "page frame of %u bytes for %u pages", h->len, p.npages);
 		for (size_t done = 0; done < len;) {
 			ssize_t k = pwrite(r->fd, data + done, len - done, off + (off_t)done);
 			if (k < 0 && errno == EINTR)
@@ -1143,6 +1544,135 @@ static int take_pages(struct uffdsnap_incoming *in, const struct usnap_mig_hdr *
 		}
 	}
 	*count += p.npages;
+	return 0;
+}
+
+/* Poison page(s) [addr, addr + len) and wake whoever waits there. */
+static void poison_pages(struct uffdsnap_incoming *in, uintptr_t addr, size_t len)
+{
+	while (len) {
+		int64_t done = 0;
+		int e = usnap_uffd_poison(in->uffd, addr, len, true, &done);
+		if (!e)
+			return;
+		/* EEXIST: that page is there after all; skip it */
+		size_t step = done > 0 ? (size_t)done : in->ps;
+		if (done <= 0)
+			usnap_uffd_wake(in->uffd, addr, in->ps);
+		if (done <= 0 && e != -EEXIST && e != -EAGAIN)
+			step = len; /* nothing more can be done here */
+		addr += step, len -= step;
+	}
+}
+
+static void poison_rest(struct uffdsnap_incoming *in)
+{
+	for (unsigned i = 0; i < in->nregs; i++) {
+		struct in_reg *r = &in->regs[i];
+		for (uint64_t k = 0; k < r->npages;) {
+			if (!usnap_abit(r->dropped, k)) {
+				/* a word at a time where nothing is missing */
+				k = atomic_load(&r->dropped[k / 64]) >> (k % 64) ? k + 1 : (k | 63) + 1;
+				continue;
+			}
+			uint64_t e = k + 1;
+			while (e < r->npages && usnap_abit(r->dropped, e))
+				e++;
+			poison_pages(in, (uintptr_t)r->addr + k * in->ps, (e - k) * in->ps);
+			k = e;
+		}
+	}
+}
+
+/*
+ * A fault on a registered page: one whose contents are final is a hole that
+ * reads as zero (a zero page of round 1, or one the program punched since):
+ * placed as zero at once. One not arrived yet is asked for, once; its
+ * arrival (UFFDIO_COPY) wakes every thread waiting on it. After a failure
+ * it is poisoned.
+ */
+static void on_fault(struct uffdsnap_incoming *in, uintptr_t addr)
+{
+	struct in_reg *r = NULL;
+
+	addr &= ~(uintptr_t)(in->ps - 1);
+	for (unsigned i = 0; i < in->nregs && !r; i++)
+		if (addr >= (uintptr_t)in->regs[i].addr && addr < (uintptr_t)in->regs[i].addr + in->regs[i].len)
+			r = &in->regs[i];
+	if (!r) {
+		poison_pages(in, addr, in->ps);
+		return;
+	}
+	uint64_t k = (addr - (uintptr_t)r->addr) / in->ps;
+	if (!usnap_abit(r->dropped, k)) {
+		int64_t done;
+		int e = usnap_uffd_fill(in->uffd, addr, NULL, in->ps, &done);
+		if (e == -EEXIST)
+			usnap_uffd_wake(in->uffd, addr, in->ps);
+		else if (e)
+			poison_pages(in, addr, in->ps);
+		return;
+	}
+	if (atomic_load(&in->dead)) {
+		poison_pages(in, addr, in->ps);
+		return;
+	}
+	if (usnap_bit(r->asked, k))
+		return;
+	r->asked[k / 64] |= 1ull << (k % 64);
+	struct usnap_mig_pages q = { (uint32_t)(r - in->regs), 1, k };
+	/* a lost connection: the receiver thread hears it too, and poisons */
+	(void)send_back(in, USNAP_MIG_REQUEST, &q, sizeof(q));
+}
+
+static void *fault_main(void *arg)
+{
+	struct uffdsnap_incoming *in = arg;
+	struct uffd_msg msg[16];
+	ssize_t n;
+
+	while ((n = uffd_read(in->uffd, in->fault_stop, msg, sizeof(msg))) >= 0)
+		for (ssize_t i = 0; i < n / (ssize_t)sizeof(msg[0]); i++)
+			if (msg[i].event == UFFD_EVENT_PAGEFAULT)
+				on_fault(in, (uintptr_t)msg[i].arg.pagefault.address);
+	return NULL;
+}
+
+/* The POSTCOPY frame: every dropped page announced; the mappings are
+ * registered for missing-page faults, the fault thread starts, the sender
+ * hears RUNNING and the program may use the memory. */
+static int start_postcopy(struct uffdsnap_incoming *in, const struct usnap_mig_hdr *h, unsigned round)
+{
+	struct usnap_mig_round re;
+	uint64_t ioctls;
+	int r = 0;
+
+	if (h->len != sizeof(re))
+		return in_fail(in, -EBADMSG, "post-copy frame of %u bytes", h->len);
+	memcpy(&re, in->buf, sizeof(re));
+	if (re.round != round || re.final || re.pages != in->missing)
+		return in_fail(in, -EBADMSG, "post-copy frame: round %u, final %u, %" PRIu64 " pages dropped; %" PRIu64
+			       " were", re.round, re.final, re.pages, in->missing);
+	in->running = true;
+	for (unsigned i = 0; i < in->nregs && !r; i++) {
+		struct in_reg *g = &in->regs[i];
+		r = usnap_uffd_register(in->uffd, (uintptr_t)g->addr, g->len, UFFDIO_REGISTER_MODE_MISSING, &ioctls);
+		if (r)
+			in_fail(in, r, "region '%s': UFFDIO_REGISTER (missing): %s", g->name, strerror(-r));
+		g->registered = !r;
+	}
+	if (!r && (r = usnap_thread_start(&in->fault_thread, fault_main, in, "usnap-mig-fault")))
+		in_fail(in, r, "starting the fault thread");
+	in->fault_started = !r;
+	if (r) {
+		/* the sender learns it at once rather than after 30 s of silence */
+		send_status(in, USNAP_MIG_RUNNING, round, r);
+		return r;
+	}
+	r = send_status(in, USNAP_MIG_RUNNING, round, 0);
+	if (r)
+		return in_fail(in, r, "telling the sender the program runs: %s", strerror(-r));
+	mark(in, &in->ready);
 	return 0;
 }
 
@@ -1162,6 +1692,10 @@ static int receive(struct uffdsnap_incoming *in)
 		case USNAP_MIG_PAGES:
 		case USNAP_MIG_PAGES_Z:
 		case USNAP_MIG_ZERO:
+			/* post-copy sends pages in round 1 and after the switchover only */
+			if (in->postcopy && !in->running && expect > 1)
+				return in_fail(in, -EBADMSG, "page frame in post-copy round %u, before the switchover",
+					       expect);
 			if ((r = take_pages(in, &h, &count)))
 				return r;
 			break;
@@ -1169,9 +1703,14 @@ static int receive(struct uffdsnap_incoming *in)
 			if (h.len != sizeof(re))
 				return in_fail(in, -EBADMSG, "round end frame of %u bytes", h.len);
 			memcpy(&re, in->buf, sizeof(re));
-			if (re.round != expect || re.pages != count || re.final > 1)
-				return in_fail(in, -EBADMSG, "round end: round %u with %" PRIu64 " pages; expected round "
-					       "%u with %" PRIu64, re.round, re.pages, expect, count);
+			/* post-copy: round 1, rounds of drops only, then after the
+			 * switchover the end of the push, once every dropped page
+			 * arrived */
+			if (re.round != expect || re.pages != count || re.final > 1 ||
+			    (in->postcopy && re.round > 1 && (in->running ? !re.final || in->missing : re.final)))
+				return in_fail(in, -EBADMSG, "round end: round %u (final %u) with %" PRIu64 " pages; expected "
+					       "round %u with %" PRIu64 " (%" PRIu64 " pages missing)", re.round, re.final,
+					       re.pages, expect, count, in->missing);
 			r = send_status(in, USNAP_MIG_ACK, re.round, 0);
 			if (r)
 				return in_fail(in, r, "acknowledging round %u: %s", re.round, strerror(-r));
@@ -1181,10 +1720,46 @@ static int receive(struct uffdsnap_incoming *in)
 				return in_fail(in, -EBADMSG, "more than %d rounds", UFFDSNAP_MIGRATE_MAX_ROUNDS);
 			count = 0;
 			break;
+		case USNAP_MIG_DISCARD:
+		case USNAP_MIG_POSTCOPY:
+			if (!in->postcopy || in->running || expect < 2)
+				return in_fail(in, -EBADMSG, "unexpected frame of type %u in round %u", h.type, expect);
+			if (h.type == USNAP_MIG_DISCARD && (r = take_discard(in, &h)))
+				return r;
+			if (h.type == USNAP_MIG_POSTCOPY && (r = start_postcopy(in, &h, expect)))
+				return r;
+			count = 0;
+			break;
 		default:
 			return in_fail(in, -EBADMSG, "unexpected frame of type %u in round %u", h.type, expect);
 		}
 	}
+}
+
+/* After the push, or a failure: on failure every page not arrived is
+ * poisoned (a touch raises SIGBUS, never waits for a page that cannot come),
+ * and the threads already waiting are woken to find it so; the fault thread
+ * ends and the mappings are unregistered (the poison stays). */
+static void postcopy_end(struct uffdsnap_incoming *in, bool failed)
+{
+	uint64_t one = 1;
+
+	if (failed) {
+		atomic_store(&in->dead, true);
+		poison_rest(in);
+	}
+	if (in->fault_started) {
+		if (write(in->fault_stop, &one, sizeof(one)) < 0) {
+			/* full counter: it was told already */
+		}
+		pthread_join(in->fault_thread, NULL);
+		in->fault_started = false;
+	}
+	for (unsigned i = 0; i < in->nregs; i++)
+		if (in->regs[i].registered) {
+			usnap_uffd_unregister(in->uffd, (uintptr_t)in->regs[i].addr, in->regs[i].len);
+			in->regs[i].registered = false;
+		}
 }
 
 static void *receiver_main(void *arg)
@@ -1192,6 +1767,11 @@ static void *receiver_main(void *arg)
 	struct uffdsnap_incoming *in = arg;
 
 	in->result = receive(in);
+	if (in->running)
+		postcopy_end(in, in->result != 0);
+	if (!in->result)
+		mark(in, &in->ready);
+	mark(in, &in->finished);
 	return NULL;
 }
 
@@ -1203,8 +1783,17 @@ static void incoming_release(struct uffdsnap_incoming *in)
 		if (in->regs[i].fd >= 0)
 			close(in->regs[i].fd);
 		free(in->regs[i].name);
+		free(in->regs[i].dropped);
+		free(in->regs[i].asked);
 	}
 	free(in->regs);
+	if (in->uffd >= 0)
+		close(in->uffd);
+	if (in->fault_stop >= 0)
+		close(in->fault_stop);
+	pthread_mutex_destroy(&in->send_lock);
+	pthread_mutex_destroy(&in->state_lock);
+	pthread_cond_destroy(&in->state_cond);
 	ZSTD_freeDCtx(in->zd);
 	free(in->zout);
 	if (in->buf)
@@ -1233,6 +1822,10 @@ USNAP_EXPORT int uffdsnap_migrate_recv(int sock, const uffdsnap_migrate_opts_t *
 	if (!(in = calloc(1, sizeof(*in))))
 		return usnap_err(-ENOMEM, "allocating the receiver");
 	pthread_mutex_init(&in->join_lock, NULL);
+	pthread_mutex_init(&in->send_lock, NULL);
+	pthread_mutex_init(&in->state_lock, NULL);
+	pthread_cond_init(&in->state_cond, NULL);
+	in->uffd = in->fault_stop = -1;
 	in->sock = sock;
 	in->ps = (size_t)sysconf(_SC_PAGESIZE);
 	in->cap = sizeof(struct usnap_mig_pages) + USNAP_MIG_BATCH * in->ps;
@@ -1274,15 +1867,24 @@ USNAP_EXPORT int uffdsnap_migrate_recv(int sock, const uffdsnap_migrate_opts_t *
 
 USNAP_EXPORT int uffdsnap_incoming_wait(uffdsnap_incoming_t *in)
 {
+	bool failed;
+
 	if (!in)
 		return usnap_err(-EINVAL, "in is NULL");
-	join_once(&in->join_lock, &in->joined, in->thread);
-	return in->result ? usnap_err(in->result, "incoming migration: %s", in->errmsg) : 0;
+	pthread_mutex_lock(&in->state_lock);
+	while (!in->ready && !in->finished)
+		pthread_cond_wait(&in->state_cond, &in->state_lock);
+	failed = in->finished && in->result;
+	pthread_mutex_unlock(&in->state_lock);
+	return failed ? usnap_err(in->result, "incoming migration: %s", in->errmsg) : 0;
 }
 
 USNAP_EXPORT int uffdsnap_incoming_complete(uffdsnap_incoming_t *in)
 {
-	return uffdsnap_incoming_wait(in);
+	if (!in)
+		return usnap_err(-EINVAL, "in is NULL");
+	join_once(&in->join_lock, &in->joined, in->thread);
+	return in->result ? usnap_err(in->result, "incoming migration: %s", in->errmsg) : 0;
 }
 
 USNAP_EXPORT int uffdsnap_incoming_count(const uffdsnap_incoming_t *in)
@@ -1315,6 +1917,6 @@ USNAP_EXPORT void uffdsnap_incoming_free(uffdsnap_incoming_t *in)
 	if (!in)
 		return;
 	cancel(in->abort_fd);
-	uffdsnap_incoming_wait(in);
+	uffdsnap_incoming_complete(in);
 	incoming_release(in);
 }

@@ -61,6 +61,7 @@ struct usnap_chain {
 
 	/* the chunk handed out last: its clipped extents and, if asked, pages */
 	struct usnap_extent *ext;
+	uint64_t *ext_src;          /* per kept piece: its bytes' offset in the chunk's data (DATA) */
 	size_t ext_cap;
 	uint8_t *data;
 	size_t data_cap;
@@ -92,6 +93,7 @@ void usnap_chain_free(struct usnap_chain *c)
 	free(c->names);
 	free(c->regs);
 	free(c->ext);
+	free(c->ext_src);
 	free(c->data);
 	free(c);
 }
@@ -369,42 +371,41 @@ size_t usnap_chain_locate(const struct usnap_chain *c, unsigned id, uint64_t p, 
 
 /* ---- page access -------------------------------------------------------------------- */
 
-static int ext_push(struct usnap_chain *c, uint32_t n, uint64_t first, uint64_t npages, uint32_t kind)
+static int ext_push(struct usnap_chain *c, uint32_t n, uint64_t first, uint64_t npages, uint32_t kind, uint64_t src)
 {
 	if (n == c->ext_cap) {
 		size_t cap = c->ext_cap ? 2 * c->ext_cap : 256;
 		struct usnap_extent *p = realloc(c->ext, cap * sizeof(*p));
+		uint64_t *q;
 
 		if (!p)
 			return -ENOMEM;
 		c->ext = p;
+		if (!(q = realloc(c->ext_src, cap * sizeof(*q))))
+			return -ENOMEM;
+		c->ext_src = q;
 		c->ext_cap = cap;
 	}
 	c->ext[n] = (struct usnap_extent){ .first_page = first, .npages = (uint32_t)npages, .kind = kind };
+	c->ext_src[n] = src;
 	return 0;
 }
 
-/* The DATA pages of the clipped extents, from the chunk's: both in extent order. */
+/*
+ * The DATA pages of the kept pieces, each from where usnap_chain_chunk found
+ * it: exactly the kept DATA pages are written, whatever the chunk's extents
+ * (a hostile file's may overlap: matching pieces to extents by page range
+ * once copied a ZERO piece as data, past the buffer; found by fuzz-reader).
+ */
 static void clip_copy(struct usnap_chain *c, const struct usnap_rchunk *fc, uint8_t *dst)
 {
-	const uint32_t s = c->page_shift;
-	uint64_t data_off = 0;
-	uint32_t j = 0;
+	for (uint32_t j = 0; j < c->cur_nkeep; j++) {
+		uint64_t n = (uint64_t)c->ext[j].npages << c->page_shift;
 
-	for (uint32_t i = 0; i < fc->nextents; i++) {
-		const struct usnap_extent *e = &fc->ext[i];
-
-		for (; j < c->cur_nkeep && c->ext[j].first_page >= e->first_page &&
-		       c->ext[j].first_page < e->first_page + e->npages; j++) {
-			uint64_t n = (uint64_t)c->ext[j].npages << s;
-
-			if (e->kind != USNAP_EXT_DATA)
-				continue;
-			memcpy(dst, fc->data + data_off + ((c->ext[j].first_page - e->first_page) << s), n);
-			dst += n;
-		}
-		if (e->kind == USNAP_EXT_DATA)
-			data_off += (uint64_t)e->npages << s;
+		if (c->ext[j].kind != USNAP_EXT_DATA)
+			continue;
+		memcpy(dst, fc->data + c->ext_src[j], n);
+		dst += n;
 	}
 }
 
@@ -413,7 +414,7 @@ int usnap_chain_chunk(uffdsnap_reader_t *r, struct usnap_chain *c, unsigned id, 
 {
 	const struct ch_region *g;
 	struct usnap_rchunk fc;
-	uint64_t total = 0, kept = 0, kept_data = 0;
+	uint64_t total = 0, kept = 0, kept_data = 0, data_off = 0;
 	uint32_t file, n = 0;
 	int rc;
 
@@ -439,11 +440,13 @@ int usnap_chain_chunk(uffdsnap_reader_t *r, struct usnap_chain *c, unsigned id, 
 			q = run_end(g, k) < end ? run_end(g, k) : end;
 			if (g->vc[k] != i)
 				continue;
-			if (ext_push(c, n++, p, q - p, e->kind))
+			if (ext_push(c, n++, p, q - p, e->kind, data_off + ((p - e->first_page) << c->page_shift)))
 				return usnap_reader_fail(r, -ENOMEM, "out of memory");
 			kept += q - p;
 			kept_data += e->kind == USNAP_EXT_DATA ? q - p : 0;
 		}
+		if (e->kind == USNAP_EXT_DATA)
+			data_off += (uint64_t)e->npages << c->page_shift;
 	}
 	c->cur_file = file;
 	c->cur_nkeep = n;

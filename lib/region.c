@@ -449,6 +449,60 @@ out:
 	return err;
 }
 
+/*
+ * The one MAP_SHARED mapping of fd's file that holds `offset`, followed across
+ * the VMAs it was split into (mprotect, madvise) while they map the file on.
+ * A second mapping of those pages is refused rather than guessed between:
+ * registering one would leave the other an untracked alias of the region.
+ */
+USNAP_EXPORT int uffdsnap_add_region_fd(uffdsnap_t *ctx, const char *name, int fd, uint64_t offset, size_t len)
+{
+	struct usnap_maps m;
+	struct usnap_vma v;
+	struct stat st;
+	uintptr_t addr = 0, end = 0, other = 0;
+	uint64_t end_off = 0;
+	unsigned found = 0;
+
+	usnap_clear_err();
+	if (!ctx)
+		return usnap_err(-EINVAL, "ctx is NULL");
+	if (fstat(fd, &st))
+		return usnap_err(-errno, "region '%s': descriptor %d: %s", name ? name : "", fd, strerror(errno));
+	if (offset & (ctx->page_size - 1))
+		return usnap_err(-EINVAL, "region '%s': offset 0x%" PRIx64 " is not a multiple of the page size",
+				 name ? name : "", offset);
+	if (usnap_maps_open(&m, 0))
+		return usnap_err(-errno, "reading /proc/self/maps: %s", strerror(errno));
+	while (usnap_maps_next(&m, &v)) {
+		if (v.perms[3] != 's' || v.dev != st.st_dev || v.ino != (uint64_t)st.st_ino)
+			continue;
+		if (found == 1 && v.start == end && v.off == end_off) {
+			end = v.end;
+			end_off = v.off + (v.end - v.start);
+			continue;
+		}
+		if (offset < v.off || offset - v.off >= v.end - v.start)
+			continue;
+		if (found++) {
+			other = v.start + (uintptr_t)(offset - v.off);
+			continue;
+		}
+		addr = v.start + (uintptr_t)(offset - v.off);
+		end = v.end;
+		end_off = v.off + (v.end - v.start);
+	}
+	usnap_maps_close(&m);
+	if (!found)
+		return usnap_err(-ENOENT, "region '%s': this process has no MAP_SHARED mapping of descriptor %d's "
+				 "file at offset 0x%" PRIx64, name ? name : "", fd, offset);
+	if (found > 1)
+		return usnap_err(-EBUSY, "region '%s': offset 0x%" PRIx64 " of descriptor %d's file is mapped %u times "
+				 "(at 0x%" PRIxPTR " and 0x%" PRIxPTR "); register one by address with "
+				 "uffdsnap_add_region()", name ? name : "", offset, fd, found, addr, other);
+	return uffdsnap_add_region(ctx, name, (void *)addr, len ? len : end - addr);
+}
+
 USNAP_EXPORT int uffdsnap_region_count(const uffdsnap_t *ctx)
 {
 	return ctx ? (int)ctx->nregs : usnap_err(-EINVAL, "ctx is NULL");
@@ -823,6 +877,64 @@ void usnap_remap_huge(uffdsnap_snap_t *s)
 					atomic_fetch_add(&s->stats.pages_huge_remapped, n);
 		}
 	}
+}
+
+/*
+ * Un-protecting shmem leaves its PTEs read-only (the kernel makes a shared
+ * PTE writable again only on a write fault), so after a snapshot the next
+ * write to every page it copied takes one more fault: ~13 us each in this
+ * guest, seconds of a writer's time per GiB after the snapshot is over.
+ * MADV_POPULATE_WRITE makes them writable for ~0.2 us a page. It would also
+ * fill a hole (a page punched since the instant) with a new page, so only
+ * pages mapped by a present PTE now are populated, looked up (PAGEMAP_SCAN,
+ * Linux 6.7+: without it nothing is done) 2 MiB at a time, which keeps the
+ * window between the look and the populate short; a page punched in that
+ * window comes back as a page of zeros, the bytes the program would read
+ * there anyway. After disarm, never before: on a registered range that hole
+ * would raise a MISSING fault on the handler thread, which nobody reads. And
+ * only over the pieces still where our table has them: a range the program
+ * unmapped meanwhile fails the call harmlessly, a file mapping put there
+ * since is only made writable (its bytes do not change). Best effort: any
+ * failure leaves the pages to their faults. Runs on the handler thread.
+ */
+#define WRITABLE_STEP (2u << 20)
+
+void usnap_writable_again(uffdsnap_snap_t *s)
+{
+	struct page_region vec[64];
+	int pm = -1;
+
+	for (unsigned i = 0; i < s->nregions; i++) {
+		const struct usnap_sreg *sr = &s->sregs[i];
+		struct usnap_space *sp = usnap_home(s, sr);
+
+		if (sr->reg->kind != USNAP_SHMEM || sr->reg->thp || sr->reg->unit > 1)
+			continue; /* private memory is writable again; huge pages: usnap_remap_huge */
+		if (pm < 0 && (pm = open("/proc/self/pagemap", O_RDONLY | O_CLOEXEC)) < 0)
+			return;
+		for (size_t d = 0; d < sr->ndata; d++) {
+			uint64_t lo = sr->data[d].first, n;
+			uintptr_t addr;
+			size_t cur = 0;
+
+			while (usnap_space_each(sp, sr, s->page_size, lo, lo + sr->data[d].n, &cur, &addr, &n)) {
+				for (uintptr_t a = addr, end = addr + n * s->page_size, b, walked; a < end; a = walked) {
+					int k;
+
+					b = end - a > WRITABLE_STEP ? a + WRITABLE_STEP : end;
+					k = usnap_scan_mapped_file(pm, a, b, vec, sizeof(vec) / sizeof(vec[0]), &walked);
+					if (k < 0 || walked <= a)
+						goto out; /* no PAGEMAP_SCAN here */
+					for (int v = 0; v < k; v++)
+						madvise((void *)(uintptr_t)vec[v].start, vec[v].end - vec[v].start,
+							MADV_POPULATE_WRITE);
+				}
+			}
+		}
+	}
+out:
+	if (pm >= 0)
+		close(pm);
 }
 
 /* ---- other mappings of a region's file in this process ---------------------------- */

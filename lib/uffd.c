@@ -134,17 +134,12 @@ bool usnap_uffd_changing(int uffd, const void *page, size_t page_size)
 	return ioctl(uffd, UFFDIO_WRITEPROTECT, &w) && errno == EAGAIN;
 }
 
-int usnap_uffd_new_async(uint64_t features)
+/* A new descriptor with the features `want`, or -errno. */
+static int new_with(uint64_t want)
 {
-	uint64_t want = UFFD_FEATURE_WP_ASYNC | (features & (UFFD_FEATURE_WP_UNPOPULATED |
-							    UFFD_FEATURE_WP_HUGETLBFS_SHMEM | UFFD_FEATURE_EVENT_REMOVE |
-							    UFFD_FEATURE_EVENT_UNMAP | UFFD_FEATURE_EVENT_REMAP));
 	uint64_t got;
-	int fd, r;
+	int fd = usnap_uffd_new(false), r;
 
-	if (!(features & UFFD_FEATURE_WP_ASYNC))
-		return -EOPNOTSUPP;
-	fd = usnap_uffd_new(false);
 	if (fd < 0)
 		return fd;
 	r = usnap_uffd_api(fd, want, &got);
@@ -155,12 +150,24 @@ int usnap_uffd_new_async(uint64_t features)
 	return fd;
 }
 
-int usnap_uffd_scan_written(int pagemap_fd, uintptr_t start, uintptr_t end, struct page_region *vec, size_t n,
-			    uintptr_t *walk_end)
+int usnap_uffd_new_async(uint64_t features)
+{
+	uint64_t want = UFFD_FEATURE_WP_ASYNC | (features & (UFFD_FEATURE_WP_UNPOPULATED |
+							    UFFD_FEATURE_WP_HUGETLBFS_SHMEM | UFFD_FEATURE_EVENT_REMOVE |
+							    UFFD_FEATURE_EVENT_UNMAP | UFFD_FEATURE_EVENT_REMAP));
+
+	if (!(features & UFFD_FEATURE_WP_ASYNC))
+		return -EOPNOTSUPP;
+	return new_with(want);
+}
+
+/* PAGEMAP_SCAN over [start, end): runs of pages in every category of `mask` */
+static int pm_scan(int pagemap_fd, uint64_t flags, uint64_t mask, uintptr_t start, uintptr_t end,
+		   struct page_region *vec, size_t n, uintptr_t *walk_end)
 {
 	struct pm_scan_arg a = {
-		.size = sizeof(a), .flags = PM_SCAN_WP_MATCHING | PM_SCAN_CHECK_WPASYNC, .start = start, .end = end,
-		.vec = (uintptr_t)vec, .vec_len = n, .category_mask = PAGE_IS_WRITTEN, .return_mask = PAGE_IS_WRITTEN,
+		.size = sizeof(a), .flags = flags, .start = start, .end = end, .vec = (uintptr_t)vec, .vec_len = n,
+		.category_mask = mask, .return_mask = mask,
 	};
 	int r = ioctl(pagemap_fd, PAGEMAP_SCAN, &a);
 
@@ -168,4 +175,38 @@ int usnap_uffd_scan_written(int pagemap_fd, uintptr_t start, uintptr_t end, stru
 		return -errno;
 	*walk_end = (uintptr_t)a.walk_end;
 	return r;
+}
+
+int usnap_uffd_scan_written(int pagemap_fd, uintptr_t start, uintptr_t end, struct page_region *vec, size_t n,
+			    uintptr_t *walk_end)
+{
+	return pm_scan(pagemap_fd, PM_SCAN_WP_MATCHING | PM_SCAN_CHECK_WPASYNC, PAGE_IS_WRITTEN, start, end, vec, n,
+		       walk_end);
+}
+
+int usnap_uffd_scan_written_last(int pagemap_fd, uintptr_t start, uintptr_t end, struct page_region *vec, size_t n,
+				 uintptr_t *walk_end)
+{
+	return pm_scan(pagemap_fd, PM_SCAN_CHECK_WPASYNC, PAGE_IS_WRITTEN, start, end, vec, n, walk_end);
+}
+
+int usnap_scan_mapped_file(int pagemap_fd, uintptr_t start, uintptr_t end, struct page_region *vec, size_t n,
+			   uintptr_t *walk_end)
+{
+	return pm_scan(pagemap_fd, 0, PAGE_IS_PRESENT | PAGE_IS_FILE, start, end, vec, n, walk_end);
+}
+
+int usnap_uffd_new_missing(uint64_t *missing)
+{
+	uint64_t want = UFFD_FEATURE_MISSING_SHMEM | UFFD_FEATURE_POISON, got = 0;
+	int fd = usnap_uffd_new(false), r;
+
+	if (fd < 0)
+		return fd;
+	r = usnap_uffd_api(fd, 0, &got);
+	close(fd);
+	if (r)
+		return r;
+	*missing = want & ~got;
+	return *missing ? -EOPNOTSUPP : new_with(want);
 }

@@ -443,6 +443,7 @@ int usnap_arm_participants(uffdsnap_snap_t *s);
 int usnap_check_mappings(uffdsnap_snap_t *s);
 void usnap_disarm_all(uffdsnap_snap_t *s);
 void usnap_remap_huge(uffdsnap_snap_t *s);
+void usnap_writable_again(uffdsnap_snap_t *s);
 int usnap_strict_begin(uffdsnap_snap_t *s);
 void usnap_reg_release(struct usnap_reg *r);
 bool usnap_in_data(const struct usnap_sreg *sr, uint64_t page);

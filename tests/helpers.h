@@ -208,6 +208,8 @@ void t_check_buffer(const void *buf, size_t len, const struct t_expect *expect, 
 /* Read a whole region of a verified snapshot file into a new buffer
  * (t_buf_free(buf, *len)). */
 uint8_t *t_read_region(const char *path, const char *name, size_t *len);
+/* Bytes [off, off + len) of the region (len SIZE_MAX: to its end); *region_len: its length. */
+uint8_t *t_read_region_range(const char *path, const char *name, size_t off, size_t len, size_t *region_len);
 /* 1 if `path` exists and passes uffdsnap_reader_verify(), else 0. */
 int t_file_verifies(const char *path);
 

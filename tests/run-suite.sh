@@ -27,6 +27,9 @@
 # background at nice 19 while that suite's tests run.
 # The tsan suite leaves out the tests of meson suite no-tsan (kernel-event
 # matrix, file parsers, shell-driven clients: tests/meson.build says why).
+# With two lanes, those tests' plain run (~60 s) moves to the tsan lane, to
+# even the lanes out (lane entries plain/rest and plain/no-tsan), and runs
+# first there, while tsan compiles in the background.
 # USNAP_LANES=1 runs every suite in one lane, in the order of USNAP_SUITES.
 #
 # A failing test (or build) does not stop the script: the other suites still
@@ -118,8 +121,9 @@ fail() { # what
 	echo "=== FAILED: $1 ===" >&2
 }
 
-run() { # suite
-	local suite=$1 dir t0=$SECONDS t1 how log rc=0 bad
+run() { # suite[/rest|/no-tsan]: all its tests, or those outside / inside meson suite no-tsan
+	local suite=${1%%/*} part='' dir t0=$SECONDS t1 how log rc=0 bad
+	[[ $1 != */* ]] || part=${1#*/}
 	dir=$(suite_dir "$suite")
 	if [[ " $bg_suites " == *" $suite "* ]]; then
 		wait_background_builds || { fail "$dir: the background build"; return 0; }
@@ -132,11 +136,16 @@ run() { # suite
 	fi
 	t1=$SECONDS
 	log=$(mktemp)
-	# the tsan lane leaves out the tests of suite no-tsan (tests/meson.build says why)
-	[ "$suite" != tsan ] || set -- --no-suite no-tsan
-	[ "$suite" = tsan ] || set --
+	# the tsan lane leaves out the tests of suite no-tsan (tests/meson.build
+	# says why); the two parts of plain may run at once in the same build
+	# directory: logs of their own, nothing rebuilt (built above)
+	case $suite/$part in
+	tsan/ | */rest) set -- --no-suite no-tsan ;;
+	*/no-tsan) set -- --suite no-tsan --logbase testlog-no-tsan ;;
+	*) set -- ;;
+	esac
 	# shellcheck disable=SC2086 # USNAP_TESTS: words
-	meson test -C "$dir" --print-errorlogs "$@" ${USNAP_TESTS:-} | tee "$log" || rc=$?
+	meson test -C "$dir" --no-rebuild --print-errorlogs "$@" ${USNAP_TESTS:-} | tee "$log" || rc=$?
 	bad=$(($(count "$log" Fail) + $(count "$log" Timeout) + $(count "$log" 'Unexpected Pass')))
 	{
 		echo "passed $(($(count "$log" Ok) + $(count "$log" 'Expected Fail')))"
@@ -158,8 +167,9 @@ run() { # suite
 		fail "$dir: meson test exited $rc without a failed test"
 	fi
 	# the reasons, from the skipped programs' output
-	grep -h -e ': SKIP: ' -e '^SKIP: ' "$dir/meson-logs/testlog.txt" 2>/dev/null | sed "s|^|  $dir: |" >>"$skip_reasons" || true
-	echo "=== $dir: $how, tests ran in $((SECONDS - t1)) s: $bad failed ==="
+	grep -h -e ': SKIP: ' -e '^SKIP: ' "$dir/meson-logs/testlog${part:+-$part}.txt" 2>/dev/null |
+		sed "s|^|  $dir: |" >>"$skip_reasons" || true
+	echo "=== $dir${part:+ ($part)}: $how, tests ran in $((SECONDS - t1)) s: $bad failed ==="
 }
 
 valgrind_demo() {
@@ -181,15 +191,15 @@ valgrind_demo() {
 # background at nice 19 while the first one's tests run.
 lane() { # suite...
 	local s bg=''
-	if [[ " $built " != *" $1 "* ]] && [ "$1" != valgrind ]; then
-		build "$1" && built+=" $1" || fail "$(suite_dir "$1"): the build"
+	if [[ " $built " != *" ${1%%/*} "* ]] && [ "$1" != valgrind ]; then
+		build "${1%%/*}" && built+=" ${1%%/*}" || fail "$(suite_dir "${1%%/*}"): the build"
 	fi
 	for s in "${@:2}"; do case $s in asan | tsan) bg+="$s " ;; esac; done
 	# shellcheck disable=SC2086 # bg: words
 	[ -z "$bg" ] || [ "${USNAP_BACKGROUND_BUILD:-1}" = 0 ] || start_background_builds $bg
 	for s in "$@"; do
 		case $s in
-		plain | asan | tsan) run "$s" ;;
+		plain* | asan | tsan) run "$s" ;;
 		valgrind) valgrind_demo ;;
 		esac
 	done
@@ -212,6 +222,10 @@ else
 	# the plain build first: a compile error shows at once, and the second
 	# lane's build does not slow it down
 	case " $lane1 " in *" plain "*) build plain && built+=" plain" || fail "$prefix: the build" ;; esac
+	if [[ " $built " == *" plain "* ]]; then
+		lane1=${lane1/plain/plain/rest}
+		lane2="plain/no-tsan $lane2"
+	fi
 	lane2_log=$(mktemp /tmp/usnap-lane2.XXXXXX)
 	echo "=== ${lane2% } runs beside ${lane1% }: its output follows when both are done ==="
 	set -m

@@ -5,7 +5,9 @@
  * /dev/shm) by path and write every page through their own mapping while a
  * snapshot runs: tests/agent/victim.c (C, mmap) and python3 (its mmap
  * module, which calls mmap64). Their stores must wait for their copies and
- * the snapshot must be the memory at the instant, byte for byte.
+ * the snapshot must be the memory at the instant, byte for byte. The C
+ * program also moves its mapping with mremap before the snapshot
+ * (agent_mremap): the agent joins it again where it went.
  * Usage: test-agent AGENT.so VICTIM
  */
 #include <errno.h>
@@ -62,7 +64,7 @@ static void expect_line(struct prog *p, char want, const char *what)
 	t_watchdog(150, "test");
 }
 
-static void run(char *const argv[], const char *path, const char *sock, uffdsnap_t *ctx, const uint8_t *ref,
+static void run(char *const argv[], bool move, const char *sock, uffdsnap_t *ctx, const uint8_t *ref,
 		const uint8_t *mem, const char *label)
 {
 	struct t_cb cb;
@@ -72,12 +74,18 @@ static void run(char *const argv[], const char *path, const char *sock, uffdsnap
 	struct prog p;
 	int r;
 
-	(void)path;
 	start(&p, argv, sock);
 	expect_line(&p, 'R', "mapping");
 	for (int i = 0; i < 5000 && uffdsnap_participant_count(ctx) != 1; i++)
 		usleep(1000);
 	ck_assert_msg(uffdsnap_participant_count(ctx) == 1, "%s: the program did not join", label);
+	if (move) {
+		/* left at the old address, joined at the new one: one participant */
+		ck_assert(fputs("M\n", p.in) >= 0 && !fflush(p.in));
+		expect_line(&p, 'R', "moving");
+		ck_assert_msg(uffdsnap_participant_count(ctx) == 1, "%s: %d joins after the move", label,
+			      uffdsnap_participant_count(ctx));
+	}
 	s = t_begin_stalled(ctx, &cb, 20000);
 	ck_assert(fputs("W\n", p.in) >= 0 && !fflush(p.in));
 	expect_line(&p, 'D', "writing");
@@ -101,7 +109,7 @@ static void run(char *const argv[], const char *path, const char *sock, uffdsnap
 	ck_assert_int_eq(uffdsnap_participant_count(ctx), 0);
 }
 
-static void agent_case(bool python)
+static void agent_case(bool python, bool move)
 {
 	char path[64], dir[PATH_MAX], sock[PATH_MAX + 16], len[32];
 	uffdsnap_t *ctx;
@@ -135,10 +143,10 @@ static void agent_case(bool python)
 			"        for i in range(0, n, mmap.PAGESIZE): m[i + 24] ^= 0x3c\n"
 			"        print('D', flush=True)\n";
 		char *const argv[] = { "python3", "-c", (char *)script, path, len, NULL };
-		run(argv, path, sock, ctx, ref, mem, "python3");
+		run(argv, false, sock, ctx, ref, mem, "python3");
 	} else {
 		char *const argv[] = { (char *)victim, path, len, NULL };
-		run(argv, path, sock, ctx, ref, mem, "C program");
+		run(argv, move, sock, ctx, ref, mem, move ? "C program, moved" : "C program");
 	}
 	uffdsnap_free(ctx);
 	t_rmdir(dir);
@@ -159,7 +167,15 @@ START_TEST(agent_c_program)
 {
 	SKIP_UNDER_SANITIZER("agent_c_program");
 	t_watchdog(150, "agent_c_program");
-	agent_case(false);
+	agent_case(false, false);
+}
+END_TEST
+
+START_TEST(agent_mremap)
+{
+	SKIP_UNDER_SANITIZER("agent_mremap");
+	t_watchdog(150, "agent_mremap");
+	agent_case(false, true);
 }
 END_TEST
 
@@ -169,7 +185,7 @@ START_TEST(agent_python)
 	t_watchdog(150, "agent_python");
 	if (access("/usr/bin/python3", X_OK))
 		return t_skip("agent_python", "no /usr/bin/python3");
-	agent_case(true);
+	agent_case(true, false);
 }
 END_TEST
 
@@ -189,6 +205,7 @@ int main(int argc, char **argv)
 	tcase_set_timeout(tc, 160);
 	tcase_set_timeout(py, 160);
 	tcase_add_test(tc, agent_c_program);
+	tcase_add_test(tc, agent_mremap);
 	/* its own meson test (tag "python"), as skippable cases are */
 	tcase_set_tags(py, "python");
 	tcase_add_test(py, agent_python);

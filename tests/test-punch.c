@@ -9,7 +9,8 @@
  * The sink is held shut so the sweep cannot copy the page first.
  *
  * reclaimed_zero_page: the one spurious -ESTALE (docs/reliability.md, bug
- * 16), and the proof that the kernel leaves nothing to tell it from a punch.
+ * 16), and the proof that the kernel leaves nothing to tell it from a punch;
+ * reclaimed_zero_page_prevented: what a program can do about it.
  */
 #include <errno.h>
 #include <fcntl.h>
@@ -24,8 +25,9 @@
 enum how { PUNCH_UNTOUCHED, REMOVE_THEN_WRITE };
 
 /* A snapshot of m as region 'pool' whose sweep is stalled (its sink shut)
- * once the buffers are full: pages far from the start stay uncopied. */
-static uffdsnap_snap_t *begin_stalled(struct t_mem *m, size_t len, uffdsnap_t **ctx, struct t_cb *cb)
+ * once the buffers are full: pages far from the start stay uncopied. `keep`:
+ * the stream is kept in cb->mem. */
+static uffdsnap_snap_t *begin_stalled(struct t_mem *m, size_t len, uffdsnap_t **ctx, struct t_cb *cb, bool keep)
 {
 	uffdsnap_opts_t o;
 	uffdsnap_snap_t *s;
@@ -35,6 +37,7 @@ static uffdsnap_snap_t *begin_stalled(struct t_mem *m, size_t len, uffdsnap_t **
 	*ctx = t_ctx_new(&o);
 	t_add(*ctx, "pool", m->addr, len);
 	t_cb_init(cb, -1);
+	cb->keep = keep;
 	t_cb_gate(cb, true);
 	ck_assert_int_eq(uffdsnap_begin(*ctx, t_cb_sink(cb), &s), 0);
 	ck_assert(t_cb_wait_blocked(cb, 10));
@@ -57,7 +60,7 @@ static void destroy_uncopied_page(enum how how)
 	t_watchdog(60, names[how]);
 	t_memfd(&m, len);
 	t_fill_random(m.addr, len, 71);
-	s = begin_stalled(&m, len, &ctx, &cb);
+	s = begin_stalled(&m, len, &ctx, &cb, false);
 
 	victim = m.addr + len - 3 * t_page; /* the sweep goes in address order: far away */
 	ck_assert(t_pagemap_entry(victim) & T_PM_WP);
@@ -153,6 +156,18 @@ static size_t page_out(int fd, uint8_t *map, size_t first, size_t n)
 	return left;
 }
 
+/* Pages [first, first + n) made holes, then read once: clean folios of zeros. */
+static void read_populated_holes(struct t_mem *m, size_t first, size_t n)
+{
+	volatile uint8_t sink = 0;
+
+	ck_assert_int_eq(fallocate(m->fd, FALLOC_FL_PUNCH_HOLE | FALLOC_FL_KEEP_SIZE, (off_t)(first * t_page),
+				   (off_t)(n * t_page)), 0);
+	for (size_t i = first; i < first + n; i++)
+		sink += m->addr[i * t_page];
+	(void)sink;
+}
+
 /*
  * A shmem page filled by a read fault is a clean folio of zeros, which reclaim
  * (memory pressure, or here DAMON's pageout scheme, or MADV_PAGEOUT) may drop
@@ -174,7 +189,6 @@ START_TEST(reclaimed_zero_page)
 	uffdsnap_t *ctx;
 	uffdsnap_snap_t *s;
 	struct page_view dropped, punched;
-	volatile uint8_t sink = 0;
 	char where[64];
 	int r;
 
@@ -183,17 +197,14 @@ START_TEST(reclaimed_zero_page)
 	t_memfd(&m, len);
 	t_fill_random(m.addr, len, 72);
 	/* pages far..far+31: holes, then read once (clean zeros); far+32: data */
-	ck_assert_int_eq(fallocate(m.fd, FALLOC_FL_PUNCH_HOLE | FALLOC_FL_KEEP_SIZE, (off_t)(far * t_page),
-				   (off_t)(32 * t_page)), 0);
-	for (size_t i = far; i < far + 32; i++)
-		sink += m.addr[i * t_page];
+	read_populated_holes(&m, far, 32);
 	for (size_t i = far; i < far + 32; i++)
 		ck_assert_msg(view(m.fd, m.addr, i).data, "a read fault did not populate page %zu", i);
 
 	/* Part 1: while a snapshot holds the pages protected and its sweep is
 	 * stalled before them, drop page far by reclaim and punch page far+32. */
 	{
-		s = begin_stalled(&m, len, &ctx, &cb);
+		s = begin_stalled(&m, len, &ctx, &cb, false);
 		if (page_out(m.fd, m.addr, far, 1)) {
 			t_skip("reclaimed_zero_page", "MADV_PAGEOUT never dropped a clean shmem page here");
 			t_cb_gate(&cb, false);
@@ -231,6 +242,59 @@ out:
 }
 END_TEST
 
+/*
+ * The remedy docs/consistency.md gives a program that reads holes of its
+ * shared memory: fallocate(KEEP_SIZE) over those pages before a snapshot
+ * marks their folios dirty (mm/shmem.c does so "so that reclaim will not
+ * mistake it for freeable"), so reclaim keeps them (or swaps them out, as
+ * data) and the snapshot of the same scene as reclaimed_zero_page succeeds.
+ */
+START_TEST(reclaimed_zero_page_prevented)
+{
+	const size_t len = 16 * MiB, npages = len / 4096, far = npages - 64;
+	struct t_mem m;
+	struct t_cb cb;
+	struct t_expect e;
+	uffdsnap_t *ctx;
+	uffdsnap_snap_t *s;
+	uint8_t *ref;
+	size_t kept;
+	int r;
+
+	t_watchdog(60, "reclaimed_zero_page_prevented");
+	ck_assert_int_eq(t_page, 4096);
+	t_memfd(&m, len);
+	t_fill_random(m.addr, len, 73);
+	read_populated_holes(&m, far, 32);
+	/* the remedy: allocate over what is already there */
+	ck_assert_int_eq(fallocate(m.fd, FALLOC_FL_KEEP_SIZE, (off_t)(far * t_page), (off_t)(32 * t_page)), 0);
+	/* the control, before the instant: such pages without the remedy are dropped here */
+	read_populated_holes(&m, far + 40, 8);
+	if (page_out(m.fd, m.addr, far + 40, 8) == 8) {
+		t_skip("reclaimed_zero_page_prevented", "MADV_PAGEOUT never dropped a clean shmem page here");
+		t_mem_free(&m);
+		return;
+	}
+	ref = t_mem_copy(&m);
+	s = begin_stalled(&m, len, &ctx, &cb, true);
+	kept = page_out(m.fd, m.addr, far, 32);
+	t_cb_gate(&cb, false);
+	r = uffdsnap_wait(s);
+	printf("reclaimed_zero_page_prevented: %zu of 32 read-populated pages still data after MADV_PAGEOUT; "
+	       "wait %d \"%s\"\n", kept, r, uffdsnap_snap_error(s));
+	ck_assert_msg(kept == 32, "reclaim dropped %zu of 32 pages that fallocate had made dirty", 32 - kept);
+	ck_assert_msg(r == 0, "the snapshot failed: %d %s", r, uffdsnap_snap_error(s));
+	ck_assert_int_eq(t_pagemap_protected(m.addr, len), 0);
+	e = (struct t_expect){ "pool", ref, len };
+	t_check_buffer(cb.mem, cb.mem_len, &e, 1);
+	uffdsnap_snap_free(s);
+	uffdsnap_free(ctx);
+	t_cb_destroy(&cb);
+	t_buf_free(ref, len);
+	t_mem_free(&m);
+}
+END_TEST
+
 START_TEST(punch_untouched_fails) { destroy_uncopied_page(PUNCH_UNTOUCHED); }
 END_TEST
 
@@ -251,6 +315,7 @@ int main(void)
 	tcase_set_tags(tc, "reclaim"); /* skips where reclaim keeps clean pages: punch-reclaim */
 	tcase_set_timeout(tc, 90);
 	tcase_add_test(tc, reclaimed_zero_page);
+	tcase_add_test(tc, reclaimed_zero_page_prevented);
 	suite_add_tcase(s, tc);
 	return t_run_suite(s);
 }

@@ -284,7 +284,7 @@ static unsigned stress_seconds(void)
 	/* under a sanitizer the zap phase (three more snapshots) and the
 	 * verification of every snapshot come on top: TSan verifies in step
 	 * with main, a few seconds per snapshot */
-	return SANITIZED ? 5 : 10;
+	return T_SANITIZED ? 5 : 10;
 }
 
 static void owners_init(void)
@@ -330,7 +330,7 @@ START_TEST(stress_everything_at_once)
 	T.seconds = stress_seconds();
 	t_watchdog(T.seconds + 150, "stress: a snapshot, writer or disturber hung");
 	printf("stress: %u s (USNAP_STRESS_SECONDS; %s build), seed %" PRIu64 "\n", T.seconds,
-	       SANITIZED ? "sanitizer" : "plain", seed);
+	       T_SANITIZED ? "sanitizer" : "plain", seed);
 	pthread_mutex_init(&T.fail_lock, NULL);
 	pthread_mutex_init(&T.child_mu, NULL);
 	pthread_cond_init(&T.child_cv, NULL);

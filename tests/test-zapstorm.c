@@ -54,7 +54,7 @@ static void storm(bool with_private)
 	uffdsnap_opts_t o;
 	uint8_t *priv = NULL;
 	char dir[PATH_MAX], path[PATH_MAX + 16];
-	size_t len = t_seq_region_bytes(&q), plen = 8 * MiB;
+	size_t len = t_seq_region_bytes(&q), plen = (T_SANITIZED ? 2 : 8) * MiB;
 	unsigned long long zaps = 0;
 
 	t_memfd(&m[0], len);

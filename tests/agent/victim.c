@@ -2,7 +2,8 @@
 /*
  * A program that knows nothing of libuffdsnap (test-agent.c runs it under
  * the agent): it maps a file MAP_SHARED, says "R", and for each "W" on its
- * standard input flips a byte in every page and says "D".
+ * standard input flips a byte in every page and says "D"; for each "M" it
+ * moves the mapping elsewhere with mremap and says "R" again.
  */
 #include <fcntl.h>
 #include <stdio.h>
@@ -25,6 +26,14 @@ int main(int argc, char **argv)
 	printf("R\n");
 	fflush(stdout);
 	while ((c = getchar()) != EOF) {
+		if (c == 'M') {
+			/* a free place: reserved, then replaced by the move */
+			void *to = mmap(NULL, len, PROT_NONE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
+			if (to == MAP_FAILED || (a = mremap(a, len, len, MREMAP_MAYMOVE | MREMAP_FIXED, to)) == MAP_FAILED)
+				return 4;
+			printf("R\n");
+			fflush(stdout);
+		}
 		if (c != 'W')
 			continue;
 		for (size_t i = 0; i < len / ps; i++)

@@ -104,6 +104,7 @@ struct options {
 	size_t size;           /* bytes of data */
 	size_t region;         /* bytes of region (--region-mib; = size unless sparse) */
 	unsigned writers;
+	unsigned zappers;      /* --zappers: MADV_DONTNEED threads on the uffdsnap method's shared region */
 	int pattern;
 	double zipf_s;         /* --pattern zipf:S */
 	unsigned hot_pct;      /* --pattern hotset:P */
@@ -432,6 +433,10 @@ struct bench {
 	pthread_cond_t cv_paused, cv_run;
 	unsigned npaused;
 	struct writer *w;
+	pthread_t *zap_th;       /* --zappers, while the uffdsnap method runs on shared memory */
+	unsigned nzap;
+	_Atomic bool zap_stop;
+	_Atomic uint64_t zaps;
 	FILE *trace;
 	/* zipf and hotset: the page of rank r is (r * perm_mul) % npages, so the
 	 * popular pages are spread over the region, not packed at its start */
@@ -647,6 +652,49 @@ static void writers_stop(struct bench *b)
 		pthread_join(b->w[i].th, NULL);
 }
 
+/*
+ * A zap storm (issue #17 goal 5): each zapper drops 8 random data pages of
+ * the region from the page tables (MADV_DONTNEED) in a loop without pause. On
+ * shared memory nothing is lost (the pages stay in the file, a protected one
+ * keeps its uffd-wp marker); a userfaultfd asking for remove events would get
+ * one per call, and its write-protect ioctls would fail with EAGAIN until
+ * each is read.
+ */
+static void *zapper_main(void *arg)
+{
+	struct bench *b = arg;
+	uint64_t st = mono_ns() ^ (uint64_t)(uintptr_t)&st, n = 0;
+
+	while (!atomic_load_explicit(&b->zap_stop, memory_order_relaxed)) {
+		for (int k = 0; k < 8; k++) {
+			st = st * 6364136223846793005ull + 1442695040888963407ull;
+			madvise(data_page(b->base, b->stride, (st >> 17) % b->npages), PAGE, MADV_DONTNEED);
+		}
+		n += 8;
+	}
+	atomic_fetch_add(&b->zaps, n);
+	return NULL;
+}
+
+static void zappers_start(struct bench *b, unsigned n)
+{
+	atomic_store(&b->zap_stop, false);
+	atomic_store(&b->zaps, 0);
+	b->zap_th = calloc(n ? n : 1, sizeof(*b->zap_th));
+	for (b->nzap = 0; b->nzap < n; b->nzap++)
+		if (pthread_create(&b->zap_th[b->nzap], NULL, zapper_main, b))
+			die("pthread_create: %s", strerror(errno));
+}
+
+static void zappers_stop(struct bench *b)
+{
+	atomic_store(&b->zap_stop, true);
+	while (b->nzap)
+		pthread_join(b->zap_th[--b->nzap], NULL);
+	free(b->zap_th);
+	b->zap_th = NULL;
+}
+
 static size_t slice_of(const struct bench *b, uint64_t t_ns)
 {
 	size_t i = (size_t)((t_ns - b->origin_ns) / (b->o.slice_us * 1000ull));
@@ -692,15 +740,24 @@ static double median_rate(const struct bench *b, size_t from, size_t to)
 	return r[n / 2];
 }
 
-static uint32_t max_gap_between(const struct bench *b, size_t from, size_t to)
+/* The longest gap (µs) that ended in slices [from, to); the slice it ended
+ * in into *at unless NULL, and the number of gaps longer than over_us into
+ * *over unless NULL (a slice holds at most one gap longer than itself). */
+static uint32_t max_gap_between(const struct bench *b, size_t from, size_t to, size_t *at, uint32_t over_us,
+				unsigned *over)
 {
 	uint32_t m = 0;
 
 	for (unsigned i = 0; i < b->o.writers; i++)
 		for (size_t k = from; k < to; k++) {
 			uint32_t g = atomic_load_explicit(&b->w[i].gap_us[k], memory_order_relaxed);
-			if (g > m)
+			if (over && g > over_us)
+				++*over;
+			if (g > m) {
 				m = g;
+				if (at)
+					*at = k;
+			}
 		}
 	return m;
 }
@@ -1148,7 +1205,10 @@ static void e_end(struct emit *e)
 
 struct result {
 	bool ran, ok;
+	double zaps_per_s;     /* --zappers: MADV_DONTNEED calls per second, warm-up to settled */
 	double begin_ms, begin_protect_ms, window_ms, total_ms, max_stall_ms, base_max_stall_ms;
+	double max_stall_from_ms;  /* the worst stall began this long after the instant (± a slice) */
+	unsigned stalls_over_20ms; /* the writers' gaps longer than 20 ms, instant to settled (issue 17 goal 9) */
 	double lost_work_ms, lost_work_window_ms, settle_ms, base_rate, base_slow_per_s;
 	double fault_p50_us, fault_p99_us, tail_p50_us, uffd_p50_us, uffd_p99_us;
 	double nowait_p50_us, nowait_p99_us, waited_p50_us, waited_p99_us;
@@ -1369,6 +1429,8 @@ static void run_method(struct bench *b, int method, struct result *res)
 	/* Warm-up: the undisturbed rate, measured now, on this region. The first
 	 * 100 ms (thread start, caches) are left out. */
 	writers_start(b);
+	if (o->zappers && method == M_UFFDSNAP && mfd >= 0)
+		zappers_start(b, o->zappers);
 	sleep_ms(100);
 	cpu_sample(&cpu0);
 	uint64_t tb0 = mono_ns();
@@ -1378,7 +1440,7 @@ static void run_method(struct bench *b, int method, struct result *res)
 	hist_snap(b, h_base1);
 	size_t sb0 = slice_of(b, tb0) + 1, sb1 = slice_of(b, tb1);
 	res->base_rate = res->rate_pre = median_rate(b, sb0, sb1); /* stores per slice */
-	res->base_max_stall_ms = max_gap_between(b, sb0, sb1) / 1000.0;
+	res->base_max_stall_ms = max_gap_between(b, sb0, sb1, NULL, 0, NULL) / 1000.0;
 	res->base_slow_per_s = (double)hist_stats(h_base0, h_base1, &dummy, &dummy, &dummy) /
 			       ((double)(tb1 - tb0) / 1e9);
 
@@ -1533,6 +1595,10 @@ static void run_method(struct bench *b, int method, struct result *res)
 	atomic_store(&sm.stop, true);
 	pthread_join(sm.th, NULL);
 	writers_stop(b);
+	if (b->nzap) {
+		zappers_stop(b);
+		res->zaps_per_s = (double)atomic_load(&b->zaps) / ((double)(mono_ns() - tb0) / 1e9);
+	}
 
 	/* ---- derived numbers ---- */
 	size_t s0 = slice_of(b, t0), sd = slice_of(b, t_done) + 1, ss = slice_of(b, t_settle) + 1;
@@ -1542,7 +1608,10 @@ static void run_method(struct bench *b, int method, struct result *res)
 	res->window_ms = (double)(t_win_end - t0) / 1e6;
 	res->total_ms = (double)(t_done - t0) / 1e6;
 	res->settle_ms = (double)(t_settle - t_done) / 1e6;
-	res->max_stall_ms = max_gap_between(b, s0, ss) / 1000.0;
+	size_t s_max = s0;
+	res->max_stall_ms = max_gap_between(b, s0, ss, &s_max, 20000, &res->stalls_over_20ms) / 1000.0;
+	/* where the worst stall began, from the instant: < begin_ms means in begin */
+	res->max_stall_from_ms = (double)(s_max + 1 - s0) * slice_ms - res->max_stall_ms;
 	lost_work(b, res, s0, sd, ss);
 	res->faults = hist_stats(h0, h1, &res->fault_p50_us, &res->fault_p99_us, &dummy);
 	hist_top(h0, h1, 0, method == M_UFFDSNAP ? res->st.faults : 0, &res->uffd_p50_us, &res->uffd_p99_us);
@@ -1759,6 +1828,8 @@ static void usage(int code)
 		"                          spread evenly, holes between; writers touch only the data\n"
 		"                          (uffdsnap and fork; stw would need an N MiB copy and is skipped)\n"
 		"  --writers N             writer threads (default 1)\n"
+		"  --zappers N             uffdsnap on shared memory: N more threads MADV_DONTNEED 8 random pages\n"
+		"                          at a time without pause, from the warm-up on (a zap storm; default 0)\n"
 		"  --pattern random|sequential|zipf[:S]|hotset:P\n"
 		"                          zipf: page popularity ~ 1/rank^S (S default 0.99); hotset: 90%% of the\n"
 		"                          stores to P%% of the pages, the rest uniform; popular pages spread out\n"
@@ -1855,7 +1926,7 @@ static void parse(int argc, char **argv, struct options *o)
 		{ "compress-threads", 1, 0, 'c' }, { "label", 1, 0, 'B' },
 		{ "chunk-kib", 1, 0, 'C' }, { "buffer-mib", 1, 0, 'M' }, { "help", 0, 0, 'h' },
 		{ "timeline-ms", 1, 0, 'R' }, { "region-mib", 1, 0, 'g' }, { "adapt", 0, 0, 'A' },
-		{ "memory", 1, 0, 'y' },    { "delta", 1, 0, 'D' },
+		{ "memory", 1, 0, 'y' },    { "delta", 1, 0, 'D' },     { "zappers", 1, 0, 'Z' },
 		{ 0, 0, 0, 0 },
 	};
 	int c;
@@ -1870,6 +1941,7 @@ static void parse(int argc, char **argv, struct options *o)
 		case 's': o->size = (size_t)num(optarg) << 20; break;
 		case 'g': o->region = (size_t)num(optarg) << 20; break;
 		case 'w': o->writers = (unsigned)num(optarg); break;
+		case 'Z': o->zappers = (unsigned)num(optarg); break;
 		case 'p':
 			if (!strcmp(optarg, "random")) o->pattern = PAT_RANDOM;
 			else if (!strcmp(optarg, "sequential")) o->pattern = PAT_SEQUENTIAL;
@@ -2045,6 +2117,10 @@ int main(int argc, char **argv)
 		e_int(&e, "size_mib", b.o.size >> 20);
 		e_int(&e, "region_mib", b.o.region >> 20);
 		e_int(&e, "writers", b.o.writers);
+		if (r->zaps_per_s > 0) {
+			e_int(&e, "zappers", b.o.zappers);
+			e_num(&e, "zaps_per_s", r->zaps_per_s);
+		}
 		emit_pattern(&e, &b.o);
 		e_str(&e, "sink", b.o.sink == SINK_FILE ? "file" : "null");
 		e_str(&e, "memory", k == M_UFFDSNAP ? memory_name[b.o.memory]
@@ -2055,6 +2131,8 @@ int main(int argc, char **argv)
 		e_bool(&e, "ok", r->ok);
 		e_num(&e, "begin_ms", r->begin_ms);
 		e_num(&e, "max_stall_ms", r->max_stall_ms);
+		e_num(&e, "max_stall_from_ms", r->max_stall_from_ms);
+		e_int(&e, "stalls_over_20ms", r->stalls_over_20ms);
 		e_num(&e, "lost_work_ms", r->lost_work_ms);
 		e_num(&e, "lost_work_window_ms", r->lost_work_window_ms);
 		emit_honesty(&e, &b, r);

@@ -7,16 +7,17 @@
 #                                         corpus seeded from tests/fuzz/corpus
 #   tests/fuzz/build.sh OUTDIR merge      add what the scratch corpus covers beyond tests/fuzz/corpus
 # Needs clang and its libFuzzer runtime (Debian: apt-get install clang libclang-rt-14-dev).
-# The reader sources are compiled into the target with coverage, ASan and UBSan.
+# Every lib/ source (but the fault injection) is compiled into the target with
+# coverage, ASan and UBSan: the readers, and the merge of a chain (its writer).
 set -euo pipefail
 cd "$(dirname "$0")/../.."
 out=${1:-build-fuzz}
 mkdir -p "$out"
 CC=${CC:-clang}
+srcs=$(ls lib/*.c | grep -v inject.c)
 $CC -g -O1 -fno-omit-frame-pointer -fsanitize=fuzzer,address,undefined -fno-sanitize-recover=undefined \
-	-D_GNU_SOURCE -std=gnu11 -Iinclude -Ilib \
-	lib/reader.c lib/crc32c.c lib/errors.c tests/fuzz/fuzz-reader.c \
-	-lzstd -o "$out/fuzz-reader"
+	-D_GNU_SOURCE -std=gnu11 -Iinclude -Ilib $srcs tests/fuzz/fuzz-reader.c \
+	-lzstd -lxxhash -luv -lpthread -o "$out/fuzz-reader"
 echo "built $out/fuzz-reader"
 case ${2:-} in
 run)

@@ -3,7 +3,7 @@
  * Fuzz target for the migration receiver (lib/migrate.c): the input is what
  * a sender sends. It is written into a socketpair (by a thread, then the
  * write side is shut) while uffdsnap_migrate_recv() and
- * uffdsnap_incoming_wait() read it, twice: as it is, and with the CRC of
+ * uffdsnap_incoming_complete() read it, twice: as it is, and with the CRC of
  * every frame it can delimit recomputed ("repaired"), which takes the
  * fuzzer past the checksums to the checks behind them (region table,
  * page ranges, round ends). A finding is a crash, a sanitizer report, a
@@ -78,7 +78,9 @@ static void run(const uint8_t *data, size_t size)
 		abort();
 	r = uffdsnap_migrate_recv(sv[1], NULL, &in);
 	if (!r) {
-		r = uffdsnap_incoming_wait(in);
+		/* complete, not wait: a post-copy stream is usable (wait) before
+		 * it is whole */
+		r = uffdsnap_incoming_complete(in);
 		if (!r && !has_final(data, size)) {
 			fprintf(stderr, "the receiver accepted a stream without a final round\n");
 			abort();

@@ -58,6 +58,15 @@ static uint8_t *second;        /* this process's other mapping of the region's f
 static char coord_path[108], fake_path[108];
 static int fake_sock = -1;
 
+/* libFuzzer ends with exit(): the sockets must not stay behind in /tmp */
+static void teardown(void)
+{
+	uffdsnap_free(ctx); /* unlinks coord_path */
+	if (fake_sock >= 0)
+		close(fake_sock);
+	unlink(fake_path);
+}
+
 static void setup(void)
 {
 	struct sockaddr_un sa = { .sun_family = AF_UNIX };
@@ -90,6 +99,7 @@ static void setup(void)
 	fake_sock = socket(AF_UNIX, SOCK_SEQPACKET | SOCK_CLOEXEC, 0);
 	if (fake_sock < 0 || bind(fake_sock, (struct sockaddr *)&sa, sizeof(sa)) || listen(fake_sock, 4))
 		abort();
+	atexit(teardown);
 }
 
 static int fd_count(void)

@@ -19,6 +19,10 @@
  * a delta (format version 2) whose pages read or extract alone (it must be
  * -ENOLINK: its image needs its chain). The corpus holds deltas forged by
  * tests/test-chain.c --forge.
+ * An input holding the file magic again (at a multiple of 8) is also read as
+ * a chain (lib/reader-chain.c): cut at each magic, up to 8 files, opened with
+ * uffdsnap_reader_open_chain(); a chain that verifies must read, extract and
+ * merge, and the merged file must verify (seeds: make-seeds' seed-chain-*).
  *
  * Every record carries a CRC-32C, so almost every mutation would stop at the
  * checksum. Each input is therefore read a second time with the checksum of
@@ -27,6 +31,7 @@
  */
 #include <errno.h>
 #include <fcntl.h>
+#include <stdbool.h>
 #include <stddef.h>
 #include <stdint.h>
 #include <stdio.h>
@@ -157,6 +162,108 @@ static void as_file(const uint8_t *data, size_t size)
 	close(fd);
 }
 
+#define CHAIN_MAX 8
+
+static int memfd_of(const uint8_t *data, size_t size)
+{
+	int fd = memfd_create("fuzz-chain", MFD_CLOEXEC);
+
+	if (fd < 0 || write_all(fd, data, size)) {
+		perror("fuzz-reader: memfd");
+		abort();
+	}
+	return fd;
+}
+
+static char merge_dir[64];
+
+static void merge_dir_remove(void)
+{
+	rmdir(merge_dir);
+}
+
+/* The merged image of a chain that verified: a full snapshot that verifies. */
+static void merge_oracle(uffdsnap_reader_t *r)
+{
+	char *dir = merge_dir, path[96];
+	uffdsnap_reader_t *m = NULL;
+	int e;
+
+	if (!dir[0]) {
+		snprintf(dir, sizeof(merge_dir), "/dev/shm/fuzz-reader-XXXXXX");
+		if (!mkdtemp(dir))
+			abort();
+		atexit(merge_dir_remove);
+	}
+	snprintf(path, sizeof(path), "%s/merged", dir);
+	if ((e = uffdsnap_reader_merge_file(r, path, 0)))
+		broken_promise("merge_file()", e, r);
+	if ((e = uffdsnap_reader_open(&m, path)) || (e = uffdsnap_reader_verify(m))) {
+		fprintf(stderr, "fuzz-reader: the merge of a chain that verified does not verify: %d %s (%s)\n", e,
+			uffdsnap_strerror(e), m ? uffdsnap_reader_error(m) : uffdsnap_last_error());
+		abort();
+	}
+	uffdsnap_reader_free(m);
+	unlink(path);
+}
+
+static void as_chain(const uint8_t *data, size_t size)
+{
+	static uint8_t buf[8192];
+	size_t cut[CHAIN_MAX + 1];
+	char paths[CHAIN_MAX][32];
+	const char *pp[CHAIN_MAX];
+	int fds[CHAIN_MAX], nul;
+	unsigned n = 1;
+	uffdsnap_reader_t *r = NULL;
+	uffdsnap_info_t info = { .size = sizeof(info) };
+	bool verified;
+
+	cut[0] = 0;
+	for (size_t off = USNAP_MAGIC_LEN; off + USNAP_MAGIC_LEN <= size && n < CHAIN_MAX; off += 8)
+		if (!memcmp(data + off, USNAP_MAGIC, USNAP_MAGIC_LEN))
+			cut[n++] = off;
+	if (n < 2)
+		return;
+	cut[n] = size;
+	for (unsigned i = 0; i < n; i++) {
+		fds[i] = memfd_of(data + cut[i], cut[i + 1] - cut[i]);
+		snprintf(paths[i], sizeof(paths[i]), "/proc/self/fd/%d", fds[i]);
+		pp[i] = paths[i];
+	}
+	if (uffdsnap_reader_open_chain(&r, pp, n)) {
+		if (r)
+			abort();
+		goto out;
+	}
+	if (uffdsnap_reader_info(r, &info) || !info.reason)
+		abort();
+	verified = uffdsnap_reader_verify(r) == 0;
+	if (verified && (!info.complete || info.files != n))
+		abort();
+	nul = open("/dev/null", O_WRONLY | O_CLOEXEC);
+	for (unsigned id = 0; id < info.nregions; id++) {
+		uffdsnap_region_info_t ri = { .size = sizeof(ri) };
+		int e;
+
+		if (uffdsnap_reader_region(r, id, &ri) || !ri.name)
+			abort();
+		e = uffdsnap_reader_read(r, id, 0, buf, ri.length < sizeof(buf) ? (size_t)ri.length : sizeof(buf));
+		if (verified && e)
+			broken_promise("read() of a chain", e, r);
+		if (ri.length <= (64u << 20) && nul >= 0 && (e = uffdsnap_reader_extract_fd(r, id, nul)) && verified)
+			broken_promise("extract() of a chain", e, r);
+	}
+	if (nul >= 0)
+		close(nul);
+	if (verified && info.nregions)
+		merge_oracle(r);
+	uffdsnap_reader_free(r);
+out:
+	for (unsigned i = 0; i < n; i++)
+		close(fds[i]);
+}
+
 static void as_stream(const uint8_t *data, size_t size)
 {
 	uffdsnap_reader_t *r = NULL;
@@ -210,6 +317,10 @@ static size_t repair(uint8_t *d, size_t n)
 
 	while (off + sizeof(h) <= n) {
 		memcpy(&h, d + off, sizeof(h));
+		if (!memcmp(d + off, USNAP_MAGIC, USNAP_MAGIC_LEN)) { /* the next file of a chain */
+			off += USNAP_MAGIC_LEN;
+			continue;
+		}
 		if (h.len < sizeof(h) || h.len % 8 || h.len > n - off)
 			break;
 		repair_at(d, off, h.len, &fixed);
@@ -229,11 +340,13 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
 
 	as_file(data, size);
 	as_stream(data, size);
+	as_chain(data, size);
 	if (size && (copy = malloc(size))) {
 		memcpy(copy, data, size);
 		if (repair(copy, size)) {
 			as_file(copy, size);
 			as_stream(copy, size);
+			as_chain(copy, size);
 		}
 		free(copy);
 	}

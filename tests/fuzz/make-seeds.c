@@ -2,7 +2,9 @@
 /*
  * Writes the seed inputs of the reader fuzzer into DIR: real, small
  * snapshots taken with the library (needs userfaultfd: run as root), plus a
- * failed stream (END with an error) and truncated copies.
+ * failed stream (END with an error), truncated copies, and chains: a full
+ * snapshot followed by deltas taken after writes, concatenated into one
+ * input (the fuzz target splits an input at every file magic).
  *   make-seeds DIR
  * The committed corpus (tests/fuzz/corpus/) started from these and was then
  * grown by the fuzzer and minimized (tests/fuzz/build.sh, docs/reliability.md).
@@ -172,6 +174,70 @@ static void failed_stream(const char *file)
 	printf("%s (wait: %d)\n", path, e);
 }
 
+static void append(FILE *out, const char *path)
+{
+	char buf[65536];
+	size_t n;
+	FILE *f = fopen(path, "rb");
+
+	if (!f)
+		die(path, -errno);
+	while ((n = fread(buf, 1, sizeof(buf), f)))
+		fwrite(buf, 1, n, out);
+	fclose(f);
+	unlink(path);
+}
+
+/* A full snapshot of two regions, then `ndeltas` deltas, each after writing
+ * a few pages (one back to a hole): one input, the files end to end. */
+static void chain(const char *file, unsigned ndeltas)
+{
+	uffdsnap_opts_t o;
+	uffdsnap_t *ctx;
+	uffdsnap_snap_t *s;
+	char path[4096], part[4200];
+	int e, fd[2], kinds[] = { 0, 1, 2, 3 };
+	size_t len = 20 * page;
+	uint8_t *p[2];
+	FILE *out;
+
+	uffdsnap_opts_init(&o);
+	o.chunk_bytes = 16384;
+	o.buffer_bytes = 1 << 20;
+	o.flags |= UFFDSNAP_OPT_DELTA;
+	if ((e = uffdsnap_new(&ctx, &o)))
+		die("new", e);
+	for (int i = 0; i < 2; i++) {
+		p[i] = region(len, &fd[i]);
+		fill(p[i], len, kinds, 4, (uint64_t)i + 9);
+		if ((e = uffdsnap_add_region(ctx, i ? "b" : "a", p[i], len)) < 0)
+			die("add_region", e);
+	}
+	snprintf(path, sizeof(path), "%s/%s", dir, file);
+	if (!(out = fopen(path, "wb")))
+		die(path, -errno);
+	for (unsigned k = 0; k <= ndeltas; k++) {
+		snprintf(part, sizeof(part), "%s.%u", path, k);
+		if (k) {
+			memset(p[k & 1] + (k * 3 % 20) * page, 'A' + (int)k, page);
+			fallocate(fd[0], FALLOC_FL_PUNCH_HOLE | FALLOC_FL_KEEP_SIZE, (off_t)(k * 7 % 20 * page),
+				  (off_t)page);
+		}
+		e = k ? uffdsnap_begin_delta_file(ctx, part, &s) : uffdsnap_begin_file(ctx, part, &s);
+		if (e || (e = uffdsnap_wait(s)))
+			die(file, e);
+		uffdsnap_snap_free(s);
+		append(out, part);
+	}
+	fclose(out);
+	uffdsnap_free(ctx);
+	for (int i = 0; i < 2; i++) {
+		munmap(p[i], len);
+		close(fd[i]);
+	}
+	printf("%s (%u deltas)\n", path, ndeltas);
+}
+
 int main(int argc, char **argv)
 {
 	if (argc != 2) {
@@ -209,5 +275,7 @@ int main(int argc, char **argv)
 	truncated("seed-two-regions", "seed-truncated-half", 0.5);
 	truncated("seed-text", "seed-truncated-head", 0.02);
 	failed_stream("seed-failed-stream");
+	chain("seed-chain-1", 1);
+	chain("seed-chain-3", 3);
 	return 0;
 }
