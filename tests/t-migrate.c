@@ -1,11 +1,7 @@
 /* SPDX-License-Identifier: LGPL-2.1-or-later */
 /* The migration tests' shared parts (t-migrate.h says what they are). */
-#include <arpa/inet.h>
 #include <errno.h>
 #include <fcntl.h>
-#include <netinet/in.h>
-#include <sched.h>
-#include <stdarg.h>
 #include <stdlib.h>
 #include <string.h>
 #include <sys/mman.h>
@@ -13,6 +9,7 @@
 #include <unistd.h>
 
 #include "migrate.h"
+#include "netpair.h"
 #include "t-migrate.h"
 
 size_t ps;
@@ -181,85 +178,32 @@ size_t frame(uint8_t *out, uint16_t type, const void *payload, uint32_t len)
 }
 
 
-static char ns_a[64], ns_b[64], veth_a[16], veth_b[16]; /* named after our pid: runs of several builds at once do not collide */
-
-static int sh(const char *fmt, ...) __attribute__((format(printf, 1, 2)));
-static int sh(const char *fmt, ...)
-{
-	char cmd[512];
-	va_list ap;
-
-	va_start(ap, fmt);
-	vsnprintf(cmd, sizeof(cmd), fmt, ap);
-	va_end(ap);
-	return system(cmd);
-}
+static struct t_netpair net;
 
 /* Unchecked teardown (in the runner, after the case, pass or fail). */
 void netns_down(void)
 {
-	sh("ip netns del %s 2>/dev/null", ns_a);
-	sh("ip netns del %s 2>/dev/null", ns_b);
-	sh("ip link del %s 2>/dev/null", veth_a); /* if it never reached a namespace */
+	t_netpair_down(&net);
 }
 
 /* Two namespaces, a veth pair 10.213.77.1 (a) - 10.213.77.2 (b), 1 Gbit/s
  * token buckets on both ends. */
 void netns_up(void)
 {
-	ck_assert_int_eq(sh("ip netns add %s && ip netns add %s", ns_a, ns_b), 0);
-	ck_assert_int_eq(sh("ip link add %s type veth peer name %s && ip link set %s netns %s && "
-			    "ip link set %s netns %s", veth_a, veth_b, veth_a, ns_a, veth_b, ns_b), 0);
-	ck_assert_int_eq(sh("ip -n %s addr add 10.213.77.1/30 dev %s && ip -n %s link set %s up && "
-			    "ip -n %s link set lo up", ns_a, veth_a, ns_a, veth_a, ns_a), 0);
-	ck_assert_int_eq(sh("ip -n %s addr add 10.213.77.2/30 dev %s && ip -n %s link set %s up && "
-			    "ip -n %s link set lo up", ns_b, veth_b, ns_b, veth_b, ns_b), 0);
-	ck_assert_int_eq(sh("ip netns exec %s tc qdisc add dev %s root tbf rate 1gbit burst 256kb latency 10ms && "
-			    "ip netns exec %s tc qdisc add dev %s root tbf rate 1gbit burst 256kb latency 10ms",
-			    ns_a, veth_a, ns_b, veth_b), 0);
-}
-
-static void enter(const char *ns)
-{
-	char path[128];
-	int fd;
-
-	snprintf(path, sizeof(path), "/run/netns/%s", ns);
-	ck_assert_int_ge(fd = open(path, O_RDONLY | O_CLOEXEC), 0);
-	ck_assert_int_eq(setns(fd, CLONE_NEWNET), 0);
-	close(fd);
+	ck_assert_int_eq(t_netpair_up(&net, 1000), 0);
 }
 
 /* A TCP connection from namespace a (*snd) to namespace b (*rcv). */
 void tcp_pair(int *snd, int *rcv)
 {
-	struct sockaddr_in sa = { .sin_family = AF_INET, .sin_port = htons(47613) };
-	int self = open("/proc/self/ns/net", O_RDONLY | O_CLOEXEC), l, one = 1;
+	int r = t_netpair_tcp(&net, snd, rcv);
 
-	ck_assert_int_ge(self, 0);
-	inet_pton(AF_INET, "10.213.77.2", &sa.sin_addr);
-	enter(ns_b);
-	ck_assert_int_ge(l = socket(AF_INET, SOCK_STREAM | SOCK_CLOEXEC, 0), 0);
-	setsockopt(l, SOL_SOCKET, SO_REUSEADDR, &one, sizeof(one));
-	ck_assert_int_eq(bind(l, (struct sockaddr *)&sa, sizeof(sa)), 0);
-	ck_assert_int_eq(listen(l, 1), 0);
-	enter(ns_a);
-	ck_assert_int_ge(*snd = socket(AF_INET, SOCK_STREAM | SOCK_CLOEXEC, 0), 0);
-	ck_assert_int_eq(connect(*snd, (struct sockaddr *)&sa, sizeof(sa)), 0);
-	ck_assert_int_ge(*rcv = accept4(l, NULL, NULL, SOCK_CLOEXEC), 0);
-	close(l);
-	ck_assert_int_eq(setns(self, CLONE_NEWNET), 0);
-	close(self);
+	ck_assert_msg(r == 0, "a TCP connection between the namespaces: %s", strerror(-r));
 }
 
 bool t_mig_netns_init(void)
 {
-	snprintf(ns_a, sizeof(ns_a), "usnapmig-%d-a", (int)getpid());
-	snprintf(ns_b, sizeof(ns_b), "usnapmig-%d-b", (int)getpid());
-	snprintf(veth_a, sizeof(veth_a), "umig%da", (int)getpid() % 10000000);
-	snprintf(veth_b, sizeof(veth_b), "umig%db", (int)getpid() % 10000000);
-	return !system("ip netns add usnapmig-probe-$$ 2>/dev/null && ip netns del usnapmig-probe-$$ && "
-		       "command -v tc >/dev/null");
+	return t_netpair_init(&net, "usnapmig", 77, 47613);
 }
 
 int t_mig_feed(const uint8_t *b, size_t n, const char *label, bool complete, uffdsnap_incoming_t **keep)

@@ -13,15 +13,12 @@
  *   migrate-bench [--size MB] [--rate-mbit N] [--hot-mb N] [--dirty-pct P] [--methods stop,pre,post]
  *                 [--touches N] [--notsent-lowat BYTES]
  */
-#include <arpa/inet.h>
 #include <fcntl.h>
 #include <getopt.h>
 #include <netinet/in.h>
 #include <netinet/tcp.h>
 #include <pthread.h>
-#include <sched.h>
 #include <signal.h>
-#include <stdarg.h>
 #include <stdatomic.h>
 #include <stdbool.h>
 #include <sys/mman.h>
@@ -29,31 +26,14 @@
 #include <unistd.h>
 
 #include "bench-util.h"
+#include "netpair.h"
 #include "uffdsnap.h"
 
-static char ns_a[64], ns_b[64], veth_a[16], veth_b[16];
-static bool ns_made;
-
-static int sh(const char *fmt, ...) __attribute__((format(printf, 1, 2)));
-static int sh(const char *fmt, ...)
-{
-	char cmd[512];
-	va_list ap;
-
-	va_start(ap, fmt);
-	vsnprintf(cmd, sizeof(cmd), fmt, ap);
-	va_end(ap);
-	return system(cmd);
-}
+static struct t_netpair net;
 
 static void net_down(void)
 {
-	if (!ns_made)
-		return;
-	sh("ip netns del %s 2>/dev/null", ns_a);
-	sh("ip netns del %s 2>/dev/null", ns_b);
-	sh("ip link del %s 2>/dev/null", veth_a);
-	ns_made = false;
+	t_netpair_down(&net);
 }
 
 static void on_signal(int sig)
@@ -65,65 +45,24 @@ static void on_signal(int sig)
 
 static void net_up(unsigned mbit)
 {
-	snprintf(ns_a, sizeof(ns_a), "umigb-%d-a", (int)getpid());
-	snprintf(ns_b, sizeof(ns_b), "umigb-%d-b", (int)getpid());
-	snprintf(veth_a, sizeof(veth_a), "umb%da", (int)getpid() % 1000000);
-	snprintf(veth_b, sizeof(veth_b), "umb%db", (int)getpid() % 1000000);
-	if (sh("ip netns add %s 2>/dev/null", ns_a)) {
+	if (!t_netpair_init(&net, "umigb", 78, 47614)) {
 		printf("migrate-bench: skipped: cannot create network namespaces (needs CAP_NET_ADMIN and ip, tc)\n");
 		exit(77);
 	}
-	ns_made = true;
 	atexit(net_down);
 	signal(SIGINT, on_signal);
 	signal(SIGTERM, on_signal);
-	if (sh("ip netns add %s", ns_b) ||
-	    sh("ip link add %s type veth peer name %s && ip link set %s netns %s && ip link set %s netns %s", veth_a,
-	       veth_b, veth_a, ns_a, veth_b, ns_b) ||
-	    sh("ip -n %s addr add 10.213.78.1/30 dev %s && ip -n %s link set %s up && ip -n %s link set lo up", ns_a,
-	       veth_a, ns_a, veth_a, ns_a) ||
-	    sh("ip -n %s addr add 10.213.78.2/30 dev %s && ip -n %s link set %s up && ip -n %s link set lo up", ns_b,
-	       veth_b, ns_b, veth_b, ns_b) ||
-	    sh("ip netns exec %s tc qdisc add dev %s root tbf rate %umbit burst 256kb latency 10ms && "
-	       "ip netns exec %s tc qdisc add dev %s root tbf rate %umbit burst 256kb latency 10ms", ns_a, veth_a, mbit,
-	       ns_b, veth_b, mbit))
+	if (t_netpair_up(&net, mbit))
 		die("setting up the namespaces", EIO, NULL);
-}
-
-static void enter(const char *ns)
-{
-	char path[128];
-	int fd;
-
-	snprintf(path, sizeof(path), "/run/netns/%s", ns);
-	if ((fd = open(path, O_RDONLY | O_CLOEXEC)) < 0 || setns(fd, CLONE_NEWNET))
-		die("setns", errno, path);
-	close(fd);
 }
 
 /* A fresh TCP connection from namespace a (*snd) to b (*rcv). */
 static void tcp_pair(int *snd, int *rcv)
 {
-	struct sockaddr_in sa = { .sin_family = AF_INET, .sin_port = htons(47614) };
-	int self = open("/proc/self/ns/net", O_RDONLY | O_CLOEXEC), l, one = 1;
+	int r = t_netpair_tcp(&net, snd, rcv);
 
-	inet_pton(AF_INET, "10.213.78.2", &sa.sin_addr);
-	enter(ns_b);
-	if ((l = socket(AF_INET, SOCK_STREAM | SOCK_CLOEXEC, 0)) < 0)
-		die("socket", errno, NULL);
-	setsockopt(l, SOL_SOCKET, SO_REUSEADDR, &one, sizeof(one));
-	if (bind(l, (struct sockaddr *)&sa, sizeof(sa)) || listen(l, 1))
-		die("bind/listen", errno, NULL);
-	enter(ns_a);
-	if ((*snd = socket(AF_INET, SOCK_STREAM | SOCK_CLOEXEC, 0)) < 0 ||
-	    connect(*snd, (struct sockaddr *)&sa, sizeof(sa)))
-		die("connect", errno, NULL);
-	if ((*rcv = accept4(l, NULL, NULL, SOCK_CLOEXEC)) < 0)
-		die("accept", errno, NULL);
-	close(l);
-	if (setns(self, CLONE_NEWNET))
-		die("setns back", errno, NULL);
-	close(self);
+	if (r)
+		die("a TCP connection between the namespaces", -r, NULL);
 }
 
 /* ---- the guest: memory and a writer ---------------------------------------------- */
@@ -318,7 +257,7 @@ int main(int argc, char **argv)
 	       "a %zu MiB hot set at %.0f %% of the link (%.0f pages/s); load average at start: ",
 	       (size_t)(ram_len / MiB), mbit, (size_t)(hot_len / MiB), pct, dirty_pages_per_s);
 	fflush(stdout);
-	sh("cut -d' ' -f1-3 /proc/loadavg");
+	(void)!system("cut -d' ' -f1-3 /proc/loadavg");
 	if (strstr(methods, "stop"))
 		run(STOP, ctx, link, 0);
 	if (strstr(methods, "pre"))
