@@ -901,7 +901,8 @@ void usnap_remap_huge(uffdsnap_snap_t *s)
 
 void usnap_writable_again(uffdsnap_snap_t *s)
 {
-	struct page_region vec[64];
+	/* zeroed: Valgrind does not know that PAGEMAP_SCAN fills it (CI's memcheck of the demo) */
+	struct page_region vec[64] = { 0 };
 	int pm = -1;
 
 	for (unsigned i = 0; i < s->nregions; i++) {
