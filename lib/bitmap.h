@@ -10,6 +10,27 @@
 #include <stdatomic.h>
 #include <stdbool.h>
 #include <stdint.h>
+#include <sys/mman.h>
+
+/*
+ * A zeroed map of n bits that costs nothing until bits are set: anonymous
+ * memory the kernel zeroes page by page on first touch (an allocator's
+ * calloc may clear it all at once: ASan's does). For maps sized by a peer's
+ * claim (the migration receiver's). n >= 1; NULL if it cannot be mapped.
+ */
+static inline void *usnap_bits_map(uint64_t n)
+{
+	void *p = mmap(NULL, (size_t)((n + 63) / 64 * 8), PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS,
+		       -1, 0);
+
+	return p == MAP_FAILED ? NULL : p;
+}
+
+static inline void usnap_bits_unmap(void *b, uint64_t n)
+{
+	if (b)
+		munmap(b, (size_t)((n + 63) / 64 * 8));
+}
 
 /* The bits of word i / 64 that [p, end) covers, and how many they are. */
 static inline uint64_t usnap_bits_mask(uint64_t p, uint64_t end, uint64_t *k)

@@ -1259,10 +1259,10 @@ struct in_reg {
 	int fd;
 	void *addr;
 	_Atomic uint64_t *dropped;     /* post-copy: pages dropped and not arrived since: the others'
-					* contents are final here. Zero to start with, so that a
-					* region table's claim costs no work before pages come
-					* (a hostile 64 TiB claim kept a fill of ones busy for
-					* minutes: found by fuzz-migrate) */
+					* contents are final here. Zero to start with, and mapped
+					* (usnap_bits_map), so that a region table's claim costs no
+					* work before pages come (a hostile 28 TiB claim kept a
+					* fill of ones busy for minutes: found by fuzz-migrate) */
 	uint64_t *asked;               /* post-copy: pages requested (the fault thread's) */
 	bool registered;               /* post-copy: with in->uffd, for missing pages */
 };
@@ -1408,8 +1408,7 @@ static int take_hello(struct uffdsnap_incoming *in, const uint8_t *p, uint32_t l
 		/* post-copy: every page is final until a DISCARD says otherwise
 		 * (round 1 sends them all, holes as holes) */
 		if (in->postcopy) {
-			uint64_t words = (r->npages + 63) / 64;
-			if (!(r->dropped = calloc(words, 8)) || !(r->asked = calloc(words, 8)))
+			if (!(r->dropped = usnap_bits_map(r->npages)) || !(r->asked = usnap_bits_map(r->npages)))
 				return in_fail(in, -ENOMEM, "region '%s': page bitmaps", r->name);
 		}
 	}
@@ -1567,9 +1566,11 @@ static void poison_pages(struct uffdsnap_incoming *in, uintptr_t addr, size_t le
 
 static void poison_rest(struct uffdsnap_incoming *in)
 {
-	for (unsigned i = 0; i < in->nregs; i++) {
+	uint64_t left = in->missing; /* the bits set in the maps: stop once all are found */
+
+	for (unsigned i = 0; i < in->nregs && left; i++) {
 		struct in_reg *r = &in->regs[i];
-		for (uint64_t k = 0; k < r->npages;) {
+		for (uint64_t k = 0; k < r->npages && left;) {
 			if (!usnap_abit(r->dropped, k)) {
 				/* a word at a time where nothing is missing */
 				k = atomic_load(&r->dropped[k / 64]) >> (k % 64) ? k + 1 : (k | 63) + 1;
@@ -1579,6 +1580,7 @@ static void poison_rest(struct uffdsnap_incoming *in)
 			while (e < r->npages && usnap_abit(r->dropped, e))
 				e++;
 			poison_pages(in, (uintptr_t)r->addr + k * in->ps, (e - k) * in->ps);
+			left -= e - k < left ? e - k : left;
 			k = e;
 		}
 	}
@@ -1783,8 +1785,8 @@ static void incoming_release(struct uffdsnap_incoming *in)
 		if (in->regs[i].fd >= 0)
 			close(in->regs[i].fd);
 		free(in->regs[i].name);
-		free(in->regs[i].dropped);
-		free(in->regs[i].asked);
+		usnap_bits_unmap((void *)in->regs[i].dropped, in->regs[i].npages);
+		usnap_bits_unmap(in->regs[i].asked, in->regs[i].npages);
 	}
 	free(in->regs);
 	if (in->uffd >= 0)
