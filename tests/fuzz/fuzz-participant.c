@@ -54,6 +54,8 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size);
 
 static uffdsnap_t *ctx;
 static int memfd = -1;
+static uint8_t *mine;          /* the coordinator's region: also a mapping of the file in the
+				* "participant's" address space, which is this process too */
 static uint8_t *second;        /* this process's other mapping of the region's file */
 static char coord_path[108], fake_path[108];
 static int fake_sock = -1;
@@ -70,7 +72,7 @@ static void teardown(void)
 static void setup(void)
 {
 	struct sockaddr_un sa = { .sun_family = AF_UNIX };
-	uint8_t *mine, *priv;
+	uint8_t *priv;
 	int r;
 
 	snprintf(coord_path, sizeof(coord_path), "/tmp/usnap-fuzz-part-%d.sock", (int)getpid());
@@ -143,7 +145,10 @@ static void check_accepted(const uint8_t *msg, size_t n)
 	}
 	for (unsigned i = 0; i < h->nmaps; i++) {
 		const struct usnap_join_map *m = (const void *)(msg + sizeof(*h) + i * sizeof(struct usnap_join_map));
-		uintptr_t lo = (uintptr_t)second, hi = lo + REGION;
+		/* either mapping of the file at offset 0 is a true claim */
+		uintptr_t lo = m->addr >= (uintptr_t)mine && m->addr < (uintptr_t)mine + REGION ? (uintptr_t)mine
+											   : (uintptr_t)second,
+			  hi = lo + REGION;
 
 		if (strcmp(m->name, "r") || !m->len || m->addr < lo || m->len > hi - m->addr ||
 		    m->addr - lo != m->offset) {
