@@ -270,8 +270,11 @@ START_TEST(kill9_at_random)
 	       "times, the previous one %u times, nothing %u times; %u temporary files left by the killed and "
 	       "removed; %u writers outlived a snapshot, the slowest wrote every page again %.1f ms after its "
 	       "death\n", ROUNDS + 1, killed, completed, news, olds, absent, temps, survivors, survivor_max_ms);
-	/* the kills fell before, during and after the write of the file */
-	ck_assert_msg(killed >= ROUNDS / 4, "only %u of %u rounds were killed before they finished", killed, ROUNDS);
+	/* the kills fell before, during and after the write of the file (the
+	 * three checks below); how many rounds a kill beats depends on how the
+	 * load moves a round's time from the first one's (5 of 30 under TSan at
+	 * load 10-16, where ROUNDS / 4 failed once) */
+	ck_assert_msg(killed >= ROUNDS / 8, "only %u of %u rounds were killed before they finished", killed, ROUNDS);
 	ck_assert_msg(temps > 0, "no killed round left a temporary file: no kill came during the write");
 	ck_assert_msg(absent > 0 && news > 1, "the target was absent %u times and new %u times", absent, news);
 	t_rmdir(dir);
