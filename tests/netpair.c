@@ -41,6 +41,7 @@ bool t_netpair_init(struct t_netpair *n, const char *tag, int subnet, int port)
 	snprintf(n->veth_a, sizeof(n->veth_a), "un%d%da", subnet % 100, pid % 1000000);
 	snprintf(n->veth_b, sizeof(n->veth_b), "un%d%db", subnet % 100, pid % 1000000);
 	snprintf(n->ip_b, sizeof(n->ip_b), "10.213.%d.2", subnet);
+	n->subnet = subnet;
 	n->port = port;
 	return !system("ip netns add usnap-netpair-probe-$$ 2>/dev/null && ip netns del usnap-netpair-probe-$$ && "
 		       "command -v tc >/dev/null");
@@ -48,13 +49,11 @@ bool t_netpair_init(struct t_netpair *n, const char *tag, int subnet, int port)
 
 int t_netpair_up(struct t_netpair *n, unsigned mbit)
 {
-	int subnet = atoi(n->ip_b + 7);
-
 	if (sh("ip netns add %s && ip netns add %s", n->ns_a, n->ns_b) ||
 	    sh("ip link add %s type veth peer name %s && ip link set %s netns %s && ip link set %s netns %s",
 	       n->veth_a, n->veth_b, n->veth_a, n->ns_a, n->veth_b, n->ns_b) ||
 	    sh("ip -n %s addr add 10.213.%d.1/30 dev %s && ip -n %s link set %s up && ip -n %s link set lo up",
-	       n->ns_a, subnet, n->veth_a, n->ns_a, n->veth_a, n->ns_a) ||
+	       n->ns_a, n->subnet, n->veth_a, n->ns_a, n->veth_a, n->ns_a) ||
 	    sh("ip -n %s addr add %s/30 dev %s && ip -n %s link set %s up && ip -n %s link set lo up", n->ns_b,
 	       n->ip_b, n->veth_b, n->ns_b, n->veth_b, n->ns_b) ||
 	    sh("ip netns exec %s tc qdisc add dev %s root tbf rate %umbit burst 256kb latency 10ms && "

@@ -12,8 +12,8 @@
 
 struct t_netpair {
 	char ns_a[64], ns_b[64], veth_a[16], veth_b[16];
-	char ip_b[16];              /* b's address; a's ends in .1 */
-	int port;
+	char ip_b[16];              /* 10.213.SUBNET.2; a is .1 */
+	int subnet, port;
 };
 
 /* Name the pair after `tag`, the pid and `subnet` (10.213.SUBNET.0/30); true
