@@ -51,6 +51,7 @@ export TSAN_OPTIONS=${TSAN_OPTIONS:-halt_on_error=1:second_deadlock_stack=1}
 lanes=${USNAP_LANES:-2}
 results=$(mktemp)      # what each suite counted: "passed N", "failed NAME", ...
 skip_reasons=$(mktemp)
+digest=$(mktemp)       # the last lines of each failed test's output
 bg_pid='' bg_log='' bg_t0=0 bg_suites=''
 built=''               # suites built before their lane ran them
 
@@ -122,7 +123,7 @@ fail() { # what
 }
 
 run() { # suite[/rest|/no-tsan]: all its tests, or those outside / inside meson suite no-tsan
-	local suite=${1%%/*} part='' dir t0=$SECONDS t1 how log rc=0 bad
+	local suite=${1%%/*} part='' dir t0=$SECONDS t1 how log rc=0 bad testlog states st name
 	[[ $1 != */* ]] || part=${1#*/}
 	dir=$(suite_dir "$suite")
 	if [[ " $bg_suites " == *" $suite "* ]]; then
@@ -139,36 +140,50 @@ run() { # suite[/rest|/no-tsan]: all its tests, or those outside / inside meson 
 	# the tsan lane leaves out the tests of suite no-tsan (tests/meson.build
 	# says why); the two parts of plain may run at once in the same build
 	# directory: logs of their own, nothing rebuilt (built above)
+	testlog=$dir/meson-logs/testlog.txt
 	case $suite/$part in
 	tsan/ | */rest) set -- --no-suite no-tsan ;;
-	*/no-tsan) set -- --suite no-tsan --logbase testlog-no-tsan ;;
+	*/no-tsan) set -- --suite no-tsan --logbase testlog-no-tsan; testlog=$dir/meson-logs/testlog-no-tsan.txt ;;
 	*) set -- ;;
 	esac
 	# shellcheck disable=SC2086 # USNAP_TESTS: words
 	meson test -C "$dir" --no-rebuild --print-errorlogs "$@" ${USNAP_TESTS:-} | tee "$log" || rc=$?
 	bad=$(($(count "$log" Fail) + $(count "$log" Timeout) + $(count "$log" 'Unexpected Pass')))
+	# " 3/36 matrix-migrate   SKIP   4.69s   exit status 77", or with a
+	# suite " 4/36 libuffdsnap:no-tsan / matrix-swap   OK ...": the names
+	# (a failure's line comes again in meson's summary of failures)
+	states=$(awk '$1 ~ /^[0-9]+\/[0-9]+$/ {
+		name = $2; st = $3
+		if ($3 == "/") { name = $4; st = $5 }
+		if (!seen[name]++) print st, name
+	}' "$log")
 	{
 		echo "passed $(($(count "$log" Ok) + $(count "$log" 'Expected Fail')))"
 		echo "skipped $(count "$log" Skipped)"
 		echo "failures $bad"
-		# " 3/36 matrix-migrate   SKIP   4.69s   exit status 77", or with a
-		# suite " 4/36 libuffdsnap:no-tsan / matrix-swap   OK ...": the names
-		# (a failure's line comes again in meson's summary of failures)
-		awk -v d="$dir" '$1 ~ /^[0-9]+\/[0-9]+$/ {
-			name = $2; st = $3
-			if ($3 == "/") { name = $4; st = $5 }
-			if (seen[name]++) next
-			if (st == "SKIP") print "skip " d ": " name
-			if (st == "FAIL" || st == "TIMEOUT" || st == "UNEXPECTEDPASS") print "failname " d ": " name
-		}' "$log"
+		awk -v d="$dir" '$1 == "SKIP" { print "skip " d ": " $2 }
+			$1 == "FAIL" || $1 == "TIMEOUT" || $1 == "UNEXPECTEDPASS" { print "failname " d ": " $2 }' <<<"$states"
 	} >>"$results"
 	rm -f "$log"
 	if [ "$rc" != 0 ] && [ "$bad" = 0 ]; then
 		fail "$dir: meson test exited $rc without a failed test"
 	fi
 	# the reasons, from the skipped programs' output
-	grep -h -e ': SKIP: ' -e '^SKIP: ' "$dir/meson-logs/testlog${part:+-$part}.txt" 2>/dev/null |
-		sed "s|^|  $dir: |" >>"$skip_reasons" || true
+	grep -h -e ': SKIP: ' -e '^SKIP: ' "$testlog" 2>/dev/null | sed "s|^|  $dir: |" >>"$skip_reasons" || true
+	# why each failed, at the end of the output where a CI log's tail shows
+	# it: the last lines of its block in meson's log ("test: ... / NAME" up
+	# to the next rule of '=')
+	while read -r st name; do
+		case $st in FAIL | TIMEOUT | UNEXPECTEDPASS) ;; *) continue ;; esac
+		awk -v d="$dir" -v want="$name" '
+			/^test: / { inblock = ($NF == want); n = 0; next }
+			inblock && /^====================*$/ { inblock = 0; last = n; for (i = 0; i < n; i++) keep[i] = line[i] }
+			inblock { line[n++] = $0 }
+			END {
+				print "--- " d ": " want ": the last lines of its output ---"
+				for (i = (last > 30 ? last - 30 : 0); i < last; i++) print "  " keep[i]
+			}' "$testlog" >>"$digest"
+	done <<<"$states"
 	echo "=== $dir${part:+ ($part)}: $how, tests ran in $((SECONDS - t1)) s: $bad failed ==="
 }
 
@@ -214,7 +229,7 @@ for s in $suites; do
 	esac
 done
 lane2_pid='' lane2_log=''
-trap 'stop_background_builds; [ -z "$lane2_pid" ] || kill -- -"$lane2_pid" 2>/dev/null; rm -f "$results" "$skip_reasons" "$lane2_log"' EXIT
+trap 'stop_background_builds; [ -z "$lane2_pid" ] || kill -- -"$lane2_pid" 2>/dev/null; rm -f "$results" "$skip_reasons" "$digest" "$lane2_log"' EXIT
 if [ "$lanes" = 1 ] || [ -z "$lane1" ] || [ -z "$lane2" ]; then
 	# shellcheck disable=SC2086 # suites: words
 	lane $suites
@@ -255,6 +270,7 @@ fi
 if grep -q -e '^failname ' -e '^failed ' "$results"; then
 	echo '=== failed ==='
 	sed -n -e 's/^failname /  /p' -e 's/^failed /  /p' "$results"
+	cat "$digest"
 fi
 echo "=== $suites: $SECONDS s ==="
 echo "suites: $passed passed, $failed failed, $skipped skipped"
