@@ -47,6 +47,18 @@
 #ifndef T_SANITIZED
 #define T_SANITIZED 0
 #endif
+/* 1 under ThreadSanitizer alone, the slowest of the three builds (it runs
+ * the suite in the other CI lane, tests/run-suite.sh) */
+#if defined(__SANITIZE_THREAD__)
+#define T_TSAN 1
+#elif defined(__has_feature)
+#if __has_feature(thread_sanitizer)
+#define T_TSAN 1
+#endif
+#endif
+#ifndef T_TSAN
+#define T_TSAN 0
+#endif
 #define KiB (1024ul)
 #define MiB (1024ul * 1024ul)
 #define GiB (1024ul * 1024ul * 1024ul)
