@@ -285,7 +285,7 @@ bool t_wait_sweep_stalled(uffdsnap_snap_t *s, unsigned seconds);
  * under label); returns wait()'s result. */
 int t_finish_stalled(uffdsnap_snap_t *s, struct t_cb *cb, uffdsnap_stats_t *st, const char *label);
 
-/* ---- swap (t-swap.c) ------------------------------------------------------------ */
+/* ---- what a test changes in the system (t-swap.c) --------------------------------- */
 
 /* The process's zram swap device: at most one. */
 struct t_swap {
@@ -304,6 +304,14 @@ bool t_swap_up(unsigned mib);
 void t_swap_down(void);
 /* Write s to a /proc or /sys file: 0 or -errno. */
 int t_write_str(const char *path, const char *s);
+/* Set a /proc or /sys knob (at most one a process), its old value put back
+ * by t_knob_restore(), at exit, on SIGTERM/SIGINT/SIGHUP, or after a
+ * SIGKILL by the next test that sets one: 0 or -errno. */
+int t_knob_set(const char *path, const char *value);
+/* Put it back (async-signal-safe; nothing in a process that did not set it). */
+void t_knob_restore(void);
+/* Put back the knobs of test processes that died without (t_test_init). */
+void t_knob_reap(void);
 
 /* ---- writer threads (t-writers.c) ------------------------------------------------- */
 

@@ -36,6 +36,8 @@ void t_test_init(void)
 	setvbuf(stdout, NULL, _IOLBF, 0);
 	setvbuf(stderr, NULL, _IONBF, 0);
 	exclusive_lock();
+	if (geteuid() == 0)
+		t_knob_reap();
 }
 
 void t_test_require_root(void)
