@@ -304,7 +304,8 @@ bool t_swap_up(unsigned mib);
 void t_swap_down(void);
 /* Write s to a /proc or /sys file: 0 or -errno. */
 int t_write_str(const char *path, const char *s);
-/* Set a /proc or /sys knob (at most one a process), its old value put back
+/* Set a /proc or /sys knob (at most one a process; of a multiple-choice
+ * knob, "always [never]", the word in brackets is kept), its old value put back
  * by t_knob_restore(), at exit, on SIGTERM/SIGINT/SIGHUP, or after a
  * SIGKILL by the next test that sets one: 0 or -errno. */
 int t_knob_set(const char *path, const char *value);

@@ -137,7 +137,7 @@ static void reap_stale(void)
 
 static struct {
 	pid_t owner;            /* 0: nothing to put back */
-	char path[128], old[32], marker[64];
+	char path[128], old[128], marker[64];
 } knob;
 
 /* Async-signal-safe. */
@@ -223,10 +223,17 @@ int t_knob_set(const char *path, const char *value)
 	e = errno;
 	if (fd >= 0)
 		close(fd);
-	if (n <= 0)
-		return n < 0 ? -e : -EIO;
+	if (n <= 0 || n == (ssize_t)sizeof(knob.old) - 1)
+		return n < 0 ? -e : n ? -E2BIG : -EIO; /* E2BIG: could not be put back whole */
 	knob.old[n] = '\0';
 	knob.old[strcspn(knob.old, "\n")] = '\0';
+	if (strchr(knob.old, '[') && strchr(knob.old, ']')) { /* "always [never] deny": the word selected */
+		char *b = strchr(knob.old, '[') + 1;
+		size_t len = strcspn(b, "]");
+
+		memmove(knob.old, b, len);
+		knob.old[len] = '\0';
+	}
 	snprintf(knob.path, sizeof(knob.path), "%s", path);
 	snprintf(knob.marker, sizeof(knob.marker), "%s/%s%d", MARKER_DIR, KNOB_PREFIX, (int)getpid());
 	snprintf(buf, sizeof(buf), "%s\n%s", knob.path, knob.old);
