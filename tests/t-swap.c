@@ -40,24 +40,31 @@ int t_write_str(const char *path, const char *s)
 
 #define MARKER_DIR "/run"
 
+/* Up to size - 1 bytes of a file, NUL-terminated: how many, or -1 (errno). */
+static ssize_t read_small(const char *path, char *buf, size_t size)
+{
+	int fd = open(path, O_RDONLY | O_CLOEXEC), e;
+	ssize_t n = fd < 0 ? -1 : read(fd, buf, size - 1);
+
+	e = errno;
+	if (fd >= 0)
+		close(fd);
+	buf[n > 0 ? n : 0] = '\0';
+	errno = e;
+	return n;
+}
+
 /* The owner of a marker is gone: no such process, or a zombie (its parent
  * has not reaped it yet: it will never undo anything). */
 static bool owner_gone(pid_t pid)
 {
 	char path[64], stat[256];
-	ssize_t n;
-	int fd;
 
 	if (pid <= 0 || (kill(pid, 0) != 0 && errno == ESRCH))
 		return true;
 	snprintf(path, sizeof(path), "/proc/%d/stat", (int)pid);
-	fd = open(path, O_RDONLY | O_CLOEXEC);
-	n = fd < 0 ? -1 : read(fd, stat, sizeof(stat) - 1);
-	if (fd >= 0)
-		close(fd);
-	if (n <= 0)
-		return fd < 0 && errno == ENOENT;
-	stat[n] = '\0';
+	if (read_small(path, stat, sizeof(stat)) <= 0)
+		return errno == ENOENT;
 	return strrchr(stat, ')') && strrchr(stat, ')')[1] == ' ' && strrchr(stat, ')')[2] == 'Z';
 }
 
@@ -111,17 +118,13 @@ static void reap_stale(void)
 
 	while (d && (e = readdir(d))) {
 		const char *num = e->d_name + strlen(MARKER_PREFIX);
-		char path[PATH_MAX], buf[32] = "";
+		char path[PATH_MAX], buf[32];
 		ssize_t n;
-		int fd;
 
 		if (strncmp(e->d_name, MARKER_PREFIX, strlen(MARKER_PREFIX)) || !*num)
 			continue;
 		snprintf(path, sizeof(path), "%s/%s", MARKER_DIR, e->d_name);
-		fd = open(path, O_RDONLY | O_CLOEXEC);
-		n = fd < 0 ? -1 : read(fd, buf, sizeof(buf) - 1);
-		if (fd >= 0)
-			close(fd);
+		n = read_small(path, buf, sizeof(buf));
 		if (n > 0 && !owner_gone((pid_t)atoi(buf)))
 			continue; /* its owner runs */
 		printf("zram%s: left by test process %s, which is gone: removed\n", num, n > 0 ? buf : "?");
@@ -157,19 +160,13 @@ void t_knob_reap(void)
 	struct dirent *e;
 
 	while (d && (e = readdir(d))) {
-		char path[PATH_MAX], buf[256] = "", *nl;
+		char path[PATH_MAX], buf[256], *nl;
 		pid_t pid = (pid_t)atoi(e->d_name + strlen(KNOB_PREFIX));
-		ssize_t n;
-		int fd;
 
 		if (strncmp(e->d_name, KNOB_PREFIX, strlen(KNOB_PREFIX)) || !owner_gone(pid))
 			continue;
 		snprintf(path, sizeof(path), "%s/%s", MARKER_DIR, e->d_name);
-		fd = open(path, O_RDONLY | O_CLOEXEC);
-		n = fd < 0 ? -1 : read(fd, buf, sizeof(buf) - 1);
-		if (fd >= 0)
-			close(fd);
-		if (n > 0 && (nl = strchr(buf, '\n'))) { /* "path\nold" */
+		if (read_small(path, buf, sizeof(buf)) > 0 && (nl = strchr(buf, '\n'))) { /* "path\nold" */
 			*nl = '\0';
 			printf("%s: left changed by test process %d, which is gone: put back to %s\n", buf, (int)pid,
 			       nl + 1);
@@ -213,19 +210,14 @@ int t_knob_set(const char *path, const char *value)
 {
 	char buf[sizeof(knob.path) + sizeof(knob.old) + 2];
 	ssize_t n;
-	int fd, e;
+	int fd;
 
 	if (knob.owner)
 		return -EBUSY;
 	t_knob_reap();
-	fd = open(path, O_RDONLY | O_CLOEXEC);
-	n = fd < 0 ? -1 : read(fd, knob.old, sizeof(knob.old) - 1);
-	e = errno;
-	if (fd >= 0)
-		close(fd);
+	n = read_small(path, knob.old, sizeof(knob.old));
 	if (n <= 0 || n == (ssize_t)sizeof(knob.old) - 1)
-		return n < 0 ? -e : n ? -E2BIG : -EIO; /* E2BIG: could not be put back whole */
-	knob.old[n] = '\0';
+		return n < 0 ? -errno : n ? -E2BIG : -EIO; /* E2BIG: could not be put back whole */
 	knob.old[strcspn(knob.old, "\n")] = '\0';
 	if (strchr(knob.old, '[') && strchr(knob.old, ']')) { /* "always [never] deny": the word selected */
 		char *b = strchr(knob.old, '[') + 1;
