@@ -19,7 +19,7 @@
  *
  * A MISSING fault is an access to a page that was a hole at the instant (the
  * set of holes is frozen by the MISSING registration before it was listed, see
- * region.c): record it as a zero page and fill it with UFFDIO_ZEROPAGE. A
+ * arm.c): record it as a zero page and fill it with UFFDIO_ZEROPAGE. A
  * MISSING fault on a page that was populated at the instant means the program
  * destroyed data without a write fault (hole punch, truncate, MADV_REMOVE):
  * the snapshot fails rather than record a hole that was never there.
@@ -45,6 +45,7 @@
 #include <sys/uio.h>
 #include <unistd.h>
 
+#include "arm.h"
 #include "bitmap.h"
 #include "uffd.h"
 #include "uffdsnap-private.h"
@@ -259,7 +260,7 @@ static int read_shmem(struct handler *h, const struct usnap_reg *reg, uint8_t *d
 	}
 	/* A page of the instant that reads as zeros and is a hole now was
 	 * punched since (or never written, only reserved by fallocate: it is in
-	 * the page cache then, see region.c find_data). */
+	 * the page cache then, see arm.c find_data). */
 	for (uint64_t i = 0; i < n; i++) {
 		off_t at = reg->file_off + (off_t)((p + i) * h->ps);
 		if (usnap_page_is_zero(dst + i * h->ps, h->ps) && lseek(reg->fd, at, SEEK_DATA) != at &&

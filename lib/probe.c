@@ -19,6 +19,8 @@
 
 #include <zstd.h>
 
+#include "arm.h"
+#include "region.h"
 #include "uffd.h"
 #include "uffdsnap-private.h"
 

@@ -20,6 +20,7 @@
 #include <time.h>
 #include <unistd.h>
 
+#include "arm.h"
 #include "uffdsnap-private.h"
 
 /* ---- failure -------------------------------------------------------------- */

@@ -174,7 +174,7 @@ int usnap_space_participants(uffdsnap_snap_t *s)
 
 /*
  * Another mapping of sr's file pages [first, first + n) at addr, in this
- * process (found and registered by region.c at begin, before `go`). It sorts
+ * process (found and registered by arm.c at begin, before `go`). It sorts
  * among the region pieces by address like any piece, and the region loses
  * its one-piece fast path.
  */
@@ -464,7 +464,7 @@ void usnap_msg_drop(const struct uffd_msg *m)
 }
 
 /*
- * End of tracking in one space. For ours, see usnap_disarm_all (region.c); a
+ * End of tracking in one space. For ours, see usnap_disarm_all (arm.c); a
  * child's or a participant's descriptor is unregistered piece by piece, and a
  * child's closed (its last reference: the kernel wakes whatever still waits).
  * A participant's stays open until its events are drained (fault.c): the

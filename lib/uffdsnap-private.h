@@ -2,8 +2,9 @@
 /*
  * Internal structures shared by the engine's files. Who owns what:
  *   probe.c     opening the userfaultfd, feature negotiation, uffdsnap_new/free
- *   region.c    region validation (add_region) and arming/disarming regions
- *               for one snapshot (register, find data extents, protect)
+ *   region.c    region validation (add_region) and registration modes (region.h)
+ *   arm.c       arming a snapshot's regions (register, find data extents,
+ *               aliases, protect) and disarming them (arm.h)
  *   snapshot.c  the snapshot lifecycle: begin, wait, cancel, stats, failure
  *   pool.c      the chunk buffers that bound memory: the context's pool, a
  *               snapshot's free list
@@ -182,7 +183,7 @@ struct usnap_job {
  * npages) of sr at addr. A region starts as one piece; mremap and munmap
  * during a snapshot move and cut pieces (space.c). An alias is another
  * MAP_SHARED mapping of the region's file pages in this process, found at
- * begin and protected with the region (region.c usnap_arm_aliases).
+ * begin and protected with the region (arm.c usnap_arm_aliases).
  */
 struct usnap_map {
 	uintptr_t addr;
@@ -275,7 +276,7 @@ struct uffdsnap {
 	uint64_t features;          /* what the kernel offers */
 	uint64_t enabled;           /* what the descriptors asked for, together */
 	bool user_mode_only;
-	bool cachestat;             /* cachestat(2) exists (Linux 6.5): region.c find_data */
+	bool cachestat;             /* cachestat(2) exists (Linux 6.5): arm.c find_data */
 	uffdsnap_opts_t opts;       /* normalized */
 	size_t page_size;
 	struct usnap_reg *regs;
@@ -390,7 +391,7 @@ struct uffdsnap_snap {
 				     * after them, added by the handler even while begin arms, so begin
 				     * reads only these (fixed before the handler starts) */
 	struct usnap_range *readonly; /* mappings of region pages that can never write (found by
-				       * begin, region.c usnap_arm_aliases) */
+				       * begin, arm.c usnap_arm_aliases) */
 	size_t nreadonly;
 	uint64_t joins;             /* ctx->joins when the participants were copied */
 	unsigned nregions;
@@ -433,21 +434,6 @@ int usnap_uffd_features(bool user_mode_only, uint64_t *avail, uint64_t *want);
 /* UFFDIO_API on fd for shared memory: `want` without remove events. fd, or
  * -errno with fd closed. */
 int usnap_uffd_api_shared(int fd, uint64_t want);
-
-/* region.c */
-int usnap_arm_regions(uffdsnap_snap_t *s);
-int usnap_index_files(uffdsnap_snap_t *s);
-int usnap_arm_aliases(uffdsnap_snap_t *s);
-int usnap_protect_all(uffdsnap_snap_t *s);
-int usnap_arm_participants(uffdsnap_snap_t *s);
-int usnap_check_mappings(uffdsnap_snap_t *s);
-void usnap_disarm_all(uffdsnap_snap_t *s);
-void usnap_remap_huge(uffdsnap_snap_t *s);
-void usnap_writable_again(uffdsnap_snap_t *s);
-int usnap_strict_begin(uffdsnap_snap_t *s);
-void usnap_reg_release(struct usnap_reg *r);
-bool usnap_in_data(const struct usnap_sreg *sr, uint64_t page);
-int usnap_cached(int fd, off_t off, size_t len);
 
 /* threads.c */
 int usnap_thread_start(pthread_t *t, void *(*fn)(void *), void *arg, const char *name);
