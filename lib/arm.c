@@ -37,8 +37,11 @@
 #include <unistd.h>
 
 #include "arm.h"
+#include "latch.h"
 #include "maps.h"
 #include "region.h"
+#include "snapshot.h"
+#include "space.h"
 #include "uffd.h"
 #include "uffdsnap-private.h"
 
@@ -144,7 +147,7 @@ static int arm(uffdsnap_snap_t *s, struct usnap_sreg *sr, struct usnap_maps_curs
 
 	if ((r = usnap_reg_recheck(c, reg)))
 		return r;
-	r = usnap_uffd_register(usnap_home(s, sr)->uffd, reg->addr, reg->len, usnap_reg_mode(reg->kind, false),
+	r = usnap_uffd_register(usnap_home(&s->spaces, sr)->uffd, reg->addr, reg->len, usnap_reg_mode(reg->kind, false),
 				&ioctls);
 	if (r == -EBUSY)
 		return usnap_err(r, "region '%s': another userfaultfd (another context, or another library) "
@@ -236,8 +239,8 @@ static size_t cut_spans(uffdsnap_snap_t *s, struct protect_span *out)
 {
 	size_t n = 0, ps = s->page_size;
 
-	for (unsigned k = 0; k < s->nbase; k++) {
-		const struct usnap_space *sp = &s->spaces[k];
+	for (unsigned k = 0; k < s->spaces.nbase; k++) {
+		const struct usnap_space *sp = &s->spaces.sp[k];
 
 		for (size_t i = 0; i < sp->nmaps; i++) {
 			const struct usnap_map *m = &sp->maps[i];
@@ -280,17 +283,17 @@ int usnap_protect_all(uffdsnap_snap_t *s)
 	long cpus = sysconf(_SC_NPROCESSORS_ONLN);
 	int r;
 
-	/* Cut under maps_lock (the handler may apply an mremap or munmap
+	/* Cut under the spaces' lock (the handler may apply an mremap or munmap
 	 * meanwhile); allocated outside it, again if the tables grew. */
 	for (size_t cap = 0;;) {
-		pthread_mutex_lock(&s->maps_lock);
+		pthread_mutex_lock(&s->spaces.lock);
 		w.nspans = cut_spans(s, NULL);
 		if (w.nspans <= cap) {
 			w.nspans = cut_spans(s, w.span);
-			pthread_mutex_unlock(&s->maps_lock);
+			pthread_mutex_unlock(&s->spaces.lock);
 			break;
 		}
-		pthread_mutex_unlock(&s->maps_lock);
+		pthread_mutex_unlock(&s->spaces.lock);
 		free(w.span);
 		cap = w.nspans + 16;
 		if (!(w.span = malloc(cap * sizeof(*w.span))))
@@ -358,8 +361,8 @@ static void disarm_space(uffdsnap_snap_t *s, const struct usnap_space *sp)
 
 void usnap_disarm_all(uffdsnap_snap_t *s)
 {
-	for (unsigned k = 0; k < USNAP_OWN_SPACES && k < s->nspaces; k++)
-		disarm_space(s, &s->spaces[k]);
+	for (unsigned k = 0; k < USNAP_OWN_SPACES && k < s->spaces.n; k++)
+		disarm_space(s, &s->spaces.sp[k]);
 	for (unsigned i = 0; i < s->nregions; i++)
 		s->sregs[i].registered = false;
 }
@@ -380,7 +383,7 @@ void usnap_remap_huge(uffdsnap_snap_t *s)
 {
 	for (unsigned i = 0; i < s->nregions; i++) {
 		const struct usnap_sreg *sr = &s->sregs[i];
-		struct usnap_space *sp = usnap_home(s, sr);
+		struct usnap_space *sp = usnap_home(&s->spaces, sr);
 
 		for (size_t d = 0; sr->reg->thp && d < sr->ndata; d++) {
 			uint64_t lo = sr->data[d].first, n;
@@ -422,7 +425,7 @@ void usnap_writable_again(uffdsnap_snap_t *s)
 
 	for (unsigned i = 0; i < s->nregions; i++) {
 		const struct usnap_sreg *sr = &s->sregs[i];
-		struct usnap_space *sp = usnap_home(s, sr);
+		struct usnap_space *sp = usnap_home(&s->spaces, sr);
 
 		if (sr->reg->kind != USNAP_SHMEM || sr->reg->thp || sr->reg->unit > 1)
 			continue; /* private memory is writable again; huge pages: usnap_remap_huge */
@@ -494,31 +497,37 @@ static int cmp_by_file(const void *a, const void *b)
  * begin and the end of the sweep look at every mapping of the process. */
 int usnap_index_files(uffdsnap_snap_t *s)
 {
-	if (!(s->by_file = calloc(s->nregions ? s->nregions : 1, sizeof(*s->by_file))))
+	if (!(s->arm.by_file = calloc(s->nregions ? s->nregions : 1, sizeof(*s->arm.by_file))))
 		return usnap_err(-ENOMEM, "allocating the region index");
 	for (unsigned i = 0; i < s->nregions; i++)
 		if (s->sregs[i].reg->kind != USNAP_PRIVATE)
-			s->by_file[s->nby_file++] = &s->sregs[i];
-	qsort(s->by_file, s->nby_file, sizeof(*s->by_file), cmp_by_file);
+			s->arm.by_file[s->arm.nby_file++] = &s->sregs[i];
+	qsort(s->arm.by_file, s->arm.nby_file, sizeof(*s->arm.by_file), cmp_by_file);
 	return 0;
 }
 
-/* The first of the regions of v's file in s->by_file (nby_file if none):
+void usnap_arm_destroy(struct usnap_arm *a)
+{
+	free(a->by_file);
+	free(a->readonly);
+}
+
+/* The first of the regions of v's file in s->arm.by_file (nby_file if none):
  * the following ones are too, as long as file_overlap() says so. */
 static unsigned first_of_file(const uffdsnap_snap_t *s, const struct usnap_vma *v)
 {
-	unsigned lo = 0, hi = s->nby_file;
+	unsigned lo = 0, hi = s->arm.nby_file;
 
 	if (v->perms[3] != 's' || !v->ino)
-		return s->nby_file;
+		return s->arm.nby_file;
 	while (lo < hi) {
 		unsigned mid = lo + (hi - lo) / 2;
-		if (cmp_file(s->by_file[mid]->reg, v->dev, v->ino) < 0)
+		if (cmp_file(s->arm.by_file[mid]->reg, v->dev, v->ino) < 0)
 			lo = mid + 1;
 		else
 			hi = mid;
 	}
-	return lo < s->nby_file && !cmp_file(s->by_file[lo]->reg, v->dev, v->ino) ? lo : s->nby_file;
+	return lo < s->arm.nby_file && !cmp_file(s->arm.by_file[lo]->reg, v->dev, v->ino) ? lo : s->arm.nby_file;
 }
 
 /*
@@ -534,20 +543,20 @@ static unsigned first_of_file(const uffdsnap_snap_t *s, const struct usnap_vma *
  */
 static int remember_readonly(uffdsnap_snap_t *s, const struct usnap_vma *v)
 {
-	struct usnap_range *n = realloc(s->readonly, (s->nreadonly + 1) * sizeof(*n));
+	struct usnap_range *n = realloc(s->arm.readonly, (s->arm.nreadonly + 1) * sizeof(*n));
 
 	if (!n)
 		return usnap_err(-ENOMEM, "allocating the list of read-only mappings");
-	n[s->nreadonly++] = (struct usnap_range){ v->start, v->end };
-	s->readonly = n;
+	n[s->arm.nreadonly++] = (struct usnap_range){ v->start, v->end };
+	s->arm.readonly = n;
 	return 0;
 }
 
 /* A mapping found read-only at begin that still cannot write. */
 static bool known_readonly(const uffdsnap_snap_t *s, const struct usnap_vma *v)
 {
-	for (size_t i = 0; v->perms[1] != 'w' && i < s->nreadonly; i++)
-		if (v->start >= s->readonly[i].start && v->end <= s->readonly[i].end)
+	for (size_t i = 0; v->perms[1] != 'w' && i < s->arm.nreadonly; i++)
+		if (v->start >= s->arm.readonly[i].start && v->end <= s->arm.readonly[i].end)
 			return true;
 	return false;
 }
@@ -562,8 +571,8 @@ int usnap_arm_aliases(uffdsnap_snap_t *s)
 	if (usnap_maps_open(&mr, 0))
 		return usnap_err(-errno, "cannot read /proc/self/maps: %s", strerror(errno));
 	while (!r && usnap_maps_next(&mr, &v)) {
-		for (unsigned i = first_of_file(s, &v); !r && i < s->nby_file; i++) {
-			struct usnap_sreg *sr = s->by_file[i];
+		for (unsigned i = first_of_file(s, &v); !r && i < s->arm.nby_file; i++) {
+			struct usnap_sreg *sr = s->arm.by_file[i];
 			const struct usnap_reg *reg = sr->reg;
 			uintptr_t a;
 			uint64_t first, n, ioctls;
@@ -572,7 +581,7 @@ int usnap_arm_aliases(uffdsnap_snap_t *s)
 				break; /* past this file's regions */
 			if (!file_overlap(reg, &v, ps, &a, &first, &n) || a == reg->addr + first * ps)
 				continue; /* not this window of the file, or the region itself */
-			r = usnap_uffd_register(usnap_home(s, sr)->uffd, a, n * ps, usnap_reg_mode(reg->kind, false),
+			r = usnap_uffd_register(usnap_home(&s->spaces, sr)->uffd, a, n * ps, usnap_reg_mode(reg->kind, false),
 						&ioctls);
 			if (r == -EPERM && v.perms[1] != 'w') {
 				r = remember_readonly(s, &v);
@@ -618,8 +627,8 @@ static int check_space(uffdsnap_snap_t *s, const struct usnap_space *sp)
 		return r;
 	}
 	while (!r && usnap_maps_next(&mr, &v)) {
-		for (unsigned i = first_of_file(s, &v); !r && i < s->nby_file; i++) {
-			const struct usnap_sreg *sr = s->by_file[i];
+		for (unsigned i = first_of_file(s, &v); !r && i < s->arm.nby_file; i++) {
+			const struct usnap_sreg *sr = s->arm.by_file[i];
 			uintptr_t a, end;
 			uint64_t first, n;
 
@@ -660,7 +669,7 @@ int usnap_check_mappings(uffdsnap_snap_t *s)
 	int r = 0;
 
 	/* The context outlives the handler: it is freed only after it. */
-	if (atomic_load(&s->ctx->joins) != s->joins) {
+	if (atomic_load(&s->ctx->joins) != s->spaces.joins) {
 		usnap_fail(s, -EBUSY, "process %d joined while the snapshot ran: the stores it made before joining "
 			   "were not tracked", (int)atomic_load(&s->ctx->last_join_pid));
 		return -EBUSY;
@@ -668,9 +677,9 @@ int usnap_check_mappings(uffdsnap_snap_t *s)
 
 	for (unsigned i = 0; i < s->nregions; i++)
 		shared += s->sregs[i].reg->kind != USNAP_PRIVATE;
-	for (unsigned k = 0; shared && !r && k < s->nspaces; k++)
-		if (k == USNAP_UFFD_SHARED || (s->spaces[k].pid && !s->spaces[k].child))
-			r = check_space(s, &s->spaces[k]);
+	for (unsigned k = 0; shared && !r && k < s->spaces.n; k++)
+		if (k == USNAP_UFFD_SHARED || (s->spaces.sp[k].pid && !s->spaces.sp[k].child))
+			r = check_space(s, &s->spaces.sp[k]);
 	return r;
 }
 
@@ -683,20 +692,20 @@ int usnap_arm_participants(uffdsnap_snap_t *s)
 {
 	size_t ps = s->page_size;
 
-	for (unsigned k = USNAP_OWN_SPACES; k < s->nbase; k++) {
-		const struct usnap_space *sp = &s->spaces[k];
+	for (unsigned k = USNAP_OWN_SPACES; k < s->spaces.nbase; k++) {
+		const struct usnap_space *sp = &s->spaces.sp[k];
 		struct usnap_map *maps;
 		size_t n;
 		int r = 0;
 
 		/* a copy: once one mapping is registered, the participant's
 		 * munmap of it is an event the handler applies to the table */
-		pthread_mutex_lock(&s->maps_lock);
+		pthread_mutex_lock(&s->spaces.lock);
 		n = sp->nmaps;
 		maps = malloc(n * sizeof(*maps) + 1);
 		if (maps)
 			memcpy(maps, sp->maps, n * sizeof(*maps));
-		pthread_mutex_unlock(&s->maps_lock);
+		pthread_mutex_unlock(&s->spaces.lock);
 		if (!maps)
 			return usnap_err(-ENOMEM, "participant %d: copying its table", (int)sp->pid);
 		for (size_t i = 0; i < n && !r; i++) {
@@ -734,8 +743,8 @@ static bool maps_file(pid_t pid, dev_t dev, ino_t ino)
 
 static bool joined(const uffdsnap_snap_t *s, pid_t pid)
 {
-	for (unsigned i = USNAP_OWN_SPACES; i < s->nbase; i++)
-		if (s->spaces[i].pid == pid)
+	for (unsigned i = USNAP_OWN_SPACES; i < s->spaces.nbase; i++)
+		if (s->spaces.sp[i].pid == pid)
 			return true;
 	return false;
 }
