@@ -135,6 +135,18 @@ static int compress_runs(ZSTD_CCtx *cc, const struct run *runs, size_t nruns, si
 	return 0;
 }
 
+/* UFFDSNAP_OPT_ADAPT: store this chunk raw, a fault having waited for a
+ * buffer lately (fault.c: the hold), or since the last raw chunk. */
+static bool starved(uffdsnap_snap_t *s)
+{
+	bool owed;
+
+	if (!(s->flags & UFFDSNAP_OPT_ADAPT))
+		return false;
+	owed = atomic_exchange(&s->stats.starved_owed, false);
+	return owed || usnap_now_ns() < atomic_load(&s->stats.starved_until_ns);
+}
+
 static int build_record(uffdsnap_snap_t *s, ZSTD_CCtx *cc, struct usnap_job *j, struct run *runs)
 {
 	struct usnap_rec_hdr *rh = (struct usnap_rec_hdr *)j->out;
@@ -158,7 +170,7 @@ static int build_record(uffdsnap_snap_t *s, ZSTD_CCtx *cc, struct usnap_job *j, 
 	payload = (uint8_t *)(ext + n);
 	head = (size_t)(payload - j->out);
 	payload_cap = s->jobs.pool->out_cap - head;
-	if (data_bytes && !((s->flags & UFFDSNAP_OPT_ADAPT) && usnap_now_ns() < atomic_load(&s->stats.starved_until_ns))) {
+	if (data_bytes && !starved(s)) {
 		r = compress_runs(cc, runs, nruns, data_bytes, payload, payload_cap, &stored);
 		if (r)
 			return r;

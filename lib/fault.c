@@ -308,7 +308,9 @@ static int copy_pages(struct handler *h, struct usnap_sreg *sr, struct usnap_job
  * last waited for a buffer. A writer that waited once is about to again;
  * switching back to zstd the moment one buffer came free made the next
  * fault wait for zstd anyway (1 GiB random writer: window 0.83-0.96 s with
- * no hold, 0.51-0.72 s with 20 ms, loaded VM).
+ * no hold, 0.51-0.72 s with 20 ms, loaded VM). At least the next chunk
+ * compressed after a wait is raw, however late: on a busy machine a worker
+ * may not run within the hold (a test saw a 38 ms wait and no raw chunk).
  */
 #define ADAPT_HOLD_NS 20000000ull
 
@@ -335,8 +337,10 @@ static struct usnap_job *fault_job(struct handler *h, struct usnap_sreg *sr)
 		int n;
 
 		waiting = true;
-		if (s->flags & UFFDSNAP_OPT_ADAPT)
+		if (s->flags & UFFDSNAP_OPT_ADAPT) {
 			atomic_store(&s->stats.starved_until_ns, usnap_now_ns() + ADAPT_HOLD_NS);
+			atomic_store(&s->stats.starved_owed, true);
+		}
 		n = read_messages(h, false);
 		if (n < 0) {
 			usnap_fail(s, n, "reading the userfaultfd: %s", strerror(-n));

@@ -47,6 +47,18 @@
 #ifndef T_SANITIZED
 #define T_SANITIZED 0
 #endif
+/* 1 under ThreadSanitizer alone, the slowest of the three builds (it runs
+ * the suite in the other CI lane, tests/run-suite.sh) */
+#if defined(__SANITIZE_THREAD__)
+#define T_TSAN 1
+#elif defined(__has_feature)
+#if __has_feature(thread_sanitizer)
+#define T_TSAN 1
+#endif
+#endif
+#ifndef T_TSAN
+#define T_TSAN 0
+#endif
 #define KiB (1024ul)
 #define MiB (1024ul * 1024ul)
 #define GiB (1024ul * 1024ul * 1024ul)
@@ -273,7 +285,7 @@ bool t_wait_sweep_stalled(uffdsnap_snap_t *s, unsigned seconds);
  * under label); returns wait()'s result. */
 int t_finish_stalled(uffdsnap_snap_t *s, struct t_cb *cb, uffdsnap_stats_t *st, const char *label);
 
-/* ---- swap (t-swap.c) ------------------------------------------------------------ */
+/* ---- what a test changes in the system (t-swap.c) --------------------------------- */
 
 /* The process's zram swap device: at most one. */
 struct t_swap {
@@ -292,6 +304,15 @@ bool t_swap_up(unsigned mib);
 void t_swap_down(void);
 /* Write s to a /proc or /sys file: 0 or -errno. */
 int t_write_str(const char *path, const char *s);
+/* Set a /proc or /sys knob (at most one a process; of a multiple-choice
+ * knob, "always [never]", the word in brackets is kept), its old value put back
+ * by t_knob_restore(), at exit, on SIGTERM/SIGINT/SIGHUP, or after a
+ * SIGKILL by the next test that sets one: 0 or -errno. */
+int t_knob_set(const char *path, const char *value);
+/* Put it back (async-signal-safe; nothing in a process that did not set it). */
+void t_knob_restore(void);
+/* Put back the knobs of test processes that died without (t_test_init). */
+void t_knob_reap(void);
 
 /* ---- writer threads (t-writers.c) ------------------------------------------------- */
 

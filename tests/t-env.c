@@ -28,11 +28,16 @@ size_t t_page = 4096;
 
 /* ---- environment --------------------------------------------------------- */
 
+static void exclusive_lock(void);
+
 void t_test_init(void)
 {
 	t_page = (size_t)sysconf(_SC_PAGESIZE);
 	setvbuf(stdout, NULL, _IOLBF, 0);
 	setvbuf(stderr, NULL, _IONBF, 0);
+	exclusive_lock();
+	if (geteuid() == 0)
+		t_knob_reap();
 }
 
 void t_test_require_root(void)
@@ -95,14 +100,21 @@ void t_skip(const char *name, const char *fmt, ...)
  * USNAP_EXCLUSIVE=1 from tests/meson.build and hold this lock for their whole
  * run, so two of them never overlap: one would otherwise restore a knob the
  * other still relies on. The kernel drops the lock when the process ends,
- * however it ends.
+ * however it ends. Taken first thing (t_test_init): a main() that changes a
+ * knob before it runs its suite (test-hugetlb reserves its huge pages) must
+ * already hold it, or two such tests read, raise and restore the knob
+ * interleaved (a CI run's ASan hugetlb found 600 pages that the plain one had
+ * reserved, added 600 more, and lost all 1,200 when the other restored 0; the
+ * machine kept 600 pages).
  */
 static void exclusive_lock(void)
 {
+	static bool held;
 	int fd;
 
-	if (!getenv("USNAP_EXCLUSIVE"))
+	if (held || !getenv("USNAP_EXCLUSIVE"))
 		return;
+	held = true;
 	fd = open(T_EXCLUSIVE_LOCK, O_RDWR | O_CREAT | O_CLOEXEC, 0666);
 	if (fd < 0 || flock(fd, LOCK_EX) != 0) {
 		printf("ERROR: %s: %s\n", T_EXCLUSIVE_LOCK, strerror(errno));

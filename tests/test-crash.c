@@ -36,8 +36,10 @@
 
 #define LEN (1 * MiB)
 /* a sanitizer adds the library's memory and thread errors on these paths:
- * fewer rounds take them (a forked sanitized process is slow to start) */
-#define ROUNDS (T_SANITIZED ? 30 : 200)
+ * fewer rounds take them (a forked sanitized process is slow to start).
+ * 120 plain rounds kill before, during and after the write each time (the
+ * checks at the end); tests/soak runs more */
+#define ROUNDS (T_SANITIZED ? 30 : 120)
 
 /* Shared with S and W (MAP_SHARED|MAP_ANONYMOUS, never registered). */
 struct shared {

@@ -567,7 +567,7 @@ static void *forker(void *arg)
 START_TEST(fork_at_the_end)
 {
 	const size_t len = 2 * MiB;
-	const unsigned rounds = T_SANITIZED ? 6 : 60;
+	const unsigned rounds = T_TSAN ? 4 : T_SANITIZED ? 6 : 30;
 	struct t_mem m;
 	uffdsnap_t *ctx;
 	pthread_t t;

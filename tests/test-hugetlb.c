@@ -26,9 +26,6 @@
 #define HPAGE (2 * MiB)
 #define RESERVE 600 /* huge pages: a 1 GiB region and a small one */
 
-static long old_nr = -1;
-static pid_t main_pid; /* Check forks a child per test: only main restores */
-
 static long read_nr(const char *path)
 {
 	FILE *f = fopen(path, "r");
@@ -40,23 +37,6 @@ static long read_nr(const char *path)
 		fclose(f);
 	}
 	return v;
-}
-
-static int write_nr(long v)
-{
-	FILE *f = fopen("/proc/sys/vm/nr_hugepages", "w");
-	int ok;
-
-	if (!f)
-		return -1;
-	ok = fprintf(f, "%ld\n", v) > 0;
-	return fclose(f) == 0 && ok ? 0 : -1;
-}
-
-static void restore_nr(void)
-{
-	if (getpid() == main_pid && old_nr >= 0 && write_nr(old_nr) == 0)
-		printf("nr_hugepages restored to %ld\n", old_nr);
 }
 
 static uint8_t *huge_memfd(int *fd, size_t len)
@@ -381,7 +361,8 @@ int main(void)
 {
 	Suite *s = suite_create("hugetlb");
 	TCase *tc = tcase_create("hugetlb");
-	long free_before, got;
+	long old_nr, free_before, got;
+	char want[32];
 
 	t_test_require_uffd();
 	if (geteuid() != 0) {
@@ -394,9 +375,9 @@ int main(void)
 		printf("SKIP: no 2 MiB huge pages on this kernel\n");
 		return T_SKIP;
 	}
-	main_pid = getpid();
-	atexit(restore_nr);
-	if (write_nr(old_nr + RESERVE) ||
+	/* put back at exit, on SIGTERM, or by the next test after a SIGKILL */
+	snprintf(want, sizeof(want), "%ld", old_nr + RESERVE);
+	if (t_knob_set("/proc/sys/vm/nr_hugepages", want) ||
 	    (got = read_nr("/sys/kernel/mm/hugepages/hugepages-2048kB/free_hugepages")) < free_before + RESERVE) {
 		printf("SKIP: could not reserve %d huge pages (memory too fragmented or too small)\n", RESERVE);
 		return T_SKIP;

@@ -301,14 +301,12 @@ START_TEST(shmem_thp_huge_again)
 		return;
 	}
 	fclose(f);
-	if (strstr(knob, "[never]") || strstr(knob, "[deny]")) {
-		if (getuid() || !(f = fopen(SHMEM_THP_KNOB, "we")) || fputs("advise", f) < 0 || fclose(f)) {
-			t_skip("shmem_thp_huge_again", "shmem THP is off (%.*s) and cannot be set to advise",
-				   (int)strcspn(knob, "\n"), knob);
-			return;
-		}
-	} else {
-		knob[0] = 0; /* nothing to put back */
+	/* put back at the end of this case, or by t_knob_set's guards if it dies */
+	if ((strstr(knob, "[never]") || strstr(knob, "[deny]")) &&
+	    (getuid() || t_knob_set(SHMEM_THP_KNOB, "advise"))) {
+		t_skip("shmem_thp_huge_again", "shmem THP is off (%.*s) and cannot be set to advise",
+		       (int)strcspn(knob, "\n"), knob);
+		return;
 	}
 	fd = memfd_create("thp", MFD_CLOEXEC);
 	ck_assert(fd >= 0 && !ftruncate(fd, (off_t)len));
@@ -350,13 +348,7 @@ START_TEST(shmem_thp_huge_again)
 out:
 	munmap(raw, len + huge);
 	close(fd);
-	if (knob[0]) {
-		/* put back what was selected: the word in brackets */
-		char *b = strchr(knob, '['), *e = b ? strchr(b, ']') : NULL;
-		ck_assert(b && e && (f = fopen(SHMEM_THP_KNOB, "we")));
-		fprintf(f, "%.*s", (int)(e - b - 1), b + 1);
-		ck_assert_int_eq(fclose(f), 0);
-	}
+	t_knob_restore();
 }
 END_TEST
 

@@ -15,10 +15,10 @@
 
 #include "helpers.h"
 
-/* Region sizes, halved under a sanitizer: every sink, option set and
- * compression thread count still runs against a writer; the time there goes
- * to filling, copying and comparing the bytes. */
-#define SZ(mib) ((size_t)(T_SANITIZED ? (mib) / 2 : (mib)) * MiB)
+/* Region sizes, halved under ASan and quartered under TSan: every sink,
+ * option set and compression thread count still runs against a writer; the
+ * time there goes to filling, copying and comparing the bytes. */
+#define SZ(mib) ((size_t)(T_TSAN ? (mib) / 4 : T_SANITIZED ? (mib) / 2 : (mib)) * MiB)
 
 struct sk_state {
 	uint8_t *addr;

@@ -284,7 +284,7 @@ static unsigned stress_seconds(void)
 	/* under a sanitizer the zap phase (three more snapshots) and the
 	 * verification of every snapshot come on top: TSan verifies in step
 	 * with main, a few seconds per snapshot */
-	return T_SANITIZED ? 5 : 10;
+	return T_SANITIZED ? 3 : 7;
 }
 
 static void owners_init(void)

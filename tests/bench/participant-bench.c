@@ -267,17 +267,21 @@ int main(int argc, char **argv)
 		while (uffdsnap_participant_count(ctx) != (int)nparts)
 			usleep(1000);
 		finish(begin(ctx, &b_parts[r]), 1);
-		/* a participant's stores (the first participant's share: its top) */
-		s = begin(ctx, &(uint64_t){ 0 });
-		if (write(m[0].cmd, "W", 1) != 1 ||
-		    read(m[0].ack, f_part + r * k, k * 8) != (ssize_t)(k * 8))
-			die("participant stores");
-		finish(s, 0);
-		/* the coordinator's own stores, same pages (so also un-protected
-		 * in the participant that maps them, as its stores were here) */
-		s = begin(ctx, &(uint64_t){ 0 });
-		timed_stores(a, share, k, f_coord + r * k);
-		finish(s, 0);
+		/* a participant's stores (the first participant's share: its top)
+		 * and the coordinator's own, same pages (so also un-protected in
+		 * the participant that maps them, as its stores were there), one
+		 * snapshot each; which goes first alternates from run to run */
+		for (int w = 0; w < 2; w++) {
+			s = begin(ctx, &(uint64_t){ 0 });
+			if ((w + (int)r) % 2 == 0) {
+				if (write(m[0].cmd, "W", 1) != 1 ||
+				    read(m[0].ack, f_part + r * k, k * 8) != (ssize_t)(k * 8))
+					die("participant stores");
+			} else {
+				timed_stores(a, share, k, f_coord + r * k);
+			}
+			finish(s, 0);
+		}
 		for (size_t i = 0; i < nparts; i++)
 			tell(&m[i], 'L');
 		while (uffdsnap_participant_count(ctx) != 0)
