@@ -19,6 +19,10 @@
 
 #include <zstd.h>
 
+#include "compress.h"
+#include "pool.h"
+#include "sink.h"
+#include "snapshot.h"
 #include "uffdsnap-private.h"
 
 struct run {

@@ -30,6 +30,8 @@
 
 #include <xxhash.h>
 
+#include "latch.h"
+#include "snapshot.h"
 #include "uffdsnap-private.h"
 
 uint64_t usnap_fingerprint(const void *page, size_t len)

@@ -19,7 +19,7 @@
  *
  * A MISSING fault is an access to a page that was a hole at the instant (the
  * set of holes is frozen by the MISSING registration before it was listed, see
- * region.c): record it as a zero page and fill it with UFFDIO_ZEROPAGE. A
+ * arm.c): record it as a zero page and fill it with UFFDIO_ZEROPAGE. A
  * MISSING fault on a page that was populated at the instant means the program
  * destroyed data without a write fault (hole punch, truncate, MADV_REMOVE):
  * the snapshot fails rather than record a hole that was never there.
@@ -42,10 +42,17 @@
 #include <sched.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/eventfd.h>
 #include <sys/uio.h>
 #include <unistd.h>
 
+#include "arm.h"
 #include "bitmap.h"
+#include "compress.h"
+#include "fault.h"
+#include "pool.h"
+#include "snapshot.h"
+#include "space.h"
 #include "uffd.h"
 #include "uffdsnap-private.h"
 
@@ -101,7 +108,7 @@ static int event_pending(struct handler *h, uint64_t *t0)
  * with a page of our chunk buffers, never registered). */
 static bool event_in_flight(uffdsnap_snap_t *s, int uffd)
 {
-	return usnap_uffd_changing(uffd, s->jobs.pool->mem, s->page_size);
+	return usnap_uffd_changing(uffd, usnap_jobs_probe_page(&s->jobs), s->page_size);
 }
 
 /*
@@ -111,8 +118,8 @@ static bool event_in_flight(uffdsnap_snap_t *s, int uffd)
  */
 static bool events_in_flight(uffdsnap_snap_t *s, bool all)
 {
-	for (unsigned k = 0; k < (all ? s->nspaces : USNAP_OWN_SPACES); k++)
-		if (!s->spaces[k].child && event_in_flight(s, s->spaces[k].uffd))
+	for (unsigned k = 0; k < (all ? s->spaces.n : USNAP_OWN_SPACES); k++)
+		if (!s->spaces.sp[k].child && event_in_flight(s, s->spaces.sp[k].uffd))
 			return true;
 	return false;
 }
@@ -212,7 +219,7 @@ static int read_private(struct handler *h, const struct usnap_sreg *sr, uint8_t 
 
 again:
 	/* Where the pages are now: mremap may have moved them. */
-	for (lo = p, got = 0; usnap_space_next(usnap_home(h->s, sr), sr, h->ps, &lo, p + n, &addr, &k) &&
+	for (lo = p, got = 0; usnap_space_next(usnap_home(&h->s->spaces, sr), sr, h->ps, &lo, p + n, &addr, &k) &&
 			      got == lo - k - p; got += k) {
 		struct iovec local = { dst + got * h->ps, k * h->ps }, remote = { (void *)addr, k * h->ps };
 		r = process_vm_readv(getpid(), &local, 1, &remote, 1, 0);
@@ -224,7 +231,7 @@ again:
 		return 0;
 	/* mremap and munmap change the mapping first and only then queue their
 	 * event: read it, and look again */
-	if (event_in_flight(h->s, usnap_home(h->s, sr)->uffd) && !event_pending(h, &t0) &&
+	if (event_in_flight(h->s, usnap_home(&h->s->spaces, sr)->uffd) && !event_pending(h, &t0) &&
 	    !atomic_load(&h->s->abort))
 		goto again;
 	usnap_fail(h->s, e ? -e : -EFAULT, "region '%s': reading page %" PRIu64 ": %s", sr->reg->name, p + got,
@@ -259,7 +266,7 @@ static int read_shmem(struct handler *h, const struct usnap_reg *reg, uint8_t *d
 	}
 	/* A page of the instant that reads as zeros and is a hole now was
 	 * punched since (or never written, only reserved by fallocate: it is in
-	 * the page cache then, see region.c find_data). */
+	 * the page cache then, see arm.c find_data). */
 	for (uint64_t i = 0; i < n; i++) {
 		off_t at = reg->file_off + (off_t)((p + i) * h->ps);
 		if (usnap_page_is_zero(dst + i * h->ps, h->ps) && lseek(reg->fd, at, SEEK_DATA) != at &&
@@ -532,7 +539,7 @@ static void sweep_step(struct handler *h, struct usnap_job *j)
 		hi &= ~(uint64_t)(sr->reg->unit - 1);
 	}
 	if (hi > lo) {
-		int r = unprotect(h, usnap_home(s, sr), sr, lo, hi);
+		int r = unprotect(h, usnap_home(&s->spaces, sr), sr, lo, hi);
 		if (r) {
 			usnap_fail(s, r, "region '%s': un-protecting after the sweep: %s", sr->reg->name, strerror(-r));
 			return usnap_job_put(s, j);
@@ -576,19 +583,19 @@ static int read_messages(struct handler *h, bool resolve)
 	uint64_t gen;
 	int total = 0;
 
-	for (unsigned si = 0; si < s->nspaces; si++) { /* a FORK adds spaces: read them too */
-		ssize_t n = read(s->spaces[si].uffd, msgs, sizeof(msgs));
+	for (unsigned si = 0; si < s->spaces.n; si++) { /* a FORK adds spaces: read them too */
+		ssize_t n = read(s->spaces.sp[si].uffd, msgs, sizeof(msgs));
 		if (n < 0 && errno != EAGAIN && errno != EINTR)
 			return -errno;
 		n = n < 0 ? 0 : n / (ssize_t)sizeof(msgs[0]);
 		gen = h->wait_gen;
 		for (ssize_t i = 0; i < n; i++) {
 			if (msgs[i].event != UFFD_EVENT_PAGEFAULT)
-				usnap_space_event(s, &s->spaces[si], &msgs[i]);
+				usnap_space_event(s, &s->spaces.sp[si], &msgs[i]);
 			else if (atomic_load(&s->abort))
 				continue; /* unregistering wakes it */
 			else if (resolve)
-				handle_fault(h, &s->spaces[si], &msgs[i], gen);
+				handle_fault(h, &s->spaces.sp[si], &msgs[i], gen);
 			else if (hold(h, si, &msgs[i]))
 				usnap_fail(s, -ENOMEM, "holding fault messages");
 		}
@@ -602,7 +609,7 @@ static void resolve_held(struct handler *h)
 {
 	for (size_t i = 0; i < h->nheld && !atomic_load(&h->s->abort); i++) {
 		struct held m = h->held[i]; /* hold() may move the array */
-		handle_fault(h, &h->s->spaces[m.space], &m.m, m.wait_gen);
+		handle_fault(h, &h->s->spaces.sp[m.space], &m.m, m.wait_gen);
 	}
 	h->nheld = 0;
 }
@@ -626,12 +633,12 @@ static void drain_messages(uffdsnap_snap_t *s)
 	ssize_t n;
 
 	for (unsigned k = 0; k < USNAP_OWN_SPACES; k++)
-		pfd[k] = (struct pollfd){ .fd = s->spaces[k].uffd, .events = POLLIN };
+		pfd[k] = (struct pollfd){ .fd = s->spaces.sp[k].uffd, .events = POLLIN };
 	for (;;) {
-		for (unsigned k = 0; k < s->nspaces; k++) {
-			int uffd = s->spaces[k].uffd;
+		for (unsigned k = 0; k < s->spaces.n; k++) {
+			int uffd = s->spaces.sp[k].uffd;
 
-			if (s->spaces[k].child)
+			if (s->spaces.sp[k].child)
 				continue; /* closed: the kernel released it */
 
 			while ((n = read(uffd, msgs, sizeof(msgs))) > 0) {
@@ -660,17 +667,17 @@ static void wait_for_work(struct handler *h)
 	 * (waiting for a buffer): it was set before that wake-up was sent. */
 	if (atomic_load(&s->abort) && atomic_load(&s->go))
 		return;
-	pfd[0] = (struct pollfd){ .fd = s->ctl_efd, .events = POLLIN };
-	for (unsigned i = 0; i < s->nspaces; i++)
-		pfd[i + 1] = (struct pollfd){ .fd = s->spaces[i].uffd, .events = POLLIN };
-	if (poll(pfd, s->nspaces + 1, -1) > 0 && (pfd[0].revents & POLLIN)) {
-		if (read(s->ctl_efd, &v, sizeof(v)) < 0) {
+	pfd[0] = (struct pollfd){ .fd = s->handler.efd, .events = POLLIN };
+	for (unsigned i = 0; i < s->spaces.n; i++)
+		pfd[i + 1] = (struct pollfd){ .fd = s->spaces.sp[i].uffd, .events = POLLIN };
+	if (poll(pfd, s->spaces.n + 1, -1) > 0 && (pfd[0].revents & POLLIN)) {
+		if (read(s->handler.efd, &v, sizeof(v)) < 0) {
 			/* EAGAIN: consumed by an earlier wake-up */
 		}
 	}
 }
 
-void *usnap_handler_main(void *arg)
+static void *handler_main(void *arg)
 {
 	uffdsnap_snap_t *s = arg;
 	struct handler h = { .s = s, .ps = s->page_size };
@@ -736,8 +743,8 @@ void *usnap_handler_main(void *arg)
 	}
 	usnap_disarm_all(s);
 	usnap_remap_huge(s);
-	for (unsigned i = USNAP_OWN_SPACES; i < s->nspaces; i++)
-		usnap_space_end(s, &s->spaces[i]);
+	for (unsigned i = USNAP_OWN_SPACES; i < s->spaces.n; i++)
+		usnap_space_end(s, &s->spaces.sp[i]);
 	drain_messages(s);
 	usnap_sys_free(h.held);
 	atomic_store(&s->stats.window_end_ns, usnap_now_ns());
@@ -746,4 +753,49 @@ void *usnap_handler_main(void *arg)
 	 * than before them: it delays only the join (uffdsnap_wait). */
 	usnap_writable_again(s);
 	return NULL;
+}
+
+/* ---- lifecycle ------------------------------------------------------------------------------ */
+
+void usnap_handler_init(struct usnap_handler *hd)
+{
+	hd->efd = -1;
+}
+
+int usnap_handler_open(struct usnap_handler *hd)
+{
+	hd->efd = eventfd(0, EFD_CLOEXEC | EFD_NONBLOCK);
+	return hd->efd < 0 ? usnap_err(-errno, "eventfd: %s", strerror(errno)) : 0;
+}
+
+int usnap_handler_start(uffdsnap_snap_t *s)
+{
+	int r = usnap_thread_start(&s->handler.thread, handler_main, s, "usnap-handler");
+
+	s->handler.started = !r;
+	if (r)
+		usnap_err(r, "starting the fault handler thread: %s", strerror(-r));
+	return r;
+}
+
+void usnap_handler_wake(struct usnap_handler *hd)
+{
+	static const uint64_t one = 1;
+
+	if (write(hd->efd, &one, sizeof(one)) < 0) {
+		/* EAGAIN: the counter is already set, it wakes anyway */
+	}
+}
+
+bool usnap_handler_join(struct usnap_handler *hd)
+{
+	if (hd->started)
+		pthread_join(hd->thread, NULL);
+	return hd->started;
+}
+
+void usnap_handler_destroy(struct usnap_handler *hd)
+{
+	if (hd->efd >= 0)
+		close(hd->efd);
 }

@@ -112,3 +112,29 @@ bool usnap_maps_next(struct usnap_maps *m, struct usnap_vma *v)
 		m->len += (size_t)n;
 	}
 }
+
+int usnap_cursor_open(struct usnap_maps_cursor *c)
+{
+	c->have_last = false;
+	return usnap_maps_open(&c->mr, 0);
+}
+
+bool usnap_cursor_next(struct usnap_maps_cursor *c, uintptr_t addr, struct usnap_vma *v)
+{
+	if (c->have_last && c->last.end > addr) {
+		*v = c->last;
+		return true;
+	}
+	while (usnap_maps_next(&c->mr, v))
+		if (v->end > addr) {
+			c->last = *v;
+			c->have_last = true;
+			return true;
+		}
+	return false;
+}
+
+void usnap_cursor_close(struct usnap_maps_cursor *c)
+{
+	usnap_maps_close(&c->mr);
+}

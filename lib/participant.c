@@ -6,7 +6,7 @@
  * context) over a unix socket; userfaultfd ioctls act on the address space
  * of the process that created the descriptor, whoever calls them, so from
  * then on the coordinator registers, protects and resolves the participant's
- * mappings at every snapshot as it does its own (space.c, region.c), reading
+ * mappings at every snapshot as it does its own (space.c, arm.c), reading
  * pages through the region's own file.
  *
  * The participant keeps no copy of its descriptor: if the coordinator dies,

@@ -13,6 +13,9 @@
 
 #include <zstd.h>
 
+#include "fault.h"
+#include "pool.h"
+#include "snapshot.h"
 #include "uffdsnap-private.h"
 
 /* ---- the context's buffers ------------------------------------------------- */
@@ -166,15 +169,11 @@ struct usnap_job *usnap_job_get(uffdsnap_snap_t *s)
 
 void usnap_job_put(uffdsnap_snap_t *s, struct usnap_job *j)
 {
-	static const uint64_t one = 1;
-
 	pthread_mutex_lock(&s->jobs.lock);
 	j->next = s->jobs.free;
 	s->jobs.free = j;
 	s->jobs.in_use--;
 	pthread_mutex_unlock(&s->jobs.lock);
 	/* The handler may be in poll() with work waiting for a buffer. */
-	if (write(s->ctl_efd, &one, sizeof(one)) < 0) {
-		/* EAGAIN: the counter is already non-zero, the handler will wake. */
-	}
+	usnap_handler_wake(&s->handler);
 }

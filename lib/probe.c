@@ -19,6 +19,9 @@
 
 #include <zstd.h>
 
+#include "arm.h"
+#include "pool.h"
+#include "region.h"
 #include "uffd.h"
 #include "uffdsnap-private.h"
 

@@ -57,6 +57,7 @@
 #include <sys/syscall.h>
 #include <unistd.h>
 
+#include "latch.h"
 #include "reader-private.h"
 #include "bitmap.h"
 #include "restore-private.h"

@@ -30,6 +30,7 @@
 #include <unistd.h>
 
 #include "bitmap.h"
+#include "latch.h"
 #include "outfile.h"
 #include "reader-private.h"
 #include "uffdsnap-private.h"

@@ -29,9 +29,13 @@
 #include <sys/stat.h>
 #include <unistd.h>
 
-#include "uffdsnap-private.h"
 #include "inject.h"
+#include "latch.h"
 #include "outfile.h"
+#include "pool.h"
+#include "sink.h"
+#include "snapshot.h"
+#include "uffdsnap-private.h"
 
 /* ---- sink objects ------------------------------------------------------------ */
 
@@ -424,6 +428,21 @@ static void *io_main(void *arg)
 		io_step(s);
 	}
 	return NULL;
+}
+
+void usnap_io_init(struct usnap_io *io)
+{
+	pthread_mutex_init(&io->lock, NULL);
+	pthread_cond_init(&io->cv, NULL);
+}
+
+void usnap_io_destroy(struct usnap_io *io)
+{
+	free(io->head_rec);
+	free(io->trailer);
+	free(io->index);
+	pthread_mutex_destroy(&io->lock);
+	pthread_cond_destroy(&io->cv);
 }
 
 int usnap_io_start(uffdsnap_snap_t *s)

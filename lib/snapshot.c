@@ -15,18 +15,24 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
-#include <sys/eventfd.h>
 #include <sys/random.h>
 #include <time.h>
 #include <unistd.h>
 
+#include "arm.h"
+#include "compress.h"
+#include "fault.h"
+#include "latch.h"
+#include "pool.h"
+#include "sink.h"
+#include "snapshot.h"
+#include "space.h"
 #include "uffdsnap-private.h"
 
 /* ---- failure -------------------------------------------------------------- */
 
 void usnap_fail(uffdsnap_snap_t *s, int err, const char *fmt, ...)
 {
-	static const uint64_t one = 1;
 	va_list ap;
 	int had;
 
@@ -36,9 +42,7 @@ void usnap_fail(uffdsnap_snap_t *s, int err, const char *fmt, ...)
 	if (had == USNAP_LATCH_CLOSED)
 		return; /* finished already: a late cancel changes nothing */
 	atomic_store(&s->abort, true);
-	if (write(s->ctl_efd, &one, sizeof(one)) < 0) {
-		/* counter already set */
-	}
+	usnap_handler_wake(&s->handler);
 	usnap_compress_wake(s);
 	/* Not `go`: only begin gives it, once it stopped arming. A handler let
 	 * go by a worker's failure would unregister while begin still arms. */
@@ -61,24 +65,17 @@ static void snap_destroy(uffdsnap_snap_t *s)
 		free(s->sregs[i].data);
 	}
 	usnap_spaces_free(s);
-	free(s->readonly);
+	usnap_arm_destroy(&s->arm);
 	free(s->sregs);
 	free(s->by_addr);
-	free(s->by_file);
 	usnap_compress_destroy(&s->cq);
-	free(s->io.head_rec);
-	free(s->io.trailer);
-	free(s->io.index);
 	if (s->sink)
 		usnap_sink_close(s->sink);
-	if (s->ctl_efd >= 0)
-		close(s->ctl_efd);
+	usnap_handler_destroy(&s->handler);
 
 	pthread_mutex_destroy(&s->join_lock);
 	usnap_jobs_destroy(&s->jobs);
-	pthread_mutex_destroy(&s->io.lock);
-	pthread_cond_destroy(&s->io.cv);
-	pthread_mutex_destroy(&s->maps_lock);
+	usnap_io_destroy(&s->io);
 	free(s);
 }
 
@@ -92,13 +89,12 @@ static uffdsnap_snap_t *snap_alloc(uffdsnap_t *ctx, struct uffdsnap_sink *sink)
 	s->page_size = ctx->page_size;
 	s->flags = ctx->opts.flags;
 	s->sink = sink;
-	s->ctl_efd = -1;
+	usnap_handler_init(&s->handler);
 
 	pthread_mutex_init(&s->join_lock, NULL);
 	usnap_compress_init(&s->cq, ctx->opts.zstd_level);
-	pthread_mutex_init(&s->io.lock, NULL);
-	pthread_cond_init(&s->io.cv, NULL);
-	pthread_mutex_init(&s->maps_lock, NULL);
+	usnap_io_init(&s->io);
+	usnap_spaces_init(&s->spaces);
 	return s;
 }
 
@@ -127,18 +123,15 @@ static int snap_prepare(uffdsnap_snap_t *s)
 	qsort(s->by_addr, s->nregions, sizeof(*s->by_addr), cmp_by_addr);
 	if ((r = usnap_index_files(s)))
 		return r;
-	if (usnap_space_init(s))
+	if (usnap_spaces_ours(s))
 		return -ENOMEM;
 	pthread_mutex_lock(&ctx->lock);
 	r = usnap_space_participants(s);
-	s->nbase = s->nspaces;
-	s->joins = atomic_load(&ctx->joins);
 	pthread_mutex_unlock(&ctx->lock);
 	if (r)
 		return r;
-	s->ctl_efd = eventfd(0, EFD_CLOEXEC | EFD_NONBLOCK);
-	if (s->ctl_efd < 0)
-		return usnap_err(-errno, "eventfd: %s", strerror(errno));
+	if ((r = usnap_handler_open(&s->handler)))
+		return r;
 
 	if (getrandom(s->snap_id, sizeof(s->snap_id), 0) != sizeof(s->snap_id))
 		return usnap_err(-errno, "getrandom: %s", strerror(errno));
@@ -151,12 +144,8 @@ static int snap_start_threads(uffdsnap_snap_t *s)
 
 	if (!r)
 		r = usnap_io_start(s);
-	if (!r) {
-		r = usnap_thread_start(&s->handler, usnap_handler_main, s, "usnap-handler");
-		s->handler_started = !r;
-		if (r)
-			usnap_err(r, "starting the fault handler thread: %s", strerror(-r));
-	}
+	if (!r)
+		r = usnap_handler_start(s);
 	return r;
 }
 
@@ -169,8 +158,8 @@ static void snap_join(uffdsnap_snap_t *s);
  */
 static void follow_moves(uffdsnap_snap_t *s)
 {
-	for (unsigned i = 0; s->nspaces && i < s->nregions; i++) {
-		uintptr_t a = usnap_space_home_addr(usnap_home(s, &s->sregs[i]), &s->sregs[i]);
+	for (unsigned i = 0; s->spaces.n && i < s->nregions; i++) {
+		uintptr_t a = usnap_space_home_addr(usnap_home(&s->spaces, &s->sregs[i]), &s->sregs[i]);
 		if (a)
 			s->ctx->regs[i].addr = a;
 	}
@@ -180,9 +169,7 @@ static void follow_moves(uffdsnap_snap_t *s)
 static void give_go(uffdsnap_snap_t *s)
 {
 	atomic_store(&s->go, true);
-	if (write(s->ctl_efd, &(uint64_t){ 1 }, sizeof(uint64_t)) < 0) {
-		/* counter already set: the handler wakes anyway */
-	}
+	usnap_handler_wake(&s->handler);
 	usnap_io_kick(s);
 }
 
@@ -314,9 +301,7 @@ static void snap_join(uffdsnap_snap_t *s)
 		pthread_mutex_unlock(&s->join_lock);
 		return;
 	}
-	if (s->handler_started)
-		pthread_join(s->handler, NULL);
-	else
+	if (!usnap_handler_join(&s->handler))
 		usnap_compress_close(s); /* the handler would have closed the queue */
 	usnap_workers_join(s);
 	usnap_io_join(s);

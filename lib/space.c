@@ -38,6 +38,8 @@
 #include <unistd.h>
 
 #include "bitmap.h"
+#include "snapshot.h"
+#include "space.h"
 #include "uffd.h"
 #include "uffdsnap-private.h"
 
@@ -124,11 +126,16 @@ static int space_alloc(uffdsnap_snap_t *s, struct usnap_space *sp, size_t nmaps)
 	return sp->maps && sp->whole && sp->pieces ? 0 : -ENOMEM;
 }
 
-int usnap_space_init(uffdsnap_snap_t *s)
+void usnap_spaces_init(struct usnap_spaces *ss)
 {
-	s->nspaces = USNAP_OWN_SPACES; /* freed by usnap_spaces_free even if half allocated */
+	pthread_mutex_init(&ss->lock, NULL);
+}
+
+int usnap_spaces_ours(uffdsnap_snap_t *s)
+{
+	s->spaces.n = USNAP_OWN_SPACES; /* freed by usnap_spaces_free even if half allocated */
 	for (unsigned k = 0; k < USNAP_OWN_SPACES; k++) {
-		struct usnap_space *sp = &s->spaces[k];
+		struct usnap_space *sp = &s->spaces.sp[k];
 
 		sp->uffd = s->ctx->uffd[k];
 		sp->root = k;
@@ -154,11 +161,13 @@ int usnap_space_init(uffdsnap_snap_t *s)
  */
 int usnap_space_participants(uffdsnap_snap_t *s)
 {
-	for (const struct usnap_participant *p = s->ctx->parts; p; p = p->next) {
-		struct usnap_space *sp = &s->spaces[s->nspaces];
+	struct usnap_spaces *ss = &s->spaces;
 
-		*sp = (struct usnap_space){ .uffd = -1, .foreign = true, .pid = p->pid, .root = s->nspaces };
-		s->nspaces++; /* freed by usnap_spaces_free even if half built */
+	for (const struct usnap_participant *p = s->ctx->parts; p; p = p->next) {
+		struct usnap_space *sp = &ss->sp[ss->n];
+
+		*sp = (struct usnap_space){ .uffd = -1, .foreign = true, .pid = p->pid, .root = ss->n };
+		ss->n++; /* freed by usnap_spaces_free even if half built */
 		if (space_alloc(s, sp, p->nmaps) || (sp->uffd = fcntl(p->uffd, F_DUPFD_CLOEXEC, 0)) < 0)
 			return usnap_err(-ENOMEM, "tracking participant %d", (int)p->pid);
 		for (unsigned i = 0; i < p->nmaps; i++) {
@@ -169,21 +178,23 @@ int usnap_space_participants(uffdsnap_snap_t *s)
 		qsort(sp->maps, sp->nmaps, sizeof(*sp->maps), cmp_map);
 		index_whole(s, sp);
 	}
+	ss->nbase = ss->n;
+	ss->joins = atomic_load(&s->ctx->joins);
 	return 0;
 }
 
 /*
  * Another mapping of sr's file pages [first, first + n) at addr, in this
- * process (found and registered by region.c at begin, before `go`). It sorts
+ * process (found and registered by arm.c at begin, before `go`). It sorts
  * among the region pieces by address like any piece, and the region loses
  * its one-piece fast path.
  */
 int usnap_space_add_alias(uffdsnap_snap_t *s, struct usnap_sreg *sr, uintptr_t addr, uint64_t first, uint64_t n)
 {
-	struct usnap_space *sp = usnap_home(s, sr);
+	struct usnap_space *sp = usnap_home(&s->spaces, sr);
 	int r = 0;
 
-	pthread_mutex_lock(&s->maps_lock);
+	pthread_mutex_lock(&s->spaces.lock);
 	if (sp->nmaps == sp->cap) {
 		size_t cap = sp->cap * 2 + 2;
 		struct usnap_map *m = usnap_sys_realloc(sp->maps, cap * sizeof(*m));
@@ -198,7 +209,7 @@ int usnap_space_add_alias(uffdsnap_snap_t *s, struct usnap_sreg *sr, uintptr_t a
 		qsort(sp->maps, sp->nmaps, sizeof(*sp->maps), cmp_map);
 		index_whole(s, sp);
 	}
-	pthread_mutex_unlock(&s->maps_lock);
+	pthread_mutex_unlock(&s->spaces.lock);
 	return r ? usnap_err(r, "tracking another mapping of region '%s'", sr->reg->name) : 0;
 }
 
@@ -220,9 +231,10 @@ uintptr_t usnap_space_home_addr(const struct usnap_space *sp, const struct usnap
 
 void usnap_spaces_free(uffdsnap_snap_t *s)
 {
-	for (unsigned i = 0; i < s->nspaces; i++)
-		space_release(&s->spaces[i]);
-	s->nspaces = 0;
+	for (unsigned i = 0; i < s->spaces.n; i++)
+		space_release(&s->spaces.sp[i]);
+	s->spaces.n = 0;
+	pthread_mutex_destroy(&s->spaces.lock);
 }
 
 const struct usnap_map *usnap_space_find(const struct usnap_space *sp, uintptr_t addr, size_t ps)
@@ -383,13 +395,13 @@ static void on_fork(uffdsnap_snap_t *s, const struct usnap_space *parent, int fd
 		close(fd); /* releasing it unregisters the child and wakes it */
 		return;
 	}
-	if (s->spaces[parent->root].children == USNAP_MAX_CHILDREN || s->nspaces == USNAP_MAX_SPACES) {
+	if (s->spaces.sp[parent->root].children == USNAP_MAX_CHILDREN || s->spaces.n == USNAP_MAX_SPACES) {
 		close(fd);
 		usnap_fail(s, -EMFILE, "more than %d processes forked during the snapshot: the writes of the "
 			   "next one could not be tracked", USNAP_MAX_CHILDREN);
 		return;
 	}
-	sp = &s->spaces[s->nspaces];
+	sp = &s->spaces.sp[s->spaces.n];
 	*sp = (struct usnap_space){ .uffd = fd, .child = true, .foreign = true, .root = parent->root };
 	if (space_alloc(s, sp, parent->nmaps)) {
 		space_release(sp);
@@ -400,22 +412,22 @@ static void on_fork(uffdsnap_snap_t *s, const struct usnap_space *parent, int fd
 	memcpy(sp->maps, parent->maps, parent->nmaps * sizeof(*sp->maps));
 	sp->nmaps = parent->nmaps;
 	index_whole(s, sp);
-	s->nspaces++;
+	s->spaces.n++;
 	/* A fork is reported once through each of our descriptors that has
 	 * something registered: count processes, not descriptors. */
-	if (++s->spaces[parent->root].children > atomic_load(&s->stats.forks))
-		atomic_store(&s->stats.forks, s->spaces[parent->root].children);
+	if (++s->spaces.sp[parent->root].children > atomic_load(&s->stats.forks))
+		atomic_store(&s->stats.forks, s->spaces.sp[parent->root].children);
 }
 
 /* Events may come while begin still reads the tables (they are applied
- * under maps_lock); a thread waiting for the lock holds nothing we need. */
+ * under spaces.lock); a thread waiting for the lock holds nothing we need. */
 static void space_event(uffdsnap_snap_t *s, struct usnap_space *sp, const struct uffd_msg *m);
 
 void usnap_space_event(uffdsnap_snap_t *s, struct usnap_space *sp, const struct uffd_msg *m)
 {
-	pthread_mutex_lock(&s->maps_lock);
+	pthread_mutex_lock(&s->spaces.lock);
 	space_event(s, sp, m);
-	pthread_mutex_unlock(&s->maps_lock);
+	pthread_mutex_unlock(&s->spaces.lock);
 }
 
 static void space_event(uffdsnap_snap_t *s, struct usnap_space *sp, const struct uffd_msg *m)
@@ -464,7 +476,7 @@ void usnap_msg_drop(const struct uffd_msg *m)
 }
 
 /*
- * End of tracking in one space. For ours, see usnap_disarm_all (region.c); a
+ * End of tracking in one space. For ours, see usnap_disarm_all (arm.c); a
  * child's or a participant's descriptor is unregistered piece by piece, and a
  * child's closed (its last reference: the kernel wakes whatever still waits).
  * A participant's stays open until its events are drained (fault.c): the

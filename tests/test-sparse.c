@@ -186,7 +186,7 @@ END_TEST
 
 /*
  * A memfd whose every page fallocate() reserved: st_blocks says "no hole", so
- * begin takes it whole without walking it (region.c find_data), though half
+ * begin takes it whole without walking it (arm.c find_data), though half
  * its pages were never written and SEEK_DATA calls those holes. Writes to
  * them during the snapshot must still fault and leave zeros in the snapshot.
  */

@@ -1,7 +1,7 @@
 /* SPDX-License-Identifier: LGPL-2.1-or-later */
 /*
  * After a snapshot the library makes the shmem pages it un-protected writable
- * again (region.c usnap_writable_again: MADV_POPULATE_WRITE over pages with a
+ * again (arm.c usnap_writable_again: MADV_POPULATE_WRITE over pages with a
  * present PTE), so the program's next write to each does not fault. That fast
  * path must change nothing else: a hole stays a hole (a page never written,
  * and a page punched during the snapshot after it was copied), every byte of
