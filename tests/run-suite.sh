@@ -29,7 +29,9 @@
 # matrix, file parsers, shell-driven clients: tests/meson.build says why).
 # With two lanes, those tests' plain run (~60 s) moves to the tsan lane, to
 # even the lanes out (lane entries plain/rest and plain/no-tsan), and runs
-# first there, while tsan compiles in the background.
+# first there, while tsan compiles in the background; and the tsan tests of
+# meson suite late (~20 s) run at the end of the other lane (tsan/late),
+# which would otherwise finish first and leave a CPU idle.
 # USNAP_LANES=1 runs every suite in one lane, in the order of USNAP_SUITES.
 #
 # A failing test (or build) does not stop the script: the other suites still
@@ -49,6 +51,7 @@ export ASAN_OPTIONS=${ASAN_OPTIONS:-halt_on_error=1:detect_leaks=1:strict_string
 export TSAN_OPTIONS=${TSAN_OPTIONS:-halt_on_error=1:second_deadlock_stack=1}
 
 lanes=${USNAP_LANES:-2}
+late=''                # 1: the tsan tests of meson suite late run in the other lane
 results=$(mktemp)      # what each suite counted: "passed N", "failed NAME", ...
 skip_reasons=$(mktemp)
 digest=$(mktemp)       # the last lines of each failed test's output
@@ -70,9 +73,14 @@ build() { # suite: configure and compile its build directory
 	dir=$(suite_dir "$1")
 	opts=$(suite_opts "$1")
 	echo "=== $dir: meson setup $opts ==="
+	# one build of a directory at a time: tsan/late in one lane waits here
+	# for the other lane's background build of tsan, then finds it done
 	# shellcheck disable=SC2086 # opts: words
-	(meson setup --reconfigure "$dir" $opts >/dev/null 2>&1 || meson setup "$dir" $opts)
-	ninja -C "$dir"
+	(
+		flock 9
+		(meson setup --reconfigure "$dir" $opts >/dev/null 2>&1 || meson setup "$dir" $opts)
+		ninja -C "$dir"
+	) 9>"$dir.lock"
 }
 
 # Build the given suites in the background, in their own process group
@@ -129,6 +137,10 @@ run() { # suite[/rest|/no-tsan]: all its tests, or those outside / inside meson 
 	if [[ " $bg_suites " == *" $suite "* ]]; then
 		wait_background_builds || { fail "$dir: the background build"; return 0; }
 		how="built in the background"
+	elif [ "$part" = late ]; then
+		# the other lane builds it (in the background): wait for that
+		(flock 9 && ninja -C "$dir" >/dev/null) 9>"$dir.lock" || { fail "$dir: the build"; return 0; }
+		how="built by the other lane"
 	elif [[ " $built " == *" $suite "* ]]; then
 		how="built before"
 	else
@@ -142,8 +154,10 @@ run() { # suite[/rest|/no-tsan]: all its tests, or those outside / inside meson 
 	# directory: logs of their own, nothing rebuilt (built above)
 	testlog=$dir/meson-logs/testlog.txt
 	case $suite/$part in
-	tsan/ | */rest) set -- --no-suite no-tsan ;;
+	tsan/) set -- --no-suite no-tsan ${late:+--no-suite late} ;;
+	*/rest) set -- --no-suite no-tsan ;;
 	*/no-tsan) set -- --suite no-tsan --logbase testlog-no-tsan; testlog=$dir/meson-logs/testlog-no-tsan.txt ;;
+	*/late) set -- --suite late --no-suite no-tsan --logbase testlog-late; testlog=$dir/meson-logs/testlog-late.txt ;;
 	*) set -- ;;
 	esac
 	# shellcheck disable=SC2086 # USNAP_TESTS: words
@@ -214,7 +228,7 @@ lane() { # suite...
 	[ -z "$bg" ] || [ "${USNAP_BACKGROUND_BUILD:-1}" = 0 ] || start_background_builds $bg
 	for s in "$@"; do
 		case $s in
-		plain* | asan | tsan) run "$s" ;;
+		plain* | asan | tsan*) run "$s" ;;
 		valgrind) valgrind_demo ;;
 		esac
 	done
@@ -240,6 +254,10 @@ else
 	if [[ " $built " == *" plain "* ]]; then
 		lane1=${lane1/plain/plain/rest}
 		lane2="plain/no-tsan $lane2"
+	fi
+	if [[ " $lane2 " == *" tsan "* ]]; then
+		late=1
+		lane1+="tsan/late "
 	fi
 	lane2_log=$(mktemp /tmp/usnap-lane2.XXXXXX)
 	echo "=== ${lane2% } runs beside ${lane1% }: its output follows when both are done ==="
