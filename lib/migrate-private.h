@@ -110,6 +110,13 @@ uint64_t usnap_mig_pacer_take(struct usnap_mig_pacer *p, uint64_t now_ns, uint64
 
 /* Options over the defaults (migrate.c). */
 int usnap_mig_opts_take(uffdsnap_migrate_opts_t *o, const uffdsnap_migrate_opts_t *in);
+/* Latch err and its message (the first failure wins); returns err, so that
+ * a step fails with its own error whatever came first. */
+int usnap_mig_latch(struct usnap_latch *l, int err, const char *fmt, ...) __attribute__((format(printf, 3, 4)));
+/* A side's outcome from its thread's r: 0 (the latch closed: a failure
+ * heard after the end, the peer hanging up, is not one), or the first error
+ * latched. */
+int usnap_mig_result(struct usnap_latch *l, int r);
 /* Join a side's thread once, whoever asks first. */
 void usnap_mig_join_once(pthread_mutex_t *lock, bool *joined, pthread_t t);
 
@@ -193,7 +200,7 @@ struct uffdsnap_migrate {
 	unsigned pc_round;             /* post-copy: the round of the switchover and the push */
 };
 
-int usnap_mig_fail(struct uffdsnap_migrate *m, int err, const char *fmt, ...) __attribute__((format(printf, 3, 4)));
+#define usnap_mig_fail(m, err, ...) usnap_mig_latch(&(m)->latch, (err), __VA_ARGS__)
 int usnap_mig_push_run(struct mig_run **v, size_t *n, size_t *cap, struct mig_run run);
 int usnap_mig_send_frame(struct uffdsnap_migrate *m, uint16_t type, const void *head, uint32_t hl, const void *data,
 			 uint32_t dl);
@@ -255,7 +262,7 @@ struct uffdsnap_incoming {
 	struct usnap_latch latch;      /* the receiver's first error */
 };
 
-int usnap_in_fail(struct uffdsnap_incoming *in, int err, const char *fmt, ...) __attribute__((format(printf, 3, 4)));
+#define usnap_in_fail(in, err, ...) usnap_mig_latch(&(in)->latch, (err), __VA_ARGS__)
 /* An answer to the sender, queued (best effort after a failure). */
 int usnap_in_send_status(struct uffdsnap_incoming *in, uint16_t type, uint32_t value, int status);
 /* Set a state flag (hello_done, ready, finished) and wake the API's waits. */

@@ -33,16 +33,6 @@ void usnap_in_mark(struct uffdsnap_incoming *in, bool *flag)
 	pthread_mutex_unlock(&in->state_lock);
 }
 
-int usnap_in_fail(struct uffdsnap_incoming *in, int err, const char *fmt, ...)
-{
-	va_list ap;
-
-	va_start(ap, fmt);
-	usnap_latch_vset(&in->latch, err, fmt, ap);
-	va_end(ap);
-	return err;
-}
-
 int usnap_in_send_status(struct uffdsnap_incoming *in, uint16_t type, uint32_t value, int status)
 {
 	struct usnap_mig_status st = { value, status };
@@ -285,11 +275,7 @@ static void *receiver_main(void *arg)
 	if (in->running)
 		usnap_in_postcopy_end(in, r != 0);
 	usnap_mig_link_close(in->link);
-	if (r && usnap_latch_err(&in->latch) >= 0)
-		usnap_latch_set(&in->latch, r, "%s", strerror(-r));
-	else if (!r)
-		usnap_latch_close(&in->latch);
-	in->result = r ? usnap_latch_err(&in->latch) : 0;
+	in->result = usnap_mig_result(&in->latch, r);
 	usnap_in_mark(in, &in->hello_done);
 	if (!in->result)
 		usnap_in_mark(in, &in->ready);

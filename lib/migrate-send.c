@@ -48,16 +48,6 @@
 
 #define USNAP_MIG_SCAN_VEC 512
 
-int usnap_mig_fail(struct uffdsnap_migrate *m, int err, const char *fmt, ...)
-{
-	va_list ap;
-
-	va_start(ap, fmt);
-	usnap_latch_vset(&m->latch, err, fmt, ap);
-	va_end(ap);
-	return err;
-}
-
 /* Every registration dropped: UNREGISTER clears each uffd-wp bit and marker
  * of the range, so nothing of the program stays protected. */
 static void disarm(struct uffdsnap_migrate *m)
@@ -547,11 +537,7 @@ static void *sender_main(void *arg)
 	pthread_mutex_unlock(&m->ctx->lock);
 	/* the connection's end: after the final ACK the receiver may hang up */
 	usnap_mig_link_close(m->link);
-	if (r && usnap_latch_err(&m->latch) >= 0)
-		usnap_latch_set(&m->latch, r, "%s", strerror(-r));
-	else if (!r)
-		usnap_latch_close(&m->latch);
-	m->result = r ? usnap_latch_err(&m->latch) : 0;
+	m->result = usnap_mig_result(&m->latch, r);
 	m->error = m->result;
 	m->end_ns = usnap_now_ns();
 	m->state = r ? UFFDSNAP_MIGRATE_FAILED : UFFDSNAP_MIGRATE_DONE;

@@ -77,6 +77,27 @@ int usnap_mig_opts_take(uffdsnap_migrate_opts_t *o, const uffdsnap_migrate_opts_
 	return 0;
 }
 
+int usnap_mig_latch(struct usnap_latch *l, int err, const char *fmt, ...)
+{
+	va_list ap;
+
+	va_start(ap, fmt);
+	usnap_latch_vset(l, err, fmt, ap);
+	va_end(ap);
+	return err;
+}
+
+int usnap_mig_result(struct usnap_latch *l, int r)
+{
+	if (!r) {
+		usnap_latch_close(l);
+		return 0;
+	}
+	if (usnap_latch_err(l) >= 0)
+		usnap_latch_set(l, r, "%s", strerror(-r));
+	return usnap_latch_err(l);
+}
+
 /* Wait for a sender's or receiver's thread, once, from any number of callers. */
 void usnap_mig_join_once(pthread_mutex_t *lock, bool *joined, pthread_t t)
 {
