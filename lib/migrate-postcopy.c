@@ -268,6 +268,8 @@ int usnap_mig_postcopy(struct uffdsnap_migrate *m)
 		 * ACKs that open it wake nothing of ours */
 		if (!sent && m->pc_running && !m->pc_ended)
 			usnap_mig_wake_in(m->link, 1);
+		else
+			usnap_mig_wake_stop(m->link);
 		if ((r = usnap_mig_turn(m->link, !sent)))
 			return r;
 	}

@@ -72,9 +72,11 @@ int usnap_mig_flush(struct usnap_mig_link *l);
 size_t usnap_mig_queued(const struct usnap_mig_link *l);
 /* Run the loop until ms have passed or an error is latched (not silence). */
 int usnap_mig_sleep(struct usnap_mig_link *l, uint64_t ms);
-/* Have the loop wake up within ms (if not armed already): for a condition
- * no event announces (the peer's TCP ACKs). */
+/* Have the loop wake up every ms (if not armed already) until
+ * usnap_mig_wake_stop: for a condition no event announces (the peer's TCP
+ * ACKs). */
 void usnap_mig_wake_in(struct usnap_mig_link *l, uint64_t ms);
+void usnap_mig_wake_stop(struct usnap_mig_link *l);
 /* No more frames are wanted (the last one came): the peer may hang up. */
 void usnap_mig_stop_reading(struct usnap_mig_link *l);
 /* Call cb(arg) on the loop's thread whenever fd is readable, until the

@@ -369,12 +369,25 @@ int usnap_mig_flush(struct usnap_mig_link *l)
 	return r;
 }
 
+/*
+ * The wake timer repeats: uv_run(UV_RUN_ONCE) first runs the timers that are
+ * due and then polls with the next timer's deadline. A one-shot timer that
+ * fell due before that poll (the thread was descheduled, or busy since the
+ * loop's clock was last read) fired at the top and left the poll with no
+ * deadline at all: test-migrate writer_exact hung in 6 of ~45 runs, the
+ * sender asleep in epoll_wait(-1) with its pacing delay long past.
+ */
 void usnap_mig_wake_in(struct usnap_mig_link *l, uint64_t ms)
 {
 	if (uv_is_active((uv_handle_t *)&l->wake))
 		return;
 	l->woke = false;
-	uv_timer_start(&l->wake, on_wake, ms, 0);
+	uv_timer_start(&l->wake, on_wake, ms, ms);
+}
+
+void usnap_mig_wake_stop(struct usnap_mig_link *l)
+{
+	uv_timer_stop(&l->wake);
 }
 
 int usnap_mig_sleep(struct usnap_mig_link *l, uint64_t ms)
@@ -383,11 +396,11 @@ int usnap_mig_sleep(struct usnap_mig_link *l, uint64_t ms)
 
 	/* our own wait is not the peer's silence */
 	uv_timer_stop(&l->idle);
-	uv_timer_stop(&l->wake);
+	usnap_mig_wake_stop(l);
 	usnap_mig_wake_in(l, ms);
 	while (!r && !l->woke)
 		r = usnap_mig_turn(l, true);
-	uv_timer_stop(&l->wake);
+	usnap_mig_wake_stop(l);
 	alive(l);
 	return r;
 }
