@@ -4,6 +4,7 @@
  * kernel's asynchronous write tracking (UFFD_FEATURE_WP_ASYNC + PAGEMAP_SCAN):
  *  - idle: a memfd (holes, zero pages, data) and private memory arrive byte
  *    for byte; the sender's memory is unchanged and unprotected afterwards;
+ *    a pipe instead of a stream socket is refused (-ENOTSOCK) by both sides;
  *    a snapshot and add_region are refused while the migration runs and a
  *    snapshot works after it.
  *  - writer: a thread stores into both regions while the rounds run; the
@@ -92,6 +93,15 @@ START_TEST(idle)
 	print_stats("idle", m);
 	uffdsnap_migrate_free(m);
 	uffdsnap_incoming_free(in);
+	/* not a stream socket: refused before anything runs, nothing left protected */
+	int pp[2];
+	ck_assert_int_eq(pipe2(pp, O_CLOEXEC), 0);
+	ck_assert_int_eq(uffdsnap_migrate_send(p.ctx, pp[1], &o, &m), -ENOTSOCK);
+	ck_assert_ptr_null(m);
+	ck_assert_int_eq(uffdsnap_migrate_recv(pp[0], NULL, &in), -ENOTSOCK);
+	ck_assert_ptr_null(in);
+	assert_unprotected(&p);
+	close(pp[0]), close(pp[1]);
 	/* the regions are the context's again */
 	char dir[PATH_MAX], path[PATH_MAX + 8];
 	t_tmpdir(dir);
