@@ -50,7 +50,7 @@ struct uffdio_poison {
 /* Linux 6.7: PAGEMAP_SCAN on /proc/PID/pagemap (include/uapi/linux/fs.h).
  * With a WP_ASYNC userfaultfd, PAGE_IS_WRITTEN means "no uffd-wp bit": the
  * page was written since it was last protected. PM_SCAN_WP_MATCHING
- * re-protects what it reports in the same walk (migrate.c's rounds). */
+ * re-protects what it reports in the same walk (migrate-send.c's rounds). */
 #define PAGE_IS_WPALLOWED (1 << 0)
 #define PAGE_IS_WRITTEN (1 << 1)
 #define PAGE_IS_FILE (1 << 2)

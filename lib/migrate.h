@@ -1,6 +1,6 @@
 /* SPDX-License-Identifier: LGPL-2.1-or-later */
 /*
- * The migration wire protocol (migrate.c, docs/migration.md "Protocol").
+ * The migration wire protocol (migrate*.c, docs/migration.md "Protocol").
  * Shared with tests/test-migrate.c, which forges hostile frames.
  *
  * A stream of frames, little-endian. Every frame is a 16-byte header and a
@@ -21,7 +21,7 @@
  * frames on the same socket (the reverse direction carries nothing else, so
  * a request never queues behind pushed pages); the sender answers them
  * before its background push of the rest, which it keeps to a small window
- * in flight (migrate.c, postcopy()). A ROUND_END with round 2, final = 1
+ * in flight (migrate-postcopy.c, push_step()). A ROUND_END with round 2, final = 1
  * follows the last page; its ACK ends the migration.
  */
 #ifndef UFFDSNAP_MIGRATE_H

@@ -56,7 +56,7 @@ int usnap_uffd_poison(int uffd, uintptr_t addr, size_t len, bool wake, int64_t *
 bool usnap_uffd_changing(int uffd, const void *page, size_t page_size);
 
 /*
- * Asynchronous write tracking (Linux 6.7+, migrate.c): a userfaultfd with
+ * Asynchronous write tracking (Linux 6.7+, migrate-send.c): a userfaultfd with
  * UFFD_FEATURE_WP_ASYNC, on which the kernel resolves write faults itself
  * (it drops the page's uffd-wp bit; no message, the writer never waits).
  * `features` is what the kernel offers (asked on another descriptor first).
@@ -89,7 +89,7 @@ int usnap_uffd_scan_written_last(int pagemap_fd, uintptr_t start, uintptr_t end,
 				 uintptr_t *walk_end);
 
 /*
- * Post-copy placement (migrate.c, the receiver): a userfaultfd for MISSING
+ * Post-copy placement (migrate-postcopy.c, the receiver): a userfaultfd for MISSING
  * faults on shmem (UFFD_FEATURE_MISSING_SHMEM) that can also poison pages
  * (UFFD_FEATURE_POISON, Linux 6.6+: what a receiver that lost its sender
  * leaves where pages never came). Probes on a first descriptor (UFFDIO_API

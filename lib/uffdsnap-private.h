@@ -22,7 +22,7 @@
  *   participant.c  other processes that join a context: the listener, join and leave
  *   reader.c    everything that reads snapshot bytes (reader-private.h: for restore)
  *   restore*.c  eager and lazy restore, and the page server (restore-private.h)
- *   migrate.c   live migration: sender rounds, receiver (migrate.h: the wire protocol)
+ *   migrate*.c  live migration (migrate-private.h: which file owns what; migrate.h: the wire protocol)
  *   inject.c    test-only fault injection (never in the installed library)
  *   errors.c    errno texts and the per-thread error detail
  *   threads.c   starting the library's threads, one or a crew of workers
@@ -209,7 +209,7 @@ struct uffdsnap {
 	struct usnap_pool pool;
 	pthread_mutex_t lock;       /* active, migration, participants */
 	struct uffdsnap_snap *active;
-	/* A migration running (migrate.c): the regions are registered with its
+	/* A migration running (migrate-send.c): the regions are registered with its
 	 * WP_ASYNC userfaultfd, and a VMA takes one userfaultfd at a time, so
 	 * begin and add_region refuse (-EBUSY) until it ended. */
 	struct uffdsnap_migrate *migration;
@@ -250,7 +250,7 @@ struct usnap_query_region {
 /* Ask the coordinator at path: how many regions went into out, or -errno. */
 int usnap_query_regions(const char *path, struct usnap_query_region *out, unsigned cap);
 
-/* migrate.c: cancel a running migration and wait for its thread (uffdsnap_free). */
+/* migrate-send.c: cancel a running migration and wait for its thread (uffdsnap_free). */
 void usnap_migrate_stop(struct uffdsnap_migrate *m);
 
 /* delta.c */

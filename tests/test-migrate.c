@@ -4,6 +4,7 @@
  * kernel's asynchronous write tracking (UFFD_FEATURE_WP_ASYNC + PAGEMAP_SCAN):
  *  - idle: a memfd (holes, zero pages, data) and private memory arrive byte
  *    for byte; the sender's memory is unchanged and unprotected afterwards;
+ *    a pipe instead of a stream socket is refused (-ENOTSOCK) by both sides;
  *    a snapshot and add_region are refused while the migration runs and a
  *    snapshot works after it.
  *  - writer: a thread stores into both regions while the rounds run; the
@@ -16,6 +17,8 @@
  *    version, a truncated frame, a bad checksum, pages out of bounds: the
  *    receiver fails with the documented errno; a forged valid stream is
  *    accepted (the forger is right, so the refusals are the checks').
+ *  - pacing_cap: after an idle period max_bandwidth lets out at most the
+ *    bandwidth plus a 10 ms credit (and a frame), not a burst.
  *  - tcp: two network namespaces joined by a veth pair with a tbf qdisc
  *    (1 Gbit/s), real TCP between them, a writer running: exact at the
  *    switchover; prints pre-copy and post-copy against stop-and-copy of the
@@ -26,6 +29,8 @@
  */
 #include <errno.h>
 #include <fcntl.h>
+#include <poll.h>
+#include <pthread.h>
 #include <stdlib.h>
 #include <string.h>
 #include <sys/mman.h>
@@ -88,6 +93,15 @@ START_TEST(idle)
 	print_stats("idle", m);
 	uffdsnap_migrate_free(m);
 	uffdsnap_incoming_free(in);
+	/* not a stream socket: refused before anything runs, nothing left protected */
+	int pp[2];
+	ck_assert_int_eq(pipe2(pp, O_CLOEXEC), 0);
+	ck_assert_int_eq(uffdsnap_migrate_send(p.ctx, pp[1], &o, &m), -ENOTSOCK);
+	ck_assert_ptr_null(m);
+	ck_assert_int_eq(uffdsnap_migrate_recv(pp[0], NULL, &in), -ENOTSOCK);
+	ck_assert_ptr_null(in);
+	assert_unprotected(&p);
+	close(pp[0]), close(pp[1]);
 	/* the regions are the context's again */
 	char dir[PATH_MAX], path[PATH_MAX + 8];
 	t_tmpdir(dir);
@@ -405,6 +419,148 @@ START_TEST(cut_mid_round)
 }
 END_TEST
 
+/*
+ * max_bandwidth after an idle period (pacing_cap): round 1 goes at 16 MiB/s,
+ * then the switchover callback rewrites 2 MiB and sleeps 200 ms, so the
+ * sender sits idle before the final round. A relay between the two ends
+ * timestamps the bytes the sender writes. Every byte the relay reads after
+ * the callback returned was written after it (round 1 was acknowledged
+ * before the switchover, and round 2 starts after it), and was written no
+ * later than it was read; so the bytes read in the PACE_WINDOW_MS after the
+ * callback are at most what the pacer let out in that window: the bandwidth
+ * times the window, plus its credit cap (USNAP_MIG_PACE_CAP_MS of the
+ * bandwidth) plus one frame (a frame goes once the credit is not negative).
+ * A slow or loaded machine only makes fewer bytes arrive in the window; no
+ * lower bound is asserted. A pacer whose credit grew through the idle period
+ * (it banked 3.2 MiB there) let the whole 2 MiB out at once.
+ */
+#define PACE_BW (16 * MiB)
+#define PACE_REWRITE (2 * MiB)
+#define PACE_WINDOW_MS 50
+
+struct relay {
+	int a, b;                  /* the sender's peer; the receiver's */
+	_Atomic bool stop;
+	size_t n, cap;
+	uint64_t *t;               /* when each read from the sender returned */
+	size_t *len;               /* and its bytes */
+	pthread_t thread;
+};
+
+static void write_full(int fd, const uint8_t *p, size_t n)
+{
+	while (n) {
+		ssize_t k = write(fd, p, n);
+		if (k <= 0)
+			return; /* the other end is gone: the migration says why */
+		p += k, n -= (size_t)k;
+	}
+}
+
+static void *relay_main(void *arg)
+{
+	struct relay *r = arg;
+	static uint8_t buf[64 * 1024];
+
+	while (!r->stop) {
+		struct pollfd p[2] = { { r->a, POLLIN, 0 }, { r->b, POLLIN, 0 } };
+		if (poll(p, 2, 10) <= 0)
+			continue;
+		if (p[0].revents) {
+			ssize_t k = read(r->a, buf, sizeof(buf));
+			if (k <= 0)
+				break;
+			if (r->n < r->cap)
+				r->t[r->n] = t_now_ns(), r->len[r->n++] = (size_t)k;
+			write_full(r->b, buf, (size_t)k);
+		}
+		if (p[1].revents) {
+			ssize_t k = read(r->b, buf, sizeof(buf));
+			if (k <= 0)
+				break;
+			write_full(r->a, buf, (size_t)k);
+		}
+	}
+	return NULL;
+}
+
+struct paced {
+	struct prog p;             /* first: on_switchover's user */
+	_Atomic uint64_t t_end;    /* the callback returned */
+};
+
+static int idle_switchover(void *user)
+{
+	struct paced *x = user;
+	int r = on_switchover(&x->p);
+
+	t_fill_random(x->p.shm.addr, PACE_REWRITE, 99);
+	usleep(200000);
+	x->t_end = t_now_ns();
+	return r;
+}
+
+START_TEST(pacing_cap)
+{
+	struct paced x;
+	struct relay rl = { .cap = 1 << 16 };
+	uffdsnap_migrate_opts_t o;
+	uffdsnap_migrate_stats_t st = { .size = sizeof(st) };
+	uffdsnap_migrate_t *m;
+	uffdsnap_incoming_t *in;
+	int s1[2], s2[2];
+	size_t early = 0;
+
+	t_watchdog(60, "pacing after an idle period");
+	prog_new(&x.p, SHLEN, PRLEN);
+	x.t_end = 0;
+	rl.t = calloc(rl.cap, sizeof(*rl.t));
+	rl.len = calloc(rl.cap, sizeof(*rl.len));
+	ck_assert(rl.t && rl.len);
+	ck_assert_int_eq(socketpair(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0, s1), 0);
+	ck_assert_int_eq(socketpair(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0, s2), 0);
+	rl.a = s1[1], rl.b = s2[0];
+	ck_assert_int_eq(pthread_create(&rl.thread, NULL, relay_main, &rl), 0);
+	o = opts_for(&x.p);
+	o.switchover = idle_switchover;
+	o.user = &x;
+	o.max_bandwidth = PACE_BW;
+	o.max_rounds = 2;
+	ck_assert_msg(uffdsnap_migrate_send(x.p.ctx, s1[0], &o, &m) == 0, "%s", uffdsnap_last_error());
+	ck_assert_msg(uffdsnap_migrate_recv(s2[1], NULL, &in) == 0, "%s", uffdsnap_last_error());
+	ck_assert_msg(uffdsnap_incoming_complete(in) == 0, "%s", uffdsnap_last_error());
+	ck_assert_msg(uffdsnap_migrate_wait(m) == 0, "%s", uffdsnap_last_error());
+	rl.stop = true;
+	pthread_join(rl.thread, NULL);
+	take_reference(&x.p);
+	assert_received(in, &x.p);
+	ck_assert_int_eq(uffdsnap_migrate_stats(m, &st), 0);
+	print_stats("pacing", m);
+	ck_assert_int_eq(x.p.switchovers, 1);
+	ck_assert_uint_eq(st.rounds, 2);
+	ck_assert_uint_lt(rl.n, rl.cap); /* every read was timed */
+	for (size_t i = 0; i < rl.n; i++)
+		if (rl.t[i] >= x.t_end && rl.t[i] < x.t_end + PACE_WINDOW_MS * 1000000ull)
+			early += rl.len[i];
+	size_t frame_max = sizeof(struct usnap_mig_hdr) + sizeof(struct usnap_mig_pages) + USNAP_MIG_BATCH * ps;
+	/* 10: the cap, USNAP_MIG_PACE_CAP_MS (lib/migrate-private.h) */
+	size_t bound = (size_t)((double)PACE_BW * (PACE_WINDOW_MS + 10) / 1000) + frame_max;
+	printf("pacing: %zu bytes in the first %d ms after a 200 ms idle period (bound %zu); round 2: %llu bytes\n",
+	       early, PACE_WINDOW_MS, bound, (unsigned long long)st.round_bytes[1]);
+	/* the bound means something: the final round is larger than it */
+	ck_assert_uint_ge(st.round_bytes[1], PACE_REWRITE);
+	ck_assert_uint_gt(PACE_REWRITE, bound);
+	ck_assert_msg(early <= bound, "%zu bytes in %d ms after an idle period: the pacer let a burst out (bound %zu)",
+		      early, PACE_WINDOW_MS, bound);
+	uffdsnap_migrate_free(m);
+	uffdsnap_incoming_free(in);
+	close(s1[0]), close(s1[1]), close(s2[0]), close(s2[1]);
+	free(rl.t), free(rl.len);
+	prog_free(&x.p);
+	t_watchdog(0, NULL);
+}
+END_TEST
+
 /* A receiver that answers the region table with garbage, or accepts it and
  * then reads nothing while the migration, or its context, is freed: the
  * sender fails (-EBADMSG, -ECANCELED), nothing stays protected. */
@@ -705,6 +861,7 @@ int main(void)
 	tcase_add_test(tc, cut_mid_round);
 	tcase_add_test(tc, hostile_sender);
 	tcase_add_test(tc, hostile_receiver);
+	tcase_add_test(tc, pacing_cap);
 	suite_add_tcase(s, tc);
 #ifdef USNAP_TEST_INJECT
 	tc = tcase_create("inject");

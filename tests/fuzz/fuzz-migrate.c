@@ -1,6 +1,7 @@
 /* SPDX-License-Identifier: LGPL-2.1-or-later */
 /*
- * Fuzz target for the migration receiver (lib/migrate.c): the input is what
+ * Fuzz target for the migration receiver (lib/migrate-recv.c, its frames
+ * delimited by usnap_mig_parse in lib/migrate.c): the input is what
  * a sender sends. It is written into a socketpair (by a thread, then the
  * write side is shut) while uffdsnap_migrate_recv() and
  * uffdsnap_incoming_complete() read it, twice: as it is, and with the CRC of
