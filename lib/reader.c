@@ -1660,9 +1660,9 @@ uint64_t usnap_reader_ahead_decoded(const uffdsnap_reader_t *r, uint64_t *failed
  */
 static struct usnap_ahead *ahead(struct uffdsnap_reader *r)
 {
-	long cpus = sysconf(_SC_NPROCESSORS_ONLN);
 	uint64_t mean, fit;
 	unsigned workers, slots;
+	long cpus;
 
 	if (r->ah && usnap_ahead_forked(r->ah)) {
 		/* a child of fork(): the workers stayed in the parent */
@@ -1673,6 +1673,7 @@ static struct usnap_ahead *ahead(struct uffdsnap_reader *r)
 	if (r->ah || r->ah_tried || r->chain)
 		return r->ah;
 	r->ah_tried = true;
+	cpus = sysconf(_SC_NPROCESSORS_ONLN); /* reads a file: once */
 	workers = r->ah_fixed ? r->ah_n : cpus > 1 ? (unsigned)(cpus < 64 ? cpus - 1 : 63) : 0;
 	if (!workers)
 		return NULL;
