@@ -10,10 +10,12 @@
  *
  * The caller queues chunks in the order it will need them
  * (usnap_ahead_queue()); a worker takes the oldest queued one. The caller
- * takes each chunk when it needs it (usnap_ahead_take()): one a worker
- * decoded, or one still queued, which it decodes itself; while a worker is
- * still on the one it needs, it decodes the next queued chunk instead of
- * waiting, so it is never idle while there is work.
+ * takes any chunk it still needs that is decoded (usnap_ahead_take(): a read
+ * copies its chunks in any order), or else decodes the oldest one still
+ * queued itself; while workers are on all the ones it needs, it decodes the
+ * next queued chunk instead of waiting. So it waits only when there is no
+ * work, and never for a worker that the machine's load has descheduled
+ * while chunks it could use are ready.
  *
  * What a slot holds, pages or an error, is seen only by a take of that
  * chunk: a chunk is checked whole before any of its bytes is used, and a
@@ -215,6 +217,27 @@ void usnap_ahead_free(struct usnap_ahead *a)
 	slots_free(a);
 }
 
+/*
+ * Wake a worker for the queued chunks (lock held) only once the caller is
+ * down to half the slots of chunks decoded ahead. Woken for each chunk it
+ * would sleep and wake once a chunk whenever it is ahead of the caller: two
+ * context switches a chunk, which cost a 512 MiB read 0.3 s of CPU more
+ * than decoding alone on this guest (kernel-here.md: cross-CPU wake-ups
+ * are expensive). The caller never waits for a worker asleep: it decodes
+ * what is queued itself.
+ */
+static void wake(struct usnap_ahead *a)
+{
+	unsigned ready = 0, queued = 0;
+
+	for (unsigned i = 0; i < a->nslots; i++) {
+		ready += a->slots[i].state == SL_DONE && &a->slots[i] != a->last;
+		queued += a->slots[i].state == SL_QUEUED;
+	}
+	if (queued && ready < a->nslots / 2)
+		pthread_cond_signal(&a->work);
+}
+
 int usnap_ahead_queue(struct usnap_ahead *a, unsigned id, size_t ci)
 {
 	int held = 1;
@@ -232,7 +255,7 @@ int usnap_ahead_queue(struct usnap_ahead *a, unsigned id, size_t ci)
 			a->slots[i].id = id;
 			a->slots[i].ci = ci;
 			a->slots[i].seq = a->seq++;
-			pthread_cond_signal(&a->work);
+			wake(a);
 		}
 	}
 	pthread_mutex_unlock(&a->lock);
@@ -262,29 +285,52 @@ void usnap_ahead_keep(struct usnap_ahead *a, bool (*keep)(void *arg, unsigned id
 	pthread_mutex_unlock(&a->lock);
 }
 
-int usnap_ahead_take(struct usnap_ahead *a, uffdsnap_reader_t *r, unsigned id, size_t ci, struct usnap_rchunk *c)
+int usnap_ahead_take(struct usnap_ahead *a, uffdsnap_reader_t *r, unsigned id, bool (*need)(void *arg, size_t ci),
+		     void *arg, size_t *ci, struct usnap_rchunk *c)
 {
-	struct ah_slot *s, *q;
+	struct ah_slot *s;
 	int rc;
 
 	pthread_mutex_lock(&a->lock);
-	/* the caller is done with the chunk it took before */
-	if (a->last && (a->last->id != id || a->last->ci != ci))
+	/* the caller is done with the chunk it took before, unless it needs it again */
+	if (a->last && (a->last->id != id || !need(arg, a->last->ci))) {
 		drop(a, a->last);
+		wake(a);
+	}
 	for (;;) {
-		if (!(s = find(a, id, ci))) {
+		struct ah_slot *queued = NULL, *other = NULL;
+		bool busy = false;
+
+		s = NULL;
+		for (unsigned i = 0; i < a->nslots && !s; i++) {
+			struct ah_slot *t = &a->slots[i];
+
+			if (t->state == SL_FREE || t->orphan)
+				continue;
+			if (t->state == SL_QUEUED && (!other || t->seq < other->seq))
+				other = t;
+			if (t->id != id || !need(arg, t->ci))
+				continue;
+			if (t->state == SL_DONE)
+				s = t;
+			else if (t->state == SL_QUEUED && (!queued || t->seq < queued->seq))
+				queued = t;
+			busy |= t->state == SL_BUSY;
+		}
+		if (s)
+			break;
+		if (queued) {
+			decode(a, r, queued);
+		} else if (!busy) {
 			pthread_mutex_unlock(&a->lock);
 			return 1;
-		}
-		if (s->state == SL_DONE)
-			break;
-		if (s->state == SL_QUEUED)
-			decode(a, r, s);
-		else if ((q = oldest_queued(a)))
-			decode(a, r, q);  /* a worker has s: do the next one meanwhile */
-		else
+		} else if (other) {
+			decode(a, r, other); /* workers have the ones needed: do the next one meanwhile */
+		} else {
 			pthread_cond_wait(&a->done, &a->lock);
+		}
 	}
+	*ci = s->ci;
 	rc = s->rc;
 	if (rc) {
 		usnap_reader_fail(r, rc, "%s", s->err);

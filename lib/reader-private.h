@@ -106,11 +106,13 @@ int usnap_ahead_queue(struct usnap_ahead *a, unsigned id, size_t ci);
 /* Drop every chunk held (queued, being decoded or decoded) that keep() does
  * not want; keep NULL drops all. */
 void usnap_ahead_keep(struct usnap_ahead *a, bool (*keep)(void *arg, unsigned id, size_t ci), void *arg);
-/* Chunk ci of region id, decoded: 0 and *c (valid until the next take or
- * keep), 1 if it is not held (the caller loads it), or its error, with the
- * text in r's error. Decodes queued chunks itself rather than wait idle;
- * decoding, it uses r's file and zstd context (usnap_reader_decode()). */
-int usnap_ahead_take(struct usnap_ahead *a, uffdsnap_reader_t *r, unsigned id, size_t ci, struct usnap_rchunk *c);
+/* A decoded chunk of region id that need() says the caller needs: 0 with its
+ * index in *ci and *c (valid until the next take or keep), its error (the
+ * text in r's error; *ci set), or 1 if none of them is held (the caller loads
+ * one). Decodes queued chunks itself rather than wait idle; decoding, it
+ * uses r's file and zstd context (usnap_reader_decode()). */
+int usnap_ahead_take(struct usnap_ahead *a, uffdsnap_reader_t *r, unsigned id, bool (*need)(void *arg, size_t ci),
+		     void *arg, size_t *ci, struct usnap_rchunk *c);
 /* Chunks decoded into slots so far (with their pages, without error), and
  * in *failed (if not NULL) those that failed. */
 uint64_t usnap_ahead_decoded(const struct usnap_ahead *a, uint64_t *failed);

@@ -1521,20 +1521,30 @@ static void park_evict(struct uffdsnap_reader *r, uint32_t id, uint64_t k0)
  * kept already, each once, in page-map order (the order the read copies
  * them in, and the order they are decoded in), into a new array; their bits
  * set in r->want, which want_clear() clears. */
+/* r->want, all clear, with a bit for each of n chunks. */
+static int want_room(struct uffdsnap_reader *r, size_t n)
+{
+	size_t words = (n + 63) / 64;
+	uint64_t *w;
+
+	if (words <= r->want_words)
+		return 0;
+	if (!(w = calloc(words, sizeof(*w))))
+		return rd_err(r, -ENOMEM, "out of memory");
+	free(r->want);
+	r->want = w;
+	r->want_words = words;
+	return 0;
+}
+
 static int need_chunks(struct uffdsnap_reader *r, unsigned id, size_t k0, size_t k1, uint32_t **out, size_t *n)
 {
 	const struct rd_map *m = &r->maps[id];
-	size_t words = (r->regions[id].ent_hi - r->regions[id].ent_lo + 63) / 64, u = 0;
+	size_t u = 0;
 	uint32_t *v;
 
-	if (words > r->want_words) {
-		uint64_t *w = calloc(words, sizeof(*w));
-		if (!w)
-			return rd_err(r, -ENOMEM, "out of memory");
-		free(r->want);
-		r->want = w;
-		r->want_words = words;
-	}
+	if (want_room(r, r->regions[id].ent_hi - r->regions[id].ent_lo))
+		return -ENOMEM;
 	if (!(v = malloc((k1 - k0 + 1) * sizeof(*v))))
 		return rd_err(r, -ENOMEM, "out of memory");
 	for (size_t k = k0; k <= k1; k++) {
@@ -1686,26 +1696,36 @@ static struct usnap_ahead *ahead(struct uffdsnap_reader *r)
 	return r->ah;
 }
 
-/* Chunk ci of region id with its pages: from the read-ahead if it holds it,
- * else loaded here. */
-static int chunk_get(struct uffdsnap_reader *r, unsigned id, uint32_t ci, struct rd_chunk *c)
+static bool still_wanted(void *arg, size_t ci)
 {
-	struct usnap_rchunk u;
-	int rc = r->ah ? usnap_ahead_take(r->ah, r, id, ci, &u) : 1;
+	const struct uffdsnap_reader *r = arg;
 
-	if (rc < 0)
-		return rc;
-	if (rc > 0)
-		return ent_load(r, id, &r->ents[r->regions[id].ent_lo + ci], true, c);
-	*c = (struct rd_chunk){ .ext = u.ext, .nextents = u.nextents, .data = u.data, .raw_len = u.raw_len };
-	return 0;
+	return usnap_bit(r->want, ci);
 }
 
 static bool in_want(void *arg, unsigned id, size_t ci)
 {
 	const struct uffdsnap_reader *r = arg;
 
-	return id == r->ra_id && usnap_bit(r->want, ci);
+	return id == r->ra_id && still_wanted(arg, ci);
+}
+
+/* A chunk of region id still wanted (its bit in r->want; v[*sync..] lists
+ * them), in *ci with its pages: any the read-ahead has decoded, else the
+ * first of v from *sync on, loaded here. Its bit is cleared. */
+static int chunk_next(struct uffdsnap_reader *r, unsigned id, const uint32_t *v, size_t *sync, size_t *ci,
+		      struct usnap_rchunk *c)
+{
+	int rc = r->ah ? usnap_ahead_take(r->ah, r, id, still_wanted, r, ci, c) : 1;
+
+	if (rc > 0) {
+		while (!usnap_bit(r->want, v ? v[*sync] : *sync))
+			++*sync;
+		*ci = v ? v[*sync] : *sync;
+		rc = usnap_reader_chunk(r, id, *ci, c);
+	}
+	r->want[*ci / 64] &= ~(1ull << (*ci % 64));
+	return rc;
 }
 
 /*
@@ -1718,7 +1738,7 @@ static void ahead_fill(struct uffdsnap_reader *r, unsigned id, const uint32_t *v
 {
 	const struct rd_map *m = &r->maps[id];
 
-	while (*next < n && usnap_ahead_queue(r->ah, id, v[*next]))
+	while (*next < n && (!still_wanted(r, v[*next]) || usnap_ahead_queue(r->ah, id, v[*next])))
 		++*next;
 	if (*next < n || !seq)
 		return;
@@ -1777,15 +1797,18 @@ USNAP_EXPORT int uffdsnap_reader_read(uffdsnap_reader_t *r, unsigned id, uint64_
 	}
 	populate(buf, len);
 	twice = park_copy(r, id, k0, k1, off, buf, len, p0, p1, seen);
-	/* each chunk once: what it holds is copied from its checked extents,
-	 * whatever the map said */
-	for (size_t i = 0; i < n && twice == UINT64_MAX; i++) {
+	/* each chunk once, in the order they are decoded in: what it holds is
+	 * copied from its checked extents, whatever the map said */
+	for (size_t left = n, sync = 0; left && twice == UINT64_MAX; left--) {
+		struct usnap_rchunk u;
 		struct rd_chunk c;
+		size_t ci;
 
-		if ((rc = chunk_get(r, id, chunks[i], &c)))
+		if ((rc = chunk_next(r, id, chunks, &sync, &ci, &u)))
 			break;
+		c = (struct rd_chunk){ .ext = u.ext, .nextents = u.nextents, .data = u.data, .raw_len = u.raw_len };
 		if ((twice = chunk_copy(r, &c, off, buf, len, p0, p1, seen)) == UINT64_MAX) {
-			park_chunk(r, id, chunks[i], &c, p1);
+			park_chunk(r, id, (uint32_t)ci, &c, p1);
 			park_evict(r, id, k0);
 		}
 		if (r->ah)
@@ -1878,19 +1901,24 @@ static int extract_chunks(struct uffdsnap_reader *r, unsigned id, const struct o
 		return rd_err(r, -ENOMEM, "region '%s': out of memory for a bitmap of %" PRIu64 " pages", reg->name,
 			      reg->npages);
 	r->ra_next = UINT64_MAX; /* the next read starts afresh */
+	if ((rc = want_room(r, nchunks))) {
+		free(claimed);
+		return rc;
+	}
+	usnap_bits_set(r->want, 0, nchunks);
 	if (a)
 		usnap_ahead_keep(a, NULL, NULL);
 	/* through the chunk access restore uses: a chain's chunks come clipped
-	 * to the pages that are theirs in its image (a chain has no read-ahead) */
-	for (size_t i = 0; i < nchunks && !rc; i++) {
+	 * to the pages that are theirs in its image (a chain has no read-ahead);
+	 * in the order they are decoded in */
+	for (size_t n = 0, sync = 0; n < nchunks && !rc; n++) {
 		uint64_t data_off = 0;
 		struct usnap_rchunk c;
+		size_t i;
 
-		while (a && next < nchunks && usnap_ahead_queue(a, id, next))
+		while (a && next < nchunks && (!still_wanted(r, next) || usnap_ahead_queue(a, id, next)))
 			next++;
-		if ((rc = a ? usnap_ahead_take(a, r, id, i, &c) : 1) > 0)
-			rc = usnap_reader_chunk(r, id, i, &c);
-		if (rc)
+		if ((rc = chunk_next(r, id, NULL, &sync, &i, &c)))
 			break;
 		for (uint32_t k = 0; k < c.nextents && !rc; k++) {
 			const struct usnap_extent *e = &c.ext[k];
@@ -1912,6 +1940,7 @@ static int extract_chunks(struct uffdsnap_reader *r, unsigned id, const struct o
 			data_off += len;
 		}
 	}
+	memset(r->want, 0, (nchunks + 63) / 64 * sizeof(*r->want));
 	for (uint64_t p = 0; !rc && count != reg->npages && p < reg->npages; p++)
 		if (!(claimed[p / 64] >> (p % 64) & 1))
 			rc = bad(r, "region '%s': page %" PRIu64 " is not recorded", reg->name, p);

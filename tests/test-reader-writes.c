@@ -461,9 +461,9 @@ START_TEST(damaged_table)
 END_TEST
 
 /*
- * Flip a byte in the payload of a chunk of the sweep (a span of at most 256
- * pages) in the second half of the region, without re-sealing it: no page
- * before its first is in it. Reads in 4 KiB
+ * Flip a byte in the payload of the chunk of narrowest span (a chunk of the
+ * sweep) among those that start in the second half of the region, without
+ * re-sealing it: no page before its first is in it, nor after its span. Reads in 4 KiB
  * pieces in page order: the read-ahead decodes that chunk (and finds it
  * damaged) before the reads get there, and every read before its first page
  * still succeeds, byte-exact; the read of its first page fails with its
@@ -471,7 +471,7 @@ END_TEST
  */
 START_TEST(damaged_ahead)
 {
-	uint64_t first = UINT64_MAX, end = 0, coff = 0, failed = 0;
+	uint64_t first = UINT64_MAX, end = 0, coff = 0, failed = 0, span = UINT64_MAX;
 	char bad[PATH_MAX + 16], where[64];
 	uint32_t nextents = 0;
 	uint8_t page[4096];
@@ -486,8 +486,8 @@ START_TEST(damaged_ahead)
 	snap_new(&sn, RANDOM);
 	f = t_slurp(sn.path, &len);
 	for (uint64_t i = 0; index_entry(f, len, i, &e); i++)
-		if (e.first >= LEN / t_page / 2 && e.end - e.first <= 256 && e.first < first)
-			first = e.first, end = e.end, coff = e.off, nextents = e.nextents;
+		if (e.first >= LEN / t_page / 2 && e.end - e.first < span)
+			first = e.first, end = e.end, coff = e.off, nextents = e.nextents, span = e.end - e.first;
 	ck_assert_uint_ne(first, UINT64_MAX);
 	/* the payload follows the record and chunk headers and the extents */
 	f[coff + 48 + 16 * nextents + 100] ^= 0x01;
