@@ -407,6 +407,14 @@ static bool index_entry(const uint8_t *f, size_t len, uint64_t i, struct ient *e
 	return true;
 }
 
+/* A snapshot taken under random writes, for `what` to damage: its bytes. */
+static uint8_t *snap_bytes(struct snap *sn, const char *what, size_t *len)
+{
+	t_watchdog(120, what);
+	snap_new(sn, RANDOM);
+	return t_slurp(sn->path, len);
+}
+
 /*
  * Flip a bit of the first extent of the widest chunk of several extents (a
  * fault chunk, whose table the page map reads), without re-sealing its
@@ -427,9 +435,7 @@ START_TEST(damaged_table)
 	size_t len;
 	int rc;
 
-	t_watchdog(120, "damaged_table");
-	snap_new(&sn, RANDOM);
-	f = t_slurp(sn.path, &len);
+	f = snap_bytes(&sn, "damaged_table", &len);
 	for (uint64_t i = 0; index_entry(f, len, i, &e); i++) {
 		if (e.nextents > 1 && e.end - e.first > best_span) {
 			best = e.off;
@@ -482,9 +488,7 @@ START_TEST(damaged_ahead)
 	size_t len;
 	int rc;
 
-	t_watchdog(120, "damaged_ahead");
-	snap_new(&sn, RANDOM);
-	f = t_slurp(sn.path, &len);
+	f = snap_bytes(&sn, "damaged_ahead", &len);
 	for (uint64_t i = 0; index_entry(f, len, i, &e); i++)
 		if (e.first >= LEN / t_page / 2 && e.end - e.first < span)
 			first = e.first, end = e.end, coff = e.off, nextents = e.nextents, span = e.end - e.first;
