@@ -22,7 +22,8 @@
  *    a read will need): reads in every piece size byte-exact with 3 workers
  *    as with the default (one per CPU but one); a damaged chunk decoded
  *    ahead fails no read before it, and fails the read that needs it; a
- *    reader freed while its workers decode ahead leaves no thread behind.
+ *    reader freed while its workers decode ahead leaves no thread behind;
+ *    a child of fork() reads on with a reader whose workers stayed behind.
  * Structure only: the time these take is for tests/bench/restore-bench --snap.
  * Links the static library for the read-ahead's test hooks (reader-private.h).
  */
@@ -39,6 +40,19 @@
 
 #include "helpers.h"
 #include "reader-private.h"
+
+/* ThreadSanitizer kills a child of a multi-threaded fork() that starts a
+ * thread (die_after_fork) */
+#if defined(__SANITIZE_THREAD__)
+#define TSAN 1
+#elif defined(__has_feature)
+#if __has_feature(thread_sanitizer)
+#define TSAN 1
+#endif
+#endif
+#ifndef TSAN
+#define TSAN 0
+#endif
 
 /* 4 MiB under a sanitizer: the time goes to reading it again and again */
 #define LEN (T_SANITIZED ? 4 * MiB : 8 * MiB)
@@ -568,6 +582,46 @@ START_TEST(close_ahead)
 }
 END_TEST
 
+/*
+ * fork() while the workers decode ahead: the child has none of them (and
+ * maybe a lock one held); its reads go on, byte-exact, with workers of its
+ * own (under TSan: on its own thread, after dropping the parent's), and it
+ * frees the reader; the parent's reads go on too.
+ */
+START_TEST(fork_ahead)
+{
+	uint8_t *buf = t_buf_alloc(LEN);
+	uffdsnap_reader_t *r;
+	struct snap sn;
+	pid_t pid;
+
+	t_watchdog(120, "fork_ahead");
+	snap_new(&sn, RANDOM);
+	r = t_reader(sn.path);
+	usnap_reader_workers(r, 2);
+	for (size_t off = 0; off < LEN / 2; off += 64 * KiB)
+		ck_assert_int_eq(uffdsnap_reader_read(r, 0, off, buf + off, 64 * KiB), 0);
+	ck_assert((pid = fork()) >= 0);
+	if (!pid) {
+		int bad = 0;
+
+		if (TSAN)
+			usnap_reader_workers(r, 0);
+		for (size_t off = LEN / 2; off < LEN && !bad; off += 64 * KiB)
+			bad = uffdsnap_reader_read(r, 0, off, buf + off, 64 * KiB) || memcmp(buf + off, sn.ref + off, 64 * KiB);
+		uffdsnap_reader_free(r);
+		_exit(bad || memcmp(buf, sn.ref, LEN) ? 1 : 0);
+	}
+	for (size_t off = LEN / 2; off < LEN; off += 64 * KiB)
+		ck_assert_int_eq(uffdsnap_reader_read(r, 0, off, buf + off, 64 * KiB), 0);
+	ck_assert(!memcmp(buf, sn.ref, LEN));
+	ck_assert_int_eq(t_wait_child(pid, 60, "the child reading after fork()"), 0);
+	uffdsnap_reader_free(r);
+	t_buf_free(buf, LEN);
+	snap_free(&sn);
+}
+END_TEST
+
 int main(void)
 {
 	Suite *s;
@@ -582,6 +636,7 @@ int main(void)
 	tcase_add_test(tc, extract);
 	tcase_add_test(tc, damaged_ahead);
 	tcase_add_test(tc, close_ahead);
+	tcase_add_test(tc, fork_ahead);
 	suite_add_tcase(s, tc);
 	tc = tcase_create("lazy");
 	tcase_set_timeout(tc, 120);
