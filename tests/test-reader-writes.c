@@ -41,19 +41,6 @@
 #include "helpers.h"
 #include "reader-private.h"
 
-/* ThreadSanitizer kills a child of a multi-threaded fork() that starts a
- * thread (die_after_fork) */
-#if defined(__SANITIZE_THREAD__)
-#define TSAN 1
-#elif defined(__has_feature)
-#if __has_feature(thread_sanitizer)
-#define TSAN 1
-#endif
-#endif
-#ifndef TSAN
-#define TSAN 0
-#endif
-
 /* 4 MiB under a sanitizer: the time goes to reading it again and again */
 #define LEN (T_SANITIZED ? 4 * MiB : 8 * MiB)
 
@@ -605,7 +592,7 @@ START_TEST(fork_ahead)
 	if (!pid) {
 		int bad = 0;
 
-		if (TSAN)
+		if (T_TSAN) /* which kills a child that starts threads */
 			usnap_reader_workers(r, 0);
 		for (size_t off = LEN / 2; off < LEN && !bad; off += 64 * KiB)
 			bad = uffdsnap_reader_read(r, 0, off, buf + off, 64 * KiB) || memcmp(buf + off, sn.ref + off, 64 * KiB);
