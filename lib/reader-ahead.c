@@ -133,7 +133,7 @@ static void *worker_main(void *arg)
 {
 	struct ah_worker *w = arg;
 	struct usnap_ahead *a = w->a;
-	struct ah_slot *s;
+	struct ah_slot *s = NULL; /* (gcc -fsanitize=address cannot tell it is set before use) */
 
 	pthread_mutex_lock(&a->lock);
 	for (;;) {
