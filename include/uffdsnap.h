@@ -361,7 +361,10 @@ int uffdsnap_clean_temps(const char *path, int remove, uffdsnap_temp_fn fn, void
  * the file size, every record's CRC-32C) before using it, so a corrupt or
  * hostile file gives -EBADMSG, never a crash or silently wrong data.
  * One reader must be used by one thread at a time (it caches a decompression
- * context and buffers); separate readers are independent.
+ * context and buffers); separate readers are independent. Its reads and
+ * extracts decode chunks on threads of its own as well (one per online CPU
+ * but the caller's), started by the first read and stopped by
+ * uffdsnap_reader_free().
  */
 typedef struct uffdsnap_reader uffdsnap_reader_t;
 
@@ -449,6 +452,11 @@ int uffdsnap_reader_verify(uffdsnap_reader_t *r);
  * The first read or extract of a region maps which chunk holds each page
  * (12 bytes per run of pages that one chunk holds); each read decompresses
  * every chunk it needs once, and keeps recent ones (uffdsnap_reader_cache()).
+ * The reader's threads decode the chunks a read needs, and for reads in page
+ * order the chunks after it, while the caller copies: at most 4 chunks per
+ * decoding thread (fewer if that would exceed 16 MiB of pages) plus the one
+ * being copied. A chunk decoded ahead that is damaged fails only the read
+ * that needs it.
  */
 int uffdsnap_reader_read(uffdsnap_reader_t *r, unsigned id, uint64_t off, void *buf, size_t len);
 /*

@@ -76,6 +76,52 @@ int usnap_reader_chunk_scatter(uffdsnap_reader_t *r, uint8_t *base);
 int usnap_reader_chunk_scatter_part(uffdsnap_reader_t *r, uint8_t *base, const struct usnap_extent *keep,
 				    uint32_t nkeep);
 
+/* ---- decoding ahead of the caller (reader-ahead.c) ----
+ * Buffers a chunk is loaded into: its record and its decompressed pages. */
+struct usnap_rbufs {
+	uint8_t *rec, *raw;
+	size_t rec_cap, raw_cap;
+};
+
+/* Load chunk ci of region id with its pages into b (grown as needed), checked
+ * whole as usnap_reader_chunk() checks it, with r's file and zstd context; r
+ * is otherwise left as it was (its own buffers, last chunk and error). *out
+ * points into b. On failure, the error's text goes to err. */
+int usnap_reader_decode(uffdsnap_reader_t *r, unsigned id, size_t ci, struct usnap_rbufs *b, struct usnap_rchunk *out,
+			char *err, size_t errlen);
+
+struct usnap_ahead;
+/* Start `workers` threads (each with a clone of r) decoding into `slots`
+ * slots; fewer if clones or threads cannot be had, -EAGAIN if none. */
+int usnap_ahead_new(uffdsnap_reader_t *r, unsigned workers, unsigned slots, struct usnap_ahead **out);
+/* Stop the workers (each finishes the chunk it is on), join them, free; in
+ * a child of fork(), only free. */
+void usnap_ahead_free(struct usnap_ahead *a);
+/* This process is a child of fork() since a's workers started: they are not
+ * here, a is only to be freed. */
+bool usnap_ahead_forked(const struct usnap_ahead *a);
+/* Queue chunk ci of region id, after those queued before: 1 if queued or held
+ * already, 0 if every slot is taken. */
+int usnap_ahead_queue(struct usnap_ahead *a, unsigned id, size_t ci);
+/* Drop every chunk held (queued, being decoded or decoded) that keep() does
+ * not want; keep NULL drops all. */
+void usnap_ahead_keep(struct usnap_ahead *a, bool (*keep)(void *arg, unsigned id, size_t ci), void *arg);
+/* A decoded chunk of region id that need() says the caller needs: 0 with its
+ * index in *ci and *c (valid until the next take or keep), its error (the
+ * text in r's error; *ci set), or 1 if none of them is held (the caller loads
+ * one). Decodes queued chunks itself rather than wait idle; decoding, it
+ * uses r's file and zstd context (usnap_reader_decode()). */
+int usnap_ahead_take(struct usnap_ahead *a, uffdsnap_reader_t *r, unsigned id, bool (*need)(void *arg, size_t ci),
+		     void *arg, size_t *ci, struct usnap_rchunk *c);
+/* Chunks decoded into slots so far (with their pages, without error), and
+ * in *failed (if not NULL) those that failed. */
+uint64_t usnap_ahead_decoded(const struct usnap_ahead *a, uint64_t *failed);
+/* Tests: run r's read-ahead with n workers (0: none) instead of one per
+ * online CPU but one; stops the workers it has. */
+void usnap_reader_workers(uffdsnap_reader_t *r, unsigned n);
+/* Tests: usnap_ahead_decoded() of r's read-ahead (0 without one). */
+uint64_t usnap_reader_ahead_decoded(const uffdsnap_reader_t *r, uint64_t *failed);
+
 /* Record an error in r's text (uffdsnap_reader_error()); returns err. */
 __attribute__((format(printf, 3, 4))) int usnap_reader_fail(uffdsnap_reader_t *r, int err, const char *fmt, ...);
 

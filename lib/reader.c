@@ -26,7 +26,10 @@
  *
  * A reader keeps a record buffer, a decompression buffer, one ZSTD_DCtx and
  * runs of pages decompressed ahead of the reads (uffdsnap_reader_cache()),
- * and is not thread-safe: use one reader from one thread at a time.
+ * and is not thread-safe: use one reader from one thread at a time. Its
+ * reads and extracts hand the chunks they will need, in the order they will
+ * need them, to worker threads of its own (reader-ahead.c), one per online
+ * CPU but the caller's, which decode them while the caller copies.
  */
 #include <errno.h>
 #include <fcntl.h>
@@ -56,6 +59,9 @@
 #define INDX_MIN (HDR_LEN + sizeof(struct usnap_index_hdr))
 #define EXTRACT_WINDOW (8u << 20)  /* bytes read at once for an output in page order */
 #define POPULATE_MIN (1u << 20)    /* a read this large populates the caller's buffer first */
+#define AHEAD_BYTES (16u << 20)    /* pages decoded ahead at most, in chunks of the file's mean size */
+#define AHEAD_PER_THREAD 4         /* chunks queued at most per decoding thread */
+#define AHEAD_WALK 64              /* runs of the page map looked at ahead per read */
 
 #ifndef MADV_POPULATE_WRITE
 #define MADV_POPULATE_WRITE 23
@@ -168,6 +174,17 @@ struct uffdsnap_reader {
 	/* uffdsnap_serve_conn() calls running on this reader (from any thread):
 	 * the one field several threads change, hence atomic */
 	_Atomic unsigned clients;
+
+	/* decoding ahead (reader-ahead.c): started by the first read or
+	 * extract that loads a chunk; NULL without workers */
+	struct usnap_ahead *ah;
+	bool ah_tried, ah_fixed;    /* ah_fixed: ah_n workers (tests), else by the CPUs */
+	unsigned ah_n;
+	unsigned ra_id;             /* the last read: region, end, and how far the */
+	uint64_t ra_next;           /* map is queued ahead of it (a run index) */
+	size_t ra_run;
+	uint64_t *want;             /* a read's chunks, one bit a chunk of its region */
+	size_t want_words;
 };
 
 static void park_drop(struct uffdsnap_reader *r);
@@ -823,6 +840,7 @@ USNAP_EXPORT void uffdsnap_reader_free(uffdsnap_reader_t *r)
 		return;
 	if (r->own_fd)
 		close(r->fd);
+	usnap_ahead_free(r->ah);
 	usnap_chain_free(r->chain);
 	ZSTD_freeDCtx(r->dctx);
 	free(r->rec);
@@ -833,6 +851,7 @@ USNAP_EXPORT void uffdsnap_reader_free(uffdsnap_reader_t *r)
 		free(r->maps[i].chunk);
 	}
 	free(r->maps);
+	free(r->want);
 	free(r->ents);
 	free(r->regions);
 	free(r->names);
@@ -861,7 +880,7 @@ USNAP_EXPORT int uffdsnap_reader_info(const uffdsnap_reader_t *r, uffdsnap_info_
 		.complete = r->complete, .status = r->have_end ? r->end.status : 0, .created_ns = r->created_ns,
 		.chunks = r->end.chunks, .pages_data = r->end.pages_data, .pages_zero = r->end.pages_zero,
 		.bytes_raw = r->end.bytes_raw, .bytes_file = r->size, .reason = r->complete ? "" : r->reason,
-		.chunks_loaded = r->chain ? usnap_chain_decoded(r->chain) : r->decoded,
+		.chunks_loaded = r->chain ? usnap_chain_decoded(r->chain) : r->decoded + usnap_ahead_decoded(r->ah, NULL),
 		.delta = r->delta, .depth = r->depth, .files = r->chain ? usnap_chain_files(r->chain) : 1,
 	};
 	memcpy(i.snap_id, r->snap_id, sizeof(i.snap_id));
@@ -1498,45 +1517,63 @@ static void park_evict(struct uffdsnap_reader *r, uint32_t id, uint64_t k0)
 	}
 }
 
-static int cmp_u32(const void *a, const void *b)
+/* The chunks (indexes in region id's slice) that hold the runs k0..k1 not
+ * kept already, each once, in page-map order (the order the read copies
+ * them in, and the order they are decoded in), into a new array; their bits
+ * set in r->want, which want_clear() clears. */
+/* r->want, all clear, with a bit for each of n chunks. */
+static int want_room(struct uffdsnap_reader *r, size_t n)
 {
-	uint32_t x = *(const uint32_t *)a, y = *(const uint32_t *)b;
+	size_t words = (n + 63) / 64;
+	uint64_t *w;
 
-	return x < y ? -1 : x > y;
+	if (words <= r->want_words)
+		return 0;
+	if (!(w = calloc(words, sizeof(*w))))
+		return rd_err(r, -ENOMEM, "out of memory");
+	free(r->want);
+	r->want = w;
+	r->want_words = words;
+	return 0;
 }
 
-/* The chunks (indexes in region id's slice) that hold the runs k0..k1 not
- * kept already, each once, sorted, into a new array. */
 static int need_chunks(struct uffdsnap_reader *r, unsigned id, size_t k0, size_t k1, uint32_t **out, size_t *n)
 {
 	const struct rd_map *m = &r->maps[id];
-	uint32_t *v = malloc((k1 - k0 + 1) * sizeof(*v));
-	size_t u = 0, w = 0;
+	size_t u = 0;
+	uint32_t *v;
 
-	if (!v)
+	if (want_room(r, r->regions[id].ent_hi - r->regions[id].ent_lo))
+		return -ENOMEM;
+	if (!(v = malloc((k1 - k0 + 1) * sizeof(*v))))
 		return rd_err(r, -ENOMEM, "out of memory");
-	for (size_t k = k0; k <= k1; k++)
-		if (m->chunk[k] != RD_GAP && !park_find(r, id, k))
-			v[w++] = m->chunk[k];
-	if (w)
-		qsort(v, w, sizeof(*v), cmp_u32);
-	for (size_t k = 0; k < w; k++)
-		if (!k || v[k] != v[u - 1])
-			v[u++] = v[k];
+	for (size_t k = k0; k <= k1; k++) {
+		uint32_t ci = m->chunk[k];
+
+		if (ci != RD_GAP && !usnap_bit(r->want, ci) && !park_find(r, id, k)) {
+			usnap_bits_set(r->want, ci, ci + 1);
+			v[u++] = ci;
+		}
+	}
 	*out = v;
 	*n = u;
 	return 0;
 }
 
+static void want_clear(struct uffdsnap_reader *r, const uint32_t *v, size_t n)
+{
+	for (size_t i = 0; i < n; i++)
+		r->want[v[i] / 64] &= ~(1ull << (v[i] % 64));
+}
+
 /*
- * Copy the kept runs among k0..k1 whose chunks are not being loaded (those
- * copy their own pages) into buf, marking their pages of [p0, p1) in seen;
+ * Copy the kept runs among k0..k1 whose chunks are not being loaded (in
+ * r->want: those copy their own pages) into buf, marking their pages of [p0, p1) in seen;
  * a run the read is done with is dropped. Returns the first page marked
  * already, or UINT64_MAX.
  */
-static uint64_t park_copy(struct uffdsnap_reader *r, unsigned id, size_t k0, size_t k1, const uint32_t *need,
-			  size_t nneed, uint64_t off, uint8_t *buf, uint64_t len, uint64_t p0, uint64_t p1,
-			  uint64_t *seen)
+static uint64_t park_copy(struct uffdsnap_reader *r, unsigned id, size_t k0, size_t k1, uint64_t off, uint8_t *buf,
+			  uint64_t len, uint64_t p0, uint64_t p1, uint64_t *seen)
 {
 	const struct rd_map *m = &r->maps[id];
 
@@ -1545,7 +1582,7 @@ static uint64_t park_copy(struct uffdsnap_reader *r, unsigned id, size_t k0, siz
 		uint64_t a = m->first[k] > p0 ? m->first[k] : p0, b = kend < p1 ? kend : p1, b0, b1;
 		struct rd_park *q = park_find(r, id, k);
 
-		if (!q || bsearch(&m->chunk[k], need, nneed, sizeof(*need), cmp_u32))
+		if (!q || (m->chunk[k] != RD_GAP && usnap_bit(r->want, m->chunk[k])))
 			continue;
 		for (uint64_t bit = a - p0; bit < b - p0; bit++) {
 			if (usnap_bit(seen, bit))
@@ -1580,12 +1617,144 @@ static void populate(void *buf, size_t len)
 		madvise((void *)a, b - a, MADV_POPULATE_WRITE);
 }
 
+/* ---- decoding ahead ------------------------------------------------------------------------ */
+
+int usnap_reader_decode(uffdsnap_reader_t *r, unsigned id, size_t ci, struct usnap_rbufs *b, struct usnap_rchunk *out,
+			char *err, size_t errlen)
+{
+	/* r's own buffers, last chunk, count and error stay as they are: b's
+	 * buffers stand in for its buffers for one load */
+	struct usnap_rbufs own = { r->rec, r->raw, r->rec_cap, r->raw_cap };
+	struct rd_chunk cur = r->cur, c;
+	bool cur_valid = r->cur_valid, cur_data = r->cur_data;
+	uint64_t decoded = r->decoded;
+	char saved[sizeof(r->err)];
+	int rc;
+
+	memcpy(saved, r->err, sizeof(saved));
+	r->rec = b->rec, r->raw = b->raw, r->rec_cap = b->rec_cap, r->raw_cap = b->raw_cap;
+	r->cur_valid = false;
+	rc = ent_load(r, id, &r->ents[r->regions[id].ent_lo + ci], true, &c);
+	*b = (struct usnap_rbufs){ r->rec, r->raw, r->rec_cap, r->raw_cap };
+	r->rec = own.rec, r->raw = own.raw, r->rec_cap = own.rec_cap, r->raw_cap = own.raw_cap;
+	r->cur = cur, r->cur_valid = cur_valid, r->cur_data = cur_data;
+	r->decoded = decoded;
+	if (rc)
+		snprintf(err, errlen, "%s", r->err);
+	else
+		*out = (struct usnap_rchunk){ .ext = c.ext, .nextents = c.nextents, .data = c.data, .raw_len = c.raw_len };
+	memcpy(r->err, saved, sizeof(saved));
+	return rc;
+}
+
+void usnap_reader_workers(uffdsnap_reader_t *r, unsigned n)
+{
+	usnap_ahead_free(r->ah);
+	r->ah = NULL;
+	r->ah_tried = false;
+	r->ah_fixed = true;
+	r->ah_n = n;
+}
+
+uint64_t usnap_reader_ahead_decoded(const uffdsnap_reader_t *r, uint64_t *failed)
+{
+	return usnap_ahead_decoded(r->ah, failed);
+}
+
+/*
+ * The read-ahead of a plain file's reader, started on first use: one worker
+ * per online CPU but one (the rule of eager restore, whose caller decodes
+ * too), and room for AHEAD_PER_THREAD chunks a decoding thread within
+ * AHEAD_BYTES of pages, plus the chunk the caller holds. NULL with one CPU,
+ * or if no thread could be started: the caller then decodes alone.
+ */
+static struct usnap_ahead *ahead(struct uffdsnap_reader *r)
+{
+	uint64_t mean, fit;
+	unsigned workers, slots;
+	long cpus;
+
+	if (r->ah && usnap_ahead_forked(r->ah)) {
+		/* a child of fork(): the workers stayed in the parent */
+		usnap_ahead_free(r->ah);
+		r->ah = NULL;
+		r->ah_tried = false;
+	}
+	if (r->ah || r->ah_tried || r->chain)
+		return r->ah;
+	r->ah_tried = true;
+	cpus = sysconf(_SC_NPROCESSORS_ONLN); /* reads a file: once */
+	workers = r->ah_fixed ? r->ah_n : cpus > 1 ? (unsigned)(cpus < 64 ? cpus - 1 : 63) : 0;
+	if (!workers)
+		return NULL;
+	mean = r->end.chunks ? r->end.bytes_raw / r->end.chunks : 0;
+	fit = AHEAD_BYTES / (mean > (64u << 10) ? mean : (64u << 10));
+	slots = AHEAD_PER_THREAD * (workers + 1);
+	slots = (fit < slots ? (fit > 2 ? (unsigned)fit : 2) : slots) + 1;
+	usnap_ahead_new(r, workers, slots, &r->ah);
+	usnap_clear_err(); /* a clone that failed set it; the reader goes on without */
+	return r->ah;
+}
+
+static bool still_wanted(void *arg, size_t ci)
+{
+	const struct uffdsnap_reader *r = arg;
+
+	return usnap_bit(r->want, ci);
+}
+
+static bool in_want(void *arg, unsigned id, size_t ci)
+{
+	const struct uffdsnap_reader *r = arg;
+
+	return id == r->ra_id && still_wanted(arg, ci);
+}
+
+/* A chunk of region id still wanted (its bit in r->want; v[*sync..] lists
+ * them), in *ci with its pages: any the read-ahead has decoded, else the
+ * first of v from *sync on, loaded here. Its bit is cleared. */
+static int chunk_next(struct uffdsnap_reader *r, unsigned id, const uint32_t *v, size_t *sync, size_t *ci,
+		      struct usnap_rchunk *c)
+{
+	int rc = r->ah ? usnap_ahead_take(r->ah, r, id, still_wanted, r, ci, c) : 1;
+
+	if (rc > 0) {
+		while (!usnap_bit(r->want, v ? v[*sync] : *sync))
+			++*sync;
+		*ci = v ? v[*sync] : *sync;
+		rc = usnap_reader_chunk(r, id, *ci, c);
+	}
+	r->want[*ci / 64] &= ~(1ull << (*ci % 64));
+	return rc;
+}
+
+/*
+ * Queue what the read-ahead has room for: the read's chunks from *next on,
+ * then, for a read in page order, the chunks of the runs after it in map
+ * order (none kept already: a run is kept only by loading its chunk, and
+ * that chunk is then loaded again only if it was dropped).
+ */
+static void ahead_fill(struct uffdsnap_reader *r, unsigned id, const uint32_t *v, size_t n, size_t *next, bool seq)
+{
+	const struct rd_map *m = &r->maps[id];
+
+	while (*next < n && (!still_wanted(r, v[*next]) || usnap_ahead_queue(r->ah, id, v[*next])))
+		++*next;
+	if (*next < n || !seq)
+		return;
+	for (unsigned walk = 0; r->ra_run < m->n && walk < AHEAD_WALK; walk++, r->ra_run++)
+		if (m->chunk[r->ra_run] != RD_GAP && !park_find(r, id, r->ra_run) &&
+		    !usnap_ahead_queue(r->ah, id, m->chunk[r->ra_run]))
+			break;
+}
+
 USNAP_EXPORT int uffdsnap_reader_read(uffdsnap_reader_t *r, unsigned id, uint64_t off, void *buf, size_t len)
 {
 	const struct rd_region *reg;
 	uint64_t p0, p1, twice = UINT64_MAX, missing = UINT64_MAX, *seen;
 	uint32_t *chunks = NULL;
-	size_t n = 0, k0, k1;
+	size_t n = 0, k0, k1, next = 0;
+	bool cont, seq;
 	int rc = 0;
 
 	if (!r || (!buf && len))
@@ -1610,27 +1779,46 @@ USNAP_EXPORT int uffdsnap_reader_read(uffdsnap_reader_t *r, unsigned id, uint64_
 		return rc;
 	/* one bit per page asked for: sized by the caller's len, not by the file */
 	if (!(seen = calloc((p1 - p0 + 63) / 64, sizeof(*seen)))) {
+		want_clear(r, chunks, n);
 		free(chunks);
 		return rd_err(r, -ENOMEM, "out of memory for a read of %zu bytes", len);
 	}
+	/* a read that goes on from the last one, or starts a region, is read
+	 * ahead of; any other read drops what was decoded for another place */
+	cont = id == r->ra_id && off == r->ra_next;
+	seq = cont || !off;
+	r->ra_run = cont && r->ra_run > k1 ? r->ra_run : k1 + 1;
+	r->ra_id = id;
+	r->ra_next = off + len;
+	if ((n || r->ah) && ahead(r)) {
+		if (!cont)
+			usnap_ahead_keep(r->ah, in_want, r);
+		ahead_fill(r, id, chunks, n, &next, seq);
+	}
 	populate(buf, len);
-	twice = park_copy(r, id, k0, k1, chunks, n, off, buf, len, p0, p1, seen);
-	/* each chunk once: what it holds is copied from its checked extents,
-	 * whatever the map said */
-	for (size_t i = 0; i < n && twice == UINT64_MAX; i++) {
+	twice = park_copy(r, id, k0, k1, off, buf, len, p0, p1, seen);
+	/* each chunk once, in the order they are decoded in: what it holds is
+	 * copied from its checked extents, whatever the map said */
+	for (size_t left = n, sync = 0; left && twice == UINT64_MAX; left--) {
+		struct usnap_rchunk u;
 		struct rd_chunk c;
+		size_t ci;
 
-		if ((rc = ent_load(r, id, &r->ents[reg->ent_lo + chunks[i]], true, &c)))
+		if ((rc = chunk_next(r, id, chunks, &sync, &ci, &u)))
 			break;
+		c = (struct rd_chunk){ .ext = u.ext, .nextents = u.nextents, .data = u.data, .raw_len = u.raw_len };
 		if ((twice = chunk_copy(r, &c, off, buf, len, p0, p1, seen)) == UINT64_MAX) {
-			park_chunk(r, id, chunks[i], &c, p1);
+			park_chunk(r, id, (uint32_t)ci, &c, p1);
 			park_evict(r, id, k0);
 		}
+		if (r->ah)
+			ahead_fill(r, id, chunks, n, &next, seq);
 	}
 	for (uint64_t b = 0; !rc && twice == UINT64_MAX && b < p1 - p0 && missing == UINT64_MAX; b++)
 		if (!usnap_bit(seen, b))
 			missing = p0 + b;
 	free(seen);
+	want_clear(r, chunks, n);
 	free(chunks);
 	if (rc)
 		return rc;
@@ -1697,26 +1885,40 @@ static int out_open(struct uffdsnap_reader *r, int fd, uint64_t length, struct o
 	return 0;
 }
 
-/* Into a file or a seekable output: chunk by chunk, each decompressed once,
+/* Into a file or a seekable output: chunk by chunk, each decompressed once
+ * (by the read-ahead's workers, in index order, while this thread writes),
  * each extent written where it belongs; every page claimed once in a bitmap,
  * as eager restore does. */
 static int extract_chunks(struct uffdsnap_reader *r, unsigned id, const struct out *o)
 {
 	const struct rd_region *reg = &r->regions[id];
 	uint64_t *claimed = calloc((reg->npages + 63) / 64, sizeof(*claimed)), count = 0;
-	size_t nchunks = usnap_reader_nchunks(r, id);
+	size_t nchunks = usnap_reader_nchunks(r, id), next = 0;
+	struct usnap_ahead *a = nchunks > 1 ? ahead(r) : NULL;
 	int rc = 0;
 
 	if (!claimed)
 		return rd_err(r, -ENOMEM, "region '%s': out of memory for a bitmap of %" PRIu64 " pages", reg->name,
 			      reg->npages);
+	r->ra_next = UINT64_MAX; /* the next read starts afresh */
+	if ((rc = want_room(r, nchunks))) {
+		free(claimed);
+		return rc;
+	}
+	usnap_bits_set(r->want, 0, nchunks);
+	if (a)
+		usnap_ahead_keep(a, NULL, NULL);
 	/* through the chunk access restore uses: a chain's chunks come clipped
-	 * to the pages that are theirs in its image */
-	for (size_t i = 0; i < nchunks && !rc; i++) {
+	 * to the pages that are theirs in its image (a chain has no read-ahead);
+	 * in the order they are decoded in */
+	for (size_t n = 0, sync = 0; n < nchunks && !rc; n++) {
 		uint64_t data_off = 0;
 		struct usnap_rchunk c;
+		size_t i;
 
-		if ((rc = usnap_reader_chunk(r, id, i, &c)))
+		while (a && next < nchunks && (!still_wanted(r, next) || usnap_ahead_queue(a, id, next)))
+			next++;
+		if ((rc = chunk_next(r, id, NULL, &sync, &i, &c)))
 			break;
 		for (uint32_t k = 0; k < c.nextents && !rc; k++) {
 			const struct usnap_extent *e = &c.ext[k];
@@ -1738,6 +1940,7 @@ static int extract_chunks(struct uffdsnap_reader *r, unsigned id, const struct o
 			data_off += len;
 		}
 	}
+	memset(r->want, 0, (nchunks + 63) / 64 * sizeof(*r->want));
 	for (uint64_t p = 0; !rc && count != reg->npages && p < reg->npages; p++)
 		if (!(claimed[p / 64] >> (p % 64) & 1))
 			rc = bad(r, "region '%s': page %" PRIu64 " is not recorded", reg->name, p);

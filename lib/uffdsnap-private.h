@@ -21,6 +21,7 @@
  *   maps.c      reading /proc/PID/maps without stdio or malloc (maps.h)
  *   participant.c  other processes that join a context: the listener, join and leave
  *   reader.c    everything that reads snapshot bytes (reader-private.h: for restore)
+ *   reader-ahead.c  threads decoding the chunks a read or extract will need
  *   restore*.c  eager and lazy restore, and the page server (restore-private.h)
  *   migrate*.c  live migration (migrate-private.h: which file owns what; migrate.h: the wire protocol)
  *   inject.c    test-only fault injection (never in the installed library)

@@ -31,16 +31,7 @@
 #define MADV_PAGEOUT 21
 #endif
 
-#if defined(__SANITIZE_THREAD__)
-#define TSAN 1
-#elif defined(__has_feature)
-#if __has_feature(thread_sanitizer)
-#define TSAN 1
-#endif
-#endif
-#ifndef TSAN
-#define TSAN 0
-#endif
+#define TSAN T_TSAN
 
 /*
  * The oracle's word-by-word checks (check_owner, check_static) read only

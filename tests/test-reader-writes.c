@@ -17,12 +17,20 @@
  *    byte-exact, and no chunk loaded twice (the chunk loads in the stats are
  *    at most the file's chunks);
  *  - a damaged extent table of a fault chunk (read for the page map) fails
- *    reads of the region and lazy start with that chunk's error.
+ *    reads of the region and lazy start with that chunk's error;
+ *  - the read-ahead (lib/reader-ahead.c: worker threads decoding the chunks
+ *    a read will need): reads in every piece size byte-exact with 3 workers
+ *    as with the default (one per CPU but one); a damaged chunk decoded
+ *    ahead fails no read before it, and fails the read that needs it; a
+ *    reader freed while its workers decode ahead leaves no thread behind;
+ *    a child of fork() reads on with a reader whose workers stayed behind.
  * Structure only: the time these take is for tests/bench/restore-bench --snap.
+ * Links the static library for the read-ahead's test hooks (reader-private.h).
  */
 #include <errno.h>
 #include <fcntl.h>
 #include <inttypes.h>
+#include <limits.h>
 #include <pthread.h>
 #include <stdlib.h>
 #include <string.h>
@@ -31,6 +39,7 @@
 #include <unistd.h>
 
 #include "helpers.h"
+#include "reader-private.h"
 
 /* 4 MiB under a sanitizer: the time goes to reading it again and again */
 #define LEN (T_SANITIZED ? 4 * MiB : 8 * MiB)
@@ -118,14 +127,19 @@ static uint64_t chunks_loaded(const uffdsnap_reader_t *r)
 	return info.chunks_loaded;
 }
 
+#define WORKERS_DEFAULT UINT_MAX
+
 /* The whole region in pieces of `piece` bytes (the last one shorter), in
- * page order, with `cache` bytes for runs kept ahead; the chunks loaded. */
-static uint64_t read_in_pieces(const struct snap *sn, size_t piece, size_t cache, uint8_t *buf)
+ * page order, with `cache` bytes for runs kept ahead and `workers` decoding
+ * ahead (WORKERS_DEFAULT: the reader's choice); the chunks loaded. */
+static uint64_t read_in_pieces(const struct snap *sn, size_t piece, size_t cache, uint8_t *buf, unsigned workers)
 {
 	uffdsnap_reader_t *r = t_reader(sn->path);
 	uint64_t n;
 	int rc;
 
+	if (workers != WORKERS_DEFAULT)
+		usnap_reader_workers(r, workers);
 	ck_assert_int_eq(uffdsnap_reader_cache(r, cache), 0);
 	memset(buf, 0xee, LEN);
 	for (size_t off = 0; off < LEN; off += piece) {
@@ -134,6 +148,9 @@ static uint64_t read_in_pieces(const struct snap *sn, size_t piece, size_t cache
 	}
 	ck_assert_msg(!memcmp(buf, sn->ref, LEN), "read in %zu-byte pieces differs from the region at the instant",
 		      piece);
+	/* with workers, chunks went through the read-ahead's slots */
+	if (workers && workers != WORKERS_DEFAULT)
+		ck_assert_uint_gt(usnap_reader_ahead_decoded(r, NULL), 0);
 	n = chunks_loaded(r);
 	uffdsnap_reader_free(r);
 	return n;
@@ -148,16 +165,21 @@ START_TEST(read_pieces)
 	t_watchdog(120, "read_pieces");
 	snap_new(&sn, (enum writes)_i);
 	for (size_t i = 0; i < sizeof(pieces) / sizeof(pieces[0]); i += T_SANITIZED ? 2 : 1) {
-		uint64_t room = read_in_pieces(&sn, pieces[i], LEN, buf);
-		uint64_t tight = read_in_pieces(&sn, pieces[i], 512 * KiB, buf); /* runs evicted: still exact */
+		uint64_t room = read_in_pieces(&sn, pieces[i], LEN, buf, WORKERS_DEFAULT);
+		uint64_t tight = read_in_pieces(&sn, pieces[i], 512 * KiB, buf, WORKERS_DEFAULT); /* runs evicted */
+		/* more workers than CPUs here: decodes finish in any order */
+		uint64_t three = read_in_pieces(&sn, pieces[i], LEN, buf, 3);
 
-		printf("%s writes, %zu-byte pieces: %" PRIu64 " chunk loads with room for the region, %" PRIu64
-		       " with 512 KiB; the file has %" PRIu64 " chunks\n", writes_name[_i], pieces[i], room, tight,
-		       sn.chunks);
+		printf("%s writes, %zu-byte pieces: %" PRIu64 " chunk loads with room for the region (%" PRIu64 " with 3 "
+		       "workers), %" PRIu64 " with 512 KiB; the file has %" PRIu64 " chunks\n", writes_name[_i], pieces[i],
+		       room, three, tight, sn.chunks);
 		ck_assert_uint_le(room, sn.chunks);
+		ck_assert_uint_le(three, sn.chunks);
 	}
 	/* without runs kept, pages scattered in fault chunks load a chunk again */
-	ck_assert_uint_gt(read_in_pieces(&sn, 4096, 0, buf), sn.chunks);
+	ck_assert_uint_gt(read_in_pieces(&sn, 4096, 0, buf, WORKERS_DEFAULT), sn.chunks);
+	/* and without workers, the caller alone, as before the read-ahead */
+	ck_assert_uint_le(read_in_pieces(&sn, 65536, LEN, buf, 0), sn.chunks);
 	t_buf_free(buf, LEN);
 	snap_free(&sn);
 }
@@ -363,43 +385,62 @@ START_TEST(serve)
 }
 END_TEST
 
+/* An index entry of a snapshot file, read by hand (docs/format.md): END's
+ * index_offset, INDX's entries {offset, region, nextents, first, end}. */
+struct ient {
+	uint64_t off, first, end;
+	uint32_t nextents;
+};
+
+/* Entry i of the index of the snapshot bytes f (len): false past the last. */
+static bool index_entry(const uint8_t *f, size_t len, uint64_t i, struct ient *e)
+{
+	uint64_t ioff, count;
+
+	memcpy(&ioff, f + len - 80 + 24, 8);
+	memcpy(&count, f + ioff + 16, 8);
+	if (i >= count)
+		return false;
+	memcpy(&e->off, f + ioff + 24 + 32 * i, 8);
+	memcpy(&e->nextents, f + ioff + 24 + 32 * i + 12, 4);
+	memcpy(&e->first, f + ioff + 24 + 32 * i + 16, 8);
+	memcpy(&e->end, f + ioff + 24 + 32 * i + 24, 8);
+	return true;
+}
+
+/* A snapshot taken under random writes, for `what` to damage: its bytes. */
+static uint8_t *snap_bytes(struct snap *sn, const char *what, size_t *len)
+{
+	t_watchdog(120, what);
+	snap_new(sn, RANDOM);
+	return t_slurp(sn->path, len);
+}
+
 /*
  * Flip a bit of the first extent of the widest chunk of several extents (a
  * fault chunk, whose table the page map reads), without re-sealing its
- * checksum. The format is read here by hand (docs/format.md): END's
- * index_offset, INDX's entries {offset, region, nextents, first, end}.
+ * checksum.
  */
 START_TEST(damaged_table)
 {
 	uffdsnap_lazy_region_t reg = { .name = "pool", .len = LEN };
-	uint64_t ioff, count, best = 0, best_span = 0;
+	uint64_t best = 0, best_span = 0;
 	char bad[PATH_MAX + 16];
 	uint8_t page[4096];
 	struct t_mem dst;
 	uffdsnap_reader_t *r;
 	uffdsnap_lazy_t *lz;
+	struct ient e;
 	struct snap sn;
 	uint8_t *f;
 	size_t len;
 	int rc;
 
-	t_watchdog(120, "damaged_table");
-	snap_new(&sn, RANDOM);
-	f = t_slurp(sn.path, &len);
-	memcpy(&ioff, f + len - 80 + 24, 8);
-	memcpy(&count, f + ioff + 16, 8);
-	for (uint64_t i = 0; i < count; i++) {
-		const uint8_t *e = f + ioff + 24 + 32 * i;
-		uint64_t off, first, end;
-		uint32_t nextents;
-
-		memcpy(&off, e, 8);
-		memcpy(&nextents, e + 12, 4);
-		memcpy(&first, e + 16, 8);
-		memcpy(&end, e + 24, 8);
-		if (nextents > 1 && end - first > best_span) {
-			best = off;
-			best_span = end - first;
+	f = snap_bytes(&sn, "damaged_table", &len);
+	for (uint64_t i = 0; index_entry(f, len, i, &e); i++) {
+		if (e.nextents > 1 && e.end - e.first > best_span) {
+			best = e.off;
+			best_span = e.end - e.first;
 		}
 	}
 	ck_assert_uint_gt(best_span, 64); /* wider than a chunk: a fault chunk */
@@ -426,6 +467,148 @@ START_TEST(damaged_table)
 }
 END_TEST
 
+/*
+ * Flip a byte in the payload of the chunk of narrowest span (a chunk of the
+ * sweep) among those that start in the second half of the region, without
+ * re-sealing it: no page before its first is in it, nor after its span. Reads in 4 KiB
+ * pieces in page order: the read-ahead decodes that chunk (and finds it
+ * damaged) before the reads get there, and every read before its first page
+ * still succeeds, byte-exact; the read of its first page fails with its
+ * error, again when retried; reads after it succeed.
+ */
+START_TEST(damaged_ahead)
+{
+	uint64_t first = UINT64_MAX, end = 0, coff = 0, failed = 0, span = UINT64_MAX;
+	char bad[PATH_MAX + 16], where[64];
+	uint32_t nextents = 0;
+	uint8_t page[4096];
+	uffdsnap_reader_t *r;
+	struct ient e;
+	struct snap sn;
+	uint8_t *f;
+	size_t len;
+	int rc;
+
+	f = snap_bytes(&sn, "damaged_ahead", &len);
+	for (uint64_t i = 0; index_entry(f, len, i, &e); i++)
+		if (e.first >= LEN / t_page / 2 && e.end - e.first < span)
+			first = e.first, end = e.end, coff = e.off, nextents = e.nextents, span = e.end - e.first;
+	ck_assert_uint_ne(first, UINT64_MAX);
+	/* the payload follows the record and chunk headers and the extents */
+	f[coff + 48 + 16 * nextents + 100] ^= 0x01;
+	snprintf(bad, sizeof(bad), "%s/damaged", sn.dir);
+	t_write_file(bad, f, len);
+	free(f);
+	snprintf(where, sizeof(where), "chunk at offset %" PRIu64 ":", coff);
+
+	r = t_reader(bad);
+	usnap_reader_workers(r, 2);
+	for (uint64_t p = 0; p < first; p++) {
+		/* before the last page ahead of it: let the workers get there */
+		for (unsigned ms = 0; p + 1 == first && ms < 10000 && !failed; ms++) {
+			usnap_reader_ahead_decoded(r, &failed);
+			usleep(1000);
+		}
+		rc = uffdsnap_reader_read(r, 0, p * t_page, page, t_page);
+		ck_assert_msg(rc == 0, "read of page %" PRIu64 ", before the damaged chunk at page %" PRIu64 ": %d %s", p,
+			      first, rc, uffdsnap_reader_error(r));
+		ck_assert_msg(!memcmp(page, sn.ref + p * t_page, t_page), "page %" PRIu64 " differs", p);
+	}
+	printf("damaged chunk ahead (pages %" PRIu64 "..%" PRIu64 ", %s): %" PRIu64 " failed decodes ahead before "
+	       "the read that needs it\n", first, end - 1, where, failed);
+	ck_assert_uint_ge(failed, 1);
+	for (unsigned k = 0; k < 2; k++) {
+		rc = uffdsnap_reader_read(r, 0, first * t_page, page, t_page);
+		printf("the read that needs it: %d %s\n", rc, uffdsnap_reader_error(r));
+		ck_assert_int_eq(rc, -EBADMSG);
+		ck_assert_msg(strstr(uffdsnap_reader_error(r), where) &&
+			      strstr(uffdsnap_reader_error(r), "checksum mismatch"), "%s", uffdsnap_reader_error(r));
+	}
+	for (uint64_t p = end; p < end + 128 && p < LEN / t_page; p++) {
+		rc = uffdsnap_reader_read(r, 0, p * t_page, page, t_page);
+		ck_assert_msg(rc == 0, "read of page %" PRIu64 ", after the damaged chunk: %d %s", p, rc,
+			      uffdsnap_reader_error(r));
+		ck_assert_msg(!memcmp(page, sn.ref + p * t_page, t_page), "page %" PRIu64 " differs", p);
+	}
+	uffdsnap_reader_free(r);
+	snap_free(&sn);
+}
+END_TEST
+
+/*
+ * Free readers while their workers decode ahead: two reads in page order
+ * queue chunks ahead, and the reader is freed at once or a moment later.
+ * No thread may be left (ASan and TSan check the memory and the hand-over).
+ */
+START_TEST(close_ahead)
+{
+	const unsigned rounds = T_SANITIZED ? 12 : 60;
+	uint8_t buf[2 * 4096];
+	long threads0;
+	struct snap sn;
+
+	t_watchdog(120, "close_ahead");
+	snap_new(&sn, RANDOM);
+	threads0 = t_proc_status("Threads");
+	for (unsigned k = 0; k < rounds; k++) {
+		uffdsnap_reader_t *r = t_reader(sn.path);
+		unsigned workers = 1 + k % 3;
+		size_t off = (k % 4) * (LEN / 4);
+
+		usnap_reader_workers(r, workers);
+		ck_assert_int_eq(uffdsnap_reader_read(r, 0, off, buf, t_page), 0);
+		ck_assert_int_eq(uffdsnap_reader_read(r, 0, off + t_page, buf + t_page, t_page), 0);
+		ck_assert(!memcmp(buf, sn.ref + off, 2 * t_page));
+		ck_assert_int_eq(t_proc_status("Threads"), threads0 + (long)workers);
+		if (k % 2)
+			usleep(200 * (k % 5));
+		uffdsnap_reader_free(r);
+		ck_assert_int_eq(t_proc_status("Threads"), threads0);
+	}
+	snap_free(&sn);
+}
+END_TEST
+
+/*
+ * fork() while the workers decode ahead: the child has none of them (and
+ * maybe a lock one held); its reads go on, byte-exact, with workers of its
+ * own (under TSan: on its own thread, after dropping the parent's), and it
+ * frees the reader; the parent's reads go on too.
+ */
+START_TEST(fork_ahead)
+{
+	uint8_t *buf = t_buf_alloc(LEN);
+	uffdsnap_reader_t *r;
+	struct snap sn;
+	pid_t pid;
+
+	t_watchdog(120, "fork_ahead");
+	snap_new(&sn, RANDOM);
+	r = t_reader(sn.path);
+	usnap_reader_workers(r, 2);
+	for (size_t off = 0; off < LEN / 2; off += 64 * KiB)
+		ck_assert_int_eq(uffdsnap_reader_read(r, 0, off, buf + off, 64 * KiB), 0);
+	ck_assert((pid = fork()) >= 0);
+	if (!pid) {
+		int bad = 0;
+
+		if (T_TSAN) /* which kills a child that starts threads */
+			usnap_reader_workers(r, 0);
+		for (size_t off = LEN / 2; off < LEN && !bad; off += 64 * KiB)
+			bad = uffdsnap_reader_read(r, 0, off, buf + off, 64 * KiB) || memcmp(buf + off, sn.ref + off, 64 * KiB);
+		uffdsnap_reader_free(r);
+		_exit(bad || memcmp(buf, sn.ref, LEN) ? 1 : 0);
+	}
+	for (size_t off = LEN / 2; off < LEN; off += 64 * KiB)
+		ck_assert_int_eq(uffdsnap_reader_read(r, 0, off, buf + off, 64 * KiB), 0);
+	ck_assert(!memcmp(buf, sn.ref, LEN));
+	ck_assert_int_eq(t_wait_child(pid, 60, "the child reading after fork()"), 0);
+	uffdsnap_reader_free(r);
+	t_buf_free(buf, LEN);
+	snap_free(&sn);
+}
+END_TEST
+
 int main(void)
 {
 	Suite *s;
@@ -438,6 +621,9 @@ int main(void)
 	tcase_add_loop_test(tc, read_pieces, 0, NWRITES);
 	tcase_add_test(tc, read_random);
 	tcase_add_test(tc, extract);
+	tcase_add_test(tc, damaged_ahead);
+	tcase_add_test(tc, close_ahead);
+	tcase_add_test(tc, fork_ahead);
 	suite_add_tcase(s, tc);
 	tc = tcase_create("lazy");
 	tcase_set_timeout(tc, 120);

@@ -26,7 +26,12 @@
  * memfd; uffdsnap_reader_read() of the whole region in pieces of 4 KiB to
  * 32 MiB; extract to a file; lazy restore and the page server, faults only,
  * touching random pages (first-touch latency, chunk loads against the
- * file's chunks).
+ * file's chunks). Each of the restore, extract and read figures comes with
+ * the CPU time (user + sys) this process spent on it, all threads and the
+ * calling thread alone, and the run with the load average: on a shared
+ * machine a thread that gets no CPU shows as time, not as CPU, and the
+ * caller's CPU time is what the operation would take at least with a CPU
+ * for each thread.
  *
  * Data: per 64 KiB group, 2/16 zero pages, 4/16 random, 10/16 text-like
  * (words and numbers; zstd -1 compresses the whole ~2.5:1).
@@ -52,6 +57,7 @@
 #include <pthread.h>
 #include <stdatomic.h>
 #include <sys/mman.h>
+#include <sys/resource.h>
 #include <sys/socket.h>
 #include <sys/syscall.h>
 #include <sys/un.h>
@@ -103,6 +109,41 @@ static int memfd_of(size_t len, uint8_t **addr)
 	if (*addr == MAP_FAILED)
 		die("mmap", errno, NULL);
 	return fd;
+}
+
+/* CPU time (user + sys) so far of this process (all threads), or of the
+ * calling thread only: the caller's share is the least time the operation
+ * takes when every thread has a CPU of its own. */
+static uint64_t cpu_of(int who)
+{
+	struct rusage ru;
+
+	getrusage(who, &ru);
+	return (uint64_t)(ru.ru_utime.tv_sec + ru.ru_stime.tv_sec) * 1000000000ull +
+	       (uint64_t)(ru.ru_utime.tv_usec + ru.ru_stime.tv_usec) * 1000ull;
+}
+
+static uint64_t cpu_ns(void)
+{
+	return cpu_of(RUSAGE_SELF);
+}
+
+/* CPU seconds of an operation: all threads, and the calling thread's. */
+struct cpu_s {
+	uint64_t all0, own0;
+	double all, own;
+};
+
+static void cpu_start(struct cpu_s *c)
+{
+	c->all0 = cpu_ns();
+	c->own0 = cpu_of(RUSAGE_THREAD);
+}
+
+static void cpu_stop(struct cpu_s *c)
+{
+	c->all = (double)(cpu_ns() - c->all0) / 1e9;
+	c->own = (double)(cpu_of(RUSAGE_THREAD) - c->own0) / 1e9;
 }
 
 static double gbs(uint64_t bytes, uint64_t ns)
@@ -323,7 +364,8 @@ static void take_snapshot(const char *path, uint8_t *addr, size_t len, enum writ
 /* uffdsnap_reader_read() of region id in pieces of `piece` bytes with a fresh
  * reader, for at most budget_ns: bytes/ns over what was read (a slow reader
  * is measured on a prefix of the region). */
-static double read_gbs(const char *snap, unsigned id, size_t len, size_t piece, uint64_t budget_ns, size_t *done)
+static double read_gbs(const char *snap, unsigned id, size_t len, size_t piece, uint64_t budget_ns, size_t *done,
+		       struct cpu_s *cpu)
 {
 	uint8_t *buf = mmap(NULL, piece, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS | MAP_POPULATE, -1, 0);
 	uffdsnap_reader_t *r;
@@ -333,11 +375,13 @@ static double read_gbs(const char *snap, unsigned id, size_t len, size_t piece, 
 
 	if ((rc = uffdsnap_reader_open(&r, snap)))
 		die(snap, rc, uffdsnap_last_error());
+	cpu_start(cpu);
 	t0 = now_ns();
 	for (t = t0; off < len && t - t0 < budget_ns; off += piece, t = now_ns())
 		if ((rc = uffdsnap_reader_read(r, id, off, buf, len - off < piece ? len - off : piece)))
 			die("uffdsnap_reader_read", rc, uffdsnap_reader_error(r));
-	uffdsnap_reader_free(r);
+	uffdsnap_reader_free(r); /* joins the reader's threads: their CPU time is counted */
+	cpu_stop(cpu);
 	munmap(buf, piece);
 	*done = off < len ? off : len;
 	return gbs(*done, t - t0);
@@ -414,25 +458,32 @@ static int readback(const char *snap, const char *dir, unsigned touches, double 
 	uffdsnap_restore_stats_t est = { .size = sizeof(est) };
 	struct lazy_result lf = { 0 }, lp = { 0 }, sf = { 0 };
 	uffdsnap_reader_t *r;
-	double restore_gbs, extract_gbs, piece_gbs[4];
+	double restore_gbs, extract_gbs, piece_gbs[4], load0[1], load1[1];
+	struct cpu_s restore_cpu, extract_cpu, piece_cpu[4];
 	size_t piece_done[4];
 	char out[4096], name[256];
 	uint64_t t0;
 	int rc, fd;
+
+	if (getloadavg(load0, 1) != 1)
+		load0[0] = -1;
 
 	if ((rc = uffdsnap_reader_open(&r, snap)) || (rc = uffdsnap_reader_info(r, &info)) ||
 	    (rc = uffdsnap_reader_region(r, 0, &ri)))
 		die(snap, rc, uffdsnap_last_error());
 	snprintf(name, sizeof(name), "%s", ri.name); /* ri.name lives as long as r */
 	/* eager restore, all CPUs: the yardstick */
+	cpu_start(&restore_cpu);
 	t0 = now_ns();
 	if ((rc = uffdsnap_restore_memfd(r, 0, &fd, NULL, &est)))
 		die("uffdsnap_restore_memfd", rc, uffdsnap_last_error());
 	restore_gbs = gbs(ri.length, now_ns() - t0);
+	cpu_stop(&restore_cpu);
 	close(fd);
 	snprintf(out, sizeof(out), "%s/restore-bench-%d.region", dir, getpid());
 	if ((fd = open(out, O_RDWR | O_CREAT | O_TRUNC | O_CLOEXEC, 0600)) < 0)
 		die(out, errno, NULL);
+	cpu_start(&extract_cpu);
 	t0 = now_ns();
 	if ((rc = uffdsnap_reader_extract_fd(r, 0, fd)))
 		die("uffdsnap_reader_extract_fd", rc, uffdsnap_reader_error(r));
@@ -440,16 +491,25 @@ static int readback(const char *snap, const char *dir, unsigned touches, double 
 	close(fd);
 	unlink(out);
 	uffdsnap_reader_free(r);
+	cpu_stop(&extract_cpu);
 	for (unsigned i = 0; i < 4; i++)
-		piece_gbs[i] = read_gbs(snap, 0, ri.length, pieces[i], (uint64_t)(budget_s * 1e9), &piece_done[i]);
+		piece_gbs[i] = read_gbs(snap, 0, ri.length, pieces[i], (uint64_t)(budget_s * 1e9), &piece_done[i],
+					&piece_cpu[i]);
 	lazy_run(snap, name, ri.length, touches, UFFDSNAP_LAZY_NO_PREFETCH | UFFDSNAP_LAZY_QUIET, &lf);
 	lazy_run(snap, name, ri.length, touches, UFFDSNAP_LAZY_QUIET, &lp);
 	serve_run(snap, dir, name, ri.length, touches, &sf);
+	if (getloadavg(load1, 1) != 1)
+		load1[0] = -1;
 	if (json) {
-		printf("{\"snap\":\"%s\",\"region_mib\":%.0f,\"chunks\":%" PRIu64 ",\"restore_gb_s\":%.3f,"
-		       "\"extract_gb_s\":%.3f", snap, ri.length / (double)MiB, info.chunks, restore_gbs, extract_gbs);
+		printf("{\"snap\":\"%s\",\"region_mib\":%.0f,\"chunks\":%" PRIu64 ",\"loadavg_start\":%.2f,"
+		       "\"loadavg_end\":%.2f,\"restore_gb_s\":%.3f,\"restore_cpu_s\":%.3f,\"extract_gb_s\":%.3f,"
+		       "\"extract_cpu_s\":%.3f", snap, ri.length / (double)MiB, info.chunks, load0[0], load1[0], restore_gbs,
+		       restore_cpu.all, extract_gbs, extract_cpu.all);
+		printf(",\"restore_caller_cpu_s\":%.3f,\"extract_caller_cpu_s\":%.3f", restore_cpu.own, extract_cpu.own);
 		for (unsigned i = 0; i < 4; i++)
-			printf(",\"read_%zuk_gb_s\":%.3f", pieces[i] >> 10, piece_gbs[i]);
+			printf(",\"read_%zuk_gb_s\":%.3f,\"read_%zuk_cpu_s\":%.3f,\"read_%zuk_caller_cpu_s\":%.3f",
+			       pieces[i] >> 10, piece_gbs[i], pieces[i] >> 10, piece_cpu[i].all, pieces[i] >> 10,
+			       piece_cpu[i].own);
 		printf(",\"lazy_start_ms\":%.3f", lf.start_ms);
 		printf(",\"lazy_faultonly_p50_us\":%.1f,\"lazy_faultonly_p99_us\":%.1f,\"lazy_faultonly_max_us\":%.1f,"
 		       "\"lazy_faultonly_chunks\":%" PRIu64 ",\"lazy_p50_us\":%.1f,\"lazy_p99_us\":%.1f,\"lazy_max_us\":%.1f,"
@@ -460,14 +520,17 @@ static int readback(const char *snap, const char *dir, unsigned touches, double 
 		       sf.st.chunks_fault + sf.st.chunks_prefetch);
 		return 0;
 	}
-	printf("restore-bench --snap %s: region '%s' %.0f MiB, %" PRIu64 " chunks, %.1f MiB file\n", snap, name,
-	       ri.length / (double)MiB, info.chunks, info.bytes_file / (double)MiB);
-	printf("  eager restore_memfd, %u threads       %6.3f GB/s   (1.00)\n", est.threads, restore_gbs);
-	printf("  extract_fd to a file on %s     %6.3f GB/s   time %.2f x restore\n", dir, extract_gbs,
-	       restore_gbs / extract_gbs);
+	printf("restore-bench --snap %s: region '%s' %.0f MiB, %" PRIu64 " chunks, %.1f MiB file; load average %.2f "
+	       "at the start, %.2f at the end\n", snap, name, ri.length / (double)MiB, info.chunks,
+	       info.bytes_file / (double)MiB, load0[0], load1[0]);
+	printf("  eager restore_memfd, %u threads       %6.3f GB/s   (1.00)              cpu %.3f s (caller %.3f)\n",
+	       est.threads, restore_gbs, restore_cpu.all, restore_cpu.own);
+	printf("  extract_fd to a file on %s     %6.3f GB/s   time %.2f x restore   cpu %.3f s (caller %.3f)\n", dir,
+	       extract_gbs, restore_gbs / extract_gbs, extract_cpu.all, extract_cpu.own);
 	for (unsigned i = 0; i < 4; i++)
-		printf("  reader_read in %5zu KiB pieces         %6.3f GB/s   time %.2f x restore%s\n", pieces[i] >> 10,
-		       piece_gbs[i], restore_gbs / piece_gbs[i], piece_done[i] < ri.length ? " (measured on a prefix)" : "");
+		printf("  reader_read in %5zu KiB pieces         %6.3f GB/s   time %.2f x restore   cpu %.3f s (caller %.3f)%s\n",
+		       pieces[i] >> 10, piece_gbs[i], restore_gbs / piece_gbs[i], piece_cpu[i].all, piece_cpu[i].own,
+		       piece_done[i] < ri.length ? " (measured on a prefix)" : "");
 	printf("  lazy, faults only: start %.2f ms; %u first touches p50 %.1f us p99 %.1f us max %.1f us; %" PRIu64
 	       " faults, %" PRIu64 " chunk loads for faults + %" PRIu64 " by prefetch (file: %" PRIu64 " chunks)\n",
 	       lf.start_ms, touches, lf.p50_us, lf.p99_us, lf.max_us, lf.st.faults, lf.st.chunks_fault,
