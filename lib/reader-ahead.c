@@ -26,8 +26,10 @@
  * Workers are started by the first read that needs a chunk and live until
  * the reader is freed, which stops them and joins them (a worker in the middle
  * of a chunk finishes it first). A child of fork() has none of them, and
- * maybe a lock one of them held: it only frees the memory
- * (usnap_ahead_forked()), and its reader starts workers of its own.
+ * maybe a lock one of them held or a buffer one was reallocating (a slot's,
+ * its clone's: freeing those was a double free in a test's child): it closes
+ * the clones' descriptors and leaves the rest behind (usnap_ahead_forked()),
+ * and its reader starts workers of its own.
  */
 #include <errno.h>
 #include <pthread.h>
@@ -204,16 +206,20 @@ void usnap_ahead_free(struct usnap_ahead *a)
 {
 	if (!a)
 		return;
-	if (!usnap_ahead_forked(a)) {
-		pthread_mutex_lock(&a->lock);
-		a->stop = true;
-		pthread_cond_broadcast(&a->work);
-		pthread_mutex_unlock(&a->lock);
-		usnap_crew_join(a->tid, a->nworkers);
-		pthread_cond_destroy(&a->done);
-		pthread_cond_destroy(&a->work);
-		pthread_mutex_destroy(&a->lock);
+	if (usnap_ahead_forked(a)) {
+		/* the memory stays: the threads that owned parts of it are gone */
+		for (unsigned i = 0; i < a->nworkers; i++)
+			usnap_reader_abandon(a->w[i].r);
+		return;
 	}
+	pthread_mutex_lock(&a->lock);
+	a->stop = true;
+	pthread_cond_broadcast(&a->work);
+	pthread_mutex_unlock(&a->lock);
+	usnap_crew_join(a->tid, a->nworkers);
+	pthread_cond_destroy(&a->done);
+	pthread_cond_destroy(&a->work);
+	pthread_mutex_destroy(&a->lock);
 	slots_free(a);
 }
 

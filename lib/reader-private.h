@@ -46,6 +46,9 @@ static inline size_t usnap_run_find(const uint64_t *first, size_t n, uint64_t p)
 /* A new reader of the same file (a dup of its fd) with its own buffers and
  * decompression context, sharing nothing mutable with r: one per thread. */
 int usnap_reader_clone(const uffdsnap_reader_t *r, uffdsnap_reader_t **out);
+/* Close a clone's descriptor and nothing else: in a child of fork(), where the
+ * thread that used the clone (and may have been changing its buffers) is gone. */
+void usnap_reader_abandon(uffdsnap_reader_t *r);
 /* The count of page-server connections served from r (restore-serve.c). */
 _Atomic unsigned *usnap_reader_clients(uffdsnap_reader_t *r);
 /* 0 if region id can be read chunk by chunk (a complete file, not a stream)

@@ -1988,6 +1988,13 @@ _Atomic unsigned *usnap_reader_clients(uffdsnap_reader_t *r)
 	return &r->clients;
 }
 
+void usnap_reader_abandon(uffdsnap_reader_t *r)
+{
+	if (r->fd >= 0)
+		close(r->fd);
+	r->fd = -1;
+}
+
 int usnap_reader_clone(const uffdsnap_reader_t *r, uffdsnap_reader_t **out)
 {
 	struct uffdsnap_reader *c = calloc(1, sizeof(*c));
