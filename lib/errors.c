@@ -212,6 +212,8 @@ USNAP_EXPORT const char *uffdsnap_strerror(int err)
 		return "connection refused: no server is listening on the socket";
 	case ECONNRESET:
 		return "the peer closed the connection";
+	case ENOTSOCK:
+		return "not a connected stream socket (TCP or Unix): a migration needs one";
 	case EPROTO:
 		return "protocol error: the peer sent something this library does not understand";
 	case EFBIG:
