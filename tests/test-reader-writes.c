@@ -468,9 +468,11 @@ START_TEST(damaged_table)
 END_TEST
 
 /*
- * Flip a byte in the payload of the chunk of narrowest span (a chunk of the
- * sweep) among those that start in the second half of the region, without
- * re-sealing it: no page before its first is in it, nor after its span. Reads in 4 KiB
+ * Flip a byte in the middle of the payload of the chunk of narrowest span (a
+ * chunk of the sweep) among those that start in the second half of the
+ * region and store at least 256 bytes, without re-sealing it (a chunk of
+ * zero pages stores almost nothing: a byte 100 bytes into its payload was the
+ * next record's, once, and the read of page 0 found that one damaged): no page before its first is in it, nor after its span. Reads in 4 KiB
  * pieces in page order: the read-ahead decodes that chunk (and finds it
  * damaged) before the reads get there, and every read before its first page
  * still succeeds, byte-exact; the read of its first page fails with its
@@ -478,7 +480,7 @@ END_TEST
  */
 START_TEST(damaged_ahead)
 {
-	uint64_t first = UINT64_MAX, end = 0, coff = 0, failed = 0, span = UINT64_MAX;
+	uint64_t first = UINT64_MAX, end = 0, coff = 0, failed = 0, span = UINT64_MAX, stored = 0, sl;
 	char bad[PATH_MAX + 16], where[64];
 	uint32_t nextents = 0;
 	uint8_t page[4096];
@@ -490,12 +492,14 @@ START_TEST(damaged_ahead)
 	int rc;
 
 	f = snap_bytes(&sn, "damaged_ahead", &len);
-	for (uint64_t i = 0; index_entry(f, len, i, &e); i++)
-		if (e.first >= LEN / t_page / 2 && e.end - e.first < span)
-			first = e.first, end = e.end, coff = e.off, nextents = e.nextents, span = e.end - e.first;
+	for (uint64_t i = 0; index_entry(f, len, i, &e); i++) {
+		memcpy(&sl, f + e.off + 16 + 24, 8); /* the chunk header's stored_len */
+		if (e.first >= LEN / t_page / 2 && e.end - e.first < span && sl >= 256)
+			first = e.first, end = e.end, coff = e.off, nextents = e.nextents, span = e.end - e.first, stored = sl;
+	}
 	ck_assert_uint_ne(first, UINT64_MAX);
 	/* the payload follows the record and chunk headers and the extents */
-	f[coff + 48 + 16 * nextents + 100] ^= 0x01;
+	f[coff + 48 + 16 * nextents + stored / 2] ^= 0x01;
 	snprintf(bad, sizeof(bad), "%s/damaged", sn.dir);
 	t_write_file(bad, f, len);
 	free(f);
