@@ -467,6 +467,15 @@ int uffdsnap_reader_read(uffdsnap_reader_t *r, unsigned id, uint64_t off, void *
 #define UFFDSNAP_READER_CACHE (8u << 20)
 int uffdsnap_reader_cache(uffdsnap_reader_t *r, size_t bytes);
 /*
+ * Decode with n threads of the reader's besides the caller's (0: on the
+ * caller's thread alone; at most UFFDSNAP_READER_THREADS_MAX). Default: one
+ * per online CPU but the caller's. Stops and joins the threads it has;
+ * the next read that needs a chunk starts n new ones. A reader of a chain
+ * decodes on the caller's thread whatever n is. 0, or -EINVAL.
+ */
+#define UFFDSNAP_READER_THREADS_MAX 63u
+int uffdsnap_reader_threads(uffdsnap_reader_t *r, unsigned n);
+/*
  * Write region `id`, full length, to fd from offset 0. A regular file is
  * truncated and holes stay holes; to a pipe or device the zeros are written.
  * Errors as uffdsnap_reader_read(), plus write(2) errors.

@@ -121,7 +121,6 @@ int usnap_ahead_take(struct usnap_ahead *a, uffdsnap_reader_t *r, unsigned id, b
 uint64_t usnap_ahead_decoded(const struct usnap_ahead *a, uint64_t *failed);
 /* Tests: run r's read-ahead with n workers (0: none) instead of one per
  * online CPU but one; stops the workers it has. */
-void usnap_reader_workers(uffdsnap_reader_t *r, unsigned n);
 /* Tests: usnap_ahead_decoded() of r's read-ahead (0 without one). */
 uint64_t usnap_reader_ahead_decoded(const uffdsnap_reader_t *r, uint64_t *failed);
 

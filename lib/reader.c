@@ -178,7 +178,7 @@ struct uffdsnap_reader {
 	/* decoding ahead (reader-ahead.c): started by the first read or
 	 * extract that loads a chunk; NULL without workers */
 	struct usnap_ahead *ah;
-	bool ah_tried, ah_fixed;    /* ah_fixed: ah_n workers (tests), else by the CPUs */
+	bool ah_tried, ah_fixed;    /* ah_fixed: ah_n workers (uffdsnap_reader_threads), else by the CPUs */
 	unsigned ah_n;
 	unsigned ra_id;             /* the last read: region, end, and how far the */
 	uint64_t ra_next;           /* map is queued ahead of it (a run index) */
@@ -1647,13 +1647,16 @@ int usnap_reader_decode(uffdsnap_reader_t *r, unsigned id, size_t ci, struct usn
 	return rc;
 }
 
-void usnap_reader_workers(uffdsnap_reader_t *r, unsigned n)
+USNAP_EXPORT int uffdsnap_reader_threads(uffdsnap_reader_t *r, unsigned n)
 {
+	if (!r || n > UFFDSNAP_READER_THREADS_MAX)
+		return -EINVAL;
 	usnap_ahead_free(r->ah);
 	r->ah = NULL;
 	r->ah_tried = false;
 	r->ah_fixed = true;
 	r->ah_n = n;
+	return 0;
 }
 
 uint64_t usnap_reader_ahead_decoded(const uffdsnap_reader_t *r, uint64_t *failed)
@@ -1684,7 +1687,9 @@ static struct usnap_ahead *ahead(struct uffdsnap_reader *r)
 		return r->ah;
 	r->ah_tried = true;
 	cpus = sysconf(_SC_NPROCESSORS_ONLN); /* reads a file: once */
-	workers = r->ah_fixed ? r->ah_n : cpus > 1 ? (unsigned)(cpus < 64 ? cpus - 1 : 63) : 0;
+	workers = r->ah_fixed ? r->ah_n
+		  : cpus > 1 ? (unsigned)(cpus <= UFFDSNAP_READER_THREADS_MAX ? cpus - 1 : UFFDSNAP_READER_THREADS_MAX)
+			     : 0;
 	if (!workers)
 		return NULL;
 	mean = r->end.chunks ? r->end.bytes_raw / r->end.chunks : 0;

@@ -165,6 +165,8 @@ static void verify_job(const struct snapjob *j)
 	int e, id;
 
 	e = uffdsnap_reader_open(&r, j->path);
+	if (!e && T_SANITIZED)
+		uffdsnap_reader_threads(r, 0); /* as t_reader() */
 	if (e) {
 		sfail("snapshot %u: reader_open %s: %d %s (%s)", j->idx, j->path, e, uffdsnap_strerror(e),
 		     uffdsnap_last_error());
@@ -335,6 +337,14 @@ void *verifier_main(void *arg)
  * TSan, and the verifier's files would interleave with begin's.
  */
 #define VERIFY_IN_STEP TSAN
+
+void verified_all(void)
+{
+	pthread_mutex_lock(&T.q_mu);
+	while (T.q_len)
+		pthread_cond_wait(&T.q_cv, &T.q_mu);
+	pthread_mutex_unlock(&T.q_mu);
+}
 
 void enqueue(const struct snapjob *j)
 {

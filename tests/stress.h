@@ -202,5 +202,7 @@ void write_update(const struct owner *o, uint8_t *const base[NREG], uint64_t n);
 void oracle_selftest(void);
 void *verifier_main(void *arg);
 void enqueue(const struct snapjob *j);
+/* Wait until the verifier has checked every snapshot queued (it is idle). */
+void verified_all(void);
 
 #endif

@@ -134,12 +134,16 @@ static uint64_t chunks_loaded(const uffdsnap_reader_t *r)
  * ahead (WORKERS_DEFAULT: the reader's choice); the chunks loaded. */
 static uint64_t read_in_pieces(const struct snap *sn, size_t piece, size_t cache, uint8_t *buf, unsigned workers)
 {
-	uffdsnap_reader_t *r = t_reader(sn->path);
+	uffdsnap_reader_t *r = NULL;
 	uint64_t n;
 	int rc;
 
-	if (workers != WORKERS_DEFAULT)
-		usnap_reader_workers(r, workers);
+	if (workers != WORKERS_DEFAULT) {
+		r = t_reader(sn->path);
+		ck_assert_int_eq(uffdsnap_reader_threads(r, workers), 0);
+	} else {
+		ck_assert_int_eq(uffdsnap_reader_open(&r, sn->path), 0); /* the library's choice, in every build */
+	}
 	ck_assert_int_eq(uffdsnap_reader_cache(r, cache), 0);
 	memset(buf, 0xee, LEN);
 	for (size_t off = 0; off < LEN; off += piece) {
@@ -506,7 +510,7 @@ START_TEST(damaged_ahead)
 	snprintf(where, sizeof(where), "chunk at offset %" PRIu64 ":", coff);
 
 	r = t_reader(bad);
-	usnap_reader_workers(r, 2);
+	ck_assert_int_eq(uffdsnap_reader_threads(r, 2), 0);
 	for (uint64_t p = 0; p < first; p++) {
 		/* before the last page ahead of it: let the workers get there */
 		for (unsigned ms = 0; p + 1 == first && ms < 10000 && !failed; ms++) {
@@ -559,7 +563,7 @@ START_TEST(close_ahead)
 		unsigned workers = 1 + k % 3;
 		size_t off = (k % 4) * (LEN / 4);
 
-		usnap_reader_workers(r, workers);
+		ck_assert_int_eq(uffdsnap_reader_threads(r, workers), 0);
 		ck_assert_int_eq(uffdsnap_reader_read(r, 0, off, buf, t_page), 0);
 		ck_assert_int_eq(uffdsnap_reader_read(r, 0, off + t_page, buf + t_page, t_page), 0);
 		ck_assert(!memcmp(buf, sn.ref + off, 2 * t_page));
@@ -589,7 +593,7 @@ START_TEST(fork_ahead)
 	t_watchdog(120, "fork_ahead");
 	snap_new(&sn, RANDOM);
 	r = t_reader(sn.path);
-	usnap_reader_workers(r, 2);
+	ck_assert_int_eq(uffdsnap_reader_threads(r, 2), 0);
 	for (size_t off = 0; off < LEN / 2; off += 64 * KiB)
 		ck_assert_int_eq(uffdsnap_reader_read(r, 0, off, buf + off, 64 * KiB), 0);
 	ck_assert((pid = fork()) >= 0);
@@ -597,7 +601,7 @@ START_TEST(fork_ahead)
 		int bad = 0;
 
 		if (T_TSAN) /* which kills a child that starts threads */
-			usnap_reader_workers(r, 0);
+			uffdsnap_reader_threads(r, 0);
 		for (size_t off = LEN / 2; off < LEN && !bad; off += 64 * KiB)
 			bad = uffdsnap_reader_read(r, 0, off, buf + off, 64 * KiB) || memcmp(buf + off, sn.ref + off, 64 * KiB);
 		uffdsnap_reader_free(r);
