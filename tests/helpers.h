@@ -284,6 +284,10 @@ bool t_wait_sweep_stalled(uffdsnap_snap_t *s, unsigned seconds);
 /* Its end: the sink at full speed again, wait, the stats into *st (printed
  * under label); returns wait()'s result. */
 int t_finish_stalled(uffdsnap_snap_t *s, struct t_cb *cb, uffdsnap_stats_t *st, const char *label);
+/* The three ways a program ends a snapshot that is running. */
+enum t_end { T_END_CANCEL, T_END_SNAP_FREE, T_END_CTX_FREE };
+/* End snapshot s of ctx that way (from any thread). */
+void t_end_snapshot(enum t_end how, uffdsnap_t *ctx, uffdsnap_snap_t *s);
 
 /* ---- what a test changes in the system (t-swap.c) --------------------------------- */
 

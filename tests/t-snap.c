@@ -365,6 +365,16 @@ bool t_wait_sweep_stalled(uffdsnap_snap_t *s, unsigned seconds)
 	return false;
 }
 
+void t_end_snapshot(enum t_end how, uffdsnap_t *ctx, uffdsnap_snap_t *s)
+{
+	if (how == T_END_CANCEL)
+		uffdsnap_cancel(s);
+	else if (how == T_END_SNAP_FREE)
+		uffdsnap_snap_free(s);
+	else
+		uffdsnap_free(ctx);
+}
+
 int t_finish_stalled(uffdsnap_snap_t *s, struct t_cb *cb, uffdsnap_stats_t *st, const char *label)
 {
 	int r;

@@ -158,10 +158,9 @@ END_TEST
 
 /* (d)(e)(f): writers really blocked in faults (sink shut, buffer full), then
  * the snapshot is ended by snap_free / ctx free / cancel. */
-enum how { BY_SNAP_FREE, BY_CTX_FREE, BY_CANCEL };
 
 struct killer {
-	enum how how;
+	enum t_end how;
 	uffdsnap_t *ctx;
 	uffdsnap_snap_t *s;
 };
@@ -170,18 +169,14 @@ static void *kill_it(void *arg)
 {
 	struct killer *k = arg;
 
-	if (k->how == BY_SNAP_FREE)
-		uffdsnap_snap_free(k->s);
-	else if (k->how == BY_CTX_FREE)
-		uffdsnap_free(k->ctx);
-	else
-		uffdsnap_cancel(k->s);
+	t_end_snapshot(k->how, k->ctx, k->s);
 	return NULL;
 }
 
-static void blocked_writers(enum how how)
+static void blocked_writers(enum t_end how)
 {
-	static const char *names[] = { "snap_free mid-snapshot", "uffdsnap_free(ctx) mid-snapshot", "cancel" };
+	static const char *names[] = { [T_END_SNAP_FREE] = "snap_free mid-snapshot",
+				       [T_END_CTX_FREE] = "uffdsnap_free(ctx) mid-snapshot", [T_END_CANCEL] = "cancel" };
 	const size_t len = 64 * MiB;
 	const uffdsnap_opts_t o = t_opts(4 * MiB, 0);
 	struct t_fix f;
@@ -230,12 +225,12 @@ static void blocked_writers(enum how how)
 	printf("%s: %d writers released with the sink still blocked\n", names[how], 3);
 	t_cb_gate(&f.cb, false);
 	ck_assert_msg(t_join_timeout(t, 20) == 0, "%s did not return after the sink was released", names[how]);
-	if (how != BY_SNAP_FREE) {
+	if (how != T_END_SNAP_FREE) {
 		r = uffdsnap_wait(f.s);
 		assert_failed(f.s, r, -ECANCELED, names[how]);
 		uffdsnap_snap_free(f.s);
 	}
-	if (how != BY_CTX_FREE)
+	if (how != T_END_CTX_FREE)
 		uffdsnap_free(f.ctx);
 	f.s = NULL;
 	f.ctx = NULL;
@@ -245,11 +240,11 @@ static void blocked_writers(enum how how)
 	t_fix_free(&f);
 }
 
-START_TEST(failure_snap_free_mid_snapshot) { blocked_writers(BY_SNAP_FREE); }
+START_TEST(failure_snap_free_mid_snapshot) { blocked_writers(T_END_SNAP_FREE); }
 END_TEST
-START_TEST(failure_ctx_free_mid_snapshot) { blocked_writers(BY_CTX_FREE); }
+START_TEST(failure_ctx_free_mid_snapshot) { blocked_writers(T_END_CTX_FREE); }
 END_TEST
-START_TEST(failure_cancel_blocked_writers) { blocked_writers(BY_CANCEL); }
+START_TEST(failure_cancel_blocked_writers) { blocked_writers(T_END_CANCEL); }
 END_TEST
 
 /* (f') cancel of a file-sink snapshot: no target, no temporary file. */

@@ -16,11 +16,11 @@
 
 /* ---- cancel, snap_free, free from another thread ---------------------------------------- */
 
-enum kill_how { KILL_CANCEL, KILL_SNAP_FREE, KILL_FREE };
-static const char *const kill_name[] = { "uffdsnap_cancel", "uffdsnap_snap_free", "uffdsnap_free" };
+static const char *const kill_name[] = { [T_END_CANCEL] = "uffdsnap_cancel", [T_END_SNAP_FREE] = "uffdsnap_snap_free",
+					  [T_END_CTX_FREE] = "uffdsnap_free" };
 
 struct killer {
-	enum kill_how how;
+	enum t_end how;
 	unsigned delay_us;
 	uffdsnap_t *ctx;
 	uffdsnap_snap_t *s;
@@ -36,12 +36,7 @@ static void *killer_main(void *arg)
 	kl->st.size = sizeof(kl->st);
 	uffdsnap_snap_stats(kl->s, &kl->st);
 	atomic_store(&kl->fired, true);
-	if (kl->how == KILL_CANCEL)
-		uffdsnap_cancel(kl->s);
-	else if (kl->how == KILL_SNAP_FREE)
-		uffdsnap_snap_free(kl->s);
-	else
-		uffdsnap_free(kl->ctx);
+	t_end_snapshot(kl->how, kl->ctx, kl->s);
 	atomic_store(&kl->done, true);
 	return NULL;
 }
@@ -52,7 +47,7 @@ static void *killer_main(void *arg)
  * by the kill while the sink is still stuck. Otherwise a slow sink and a
  * random moment.
  */
-static void kill_round(enum kill_how how, bool gate, unsigned delay_us, unsigned long *while_blocked,
+static void kill_round(enum t_end how, bool gate, unsigned delay_us, unsigned long *while_blocked,
 		       unsigned long *cancelled)
 {
 	const size_t len = 8 * MiB;
@@ -122,7 +117,7 @@ static void kill_round(enum kill_how how, bool gate, unsigned delay_us, unsigned
 		t_cb_gate(&cb, false);
 	}
 	ck_assert_msg(t_join_timeout(t, 30) == 0, "%s: the killer thread hangs", what);
-	if (how == KILL_SNAP_FREE) {
+	if (how == T_END_SNAP_FREE) {
 		s = NULL;
 	} else {
 		r = uffdsnap_wait(s);
@@ -134,13 +129,13 @@ static void kill_round(enum kill_how how, bool gate, unsigned delay_us, unsigned
 	}
 	t_assert_released(&m, &w, what);
 	uffdsnap_snap_free(s);
-	if (how != KILL_FREE)
+	if (how != T_END_CTX_FREE)
 		uffdsnap_free(ctx);
 	t_cb_destroy(&cb);
 	t_mem_free(&m);
 }
 
-static void kill_sweep(enum kill_how how)
+static void kill_sweep(enum t_end how)
 {
 	unsigned long rounds = T_SANITIZED ? 8 : 24, blocked = 0, cancelled = 0;
 	uint64_t rng = 99 + how, t0 = t_now_ns();
@@ -171,21 +166,21 @@ static void kill_sweep(enum kill_how how)
 START_TEST(inject_kill_cancel)
 {
 	t_watchdog(170, "inject_kill_cancel");
-	kill_sweep(KILL_CANCEL);
+	kill_sweep(T_END_CANCEL);
 }
 END_TEST
 
 START_TEST(inject_kill_snap_free)
 {
 	t_watchdog(170, "inject_kill_snap_free");
-	kill_sweep(KILL_SNAP_FREE);
+	kill_sweep(T_END_SNAP_FREE);
 }
 END_TEST
 
 START_TEST(inject_kill_free)
 {
 	t_watchdog(170, "inject_kill_free");
-	kill_sweep(KILL_FREE);
+	kill_sweep(T_END_CTX_FREE);
 }
 END_TEST
 
