@@ -52,6 +52,12 @@ static inline void usnap_bits_set(uint64_t *b, uint64_t from, uint64_t to)
 		b[p / 64] |= usnap_bits_mask(p, to, &k);
 }
 
+static inline void usnap_bits_clear(uint64_t *b, uint64_t from, uint64_t to)
+{
+	for (uint64_t p = from, k; p < to; p += k)
+		b[p / 64] &= ~usnap_bits_mask(p, to, &k);
+}
+
 /* First index in [from, to) whose bit equals `val`, or `to`. */
 static inline uint64_t usnap_bits_find(const uint64_t *b, uint64_t from, uint64_t to, bool val)
 {

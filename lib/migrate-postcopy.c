@@ -10,9 +10,10 @@
  *
  * Both run on their side's libuv loop (migrate.c). The sender's read
  * callback only records a request (usnap_mig_postcopy_frame); its thread
- * answers every recorded request before it pushes the next frame, and pushes
- * only while libuv's queue is empty and the window below has room, so a
- * request waits behind at most that window and one pushed frame. The
+ * answers every recorded request before it pushes the next frame (each frame
+ * sent is flushed to the kernel first: libuv holds none), and pushes only
+ * while the window below has room, so a request waits behind at most that
+ * window and one pushed frame. The
  * receiver's userfaultfd is a poll handle of the same loop that reads the
  * socket: its faults are read between two frames (usnap_in_faults), and the
  * requests they make go out on the same thread as ACKs and RUNNING, so no
@@ -37,9 +38,9 @@
 /* ---- the sender -------------------------------------------------------------------------- */
 
 /*
- * Pages per pushed frame, and the push's window: the bytes libuv still holds
- * for the socket plus those written to it and not yet acknowledged by the
- * peer (tcpi_notsent_bytes + unacked segments) kept under
+ * Pages per pushed frame, and the push's window: the bytes written to the
+ * socket and not yet acknowledged by the peer (tcpi_notsent_bytes + unacked
+ * segments; libuv holds none, every frame is flushed) kept under
  * USNAP_MIG_PUSH_WINDOW. A page a fault asked for is sent behind that window
  * and nothing else: without it the push would fill
  * tcp_wmem (4 MiB here) and the tbf queue (10 ms at 1 Gbit/s), and every
@@ -109,8 +110,7 @@ static int send_pending(struct uffdsnap_migrate *m, unsigned ri, uint64_t first,
 {
 	uint64_t *b = m->regs[ri].pending;
 
-	for (uint64_t k = first; k < first + n; k++)
-		b[k / 64] &= ~(1ull << (k % 64));
+	usnap_bits_clear(b, first, first + n);
 	return usnap_mig_send_range(m, ri, first, n, m->pc_round, count);
 }
 
@@ -172,7 +172,7 @@ int usnap_mig_postcopy_frame(struct uffdsnap_migrate *m, const struct usnap_mig_
 		/* asked for again, or pushed meanwhile: the page is on its way */
 		if (!usnap_bit(b, u.q.first))
 			return 0;
-		b[u.q.first / 64] &= ~(1ull << (u.q.first % 64));
+		usnap_bits_clear(b, u.q.first, u.q.first + 1);
 		m->pc_left--;
 		m->pages_requested++;
 		if (usnap_mig_push_run(&m->asks, &m->nasks, &m->asks_cap, (struct mig_run){ u.q.region, u.q.first, 1 }))
@@ -207,7 +207,7 @@ static int push_step(struct uffdsnap_migrate *m, unsigned *ri, uint64_t *pg, uin
 	/* the push starts once the receiver runs: until then the sender only
 	 * waits for RUNNING, which it then reads at once (the downtime) */
 	if (!m->pc_running || m->pc_ended ||
-	    (USNAP_MIG_PUSH_WINDOW && usnap_mig_queued(m->link) + unacked(m->sock) >= USNAP_MIG_PUSH_WINDOW)) {
+	    (USNAP_MIG_PUSH_WINDOW && unacked(m->sock) >= USNAP_MIG_PUSH_WINDOW)) {
 		*sent = false;
 		return 0;
 	}
@@ -430,7 +430,7 @@ static void on_fault(struct uffdsnap_incoming *in, uintptr_t addr)
 	}
 	if (usnap_bit(r->asked, k))
 		return;
-	r->asked[k / 64] |= 1ull << (k % 64);
+	usnap_bits_set(r->asked, k, k + 1);
 	struct usnap_mig_pages q = { (uint32_t)(r - in->regs), 1, k };
 	/* queued behind nothing but ACKs: the reverse direction carries no
 	 * data. A lost connection: the read side hears it too, and poisons */

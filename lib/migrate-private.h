@@ -68,8 +68,6 @@ int usnap_mig_write(struct usnap_mig_link *l, uint16_t type, const void *head, u
 		    uint32_t data_len);
 /* Run the loop until every queued byte is in the kernel's socket buffer. */
 int usnap_mig_flush(struct usnap_mig_link *l);
-/* Bytes libuv holds for the socket that the kernel has not taken yet. */
-size_t usnap_mig_queued(const struct usnap_mig_link *l);
 /* Run the loop until ms have passed or an error is latched (not silence). */
 int usnap_mig_sleep(struct usnap_mig_link *l, uint64_t ms);
 /* Have the loop wake up every ms (if not armed already) until
@@ -236,7 +234,6 @@ struct in_reg {
 };
 
 struct uffdsnap_incoming {
-	int sock;
 	bool postcopy;                 /* the sender's HELLO asked for it */
 	bool running;                  /* post-copy: switched over */
 	bool hello_seen, final_seen;   /* the loop thread's progress */

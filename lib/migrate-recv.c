@@ -326,7 +326,6 @@ USNAP_EXPORT int uffdsnap_migrate_recv(int sock, const uffdsnap_migrate_opts_t *
 	pthread_mutex_init(&in->state_lock, NULL);
 	pthread_cond_init(&in->state_cond, NULL);
 	in->uffd = -1;
-	in->sock = sock;
 	in->expect = 1;
 	in->ps = (size_t)sysconf(_SC_PAGESIZE);
 	in->cap = sizeof(struct usnap_mig_pages) + USNAP_MIG_BATCH * in->ps;

@@ -125,9 +125,7 @@ int usnap_mig_send_range(struct uffdsnap_migrate *m, unsigned ri, uint64_t first
 				j++;
 			struct usnap_mig_pages p = { .region = ri, .npages = (uint32_t)(j - i), .first = first + i };
 			if (r->sent)
-				for (uint64_t k = first + i; k < first + j; k++)
-					r->sent[k / 64] = zero ? r->sent[k / 64] & ~(1ull << (k % 64))
-							       : r->sent[k / 64] | (1ull << (k % 64));
+				(zero ? usnap_bits_clear : usnap_bits_set)(r->sent, first + i, first + j);
 			if (!zero) {
 				const uint8_t *data = m->buf + i * m->ps;
 				size_t len = (j - i) * m->ps, z = 0;
@@ -306,17 +304,14 @@ static int scan_holes(struct uffdsnap_migrate *m, uint64_t *bytes)
 			continue;
 		if (mincore((void *)r->addr, r->len, r->incore))
 			return usnap_mig_fail(m, -errno, "region '%s': mincore: %s", r->name, strerror(errno));
-		for (uint64_t k = 0; k < r->npages;) {
-			if (!(r->sent[k / 64] >> (k % 64))) {
-				k = (k / 64 + 1) * 64;
-				continue;
-			}
-			if (!(r->sent[k / 64] >> (k % 64) & 1) || (r->incore[k] & 1)) {
+		for (uint64_t k = usnap_bits_find(r->sent, 0, r->npages, true); k < r->npages;
+		     k = usnap_bits_find(r->sent, k, r->npages, true)) {
+			if (r->incore[k] & 1) {
 				k++;
 				continue;
 			}
 			uint64_t e = k + 1;
-			while (e < r->npages && (r->sent[e / 64] >> (e % 64) & 1) && !(r->incore[e] & 1))
+			while (e < r->npages && usnap_bit(r->sent, e) && !(r->incore[e] & 1))
 				e++;
 			if (usnap_mig_push_run(&m->runs, &m->nruns, &m->runs_cap, (struct mig_run){ i, k, e - k }))
 				return usnap_mig_fail(m, -ENOMEM, "the dirty page list");

@@ -93,8 +93,7 @@ int usnap_mig_result(struct usnap_latch *l, int r)
 		usnap_latch_close(l);
 		return 0;
 	}
-	if (usnap_latch_err(l) >= 0)
-		usnap_latch_set(l, r, "%s", strerror(-r));
+	usnap_latch_set(l, r, "%s", strerror(-r)); /* the first error stays */
 	return usnap_latch_err(l);
 }
 
@@ -270,13 +269,13 @@ static void on_read(uv_stream_t *s, ssize_t n, const uv_buf_t *buf)
 		if (k <= 0)
 			break;
 		l->rx_off += (size_t)k;
-		if (l->on_frame(l->owner, &h, l->rx + l->rx_off - h.len) < 0 && usnap_latch_err(l->latch) >= 0)
+		if (l->on_frame(l->owner, &h, l->rx + l->rx_off - h.len) < 0)
 			usnap_latch_set(l->latch, -EIO, "a frame from %s could not be taken", l->peer);
 	}
 	if (l->rx_off == l->rx_len)
 		l->rx_off = l->rx_len = 0;
 	if (n < 0 && l->reading) {
-		if (l->rx_len && usnap_latch_err(l->latch) >= 0)
+		if (l->rx_len)
 			usnap_latch_set(l->latch, n == UV_EOF ? -EPIPE : (int)n, "%s sent a frame cut short: %s", l->peer,
 					n == UV_EOF ? "the connection closed" : uv_strerror((int)n));
 		link_fail(l, (int)n, "reading from");
@@ -330,8 +329,7 @@ int usnap_mig_write(struct usnap_mig_link *l, uint16_t type, const void *head, u
 	q->h = (struct usnap_mig_hdr){ .magic = USNAP_MIG_MAGIC, .type = type, .len = head_len + data_len };
 	if (head_len)
 		memcpy(q->head, head, head_len);
-	q->h.crc = usnap_crc32c(usnap_crc32c(usnap_crc32c(0, &q->h, sizeof(q->h)), q->head, head_len), data,
-				data_len);
+	q->h.crc = usnap_crc32c(usnap_mig_crc(&q->h, q->head, head_len), data, data_len);
 	q->bytes = sizeof(q->h) + head_len + data_len;
 	b[0] = uv_buf_init((char *)&q->h, sizeof(q->h));
 	b[1] = uv_buf_init((char *)q->head, head_len);
@@ -344,7 +342,8 @@ int usnap_mig_write(struct usnap_mig_link *l, uint16_t type, const void *head, u
 	return 0;
 }
 
-size_t usnap_mig_queued(const struct usnap_mig_link *l)
+/* Bytes libuv holds for the socket that the kernel has not taken yet. */
+static size_t queued(const struct usnap_mig_link *l)
 {
 	return uv_stream_get_write_queue_size(&l->h.s);
 }
@@ -364,7 +363,7 @@ int usnap_mig_flush(struct usnap_mig_link *l)
 {
 	int r = 0;
 
-	while (!r && usnap_mig_queued(l))
+	while (!r && queued(l))
 		r = usnap_mig_turn(l, true);
 	return r;
 }
