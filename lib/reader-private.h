@@ -119,8 +119,6 @@ int usnap_ahead_take(struct usnap_ahead *a, uffdsnap_reader_t *r, unsigned id, b
 /* Chunks decoded into slots so far (with their pages, without error), and
  * in *failed (if not NULL) those that failed. */
 uint64_t usnap_ahead_decoded(const struct usnap_ahead *a, uint64_t *failed);
-/* Tests: run r's read-ahead with n workers (0: none) instead of one per
- * online CPU but one; stops the workers it has. */
 /* Tests: usnap_ahead_decoded() of r's read-ahead (0 without one). */
 uint64_t usnap_reader_ahead_decoded(const uffdsnap_reader_t *r, uint64_t *failed);
 

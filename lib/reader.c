@@ -1517,10 +1517,6 @@ static void park_evict(struct uffdsnap_reader *r, uint32_t id, uint64_t k0)
 	}
 }
 
-/* The chunks (indexes in region id's slice) that hold the runs k0..k1 not
- * kept already, each once, in page-map order (the order the read copies
- * them in, and the order they are decoded in), into a new array; their bits
- * set in r->want, which want_clear() clears. */
 /* r->want, all clear, with a bit for each of n chunks. */
 static int want_room(struct uffdsnap_reader *r, size_t n)
 {
@@ -1537,6 +1533,10 @@ static int want_room(struct uffdsnap_reader *r, size_t n)
 	return 0;
 }
 
+/* The chunks (indexes in region id's slice) that hold the runs k0..k1 not
+ * kept already, each once, in page-map order (the order the read copies
+ * them in, and the order they are decoded in), into a new array; their bits
+ * set in r->want, which want_clear() clears. */
 static int need_chunks(struct uffdsnap_reader *r, unsigned id, size_t k0, size_t k1, uint32_t **out, size_t *n)
 {
 	const struct rd_map *m = &r->maps[id];
@@ -1563,7 +1563,7 @@ static int need_chunks(struct uffdsnap_reader *r, unsigned id, size_t k0, size_t
 static void want_clear(struct uffdsnap_reader *r, const uint32_t *v, size_t n)
 {
 	for (size_t i = 0; i < n; i++)
-		r->want[v[i] / 64] &= ~(1ull << (v[i] % 64));
+		usnap_bits_clear(r->want, v[i], v[i] + 1);
 }
 
 /*
@@ -1647,13 +1647,21 @@ int usnap_reader_decode(uffdsnap_reader_t *r, unsigned id, size_t ci, struct usn
 	return rc;
 }
 
+/* End r's read-ahead (the next read may start another); the chunks it
+ * decoded still count in info.chunks_loaded. */
+static void ahead_stop(struct uffdsnap_reader *r)
+{
+	r->decoded += usnap_ahead_decoded(r->ah, NULL);
+	usnap_ahead_free(r->ah);
+	r->ah = NULL;
+	r->ah_tried = false;
+}
+
 USNAP_EXPORT int uffdsnap_reader_threads(uffdsnap_reader_t *r, unsigned n)
 {
 	if (!r || n > UFFDSNAP_READER_THREADS_MAX)
 		return -EINVAL;
-	usnap_ahead_free(r->ah);
-	r->ah = NULL;
-	r->ah_tried = false;
+	ahead_stop(r);
 	r->ah_fixed = true;
 	r->ah_n = n;
 	return 0;
@@ -1677,12 +1685,8 @@ static struct usnap_ahead *ahead(struct uffdsnap_reader *r)
 	unsigned workers, slots;
 	long cpus;
 
-	if (r->ah && usnap_ahead_forked(r->ah)) {
-		/* a child of fork(): the workers stayed in the parent */
-		usnap_ahead_free(r->ah);
-		r->ah = NULL;
-		r->ah_tried = false;
-	}
+	if (r->ah && usnap_ahead_forked(r->ah))
+		ahead_stop(r); /* a child of fork(): the workers stayed in the parent */
 	if (r->ah || r->ah_tried || r->chain)
 		return r->ah;
 	r->ah_tried = true;
@@ -1729,21 +1733,22 @@ static int chunk_next(struct uffdsnap_reader *r, unsigned id, const uint32_t *v,
 		*ci = v ? v[*sync] : *sync;
 		rc = usnap_reader_chunk(r, id, *ci, c);
 	}
-	r->want[*ci / 64] &= ~(1ull << (*ci % 64));
+	usnap_bits_clear(r->want, *ci, *ci + 1);
 	return rc;
 }
 
 /*
- * Queue what the read-ahead has room for: the read's chunks from *next on,
- * then, for a read in page order, the chunks of the runs after it in map
- * order (none kept already: a run is kept only by loading its chunk, and
+ * Queue what the read-ahead has room for: the read's chunks from *next on (v,
+ * or chunks 0..n-1 without it), then, for a read in page order, the chunks
+ * of the runs after it in map order (none kept already: a run is kept only by loading its chunk, and
  * that chunk is then loaded again only if it was dropped).
  */
 static void ahead_fill(struct uffdsnap_reader *r, unsigned id, const uint32_t *v, size_t n, size_t *next, bool seq)
 {
 	const struct rd_map *m = &r->maps[id];
 
-	while (*next < n && (!still_wanted(r, v[*next]) || usnap_ahead_queue(r->ah, id, v[*next])))
+	while (*next < n && (!still_wanted(r, v ? v[*next] : *next) ||
+			     usnap_ahead_queue(r->ah, id, v ? v[*next] : *next)))
 		++*next;
 	if (*next < n || !seq)
 		return;
@@ -1921,8 +1926,8 @@ static int extract_chunks(struct uffdsnap_reader *r, unsigned id, const struct o
 		struct usnap_rchunk c;
 		size_t i;
 
-		while (a && next < nchunks && (!still_wanted(r, next) || usnap_ahead_queue(a, id, next)))
-			next++;
+		if (a)
+			ahead_fill(r, id, NULL, nchunks, &next, false);
 		if ((rc = chunk_next(r, id, NULL, &sync, &i, &c)))
 			break;
 		for (uint32_t k = 0; k < c.nextents && !rc; k++) {
