@@ -135,16 +135,35 @@ static int compress_runs(ZSTD_CCtx *cc, const struct run *runs, size_t nruns, si
 	return 0;
 }
 
-/* UFFDSNAP_OPT_ADAPT: store this chunk raw, a fault having waited for a
- * buffer lately (fault.c: the hold), or since the last raw chunk. */
+/*
+ * UFFDSNAP_OPT_ADAPT: chunks are stored raw until this long after a fault
+ * last waited for a buffer. A writer that waited once is about to again;
+ * switching back to zstd the moment one buffer came free made the next
+ * fault wait for zstd anyway (1 GiB random writer: window 0.83-0.96 s with
+ * no hold, 0.51-0.72 s with 20 ms, loaded VM). At least the next chunk
+ * compressed after a wait is raw, however late: on a busy machine a worker
+ * may not run within the hold (a test saw a 38 ms wait and no raw chunk).
+ */
+#define ADAPT_HOLD_NS 20000000ull
+
+void usnap_compress_starved(uffdsnap_snap_t *s)
+{
+	if (!(s->flags & UFFDSNAP_OPT_ADAPT))
+		return;
+	atomic_store(&s->cq.starved_until_ns, usnap_now_ns() + ADAPT_HOLD_NS);
+	atomic_store(&s->cq.starved_owed, true);
+}
+
+/* Store this chunk raw: a fault waited for a buffer lately, or since the
+ * last raw chunk. */
 static bool starved(uffdsnap_snap_t *s)
 {
 	bool owed;
 
 	if (!(s->flags & UFFDSNAP_OPT_ADAPT))
 		return false;
-	owed = atomic_exchange(&s->stats.starved_owed, false);
-	return owed || usnap_now_ns() < atomic_load(&s->stats.starved_until_ns);
+	owed = atomic_exchange(&s->cq.starved_owed, false);
+	return owed || usnap_now_ns() < atomic_load(&s->cq.starved_until_ns);
 }
 
 static int build_record(uffdsnap_snap_t *s, ZSTD_CCtx *cc, struct usnap_job *j, struct run *runs)

@@ -303,17 +303,6 @@ static int copy_pages(struct handler *h, struct usnap_sreg *sr, struct usnap_job
  */
 #define FAULT_AROUND 16u
 
-/*
- * UFFDSNAP_OPT_ADAPT: chunks are stored raw until this long after a fault
- * last waited for a buffer. A writer that waited once is about to again;
- * switching back to zstd the moment one buffer came free made the next
- * fault wait for zstd anyway (1 GiB random writer: window 0.83-0.96 s with
- * no hold, 0.51-0.72 s with 20 ms, loaded VM). At least the next chunk
- * compressed after a wait is raw, however late: on a busy machine a worker
- * may not run within the hold (a test saw a 38 ms wait and no raw chunk).
- */
-#define ADAPT_HOLD_NS 20000000ull
-
 /* A fault chunk for region sr with room for a fault-around window, or NULL on abort. */
 static struct usnap_job *fault_job(struct handler *h, struct usnap_sreg *sr)
 {
@@ -337,10 +326,7 @@ static struct usnap_job *fault_job(struct handler *h, struct usnap_sreg *sr)
 		int n;
 
 		waiting = true;
-		if (s->flags & UFFDSNAP_OPT_ADAPT) {
-			atomic_store(&s->stats.starved_until_ns, usnap_now_ns() + ADAPT_HOLD_NS);
-			atomic_store(&s->stats.starved_owed, true);
-		}
+		usnap_compress_starved(s);
 		n = read_messages(h, false);
 		if (n < 0) {
 			usnap_fail(s, n, "reading the userfaultfd: %s", strerror(-n));

@@ -31,8 +31,6 @@ struct usnap_counters {
 	_Atomic uint64_t fault_wait_max_ns, bytes_raw, bytes_out;
 	_Atomic uint64_t forks, remaps, unmaps, chunks_uncompressed, pages_unchanged;
 	_Atomic uint64_t faults_waited, fault_wait_ns, pages_huge_remapped;
-	_Atomic uint64_t starved_until_ns;  /* a fault waited for a buffer lately (UFFDSNAP_OPT_ADAPT) */
-	_Atomic bool starved_owed;          /* ... and no chunk was stored raw since */
 	uint64_t buffer_bound;
 };
 
