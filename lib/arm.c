@@ -780,7 +780,9 @@ int usnap_strict_begin(uffdsnap_snap_t *s)
 	return 0;
 }
 
-/* Pages of [off, off + len) of fd in the page cache (or swap), or -errno. */
+/* Pages of [off, off + len) of fd in the page cache or swap, or -errno.
+ * cachestat counts a shmem page in swap as evicted (its swap entry is in the
+ * file's mapping); a hole has no entry at all. */
 int usnap_cached(int fd, off_t off, size_t len)
 {
 	struct usnap_cachestat_range r = { (__u64)off, len };
@@ -788,7 +790,7 @@ int usnap_cached(int fd, off_t off, size_t len)
 
 	if (syscall(__NR_cachestat, fd, &r, &cs, 0))
 		return -errno;
-	return (int)cs.nr_cache;
+	return (int)(cs.nr_cache + cs.nr_evicted);
 }
 
 bool usnap_in_data(const struct usnap_sreg *sr, uint64_t page)

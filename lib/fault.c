@@ -243,8 +243,12 @@ again:
  * pread() of the backing file. A page populated at the instant that the
  * program punched (fallocate PUNCH_HOLE, MADV_REMOVE) before we got to it
  * reads as zeros that were never there, and keeps its uffd-wp marker, so
- * only the file can tell: for each page that reads as all zeros, SEEK_DATA
- * must land on the page itself. A punched page stays a hole until its next
+ * only the file can tell: every page that reads as all zeros must be in the
+ * page cache or in swap. One cachestat() over the zero pages of the run says
+ * so for all of them (a syscall costs ~1 us here, and a fault-around window
+ * of zeros used to pay 16 of them); only if it counts fewer is each page
+ * looked at: SEEK_DATA on the page itself, else in the page cache (reserved
+ * by fallocate, never written). A punched page stays a hole until its next
  * access, whose MISSING fault waits for this thread, so checking after the
  * read cannot miss it. (SEEK_HOLE over the run would be one call, but it
  * scans the file up to its first hole: to the end of a dense file, each time.)
@@ -267,7 +271,17 @@ static int read_shmem(struct handler *h, const struct usnap_reg *reg, uint8_t *d
 	/* A page of the instant that reads as zeros and is a hole now was
 	 * punched since (or never written, only reserved by fallocate: it is in
 	 * the page cache then, see arm.c find_data). */
-	for (uint64_t i = 0; i < n; i++) {
+	uint64_t first = n, last = 0;
+	for (uint64_t i = 0; i < n; i++)
+		if (usnap_page_is_zero(dst + i * h->ps, h->ps)) {
+			first = first < n ? first : i;
+			last = i;
+		}
+	if (first == n ||
+	    usnap_cached(reg->fd, reg->file_off + (off_t)((p + first) * h->ps), (last + 1 - first) * h->ps) ==
+		    (int)(last + 1 - first))
+		return 0;
+	for (uint64_t i = first; i <= last; i++) {
 		off_t at = reg->file_off + (off_t)((p + i) * h->ps);
 		if (usnap_page_is_zero(dst + i * h->ps, h->ps) && lseek(reg->fd, at, SEEK_DATA) != at &&
 		    usnap_cached(reg->fd, at, h->ps) <= 0) {
