@@ -1,12 +1,21 @@
 /* SPDX-License-Identifier: LGPL-2.1-or-later */
 /*
- * The fault handler thread: the fault path and the sweep, in one loop.
+ * The fault handler thread and the sweep thread: the fault path, and the
+ * copy of every other page.
  *
- * One thread does both so that "copy before un-protect, exactly once" needs
- * no locks: the per-region bitmap `copied` is only touched here. Each turn
- * it reads every pending fault message first (writers are waiting on them),
- * then copies one chunk of the sweep, then sleeps in poll() if there is
- * nothing to do.
+ * The handler reads the userfaultfds: it applies events, resolves faults,
+ * and is the only thread that changes protection. The sweep thread copies
+ * chunk after chunk and hands each range it copied to the handler, which
+ * un-protects it between faults. A writer's fault thus waits for the
+ * handler's own work on it (and at most one un-protect), never for a sweep
+ * read: the handler sleeps in poll() until a message or a range arrives.
+ *
+ * "Copy before un-protect, exactly once" rests on the per-region bitmap
+ * `copied`, whose bits are claims taken under handler.lock: a page is copied
+ * by whoever claims it first. The handler un-protects a page only once it
+ * is copied: its own claims are copied by the time it un-protects, and a
+ * fault on the sweep's run in flight (claimed, being read: at most a chunk)
+ * waits until it has landed.
  *
  * Before begin has armed every region the thread already reads the
  * userfaultfd, but only to handle events; page faults are held until then.
@@ -58,6 +67,7 @@
 
 struct handler {
 	uffdsnap_snap_t *s;
+	bool sweeper;             /* the sweep thread's: it never reads messages nor changes protection */
 	size_t ps;
 	uint32_t chunk_pages;
 	uint32_t around;          /* fault-around window: FAULT_AROUND, or less in small chunks */
@@ -65,7 +75,7 @@ struct handler {
 	unsigned cur_reg;         /* sweep cursor: region (address order), page, data run */
 	uint64_t cur_page;
 	size_t cur_run;
-	bool sweep_done;
+	bool sweep_done;          /* handler: every range of the sweep is un-protected; sweep: all copied */
 	struct held *held;        /* messages read but not handled yet */
 	size_t nheld, held_cap;
 	uint64_t wait_gen;        /* waits for a buffer so far: a fault read before one was delayed by it */
@@ -79,6 +89,7 @@ struct held {
 
 static int read_messages(struct handler *h, bool resolve);
 static void wait_for_work(struct handler *h);
+static void stop_sweep(uffdsnap_snap_t *s);
 
 /* ---- uffd ioctls --------------------------------------------------------------------- */
 
@@ -217,8 +228,16 @@ static int read_private(struct handler *h, const struct usnap_sreg *sr, uint8_t 
 	ssize_t r = 0;
 	int e = 0;
 
+	uint64_t applied = 0;
+	bool behind = false;
+
 again:
-	/* Where the pages are now: mremap may have moved them. */
+	/* Where the pages are now: mremap may have moved them. The handler
+	 * changes the tables meanwhile, under spaces.lock. */
+	if (h->sweeper) {
+		pthread_mutex_lock(&h->s->spaces.lock);
+		applied = atomic_load(&h->s->spaces.events_done);
+	}
 	for (lo = p, got = 0; usnap_space_next(usnap_home(&h->s->spaces, sr), sr, h->ps, &lo, p + n, &addr, &k) &&
 			      got == lo - k - p; got += k) {
 		struct iovec local = { dst + got * h->ps, k * h->ps }, remote = { (void *)addr, k * h->ps };
@@ -227,11 +246,22 @@ again:
 		if (r != (ssize_t)(k * h->ps))
 			break;
 	}
+	if (h->sweeper) {
+		behind = atomic_load(&h->s->spaces.events_read) != applied;
+		pthread_mutex_unlock(&h->s->spaces.lock);
+	}
 	if (got == n)
 		return 0;
 	/* mremap and munmap change the mapping first and only then queue their
-	 * event: read it, and look again */
-	if (event_in_flight(h->s, usnap_home(&h->s->spaces, sr)->uffd) && !event_pending(h, &t0) &&
+	 * event: read it (the handler reads it for the sweep, and applies it
+	 * after reading: `behind`), and look again */
+	if (h->sweeper && (behind || event_in_flight(h->s, usnap_home(&h->s->spaces, sr)->uffd)) &&
+	    !atomic_load(&h->s->abort) && (t0 ? usnap_now_ns() - t0 < 5000000000ull : (t0 = usnap_now_ns()))) {
+		usnap_handler_wake(&h->s->handler);
+		sched_yield();
+		goto again;
+	}
+	if (!h->sweeper && event_in_flight(h->s, usnap_home(&h->s->spaces, sr)->uffd) && !event_pending(h, &t0) &&
 	    !atomic_load(&h->s->abort))
 		goto again;
 	usnap_fail(h->s, e ? -e : -EFAULT, "region '%s': reading page %" PRIu64 ": %s", sr->reg->name, p + got,
@@ -366,33 +396,108 @@ static struct usnap_job *fault_job(struct handler *h, struct usnap_sreg *sr)
 }
 
 /*
- * Copy the pages of [lo, hi) not copied yet (for shmem, those populated at
- * the instant: holes are left to their MISSING faults and the sweep), into as
- * many fault chunks as it takes: a huge page does not fit in one.
+ * Claim the next run of pages of [*from, hi) not claimed yet (for shmem,
+ * populated at the instant: holes are left to their MISSING faults and the
+ * sweep), at most max pages: [p, q). False if none is left.
+ */
+static bool claim_run(struct handler *h, struct usnap_sreg *sr, uint64_t *from, uint64_t hi, uint64_t max,
+		      uint64_t *p, uint64_t *q)
+{
+	bool shmem = sr->reg->kind == USNAP_SHMEM;
+	uint64_t a, b;
+
+	pthread_mutex_lock(&h->s->handler.lock);
+	for (a = usnap_bits_find(sr->copied, *from, hi, false); a < hi && shmem && !usnap_in_data(sr, a);)
+		a = usnap_bits_find(sr->copied, a + 1, hi, false);
+	for (b = a; b < hi && b - a < max && !usnap_bit(sr->copied, b) && (!shmem || usnap_in_data(sr, b)); b++)
+		;
+	usnap_bits_set(sr->copied, a, b);
+	pthread_mutex_unlock(&h->s->handler.lock);
+	*p = a, *q = *from = b;
+	return a < hi;
+}
+
+/*
+ * Copy the pages of [lo, hi) nobody claimed yet into as many fault chunks as
+ * it takes (a huge page does not fit in one). The chunk comes first: a wait
+ * for a buffer reads events, and a page claimed but not copied would look
+ * recorded to a discard of private memory (space.c check_discard).
  */
 static int copy_around(struct handler *h, struct usnap_sreg *sr, uint64_t lo, uint64_t hi)
 {
-	bool shmem = sr->reg->kind == USNAP_SHMEM;
-
-	for (uint64_t p = usnap_bits_find(sr->copied, lo, hi, false), q; p < hi; p = usnap_bits_find(sr->copied, q, hi, false)) {
-		if (shmem && !usnap_in_data(sr, p)) {
-			q = p + 1;
-			continue;
-		}
-		for (q = p + 1; q < hi && !usnap_bit(sr->copied, q) && (!shmem || usnap_in_data(sr, q)); q++)
-			;
-		for (uint64_t a = p, n; a < q; a += n) {
-			struct usnap_job *j = fault_job(h, sr);
-			if (!j)
-				return -1;
-			n = h->chunk_pages - j->data_pages < q - a ? h->chunk_pages - j->data_pages : q - a;
-			if (copy_pages(h, sr, j, a, n))
-				return -1;
-			usnap_bits_set(sr->copied, a, a + n);
-			atomic_fetch_add(&h->s->stats.pages_fault, n);
-		}
+	for (uint64_t from = lo, p, q;;) {
+		struct usnap_job *j = fault_job(h, sr);
+		if (!j)
+			return -1;
+		if (!claim_run(h, sr, &from, hi, h->chunk_pages - j->data_pages, &p, &q))
+			return 0;
+		if (copy_pages(h, sr, j, p, q - p))
+			return -1;
+		atomic_fetch_add(&h->s->stats.pages_fault, q - p);
 	}
-	return 0;
+}
+
+/* Does the sweep's run in flight overlap [lo, hi) of sr? Under handler.lock. */
+static bool flying(const struct usnap_handler *hd, const struct usnap_sreg *sr, uint64_t lo, uint64_t hi)
+{
+	return hd->fly_region == sr->id && hd->fly_lo < hd->fly_hi && hd->fly_lo < hi && hd->fly_hi > lo;
+}
+
+/*
+ * Wait until the sweep has copied the pages of [lo, hi) it claimed: a run
+ * of at most one chunk. It may itself wait for an event to be read (a read
+ * of private memory that mremap moved), so events are read meanwhile and
+ * faults held.
+ */
+static void wait_landed(struct handler *h, const struct usnap_sreg *sr, uint64_t lo, uint64_t hi)
+{
+	struct usnap_handler *hd = &h->s->handler;
+
+	pthread_mutex_lock(&hd->lock);
+	while (flying(hd, sr, lo, hi) && !atomic_load(&h->s->abort)) {
+		pthread_mutex_unlock(&hd->lock);
+		if (read_messages(h, false) <= 0)
+			sched_yield();
+		pthread_mutex_lock(&hd->lock);
+	}
+	pthread_mutex_unlock(&hd->lock);
+}
+
+/* Is page p of sr claimed (recorded, or being copied)? */
+static bool claimed(struct handler *h, const struct usnap_sreg *sr, uint64_t p)
+{
+	bool r;
+
+	pthread_mutex_lock(&h->s->handler.lock);
+	r = usnap_bit(sr->copied, p);
+	pthread_mutex_unlock(&h->s->handler.lock);
+	return r;
+}
+
+/* Claim page p of sr: false if somebody has. */
+static bool claim_page(struct handler *h, struct usnap_sreg *sr, uint64_t p)
+{
+	bool fresh;
+
+	pthread_mutex_lock(&h->s->handler.lock);
+	fresh = !usnap_bit(sr->copied, p);
+	if (fresh)
+		usnap_bits_set(sr->copied, p, p + 1);
+	pthread_mutex_unlock(&h->s->handler.lock);
+	return fresh;
+}
+
+uint64_t usnap_first_unrecorded(uffdsnap_snap_t *s, const struct usnap_sreg *sr, uint64_t lo, uint64_t hi)
+{
+	struct usnap_handler *hd = &s->handler;
+	uint64_t p;
+
+	pthread_mutex_lock(&hd->lock);
+	p = usnap_bits_find(sr->copied, lo, hi, false);
+	if (flying(hd, sr, lo, p))
+		p = hd->fly_lo > lo ? hd->fly_lo : lo;
+	pthread_mutex_unlock(&hd->lock);
+	return p;
 }
 
 /*
@@ -435,7 +540,7 @@ static void handle_fault_msg(struct handler *h, struct usnap_space *sp, const st
 	 * this fault copies it (pages around an already copied one may not be
 	 * copied), except a huge page, which is only ever un-protected whole. */
 	theirs = sp->child && sr->reg->kind == USNAP_PRIVATE;
-	if (wp && (theirs || sr->reg->unit > 1 || !usnap_bit(sr->copied, p))) {
+	if (wp && (theirs || sr->reg->unit > 1 || !claimed(h, sr, p))) {
 		uint64_t win = sr->reg->unit > h->around ? sr->reg->unit : h->around;
 		lo = p & ~(win - 1);
 		hi = lo + win < sr->reg->npages ? lo + win : sr->reg->npages;
@@ -445,17 +550,21 @@ static void handle_fault_msg(struct handler *h, struct usnap_space *sp, const st
 	} else if (wp) {
 		if (copy_around(h, sr, lo, hi))
 			return;
-	} else if (!usnap_bit(sr->copied, p)) {
+	} else if (!claimed(h, sr, p)) {
 		if (usnap_in_data(sr, p))
 			return fail_removed(h, sr->reg, p);
 		j = fault_job(h, sr);
 		if (!j)
 			return;
-		add_extent(j, p, 1, USNAP_EXT_ZERO);
-		atomic_fetch_add(&s->stats.pages_hole, 1);
-		usnap_bits_set(sr->copied, p, p + 1);
+		if (claim_page(h, sr, p)) {
+			add_extent(j, p, 1, USNAP_EXT_ZERO);
+			atomic_fetch_add(&s->stats.pages_hole, 1);
+		}
 	}
-	/* Every populated page of [lo, hi) is copied now: un-protect them all. */
+	/* Every populated page of [lo, hi) is claimed now; once those the
+	 * sweep is still reading are copied, un-protect them all. */
+	if (wp)
+		wait_landed(h, sr, lo, hi);
 	r = wp ? unprotect(h, sp, sr, lo, hi) : zeropage(h, sp, sr, p);
 	if (r) {
 		usnap_fail(s, r, "region '%s': resolving a %s fault at 0x%" PRIxPTR ": %s", sr->reg->name,
@@ -479,16 +588,36 @@ static void handle_fault(struct handler *h, struct usnap_space *sp, const struct
 
 /* ---- the sweep ----------------------------------------------------------------------------- */
 
-/* Fill job with the next chunk of the sweep; un-protect what it copied. */
+/* Hand range [lo, hi) of region r, copied, to the handler to un-protect. */
+static void hand_over(uffdsnap_snap_t *s, unsigned r, uint64_t lo, uint64_t hi)
+{
+	struct usnap_handler *hd = &s->handler;
+
+	pthread_mutex_lock(&hd->lock);
+	while (hd->nswept == USNAP_SWEPT_MAX && !hd->stop)
+		pthread_cond_wait(&hd->cond, &hd->lock);
+	if (!hd->stop)
+		hd->swept[hd->nswept++] = (struct usnap_swept){ r, lo, hi };
+	pthread_mutex_unlock(&hd->lock);
+	usnap_handler_wake(hd);
+}
+
+/*
+ * Fill job with the next chunk of the sweep (sweep thread). Each run is
+ * claimed and marked in flight under handler.lock, read without it; the
+ * range copied is handed to the handler.
+ */
 static void sweep_step(struct handler *h, struct usnap_job *j)
 {
 	uffdsnap_snap_t *s = h->s;
+	struct usnap_handler *hd = &s->handler;
 	uint64_t lo = UINT64_MAX, hi = 0;
 	struct usnap_sreg *sr = NULL;
 
-	while (h->cur_reg < s->nregions && !job_full(h, j, 1)) {
+	while (h->cur_reg < s->nregions && !job_full(h, j, 1) && !atomic_load(&s->abort)) {
 		uint64_t p, q, limit;
 		bool in_data;
+		int r;
 
 		sr = s->by_addr[h->cur_reg];
 		if (h->cur_page >= sr->reg->npages) {
@@ -498,8 +627,10 @@ static void sweep_step(struct handler *h, struct usnap_job *j)
 			continue;
 		}
 		j->region = sr->id;
+		pthread_mutex_lock(&hd->lock);
 		p = usnap_bits_find(sr->copied, h->cur_page, sr->reg->npages, false);
 		if (p >= sr->reg->npages) {
+			pthread_mutex_unlock(&hd->lock);
 			h->cur_page = p;
 			continue;
 		}
@@ -511,46 +642,99 @@ static void sweep_step(struct handler *h, struct usnap_job *j)
 		q = usnap_bits_find(sr->copied, p, limit, true);
 		if (q - p > (1u << 30))
 			q = p + (1u << 30);
-		if (in_data) {
-			if (q - p > h->chunk_pages - j->data_pages)
-				q = p + h->chunk_pages - j->data_pages;
-			if (copy_pages(h, sr, j, p, q - p))
-				return usnap_job_put(s, j);
-			atomic_fetch_add(&s->stats.pages_sweep, q - p);
-			if (p < lo)
-				lo = p;
-			hi = q;
-		} else {
+		if (in_data && q - p > h->chunk_pages - j->data_pages)
+			q = p + h->chunk_pages - j->data_pages;
+		usnap_bits_set(sr->copied, p, q);
+		if (in_data)
+			hd->fly_region = sr->id, hd->fly_lo = p, hd->fly_hi = q;
+		pthread_mutex_unlock(&hd->lock);
+		h->cur_page = q;
+		if (!in_data) {
 			add_extent(j, p, q - p, USNAP_EXT_ZERO);
 			atomic_fetch_add(&s->stats.pages_hole, q - p);
+			continue;
 		}
-		usnap_bits_set(sr->copied, p, q);
-		h->cur_page = q;
+		r = copy_pages(h, sr, j, p, q - p);
+		pthread_mutex_lock(&hd->lock);
+		hd->fly_lo = hd->fly_hi = 0;
+		pthread_mutex_unlock(&hd->lock);
+		if (r)
+			return usnap_job_put(s, j);
+		atomic_fetch_add(&s->stats.pages_sweep, q - p);
+		if (p < lo)
+			lo = p;
+		hi = q;
 	}
-	/* Copied first, un-protected now: [lo, hi) holds only pages recorded by
-	 * now (copied here or by earlier faults) and holes, which carry no
-	 * protection. This also wakes writers whose messages are still queued.
-	 * Huge pages: only whole ones. The sweep copies in address order, so the
-	 * start of the first is copied already; the rest of the last is left to
-	 * the next step (or to a fault, which copies and un-protects it whole). */
+	/* [lo, hi) holds only pages recorded by now (copied here or by faults)
+	 * and holes, which carry no protection. Its un-protect also wakes
+	 * writers whose faults came while it was in flight. Huge pages: only
+	 * whole ones. The sweep copies in address order, so the start of the
+	 * first is copied already; the rest of the last is left to the next
+	 * step (or to a fault, which copies and un-protects it whole). */
 	sr = hi > lo ? &s->sregs[j->region] : NULL;
 	if (sr && sr->reg->unit > 1) {
 		lo &= ~(uint64_t)(sr->reg->unit - 1);
 		hi &= ~(uint64_t)(sr->reg->unit - 1);
 	}
-	if (hi > lo) {
-		int r = unprotect(h, usnap_home(&s->spaces, sr), sr, lo, hi);
-		if (r) {
-			usnap_fail(s, r, "region '%s': un-protecting after the sweep: %s", sr->reg->name, strerror(-r));
-			return usnap_job_put(s, j);
-		}
-	}
 	if (j->nextents)
 		usnap_compress_submit(s, j);
 	else
 		usnap_job_put(s, j);
+	if (hi > lo)
+		hand_over(s, sr->id, lo, hi);
 	if (h->cur_reg >= s->nregions)
 		h->sweep_done = true;
+}
+
+static void *sweep_main(void *arg)
+{
+	uffdsnap_snap_t *s = arg;
+	struct usnap_handler *hd = &s->handler;
+	struct handler h = { .s = s, .sweeper = true, .ps = s->page_size };
+	struct usnap_job *j;
+
+	h.chunk_pages = (uint32_t)(s->jobs.pool->chunk_bytes / h.ps);
+	pthread_mutex_lock(&hd->lock);
+	while (!atomic_load(&s->go) && !atomic_load(&hd->stop))
+		pthread_cond_wait(&hd->cond, &hd->lock);
+	pthread_mutex_unlock(&hd->lock);
+	while (!h.sweep_done && !atomic_load(&s->abort) && (j = usnap_job_wait(s, &hd->stop)))
+		sweep_step(&h, j);
+	pthread_mutex_lock(&hd->lock);
+	hd->sweep_over = hd->sweep_exited = true;
+	pthread_cond_broadcast(&hd->cond);
+	pthread_mutex_unlock(&hd->lock);
+	usnap_handler_wake(hd);
+	return NULL;
+}
+
+/*
+ * Un-protect the ranges the sweep handed over (handler). Returns how many;
+ * h->sweep_done once the sweep is over and every range is done.
+ */
+static int unprotect_swept(struct handler *h)
+{
+	uffdsnap_snap_t *s = h->s;
+	struct usnap_handler *hd = &s->handler;
+	struct usnap_swept r[USNAP_SWEPT_MAX];
+	unsigned n;
+	bool over;
+
+	pthread_mutex_lock(&hd->lock);
+	n = hd->nswept;
+	memcpy(r, hd->swept, n * sizeof(r[0]));
+	hd->nswept = 0;
+	over = hd->sweep_over;
+	pthread_cond_broadcast(&hd->cond);
+	pthread_mutex_unlock(&hd->lock);
+	for (unsigned i = 0; i < n && !atomic_load(&s->abort); i++) {
+		struct usnap_sreg *sr = &s->sregs[r[i].region];
+		int e = unprotect(h, usnap_home(&s->spaces, sr), sr, r[i].lo, r[i].hi);
+		if (e)
+			usnap_fail(s, e, "region '%s': un-protecting after the sweep: %s", sr->reg->name, strerror(-e));
+	}
+	h->sweep_done = over;
+	return (int)n;
 }
 
 /* ---- the loop -------------------------------------------------------------------------------- */
@@ -590,8 +774,10 @@ static int read_messages(struct handler *h, bool resolve)
 		n = n < 0 ? 0 : n / (ssize_t)sizeof(msgs[0]);
 		gen = h->wait_gen;
 		for (ssize_t i = 0; i < n; i++) {
-			if (msgs[i].event != UFFD_EVENT_PAGEFAULT)
+			if (msgs[i].event != UFFD_EVENT_PAGEFAULT) {
+				atomic_fetch_add(&s->spaces.events_read, 1);
 				usnap_space_event(s, &s->spaces.sp[si], &msgs[i]);
+			}
 			else if (atomic_load(&s->abort))
 				continue; /* unregistering wakes it */
 			else if (resolve)
@@ -681,7 +867,6 @@ static void *handler_main(void *arg)
 {
 	uffdsnap_snap_t *s = arg;
 	struct handler h = { .s = s, .ps = s->page_size };
-	struct usnap_job *j;
 	int n;
 
 	h.chunk_pages = (uint32_t)(s->jobs.pool->chunk_bytes / h.ps);
@@ -707,18 +892,13 @@ static void *handler_main(void *arg)
 			usnap_fail(s, n, "reading the userfaultfd: %s", strerror(-n));
 			break;
 		}
-		if (!h.sweep_done) {
-			j = usnap_job_get(s);
-			if (j) {
-				sweep_step(&h, j);
-				continue;
-			}
-		} else if (n == 0 && !h.nheld) {
+		n += unprotect_swept(&h);
+		if (h.sweep_done && n == 0 && !h.nheld)
 			break; /* every page recorded */
-		}
 		if (n == 0 && !h.nheld)
 			wait_for_work(&h);
 	}
+	stop_sweep(s);
 
 	/* Every page is recorded: was the file written through a mapping made
 	 * meanwhile? */
@@ -757,9 +937,26 @@ static void *handler_main(void *arg)
 
 /* ---- lifecycle ------------------------------------------------------------------------------ */
 
+/* Stop the sweep thread wherever it waits, and wait until it has (not by
+ * pthread_join: see usnap_handler_start). */
+static void stop_sweep(uffdsnap_snap_t *s)
+{
+	struct usnap_handler *hd = &s->handler;
+
+	atomic_store(&hd->stop, true);
+	usnap_jobs_wake(&s->jobs);
+	pthread_mutex_lock(&hd->lock);
+	pthread_cond_broadcast(&hd->cond);
+	while (!hd->sweep_exited)
+		pthread_cond_wait(&hd->cond, &hd->lock);
+	pthread_mutex_unlock(&hd->lock);
+}
+
 void usnap_handler_init(struct usnap_handler *hd)
 {
 	hd->efd = -1;
+	pthread_mutex_init(&hd->lock, NULL);
+	pthread_cond_init(&hd->cond, NULL);
 }
 
 int usnap_handler_open(struct usnap_handler *hd)
@@ -770,12 +967,27 @@ int usnap_handler_open(struct usnap_handler *hd)
 
 int usnap_handler_start(uffdsnap_snap_t *s)
 {
-	int r = usnap_thread_start(&s->handler.thread, handler_main, s, "usnap-handler");
+	struct usnap_handler *hd = &s->handler;
+	int r = usnap_thread_start(&hd->sweeper, sweep_main, s, "usnap-sweep");
 
-	s->handler.started = !r;
 	if (r)
-		usnap_err(r, "starting the fault handler thread: %s", strerror(-r));
-	return r;
+		return usnap_err(r, "starting the sweep thread: %s", strerror(-r));
+	r = usnap_thread_start(&hd->thread, handler_main, s, "usnap-handler");
+	if (r) {
+		stop_sweep(s);
+		pthread_join(hd->sweeper, NULL);
+		return usnap_err(r, "starting the fault handler thread: %s", strerror(-r));
+	}
+	hd->started = true;
+	return 0;
+}
+
+void usnap_handler_go(struct usnap_handler *hd)
+{
+	usnap_handler_wake(hd);
+	pthread_mutex_lock(&hd->lock);
+	pthread_cond_broadcast(&hd->cond);
+	pthread_mutex_unlock(&hd->lock);
 }
 
 void usnap_handler_wake(struct usnap_handler *hd)
@@ -789,8 +1001,10 @@ void usnap_handler_wake(struct usnap_handler *hd)
 
 bool usnap_handler_join(struct usnap_handler *hd)
 {
-	if (hd->started)
+	if (hd->started) {
 		pthread_join(hd->thread, NULL);
+		pthread_join(hd->sweeper, NULL);
+	}
 	return hd->started;
 }
 
@@ -798,4 +1012,6 @@ void usnap_handler_destroy(struct usnap_handler *hd)
 {
 	if (hd->efd >= 0)
 		close(hd->efd);
+	pthread_mutex_destroy(&hd->lock);
+	pthread_cond_destroy(&hd->cond);
 }

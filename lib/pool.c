@@ -120,6 +120,7 @@ void usnap_pool_free(struct usnap_pool *p)
 void usnap_jobs_init(struct usnap_jobs *js, struct usnap_pool *p)
 {
 	pthread_mutex_init(&js->lock, NULL);
+	pthread_cond_init(&js->freed, NULL);
 	js->pool = p;
 	js->footprint = p->footprint;
 	for (unsigned i = 0; i < p->njobs; i++) {
@@ -131,6 +132,7 @@ void usnap_jobs_init(struct usnap_jobs *js, struct usnap_pool *p)
 void usnap_jobs_destroy(struct usnap_jobs *js)
 {
 	pthread_mutex_destroy(&js->lock);
+	pthread_cond_destroy(&js->freed);
 }
 
 uint64_t usnap_jobs_peak_bytes(struct usnap_jobs *js)
@@ -143,12 +145,14 @@ uint64_t usnap_jobs_peak_bytes(struct usnap_jobs *js)
 	return n;
 }
 
-struct usnap_job *usnap_job_get(uffdsnap_snap_t *s)
+struct usnap_job *usnap_job_wait(uffdsnap_snap_t *s, _Atomic bool *stop)
 {
 	struct usnap_job *j;
 
 	pthread_mutex_lock(&s->jobs.lock);
-	j = s->jobs.free;
+	while (stop && !s->jobs.free && !atomic_load(&s->abort) && !atomic_load(stop))
+		pthread_cond_wait(&s->jobs.freed, &s->jobs.lock);
+	j = stop && atomic_load(stop) ? NULL : s->jobs.free;
 	if (j && !atomic_load(&s->abort)) {
 		s->jobs.free = j->next;
 		if (++s->jobs.in_use > s->jobs.peak)
@@ -167,12 +171,25 @@ struct usnap_job *usnap_job_get(uffdsnap_snap_t *s)
 	return j;
 }
 
+struct usnap_job *usnap_job_get(uffdsnap_snap_t *s)
+{
+	return usnap_job_wait(s, NULL);
+}
+
+void usnap_jobs_wake(struct usnap_jobs *js)
+{
+	pthread_mutex_lock(&js->lock);
+	pthread_cond_broadcast(&js->freed);
+	pthread_mutex_unlock(&js->lock);
+}
+
 void usnap_job_put(uffdsnap_snap_t *s, struct usnap_job *j)
 {
 	pthread_mutex_lock(&s->jobs.lock);
 	j->next = s->jobs.free;
 	s->jobs.free = j;
 	s->jobs.in_use--;
+	pthread_cond_signal(&s->jobs.freed);
 	pthread_mutex_unlock(&s->jobs.lock);
 	/* The handler may be in poll() with work waiting for a buffer. */
 	usnap_handler_wake(&s->handler);

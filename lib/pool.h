@@ -9,6 +9,7 @@
 #define UFFDSNAP_POOL_H
 
 #include <pthread.h>
+#include <stdatomic.h>
 #include <stdbool.h>
 #include <stddef.h>
 #include <stdint.h>
@@ -63,6 +64,7 @@ struct usnap_jobs {
 	struct usnap_pool *pool;    /* the context's; not used once detached */
 	size_t footprint;           /* copied: stats outlive the context */
 	pthread_mutex_t lock;
+	pthread_cond_t freed;       /* a buffer was put back (the sweep thread waits for one) */
 	struct usnap_job *free;
 	unsigned in_use, peak;      /* under lock */
 };
@@ -83,5 +85,9 @@ uint64_t usnap_jobs_peak_bytes(struct usnap_jobs *js);
 /* A free job (NULL if none, or the snapshot is failing), and back. */
 struct usnap_job *usnap_job_get(uffdsnap_snap_t *s);
 void usnap_job_put(uffdsnap_snap_t *s, struct usnap_job *job);
+/* A free job, waiting for one unless stop is NULL; NULL once the snapshot
+ * failed or *stop (whoever sets it calls usnap_jobs_wake). */
+struct usnap_job *usnap_job_wait(uffdsnap_snap_t *s, _Atomic bool *stop);
+void usnap_jobs_wake(struct usnap_jobs *js);
 
 #endif

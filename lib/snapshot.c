@@ -169,7 +169,7 @@ static void follow_moves(uffdsnap_snap_t *s)
 static void give_go(uffdsnap_snap_t *s)
 {
 	atomic_store(&s->go, true);
-	usnap_handler_wake(&s->handler);
+	usnap_handler_go(&s->handler);
 	usnap_io_kick(s);
 }
 

@@ -376,12 +376,11 @@ static void check_discard(uffdsnap_snap_t *s, const struct usnap_space *sp, uint
 		if (m->sr->reg->kind != USNAP_PRIVATE || a >= b)
 			continue;
 		uint64_t p0 = m->first + (a - m->addr) / ps, p1 = m->first + (b - m->addr + ps - 1) / ps;
-		for (uint64_t p = p0; p < p1; p++) {
-			if (!usnap_bit(m->sr->copied, p)) {
-				usnap_fail(s, -ESTALE, "region '%s': %s discarded the page at offset 0x%" PRIx64
-					   " of private memory before it was copied", m->sr->reg->name, how, p * ps);
-				return;
-			}
+		uint64_t p = usnap_first_unrecorded(s, m->sr, p0, p1);
+		if (p < p1) {
+			usnap_fail(s, -ESTALE, "region '%s': %s discarded the page at offset 0x%" PRIx64
+				   " of private memory before it was copied", m->sr->reg->name, how, p * ps);
+			return;
 		}
 	}
 }
@@ -427,6 +426,7 @@ void usnap_space_event(uffdsnap_snap_t *s, struct usnap_space *sp, const struct 
 {
 	pthread_mutex_lock(&s->spaces.lock);
 	space_event(s, sp, m);
+	atomic_fetch_add(&s->spaces.events_done, 1);
 	pthread_mutex_unlock(&s->spaces.lock);
 }
 

@@ -58,8 +58,11 @@ struct usnap_spaces {
 				     * after them, added by the handler even while begin arms, so begin
 				     * reads only these (fixed before the handler starts) */
 	uint64_t joins;             /* ctx->joins when the participants were copied */
-	pthread_mutex_t lock;       /* the piece tables while begin still reads them: the handler
-				     * applies events (mremap, munmap, fork) meanwhile */
+	pthread_mutex_t lock;       /* the piece tables while begin or the sweep thread reads them:
+				     * the handler applies events (mremap, munmap, fork) meanwhile */
+	_Atomic uint64_t events_read; /* events the handler has read (the kernel moved the pages) */
+	_Atomic uint64_t events_done; /* ... and applied to the tables: while they differ, a read
+				       * through the tables may look at the old place */
 };
 
 void usnap_spaces_init(struct usnap_spaces *ss);

@@ -11,7 +11,7 @@
  *               aliases, protect) and disarming them (arm.h)
  *   space.c     where region pages are mapped (this process, forked children,
  *               participants) and the events that move them (space.h)
- *   fault.c     the fault-handler thread: fault path and sweep in one loop (fault.h)
+ *   fault.c     the fault-handler and sweep threads: fault path, sweep (fault.h)
  *   pool.c      the chunk buffers that bound memory: the context's pool, a
  *               snapshot's free list (pool.h)
  *   compress.c  compression workers: zero pages, fingerprints, zstd, checksummed records (compress.h)
@@ -138,7 +138,7 @@ struct usnap_run {
 	uint64_t n;
 };
 
-/* Per-snapshot state of one region, owned by the handler thread. */
+/* Per-snapshot state of one region: `copied` under handler.lock (fault.c). */
 struct usnap_sreg {
 	const struct usnap_reg *reg;
 	unsigned id;
