@@ -21,6 +21,11 @@
  *    thread (participants joined both times: a page copied is un-protected
  *    in every mapping of it), one snapshot each, per run.
  *    Target: participant p50 <= 1.2 x coordinator p50.
+ *  the floor of that ratio: the same stores, same order, resolved by a
+ *    minimal handler thread (read the message, copy the 4 KiB page,
+ *    un-protect it) of the coordinator, once for its own mapping and once
+ *    for a forked child's (its userfaultfd passed over SCM_RIGHTS, as a
+ *    participant's is): bare_own / bare_cross, alternating too.
  *
  * The sink discards (no file I/O in the figures). Prints one JSON line.
  *   participant-bench [--size MIB] [--participants N] [--runs R] [--stores K]
@@ -32,7 +37,12 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <linux/userfaultfd.h>
+#include <pthread.h>
+#include <sys/ioctl.h>
 #include <sys/mman.h>
+#include <sys/socket.h>
+#include <sys/syscall.h>
 #include <sys/wait.h>
 #include <time.h>
 #include <unistd.h>
@@ -94,6 +104,81 @@ static void timed_stores(uint8_t *a, size_t len, size_t k, uint64_t *out)
 		*p = (uint8_t)(*p + 1);
 		out[i] = now_ns() - t0;
 	}
+}
+
+/* ---- the floor: a bare round trip, in one process and across two ---------------- */
+
+struct bare {
+	int uffd;
+	const uint8_t *src;        /* the handler's mapping of the file */
+	uintptr_t base;            /* where the writer maps it */
+	pthread_t thread;
+};
+
+static void *bare_handler(void *arg)
+{
+	struct bare *b = arg;
+	static __thread uint8_t buf[65536];
+	struct uffd_msg m;
+
+	while (read(b->uffd, &m, sizeof(m)) == sizeof(m)) {
+		uintptr_t at = (uintptr_t)m.arg.pagefault.address & ~(uintptr_t)(page - 1);
+		struct uffdio_writeprotect wp = { { at, page }, 0 };
+
+		if (m.event != UFFD_EVENT_PAGEFAULT)
+			continue;
+		memcpy(buf, b->src + (at - b->base), page);
+		if (ioctl(b->uffd, UFFDIO_WRITEPROTECT, &wp))
+			break;
+	}
+	return NULL;
+}
+
+/* A populated MAP_SHARED mapping of fd and a userfaultfd registered on it
+ * for write-protect, in the calling process. */
+static int bare_arm(int fd, size_t len, uint8_t **a)
+{
+	struct uffdio_api api = { .api = UFFD_API, .features = UFFD_FEATURE_WP_HUGETLBFS_SHMEM };
+	int u = (int)syscall(SYS_userfaultfd, O_CLOEXEC);
+
+	*a = mmap(NULL, len, PROT_READ | PROT_WRITE, MAP_SHARED | MAP_POPULATE, fd, 0);
+	if (u < 0 || *a == MAP_FAILED || ioctl(u, UFFDIO_API, &api) ||
+	    ioctl(u, UFFDIO_REGISTER, &(struct uffdio_register){ { (uintptr_t)*a, len }, UFFDIO_REGISTER_MODE_WP }))
+		die("bare userfaultfd");
+	return u;
+}
+
+static void bare_protect(struct bare *b, size_t len)
+{
+	struct uffdio_writeprotect wp = { { b->base, len }, UFFDIO_WRITEPROTECT_MODE_WP };
+
+	if (ioctl(b->uffd, UFFDIO_WRITEPROTECT, &wp))
+		die("bare protect");
+}
+
+/* The child's side: arm its own mapping, send the descriptor and the
+ * address, then store when told ('B') and send the latencies back. */
+static void bare_child(int fd, size_t len, size_t k, int sock, int cmd, int ack, uint64_t *lat)
+{
+	uint8_t *a;
+	int u = bare_arm(fd, len, &a);
+	char ctl[CMSG_SPACE(sizeof(int))] = { 0 }, c;
+	uintptr_t base = (uintptr_t)a;
+	struct iovec iov = { &base, sizeof(base) };
+	struct msghdr mh = { .msg_iov = &iov, .msg_iovlen = 1, .msg_control = ctl, .msg_controllen = sizeof(ctl) };
+	struct cmsghdr *cm = CMSG_FIRSTHDR(&mh);
+
+	cm->cmsg_level = SOL_SOCKET, cm->cmsg_type = SCM_RIGHTS, cm->cmsg_len = CMSG_LEN(sizeof(int));
+	memcpy(CMSG_DATA(cm), &u, sizeof(int));
+	if (sendmsg(sock, &mh, 0) != sizeof(base))
+		_exit(5);
+	close(u);
+	while (read(cmd, &c, 1) == 1 && c == 'B') {
+		timed_stores(a, len, k, lat);
+		if (write(ack, lat, k * sizeof(*lat)) != (ssize_t)(k * sizeof(*lat)))
+			_exit(6);
+	}
+	_exit(0);
 }
 
 /* ---- a participant process ------------------------------------------------------ */
@@ -187,7 +272,11 @@ int main(int argc, char **argv)
 	size_t mib = 1024, nparts = 4, runs = 5, k = 256;
 	char dir[] = "/tmp/participant-bench-XXXXXX", sock[64];
 	struct member m[16];
-	uint64_t *b_one, *b_parts, *f_coord, *f_part;
+	uint64_t *b_one, *b_parts, *f_coord, *f_part, *f_bown, *f_bcross, *f_bchild;
+	struct bare own, cross;
+	int bsock[2], bcmd[2], back[2], bfd;
+	pid_t bpid;
+	size_t blen;
 	uffdsnap_opts_t o;
 	uffdsnap_t *ctx;
 	uint8_t *a;
@@ -228,6 +317,32 @@ int main(int argc, char **argv)
 		die("mmap");
 	for (size_t i = 0; i < len; i += 8)
 		*(uint64_t *)(a + i) = i * 0x9e3779b97f4a7c15ull;
+	/* the floor, set up while this process has one thread: the child
+	 * only makes syscalls */
+	blen = k * WINDOW;
+	f_bown = calloc(runs * k, 8), f_bcross = calloc(runs * k, 8), f_bchild = calloc(k, 8);
+	bfd = memfd_create("participant-bench-bare", 0);
+	if (!f_bown || !f_bcross || !f_bchild || bfd < 0 || ftruncate(bfd, (off_t)blen) ||
+	    socketpair(AF_UNIX, SOCK_DGRAM | SOCK_CLOEXEC, 0, bsock) || pipe2(bcmd, O_CLOEXEC) || pipe2(back, O_CLOEXEC))
+		die("bare setup");
+	if (!(bpid = fork()))
+		bare_child(bfd, blen, k, bsock[1], bcmd[0], back[1], f_bchild);
+	{
+		char ctl[CMSG_SPACE(sizeof(int))];
+		struct iovec iov = { &cross.base, sizeof(cross.base) };
+		struct msghdr mh = { .msg_iov = &iov, .msg_iovlen = 1, .msg_control = ctl, .msg_controllen = sizeof(ctl) };
+		uint8_t *oa;
+
+		if (bpid < 0 || recvmsg(bsock[0], &mh, 0) != sizeof(cross.base) || !CMSG_FIRSTHDR(&mh))
+			die("bare child");
+		memcpy(&cross.uffd, CMSG_DATA(CMSG_FIRSTHDR(&mh)), sizeof(int));
+		own.uffd = bare_arm(bfd, blen, &oa);
+		own.src = cross.src = oa;
+		own.base = (uintptr_t)oa;
+		if (pthread_create(&own.thread, NULL, bare_handler, &own) ||
+		    pthread_create(&cross.thread, NULL, bare_handler, &cross))
+			die("bare handlers");
+	}
 	if (!mkdtemp(dir))
 		die("mkdtemp");
 	snprintf(sock, sizeof(sock), "%s/sock", dir);
@@ -286,6 +401,27 @@ int main(int argc, char **argv)
 			tell(&m[i], 'L');
 		while (uffdsnap_participant_count(ctx) != 0)
 			usleep(1000);
+		/* the floor, same stores, order alternating too */
+		bare_protect(&own, blen);
+		bare_protect(&cross, blen);
+		for (int w = 0; w < 2; w++) {
+			if ((w + (int)r) % 2 == 0) {
+				if (write(bcmd[1], "B", 1) != 1 ||
+				    read(back[0], f_bcross + r * k, k * 8) != (ssize_t)(k * 8))
+					die("bare child stores");
+			} else {
+				timed_stores((uint8_t *)own.base, blen, k, f_bown + r * k);
+			}
+		}
+	}
+	{
+		int st;
+		if (write(bcmd[1], "Q", 1) != 1 || waitpid(bpid, &st, 0) != bpid)
+			die("bare child exit");
+		pthread_cancel(own.thread);
+		pthread_cancel(cross.thread);
+		pthread_join(own.thread, NULL);
+		pthread_join(cross.thread, NULL);
 	}
 	for (size_t i = 0; i < nparts; i++) {
 		int st;
@@ -293,17 +429,20 @@ int main(int argc, char **argv)
 			die("participant exit");
 	}
 	{
-		double bo50, bo99, bp50, bp99, fc50, fc99, fp50, fp99;
+		double bo50, bo99, bp50, bp99, fc50, fc99, fp50, fp99, fo50, fo99, fx50, fx99;
 		pct(b_one, runs, &bo50, &bo99);
 		pct(b_parts, runs, &bp50, &bp99);
 		pct(f_coord, runs * k, &fc50, &fc99);
 		pct(f_part, runs * k, &fp50, &fp99);
+		pct(f_bown, runs * k, &fo50, &fo99);
+		pct(f_bcross, runs * k, &fx50, &fx99);
 		printf("{\"size_mib\":%zu,\"participants\":%zu,\"runs\":%zu,\"stores_per_run\":%zu,"
 		       "\"begin_one_ms\":%.3f,\"begin_parts_ms\":%.3f,\"begin_ratio\":%.3f,"
 		       "\"fault_coord_p50_us\":%.1f,\"fault_coord_p99_us\":%.1f,"
 		       "\"fault_part_p50_us\":%.1f,\"fault_part_p99_us\":%.1f,\"fault_p50_ratio\":%.3f,"
+		       "\"bare_own_p50_us\":%.1f,\"bare_cross_p50_us\":%.1f,\"bare_p50_ratio\":%.3f,"
 		       "\"loadavg\":%.2f}\n", mib, nparts, runs, k, bo50 / 1e3, bp50 / 1e3, bp50 / bo50, fc50, fc99, fp50,
-		       fp99, fp50 / fc50, ({ double l[1]; getloadavg(l, 1) == 1 ? l[0] : -1; }));
+		       fp99, fp50 / fc50, fo50, fx50, fx50 / fo50, ({ double l[1]; getloadavg(l, 1) == 1 ? l[0] : -1; }));
 	}
 	uffdsnap_free(ctx);
 	rmdir(dir);
