@@ -460,11 +460,16 @@ int uffdsnap_reader_verify(uffdsnap_reader_t *r);
  */
 int uffdsnap_reader_read(uffdsnap_reader_t *r, unsigned id, uint64_t off, void *buf, size_t len);
 /*
- * Keep at most `bytes` of decompressed chunks (and their records) for later
- * reads; 0 keeps only the last chunk. Default UFFDSNAP_READER_CACHE. Drops
- * what is kept. 0, or -EINVAL.
+ * Keep at most `bytes` of decompressed pages (runs of loaded chunks that lie
+ * beyond a read) for later reads; 0 keeps only the last chunk. Drops what is
+ * kept. 0, or -EINVAL. Default: what a read in page order of the regions read
+ * so far needs to load each chunk once (worked out from the page map when a
+ * region is first read; pages a snapshot under writes copied for faults lie
+ * scattered over fault chunks), at least UFFDSNAP_READER_CACHE and at most
+ * UFFDSNAP_READER_CACHE_AUTO; setting it replaces that rule for the reader.
  */
 #define UFFDSNAP_READER_CACHE (8u << 20)
+#define UFFDSNAP_READER_CACHE_AUTO (256u << 20)
 int uffdsnap_reader_cache(uffdsnap_reader_t *r, size_t bytes);
 /*
  * Decode with n threads of the reader's besides the caller's (0: on the
