@@ -451,7 +451,8 @@ int uffdsnap_reader_verify(uffdsnap_reader_t *r);
  * uffdsnap_reader_open_chain()).
  * The first read or extract of a region maps which chunk holds each page
  * (12 bytes per run of pages that one chunk holds); each read decompresses
- * every chunk it needs once, and keeps recent ones (uffdsnap_reader_cache()).
+ * every chunk it needs once, and keeps the runs of them that lie beyond it
+ * for later reads (uffdsnap_reader_cache()).
  * The reader's threads decode the chunks a read needs, and for reads in page
  * order the chunks after it, while the caller copies: at most 4 chunks per
  * decoding thread (fewer if that would exceed 16 MiB of pages) plus the one
