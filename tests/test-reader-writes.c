@@ -230,7 +230,7 @@ START_TEST(read_fault_heavy)
 	struct snap sn;
 
 	t_watchdog(120, "read_fault_heavy");
-	snap_make(&sn, RANDOM, WIDE_LEN, WIDE_LEN / 4, WIDE_LEN / (64 * KiB) * 2, 5000);
+	snap_make(&sn, RANDOM, WIDE_LEN, WIDE_LEN / 4, WIDE_LEN / (64 * KiB) * 2, 2000);
 	/* the stores faulted in most of their three quarters */
 	ck_assert_uint_gt(sn.pages_fault, WIDE_LEN / t_page / 4);
 	for (size_t i = 0; i < sizeof(pieces) / sizeof(pieces[0]); i += T_SANITIZED ? 2 : 1) {
