@@ -64,6 +64,7 @@
 #define AHEAD_WALK 64              /* runs of the page map looked at ahead per read */
 #define PARK_RUN_MAX (1u << 20)    /* a longer run is not kept for a later read */
 #define PARK_SPARES 4              /* freed buffers of kept runs held for the next ones */
+#define HOLD_MAX 4                 /* chunks kept whole at once */
 
 #ifndef MADV_POPULATE_WRITE
 #define MADV_POPULATE_WRITE 23
@@ -114,6 +115,17 @@ struct rd_park {
 	uint64_t filled;            /* the read that filled it */
 	uint8_t *data;
 	size_t len, cap;
+};
+
+/* A chunk of a short span kept whole for the next reads (hold_chunk()): its
+ * extents and its pages as decoded. */
+struct rd_hold {
+	bool used;
+	uint32_t region, chunk, next;
+	uint64_t first, end;        /* its span */
+	struct usnap_extent *ext;
+	uint8_t *data;
+	size_t cap;
 };
 
 /* One extent with where its pages are: for coverage checks and extraction. */
@@ -169,6 +181,7 @@ struct uffdsnap_reader {
 	uint64_t park_need;         /* the most a read in page order of a mapped region keeps */
 	bool park_set;
 	struct rd_spare { uint8_t *data; size_t cap; } spare[PARK_SPARES]; /* freed run buffers, for reuse */
+	struct rd_hold hold[HOLD_MAX];
 	uint64_t reads;             /* reads so far: names the one that fills a run */
 	uint64_t decoded;           /* chunks loaded with their pages */
 
@@ -1517,6 +1530,20 @@ static uint8_t *spare_get(struct uffdsnap_reader *r, size_t len, size_t *cap)
 	return data;
 }
 
+/* The largest spare, taken (NULL if none). */
+static uint8_t *spare_largest(struct uffdsnap_reader *r, size_t *cap)
+{
+	size_t best = 0;
+	uint8_t *data;
+
+	for (size_t i = 1; i < PARK_SPARES; i++)
+		best = r->spare[i].cap > r->spare[best].cap ? i : best;
+	data = r->spare[best].data;
+	*cap = r->spare[best].cap;
+	r->spare[best] = (struct rd_spare){ 0 };
+	return data;
+}
+
 static void park_free(struct uffdsnap_reader *r, size_t i)
 {
 	r->park_bytes -= r->parks[i].len + sizeof(struct rd_park);
@@ -1529,6 +1556,11 @@ static void park_drop(struct uffdsnap_reader *r)
 {
 	for (size_t i = 0; i < r->nparks; i++)
 		free(r->parks[i].data);
+	for (size_t i = 0; i < HOLD_MAX; i++) {
+		free(r->hold[i].data);
+		free(r->hold[i].ext);
+	}
+	memset(r->hold, 0, sizeof(r->hold));
 	for (size_t i = 0; i < PARK_SPARES; i++)
 		free(r->spare[i].data);
 	memset(r->spare, 0, sizeof(r->spare));
@@ -1617,12 +1649,89 @@ static void park_zeros(const struct uffdsnap_reader *r, const struct rd_chunk *c
 	}
 }
 
-/* Keep the runs of chunk c (index ci of region id) that reach beyond page
- * p1: every extent of c in such a run is copied in (zero pages as zeros). */
-static void park_chunk(struct uffdsnap_reader *r, uint32_t id, uint32_t ci, const struct rd_chunk *c, uint64_t p1)
+static struct rd_hold *hold_find(struct uffdsnap_reader *r, uint32_t id, uint32_t ci)
+{
+	for (size_t i = 0; i < HOLD_MAX; i++)
+		if (r->hold[i].used && r->hold[i].region == id && r->hold[i].chunk == ci)
+			return &r->hold[i];
+	return NULL;
+}
+
+static void hold_free(struct uffdsnap_reader *r, struct rd_hold *h)
+{
+	spare_put(r, h->data, h->cap);
+	free(h->ext);
+	*h = (struct rd_hold){ 0 };
+}
+
+/*
+ * Keep chunk c (index ci of region id) whole, without a copy, if its span
+ * is short (at most PARK_RUN_MAX) and reaches beyond page p1: a chunk of the
+ * sweep read in pieces smaller than it, whose runs fault runs interleave.
+ * Its pages are taken from the buffer they were decoded into (the
+ * read-ahead's slot if `ahead`, else r's own), which gets a spare in
+ * exchange: copying nearly every page of the region once more into a run
+ * cost a read in 4 KiB pieces a fifth of its time. At most HOLD_MAX chunks
+ * (of at most PARK_RUN_MAX bytes of pages each) are so kept, besides
+ * park_max; false if c is not (its runs are then kept as runs).
+ */
+static bool hold_chunk(struct uffdsnap_reader *r, uint32_t id, uint32_t ci, const struct rd_chunk *c, uint64_t p0,
+		       uint64_t p1, bool ahead)
+{
+	const struct rd_map *m = &r->maps[id];
+	struct rd_hold *h = NULL;
+	struct usnap_extent *ext;
+	size_t cap = 0, got_cap = 0;
+	uint8_t *give, *got;
+
+	if (!r->park_max || !c->data || c->end <= p1 || (c->end - c->first) << r->page_shift > PARK_RUN_MAX ||
+	    (!ahead && c->data != r->raw))
+		return false;
+	/* a free place, or one of another region or behind the read */
+	for (size_t i = 0; i < HOLD_MAX && (!h || h->used); i++)
+		if (!r->hold[i].used || r->hold[i].region != id || r->hold[i].end <= p0)
+			h = &r->hold[i];
+	if (!h)
+		return false;
+	/* loaded again after runs of it were dropped: some may still be kept */
+	for (size_t k = map_run(m, c->first); k < m->n && m->first[k] < c->end; k++)
+		if (m->chunk[k] == ci && park_find(r, id, k))
+			return false;
+	if (!(ext = malloc(c->nextents * sizeof(*ext))))
+		return false;
+	memcpy(ext, c->ext, c->nextents * sizeof(*ext)); /* c's record may be reused once traded */
+	give = spare_largest(r, &cap);
+	if (ahead) {
+		got = usnap_ahead_trade(r->ah, c->data, give, cap, &got_cap);
+	} else {
+		got = r->raw, got_cap = r->raw_cap;
+		r->raw = give, r->raw_cap = cap;
+		r->cur_valid = false; /* its pages are the hold's now */
+	}
+	if (!got) { /* stored without compression: the pages are in its record */
+		spare_put(r, give, cap);
+		free(ext);
+		return false;
+	}
+	if (h->used)
+		hold_free(r, h);
+	*h = (struct rd_hold){ .used = true, .region = id, .chunk = ci, .next = c->nextents, .first = c->first,
+			       .end = c->end, .ext = ext, .data = got, .cap = got_cap };
+	return true;
+}
+
+/* Keep chunk c (index ci of region id), loaded for a read of pages
+ * [p0, p1), for the reads after it: whole (hold_chunk(); ahead: c is the
+ * read-ahead's), or the runs of it that reach beyond p1, every extent of c
+ * in such a run copied in (zero pages as zeros). */
+static void park_chunk(struct uffdsnap_reader *r, uint32_t id, uint32_t ci, const struct rd_chunk *c, uint64_t p0,
+		       uint64_t p1, bool ahead)
 {
 	const struct rd_map *m = &r->maps[id];
 	uint64_t data_off = 0;
+
+	if (hold_chunk(r, id, ci, c, p0, p1, ahead))
+		return;
 
 	for (uint32_t i = 0; i < c->nextents && r->park_max; i++) {
 		const struct usnap_extent *e = &c->ext[i];
@@ -1704,7 +1813,7 @@ static int need_chunks(struct uffdsnap_reader *r, unsigned id, size_t k0, size_t
 	for (size_t k = k0; k <= k1; k++) {
 		uint32_t ci = m->chunk[k];
 
-		if (ci != RD_GAP && !usnap_bit(r->want, ci) && !park_find(r, id, k)) {
+		if (ci != RD_GAP && !usnap_bit(r->want, ci) && !park_find(r, id, k) && !hold_find(r, id, ci)) {
 			usnap_bits_set(r->want, ci, ci + 1);
 			v[u++] = ci;
 		}
@@ -1730,6 +1839,20 @@ static uint64_t park_copy(struct uffdsnap_reader *r, unsigned id, size_t k0, siz
 			  uint64_t len, uint64_t p0, uint64_t p1, uint64_t *seen)
 {
 	const struct rd_map *m = &r->maps[id];
+
+	/* chunks kept whole: what each holds of the read (none is loaded again) */
+	for (size_t i = 0; i < HOLD_MAX; i++) {
+		struct rd_hold *h = &r->hold[i];
+		const struct rd_chunk c = { .ext = h->ext, .nextents = h->next, .data = h->data };
+		uint64_t twice;
+
+		if (!h->used || h->region != id || h->end <= p0 || h->first >= p1)
+			continue;
+		if ((twice = chunk_copy(r, &c, off, buf, len, p0, p1, seen)) != UINT64_MAX)
+			return twice;
+		if (h->end <= p1)
+			hold_free(r, h);
+	}
 
 	for (size_t k = k0; k <= k1; k++) {
 		uint64_t kend = k + 1 < m->n ? m->first[k + 1] : r->regions[id].npages;
@@ -1862,10 +1985,11 @@ static bool in_want(void *arg, unsigned id, size_t ci)
  * them), in *ci with its pages: any the read-ahead has decoded, else the
  * first of v from *sync on, loaded here. Its bit is cleared. */
 static int chunk_next(struct uffdsnap_reader *r, unsigned id, const uint32_t *v, size_t *sync, size_t *ci,
-		      struct usnap_rchunk *c)
+		      struct usnap_rchunk *c, bool *ahead)
 {
 	int rc = r->ah ? usnap_ahead_take(r->ah, r, id, still_wanted, r, ci, c) : 1;
 
+	*ahead = rc <= 0;
 	if (rc > 0) {
 		while (!usnap_bit(r->want, v ? v[*sync] : *sync))
 			++*sync;
@@ -1893,7 +2017,7 @@ static void ahead_fill(struct uffdsnap_reader *r, unsigned id, const uint32_t *v
 		return;
 	for (unsigned walk = 0; r->ra_run < m->n && walk < AHEAD_WALK; walk++, r->ra_run++)
 		if (m->chunk[r->ra_run] != RD_GAP && !park_find(r, id, r->ra_run) &&
-		    !usnap_ahead_queue(r->ah, id, m->chunk[r->ra_run]))
+		    !hold_find(r, id, m->chunk[r->ra_run]) && !usnap_ahead_queue(r->ah, id, m->chunk[r->ra_run]))
 			break;
 }
 
@@ -1954,13 +2078,16 @@ USNAP_EXPORT int uffdsnap_reader_read(uffdsnap_reader_t *r, unsigned id, uint64_
 	for (size_t left = n, sync = 0; left && twice == UINT64_MAX; left--) {
 		struct usnap_rchunk u;
 		struct rd_chunk c;
+		bool from_ahead;
 		size_t ci;
 
-		if ((rc = chunk_next(r, id, chunks, &sync, &ci, &u)))
+		if ((rc = chunk_next(r, id, chunks, &sync, &ci, &u, &from_ahead)))
 			break;
-		c = (struct rd_chunk){ .ext = u.ext, .nextents = u.nextents, .data = u.data, .raw_len = u.raw_len };
+		/* its span is its index entry's (checked when it was loaded) */
+		c = (struct rd_chunk){ .ext = u.ext, .nextents = u.nextents, .data = u.data, .raw_len = u.raw_len,
+				       .first = r->ents[reg->ent_lo + ci].first, .end = r->ents[reg->ent_lo + ci].end };
 		if ((twice = chunk_copy(r, &c, off, buf, len, p0, p1, seen)) == UINT64_MAX) {
-			park_chunk(r, id, (uint32_t)ci, &c, p1);
+			park_chunk(r, id, (uint32_t)ci, &c, p0, p1, from_ahead);
 			park_evict(r, id, k0);
 		}
 		if (r->ah)
@@ -2066,11 +2193,12 @@ static int extract_chunks(struct uffdsnap_reader *r, unsigned id, const struct o
 	for (size_t n = 0, sync = 0; n < nchunks && !rc; n++) {
 		uint64_t data_off = 0;
 		struct usnap_rchunk c;
+		bool from_ahead;
 		size_t i;
 
 		if (a)
 			ahead_fill(r, id, NULL, nchunks, &next, false);
-		if ((rc = chunk_next(r, id, NULL, &sync, &i, &c)))
+		if ((rc = chunk_next(r, id, NULL, &sync, &i, &c, &from_ahead)))
 			break;
 		for (uint32_t k = 0; k < c.nextents && !rc; k++) {
 			const struct usnap_extent *e = &c.ext[k];
