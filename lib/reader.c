@@ -25,7 +25,8 @@
  * is loaded, and what is copied comes from its checked extents.
  *
  * A reader keeps a record buffer, a decompression buffer, one ZSTD_DCtx and
- * runs of pages decompressed ahead of the reads (uffdsnap_reader_cache()),
+ * runs of pages decompressed ahead of the reads (uffdsnap_reader_cache(),
+ * sized by default from the page map; and a few chunks kept whole),
  * and is not thread-safe: use one reader from one thread at a time. Its
  * reads and extracts hand the chunks they will need, in the order they will
  * need them, to worker threads of its own (reader-ahead.c), one per online
