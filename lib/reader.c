@@ -1714,6 +1714,12 @@ static bool hold_chunk(struct uffdsnap_reader *r, uint32_t id, uint32_t ci, cons
 		free(ext);
 		return false;
 	}
+	if (got_cap > PARK_RUN_MAX) { /* grown for a larger chunk before: the bound is on memory */
+		uint8_t *less = realloc(got, PARK_RUN_MAX);
+
+		if (less)
+			got = less, got_cap = PARK_RUN_MAX;
+	}
 	if (h->used)
 		hold_free(r, h);
 	*h = (struct rd_hold){ .used = true, .region = id, .chunk = ci, .next = c->nextents, .first = c->first,
