@@ -1636,18 +1636,27 @@ static void park_abandon(struct uffdsnap_reader *r)
 			park_free(r, j);
 }
 
-/* The zero pages of chunk c in pages [first, end), the run q keeps: the
- * chunk's extents tile a run, so the rest is its data, copied in. */
+/* The zero pages of chunk c in pages [first, end), the run q keeps: its
+ * extents tile the run, so the rest is its data, copied in. If they do not
+ * (the map disagrees with the checked chunk: the file changed), all of it,
+ * as no byte of the buffer may reach a read unwritten. */
 static void park_zeros(const struct uffdsnap_reader *r, const struct rd_chunk *c, struct rd_park *q, uint64_t first,
 		       uint64_t end)
 {
+	uint64_t pages = 0;
+
 	for (uint32_t i = 0; i < c->nextents; i++) {
 		const struct usnap_extent *e = &c->ext[i];
 
-		if (e->kind != USNAP_EXT_DATA && e->first_page >= first && e->first_page + e->npages <= end)
+		if (e->first_page < first || e->first_page + e->npages > end)
+			continue;
+		pages += e->npages;
+		if (e->kind != USNAP_EXT_DATA)
 			memset(q->data + ((e->first_page - first) << r->page_shift), 0,
 			       (size_t)e->npages << r->page_shift);
 	}
+	if (pages != end - first)
+		memset(q->data, 0, q->len);
 }
 
 static struct rd_hold *hold_find(struct uffdsnap_reader *r, uint32_t id, uint32_t ci)

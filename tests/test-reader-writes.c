@@ -11,7 +11,9 @@
  *    whole region, and at random offsets, byte-exact; with room to keep the
  *    runs of loaded chunks that lie ahead, a read in page order loads every
  *    chunk at most once (uffdsnap_info_t.chunks_loaded); with no room, some
- *    chunk is loaded again (the file does scatter pages);
+ *    chunk is loaded again (the file does scatter pages); on a region with
+ *    ~39 % of its pages by fault, whose runs ahead of a read in order exceed
+ *    the old fixed 8 MiB, the default room loads each chunk exactly once;
  *  - extract to a file (chunk by chunk: each chunk once) and to a pipe;
  *  - lazy restore faults only and with the prefetcher, and the page server:
  *    byte-exact, and no chunk loaded twice (the chunk loads in the stats are
