@@ -451,7 +451,8 @@ int uffdsnap_reader_verify(uffdsnap_reader_t *r);
  * uffdsnap_reader_open_chain()).
  * The first read or extract of a region maps which chunk holds each page
  * (12 bytes per run of pages that one chunk holds); each read decompresses
- * every chunk it needs once, and keeps recent ones (uffdsnap_reader_cache()).
+ * every chunk it needs once, and keeps the runs of them that lie beyond it
+ * for later reads (uffdsnap_reader_cache()).
  * The reader's threads decode the chunks a read needs, and for reads in page
  * order the chunks after it, while the caller copies: at most 4 chunks per
  * decoding thread (fewer if that would exceed 16 MiB of pages) plus the one
@@ -460,11 +461,16 @@ int uffdsnap_reader_verify(uffdsnap_reader_t *r);
  */
 int uffdsnap_reader_read(uffdsnap_reader_t *r, unsigned id, uint64_t off, void *buf, size_t len);
 /*
- * Keep at most `bytes` of decompressed chunks (and their records) for later
- * reads; 0 keeps only the last chunk. Default UFFDSNAP_READER_CACHE. Drops
- * what is kept. 0, or -EINVAL.
+ * Keep at most `bytes` of decompressed pages (runs of loaded chunks that lie
+ * beyond a read) for later reads; 0 keeps only the last chunk. Drops what is
+ * kept. 0, or -EINVAL. Default: what a read in page order of the regions read
+ * so far needs to load each chunk once (worked out from the page map when a
+ * region is first read; pages a snapshot under writes copied for faults lie
+ * scattered over fault chunks), at least UFFDSNAP_READER_CACHE and at most
+ * UFFDSNAP_READER_CACHE_AUTO; setting it replaces that rule for the reader.
  */
 #define UFFDSNAP_READER_CACHE (8u << 20)
+#define UFFDSNAP_READER_CACHE_AUTO (256u << 20)
 int uffdsnap_reader_cache(uffdsnap_reader_t *r, size_t bytes);
 /*
  * Decode with n threads of the reader's besides the caller's (0: on the

@@ -349,6 +349,24 @@ int usnap_ahead_take(struct usnap_ahead *a, uffdsnap_reader_t *r, unsigned id, b
 	return rc;
 }
 
+uint8_t *usnap_ahead_trade(struct usnap_ahead *a, const uint8_t *data, uint8_t *buf, size_t cap, size_t *old_cap)
+{
+	uint8_t *old = NULL;
+
+	pthread_mutex_lock(&a->lock);
+	if (a->last && data && a->last->b.raw == data) {
+		old = a->last->b.raw;
+		*old_cap = a->last->b.raw_cap;
+		a->last->b.raw = buf;
+		a->last->b.raw_cap = cap;
+		/* its pages are gone: the slot is free for the next chunk */
+		drop(a, a->last);
+		wake(a);
+	}
+	pthread_mutex_unlock(&a->lock);
+	return old;
+}
+
 uint64_t usnap_ahead_decoded(const struct usnap_ahead *a, uint64_t *failed)
 {
 	if (failed)

@@ -116,6 +116,11 @@ void usnap_ahead_keep(struct usnap_ahead *a, bool (*keep)(void *arg, unsigned id
  * uses r's file and zstd context (usnap_reader_decode()). */
 int usnap_ahead_take(struct usnap_ahead *a, uffdsnap_reader_t *r, unsigned id, bool (*need)(void *arg, size_t ci),
 		     void *arg, size_t *ci, struct usnap_rchunk *c);
+/* The chunk taken last, if its pages are `data`, the start of its slot's
+ * buffer of decoded pages: that buffer is returned (its size in *old_cap),
+ * buf (cap bytes, may be NULL) put in its place and the slot given back
+ * (the chunk's record with it); else NULL, nothing changed. */
+uint8_t *usnap_ahead_trade(struct usnap_ahead *a, const uint8_t *data, uint8_t *buf, size_t cap, size_t *old_cap);
 /* Chunks decoded into slots so far (with their pages, without error), and
  * in *failed (if not NULL) those that failed. */
 uint64_t usnap_ahead_decoded(const struct usnap_ahead *a, uint64_t *failed);

@@ -11,7 +11,9 @@
  *    whole region, and at random offsets, byte-exact; with room to keep the
  *    runs of loaded chunks that lie ahead, a read in page order loads every
  *    chunk at most once (uffdsnap_info_t.chunks_loaded); with no room, some
- *    chunk is loaded again (the file does scatter pages);
+ *    chunk is loaded again (the file does scatter pages); on a region with
+ *    ~39 % of its pages by fault, whose runs ahead of a read in order exceed
+ *    the old fixed 8 MiB, the default room loads each chunk exactly once;
  *  - extract to a file (chunk by chunk: each chunk once) and to a pipe;
  *  - lazy restore faults only and with the prefetcher, and the page server:
  *    byte-exact, and no chunk loaded twice (the chunk loads in the stats are
@@ -44,25 +46,32 @@
 /* 4 MiB under a sanitizer: the time goes to reading it again and again */
 #define LEN (T_SANITIZED ? 4 * MiB : 8 * MiB)
 
-enum writes { RANDOM, SEQUENTIAL, NWRITES };
-static const char *const writes_name[NWRITES] = { "random", "sequential" };
+/* SPREAD (not looped over): one store in eight into the first third of the
+ * pages stored into, 16 pages after the one before, the others into every
+ * fifth page of the rest from its end down (ahead of the sweep) */
+enum writes { RANDOM, SEQUENTIAL, NWRITES, SPREAD = NWRITES };
+static const char *const writes_name[NWRITES + 1] = { "random", "sequential", "spread" };
 
 struct snap {
 	char dir[PATH_MAX];
 	char path[PATH_MAX + 16];
 	uint8_t *ref;       /* the region at the instant */
+	size_t len;
 	uint64_t chunks;    /* in the file */
+	uint64_t pages_fault; /* copied by the fault path */
 };
 
 /*
- * A snapshot of one LEN memfd "pool" (random, zero and hole pages) taken while
- * this thread stores into the second half, which the held-back sweep has not
- * reached: at random pages, or every fifth page in order (wrapping around).
+ * A snapshot of one `len` memfd "pool" (random, zero and hole pages) taken
+ * while this thread makes `stores` stores into the pages from `from` on,
+ * which the held-back sweep has not reached: at random pages, or every fifth
+ * page in order (wrapping around); the sweep sleeps sleep_us a write of the
+ * file meanwhile.
  */
-static void snap_new(struct snap *sn, enum writes how)
+static void snap_make(struct snap *sn, enum writes how, size_t len, size_t from, unsigned stores, unsigned sleep_us)
 {
 	const uffdsnap_opts_t o = t_opts(3 * MiB, 0); /* a small buffer: the sweep stalls on it */
-	const size_t npages = LEN / t_page;
+	const size_t npages = len / t_page, p0 = from / t_page;
 	uffdsnap_info_t info = { .size = sizeof(info) };
 	uffdsnap_stats_t st;
 	struct t_mem m;
@@ -74,18 +83,22 @@ static void snap_new(struct snap *sn, enum writes how)
 	long data_pages = 0;
 	int rc;
 
-	t_mem_new(&m, T_MEM_MEMFD, LEN);
-	t_fill_mixed(m.addr, LEN, 21, 9, 7);
+	t_mem_new(&m, T_MEM_MEMFD, len);
+	t_fill_mixed(m.addr, len, 21, 9, 7);
 	sn->ref = t_mem_copy(&m);
+	sn->len = len;
 	ctx = t_ctx_new(&o);
-	t_add(ctx, "pool", m.addr, LEN);
-	s = t_begin_stalled(ctx, &cb, 20000);
-	/* the second half not copied yet: every page but the holes still protected */
-	for (size_t p = npages / 2; p < npages; p++)
+	t_add(ctx, "pool", m.addr, len);
+	s = t_begin_stalled(ctx, &cb, sleep_us);
+	/* the pages from p0 on not copied yet: every page but the holes still protected */
+	for (size_t p = p0; p < npages; p++)
 		data_pages += p % 9 != 1;
-	ck_assert_int_eq(t_pagemap_protected(m.addr + LEN / 2, LEN / 2), data_pages);
-	for (size_t k = 0; k < 200; k++) {
-		size_t p = npages / 2 + (how == RANDOM ? t_splitmix64(&seed) : k * 5) % (npages / 2);
+	ck_assert_int_eq(t_pagemap_protected(m.addr + from, len - from), data_pages);
+	for (size_t k = 0; k < stores; k++) {
+		const size_t span = npages - p0, front = span / 3, back = span - front;
+		size_t p = how == SEQUENTIAL ? p0 + k * 5 % span
+			   : how == RANDOM ? p0 + t_splitmix64(&seed) % span
+			   : k % 8 ? npages - 1 - (k - k / 8 - 1) * 5 % back : p0 + k / 8 * 16 % front;
 
 		m.addr[p * t_page + 100] ^= 0x5a;
 	}
@@ -99,6 +112,7 @@ static void snap_new(struct snap *sn, enum writes how)
 	 * picks repeat, and the slowed sweep (not stopped) copies some pages
 	 * first on a loaded machine (170 of 200 once under ASan) */
 	ck_assert_uint_gt(st.pages_fault, 0);
+	sn->pages_fault = st.pages_fault;
 	t_tmpdir(sn->dir);
 	snprintf(sn->path, sizeof(sn->path), "%s/snap", sn->dir);
 	t_write_file(sn->path, cb.mem, cb.mem_len);
@@ -113,9 +127,15 @@ static void snap_new(struct snap *sn, enum writes how)
 	t_mem_free(&m);
 }
 
+/* LEN bytes, 200 stores into the second half. */
+static void snap_new(struct snap *sn, enum writes how)
+{
+	snap_make(sn, how, LEN, LEN / 2, 200, 20000);
+}
+
 static void snap_free(struct snap *sn)
 {
-	t_buf_free(sn->ref, LEN);
+	t_buf_free(sn->ref, sn->len);
 	t_rmdir(sn->dir);
 }
 
@@ -128,12 +148,15 @@ static uint64_t chunks_loaded(const uffdsnap_reader_t *r)
 }
 
 #define WORKERS_DEFAULT UINT_MAX
+#define CACHE_DEFAULT SIZE_MAX
 
 /* The whole region in pieces of `piece` bytes (the last one shorter), in
- * page order, with `cache` bytes for runs kept ahead and `workers` decoding
- * ahead (WORKERS_DEFAULT: the reader's choice); the chunks loaded. */
+ * page order, with `cache` bytes for runs kept ahead (CACHE_DEFAULT: the
+ * reader's choice) and `workers` decoding ahead (WORKERS_DEFAULT: the
+ * reader's choice); the chunks loaded. */
 static uint64_t read_in_pieces(const struct snap *sn, size_t piece, size_t cache, uint8_t *buf, unsigned workers)
 {
+	const size_t len = sn->len;
 	uffdsnap_reader_t *r = NULL;
 	uint64_t n;
 	int rc;
@@ -144,13 +167,14 @@ static uint64_t read_in_pieces(const struct snap *sn, size_t piece, size_t cache
 	} else {
 		ck_assert_int_eq(uffdsnap_reader_open(&r, sn->path), 0); /* the library's choice, in every build */
 	}
-	ck_assert_int_eq(uffdsnap_reader_cache(r, cache), 0);
-	memset(buf, 0xee, LEN);
-	for (size_t off = 0; off < LEN; off += piece) {
-		rc = uffdsnap_reader_read(r, 0, off, buf + off, LEN - off < piece ? LEN - off : piece);
+	if (cache != CACHE_DEFAULT)
+		ck_assert_int_eq(uffdsnap_reader_cache(r, cache), 0);
+	memset(buf, 0xee, len);
+	for (size_t off = 0; off < len; off += piece) {
+		rc = uffdsnap_reader_read(r, 0, off, buf + off, len - off < piece ? len - off : piece);
 		ck_assert_msg(rc == 0, "read at %zu: %d %s", off, rc, uffdsnap_reader_error(r));
 	}
-	ck_assert_msg(!memcmp(buf, sn->ref, LEN), "read in %zu-byte pieces differs from the region at the instant",
+	ck_assert_msg(!memcmp(buf, sn->ref, len), "read in %zu-byte pieces differs from the region at the instant",
 		      piece);
 	/* with workers, chunks went through the read-ahead's slots */
 	if (workers && workers != WORKERS_DEFAULT)
@@ -185,6 +209,43 @@ START_TEST(read_pieces)
 	/* and without workers, the caller alone, as before the read-ahead */
 	ck_assert_uint_le(read_in_pieces(&sn, 65536, LEN, buf, 0), sn.chunks);
 	t_buf_free(buf, LEN);
+	snap_free(&sn);
+}
+END_TEST
+
+/*
+ * A large share of a region copied by the fault path (issue 15's last case):
+ * stores into the pages from a quarter on, one in five near their start,
+ * so that nearly every fault chunk is needed early and holds runs spread
+ * over the rest of the region: more of them lie ahead of a read in page
+ * order than the old fixed default of UFFDSNAP_READER_CACHE bytes kept
+ * (with it, chunks are loaded again: asserted, so that this file does test
+ * the default). With the default, a whole-region read in every piece size
+ * loads each chunk once.
+ */
+#define WIDE_LEN (T_SANITIZED ? 16 * MiB : 64 * MiB)
+
+START_TEST(read_fault_heavy)
+{
+	static const size_t pieces[] = { 4096, 65536, 1 << 20, 32 * MiB };
+	uint8_t *buf = t_buf_alloc(WIDE_LEN);
+	struct snap sn;
+
+	t_watchdog(120, "read_fault_heavy");
+	snap_make(&sn, RANDOM, WIDE_LEN, WIDE_LEN / 4, WIDE_LEN / (64 * KiB) * 2, 2000);
+	/* the stores faulted in most of their three quarters */
+	ck_assert_uint_gt(sn.pages_fault, WIDE_LEN / t_page / 4);
+	for (size_t i = 0; i < sizeof(pieces) / sizeof(pieces[0]); i += T_SANITIZED ? 2 : 1) {
+		uint64_t n = read_in_pieces(&sn, pieces[i], CACHE_DEFAULT, buf, WORKERS_DEFAULT);
+
+		printf("fault-heavy (%" PRIu64 " of %zu pages by the fault path), %zu-byte pieces: %" PRIu64 " chunk "
+		       "loads with the default cache; the file has %" PRIu64 " chunks\n", sn.pages_fault,
+		       WIDE_LEN / t_page, pieces[i], n, sn.chunks);
+		ck_assert_uint_eq(n, sn.chunks);
+	}
+	if (!T_SANITIZED)
+		ck_assert_uint_gt(read_in_pieces(&sn, 4096, UFFDSNAP_READER_CACHE, buf, WORKERS_DEFAULT), sn.chunks);
+	t_buf_free(buf, WIDE_LEN);
 	snap_free(&sn);
 }
 END_TEST
@@ -627,6 +688,7 @@ int main(void)
 	tc = tcase_create("reader");
 	tcase_set_timeout(tc, 120);
 	tcase_add_loop_test(tc, read_pieces, 0, NWRITES);
+	tcase_add_test(tc, read_fault_heavy);
 	tcase_add_test(tc, read_random);
 	tcase_add_test(tc, extract);
 	tcase_add_test(tc, damaged_ahead);
