@@ -84,6 +84,16 @@ struct usnap_cachestat {
 	__u64 nr_cache, nr_dirty, nr_writeback, nr_evicted, nr_recently_evicted;
 };
 
+/* sched_attr, version 0 (48 bytes): <linux/sched/types.h> clashes with
+ * glibc's <sched.h> over struct sched_param, and glibc < 2.41 has no copy. */
+struct usnap_sched_attr {
+	__u32 size, sched_policy;
+	__u64 sched_flags;
+	__s32 sched_nice;
+	__u32 sched_priority;
+	__u64 sched_runtime, sched_deadline, sched_period;
+};
+
 #ifndef MADV_COLLAPSE
 #define MADV_COLLAPSE 25
 #endif

@@ -877,6 +877,7 @@ static void *handler_main(void *arg)
 	struct handler h = { .s = s, .ps = s->page_size };
 	int n;
 
+	usnap_thread_prompt();
 	h.chunk_pages = (uint32_t)(s->jobs.pool->chunk_bytes / h.ps);
 	h.around = FAULT_AROUND < h.chunk_pages ? FAULT_AROUND : h.chunk_pages; /* both powers of two */
 

@@ -585,6 +585,7 @@ static void *handler_main(void *arg)
 	struct uffd_msg msgs[LZ_MSGS];
 	bool finished = false;
 
+	usnap_thread_prompt(); /* beside the prefetcher, a first touch waits for this thread */
 	for (;;) {
 		ssize_t n = read(lz->uffd, msgs, sizeof(msgs));
 		uint64_t v;

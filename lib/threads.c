@@ -5,8 +5,12 @@
  * protect, eager restore), all started the same way.
  */
 #include <pthread.h>
+#include <sched.h>
 #include <signal.h>
+#include <sys/syscall.h>
+#include <unistd.h>
 
+#include "compat.h"
 #include "uffdsnap-private.h"
 
 /*
@@ -50,4 +54,28 @@ void usnap_crew_join(pthread_t *t, unsigned n)
 {
 	for (unsigned i = 0; i < n; i++)
 		pthread_join(t[i], NULL);
+}
+
+/*
+ * A thread that resolves faults sleeps until a writer faults, and the writer
+ * waits until it has run; the sweep, the compression workers and the
+ * program's threads meanwhile hold the CPUs. Since Linux 6.12 a fair
+ * (SCHED_OTHER) thread may ask for a shorter slice (sched_runtime, 0.1-100
+ * ms), and EEVDF lets a waking thread with a shorter slice preempt the one
+ * running: the handler gets a CPU at once, without a real-time policy and
+ * without more than its fair share. Measured idle (1 GiB, random writer,
+ * 9 runs each): fault p50 105 -> 91 us, p99 0.4-3.1 -> 0.3-0.8 ms, the
+ * writer's lost work unchanged. Older kernels ignore the field. The
+ * thread's policy and nice value are kept; a real-time or batch thread is
+ * left as it is.
+ */
+void usnap_thread_prompt(void)
+{
+	struct usnap_sched_attr a;
+
+	if (syscall(SYS_sched_getattr, 0, &a, sizeof(a), 0) || a.sched_policy != SCHED_OTHER)
+		return;
+	a.sched_runtime = 100 * 1000;
+	a.sched_flags = 0;
+	(void)syscall(SYS_sched_setattr, 0, &a, 0);
 }

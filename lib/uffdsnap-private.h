@@ -238,6 +238,9 @@ int usnap_thread_start(pthread_t *t, void *(*fn)(void *), void *arg, const char 
 unsigned usnap_crew_start(pthread_t *t, unsigned n, void *(*fn)(void *), void *arg, size_t stride, const char *name,
 			  int *err);
 void usnap_crew_join(pthread_t *t, unsigned n);
+/* The calling thread asks the scheduler for a short slice: a thread that
+ * resolves faults (threads.c). */
+void usnap_thread_prompt(void);
 
 /* participant.c */
 /* Stop accepting, and end every membership (uffdsnap_free). */
