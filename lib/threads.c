@@ -64,7 +64,7 @@ void usnap_crew_join(pthread_t *t, unsigned n)
  * ms), and EEVDF lets a waking thread with a shorter slice preempt the one
  * running: the handler gets a CPU at once, without a real-time policy and
  * without more than its fair share. Measured idle (1 GiB, random writer,
- * 9 runs each): fault p50 105 -> 91 us, p99 0.4-3.1 -> 0.3-0.8 ms, the
+ * 9 runs each): fault p50 104 -> 91 us, p99 0.4-3.1 -> 0.3-0.8 ms, the
  * writer's lost work unchanged. Older kernels ignore the field. The
  * thread's policy and nice value are kept; a real-time or batch thread is
  * left as it is.
