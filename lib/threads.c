@@ -71,7 +71,7 @@ void usnap_crew_join(pthread_t *t, unsigned n)
  */
 void usnap_thread_prompt(void)
 {
-	struct usnap_sched_attr a;
+	struct usnap_sched_attr a = { .size = sizeof(a) }; /* Valgrind 3.19 does not know sched_getattr fills it */
 
 	if (syscall(SYS_sched_getattr, 0, &a, sizeof(a), 0) || a.sched_policy != SCHED_OTHER)
 		return;

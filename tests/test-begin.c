@@ -21,8 +21,9 @@
 START_TEST(begin_protects_every_page)
 {
 	/* 32 MiB a region under a sanitizer (slower per byte filled and
-	 * compared): still 16 times the bound over the two regions */
-	const size_t len = T_SANITIZED ? 32 * MiB : 64 * MiB, bound = 4 * MiB;
+	 * compared), 16 under TSan: still 8 times the bound over the two
+	 * regions */
+	const size_t len = T_TSAN ? 16 * MiB : T_SANITIZED ? 32 * MiB : 64 * MiB, bound = 4 * MiB;
 	struct t_mem a, b;
 	struct t_cb cb;
 	uffdsnap_opts_t o;

@@ -46,9 +46,9 @@ static size_t pick_page(uint64_t *rng, size_t lo, size_t hi)
 
 START_TEST(fault_path_oracle)
 {
-	/* 64 MiB under a sanitizer: the same writes, zaps and kernel-mode
-	 * writes into a second half (32 MiB) that the sweep has not reached */
-	const size_t len = T_SANITIZED ? 64 * MiB : 128 * MiB, np = len / t_page;
+	/* 64 MiB under a sanitizer, 32 under TSan: the same writes, zaps and
+	 * kernel-mode writes into a second half that the sweep has not reached */
+	const size_t len = T_TSAN ? 32 * MiB : T_SANITIZED ? 64 * MiB : 128 * MiB, np = len / t_page;
 	const uffdsnap_opts_t o = t_opts(8 * MiB, 0);
 	struct t_fix f;
 	uffdsnap_stats_t st, st2;

@@ -120,9 +120,10 @@ static void untouched_path(struct setup *t, uint8_t *addr, size_t len, const uin
 
 START_TEST(private_anon_exact)
 {
-	/* 32 MiB under a sanitizer (as private_file_exact everywhere): the time
-	 * is the slowed sink writing what the writes fault in, the second half */
-	const size_t len = T_SANITIZED ? 32 * MiB : 64 * MiB, np = len / t_page;
+	/* 32 MiB under a sanitizer (as private_file_exact everywhere), 16 under
+	 * TSan: the time is the slowed sink writing what the writes fault in,
+	 * the second half */
+	const size_t len = T_TSAN ? 16 * MiB : T_SANITIZED ? 32 * MiB : 64 * MiB, np = len / t_page;
 	uint8_t *addr, *ref, *now, *untouched = calloc(np, 1);
 	uffdsnap_stats_t st;
 	struct setup t;

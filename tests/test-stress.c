@@ -284,7 +284,7 @@ static unsigned stress_seconds(void)
 	/* under a sanitizer the zap phase (three more snapshots) and the
 	 * verification of every snapshot come on top: TSan verifies in step
 	 * with main, a few seconds per snapshot */
-	return T_SANITIZED ? 3 : 7;
+	return T_TSAN ? 2 : T_SANITIZED ? 3 : 6;
 }
 
 static void owners_init(void)
