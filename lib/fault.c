@@ -370,6 +370,8 @@ static struct usnap_job *fault_job(struct handler *h, struct usnap_sreg *sr)
 	while (!(j = usnap_job_get(s)) && !atomic_load(&s->abort)) {
 		int n;
 
+		if (!waiting)
+			usnap_jobs_fault_waits(&s->jobs, true);
 		waiting = true;
 		usnap_compress_starved(s);
 		n = read_messages(h, false);
@@ -382,6 +384,7 @@ static struct usnap_job *fault_job(struct handler *h, struct usnap_sreg *sr)
 	}
 	waited = usnap_now_ns() - t0;
 	if (waiting) {
+		usnap_jobs_fault_waits(&s->jobs, false);
 		/* after the wait: faults held during it count it too */
 		h->wait_gen++;
 		atomic_fetch_add(&s->stats.fault_wait_ns, waited);

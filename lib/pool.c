@@ -149,8 +149,11 @@ struct usnap_job *usnap_job_wait(uffdsnap_snap_t *s, _Atomic bool *stop)
 {
 	struct usnap_job *j;
 
+	/* The sweep (the one that waits) leaves a buffer put back to a write
+	 * fault waiting for one: a writer waits on the fault path, nobody on the
+	 * sweep, and woken by every put the sweep would take each first. */
 	pthread_mutex_lock(&s->jobs.lock);
-	while (stop && !s->jobs.free && !atomic_load(&s->abort) && !atomic_load(stop))
+	while (stop && (!s->jobs.free || s->jobs.fault_waits) && !atomic_load(&s->abort) && !atomic_load(stop))
 		pthread_cond_wait(&s->jobs.freed, &s->jobs.lock);
 	j = stop && atomic_load(stop) ? NULL : s->jobs.free;
 	if (j && !atomic_load(&s->abort)) {
@@ -174,6 +177,15 @@ struct usnap_job *usnap_job_wait(uffdsnap_snap_t *s, _Atomic bool *stop)
 struct usnap_job *usnap_job_get(uffdsnap_snap_t *s)
 {
 	return usnap_job_wait(s, NULL);
+}
+
+void usnap_jobs_fault_waits(struct usnap_jobs *js, bool waits)
+{
+	pthread_mutex_lock(&js->lock);
+	js->fault_waits = waits;
+	if (!waits)
+		pthread_cond_broadcast(&js->freed);
+	pthread_mutex_unlock(&js->lock);
 }
 
 void usnap_jobs_wake(struct usnap_jobs *js)

@@ -67,6 +67,7 @@ struct usnap_jobs {
 	pthread_cond_t freed;       /* a buffer was put back (the sweep thread waits for one) */
 	struct usnap_job *free;
 	unsigned in_use, peak;      /* under lock */
+	bool fault_waits;           /* under lock: the fault path waits for a buffer, the sweep leaves it the next */
 };
 
 int usnap_pool_init(uffdsnap_t *ctx);
@@ -89,5 +90,7 @@ void usnap_job_put(uffdsnap_snap_t *s, struct usnap_job *job);
  * failed or *stop (whoever sets it calls usnap_jobs_wake). */
 struct usnap_job *usnap_job_wait(uffdsnap_snap_t *s, _Atomic bool *stop);
 void usnap_jobs_wake(struct usnap_jobs *js);
+/* The fault path waits for a buffer (true) or no longer does (false). */
+void usnap_jobs_fault_waits(struct usnap_jobs *js, bool waits);
 
 #endif

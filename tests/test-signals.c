@@ -426,9 +426,11 @@ static void *begin_and_write(void *arg)
 	a->r = uffdsnap_begin(a->f->ctx, t_cb_sink(&a->f->cb), &s);
 	if (a->r)
 		return NULL;
-	/* every page, right away: each store waits for its page to be copied */
-	for (size_t off = 0; off < m->len; off += t_page)
-		m->addr[off + 1] ^= 0xff;
+	/* every page, right away, from the last (the sweep starts at the
+	 * first, on its own thread): each store waits for its page to be
+	 * copied */
+	for (size_t off = m->len; off > 0; off -= t_page)
+		m->addr[off - t_page + 1] ^= 0xff;
 	a->r = uffdsnap_wait(s);
 	a->stats.size = sizeof(a->stats);
 	uffdsnap_snap_stats(s, &a->stats);
