@@ -98,7 +98,8 @@ static void stop_sweep(uffdsnap_snap_t *s);
  * EAGAIN from a resolving ioctl: an event (MADV_DONTNEED, ...) is pending and
  * its thread waits until we read it, so read it (holding any page faults that
  * come with it) and let the caller retry. Bounded, in case the event never
- * shows up.
+ * shows up. The sweep thread reads no messages: it wakes the handler and
+ * gives it the CPU.
  */
 static int event_pending(struct handler *h, uint64_t *t0)
 {
@@ -108,6 +109,11 @@ static int event_pending(struct handler *h, uint64_t *t0)
 		*t0 = usnap_now_ns();
 	else if (usnap_now_ns() - *t0 > 5000000000ull)
 		return -EAGAIN;
+	if (h->sweeper) {
+		usnap_handler_wake(&h->s->handler);
+		sched_yield();
+		return 0;
+	}
 	n = read_messages(h, false);
 	if (n < 0)
 		return n;
@@ -226,11 +232,10 @@ static int read_private(struct handler *h, const struct usnap_sreg *sr, uint8_t 
 {
 	uint64_t lo, got, k, t0 = 0;
 	uintptr_t addr;
+	uint64_t applied = 0;
+	bool behind = false;      /* the sweep's look: an event was read, not applied yet */
 	ssize_t r = 0;
 	int e = 0;
-
-	uint64_t applied = 0;
-	bool behind = false;
 
 again:
 	/* Where the pages are now: mremap may have moved them. The handler
@@ -256,13 +261,7 @@ again:
 	/* mremap and munmap change the mapping first and only then queue their
 	 * event: read it (the handler reads it for the sweep, and applies it
 	 * after reading: `behind`), and look again */
-	if (h->sweeper && (behind || event_in_flight(h->s, usnap_home(&h->s->spaces, sr)->uffd)) &&
-	    !atomic_load(&h->s->abort) && (t0 ? usnap_now_ns() - t0 < 5000000000ull : (t0 = usnap_now_ns()))) {
-		usnap_handler_wake(&h->s->handler);
-		sched_yield();
-		goto again;
-	}
-	if (!h->sweeper && event_in_flight(h->s, usnap_home(&h->s->spaces, sr)->uffd) && !event_pending(h, &t0) &&
+	if ((behind || event_in_flight(h->s, usnap_home(&h->s->spaces, sr)->uffd)) && !event_pending(h, &t0) &&
 	    !atomic_load(&h->s->abort))
 		goto again;
 	usnap_fail(h->s, e ? -e : -EFAULT, "region '%s': reading page %" PRIu64 ": %s", sr->reg->name, p + got,
